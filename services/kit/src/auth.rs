@@ -1,0 +1,165 @@
+//! Partner authentication: every `lianyu.*` call carries `authorization: Bearer <token>`,
+//! an EdDSA (Ed25519) JWT that each service verifies on its own against trusted public keys.
+//! The verified caller becomes a [`Principal`] in the request extensions.
+
+mod dev_key;
+mod layer;
+mod scope;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+pub use dev_key::{DevKey, DevKeyError, TokenRequest};
+pub use layer::AuthLayer;
+pub use scope::{ALL_SCOPES, required_scope};
+
+use crate::config::{AuthConfig, TrustedKey};
+
+/// The claims of a Lianyu access token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The partner id.
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    /// Narrows the caller to one store (a POS, a guide's app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Space-separated scopes, OAuth style.
+    #[serde(default)]
+    pub scope: String,
+    /// `operator` for the mesh operator; empty for brands and malls.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
+}
+
+/// The authenticated caller of an RPC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub partner_id: String,
+    pub store: Option<String>,
+    pub scopes: BTreeSet<String>,
+    pub operator: bool,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// The principal of a request that passed the [`AuthLayer`]. A request without one never
+    /// reaches a handler, so its absence is reported as UNAUTHENTICATED rather than a panic.
+    pub fn from_request<T>(request: &tonic::Request<T>) -> Result<&Principal, tonic::Status> {
+        request
+            .extensions()
+            .get::<Principal>()
+            .ok_or_else(|| AuthError::Missing.into_status())
+    }
+}
+
+/// Why a call was refused before reaching its handler.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// UNAUTHENTICATED, reason TOKEN_MISSING.
+    #[error("missing bearer token in the authorization header")]
+    Missing,
+    /// UNAUTHENTICATED, reason TOKEN_INVALID: malformed, bad signature, unknown key, wrong issuer.
+    #[error("invalid token")]
+    Invalid,
+    /// UNAUTHENTICATED, reason TOKEN_EXPIRED.
+    #[error("token expired")]
+    Expired,
+    /// UNAUTHENTICATED, reason TOKEN_AUDIENCE_MISMATCH.
+    #[error("token was issued for another audience")]
+    WrongAudience,
+    /// PERMISSION_DENIED, reason SCOPE_MISSING.
+    #[error("token lacks the scope {0}")]
+    MissingScope(String),
+}
+
+impl AuthError {
+    pub fn into_status(self) -> tonic::Status {
+        let (code, reason) = match &self {
+            AuthError::Missing => (tonic::Code::Unauthenticated, "TOKEN_MISSING"),
+            AuthError::Invalid => (tonic::Code::Unauthenticated, "TOKEN_INVALID"),
+            AuthError::Expired => (tonic::Code::Unauthenticated, "TOKEN_EXPIRED"),
+            AuthError::WrongAudience => (tonic::Code::Unauthenticated, "TOKEN_AUDIENCE_MISMATCH"),
+            AuthError::MissingScope(_) => (tonic::Code::PermissionDenied, "SCOPE_MISSING"),
+        };
+        let mut meta = HashMap::new();
+        if let AuthError::MissingScope(scope) = &self {
+            meta.insert("scope".to_owned(), scope.clone());
+        }
+        crate::error::status_with_info(code, self.to_string(), reason, "lianyu.auth", meta)
+    }
+}
+
+/// Verifies tokens against a set of trusted keys that can be replaced while running (key rotation).
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: Arc<RwLock<HashMap<String, DecodingKey>>>,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(auth: &AuthConfig) -> Result<Self, String> {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[&auth.audience]);
+        validation.set_issuer(&[&auth.issuer]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.leeway = 30;
+        let verifier = Self { keys: Arc::default(), validation };
+        verifier.replace_keys(&auth.trusted_keys)?;
+        Ok(verifier)
+    }
+
+    /// Replaces the trusted keys, for rotation.
+    pub fn replace_keys(&self, keys: &[TrustedKey]) -> Result<(), String> {
+        let mut map = HashMap::new();
+        for key in keys {
+            decode_public_key(&key.public_key)?;
+            let decoding = DecodingKey::from_ed_components(&key.public_key).map_err(|e| e.to_string())?;
+            map.insert(key.key_id.clone(), decoding);
+        }
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let kid = header.kid.ok_or(AuthError::Invalid)?;
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = keys.get(&kid).ok_or(AuthError::Invalid)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            _ => AuthError::Invalid,
+        })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(AuthError::Invalid);
+        }
+        Ok(Principal {
+            partner_id: claims.sub,
+            store: claims.store,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            operator: claims.role == "operator",
+        })
+    }
+}
+
+/// Decodes a base64url Ed25519 public key, checking it is 32 bytes (a shorter one would make
+/// the JWT library panic at verification).
+pub fn decode_public_key(key: &str) -> Result<[u8; 32], String> {
+    let bytes = URL_SAFE_NO_PAD.decode(key.trim()).map_err(|_| "not base64url".to_owned())?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())
+}

@@ -1,0 +1,132 @@
+//! The development signing key `lianyu up` keeps in its data directory, so anyone can mint a
+//! token for the local mesh. Production never reads or creates it (see `config::Mode`).
+
+use std::{fs, io, path::{Path, PathBuf}, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::{
+    SigningKey,
+    pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding},
+};
+use jsonwebtoken::{EncodingKey, Header};
+use sha2::{Digest, Sha256};
+
+use super::Claims;
+use crate::config::{AuthConfig, TrustedKey};
+
+const FILE: &str = "dev-signing-key.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevKeyError {
+    #[error("no dev signing key at {0} (run `lianyu up` first, or pass --data-dir)")]
+    NotFound(PathBuf),
+    #[error("dev signing key at {path}: {message}")]
+    Unreadable { path: PathBuf, message: String },
+    #[error("cannot write dev signing key: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot sign token: {0}")]
+    Sign(String),
+}
+
+/// What a minted token says about its holder.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub partner_id: String,
+    pub operator: bool,
+    pub store: Option<String>,
+    pub scopes: Vec<String>,
+    pub ttl: Duration,
+}
+
+/// An Ed25519 key that signs tokens for the local mesh and for tests.
+pub struct DevKey {
+    key: SigningKey,
+}
+
+impl DevKey {
+    pub fn generate() -> Self {
+        Self { key: SigningKey::generate(&mut rand::rngs::OsRng) }
+    }
+
+    /// Loads the key in `dir`, or creates it (readable by the owner only).
+    pub fn load_or_create(dir: &Path) -> Result<Self, DevKeyError> {
+        match Self::load(dir) {
+            Err(DevKeyError::NotFound(_)) => {
+                fs::create_dir_all(dir)?;
+                let key = Self::generate();
+                let pem = key.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| DevKeyError::Sign(e.to_string()))?;
+                let path = dir.join(FILE);
+                write_private(&path, pem.as_bytes())?;
+                Ok(key)
+            }
+            other => other,
+        }
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, DevKeyError> {
+        let path = dir.join(FILE);
+        let pem = match fs::read_to_string(&path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(DevKeyError::NotFound(path)),
+            Err(e) => return Err(e.into()),
+        };
+        let key = SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| DevKeyError::Unreadable { path: path.clone(), message: e.to_string() })?;
+        Ok(Self { key })
+    }
+
+    /// The key's id: `dev-` and the first bytes of its public key's SHA-256.
+    pub fn key_id(&self) -> String {
+        let digest = Sha256::digest(self.key.verifying_key().as_bytes());
+        format!("dev-{}", hex_prefix(&digest[..6]))
+    }
+
+    pub fn trusted_key(&self) -> TrustedKey {
+        TrustedKey {
+            key_id: self.key_id(),
+            public_key: URL_SAFE_NO_PAD.encode(self.key.verifying_key().as_bytes()),
+        }
+    }
+
+    /// Signs a token for `auth`'s issuer and audience.
+    pub fn mint(&self, auth: &AuthConfig, request: &TokenRequest) -> Result<String, DevKeyError> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            iss: auth.issuer.clone(),
+            aud: auth.audience.clone(),
+            sub: request.partner_id.clone(),
+            iat: now,
+            exp: now + i64::try_from(request.ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            jti: uuid::Uuid::new_v4().to_string(),
+            store: request.store.clone(),
+            scope: request.scopes.join(" "),
+            role: if request.operator { "operator".into() } else { String::new() },
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary claims (tests use it for expired or foreign-audience tokens).
+    pub fn sign(&self, claims: &Claims) -> Result<String, DevKeyError> {
+        let der = self.key.to_pkcs8_der().map_err(|e| DevKeyError::Sign(e.to_string()))?;
+        let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(self.key_id());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
+            .map_err(|e| DevKeyError::Sign(e.to_string()))
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    fs::write(path, contents)
+}

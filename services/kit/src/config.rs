@@ -1,0 +1,314 @@
+//! Typed configuration with a pure constructor (`Config::from_vars`) that tests feed directly;
+//! `Config::from_env` is the thin shell that reads the process environment.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Whether the process may use the development signing key kept in the data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A laptop, a demo, a test: SQLite by default, a dev signing key in the data directory.
+    Local,
+    /// Kubernetes: token keys and database URLs must be given; no dev key is ever read or made.
+    Production,
+}
+
+/// Server limits, each with a default that suits a 2-core pod.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Deadline for a call that sets none (a caller's shorter `grpc-timeout` wins).
+    pub request_timeout: Duration,
+    /// Calls served at once across all connections; beyond this calls are shed, not queued.
+    pub max_concurrent_requests: usize,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams per connection (tonic sets none by default).
+    pub max_concurrent_streams: u32,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Connections are closed gracefully after this age so load spreads over new pods.
+    pub max_connection_age: Duration,
+    /// Between health turning NOT_SERVING and the listener closing (lets load balancers notice).
+    pub shutdown_delay: Duration,
+    /// How long in-flight calls get to finish after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(300),
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A public key tokens may be signed with: key id and the raw Ed25519 key, base64url.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub key_id: String,
+    pub public_key: String,
+}
+
+/// How tokens are verified.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Keys given in configuration; in local mode the dev key is trusted as well.
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+/// Everything a service process needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mode: Mode,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Explicit database URLs by service name; `DATABASE_URL` is stored under `"*"`.
+    database_urls: BTreeMap<String, String>,
+    pub db_max_connections: Option<u32>,
+    pub migrate: bool,
+    /// Peer service base URLs by service name, for cross-service calls.
+    pub peers: BTreeMap<String, String>,
+    pub auth: AuthConfig,
+    pub otlp_endpoint: Option<String>,
+    pub limits: Limits,
+}
+
+/// A configuration value that stops start-up, naming the variable at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: String,
+    pub message: String,
+}
+
+/// The services of the mesh, in start order.
+pub const SERVICES: [&str; 4] = ["identity", "entitlements", "live", "comarketing"];
+
+impl Config {
+    /// Builds a config from a variable lookup; pure, so tests pass a closure over a map.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let mode = match var("LIANYU_MODE").as_deref() {
+            None | Some("local") => Mode::Local,
+            Some("production") => Mode::Production,
+            Some(other) => return Err(err("LIANYU_MODE", format!("expected local or production, got {other:?}"))),
+        };
+        let listen = match var("LIANYU_LISTEN") {
+            None => SocketAddr::from(([127, 0, 0, 1], 50051)),
+            Some(v) => v.parse().map_err(|_| err("LIANYU_LISTEN", format!("not a socket address: {v:?}")))?,
+        };
+        let mut database_urls = BTreeMap::new();
+        if let Some(url) = var("DATABASE_URL") {
+            database_urls.insert("*".to_owned(), check_db_url("DATABASE_URL", url)?);
+        }
+        let mut peers = BTreeMap::new();
+        for service in SERVICES {
+            let upper = service.to_uppercase();
+            let name = format!("LIANYU_{upper}_DATABASE_URL");
+            if let Some(url) = var(&name) {
+                database_urls.insert(service.to_owned(), check_db_url(&name, url)?);
+            }
+            let name = format!("LIANYU_{upper}_URL");
+            if let Some(url) = var(&name) {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(err(&name, "must start with http:// or https://".into()));
+                }
+                peers.insert(service.to_owned(), url);
+            }
+        }
+        let trusted_keys = match var("LIANYU_TOKEN_KEYS") {
+            None => Vec::new(),
+            Some(v) => parse_keys(&v).map_err(|m| err("LIANYU_TOKEN_KEYS", m))?,
+        };
+        if mode == Mode::Production {
+            if trusted_keys.is_empty() {
+                return Err(err("LIANYU_TOKEN_KEYS", "required in production mode (kid=base64url-key,...)".into()));
+            }
+            if database_urls.is_empty() {
+                return Err(err("DATABASE_URL", "required in production mode".into()));
+            }
+        }
+        let otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(ep) = &otlp_endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(err("OTEL_EXPORTER_OTLP_ENDPOINT", "give a scheme: http://collector:4317".into()));
+            }
+        }
+        let d = Limits::default();
+        let limits = Limits {
+            request_timeout: duration(&var, "LIANYU_REQUEST_TIMEOUT", d.request_timeout)?,
+            max_concurrent_requests: number(&var, "LIANYU_MAX_CONCURRENT_REQUESTS", d.max_concurrent_requests)?,
+            max_message_bytes: number(&var, "LIANYU_MAX_MESSAGE_BYTES", d.max_message_bytes)?,
+            max_concurrent_streams: number(&var, "LIANYU_MAX_CONCURRENT_STREAMS", d.max_concurrent_streams)?,
+            keepalive_interval: duration(&var, "LIANYU_KEEPALIVE_INTERVAL", d.keepalive_interval)?,
+            keepalive_timeout: duration(&var, "LIANYU_KEEPALIVE_TIMEOUT", d.keepalive_timeout)?,
+            max_connection_age: duration(&var, "LIANYU_MAX_CONNECTION_AGE", d.max_connection_age)?,
+            shutdown_delay: duration(&var, "LIANYU_SHUTDOWN_DELAY", d.shutdown_delay)?,
+            drain_timeout: duration(&var, "LIANYU_DRAIN_TIMEOUT", d.drain_timeout)?,
+        };
+        Ok(Self {
+            mode,
+            listen,
+            data_dir: PathBuf::from(var("LIANYU_DATA_DIR").unwrap_or_else(|| "./data".into())),
+            database_urls,
+            db_max_connections: var("LIANYU_DB_MAX_CONNECTIONS")
+                .map(|v| positive("LIANYU_DB_MAX_CONNECTIONS", &v))
+                .transpose()?,
+            migrate: boolean(&var, "LIANYU_MIGRATE", true)?,
+            peers,
+            auth: AuthConfig {
+                issuer: var("LIANYU_TOKEN_ISSUER").unwrap_or_else(|| "lianyu".into()),
+                audience: var("LIANYU_TOKEN_AUDIENCE").unwrap_or_else(|| "lianyu-mesh".into()),
+                trusted_keys,
+            },
+            otlp_endpoint,
+            limits,
+        })
+    }
+
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// A local config for tests and `lianyu up`: everything default, data under `data_dir`.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::from_vars(|_| None).unwrap_or_else(|_| unreachable!("defaults are valid"));
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    /// The database a service uses: its own URL, else `DATABASE_URL`, else a SQLite file in the data dir.
+    pub fn database_url(&self, service: &str) -> String {
+        self.database_urls
+            .get(service)
+            .or_else(|| self.database_urls.get("*"))
+            .cloned()
+            .unwrap_or_else(|| format!("sqlite://{}/{service}.db?mode=rwc", self.data_dir.display()))
+    }
+
+    /// Points one service (or `"*"`, all of them) at a database.
+    pub fn set_database_url(&mut self, service: &str, url: impl Into<String>) {
+        self.database_urls.insert(service.to_owned(), url.into());
+    }
+}
+
+fn err(var: &str, message: String) -> ConfigError {
+    ConfigError { var: var.to_owned(), message }
+}
+
+fn check_db_url(var: &str, url: String) -> Result<String, ConfigError> {
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url)
+    } else {
+        Err(err(var, "expected a sqlite: or postgres:// URL".into()))
+    }
+}
+
+fn parse_keys(v: &str) -> Result<Vec<TrustedKey>, String> {
+    v.split(',')
+        .map(|pair| {
+            let (kid, key) = pair.trim().split_once('=').ok_or("expected kid=base64url-key pairs")?;
+            crate::auth::decode_public_key(key).map_err(|e| format!("key {kid}: {e}"))?;
+            Ok(TrustedKey { key_id: kid.to_owned(), public_key: key.to_owned() })
+        })
+        .collect()
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(var: &str, v: &str) -> Result<T, ConfigError> {
+    match v.trim().parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(err(var, format!("expected a positive whole number, got {v:?}"))),
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + Default>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    var(name).map_or(Ok(default), |v| positive(name, &v))
+}
+
+fn duration(var: &impl Fn(&str) -> Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    var(name).map_or(Ok(default), |v| {
+        humantime::parse_duration(v.trim()).map_err(|_| err(name, format!("expected a duration like 30s or 500ms, got {v:?}")))
+    })
+}
+
+fn boolean(var: &impl Fn(&str) -> Option<String>, name: &str, default: bool) -> Result<bool, ConfigError> {
+    match var(name).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(v) => Err(err(name, format!("expected true or false, got {v:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_run_on_a_laptop() {
+        let c = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(c.mode, Mode::Local);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.database_url("identity"), "sqlite://./data/identity.db?mode=rwc");
+        assert!(c.migrate);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let e = Config::from_vars(vars(&[("LIANYU_LISTEN", "nowhere")])).unwrap_err();
+        assert_eq!(e.var, "LIANYU_LISTEN");
+        let e = Config::from_vars(vars(&[("LIANYU_REQUEST_TIMEOUT", "soon")])).unwrap_err();
+        assert_eq!(e.var, "LIANYU_REQUEST_TIMEOUT");
+        let e = Config::from_vars(vars(&[("LIANYU_MAX_CONCURRENT_REQUESTS", "0")])).unwrap_err();
+        assert_eq!(e.var, "LIANYU_MAX_CONCURRENT_REQUESTS");
+        let e = Config::from_vars(vars(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        let e = Config::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")])).unwrap_err();
+        assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT");
+    }
+
+    #[test]
+    fn production_requires_keys_and_a_database() {
+        let e = Config::from_vars(vars(&[("LIANYU_MODE", "production")])).unwrap_err();
+        assert_eq!(e.var, "LIANYU_TOKEN_KEYS");
+        let key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        let e = Config::from_vars(vars(&[("LIANYU_MODE", "production"), ("LIANYU_TOKEN_KEYS", &format!("k1={key}"))]))
+            .unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        let c = Config::from_vars(vars(&[
+            ("LIANYU_MODE", "production"),
+            ("LIANYU_TOKEN_KEYS", &format!("k1={key}")),
+            ("DATABASE_URL", "postgres://db/mesh"),
+            ("LIANYU_IDENTITY_DATABASE_URL", "postgres://db/identity"),
+        ]))
+        .unwrap();
+        assert_eq!(c.database_url("identity"), "postgres://db/identity");
+        assert_eq!(c.database_url("live"), "postgres://db/mesh");
+        assert_eq!(c.auth.trusted_keys[0].key_id, "k1");
+    }
+
+    #[test]
+    fn a_malformed_key_is_refused() {
+        let e = Config::from_vars(vars(&[("LIANYU_TOKEN_KEYS", "k1=short")])).unwrap_err();
+        assert_eq!(e.var, "LIANYU_TOKEN_KEYS");
+    }
+}

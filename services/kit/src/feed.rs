@@ -1,0 +1,165 @@
+//! Event feeds between services. A service appends events to its outbox in the same
+//! transaction as the change ([`Feed::append`]); [`Feed::watch`] serves them to a `Watch…`
+//! RPC from a client's cursor, then tails new ones live through a bounded buffer; a
+//! [`Consumer`] on the other side stores its cursor with each handled event, so a restart
+//! resumes exactly where it stopped.
+
+mod consumer;
+
+use std::time::Duration;
+
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::{Expr, ExprTrait},
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+pub use consumer::Consumer;
+
+use crate::storage::{
+    StorageError,
+    entities::{outbox_counter, outbox_event},
+    now_millis,
+};
+
+/// Events buffered per watcher; a slow watcher holds the reader back instead of growing memory.
+const WATCH_BUFFER: usize = 256;
+/// Rows read from the outbox per query.
+const READ_BATCH: u64 = 500;
+
+/// An event to append.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: String,
+    pub partner_id: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// An event as stored, with its sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub kind: String,
+    pub partner_id: Option<String>,
+    pub payload: Vec<u8>,
+    pub created_at_millis: i64,
+}
+
+/// A service's outbox and its watchers.
+#[derive(Clone)]
+pub struct Feed {
+    db: DatabaseConnection,
+    published: watch::Sender<u64>,
+    shutdown: CancellationToken,
+    /// Another replica may append to the same database; watchers poll at this interval too.
+    poll: Duration,
+}
+
+impl Feed {
+    pub fn new(db: DatabaseConnection, shutdown: CancellationToken) -> Self {
+        Self { db, published: watch::Sender::new(0), shutdown, poll: Duration::from_millis(500) }
+    }
+
+    /// Appends an event inside the caller's transaction and returns its sequence.
+    ///
+    /// The counter row is updated first: its row lock is held until the transaction ends, so
+    /// sequences become visible in commit order and a tailing reader never skips a late commit.
+    pub async fn append(txn: &impl ConnectionTrait, event: NewEvent) -> Result<i64, StorageError> {
+        let bumped = outbox_counter::Entity::update_many()
+            .col_expr(outbox_counter::Column::LastSeq, Expr::col(outbox_counter::Column::LastSeq).add(1))
+            .filter(outbox_counter::Column::Id.eq(1))
+            .exec(txn)
+            .await?;
+        if bumped.rows_affected != 1 {
+            return Err(StorageError::Other("outbox counter row is missing".into()));
+        }
+        let seq = outbox_counter::Entity::find_by_id(1).one(txn).await?.ok_or(StorageError::NotFound)?.last_seq;
+        outbox_event::ActiveModel {
+            seq: Set(seq),
+            kind: Set(event.kind),
+            partner_id: Set(event.partner_id),
+            payload: Set(event.payload),
+            created_at: Set(now_millis()),
+        }
+        .insert(txn)
+        .await?;
+        Ok(seq)
+    }
+
+    /// Wakes watchers after a transaction that appended has committed.
+    pub fn published(&self) {
+        self.published.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Up to `limit` events after `after`, in sequence order.
+    pub async fn read_after(&self, after: i64, limit: u64) -> Result<Vec<StoredEvent>, StorageError> {
+        let rows = outbox_event::Entity::find()
+            .filter(outbox_event::Column::Seq.gt(after))
+            .order_by_asc(outbox_event::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredEvent {
+                seq: r.seq,
+                kind: r.kind,
+                partner_id: r.partner_id,
+                payload: r.payload,
+                created_at_millis: r.created_at,
+            })
+            .collect())
+    }
+
+    /// Streams every event after `after`, then new ones as they commit, until the client
+    /// leaves or the server shuts down (then UNAVAILABLE, so the client resumes elsewhere).
+    /// `map` turns an event into the RPC's message, or `None` to skip it for this watcher.
+    pub fn watch<T, F>(&self, after: i64, mut map: F) -> ReceiverStream<Result<T, tonic::Status>>
+    where
+        T: Send + 'static,
+        F: FnMut(StoredEvent) -> Option<T> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let feed = self.clone();
+        tokio::spawn(async move {
+            let mut published = feed.published.subscribe();
+            let mut cursor = after;
+            loop {
+                published.mark_unchanged();
+                let batch = match feed.read_after(cursor, READ_BATCH).await {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "feed read failed");
+                        let _ = tx.send(Err(tonic::Status::unavailable("feed unavailable, resume from your cursor"))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() as u64 == READ_BATCH;
+                for event in batch {
+                    cursor = event.seq;
+                    if let Some(message) = map(event) {
+                        tokio::select! {
+                            sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                            () = feed.shutdown.cancelled() => break,
+                        }
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    _ = published.changed() => {}
+                    () = tokio::time::sleep(feed.poll) => {}
+                    () = tx.closed() => return,
+                    () = feed.shutdown.cancelled() => {
+                        let _ = tx.send(Err(tonic::Status::unavailable("server shutting down, resume from your cursor"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}

@@ -1,0 +1,122 @@
+//! The consuming side of a feed: open a `Watch…` stream from the stored cursor, handle each
+//! event in a transaction that also advances the cursor, and reconnect with backoff on errors.
+
+use std::{future::Future, time::Duration};
+
+use futures::{Stream, StreamExt};
+use sea_orm::{
+    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait, sea_query::OnConflict,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::KitError,
+    storage::{StorageError, entities::feed_cursor, now_millis},
+};
+
+/// A named consumer of one feed, with its cursor in the consuming service's database.
+pub struct Consumer {
+    db: DatabaseConnection,
+    name: String,
+}
+
+impl Consumer {
+    pub fn new(db: DatabaseConnection, name: impl Into<String>) -> Self {
+        Self { db, name: name.into() }
+    }
+
+    /// The last sequence handled (0 before the first).
+    pub async fn position(&self) -> Result<i64, StorageError> {
+        Ok(feed_cursor::Entity::find_by_id(self.name.clone()).one(&self.db).await?.map_or(0, |c| c.position))
+    }
+
+    /// Consumes until `shutdown`. `open(cursor)` opens a stream of `(sequence, event)` after
+    /// `cursor`; `handle` applies one event inside the transaction that stores the new cursor,
+    /// so an event's effect and the cursor move together or not at all.
+    pub async fn run<T, S, Open, OpenFut, Handle>(
+        &self,
+        mut open: Open,
+        mut handle: Handle,
+        shutdown: CancellationToken,
+    ) -> Result<(), StorageError>
+    where
+        Open: FnMut(i64) -> OpenFut,
+        OpenFut: Future<Output = Result<S, tonic::Status>>,
+        S: Stream<Item = Result<(i64, T), tonic::Status>> + Unpin,
+        Handle: AsyncFnMut(&DatabaseTransaction, T) -> Result<(), KitError>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let cursor = self.position().await?;
+            let mut stream = tokio::select! {
+                opened = open(cursor) => match opened {
+                    Ok(stream) => stream,
+                    Err(status) => {
+                        tracing::warn!(consumer = %self.name, code = ?status.code(), "feed open failed, retrying");
+                        sleep_or_stop(&shutdown, &mut backoff).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    () = shutdown.cancelled() => return Ok(()),
+                };
+                match item {
+                    Some(Ok((seq, event))) => {
+                        if let Err(err) = self.apply(seq, event, &mut handle).await {
+                            tracing::error!(consumer = %self.name, seq, error = %err, "feed event failed, retrying");
+                            sleep_or_stop(&shutdown, &mut backoff).await;
+                            break;
+                        }
+                        backoff = Duration::from_millis(100);
+                    }
+                    Some(Err(status)) => {
+                        tracing::warn!(consumer = %self.name, code = ?status.code(), "feed interrupted, resuming");
+                        sleep_or_stop(&shutdown, &mut backoff).await;
+                        break;
+                    }
+                    None => {
+                        sleep_or_stop(&shutdown, &mut backoff).await;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply<T, Handle>(&self, seq: i64, event: T, handle: &mut Handle) -> Result<(), KitError>
+    where
+        Handle: AsyncFnMut(&DatabaseTransaction, T) -> Result<(), KitError>,
+    {
+        let txn = self.db.begin().await.map_err(StorageError::from)?;
+        handle(&txn, event).await?;
+        let row = feed_cursor::ActiveModel {
+            consumer: Set(self.name.clone()),
+            position: Set(seq),
+            updated_at: Set(now_millis()),
+        };
+        feed_cursor::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(feed_cursor::Column::Consumer)
+                    .update_columns([feed_cursor::Column::Position, feed_cursor::Column::UpdatedAt])
+                    .to_owned(),
+            )
+            .exec(&txn)
+            .await
+            .map_err(StorageError::from)?;
+        txn.commit().await.map_err(StorageError::from)?;
+        Ok(())
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, backoff: &mut Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(*backoff) => {}
+        () = shutdown.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}

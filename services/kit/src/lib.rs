@@ -1,0 +1,19 @@
+//! `lianyu-kit`: the runtime every Lianyu service shares — configuration, the gRPC server and
+//! its middleware, partner authentication, the error-to-status mapping, telemetry, storage,
+//! request idempotency, event feeds and page tokens.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod idempotency;
+pub mod page;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod testing;
+
+pub use auth::Principal;
+pub use config::Config;
+pub use error::{FieldViolation, KitError, ServiceError};
+pub use server::{Mount, ServerContext, StartError};

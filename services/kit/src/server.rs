@@ -1,0 +1,208 @@
+//! The gRPC server every service runs: health (each service by its full name) and reflection
+//! (v1 and v1alpha), a middleware stack of telemetry, load shedding and authentication,
+//! HTTP/2 limits, and a graceful shutdown that turns health NOT_SERVING first, ends feeds,
+//! lets in-flight calls finish within a deadline, then returns.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
+use tonic_health::ServingStatus;
+use tower::{
+    ServiceBuilder,
+    limit::GlobalConcurrencyLimitLayer,
+    load_shed::LoadShedLayer,
+};
+
+use crate::{
+    auth::{AuthLayer, DevKey, TokenVerifier},
+    config::{Config, ConfigError, Mode},
+    storage::StorageError,
+    telemetry::RpcTelemetryLayer,
+};
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("migrations: {0}")]
+    Migration(String),
+    #[error("token keys: {0}")]
+    Auth(String),
+    #[error("dev signing key: {0}")]
+    DevKey(#[from] crate::auth::DevKeyError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// What every service needs from the process: its config, the token verifier, and the token
+/// that is cancelled when the server starts shutting down (feeds end their streams on it).
+#[derive(Clone)]
+pub struct ServerContext {
+    pub config: Config,
+    pub verifier: Arc<TokenVerifier>,
+    pub stopping: CancellationToken,
+}
+
+impl ServerContext {
+    /// Builds the verifier from the configured keys; in local mode the dev key in the data
+    /// directory is trusted too (and created if missing).
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let mut auth = config.auth.clone();
+        if config.mode == Mode::Local {
+            auth.trusted_keys.push(DevKey::load_or_create(&config.data_dir)?.trusted_key());
+        }
+        let verifier = TokenVerifier::new(&auth).map_err(StartError::Auth)?;
+        Ok(Self { config, verifier: Arc::new(verifier), stopping: CancellationToken::new() })
+    }
+}
+
+/// The gRPC services to serve, collected from one or more Lianyu services.
+pub struct Mount {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    max_message_bytes: usize,
+}
+
+impl Mount {
+    pub fn new(ctx: &ServerContext) -> Self {
+        Self { routes: RoutesBuilder::default(), names: Vec::new(), max_message_bytes: ctx.config.limits.max_message_bytes }
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Used by [`mount!`](crate::mount); call that instead.
+    pub fn routes_and_names(&mut self) -> (&mut RoutesBuilder, &mut Vec<&'static str>) {
+        (&mut self.routes, &mut self.names)
+    }
+
+    /// Full names of the gRPC services mounted so far.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+}
+
+/// The full gRPC name of a service, for health reporting.
+pub fn name_of<S: NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// Adds a generated tonic server to a [`Mount`], with the configured message size limits.
+#[macro_export]
+macro_rules! mount {
+    ($mount:expr, $server:expr) => {{
+        let max = $mount.max_message_bytes();
+        let server = $server.max_decoding_message_size(max).max_encoding_message_size(max);
+        let (routes, names) = $mount.routes_and_names();
+        names.push($crate::server::name_of(&server));
+        routes.add_service(server);
+    }};
+}
+
+/// Serves `mount` on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    ctx: &ServerContext,
+    mount: Mount,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let limits = &ctx.config.limits;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // The reporter starts the overall "" service SERVING; nothing is until we say so.
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(lianyu_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| StartError::Auth(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| StartError::Auth(format!("reflection: {e}")))?;
+
+    let Mount { mut routes, names, .. } = mount;
+    routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
+
+    let middleware = ServiceBuilder::new()
+        // Outermost, so every call is traced and counted, refused ones included.
+        .layer(RpcTelemetryLayer::default())
+        // At the limit a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
+        .layer(LoadShedLayer::new())
+        // One limit for the whole process, not per connection, so many clients cannot add up past it.
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        // Verifies the bearer token and the RPC's scope before routing; health and reflection stay open.
+        .layer(AuthLayer::new(ctx.verifier.clone()))
+        .into_inner();
+    let server = Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_connection_age(limits.max_connection_age)
+        .layer(middleware)
+        .add_routes(routes.routes());
+
+    for name in &names {
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    tracing::info!(address = %listener.local_addr()?, services = names.len(), "serving");
+
+    let stopping = ctx.stopping.clone();
+    let delay = limits.shutdown_delay;
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        reporter.set_service_status("", ServingStatus::NotServing).await;
+        for name in &names {
+            reporter.set_service_status(*name, ServingStatus::NotServing).await;
+        }
+        tokio::time::sleep(delay).await;
+        stopping.cancel();
+    };
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serving = server.serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(serving);
+    let drain_deadline = async {
+        ctx.stopping.cancelled().await;
+        tokio::time::sleep(limits.drain_timeout).await;
+    };
+    tokio::select! {
+        result = &mut serving => result?,
+        () = drain_deadline => tracing::warn!("drain deadline passed; closing the remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,127 @@
+//! Storage: one sea-orm connection per service from its database URL (SQLite in WAL mode by
+//! default, PostgreSQL when the URL says so, the same code either way), the kit's own tables
+//! (idempotency keys, the outbox, feed cursors), and the one place storage errors are classified.
+
+pub mod entities;
+mod migration;
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr};
+use tonic::Code;
+
+pub use migration::KitTables;
+
+/// A storage failure, classified once at the store boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// ALREADY_EXISTS, reason ALREADY_EXISTS: a unique constraint was violated.
+    #[error("already exists")]
+    AlreadyExists,
+    /// NOT_FOUND, reason NOT_FOUND.
+    #[error("not found")]
+    NotFound,
+    /// UNAVAILABLE, reason STORAGE_UNAVAILABLE: the pool or the connection timed out; retry.
+    #[error("storage unavailable, retry")]
+    Unavailable(String),
+    /// ABORTED, reason CONCURRENT_UPDATE: a serialization failure or deadlock; retry.
+    #[error("concurrent update, retry")]
+    Conflict(String),
+    /// INTERNAL, reason STORAGE_ERROR.
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+impl StorageError {
+    pub(crate) fn code(&self) -> Code {
+        match self {
+            StorageError::AlreadyExists => Code::AlreadyExists,
+            StorageError::NotFound => Code::NotFound,
+            StorageError::Unavailable(_) => Code::Unavailable,
+            StorageError::Conflict(_) => Code::Aborted,
+            StorageError::Other(_) => Code::Internal,
+        }
+    }
+
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            StorageError::AlreadyExists => "ALREADY_EXISTS",
+            StorageError::NotFound => "NOT_FOUND",
+            StorageError::Unavailable(_) => "STORAGE_UNAVAILABLE",
+            StorageError::Conflict(_) => "CONCURRENT_UPDATE",
+            StorageError::Other(_) => "STORAGE_ERROR",
+        }
+    }
+}
+
+impl From<DbErr> for StorageError {
+    fn from(err: DbErr) -> Self {
+        if let Some(SqlErr::UniqueConstraintViolation(_)) = err.sql_err() {
+            return StorageError::AlreadyExists;
+        }
+        let text = err.to_string();
+        match &err {
+            DbErr::RecordNotFound(_) => StorageError::NotFound,
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => StorageError::Unavailable(text),
+            // PostgreSQL serialization_failure / deadlock_detected; SQLite busy.
+            _ if text.contains("40001") || text.contains("40P01") || text.contains("database is locked") => {
+                StorageError::Conflict(text)
+            }
+            _ => StorageError::Other(text),
+        }
+    }
+}
+
+/// Connects a service to its database. On PostgreSQL the service's tables live in a schema of
+/// their own (`lianyu_<service>`), so services sharing one server never read each other's tables.
+pub async fn connect(url: &str, service: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, StorageError> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options.sqlx_logging(false).acquire_timeout(Duration::from_secs(5));
+    let postgres = url.starts_with("postgres");
+    if postgres {
+        let schema = format!("lianyu_{service}");
+        ensure_schema(url, &schema).await?;
+        options.set_schema_search_path(schema).max_connections(max_connections.unwrap_or(16));
+    } else {
+        if let Some(dir) = sqlite_dir(url) {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::Other(format!("data directory: {e}")))?;
+        }
+        // SQLite takes one writer at a time; a single connection makes writes queue in the pool
+        // instead of failing with SQLITE_BUSY when a read transaction upgrades to a write.
+        options.max_connections(max_connections.unwrap_or(1)).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    }
+    Ok(Database::connect(options).await?)
+}
+
+async fn ensure_schema(url: &str, schema: &str) -> Result<(), StorageError> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options.sqlx_logging(false).max_connections(1).acquire_timeout(Duration::from_secs(5));
+    let db = Database::connect(options).await?;
+    db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await?;
+    db.close().await?;
+    Ok(())
+}
+
+fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    if path == ":memory:" || path.is_empty() {
+        return None;
+    }
+    std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Which backend a connection talks to, for the rare statement that differs.
+pub fn backend(db: &impl ConnectionTrait) -> DbBackend {
+    db.get_database_backend()
+}
+
+/// Milliseconds since the Unix epoch, the kit tables' time unit.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
