@@ -117,7 +117,10 @@ impl TokenVerifier {
         validation.set_issuer(&[&auth.issuer]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         validation.leeway = 30;
-        let verifier = Self { keys: Arc::default(), validation };
+        let verifier = Self {
+            keys: Arc::default(),
+            validation,
+        };
         verifier.replace_keys(&auth.trusted_keys)?;
         Ok(verifier)
     }
@@ -127,7 +130,8 @@ impl TokenVerifier {
         let mut map = HashMap::new();
         for key in keys {
             decode_public_key(&key.public_key)?;
-            let decoding = DecodingKey::from_ed_components(&key.public_key).map_err(|e| e.to_string())?;
+            let decoding =
+                DecodingKey::from_ed_components(&key.public_key).map_err(|e| e.to_string())?;
             map.insert(key.key_id.clone(), decoding);
         }
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = map;
@@ -139,11 +143,14 @@ impl TokenVerifier {
         let kid = header.kid.ok_or(AuthError::Invalid)?;
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let key = keys.get(&kid).ok_or(AuthError::Invalid)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::InvalidAudience => AuthError::WrongAudience,
-            _ => AuthError::Invalid,
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    _ => AuthError::Invalid,
+                }
+            })?;
         let claims = data.claims;
         if claims.sub.is_empty() {
             return Err(AuthError::Invalid);
@@ -160,6 +167,9 @@ impl TokenVerifier {
 /// Decodes a base64url Ed25519 public key, checking it is 32 bytes (a shorter one would make
 /// the JWT library panic at verification).
 pub fn decode_public_key(key: &str) -> Result<[u8; 32], String> {
-    let bytes = URL_SAFE_NO_PAD.decode(key.trim()).map_err(|_| "not base64url".to_owned())?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())
+    let bytes = URL_SAFE_NO_PAD
+        .decode(key.trim())
+        .map_err(|_| "not base64url".to_owned())?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())
 }

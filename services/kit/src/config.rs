@@ -100,11 +100,18 @@ impl Config {
         let mode = match var("LIANYU_MODE").as_deref() {
             None | Some("local") => Mode::Local,
             Some("production") => Mode::Production,
-            Some(other) => return Err(err("LIANYU_MODE", format!("expected local or production, got {other:?}"))),
+            Some(other) => {
+                return Err(err(
+                    "LIANYU_MODE",
+                    format!("expected local or production, got {other:?}"),
+                ));
+            }
         };
         let listen = match var("LIANYU_LISTEN") {
             None => SocketAddr::from(([127, 0, 0, 1], 50051)),
-            Some(v) => v.parse().map_err(|_| err("LIANYU_LISTEN", format!("not a socket address: {v:?}")))?,
+            Some(v) => v
+                .parse()
+                .map_err(|_| err("LIANYU_LISTEN", format!("not a socket address: {v:?}")))?,
         };
         let mut database_urls = BTreeMap::new();
         if let Some(url) = var("DATABASE_URL") {
@@ -131,7 +138,10 @@ impl Config {
         };
         if mode == Mode::Production {
             if trusted_keys.is_empty() {
-                return Err(err("LIANYU_TOKEN_KEYS", "required in production mode (kid=base64url-key,...)".into()));
+                return Err(err(
+                    "LIANYU_TOKEN_KEYS",
+                    "required in production mode (kid=base64url-key,...)".into(),
+                ));
             }
             if database_urls.is_empty() {
                 return Err(err("DATABASE_URL", "required in production mode".into()));
@@ -140,15 +150,26 @@ impl Config {
         let otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
         if let Some(ep) = &otlp_endpoint {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return Err(err("OTEL_EXPORTER_OTLP_ENDPOINT", "give a scheme: http://collector:4317".into()));
+                return Err(err(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "give a scheme: http://collector:4317".into(),
+                ));
             }
         }
         let d = Limits::default();
         let limits = Limits {
             request_timeout: duration(&var, "LIANYU_REQUEST_TIMEOUT", d.request_timeout)?,
-            max_concurrent_requests: number(&var, "LIANYU_MAX_CONCURRENT_REQUESTS", d.max_concurrent_requests)?,
+            max_concurrent_requests: number(
+                &var,
+                "LIANYU_MAX_CONCURRENT_REQUESTS",
+                d.max_concurrent_requests,
+            )?,
             max_message_bytes: number(&var, "LIANYU_MAX_MESSAGE_BYTES", d.max_message_bytes)?,
-            max_concurrent_streams: number(&var, "LIANYU_MAX_CONCURRENT_STREAMS", d.max_concurrent_streams)?,
+            max_concurrent_streams: number(
+                &var,
+                "LIANYU_MAX_CONCURRENT_STREAMS",
+                d.max_concurrent_streams,
+            )?,
             keepalive_interval: duration(&var, "LIANYU_KEEPALIVE_INTERVAL", d.keepalive_interval)?,
             keepalive_timeout: duration(&var, "LIANYU_KEEPALIVE_TIMEOUT", d.keepalive_timeout)?,
             max_connection_age: duration(&var, "LIANYU_MAX_CONNECTION_AGE", d.max_connection_age)?,
@@ -182,7 +203,8 @@ impl Config {
 
     /// A local config for tests and `lianyu up`: everything default, data under `data_dir`.
     pub fn local(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Self::from_vars(|_| None).unwrap_or_else(|_| unreachable!("defaults are valid"));
+        let mut config =
+            Self::from_vars(|_| None).unwrap_or_else(|_| unreachable!("defaults are valid"));
         config.data_dir = data_dir.into();
         config
     }
@@ -193,7 +215,9 @@ impl Config {
             .get(service)
             .or_else(|| self.database_urls.get("*"))
             .cloned()
-            .unwrap_or_else(|| format!("sqlite://{}/{service}.db?mode=rwc", self.data_dir.display()))
+            .unwrap_or_else(|| {
+                format!("sqlite://{}/{service}.db?mode=rwc", self.data_dir.display())
+            })
     }
 
     /// Points one service (or `"*"`, all of them) at a database.
@@ -203,11 +227,17 @@ impl Config {
 }
 
 fn err(var: &str, message: String) -> ConfigError {
-    ConfigError { var: var.to_owned(), message }
+    ConfigError {
+        var: var.to_owned(),
+        message,
+    }
 }
 
 fn check_db_url(var: &str, url: String) -> Result<String, ConfigError> {
-    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
         Ok(url)
     } else {
         Err(err(var, "expected a sqlite: or postgres:// URL".into()))
@@ -217,17 +247,29 @@ fn check_db_url(var: &str, url: String) -> Result<String, ConfigError> {
 fn parse_keys(v: &str) -> Result<Vec<TrustedKey>, String> {
     v.split(',')
         .map(|pair| {
-            let (kid, key) = pair.trim().split_once('=').ok_or("expected kid=base64url-key pairs")?;
+            let (kid, key) = pair
+                .trim()
+                .split_once('=')
+                .ok_or("expected kid=base64url-key pairs")?;
             crate::auth::decode_public_key(key).map_err(|e| format!("key {kid}: {e}"))?;
-            Ok(TrustedKey { key_id: kid.to_owned(), public_key: key.to_owned() })
+            Ok(TrustedKey {
+                key_id: kid.to_owned(),
+                public_key: key.to_owned(),
+            })
         })
         .collect()
 }
 
-fn positive<T: std::str::FromStr + PartialOrd + Default>(var: &str, v: &str) -> Result<T, ConfigError> {
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    var: &str,
+    v: &str,
+) -> Result<T, ConfigError> {
     match v.trim().parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
-        _ => Err(err(var, format!("expected a positive whole number, got {v:?}"))),
+        _ => Err(err(
+            var,
+            format!("expected a positive whole number, got {v:?}"),
+        )),
     }
 }
 
@@ -239,13 +281,26 @@ fn number<T: std::str::FromStr + PartialOrd + Default>(
     var(name).map_or(Ok(default), |v| positive(name, &v))
 }
 
-fn duration(var: &impl Fn(&str) -> Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     var(name).map_or(Ok(default), |v| {
-        humantime::parse_duration(v.trim()).map_err(|_| err(name, format!("expected a duration like 30s or 500ms, got {v:?}")))
+        humantime::parse_duration(v.trim()).map_err(|_| {
+            err(
+                name,
+                format!("expected a duration like 30s or 500ms, got {v:?}"),
+            )
+        })
     })
 }
 
-fn boolean(var: &impl Fn(&str) -> Option<String>, name: &str, default: bool) -> Result<bool, ConfigError> {
+fn boolean(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match var(name).as_deref().map(str::trim) {
         None => Ok(default),
         Some("true" | "1" | "yes") => Ok(true),
@@ -259,7 +314,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -268,7 +326,10 @@ mod tests {
         let c = Config::from_vars(vars(&[])).unwrap();
         assert_eq!(c.mode, Mode::Local);
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(c.database_url("identity"), "sqlite://./data/identity.db?mode=rwc");
+        assert_eq!(
+            c.database_url("identity"),
+            "sqlite://./data/identity.db?mode=rwc"
+        );
         assert!(c.migrate);
     }
 
@@ -282,7 +343,8 @@ mod tests {
         assert_eq!(e.var, "LIANYU_MAX_CONCURRENT_REQUESTS");
         let e = Config::from_vars(vars(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
-        let e = Config::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")])).unwrap_err();
+        let e = Config::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]))
+            .unwrap_err();
         assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT");
     }
 
@@ -291,8 +353,11 @@ mod tests {
         let e = Config::from_vars(vars(&[("LIANYU_MODE", "production")])).unwrap_err();
         assert_eq!(e.var, "LIANYU_TOKEN_KEYS");
         let key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
-        let e = Config::from_vars(vars(&[("LIANYU_MODE", "production"), ("LIANYU_TOKEN_KEYS", &format!("k1={key}"))]))
-            .unwrap_err();
+        let e = Config::from_vars(vars(&[
+            ("LIANYU_MODE", "production"),
+            ("LIANYU_TOKEN_KEYS", &format!("k1={key}")),
+        ]))
+        .unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
         let c = Config::from_vars(vars(&[
             ("LIANYU_MODE", "production"),

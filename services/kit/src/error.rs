@@ -19,7 +19,10 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 }
 
@@ -41,7 +44,13 @@ pub fn to_status<E: ServiceError>(domain: &str, error: &E) -> Status {
         // Internal errors come from storage and I/O, whose messages hold no member data.
         tracing::error!(error.id = %id, error = %error, reason = error.reason(), "internal error");
         let meta = HashMap::from([("error_id".to_owned(), id.clone())]);
-        return status_with_info(Code::Internal, format!("internal error (id {id})"), error.reason(), domain, meta);
+        return status_with_info(
+            Code::Internal,
+            format!("internal error (id {id})"),
+            error.reason(),
+            domain,
+            meta,
+        );
     }
     let mut details = ErrorDetails::with_error_info(error.reason(), domain, HashMap::new());
     let violations = error.field_violations();
@@ -64,7 +73,11 @@ pub fn status_with_info(
     domain: &str,
     metadata: HashMap<String, String>,
 ) -> Status {
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, domain, metadata))
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, domain, metadata),
+    )
 }
 
 /// Errors raised by the kit's own helpers; services wrap it in their enum with `#[from]`.
@@ -82,7 +95,11 @@ pub enum KitError {
 }
 
 fn summary(violations: &[FieldViolation]) -> String {
-    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl KitError {
@@ -128,9 +145,15 @@ mod tests {
 
     #[test]
     fn invalid_argument_carries_field_violations() {
-        let status = to_status("lianyu.test", &KitError::invalid("page_size", "must not be negative"));
+        let status = to_status(
+            "lianyu.test",
+            &KitError::invalid("page_size", "must not be negative"),
+        );
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(info(&status), ("INVALID_ARGUMENT".into(), "lianyu.test".into()));
+        assert_eq!(
+            info(&status),
+            ("INVALID_ARGUMENT".into(), "lianyu.test".into())
+        );
         let details = status.get_error_details();
         let bad = details.bad_request().expect("bad request");
         assert_eq!(bad.field_violations[0].field, "page_size");

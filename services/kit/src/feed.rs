@@ -9,14 +9,17 @@ mod consumer;
 use std::time::Duration;
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::{Expr, ExprTrait},
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+    sea_query::{Expr, ExprTrait},
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-pub use consumer::Consumer;
+pub use consumer::{Consumer, Handled};
 
 use crate::storage::{
     StorageError,
@@ -59,7 +62,12 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(db: DatabaseConnection, shutdown: CancellationToken) -> Self {
-        Self { db, published: watch::Sender::new(0), shutdown, poll: Duration::from_millis(500) }
+        Self {
+            db,
+            published: watch::Sender::new(0),
+            shutdown,
+            poll: Duration::from_millis(500),
+        }
     }
 
     /// Appends an event inside the caller's transaction and returns its sequence.
@@ -68,14 +76,21 @@ impl Feed {
     /// sequences become visible in commit order and a tailing reader never skips a late commit.
     pub async fn append(txn: &impl ConnectionTrait, event: NewEvent) -> Result<i64, StorageError> {
         let bumped = outbox_counter::Entity::update_many()
-            .col_expr(outbox_counter::Column::LastSeq, Expr::col(outbox_counter::Column::LastSeq).add(1))
+            .col_expr(
+                outbox_counter::Column::LastSeq,
+                Expr::col(outbox_counter::Column::LastSeq).add(1),
+            )
             .filter(outbox_counter::Column::Id.eq(1))
             .exec(txn)
             .await?;
         if bumped.rows_affected != 1 {
             return Err(StorageError::Other("outbox counter row is missing".into()));
         }
-        let seq = outbox_counter::Entity::find_by_id(1).one(txn).await?.ok_or(StorageError::NotFound)?.last_seq;
+        let seq = outbox_counter::Entity::find_by_id(1)
+            .one(txn)
+            .await?
+            .ok_or(StorageError::NotFound)?
+            .last_seq;
         outbox_event::ActiveModel {
             seq: Set(seq),
             kind: Set(event.kind),
@@ -94,7 +109,11 @@ impl Feed {
     }
 
     /// Up to `limit` events after `after`, in sequence order.
-    pub async fn read_after(&self, after: i64, limit: u64) -> Result<Vec<StoredEvent>, StorageError> {
+    pub async fn read_after(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<StoredEvent>, StorageError> {
         let rows = outbox_event::Entity::find()
             .filter(outbox_event::Column::Seq.gt(after))
             .order_by_asc(outbox_event::Column::Seq)
@@ -132,7 +151,11 @@ impl Feed {
                     Ok(batch) => batch,
                     Err(err) => {
                         tracing::warn!(error = %err, "feed read failed");
-                        let _ = tx.send(Err(tonic::Status::unavailable("feed unavailable, resume from your cursor"))).await;
+                        let _ = tx
+                            .send(Err(tonic::Status::unavailable(
+                                "feed unavailable, resume from your cursor",
+                            )))
+                            .await;
                         return;
                     }
                 };

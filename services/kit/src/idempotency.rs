@@ -3,7 +3,10 @@
 //! response; the same id with a different request is ALREADY_EXISTS / REQUEST_ID_REUSED.
 
 use prost::Message;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    TransactionTrait,
+};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -24,7 +27,12 @@ pub struct CallKey<'a> {
 
 /// Runs `effect` in a transaction at most once per key, storing its response with it.
 /// An empty `request_id` runs the effect without replay protection.
-pub async fn once<Req, Resp, E, F>(db: &DatabaseConnection, key: CallKey<'_>, request: &Req, effect: F) -> Result<Resp, E>
+pub async fn once<Req, Resp, E, F>(
+    db: &DatabaseConnection,
+    key: CallKey<'_>,
+    request: &Req,
+    effect: F,
+) -> Result<Resp, E>
 where
     Req: Message,
     Resp: Message + Default,
@@ -55,7 +63,9 @@ where
                 // transaction is dropped) and the caller gets what the first call stored.
                 StorageError::AlreadyExists => {
                     drop(txn);
-                    replay(db, key, &hash).await?.ok_or_else(|| kit(StorageError::NotFound).into())
+                    replay(db, key, &hash)
+                        .await?
+                        .ok_or_else(|| kit(StorageError::NotFound).into())
                 }
                 other => Err(KitError::from(other).into()),
             };
@@ -67,24 +77,43 @@ where
 
 fn validate(request_id: &str) -> Result<(), KitError> {
     if request_id.len() > MAX_REQUEST_ID_LEN {
-        return Err(KitError::invalid("request_id", format!("at most {MAX_REQUEST_ID_LEN} characters")));
+        return Err(KitError::invalid(
+            "request_id",
+            format!("at most {MAX_REQUEST_ID_LEN} characters"),
+        ));
     }
-    if request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(KitError::invalid("request_id", "must not contain spaces or control characters"));
+    if request_id
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(KitError::invalid(
+            "request_id",
+            "must not contain spaces or control characters",
+        ));
     }
     Ok(())
 }
 
-async fn replay<Resp: Message + Default>(db: &DatabaseConnection, key: CallKey<'_>, hash: &[u8]) -> Result<Option<Resp>, KitError> {
-    let found = idempotency_key::Entity::find_by_id((key.partner_id.to_owned(), key.method.to_owned(), key.request_id.to_owned()))
-        .one(db)
-        .await
-        .map_err(kit)?;
+async fn replay<Resp: Message + Default>(
+    db: &DatabaseConnection,
+    key: CallKey<'_>,
+    hash: &[u8],
+) -> Result<Option<Resp>, KitError> {
+    let found = idempotency_key::Entity::find_by_id((
+        key.partner_id.to_owned(),
+        key.method.to_owned(),
+        key.request_id.to_owned(),
+    ))
+    .one(db)
+    .await
+    .map_err(kit)?;
     match found {
         None => Ok(None),
         Some(row) if row.request_hash == hash => Resp::decode(row.response.as_slice())
             .map(Some)
-            .map_err(|e| StorageError::Other(format!("stored response does not decode: {e}")).into()),
+            .map_err(|e| {
+                StorageError::Other(format!("stored response does not decode: {e}")).into()
+            }),
         Some(_) => Err(KitError::RequestIdReused),
     }
 }

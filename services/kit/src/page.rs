@@ -47,14 +47,21 @@ impl Page {
             }
             Some(token.k)
         };
-        Ok(Self { size, after, fingerprint })
+        Ok(Self {
+            size,
+            after,
+            fingerprint,
+        })
     }
 
     /// The token for the page after `last_key`, or empty when `has_more` is false.
     pub fn next_token(&self, last_key: Option<&str>, has_more: bool) -> String {
         match (has_more, last_key) {
             (true, Some(k)) => {
-                let token = Token { k: k.to_owned(), q: self.fingerprint.clone() };
+                let token = Token {
+                    k: k.to_owned(),
+                    q: self.fingerprint.clone(),
+                };
                 URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
             }
             _ => String::new(),
@@ -86,7 +93,13 @@ mod tests {
     fn a_token_resumes_its_own_query_only() {
         let first = Page::parse(10, "", &["p1", "ACTIVE"]).unwrap();
         let token = first.next_token(Some("key-10"), true);
-        assert_eq!(Page::parse(10, &token, &["p1", "ACTIVE"]).unwrap().after.as_deref(), Some("key-10"));
+        assert_eq!(
+            Page::parse(10, &token, &["p1", "ACTIVE"])
+                .unwrap()
+                .after
+                .as_deref(),
+            Some("key-10")
+        );
         let other_partner = Page::parse(10, &token, &["p2", "ACTIVE"]).unwrap_err();
         assert!(matches!(other_partner, KitError::Invalid(v) if v[0].field == "page_token"));
         assert!(Page::parse(10, "garbage!", &["p1", "ACTIVE"]).is_err());

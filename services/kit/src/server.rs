@@ -9,11 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
-use tower::{
-    ServiceBuilder,
-    limit::GlobalConcurrencyLimitLayer,
-    load_shed::LoadShedLayer,
-};
+use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
 
 use crate::{
     auth::{AuthLayer, DevKey, TokenVerifier},
@@ -56,10 +52,15 @@ impl ServerContext {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let mut auth = config.auth.clone();
         if config.mode == Mode::Local {
-            auth.trusted_keys.push(DevKey::load_or_create(&config.data_dir)?.trusted_key());
+            auth.trusted_keys
+                .push(DevKey::load_or_create(&config.data_dir)?.trusted_key());
         }
         let verifier = TokenVerifier::new(&auth).map_err(StartError::Auth)?;
-        Ok(Self { config, verifier: Arc::new(verifier), stopping: CancellationToken::new() })
+        Ok(Self {
+            config,
+            verifier: Arc::new(verifier),
+            stopping: CancellationToken::new(),
+        })
     }
 }
 
@@ -72,7 +73,11 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(ctx: &ServerContext) -> Self {
-        Self { routes: RoutesBuilder::default(), names: Vec::new(), max_message_bytes: ctx.config.limits.max_message_bytes }
+        Self {
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            max_message_bytes: ctx.config.limits.max_message_bytes,
+        }
     }
 
     pub fn max_message_bytes(&self) -> usize {
@@ -100,7 +105,9 @@ pub fn name_of<S: NamedService>(_: &S) -> &'static str {
 macro_rules! mount {
     ($mount:expr, $server:expr) => {{
         let max = $mount.max_message_bytes();
-        let server = $server.max_decoding_message_size(max).max_encoding_message_size(max);
+        let server = $server
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let (routes, names) = $mount.routes_and_names();
         names.push($crate::server::name_of(&server));
         routes.add_service(server);
@@ -117,7 +124,9 @@ pub async fn serve(
     let limits = &ctx.config.limits;
     let (reporter, health) = tonic_health::server::health_reporter();
     // The reporter starts the overall "" service SERVING; nothing is until we say so.
-    reporter.set_service_status("", ServingStatus::NotServing).await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(lianyu_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -129,8 +138,13 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| StartError::Auth(format!("reflection: {e}")))?;
 
-    let Mount { mut routes, names, .. } = mount;
-    routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let Mount {
+        mut routes, names, ..
+    } = mount;
+    routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
 
     let middleware = ServiceBuilder::new()
         // Outermost, so every call is traced and counted, refused ones included.
@@ -138,7 +152,9 @@ pub async fn serve(
         // At the limit a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
         .layer(LoadShedLayer::new())
         // One limit for the whole process, not per connection, so many clients cannot add up past it.
-        .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ))
         // Verifies the bearer token and the RPC's scope before routing; health and reflection stay open.
         .layer(AuthLayer::new(ctx.verifier.clone()))
         .into_inner();
@@ -152,9 +168,13 @@ pub async fn serve(
         .add_routes(routes.routes());
 
     for name in &names {
-        reporter.set_service_status(*name, ServingStatus::Serving).await;
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     tracing::info!(address = %listener.local_addr()?, services = names.len(), "serving");
 
     let stopping = ctx.stopping.clone();
@@ -162,9 +182,13 @@ pub async fn serve(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
-        reporter.set_service_status("", ServingStatus::NotServing).await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         for name in &names {
-            reporter.set_service_status(*name, ServingStatus::NotServing).await;
+            reporter
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
         }
         tokio::time::sleep(delay).await;
         stopping.cancel();
@@ -189,13 +213,14 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}
@@ -205,4 +230,21 @@ pub async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
+}
+
+/// The whole `main` of a standalone service binary: config from the environment, telemetry,
+/// the listener, and `run` until SIGINT/SIGTERM.
+pub async fn run_standalone<F, Fut>(service: &str, run: F) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: FnOnce(Config, TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), StartError>>,
+{
+    let config = Config::from_env()?;
+    let _telemetry = crate::telemetry::init(
+        &format!("lianyu-{service}"),
+        config.otlp_endpoint.as_deref(),
+    )?;
+    let listener = TcpListener::bind(config.listen).await?;
+    run(config, listener, Box::pin(shutdown_signal())).await?;
+    Ok(())
 }

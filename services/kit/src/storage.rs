@@ -7,7 +7,9 @@ mod migration;
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr,
+};
 use tonic::Code;
 
 pub use migration::KitTables;
@@ -64,7 +66,10 @@ impl From<DbErr> for StorageError {
             DbErr::RecordNotFound(_) => StorageError::NotFound,
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => StorageError::Unavailable(text),
             // PostgreSQL serialization_failure / deadlock_detected; SQLite busy.
-            _ if text.contains("40001") || text.contains("40P01") || text.contains("database is locked") => {
+            _ if text.contains("40001")
+                || text.contains("40P01")
+                || text.contains("database is locked") =>
+            {
                 StorageError::Conflict(text)
             }
             _ => StorageError::Other(text),
@@ -74,46 +79,65 @@ impl From<DbErr> for StorageError {
 
 /// Connects a service to its database. On PostgreSQL the service's tables live in a schema of
 /// their own (`lianyu_<service>`), so services sharing one server never read each other's tables.
-pub async fn connect(url: &str, service: &str, max_connections: Option<u32>) -> Result<DatabaseConnection, StorageError> {
+pub async fn connect(
+    url: &str,
+    service: &str,
+    max_connections: Option<u32>,
+) -> Result<DatabaseConnection, StorageError> {
     let mut options = ConnectOptions::new(url.to_owned());
-    options.sqlx_logging(false).acquire_timeout(Duration::from_secs(5));
+    options
+        .sqlx_logging(false)
+        .acquire_timeout(Duration::from_secs(5));
     let postgres = url.starts_with("postgres");
     if postgres {
         let schema = format!("lianyu_{service}");
         ensure_schema(url, &schema).await?;
-        options.set_schema_search_path(schema).max_connections(max_connections.unwrap_or(16));
+        options
+            .set_schema_search_path(schema)
+            .max_connections(max_connections.unwrap_or(16));
     } else {
         if let Some(dir) = sqlite_dir(url) {
-            std::fs::create_dir_all(dir).map_err(|e| StorageError::Other(format!("data directory: {e}")))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StorageError::Other(format!("data directory: {e}")))?;
         }
         // SQLite takes one writer at a time; a single connection makes writes queue in the pool
         // instead of failing with SQLITE_BUSY when a read transaction upgrades to a write.
-        options.max_connections(max_connections.unwrap_or(1)).map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5))
-                .foreign_keys(true)
-        });
+        options
+            .max_connections(max_connections.unwrap_or(1))
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+            });
     }
     Ok(Database::connect(options).await?)
 }
 
 async fn ensure_schema(url: &str, schema: &str) -> Result<(), StorageError> {
     let mut options = ConnectOptions::new(url.to_owned());
-    options.sqlx_logging(false).max_connections(1).acquire_timeout(Duration::from_secs(5));
+    options
+        .sqlx_logging(false)
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5));
     let db = Database::connect(options).await?;
-    db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await?;
+    db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .await?;
     db.close().await?;
     Ok(())
 }
 
 fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = path.split('?').next()?;
     if path == ":memory:" || path.is_empty() {
         return None;
     }
-    std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
+    std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 /// Which backend a connection talks to, for the rare statement that differs.
@@ -124,4 +148,24 @@ pub fn backend(db: &impl ConnectionTrait) -> DbBackend {
 /// Milliseconds since the Unix epoch, the kit tables' time unit.
 pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Connects a service to its database and, unless `LIANYU_MIGRATE=false`, brings its schema up
+/// to date with the service's migrator `M`.
+pub async fn open<M: sea_orm_migration::MigratorTrait>(
+    config: &crate::config::Config,
+    service: &str,
+) -> Result<DatabaseConnection, crate::server::StartError> {
+    let db = connect(
+        &config.database_url(service),
+        service,
+        config.db_max_connections,
+    )
+    .await?;
+    if config.migrate {
+        M::up(&db, None)
+            .await
+            .map_err(|e| crate::server::StartError::Migration(format!("{service}: {e}")))?;
+    }
+    Ok(db)
 }

@@ -25,7 +25,9 @@ pub fn postgres_admin_url(test: &str) -> Option<String> {
             panic!("{test}: {POSTGRES_URL_VAR} must be set under CI")
         }
         _ => {
-            eprintln!("skipping {test}: set {POSTGRES_URL_VAR} to a PostgreSQL admin URL to run it");
+            eprintln!(
+                "skipping {test}: set {POSTGRES_URL_VAR} to a PostgreSQL admin URL to run it"
+            );
             None
         }
     }
@@ -41,7 +43,9 @@ impl TestDatabase {
     /// A new database on the backend chosen by `LIANYU_TEST_BACKEND`.
     pub async fn new(test: &str) -> Self {
         if backend_is_postgres() {
-            let admin = postgres_admin_url(test).unwrap_or_else(|| panic!("{test}: LIANYU_TEST_BACKEND=postgres needs {POSTGRES_URL_VAR}"));
+            let admin = postgres_admin_url(test).unwrap_or_else(|| {
+                panic!("{test}: LIANYU_TEST_BACKEND=postgres needs {POSTGRES_URL_VAR}")
+            });
             Self::postgres(&admin).await
         } else {
             Self::sqlite()
@@ -51,18 +55,31 @@ impl TestDatabase {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let url = format!("sqlite://{}/test.db?mode=rwc", dir.path().display());
-        Self { url, _dir: Some(dir) }
+        Self {
+            url,
+            _dir: Some(dir),
+        }
     }
 
     /// Creates `lianyu_test_<uuid>` on the server at `admin_url`.
     pub async fn postgres(admin_url: &str) -> Self {
         use sea_orm::ConnectionTrait;
         let name = format!("lianyu_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = sea_orm::Database::connect(admin_url).await.unwrap_or_else(|e| panic!("connect {admin_url}: {e}"));
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap_or_else(|e| panic!("create database: {e}"));
+        let admin = sea_orm::Database::connect(admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {admin_url}: {e}"));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("create database: {e}"));
         let _ = admin.close().await;
-        let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
-        Self { url: format!("{base}/{name}"), _dir: None }
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url, |(base, _)| base);
+        Self {
+            url: format!("{base}/{name}"),
+            _dir: None,
+        }
     }
 }
 
@@ -80,5 +97,6 @@ pub fn partner_token(partner_id: &str) -> TokenRequest {
 /// Mints a token the local server in `data_dir` accepts.
 pub fn mint(data_dir: &std::path::Path, auth: &AuthConfig, request: &TokenRequest) -> String {
     let key = DevKey::load_or_create(data_dir).unwrap_or_else(|e| panic!("dev key: {e}"));
-    key.mint(auth, request).unwrap_or_else(|e| panic!("mint: {e}"))
+    key.mint(auth, request)
+        .unwrap_or_else(|e| panic!("mint: {e}"))
 }

@@ -1,1 +1,33 @@
+//! Lianyu live: co-hosted store livestreams, showcase and flash sales, viewers, orders, stats.
+//!
+//! `run` serves it alone; `mount` adds it to a shared server (`lianyu up`).
 
+mod api;
+mod store;
+
+use std::future::Future;
+
+use lianyu_kit::{Config, Mount, ServerContext, StartError};
+use tokio::net::TcpListener;
+
+/// The service's name: its database, its schema, its config prefix.
+pub const NAME: &str = "live";
+
+/// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
+pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartError> {
+    let db = lianyu_kit::storage::open::<store::Migrator>(&ctx.config, NAME).await?;
+    api::register(mount, db);
+    Ok(())
+}
+
+/// Serves the service alone on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let ctx = ServerContext::new(config)?;
+    let mut services = Mount::new(&ctx);
+    mount(&ctx, &mut services).await?;
+    lianyu_kit::server::serve(&ctx, services, listener, shutdown).await
+}

@@ -1,7 +1,11 @@
 //! The development signing key `lianyu up` keeps in its data directory, so anyone can mint a
 //! token for the local mesh. Production never reads or creates it (see `config::Mode`).
 
-use std::{fs, io, path::{Path, PathBuf}, time::Duration};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::{
@@ -45,7 +49,9 @@ pub struct DevKey {
 
 impl DevKey {
     pub fn generate() -> Self {
-        Self { key: SigningKey::generate(&mut rand::rngs::OsRng) }
+        Self {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
     }
 
     /// Loads the key in `dir`, or creates it (readable by the owner only).
@@ -54,7 +60,10 @@ impl DevKey {
             Err(DevKeyError::NotFound(_)) => {
                 fs::create_dir_all(dir)?;
                 let key = Self::generate();
-                let pem = key.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| DevKeyError::Sign(e.to_string()))?;
+                let pem = key
+                    .key
+                    .to_pkcs8_pem(LineEnding::LF)
+                    .map_err(|e| DevKeyError::Sign(e.to_string()))?;
                 let path = dir.join(FILE);
                 write_private(&path, pem.as_bytes())?;
                 Ok(key)
@@ -67,11 +76,15 @@ impl DevKey {
         let path = dir.join(FILE);
         let pem = match fs::read_to_string(&path) {
             Ok(pem) => pem,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(DevKeyError::NotFound(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DevKeyError::NotFound(path));
+            }
             Err(e) => return Err(e.into()),
         };
-        let key = SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| DevKeyError::Unreadable { path: path.clone(), message: e.to_string() })?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| DevKeyError::Unreadable {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Self { key })
     }
 
@@ -100,14 +113,21 @@ impl DevKey {
             jti: uuid::Uuid::new_v4().to_string(),
             store: request.store.clone(),
             scope: request.scopes.join(" "),
-            role: if request.operator { "operator".into() } else { String::new() },
+            role: if request.operator {
+                "operator".into()
+            } else {
+                String::new()
+            },
         };
         self.sign(&claims)
     }
 
     /// Signs arbitrary claims (tests use it for expired or foreign-audience tokens).
     pub fn sign(&self, claims: &Claims) -> Result<String, DevKeyError> {
-        let der = self.key.to_pkcs8_der().map_err(|e| DevKeyError::Sign(e.to_string()))?;
+        let der = self
+            .key
+            .to_pkcs8_der()
+            .map_err(|e| DevKeyError::Sign(e.to_string()))?;
         let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);
         header.kid = Some(self.key_id());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
@@ -122,7 +142,11 @@ fn hex_prefix(bytes: &[u8]) -> String {
 #[cfg(unix)]
 fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(contents)
 }
 

@@ -33,7 +33,10 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Authenticate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticate { inner, verifier: self.verifier.clone() }
+        Authenticate {
+            inner,
+            verifier: self.verifier.clone(),
+        }
     }
 }
 
@@ -46,15 +49,23 @@ pub struct Authenticate<S> {
 impl<S> Authenticate<S> {
     fn check<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
         let path = request.uri().path();
-        let Some(scope) = required_scope(path) else { return Ok(()) };
+        let Some(scope) = required_scope(path) else {
+            return Ok(());
+        };
         if PUBLIC.contains(&path) {
             return Ok(());
         }
-        let header = request.headers().get(http::header::AUTHORIZATION).ok_or(AuthError::Missing)?;
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .ok_or(AuthError::Missing)?;
         let principal = self.verifier.verify(token.trim())?;
         if !principal.has_scope(&scope) {
@@ -74,7 +85,8 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = futures::future::Either<S::Future, std::future::Ready<Result<Response<Body>, S::Error>>>;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Response<Body>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -83,7 +95,9 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.check(&mut request) {
             Ok(()) => futures::future::Either::Left(self.inner.call(request)),
-            Err(e) => futures::future::Either::Right(std::future::ready(Ok(e.into_status().into_http()))),
+            Err(e) => {
+                futures::future::Either::Right(std::future::ready(Ok(e.into_status().into_http())))
+            }
         }
     }
 }

@@ -4,7 +4,16 @@
 //! (its name starts with Get, List, Check, BatchCheck, Resolve, Watch, Export or Join) and
 //! `<service>.write` otherwise.
 
-const READ_VERBS: &[&str] = &["Get", "List", "Check", "BatchCheck", "Resolve", "Watch", "Export", "Join"];
+const READ_VERBS: &[&str] = &[
+    "Get",
+    "List",
+    "Check",
+    "BatchCheck",
+    "Resolve",
+    "Watch",
+    "Export",
+    "Join",
+];
 
 /// Every scope a token can carry.
 pub const ALL_SCOPES: &[&str] = &[
@@ -23,7 +32,11 @@ pub fn required_scope(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/lianyu.")?;
     let (service, rest) = rest.split_once('.')?;
     let (_, method) = rest.rsplit_once('/')?;
-    let access = if READ_VERBS.iter().any(|verb| method.starts_with(verb)) { "read" } else { "write" };
+    let access = if READ_VERBS.iter().any(|verb| method.starts_with(verb)) {
+        "read"
+    } else {
+        "write"
+    };
     Some(format!("{service}.{access}"))
 }
 
@@ -33,10 +46,22 @@ mod tests {
 
     #[test]
     fn reads_and_writes_need_their_service_scope() {
-        assert_eq!(required_scope("/lianyu.identity.v1.MemberService/GetMember").as_deref(), Some("identity.read"));
-        assert_eq!(required_scope("/lianyu.identity.v1.ConsentService/BatchCheckConsent").as_deref(), Some("identity.read"));
-        assert_eq!(required_scope("/lianyu.live.v1.OrderService/PlaceOrder").as_deref(), Some("live.write"));
-        assert_eq!(required_scope("/lianyu.live.v1.ViewerService/JoinSession").as_deref(), Some("live.read"));
+        assert_eq!(
+            required_scope("/lianyu.identity.v1.MemberService/GetMember").as_deref(),
+            Some("identity.read")
+        );
+        assert_eq!(
+            required_scope("/lianyu.identity.v1.ConsentService/BatchCheckConsent").as_deref(),
+            Some("identity.read")
+        );
+        assert_eq!(
+            required_scope("/lianyu.live.v1.OrderService/PlaceOrder").as_deref(),
+            Some("live.write")
+        );
+        assert_eq!(
+            required_scope("/lianyu.live.v1.ViewerService/JoinSession").as_deref(),
+            Some("live.read")
+        );
         assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);
     }
 }

@@ -1,11 +1,12 @@
 //! The consuming side of a feed: open a `Watch…` stream from the stored cursor, handle each
 //! event in a transaction that also advances the cursor, and reconnect with backoff on errors.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use futures::{Stream, StreamExt};
 use sea_orm::{
-    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait, sea_query::OnConflict,
+    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
+    sea_query::OnConflict,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +14,10 @@ use crate::{
     error::KitError,
     storage::{StorageError, entities::feed_cursor, now_millis},
 };
+
+/// What a consumer's handler returns: a `Send` future borrowing the transaction. (A plain
+/// async closure cannot promise `Send` for every transaction lifetime, which `tokio::spawn` needs.)
+pub type Handled<'a> = Pin<Box<dyn Future<Output = Result<(), KitError>> + Send + 'a>>;
 
 /// A named consumer of one feed, with its cursor in the consuming service's database.
 pub struct Consumer {
@@ -22,12 +27,18 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn new(db: DatabaseConnection, name: impl Into<String>) -> Self {
-        Self { db, name: name.into() }
+        Self {
+            db,
+            name: name.into(),
+        }
     }
 
     /// The last sequence handled (0 before the first).
     pub async fn position(&self) -> Result<i64, StorageError> {
-        Ok(feed_cursor::Entity::find_by_id(self.name.clone()).one(&self.db).await?.map_or(0, |c| c.position))
+        Ok(feed_cursor::Entity::find_by_id(self.name.clone())
+            .one(&self.db)
+            .await?
+            .map_or(0, |c| c.position))
     }
 
     /// Consumes until `shutdown`. `open(cursor)` opens a stream of `(sequence, event)` after
@@ -43,7 +54,7 @@ impl Consumer {
         Open: FnMut(i64) -> OpenFut,
         OpenFut: Future<Output = Result<S, tonic::Status>>,
         S: Stream<Item = Result<(i64, T), tonic::Status>> + Unpin,
-        Handle: AsyncFnMut(&DatabaseTransaction, T) -> Result<(), KitError>,
+        Handle: for<'a> FnMut(&'a DatabaseTransaction, T) -> Handled<'a>,
     {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
@@ -88,9 +99,14 @@ impl Consumer {
         Ok(())
     }
 
-    async fn apply<T, Handle>(&self, seq: i64, event: T, handle: &mut Handle) -> Result<(), KitError>
+    async fn apply<T, Handle>(
+        &self,
+        seq: i64,
+        event: T,
+        handle: &mut Handle,
+    ) -> Result<(), KitError>
     where
-        Handle: AsyncFnMut(&DatabaseTransaction, T) -> Result<(), KitError>,
+        Handle: for<'a> FnMut(&'a DatabaseTransaction, T) -> Handled<'a>,
     {
         let txn = self.db.begin().await.map_err(StorageError::from)?;
         handle(&txn, event).await?;
@@ -102,7 +118,10 @@ impl Consumer {
         feed_cursor::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(feed_cursor::Column::Consumer)
-                    .update_columns([feed_cursor::Column::Position, feed_cursor::Column::UpdatedAt])
+                    .update_columns([
+                        feed_cursor::Column::Position,
+                        feed_cursor::Column::UpdatedAt,
+                    ])
                     .to_owned(),
             )
             .exec(&txn)

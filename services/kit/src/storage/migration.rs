@@ -1,7 +1,9 @@
 //! The migration creating the kit's tables; each service lists it first in its migrator.
 
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Schema};
-use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager, async_trait::async_trait, prelude::DbErr};
+use sea_orm_migration::{
+    MigrationName, MigrationTrait, SchemaManager, async_trait::async_trait, prelude::DbErr,
+};
 
 use super::entities::{feed_cursor, idempotency_key, outbox_counter, outbox_event};
 
@@ -17,13 +19,50 @@ impl MigrationName for KitTables {
 impl MigrationTrait for KitTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let schema = Schema::new(manager.get_database_backend());
-        manager.create_table(schema.create_table_from_entity(idempotency_key::Entity).if_not_exists().to_owned()).await?;
-        manager.create_table(schema.create_table_from_entity(outbox_event::Entity).if_not_exists().to_owned()).await?;
-        manager.create_table(schema.create_table_from_entity(outbox_counter::Entity).if_not_exists().to_owned()).await?;
-        manager.create_table(schema.create_table_from_entity(feed_cursor::Entity).if_not_exists().to_owned()).await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(idempotency_key::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(outbox_event::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(outbox_counter::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(feed_cursor::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
         let db = manager.get_connection();
-        if outbox_counter::Entity::find_by_id(1).one(db).await?.is_none() {
-            outbox_counter::ActiveModel { id: Set(1), last_seq: Set(0) }.insert(db).await?;
+        if outbox_counter::Entity::find_by_id(1)
+            .one(db)
+            .await?
+            .is_none()
+        {
+            outbox_counter::ActiveModel {
+                id: Set(1),
+                last_seq: Set(0),
+            }
+            .insert(db)
+            .await?;
         }
         Ok(())
     }

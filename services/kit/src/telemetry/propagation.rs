@@ -34,7 +34,9 @@ impl Injector for MetadataInjector<'_> {
 /// Writes the current span's context into outgoing metadata.
 pub fn inject_context(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
-    global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut MetadataInjector(metadata)));
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(metadata))
+    });
 }
 
 /// A client interceptor that carries the caller's trace to the callee.
@@ -42,7 +44,10 @@ pub fn inject_context(metadata: &mut tonic::metadata::MetadataMap) {
 pub struct TracePropagation;
 
 impl tonic::service::Interceptor for TracePropagation {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         inject_context(request.metadata_mut());
         Ok(request)
     }

@@ -36,8 +36,14 @@ impl Default for RpcTelemetryLayer {
         let meter = global::meter("lianyu");
         Self {
             metrics: Metrics {
-                requests: meter.u64_counter("rpc.server.requests").with_description("RPCs received").build(),
-                errors: meter.u64_counter("rpc.server.errors").with_description("RPCs ended with a server-side error").build(),
+                requests: meter
+                    .u64_counter("rpc.server.requests")
+                    .with_description("RPCs received")
+                    .build(),
+                errors: meter
+                    .u64_counter("rpc.server.errors")
+                    .with_description("RPCs ended with a server-side error")
+                    .build(),
                 duration: meter
                     .f64_histogram("rpc.server.duration")
                     .with_unit("s")
@@ -52,7 +58,10 @@ impl<S> Layer<S> for RpcTelemetryLayer {
     type Service = RpcTelemetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcTelemetry { inner, metrics: self.metrics.clone() }
+        RpcTelemetry {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -81,9 +90,13 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("unknown", "unknown"));
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("unknown", "unknown"));
         let (service, method) = (service.to_owned(), method.to_owned());
-        let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+        let parent =
+            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
         let span = tracing::info_span!(
             "rpc",
             otel.name = %path,
@@ -138,5 +151,8 @@ where
 /// Codes that mean the server, not the caller, is at fault.
 fn is_server_fault(code: tonic::Code) -> bool {
     use tonic::Code::*;
-    matches!(code, Unknown | DeadlineExceeded | ResourceExhausted | Internal | Unavailable | DataLoss)
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | ResourceExhausted | Internal | Unavailable | DataLoss
+    )
 }

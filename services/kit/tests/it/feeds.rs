@@ -1,0 +1,181 @@
+//! Outbox, Watch and a consumer that resumes from its stored cursor after restarts.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use lianyu_kit::{Config, feed::Consumer, testing::TestDatabase};
+use lianyu_proto::{
+    common::v1::FeedCursor,
+    identity::v1::{CreatePartnerRequest, WatchConsentEventsRequest},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::TestServer;
+
+async fn create(server: &TestServer, token: &str, id: &str) {
+    let mut client = server.partners(Some(token.to_owned())).await;
+    client
+        .create_partner(CreatePartnerRequest {
+            request_id: format!("r-{id}"),
+            partner_id: id.into(),
+            partner: None,
+        })
+        .await
+        .unwrap();
+}
+
+async fn watch(
+    server: &TestServer,
+    token: &str,
+    after: i64,
+) -> tonic::Streaming<lianyu_proto::identity::v1::WatchConsentEventsResponse> {
+    let mut client = server.consents(Some(token.to_owned())).await;
+    client
+        .watch_consent_events(WatchConsentEventsRequest {
+            after: Some(FeedCursor { sequence: after }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(
+    stream: &mut tonic::Streaming<lianyu_proto::identity::v1::WatchConsentEventsResponse>,
+) -> (i64, String) {
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .unwrap();
+    (event.cursor.unwrap().sequence, event.member)
+}
+
+#[tokio::test]
+async fn watch_replays_from_the_cursor_then_tails_live() {
+    let server = TestServer::start("feed_watch").await;
+    let token = server.token("brand-a");
+    for id in ["a", "b", "c"] {
+        create(&server, &token, id).await;
+    }
+    let mut stream = watch(&server, &token, 1).await;
+    assert_eq!(next(&mut stream).await, (2, "partners/b".into()));
+    assert_eq!(next(&mut stream).await, (3, "partners/c".into()));
+    create(&server, &token, "d").await;
+    assert_eq!(next(&mut stream).await, (4, "partners/d".into()));
+}
+
+#[tokio::test]
+async fn a_restarted_server_serves_the_feed_from_a_cursor() {
+    let db = TestDatabase::new("feed_restart").await;
+    let url = db.url.clone();
+    let mut first = TestServer::start_with(Config::local("unused"), url.clone(), None).await;
+    let token = first.token("brand-a");
+    create(&first, &token, "a").await;
+    create(&first, &token, "b").await;
+    first.stop();
+    first.handle.await.unwrap().unwrap();
+    let second = TestServer::start_with(Config::local("unused"), url, Some(db)).await;
+    let token = second.token("brand-a");
+    create(&second, &token, "c").await;
+    let mut stream = watch(&second, &token, 1).await;
+    assert_eq!(next(&mut stream).await, (2, "partners/b".into()));
+    assert_eq!(next(&mut stream).await, (3, "partners/c".into()));
+}
+
+#[tokio::test]
+async fn a_consumer_resumes_after_a_restart_without_loss_or_repeats() {
+    let server = TestServer::start("feed_consumer").await;
+    let token = server.token("brand-a");
+    let consumer_db = TestDatabase::new("feed_consumer_side").await;
+    let consumer_conn = lianyu_kit::storage::open::<crate::harness::Migrator>(
+        &{
+            let mut c = Config::local("unused");
+            c.set_database_url("consumer", consumer_db.url.clone());
+            c
+        },
+        "consumer",
+    )
+    .await
+    .unwrap();
+    for id in ["a", "b"] {
+        create(&server, &token, id).await;
+    }
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let run = |stop: CancellationToken| {
+        let consumer = Consumer::new(consumer_conn.clone(), "probe-feed");
+        let seen = seen.clone();
+        let (address, token) = (server.address.clone(), token.clone());
+        tokio::spawn(async move {
+            let open = |after: i64| {
+                let (address, token) = (address.clone(), token.clone());
+                async move {
+                    let channel = tonic::transport::Channel::from_shared(address)
+                        .unwrap()
+                        .connect()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    let mut client = lianyu_proto::identity::v1::consent_service_client::ConsentServiceClient::with_interceptor(
+                        channel,
+                        crate::harness::Bearer(Some(token.into())),
+                    );
+                    let stream = client
+                        .watch_consent_events(WatchConsentEventsRequest {
+                            after: Some(FeedCursor { sequence: after }),
+                        })
+                        .await?
+                        .into_inner();
+                    Ok(stream.map(|r| r.map(|e| (e.cursor.map_or(0, |c| c.sequence), e.member))))
+                }
+            };
+            consumer
+                .run(
+                    open,
+                    |_txn, member: String| {
+                        seen.lock().unwrap().push(member);
+                        Box::pin(async { Ok(()) })
+                    },
+                    stop,
+                )
+                .await
+        })
+    };
+    let wait_for = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            for _ in 0..100 {
+                if seen.lock().unwrap().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("consumer saw {:?}, wanted {n} events", seen.lock().unwrap());
+        }
+    };
+    let stop = CancellationToken::new();
+    let task = run(stop.clone());
+    wait_for(2).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        Consumer::new(consumer_conn.clone(), "probe-feed")
+            .position()
+            .await
+            .unwrap(),
+        2
+    );
+
+    // Events published while the consumer is down are picked up after its restart.
+    create(&server, &token, "c").await;
+    let stop = CancellationToken::new();
+    let task = run(stop.clone());
+    wait_for(3).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["partners/a", "partners/b", "partners/c"]
+    );
+}

@@ -1,0 +1,268 @@
+//! A server running the kit with a test double of `PartnerService` and `ConsentService`.
+
+use std::{sync::Arc, time::Duration};
+
+use lianyu_kit::{
+    Config, KitError, Mount, Principal, ServerContext,
+    auth::DevKey,
+    error::to_status,
+    feed::{Feed, NewEvent},
+    idempotency::{self, CallKey},
+    page::Page,
+    testing::{TestDatabase, partner_token},
+};
+use lianyu_proto::{
+    common::v1::FeedCursor,
+    identity::v1::{
+        self as pb, consent_service_server::ConsentService, partner_service_server::PartnerService,
+    },
+};
+use sea_orm::DatabaseConnection;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{
+    Request, Response, Status, codegen::InterceptedService, service::Interceptor,
+    transport::Channel,
+};
+
+type WatchStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::WatchConsentEventsResponse, Status>> + Send>,
+>;
+
+/// The test double: each RPC drives one kit helper.
+#[derive(Clone)]
+pub(crate) struct Probe {
+    db: DatabaseConnection,
+    feed: Feed,
+}
+
+#[tonic::async_trait]
+impl PartnerService for Probe {
+    /// `name` "sleep/<ms>" sleeps first; the reply names the caller's partner.
+    async fn get_partner(
+        &self,
+        request: Request<pb::GetPartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let partner = Principal::from_request(&request)?.partner_id.clone();
+        if let Some(ms) = request.get_ref().name.strip_prefix("sleep/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        }
+        Ok(Response::new(pb::Partner {
+            name: request.get_ref().name.clone(),
+            display_name: partner,
+            ..Default::default()
+        }))
+    }
+
+    /// Validates its page, to show the error mapping.
+    async fn list_partners(
+        &self,
+        request: Request<pb::ListPartnersRequest>,
+    ) -> Result<Response<pb::ListPartnersResponse>, Status> {
+        let r = request.get_ref();
+        Page::parse(r.page_size, &r.page_token, &["probe"])
+            .map_err(|e| to_status("lianyu.probe", &e))?;
+        Ok(Response::new(pb::ListPartnersResponse::default()))
+    }
+
+    /// Appends one outbox event under request_id idempotency; the reply carries its sequence.
+    async fn create_partner(
+        &self,
+        request: Request<pb::CreatePartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let partner = Principal::from_request(&request)?.partner_id.clone();
+        let r = request.get_ref();
+        let key = CallKey {
+            partner_id: &partner,
+            method: "CreatePartner",
+            request_id: &r.request_id,
+        };
+        let name = format!("partners/{}", r.partner_id);
+        let reply = idempotency::once(&self.db, key, r, async |txn| {
+            let event = NewEvent {
+                kind: "partner.created".into(),
+                partner_id: Some(partner.clone()),
+                payload: name.clone().into_bytes(),
+            };
+            let seq = Feed::append(txn, event).await.map_err(KitError::from)?;
+            Ok::<_, KitError>(pb::Partner {
+                name,
+                display_name: format!("seq {seq}"),
+                ..Default::default()
+            })
+        })
+        .await
+        .map_err(|e| to_status("lianyu.probe", &e))?;
+        self.feed.published();
+        Ok(Response::new(reply))
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentService for Probe {
+    /// Serves the outbox: each event's payload comes back as `member`.
+    async fn watch_consent_events(
+        &self,
+        request: Request<pb::WatchConsentEventsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let after = request.get_ref().after.as_ref().map_or(0, |c| c.sequence);
+        let stream = self.feed.watch(after, |event| {
+            Some(pb::WatchConsentEventsResponse {
+                cursor: Some(FeedCursor {
+                    sequence: event.seq,
+                }),
+                member: String::from_utf8_lossy(&event.payload).into_owned(),
+                ..Default::default()
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+pub(crate) struct TestServer {
+    pub(crate) address: String,
+    pub(crate) data_dir: tempfile::TempDir,
+    pub(crate) config: Config,
+    pub(crate) db: DatabaseConnection,
+
+    stop: Option<oneshot::Sender<()>>,
+    pub(crate) handle: JoinHandle<Result<(), lianyu_kit::StartError>>,
+}
+
+impl TestServer {
+    pub(crate) async fn start(test: &str) -> Self {
+        let db = TestDatabase::new(test).await;
+        Self::start_with(
+            Config::local(tempfile::tempdir().unwrap().path()),
+            db.url.clone(),
+            Some(db),
+        )
+        .await
+    }
+
+    pub(crate) async fn start_with(
+        mut config: Config,
+        db_url: String,
+        keep: Option<TestDatabase>,
+    ) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        config.data_dir = data_dir.path().to_path_buf();
+        config.set_database_url("probe", db_url);
+        let ctx = ServerContext::new(config.clone()).unwrap();
+        let db = lianyu_kit::storage::open::<Migrator>(&config, "probe")
+            .await
+            .unwrap();
+        let feed = Feed::new(db.clone(), ctx.stopping.clone());
+        let mut mount = Mount::new(&ctx);
+        let probe = Probe {
+            db: db.clone(),
+            feed: feed.clone(),
+        };
+        lianyu_kit::mount!(
+            mount,
+            pb::partner_service_server::PartnerServiceServer::new(probe.clone())
+        );
+        lianyu_kit::mount!(
+            mount,
+            pb::consent_service_server::ConsentServiceServer::new(probe)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let _keep = keep;
+            lianyu_kit::server::serve(&ctx, mount, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            address,
+            data_dir,
+            config,
+            db,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    pub(crate) fn token(&self, partner: &str) -> String {
+        lianyu_kit::testing::mint(
+            self.data_dir.path(),
+            &self.config.auth,
+            &partner_token(partner),
+        )
+    }
+
+    pub(crate) fn dev_key(&self) -> DevKey {
+        DevKey::load(self.data_dir.path()).unwrap()
+    }
+
+    pub(crate) async fn channel(&self) -> Channel {
+        Channel::from_shared(self.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn partners(
+        &self,
+        token: Option<String>,
+    ) -> pb::partner_service_client::PartnerServiceClient<InterceptedService<Channel, Bearer>> {
+        pb::partner_service_client::PartnerServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(token.map(Arc::from)),
+        )
+    }
+
+    pub(crate) async fn consents(
+        &self,
+        token: Option<String>,
+    ) -> pb::consent_service_client::ConsentServiceClient<InterceptedService<Channel, Bearer>> {
+        pb::consent_service_client::ConsentServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(token.map(Arc::from)),
+        )
+    }
+
+    /// Starts the graceful shutdown.
+    pub(crate) fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` when it has one.
+#[derive(Clone)]
+pub(crate) struct Bearer(pub Option<Arc<str>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(request)
+    }
+}
+
+pub(crate) struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl sea_orm_migration::MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+        vec![Box::new(lianyu_kit::storage::KitTables)]
+    }
+}
+
+/// The `ErrorInfo` reason of a status.
+pub(crate) fn reason(status: &Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,31 @@
+//! The whole mesh in one process: `lianyu up` mounts all four services on one address, each
+//! on its own database, for development, demos and tests.
+
+use std::future::Future;
+
+use lianyu_kit::{Config, Mount, ServerContext, StartError};
+use tokio::net::TcpListener;
+
+/// Mounts identity, entitlements, live and comarketing on one server.
+pub async fn mount_all(ctx: &ServerContext) -> Result<Mount, StartError> {
+    let mut mount = Mount::new(ctx);
+    lianyu_identity::mount(ctx, &mut mount).await?;
+    lianyu_entitlements::mount(ctx, &mut mount).await?;
+    lianyu_live::mount(ctx, &mut mount).await?;
+    lianyu_comarketing::mount(ctx, &mut mount).await?;
+    Ok(mount)
+}
+
+/// Runs the mesh on `listener` until `shutdown` completes. `ready` is called with the
+/// context and the mounted service names once every database is migrated, before serving.
+pub async fn up(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&ServerContext, &[&'static str]),
+) -> Result<(), StartError> {
+    let ctx = ServerContext::new(config)?;
+    let mount = mount_all(&ctx).await?;
+    ready(&ctx, mount.names());
+    lianyu_kit::server::serve(&ctx, mount, listener, shutdown).await
+}
