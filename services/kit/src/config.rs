@@ -148,13 +148,13 @@ impl Config {
             }
         }
         let otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
-        if let Some(ep) = &otlp_endpoint {
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return Err(err(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    "give a scheme: http://collector:4317".into(),
-                ));
-            }
+        if let Some(ep) = &otlp_endpoint
+            && !(ep.starts_with("http://") || ep.starts_with("https://"))
+        {
+            return Err(err(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "give a scheme: http://collector:4317".into(),
+            ));
         }
         let d = Limits::default();
         let limits = Limits {

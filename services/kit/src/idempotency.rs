@@ -41,10 +41,10 @@ where
 {
     validate(key.request_id)?;
     let hash = Sha256::digest(request.encode_to_vec()).to_vec();
-    if !key.request_id.is_empty() {
-        if let Some(stored) = replay(db, key, &hash).await? {
-            return Ok(stored);
-        }
+    if !key.request_id.is_empty()
+        && let Some(stored) = replay(db, key, &hash).await?
+    {
+        return Ok(stored);
     }
     let txn = db.begin().await.map_err(kit)?;
     let response = effect(&txn).await?;

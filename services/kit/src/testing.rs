@@ -1,7 +1,10 @@
 //! Helpers for tests across the workspace: a fresh database per test (SQLite in a temporary
-//! directory, or a new PostgreSQL database when `LIANYU_TEST_BACKEND=postgres`) and tokens.
+//! directory, or a new PostgreSQL database when `LIANYU_TEST_BACKEND=postgres`), tokens, and
+//! calls to any RPC by its path without generated stubs.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
+
+use tonic::{Code, transport::Channel};
 
 use crate::{
     auth::{ALL_SCOPES, DevKey, TokenRequest},
@@ -99,4 +102,80 @@ pub fn mint(data_dir: &std::path::Path, auth: &AuthConfig, request: &TokenReques
     let key = DevKey::load_or_create(data_dir).unwrap_or_else(|e| panic!("dev key: {e}"));
     key.mint(auth, request)
         .unwrap_or_else(|e| panic!("mint: {e}"))
+}
+
+/// One RPC of the contracts, from the descriptor set.
+#[derive(Clone, Debug)]
+pub struct Rpc {
+    pub path: String,
+    pub server_streaming: bool,
+}
+
+/// Every RPC of every `lianyu.*` service.
+pub fn all_rpcs() -> Vec<Rpc> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(lianyu_proto::FILE_DESCRIPTOR_SET)
+        .unwrap_or_else(|e| panic!("descriptor set: {e}"));
+    let mut rpcs = Vec::new();
+    for file in set
+        .file
+        .iter()
+        .filter(|f| f.package().starts_with("lianyu."))
+    {
+        for service in &file.service {
+            for method in &service.method {
+                rpcs.push(Rpc {
+                    path: format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                    server_streaming: method.server_streaming(),
+                });
+            }
+        }
+    }
+    rpcs
+}
+
+/// Calls `rpc` with an empty request (valid for every proto3 message) and returns the code.
+pub async fn call_empty(channel: Channel, rpc: &Rpc, token: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if grpc.ready().await.is_err() {
+        return Code::Unavailable;
+    }
+    let mut request = tonic::Request::new(());
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .unwrap_or_else(|e| panic!("header: {e}")),
+        );
+    }
+    let path = http::uri::PathAndQuery::from_str(&rpc.path).unwrap_or_else(|e| panic!("path: {e}"));
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    if rpc.server_streaming {
+        match grpc.server_streaming(request, path, codec).await {
+            Ok(response) => match response.into_inner().message().await {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            },
+            Err(status) => status.code(),
+        }
+    } else {
+        match grpc.unary(request, path, codec).await {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+}
+
+/// Connects to a server that may still be starting, retrying for up to five seconds.
+pub async fn connect(address: &str) -> Channel {
+    let endpoint =
+        Channel::from_shared(address.to_owned()).unwrap_or_else(|e| panic!("{address}: {e}"));
+    for _ in 0..100 {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{address} did not come up");
 }

@@ -1,0 +1,146 @@
+//! The `lianyu` binary as a newcomer runs it: `up` prints where it listens, `token` mints a
+//! token that the running mesh accepts, SIGTERM stops it cleanly.
+
+#![allow(clippy::unwrap_used, reason = "a test crate")]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use lianyu_kit::testing::{Rpc, call_empty, connect};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lianyu");
+
+#[tokio::test]
+async fn up_serves_the_mesh_token_mints_for_it_and_sigterm_stops_it() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut up = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir", dir])
+        .env_remove("LIANYU_MODE")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = BufReader::new(up.stdout.take().unwrap()).lines();
+    let first = banner.next().unwrap().unwrap();
+    let address = first
+        .strip_prefix("lianyu mesh listening on ")
+        .unwrap_or_else(|| panic!("banner: {first}"))
+        .to_owned();
+
+    let token = Command::new(BIN)
+        .args(["token", "--partner", "brand-a", "--data-dir", dir])
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+
+    let channel = connect(&format!("http://{address}")).await;
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let rpc = Rpc {
+        path: "/lianyu.identity.v1.PartnerService/ListPartners".into(),
+        server_streaming: false,
+    };
+    assert_eq!(
+        call_empty(channel.clone(), &rpc, None).await,
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        call_empty(channel, &rpc, Some(&token)).await,
+        tonic::Code::Unimplemented
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = wait(&mut up, Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[test]
+fn token_without_a_running_mesh_says_what_to_do() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--operator",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lianyu up"), "{stderr}");
+}
+
+#[test]
+fn token_refuses_production_mode() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--operator",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ])
+        .env("LIANYU_MODE", "production")
+        .env(
+            "LIANYU_TOKEN_KEYS",
+            "k1=11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+        )
+        .env("DATABASE_URL", "postgres://db/mesh")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("local mode"));
+}
+
+#[test]
+fn a_bad_environment_value_stops_start_up_naming_it() {
+    let out = Command::new(BIN)
+        .args(["up"])
+        .env("LIANYU_REQUEST_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LIANYU_REQUEST_TIMEOUT"));
+}
+
+/// Polls without blocking the runtime, so this process's client can answer the server's
+/// GOAWAY ping while the server drains.
+async fn wait(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("did not stop within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,112 @@
+//! What a newcomer's tools see: reflection lists every service, health reports each one.
+
+use futures::StreamExt;
+use lianyu_tests::Mesh;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const EXPECTED: [&str; 18] = [
+    "lianyu.identity.v1.PartnerService",
+    "lianyu.identity.v1.AuthService",
+    "lianyu.identity.v1.MemberService",
+    "lianyu.identity.v1.ConsentService",
+    "lianyu.identity.v1.AuditService",
+    "lianyu.entitlements.v1.BenefitService",
+    "lianyu.entitlements.v1.WalletService",
+    "lianyu.entitlements.v1.RedemptionService",
+    "lianyu.entitlements.v1.LedgerService",
+    "lianyu.live.v1.SessionService",
+    "lianyu.live.v1.ShowcaseService",
+    "lianyu.live.v1.ViewerService",
+    "lianyu.live.v1.OrderService",
+    "lianyu.live.v1.StatsService",
+    "lianyu.comarketing.v1.CampaignService",
+    "lianyu.comarketing.v1.AudienceService",
+    "lianyu.comarketing.v1.ContactService",
+    "lianyu.comarketing.v1.FunnelService",
+];
+
+#[tokio::test]
+async fn reflection_v1_lists_every_lianyu_service_and_health() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mesh = Mesh::start("reflection_v1").await;
+    let mut client = ServerReflectionClient::new(mesh.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        replies.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in EXPECTED.iter().chain(&["grpc.health.v1.Health"]) {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_answers_for_older_clients() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mesh = Mesh::start("reflection_v1alpha").await;
+    let mut client = ServerReflectionClient::new(mesh.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "lianyu.identity.v1.ConsentService".into(),
+        )),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        replies.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected file descriptors");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn health_reports_every_service_serving_by_its_full_name() {
+    let mesh = Mesh::start("health").await;
+    let mut health = HealthClient::new(mesh.channel().await);
+    for service in EXPECTED.iter().chain(&[""]) {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: (*service).into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.into_inner().status,
+            ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "lianyu.nope.v1.Nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}

@@ -1,0 +1,140 @@
+//! The edge of the mesh: every RPC authenticates its caller.
+
+use lianyu_kit::testing::{all_rpcs, call_empty, connect};
+use lianyu_tests::Mesh;
+use tonic::Code;
+
+/// Callable without a token: the credential exchange and the public keys.
+const PUBLIC: [&str; 2] = [
+    "/lianyu.identity.v1.AuthService/IssueToken",
+    "/lianyu.identity.v1.AuthService/GetSigningKeys",
+];
+
+#[tokio::test]
+async fn every_rpc_without_a_token_is_unauthenticated() {
+    let mesh = Mesh::start("edge_no_token").await;
+    let channel = mesh.channel().await;
+    let rpcs = all_rpcs();
+    assert!(
+        rpcs.len() > 80,
+        "the descriptor set lists {} RPCs",
+        rpcs.len()
+    );
+    for rpc in rpcs.iter().filter(|r| !PUBLIC.contains(&r.path.as_str())) {
+        assert_eq!(
+            call_empty(channel.clone(), rpc, None).await,
+            Code::Unauthenticated,
+            "{}",
+            rpc.path
+        );
+        assert_eq!(
+            call_empty(channel.clone(), rpc, Some("not-a-token")).await,
+            Code::Unauthenticated,
+            "{}",
+            rpc.path
+        );
+    }
+    for rpc in rpcs.iter().filter(|r| PUBLIC.contains(&r.path.as_str())) {
+        assert_ne!(
+            call_empty(channel.clone(), rpc, None).await,
+            Code::Unauthenticated,
+            "{}",
+            rpc.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_a_valid_token_every_rpc_gets_past_authentication() {
+    let mesh = Mesh::start("edge_token").await;
+    let channel = mesh.channel().await;
+    let token = mesh.token("brand-a");
+    for rpc in all_rpcs() {
+        let code = call_empty(channel.clone(), &rpc, Some(&token)).await;
+        assert!(
+            !matches!(
+                code,
+                Code::Unauthenticated | Code::PermissionDenied | Code::Internal
+            ),
+            "{}: {code:?}",
+            rpc.path
+        );
+    }
+}
+
+/// A service's `run`, as its `main` calls it.
+type RunAlone = fn(
+    lianyu_kit::Config,
+    tokio::net::TcpListener,
+) -> futures::future::BoxFuture<'static, Result<(), lianyu_kit::StartError>>;
+
+#[tokio::test]
+async fn each_service_also_runs_alone() {
+    let runs: [(&str, RunAlone); 4] = [
+        ("identity", |c, l| {
+            Box::pin(lianyu_identity::run(c, l, std::future::pending()))
+        }),
+        ("entitlements", |c, l| {
+            Box::pin(lianyu_entitlements::run(c, l, std::future::pending()))
+        }),
+        ("live", |c, l| {
+            Box::pin(lianyu_live::run(c, l, std::future::pending()))
+        }),
+        ("comarketing", |c, l| {
+            Box::pin(lianyu_comarketing::run(c, l, std::future::pending()))
+        }),
+    ];
+    for (service, run) in runs {
+        let data = tempfile::tempdir().unwrap();
+        let db = lianyu_kit::testing::TestDatabase::new(&format!("alone_{service}")).await;
+        let mut config = lianyu_kit::Config::local(data.path());
+        config.set_database_url(service, db.url.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(run(config.clone(), listener));
+        let channel = connect(&address).await;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let ours = all_rpcs()
+            .into_iter()
+            .find(|r| r.path.starts_with(&format!("/lianyu.{service}.")))
+            .unwrap();
+        let service_name = ours
+            .path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service_name.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        assert_eq!(
+            call_empty(channel.clone(), &ours, None).await,
+            Code::Unauthenticated
+        );
+        // Another service's contract is not served here.
+        let foreign = all_rpcs()
+            .into_iter()
+            .find(|r| !r.path.starts_with(&format!("/lianyu.{service}.")))
+            .unwrap();
+        let token = lianyu_kit::testing::mint(
+            data.path(),
+            &config.auth,
+            &lianyu_kit::testing::partner_token("brand-a"),
+        );
+        assert_eq!(
+            call_empty(channel, &foreign, Some(&token)).await,
+            Code::Unimplemented,
+            "{}",
+            foreign.path
+        );
+        server.abort();
+    }
+}

@@ -1,0 +1,6 @@
+//! Mesh-level tests: the whole mesh as a partner's integration engineer meets it.
+
+#![allow(clippy::unwrap_used, reason = "a test crate")]
+
+mod discovery;
+mod edge;
