@@ -3,6 +3,7 @@
 //! request idempotency, event feeds and page tokens.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod feed;

@@ -1,0 +1,39 @@
+//! Channels to peer services. Every channel the kit builds carries the caller's W3C trace
+//! context, has a connect timeout and a default deadline, and spreads calls over several
+//! HTTP/2 connections (one connection caps throughput on a busy peer).
+
+use std::time::Duration;
+
+use tonic::{
+    codegen::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+
+use crate::telemetry::TracePropagation;
+
+/// A channel to a peer with trace propagation.
+pub type PeerChannel = InterceptedService<Channel, TracePropagation>;
+
+/// HTTP/2 connections opened to each peer.
+pub const CONNECTIONS_PER_PEER: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer address {url:?}: {message}")]
+pub struct PeerError {
+    pub url: String,
+    pub message: String,
+}
+
+/// A lazily connecting channel to `url` (`http://host:port`); calls fail with UNAVAILABLE
+/// while the peer is down rather than blocking start-up.
+pub fn peer(url: &str, deadline: Duration) -> Result<PeerChannel, PeerError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| PeerError { url: url.to_owned(), message: e.to_string() })?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(deadline)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    let channel = Channel::balance_list(std::iter::repeat_n(endpoint, CONNECTIONS_PER_PEER));
+    Ok(InterceptedService::new(channel, TracePropagation))
+}
