@@ -1,19 +1,31 @@
-//! gRPC handlers. Every RPC the identity issue has not implemented yet answers UNIMPLEMENTED
-//! (the generated default), after the kit has authenticated the caller.
+//! gRPC handlers: decode, call the domain and the store, encode. Errors map to statuses in one
+//! place (`status`); every mutation runs under `request_id` idempotency.
 
-use lianyu_kit::Mount;
+mod audit;
+mod consents;
+mod convert;
+mod members;
+mod partners;
+
+use lianyu_kit::{
+    Mount, Principal,
+    error::to_status,
+    idempotency::{self, CallKey},
+};
 use lianyu_proto::identity::v1 as pb;
-use sea_orm::DatabaseConnection;
+use sea_orm::DatabaseTransaction;
+use tonic::{Request, Status};
 
-/// The service's handlers; they share the service's database.
+use crate::{domain::IdentityError, store::Store};
+
+/// The service's handlers.
 #[derive(Clone)]
 pub(crate) struct Api {
-    #[allow(dead_code, reason = "used as the identity issue implements its RPCs")]
-    db: DatabaseConnection,
+    store: Store,
 }
 
-pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
-    let api = Api { db };
+pub(crate) fn register(mount: &mut Mount, store: Store) {
+    let api = Api { store };
     lianyu_kit::mount!(
         mount,
         pb::partner_service_server::PartnerServiceServer::new(api.clone())
@@ -32,21 +44,47 @@ pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
     );
     lianyu_kit::mount!(
         mount,
-        pb::audit_service_server::AuditServiceServer::new(api.clone())
+        pb::audit_service_server::AuditServiceServer::new(api)
     );
 }
 
 #[tonic::async_trait]
-impl pb::partner_service_server::PartnerService for Api {}
-
-#[tonic::async_trait]
 impl pb::auth_service_server::AuthService for Api {}
 
-#[tonic::async_trait]
-impl pb::member_service_server::MemberService for Api {}
+/// The one mapping from the service's errors to gRPC statuses.
+pub(crate) fn status(error: IdentityError) -> Status {
+    to_status("lianyu.identity", &error)
+}
 
-#[tonic::async_trait]
-impl pb::consent_service_server::ConsentService for Api {}
+/// The caller, as verified by the kit's auth layer.
+fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
+    Principal::from_request(request).cloned()
+}
 
-#[tonic::async_trait]
-impl pb::audit_service_server::AuditService for Api {}
+impl Api {
+    /// Runs a mutation once per (caller, method, request_id) and wakes feed watchers after it.
+    async fn mutate<Req, Resp, F>(
+        &self,
+        who: &Principal,
+        method: &str,
+        request_id: &str,
+        request: &Req,
+        effect: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, IdentityError>,
+    {
+        let key = CallKey {
+            partner_id: &who.partner_id,
+            method,
+            request_id,
+        };
+        let response = idempotency::once(&self.store.db, key, request, effect)
+            .await
+            .map_err(status)?;
+        self.store.feed.published();
+        Ok(response)
+    }
+}

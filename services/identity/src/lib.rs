@@ -1,14 +1,19 @@
-//! Lianyu identity: who a partner is, who a member is across partners, what the member allowed.
+//! Lianyu identity: who a partner is, who a member is across partners, what the member
+//! allowed, and who read what.
 //!
 //! `run` serves it alone; `mount` adds it to a shared server (`lianyu up`).
 
 mod api;
+pub mod domain;
 mod store;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
-use lianyu_kit::{Config, Mount, ServerContext, StartError};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use lianyu_kit::{Config, ConfigError, Mount, ServerContext, StartError, config::Mode, feed::Feed};
 use tokio::net::TcpListener;
+
+use crate::domain::secrets::Secrets;
 
 /// The service's name: its database, its schema, its config prefix.
 pub const NAME: &str = "identity";
@@ -16,7 +21,9 @@ pub const NAME: &str = "identity";
 /// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
 pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartError> {
     let db = lianyu_kit::storage::open::<store::Migrator>(&ctx.config, NAME).await?;
-    api::register(mount, db);
+    let secrets = Arc::new(Secrets::from_master(&master_key(&ctx.config)?));
+    let feed = Feed::new(db.clone(), ctx.stopping.clone());
+    api::register(mount, store::Store { db, secrets, feed });
     Ok(())
 }
 
@@ -30,4 +37,32 @@ pub async fn run(
     let mut services = Mount::new(&ctx);
     mount(&ctx, &mut services).await?;
     lianyu_kit::server::serve(&ctx, services, listener, shutdown).await
+}
+
+/// The master key identifiers are hashed and sealed with: `LIANYU_IDENTITY_KEY`, or in local
+/// mode a key generated once in the data directory.
+fn master_key(config: &Config) -> Result<[u8; 32], StartError> {
+    const VAR: &str = "LIANYU_IDENTITY_KEY";
+    match (&config.identity_key, config.mode) {
+        (Some(secret), _) => URL_SAFE_NO_PAD
+            .decode(secret.expose().trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+            .ok_or_else(|| {
+                ConfigError {
+                    var: VAR.into(),
+                    message: "expected 32 bytes, base64url without padding".into(),
+                }
+                .into()
+            }),
+        (None, Mode::Local) => Ok(lianyu_kit::auth::load_or_create_local_secret(
+            &config.data_dir,
+            "identity-master.key",
+        )?),
+        (None, Mode::Production) => Err(ConfigError {
+            var: VAR.into(),
+            message: "required in production mode".into(),
+        }
+        .into()),
+    }
 }

@@ -1,14 +1,41 @@
-//! The identity database: its migrations. The kit's tables (idempotency keys, outbox, feed
-//! cursors) come first; the service's own tables follow as its issue builds them.
+//! The identity database: migrations and the repository. Every finder that takes a caller
+//! is scoped to that caller's partner; the scoped-id ↔ member mapping never leaves here.
 
-use lianyu_kit::storage::KitTables;
+mod access;
+mod alliances;
+pub(crate) mod consents;
+pub(crate) mod entities;
+mod members;
+mod migration;
+mod partners;
+
+use std::sync::Arc;
+
+use lianyu_kit::{feed::Feed, storage::KitTables};
+use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
+
+use crate::domain::secrets::Secrets;
+
+pub(crate) use members::MemberView;
 
 pub(crate) struct Migrator;
 
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(KitTables)]
+        vec![Box::new(KitTables), Box::new(migration::IdentityTables)]
     }
+}
+
+/// The repository: the database, the keys identifiers are hashed and sealed with, the feed.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) secrets: Arc<Secrets>,
+    pub(crate) feed: Feed,
+}
+
+pub(crate) fn now() -> i64 {
+    lianyu_kit::storage::now_millis()
 }

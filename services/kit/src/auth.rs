@@ -15,7 +15,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-pub use dev_key::{DevKey, DevKeyError, TokenRequest};
+pub use dev_key::{DevKey, DevKeyError, TokenRequest, load_or_create_local_secret};
 pub use layer::AuthLayer;
 pub use scope::{ALL_SCOPES, required_scope};
 

@@ -28,7 +28,10 @@ pub struct PeerError {
 /// while the peer is down rather than blocking start-up.
 pub fn peer(url: &str, deadline: Duration) -> Result<PeerChannel, PeerError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| PeerError { url: url.to_owned(), message: e.to_string() })?
+        .map_err(|e| PeerError {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?
         .connect_timeout(Duration::from_secs(3))
         .timeout(deadline)
         .tcp_nodelay(true)

@@ -65,6 +65,26 @@ pub struct AuthConfig {
     pub trusted_keys: Vec<TrustedKey>,
 }
 
+/// A secret from configuration; it never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// Everything a service process needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -80,6 +100,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub otlp_endpoint: Option<String>,
     pub limits: Limits,
+    /// `LIANYU_IDENTITY_KEY`: the identity service's master key, 32 bytes base64url. In local
+    /// mode it is generated in the data directory when absent.
+    pub identity_key: Option<Secret>,
 }
 
 /// A configuration value that stops start-up, naming the variable at fault.
@@ -193,6 +216,7 @@ impl Config {
             },
             otlp_endpoint,
             limits,
+            identity_key: var("LIANYU_IDENTITY_KEY").map(Secret::new),
         })
     }
 
@@ -369,6 +393,13 @@ mod tests {
         assert_eq!(c.database_url("identity"), "postgres://db/identity");
         assert_eq!(c.database_url("live"), "postgres://db/mesh");
         assert_eq!(c.auth.trusted_keys[0].key_id, "k1");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::from_vars(vars(&[("LIANYU_IDENTITY_KEY", "very-secret-value")])).unwrap();
+        assert!(!format!("{c:?}").contains("very-secret-value"));
+        assert_eq!(c.identity_key.unwrap().expose(), "very-secret-value");
     }
 
     #[test]

@@ -15,6 +15,6 @@ pub mod telemetry;
 pub mod testing;
 
 pub use auth::Principal;
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use error::{FieldViolation, KitError, ServiceError};
 pub use server::{Mount, ServerContext, StartError};

@@ -134,11 +134,12 @@ pub fn all_rpcs() -> Vec<Rpc> {
     rpcs
 }
 
-/// Calls `rpc` with an empty request (valid for every proto3 message) and returns the code.
-pub async fn call_empty(channel: Channel, rpc: &Rpc, token: Option<&str>) -> Code {
+/// Calls `rpc` with an empty request (valid for every proto3 message) and returns its status
+/// (code OK on success).
+pub async fn call_empty(channel: Channel, rpc: &Rpc, token: Option<&str>) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
-    if grpc.ready().await.is_err() {
-        return Code::Unavailable;
+    if let Err(e) = grpc.ready().await {
+        return tonic::Status::unavailable(e.to_string());
     }
     let mut request = tonic::Request::new(());
     if let Some(token) = token {
@@ -151,19 +152,20 @@ pub async fn call_empty(channel: Channel, rpc: &Rpc, token: Option<&str>) -> Cod
     }
     let path = http::uri::PathAndQuery::from_str(&rpc.path).unwrap_or_else(|e| panic!("path: {e}"));
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let ok = || tonic::Status::new(Code::Ok, "");
     if rpc.server_streaming {
         match grpc.server_streaming(request, path, codec).await {
-            Ok(response) => match response.into_inner().message().await {
-                Ok(_) => Code::Ok,
-                Err(status) => status.code(),
-            },
-            Err(status) => status.code(),
+            Ok(response) => response
+                .into_inner()
+                .message()
+                .await
+                .map_or_else(|status| status, |_| ok()),
+            Err(status) => status,
         }
     } else {
-        match grpc.unary(request, path, codec).await {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        }
+        grpc.unary(request, path, codec)
+            .await
+            .map_or_else(|status| status, |_| ok())
     }
 }
 

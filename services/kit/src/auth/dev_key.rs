@@ -139,6 +139,32 @@ fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Loads the 32-byte secret in `dir/name`, creating it (owner-only) when missing. Local mode only.
+pub fn load_or_create_local_secret(dir: &Path, name: &str) -> Result<[u8; 32], DevKeyError> {
+    let path = dir.join(name);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = base64::Engine::decode(&URL_SAFE_NO_PAD, text.trim()).map_err(|e| {
+                DevKeyError::Unreadable {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| DevKeyError::Unreadable {
+                path,
+                message: "expected 32 bytes".into(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir)?;
+            let secret: [u8; 32] = rand::random();
+            write_private(&path, URL_SAFE_NO_PAD.encode(secret).as_bytes())?;
+            Ok(secret)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(unix)]
 fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};

@@ -1,0 +1,69 @@
+//! AuditService: the access records a partner may see — its own reads, and reads of data it
+//! provided — with members named by the caller's own scoped ids.
+
+use lianyu_kit::page::Page;
+use lianyu_proto::identity::v1::{self as pb, audit_service_server::AuditService};
+use tonic::{Request, Response, Status};
+
+use super::{Api, caller, convert, status};
+use crate::{domain::IdentityError, store::Store};
+
+#[tonic::async_trait]
+impl AuditService for Api {
+    async fn list_access_records(
+        &self,
+        request: Request<pb::ListAccessRecordsRequest>,
+    ) -> Result<Response<pb::ListAccessRecordsResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id, &r.member])
+            .map_err(|e| status(e.into()))?;
+        let member_id = if r.member.is_empty() {
+            None
+        } else {
+            let scoped = convert::member_name(&r.member)
+                .map_err(|e| status(IdentityError::invalid("member", e)))?;
+            Some(
+                Store::member_for(&self.store.db, &who.partner_id, &scoped)
+                    .await
+                    .map_err(status)?,
+            )
+        };
+        let mut rows = self
+            .store
+            .access_records(&who.partner_id, member_id.as_deref(), &page)
+            .await
+            .map_err(status)?;
+        let more = rows.len() as u64 > page.size;
+        rows.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
+        let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
+        let scoped = Store::scoped_ids_of(&self.store.db, &who.partner_id, &members)
+            .await
+            .map_err(status)?;
+        let records = rows
+            .iter()
+            .map(|row| pb::AccessRecord {
+                name: format!("accessRecords/{}", row.seq),
+                accessor: format!("partners/{}", row.accessor),
+                member: scoped
+                    .get(&row.member_id)
+                    .map(|s| format!("members/{s}"))
+                    .unwrap_or_default(),
+                purpose: row.purpose,
+                consent_receipt: if row.receipt_id.is_empty() {
+                    String::new()
+                } else {
+                    format!("consentReceipts/{}", row.receipt_id)
+                },
+                access_time: convert::timestamp(row.at),
+                allowed: row.allowed,
+                chain_hash: row.hash.clone(),
+            })
+            .collect();
+        let last = rows.last().map(|r| r.seq.to_string());
+        Ok(Response::new(pb::ListAccessRecordsResponse {
+            records,
+            next_page_token: page.next_token(last.as_deref(), more),
+        }))
+    }
+}

@@ -1,0 +1,150 @@
+//! Proto ↔ domain conversions shared by the handlers.
+
+use lianyu_proto::identity::v1 as pb;
+use prost_types::Timestamp;
+
+use crate::{
+    domain::{
+        consent::Purpose,
+        identifier::{Identifier, Kind},
+        partner::{Alliance, AllianceStatus},
+    },
+    store::entities::{consent_receipt, partner},
+};
+
+pub(crate) fn timestamp(millis: i64) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    })
+}
+
+pub(crate) fn millis(ts: &Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.nanos) / 1_000_000)
+}
+
+pub(crate) fn partner(p: &partner::Model) -> pb::Partner {
+    let kind = match p.kind.as_str() {
+        "brand" => 1,
+        "mall" => 2,
+        "operator" => 3,
+        _ => 0,
+    };
+    pb::Partner {
+        name: format!("partners/{}", p.id),
+        kind,
+        display_name: p.display_name.clone(),
+        status: if p.status == "active" {
+            pb::PartnerStatus::Active as i32
+        } else {
+            pb::PartnerStatus::Suspended as i32
+        },
+        privacy_contact: p.privacy_contact.clone(),
+        create_time: timestamp(p.created_at),
+        update_time: timestamp(p.updated_at),
+    }
+}
+
+pub(crate) fn alliance(a: &Alliance) -> pb::Alliance {
+    pb::Alliance {
+        name: format!("alliances/{}", a.id),
+        display_name: a.display_name.clone(),
+        partners: a.partners.iter().map(|p| format!("partners/{p}")).collect(),
+        allowed_purposes: a.purposes.iter().map(|p| *p as i32).collect(),
+        data_categories: a.data_categories.clone(),
+        processing_method: a.processing_method.clone(),
+        valid_from: timestamp(a.valid_from),
+        valid_until: timestamp(a.valid_until),
+        status: match a.status {
+            AllianceStatus::Proposed => pb::AllianceStatus::Proposed,
+            AllianceStatus::Active => pb::AllianceStatus::Active,
+            AllianceStatus::Ended => pb::AllianceStatus::Ended,
+        } as i32,
+        accepted_by: a.accepted.iter().map(|p| format!("partners/{p}")).collect(),
+        terms_version: a.terms_version,
+        create_time: None,
+    }
+}
+
+pub(crate) fn kind(k: i32) -> Result<Kind, String> {
+    match pb::IdentifierKind::try_from(k) {
+        Ok(pb::IdentifierKind::Phone) => Ok(Kind::Phone),
+        Ok(pb::IdentifierKind::WechatUnionid) => Ok(Kind::WechatUnionId),
+        Ok(pb::IdentifierKind::WechatOpenid) => Ok(Kind::WechatOpenId),
+        Ok(pb::IdentifierKind::MemberNumber) => Ok(Kind::MemberNumber),
+        Ok(pb::IdentifierKind::Email) => Ok(Kind::Email),
+        _ => Err("unknown or unspecified identifier kind".into()),
+    }
+}
+
+pub(crate) fn identifier_out(i: &Identifier) -> pb::Identifier {
+    let kind = match i.kind {
+        Kind::Phone => pb::IdentifierKind::Phone,
+        Kind::WechatUnionId => pb::IdentifierKind::WechatUnionid,
+        Kind::WechatOpenId => pb::IdentifierKind::WechatOpenid,
+        Kind::MemberNumber => pb::IdentifierKind::MemberNumber,
+        Kind::Email => pb::IdentifierKind::Email,
+    };
+    pb::Identifier {
+        kind: kind as i32,
+        value: i.value.clone(),
+        namespace: i.namespace.clone(),
+        verified: i.verified,
+    }
+}
+
+pub(crate) fn purpose(n: i32) -> Result<Purpose, String> {
+    Purpose::from_number(n).ok_or_else(|| "unknown or unspecified consent purpose".to_owned())
+}
+
+/// A receipt as the member's collector sees it.
+pub(crate) fn receipt(
+    r: &consent_receipt::Model,
+    member: &str,
+    collector: &partner::Model,
+    grantee: &partner::Model,
+) -> pb::ConsentReceipt {
+    pb::ConsentReceipt {
+        name: format!("consentReceipts/{}", r.id),
+        issue_time: timestamp(r.issued_at),
+        member: format!("members/{member}"),
+        collector: format!("partners/{}", collector.id),
+        collector_display_name: collector.display_name.clone(),
+        grantee: format!("partners/{}", grantee.id),
+        grantee_display_name: grantee.display_name.clone(),
+        grantee_contact: grantee.privacy_contact.clone(),
+        purposes: r
+            .purposes
+            .split(',')
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        data_categories: serde_json::from_str(&r.data_categories).unwrap_or_default(),
+        processing_method: r.processing_method.clone(),
+        policy_version: r.policy_version.clone(),
+        channel: r.channel,
+        status: if r.status == "granted" {
+            pb::ConsentStatus::Granted as i32
+        } else {
+            pb::ConsentStatus::Withdrawn as i32
+        },
+        valid_from: timestamp(r.valid_from),
+        valid_until: timestamp(r.valid_until),
+        alliance: format!("alliances/{}", r.alliance_id),
+    }
+}
+
+/// `members/{scoped}` → scoped, or a field violation.
+pub(crate) fn member_name(name: &str) -> Result<String, String> {
+    match name.strip_prefix("members/") {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            Ok(id.to_owned())
+        }
+        _ => Err("expected members/{member}".into()),
+    }
+}

@@ -1,0 +1,231 @@
+//! MemberService: enrol what a partner knows of a person, resolve and read members through
+//! partner-scoped ids; other partners' fields only under a live consent, each read audited.
+
+use std::collections::BTreeMap;
+
+use lianyu_kit::Principal;
+use lianyu_proto::identity::v1::{self as pb, member_service_server::MemberService};
+use sea_orm::TransactionTrait;
+use tonic::{Request, Response, Status};
+
+use super::{Api, caller, convert, status};
+use crate::{
+    domain::{IdentityError, Violations, audit::Access, consent::Purpose, identifier::Identifier},
+    store::{Store, now},
+};
+
+const MAX_IDENTIFIERS: usize = 20;
+const MAX_PROFILE_FIELDS: usize = 50;
+
+#[tonic::async_trait]
+impl MemberService for Api {
+    async fn enroll_member(
+        &self,
+        request: Request<pb::EnrollMemberRequest>,
+    ) -> Result<Response<pb::EnrollMemberResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let (ids, fields) = enrolment(&r, &who.partner_id).map_err(status)?;
+        let out = self
+            .mutate(&who, "EnrollMember", &r.request_id, &r, async |txn| {
+                let enrolled = self
+                    .store
+                    .enroll(txn, &who.partner_id, &ids, &fields)
+                    .await?;
+                let view = self
+                    .store
+                    .contributed(txn, &enrolled.member_id, &who.partner_id)
+                    .await?;
+                Ok(pb::EnrollMemberResponse {
+                    member: Some(member(&enrolled.scoped_id, &view, Vec::new())),
+                    linked_existing: enrolled.linked_existing,
+                    unverified_candidate_count: enrolled.candidates,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn resolve_member(
+        &self,
+        request: Request<pb::ResolveMemberRequest>,
+    ) -> Result<Response<pb::ResolveMemberResponse>, Status> {
+        let who = caller(&request)?;
+        let id = request.get_ref().identifier.clone().unwrap_or_default();
+        let id = identifier(&id, &who.partner_id)
+            .map_err(|e| status(IdentityError::invalid("identifier", e)))?;
+        let scoped = self
+            .store
+            .resolve(&who.partner_id, &id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ResolveMemberResponse {
+            member: format!("members/{scoped}"),
+        }))
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<pb::GetMemberRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let scoped =
+            convert::member_name(&r.name).map_err(|e| status(IdentityError::invalid("name", e)))?;
+        let purpose = if r.purpose == 0 {
+            Ok(Purpose::ShareProfile)
+        } else {
+            convert::purpose(r.purpose)
+        }
+        .map_err(|e| status(IdentityError::invalid("purpose", e)))?;
+        let view = self
+            .read_member(&who, &scoped, purpose)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(view))
+    }
+}
+
+impl Api {
+    /// The caller's own data, plus each other partner's profile that a live consent lets the
+    /// caller read. Every cross-partner read, allowed or not, is recorded before data is returned.
+    async fn read_member(
+        &self,
+        who: &Principal,
+        scoped: &str,
+        purpose: Purpose,
+    ) -> Result<pb::Member, IdentityError> {
+        let db = &self.store.db;
+        let member_id = Store::member_for(db, &who.partner_id, scoped).await?;
+        let own = self
+            .store
+            .contributed(db, &member_id, &who.partner_id)
+            .await?;
+        let mut shared = Vec::new();
+        let mut reads = Vec::new();
+        for source in self
+            .store
+            .other_contributors(&member_id, &who.partner_id)
+            .await?
+        {
+            let consents = Store::live_consents(
+                db,
+                std::slice::from_ref(&member_id),
+                &who.partner_id,
+                purpose,
+                Some(&source),
+            )
+            .await?;
+            let consent = consents.get(&member_id);
+            if let Some(consent) = consent {
+                let profile = self
+                    .store
+                    .profile(db, &member_id, &source)
+                    .await?
+                    .unwrap_or_default();
+                let name = Store::partner(db, &source)
+                    .await?
+                    .map(|p| p.display_name)
+                    .unwrap_or_default();
+                shared.push(pb::SharedProfile {
+                    source_partner_display_name: name,
+                    profile: profile.into_iter().collect(),
+                    consent_receipt: format!("consentReceipts/{}", consent.receipt_id),
+                });
+            }
+            reads.push(Access {
+                seq: 0,
+                accessor: who.partner_id.clone(),
+                source,
+                member_id: member_id.clone(),
+                purpose: purpose as i32,
+                receipt_id: consent.map(|c| c.receipt_id.clone()).unwrap_or_default(),
+                allowed: consent.is_some(),
+                at_millis: now(),
+            });
+        }
+        if !reads.is_empty() {
+            let txn = db
+                .begin()
+                .await
+                .map_err(lianyu_kit::storage::StorageError::from)?;
+            for read in reads {
+                Store::record_access(&txn, read).await?;
+            }
+            txn.commit()
+                .await
+                .map_err(lianyu_kit::storage::StorageError::from)?;
+        }
+        Ok(member(scoped, &own, shared))
+    }
+}
+
+fn member(
+    scoped: &str,
+    view: &crate::store::MemberView,
+    shared: Vec<pb::SharedProfile>,
+) -> pb::Member {
+    pb::Member {
+        name: format!("members/{scoped}"),
+        identifiers: view
+            .identifiers
+            .iter()
+            .map(convert::identifier_out)
+            .collect(),
+        profile: view.profile.clone().into_iter().collect(),
+        shared_profiles: shared,
+        create_time: convert::timestamp(view.created_at),
+    }
+}
+
+fn identifier(id: &pb::Identifier, partner: &str) -> Result<Identifier, String> {
+    Identifier::parse(
+        convert::kind(id.kind)?,
+        &id.value,
+        &id.namespace,
+        id.verified,
+        partner,
+    )
+}
+
+fn enrolment(
+    r: &pb::EnrollMemberRequest,
+    partner: &str,
+) -> Result<(Vec<Identifier>, BTreeMap<String, String>), IdentityError> {
+    let mut v = Violations::default();
+    if r.identifiers.is_empty() {
+        v.add("identifiers", "at least one identifier");
+    }
+    if r.identifiers.len() > MAX_IDENTIFIERS {
+        v.add("identifiers", format!("at most {MAX_IDENTIFIERS}"));
+    }
+    let ids: Vec<Identifier> = r
+        .identifiers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| v.check(format!("identifiers[{i}]"), identifier(id, partner)))
+        .collect();
+    if r.profile.len() > MAX_PROFILE_FIELDS {
+        v.add("profile", format!("at most {MAX_PROFILE_FIELDS} fields"));
+    }
+    let mut fields = BTreeMap::new();
+    for (key, value) in &r.profile {
+        let key_ok = (1..=64).contains(&key.len())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.'));
+        if !key_ok {
+            v.add(
+                format!("profile[{key:.64}]"),
+                "keys are 1-64 of a-z, 0-9, '_' and '.'",
+            );
+        } else if let Some(value) = v.check(
+            format!("profile[{key}]"),
+            crate::domain::text(value, false, 1024),
+        ) {
+            fields.insert(key.clone(), value);
+        }
+    }
+    v.finish()?;
+    Ok((ids, fields))
+}

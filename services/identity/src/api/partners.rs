@@ -1,0 +1,300 @@
+//! PartnerService: partners (created by the operator) and alliances (proposed by a partner,
+//! active once every member partner accepts).
+
+use lianyu_kit::page::Page;
+use lianyu_proto::identity::v1::{self as pb, partner_service_server::PartnerService};
+use tonic::{Request, Response, Status};
+
+use super::{Api, caller, convert, status};
+use crate::{
+    domain::{
+        IdentityError, Violations,
+        partner::{Alliance, AllianceStatus, PartnerKind, parse_partner_name, partner_id},
+        text,
+    },
+    store::{Store, entities::partner, now},
+};
+
+#[tonic::async_trait]
+impl PartnerService for Api {
+    async fn create_partner(
+        &self,
+        request: Request<pb::CreatePartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let who = caller(&request)?;
+        if !who.operator {
+            return Err(status(IdentityError::Denied(
+                "OPERATOR_ONLY",
+                "only the mesh operator creates partners",
+            )));
+        }
+        let r = request.into_inner();
+        let row = new_partner(&r).map_err(status)?;
+        let out = self
+            .mutate(&who, "CreatePartner", &r.request_id, &r, async |txn| {
+                Ok(convert::partner(&Store::insert_partner(txn, row).await?))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_partner(
+        &self,
+        request: Request<pb::GetPartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let who = caller(&request)?;
+        let id = parse_partner_name(&request.get_ref().name)
+            .map_err(|e| status(IdentityError::invalid("name", e)))?;
+        // A partner sees itself and the partners it shares an alliance with.
+        let visible = who.operator
+            || Store::allied_with(&self.store.db, &who.partner_id)
+                .await
+                .map_err(status)?
+                .contains(&id);
+        let found = Store::partner(&self.store.db, &id)
+            .await
+            .map_err(status)?
+            .filter(|_| visible);
+        Ok(Response::new(convert::partner(
+            &found
+                .ok_or(IdentityError::NotFound("partner"))
+                .map_err(status)?,
+        )))
+    }
+
+    async fn list_partners(
+        &self,
+        request: Request<pb::ListPartnersRequest>,
+    ) -> Result<Response<pb::ListPartnersResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id])
+            .map_err(|e| status(e.into()))?;
+        let visible = if who.operator {
+            None
+        } else {
+            Some(
+                Store::allied_with(&self.store.db, &who.partner_id)
+                    .await
+                    .map_err(status)?
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut rows = self
+            .store
+            .list_partners(visible.as_deref(), &page)
+            .await
+            .map_err(status)?;
+        let more = rows.len() as u64 > page.size;
+        rows.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
+        let next_page_token = page.next_token(rows.last().map(|p| p.id.as_str()), more);
+        Ok(Response::new(pb::ListPartnersResponse {
+            partners: rows.iter().map(convert::partner).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn create_alliance(
+        &self,
+        request: Request<pb::CreateAllianceRequest>,
+    ) -> Result<Response<pb::Alliance>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let proposed = new_alliance(&r, &who.partner_id).map_err(status)?;
+        let out = self
+            .mutate(&who, "CreateAlliance", &r.request_id, &r, async |txn| {
+                for (i, partner) in proposed.partners.iter().enumerate() {
+                    match Store::partner(txn, partner).await? {
+                        Some(p) if p.kind != PartnerKind::Operator.as_str() => {}
+                        _ => {
+                            return Err(IdentityError::invalid(
+                                format!("alliance.partners[{i}]"),
+                                "no such brand or mall partner",
+                            ));
+                        }
+                    }
+                }
+                Store::insert_alliance(txn, &proposed, now()).await?;
+                Ok(convert::alliance(&proposed))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_alliance(
+        &self,
+        request: Request<pb::GetAllianceRequest>,
+    ) -> Result<Response<pb::Alliance>, Status> {
+        let who = caller(&request)?;
+        let alliance = self
+            .member_alliance(&who.partner_id, &request.get_ref().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::alliance(&alliance)))
+    }
+
+    async fn list_alliances(
+        &self,
+        request: Request<pb::ListAlliancesRequest>,
+    ) -> Result<Response<pb::ListAlliancesResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id])
+            .map_err(|e| status(e.into()))?;
+        let all = Store::alliances_of(&self.store.db, &who.partner_id)
+            .await
+            .map_err(status)?;
+        let mut rows: Vec<_> = all
+            .into_iter()
+            .filter(|a| page.after.as_ref().is_none_or(|after| &a.id > after))
+            .collect();
+        let more = rows.len() as u64 > page.size;
+        rows.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
+        let next_page_token = page.next_token(rows.last().map(|a| a.id.as_str()), more);
+        Ok(Response::new(pb::ListAlliancesResponse {
+            alliances: rows.iter().map(convert::alliance).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn accept_alliance(
+        &self,
+        request: Request<pb::AcceptAllianceRequest>,
+    ) -> Result<Response<pb::Alliance>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let mut alliance = self
+            .member_alliance(&who.partner_id, &r.name)
+            .await
+            .map_err(status)?;
+        let out = self
+            .mutate(&who, "AcceptAlliance", &r.request_id, &r, async |txn| {
+                alliance.accept(&who.partner_id).map_err(|reason| {
+                    IdentityError::Precondition(
+                        reason,
+                        "the alliance is no longer open for acceptance".into(),
+                    )
+                })?;
+                Store::save_alliance_state(txn, &alliance).await?;
+                Ok(convert::alliance(&alliance))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+}
+
+impl Api {
+    /// The alliance named `name`, if `partner` belongs to it; NOT_FOUND otherwise.
+    async fn member_alliance(&self, partner: &str, name: &str) -> Result<Alliance, IdentityError> {
+        let id = name
+            .strip_prefix("alliances/")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| IdentityError::invalid("name", "expected alliances/{alliance}"))?;
+        Store::alliance(&self.store.db, id)
+            .await?
+            .filter(|a| a.partners.contains(partner))
+            .ok_or(IdentityError::NotFound("alliance"))
+    }
+}
+
+fn new_partner(r: &pb::CreatePartnerRequest) -> Result<partner::Model, IdentityError> {
+    let mut v = Violations::default();
+    let id = v.check("partner_id", partner_id(&r.partner_id));
+    let p = r.partner.clone().unwrap_or_default();
+    let kind = v.check(
+        "partner.kind",
+        match lianyu_proto::common::v1::PartnerKind::try_from(p.kind) {
+            Ok(lianyu_proto::common::v1::PartnerKind::Brand) => Ok(PartnerKind::Brand),
+            Ok(lianyu_proto::common::v1::PartnerKind::Mall) => Ok(PartnerKind::Mall),
+            Ok(lianyu_proto::common::v1::PartnerKind::Operator) => Ok(PartnerKind::Operator),
+            _ => Err("BRAND, MALL or OPERATOR".into()),
+        },
+    );
+    let display_name = v.check("partner.display_name", text(&p.display_name, true, 100));
+    let contact = v.check(
+        "partner.privacy_contact",
+        text(&p.privacy_contact, true, 200),
+    );
+    v.finish()?;
+    let at = now();
+    Ok(partner::Model {
+        id: id.unwrap_or_default(),
+        kind: kind.map(PartnerKind::as_str).unwrap_or_default().to_owned(),
+        display_name: display_name.unwrap_or_default(),
+        status: "active".into(),
+        privacy_contact: contact.unwrap_or_default(),
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+fn new_alliance(r: &pb::CreateAllianceRequest, proposer: &str) -> Result<Alliance, IdentityError> {
+    let mut v = Violations::default();
+    let a = r.alliance.clone().unwrap_or_default();
+    let display_name = v.check("alliance.display_name", text(&a.display_name, true, 100));
+    let mut partners = std::collections::BTreeSet::new();
+    for (i, name) in a.partners.iter().enumerate() {
+        if let Some(id) = v.check(format!("alliance.partners[{i}]"), parse_partner_name(name)) {
+            partners.insert(id);
+        }
+    }
+    if !partners.contains(proposer) {
+        v.add("alliance.partners", "must include the proposing partner");
+    }
+    if partners.len() < 2 {
+        v.add(
+            "alliance.partners",
+            "an alliance joins at least two partners",
+        );
+    }
+    let mut purposes = std::collections::BTreeSet::new();
+    for (i, p) in a.allowed_purposes.iter().enumerate() {
+        if let Some(p) = v.check(
+            format!("alliance.allowed_purposes[{i}]"),
+            convert::purpose(*p),
+        ) {
+            purposes.insert(p);
+        }
+    }
+    if a.allowed_purposes.is_empty() {
+        v.add("alliance.allowed_purposes", "at least one purpose");
+    }
+    if a.data_categories.len() > 20 {
+        v.add("alliance.data_categories", "at most 20 categories");
+    }
+    let categories: Vec<String> = a
+        .data_categories
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| v.check(format!("alliance.data_categories[{i}]"), text(c, true, 64)))
+        .collect();
+    let method = v.check(
+        "alliance.processing_method",
+        text(&a.processing_method, true, 500),
+    );
+    let valid_from = a.valid_from.as_ref().map_or_else(now, convert::millis);
+    let valid_until = a.valid_until.as_ref().map(convert::millis);
+    match valid_until {
+        None => v.add("alliance.valid_until", "required"),
+        Some(until) if until <= valid_from.max(now()) => v.add(
+            "alliance.valid_until",
+            "must be in the future and after valid_from",
+        ),
+        Some(_) => {}
+    }
+    v.finish()?;
+    Ok(Alliance {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        display_name: display_name.unwrap_or_default(),
+        partners,
+        accepted: [proposer.to_owned()].into(),
+        purposes,
+        data_categories: categories,
+        processing_method: method.unwrap_or_default(),
+        valid_from,
+        valid_until: valid_until.unwrap_or_default(),
+        status: AllianceStatus::Proposed,
+        terms_version: 1,
+    })
+}

@@ -1,0 +1,133 @@
+//! Consent: purpose-bound, per (member, collector, grantee), with a validity window, and
+//! bound to the alliance terms it was given under.
+
+use super::partner::Alliance;
+
+/// What a member may allow. Numbers match `lianyu.common.v1.ConsentPurpose`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Purpose {
+    ShareProfile = 1,
+    MarketingContact = 2,
+    BenefitRedemption = 3,
+    LivePersonalization = 4,
+    JointAnalytics = 5,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 5] = [
+        Purpose::ShareProfile,
+        Purpose::MarketingContact,
+        Purpose::BenefitRedemption,
+        Purpose::LivePersonalization,
+        Purpose::JointAnalytics,
+    ];
+
+    pub fn from_number(n: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| *p as i32 == n)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsentState {
+    Granted,
+    Withdrawn,
+}
+
+/// The latest word of a member on one (collector, grantee, purpose).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consent {
+    pub receipt_id: String,
+    pub collector: String,
+    pub grantee: String,
+    pub purpose: Purpose,
+    pub state: ConsentState,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub alliance_id: String,
+    /// The alliance's terms version the member saw; newer terms make this consent stale.
+    pub terms_version: i64,
+}
+
+/// Why a consent does or does not count at a point of use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    Withdrawn,
+    Expired,
+    /// The alliance's purposes, method or categories changed since the member consented.
+    Stale,
+    /// The alliance ended or no longer allows the purpose.
+    NoAlliance,
+}
+
+impl Consent {
+    pub fn liveness(&self, alliance: Option<&Alliance>, now: i64) -> Liveness {
+        if self.state == ConsentState::Withdrawn {
+            return Liveness::Withdrawn;
+        }
+        if !(self.valid_from..self.valid_until).contains(&now) {
+            return Liveness::Expired;
+        }
+        match alliance {
+            Some(a) if a.allows(&self.collector, &self.grantee, self.purpose, now) => {
+                if a.terms_version == self.terms_version {
+                    Liveness::Live
+                } else {
+                    Liveness::Stale
+                }
+            }
+            _ => Liveness::NoAlliance,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::partner::AllianceStatus;
+
+    fn alliance(terms_version: i64) -> Alliance {
+        Alliance {
+            id: "a1".into(),
+            display_name: "x".into(),
+            partners: ["brand".to_owned(), "mall".to_owned()].into(),
+            accepted: ["brand".to_owned(), "mall".to_owned()].into(),
+            purposes: [Purpose::ShareProfile].into(),
+            data_categories: vec![],
+            processing_method: "m".into(),
+            valid_from: 0,
+            valid_until: 10_000,
+            status: AllianceStatus::Active,
+            terms_version,
+        }
+    }
+
+    fn consent() -> Consent {
+        Consent {
+            receipt_id: "r".into(),
+            collector: "brand".into(),
+            grantee: "mall".into(),
+            purpose: Purpose::ShareProfile,
+            state: ConsentState::Granted,
+            valid_from: 100,
+            valid_until: 1_000,
+            alliance_id: "a1".into(),
+            terms_version: 1,
+        }
+    }
+
+    #[test]
+    fn a_consent_counts_only_inside_its_window_and_terms() {
+        let a = alliance(1);
+        assert_eq!(consent().liveness(Some(&a), 500), Liveness::Live);
+        assert_eq!(consent().liveness(Some(&a), 1_000), Liveness::Expired);
+        assert_eq!(consent().liveness(Some(&a), 50), Liveness::Expired);
+        assert_eq!(consent().liveness(Some(&alliance(2)), 500), Liveness::Stale);
+        assert_eq!(consent().liveness(None, 500), Liveness::NoAlliance);
+        let withdrawn = Consent {
+            state: ConsentState::Withdrawn,
+            ..consent()
+        };
+        assert_eq!(withdrawn.liveness(Some(&a), 500), Liveness::Withdrawn);
+    }
+}

@@ -1,0 +1,218 @@
+//! Identifiers of a person as partners know them, normalised so that equal things compare
+//! equal, each in the namespace where it is unique.
+
+/// What an identifier is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Phone,
+    WechatUnionId,
+    WechatOpenId,
+    MemberNumber,
+    Email,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Phone => "phone",
+            Kind::WechatUnionId => "wechat_unionid",
+            Kind::WechatOpenId => "wechat_openid",
+            Kind::MemberNumber => "member_number",
+            Kind::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Kind::Phone,
+            Kind::WechatUnionId,
+            Kind::WechatOpenId,
+            Kind::MemberNumber,
+            Kind::Email,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// The namespace of identifiers unique worldwide (phones, emails).
+pub const GLOBAL: &str = "global";
+
+/// A checked, normalised identifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identifier {
+    pub kind: Kind,
+    pub value: String,
+    pub namespace: String,
+    pub verified: bool,
+}
+
+impl Identifier {
+    /// Normalises and checks. Phones become E.164 (mainland China when no country code is
+    /// given) in the global namespace; a member number's namespace is always the submitting
+    /// partner; UnionIDs and OpenIDs need the account or app they belong to.
+    pub fn parse(
+        kind: Kind,
+        value: &str,
+        namespace: &str,
+        verified: bool,
+        partner: &str,
+    ) -> Result<Self, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err("value is required".into());
+        }
+        if value.len() > 256 {
+            return Err("value is at most 256 characters".into());
+        }
+        let (value, namespace) = match kind {
+            Kind::Phone => (normalise_phone(value)?, GLOBAL.to_owned()),
+            Kind::Email => (normalise_email(value)?, GLOBAL.to_owned()),
+            Kind::MemberNumber => (token(value, 1, 64)?, partner.to_owned()),
+            Kind::WechatUnionId | Kind::WechatOpenId => {
+                let ns = namespace.trim();
+                if ns.is_empty() {
+                    return Err(match kind {
+                        Kind::WechatUnionId => {
+                            "namespace must name the WeChat Open Platform account"
+                        }
+                        _ => "namespace must name the app id",
+                    }
+                    .into());
+                }
+                (token(value, 16, 64)?, token(ns, 1, 64)?)
+            }
+        };
+        Ok(Self {
+            kind,
+            value,
+            namespace,
+            verified,
+        })
+    }
+
+    /// Whether a verified match on this identifier may link two partners' records of a person.
+    /// A member number is unique only inside its partner, so it links nothing across partners.
+    pub fn links_across_partners(&self) -> bool {
+        self.kind != Kind::MemberNumber
+    }
+}
+
+fn normalise_phone(raw: &str) -> Result<String, String> {
+    let cleaned: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')'))
+        .collect();
+    let (international, digits) = match cleaned.strip_prefix('+') {
+        Some(rest) => (true, rest.to_owned()),
+        None => match cleaned.strip_prefix("00") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, cleaned),
+        },
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err("a phone number has digits only, optionally after +".into());
+    }
+    let e164 = if international {
+        digits
+    } else if digits.len() == 11 && digits.starts_with('1') {
+        format!("86{digits}")
+    } else {
+        return Err(
+            "give a mainland mobile number (11 digits starting with 1) or +country code".into(),
+        );
+    };
+    if e164.starts_with("86") && !(e164.len() == 13 && e164[2..].starts_with('1')) {
+        return Err("a mainland China mobile number has 11 digits and starts with 1".into());
+    }
+    if !(8..=15).contains(&e164.len()) || e164.starts_with('0') {
+        return Err("an E.164 number has 8 to 15 digits after the +".into());
+    }
+    Ok(format!("+{e164}"))
+}
+
+fn normalise_email(raw: &str) -> Result<String, String> {
+    let lower = raw.to_lowercase();
+    match lower.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && domain.contains('.')
+                && !domain.contains('@')
+                && !lower.contains(' ') =>
+        {
+            Ok(lower)
+        }
+        _ => Err("not an email address".into()),
+    }
+}
+
+fn token(value: &str, min: usize, max: usize) -> Result<String, String> {
+    if value.len() < min || value.len() > max {
+        return Err(format!("between {min} and {max} characters"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("letters, digits, '-', '_' and '.' only".into());
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_normalise_to_e164_with_mainland_default() {
+        let p = |v: &str| Identifier::parse(Kind::Phone, v, "", true, "brand").map(|i| i.value);
+        assert_eq!(p("138 0013 8000").unwrap(), "+8613800138000");
+        assert_eq!(p("+86 138-0013-8000").unwrap(), "+8613800138000");
+        assert_eq!(p("008613800138000").unwrap(), "+8613800138000");
+        assert_eq!(p("+852 9123 4567").unwrap(), "+85291234567");
+        assert!(p("12345").is_err());
+        assert!(p("+86 2345678901").is_err());
+        assert!(p("138001380x0").is_err());
+    }
+
+    #[test]
+    fn namespaces_follow_the_kind() {
+        let phone =
+            Identifier::parse(Kind::Phone, "13800138000", "anything", true, "brand").unwrap();
+        assert_eq!(phone.namespace, GLOBAL);
+        let number =
+            Identifier::parse(Kind::MemberNumber, "A-1001", "other", false, "brand").unwrap();
+        assert_eq!(number.namespace, "brand");
+        assert!(!number.links_across_partners());
+        assert!(
+            Identifier::parse(
+                Kind::WechatUnionId,
+                "o6_bmasdasdsad6_2sgVt7hMZOPfL",
+                "",
+                true,
+                "brand"
+            )
+            .is_err()
+        );
+        let union = Identifier::parse(
+            Kind::WechatUnionId,
+            "o6_bmasdasdsad6_2sgVt7hMZOPfL",
+            "wx-open-brand",
+            true,
+            "brand",
+        )
+        .unwrap();
+        assert_eq!(union.namespace, "wx-open-brand");
+    }
+
+    #[test]
+    fn emails_are_lowercased_and_checked() {
+        assert_eq!(
+            Identifier::parse(Kind::Email, "Li.Wei@Example.COM", "", false, "b")
+                .unwrap()
+                .value,
+            "li.wei@example.com"
+        );
+        assert!(Identifier::parse(Kind::Email, "not-an-email", "", false, "b").is_err());
+    }
+}

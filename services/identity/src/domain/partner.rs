@@ -1,0 +1,172 @@
+//! Partners and alliances: who may share with whom, for which purposes, until when.
+
+use std::collections::BTreeSet;
+
+use super::consent::Purpose;
+
+/// The kind of a partner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerKind {
+    Brand,
+    Mall,
+    Operator,
+}
+
+impl PartnerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartnerKind::Brand => "brand",
+            PartnerKind::Mall => "mall",
+            PartnerKind::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [PartnerKind::Brand, PartnerKind::Mall, PartnerKind::Operator]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Checks a partner id: 3 to 40 of lowercase letters, digits and '-', starting with a letter.
+pub fn partner_id(s: &str) -> Result<String, String> {
+    let ok = (3..=40).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("3-40 lowercase letters, digits or '-', starting with a letter".into())
+    }
+}
+
+/// `partners/{id}` → id.
+pub fn parse_partner_name(name: &str) -> Result<String, String> {
+    name.strip_prefix("partners/")
+        .ok_or_else(|| "expected partners/{partner}".to_owned())
+        .and_then(partner_id)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllianceStatus {
+    Proposed,
+    Active,
+    Ended,
+}
+
+impl AllianceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllianceStatus::Proposed => "proposed",
+            AllianceStatus::Active => "active",
+            AllianceStatus::Ended => "ended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            AllianceStatus::Proposed,
+            AllianceStatus::Active,
+            AllianceStatus::Ended,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A joint domain between partners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alliance {
+    pub id: String,
+    pub display_name: String,
+    pub partners: BTreeSet<String>,
+    pub accepted: BTreeSet<String>,
+    pub purposes: BTreeSet<Purpose>,
+    pub data_categories: Vec<String>,
+    pub processing_method: String,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub status: AllianceStatus,
+    pub terms_version: i64,
+}
+
+impl Alliance {
+    /// Records `partner`'s acceptance; the alliance becomes active when every partner has
+    /// accepted. Returns whether this call activated it.
+    pub fn accept(&mut self, partner: &str) -> Result<bool, &'static str> {
+        if self.status != AllianceStatus::Proposed {
+            return if self.accepted.contains(partner) {
+                Ok(false)
+            } else {
+                Err("ALLIANCE_NOT_PROPOSED")
+            };
+        }
+        self.accepted.insert(partner.to_owned());
+        if self.accepted == self.partners {
+            self.status = AllianceStatus::Active;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether, at `now`, the alliance lets `a` and `b` share for `purpose`.
+    pub fn allows(&self, a: &str, b: &str, purpose: Purpose, now: i64) -> bool {
+        self.status == AllianceStatus::Active
+            && self.partners.contains(a)
+            && self.partners.contains(b)
+            && self.purposes.contains(&purpose)
+            && (self.valid_from..self.valid_until).contains(&now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposed() -> Alliance {
+        Alliance {
+            id: "a1".into(),
+            display_name: "Spring".into(),
+            partners: ["brand".to_owned(), "mall".to_owned()].into(),
+            accepted: ["brand".to_owned()].into(),
+            purposes: [Purpose::ShareProfile].into(),
+            data_categories: vec!["profile.basic".into()],
+            processing_method: "joint CRM".into(),
+            valid_from: 0,
+            valid_until: 1_000,
+            status: AllianceStatus::Proposed,
+            terms_version: 1,
+        }
+    }
+
+    #[test]
+    fn active_only_when_everyone_accepted() {
+        let mut a = proposed();
+        assert!(!a.allows("brand", "mall", Purpose::ShareProfile, 10));
+        assert_eq!(a.accept("brand"), Ok(false));
+        assert_eq!(a.accept("mall"), Ok(true));
+        assert!(a.allows("brand", "mall", Purpose::ShareProfile, 10));
+        assert!(
+            !a.allows("brand", "mall", Purpose::MarketingContact, 10),
+            "purpose not declared"
+        );
+        assert!(
+            !a.allows("brand", "mall", Purpose::ShareProfile, 1_000),
+            "window ended"
+        );
+        assert!(
+            !a.allows("brand", "other", Purpose::ShareProfile, 10),
+            "not a member"
+        );
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(partner_id("brand-a").is_ok());
+        assert!(partner_id("Brand").is_err());
+        assert!(partner_id("1brand").is_err());
+        assert_eq!(parse_partner_name("partners/mall-b").unwrap(), "mall-b");
+        assert!(parse_partner_name("mall-b").is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! The access log: append-only, hash-chained through a single head row whose update
+//! serialises appenders, so the chain never forks under concurrency.
+
+use lianyu_kit::{page::Page, storage::StorageError};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Condition, Expr, ExprTrait},
+};
+
+use super::{
+    Store,
+    entities::{access_record, audit_head},
+};
+use crate::domain::{
+    IdentityError,
+    audit::{Access, chain_hash},
+};
+
+impl Store {
+    /// Appends one record inside the caller's transaction.
+    pub(crate) async fn record_access(
+        txn: &impl ConnectionTrait,
+        mut access: Access,
+    ) -> Result<(), IdentityError> {
+        // Bump first: the row lock is held to commit, so the next appender reads our hash.
+        audit_head::Entity::update_many()
+            .col_expr(
+                audit_head::Column::Seq,
+                Expr::col(audit_head::Column::Seq).add(1),
+            )
+            .filter(audit_head::Column::Id.eq(1))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        let head = audit_head::Entity::find_by_id(1)
+            .one(txn)
+            .await
+            .map_err(StorageError::from)?
+            .ok_or(StorageError::NotFound)?;
+        access.seq = head.seq;
+        let hash = chain_hash(&head.hash, &access);
+        audit_head::Entity::update_many()
+            .col_expr(audit_head::Column::Hash, Expr::value(hash.clone()))
+            .filter(audit_head::Column::Id.eq(1))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        access_record::ActiveModel {
+            seq: Set(access.seq),
+            accessor: Set(access.accessor),
+            source: Set(access.source),
+            member_id: Set(access.member_id),
+            purpose: Set(access.purpose),
+            receipt_id: Set(access.receipt_id),
+            allowed: Set(access.allowed),
+            at: Set(access.at_millis),
+            hash: Set(hash),
+        }
+        .insert(txn)
+        .await
+        .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    /// Records of `partner`'s reads and of reads of data `partner` provided, optionally for one member.
+    pub(crate) async fn access_records(
+        &self,
+        partner: &str,
+        member_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<access_record::Model>, IdentityError> {
+        let mut query = access_record::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(access_record::Column::Accessor.eq(partner.to_owned()))
+                    .add(access_record::Column::Source.eq(partner.to_owned())),
+            )
+            .order_by_asc(access_record::Column::Seq)
+            .limit(page.size + 1);
+        if let Some(member_id) = member_id {
+            query = query.filter(access_record::Column::MemberId.eq(member_id.to_owned()));
+        }
+        if let Some(after) = page.after.as_deref().and_then(|a| a.parse::<i64>().ok()) {
+            query = query.filter(access_record::Column::Seq.gt(after));
+        }
+        Ok(query.all(&self.db).await.map_err(StorageError::from)?)
+    }
+}

@@ -1,0 +1,166 @@
+//! Alliances and their member partners.
+
+use std::collections::BTreeSet;
+
+use lianyu_kit::storage::StorageError;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+};
+
+use super::{
+    Store,
+    entities::{alliance, alliance_partner},
+};
+use crate::domain::{
+    IdentityError,
+    consent::Purpose,
+    partner::{Alliance, AllianceStatus},
+};
+
+impl Store {
+    pub(crate) async fn insert_alliance(
+        txn: &impl ConnectionTrait,
+        a: &Alliance,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        alliance::ActiveModel {
+            id: Set(a.id.clone()),
+            display_name: Set(a.display_name.clone()),
+            purposes: Set(a
+                .purposes
+                .iter()
+                .map(|p| (*p as i32).to_string())
+                .collect::<Vec<_>>()
+                .join(",")),
+            data_categories: Set(serde_json::to_string(&a.data_categories).unwrap_or_default()),
+            processing_method: Set(a.processing_method.clone()),
+            valid_from: Set(a.valid_from),
+            valid_until: Set(a.valid_until),
+            status: Set(a.status.as_str().to_owned()),
+            terms_version: Set(a.terms_version),
+            created_at: Set(now),
+        }
+        .insert(txn)
+        .await
+        .map_err(StorageError::from)?;
+        for partner in &a.partners {
+            alliance_partner::ActiveModel {
+                alliance_id: Set(a.id.clone()),
+                partner_id: Set(partner.clone()),
+                accepted: Set(a.accepted.contains(partner)),
+            }
+            .insert(txn)
+            .await
+            .map_err(StorageError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Saves a change of status and acceptances.
+    pub(crate) async fn save_alliance_state(
+        txn: &impl ConnectionTrait,
+        a: &Alliance,
+    ) -> Result<(), IdentityError> {
+        alliance::Entity::update_many()
+            .col_expr(
+                alliance::Column::Status,
+                sea_orm::sea_query::Expr::value(a.status.as_str()),
+            )
+            .filter(alliance::Column::Id.eq(a.id.clone()))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        alliance_partner::Entity::update_many()
+            .col_expr(
+                alliance_partner::Column::Accepted,
+                sea_orm::sea_query::Expr::value(true),
+            )
+            .filter(alliance_partner::Column::AllianceId.eq(a.id.clone()))
+            .filter(alliance_partner::Column::PartnerId.is_in(a.accepted.iter().cloned()))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    pub(crate) async fn alliance(
+        conn: &impl ConnectionTrait,
+        id: &str,
+    ) -> Result<Option<Alliance>, IdentityError> {
+        let Some(row) = alliance::Entity::find_by_id(id.to_owned())
+            .one(conn)
+            .await
+            .map_err(StorageError::from)?
+        else {
+            return Ok(None);
+        };
+        let members = alliance_partner::Entity::find()
+            .filter(alliance_partner::Column::AllianceId.eq(id.to_owned()))
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(Some(to_domain(row, &members)))
+    }
+
+    /// Every alliance `partner` belongs to.
+    pub(crate) async fn alliances_of(
+        conn: &impl ConnectionTrait,
+        partner: &str,
+    ) -> Result<Vec<Alliance>, IdentityError> {
+        let ids: Vec<String> = alliance_partner::Entity::find()
+            .filter(alliance_partner::Column::PartnerId.eq(partner.to_owned()))
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|m| m.alliance_id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(a) = Self::alliance(conn, &id).await? {
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Partners that share any alliance with `partner`, itself included.
+    pub(crate) async fn allied_with(
+        conn: &impl ConnectionTrait,
+        partner: &str,
+    ) -> Result<BTreeSet<String>, IdentityError> {
+        let mut out: BTreeSet<String> = Self::alliances_of(conn, partner)
+            .await?
+            .into_iter()
+            .flat_map(|a| a.partners)
+            .collect();
+        out.insert(partner.to_owned());
+        Ok(out)
+    }
+}
+
+fn to_domain(row: alliance::Model, members: &[alliance_partner::Model]) -> Alliance {
+    Alliance {
+        id: row.id,
+        display_name: row.display_name,
+        partners: members.iter().map(|m| m.partner_id.clone()).collect(),
+        accepted: members
+            .iter()
+            .filter(|m| m.accepted)
+            .map(|m| m.partner_id.clone())
+            .collect(),
+        purposes: row
+            .purposes
+            .split(',')
+            .filter_map(|p| p.parse().ok())
+            .filter_map(Purpose::from_number)
+            .collect(),
+        data_categories: serde_json::from_str(&row.data_categories).unwrap_or_default(),
+        processing_method: row.processing_method,
+        valid_from: row.valid_from,
+        valid_until: row.valid_until,
+        status: AllianceStatus::parse(&row.status).unwrap_or(AllianceStatus::Ended),
+        terms_version: row.terms_version,
+    }
+}

@@ -1,0 +1,171 @@
+//! Consents: the latest word per (member, grantee, purpose, collector), and the receipts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lianyu_kit::{
+    feed::{Feed, NewEvent},
+    storage::StorageError,
+};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    sea_query::OnConflict,
+};
+
+use super::{
+    Store,
+    entities::{consent, consent_receipt},
+    now,
+};
+use crate::domain::{
+    IdentityError,
+    consent::{Consent, ConsentState, Liveness, Purpose},
+    partner::Alliance,
+};
+
+/// A grant or withdrawal, as recorded on its receipt.
+pub(crate) struct ConsentChange<'a> {
+    pub(crate) member_id: &'a str,
+    pub(crate) collector: &'a str,
+    pub(crate) grantee: &'a str,
+    pub(crate) purposes: &'a [Purpose],
+    pub(crate) channel: i32,
+    pub(crate) policy_version: &'a str,
+    pub(crate) valid_from: i64,
+    pub(crate) valid_until: i64,
+    pub(crate) alliance: &'a Alliance,
+    pub(crate) state: ConsentState,
+}
+
+impl Store {
+    /// Records a grant or withdrawal and its receipt, and appends the event to the feed.
+    pub(crate) async fn change_consent(
+        txn: &impl ConnectionTrait,
+        c: &ConsentChange<'_>,
+    ) -> Result<consent_receipt::Model, IdentityError> {
+        let receipt_id = uuid::Uuid::now_v7().to_string();
+        let at = now();
+        let status = match c.state {
+            ConsentState::Granted => "granted",
+            ConsentState::Withdrawn => "withdrawn",
+        };
+        let receipt = consent_receipt::ActiveModel {
+            id: Set(receipt_id.clone()),
+            member_id: Set(c.member_id.to_owned()),
+            collector: Set(c.collector.to_owned()),
+            grantee: Set(c.grantee.to_owned()),
+            purposes: Set(c
+                .purposes
+                .iter()
+                .map(|p| (*p as i32).to_string())
+                .collect::<Vec<_>>()
+                .join(",")),
+            data_categories: Set(
+                serde_json::to_string(&c.alliance.data_categories).unwrap_or_default()
+            ),
+            processing_method: Set(c.alliance.processing_method.clone()),
+            policy_version: Set(c.policy_version.to_owned()),
+            channel: Set(c.channel),
+            status: Set(status.to_owned()),
+            valid_from: Set(c.valid_from),
+            valid_until: Set(c.valid_until),
+            alliance_id: Set(c.alliance.id.clone()),
+            issued_at: Set(at),
+        }
+        .insert(txn)
+        .await
+        .map_err(StorageError::from)?;
+        for purpose in c.purposes {
+            let row = consent::ActiveModel {
+                member_id: Set(c.member_id.to_owned()),
+                grantee: Set(c.grantee.to_owned()),
+                purpose: Set(*purpose as i32),
+                collector: Set(c.collector.to_owned()),
+                receipt_id: Set(receipt_id.clone()),
+                state: Set(status.to_owned()),
+                valid_from: Set(c.valid_from),
+                valid_until: Set(c.valid_until),
+                alliance_id: Set(c.alliance.id.clone()),
+                terms_version: Set(c.alliance.terms_version),
+                updated_at: Set(at),
+            };
+            consent::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::columns([
+                        consent::Column::MemberId,
+                        consent::Column::Grantee,
+                        consent::Column::Purpose,
+                        consent::Column::Collector,
+                    ])
+                    .update_columns([
+                        consent::Column::ReceiptId,
+                        consent::Column::State,
+                        consent::Column::ValidFrom,
+                        consent::Column::ValidUntil,
+                        consent::Column::AllianceId,
+                        consent::Column::TermsVersion,
+                        consent::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+                )
+                .exec(txn)
+                .await
+                .map_err(StorageError::from)?;
+        }
+        // The payload is the receipt id; watchers resolve it to their own view of the member.
+        Feed::append(
+            txn,
+            NewEvent {
+                kind: format!("consent.{status}"),
+                partner_id: Some(c.grantee.to_owned()),
+                payload: receipt_id.into_bytes(),
+            },
+        )
+        .await?;
+        Ok(receipt)
+    }
+
+    /// For each member, the live consent to `grantee` for `purpose` (from any collector).
+    pub(crate) async fn live_consents(
+        conn: &impl ConnectionTrait,
+        members: &[String],
+        grantee: &str,
+        purpose: Purpose,
+        collector: Option<&str>,
+    ) -> Result<BTreeMap<String, Consent>, IdentityError> {
+        let mut query = consent::Entity::find()
+            .filter(consent::Column::MemberId.is_in(members.iter().cloned()))
+            .filter(consent::Column::Grantee.eq(grantee.to_owned()))
+            .filter(consent::Column::Purpose.eq(purpose as i32))
+            .filter(consent::Column::State.eq("granted"));
+        if let Some(collector) = collector {
+            query = query.filter(consent::Column::Collector.eq(collector.to_owned()));
+        }
+        let rows = query.all(conn).await.map_err(StorageError::from)?;
+        let mut alliances: HashMap<String, Option<Alliance>> = HashMap::new();
+        let at = now();
+        let mut out = BTreeMap::new();
+        for row in rows {
+            if !alliances.contains_key(&row.alliance_id) {
+                let a = Self::alliance(conn, &row.alliance_id).await?;
+                alliances.insert(row.alliance_id.clone(), a);
+            }
+            let consent = Consent {
+                receipt_id: row.receipt_id,
+                collector: row.collector,
+                grantee: row.grantee,
+                purpose,
+                state: ConsentState::Granted,
+                valid_from: row.valid_from,
+                valid_until: row.valid_until,
+                alliance_id: row.alliance_id.clone(),
+                terms_version: row.terms_version,
+            };
+            if consent.liveness(alliances.get(&row.alliance_id).and_then(Option::as_ref), at)
+                == Liveness::Live
+            {
+                out.entry(row.member_id).or_insert(consent);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,160 @@
+//! The identity tables. No other service reads them; the mapping between partner-scoped ids
+//! and members exists only here.
+
+#![allow(unreachable_pub, reason = "sea-orm's derives generate pub items")]
+
+macro_rules! entity {
+    ($module:ident, $table:literal, { $($body:tt)* }) => {
+        pub mod $module {
+            use sea_orm::entity::prelude::*;
+
+            #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+            #[sea_orm(table_name = $table)]
+            pub struct Model { $($body)* }
+
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+
+            impl ActiveModelBehavior for ActiveModel {}
+        }
+    };
+}
+
+entity!(partner, "partners", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub kind: String,
+    pub display_name: String,
+    pub status: String,
+    pub privacy_contact: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+});
+
+entity!(alliance, "alliances", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub display_name: String,
+    /// Purpose numbers, comma-separated.
+    pub purposes: String,
+    /// JSON array of strings.
+    pub data_categories: String,
+    pub processing_method: String,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub status: String,
+    pub terms_version: i64,
+    pub created_at: i64,
+});
+
+entity!(alliance_partner, "alliance_partners", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub alliance_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub partner_id: String,
+    pub accepted: bool,
+});
+
+entity!(member, "members", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub status: String,
+    pub created_at: i64,
+    pub erased_at: Option<i64>,
+});
+
+entity!(identifier, "identifiers", {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(indexed)]
+    pub member_id: String,
+    /// The partner that submitted it.
+    pub partner_id: String,
+    pub kind: String,
+    pub namespace: String,
+    /// Keyed hash of kind, namespace and value.
+    #[sea_orm(indexed)]
+    pub lookup_hash: String,
+    /// The value, encrypted.
+    pub sealed: Vec<u8>,
+    pub verified: bool,
+    pub created_at: i64,
+});
+
+entity!(profile, "profiles", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub member_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub partner_id: String,
+    /// The fields, JSON, encrypted.
+    pub sealed: Vec<u8>,
+    pub updated_at: i64,
+});
+
+entity!(scoped_id, "scoped_ids", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub scoped_id: String,
+    #[sea_orm(indexed)]
+    pub partner_id: String,
+    #[sea_orm(indexed)]
+    pub member_id: String,
+});
+
+entity!(consent_receipt, "consent_receipts", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(indexed)]
+    pub member_id: String,
+    pub collector: String,
+    pub grantee: String,
+    pub purposes: String,
+    pub data_categories: String,
+    pub processing_method: String,
+    pub policy_version: String,
+    pub channel: i32,
+    pub status: String,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub alliance_id: String,
+    pub issued_at: i64,
+});
+
+entity!(consent, "consents", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub member_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub grantee: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub purpose: i32,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub collector: String,
+    pub receipt_id: String,
+    pub state: String,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub alliance_id: String,
+    pub terms_version: i64,
+    pub updated_at: i64,
+});
+
+entity!(access_record, "access_records", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub seq: i64,
+    #[sea_orm(indexed)]
+    pub accessor: String,
+    #[sea_orm(indexed)]
+    pub source: String,
+    pub member_id: String,
+    pub purpose: i32,
+    pub receipt_id: String,
+    pub allowed: bool,
+    pub at: i64,
+    pub hash: String,
+});
+
+entity!(audit_head, "audit_head", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: i32,
+    pub seq: i64,
+    pub hash: String,
+});

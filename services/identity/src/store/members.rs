@@ -1,0 +1,361 @@
+//! Members, their identifiers and profiles, and the partner-scoped ids that name them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lianyu_kit::storage::StorageError;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder,
+};
+
+use super::{
+    Store,
+    entities::{identifier, member, profile, scoped_id},
+    now,
+};
+use crate::domain::{
+    IdentityError,
+    identifier::{Identifier, Kind},
+};
+
+/// The outcome of an enrolment.
+pub(crate) struct Enrolled {
+    pub(crate) scoped_id: String,
+    pub(crate) member_id: String,
+    pub(crate) linked_existing: bool,
+    pub(crate) candidates: i32,
+}
+
+/// A member as one partner sees it.
+pub(crate) struct MemberView {
+    pub(crate) identifiers: Vec<Identifier>,
+    pub(crate) profile: BTreeMap<String, String>,
+    pub(crate) created_at: i64,
+}
+
+impl Store {
+    /// Finds or creates the member behind `ids` for `caller`. The caller's own records of any
+    /// of the identifiers name the member first; otherwise a verified identifier that another
+    /// partner also verified links to that partner's member; an unverified match on either
+    /// side is only counted as a candidate, never linked.
+    pub(crate) async fn enroll(
+        &self,
+        txn: &impl ConnectionTrait,
+        caller: &str,
+        ids: &[Identifier],
+        fields: &BTreeMap<String, String>,
+    ) -> Result<Enrolled, IdentityError> {
+        let hashed: Vec<(String, &Identifier)> = ids
+            .iter()
+            .map(|i| (self.secrets.lookup_hash(i), i))
+            .collect();
+        let matches = identifier::Entity::find()
+            .filter(identifier::Column::LookupHash.is_in(hashed.iter().map(|(h, _)| h.clone())))
+            .all(txn)
+            .await
+            .map_err(StorageError::from)?;
+        let incoming = |hash: &str| hashed.iter().find(|(h, _)| h == hash).map(|(_, i)| *i);
+        let own: BTreeSet<&str> = matches
+            .iter()
+            .filter(|m| m.partner_id == caller)
+            .map(|m| m.member_id.as_str())
+            .collect();
+        let mut linked = BTreeSet::new();
+        let mut weak = BTreeSet::new();
+        for row in matches.iter().filter(|m| m.partner_id != caller) {
+            let Some(id) = incoming(&row.lookup_hash) else {
+                continue;
+            };
+            if id.verified && row.verified && id.links_across_partners() {
+                linked.insert(row.member_id.as_str());
+            } else {
+                weak.insert(row.member_id.as_str());
+            }
+        }
+        if own.len() > 1 {
+            return Err(IdentityError::Precondition(
+                "IDENTIFIERS_CONFLICT",
+                "these identifiers belong to different members you enrolled; merge them first"
+                    .into(),
+            ));
+        }
+        let existing = match (own.first(), linked.len()) {
+            (Some(m), _) => Some((*m).to_owned()),
+            (None, 1) => linked.first().map(|m| (*m).to_owned()),
+            // Verified evidence pointing at several people links to none of them.
+            _ => None,
+        };
+        let chosen = existing.clone();
+        let candidates = weak
+            .iter()
+            .chain(linked.iter())
+            .filter(|m| Some(**m) != chosen.as_deref())
+            .count();
+        let member_id = match existing.clone() {
+            Some(m) => m,
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                member::ActiveModel {
+                    id: Set(id.clone()),
+                    status: Set("active".into()),
+                    created_at: Set(now()),
+                    erased_at: Set(None),
+                }
+                .insert(txn)
+                .await
+                .map_err(StorageError::from)?;
+                id
+            }
+        };
+        for (hash, id) in &hashed {
+            let held = matches
+                .iter()
+                .find(|m| m.partner_id == caller && &m.lookup_hash == hash);
+            match held {
+                Some(row) if id.verified && !row.verified => {
+                    identifier::Entity::update_many()
+                        .col_expr(
+                            identifier::Column::Verified,
+                            sea_orm::sea_query::Expr::value(true),
+                        )
+                        .filter(identifier::Column::Id.eq(row.id))
+                        .exec(txn)
+                        .await
+                        .map_err(StorageError::from)?;
+                }
+                Some(_) => {}
+                None => {
+                    identifier::ActiveModel {
+                        member_id: Set(member_id.clone()),
+                        partner_id: Set(caller.to_owned()),
+                        kind: Set(id.kind.as_str().to_owned()),
+                        namespace: Set(id.namespace.clone()),
+                        lookup_hash: Set(hash.clone()),
+                        sealed: Set(self.secrets.seal(&id.value)),
+                        verified: Set(id.verified),
+                        created_at: Set(now()),
+                        ..Default::default()
+                    }
+                    .insert(txn)
+                    .await
+                    .map_err(StorageError::from)?;
+                }
+            }
+        }
+        if !fields.is_empty() {
+            self.merge_profile(txn, &member_id, caller, fields).await?;
+        }
+        let scoped_id = self.ensure_scoped_id(txn, caller, &member_id).await?;
+        Ok(Enrolled {
+            scoped_id,
+            member_id,
+            linked_existing: existing.is_some(),
+            candidates: i32::try_from(candidates).unwrap_or(i32::MAX),
+        })
+    }
+
+    async fn merge_profile(
+        &self,
+        txn: &impl ConnectionTrait,
+        member_id: &str,
+        partner: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<(), IdentityError> {
+        let key = (member_id.to_owned(), partner.to_owned());
+        let existing = profile::Entity::find_by_id(key)
+            .one(txn)
+            .await
+            .map_err(StorageError::from)?;
+        let mut merged: BTreeMap<String, String> = existing
+            .as_ref()
+            .and_then(|p| self.secrets.open(&p.sealed))
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
+        merged.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let sealed = self
+            .secrets
+            .seal(&serde_json::to_string(&merged).unwrap_or_default());
+        let row = profile::ActiveModel {
+            member_id: Set(member_id.to_owned()),
+            partner_id: Set(partner.to_owned()),
+            sealed: Set(sealed),
+            updated_at: Set(now()),
+        };
+        if existing.is_some() {
+            row.update(txn).await.map(drop)
+        } else {
+            row.insert(txn).await.map(drop)
+        }
+        .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    async fn ensure_scoped_id(
+        &self,
+        txn: &impl ConnectionTrait,
+        partner: &str,
+        member_id: &str,
+    ) -> Result<String, IdentityError> {
+        if let Some(row) = scoped_id::Entity::find()
+            .filter(scoped_id::Column::PartnerId.eq(partner.to_owned()))
+            .filter(scoped_id::Column::MemberId.eq(member_id.to_owned()))
+            .one(txn)
+            .await
+            .map_err(StorageError::from)?
+        {
+            return Ok(row.scoped_id);
+        }
+        let scoped = self.secrets.scoped_id(partner, member_id);
+        scoped_id::ActiveModel {
+            scoped_id: Set(scoped.clone()),
+            partner_id: Set(partner.to_owned()),
+            member_id: Set(member_id.to_owned()),
+        }
+        .insert(txn)
+        .await
+        .map_err(StorageError::from)?;
+        Ok(scoped)
+    }
+
+    /// The member behind `caller`'s scoped id; another partner's scoped id finds nothing.
+    pub(crate) async fn member_for(
+        conn: &impl ConnectionTrait,
+        caller: &str,
+        scoped: &str,
+    ) -> Result<String, IdentityError> {
+        scoped_id::Entity::find_by_id(scoped.to_owned())
+            .one(conn)
+            .await
+            .map_err(StorageError::from)?
+            .filter(|row| row.partner_id == caller)
+            .map(|row| row.member_id)
+            .ok_or(IdentityError::NotFound("member"))
+    }
+
+    /// `partner`'s scoped ids for `members`, where it has one.
+    pub(crate) async fn scoped_ids_of(
+        conn: &impl ConnectionTrait,
+        partner: &str,
+        members: &[String],
+    ) -> Result<BTreeMap<String, String>, IdentityError> {
+        Ok(scoped_id::Entity::find()
+            .filter(scoped_id::Column::PartnerId.eq(partner.to_owned()))
+            .filter(scoped_id::Column::MemberId.is_in(members.iter().cloned()))
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|row| (row.member_id, row.scoped_id))
+            .collect())
+    }
+
+    /// Members behind `caller`'s scoped ids, keyed by scoped id; unknown or foreign ids are absent.
+    pub(crate) async fn members_for(
+        conn: &impl ConnectionTrait,
+        caller: &str,
+        scoped: &[String],
+    ) -> Result<BTreeMap<String, String>, IdentityError> {
+        Ok(scoped_id::Entity::find()
+            .filter(scoped_id::Column::ScopedId.is_in(scoped.iter().cloned()))
+            .filter(scoped_id::Column::PartnerId.eq(caller.to_owned()))
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|row| (row.scoped_id, row.member_id))
+            .collect())
+    }
+
+    /// `caller`'s scoped id of the member holding an identifier `caller` itself submitted.
+    pub(crate) async fn resolve(
+        &self,
+        caller: &str,
+        id: &Identifier,
+    ) -> Result<String, IdentityError> {
+        let row = identifier::Entity::find()
+            .filter(identifier::Column::PartnerId.eq(caller.to_owned()))
+            .filter(identifier::Column::LookupHash.eq(self.secrets.lookup_hash(id)))
+            .one(&self.db)
+            .await
+            .map_err(StorageError::from)?
+            .ok_or(IdentityError::NotFound("member"))?;
+        Self::scoped_ids_of(&self.db, caller, std::slice::from_ref(&row.member_id))
+            .await?
+            .remove(&row.member_id)
+            .ok_or(IdentityError::NotFound("member"))
+    }
+
+    /// What `partner` itself contributed about a member.
+    pub(crate) async fn contributed(
+        &self,
+        conn: &impl ConnectionTrait,
+        member_id: &str,
+        partner: &str,
+    ) -> Result<MemberView, IdentityError> {
+        let created_at = member::Entity::find_by_id(member_id.to_owned())
+            .one(conn)
+            .await
+            .map_err(StorageError::from)?
+            .ok_or(IdentityError::NotFound("member"))?
+            .created_at;
+        let identifiers = identifier::Entity::find()
+            .filter(identifier::Column::MemberId.eq(member_id.to_owned()))
+            .filter(identifier::Column::PartnerId.eq(partner.to_owned()))
+            .order_by_asc(identifier::Column::Id)
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .filter_map(|row| {
+                Some(Identifier {
+                    kind: Kind::parse(&row.kind)?,
+                    value: self.secrets.open(&row.sealed)?,
+                    namespace: row.namespace,
+                    verified: row.verified,
+                })
+            })
+            .collect();
+        let profile = self
+            .profile(conn, member_id, partner)
+            .await?
+            .unwrap_or_default();
+        Ok(MemberView {
+            identifiers,
+            profile,
+            created_at,
+        })
+    }
+
+    pub(crate) async fn profile(
+        &self,
+        conn: &impl ConnectionTrait,
+        member_id: &str,
+        partner: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, IdentityError> {
+        let row = profile::Entity::find_by_id((member_id.to_owned(), partner.to_owned()))
+            .one(conn)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(row
+            .and_then(|p| self.secrets.open(&p.sealed))
+            .and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Partners other than `caller` that hold a profile of the member.
+    pub(crate) async fn other_contributors(
+        &self,
+        member_id: &str,
+        caller: &str,
+    ) -> Result<Vec<String>, IdentityError> {
+        Ok(profile::Entity::find()
+            .filter(profile::Column::MemberId.eq(member_id.to_owned()))
+            .filter(profile::Column::PartnerId.ne(caller.to_owned()))
+            .order_by_asc(profile::Column::PartnerId)
+            .all(&self.db)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|p| p.partner_id)
+            .collect())
+    }
+}

@@ -1,0 +1,69 @@
+//! The identity schema, created from the entities, with the unique keys that make linking
+//! decisions race-free.
+
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Schema, sea_query::Index};
+use sea_orm_migration::{
+    MigrationName, MigrationTrait, SchemaManager, async_trait::async_trait, prelude::DbErr,
+};
+
+use super::entities::*;
+
+pub(crate) struct IdentityTables;
+
+impl MigrationName for IdentityTables {
+    fn name(&self) -> &str {
+        "m20261122_000002_identity_tables"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for IdentityTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        macro_rules! create {
+            ($($entity:path),*) => {$(
+                manager.create_table(schema.create_table_from_entity($entity).if_not_exists().to_owned()).await?;
+                for mut index in schema.create_index_from_entity($entity) {
+                    manager.create_index(index.if_not_exists().to_owned()).await?;
+                }
+            )*};
+        }
+        create!(
+            partner::Entity,
+            alliance::Entity,
+            alliance_partner::Entity,
+            member::Entity,
+            identifier::Entity,
+            profile::Entity,
+            scoped_id::Entity,
+            consent_receipt::Entity,
+            consent::Entity,
+            access_record::Entity,
+            audit_head::Entity
+        );
+        // A partner holds one record per identifier: enrolling it again finds the same member.
+        manager
+            .create_index(
+                Index::create()
+                    .name("identifiers_partner_unique")
+                    .table(identifier::Entity)
+                    .col(identifier::Column::PartnerId)
+                    .col(identifier::Column::LookupHash)
+                    .unique()
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        let db = manager.get_connection();
+        if audit_head::Entity::find_by_id(1).one(db).await?.is_none() {
+            audit_head::ActiveModel {
+                id: Set(1),
+                seq: Set(0),
+                hash: Set(crate::domain::audit::GENESIS.to_owned()),
+            }
+            .insert(db)
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! Partners.
+
+use lianyu_kit::{page::Page, storage::StorageError};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+
+use super::{Store, entities::partner};
+use crate::domain::IdentityError;
+
+impl Store {
+    pub(crate) async fn insert_partner(
+        txn: &impl ConnectionTrait,
+        row: partner::Model,
+    ) -> Result<partner::Model, IdentityError> {
+        let active: partner::ActiveModel = row.into();
+        match active.insert(txn).await {
+            Ok(model) => Ok(model),
+            Err(e) => match StorageError::from(e) {
+                StorageError::AlreadyExists => Err(IdentityError::Exists(
+                    "PARTNER_EXISTS",
+                    "a partner with this id exists",
+                )),
+                other => Err(other.into()),
+            },
+        }
+    }
+
+    pub(crate) async fn partner(
+        conn: &impl ConnectionTrait,
+        id: &str,
+    ) -> Result<Option<partner::Model>, IdentityError> {
+        Ok(partner::Entity::find_by_id(id.to_owned())
+            .one(conn)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
+    /// One page of partners, by id; `only` limits it to the partners a caller may see.
+    pub(crate) async fn list_partners(
+        &self,
+        only: Option<&[String]>,
+        page: &Page,
+    ) -> Result<Vec<partner::Model>, IdentityError> {
+        let mut query = partner::Entity::find()
+            .order_by_asc(partner::Column::Id)
+            .limit(page.size + 1);
+        if let Some(ids) = only {
+            query = query.filter(partner::Column::Id.is_in(ids.iter().cloned()));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(partner::Column::Id.gt(after.clone()));
+        }
+        Ok(query.all(&self.db).await.map_err(StorageError::from)?)
+    }
+}

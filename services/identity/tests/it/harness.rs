@@ -1,0 +1,218 @@
+//! An identity server with three partners (brand-a, mall-b, brand-c) and an active alliance
+//! between brand-a and mall-b that allows SHARE_PROFILE and MARKETING_CONTACT.
+
+use std::time::Duration;
+
+use lianyu_kit::{Config, auth::TokenRequest, testing::TestDatabase};
+use lianyu_proto::{
+    common::v1::{ConsentPurpose, PartnerKind},
+    identity::v1::{
+        self as pb, audit_service_client::AuditServiceClient,
+        consent_service_client::ConsentServiceClient, member_service_client::MemberServiceClient,
+        partner_service_client::PartnerServiceClient,
+    },
+};
+use tonic::{
+    Request, Status, codegen::InterceptedService, service::Interceptor, transport::Channel,
+};
+
+pub(crate) type Auth = InterceptedService<Channel, Bearer>;
+
+pub(crate) struct Identity {
+    pub(crate) config: Config,
+    pub(crate) channel: Channel,
+    _data: tempfile::TempDir,
+    _db: TestDatabase,
+}
+
+#[derive(Clone)]
+pub(crate) struct Bearer(String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.0).parse().unwrap(),
+        );
+        Ok(request)
+    }
+}
+
+/// Clients of every identity service for one partner.
+pub(crate) struct As {
+    pub(crate) partners: PartnerServiceClient<Auth>,
+    pub(crate) members: MemberServiceClient<Auth>,
+    pub(crate) consents: ConsentServiceClient<Auth>,
+    pub(crate) audit: AuditServiceClient<Auth>,
+}
+
+impl Identity {
+    pub(crate) async fn start(test: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let db = TestDatabase::new(test).await;
+        let mut config = Config::local(data.path());
+        config.set_database_url("identity", db.url.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(lianyu_identity::run(
+            config.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        let channel = lianyu_kit::testing::connect(&address).await;
+        Self {
+            config,
+            channel,
+            _data: data,
+            _db: db,
+        }
+    }
+
+    /// Starts the server and sets up the three partners and the alliance.
+    pub(crate) async fn with_partners(test: &str) -> Self {
+        let identity = Self::start(test).await;
+        let mut operator = identity.operator();
+        for (id, kind, name) in [
+            ("brand-a", PartnerKind::Brand, "Brand A Shoes"),
+            ("mall-b", PartnerKind::Mall, "Mall B"),
+            ("brand-c", PartnerKind::Brand, "Brand C"),
+        ] {
+            operator
+                .partners
+                .create_partner(pb::CreatePartnerRequest {
+                    request_id: format!("create-{id}"),
+                    partner_id: id.into(),
+                    partner: Some(pb::Partner {
+                        kind: kind as i32,
+                        display_name: name.into(),
+                        privacy_contact: format!("privacy@{id}.example"),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap();
+        }
+        let alliance = identity
+            .as_partner("brand-a")
+            .partners
+            .create_alliance(pb::CreateAllianceRequest {
+                request_id: "alliance-1".into(),
+                alliance: Some(alliance(&["brand-a", "mall-b"])),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        identity
+            .as_partner("mall-b")
+            .partners
+            .accept_alliance(pb::AcceptAllianceRequest {
+                request_id: "accept-1".into(),
+                name: alliance.name,
+            })
+            .await
+            .unwrap();
+        identity
+    }
+
+    fn clients(&self, request: TokenRequest) -> As {
+        let token = lianyu_kit::testing::mint(&self.config.data_dir, &self.config.auth, &request);
+        let ch = || InterceptedService::new(self.channel.clone(), Bearer(token.clone()));
+        As {
+            partners: PartnerServiceClient::new(ch()),
+            members: MemberServiceClient::new(ch()),
+            consents: ConsentServiceClient::new(ch()),
+            audit: AuditServiceClient::new(ch()),
+        }
+    }
+
+    pub(crate) fn as_partner(&self, partner: &str) -> As {
+        self.clients(lianyu_kit::testing::partner_token(partner))
+    }
+
+    pub(crate) fn operator(&self) -> As {
+        self.clients(TokenRequest {
+            operator: true,
+            ..lianyu_kit::testing::partner_token("operator")
+        })
+    }
+}
+
+pub(crate) fn alliance(partners: &[&str]) -> pb::Alliance {
+    let until = std::time::SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
+    let seconds = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    pb::Alliance {
+        display_name: "Spring joint festival".into(),
+        partners: partners.iter().map(|p| format!("partners/{p}")).collect(),
+        allowed_purposes: vec![
+            ConsentPurpose::ShareProfile as i32,
+            ConsentPurpose::MarketingContact as i32,
+        ],
+        data_categories: vec!["profile.basic".into(), "membership.tier".into()],
+        processing_method: "shown to the mall's shopping guides for joint service".into(),
+        valid_until: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn phone(value: &str, verified: bool) -> pb::Identifier {
+    pb::Identifier {
+        kind: pb::IdentifierKind::Phone as i32,
+        value: value.into(),
+        namespace: String::new(),
+        verified,
+    }
+}
+
+pub(crate) fn unionid(value: &str, account: &str) -> pb::Identifier {
+    pb::Identifier {
+        kind: pb::IdentifierKind::WechatUnionid as i32,
+        value: value.into(),
+        namespace: account.into(),
+        verified: true,
+    }
+}
+
+pub(crate) fn enroll(
+    request_id: &str,
+    identifiers: Vec<pb::Identifier>,
+    profile: &[(&str, &str)],
+) -> pb::EnrollMemberRequest {
+    pb::EnrollMemberRequest {
+        request_id: request_id.into(),
+        identifiers,
+        profile: profile
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+pub(crate) fn grant(
+    member: &str,
+    grantee: &str,
+    purposes: &[ConsentPurpose],
+) -> pb::GrantConsentRequest {
+    pb::GrantConsentRequest {
+        request_id: format!("grant-{member}-{grantee}"),
+        member: member.into(),
+        grantee: format!("partners/{grantee}"),
+        purposes: purposes.iter().map(|p| *p as i32).collect(),
+        channel: pb::ConsentChannel::MiniProgram as i32,
+        policy_version: "2026-10".into(),
+        valid_until: None,
+    }
+}
+
+/// The `ErrorInfo` reason and the first field violation of a status.
+pub(crate) fn details(status: &Status) -> (String, Option<String>) {
+    use tonic_types::StatusExt;
+    let d = status.get_error_details();
+    (
+        d.error_info().map(|i| i.reason.clone()).unwrap_or_default(),
+        d.bad_request()
+            .and_then(|b| b.field_violations.first().map(|v| v.field.clone())),
+    )
+}

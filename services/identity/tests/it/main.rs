@@ -1,0 +1,8 @@
+//! The identity service through real gRPC on an ephemeral port.
+
+#![allow(clippy::unwrap_used, reason = "a test crate")]
+
+mod harness;
+mod rules;
+mod scenario;
+mod tenancy;
