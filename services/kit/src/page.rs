@@ -69,6 +69,17 @@ impl Page {
     }
 }
 
+impl Page {
+    /// Cuts rows fetched with `size + 1` to the page and makes the next page's token from the
+    /// last row kept.
+    pub fn finish<T>(&self, mut rows: Vec<T>, key: impl Fn(&T) -> String) -> (Vec<T>, String) {
+        let more = rows.len() as u64 > self.size;
+        rows.truncate(usize::try_from(self.size).unwrap_or(usize::MAX));
+        let token = self.next_token(rows.last().map(key).as_deref(), more);
+        (rows, token)
+    }
+}
+
 fn fingerprint(query: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for part in query {
@@ -104,5 +115,18 @@ mod tests {
         assert!(matches!(other_partner, KitError::Invalid(v) if v[0].field == "page_token"));
         assert!(Page::parse(10, "garbage!", &["p1", "ACTIVE"]).is_err());
         assert_eq!(first.next_token(Some("key-10"), false), "");
+    }
+
+    #[test]
+    fn finish_keeps_one_page_and_points_past_it() {
+        let page = Page::parse(2, "", &["p1"]).unwrap();
+        let (rows, token) = page.finish(vec![1, 2, 3], |n| n.to_string());
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(
+            Page::parse(2, &token, &["p1"]).unwrap().after.as_deref(),
+            Some("2")
+        );
+        let (rows, token) = page.finish(vec![1, 2], |n| n.to_string());
+        assert_eq!((rows.len(), token.as_str()), (2, ""));
     }
 }

@@ -1,7 +1,11 @@
 //! ConsentService: grants and withdrawals by the collecting partner, one call each, with a
 //! receipt; checks by the grantee, one member or hundreds at once.
 
-use lianyu_proto::identity::v1::{self as pb, consent_service_server::ConsentService};
+use lianyu_kit::page::Page;
+use lianyu_proto::{
+    common::v1::FeedCursor,
+    identity::v1::{self as pb, consent_service_server::ConsentService},
+};
 use sea_orm::DatabaseTransaction;
 use tonic::{Request, Response, Status};
 
@@ -9,7 +13,7 @@ use super::{Api, caller, convert, status};
 use crate::{
     domain::{
         IdentityError, Violations,
-        consent::{ConsentState, Purpose},
+        consent::{ConsentEvent, ConsentState, Purpose},
         partner::{Alliance, AllianceStatus, parse_partner_name},
         text,
     },
@@ -145,6 +149,65 @@ impl ConsentService for Api {
         Ok(Response::new(results.pop().unwrap_or_default()))
     }
 
+    async fn list_consents(
+        &self,
+        request: Request<pb::ListConsentsRequest>,
+    ) -> Result<Response<pb::ListConsentsResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id, &r.member])
+            .map_err(|e| status(e.into()))?;
+        let (consents, next_page_token) = self
+            .list(&who.partner_id, &r.member, &page)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListConsentsResponse {
+            consents,
+            next_page_token,
+        }))
+    }
+
+    /// Grants and withdrawals to the caller, from `after`, then live.
+    async fn watch_consent_events(
+        &self,
+        request: Request<pb::WatchConsentEventsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let who = caller(&request)?;
+        let after = request.get_ref().after.as_ref().map_or(0, |c| c.sequence);
+        if after < 0 {
+            return Err(status(IdentityError::invalid(
+                "after.sequence",
+                "must not be negative",
+            )));
+        }
+        let me = who.partner_id;
+        let stream = self.store.feed.watch(after, move |event| {
+            if event.partner_id.as_deref() != Some(me.as_str()) {
+                return None;
+            }
+            let e: ConsentEvent = serde_json::from_slice(&event.payload).ok()?;
+            if e.member.is_empty() {
+                return None;
+            }
+            let kind = if e.kind == "granted" {
+                pb::ConsentEventKind::Granted
+            } else {
+                pb::ConsentEventKind::Withdrawn
+            };
+            Some(pb::WatchConsentEventsResponse {
+                cursor: Some(FeedCursor {
+                    sequence: event.seq,
+                }),
+                kind: kind as i32,
+                member: format!("members/{}", e.member),
+                grantee: format!("partners/{}", e.grantee),
+                purposes: e.purposes,
+                event_time: convert::timestamp(event.created_at_millis),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn batch_check_consent(
         &self,
         request: Request<pb::BatchCheckConsentRequest>,
@@ -175,7 +238,54 @@ impl ConsentService for Api {
     }
 }
 
+type WatchStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::WatchConsentEventsResponse, Status>> + Send>,
+>;
+
 impl Api {
+    /// The caller's consent receipts: about one member (the person's own view, through any
+    /// partner that holds them), or, without a member, every receipt granted to the caller.
+    async fn list(
+        &self,
+        who: &str,
+        member: &str,
+        page: &Page,
+    ) -> Result<(Vec<pb::ConsentReceipt>, String), IdentityError> {
+        let db = &self.store.db;
+        let member_id = if member.is_empty() {
+            None
+        } else {
+            let scoped =
+                convert::member_name(member).map_err(|e| IdentityError::invalid("member", e))?;
+            Some(Store::member_for(db, who, &scoped).await?)
+        };
+        let grantee = if member_id.is_none() { Some(who) } else { None };
+        let rows = Store::receipts(db, member_id.as_deref(), grantee, page).await?;
+        let (rows, token) = page.finish(rows, |r| r.id.clone());
+        let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
+        let scoped = Store::scoped_ids_of(db, who, &members).await?;
+        let mut partners = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            for id in [&row.collector, &row.grantee] {
+                if !partners.contains_key(id) {
+                    let p = Store::partner(db, id)
+                        .await?
+                        .ok_or(IdentityError::NotFound("partner"))?;
+                    partners.insert(id.clone(), p);
+                }
+            }
+            let member = scoped.get(&row.member_id).cloned().unwrap_or_default();
+            out.push(convert::receipt(
+                row,
+                &member,
+                &partners[&row.collector],
+                &partners[&row.grantee],
+            ));
+        }
+        Ok((out, token))
+    }
+
     /// For each of `grantee`'s scoped ids, in order, whether a live consent allows `purpose`.
     /// Unknown and foreign ids are simply not allowed, so a batch reveals nothing about them.
     async fn check(

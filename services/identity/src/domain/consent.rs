@@ -48,6 +48,20 @@ pub struct Consent {
     pub terms_version: i64,
 }
 
+/// What the consent feed carries: already in the grantee's terms (its own scoped id for the
+/// member), so the stream needs no lookup and never exposes another partner's id.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentEvent {
+    /// `granted` or `withdrawn`.
+    pub kind: String,
+    /// The grantee's scoped id for the member; empty when the grantee has not enrolled them.
+    pub member: String,
+    pub collector: String,
+    pub grantee: String,
+    pub purposes: Vec<i32>,
+    pub receipt_id: String,
+}
+
 /// Why a consent does or does not count at a point of use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Liveness {

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::domain::{
     IdentityError,
-    consent::{Consent, ConsentState, Liveness, Purpose},
+    consent::{Consent, ConsentEvent, ConsentState, Liveness, Purpose},
     partner::Alliance,
 };
 
@@ -111,17 +111,53 @@ impl Store {
                 .await
                 .map_err(StorageError::from)?;
         }
-        // The payload is the receipt id; watchers resolve it to their own view of the member.
+        let member = Self::scoped_ids_of(txn, c.grantee, &[c.member_id.to_owned()])
+            .await?
+            .remove(c.member_id)
+            .unwrap_or_default();
+        let event = ConsentEvent {
+            kind: status.to_owned(),
+            member,
+            collector: c.collector.to_owned(),
+            grantee: c.grantee.to_owned(),
+            purposes: c.purposes.iter().map(|p| *p as i32).collect(),
+            receipt_id: receipt_id.clone(),
+        };
+        let payload = serde_json::to_vec(&event).map_err(|e| StorageError::Other(e.to_string()))?;
+        let kind = format!("consent.{status}");
         Feed::append(
             txn,
             NewEvent {
-                kind: format!("consent.{status}"),
+                kind,
                 partner_id: Some(c.grantee.to_owned()),
-                payload: receipt_id.into_bytes(),
+                payload,
             },
         )
         .await?;
         Ok(receipt)
+    }
+
+    /// Receipts about a member (`member_id`), or granted to `grantee`, in issue order.
+    pub(crate) async fn receipts(
+        conn: &impl ConnectionTrait,
+        member_id: Option<&str>,
+        grantee: Option<&str>,
+        page: &lianyu_kit::page::Page,
+    ) -> Result<Vec<consent_receipt::Model>, IdentityError> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        let mut query = consent_receipt::Entity::find()
+            .order_by_asc(consent_receipt::Column::Id)
+            .limit(page.size + 1);
+        if let Some(m) = member_id {
+            query = query.filter(consent_receipt::Column::MemberId.eq(m.to_owned()));
+        }
+        if let Some(g) = grantee {
+            query = query.filter(consent_receipt::Column::Grantee.eq(g.to_owned()));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(consent_receipt::Column::Id.gt(after.clone()));
+        }
+        Ok(query.all(conn).await.map_err(StorageError::from)?)
     }
 
     /// For each member, the live consent to `grantee` for `purpose` (from any collector).

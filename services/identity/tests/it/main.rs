@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test crate")]
 
+mod feed;
 mod harness;
 mod rules;
 mod scenario;
