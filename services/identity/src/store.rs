@@ -2,7 +2,7 @@
 //! is scoped to that caller's partner; the scoped-id ↔ member mapping never leaves here.
 
 mod access;
-mod alliances;
+pub(crate) mod alliances;
 pub(crate) mod consents;
 pub(crate) mod entities;
 mod members;
@@ -28,12 +28,15 @@ impl MigratorTrait for Migrator {
     }
 }
 
-/// The repository: the database, the keys identifiers are hashed and sealed with, the feed.
+/// The repository: the database (a writer, and a pool for reads outside transactions), the
+/// keys identifiers are hashed and sealed with, the feed.
 #[derive(Clone)]
 pub(crate) struct Store {
     pub(crate) db: DatabaseConnection,
+    pub(crate) read: DatabaseConnection,
     pub(crate) secrets: Arc<Secrets>,
     pub(crate) feed: Feed,
+    pub(crate) alliances: alliances::AllianceCache,
 }
 
 pub(crate) fn now() -> i64 {

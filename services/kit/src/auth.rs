@@ -103,11 +103,18 @@ impl AuthError {
     }
 }
 
+/// Verified tokens kept at most; the cache is emptied when it fills.
+const VERIFIED_CACHE: usize = 10_000;
+
 /// Verifies tokens against a set of trusted keys that can be replaced while running (key rotation).
+///
+/// A verified token is remembered until it expires: a caller sends the same token on every
+/// call, and an Ed25519 verification costs more than a whole consent check.
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Arc<RwLock<HashMap<String, DecodingKey>>>,
     validation: Validation,
+    verified: Arc<std::sync::Mutex<HashMap<String, (Principal, i64)>>>,
 }
 
 impl TokenVerifier {
@@ -120,6 +127,7 @@ impl TokenVerifier {
         let verifier = Self {
             keys: Arc::default(),
             validation,
+            verified: Arc::default(),
         };
         verifier.replace_keys(&auth.trusted_keys)?;
         Ok(verifier)
@@ -135,10 +143,36 @@ impl TokenVerifier {
             map.insert(key.key_id.clone(), decoding);
         }
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = map;
+        // Tokens signed by a key no longer trusted must not be accepted from the cache.
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(p, _)| p.clone());
+        if let Some(principal) = cached {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_signature(token)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_CACHE {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), (principal.clone(), exp));
+        Ok(principal)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let kid = header.kid.ok_or(AuthError::Invalid)?;
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
@@ -155,12 +189,13 @@ impl TokenVerifier {
         if claims.sub.is_empty() {
             return Err(AuthError::Invalid);
         }
-        Ok(Principal {
+        let principal = Principal {
             partner_id: claims.sub,
             store: claims.store,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
             operator: claims.role == "operator",
-        })
+        };
+        Ok((principal, claims.exp))
     }
 }
 
@@ -172,4 +207,40 @@ pub fn decode_public_key(key: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "not base64url".to_owned())?;
     <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_cached_token_stops_working_when_its_key_is_rotated_out() {
+        let old = DevKey::generate();
+        let new = DevKey::generate();
+        let auth = AuthConfig {
+            issuer: "lianyu".into(),
+            audience: "mesh".into(),
+            trusted_keys: vec![old.trusted_key()],
+        };
+        let verifier = TokenVerifier::new(&auth).unwrap();
+        let request = TokenRequest {
+            partner_id: "brand-a".into(),
+            operator: false,
+            store: None,
+            scopes: vec![],
+            ttl: Duration::from_secs(600),
+        };
+        let token = old.mint(&auth, &request).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().partner_id, "brand-a");
+        assert_eq!(
+            verifier.verify(&token).unwrap().partner_id,
+            "brand-a",
+            "served from the cache"
+        );
+        verifier.replace_keys(&[new.trusted_key()]).unwrap();
+        assert_eq!(verifier.verify(&token), Err(AuthError::Invalid));
+        assert!(verifier.verify(&new.mint(&auth, &request).unwrap()).is_ok());
+    }
 }

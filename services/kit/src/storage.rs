@@ -169,3 +169,29 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
     }
     Ok(db)
 }
+
+/// A pool for reads outside transactions. On SQLite the writer is one connection, so reads get
+/// their own read-only pool (WAL lets them run beside the writer and see every commit); on
+/// PostgreSQL the one pool serves both.
+pub async fn open_reader(
+    config: &crate::config::Config,
+    service: &str,
+    writer: &DatabaseConnection,
+) -> Result<DatabaseConnection, StorageError> {
+    let url = config.database_url(service);
+    if url.starts_with("postgres") {
+        return Ok(writer.clone());
+    }
+    let readers = std::thread::available_parallelism().map_or(4, |n| n.get() as u32 * 2);
+    let mut options = ConnectOptions::new(url);
+    options
+        .sqlx_logging(false)
+        .acquire_timeout(Duration::from_secs(5))
+        .max_connections(readers)
+        .map_sqlx_sqlite_opts(|o| {
+            o.read_only(true)
+                .busy_timeout(Duration::from_secs(5))
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+        });
+    Ok(Database::connect(options).await?)
+}

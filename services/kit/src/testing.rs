@@ -155,11 +155,15 @@ pub async fn call_empty(channel: Channel, rpc: &Rpc, token: Option<&str>) -> ton
     let ok = || tonic::Status::new(Code::Ok, "");
     if rpc.server_streaming {
         match grpc.server_streaming(request, path, codec).await {
-            Ok(response) => response
-                .into_inner()
-                .message()
-                .await
-                .map_or_else(|status| status, |_| ok()),
+            // The stream opened (headers came), so the call was admitted; a feed may stay quiet
+            // and open forever, so only an error that comes at once is waited for.
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+                    Ok(Err(status)) => status,
+                    _ => ok(),
+                }
+            }
             Err(status) => status,
         }
     } else {

@@ -1,6 +1,8 @@
 //! The whole mesh in one process: `lianyu up` mounts all four services on one address, each
 //! on its own database, for development, demos and tests.
 
+pub mod bench;
+
 use std::future::Future;
 
 use lianyu_kit::{Config, Mount, ServerContext, StartError};

@@ -27,6 +27,45 @@ enum Command {
     Up(UpArgs),
     /// Print a bearer token for the local mesh, signed with its dev key.
     Token(TokenArgs),
+    /// Measure a scenario (or all of them, beside the baseline).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The scenario; `all` runs every one after the baseline and shows each as a share of it.
+    #[arg(value_parser = parse_scenarios)]
+    scenario: Vec<lianyu::bench::Scenario>,
+    /// A running mesh (http://host:port); by default bench starts its own on embedded SQLite.
+    #[arg(long)]
+    address: Option<String>,
+    /// With --address: the data directory of that `lianyu up`, for its dev key.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Calls in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Members per batch-consent-check call.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Members prepared for the consent scenarios.
+    #[arg(long, default_value_t = 2000)]
+    members: usize,
+    /// One JSON object per scenario instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_scenarios(s: &str) -> Result<lianyu::bench::Scenario, String> {
+    use clap::ValueEnum;
+    lianyu::bench::Scenario::from_str(s, true)
 }
 
 #[derive(Args)]
@@ -66,6 +105,7 @@ async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Up(args) => up(args).await,
         Command::Token(args) => token(args),
+        Command::Bench(args) => bench(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -162,4 +202,81 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     };
     println!("{}", key.mint(&config.auth, &request)?);
     Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use lianyu::bench::{Load, Scenario, Target};
+    let scenarios = if args.scenario.is_empty() {
+        bail!("name a scenario: baseline, consent-check, batch-consent-check, enroll (or several)");
+    } else {
+        args.scenario.clone()
+    };
+    let mut config = Config::from_env()?;
+    let own_mesh = args.address.is_none();
+    let data = tempfile_dir()?;
+    let address = match &args.address {
+        Some(address) => {
+            if let Some(dir) = &args.data_dir {
+                config.data_dir = dir.clone();
+            }
+            address.clone()
+        }
+        None => {
+            // The mesh runs in this process, on fresh SQLite files, sharing the cores with the load.
+            config = Config::local(data.path());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let address = format!("http://{}", listener.local_addr()?);
+            let up_config = config.clone();
+            tokio::spawn(async move {
+                lianyu::up(up_config, listener, std::future::pending(), |_, _| {}).await
+            });
+            lianyu_kit::testing::connect(&address).await;
+            address
+        }
+    };
+    let needs_members = scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::ConsentCheck | Scenario::BatchConsentCheck));
+    let members = if needs_members {
+        args.members.max(args.batch)
+    } else {
+        0
+    };
+    eprintln!(
+        "preparing {} ({members} members)…",
+        if own_mesh {
+            "an in-process mesh"
+        } else {
+            address.as_str()
+        }
+    );
+    let target = Target::prepare(&address, &config.data_dir, &config.auth, members).await?;
+    let load = Load {
+        concurrency: args.concurrency.max(1),
+        channels: args.channels.max(1),
+        warmup: args.warmup,
+        duration: args.duration,
+        batch: args.batch.clamp(1, 1000),
+        progress: !args.json,
+    };
+    let mut baseline = None;
+    for scenario in scenarios {
+        let report = lianyu::bench::run(&target, scenario, &load).await;
+        if scenario == Scenario::Baseline {
+            baseline = Some(report.requests_per_second);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{}",
+                report.line(baseline.filter(|_| scenario != Scenario::Baseline))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::tempdir()?)
 }

@@ -24,7 +24,7 @@ impl AuditService for Api {
             let scoped = convert::member_name(&r.member)
                 .map_err(|e| status(IdentityError::invalid("member", e)))?;
             Some(
-                Store::member_for(&self.store.db, &who.partner_id, &scoped)
+                Store::member_for(&self.store.read, &who.partner_id, &scoped)
                     .await
                     .map_err(status)?,
             )
@@ -37,7 +37,7 @@ impl AuditService for Api {
         let more = rows.len() as u64 > page.size;
         rows.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
         let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
-        let scoped = Store::scoped_ids_of(&self.store.db, &who.partner_id, &members)
+        let scoped = Store::scoped_ids_of(&self.store.read, &who.partner_id, &members)
             .await
             .map_err(status)?;
         let records = rows

@@ -251,7 +251,7 @@ impl Api {
         member: &str,
         page: &Page,
     ) -> Result<(Vec<pb::ConsentReceipt>, String), IdentityError> {
-        let db = &self.store.db;
+        let db = &self.store.read;
         let member_id = if member.is_empty() {
             None
         } else {
@@ -294,13 +294,13 @@ impl Api {
         scoped: &[String],
         purpose: Purpose,
     ) -> Result<Vec<pb::CheckConsentResponse>, IdentityError> {
-        let db = &self.store.db;
-        let members = Store::members_for(db, grantee, scoped).await?;
-        let ids: Vec<String> = members.values().cloned().collect();
-        let live = Store::live_consents(db, &ids, grantee, purpose, None).await?;
+        let live = self
+            .store
+            .live_consents_by_scoped_id(grantee, scoped, purpose)
+            .await?;
         Ok(scoped
             .iter()
-            .map(|s| match members.get(s).and_then(|m| live.get(m)) {
+            .map(|s| match live.get(s) {
                 Some(c) => pb::CheckConsentResponse {
                     allowed: true,
                     consent_receipt: format!("consentReceipts/{}", c.receipt_id),

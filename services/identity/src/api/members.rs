@@ -95,7 +95,7 @@ impl Api {
         scoped: &str,
         purpose: Purpose,
     ) -> Result<pb::Member, IdentityError> {
-        let db = &self.store.db;
+        let db = &self.store.read;
         let member_id = Store::member_for(db, &who.partner_id, scoped).await?;
         let own = self
             .store
@@ -145,7 +145,9 @@ impl Api {
             });
         }
         if !reads.is_empty() {
-            let txn = db
+            let txn = self
+                .store
+                .db
                 .begin()
                 .await
                 .map_err(lianyu_kit::storage::StorageError::from)?;

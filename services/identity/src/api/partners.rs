@@ -47,11 +47,11 @@ impl PartnerService for Api {
             .map_err(|e| status(IdentityError::invalid("name", e)))?;
         // A partner sees itself and the partners it shares an alliance with.
         let visible = who.operator
-            || Store::allied_with(&self.store.db, &who.partner_id)
+            || Store::allied_with(&self.store.read, &who.partner_id)
                 .await
                 .map_err(status)?
                 .contains(&id);
-        let found = Store::partner(&self.store.db, &id)
+        let found = Store::partner(&self.store.read, &id)
             .await
             .map_err(status)?
             .filter(|_| visible);
@@ -74,7 +74,7 @@ impl PartnerService for Api {
             None
         } else {
             Some(
-                Store::allied_with(&self.store.db, &who.partner_id)
+                Store::allied_with(&self.store.read, &who.partner_id)
                     .await
                     .map_err(status)?
                     .into_iter()
@@ -119,6 +119,7 @@ impl PartnerService for Api {
                 Ok(convert::alliance(&proposed))
             })
             .await?;
+        self.store.alliances.forget();
         Ok(Response::new(out))
     }
 
@@ -142,7 +143,7 @@ impl PartnerService for Api {
         let r = request.get_ref();
         let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id])
             .map_err(|e| status(e.into()))?;
-        let all = Store::alliances_of(&self.store.db, &who.partner_id)
+        let all = Store::alliances_of(&self.store.read, &who.partner_id)
             .await
             .map_err(status)?;
         let mut rows: Vec<_> = all
@@ -180,6 +181,7 @@ impl PartnerService for Api {
                 Ok(convert::alliance(&alliance))
             })
             .await?;
+        self.store.alliances.forget();
         Ok(Response::new(out))
     }
 }
@@ -191,7 +193,7 @@ impl Api {
             .strip_prefix("alliances/")
             .filter(|id| !id.is_empty())
             .ok_or_else(|| IdentityError::invalid("name", "expected alliances/{alliance}"))?;
-        Store::alliance(&self.store.db, id)
+        Store::alliance(&self.store.read, id)
             .await?
             .filter(|a| a.partners.contains(partner))
             .ok_or(IdentityError::NotFound("alliance"))

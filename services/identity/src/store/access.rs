@@ -85,6 +85,6 @@ impl Store {
         if let Some(after) = page.after.as_deref().and_then(|a| a.parse::<i64>().ok()) {
             query = query.filter(access_record::Column::Seq.gt(after));
         }
-        Ok(query.all(&self.db).await.map_err(StorageError::from)?)
+        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
     }
 }

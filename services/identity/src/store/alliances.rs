@@ -140,6 +140,50 @@ impl Store {
     }
 }
 
+/// Alliances change rarely and every consent check needs one: they are kept for a second.
+/// This replica's own changes take effect at once (`forget`); another replica's within the TTL.
+/// Consents themselves are never cached.
+type Entries = std::collections::HashMap<String, (std::time::Instant, Option<Alliance>)>;
+
+#[derive(Clone, Default)]
+pub(crate) struct AllianceCache {
+    entries: std::sync::Arc<std::sync::Mutex<Entries>>,
+}
+
+impl AllianceCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub(crate) async fn get(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: &str,
+    ) -> Result<Option<Alliance>, IdentityError> {
+        let fresh = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, alliance)| alliance.clone());
+        if let Some(alliance) = fresh {
+            return Ok(alliance);
+        }
+        let alliance = Store::alliance(conn, id).await?;
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), (std::time::Instant::now(), alliance.clone()));
+        Ok(alliance)
+    }
+
+    pub(crate) fn forget(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
 fn to_domain(row: alliance::Model, members: &[alliance_partner::Model]) -> Alliance {
     Alliance {
         id: row.id,

@@ -13,7 +13,7 @@ use sea_orm::{
 
 use super::{
     Store,
-    entities::{consent, consent_receipt},
+    entities::{consent, consent_receipt, scoped_id},
     now,
 };
 use crate::domain::{
@@ -160,6 +160,68 @@ impl Store {
         Ok(query.all(conn).await.map_err(StorageError::from)?)
     }
 
+    /// For each of `grantee`'s scoped ids that has one, its live consent for `purpose`: one
+    /// query joining the caller's scoped ids to their consents, alliances from the cache.
+    pub(crate) async fn live_consents_by_scoped_id(
+        &self,
+        grantee: &str,
+        scoped: &[String],
+        purpose: Purpose,
+    ) -> Result<BTreeMap<String, Consent>, IdentityError> {
+        use sea_orm::{FromQueryResult, QuerySelect, sea_query::JoinType};
+        #[derive(FromQueryResult)]
+        struct Row {
+            scoped_id: String,
+            receipt_id: String,
+            collector: String,
+            valid_from: i64,
+            valid_until: i64,
+            alliance_id: String,
+            terms_version: i64,
+        }
+        let rows = consent::Entity::find()
+            .select_only()
+            .column(scoped_id::Column::ScopedId)
+            .columns([
+                consent::Column::ReceiptId,
+                consent::Column::Collector,
+                consent::Column::ValidFrom,
+                consent::Column::ValidUntil,
+                consent::Column::AllianceId,
+                consent::Column::TermsVersion,
+            ])
+            .join(JoinType::InnerJoin, consent_to_scoped())
+            .filter(scoped_id::Column::PartnerId.eq(grantee.to_owned()))
+            .filter(scoped_id::Column::ScopedId.is_in(scoped.iter().cloned()))
+            .filter(consent::Column::Grantee.eq(grantee.to_owned()))
+            .filter(consent::Column::Purpose.eq(purpose as i32))
+            .filter(consent::Column::State.eq("granted"))
+            .into_model::<Row>()
+            .all(&self.read)
+            .await
+            .map_err(StorageError::from)?;
+        let at = now();
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let alliance = self.alliances.get(&self.read, &row.alliance_id).await?;
+            let consent = Consent {
+                receipt_id: row.receipt_id,
+                collector: row.collector,
+                grantee: grantee.to_owned(),
+                purpose,
+                state: ConsentState::Granted,
+                valid_from: row.valid_from,
+                valid_until: row.valid_until,
+                alliance_id: row.alliance_id,
+                terms_version: row.terms_version,
+            };
+            if consent.liveness(alliance.as_ref(), at) == Liveness::Live {
+                out.entry(row.scoped_id).or_insert(consent);
+            }
+        }
+        Ok(out)
+    }
+
     /// For each member, the live consent to `grantee` for `purpose` (from any collector).
     pub(crate) async fn live_consents(
         conn: &impl ConnectionTrait,
@@ -204,4 +266,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// consents.member_id = scoped_ids.member_id, for the check query's join.
+fn consent_to_scoped() -> sea_orm::RelationDef {
+    use sea_orm::EntityTrait as _;
+    consent::Entity::belongs_to(scoped_id::Entity)
+        .from(consent::Column::MemberId)
+        .to(scoped_id::Column::MemberId)
+        .into()
 }

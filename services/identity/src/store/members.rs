@@ -249,23 +249,6 @@ impl Store {
             .collect())
     }
 
-    /// Members behind `caller`'s scoped ids, keyed by scoped id; unknown or foreign ids are absent.
-    pub(crate) async fn members_for(
-        conn: &impl ConnectionTrait,
-        caller: &str,
-        scoped: &[String],
-    ) -> Result<BTreeMap<String, String>, IdentityError> {
-        Ok(scoped_id::Entity::find()
-            .filter(scoped_id::Column::ScopedId.is_in(scoped.iter().cloned()))
-            .filter(scoped_id::Column::PartnerId.eq(caller.to_owned()))
-            .all(conn)
-            .await
-            .map_err(StorageError::from)?
-            .into_iter()
-            .map(|row| (row.scoped_id, row.member_id))
-            .collect())
-    }
-
     /// `caller`'s scoped id of the member holding an identifier `caller` itself submitted.
     pub(crate) async fn resolve(
         &self,
@@ -275,11 +258,11 @@ impl Store {
         let row = identifier::Entity::find()
             .filter(identifier::Column::PartnerId.eq(caller.to_owned()))
             .filter(identifier::Column::LookupHash.eq(self.secrets.lookup_hash(id)))
-            .one(&self.db)
+            .one(&self.read)
             .await
             .map_err(StorageError::from)?
             .ok_or(IdentityError::NotFound("member"))?;
-        Self::scoped_ids_of(&self.db, caller, std::slice::from_ref(&row.member_id))
+        Self::scoped_ids_of(&self.read, caller, std::slice::from_ref(&row.member_id))
             .await?
             .remove(&row.member_id)
             .ok_or(IdentityError::NotFound("member"))
@@ -351,7 +334,7 @@ impl Store {
             .filter(profile::Column::MemberId.eq(member_id.to_owned()))
             .filter(profile::Column::PartnerId.ne(caller.to_owned()))
             .order_by_asc(profile::Column::PartnerId)
-            .all(&self.db)
+            .all(&self.read)
             .await
             .map_err(StorageError::from)?
             .into_iter()

@@ -52,6 +52,6 @@ impl Store {
         if let Some(after) = &page.after {
             query = query.filter(partner::Column::Id.gt(after.clone()));
         }
-        Ok(query.all(&self.db).await.map_err(StorageError::from)?)
+        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
     }
 }

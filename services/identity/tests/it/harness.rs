@@ -48,6 +48,11 @@ pub(crate) struct As {
 
 impl Identity {
     pub(crate) async fn start(test: &str) -> Self {
+        // Server logs (internal errors' causes among them) show with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn,lianyu=info")
+            .try_init();
         let data = tempfile::tempdir().unwrap();
         let db = TestDatabase::new(test).await;
         let mut config = Config::local(data.path());

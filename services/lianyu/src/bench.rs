@@ -1,0 +1,221 @@
+//! `lianyu bench`: load scenarios against a mesh — its own in-process mesh on embedded SQLite,
+//! or a running one given by address. Each run warms up, then drives a fixed duration at a
+//! fixed concurrency over several HTTP/2 channels, and reports requests/s, latency
+//! percentiles from an HDR histogram, and errors by status code.
+
+mod report;
+mod setup;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use lianyu_proto::{common::v1::ConsentPurpose, identity::v1 as pb};
+use tonic::transport::Channel;
+
+pub use report::Report;
+pub use setup::Target;
+
+/// What a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The standard health Check: the empty-RPC ceiling every figure is compared with.
+    Baseline,
+    /// CheckConsent for one member, the hot path of every other service.
+    ConsentCheck,
+    /// BatchCheckConsent for `batch` members a call.
+    BatchConsentCheck,
+    /// EnrollMember with a new verified phone each call.
+    Enroll,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Baseline => "baseline",
+            Scenario::ConsentCheck => "consent-check",
+            Scenario::BatchConsentCheck => "batch-consent-check",
+            Scenario::Enroll => "enroll",
+        }
+    }
+}
+
+/// How hard and how long.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub concurrency: usize,
+    pub channels: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Members per BatchCheckConsent call.
+    pub batch: usize,
+    /// Print a progress line each second (to stderr).
+    pub progress: bool,
+}
+
+/// Runs one scenario against a prepared target.
+pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
+    let channels: Vec<Channel> = (0..load.channels.max(1))
+        .map(|_| target.channel())
+        .collect();
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let warm_until = started + load.warmup;
+    let stop_at = warm_until + load.duration;
+    let progress = load.progress.then(|| {
+        let counter = counter.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = counter.load(Ordering::Relaxed);
+                eprint!(
+                    "\r  {:>5.1}s  {:>8} req/s   ",
+                    started.elapsed().as_secs_f64(),
+                    now - last
+                );
+                last = now;
+            }
+        })
+    });
+    let mut tasks = Vec::with_capacity(load.concurrency);
+    for worker in 0..load.concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let (target, counter, batch) = (target.clone(), counter.clone(), load.batch);
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| unreachable!("valid bounds"));
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut caller = Caller::new(&target, channel, worker, batch);
+            loop {
+                let began = Instant::now();
+                if began >= stop_at {
+                    break;
+                }
+                let result = caller.call(scenario).await;
+                if began < warm_until {
+                    continue;
+                }
+                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let _ = histogram.record(micros.max(1));
+                counter.fetch_add(1, Ordering::Relaxed);
+                if let Err(code) = result {
+                    *errors.entry(format!("{code:?}")).or_default() += 1;
+                }
+            }
+            (histogram, errors)
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("valid bounds"));
+    let mut errors = BTreeMap::new();
+    for task in tasks {
+        if let Ok((h, e)) = task.await {
+            let _ = histogram.add(h);
+            for (code, n) in e {
+                *errors.entry(code).or_default() += n;
+            }
+        }
+    }
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+    let items_per_call = if scenario == Scenario::BatchConsentCheck {
+        load.batch
+    } else {
+        1
+    };
+    Report::new(scenario, load, &histogram, errors, items_per_call)
+}
+
+/// One worker's client state.
+struct Caller {
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    consents: pb::consent_service_client::ConsentServiceClient<setup::Authed>,
+    members: pb::member_service_client::MemberServiceClient<setup::Authed>,
+    ids: Arc<Vec<String>>,
+    worker: usize,
+    seq: u64,
+    batch: usize,
+    run: u32,
+}
+
+impl Caller {
+    fn new(target: &Target, channel: Channel, worker: usize, batch: usize) -> Self {
+        Self {
+            health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
+            consents: pb::consent_service_client::ConsentServiceClient::new(
+                target.as_mall(channel.clone()),
+            ),
+            members: pb::member_service_client::MemberServiceClient::new(target.as_brand(channel)),
+            ids: target.mall_members.clone(),
+            worker,
+            seq: 0,
+            batch,
+            run: target.run_id,
+        }
+    }
+
+    async fn call(&mut self, scenario: Scenario) -> Result<(), tonic::Code> {
+        self.seq += 1;
+        let pick = |n: u64| (n as usize).wrapping_mul(2_654_435_761) % self.ids.len().max(1);
+        let result = match scenario {
+            Scenario::Baseline => self
+                .health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop),
+            Scenario::ConsentCheck => {
+                let member = self.ids[pick(self.seq + self.worker as u64 * 7919)].clone();
+                let request = pb::CheckConsentRequest {
+                    member,
+                    purpose: ConsentPurpose::MarketingContact as i32,
+                };
+                self.consents.check_consent(request).await.map(drop)
+            }
+            Scenario::BatchConsentCheck => {
+                let start = pick(self.seq + self.worker as u64 * 7919);
+                let members = (0..self.batch)
+                    .map(|i| self.ids[(start + i) % self.ids.len()].clone())
+                    .collect();
+                let request = pb::BatchCheckConsentRequest {
+                    members,
+                    purpose: ConsentPurpose::MarketingContact as i32,
+                };
+                self.consents.batch_check_consent(request).await.map(drop)
+            }
+            Scenario::Enroll => {
+                // A fresh mainland mobile number per call: "15", run (1 digit), worker (3), sequence (5).
+                let phone = format!(
+                    "15{}{:03}{:05}",
+                    self.run % 10,
+                    self.worker % 1000,
+                    self.seq % 100_000
+                );
+                let request = pb::EnrollMemberRequest {
+                    request_id: format!("bench-{}-{}-{}", self.run, self.worker, self.seq),
+                    identifiers: vec![pb::Identifier {
+                        kind: pb::IdentifierKind::Phone as i32,
+                        value: phone,
+                        namespace: String::new(),
+                        verified: true,
+                    }],
+                    profile: Default::default(),
+                };
+                self.members.enroll_member(request).await.map(drop)
+            }
+        };
+        result.map_err(|status| status.code())
+    }
+}

@@ -1,0 +1,221 @@
+//! Prepares a mesh for the scenarios: two partners in an active alliance, members enrolled at
+//! both by a verified phone, and consent for every other member, so checks meet both answers.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use futures::{StreamExt, stream};
+use lianyu_kit::{
+    auth::{DevKey, TokenRequest},
+    config::AuthConfig,
+    telemetry::TracePropagation,
+    testing::partner_token,
+};
+use lianyu_proto::{
+    common::v1::{ConsentPurpose, PartnerKind},
+    identity::v1 as pb,
+};
+use tonic::{
+    Code, Request, Status,
+    codegen::InterceptedService,
+    service::Interceptor,
+    transport::{Channel, Endpoint},
+};
+
+/// A channel that sends a bearer token (and the trace context, as every mesh client does).
+pub(super) type Authed = InterceptedService<InterceptedService<Channel, TracePropagation>, Bearer>;
+
+#[derive(Clone)]
+pub(super) struct Bearer(Arc<str>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let value = format!("Bearer {}", self.0)
+            .parse()
+            .map_err(|_| Status::internal("token is not a header value"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+/// A prepared mesh.
+#[derive(Clone)]
+pub struct Target {
+    endpoint: Endpoint,
+    brand: Bearer,
+    mall: Bearer,
+    pub(super) mall_members: Arc<Vec<String>>,
+    pub(super) run_id: u32,
+}
+
+const BRAND: &str = "bench-brand";
+const MALL: &str = "bench-mall";
+
+impl Target {
+    /// Connects to `address`, minting tokens with the dev key in `data_dir`, and prepares
+    /// `members` members (enrolled at both partners; consent for every other one).
+    pub async fn prepare(
+        address: &str,
+        data_dir: &Path,
+        auth: &AuthConfig,
+        members: usize,
+    ) -> anyhow::Result<Self> {
+        let key =
+            DevKey::load(data_dir).context("bench mints its tokens with the mesh's dev key")?;
+        let mint = |request: TokenRequest| -> anyhow::Result<Bearer> {
+            Ok(Bearer(Arc::from(key.mint(auth, &request)?)))
+        };
+        let operator = mint(TokenRequest {
+            operator: true,
+            ..partner_token("operator")
+        })?;
+        let endpoint = Endpoint::from_shared(address.to_owned())?
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30));
+        let run_id: u32 = rand::random::<u32>() % 100;
+        let target = Self {
+            endpoint,
+            brand: mint(partner_token(BRAND))?,
+            mall: mint(partner_token(MALL))?,
+            mall_members: Arc::default(),
+            run_id,
+        };
+        let channel = target
+            .endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach {address}"))?;
+
+        let mut partners = pb::partner_service_client::PartnerServiceClient::new(authed(
+            channel.clone(),
+            &operator,
+        ));
+        for (id, kind) in [(BRAND, PartnerKind::Brand), (MALL, PartnerKind::Mall)] {
+            let request = pb::CreatePartnerRequest {
+                request_id: format!("bench-partner-{id}"),
+                partner_id: id.into(),
+                partner: Some(pb::Partner {
+                    kind: kind as i32,
+                    display_name: id.into(),
+                    privacy_contact: "bench@example.com".into(),
+                    ..Default::default()
+                }),
+            };
+            match partners.create_partner(request).await {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::AlreadyExists => {}
+                Err(s) => return Err(s).context("creating bench partners"),
+            }
+        }
+        let until = chrono::Utc::now().timestamp() + 30 * 24 * 3600;
+        let alliance = pb::Alliance {
+            display_name: "bench".into(),
+            partners: vec![format!("partners/{BRAND}"), format!("partners/{MALL}")],
+            allowed_purposes: vec![ConsentPurpose::MarketingContact as i32],
+            data_categories: vec!["contact".into()],
+            processing_method: "load test".into(),
+            valid_until: Some(prost_types::Timestamp {
+                seconds: until,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let mut brand_partners =
+            pb::partner_service_client::PartnerServiceClient::new(target.as_brand(channel.clone()));
+        let created = brand_partners
+            .create_alliance(pb::CreateAllianceRequest {
+                request_id: String::new(),
+                alliance: Some(alliance),
+            })
+            .await?
+            .into_inner();
+        let mut mall_partners =
+            pb::partner_service_client::PartnerServiceClient::new(target.as_mall(channel.clone()));
+        mall_partners
+            .accept_alliance(pb::AcceptAllianceRequest {
+                request_id: String::new(),
+                name: created.name,
+            })
+            .await?;
+
+        let ids: Vec<anyhow::Result<String>> = stream::iter(0..members)
+            .map(|i| target.enrol_pair(channel.clone(), i))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let ids = ids.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            mall_members: Arc::new(ids),
+            ..target
+        })
+    }
+
+    /// One person at both partners; consent to the mall for every other one.
+    async fn enrol_pair(&self, channel: Channel, i: usize) -> anyhow::Result<String> {
+        let phone = pb::Identifier {
+            kind: pb::IdentifierKind::Phone as i32,
+            value: format!("1880000{i:04}"),
+            namespace: String::new(),
+            verified: true,
+        };
+        let enrol = pb::EnrollMemberRequest {
+            request_id: String::new(),
+            identifiers: vec![phone],
+            profile: Default::default(),
+        };
+        let mut brand =
+            pb::member_service_client::MemberServiceClient::new(self.as_brand(channel.clone()));
+        let mut mall =
+            pb::member_service_client::MemberServiceClient::new(self.as_mall(channel.clone()));
+        let at_brand = brand
+            .enroll_member(enrol.clone())
+            .await?
+            .into_inner()
+            .member
+            .unwrap_or_default()
+            .name;
+        let at_mall = mall
+            .enroll_member(enrol)
+            .await?
+            .into_inner()
+            .member
+            .unwrap_or_default()
+            .name;
+        if i.is_multiple_of(2) {
+            let mut consents =
+                pb::consent_service_client::ConsentServiceClient::new(self.as_brand(channel));
+            consents
+                .grant_consent(pb::GrantConsentRequest {
+                    request_id: String::new(),
+                    member: at_brand,
+                    grantee: format!("partners/{MALL}"),
+                    purposes: vec![ConsentPurpose::MarketingContact as i32],
+                    channel: pb::ConsentChannel::MiniProgram as i32,
+                    policy_version: "bench".into(),
+                    valid_until: None,
+                })
+                .await?;
+        }
+        Ok(at_mall)
+    }
+
+    /// A new HTTP/2 connection (connections are opened lazily on first use).
+    pub fn channel(&self) -> Channel {
+        self.endpoint.connect_lazy()
+    }
+
+    pub(super) fn as_brand(&self, channel: Channel) -> Authed {
+        authed(channel, &self.brand)
+    }
+
+    pub(super) fn as_mall(&self, channel: Channel) -> Authed {
+        authed(channel, &self.mall)
+    }
+}
+
+fn authed(channel: Channel, token: &Bearer) -> Authed {
+    InterceptedService::new(
+        InterceptedService::new(channel, TracePropagation),
+        token.clone(),
+    )
+}
