@@ -62,6 +62,7 @@ impl ServiceError for IdentityError {
             Self::NotFound("partner") => "PARTNER_NOT_FOUND",
             Self::NotFound("alliance") => "ALLIANCE_NOT_FOUND",
             Self::NotFound("member") => "MEMBER_NOT_FOUND",
+            Self::NotFound("erased member") => "MEMBER_ERASED",
             Self::NotFound(_) => "NOT_FOUND",
             Self::Denied(reason, _) | Self::Precondition(reason, _) | Self::Exists(reason, _) => {
                 reason

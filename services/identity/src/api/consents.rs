@@ -189,10 +189,10 @@ impl ConsentService for Api {
             if e.member.is_empty() {
                 return None;
             }
-            let kind = if e.kind == "granted" {
-                pb::ConsentEventKind::Granted
-            } else {
-                pb::ConsentEventKind::Withdrawn
+            let kind = match e.kind.as_str() {
+                "granted" => pb::ConsentEventKind::Granted,
+                "erased" => pb::ConsentEventKind::MemberErased,
+                _ => pb::ConsentEventKind::Withdrawn,
             };
             Some(pb::WatchConsentEventsResponse {
                 cursor: Some(FeedCursor {

@@ -3,14 +3,23 @@
 
 use std::collections::BTreeMap;
 
-use lianyu_kit::Principal;
+use lianyu_kit::{
+    Principal,
+    feed::{Feed, NewEvent},
+    storage::StorageError,
+};
 use lianyu_proto::identity::v1::{self as pb, member_service_server::MemberService};
 use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
 
 use super::{Api, caller, convert, status};
 use crate::{
-    domain::{IdentityError, Violations, audit::Access, consent::Purpose, identifier::Identifier},
+    domain::{
+        IdentityError, Violations,
+        audit::Access,
+        consent::{ConsentEvent, Purpose},
+        identifier::Identifier,
+    },
     store::{Store, now},
 };
 
@@ -64,6 +73,14 @@ impl MemberService for Api {
         }))
     }
 
+    async fn erase_member(
+        &self,
+        request: Request<pb::EraseMemberRequest>,
+    ) -> Result<Response<pb::EraseMemberResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(self.erase(&who, request.get_ref()).await?))
+    }
+
     async fn get_member(
         &self,
         request: Request<pb::GetMemberRequest>,
@@ -87,6 +104,46 @@ impl MemberService for Api {
 }
 
 impl Api {
+    /// Erasure on the person's request, through any partner that holds them; each holder's
+    /// feed then carries MEMBER_ERASED in its own ids so other services purge their copies.
+    async fn erase(
+        &self,
+        who: &Principal,
+        r: &pb::EraseMemberRequest,
+    ) -> Result<pb::EraseMemberResponse, Status> {
+        let scoped = convert::member_name(&r.member)
+            .map_err(|e| status(IdentityError::invalid("member", e)))?;
+        self.mutate(who, "EraseMember", &r.request_id, r, async |txn| {
+            let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
+            for (partner, their_id) in Store::erase(txn, &member_id).await? {
+                let event = ConsentEvent {
+                    kind: "erased".into(),
+                    member: their_id,
+                    collector: who.partner_id.clone(),
+                    grantee: partner.clone(),
+                    purposes: Vec::new(),
+                    receipt_id: String::new(),
+                };
+                let payload =
+                    serde_json::to_vec(&event).map_err(|e| StorageError::Other(e.to_string()))?;
+                Feed::append(
+                    txn,
+                    NewEvent {
+                        kind: "member.erased".into(),
+                        partner_id: Some(partner),
+                        payload,
+                    },
+                )
+                .await?;
+            }
+            Ok(pb::EraseMemberResponse {
+                member: r.member.clone(),
+                erase_time: convert::timestamp(now()),
+            })
+        })
+        .await
+    }
+
     /// The caller's own data, plus each other partner's profile that a live consent lets the
     /// caller read. Every cross-partner read, allowed or not, is recorded before data is returned.
     async fn read_member(

@@ -217,19 +217,77 @@ impl Store {
         Ok(scoped)
     }
 
-    /// The member behind `caller`'s scoped id; another partner's scoped id finds nothing.
+    /// The member behind `caller`'s scoped id; another partner's scoped id finds nothing, and
+    /// an erased member's id answers NOT_FOUND with reason MEMBER_ERASED (its tombstone).
     pub(crate) async fn member_for(
         conn: &impl ConnectionTrait,
         caller: &str,
         scoped: &str,
     ) -> Result<String, IdentityError> {
-        scoped_id::Entity::find_by_id(scoped.to_owned())
+        let member_id = scoped_id::Entity::find_by_id(scoped.to_owned())
             .one(conn)
             .await
             .map_err(StorageError::from)?
             .filter(|row| row.partner_id == caller)
             .map(|row| row.member_id)
-            .ok_or(IdentityError::NotFound("member"))
+            .ok_or(IdentityError::NotFound("member"))?;
+        let member = member::Entity::find_by_id(member_id.clone())
+            .one(conn)
+            .await
+            .map_err(StorageError::from)?;
+        match member {
+            Some(m) if m.status == "active" => Ok(member_id),
+            Some(_) => Err(IdentityError::NotFound("erased member")),
+            None => Err(IdentityError::NotFound("member")),
+        }
+    }
+
+    /// Erases a member mesh-wide: identifiers and profiles are deleted, every consent is
+    /// withdrawn, the member becomes a tombstone. Returns each partner's scoped id, so each
+    /// can be told in its own terms.
+    pub(crate) async fn erase(
+        txn: &impl ConnectionTrait,
+        member_id: &str,
+    ) -> Result<Vec<(String, String)>, IdentityError> {
+        use sea_orm::sea_query::Expr;
+        identifier::Entity::delete_many()
+            .filter(identifier::Column::MemberId.eq(member_id.to_owned()))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        profile::Entity::delete_many()
+            .filter(profile::Column::MemberId.eq(member_id.to_owned()))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        super::entities::consent::Entity::update_many()
+            .col_expr(
+                super::entities::consent::Column::State,
+                Expr::value("withdrawn"),
+            )
+            .col_expr(
+                super::entities::consent::Column::UpdatedAt,
+                Expr::value(now()),
+            )
+            .filter(super::entities::consent::Column::MemberId.eq(member_id.to_owned()))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        member::Entity::update_many()
+            .col_expr(member::Column::Status, Expr::value("erased"))
+            .col_expr(member::Column::ErasedAt, Expr::value(now()))
+            .filter(member::Column::Id.eq(member_id.to_owned()))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(scoped_id::Entity::find()
+            .filter(scoped_id::Column::MemberId.eq(member_id.to_owned()))
+            .all(txn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|row| (row.partner_id, row.scoped_id))
+            .collect())
     }
 
     /// `partner`'s scoped ids for `members`, where it has one.
