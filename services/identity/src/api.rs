@@ -81,9 +81,15 @@ impl Api {
             method,
             request_id,
         };
-        let response = idempotency::once(&self.store.db, key, request, effect)
-            .await
-            .map_err(status)?;
+        let response = idempotency::once(
+            &self.store.db,
+            self.store.secrets.as_ref(),
+            key,
+            request,
+            effect,
+        )
+        .await
+        .map_err(status)?;
         self.store.feed.published();
         Ok(response)
     }

@@ -14,6 +14,32 @@ use crate::{
     storage::{StorageError, entities::idempotency_key, now_millis},
 };
 
+/// How requests and responses are kept at rest. A service whose responses carry personal data
+/// (identity echoes identifiers) seals them and digests requests with a key, so neither the
+/// table nor a brute force over its hashes reveals a phone number.
+pub trait AtRest: Send + Sync {
+    fn digest(&self, request: &[u8]) -> Vec<u8>;
+    fn seal(&self, response: &[u8]) -> Vec<u8>;
+    fn open(&self, stored: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// Plain storage, for services whose responses hold no personal data.
+pub struct Plain;
+
+impl AtRest for Plain {
+    fn digest(&self, request: &[u8]) -> Vec<u8> {
+        Sha256::digest(request).to_vec()
+    }
+
+    fn seal(&self, response: &[u8]) -> Vec<u8> {
+        response.to_vec()
+    }
+
+    fn open(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        Some(stored.to_vec())
+    }
+}
+
 /// Longest accepted `request_id` (a UUID is 36).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -29,6 +55,7 @@ pub struct CallKey<'a> {
 /// An empty `request_id` runs the effect without replay protection.
 pub async fn once<Req, Resp, E, F>(
     db: &DatabaseConnection,
+    at_rest: &dyn AtRest,
     key: CallKey<'_>,
     request: &Req,
     effect: F,
@@ -40,9 +67,9 @@ where
     F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, E>,
 {
     validate(key.request_id)?;
-    let hash = Sha256::digest(request.encode_to_vec()).to_vec();
+    let hash = at_rest.digest(&request.encode_to_vec());
     if !key.request_id.is_empty()
-        && let Some(stored) = replay(db, key, &hash).await?
+        && let Some(stored) = replay(db, at_rest, key, &hash).await?
     {
         return Ok(stored);
     }
@@ -54,7 +81,7 @@ where
             method: Set(key.method.to_owned()),
             request_id: Set(key.request_id.to_owned()),
             request_hash: Set(hash.clone()),
-            response: Set(response.encode_to_vec()),
+            response: Set(at_rest.seal(&response.encode_to_vec())),
             created_at: Set(now_millis()),
         };
         if let Err(err) = row.insert(&txn).await {
@@ -63,7 +90,7 @@ where
                 // transaction is dropped) and the caller gets what the first call stored.
                 StorageError::AlreadyExists => {
                     drop(txn);
-                    replay(db, key, &hash)
+                    replay(db, at_rest, key, &hash)
                         .await?
                         .ok_or_else(|| kit(StorageError::NotFound).into())
                 }
@@ -96,6 +123,7 @@ fn validate(request_id: &str) -> Result<(), KitError> {
 
 async fn replay<Resp: Message + Default>(
     db: &DatabaseConnection,
+    at_rest: &dyn AtRest,
     key: CallKey<'_>,
     hash: &[u8],
 ) -> Result<Option<Resp>, KitError> {
@@ -109,10 +137,12 @@ async fn replay<Resp: Message + Default>(
     .map_err(kit)?;
     match found {
         None => Ok(None),
-        Some(row) if row.request_hash == hash => Resp::decode(row.response.as_slice())
+        Some(row) if row.request_hash == hash => at_rest
+            .open(&row.response)
+            .and_then(|plain| Resp::decode(plain.as_slice()).ok())
             .map(Some)
-            .map_err(|e| {
-                StorageError::Other(format!("stored response does not decode: {e}")).into()
+            .ok_or_else(|| {
+                StorageError::Other("stored response does not open or decode".into()).into()
             }),
         Some(_) => Err(KitError::RequestIdReused),
     }

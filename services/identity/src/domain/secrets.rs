@@ -52,25 +52,48 @@ impl Secrets {
 
     /// Encrypts a value for storage: a random nonce, then the ciphertext.
     pub fn seal(&self, plaintext: &str) -> Vec<u8> {
+        self.seal_bytes(plaintext.as_bytes())
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> Option<String> {
+        String::from_utf8(self.open_bytes(sealed)?).ok()
+    }
+
+    fn seal_bytes(&self, plaintext: &[u8]) -> Vec<u8> {
         let nonce: [u8; 24] = rand::random();
         let mut out = nonce.to_vec();
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
         out.extend(
             self.seal
-                .encrypt(&XNonce::from(nonce), plaintext.as_bytes())
+                .encrypt(&XNonce::from(nonce), plaintext)
                 .unwrap_or_default(),
         );
         out
     }
 
-    pub fn open(&self, sealed: &[u8]) -> Option<String> {
+    fn open_bytes(&self, sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < 24 {
             return None;
         }
         let (nonce, ciphertext) = sealed.split_at(24);
         let nonce = XNonce::from(<[u8; 24]>::try_from(nonce).ok()?);
-        let plain = self.seal.decrypt(&nonce, ciphertext).ok()?;
-        String::from_utf8(plain).ok()
+        self.seal.decrypt(&nonce, ciphertext).ok()
+    }
+}
+
+/// Stored responses of identity's mutations echo identifiers: they are sealed, and requests are
+/// digested with a key, like everything else identity keeps.
+impl lianyu_kit::idempotency::AtRest for Secrets {
+    fn digest(&self, request: &[u8]) -> Vec<u8> {
+        mac(&self.lookup, &[b"request", request]).to_vec()
+    }
+
+    fn seal(&self, response: &[u8]) -> Vec<u8> {
+        self.seal_bytes(response)
+    }
+
+    fn open(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        self.open_bytes(stored)
     }
 }
 

@@ -20,6 +20,7 @@ pub(crate) type Auth = InterceptedService<Channel, Bearer>;
 
 pub(crate) struct Identity {
     pub(crate) config: Config,
+    pub(crate) db_url: String,
     pub(crate) channel: Channel,
     _data: tempfile::TempDir,
     _db: TestDatabase,
@@ -68,6 +69,7 @@ impl Identity {
         Self {
             config,
             channel,
+            db_url: db.url.clone(),
             _data: data,
             _db: db,
         }

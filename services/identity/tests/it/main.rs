@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test crate")]
 
+mod at_rest;
 mod erasure;
 mod feed;
 mod harness;

@@ -77,7 +77,7 @@ impl PartnerService for Probe {
             request_id: &r.request_id,
         };
         let name = format!("partners/{}", r.partner_id);
-        let reply = idempotency::once(&self.db, key, r, async |txn| {
+        let reply = idempotency::once(&self.db, &idempotency::Plain, key, r, async |txn| {
             let event = NewEvent {
                 kind: "partner.created".into(),
                 partner_id: Some(partner.clone()),
