@@ -29,17 +29,29 @@ impl AuditService for Api {
                     .map_err(status)?,
             )
         };
-        let mut rows = self
-            .store
+        let (records, next_page_token) = self
             .access_records(&who.partner_id, member_id.as_deref(), &page)
             .await
             .map_err(status)?;
-        let more = rows.len() as u64 > page.size;
-        rows.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
+        Ok(Response::new(pb::ListAccessRecordsResponse {
+            records,
+            next_page_token,
+        }))
+    }
+}
+
+impl Api {
+    /// One page of the records `who` may see, optionally about one member.
+    pub(super) async fn access_records(
+        &self,
+        who: &str,
+        member_id: Option<&str>,
+        page: &Page,
+    ) -> Result<(Vec<pb::AccessRecord>, String), IdentityError> {
+        let rows = self.store.access_records(who, member_id, page).await?;
+        let (rows, next_page_token) = page.finish(rows, |r| r.seq.to_string());
         let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
-        let scoped = Store::scoped_ids_of(&self.store.read, &who.partner_id, &members)
-            .await
-            .map_err(status)?;
+        let scoped = Store::scoped_ids_of(&self.store.read, who, &members).await?;
         let records = rows
             .iter()
             .map(|row| pb::AccessRecord {
@@ -60,10 +72,6 @@ impl AuditService for Api {
                 chain_hash: row.hash.clone(),
             })
             .collect();
-        let last = rows.last().map(|r| r.seq.to_string());
-        Ok(Response::new(pb::ListAccessRecordsResponse {
-            records,
-            next_page_token: page.next_token(last.as_deref(), more),
-        }))
+        Ok((records, next_page_token))
     }
 }

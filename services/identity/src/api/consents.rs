@@ -245,7 +245,7 @@ type WatchStream = std::pin::Pin<
 impl Api {
     /// The caller's consent receipts: about one member (the person's own view, through any
     /// partner that holds them), or, without a member, every receipt granted to the caller.
-    async fn list(
+    pub(super) async fn list(
         &self,
         who: &str,
         member: &str,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use lianyu_kit::{
     Principal,
     feed::{Feed, NewEvent},
+    page::Page,
     storage::StorageError,
 };
 use lianyu_proto::identity::v1::{self as pb, member_service_server::MemberService};
@@ -79,6 +80,43 @@ impl MemberService for Api {
     ) -> Result<Response<pb::EraseMemberResponse>, Status> {
         let who = caller(&request)?;
         Ok(Response::new(self.erase(&who, request.get_ref()).await?))
+    }
+
+    /// The person's access request, through a partner that holds them: what that partner
+    /// holds, every consent receipt of theirs, and the reads of their data the partner may see.
+    async fn export_member_data(
+        &self,
+        request: Request<pb::ExportMemberDataRequest>,
+    ) -> Result<Response<pb::ExportMemberDataResponse>, Status> {
+        let who = caller(&request)?;
+        let member = request.get_ref().member.clone();
+        let scoped = convert::member_name(&member)
+            .map_err(|e| status(IdentityError::invalid("member", e)))?;
+        let db = &self.store.read;
+        let member_id = Store::member_for(db, &who.partner_id, &scoped)
+            .await
+            .map_err(status)?;
+        let own = self
+            .store
+            .contributed(db, &member_id, &who.partner_id)
+            .await
+            .map_err(status)?;
+        // One page of the largest size: an export past 1,000 receipts or reads is cut there.
+        let page =
+            Page::parse(i32::MAX, "", &[&who.partner_id, &member]).map_err(|e| status(e.into()))?;
+        let (consents, _) = self
+            .list(&who.partner_id, &member, &page)
+            .await
+            .map_err(status)?;
+        let (access_records, _) = self
+            .access_records(&who.partner_id, Some(&member_id), &page)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ExportMemberDataResponse {
+            member: Some(self::member(&scoped, &own, Vec::new())),
+            consents,
+            access_records,
+        }))
     }
 
     async fn get_member(

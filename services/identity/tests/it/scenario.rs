@@ -220,6 +220,37 @@ async fn a_brand_and_a_mall_share_a_member_only_under_consent_and_every_read_is_
         .into_inner()
         .records;
     assert!(third_log.is_empty());
+
+    // The person's access request through the brand: its data, their receipts, the reads.
+    let export = brand
+        .members
+        .export_member_data(pb::ExportMemberDataRequest {
+            member: brand_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let member = export.member.unwrap();
+    assert_eq!(member.name, brand_id);
+    assert_eq!(member.profile.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(member.identifiers.len(), 2);
+    let statuses: Vec<i32> = export.consents.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            pb::ConsentStatus::Granted as i32,
+            pb::ConsentStatus::Withdrawn as i32
+        ]
+    );
+    assert_eq!(export.access_records.len(), 3);
+    let stranger = third
+        .members
+        .export_member_data(pb::ExportMemberDataRequest {
+            member: brand_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), tonic::Code::NotFound);
 }
 
 #[tokio::test]
