@@ -16,11 +16,21 @@ use tonic_health::pb::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_lianyu");
 
+/// Kills the mesh if the test fails before stopping it, so no server outlives the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn up_serves_the_mesh_token_mints_for_it_and_sigterm_stops_it() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();
-    let mut up = Command::new(BIN)
+    let up = Command::new(BIN)
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir", dir])
         .env_remove("LIANYU_MODE")
         .env_remove("DATABASE_URL")
@@ -28,7 +38,8 @@ async fn up_serves_the_mesh_token_mints_for_it_and_sigterm_stops_it() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut banner = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut up = KillOnDrop(up);
+    let mut banner = BufReader::new(up.0.stdout.take().unwrap()).lines();
     let first = banner.next().unwrap().unwrap();
     let address = first
         .strip_prefix("lianyu mesh listening on ")
@@ -71,11 +82,11 @@ async fn up_serves_the_mesh_token_mints_for_it_and_sigterm_stops_it() {
     );
 
     let killed = Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
+        .args(["-TERM", &up.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let exit = wait(&mut up, Duration::from_secs(10)).await;
+    let exit = wait(&mut up.0, Duration::from_secs(10)).await;
     assert!(exit.success(), "exit status {exit:?}");
 }
 
