@@ -203,14 +203,15 @@ impl Api {
             .other_contributors(&member_id, &who.partner_id)
             .await?
         {
-            let consents = Store::live_consents(
-                db,
-                std::slice::from_ref(&member_id),
-                &who.partner_id,
-                purpose,
-                Some(&source),
-            )
-            .await?;
+            let consents = self
+                .store
+                .live_consents(
+                    std::slice::from_ref(&member_id),
+                    &who.partner_id,
+                    purpose,
+                    Some(&source),
+                )
+                .await?;
             let consent = consents.get(&member_id);
             if let Some(consent) = consent {
                 let profile = self

@@ -1,6 +1,6 @@
 //! Consents: the latest word per (member, grantee, purpose, collector), and the receipts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use lianyu_kit::{
     feed::{Feed, NewEvent},
@@ -224,7 +224,7 @@ impl Store {
 
     /// For each member, the live consent to `grantee` for `purpose` (from any collector).
     pub(crate) async fn live_consents(
-        conn: &impl ConnectionTrait,
+        &self,
         members: &[String],
         grantee: &str,
         purpose: Purpose,
@@ -238,15 +238,11 @@ impl Store {
         if let Some(collector) = collector {
             query = query.filter(consent::Column::Collector.eq(collector.to_owned()));
         }
-        let rows = query.all(conn).await.map_err(StorageError::from)?;
-        let mut alliances: HashMap<String, Option<Alliance>> = HashMap::new();
+        let rows = query.all(&self.read).await.map_err(StorageError::from)?;
         let at = now();
         let mut out = BTreeMap::new();
         for row in rows {
-            if !alliances.contains_key(&row.alliance_id) {
-                let a = Self::alliance(conn, &row.alliance_id).await?;
-                alliances.insert(row.alliance_id.clone(), a);
-            }
+            let alliance = self.alliances.get(&self.read, &row.alliance_id).await?;
             let consent = Consent {
                 receipt_id: row.receipt_id,
                 collector: row.collector,
@@ -258,9 +254,7 @@ impl Store {
                 alliance_id: row.alliance_id.clone(),
                 terms_version: row.terms_version,
             };
-            if consent.liveness(alliances.get(&row.alliance_id).and_then(Option::as_ref), at)
-                == Liveness::Live
-            {
+            if consent.liveness(alliance.as_ref(), at) == Liveness::Live {
                 out.entry(row.member_id).or_insert(consent);
             }
         }

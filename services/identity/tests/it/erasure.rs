@@ -20,27 +20,15 @@ async fn erasure_removes_the_member_everywhere_and_tells_every_holder() {
         unionid("oBrandUnion0000000009", "wx-open-brand"),
     ];
     let brand_id = brand
-        .members
-        .enroll_member(enroll("e", enrolment, &[("tier", "gold")]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("e", enrolment, &[("tier", "gold")]))
+        .await;
     let mall_id = mall
-        .members
-        .enroll_member(enroll(
+        .enrolled(enroll(
             "e",
             vec![phone("13100131000", true)],
             &[("vip", "1")],
         ))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .await;
     brand
         .consents
         .grant_consent(grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile]))

@@ -29,23 +29,11 @@ async fn the_grantee_watches_grants_and_withdrawals_and_resumes_from_a_cursor() 
         identity.as_partner("mall-b"),
     );
     let brand_id = brand
-        .members
-        .enroll_member(enroll("e", vec![phone("13300133000", true)], &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("e", vec![phone("13300133000", true)], &[]))
+        .await;
     let mall_id = mall
-        .members
-        .enroll_member(enroll("e", vec![phone("13300133000", true)], &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("e", vec![phone("13300133000", true)], &[]))
+        .await;
 
     let mut events = mall
         .consents
@@ -129,23 +117,11 @@ async fn list_consents_shows_the_members_receipts_and_what_was_granted_to_the_ca
         identity.as_partner("brand-c"),
     );
     let brand_id = brand
-        .members
-        .enroll_member(enroll("e", vec![phone("13200132000", true)], &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("e", vec![phone("13200132000", true)], &[]))
+        .await;
     let mall_id = mall
-        .members
-        .enroll_member(enroll("e", vec![phone("13200132000", true)], &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("e", vec![phone("13200132000", true)], &[]))
+        .await;
     brand
         .consents
         .grant_consent(grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile]))

@@ -47,6 +47,20 @@ pub(crate) struct As {
     pub(crate) audit: AuditServiceClient<Auth>,
 }
 
+impl As {
+    /// Enrols and returns the caller's scoped member name.
+    pub(crate) async fn enrolled(&mut self, request: pb::EnrollMemberRequest) -> String {
+        self.members
+            .enroll_member(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .member
+            .unwrap()
+            .name
+    }
+}
+
 impl Identity {
     pub(crate) async fn start(test: &str) -> Self {
         // Server logs (internal errors' causes among them) show with a failing test's output.

@@ -50,14 +50,8 @@ async fn malformed_input_names_its_fields() {
     assert_eq!(details(&oversized).1.as_deref(), Some("profile[note]"));
 
     let member = brand
-        .members
-        .enroll_member(enroll("ok", vec![phone("13500135000", true)], &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("ok", vec![phone("13500135000", true)], &[]))
+        .await;
     let mut request = grant(&member, "mall-b", &[]);
     request.purposes = vec![99];
     let purpose = brand.consents.grant_consent(request).await.unwrap_err();
@@ -91,14 +85,8 @@ async fn consent_needs_an_active_alliance_that_allows_the_purpose() {
         identity.as_partner("brand-c"),
     );
     let member = brand
-        .members
-        .enroll_member(enroll("m", vec![phone("13400134000", true)], &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("m", vec![phone("13400134000", true)], &[]))
+        .await;
     let not_declared = brand
         .consents
         .grant_consent(grant(&member, "mall-b", &[ConsentPurpose::JointAnalytics]))
@@ -109,14 +97,8 @@ async fn consent_needs_an_active_alliance_that_allows_the_purpose() {
         (Code::FailedPrecondition, "PURPOSE_NOT_ALLOWED")
     );
     let third_member = third
-        .members
-        .enroll_member(enroll("m", vec![phone("13400134001", true)], &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .member
-        .unwrap()
-        .name;
+        .enrolled(enroll("m", vec![phone("13400134001", true)], &[]))
+        .await;
     let no_alliance = third
         .consents
         .grant_consent(grant(
