@@ -2,10 +2,12 @@
 //! place (`status`); every mutation runs under `request_id` idempotency.
 
 mod audit;
+mod auth;
 mod consents;
 mod convert;
 mod members;
 mod partners;
+mod stores;
 
 use lianyu_kit::{
     Mount, Principal,
@@ -22,10 +24,13 @@ use crate::{domain::IdentityError, store::Store};
 #[derive(Clone)]
 pub(crate) struct Api {
     store: Store,
+    tokens: Tokens,
 }
 
-pub(crate) fn register(mount: &mut Mount, store: Store) {
-    let api = Api { store };
+pub(crate) use auth::Tokens;
+
+pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
+    let api = Api { store, tokens };
     lianyu_kit::mount!(
         mount,
         pb::partner_service_server::PartnerServiceServer::new(api.clone())
@@ -47,9 +52,6 @@ pub(crate) fn register(mount: &mut Mount, store: Store) {
         pb::audit_service_server::AuditServiceServer::new(api)
     );
 }
-
-#[tonic::async_trait]
-impl pb::auth_service_server::AuthService for Api {}
 
 /// The one mapping from the service's errors to gRPC statuses.
 pub(crate) fn status(error: IdentityError) -> Status {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod consent;
+pub mod credential;
 pub mod identifier;
 pub mod partner;
 pub mod secrets;
@@ -19,6 +20,9 @@ pub enum IdentityError {
     /// NOT_FOUND, reason `<WHAT>_NOT_FOUND`. Also what another partner's ids get.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// UNAUTHENTICATED, for example INVALID_CLIENT: one answer for every bad credential.
+    #[error("{1}")]
+    Unauthenticated(&'static str, &'static str),
     /// PERMISSION_DENIED, for example OPERATOR_ONLY.
     #[error("{1}")]
     Denied(&'static str, &'static str),
@@ -28,6 +32,9 @@ pub enum IdentityError {
     /// ALREADY_EXISTS, for example PARTNER_EXISTS.
     #[error("{1}")]
     Exists(&'static str, &'static str),
+    /// INTERNAL: something that is never the caller's fault (signing a token failed).
+    #[error("internal: {0}")]
+    Internal(String),
     #[error(transparent)]
     Kit(#[from] KitError),
 }
@@ -49,9 +56,11 @@ impl ServiceError for IdentityError {
         match self {
             Self::Invalid(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
+            Self::Unauthenticated(..) => Code::Unauthenticated,
             Self::Denied(..) => Code::PermissionDenied,
             Self::Precondition(..) => Code::FailedPrecondition,
             Self::Exists(..) => Code::AlreadyExists,
+            Self::Internal(_) => Code::Internal,
             Self::Kit(e) => e.code(),
         }
     }
@@ -63,10 +72,14 @@ impl ServiceError for IdentityError {
             Self::NotFound("alliance") => "ALLIANCE_NOT_FOUND",
             Self::NotFound("member") => "MEMBER_NOT_FOUND",
             Self::NotFound("erased member") => "MEMBER_ERASED",
+            Self::NotFound("store") => "STORE_NOT_FOUND",
+            Self::NotFound("credential") => "CREDENTIAL_NOT_FOUND",
             Self::NotFound(_) => "NOT_FOUND",
-            Self::Denied(reason, _) | Self::Precondition(reason, _) | Self::Exists(reason, _) => {
-                reason
-            }
+            Self::Unauthenticated(reason, _)
+            | Self::Denied(reason, _)
+            | Self::Precondition(reason, _)
+            | Self::Exists(reason, _) => reason,
+            Self::Internal(_) => "INTERNAL",
             Self::Kit(e) => e.reason(),
         }
     }

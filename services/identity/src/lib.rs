@@ -34,6 +34,11 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
             feed,
             alliances,
         },
+        api::Tokens {
+            signer: ctx.signer.clone(),
+            auth: ctx.config.auth.clone(),
+            published: ctx.static_keys.clone(),
+        },
     );
     Ok(())
 }

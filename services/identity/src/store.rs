@@ -4,10 +4,12 @@
 mod access;
 pub(crate) mod alliances;
 pub(crate) mod consents;
+mod credentials;
 pub(crate) mod entities;
 mod members;
 mod migration;
 mod partners;
+mod stores;
 
 use std::sync::Arc;
 
@@ -24,7 +26,11 @@ pub(crate) struct Migrator;
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(KitTables), Box::new(migration::IdentityTables)]
+        vec![
+            Box::new(KitTables),
+            Box::new(migration::IdentityTables),
+            Box::new(migration::StoresAndCredentials),
+        ]
     }
 }
 

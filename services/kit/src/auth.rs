@@ -2,9 +2,10 @@
 //! an EdDSA (Ed25519) JWT that each service verifies on its own against trusted public keys.
 //! The verified caller becomes a [`Principal`] in the request extensions.
 
-mod dev_key;
+mod keys;
 mod layer;
 mod scope;
+mod signer;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -15,9 +16,10 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-pub use dev_key::{DevKey, DevKeyError, TokenRequest, load_or_create_local_secret};
+pub use keys::refresh_keys;
 pub use layer::AuthLayer;
 pub use scope::{ALL_SCOPES, required_scope};
+pub use signer::{Signer, SignerError, TokenRequest, load_or_create_local_secret};
 
 use crate::config::{AuthConfig, TrustedKey};
 
@@ -115,6 +117,9 @@ pub struct TokenVerifier {
     keys: Arc<RwLock<HashMap<String, DecodingKey>>>,
     validation: Validation,
     verified: Arc<std::sync::Mutex<HashMap<String, (Principal, i64)>>>,
+    /// Signalled when a token names a key id not trusted (yet): the key refresher re-reads
+    /// identity's keys at once instead of waiting for its interval.
+    unknown_key: Arc<tokio::sync::Notify>,
 }
 
 impl TokenVerifier {
@@ -128,6 +133,7 @@ impl TokenVerifier {
             keys: Arc::default(),
             validation,
             verified: Arc::default(),
+            unknown_key: Arc::default(),
         };
         verifier.replace_keys(&auth.trusted_keys)?;
         Ok(verifier)
@@ -149,6 +155,24 @@ impl TokenVerifier {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         Ok(())
+    }
+
+    /// Completes when a token with an unknown key id was seen since the last call.
+    pub async fn unknown_key_seen(&self) {
+        self.unknown_key.notified().await;
+    }
+
+    /// The key ids trusted now.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<_> = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
@@ -176,7 +200,10 @@ impl TokenVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let kid = header.kid.ok_or(AuthError::Invalid)?;
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let key = keys.get(&kid).ok_or(AuthError::Invalid)?;
+        let Some(key) = keys.get(&kid) else {
+            self.unknown_key.notify_one();
+            return Err(AuthError::Invalid);
+        };
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
                 match e.kind() {
@@ -217,12 +244,15 @@ mod tests {
 
     #[test]
     fn a_cached_token_stops_working_when_its_key_is_rotated_out() {
-        let old = DevKey::generate();
-        let new = DevKey::generate();
+        let old = Signer::generate();
+        let new = Signer::generate();
         let auth = AuthConfig {
             issuer: "lianyu".into(),
             audience: "mesh".into(),
             trusted_keys: vec![old.trusted_key()],
+            signing_key: None,
+            token_ttl: Duration::from_secs(600),
+            key_refresh: Duration::from_secs(300),
         };
         let verifier = TokenVerifier::new(&auth).unwrap();
         let request = TokenRequest {

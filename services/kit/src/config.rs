@@ -61,8 +61,17 @@ pub struct TrustedKey {
 pub struct AuthConfig {
     pub issuer: String,
     pub audience: String,
-    /// Keys given in configuration; in local mode the dev key is trusted as well.
+    /// Keys given in configuration (`LIANYU_TOKEN_KEYS`): during a signing-key rotation, the
+    /// previous key until the last token it signed expires. The process's own signing key,
+    /// the dev key in local mode, and the keys fetched from identity are trusted as well.
     pub trusted_keys: Vec<TrustedKey>,
+    /// `LIANYU_SIGNING_KEY`: the identity service's Ed25519 seed, base64url. Only identity
+    /// reads it; in local mode the dev key signs when it is absent.
+    pub signing_key: Option<Secret>,
+    /// `LIANYU_TOKEN_TTL`: how long an issued token lives (at most a day).
+    pub token_ttl: Duration,
+    /// `LIANYU_KEY_REFRESH_INTERVAL`: how often a service re-reads identity's signing keys.
+    pub key_refresh: Duration,
 }
 
 /// A secret from configuration; it never appears in `Debug` output or logs.
@@ -159,11 +168,18 @@ impl Config {
             None => Vec::new(),
             Some(v) => parse_keys(&v).map_err(|m| err("LIANYU_TOKEN_KEYS", m))?,
         };
+        let signing_key = var("LIANYU_SIGNING_KEY").map(Secret::new);
+        if let Some(seed) = &signing_key {
+            crate::auth::Signer::from_seed(seed.expose())
+                .map_err(|e| err("LIANYU_SIGNING_KEY", e.to_string()))?;
+        }
         if mode == Mode::Production {
-            if trusted_keys.is_empty() {
+            if trusted_keys.is_empty() && signing_key.is_none() && !peers.contains_key("identity") {
                 return Err(err(
                     "LIANYU_TOKEN_KEYS",
-                    "required in production mode (kid=base64url-key,...)".into(),
+                    "production mode needs keys to verify tokens: LIANYU_IDENTITY_URL (fetched \
+                     from identity), LIANYU_SIGNING_KEY (identity itself) or kid=base64url-key,..."
+                        .into(),
                 ));
             }
             if database_urls.is_empty() {
@@ -213,6 +229,20 @@ impl Config {
                 issuer: var("LIANYU_TOKEN_ISSUER").unwrap_or_else(|| "lianyu".into()),
                 audience: var("LIANYU_TOKEN_AUDIENCE").unwrap_or_else(|| "lianyu-mesh".into()),
                 trusted_keys,
+                signing_key,
+                token_ttl: duration(&var, "LIANYU_TOKEN_TTL", Duration::from_secs(15 * 60))
+                    .and_then(|ttl| {
+                        if ttl > Duration::from_secs(24 * 3600) {
+                            Err(err("LIANYU_TOKEN_TTL", "at most 24h".into()))
+                        } else {
+                            Ok(ttl)
+                        }
+                    })?,
+                key_refresh: duration(
+                    &var,
+                    "LIANYU_KEY_REFRESH_INTERVAL",
+                    Duration::from_secs(300),
+                )?,
             },
             otlp_endpoint,
             limits,

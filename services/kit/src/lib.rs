@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod mask;
 pub mod page;
 pub mod server;
 pub mod storage;

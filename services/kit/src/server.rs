@@ -12,8 +12,8 @@ use tonic_health::ServingStatus;
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
 
 use crate::{
-    auth::{AuthLayer, DevKey, TokenVerifier},
-    config::{Config, ConfigError, Mode},
+    auth::{AuthLayer, Signer, TokenVerifier},
+    config::{Config, ConfigError, Mode, TrustedKey},
     storage::StorageError,
     telemetry::RpcTelemetryLayer,
 };
@@ -29,8 +29,8 @@ pub enum StartError {
     Migration(String),
     #[error("token keys: {0}")]
     Auth(String),
-    #[error("dev signing key: {0}")]
-    DevKey(#[from] crate::auth::DevKeyError),
+    #[error("signing key: {0}")]
+    Signer(#[from] crate::auth::SignerError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     #[error("server: {0}")]
@@ -43,22 +43,43 @@ pub enum StartError {
 pub struct ServerContext {
     pub config: Config,
     pub verifier: Arc<TokenVerifier>,
+    /// The key this process signs tokens with (identity's `IssueToken`): `LIANYU_SIGNING_KEY`,
+    /// else the dev key in local mode; none in production without a signing key.
+    pub signer: Option<Arc<Signer>>,
+    /// The keys trusted without asking identity: configured ones, the signer's, the dev key.
+    pub static_keys: Vec<TrustedKey>,
     pub stopping: CancellationToken,
 }
 
 impl ServerContext {
-    /// Builds the verifier from the configured keys; in local mode the dev key in the data
-    /// directory is trusted too (and created if missing).
+    /// Builds the verifier from the configured keys and the process's own signing key; in
+    /// local mode the dev key in the data directory is trusted too (and created if missing).
     pub fn new(config: Config) -> Result<Self, StartError> {
         let mut auth = config.auth.clone();
-        if config.mode == Mode::Local {
+        let dev = match config.mode {
+            Mode::Local => Some(Signer::load_or_create(&config.data_dir)?),
+            Mode::Production => None,
+        };
+        let configured = auth
+            .signing_key
+            .as_ref()
+            .map(|seed| Signer::from_seed(seed.expose()))
+            .transpose()?;
+        let signer = configured.or(dev);
+        if let Some(signer) = &signer {
+            auth.trusted_keys.push(signer.trusted_key());
+        }
+        if config.mode == Mode::Local && auth.signing_key.is_some() {
+            // `lianyu token` keeps minting with the dev key beside a configured signing key.
             auth.trusted_keys
-                .push(DevKey::load_or_create(&config.data_dir)?.trusted_key());
+                .push(Signer::load(&config.data_dir)?.trusted_key());
         }
         let verifier = TokenVerifier::new(&auth).map_err(StartError::Auth)?;
         Ok(Self {
             config,
             verifier: Arc::new(verifier),
+            signer: signer.map(Arc::new),
+            static_keys: auth.trusted_keys,
             stopping: CancellationToken::new(),
         })
     }
@@ -176,6 +197,15 @@ pub async fn serve(
         .set_service_status("", ServingStatus::Serving)
         .await;
     tracing::info!(address = %listener.local_addr()?, services = names.len(), "serving");
+    if let Some(identity) = ctx.config.peers.get("identity") {
+        tokio::spawn(crate::auth::refresh_keys(
+            ctx.verifier.clone(),
+            ctx.static_keys.clone(),
+            identity.clone(),
+            ctx.config.auth.key_refresh,
+            ctx.stopping.clone(),
+        ));
+    }
 
     let stopping = ctx.stopping.clone();
     let delay = limits.shutdown_delay;

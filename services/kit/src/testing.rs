@@ -7,7 +7,7 @@ use std::{str::FromStr, time::Duration};
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    auth::{ALL_SCOPES, DevKey, TokenRequest},
+    auth::{ALL_SCOPES, Signer, TokenRequest},
     config::AuthConfig,
 };
 
@@ -99,7 +99,7 @@ pub fn partner_token(partner_id: &str) -> TokenRequest {
 
 /// Mints a token the local server in `data_dir` accepts.
 pub fn mint(data_dir: &std::path::Path, auth: &AuthConfig, request: &TokenRequest) -> String {
-    let key = DevKey::load_or_create(data_dir).unwrap_or_else(|e| panic!("dev key: {e}"));
+    let key = Signer::load_or_create(data_dir).unwrap_or_else(|e| panic!("dev key: {e}"));
     key.mint(auth, request)
         .unwrap_or_else(|e| panic!("mint: {e}"))
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use lianyu_kit::{
     Config,
-    auth::{ALL_SCOPES, DevKey, TokenRequest},
+    auth::{ALL_SCOPES, Signer, TokenRequest},
     config::Mode,
 };
 
@@ -174,7 +174,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    let key = DevKey::load(&config.data_dir)?;
+    let key = Signer::load(&config.data_dir)?;
     let partner_id = match (args.operator, args.partner) {
         (true, _) => "operator".to_owned(),
         (false, Some(id)) if !id.trim().is_empty() => id,

@@ -9,7 +9,7 @@ use crate::{
         identifier::{Identifier, Kind},
         partner::{Alliance, AllianceStatus},
     },
-    store::entities::{consent_receipt, partner},
+    store::entities::{consent_receipt, credential, partner, store},
 };
 
 pub(crate) fn timestamp(millis: i64) -> Option<Timestamp> {
@@ -146,5 +146,30 @@ pub(crate) fn member_name(name: &str) -> Result<String, String> {
             Ok(id.to_owned())
         }
         _ => Err("expected members/{member}".into()),
+    }
+}
+
+pub(crate) fn store(s: &store::Model) -> pb::Store {
+    pb::Store {
+        name: format!("partners/{}/stores/{}", s.partner_id, s.id),
+        display_name: s.display_name.clone(),
+        city: s.city.clone(),
+        active: s.active,
+        create_time: timestamp(s.created_at),
+    }
+}
+
+/// A credential as its owner sees it: never a secret or a hash.
+pub(crate) fn credential(c: &credential::Model, now: i64) -> pb::Credential {
+    pb::Credential {
+        name: format!("partners/{}/credentials/{}", c.partner_id, c.id),
+        client_id: c.client_id.clone(),
+        scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
+        revoked: c.revoked_at.is_some(),
+        create_time: timestamp(c.created_at),
+        previous_secret_expire_time: c
+            .previous_secret_until
+            .filter(|until| *until > now)
+            .and_then(timestamp),
     }
 }

@@ -95,6 +95,57 @@ impl PartnerService for Api {
         }))
     }
 
+    async fn update_partner(
+        &self,
+        request: Request<pb::UpdatePartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let who = caller(&request)?;
+        let out = self.update_partner_call(&who, request.get_ref()).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn create_store(
+        &self,
+        request: Request<pb::CreateStoreRequest>,
+    ) -> Result<Response<pb::Store>, Status> {
+        let who = caller(&request)?;
+        let out = self.create_store_call(&who, request.get_ref()).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_store(
+        &self,
+        request: Request<pb::GetStoreRequest>,
+    ) -> Result<Response<pb::Store>, Status> {
+        let who = caller(&request)?;
+        let out = self
+            .get_store_call(&who, &request.get_ref().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(out))
+    }
+
+    async fn list_stores(
+        &self,
+        request: Request<pb::ListStoresRequest>,
+    ) -> Result<Response<pb::ListStoresResponse>, Status> {
+        let who = caller(&request)?;
+        let out = self
+            .list_stores_call(&who, request.get_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(out))
+    }
+
+    async fn update_store(
+        &self,
+        request: Request<pb::UpdateStoreRequest>,
+    ) -> Result<Response<pb::Store>, Status> {
+        let who = caller(&request)?;
+        let out = self.update_store_call(&who, request.get_ref()).await?;
+        Ok(Response::new(out))
+    }
+
     async fn create_alliance(
         &self,
         request: Request<pb::CreateAllianceRequest>,

@@ -48,6 +48,29 @@ pub fn parse_partner_name(name: &str) -> Result<String, String> {
         .and_then(partner_id)
 }
 
+/// `partners/{partner}/stores/{store}` → (partner, store). Store ids follow the partner id rule.
+pub fn parse_store_name(name: &str) -> Result<(String, String), String> {
+    let expected = || "expected partners/{partner}/stores/{store}".to_owned();
+    let rest = name.strip_prefix("partners/").ok_or_else(expected)?;
+    let (partner, store) = rest.split_once("/stores/").ok_or_else(expected)?;
+    Ok((
+        partner_id(partner).map_err(|_| expected())?,
+        partner_id(store).map_err(|e| format!("store id: {e}"))?,
+    ))
+}
+
+/// `partners/{partner}/credentials/{credential}` → (partner, credential).
+pub fn parse_credential_name(name: &str) -> Result<(String, String), String> {
+    let expected = || "expected partners/{partner}/credentials/{credential}".to_owned();
+    let rest = name.strip_prefix("partners/").ok_or_else(expected)?;
+    let (partner, id) = rest.split_once("/credentials/").ok_or_else(expected)?;
+    let id_ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric());
+    if !id_ok {
+        return Err(expected());
+    }
+    Ok((partner_id(partner).map_err(|_| expected())?, id.to_owned()))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllianceStatus {
     Proposed,

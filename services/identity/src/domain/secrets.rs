@@ -15,6 +15,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 pub struct Secrets {
     lookup: [u8; 32],
+    credential: [u8; 32],
     scope: [u8; 32],
     seal: XChaCha20Poly1305,
 }
@@ -26,6 +27,7 @@ impl Secrets {
         let seal = derive(master, b"lianyu identity seal v1");
         Self {
             lookup,
+            credential: derive(master, b"lianyu identity credential v1"),
             scope,
             seal: XChaCha20Poly1305::new(&seal.into()),
         }
@@ -42,6 +44,23 @@ impl Secrets {
                 id.value.as_bytes(),
             ],
         ))
+    }
+
+    /// The keyed hash a client secret is stored as.
+    pub fn credential_hash(&self, secret: &str) -> String {
+        hex(&mac(&self.credential, &[secret.as_bytes()]))
+    }
+
+    /// Whether `secret` hashes to `stored`, compared in constant time.
+    pub fn credential_matches(&self, secret: &str, stored: &str) -> bool {
+        let Some(expected) = unhex(stored) else {
+            return false;
+        };
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.credential)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        m.update(&(secret.len() as u64).to_be_bytes());
+        m.update(secret.as_bytes());
+        m.verify_slice(&expected).is_ok()
     }
 
     /// The stable pseudonymous id of `member_id` for `partner`, unique to the pair.
@@ -113,6 +132,16 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -158,3 +158,32 @@ entity!(audit_head, "audit_head", {
     pub seq: i64,
     pub hash: String,
 });
+
+entity!(store, "stores", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub partner_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub display_name: String,
+    pub city: String,
+    pub active: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+});
+
+entity!(credential, "credentials", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(indexed)]
+    pub partner_id: String,
+    #[sea_orm(unique)]
+    pub client_id: String,
+    /// Keyed hash of the secret; the secret itself is never stored.
+    pub secret_hash: String,
+    pub previous_secret_hash: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    /// Space-separated scopes.
+    pub scopes: String,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+});

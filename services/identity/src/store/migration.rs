@@ -67,3 +67,39 @@ impl MigrationTrait for IdentityTables {
         Ok(())
     }
 }
+
+/// Stores and credentials (issue 3, second slice).
+pub(crate) struct StoresAndCredentials;
+
+impl MigrationName for StoresAndCredentials {
+    fn name(&self) -> &str {
+        "m20261123_000003_stores_credentials"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for StoresAndCredentials {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        for (table, indexes) in [
+            (
+                schema.create_table_from_entity(store::Entity),
+                schema.create_index_from_entity(store::Entity),
+            ),
+            (
+                schema.create_table_from_entity(credential::Entity),
+                schema.create_index_from_entity(credential::Entity),
+            ),
+        ] {
+            manager
+                .create_table(table.to_owned().if_not_exists().to_owned())
+                .await?;
+            for mut index in indexes {
+                manager
+                    .create_index(index.if_not_exists().to_owned())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

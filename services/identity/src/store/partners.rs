@@ -37,6 +37,17 @@ impl Store {
             .map_err(StorageError::from)?)
     }
 
+    pub(crate) async fn save_partner(
+        txn: &impl ConnectionTrait,
+        row: partner::Model,
+    ) -> Result<partner::Model, IdentityError> {
+        Ok(sea_orm::IntoActiveModel::into_active_model(row)
+            .reset_all()
+            .update(txn)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
     /// One page of partners, by id; `only` limits it to the partners a caller may see.
     pub(crate) async fn list_partners(
         &self,

@@ -8,8 +8,8 @@ use lianyu_proto::{
     common::v1::{ConsentPurpose, PartnerKind},
     identity::v1::{
         self as pb, audit_service_client::AuditServiceClient,
-        consent_service_client::ConsentServiceClient, member_service_client::MemberServiceClient,
-        partner_service_client::PartnerServiceClient,
+        auth_service_client::AuthServiceClient, consent_service_client::ConsentServiceClient,
+        member_service_client::MemberServiceClient, partner_service_client::PartnerServiceClient,
     },
 };
 use tonic::{
@@ -45,6 +45,7 @@ pub(crate) struct As {
     pub(crate) members: MemberServiceClient<Auth>,
     pub(crate) consents: ConsentServiceClient<Auth>,
     pub(crate) audit: AuditServiceClient<Auth>,
+    pub(crate) auth: AuthServiceClient<Auth>,
 }
 
 impl As {
@@ -137,13 +138,32 @@ impl Identity {
 
     fn clients(&self, request: TokenRequest) -> As {
         let token = lianyu_kit::testing::mint(&self.config.data_dir, &self.config.auth, &request);
-        let ch = || InterceptedService::new(self.channel.clone(), Bearer(token.clone()));
+        self.with_token(&token)
+    }
+
+    /// Clients that send `token` (one from `IssueToken`, say).
+    pub(crate) fn with_token(&self, token: &str) -> As {
+        let ch = || InterceptedService::new(self.channel.clone(), Bearer(token.to_owned()));
         As {
             partners: PartnerServiceClient::new(ch()),
             members: MemberServiceClient::new(ch()),
             consents: ConsentServiceClient::new(ch()),
             audit: AuditServiceClient::new(ch()),
+            auth: AuthServiceClient::new(ch()),
         }
+    }
+
+    /// The token exchange, called without a token as a partner's backend does.
+    pub(crate) fn public_auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel.clone())
+    }
+
+    /// Clients whose token carries only `scopes`.
+    pub(crate) fn with_scopes(&self, partner: &str, scopes: &[&str]) -> As {
+        self.clients(TokenRequest {
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..lianyu_kit::testing::partner_token(partner)
+        })
     }
 
     pub(crate) fn as_partner(&self, partner: &str) -> As {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "a test crate")]
 
 mod at_rest;
+mod credentials;
 mod erasure;
 mod feed;
 mod harness;

@@ -62,7 +62,7 @@ async fn a_tampered_signature_is_unauthenticated() {
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "TOKEN_INVALID");
     // A key the server does not trust, with the trusted key's id, fails the same way.
-    let stranger = lianyu_kit::auth::DevKey::generate();
+    let stranger = lianyu_kit::auth::Signer::generate();
     let forged = stranger.sign(&claims(&server, 600)).unwrap();
     assert_eq!(
         get(&server, Some(forged)).await.unwrap_err().code(),

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use lianyu_kit::{
     Config, KitError, Mount, Principal, ServerContext,
-    auth::DevKey,
+    auth::Signer,
     error::to_status,
     feed::{Feed, NewEvent},
     idempotency::{self, CallKey},
@@ -193,8 +193,8 @@ impl TestServer {
         )
     }
 
-    pub(crate) fn dev_key(&self) -> DevKey {
-        DevKey::load(self.data_dir.path()).unwrap()
+    pub(crate) fn dev_key(&self) -> Signer {
+        Signer::load(self.data_dir.path()).unwrap()
     }
 
     pub(crate) async fn channel(&self) -> Channel {

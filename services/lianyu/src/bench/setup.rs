@@ -6,7 +6,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use anyhow::Context;
 use futures::{StreamExt, stream};
 use lianyu_kit::{
-    auth::{DevKey, TokenRequest},
+    auth::{Signer, TokenRequest},
     config::AuthConfig,
     telemetry::TracePropagation,
     testing::partner_token,
@@ -61,7 +61,7 @@ impl Target {
         members: usize,
     ) -> anyhow::Result<Self> {
         let key =
-            DevKey::load(data_dir).context("bench mints its tokens with the mesh's dev key")?;
+            Signer::load(data_dir).context("bench mints its tokens with the mesh's dev key")?;
         let mint = |request: TokenRequest| -> anyhow::Result<Bearer> {
             Ok(Bearer(Arc::from(key.mint(auth, &request)?)))
         };

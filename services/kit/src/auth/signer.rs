@@ -1,5 +1,7 @@
-//! The development signing key `lianyu up` keeps in its data directory, so anyone can mint a
-//! token for the local mesh. Production never reads or creates it (see `config::Mode`).
+//! The Ed25519 key tokens are signed with. The identity service signs with the key in
+//! `LIANYU_SIGNING_KEY`; in local mode, `lianyu up` keeps a development key in its data
+//! directory so anyone can mint a token for the local mesh. Production never reads or
+//! creates that file (see `config::Mode`).
 
 use std::{
     fs, io,
@@ -21,11 +23,13 @@ use crate::config::{AuthConfig, TrustedKey};
 const FILE: &str = "dev-signing-key.pem";
 
 #[derive(Debug, thiserror::Error)]
-pub enum DevKeyError {
+pub enum SignerError {
     #[error("no dev signing key at {0} (run `lianyu up` first, or pass --data-dir)")]
     NotFound(PathBuf),
     #[error("dev signing key at {path}: {message}")]
     Unreadable { path: PathBuf, message: String },
+    #[error("signing key: {0}")]
+    BadSeed(String),
     #[error("cannot write dev signing key: {0}")]
     Io(#[from] io::Error),
     #[error("cannot sign token: {0}")]
@@ -42,28 +46,51 @@ pub struct TokenRequest {
     pub ttl: Duration,
 }
 
-/// An Ed25519 key that signs tokens for the local mesh and for tests.
-pub struct DevKey {
+/// An Ed25519 key that signs tokens: the identity service's, or the local mesh's dev key.
+pub struct Signer {
     key: SigningKey,
 }
 
-impl DevKey {
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer({})", self.key_id())
+    }
+}
+
+impl Signer {
     pub fn generate() -> Self {
         Self {
             key: SigningKey::generate(&mut rand::rngs::OsRng),
         }
     }
 
+    /// The key from its 32-byte seed, base64url without padding (what `LIANYU_SIGNING_KEY` holds).
+    pub fn from_seed(seed: &str) -> Result<Self, SignerError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(seed.trim())
+            .map_err(|_| SignerError::BadSeed("not base64url".into()))?;
+        let seed = <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| SignerError::BadSeed("an Ed25519 seed is 32 bytes".into()))?;
+        Ok(Self {
+            key: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// The seed, base64url: what to put in `LIANYU_SIGNING_KEY`.
+    pub fn seed(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.key.to_bytes())
+    }
+
     /// Loads the key in `dir`, or creates it (readable by the owner only).
-    pub fn load_or_create(dir: &Path) -> Result<Self, DevKeyError> {
+    pub fn load_or_create(dir: &Path) -> Result<Self, SignerError> {
         match Self::load(dir) {
-            Err(DevKeyError::NotFound(_)) => {
+            Err(SignerError::NotFound(_)) => {
                 fs::create_dir_all(dir)?;
                 let key = Self::generate();
                 let pem = key
                     .key
                     .to_pkcs8_pem(LineEnding::LF)
-                    .map_err(|e| DevKeyError::Sign(e.to_string()))?;
+                    .map_err(|e| SignerError::Sign(e.to_string()))?;
                 let path = dir.join(FILE);
                 write_private(&path, pem.as_bytes())?;
                 Ok(key)
@@ -72,26 +99,27 @@ impl DevKey {
         }
     }
 
-    pub fn load(dir: &Path) -> Result<Self, DevKeyError> {
+    pub fn load(dir: &Path) -> Result<Self, SignerError> {
         let path = dir.join(FILE);
         let pem = match fs::read_to_string(&path) {
             Ok(pem) => pem,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(DevKeyError::NotFound(path));
+                return Err(SignerError::NotFound(path));
             }
             Err(e) => return Err(e.into()),
         };
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| DevKeyError::Unreadable {
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| SignerError::Unreadable {
             path: path.clone(),
             message: e.to_string(),
         })?;
         Ok(Self { key })
     }
 
-    /// The key's id: `dev-` and the first bytes of its public key's SHA-256.
+    /// The key's id: `ed-` and the first bytes of its public key's SHA-256, so a rotated key
+    /// always gets a new id.
     pub fn key_id(&self) -> String {
         let digest = Sha256::digest(self.key.verifying_key().as_bytes());
-        format!("dev-{}", hex_prefix(&digest[..6]))
+        format!("ed-{}", hex_prefix(&digest[..6]))
     }
 
     pub fn trusted_key(&self) -> TrustedKey {
@@ -102,7 +130,7 @@ impl DevKey {
     }
 
     /// Signs a token for `auth`'s issuer and audience.
-    pub fn mint(&self, auth: &AuthConfig, request: &TokenRequest) -> Result<String, DevKeyError> {
+    pub fn mint(&self, auth: &AuthConfig, request: &TokenRequest) -> Result<String, SignerError> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             iss: auth.issuer.clone(),
@@ -123,15 +151,15 @@ impl DevKey {
     }
 
     /// Signs arbitrary claims (tests use it for expired or foreign-audience tokens).
-    pub fn sign(&self, claims: &Claims) -> Result<String, DevKeyError> {
+    pub fn sign(&self, claims: &Claims) -> Result<String, SignerError> {
         let der = self
             .key
             .to_pkcs8_der()
-            .map_err(|e| DevKeyError::Sign(e.to_string()))?;
+            .map_err(|e| SignerError::Sign(e.to_string()))?;
         let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);
         header.kid = Some(self.key_id());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
-            .map_err(|e| DevKeyError::Sign(e.to_string()))
+            .map_err(|e| SignerError::Sign(e.to_string()))
     }
 }
 
@@ -140,17 +168,17 @@ fn hex_prefix(bytes: &[u8]) -> String {
 }
 
 /// Loads the 32-byte secret in `dir/name`, creating it (owner-only) when missing. Local mode only.
-pub fn load_or_create_local_secret(dir: &Path, name: &str) -> Result<[u8; 32], DevKeyError> {
+pub fn load_or_create_local_secret(dir: &Path, name: &str) -> Result<[u8; 32], SignerError> {
     let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(text) => {
             let bytes = base64::Engine::decode(&URL_SAFE_NO_PAD, text.trim()).map_err(|e| {
-                DevKeyError::Unreadable {
+                SignerError::Unreadable {
                     path: path.clone(),
                     message: e.to_string(),
                 }
             })?;
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| DevKeyError::Unreadable {
+            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| SignerError::Unreadable {
                 path,
                 message: "expected 32 bytes".into(),
             })

@@ -1,0 +1,360 @@
+//! AuthService: partner credentials and the client-credentials exchange. `IssueToken` and
+//! `GetSigningKeys` are the two calls that need no token (the kit's auth layer lets them by).
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use lianyu_kit::{
+    Principal,
+    auth::{ALL_SCOPES, Signer, TokenRequest},
+    config::{AuthConfig, TrustedKey},
+    page::Page,
+};
+use lianyu_proto::identity::v1::{self as pb, auth_service_server::AuthService};
+use tonic::{Request, Response, Status};
+
+use super::{Api, caller, convert, status};
+use crate::{
+    domain::{
+        IdentityError, Violations,
+        credential::{
+            DEFAULT_OVERLAP_SECONDS, MAX_ACTIVE_PER_PARTNER, MAX_OVERLAP_SECONDS, SecretState,
+            new_client_id, new_secret, token_scopes,
+        },
+        partner::{PartnerKind, parse_credential_name, parse_partner_name, parse_store_name},
+    },
+    store::{Store, entities::credential, now},
+};
+
+/// What `IssueToken` signs with and `GetSigningKeys` publishes.
+#[derive(Clone)]
+pub(crate) struct Tokens {
+    /// None in production without `LIANYU_SIGNING_KEY`: such an instance verifies but never issues.
+    pub(crate) signer: Option<Arc<Signer>>,
+    pub(crate) auth: AuthConfig,
+    /// The signer's public key and the keys still trusted from before a rotation.
+    pub(crate) published: Vec<TrustedKey>,
+}
+
+/// The answer to every credential that does not open: unknown, wrong secret, revoked. One
+/// answer, so a caller learns nothing about which.
+const INVALID_CLIENT: IdentityError = IdentityError::Unauthenticated(
+    "INVALID_CLIENT",
+    "unknown client id, wrong secret, or a revoked credential",
+);
+
+#[tonic::async_trait]
+impl AuthService for Api {
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let r = request.into_inner();
+        self.issue(&r).await.map(Response::new).map_err(status)
+    }
+
+    async fn create_credential(
+        &self,
+        request: Request<pb::CreateCredentialRequest>,
+    ) -> Result<Response<pb::CreateCredentialResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let partner = owned_partner(&who, &r.parent).map_err(status)?;
+        let scopes = credential_scopes(&who, &r.scopes).map_err(status)?;
+        let out = self
+            .mutate(&who, "CreateCredential", &r.request_id, &r, async |txn| {
+                Store::partner(txn, &partner)
+                    .await?
+                    .ok_or(IdentityError::NotFound("partner"))?;
+                if Store::active_credentials(txn, &partner).await? >= MAX_ACTIVE_PER_PARTNER {
+                    return Err(IdentityError::Precondition(
+                        "TOO_MANY_CREDENTIALS",
+                        format!(
+                            "a partner holds at most {MAX_ACTIVE_PER_PARTNER} credentials; revoke one first"
+                        ),
+                    ));
+                }
+                let secret = new_secret();
+                let row = Store::insert_credential(
+                    txn,
+                    credential::Model {
+                        id: uuid::Uuid::now_v7().simple().to_string(),
+                        partner_id: partner.clone(),
+                        client_id: new_client_id(),
+                        secret_hash: self.store.secrets.credential_hash(&secret),
+                        previous_secret_hash: None,
+                        previous_secret_until: None,
+                        scopes: scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+                        revoked_at: None,
+                        created_at: now(),
+                    },
+                )
+                .await?;
+                tracing::info!(partner = %partner, credential = %row.id, "credential created");
+                Ok(pb::CreateCredentialResponse {
+                    credential: Some(convert::credential(&row, now())),
+                    client_secret: secret,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn rotate_credential(
+        &self,
+        request: Request<pb::RotateCredentialRequest>,
+    ) -> Result<Response<pb::RotateCredentialResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let (partner, id) = owned_credential(&who, &r.name).map_err(status)?;
+        let overlap = match r.overlap_seconds {
+            0 => DEFAULT_OVERLAP_SECONDS,
+            s if s < 0 || i64::from(s) > MAX_OVERLAP_SECONDS => {
+                return Err(status(IdentityError::invalid(
+                    "overlap_seconds",
+                    format!("between 1 and {MAX_OVERLAP_SECONDS}; 0 means one hour"),
+                )));
+            }
+            s => i64::from(s),
+        };
+        let out = self
+            .mutate(&who, "RotateCredential", &r.request_id, &r, async |txn| {
+                let mut row = Store::credential(txn, &partner, &id)
+                    .await?
+                    .ok_or(IdentityError::NotFound("credential"))?;
+                if row.revoked_at.is_some() {
+                    return Err(IdentityError::Precondition(
+                        "CREDENTIAL_REVOKED",
+                        "a revoked credential cannot be rotated; create a new one".into(),
+                    ));
+                }
+                let secret = new_secret();
+                let at = now();
+                row.previous_secret_hash = Some(row.secret_hash.clone());
+                row.previous_secret_until = Some(at + overlap * 1000);
+                row.secret_hash = self.store.secrets.credential_hash(&secret);
+                let row = Store::save_credential(txn, row).await?;
+                tracing::info!(partner = %partner, credential = %id, overlap_seconds = overlap, "credential rotated");
+                Ok(pb::RotateCredentialResponse {
+                    credential: Some(convert::credential(&row, at)),
+                    client_secret: secret,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn revoke_credential(
+        &self,
+        request: Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::Credential>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let (partner, id) = owned_credential(&who, &r.name).map_err(status)?;
+        let out = self
+            .mutate(&who, "RevokeCredential", &r.request_id, &r, async |txn| {
+                let mut row = Store::credential(txn, &partner, &id)
+                    .await?
+                    .ok_or(IdentityError::NotFound("credential"))?;
+                let at = now();
+                if row.revoked_at.is_none() {
+                    row.revoked_at = Some(at);
+                    row.previous_secret_hash = None;
+                    row.previous_secret_until = None;
+                    row = Store::save_credential(txn, row).await?;
+                    tracing::info!(partner = %partner, credential = %id, "credential revoked");
+                }
+                Ok(convert::credential(&row, at))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list_credentials(
+        &self,
+        request: Request<pb::ListCredentialsRequest>,
+    ) -> Result<Response<pb::ListCredentialsResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let partner = owned_partner(&who, &r.parent).map_err(status)?;
+        let page =
+            Page::parse(r.page_size, &r.page_token, &[&partner]).map_err(|e| status(e.into()))?;
+        let rows = self
+            .store
+            .list_credentials(&partner, &page)
+            .await
+            .map_err(status)?;
+        let (rows, next_page_token) = page.finish(rows, |c| c.id.clone());
+        let at = now();
+        Ok(Response::new(pb::ListCredentialsResponse {
+            credentials: rows.iter().map(|c| convert::credential(c, at)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_signing_keys(
+        &self,
+        _request: Request<pb::GetSigningKeysRequest>,
+    ) -> Result<Response<pb::GetSigningKeysResponse>, Status> {
+        Ok(Response::new(pb::GetSigningKeysResponse {
+            keys: self
+                .tokens
+                .published
+                .iter()
+                .map(|k| pb::SigningKey {
+                    key_id: k.key_id.clone(),
+                    algorithm: "EdDSA".into(),
+                    public_key: k.public_key.clone(),
+                    not_after: None,
+                })
+                .collect(),
+        }))
+    }
+}
+
+impl Api {
+    /// The client-credentials exchange.
+    async fn issue(
+        &self,
+        r: &pb::IssueTokenRequest,
+    ) -> Result<pb::IssueTokenResponse, IdentityError> {
+        let mut v = Violations::default();
+        if r.client_id.is_empty() || r.client_id.len() > 64 {
+            v.add("client_id", "required, at most 64 characters");
+        }
+        if r.client_secret.is_empty() || r.client_secret.len() > 128 {
+            v.add("client_secret", "required, at most 128 characters");
+        }
+        let store = if r.store.is_empty() {
+            None
+        } else {
+            v.check("store", parse_store_name(&r.store))
+        };
+        v.finish()?;
+        let signer = self.tokens.signer.as_ref().ok_or_else(|| {
+            IdentityError::Precondition(
+                "TOKEN_ISSUING_DISABLED",
+                "this identity instance has no signing key (LIANYU_SIGNING_KEY)".into(),
+            )
+        })?;
+        let Some(row) = self.store.credential_by_client_id(&r.client_id).await? else {
+            // Spend the same work as a real check, so timing does not tell ids that exist.
+            let _ = self
+                .store
+                .secrets
+                .credential_matches(&r.client_secret, UNKNOWN_CLIENT_HASH);
+            return Err(INVALID_CLIENT);
+        };
+        let state = SecretState {
+            secret_hash: row.secret_hash.clone(),
+            previous_hash: row.previous_secret_hash.clone(),
+            previous_until: row.previous_secret_until,
+            revoked: row.revoked_at.is_some(),
+        };
+        if !state.accepts(&self.store.secrets, &r.client_secret, now()) {
+            return Err(INVALID_CLIENT);
+        }
+        let partner = Store::partner(&self.store.read, &row.partner_id)
+            .await?
+            .ok_or(INVALID_CLIENT)?;
+        if partner.status != "active" {
+            return Err(IdentityError::Denied(
+                "PARTNER_SUSPENDED",
+                "the partner is suspended; no tokens are issued",
+            ));
+        }
+        let allowed: BTreeSet<String> = row.scopes.split_whitespace().map(str::to_owned).collect();
+        let scopes = token_scopes(&allowed, &r.scopes).map_err(|refused| {
+            IdentityError::Invalid(
+                refused
+                    .into_iter()
+                    .map(|(i, why)| lianyu_kit::FieldViolation::new(format!("scopes[{i}]"), why))
+                    .collect(),
+            )
+        })?;
+        if let Some((owner, id)) = &store {
+            let active = owner == &row.partner_id
+                && Store::store(&self.store.read, owner, id)
+                    .await?
+                    .is_some_and(|s| s.active);
+            if !active {
+                return Err(IdentityError::invalid(
+                    "store",
+                    "no active store of this credential's partner by that name",
+                ));
+            }
+        }
+        let ttl: Duration = self.tokens.auth.token_ttl;
+        let token = signer
+            .mint(
+                &self.tokens.auth,
+                &TokenRequest {
+                    partner_id: row.partner_id.clone(),
+                    operator: partner.kind == PartnerKind::Operator.as_str(),
+                    store: store.map(|_| r.store.clone()),
+                    scopes: scopes.iter().cloned().collect(),
+                    ttl,
+                },
+            )
+            .map_err(|e| IdentityError::Internal(format!("signing a token: {e}")))?;
+        let expires = now() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        Ok(pb::IssueTokenResponse {
+            access_token: token,
+            token_type: "Bearer".into(),
+            expire_time: convert::timestamp(expires),
+            scopes: scopes.into_iter().collect(),
+        })
+    }
+}
+
+/// A well-formed hash no secret produces in practice, compared against for unknown client ids.
+const UNKNOWN_CLIENT_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The partner in `parent`, when the caller is that partner or the operator; NOT_FOUND otherwise.
+fn owned_partner(who: &Principal, parent: &str) -> Result<String, IdentityError> {
+    let partner = parse_partner_name(parent).map_err(|e| IdentityError::invalid("parent", e))?;
+    if who.operator || who.partner_id == partner {
+        Ok(partner)
+    } else {
+        Err(IdentityError::NotFound("partner"))
+    }
+}
+
+/// The (partner, credential) in `name`, when the caller owns it or is the operator.
+fn owned_credential(who: &Principal, name: &str) -> Result<(String, String), IdentityError> {
+    let (partner, id) =
+        parse_credential_name(name).map_err(|e| IdentityError::invalid("name", e))?;
+    if who.operator || who.partner_id == partner {
+        Ok((partner, id))
+    } else {
+        Err(IdentityError::NotFound("credential"))
+    }
+}
+
+/// The scopes a new credential may carry: known ones, and for a partner only scopes its own
+/// token holds, so a credential never escalates what its creator could do.
+fn credential_scopes(
+    who: &Principal,
+    scopes: &[String],
+) -> Result<BTreeSet<String>, IdentityError> {
+    let mut v = Violations::default();
+    if scopes.is_empty() {
+        v.add("scopes", "at least one scope");
+    }
+    for (i, scope) in scopes.iter().enumerate() {
+        if !ALL_SCOPES.contains(&scope.as_str()) {
+            v.add(
+                format!("scopes[{i}]"),
+                format!("unknown scope; one of {}", ALL_SCOPES.join(", ")),
+            );
+        }
+    }
+    v.finish()?;
+    if !who.operator && scopes.iter().any(|s| !who.has_scope(s)) {
+        return Err(IdentityError::Denied(
+            "SCOPE_ESCALATION",
+            "a credential cannot carry a scope the caller's own token lacks",
+        ));
+    }
+    Ok(scopes.iter().cloned().collect())
+}

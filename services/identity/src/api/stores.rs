@@ -1,0 +1,202 @@
+//! A partner's stores (PartnerService's store calls) and partner updates. A partner manages
+//! only its own stores; any other partner's store is NOT_FOUND.
+
+use lianyu_kit::{Principal, mask, page::Page};
+use lianyu_proto::identity::v1 as pb;
+
+use super::{Api, convert};
+use crate::{
+    domain::{
+        IdentityError, Violations,
+        partner::{parse_partner_name, parse_store_name, partner_id},
+        text,
+    },
+    store::{Store, entities::store, now},
+};
+
+impl Api {
+    pub(super) async fn create_store_call(
+        &self,
+        who: &Principal,
+        r: &pb::CreateStoreRequest,
+    ) -> Result<pb::Store, tonic::Status> {
+        let partner = own_parent(who, &r.parent).map_err(super::status)?;
+        let row = new_store(&partner, r).map_err(super::status)?;
+        self.mutate(who, "CreateStore", &r.request_id, r, async |txn| {
+            Ok(convert::store(&Store::insert_store(txn, row).await?))
+        })
+        .await
+    }
+
+    pub(super) async fn get_store_call(
+        &self,
+        who: &Principal,
+        name: &str,
+    ) -> Result<pb::Store, IdentityError> {
+        let (partner, id) = own_store(who, name)?;
+        Store::store(&self.store.read, &partner, &id)
+            .await?
+            .map(|s| convert::store(&s))
+            .ok_or(IdentityError::NotFound("store"))
+    }
+
+    pub(super) async fn list_stores_call(
+        &self,
+        who: &Principal,
+        r: &pb::ListStoresRequest,
+    ) -> Result<pb::ListStoresResponse, IdentityError> {
+        let partner = own_parent(who, &r.parent)?;
+        let page = Page::parse(r.page_size, &r.page_token, &[&partner])?;
+        let rows = self.store.list_stores(&partner, &page).await?;
+        let (rows, next_page_token) = page.finish(rows, |s| s.id.clone());
+        Ok(pb::ListStoresResponse {
+            stores: rows.iter().map(convert::store).collect(),
+            next_page_token,
+        })
+    }
+
+    pub(super) async fn update_store_call(
+        &self,
+        who: &Principal,
+        r: &pb::UpdateStoreRequest,
+    ) -> Result<pb::Store, tonic::Status> {
+        let given = r.store.clone().unwrap_or_default();
+        let (partner, id) = own_store(who, &given.name).map_err(super::status)?;
+        let paths = mask::paths(r.update_mask.as_ref(), &["display_name", "city", "active"])
+            .map_err(|e| super::status(e.into()))?;
+        let mut v = Violations::default();
+        let display_name = paths
+            .contains("display_name")
+            .then(|| v.check("store.display_name", text(&given.display_name, true, 100)))
+            .flatten();
+        let city = paths
+            .contains("city")
+            .then(|| v.check("store.city", text(&given.city, false, 64)))
+            .flatten();
+        v.finish().map_err(super::status)?;
+        self.mutate(who, "UpdateStore", &r.request_id, r, async |txn| {
+            let mut row = Store::store(txn, &partner, &id)
+                .await?
+                .ok_or(IdentityError::NotFound("store"))?;
+            if let Some(name) = display_name {
+                row.display_name = name;
+            }
+            if let Some(city) = city {
+                row.city = city;
+            }
+            if paths.contains("active") {
+                row.active = given.active;
+            }
+            row.updated_at = now();
+            Ok(convert::store(&Store::save_store(txn, row).await?))
+        })
+        .await
+    }
+
+    pub(super) async fn update_partner_call(
+        &self,
+        who: &Principal,
+        r: &pb::UpdatePartnerRequest,
+    ) -> Result<pb::Partner, tonic::Status> {
+        let given = r.partner.clone().unwrap_or_default();
+        let id = parse_partner_name(&given.name)
+            .map_err(|e| super::status(IdentityError::invalid("partner.name", e)))?;
+        if !(who.operator || who.partner_id == id) {
+            return Err(super::status(IdentityError::NotFound("partner")));
+        }
+        let paths = mask::paths(
+            r.update_mask.as_ref(),
+            &["display_name", "privacy_contact", "status"],
+        )
+        .map_err(|e| super::status(e.into()))?;
+        let mut v = Violations::default();
+        let display_name = paths
+            .contains("display_name")
+            .then(|| v.check("partner.display_name", text(&given.display_name, true, 100)))
+            .flatten();
+        let contact = paths
+            .contains("privacy_contact")
+            .then(|| {
+                v.check(
+                    "partner.privacy_contact",
+                    text(&given.privacy_contact, true, 200),
+                )
+            })
+            .flatten();
+        let new_status = if paths.contains("status") {
+            match pb::PartnerStatus::try_from(given.status) {
+                Ok(pb::PartnerStatus::Active) => Some("active"),
+                Ok(pb::PartnerStatus::Suspended) => Some("suspended"),
+                _ => {
+                    v.add("partner.status", "ACTIVE or SUSPENDED");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        v.finish().map_err(super::status)?;
+        if new_status.is_some() && !who.operator {
+            return Err(super::status(IdentityError::Denied(
+                "OPERATOR_ONLY",
+                "only the mesh operator suspends or reinstates a partner",
+            )));
+        }
+        self.mutate(who, "UpdatePartner", &r.request_id, r, async |txn| {
+            let mut row = Store::partner(txn, &id)
+                .await?
+                .ok_or(IdentityError::NotFound("partner"))?;
+            if let Some(name) = display_name {
+                row.display_name = name;
+            }
+            if let Some(contact) = contact {
+                row.privacy_contact = contact;
+            }
+            if let Some(s) = new_status {
+                row.status = s.to_owned();
+            }
+            row.updated_at = now();
+            Ok(convert::partner(&Store::save_partner(txn, row).await?))
+        })
+        .await
+    }
+}
+
+/// The partner in `parent` when it is the caller; NOT_FOUND otherwise (a partner manages only
+/// its own stores).
+fn own_parent(who: &Principal, parent: &str) -> Result<String, IdentityError> {
+    let partner = parse_partner_name(parent).map_err(|e| IdentityError::invalid("parent", e))?;
+    if who.partner_id == partner {
+        Ok(partner)
+    } else {
+        Err(IdentityError::NotFound("partner"))
+    }
+}
+
+fn own_store(who: &Principal, name: &str) -> Result<(String, String), IdentityError> {
+    let (partner, id) = parse_store_name(name).map_err(|e| IdentityError::invalid("name", e))?;
+    if who.partner_id == partner {
+        Ok((partner, id))
+    } else {
+        Err(IdentityError::NotFound("store"))
+    }
+}
+
+fn new_store(partner: &str, r: &pb::CreateStoreRequest) -> Result<store::Model, IdentityError> {
+    let mut v = Violations::default();
+    let id = v.check("store_id", partner_id(&r.store_id));
+    let s = r.store.clone().unwrap_or_default();
+    let display_name = v.check("store.display_name", text(&s.display_name, true, 100));
+    let city = v.check("store.city", text(&s.city, false, 64));
+    v.finish()?;
+    let at = now();
+    Ok(store::Model {
+        partner_id: partner.to_owned(),
+        id: id.unwrap_or_default(),
+        display_name: display_name.unwrap_or_default(),
+        city: city.unwrap_or_default(),
+        active: true,
+        created_at: at,
+        updated_at: at,
+    })
+}

@@ -1,0 +1,87 @@
+//! Credentials. Only keyed hashes of secrets are stored.
+
+use lianyu_kit::{page::Page, storage::StorageError};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::{Store, entities::credential};
+use crate::domain::IdentityError;
+
+impl Store {
+    pub(crate) async fn insert_credential(
+        txn: &impl ConnectionTrait,
+        row: credential::Model,
+    ) -> Result<credential::Model, IdentityError> {
+        Ok(row
+            .into_active_model()
+            .insert(txn)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
+    /// `partner`'s credential `id`; another partner's is not found.
+    pub(crate) async fn credential(
+        conn: &impl ConnectionTrait,
+        partner: &str,
+        id: &str,
+    ) -> Result<Option<credential::Model>, IdentityError> {
+        Ok(credential::Entity::find_by_id(id.to_owned())
+            .filter(credential::Column::PartnerId.eq(partner))
+            .one(conn)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
+    pub(crate) async fn credential_by_client_id(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<credential::Model>, IdentityError> {
+        Ok(credential::Entity::find()
+            .filter(credential::Column::ClientId.eq(client_id))
+            .one(&self.read)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
+    pub(crate) async fn active_credentials(
+        conn: &impl ConnectionTrait,
+        partner: &str,
+    ) -> Result<u64, IdentityError> {
+        Ok(credential::Entity::find()
+            .filter(credential::Column::PartnerId.eq(partner))
+            .filter(credential::Column::RevokedAt.is_null())
+            .count(conn)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
+    pub(crate) async fn save_credential(
+        txn: &impl ConnectionTrait,
+        row: credential::Model,
+    ) -> Result<credential::Model, IdentityError> {
+        Ok(row
+            .into_active_model()
+            .reset_all()
+            .update(txn)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
+    /// One page of `partner`'s credentials, by id (ids are time-ordered).
+    pub(crate) async fn list_credentials(
+        &self,
+        partner: &str,
+        page: &Page,
+    ) -> Result<Vec<credential::Model>, IdentityError> {
+        let mut query = credential::Entity::find()
+            .filter(credential::Column::PartnerId.eq(partner))
+            .order_by_asc(credential::Column::Id)
+            .limit(page.size + 1);
+        if let Some(after) = &page.after {
+            query = query.filter(credential::Column::Id.gt(after.clone()));
+        }
+        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
+    }
+}

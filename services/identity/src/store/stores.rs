@@ -1,0 +1,70 @@
+//! A partner's stores. Every finder takes the owning partner: another partner's store is
+//! simply not found.
+
+use lianyu_kit::{page::Page, storage::StorageError};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use super::{Store, entities::store};
+use crate::domain::IdentityError;
+
+impl Store {
+    pub(crate) async fn insert_store(
+        txn: &impl ConnectionTrait,
+        row: store::Model,
+    ) -> Result<store::Model, IdentityError> {
+        match row.into_active_model().insert(txn).await {
+            Ok(model) => Ok(model),
+            Err(e) => match StorageError::from(e) {
+                StorageError::AlreadyExists => Err(IdentityError::Exists(
+                    "STORE_EXISTS",
+                    "the partner has a store with this id",
+                )),
+                other => Err(other.into()),
+            },
+        }
+    }
+
+    pub(crate) async fn store(
+        conn: &impl ConnectionTrait,
+        partner: &str,
+        id: &str,
+    ) -> Result<Option<store::Model>, IdentityError> {
+        Ok(
+            store::Entity::find_by_id((partner.to_owned(), id.to_owned()))
+                .one(conn)
+                .await
+                .map_err(StorageError::from)?,
+        )
+    }
+
+    pub(crate) async fn save_store(
+        txn: &impl ConnectionTrait,
+        row: store::Model,
+    ) -> Result<store::Model, IdentityError> {
+        Ok(row
+            .into_active_model()
+            .reset_all()
+            .update(txn)
+            .await
+            .map_err(StorageError::from)?)
+    }
+
+    /// One page of `partner`'s stores, by id.
+    pub(crate) async fn list_stores(
+        &self,
+        partner: &str,
+        page: &Page,
+    ) -> Result<Vec<store::Model>, IdentityError> {
+        let mut query = store::Entity::find()
+            .filter(store::Column::PartnerId.eq(partner))
+            .order_by_asc(store::Column::Id)
+            .limit(page.size + 1);
+        if let Some(after) = &page.after {
+            query = query.filter(store::Column::Id.gt(after.clone()));
+        }
+        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
+    }
+}
