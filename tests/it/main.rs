@@ -4,3 +4,4 @@
 
 mod discovery;
 mod edge;
+mod keys;

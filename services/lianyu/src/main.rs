@@ -29,6 +29,9 @@ enum Command {
     Token(TokenArgs),
     /// Measure a scenario (or all of them, beside the baseline).
     Bench(BenchArgs),
+    /// Generate an Ed25519 token-signing key: the seed for identity's `LIANYU_SIGNING_KEY`
+    /// and the `kid=public-key` pair to keep trusting it (`LIANYU_TOKEN_KEYS`) after a rotation.
+    Keygen,
 }
 
 #[derive(Args)]
@@ -100,12 +103,26 @@ struct TokenArgs {
     data_dir: Option<PathBuf>,
 }
 
+fn keygen() {
+    let key = Signer::generate();
+    let trusted = key.trusted_key();
+    println!("LIANYU_SIGNING_KEY={}", key.seed());
+    println!(
+        "LIANYU_TOKEN_KEYS={}={}",
+        trusted.key_id, trusted.public_key
+    );
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Up(args) => up(args).await,
         Command::Token(args) => token(args),
         Command::Bench(args) => bench(args).await,
+        Command::Keygen => {
+            keygen();
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -166,15 +183,24 @@ fn print_banner(config: &Config, address: SocketAddr, names: &[&str]) {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let mut config = Config::from_env()?;
-    if config.mode != Mode::Local {
-        bail!(
-            "token minting uses the dev signing key and works only in local mode (LIANYU_MODE=local)"
-        );
-    }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    let key = Signer::load(&config.data_dir)?;
+    // Production has no dev key. With identity's own signing key in the environment an
+    // operator can still mint a short-lived token once, to create the first credentials.
+    let key = match (&config.auth.signing_key, config.mode) {
+        (Some(seed), _) => {
+            if config.mode == Mode::Production && args.ttl > Duration::from_secs(3600) {
+                bail!("with the production signing key a token lives at most 1h (--ttl 1h)");
+            }
+            Signer::from_seed(seed.expose())?
+        }
+        (None, Mode::Local) => Signer::load(&config.data_dir)?,
+        (None, Mode::Production) => bail!(
+            "token minting uses the dev signing key and works only in local mode \
+             (LIANYU_MODE=local), or with identity's LIANYU_SIGNING_KEY for a bootstrap token"
+        ),
+    };
     let partner_id = match (args.operator, args.partner) {
         (true, _) => "operator".to_owned(),
         (false, Some(id)) if !id.trim().is_empty() => id,

@@ -155,3 +155,64 @@ async fn wait(child: &mut std::process::Child, limit: Duration) -> std::process:
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn keygen_prints_a_signing_key_and_the_pair_that_trusts_it() {
+    let out = Command::new(BIN).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let vars: std::collections::HashMap<&str, &str> = stdout
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    let seed = vars["LIANYU_SIGNING_KEY"];
+    let trusted = lianyu_kit::auth::Signer::from_seed(seed)
+        .unwrap()
+        .trusted_key();
+    assert_eq!(
+        vars["LIANYU_TOKEN_KEYS"],
+        format!("{}={}", trusted.key_id, trusted.public_key)
+    );
+    // Both lines are accepted as production configuration.
+    let config = lianyu_kit::Config::from_vars(|name| match name {
+        "LIANYU_MODE" => Some("production".into()),
+        "DATABASE_URL" => Some("postgres://db/mesh".into()),
+        other => vars.get(other).map(|v| (*v).to_owned()),
+    })
+    .unwrap();
+    assert_eq!(config.auth.trusted_keys[0].key_id, trusted.key_id);
+}
+
+#[test]
+fn token_mints_a_short_bootstrap_token_with_the_production_signing_key() {
+    let key = lianyu_kit::auth::Signer::generate();
+    let run = |ttl: &str| {
+        Command::new(BIN)
+            .args(["token", "--operator", "--ttl", ttl])
+            .env("LIANYU_MODE", "production")
+            .env("LIANYU_SIGNING_KEY", key.seed())
+            .env("DATABASE_URL", "postgres://db/mesh")
+            .output()
+            .unwrap()
+    };
+    let out = run("15m");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let config = lianyu_kit::Config::from_vars(|name| match name {
+        "LIANYU_TOKEN_KEYS" => {
+            let k = key.trusted_key();
+            Some(format!("{}={}", k.key_id, k.public_key))
+        }
+        _ => None,
+    })
+    .unwrap();
+    let verifier = lianyu_kit::auth::TokenVerifier::new(&config.auth).unwrap();
+    assert!(verifier.verify(token.trim()).unwrap().operator);
+    let out = run("12h");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 1h"));
+}

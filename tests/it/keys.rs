@@ -1,0 +1,230 @@
+//! Services verify tokens with the keys identity publishes: a service that trusts no key of
+//! its own accepts identity's tokens, follows a signing-key rotation, and drops a retired key.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use lianyu_kit::{
+    Config,
+    auth::{Signer, TokenRequest},
+    config::Secret,
+    testing::{TestDatabase, all_rpcs, call_empty, partner_token},
+};
+use lianyu_proto::{
+    common::v1::PartnerKind,
+    identity::v1::{
+        self as pb, auth_service_client::AuthServiceClient,
+        partner_service_client::PartnerServiceClient,
+    },
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Request, transport::Channel};
+
+/// Identity alone on `address`, signing with `signer` and still trusting `previous`.
+struct IdentityProcess {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl IdentityProcess {
+    async fn start(
+        config: &Config,
+        address: SocketAddr,
+        signer: &Signer,
+        previous: &[&Signer],
+    ) -> Self {
+        let mut config = config.clone();
+        config.auth.signing_key = Some(Secret::new(signer.seed()));
+        config.auth.trusted_keys = previous.iter().map(|k| k.trusted_key()).collect();
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            lianyu_identity::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A brand-a credential, created with the local dev key's token.
+async fn credential(channel: Channel, config: &Config) -> (String, String) {
+    let mint =
+        |request: TokenRequest| lianyu_kit::testing::mint(&config.data_dir, &config.auth, &request);
+    let operator = mint(TokenRequest {
+        operator: true,
+        ..partner_token("operator")
+    });
+    PartnerServiceClient::new(channel.clone())
+        .create_partner(bearer(
+            pb::CreatePartnerRequest {
+                request_id: "brand-a".into(),
+                partner_id: "brand-a".into(),
+                partner: Some(pb::Partner {
+                    kind: PartnerKind::Brand as i32,
+                    display_name: "Brand A".into(),
+                    privacy_contact: "privacy@brand-a.example".into(),
+                    ..Default::default()
+                }),
+            },
+            &operator,
+        ))
+        .await
+        .unwrap();
+    let created = AuthServiceClient::new(channel)
+        .create_credential(bearer(
+            pb::CreateCredentialRequest {
+                request_id: "cred".into(),
+                parent: "partners/brand-a".into(),
+                scopes: vec!["entitlements.read".into(), "entitlements.write".into()],
+            },
+            &mint(partner_token("brand-a")),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (created.credential.unwrap().client_id, created.client_secret)
+}
+
+async fn issue(address: &str, (client_id, secret): &(String, String)) -> String {
+    let channel = lianyu_kit::testing::connect(address).await;
+    AuthServiceClient::new(channel)
+        .issue_token(pb::IssueTokenRequest {
+            client_id: client_id.clone(),
+            client_secret: secret.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token
+}
+
+/// The code an entitlements call with `token` ends with, once it stops changing to `want`
+/// (keys are read in the background), or the last code after ten seconds.
+async fn settles_to(channel: &Channel, token: &str, want: Code) -> Code {
+    let rpc = all_rpcs()
+        .into_iter()
+        .find(|r| r.path.starts_with("/lianyu.entitlements.") && !r.server_streaming)
+        .unwrap();
+    let mut code = Code::Unknown;
+    for _ in 0..100 {
+        code = call_empty(channel.clone(), &rpc, Some(token)).await.code();
+        if code == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    code
+}
+
+#[tokio::test]
+async fn services_verify_with_identitys_published_keys_through_a_rotation() {
+    let data = tempfile::tempdir().unwrap();
+    let identity_db = TestDatabase::new("keys_identity").await;
+    let entitlements_db = TestDatabase::new("keys_entitlements").await;
+    let mut identity_config = Config::local(data.path().join("identity"));
+    identity_config.set_database_url("identity", identity_db.url.clone());
+
+    let address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let identity_url = format!("http://{address}");
+    let (key_a, key_b) = (Signer::generate(), Signer::generate());
+    let identity = IdentityProcess::start(&identity_config, address, &key_a, &[]).await;
+    let channel = lianyu_kit::testing::connect(&identity_url).await;
+    let client = credential(channel, &identity_config).await;
+    let token_a = issue(&identity_url, &client).await;
+
+    // Entitlements in production mode: no dev key, no configured key, only identity's.
+    let vars: HashMap<&str, String> = [
+        ("LIANYU_MODE", "production".to_owned()),
+        ("DATABASE_URL", entitlements_db.url.clone()),
+        ("LIANYU_IDENTITY_URL", identity_url.clone()),
+        ("LIANYU_KEY_REFRESH_INTERVAL", "1s".to_owned()),
+        (
+            "LIANYU_DATA_DIR",
+            data.path().join("entitlements").display().to_string(),
+        ),
+    ]
+    .into();
+    let config = Config::from_vars(|name| vars.get(name).cloned()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let entitlements_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(lianyu_entitlements::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    let entitlements = lianyu_kit::testing::connect(&entitlements_url).await;
+
+    // Admitted (the RPC itself is not built yet), where a stranger's token is refused.
+    let stranger = Signer::generate()
+        .mint(&identity_config.auth, &partner_token("brand-a"))
+        .unwrap();
+    assert_eq!(
+        settles_to(&entitlements, &token_a, Code::Unimplemented).await,
+        Code::Unimplemented
+    );
+    // Keys are loaded now (token A passed), so one call is a fair test of the stranger's.
+    assert_eq!(
+        settles_to(&entitlements, &stranger, Code::Unauthenticated).await,
+        Code::Unauthenticated
+    );
+
+    // Rotation: identity signs with B and still publishes A until A's tokens expire.
+    identity.stop().await;
+    let identity = IdentityProcess::start(&identity_config, address, &key_b, &[&key_a]).await;
+    let token_b = issue(&identity_url, &client).await;
+    assert_ne!(
+        jsonwebtoken_kid(&token_a),
+        jsonwebtoken_kid(&token_b),
+        "a new key has a new id"
+    );
+    assert_eq!(
+        settles_to(&entitlements, &token_b, Code::Unimplemented).await,
+        Code::Unimplemented
+    );
+    assert_eq!(
+        settles_to(&entitlements, &token_a, Code::Unimplemented).await,
+        Code::Unimplemented
+    );
+
+    // A retired key stops working once identity no longer publishes it.
+    identity.stop().await;
+    let _identity = IdentityProcess::start(&identity_config, address, &key_b, &[]).await;
+    assert_eq!(
+        settles_to(&entitlements, &token_a, Code::Unauthenticated).await,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        settles_to(&entitlements, &token_b, Code::Unimplemented).await,
+        Code::Unimplemented
+    );
+}
+
+/// The key id in a token's header.
+fn jsonwebtoken_kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    value["kid"].as_str().unwrap().to_owned()
+}
