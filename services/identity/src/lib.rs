@@ -25,15 +25,20 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
     let secrets = Arc::new(Secrets::from_master(&master_key(&ctx.config)?));
     let feed = Feed::new(db.clone(), ctx.stopping.clone());
     let alliances = store::alliances::AllianceCache::default();
+    let store = store::Store {
+        db,
+        read,
+        secrets,
+        feed,
+        alliances,
+    };
+    tokio::spawn(store::sweep::expire_consents(
+        store.clone(),
+        ctx.stopping.clone(),
+    ));
     api::register(
         mount,
-        store::Store {
-            db,
-            read,
-            secrets,
-            feed,
-            alliances,
-        },
+        store,
         api::Tokens {
             signer: ctx.signer.clone(),
             auth: ctx.config.auth.clone(),

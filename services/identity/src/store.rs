@@ -10,6 +10,7 @@ mod members;
 mod migration;
 mod partners;
 mod stores;
+pub(crate) mod sweep;
 
 use std::sync::Arc;
 

@@ -191,8 +191,12 @@ impl ConsentService for Api {
             }
             let kind = match e.kind.as_str() {
                 "granted" => pb::ConsentEventKind::Granted,
+                "withdrawn" => pb::ConsentEventKind::Withdrawn,
+                "expired" => pb::ConsentEventKind::Expired,
+                "stale" => pb::ConsentEventKind::Stale,
                 "erased" => pb::ConsentEventKind::MemberErased,
-                _ => pb::ConsentEventKind::Withdrawn,
+                "merged" => pb::ConsentEventKind::MembersMerged,
+                _ => return None,
             };
             Some(pb::WatchConsentEventsResponse {
                 cursor: Some(FeedCursor {

@@ -9,10 +9,13 @@ use super::{Api, caller, convert, status};
 use crate::{
     domain::{
         IdentityError, Violations,
-        partner::{Alliance, AllianceStatus, PartnerKind, parse_partner_name, partner_id},
+        consent::Purpose,
+        partner::{
+            Alliance, AllianceStatus, Amendment, PartnerKind, parse_partner_name, partner_id,
+        },
         text,
     },
-    store::{Store, entities::partner, now},
+    store::{Store, consents::Lapse, entities::partner, now},
 };
 
 #[tonic::async_trait]
@@ -146,6 +149,24 @@ impl PartnerService for Api {
         Ok(Response::new(out))
     }
 
+    async fn update_alliance(
+        &self,
+        request: Request<pb::UpdateAllianceRequest>,
+    ) -> Result<Response<pb::Alliance>, Status> {
+        let who = caller(&request)?;
+        let out = self.update_alliance_call(&who, request.get_ref()).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn end_alliance(
+        &self,
+        request: Request<pb::EndAllianceRequest>,
+    ) -> Result<Response<pb::Alliance>, Status> {
+        let who = caller(&request)?;
+        let out = self.end_alliance_call(&who, request.get_ref()).await?;
+        Ok(Response::new(out))
+    }
+
     async fn create_alliance(
         &self,
         request: Request<pb::CreateAllianceRequest>,
@@ -238,6 +259,122 @@ impl PartnerService for Api {
 }
 
 impl Api {
+    /// UpdateAlliance: a member partner changes the alliance. New terms make consents given
+    /// under the old ones stale (each grantee hears of it on its feed) and need every partner's
+    /// acceptance again.
+    async fn update_alliance_call(
+        &self,
+        who: &lianyu_kit::Principal,
+        r: &pb::UpdateAllianceRequest,
+    ) -> Result<pb::Alliance, Status> {
+        let given = r.alliance.clone().unwrap_or_default();
+        let paths = lianyu_kit::mask::paths(
+            r.update_mask.as_ref(),
+            &[
+                "display_name",
+                "allowed_purposes",
+                "data_categories",
+                "processing_method",
+                "valid_until",
+            ],
+        )
+        .map_err(|e| status(e.into()))?;
+        let current = self
+            .member_alliance(&who.partner_id, &given.name)
+            .await
+            .map_err(status)?;
+        let mut v = Violations::default();
+        let change = Amendment {
+            display_name: paths
+                .contains("display_name")
+                .then(|| {
+                    v.check(
+                        "alliance.display_name",
+                        text(&given.display_name, true, 100),
+                    )
+                })
+                .flatten(),
+            purposes: paths
+                .contains("allowed_purposes")
+                .then(|| purposes(&mut v, &given.allowed_purposes)),
+            data_categories: paths
+                .contains("data_categories")
+                .then(|| categories(&mut v, &given.data_categories)),
+            processing_method: paths
+                .contains("processing_method")
+                .then(|| {
+                    v.check(
+                        "alliance.processing_method",
+                        text(&given.processing_method, true, 500),
+                    )
+                })
+                .flatten(),
+            valid_until: paths
+                .contains("valid_until")
+                .then(|| valid_until(&mut v, given.valid_until.as_ref(), current.valid_from))
+                .flatten(),
+        };
+        v.finish().map_err(status)?;
+        let out = self
+            .mutate(who, "UpdateAlliance", &r.request_id, r, async |txn| {
+                // Read again inside the transaction: a concurrent acceptance is not lost.
+                let mut alliance = Store::alliance(txn, &current.id)
+                    .await?
+                    .ok_or(IdentityError::NotFound("alliance"))?;
+                let new_terms = alliance.amend(&who.partner_id, change).map_err(|reason| {
+                    IdentityError::Precondition(reason, "the alliance has ended".into())
+                })?;
+                Store::save_alliance_state(txn, &alliance).await?;
+                if new_terms {
+                    let stale = Store::lapse_alliance_consents(
+                        txn,
+                        &alliance.id,
+                        alliance.terms_version,
+                        Lapse::Stale,
+                    )
+                    .await?;
+                    tracing::info!(alliance = %alliance.id, terms_version = alliance.terms_version, stale, "alliance terms changed");
+                }
+                Ok(convert::alliance(&alliance))
+            })
+            .await?;
+        self.store.alliances.forget();
+        Ok(out)
+    }
+
+    /// EndAlliance: any member partner ends it; every consent under it expires at once.
+    async fn end_alliance_call(
+        &self,
+        who: &lianyu_kit::Principal,
+        r: &pb::EndAllianceRequest,
+    ) -> Result<pb::Alliance, Status> {
+        let current = self
+            .member_alliance(&who.partner_id, &r.name)
+            .await
+            .map_err(status)?;
+        let out = self
+            .mutate(who, "EndAlliance", &r.request_id, r, async |txn| {
+                let mut alliance = Store::alliance(txn, &current.id)
+                    .await?
+                    .ok_or(IdentityError::NotFound("alliance"))?;
+                if alliance.end() {
+                    Store::save_alliance_state(txn, &alliance).await?;
+                    let expired = Store::lapse_alliance_consents(
+                        txn,
+                        &alliance.id,
+                        alliance.terms_version,
+                        Lapse::Expired,
+                    )
+                    .await?;
+                    tracing::info!(alliance = %alliance.id, expired, "alliance ended");
+                }
+                Ok(convert::alliance(&alliance))
+            })
+            .await?;
+        self.store.alliances.forget();
+        Ok(out)
+    }
+
     /// The alliance named `name`, if `partner` belongs to it; NOT_FOUND otherwise.
     async fn member_alliance(&self, partner: &str, name: &str) -> Result<Alliance, IdentityError> {
         let id = name
@@ -301,41 +438,14 @@ fn new_alliance(r: &pb::CreateAllianceRequest, proposer: &str) -> Result<Allianc
             "an alliance joins at least two partners",
         );
     }
-    let mut purposes = std::collections::BTreeSet::new();
-    for (i, p) in a.allowed_purposes.iter().enumerate() {
-        if let Some(p) = v.check(
-            format!("alliance.allowed_purposes[{i}]"),
-            convert::purpose(*p),
-        ) {
-            purposes.insert(p);
-        }
-    }
-    if a.allowed_purposes.is_empty() {
-        v.add("alliance.allowed_purposes", "at least one purpose");
-    }
-    if a.data_categories.len() > 20 {
-        v.add("alliance.data_categories", "at most 20 categories");
-    }
-    let categories: Vec<String> = a
-        .data_categories
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| v.check(format!("alliance.data_categories[{i}]"), text(c, true, 64)))
-        .collect();
+    let purposes = purposes(&mut v, &a.allowed_purposes);
+    let categories = categories(&mut v, &a.data_categories);
     let method = v.check(
         "alliance.processing_method",
         text(&a.processing_method, true, 500),
     );
     let valid_from = a.valid_from.as_ref().map_or_else(now, convert::millis);
-    let valid_until = a.valid_until.as_ref().map(convert::millis);
-    match valid_until {
-        None => v.add("alliance.valid_until", "required"),
-        Some(until) if until <= valid_from.max(now()) => v.add(
-            "alliance.valid_until",
-            "must be in the future and after valid_from",
-        ),
-        Some(_) => {}
-    }
+    let valid_until = valid_until(&mut v, a.valid_until.as_ref(), valid_from);
     v.finish()?;
     Ok(Alliance {
         id: uuid::Uuid::now_v7().simple().to_string(),
@@ -350,4 +460,53 @@ fn new_alliance(r: &pb::CreateAllianceRequest, proposer: &str) -> Result<Allianc
         status: AllianceStatus::Proposed,
         terms_version: 1,
     })
+}
+
+fn purposes(v: &mut Violations, given: &[i32]) -> std::collections::BTreeSet<Purpose> {
+    if given.is_empty() {
+        v.add("alliance.allowed_purposes", "at least one purpose");
+    }
+    given
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            v.check(
+                format!("alliance.allowed_purposes[{i}]"),
+                convert::purpose(*p),
+            )
+        })
+        .collect()
+}
+
+fn categories(v: &mut Violations, given: &[String]) -> Vec<String> {
+    if given.len() > 20 {
+        v.add("alliance.data_categories", "at most 20 categories");
+    }
+    given
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| v.check(format!("alliance.data_categories[{i}]"), text(c, true, 64)))
+        .collect()
+}
+
+/// The end of an alliance's window: required, in the future, after `valid_from`.
+fn valid_until(
+    v: &mut Violations,
+    given: Option<&prost_types::Timestamp>,
+    valid_from: i64,
+) -> Option<i64> {
+    match given.map(convert::millis) {
+        None => {
+            v.add("alliance.valid_until", "required");
+            None
+        }
+        Some(until) if until <= valid_from.max(now()) => {
+            v.add(
+                "alliance.valid_until",
+                "must be in the future and after valid_from",
+            );
+            None
+        }
+        Some(until) => Some(until),
+    }
 }

@@ -98,6 +98,16 @@ impl AllianceStatus {
     }
 }
 
+/// The fields an `UpdateAlliance` names; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct Amendment {
+    pub display_name: Option<String>,
+    pub purposes: Option<BTreeSet<Purpose>>,
+    pub data_categories: Option<Vec<String>>,
+    pub processing_method: Option<String>,
+    pub valid_until: Option<i64>,
+}
+
 /// A joint domain between partners.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alliance {
@@ -131,6 +141,57 @@ impl Alliance {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Applies an update by member partner `by`. A change to what a member is told on a
+    /// receipt (purposes, data categories, processing method) is a change of terms: the terms
+    /// version increases, so consents given under the old terms turn stale, and the other
+    /// partners must accept the new terms before the alliance is active again. Returns whether
+    /// the terms changed.
+    pub fn amend(&mut self, by: &str, change: Amendment) -> Result<bool, &'static str> {
+        if self.status == AllianceStatus::Ended {
+            return Err("ALLIANCE_ENDED");
+        }
+        if let Some(name) = change.display_name {
+            self.display_name = name;
+        }
+        if let Some(until) = change.valid_until {
+            self.valid_until = until;
+        }
+        let mut terms_changed = false;
+        if let Some(purposes) = change.purposes.filter(|p| *p != self.purposes) {
+            self.purposes = purposes;
+            terms_changed = true;
+        }
+        if let Some(categories) = change
+            .data_categories
+            .filter(|c| *c != self.data_categories)
+        {
+            self.data_categories = categories;
+            terms_changed = true;
+        }
+        if let Some(method) = change
+            .processing_method
+            .filter(|m| *m != self.processing_method)
+        {
+            self.processing_method = method;
+            terms_changed = true;
+        }
+        if terms_changed {
+            self.terms_version += 1;
+            self.accepted = [by.to_owned()].into();
+            if self.accepted != self.partners {
+                self.status = AllianceStatus::Proposed;
+            }
+        }
+        Ok(terms_changed)
+    }
+
+    /// Ends the alliance; nothing under it counts any more. Returns whether this call ended it.
+    pub fn end(&mut self) -> bool {
+        let ended = self.status != AllianceStatus::Ended;
+        self.status = AllianceStatus::Ended;
+        ended
     }
 
     /// Whether, at `now`, the alliance lets `a` and `b` share for `purpose`.
@@ -182,6 +243,53 @@ mod tests {
             !a.allows("brand", "other", Purpose::ShareProfile, 10),
             "not a member"
         );
+    }
+
+    #[test]
+    fn new_terms_make_a_new_version_that_every_partner_accepts_again() {
+        let mut a = proposed();
+        a.accept("mall").unwrap();
+        let renamed = a
+            .amend(
+                "mall",
+                Amendment {
+                    display_name: Some("Summer".into()),
+                    purposes: Some(a.purposes.clone()),
+                    ..Amendment::default()
+                },
+            )
+            .unwrap();
+        assert!(
+            !renamed,
+            "a new name or the same purposes are not new terms"
+        );
+        assert_eq!((a.terms_version, a.status), (1, AllianceStatus::Active));
+
+        let changed = a
+            .amend(
+                "mall",
+                Amendment {
+                    processing_method: Some("joint CRM and lookalike modelling".into()),
+                    ..Amendment::default()
+                },
+            )
+            .unwrap();
+        assert!(changed);
+        assert_eq!((a.terms_version, a.status), (2, AllianceStatus::Proposed));
+        assert!(!a.allows("brand", "mall", Purpose::ShareProfile, 10));
+        assert_eq!(
+            a.accept("brand"),
+            Ok(true),
+            "the other partner accepts again"
+        );
+
+        assert!(a.end());
+        assert!(!a.end(), "ending twice changes nothing");
+        assert_eq!(
+            a.amend("brand", Amendment::default()),
+            Err("ALLIANCE_ENDED")
+        );
+        assert!(!a.allows("brand", "mall", Purpose::ShareProfile, 10));
     }
 
     #[test]

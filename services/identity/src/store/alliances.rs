@@ -26,12 +26,7 @@ impl Store {
         alliance::ActiveModel {
             id: Set(a.id.clone()),
             display_name: Set(a.display_name.clone()),
-            purposes: Set(a
-                .purposes
-                .iter()
-                .map(|p| (*p as i32).to_string())
-                .collect::<Vec<_>>()
-                .join(",")),
+            purposes: Set(purposes_column(&a.purposes)),
             data_categories: Set(serde_json::to_string(&a.data_categories).unwrap_or_default()),
             processing_method: Set(a.processing_method.clone()),
             valid_from: Set(a.valid_from),
@@ -56,30 +51,37 @@ impl Store {
         Ok(())
     }
 
-    /// Saves a change of status and acceptances.
+    /// Saves an alliance's current state: terms, window, status and who has accepted.
     pub(crate) async fn save_alliance_state(
         txn: &impl ConnectionTrait,
         a: &Alliance,
     ) -> Result<(), IdentityError> {
-        alliance::Entity::update_many()
-            .col_expr(
-                alliance::Column::Status,
-                sea_orm::sea_query::Expr::value(a.status.as_str()),
-            )
-            .filter(alliance::Column::Id.eq(a.id.clone()))
-            .exec(txn)
-            .await
-            .map_err(StorageError::from)?;
-        alliance_partner::Entity::update_many()
-            .col_expr(
-                alliance_partner::Column::Accepted,
-                sea_orm::sea_query::Expr::value(true),
-            )
-            .filter(alliance_partner::Column::AllianceId.eq(a.id.clone()))
-            .filter(alliance_partner::Column::PartnerId.is_in(a.accepted.iter().cloned()))
-            .exec(txn)
-            .await
-            .map_err(StorageError::from)?;
+        alliance::ActiveModel {
+            id: sea_orm::ActiveValue::Unchanged(a.id.clone()),
+            display_name: Set(a.display_name.clone()),
+            purposes: Set(purposes_column(&a.purposes)),
+            data_categories: Set(serde_json::to_string(&a.data_categories).unwrap_or_default()),
+            processing_method: Set(a.processing_method.clone()),
+            valid_until: Set(a.valid_until),
+            status: Set(a.status.as_str().to_owned()),
+            terms_version: Set(a.terms_version),
+            ..Default::default()
+        }
+        .update(txn)
+        .await
+        .map_err(StorageError::from)?;
+        for partner in &a.partners {
+            alliance_partner::Entity::update_many()
+                .col_expr(
+                    alliance_partner::Column::Accepted,
+                    sea_orm::sea_query::Expr::value(a.accepted.contains(partner)),
+                )
+                .filter(alliance_partner::Column::AllianceId.eq(a.id.clone()))
+                .filter(alliance_partner::Column::PartnerId.eq(partner.clone()))
+                .exec(txn)
+                .await
+                .map_err(StorageError::from)?;
+        }
         Ok(())
     }
 
@@ -207,4 +209,12 @@ fn to_domain(row: alliance::Model, members: &[alliance_partner::Model]) -> Allia
         status: AllianceStatus::parse(&row.status).unwrap_or(AllianceStatus::Ended),
         terms_version: row.terms_version,
     }
+}
+
+fn purposes_column(purposes: &BTreeSet<Purpose>) -> String {
+    purposes
+        .iter()
+        .map(|p| (*p as i32).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -7,8 +7,10 @@ use lianyu_kit::{
     storage::StorageError,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    sea_query::OnConflict,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    sea_query::{Expr, OnConflict},
 };
 
 use super::{
@@ -115,22 +117,15 @@ impl Store {
             .await?
             .remove(c.member_id)
             .unwrap_or_default();
-        let event = ConsentEvent {
-            kind: status.to_owned(),
-            member,
-            collector: c.collector.to_owned(),
-            grantee: c.grantee.to_owned(),
-            purposes: c.purposes.iter().map(|p| *p as i32).collect(),
-            receipt_id: receipt_id.clone(),
-        };
-        let payload = serde_json::to_vec(&event).map_err(|e| StorageError::Other(e.to_string()))?;
-        let kind = format!("consent.{status}");
-        Feed::append(
+        append_event(
             txn,
-            NewEvent {
-                kind,
-                partner_id: Some(c.grantee.to_owned()),
-                payload,
+            ConsentEvent {
+                kind: status.to_owned(),
+                member,
+                collector: c.collector.to_owned(),
+                grantee: c.grantee.to_owned(),
+                purposes: c.purposes.iter().map(|p| *p as i32).collect(),
+                receipt_id: receipt_id.clone(),
             },
         )
         .await?;
@@ -260,6 +255,157 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Why consents stopped counting without the member saying so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lapse {
+    /// The alliance's terms changed; the member must consent again.
+    Stale,
+    /// The validity window ended, or the alliance did.
+    Expired,
+}
+
+impl Store {
+    /// Announces on each grantee's feed the consents under `alliance_id` that stopped counting:
+    /// with `Lapse::Stale` those given under terms older than `terms_version`; with
+    /// `Lapse::Expired` all of them, which are also marked expired. Returns how many.
+    pub(crate) async fn lapse_alliance_consents(
+        txn: &impl ConnectionTrait,
+        alliance_id: &str,
+        terms_version: i64,
+        lapse: Lapse,
+    ) -> Result<usize, IdentityError> {
+        let mut query = consent::Entity::find()
+            .filter(consent::Column::AllianceId.eq(alliance_id.to_owned()))
+            .filter(consent::Column::State.eq("granted"));
+        if lapse == Lapse::Stale {
+            query = query.filter(consent::Column::TermsVersion.lt(terms_version));
+        }
+        let rows = query.all(txn).await.map_err(StorageError::from)?;
+        if lapse == Lapse::Expired {
+            consent::Entity::update_many()
+                .col_expr(consent::Column::State, Expr::value("expired"))
+                .col_expr(consent::Column::UpdatedAt, Expr::value(now()))
+                .filter(consent::Column::AllianceId.eq(alliance_id.to_owned()))
+                .filter(consent::Column::State.eq("granted"))
+                .exec(txn)
+                .await
+                .map_err(StorageError::from)?;
+        }
+        announce(txn, &rows, lapse).await?;
+        Ok(rows.len())
+    }
+
+    /// Marks up to `limit` consents whose window has ended as expired and announces them.
+    /// Each row is claimed by a conditional update, so two replicas sweeping at once announce
+    /// every expiry exactly once. Returns how many expired.
+    pub(crate) async fn expire_due(
+        txn: &impl ConnectionTrait,
+        at: i64,
+        limit: u64,
+    ) -> Result<usize, IdentityError> {
+        use sea_orm::QuerySelect;
+        let due = consent::Entity::find()
+            .filter(consent::Column::State.eq("granted"))
+            .filter(consent::Column::ValidUntil.lte(at))
+            .limit(limit)
+            .all(txn)
+            .await
+            .map_err(StorageError::from)?;
+        let mut claimed = Vec::with_capacity(due.len());
+        for row in due {
+            let done = consent::Entity::update_many()
+                .col_expr(consent::Column::State, Expr::value("expired"))
+                .col_expr(consent::Column::UpdatedAt, Expr::value(at))
+                .filter(consent::Column::MemberId.eq(row.member_id.clone()))
+                .filter(consent::Column::Grantee.eq(row.grantee.clone()))
+                .filter(consent::Column::Purpose.eq(row.purpose))
+                .filter(consent::Column::Collector.eq(row.collector.clone()))
+                .filter(consent::Column::State.eq("granted"))
+                .filter(consent::Column::ValidUntil.lte(at))
+                .exec(txn)
+                .await
+                .map_err(StorageError::from)?;
+            if done.rows_affected == 1 {
+                claimed.push(row);
+            }
+        }
+        announce(txn, &claimed, Lapse::Expired).await?;
+        Ok(claimed.len())
+    }
+}
+
+/// One feed event per (member, grantee, collector, receipt), in the grantee's scoped id.
+async fn announce(
+    txn: &impl ConnectionTrait,
+    rows: &[consent::Model],
+    lapse: Lapse,
+) -> Result<(), IdentityError> {
+    let mut groups: BTreeMap<(&str, &str, &str, &str), Vec<i32>> = BTreeMap::new();
+    for row in rows {
+        groups
+            .entry((
+                &row.grantee,
+                &row.member_id,
+                &row.collector,
+                &row.receipt_id,
+            ))
+            .or_default()
+            .push(row.purpose);
+    }
+    let mut by_grantee: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (grantee, member, ..) in groups.keys() {
+        by_grantee
+            .entry(grantee)
+            .or_default()
+            .push((*member).to_owned());
+    }
+    let mut scoped = BTreeMap::new();
+    for (grantee, members) in by_grantee {
+        scoped.insert(grantee, Store::scoped_ids_of(txn, grantee, &members).await?);
+    }
+    for ((grantee, member, collector, receipt), purposes) in groups {
+        append_event(
+            txn,
+            ConsentEvent {
+                kind: match lapse {
+                    Lapse::Stale => "stale",
+                    Lapse::Expired => "expired",
+                }
+                .to_owned(),
+                member: scoped
+                    .get(grantee)
+                    .and_then(|ids| ids.get(member))
+                    .cloned()
+                    .unwrap_or_default(),
+                collector: collector.to_owned(),
+                grantee: grantee.to_owned(),
+                purposes,
+                receipt_id: receipt.to_owned(),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Appends a consent event to the grantee's feed.
+async fn append_event(
+    txn: &impl ConnectionTrait,
+    event: ConsentEvent,
+) -> Result<(), IdentityError> {
+    let payload = serde_json::to_vec(&event).map_err(|e| StorageError::Other(e.to_string()))?;
+    Feed::append(
+        txn,
+        NewEvent {
+            kind: format!("consent.{}", event.kind),
+            partner_id: Some(event.grantee.clone()),
+            payload,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// consents.member_id = scoped_ids.member_id, for the check query's join.

@@ -68,7 +68,7 @@ impl MigrationTrait for IdentityTables {
     }
 }
 
-/// Stores and credentials (issue 3, second slice).
+/// Stores, credentials, and the index the consent-expiry sweep reads.
 pub(crate) struct StoresAndCredentials;
 
 impl MigrationName for StoresAndCredentials {
@@ -100,6 +100,18 @@ impl MigrationTrait for StoresAndCredentials {
                     .await?;
             }
         }
+        // The expiry sweep's range query.
+        manager
+            .create_index(
+                Index::create()
+                    .name("consents_state_valid_until")
+                    .table(consent::Entity)
+                    .col(consent::Column::State)
+                    .col(consent::Column::ValidUntil)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 }

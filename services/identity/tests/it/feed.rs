@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::harness::{Identity, enroll, grant, phone};
 
-async fn next(
+pub(crate) async fn next(
     stream: &mut tonic::Streaming<pb::WatchConsentEventsResponse>,
 ) -> pb::WatchConsentEventsResponse {
     tokio::time::timeout(Duration::from_secs(5), stream.next())

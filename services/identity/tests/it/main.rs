@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test crate")]
 
+mod alliances;
 mod at_rest;
 mod credentials;
 mod erasure;

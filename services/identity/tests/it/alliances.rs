@@ -1,0 +1,330 @@
+//! Alliance updates and endings, and consents that lapse without the member's word: stale
+//! under new terms, expired when the alliance ends or the window closes. Each lapse reaches
+//! the grantee's feed.
+
+use std::time::Duration;
+
+use lianyu_proto::{common::v1::ConsentPurpose, identity::v1 as pb};
+use tonic::Code;
+
+use crate::{
+    feed::next,
+    harness::{As, Identity, details, enroll, grant, phone},
+};
+
+/// brand-a and mall-b hold one person; the brand collected SHARE_PROFILE for the mall.
+/// Returns the alliance's name, the brand's and the mall's ids, and the mall's feed.
+async fn shared(
+    identity: &Identity,
+    phone_number: &str,
+) -> (
+    String,
+    String,
+    String,
+    tonic::Streaming<pb::WatchConsentEventsResponse>,
+) {
+    let (mut brand, mut mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    let brand_id = brand
+        .enrolled(enroll("e", vec![phone(phone_number, true)], &[]))
+        .await;
+    let mall_id = mall
+        .enrolled(enroll("e", vec![phone(phone_number, true)], &[]))
+        .await;
+    let mut feed = mall
+        .consents
+        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
+        .await
+        .unwrap()
+        .into_inner();
+    brand
+        .consents
+        .grant_consent(grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut feed).await.kind,
+        pb::ConsentEventKind::Granted as i32
+    );
+    let alliance = brand
+        .partners
+        .list_alliances(pb::ListAlliancesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alliances
+        .remove(0)
+        .name;
+    (alliance, brand_id, mall_id, feed)
+}
+
+async fn allowed(mall: &mut As, member: &str) -> bool {
+    mall.consents
+        .check_consent(pb::CheckConsentRequest {
+            member: member.into(),
+            purpose: ConsentPurpose::ShareProfile as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .allowed
+}
+
+fn update(request_id: &str, alliance: pb::Alliance, paths: &[&str]) -> pb::UpdateAllianceRequest {
+    pb::UpdateAllianceRequest {
+        request_id: request_id.into(),
+        alliance: Some(alliance),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn new_terms_make_old_consents_stale_until_the_member_consents_again() {
+    let identity = Identity::with_partners("alliance_terms").await;
+    let (alliance, brand_id, mall_id, mut feed) = shared(&identity, "13100131000").await;
+    let (mut brand, mut mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    assert!(allowed(&mut mall, &mall_id).await);
+
+    // A new name is not new terms.
+    let renamed = brand
+        .partners
+        .update_alliance(update(
+            "rename",
+            pb::Alliance {
+                name: alliance.clone(),
+                display_name: "Summer joint festival".into(),
+                ..Default::default()
+            },
+            &["display_name"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (renamed.terms_version, renamed.status),
+        (1, pb::AllianceStatus::Active as i32)
+    );
+    assert!(allowed(&mut mall, &mall_id).await);
+
+    // A new processing method is: version 2, the mall must accept again, the consent is stale.
+    let amended = brand
+        .partners
+        .update_alliance(update(
+            "method",
+            pb::Alliance {
+                name: alliance.clone(),
+                processing_method: "shown to guides and used for lookalike audiences".into(),
+                ..Default::default()
+            },
+            &["processing_method"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (amended.terms_version, amended.status),
+        (2, pb::AllianceStatus::Proposed as i32)
+    );
+    let stale = next(&mut feed).await;
+    assert_eq!(
+        (stale.kind, stale.member.as_str()),
+        (pb::ConsentEventKind::Stale as i32, mall_id.as_str())
+    );
+    assert_eq!(stale.purposes, [ConsentPurpose::ShareProfile as i32]);
+    assert!(!allowed(&mut mall, &mall_id).await);
+
+    let accepted = mall
+        .partners
+        .accept_alliance(pb::AcceptAllianceRequest {
+            request_id: "accept-v2".into(),
+            name: alliance.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.status, pb::AllianceStatus::Active as i32);
+    assert!(
+        !allowed(&mut mall, &mall_id).await,
+        "the member agreed to the old terms only"
+    );
+    let receipt = brand
+        .consents
+        .grant_consent(pb::GrantConsentRequest {
+            request_id: "regrant".into(),
+            ..grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        receipt.processing_method, "shown to guides and used for lookalike audiences",
+        "the receipt tells the new terms"
+    );
+    assert!(allowed(&mut mall, &mall_id).await);
+}
+
+#[tokio::test]
+async fn alliance_updates_are_checked_and_scoped_to_member_partners() {
+    let identity = Identity::with_partners("alliance_update_rules").await;
+    let alliance = identity
+        .as_partner("brand-a")
+        .partners
+        .list_alliances(pb::ListAlliancesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alliances
+        .remove(0);
+    let e = identity
+        .as_partner("brand-c")
+        .partners
+        .update_alliance(update(
+            "x",
+            pb::Alliance {
+                name: alliance.name.clone(),
+                display_name: "Hijacked".into(),
+                ..Default::default()
+            },
+            &["display_name"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mut brand = identity.as_partner("brand-a");
+    for (paths, field) in [
+        (vec!["partners"], "update_mask.paths[0]"),
+        (vec![], "update_mask"),
+        (vec!["allowed_purposes"], "alliance.allowed_purposes"),
+        (vec!["valid_until"], "alliance.valid_until"),
+    ] {
+        let e = brand
+            .partners
+            .update_alliance(update(
+                "bad",
+                pb::Alliance {
+                    name: alliance.name.clone(),
+                    ..Default::default()
+                },
+                &paths,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), details(&e).1.as_deref()),
+            (Code::InvalidArgument, Some(field)),
+            "{paths:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ending_an_alliance_expires_its_consents_at_once() {
+    let identity = Identity::with_partners("alliance_end").await;
+    let (alliance, brand_id, mall_id, mut feed) = shared(&identity, "13000130000").await;
+    let (mut brand, mut mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    let ended = mall
+        .partners
+        .end_alliance(pb::EndAllianceRequest {
+            request_id: "end".into(),
+            name: alliance.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.status, pb::AllianceStatus::Ended as i32);
+    let expired = next(&mut feed).await;
+    assert_eq!(
+        (expired.kind, expired.member.as_str()),
+        (pb::ConsentEventKind::Expired as i32, mall_id.as_str())
+    );
+    assert!(!allowed(&mut mall, &mall_id).await);
+    let e = brand
+        .consents
+        .grant_consent(pb::GrantConsentRequest {
+            request_id: "after-end".into(),
+            ..grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::FailedPrecondition, "NO_ACTIVE_ALLIANCE")
+    );
+    let e = brand
+        .partners
+        .update_alliance(update(
+            "late",
+            pb::Alliance {
+                name: alliance,
+                display_name: "Again".into(),
+                ..Default::default()
+            },
+            &["display_name"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::FailedPrecondition, "ALLIANCE_ENDED")
+    );
+}
+
+#[tokio::test]
+async fn a_consent_whose_window_closes_is_announced_as_expired() {
+    let identity = Identity::with_partners("consent_expiry").await;
+    let (mut brand, mut mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    let brand_id = brand
+        .enrolled(enroll("e", vec![phone("13900139111", true)], &[]))
+        .await;
+    let mall_id = mall
+        .enrolled(enroll("e", vec![phone("13900139111", true)], &[]))
+        .await;
+    let mut feed = mall
+        .consents
+        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let until = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let until = until.duration_since(std::time::UNIX_EPOCH).unwrap();
+    brand
+        .consents
+        .grant_consent(pb::GrantConsentRequest {
+            valid_until: Some(prost_types::Timestamp {
+                seconds: until.as_secs() as i64,
+                nanos: until.subsec_nanos() as i32,
+            }),
+            ..grant(&brand_id, "mall-b", &[ConsentPurpose::MarketingContact])
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut feed).await.kind,
+        pb::ConsentEventKind::Granted as i32
+    );
+    // The sweep runs every two seconds; the event comes within one sweep of the window's end.
+    let expired = tokio::time::timeout(Duration::from_secs(8), async {
+        use futures::StreamExt;
+        feed.next().await.unwrap().unwrap()
+    })
+    .await
+    .expect("the expiry is announced");
+    assert_eq!(
+        (expired.kind, expired.member.as_str()),
+        (pb::ConsentEventKind::Expired as i32, mall_id.as_str())
+    );
+    assert_eq!(expired.purposes, [ConsentPurpose::MarketingContact as i32]);
+}
