@@ -5,6 +5,7 @@ pub mod audit;
 pub mod consent;
 pub mod credential;
 pub mod identifier;
+pub mod merge;
 pub mod partner;
 pub mod secrets;
 
@@ -73,6 +74,7 @@ impl ServiceError for IdentityError {
             Self::NotFound("member") => "MEMBER_NOT_FOUND",
             Self::NotFound("erased member") => "MEMBER_ERASED",
             Self::NotFound("store") => "STORE_NOT_FOUND",
+            Self::NotFound("identifier") => "IDENTIFIER_NOT_FOUND",
             Self::NotFound("credential") => "CREDENTIAL_NOT_FOUND",
             Self::NotFound(_) => "NOT_FOUND",
             Self::Unauthenticated(reason, _)

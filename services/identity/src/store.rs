@@ -6,6 +6,7 @@ pub(crate) mod alliances;
 pub(crate) mod consents;
 mod credentials;
 pub(crate) mod entities;
+mod links;
 mod members;
 mod migration;
 mod partners;

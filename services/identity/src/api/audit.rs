@@ -51,7 +51,8 @@ impl Api {
         let rows = self.store.access_records(who, member_id, page).await?;
         let (rows, next_page_token) = page.finish(rows, |r| r.seq.to_string());
         let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
-        let scoped = Store::scoped_ids_of(&self.store.read, who, &members).await?;
+        let scoped =
+            Store::scoped_ids_of(&self.store.read, &self.store.secrets, who, &members).await?;
         let records = rows
             .iter()
             .map(|row| pb::AccessRecord {

@@ -79,7 +79,7 @@ impl ConsentService for Api {
                     alliance: &alliance,
                     state: ConsentState::Granted,
                 };
-                receipt(txn, &c, &change.scoped).await
+                receipt(txn, &self.store.secrets, &c, &change.scoped).await
             })
             .await?;
         Ok(Response::new(out))
@@ -122,7 +122,7 @@ impl ConsentService for Api {
                     alliance: &alliance,
                     state: ConsentState::Withdrawn,
                 };
-                receipt(txn, &c, &change.scoped).await
+                receipt(txn, &self.store.secrets, &c, &change.scoped).await
             })
             .await?;
         Ok(Response::new(out))
@@ -267,7 +267,7 @@ impl Api {
         let rows = Store::receipts(db, member_id.as_deref(), grantee, page).await?;
         let (rows, token) = page.finish(rows, |r| r.id.clone());
         let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
-        let scoped = Store::scoped_ids_of(db, who, &members).await?;
+        let scoped = Store::scoped_ids_of(db, &self.store.secrets, who, &members).await?;
         let mut partners = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -385,10 +385,11 @@ async fn sharing_alliance(
 
 async fn receipt(
     txn: &DatabaseTransaction,
+    secrets: &crate::domain::secrets::Secrets,
     c: &ConsentChange<'_>,
     scoped: &str,
 ) -> Result<pb::ConsentReceipt, IdentityError> {
-    let row = Store::change_consent(txn, c).await?;
+    let row = Store::change_consent(txn, secrets, c).await?;
     let collector = Store::partner(txn, c.collector)
         .await?
         .ok_or(IdentityError::NotFound("partner"))?;

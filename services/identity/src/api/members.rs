@@ -3,12 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use lianyu_kit::{
-    Principal,
-    feed::{Feed, NewEvent},
-    page::Page,
-    storage::StorageError,
-};
+use lianyu_kit::{Principal, page::Page};
 use lianyu_proto::identity::v1::{self as pb, member_service_server::MemberService};
 use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
@@ -21,7 +16,7 @@ use crate::{
         consent::{ConsentEvent, Purpose},
         identifier::Identifier,
     },
-    store::{Store, now},
+    store::{Store, consents::append_event, now},
 };
 
 const MAX_IDENTIFIERS: usize = 20;
@@ -119,6 +114,62 @@ impl MemberService for Api {
         }))
     }
 
+    async fn link_identifier(
+        &self,
+        request: Request<pb::LinkIdentifierRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let (scoped, id) = member_and_identifier(&r.member, r.identifier.as_ref(), &who.partner_id)
+            .map_err(status)?;
+        let out = self
+            .mutate(&who, "LinkIdentifier", &r.request_id, r, async |txn| {
+                let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
+                self.store
+                    .link_identifier(txn, &who.partner_id, &member_id, &id)
+                    .await?;
+                let view = self
+                    .store
+                    .contributed(txn, &member_id, &who.partner_id)
+                    .await?;
+                Ok(member(&scoped, &view, Vec::new()))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn unlink_identifier(
+        &self,
+        request: Request<pb::UnlinkIdentifierRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        let who = caller(&request)?;
+        let r = request.get_ref();
+        let (scoped, id) = member_and_identifier(&r.member, r.identifier.as_ref(), &who.partner_id)
+            .map_err(status)?;
+        let out = self
+            .mutate(&who, "UnlinkIdentifier", &r.request_id, r, async |txn| {
+                let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
+                self.store
+                    .unlink_identifier(txn, &who.partner_id, &member_id, &id)
+                    .await?;
+                let view = self
+                    .store
+                    .contributed(txn, &member_id, &who.partner_id)
+                    .await?;
+                Ok(member(&scoped, &view, Vec::new()))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn merge_members(
+        &self,
+        request: Request<pb::MergeMembersRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(self.merge(&who, request.get_ref()).await?))
+    }
+
     async fn get_member(
         &self,
         request: Request<pb::GetMemberRequest>,
@@ -142,6 +193,79 @@ impl MemberService for Api {
 }
 
 impl Api {
+    /// Folds the caller's `duplicate_member` into `member` on verified evidence. Every
+    /// partner that held the duplicate keeps its scoped id and hears MEMBERS_MERGED.
+    async fn merge(
+        &self,
+        who: &Principal,
+        r: &pb::MergeMembersRequest,
+    ) -> Result<pb::Member, Status> {
+        let mut v = Violations::default();
+        let keep = v.check("member", convert::member_name(&r.member));
+        let dup = v.check(
+            "duplicate_member",
+            convert::member_name(&r.duplicate_member),
+        );
+        if keep.is_some() && keep == dup {
+            v.add("duplicate_member", "must name a different member");
+        }
+        let evidence = match &r.evidence {
+            None => {
+                v.add(
+                    "evidence",
+                    "required: the verified identifier that proves it",
+                );
+                None
+            }
+            Some(e) => v.check("evidence", identifier(e, &who.partner_id)),
+        };
+        v.finish().map_err(status)?;
+        let (Some(keep), Some(dup), Some(evidence)) = (keep, dup, evidence) else {
+            return Err(status(IdentityError::invalid("member", "required")));
+        };
+        self.mutate(who, "MergeMembers", &r.request_id, r, async |txn| {
+            let keep_id = Store::member_for(txn, &who.partner_id, &keep).await?;
+            let dup_id = Store::member_for(txn, &who.partner_id, &dup).await?;
+            if keep_id != dup_id {
+                let held = self
+                    .store
+                    .holds_verified(txn, &who.partner_id, [&keep_id, &dup_id], &evidence)
+                    .await?;
+                crate::domain::merge::check_evidence(&evidence, held).map_err(|reason| {
+                    IdentityError::Precondition(
+                        reason,
+                        "a merge needs a verified phone, UnionID, OpenID or email you hold on one of the two"
+                            .into(),
+                    )
+                })?;
+                for (partner, their_id) in self.store.merge_members(txn, &keep_id, &dup_id).await? {
+                    append_event(
+                        txn,
+                        ConsentEvent {
+                            kind: "merged".into(),
+                            member: their_id,
+                            collector: who.partner_id.clone(),
+                            grantee: partner,
+                            purposes: Vec::new(),
+                            receipt_id: String::new(),
+                        },
+                    )
+                    .await?;
+                }
+                self.store
+                    .link_identifier(txn, &who.partner_id, &keep_id, &evidence)
+                    .await?;
+                tracing::info!(partner = %who.partner_id, "members merged");
+            }
+            let view = self
+                .store
+                .contributed(txn, &keep_id, &who.partner_id)
+                .await?;
+            Ok(member(&keep, &view, Vec::new()))
+        })
+        .await
+    }
+
     /// Erasure on the person's request, through any partner that holds them; each holder's
     /// feed then carries MEMBER_ERASED in its own ids so other services purge their copies.
     async fn erase(
@@ -154,22 +278,15 @@ impl Api {
         self.mutate(who, "EraseMember", &r.request_id, r, async |txn| {
             let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
             for (partner, their_id) in Store::erase(txn, &member_id).await? {
-                let event = ConsentEvent {
-                    kind: "erased".into(),
-                    member: their_id,
-                    collector: who.partner_id.clone(),
-                    grantee: partner.clone(),
-                    purposes: Vec::new(),
-                    receipt_id: String::new(),
-                };
-                let payload =
-                    serde_json::to_vec(&event).map_err(|e| StorageError::Other(e.to_string()))?;
-                Feed::append(
+                append_event(
                     txn,
-                    NewEvent {
-                        kind: "member.erased".into(),
-                        partner_id: Some(partner),
-                        payload,
+                    ConsentEvent {
+                        kind: "erased".into(),
+                        member: their_id,
+                        collector: who.partner_id.clone(),
+                        grantee: partner,
+                        purposes: Vec::new(),
+                        receipt_id: String::new(),
                     },
                 )
                 .await?;
@@ -284,6 +401,27 @@ fn identifier(id: &pb::Identifier, partner: &str) -> Result<Identifier, String> 
         id.verified,
         partner,
     )
+}
+
+fn member_and_identifier(
+    name: &str,
+    id: Option<&pb::Identifier>,
+    partner: &str,
+) -> Result<(String, Identifier), IdentityError> {
+    let mut v = Violations::default();
+    let scoped = v.check("member", convert::member_name(name));
+    let id = match id {
+        None => {
+            v.add("identifier", "required");
+            None
+        }
+        Some(id) => v.check("identifier", identifier(id, partner)),
+    };
+    v.finish()?;
+    match (scoped, id) {
+        (Some(scoped), Some(id)) => Ok((scoped, id)),
+        _ => Err(IdentityError::invalid("identifier", "required")),
+    }
 }
 
 fn enrolment(

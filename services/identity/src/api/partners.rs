@@ -328,6 +328,7 @@ impl Api {
                 if new_terms {
                     let stale = Store::lapse_alliance_consents(
                         txn,
+                        &self.store.secrets,
                         &alliance.id,
                         alliance.terms_version,
                         Lapse::Stale,
@@ -361,6 +362,7 @@ impl Api {
                     Store::save_alliance_state(txn, &alliance).await?;
                     let expired = Store::lapse_alliance_consents(
                         txn,
+                        &self.store.secrets,
                         &alliance.id,
                         alliance.terms_version,
                         Lapse::Expired,

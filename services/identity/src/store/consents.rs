@@ -22,6 +22,7 @@ use crate::domain::{
     IdentityError,
     consent::{Consent, ConsentEvent, ConsentState, Liveness, Purpose},
     partner::Alliance,
+    secrets::Secrets,
 };
 
 /// A grant or withdrawal, as recorded on its receipt.
@@ -42,6 +43,7 @@ impl Store {
     /// Records a grant or withdrawal and its receipt, and appends the event to the feed.
     pub(crate) async fn change_consent(
         txn: &impl ConnectionTrait,
+        secrets: &Secrets,
         c: &ConsentChange<'_>,
     ) -> Result<consent_receipt::Model, IdentityError> {
         let receipt_id = uuid::Uuid::now_v7().to_string();
@@ -113,7 +115,7 @@ impl Store {
                 .await
                 .map_err(StorageError::from)?;
         }
-        let member = Self::scoped_ids_of(txn, c.grantee, &[c.member_id.to_owned()])
+        let member = Self::scoped_ids_of(txn, secrets, c.grantee, &[c.member_id.to_owned()])
             .await?
             .remove(c.member_id)
             .unwrap_or_default();
@@ -272,6 +274,7 @@ impl Store {
     /// `Lapse::Expired` all of them, which are also marked expired. Returns how many.
     pub(crate) async fn lapse_alliance_consents(
         txn: &impl ConnectionTrait,
+        secrets: &Secrets,
         alliance_id: &str,
         terms_version: i64,
         lapse: Lapse,
@@ -293,7 +296,7 @@ impl Store {
                 .await
                 .map_err(StorageError::from)?;
         }
-        announce(txn, &rows, lapse).await?;
+        announce(txn, secrets, &rows, lapse).await?;
         Ok(rows.len())
     }
 
@@ -302,6 +305,7 @@ impl Store {
     /// every expiry exactly once. Returns how many expired.
     pub(crate) async fn expire_due(
         txn: &impl ConnectionTrait,
+        secrets: &Secrets,
         at: i64,
         limit: u64,
     ) -> Result<usize, IdentityError> {
@@ -331,7 +335,7 @@ impl Store {
                 claimed.push(row);
             }
         }
-        announce(txn, &claimed, Lapse::Expired).await?;
+        announce(txn, secrets, &claimed, Lapse::Expired).await?;
         Ok(claimed.len())
     }
 }
@@ -339,6 +343,7 @@ impl Store {
 /// One feed event per (member, grantee, collector, receipt), in the grantee's scoped id.
 async fn announce(
     txn: &impl ConnectionTrait,
+    secrets: &Secrets,
     rows: &[consent::Model],
     lapse: Lapse,
 ) -> Result<(), IdentityError> {
@@ -363,7 +368,10 @@ async fn announce(
     }
     let mut scoped = BTreeMap::new();
     for (grantee, members) in by_grantee {
-        scoped.insert(grantee, Store::scoped_ids_of(txn, grantee, &members).await?);
+        scoped.insert(
+            grantee,
+            Store::scoped_ids_of(txn, secrets, grantee, &members).await?,
+        );
     }
     for ((grantee, member, collector, receipt), purposes) in groups {
         append_event(
@@ -391,7 +399,7 @@ async fn announce(
 }
 
 /// Appends a consent event to the grantee's feed.
-async fn append_event(
+pub(crate) async fn append_event(
     txn: &impl ConnectionTrait,
     event: ConsentEvent,
 ) -> Result<(), IdentityError> {

@@ -125,20 +125,8 @@ impl Store {
                 }
                 Some(_) => {}
                 None => {
-                    identifier::ActiveModel {
-                        member_id: Set(member_id.clone()),
-                        partner_id: Set(caller.to_owned()),
-                        kind: Set(id.kind.as_str().to_owned()),
-                        namespace: Set(id.namespace.clone()),
-                        lookup_hash: Set(hash.clone()),
-                        sealed: Set(self.secrets.seal(&id.value)),
-                        verified: Set(id.verified),
-                        created_at: Set(now()),
-                        ..Default::default()
-                    }
-                    .insert(txn)
-                    .await
-                    .map_err(StorageError::from)?;
+                    self.insert_identifier(txn, caller, &member_id, hash, id)
+                        .await?;
                 }
             }
         }
@@ -196,14 +184,11 @@ impl Store {
         partner: &str,
         member_id: &str,
     ) -> Result<String, IdentityError> {
-        if let Some(row) = scoped_id::Entity::find()
-            .filter(scoped_id::Column::PartnerId.eq(partner.to_owned()))
-            .filter(scoped_id::Column::MemberId.eq(member_id.to_owned()))
-            .one(txn)
-            .await
-            .map_err(StorageError::from)?
-        {
-            return Ok(row.scoped_id);
+        let held = Self::scoped_ids_of(txn, &self.secrets, partner, &[member_id.to_owned()])
+            .await?
+            .remove(member_id);
+        if let Some(scoped) = held {
+            return Ok(scoped);
         }
         let scoped = self.secrets.scoped_id(partner, member_id);
         scoped_id::ActiveModel {
@@ -290,21 +275,28 @@ impl Store {
             .collect())
     }
 
-    /// `partner`'s scoped ids for `members`, where it has one.
+    /// `partner`'s scoped ids for `members`, where it has one. After a merge a partner may
+    /// hold two ids for one member; the surviving member's own id is the one reported.
     pub(crate) async fn scoped_ids_of(
         conn: &impl ConnectionTrait,
+        secrets: &crate::domain::secrets::Secrets,
         partner: &str,
         members: &[String],
     ) -> Result<BTreeMap<String, String>, IdentityError> {
-        Ok(scoped_id::Entity::find()
+        let rows = scoped_id::Entity::find()
             .filter(scoped_id::Column::PartnerId.eq(partner.to_owned()))
             .filter(scoped_id::Column::MemberId.is_in(members.iter().cloned()))
             .all(conn)
             .await
-            .map_err(StorageError::from)?
-            .into_iter()
-            .map(|row| (row.member_id, row.scoped_id))
-            .collect())
+            .map_err(StorageError::from)?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let canonical = secrets.scoped_id(partner, &row.member_id) == row.scoped_id;
+            if canonical || !out.contains_key(&row.member_id) {
+                out.insert(row.member_id, row.scoped_id);
+            }
+        }
+        Ok(out)
     }
 
     /// `caller`'s scoped id of the member holding an identifier `caller` itself submitted.
@@ -320,10 +312,15 @@ impl Store {
             .await
             .map_err(StorageError::from)?
             .ok_or(IdentityError::NotFound("member"))?;
-        Self::scoped_ids_of(&self.read, caller, std::slice::from_ref(&row.member_id))
-            .await?
-            .remove(&row.member_id)
-            .ok_or(IdentityError::NotFound("member"))
+        Self::scoped_ids_of(
+            &self.read,
+            &self.secrets,
+            caller,
+            std::slice::from_ref(&row.member_id),
+        )
+        .await?
+        .remove(&row.member_id)
+        .ok_or(IdentityError::NotFound("member"))
     }
 
     /// What `partner` itself contributed about a member.

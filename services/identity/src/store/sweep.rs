@@ -47,7 +47,7 @@ async fn expire_batch(store: &Store) -> Result<usize, IdentityError> {
         .begin()
         .await
         .map_err(lianyu_kit::storage::StorageError::from)?;
-    let n = Store::expire_due(&txn, now(), BATCH).await?;
+    let n = Store::expire_due(&txn, &store.secrets, now(), BATCH).await?;
     txn.commit()
         .await
         .map_err(lianyu_kit::storage::StorageError::from)?;

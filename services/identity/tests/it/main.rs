@@ -8,6 +8,7 @@ mod credentials;
 mod erasure;
 mod feed;
 mod harness;
+mod links;
 mod rules;
 mod scenario;
 mod tenancy;
