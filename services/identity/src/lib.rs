@@ -20,7 +20,7 @@ pub const NAME: &str = "identity";
 
 /// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
 pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartError> {
-    let db = lianyu_kit::storage::open::<store::Migrator>(&ctx.config, NAME).await?;
+    let db = ctx.open_database::<store::Migrator>(NAME).await?;
     let read = lianyu_kit::storage::open_reader(&ctx.config, NAME, &db).await?;
     let secrets = Arc::new(Secrets::from_master(&master_key(&ctx.config)?));
     let feed = Feed::new(db.clone(), ctx.stopping.clone());

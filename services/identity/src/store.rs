@@ -15,7 +15,10 @@ pub(crate) mod sweep;
 
 use std::sync::Arc;
 
-use lianyu_kit::{feed::Feed, storage::KitTables};
+use lianyu_kit::{
+    feed::Feed,
+    storage::{KitIndexes, KitTables},
+};
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
 
@@ -32,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(KitTables),
             Box::new(migration::IdentityTables),
             Box::new(migration::StoresAndCredentials),
+            Box::new(KitIndexes),
         ]
     }
 }

@@ -109,6 +109,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub otlp_endpoint: Option<String>,
     pub limits: Limits,
+    /// `LIANYU_IDEMPOTENCY_TTL`: how long a `request_id` is remembered (and its reply kept).
+    pub idempotency_ttl: Duration,
     /// `LIANYU_IDENTITY_KEY`: the identity service's master key, 32 bytes base64url. In local
     /// mode it is generated in the data directory when absent.
     pub identity_key: Option<Secret>,
@@ -247,6 +249,11 @@ impl Config {
             otlp_endpoint,
             limits,
             identity_key: var("LIANYU_IDENTITY_KEY").map(Secret::new),
+            idempotency_ttl: duration(
+                &var,
+                "LIANYU_IDEMPOTENCY_TTL",
+                Duration::from_secs(24 * 3600),
+            )?,
         })
     }
 

@@ -108,18 +108,23 @@ impl Feed {
         self.published.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Up to `limit` events after `after`, in sequence order.
+    /// Up to `limit` events after `after`, in sequence order; with `only`, just the events
+    /// concerning that partner (read through the partner index, so one partner's feed does not
+    /// scan the others').
     pub async fn read_after(
         &self,
         after: i64,
+        only: Option<&str>,
         limit: u64,
     ) -> Result<Vec<StoredEvent>, StorageError> {
-        let rows = outbox_event::Entity::find()
+        let mut query = outbox_event::Entity::find()
             .filter(outbox_event::Column::Seq.gt(after))
             .order_by_asc(outbox_event::Column::Seq)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
+            .limit(limit);
+        if let Some(partner) = only {
+            query = query.filter(outbox_event::Column::PartnerId.eq(partner.to_owned()));
+        }
+        let rows = query.all(&self.db).await?;
         Ok(rows
             .into_iter()
             .map(|r| StoredEvent {
@@ -134,8 +139,14 @@ impl Feed {
 
     /// Streams every event after `after`, then new ones as they commit, until the client
     /// leaves or the server shuts down (then UNAVAILABLE, so the client resumes elsewhere).
-    /// `map` turns an event into the RPC's message, or `None` to skip it for this watcher.
-    pub fn watch<T, F>(&self, after: i64, mut map: F) -> ReceiverStream<Result<T, tonic::Status>>
+    /// `only` limits the stream to one partner's events; `map` turns an event into the RPC's
+    /// message, or `None` to skip it for this watcher.
+    pub fn watch<T, F>(
+        &self,
+        after: i64,
+        only: Option<String>,
+        mut map: F,
+    ) -> ReceiverStream<Result<T, tonic::Status>>
     where
         T: Send + 'static,
         F: FnMut(StoredEvent) -> Option<T> + Send + 'static,
@@ -147,7 +158,7 @@ impl Feed {
             let mut cursor = after;
             loop {
                 published.mark_unchanged();
-                let batch = match feed.read_after(cursor, READ_BATCH).await {
+                let batch = match feed.read_after(cursor, only.as_deref(), READ_BATCH).await {
                     Ok(batch) => batch,
                     Err(err) => {
                         tracing::warn!(error = %err, "feed read failed");

@@ -102,6 +102,46 @@ where
     Ok(response)
 }
 
+/// Deletes keys older than `ttl`; returns how many. A `request_id` replayed after that runs
+/// again, so `ttl` must outlast any client's retries (a day by default).
+pub async fn expire(
+    db: &DatabaseConnection,
+    ttl: std::time::Duration,
+) -> Result<u64, StorageError> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let cutoff = now_millis() - i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    let done = idempotency_key::Entity::delete_many()
+        .filter(idempotency_key::Column::CreatedAt.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(done.rows_affected)
+}
+
+/// Expires keys older than `ttl` now and then every tenth of `ttl` (at most hourly), until
+/// `stopping` is cancelled. Stored responses can hold personal data (sealed), so they are not
+/// kept longer than retries need.
+pub async fn expire_periodically(
+    db: DatabaseConnection,
+    ttl: std::time::Duration,
+    stopping: tokio_util::sync::CancellationToken,
+) {
+    let every = (ttl / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    );
+    loop {
+        match expire(&db, ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "idempotency keys expired"),
+            Err(e) => tracing::warn!(error = %e, "idempotency key expiry failed; retrying later"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stopping.cancelled() => return,
+        }
+    }
+}
+
 fn validate(request_id: &str) -> Result<(), KitError> {
     if request_id.len() > MAX_REQUEST_ID_LEN {
         return Err(KitError::invalid(

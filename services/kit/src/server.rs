@@ -85,6 +85,23 @@ impl ServerContext {
     }
 }
 
+impl ServerContext {
+    /// Opens (and migrates) `service`'s database, and keeps its idempotency keys for
+    /// `LIANYU_IDEMPOTENCY_TTL`, expiring older ones in the background until shutdown.
+    pub async fn open_database<M: sea_orm_migration::MigratorTrait>(
+        &self,
+        service: &str,
+    ) -> Result<sea_orm::DatabaseConnection, StartError> {
+        let db = crate::storage::open::<M>(&self.config, service).await?;
+        tokio::spawn(crate::idempotency::expire_periodically(
+            db.clone(),
+            self.config.idempotency_ttl,
+            self.stopping.clone(),
+        ));
+        Ok(db)
+    }
+}
+
 /// The gRPC services to serve, collected from one or more Lianyu services.
 pub struct Mount {
     routes: RoutesBuilder,

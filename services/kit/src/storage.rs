@@ -12,7 +12,7 @@ use sea_orm::{
 };
 use tonic::Code;
 
-pub use migration::KitTables;
+pub use migration::{KitIndexes, KitTables};
 
 /// A storage failure, classified once at the store boundary.
 #[derive(Debug, thiserror::Error)]

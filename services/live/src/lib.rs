@@ -15,7 +15,7 @@ pub const NAME: &str = "live";
 
 /// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
 pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartError> {
-    let db = lianyu_kit::storage::open::<store::Migrator>(&ctx.config, NAME).await?;
+    let db = ctx.open_database::<store::Migrator>(NAME).await?;
     api::register(mount, db);
     Ok(())
 }

@@ -181,34 +181,37 @@ impl ConsentService for Api {
             )));
         }
         let me = who.partner_id;
-        let stream = self.store.feed.watch(after, move |event| {
-            if event.partner_id.as_deref() != Some(me.as_str()) {
-                return None;
-            }
-            let e: ConsentEvent = serde_json::from_slice(&event.payload).ok()?;
-            if e.member.is_empty() {
-                return None;
-            }
-            let kind = match e.kind.as_str() {
-                "granted" => pb::ConsentEventKind::Granted,
-                "withdrawn" => pb::ConsentEventKind::Withdrawn,
-                "expired" => pb::ConsentEventKind::Expired,
-                "stale" => pb::ConsentEventKind::Stale,
-                "erased" => pb::ConsentEventKind::MemberErased,
-                "merged" => pb::ConsentEventKind::MembersMerged,
-                _ => return None,
-            };
-            Some(pb::WatchConsentEventsResponse {
-                cursor: Some(FeedCursor {
-                    sequence: event.seq,
-                }),
-                kind: kind as i32,
-                member: format!("members/{}", e.member),
-                grantee: format!("partners/{}", e.grantee),
-                purposes: e.purposes,
-                event_time: convert::timestamp(event.created_at_millis),
-            })
-        });
+        let stream = self
+            .store
+            .feed
+            .watch(after, Some(me.clone()), move |event| {
+                if event.partner_id.as_deref() != Some(me.as_str()) {
+                    return None;
+                }
+                let e: ConsentEvent = serde_json::from_slice(&event.payload).ok()?;
+                if e.member.is_empty() {
+                    return None;
+                }
+                let kind = match e.kind.as_str() {
+                    "granted" => pb::ConsentEventKind::Granted,
+                    "withdrawn" => pb::ConsentEventKind::Withdrawn,
+                    "expired" => pb::ConsentEventKind::Expired,
+                    "stale" => pb::ConsentEventKind::Stale,
+                    "erased" => pb::ConsentEventKind::MemberErased,
+                    "merged" => pb::ConsentEventKind::MembersMerged,
+                    _ => return None,
+                };
+                Some(pb::WatchConsentEventsResponse {
+                    cursor: Some(FeedCursor {
+                        sequence: event.seq,
+                    }),
+                    kind: kind as i32,
+                    member: format!("members/{}", e.member),
+                    grantee: format!("partners/{}", e.grantee),
+                    purposes: e.purposes,
+                    event_time: convert::timestamp(event.created_at_millis),
+                })
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 

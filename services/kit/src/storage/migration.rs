@@ -67,3 +67,41 @@ impl MigrationTrait for KitTables {
         Ok(())
     }
 }
+
+/// Indexes for the kit's background and per-partner reads: idempotency keys by age (the expiry
+/// sweep) and outbox events by partner (a partner's feed reads only its own events).
+pub struct KitIndexes;
+
+impl MigrationName for KitIndexes {
+    fn name(&self) -> &str {
+        "m20261123_000001_kit_indexes"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for KitIndexes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::sea_query::Index;
+        manager
+            .create_index(
+                Index::create()
+                    .name("kit_idempotency_keys_created_at")
+                    .table(idempotency_key::Entity)
+                    .col(idempotency_key::Column::CreatedAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("kit_outbox_events_partner_seq")
+                    .table(outbox_event::Entity)
+                    .col(outbox_event::Column::PartnerId)
+                    .col(outbox_event::Column::Seq)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}

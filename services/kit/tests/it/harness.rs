@@ -105,7 +105,7 @@ impl ConsentService for Probe {
         request: Request<pb::WatchConsentEventsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let after = request.get_ref().after.as_ref().map_or(0, |c| c.sequence);
-        let stream = self.feed.watch(after, |event| {
+        let stream = self.feed.watch(after, None, |event| {
             Some(pb::WatchConsentEventsResponse {
                 cursor: Some(FeedCursor {
                     sequence: event.seq,
@@ -253,7 +253,10 @@ pub(crate) struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl sea_orm_migration::MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
-        vec![Box::new(lianyu_kit::storage::KitTables)]
+        vec![
+            Box::new(lianyu_kit::storage::KitTables),
+            Box::new(lianyu_kit::storage::KitIndexes),
+        ]
     }
 }
 

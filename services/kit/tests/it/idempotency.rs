@@ -92,3 +92,51 @@ async fn a_malformed_request_id_is_invalid_argument() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn expired_keys_are_forgotten_and_fresh_ones_kept() {
+    let server = TestServer::start("idem_expiry").await;
+    let mut client = server.partners(Some(server.token("brand-a"))).await;
+    let first = client
+        .create_partner(create("r-1", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let keep_a_day = std::time::Duration::from_secs(24 * 3600);
+    assert_eq!(
+        lianyu_kit::idempotency::expire(&server.db, keep_a_day)
+            .await
+            .unwrap(),
+        0,
+        "a fresh key is kept"
+    );
+    assert_eq!(
+        client
+            .create_partner(create("r-1", "p1"))
+            .await
+            .unwrap()
+            .into_inner(),
+        first
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        lianyu_kit::idempotency::expire(&server.db, std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    // Forgotten: the same id now runs the effect again.
+    let again = client
+        .create_partner(create("r-1", "p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(again.display_name, first.display_name);
+    assert_eq!(
+        outbox_event::Entity::find()
+            .count(&server.db)
+            .await
+            .unwrap(),
+        2
+    );
+}
