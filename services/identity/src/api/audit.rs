@@ -38,6 +38,33 @@ impl AuditService for Api {
             next_page_token,
         }))
     }
+
+    async fn check_access_log(
+        &self,
+        request: Request<pb::CheckAccessLogRequest>,
+    ) -> Result<Response<pb::CheckAccessLogResponse>, Status> {
+        let who = caller(&request)?;
+        if !who.operator {
+            return Err(status(IdentityError::Denied(
+                "OPERATOR_ONLY",
+                "only the mesh operator checks the whole access log",
+            )));
+        }
+        let (check, head_hash) = self.store.check_access_log().await.map_err(status)?;
+        let broken = check.as_ref().err().copied().unwrap_or(0);
+        if broken != 0 {
+            tracing::error!(
+                first_broken_sequence = broken,
+                "the access log's hash chain is broken"
+            );
+        }
+        Ok(Response::new(pb::CheckAccessLogResponse {
+            intact: check.is_ok(),
+            records_checked: check.as_ref().map_or(0, |c| c.checked),
+            first_broken_sequence: broken,
+            head_hash,
+        }))
+    }
 }
 
 impl Api {

@@ -41,18 +41,56 @@ pub fn chain_hash(previous: &str, a: &Access) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks a run of records with their stored hashes, starting after `previous`; returns the
-/// sequence of the first record whose hash does not match.
-pub fn verify(previous: &str, records: &[(Access, String)]) -> Result<(), i64> {
-    let mut prev = previous.to_owned();
-    for (access, stored) in records {
-        let expected = chain_hash(&prev, access);
-        if &expected != stored {
+/// Walks the chain record by record (the log is read in pages), then against the head row.
+#[derive(Clone, Debug)]
+pub struct ChainCheck {
+    previous: String,
+    next_seq: i64,
+    pub checked: i64,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self {
+            previous: GENESIS.to_owned(),
+            next_seq: 1,
+            checked: 0,
+        }
+    }
+}
+
+impl ChainCheck {
+    /// Checks the next record: its sequence follows the last one and its stored hash is the
+    /// hash of the previous one and itself. Err carries the sequence of the broken record.
+    pub fn next(&mut self, access: &Access, stored: &str) -> Result<(), i64> {
+        let expected = chain_hash(&self.previous, access);
+        if access.seq != self.next_seq || expected != stored {
             return Err(access.seq);
         }
-        prev = expected;
+        self.previous = expected;
+        self.next_seq += 1;
+        self.checked += 1;
+        Ok(())
     }
-    Ok(())
+
+    /// After the last record: the head must name it, so records cut off the end show too.
+    /// Err carries the first sequence missing.
+    pub fn finish(&self, head_seq: i64, head_hash: &str) -> Result<(), i64> {
+        if head_seq == self.next_seq - 1 && head_hash == self.previous {
+            Ok(())
+        } else {
+            Err(self.next_seq)
+        }
+    }
+}
+
+/// Checks a whole run of records from the start of the log.
+pub fn verify(records: &[(Access, String)]) -> Result<ChainCheck, i64> {
+    let mut check = ChainCheck::default();
+    for (access, stored) in records {
+        check.next(access, stored)?;
+    }
+    Ok(check)
 }
 
 #[cfg(test)]
@@ -81,14 +119,21 @@ mod tests {
             prev = chain_hash(&prev, &a);
             records.push((a, prev.clone()));
         }
-        assert_eq!(verify(GENESIS, &records), Ok(()));
+        let intact = verify(&records).unwrap();
+        assert_eq!(intact.checked, 3);
+        assert_eq!(intact.finish(3, &prev), Ok(()));
+        assert_eq!(
+            intact.finish(4, "later"),
+            Err(4),
+            "records cut off the end show against the head"
+        );
         records[1].0.allowed = false;
-        assert_eq!(verify(GENESIS, &records), Err(2));
+        assert_eq!(verify(&records).unwrap_err(), 2);
         records[1].0.allowed = true;
         records.remove(1);
         assert_eq!(
-            verify(GENESIS, &records),
-            Err(3),
+            verify(&records).unwrap_err(),
+            3,
             "a removed record shows too"
         );
     }

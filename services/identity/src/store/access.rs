@@ -15,7 +15,7 @@ use super::{
 };
 use crate::domain::{
     IdentityError,
-    audit::{Access, chain_hash},
+    audit::{Access, ChainCheck, chain_hash},
 };
 
 impl Store {
@@ -62,6 +62,53 @@ impl Store {
         .await
         .map_err(StorageError::from)?;
         Ok(())
+    }
+
+    /// Walks the whole log in sequence order, a page at a time, then compares with the head.
+    /// Returns the check (or the first broken sequence) and the head's hash.
+    pub(crate) async fn check_access_log(
+        &self,
+    ) -> Result<(Result<ChainCheck, i64>, String), IdentityError> {
+        const PAGE: u64 = 1_000;
+        let head = audit_head::Entity::find_by_id(1)
+            .one(&self.read)
+            .await
+            .map_err(StorageError::from)?
+            .ok_or(StorageError::NotFound)?;
+        let mut check = ChainCheck::default();
+        let mut after = 0;
+        loop {
+            let rows = access_record::Entity::find()
+                .filter(access_record::Column::Seq.gt(after))
+                .filter(access_record::Column::Seq.lte(head.seq))
+                .order_by_asc(access_record::Column::Seq)
+                .limit(PAGE)
+                .all(&self.read)
+                .await
+                .map_err(StorageError::from)?;
+            let last_page = (rows.len() as u64) < PAGE;
+            for row in rows {
+                after = row.seq;
+                let access = Access {
+                    seq: row.seq,
+                    accessor: row.accessor,
+                    source: row.source,
+                    member_id: row.member_id,
+                    purpose: row.purpose,
+                    receipt_id: row.receipt_id,
+                    allowed: row.allowed,
+                    at_millis: row.at,
+                };
+                if let Err(seq) = check.next(&access, &row.hash) {
+                    return Ok((Err(seq), head.hash));
+                }
+            }
+            if last_page {
+                break;
+            }
+        }
+        let outcome = check.finish(head.seq, &head.hash).map(|()| check);
+        Ok((outcome, head.hash))
     }
 
     /// Records of `partner`'s reads and of reads of data `partner` provided, optionally for one member.

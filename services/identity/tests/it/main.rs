@@ -4,6 +4,7 @@
 
 mod alliances;
 mod at_rest;
+mod audit;
 mod credentials;
 mod erasure;
 mod feed;
