@@ -208,3 +208,151 @@ async fn enrolment_is_idempotent_under_its_request_id() {
     assert_eq!(re.member.unwrap().name, first.member.unwrap().name);
     assert!(re.linked_existing);
 }
+
+#[tokio::test]
+async fn another_partners_stores_members_and_alliances_are_not_found_to_change() {
+    let identity = Identity::with_partners("tenancy_writes").await;
+    let (mut brand, mut mall, mut third) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+        identity.as_partner("brand-c"),
+    );
+    let store = brand
+        .partners
+        .create_store(pb::CreateStoreRequest {
+            request_id: "s".into(),
+            parent: "partners/brand-a".into(),
+            store_id: "bj-sanlitun".into(),
+            store: Some(pb::Store {
+                display_name: "Sanlitun".into(),
+                city: "Beijing".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let member = brand
+        .enrolled(enroll("e", vec![phone("13733137333", true)], &[]))
+        .await;
+    let alliance = brand
+        .partners
+        .list_alliances(pb::ListAlliancesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alliances
+        .remove(0)
+        .name;
+
+    let codes = vec![
+        mall.partners
+            .get_store(pb::GetStoreRequest {
+                name: store.name.clone(),
+            })
+            .await
+            .map(drop),
+        mall.partners
+            .list_stores(pb::ListStoresRequest {
+                parent: "partners/brand-a".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        mall.partners
+            .update_store(pb::UpdateStoreRequest {
+                request_id: "x".into(),
+                store: Some(pb::Store {
+                    active: false,
+                    ..store.clone()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["active".into()],
+                }),
+            })
+            .await
+            .map(drop),
+        mall.partners
+            .create_store(pb::CreateStoreRequest {
+                request_id: "x".into(),
+                parent: "partners/brand-a".into(),
+                store_id: "fake".into(),
+                store: Some(store.clone()),
+            })
+            .await
+            .map(drop),
+        mall.partners
+            .update_partner(pb::UpdatePartnerRequest {
+                request_id: "x".into(),
+                partner: Some(pb::Partner {
+                    name: "partners/brand-a".into(),
+                    display_name: "Renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            })
+            .await
+            .map(drop),
+        third
+            .partners
+            .end_alliance(pb::EndAllianceRequest {
+                request_id: "x".into(),
+                name: alliance.clone(),
+            })
+            .await
+            .map(drop),
+        mall.members
+            .unlink_identifier(pb::UnlinkIdentifierRequest {
+                request_id: "x".into(),
+                member: member.clone(),
+                identifier: Some(phone("13733137333", true)),
+            })
+            .await
+            .map(drop),
+        mall.members
+            .merge_members(pb::MergeMembersRequest {
+                request_id: "x".into(),
+                member: member.clone(),
+                duplicate_member: format!("{member}0"),
+                evidence: Some(phone("13733137333", true)),
+            })
+            .await
+            .map(drop),
+        mall.members
+            .erase_member(pb::EraseMemberRequest {
+                request_id: "x".into(),
+                member: member.clone(),
+            })
+            .await
+            .map(drop),
+    ];
+    for (i, result) in codes.into_iter().enumerate() {
+        assert_eq!(
+            result.map_err(|e| e.code()),
+            Err(Code::NotFound),
+            "call {i}"
+        );
+    }
+    // Nothing changed.
+    let still = brand
+        .partners
+        .get_store(pb::GetStoreRequest {
+            name: store.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(still.active);
+    let ours = brand
+        .partners
+        .list_stores(pb::ListStoresRequest {
+            parent: "partners/brand-a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ours.stores, vec![still]);
+}
