@@ -92,6 +92,9 @@ impl Api {
         )
         .await
         .map_err(status)?;
+        // This replica's consent index drops what the mutation changed before the caller
+        // hears back, so a withdrawal answered here is never checked as granted here.
+        self.store.consent_index.catch_up(&self.store.feed).await;
         self.store.feed.published();
         Ok(response)
     }

@@ -31,7 +31,15 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
         secrets,
         feed,
         alliances,
+        consent_index: store::consent_index::ConsentIndex::default(),
     };
+    store.consent_index.catch_up(&store.feed).await;
+    tokio::spawn(
+        store
+            .consent_index
+            .clone()
+            .follow(store.feed.clone(), ctx.stopping.clone()),
+    );
     tokio::spawn(store::sweep::expire_consents(
         store.clone(),
         ctx.stopping.clone(),

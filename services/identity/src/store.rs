@@ -3,6 +3,7 @@
 
 mod access;
 pub(crate) mod alliances;
+pub(crate) mod consent_index;
 pub(crate) mod consents;
 mod credentials;
 pub(crate) mod entities;
@@ -49,6 +50,7 @@ pub(crate) struct Store {
     pub(crate) secrets: Arc<Secrets>,
     pub(crate) feed: Feed,
     pub(crate) alliances: alliances::AllianceCache,
+    pub(crate) consent_index: consent_index::ConsentIndex,
 }
 
 pub(crate) fn now() -> i64 {

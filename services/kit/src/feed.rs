@@ -103,6 +103,24 @@ impl Feed {
         Ok(seq)
     }
 
+    /// The last sequence appended (0 for an empty outbox).
+    pub async fn head(&self) -> Result<i64, StorageError> {
+        Ok(outbox_counter::Entity::find_by_id(1)
+            .one(&self.db)
+            .await?
+            .map_or(0, |row| row.last_seq))
+    }
+
+    /// A receiver that changes whenever this process publishes (see [`Feed::published`]).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// How often readers poll for other replicas' appends.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll
+    }
+
     /// Wakes watchers after a transaction that appended has committed.
     pub fn published(&self) {
         self.published.send_modify(|n| *n = n.wrapping_add(1));

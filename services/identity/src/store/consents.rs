@@ -15,6 +15,7 @@ use sea_orm::{
 
 use super::{
     Store,
+    consent_index::Granted,
     entities::{consent, consent_receipt, scoped_id},
     now,
 };
@@ -157,14 +158,71 @@ impl Store {
         Ok(query.all(conn).await.map_err(StorageError::from)?)
     }
 
-    /// For each of `grantee`'s scoped ids that has one, its live consent for `purpose`: one
-    /// query joining the caller's scoped ids to their consents, alliances from the cache.
+    /// For each of `grantee`'s scoped ids that has one, its live consent for `purpose`. The
+    /// granted rows come from the consent index; misses are loaded in one query joining the
+    /// caller's scoped ids to their consents. Liveness is judged here, at every check.
     pub(crate) async fn live_consents_by_scoped_id(
         &self,
         grantee: &str,
         scoped: &[String],
         purpose: Purpose,
     ) -> Result<BTreeMap<String, Consent>, IdentityError> {
+        let mut granted: Vec<(String, std::sync::Arc<Vec<Granted>>)> =
+            Vec::with_capacity(scoped.len());
+        let mut missing = Vec::new();
+        for id in scoped {
+            match self.consent_index.get(grantee, id, purpose) {
+                Some(rows) => granted.push((id.clone(), rows)),
+                None => missing.push(id.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            let epoch = self.consent_index.epoch();
+            let mut loaded = self.load_granted(grantee, &missing, purpose).await?;
+            // Known scoped ids without a consent are kept too, as empty entries.
+            for id in &missing {
+                loaded.entry(id.clone()).or_default();
+            }
+            self.consent_index
+                .insert(epoch, grantee, purpose, loaded.clone());
+            granted.extend(
+                loaded
+                    .into_iter()
+                    .map(|(id, rows)| (id, std::sync::Arc::new(rows))),
+            );
+        }
+        let at = now();
+        let mut out = BTreeMap::new();
+        for (id, rows) in granted {
+            for row in rows.iter() {
+                let alliance = self.alliances.get(&self.read, &row.alliance_id).await?;
+                let consent = Consent {
+                    receipt_id: row.receipt_id.clone(),
+                    collector: row.collector.clone(),
+                    grantee: grantee.to_owned(),
+                    purpose,
+                    state: ConsentState::Granted,
+                    valid_from: row.valid_from,
+                    valid_until: row.valid_until,
+                    alliance_id: row.alliance_id.clone(),
+                    terms_version: row.terms_version,
+                };
+                if consent.liveness(alliance.as_ref(), at) == Liveness::Live {
+                    out.entry(id.clone()).or_insert(consent);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The granted consent rows to `grantee` for `purpose` of the members behind `scoped`.
+    async fn load_granted(
+        &self,
+        grantee: &str,
+        scoped: &[String],
+        purpose: Purpose,
+    ) -> Result<BTreeMap<String, Vec<Granted>>, IdentityError> {
         use sea_orm::{FromQueryResult, QuerySelect, sea_query::JoinType};
         #[derive(FromQueryResult)]
         struct Row {
@@ -197,24 +255,16 @@ impl Store {
             .all(&self.read)
             .await
             .map_err(StorageError::from)?;
-        let at = now();
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<String, Vec<Granted>> = BTreeMap::new();
         for row in rows {
-            let alliance = self.alliances.get(&self.read, &row.alliance_id).await?;
-            let consent = Consent {
+            out.entry(row.scoped_id).or_default().push(Granted {
                 receipt_id: row.receipt_id,
                 collector: row.collector,
-                grantee: grantee.to_owned(),
-                purpose,
-                state: ConsentState::Granted,
                 valid_from: row.valid_from,
                 valid_until: row.valid_until,
                 alliance_id: row.alliance_id,
                 terms_version: row.terms_version,
-            };
-            if consent.liveness(alliance.as_ref(), at) == Liveness::Live {
-                out.entry(row.scoped_id).or_insert(consent);
-            }
+            });
         }
         Ok(out)
     }

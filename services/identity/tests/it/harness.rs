@@ -22,8 +22,8 @@ pub(crate) struct Identity {
     pub(crate) config: Config,
     pub(crate) db_url: String,
     pub(crate) channel: Channel,
-    _data: tempfile::TempDir,
-    _db: TestDatabase,
+    _data: Option<tempfile::TempDir>,
+    _db: Option<TestDatabase>,
 }
 
 #[derive(Clone)]
@@ -85,8 +85,29 @@ impl Identity {
             config,
             channel,
             db_url: db.url.clone(),
-            _data: data,
-            _db: db,
+            _data: Some(data),
+            _db: Some(db),
+        }
+    }
+
+    /// A second server on the same database and keys, as another replica behind the same
+    /// Service would be.
+    pub(crate) async fn replica(&self) -> Identity {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(lianyu_identity::run(
+            self.config.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        let channel = lianyu_kit::testing::connect(&address).await;
+        Identity {
+            config: self.config.clone(),
+            channel,
+            db_url: self.db_url.clone(),
+            // The first server owns the files; a replica lives within its test.
+            _data: None,
+            _db: None,
         }
     }
 

@@ -5,6 +5,7 @@
 mod alliances;
 mod at_rest;
 mod audit;
+mod check_cache;
 mod credentials;
 mod erasure;
 mod feed;
