@@ -53,6 +53,11 @@ pub struct CallKey<'a> {
 
 /// Runs `effect` in a transaction at most once per key, storing its response with it.
 /// An empty `request_id` runs the effect without replay protection.
+///
+/// Optimistic: the key is not looked up first (on the hot path every id is new, and a lookup
+/// costs a statement). A replay runs the effect in a transaction that is rolled back: its key
+/// insert conflicts, or the effect fails because the first call already happened; either way
+/// the stored reply is returned (or REQUEST_ID_REUSED when the request differs).
 pub async fn once<Req, Resp, E, F>(
     db: &DatabaseConnection,
     at_rest: &dyn AtRest,
@@ -67,15 +72,20 @@ where
     F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, E>,
 {
     validate(key.request_id)?;
+    let keyed = !key.request_id.is_empty();
     let hash = at_rest.digest(&request.encode_to_vec());
-    if !key.request_id.is_empty()
-        && let Some(stored) = replay(db, at_rest, key, &hash).await?
-    {
-        return Ok(stored);
-    }
     let txn = db.begin().await.map_err(kit)?;
-    let response = effect(&txn).await?;
-    if !key.request_id.is_empty() {
+    let response = match effect(&txn).await {
+        Ok(response) => response,
+        Err(error) => {
+            drop(txn);
+            if keyed && let Some(stored) = replay(db, at_rest, key, &hash).await? {
+                return Ok(stored);
+            }
+            return Err(error);
+        }
+    };
+    if keyed {
         let row = idempotency_key::ActiveModel {
             partner_id: Set(key.partner_id.to_owned()),
             method: Set(key.method.to_owned()),
@@ -86,8 +96,8 @@ where
         };
         if let Err(err) = row.insert(&txn).await {
             return match StorageError::from(err) {
-                // A concurrent call with the same id committed first: ours rolls back (the
-                // transaction is dropped) and the caller gets what the first call stored.
+                // A replay, or a concurrent call with the same id that committed first: ours
+                // rolls back (the transaction is dropped) and the caller gets what was stored.
                 StorageError::AlreadyExists => {
                     drop(txn);
                     replay(db, at_rest, key, &hash)

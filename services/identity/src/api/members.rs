@@ -37,10 +37,14 @@ impl MemberService for Api {
                     .store
                     .enroll(txn, &who.partner_id, &ids, &fields)
                     .await?;
-                let view = self
-                    .store
-                    .contributed(txn, &enrolled.member_id, &who.partner_id)
-                    .await?;
+                let view = match enrolled.view {
+                    Some(view) => view,
+                    None => {
+                        self.store
+                            .contributed(txn, &enrolled.member_id, &who.partner_id)
+                            .await?
+                    }
+                };
                 Ok(pb::EnrollMemberResponse {
                     member: Some(member(&enrolled.scoped_id, &view, Vec::new())),
                     linked_existing: enrolled.linked_existing,

@@ -66,6 +66,21 @@ impl Store {
         hash: &str,
         id: &Identifier,
     ) -> Result<(), IdentityError> {
+        self.identifier_row(caller, member_id, hash, id)
+            .insert(txn)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    /// A new identifier record: the keyed hash to find it by, the value sealed.
+    pub(crate) fn identifier_row(
+        &self,
+        caller: &str,
+        member_id: &str,
+        hash: &str,
+        id: &Identifier,
+    ) -> identifier::ActiveModel {
         identifier::ActiveModel {
             member_id: Set(member_id.to_owned()),
             partner_id: Set(caller.to_owned()),
@@ -77,10 +92,6 @@ impl Store {
             created_at: Set(now()),
             ..Default::default()
         }
-        .insert(txn)
-        .await
-        .map_err(StorageError::from)?;
-        Ok(())
     }
 
     /// Removes `id` from `caller`'s record of the member; NOT_FOUND when the caller does not

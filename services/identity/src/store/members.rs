@@ -24,6 +24,8 @@ pub(crate) struct Enrolled {
     pub(crate) member_id: String,
     pub(crate) linked_existing: bool,
     pub(crate) candidates: i32,
+    /// The caller's view of a member this enrolment created; `None` for an existing member.
+    pub(crate) view: Option<MemberView>,
 }
 
 /// A member as one partner sees it.
@@ -45,6 +47,18 @@ impl Store {
         ids: &[Identifier],
         fields: &BTreeMap<String, String>,
     ) -> Result<Enrolled, IdentityError> {
+        // The same identifier twice in one request counts once (verified if either says so).
+        let mut unique: Vec<Identifier> = Vec::with_capacity(ids.len());
+        for id in ids {
+            match unique
+                .iter_mut()
+                .find(|u| u.kind == id.kind && u.namespace == id.namespace && u.value == id.value)
+            {
+                Some(seen) => seen.verified |= id.verified,
+                None => unique.push(id.clone()),
+            }
+        }
+        let ids = unique.as_slice();
         let hashed: Vec<(String, &Identifier)> = ids
             .iter()
             .map(|i| (self.secrets.lookup_hash(i), i))
@@ -107,6 +121,7 @@ impl Store {
                 id
             }
         };
+        let mut new_rows = Vec::new();
         for (hash, id) in &hashed {
             let held = matches
                 .iter()
@@ -124,22 +139,70 @@ impl Store {
                         .map_err(StorageError::from)?;
                 }
                 Some(_) => {}
-                None => {
-                    self.insert_identifier(txn, caller, &member_id, hash, id)
-                        .await?;
-                }
+                None => new_rows.push(self.identifier_row(caller, &member_id, hash, id)),
             }
         }
-        if !fields.is_empty() {
-            self.merge_profile(txn, &member_id, caller, fields).await?;
+        if !new_rows.is_empty() {
+            identifier::Entity::insert_many(new_rows)
+                .exec(txn)
+                .await
+                .map_err(StorageError::from)?;
         }
-        let scoped_id = self.ensure_scoped_id(txn, caller, &member_id).await?;
+        // A member made just now has nothing to look up: its profile, scoped id and view are
+        // what this call writes (half the statements of an enrolment, on the one writer).
+        let (scoped_id, view) = if existing.is_none() {
+            if !fields.is_empty() {
+                self.insert_profile(txn, &member_id, caller, fields).await?;
+            }
+            let scoped_id = self.secrets.scoped_id(caller, &member_id);
+            scoped_id::ActiveModel {
+                scoped_id: Set(scoped_id.clone()),
+                partner_id: Set(caller.to_owned()),
+                member_id: Set(member_id.clone()),
+            }
+            .insert(txn)
+            .await
+            .map_err(StorageError::from)?;
+            let view = MemberView {
+                identifiers: ids.to_vec(),
+                profile: fields.clone(),
+                created_at: now(),
+            };
+            (scoped_id, Some(view))
+        } else {
+            if !fields.is_empty() {
+                self.merge_profile(txn, &member_id, caller, fields).await?;
+            }
+            (self.ensure_scoped_id(txn, caller, &member_id).await?, None)
+        };
         Ok(Enrolled {
             scoped_id,
             member_id,
             linked_existing: existing.is_some(),
             candidates: i32::try_from(candidates).unwrap_or(i32::MAX),
+            view,
         })
+    }
+
+    async fn insert_profile(
+        &self,
+        txn: &impl ConnectionTrait,
+        member_id: &str,
+        partner: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<(), IdentityError> {
+        profile::ActiveModel {
+            member_id: Set(member_id.to_owned()),
+            partner_id: Set(partner.to_owned()),
+            sealed: Set(self
+                .secrets
+                .seal(&serde_json::to_string(fields).unwrap_or_default())),
+            updated_at: Set(now()),
+        }
+        .insert(txn)
+        .await
+        .map_err(StorageError::from)?;
+        Ok(())
     }
 
     async fn merge_profile(

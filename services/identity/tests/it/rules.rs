@@ -223,3 +223,25 @@ async fn only_the_operator_creates_partners() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_same_identifier_twice_in_one_enrolment_counts_once() {
+    let identity = Identity::with_partners("enrol_duplicates").await;
+    let enrolled = identity
+        .as_partner("brand-a")
+        .members
+        .enroll_member(enroll(
+            "dup",
+            vec![
+                phone("13966139666", false),
+                phone("+86 139 6613 9666", true),
+            ],
+            &[],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids = enrolled.member.unwrap().identifiers;
+    assert_eq!(ids.len(), 1);
+    assert!(ids[0].verified, "verified if either copy says so");
+}
