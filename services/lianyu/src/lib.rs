@@ -1,7 +1,9 @@
 //! The whole mesh in one process: `lianyu up` mounts all four services on one address, each
 //! on its own database, for development, demos and tests.
 
+mod bearer;
 pub mod bench;
+pub mod demo;
 
 use std::future::Future;
 

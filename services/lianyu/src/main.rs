@@ -79,6 +79,9 @@ struct UpArgs {
     /// Where databases and the dev signing key live [env: LIANYU_DATA_DIR; default ./data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Skip the demo a new local mesh runs (two partners sharing a member under consent).
+    #[arg(long)]
+    no_demo: bool,
 }
 
 #[derive(Args)]
@@ -148,11 +151,48 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let shutdown = lianyu_kit::server::shutdown_signal();
+    let demo = !args.no_demo && config.mode == Mode::Local;
     lianyu::up(config, listener, shutdown, |ctx, names| {
-        print_banner(&ctx.config, address, names)
+        print_banner(&ctx.config, address, names);
+        if demo {
+            tokio::spawn(run_demo(
+                format!("http://{address}"),
+                ctx.config.data_dir.clone(),
+                ctx.config.auth.clone(),
+            ));
+        }
     })
     .await?;
     Ok(())
+}
+
+/// The demo on a new mesh; a mesh that already has partners is left alone.
+async fn run_demo(address: String, data_dir: PathBuf, auth: lianyu_kit::config::AuthConfig) {
+    let say = |line: &str| println!("demo: {line}");
+    match lianyu::demo::run(&address, &data_dir, &auth, say).await {
+        Ok(Some(credentials)) => {
+            let host = address.trim_start_matches("http://");
+            println!(
+                "demo: done. The partners' credentials (local demo data; secrets are shown once):"
+            );
+            for c in &credentials {
+                println!(
+                    "  {:<13} client_id {}  client_secret {}",
+                    c.partner, c.client_id, c.client_secret
+                );
+            }
+            if let Some(c) = credentials.first() {
+                println!(
+                    "  a partner's token: grpcurl -plaintext -d '{{\"client_id\":\"{}\",\"client_secret\":\"{}\"}}' {host} lianyu.identity.v1.AuthService/IssueToken",
+                    c.client_id, c.client_secret
+                );
+            }
+        }
+        Ok(None) => println!(
+            "demo: this mesh already has partners; skipped (a new --data-dir runs it again)"
+        ),
+        Err(e) => eprintln!("demo failed: {e:#}"),
+    }
 }
 
 fn print_banner(config: &Config, address: SocketAddr, names: &[&str]) {

@@ -16,27 +16,15 @@ use lianyu_proto::{
     identity::v1 as pb,
 };
 use tonic::{
-    Code, Request, Status,
+    Code,
     codegen::InterceptedService,
-    service::Interceptor,
     transport::{Channel, Endpoint},
 };
 
 /// A channel that sends a bearer token (and the trace context, as every mesh client does).
 pub(super) type Authed = InterceptedService<InterceptedService<Channel, TracePropagation>, Bearer>;
 
-#[derive(Clone)]
-pub(super) struct Bearer(Arc<str>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let value = format!("Bearer {}", self.0)
-            .parse()
-            .map_err(|_| Status::internal("token is not a header value"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
-    }
-}
+pub(super) use crate::bearer::Bearer;
 
 /// A prepared mesh.
 #[derive(Clone)]
@@ -63,7 +51,7 @@ impl Target {
         let key =
             Signer::load(data_dir).context("bench mints its tokens with the mesh's dev key")?;
         let mint = |request: TokenRequest| -> anyhow::Result<Bearer> {
-            Ok(Bearer(Arc::from(key.mint(auth, &request)?)))
+            Ok(Bearer::new(&key.mint(auth, &request)?))
         };
         let operator = mint(TokenRequest {
             operator: true,

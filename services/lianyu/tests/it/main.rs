@@ -216,3 +216,63 @@ fn token_mints_a_short_bootstrap_token_with_the_production_signing_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most 1h"));
 }
+
+/// The lines `up` prints until one contains `until` (or ten seconds pass), then stops it.
+async fn up_output_until(dir: &str, until: &str) -> Vec<String> {
+    let up = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir", dir])
+        .env_remove("LIANYU_MODE")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = KillOnDrop(up);
+    let stdout = up.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let done = line.contains(until);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &up.0.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = wait(&mut up.0, Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit status {exit:?}");
+    lines
+}
+
+#[tokio::test]
+async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let first = up_output_until(dir, "a partner's token:").await;
+    let text = first.join("\n");
+    for step in [
+        "(linked: true)",
+        "Jade reads the member: 0 shared profiles",
+        "Jade reads again: 1 shared profile (tier \"gold\")",
+        "Jade reads again: 0 shared profiles",
+        "Jade's access log: 3 reads, 1 allowed",
+        "client_secret lys_",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in:\n{text}");
+    }
+    let again = up_output_until(dir, "demo: ").await.join("\n");
+    assert!(again.contains("already has partners; skipped"), "{again}");
+}

@@ -1,0 +1,289 @@
+//! The demo `lianyu up` runs on a new local mesh: a shoe brand and a department store share a
+//! member the way partners do, through the real contracts — credentials exchanged for tokens,
+//! an alliance both accept, enrolment linked by a verified phone, and a profile the mall sees
+//! only while the member's consent stands, every read audited. It narrates each step and
+//! leaves the data behind for the reader's own calls.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context;
+use lianyu_kit::{
+    auth::{Signer, TokenRequest},
+    config::AuthConfig,
+    testing::partner_token,
+};
+use lianyu_proto::{
+    common::v1::{ConsentPurpose, PartnerKind},
+    identity::v1::{
+        self as pb, audit_service_client::AuditServiceClient,
+        auth_service_client::AuthServiceClient, consent_service_client::ConsentServiceClient,
+        member_service_client::MemberServiceClient, partner_service_client::PartnerServiceClient,
+    },
+};
+use tonic::{codegen::InterceptedService, transport::Channel};
+
+use crate::bearer::Bearer;
+
+const BRAND: &str = "aurora-shoes";
+const MALL: &str = "jade-plaza";
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+struct Partner {
+    partners: PartnerServiceClient<Authed>,
+    members: MemberServiceClient<Authed>,
+    consents: ConsentServiceClient<Authed>,
+    audit: AuditServiceClient<Authed>,
+}
+
+impl Partner {
+    fn new(channel: &Channel, token: &str) -> Self {
+        let ch = || InterceptedService::new(channel.clone(), Bearer::new(token));
+        Self {
+            partners: PartnerServiceClient::new(ch()),
+            members: MemberServiceClient::new(ch()),
+            consents: ConsentServiceClient::new(ch()),
+            audit: AuditServiceClient::new(ch()),
+        }
+    }
+}
+
+/// What the demo left for the reader: each partner's client id and secret.
+pub struct Credentials {
+    pub partner: &'static str,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+/// Runs the demo against the mesh at `address` (minting the operator's and the partners'
+/// first tokens with the dev key in `data_dir`), printing each step with `say`. Does nothing
+/// and returns `None` when the mesh already has partners.
+pub async fn run(
+    address: &str,
+    data_dir: &Path,
+    auth: &AuthConfig,
+    say: impl Fn(&str),
+) -> anyhow::Result<Option<Vec<Credentials>>> {
+    let key = Signer::load(data_dir).context("the demo mints its first tokens with the dev key")?;
+    let mint = |request: TokenRequest| key.mint(auth, &request);
+    let channel = Channel::from_shared(address.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("the demo cannot reach {address}"))?;
+    let operator = Partner::new(
+        &channel,
+        &mint(TokenRequest {
+            operator: true,
+            ..partner_token("operator")
+        })?,
+    );
+    let existing = operator
+        .partners
+        .clone()
+        .list_partners(pb::ListPartnersRequest::default())
+        .await?
+        .into_inner();
+    if !existing.partners.is_empty() {
+        return Ok(None);
+    }
+
+    say("the operator registers a brand and a department store");
+    for (id, kind, name) in [
+        (BRAND, PartnerKind::Brand, "Aurora Shoes"),
+        (MALL, PartnerKind::Mall, "Jade Plaza"),
+    ] {
+        operator
+            .partners
+            .clone()
+            .create_partner(pb::CreatePartnerRequest {
+                request_id: format!("demo-partner-{id}"),
+                partner_id: id.into(),
+                partner: Some(pb::Partner {
+                    kind: kind as i32,
+                    display_name: name.into(),
+                    privacy_contact: format!("privacy@{id}.example"),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+    }
+
+    say(
+        "each creates a credential and exchanges it for a 15-minute token (AuthService/IssueToken)",
+    );
+    let mut credentials = Vec::new();
+    let mut tokens = Vec::new();
+    for partner in [BRAND, MALL] {
+        let bootstrap =
+            InterceptedService::new(channel.clone(), Bearer::new(&mint(partner_token(partner))?));
+        let created = AuthServiceClient::new(bootstrap)
+            .create_credential(pb::CreateCredentialRequest {
+                request_id: format!("demo-credential-{partner}"),
+                parent: format!("partners/{partner}"),
+                scopes: lianyu_kit::auth::ALL_SCOPES
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+            })
+            .await?
+            .into_inner();
+        let client_id = created.credential.unwrap_or_default().client_id;
+        let issued = AuthServiceClient::new(channel.clone())
+            .issue_token(pb::IssueTokenRequest {
+                client_id: client_id.clone(),
+                client_secret: created.client_secret.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        tokens.push(issued.access_token);
+        credentials.push(Credentials {
+            partner,
+            client_id,
+            client_secret: created.client_secret,
+        });
+    }
+    let mut brand = Partner::new(&channel, &tokens[0]);
+    let mut mall = Partner::new(&channel, &tokens[1]);
+
+    say("Aurora proposes a joint domain allowing SHARE_PROFILE; Jade accepts it");
+    let until = chrono::Utc::now() + chrono::Duration::days(90);
+    let alliance = brand
+        .partners
+        .create_alliance(pb::CreateAllianceRequest {
+            request_id: "demo-alliance".into(),
+            alliance: Some(pb::Alliance {
+                display_name: "Aurora × Jade spring festival".into(),
+                partners: vec![format!("partners/{BRAND}"), format!("partners/{MALL}")],
+                allowed_purposes: vec![ConsentPurpose::ShareProfile as i32],
+                data_categories: vec!["profile.basic".into(), "membership.tier".into()],
+                processing_method: "shown to Jade Plaza's shopping guides for joint service".into(),
+                valid_until: Some(prost_types::Timestamp {
+                    seconds: until.timestamp(),
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let accepted = mall
+        .partners
+        .accept_alliance(pb::AcceptAllianceRequest {
+            request_id: "demo-accept".into(),
+            name: alliance.name.clone(),
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "  {} is {}",
+        accepted.name,
+        pb::AllianceStatus::try_from(accepted.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("?")
+    ));
+
+    say("both enrol the same shopper by a phone each verified by SMS code");
+    let phone = |verified| pb::Identifier {
+        kind: pb::IdentifierKind::Phone as i32,
+        value: "138 0013 8000".into(),
+        namespace: String::new(),
+        verified,
+    };
+    let at_brand = brand
+        .members
+        .enroll_member(pb::EnrollMemberRequest {
+            request_id: "demo-enrol".into(),
+            identifiers: vec![phone(true)],
+            profile: [
+                ("tier".to_owned(), "gold".to_owned()),
+                ("shoe_size".to_owned(), "38".to_owned()),
+            ]
+            .into(),
+        })
+        .await?
+        .into_inner();
+    let at_mall = mall
+        .members
+        .enroll_member(pb::EnrollMemberRequest {
+            request_id: "demo-enrol".into(),
+            identifiers: vec![phone(true)],
+            profile: Default::default(),
+        })
+        .await?
+        .into_inner();
+    let brand_id = at_brand.member.unwrap_or_default().name;
+    let mall_id = at_mall.member.unwrap_or_default().name;
+    say(&format!(
+        "  one person, two pseudonymous ids: Aurora's {brand_id}, Jade's {mall_id} (linked: {})",
+        at_mall.linked_existing
+    ));
+
+    let shared = |m: &pb::Member| m.shared_profiles.len();
+    let read = pb::GetMemberRequest {
+        name: mall_id.clone(),
+        purpose: 0,
+    };
+    let before = mall.members.get_member(read.clone()).await?.into_inner();
+    say(&format!(
+        "Jade reads the member: {} shared profiles (no consent yet)",
+        shared(&before)
+    ));
+
+    let receipt = brand
+        .consents
+        .grant_consent(pb::GrantConsentRequest {
+            request_id: "demo-grant".into(),
+            member: brand_id.clone(),
+            grantee: format!("partners/{MALL}"),
+            purposes: vec![ConsentPurpose::ShareProfile as i32],
+            channel: pb::ConsentChannel::MiniProgram as i32,
+            policy_version: "2026-11".into(),
+            valid_until: None,
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "the shopper grants SHARE_PROFILE to Jade in Aurora's mini-program: receipt {}",
+        receipt.name
+    ));
+    let during = mall.members.get_member(read.clone()).await?.into_inner();
+    let tier = during
+        .shared_profiles
+        .first()
+        .and_then(|p| p.profile.get("tier"))
+        .cloned()
+        .unwrap_or_default();
+    say(&format!(
+        "Jade reads again: {} shared profile (tier {tier:?})",
+        shared(&during)
+    ));
+
+    brand
+        .consents
+        .withdraw_consent(pb::WithdrawConsentRequest {
+            request_id: "demo-withdraw".into(),
+            member: brand_id,
+            grantee: format!("partners/{MALL}"),
+            purposes: vec![ConsentPurpose::ShareProfile as i32],
+        })
+        .await?;
+    let after = mall.members.get_member(read).await?.into_inner();
+    say(&format!(
+        "the shopper withdraws with one call; Jade reads again: {} shared profiles",
+        shared(&after)
+    ));
+    let records = mall
+        .audit
+        .list_access_records(pb::ListAccessRecordsRequest::default())
+        .await?
+        .into_inner()
+        .records;
+    let allowed = records.iter().filter(|r| r.allowed).count();
+    say(&format!(
+        "Jade's access log: {} reads, {allowed} allowed, each hash-chained",
+        records.len()
+    ));
+    Ok(Some(credentials))
+}
