@@ -124,10 +124,11 @@ pub(crate) fn receipt(
         processing_method: r.processing_method.clone(),
         policy_version: r.policy_version.clone(),
         channel: r.channel,
-        status: if r.status == "granted" {
-            pb::ConsentStatus::Granted as i32
-        } else {
-            pb::ConsentStatus::Withdrawn as i32
+        // A grant whose window has closed reads as expired on the person's list.
+        status: match r.status.as_str() {
+            "granted" if r.valid_until <= crate::store::now() => pb::ConsentStatus::Expired as i32,
+            "granted" => pb::ConsentStatus::Granted as i32,
+            _ => pb::ConsentStatus::Withdrawn as i32,
         },
         valid_from: timestamp(r.valid_from),
         valid_until: timestamp(r.valid_until),

@@ -327,4 +327,17 @@ async fn a_consent_whose_window_closes_is_announced_as_expired() {
         (pb::ConsentEventKind::Expired as i32, mall_id.as_str())
     );
     assert_eq!(expired.purposes, [ConsentPurpose::MarketingContact as i32]);
+    // The person's list shows the receipt as expired.
+    let listed = brand
+        .consents
+        .list_consents(pb::ListConsentsRequest {
+            member: brand_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .consents;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, pb::ConsentStatus::Expired as i32);
 }
