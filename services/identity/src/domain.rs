@@ -33,6 +33,9 @@ pub enum IdentityError {
     /// ALREADY_EXISTS, for example PARTNER_EXISTS.
     #[error("{1}")]
     Exists(&'static str, &'static str),
+    /// RESOURCE_EXHAUSTED, for example TOO_MANY_TOKEN_REQUESTS.
+    #[error("{1}")]
+    Exhausted(&'static str, &'static str),
     /// INTERNAL: something that is never the caller's fault (signing a token failed).
     #[error("internal: {0}")]
     Internal(String),
@@ -61,6 +64,7 @@ impl ServiceError for IdentityError {
             Self::Denied(..) => Code::PermissionDenied,
             Self::Precondition(..) => Code::FailedPrecondition,
             Self::Exists(..) => Code::AlreadyExists,
+            Self::Exhausted(..) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
             Self::Kit(e) => e.code(),
         }
@@ -78,6 +82,7 @@ impl ServiceError for IdentityError {
             Self::NotFound("credential") => "CREDENTIAL_NOT_FOUND",
             Self::NotFound(_) => "NOT_FOUND",
             Self::Unauthenticated(reason, _)
+            | Self::Exhausted(reason, _)
             | Self::Denied(reason, _)
             | Self::Precondition(reason, _)
             | Self::Exists(reason, _) => reason,

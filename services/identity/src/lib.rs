@@ -47,11 +47,11 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
     api::register(
         mount,
         store,
-        api::Tokens {
-            signer: ctx.signer.clone(),
-            auth: ctx.config.auth.clone(),
-            published: ctx.static_keys.clone(),
-        },
+        api::Tokens::new(
+            ctx.signer.clone(),
+            ctx.config.auth.clone(),
+            ctx.static_keys.clone(),
+        ),
     );
     Ok(())
 }

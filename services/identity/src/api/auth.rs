@@ -33,6 +33,27 @@ pub(crate) struct Tokens {
     pub(crate) auth: AuthConfig,
     /// The signer's public key and the keys still trusted from before a rotation.
     pub(crate) published: Vec<TrustedKey>,
+    /// Exchanges per credential: a backend needs one token per quarter hour, so a client id
+    /// asking many times a second is guessing or looping. Keyed only by credentials that
+    /// exist, so made-up client ids cannot grow it.
+    pub(crate) per_client: Arc<governor::DefaultKeyedRateLimiter<String>>,
+}
+
+impl Tokens {
+    pub(crate) fn new(
+        signer: Option<Arc<Signer>>,
+        auth: AuthConfig,
+        published: Vec<TrustedKey>,
+    ) -> Self {
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN.saturating_add(4))
+            .allow_burst(std::num::NonZeroU32::MIN.saturating_add(19));
+        Self {
+            signer,
+            auth,
+            published,
+            per_client: Arc::new(governor::RateLimiter::keyed(quota)),
+        }
+    }
 }
 
 /// The answer to every credential that does not open: unknown, wrong secret, revoked. One
@@ -244,6 +265,12 @@ impl Api {
                 .credential_matches(&r.client_secret, UNKNOWN_CLIENT_HASH);
             return Err(INVALID_CLIENT);
         };
+        if self.tokens.per_client.check_key(&row.client_id).is_err() {
+            return Err(IdentityError::Exhausted(
+                "TOO_MANY_TOKEN_REQUESTS",
+                "this client asks for tokens too often; reuse a token until it nears expiry",
+            ));
+        }
         let state = SecretState {
             secret_hash: row.secret_hash.clone(),
             previous_hash: row.previous_secret_hash.clone(),

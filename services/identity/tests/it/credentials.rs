@@ -438,3 +438,30 @@ async fn issued_tokens_verify_with_the_published_keys() {
     assert_eq!(principal.partner_id, "brand-a");
     assert!(!principal.operator);
 }
+
+#[tokio::test]
+async fn a_client_asking_for_tokens_in_a_loop_is_slowed_down_alone() {
+    let identity = Identity::with_partners("cred_rate").await;
+    let (looping, secret) = create_credential(&identity, "brand-a", &["identity.read"]).await;
+    let (other, other_secret) = create_credential(&identity, "mall-b", &["identity.read"]).await;
+    let mut public = identity.public_auth();
+    let mut refused = None;
+    for _ in 0..50 {
+        if let Err(e) = public
+            .issue_token(exchange(&looping.client_id, &secret))
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("a burst of 50 is refused before its end");
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::ResourceExhausted, "TOO_MANY_TOKEN_REQUESTS")
+    );
+    public
+        .issue_token(exchange(&other.client_id, &other_secret))
+        .await
+        .unwrap();
+}
