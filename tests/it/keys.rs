@@ -216,6 +216,43 @@ async fn services_verify_with_identitys_published_keys_through_a_rotation() {
         settles_to(&entitlements, &token_b, Code::Unimplemented).await,
         Code::Unimplemented
     );
+
+    // Revoking the credential ends its unexpired tokens here too, at the next key refresh.
+    let channel = lianyu_kit::testing::connect(&identity_url).await;
+    let credentials = AuthServiceClient::new(channel.clone())
+        .list_credentials(bearer(
+            pb::ListCredentialsRequest {
+                parent: "partners/brand-a".into(),
+                ..Default::default()
+            },
+            &lianyu_kit::testing::mint(
+                &identity_config.data_dir,
+                &identity_config.auth,
+                &partner_token("brand-a"),
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credentials;
+    AuthServiceClient::new(channel)
+        .revoke_credential(bearer(
+            pb::RevokeCredentialRequest {
+                request_id: "revoke".into(),
+                name: credentials[0].name.clone(),
+            },
+            &lianyu_kit::testing::mint(
+                &identity_config.data_dir,
+                &identity_config.auth,
+                &partner_token("brand-a"),
+            ),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        settles_to(&entitlements, &token_b, Code::Unauthenticated).await,
+        Code::Unauthenticated
+    );
 }
 
 /// The key id in a token's header.

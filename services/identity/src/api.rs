@@ -27,7 +27,7 @@ pub(crate) struct Api {
     tokens: Tokens,
 }
 
-pub(crate) use auth::Tokens;
+pub(crate) use auth::{REVOKED_FOR_MILLIS, Tokens};
 
 pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
     let api = Api { store, tokens };

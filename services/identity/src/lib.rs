@@ -40,6 +40,12 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
             .clone()
             .follow(store.feed.clone(), ctx.stopping.clone()),
     );
+    // Tokens of credentials revoked before this start stay refused.
+    let revoked = store
+        .recently_revoked(lianyu_kit::storage::now_millis() - api::REVOKED_FOR_MILLIS)
+        .await
+        .map_err(|e| StartError::Auth(format!("revoked credentials: {e}")))?;
+    ctx.verifier.set_revoked(revoked);
     tokio::spawn(store::sweep::expire_consents(
         store.clone(),
         ctx.stopping.clone(),
@@ -51,6 +57,7 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
             ctx.signer.clone(),
             ctx.config.auth.clone(),
             ctx.static_keys.clone(),
+            ctx.verifier.clone(),
         ),
     );
     Ok(())

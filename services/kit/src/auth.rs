@@ -42,6 +42,9 @@ pub struct Claims {
     /// `operator` for the mesh operator; empty for brands and malls.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// The credential the token was issued for; its revocation ends the token at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
 }
 
 /// The authenticated caller of an RPC.
@@ -51,6 +54,8 @@ pub struct Principal {
     pub store: Option<String>,
     pub scopes: BTreeSet<String>,
     pub operator: bool,
+    /// The credential the token was issued for (`IssueToken`); none for dev tokens.
+    pub credential: Option<String>,
 }
 
 impl Principal {
@@ -80,6 +85,9 @@ pub enum AuthError {
     /// UNAUTHENTICATED, reason TOKEN_EXPIRED.
     #[error("token expired")]
     Expired,
+    /// UNAUTHENTICATED, reason TOKEN_REVOKED: its credential was revoked.
+    #[error("the token's credential was revoked")]
+    Revoked,
     /// UNAUTHENTICATED, reason TOKEN_AUDIENCE_MISMATCH.
     #[error("token was issued for another audience")]
     WrongAudience,
@@ -94,6 +102,7 @@ impl AuthError {
             AuthError::Missing => (tonic::Code::Unauthenticated, "TOKEN_MISSING"),
             AuthError::Invalid => (tonic::Code::Unauthenticated, "TOKEN_INVALID"),
             AuthError::Expired => (tonic::Code::Unauthenticated, "TOKEN_EXPIRED"),
+            AuthError::Revoked => (tonic::Code::Unauthenticated, "TOKEN_REVOKED"),
             AuthError::WrongAudience => (tonic::Code::Unauthenticated, "TOKEN_AUDIENCE_MISMATCH"),
             AuthError::MissingScope(_) => (tonic::Code::PermissionDenied, "SCOPE_MISSING"),
         };
@@ -120,6 +129,8 @@ pub struct TokenVerifier {
     /// Signalled when a token names a key id not trusted (yet): the key refresher re-reads
     /// identity's keys at once instead of waiting for its interval.
     unknown_key: Arc<tokio::sync::Notify>,
+    /// Credentials revoked while tokens they issued may still be unexpired.
+    revoked: Arc<RwLock<std::collections::HashSet<String>>>,
 }
 
 impl TokenVerifier {
@@ -134,6 +145,7 @@ impl TokenVerifier {
             validation,
             verified: Arc::default(),
             unknown_key: Arc::default(),
+            revoked: Arc::default(),
         };
         verifier.replace_keys(&auth.trusted_keys)?;
         Ok(verifier)
@@ -175,7 +187,35 @@ impl TokenVerifier {
         ids
     }
 
+    /// Refuses from now on every token issued for `credential`.
+    pub fn revoke(&self, credential: &str) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(credential.to_owned());
+    }
+
+    /// Replaces the revoked credentials with `credentials` (as identity publishes them).
+    pub fn set_revoked(&self, credentials: impl IntoIterator<Item = String>) {
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) =
+            credentials.into_iter().collect();
+    }
+
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let principal = self.verify_unrevoked(token)?;
+        if let Some(credential) = &principal.credential
+            && self
+                .revoked
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(credential)
+        {
+            return Err(AuthError::Revoked);
+        }
+        Ok(principal)
+    }
+
+    fn verify_unrevoked(&self, token: &str) -> Result<Principal, AuthError> {
         let now = chrono::Utc::now().timestamp();
         let cached = self
             .verified
@@ -221,6 +261,7 @@ impl TokenVerifier {
             store: claims.store,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
             operator: claims.role == "operator",
+            credential: claims.cid,
         };
         Ok((principal, claims.exp))
     }
@@ -261,6 +302,7 @@ mod tests {
             store: None,
             scopes: vec![],
             ttl: Duration::from_secs(600),
+            credential: None,
         };
         let token = old.mint(&auth, &request).unwrap();
         assert_eq!(verifier.verify(&token).unwrap().partner_id, "brand-a");

@@ -94,6 +94,7 @@ pub fn partner_token(partner_id: &str) -> TokenRequest {
         store: None,
         scopes: ALL_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
         ttl: Duration::from_secs(3600),
+        credential: None,
     }
 }
 

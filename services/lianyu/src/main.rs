@@ -265,6 +265,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         store: args.store,
         scopes,
         ttl: args.ttl,
+        credential: None,
     };
     println!("{}", key.mint(&config.auth, &request)?);
     Ok(())

@@ -37,6 +37,8 @@ pub(crate) struct Tokens {
     /// asking many times a second is guessing or looping. Keyed only by credentials that
     /// exist, so made-up client ids cannot grow it.
     pub(crate) per_client: Arc<governor::DefaultKeyedRateLimiter<String>>,
+    /// This process's verifier: a revocation here refuses the credential's tokens at once.
+    pub(crate) verifier: Arc<lianyu_kit::auth::TokenVerifier>,
 }
 
 impl Tokens {
@@ -44,6 +46,7 @@ impl Tokens {
         signer: Option<Arc<Signer>>,
         auth: AuthConfig,
         published: Vec<TrustedKey>,
+        verifier: Arc<lianyu_kit::auth::TokenVerifier>,
     ) -> Self {
         let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN.saturating_add(4))
             .allow_burst(std::num::NonZeroU32::MIN.saturating_add(19));
@@ -52,6 +55,7 @@ impl Tokens {
             auth,
             published,
             per_client: Arc::new(governor::RateLimiter::keyed(quota)),
+            verifier,
         }
     }
 }
@@ -187,6 +191,7 @@ impl AuthService for Api {
                 Ok(convert::credential(&row, at))
             })
             .await?;
+        self.tokens.verifier.revoke(&id);
         Ok(Response::new(out))
     }
 
@@ -216,7 +221,13 @@ impl AuthService for Api {
         &self,
         _request: Request<pb::GetSigningKeysRequest>,
     ) -> Result<Response<pb::GetSigningKeysResponse>, Status> {
+        let revoked_credentials = self
+            .store
+            .recently_revoked(now() - REVOKED_FOR_MILLIS)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetSigningKeysResponse {
+            revoked_credentials,
             keys: self
                 .tokens
                 .published
@@ -320,6 +331,7 @@ impl Api {
                     store: store.map(|_| r.store.clone()),
                     scopes: scopes.iter().cloned().collect(),
                     ttl,
+                    credential: Some(row.id.clone()),
                 },
             )
             .map_err(|e| IdentityError::Internal(format!("signing a token: {e}")))?;
@@ -332,6 +344,10 @@ impl Api {
         })
     }
 }
+
+/// How long a revoked credential is published: longer than any token lives (`LIANYU_TOKEN_TTL`
+/// is at most a day).
+pub(crate) const REVOKED_FOR_MILLIS: i64 = 24 * 3600 * 1000;
 
 /// A well-formed hash no secret produces in practice, compared against for unknown client ids.
 const UNKNOWN_CLIENT_HASH: &str =

@@ -69,6 +69,18 @@ impl Store {
             .map_err(StorageError::from)?)
     }
 
+    /// Ids of the credentials revoked since `since` (milliseconds).
+    pub(crate) async fn recently_revoked(&self, since: i64) -> Result<Vec<String>, IdentityError> {
+        Ok(credential::Entity::find()
+            .filter(credential::Column::RevokedAt.gt(since))
+            .all(&self.read)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
+    }
+
     /// One page of `partner`'s credentials, by id (ids are time-ordered).
     pub(crate) async fn list_credentials(
         &self,

@@ -122,7 +122,21 @@ async fn a_credential_is_exchanged_for_a_working_token_until_it_is_rotated_out_o
         .await
         .unwrap();
 
-    // Revocation takes effect at once.
+    // Revocation takes effect at once: no new token, and the tokens already issued stop.
+    let issued_before = public
+        .issue_token(exchange(&credential.client_id, &new_secret))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let mut holder = identity.with_token(&issued_before);
+    holder
+        .partners
+        .get_partner(pb::GetPartnerRequest {
+            name: "partners/brand-a".into(),
+        })
+        .await
+        .unwrap();
     let revoked = brand
         .auth
         .revoke_credential(pb::RevokeCredentialRequest {
@@ -133,6 +147,24 @@ async fn a_credential_is_exchanged_for_a_working_token_until_it_is_rotated_out_o
         .unwrap()
         .into_inner();
     assert!(revoked.revoked);
+    let e = holder
+        .partners
+        .get_partner(pb::GetPartnerRequest {
+            name: "partners/brand-a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::Unauthenticated, "TOKEN_REVOKED")
+    );
+    let published = public
+        .get_signing_keys(pb::GetSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let id = credential.name.rsplit('/').next().unwrap();
+    assert_eq!(published.revoked_credentials, [id]);
     let e = public
         .issue_token(exchange(&credential.client_id, &new_secret))
         .await

@@ -2,7 +2,7 @@
 //! through `AuthService/GetSigningKeys`. This task keeps them current: it reads them at start,
 //! again every `LIANYU_KEY_REFRESH_INTERVAL`, and at once (at most every few seconds) when a
 //! token names a key id it does not know yet, which is what a signing-key rotation looks like
-//! from here.
+//! from here. The same answer lists revoked credentials, whose unexpired tokens are refused.
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,7 +35,8 @@ pub async fn refresh_keys(
     let mut retry = Duration::from_millis(250);
     loop {
         let wait = match fetch(&mut client).await {
-            Ok(fetched) => {
+            Ok((fetched, revoked)) => {
+                verifier.set_revoked(revoked);
                 let mut keys = static_keys.clone();
                 keys.extend(fetched);
                 match verifier.replace_keys(&keys) {
@@ -78,20 +79,22 @@ pub async fn refresh_keys(
     }
 }
 
+/// The published keys, and the credentials whose tokens are refused.
 async fn fetch(
     client: &mut AuthServiceClient<crate::client::PeerChannel>,
-) -> Result<Vec<TrustedKey>, tonic::Status> {
-    let keys = client
+) -> Result<(Vec<TrustedKey>, Vec<String>), tonic::Status> {
+    let published = client
         .get_signing_keys(GetSigningKeysRequest {})
         .await?
-        .into_inner()
-        .keys;
-    Ok(keys
+        .into_inner();
+    let keys = published
+        .keys
         .into_iter()
         .filter(|k| k.algorithm == "EdDSA" && decode_public_key(&k.public_key).is_ok())
         .map(|k| TrustedKey {
             key_id: k.key_id,
             public_key: k.public_key,
         })
-        .collect())
+        .collect();
+    Ok((keys, published.revoked_credentials))
 }

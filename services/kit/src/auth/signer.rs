@@ -44,6 +44,8 @@ pub struct TokenRequest {
     pub store: Option<String>,
     pub scopes: Vec<String>,
     pub ttl: Duration,
+    /// The credential a token is issued for (`IssueToken`), so revoking it ends the token.
+    pub credential: Option<String>,
 }
 
 /// An Ed25519 key that signs tokens: the identity service's, or the local mesh's dev key.
@@ -146,6 +148,7 @@ impl Signer {
             } else {
                 String::new()
             },
+            cid: request.credential.clone(),
         };
         self.sign(&claims)
     }

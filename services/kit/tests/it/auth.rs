@@ -18,6 +18,7 @@ fn claims(server: &TestServer, exp_offset: i64) -> Claims {
         store: None,
         scope: "identity.read identity.write".into(),
         role: String::new(),
+        cid: None,
     }
 }
 
