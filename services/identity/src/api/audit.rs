@@ -77,7 +77,13 @@ impl Api {
     ) -> Result<(Vec<pb::AccessRecord>, String), IdentityError> {
         let rows = self.store.access_records(who, member_id, page).await?;
         let (rows, next_page_token) = page.finish(rows, |r| r.seq.to_string());
-        let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
+        // A record made before a merge names the merged-away member: name its survivor.
+        let survivors = self
+            .store
+            .survivors(rows.iter().map(|r| r.member_id.clone()).collect())
+            .await?;
+        let current = |id: &String| survivors.get(id).unwrap_or(id).clone();
+        let members: Vec<String> = rows.iter().map(|r| current(&r.member_id)).collect();
         let scoped =
             Store::scoped_ids_of(&self.store.read, &self.store.secrets, who, &members).await?;
         let records = rows
@@ -86,7 +92,7 @@ impl Api {
                 name: format!("accessRecords/{}", row.seq),
                 accessor: format!("partners/{}", row.accessor),
                 member: scoped
-                    .get(&row.member_id)
+                    .get(&current(&row.member_id))
                     .map(|s| format!("members/{s}"))
                     .unwrap_or_default(),
                 purpose: row.purpose,

@@ -111,6 +111,22 @@ impl Store {
         Ok((outcome, head.hash))
     }
 
+    /// For each of `ids` merged into another member, that member.
+    pub(crate) async fn survivors(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<std::collections::BTreeMap<String, String>, IdentityError> {
+        use super::entities::member_merge;
+        Ok(member_merge::Entity::find()
+            .filter(member_merge::Column::DuplicateId.is_in(ids))
+            .all(&self.read)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|m| (m.duplicate_id, m.survivor_id))
+            .collect())
+    }
+
     /// Records of `partner`'s reads and of reads of data `partner` provided, optionally for one member.
     pub(crate) async fn access_records(
         &self,
@@ -127,7 +143,17 @@ impl Store {
             .order_by_asc(access_record::Column::Seq)
             .limit(page.size + 1);
         if let Some(member_id) = member_id {
-            query = query.filter(access_record::Column::MemberId.eq(member_id.to_owned()));
+            // Reads of members merged into this one were recorded under their old ids.
+            let mut ids: Vec<String> = super::entities::member_merge::Entity::find()
+                .filter(super::entities::member_merge::Column::SurvivorId.eq(member_id.to_owned()))
+                .all(&self.read)
+                .await
+                .map_err(StorageError::from)?
+                .into_iter()
+                .map(|m| m.duplicate_id)
+                .collect();
+            ids.push(member_id.to_owned());
+            query = query.filter(access_record::Column::MemberId.is_in(ids));
         }
         if let Some(after) = page.after.as_deref().and_then(|a| a.parse::<i64>().ok()) {
             query = query.filter(access_record::Column::Seq.gt(after));

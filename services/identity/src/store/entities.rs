@@ -187,3 +187,13 @@ entity!(credential, "credentials", {
     pub revoked_at: Option<i64>,
     pub created_at: i64,
 });
+
+entity!(member_merge, "member_merges", {
+    /// The member folded into another; its records that cannot move (the hash-chained access
+    /// log) keep its id, so reads about the survivor look here too.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub duplicate_id: String,
+    #[sea_orm(indexed)]
+    pub survivor_id: String,
+    pub merged_at: i64,
+});

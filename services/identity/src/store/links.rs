@@ -8,7 +8,7 @@ use sea_orm::{
 
 use super::{
     Store,
-    entities::{consent, consent_receipt, identifier, member, profile, scoped_id},
+    entities::{consent, consent_receipt, identifier, member, member_merge, profile, scoped_id},
     now,
 };
 use crate::domain::{
@@ -164,6 +164,21 @@ impl Store {
             .exec(txn)
             .await
             .map_err(StorageError::from)?;
+        // Earlier merges into `dup` now point at `keep`, so one lookup finds every id.
+        member_merge::Entity::update_many()
+            .col_expr(member_merge::Column::SurvivorId, Expr::value(keep))
+            .filter(member_merge::Column::SurvivorId.eq(dup.to_owned()))
+            .exec(txn)
+            .await
+            .map_err(StorageError::from)?;
+        member_merge::ActiveModel {
+            duplicate_id: Set(dup.to_owned()),
+            survivor_id: Set(keep.to_owned()),
+            merged_at: Set(now()),
+        }
+        .insert(txn)
+        .await
+        .map_err(StorageError::from)?;
         member::Entity::update_many()
             .col_expr(member::Column::Status, Expr::value("merged"))
             .filter(member::Column::Id.eq(dup.to_owned()))

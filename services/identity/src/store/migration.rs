@@ -68,7 +68,7 @@ impl MigrationTrait for IdentityTables {
     }
 }
 
-/// Stores, credentials, and the index the consent-expiry sweep reads.
+/// Stores, credentials, member merges, and the index the consent-expiry sweep reads.
 pub(crate) struct StoresAndCredentials;
 
 impl MigrationName for StoresAndCredentials {
@@ -89,6 +89,10 @@ impl MigrationTrait for StoresAndCredentials {
             (
                 schema.create_table_from_entity(credential::Entity),
                 schema.create_index_from_entity(credential::Entity),
+            ),
+            (
+                schema.create_table_from_entity(member_merge::Entity),
+                schema.create_index_from_entity(member_merge::Entity),
             ),
         ] {
             manager

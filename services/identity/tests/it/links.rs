@@ -160,6 +160,14 @@ async fn merged_members_keep_every_scoped_id_their_data_and_their_consents() {
         pb::ConsentEventKind::Granted as i32
     );
 
+    // The mall reads the person before the merge: recorded under the duplicate.
+    mall.members
+        .get_member(pb::GetMemberRequest {
+            name: mall_id.clone(),
+            purpose: 0,
+        })
+        .await
+        .unwrap();
     let merge = |request_id: &str, evidence: pb::Identifier| pb::MergeMembersRequest {
         request_id: request_id.into(),
         member: keep.clone(),
@@ -257,6 +265,17 @@ async fn merged_members_keep_every_scoped_id_their_data_and_their_consents() {
     assert_eq!(seen.shared_profiles.len(), 1);
     assert_eq!(seen.shared_profiles[0].profile["tier"], "gold");
 
+    // The person's export through the survivor lists both reads, named by the brand's id.
+    let export = brand
+        .members
+        .export_member_data(pb::ExportMemberDataRequest {
+            member: keep.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(export.access_records.len(), 2);
+    assert!(export.access_records.iter().all(|r| r.member == keep));
     let e = brand
         .members
         .merge_members(pb::MergeMembersRequest {
