@@ -23,7 +23,8 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
     let db = ctx.open_database::<store::Migrator>(NAME).await?;
     let read = lianyu_kit::storage::open_reader(&ctx.config, NAME, &db).await?;
     let secrets = Arc::new(Secrets::from_master(&master_key(&ctx.config)?));
-    let feed = Feed::new(db.clone(), ctx.stopping.clone());
+    // The feed only reads (appends go through the writer's transactions): the read pool.
+    let feed = Feed::new(read.clone(), ctx.stopping.clone());
     let alliances = store::alliances::AllianceCache::default();
     let store = store::Store {
         db,

@@ -61,6 +61,8 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// A feed read from `db`. Appends go through the writer's own transactions, so `db` may be
+    /// a read pool, which keeps watchers off the writer.
     pub fn new(db: DatabaseConnection, shutdown: CancellationToken) -> Self {
         Self {
             db,
