@@ -243,7 +243,7 @@ impl Config {
                 key_refresh: duration(
                     &var,
                     "LIANYU_KEY_REFRESH_INTERVAL",
-                    Duration::from_secs(300),
+                    Duration::from_secs(60),
                 )?,
             },
             otlp_endpoint,
