@@ -5,6 +5,7 @@ pub mod audit;
 pub mod consent;
 pub mod credential;
 pub mod identifier;
+pub mod linking;
 pub mod merge;
 pub mod partner;
 pub mod secrets;

@@ -1,6 +1,6 @@
 //! Members, their identifiers and profiles, and the partner-scoped ids that name them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use lianyu_kit::storage::StorageError;
 use sea_orm::{
@@ -16,6 +16,7 @@ use super::{
 use crate::domain::{
     IdentityError,
     identifier::{Identifier, Kind},
+    linking::{Decision, Match, decide},
 };
 
 /// The outcome of an enrolment.
@@ -68,43 +69,28 @@ impl Store {
             .all(txn)
             .await
             .map_err(StorageError::from)?;
-        let incoming = |hash: &str| hashed.iter().find(|(h, _)| h == hash).map(|(_, i)| *i);
-        let own: BTreeSet<&str> = matches
+        let found: Vec<Match<'_>> = matches
             .iter()
-            .filter(|m| m.partner_id == caller)
-            .map(|m| m.member_id.as_str())
+            .filter_map(|row| {
+                let incoming = hashed.iter().find(|(h, _)| *h == row.lookup_hash)?.1;
+                Some(Match {
+                    partner: &row.partner_id,
+                    member: &row.member_id,
+                    verified: row.verified,
+                    incoming,
+                })
+            })
             .collect();
-        let mut linked = BTreeSet::new();
-        let mut weak = BTreeSet::new();
-        for row in matches.iter().filter(|m| m.partner_id != caller) {
-            let Some(id) = incoming(&row.lookup_hash) else {
-                continue;
-            };
-            if id.verified && row.verified && id.links_across_partners() {
-                linked.insert(row.member_id.as_str());
-            } else {
-                weak.insert(row.member_id.as_str());
-            }
-        }
-        if own.len() > 1 {
-            return Err(IdentityError::Precondition(
-                "IDENTIFIERS_CONFLICT",
+        let Decision {
+            member: existing,
+            candidates,
+        } = decide(caller, &found).map_err(|reason| {
+            IdentityError::Precondition(
+                reason,
                 "these identifiers belong to different members you enrolled; merge them first"
                     .into(),
-            ));
-        }
-        let existing = match (own.first(), linked.len()) {
-            (Some(m), _) => Some((*m).to_owned()),
-            (None, 1) => linked.first().map(|m| (*m).to_owned()),
-            // Verified evidence pointing at several people links to none of them.
-            _ => None,
-        };
-        let chosen = existing.clone();
-        let candidates = weak
-            .iter()
-            .chain(linked.iter())
-            .filter(|m| Some(**m) != chosen.as_deref())
-            .count();
+            )
+        })?;
         let member_id = match existing.clone() {
             Some(m) => m,
             None => {
