@@ -174,3 +174,75 @@ pub(crate) fn credential(c: &credential::Model, now: i64) -> pb::Credential {
             .and_then(timestamp),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partner(id: &str, name: &str) -> partner::Model {
+        partner::Model {
+            id: id.into(),
+            kind: "brand".into(),
+            display_name: name.into(),
+            status: "active".into(),
+            privacy_contact: format!("privacy@{id}.example"),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn stored(status: &str, valid_until: i64) -> consent_receipt::Model {
+        consent_receipt::Model {
+            id: "r1".into(),
+            member_id: "internal-member-id".into(),
+            collector: "brand".into(),
+            grantee: "mall".into(),
+            purposes: "1,2".into(),
+            data_categories: r#"["profile.basic"]"#.into(),
+            processing_method: "shown to guides".into(),
+            policy_version: "2026-11".into(),
+            channel: pb::ConsentChannel::Store as i32,
+            status: status.into(),
+            valid_from: 0,
+            valid_until,
+            alliance_id: "a1".into(),
+            issued_at: 5,
+        }
+    }
+
+    #[test]
+    fn a_receipt_tells_what_pipl_art_23_requires_in_the_readers_ids() {
+        let far = crate::store::now() + 3_600_000;
+        let r = receipt(
+            &stored("granted", far),
+            "mScoped",
+            &partner("brand", "Aurora Shoes"),
+            &partner("mall", "Jade Plaza"),
+        );
+        assert_eq!(
+            r.member, "members/mScoped",
+            "the reader's scoped id, never the internal one"
+        );
+        assert_eq!(
+            (
+                r.collector_display_name.as_str(),
+                r.grantee_display_name.as_str()
+            ),
+            ("Aurora Shoes", "Jade Plaza")
+        );
+        assert_eq!(r.grantee_contact, "privacy@mall.example");
+        assert_eq!(r.purposes, [1, 2]);
+        assert_eq!(r.data_categories, ["profile.basic"]);
+        assert_eq!(r.processing_method, "shown to guides");
+        assert_eq!(r.status, pb::ConsentStatus::Granted as i32);
+    }
+
+    #[test]
+    fn a_grant_past_its_window_reads_as_expired_and_a_withdrawal_as_withdrawn() {
+        let (brand, mall) = (partner("brand", "A"), partner("mall", "B"));
+        let past = receipt(&stored("granted", 1), "m", &brand, &mall);
+        assert_eq!(past.status, pb::ConsentStatus::Expired as i32);
+        let withdrawn = receipt(&stored("withdrawn", 1), "m", &brand, &mall);
+        assert_eq!(withdrawn.status, pb::ConsentStatus::Withdrawn as i32);
+    }
+}
