@@ -143,7 +143,7 @@ impl AuthService for Api {
         };
         let out = self
             .mutate(&who, "RotateCredential", &r.request_id, &r, async |txn| {
-                let mut row = Store::credential(txn, &partner, &id)
+                let mut row = Store::credential_for_update(txn, &partner, &id)
                     .await?
                     .ok_or(IdentityError::NotFound("credential"))?;
                 if row.revoked_at.is_some() {
@@ -177,7 +177,7 @@ impl AuthService for Api {
         let (partner, id) = owned_credential(&who, &r.name).map_err(status)?;
         let out = self
             .mutate(&who, "RevokeCredential", &r.request_id, &r, async |txn| {
-                let mut row = Store::credential(txn, &partner, &id)
+                let mut row = Store::credential_for_update(txn, &partner, &id)
                     .await?
                     .ok_or(IdentityError::NotFound("credential"))?;
                 let at = now();

@@ -237,12 +237,16 @@ impl PartnerService for Api {
     ) -> Result<Response<pb::Alliance>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
-        let mut alliance = self
+        let current = self
             .member_alliance(&who.partner_id, &r.name)
             .await
             .map_err(status)?;
         let out = self
             .mutate(&who, "AcceptAlliance", &r.request_id, &r, async |txn| {
+                // Read again inside the transaction: new terms saved meanwhile are not undone.
+                let mut alliance = Store::alliance_for_update(txn, &current.id)
+                    .await?
+                    .ok_or(IdentityError::NotFound("alliance"))?;
                 alliance.accept(&who.partner_id).map_err(|reason| {
                     IdentityError::Precondition(
                         reason,
@@ -318,7 +322,7 @@ impl Api {
         let out = self
             .mutate(who, "UpdateAlliance", &r.request_id, r, async |txn| {
                 // Read again inside the transaction: a concurrent acceptance is not lost.
-                let mut alliance = Store::alliance(txn, &current.id)
+                let mut alliance = Store::alliance_for_update(txn, &current.id)
                     .await?
                     .ok_or(IdentityError::NotFound("alliance"))?;
                 let new_terms = alliance.amend(&who.partner_id, change).map_err(|reason| {
@@ -355,7 +359,7 @@ impl Api {
             .map_err(status)?;
         let out = self
             .mutate(who, "EndAlliance", &r.request_id, r, async |txn| {
-                let mut alliance = Store::alliance(txn, &current.id)
+                let mut alliance = Store::alliance_for_update(txn, &current.id)
                     .await?
                     .ok_or(IdentityError::NotFound("alliance"))?;
                 if alliance.end() {

@@ -89,11 +89,29 @@ impl Store {
         conn: &impl ConnectionTrait,
         id: &str,
     ) -> Result<Option<Alliance>, IdentityError> {
-        let Some(row) = alliance::Entity::find_by_id(id.to_owned())
-            .one(conn)
-            .await
-            .map_err(StorageError::from)?
-        else {
+        Self::read_alliance(conn, id, false).await
+    }
+
+    /// The alliance, its row locked to the end of `txn` (PostgreSQL `FOR UPDATE`; SQLite's one
+    /// writer serialises transactions anyway), for a read-modify-write that loses no update.
+    pub(crate) async fn alliance_for_update(
+        txn: &impl ConnectionTrait,
+        id: &str,
+    ) -> Result<Option<Alliance>, IdentityError> {
+        Self::read_alliance(txn, id, true).await
+    }
+
+    async fn read_alliance(
+        conn: &impl ConnectionTrait,
+        id: &str,
+        lock: bool,
+    ) -> Result<Option<Alliance>, IdentityError> {
+        use sea_orm::QuerySelect;
+        let mut query = alliance::Entity::find_by_id(id.to_owned());
+        if lock {
+            query = query.lock_exclusive();
+        }
+        let Some(row) = query.one(conn).await.map_err(StorageError::from)? else {
             return Ok(None);
         };
         let members = alliance_partner::Entity::find()

@@ -21,15 +21,18 @@ impl Store {
             .map_err(StorageError::from)?)
     }
 
-    /// `partner`'s credential `id`; another partner's is not found.
-    pub(crate) async fn credential(
-        conn: &impl ConnectionTrait,
+    /// `partner`'s credential `id`, its row locked to the end of `txn` (PostgreSQL `FOR
+    /// UPDATE`; SQLite's one writer serialises anyway), so two rotations cannot both hand out
+    /// a secret of which only one is kept. Another partner's is not found.
+    pub(crate) async fn credential_for_update(
+        txn: &impl ConnectionTrait,
         partner: &str,
         id: &str,
     ) -> Result<Option<credential::Model>, IdentityError> {
         Ok(credential::Entity::find_by_id(id.to_owned())
             .filter(credential::Column::PartnerId.eq(partner))
-            .one(conn)
+            .lock_exclusive()
+            .one(txn)
             .await
             .map_err(StorageError::from)?)
     }
