@@ -83,6 +83,7 @@ impl Api {
             method,
             request_id,
         };
+        let appends = lianyu_kit::feed::Feed::appends_in_process();
         let response = idempotency::once(
             &self.store.db,
             self.store.secrets.as_ref(),
@@ -94,8 +95,11 @@ impl Api {
         .map_err(status)?;
         // This replica's consent index drops what the mutation changed before the caller
         // hears back, so a withdrawal answered here is never checked as granted here.
-        self.store.consent_index.catch_up(&self.store.feed).await;
-        self.store.feed.published();
+        // (A mutation that appended nothing — most enrolments — has nothing to drop.)
+        if lianyu_kit::feed::Feed::appends_in_process() != appends {
+            self.store.consent_index.catch_up(&self.store.feed).await;
+            self.store.feed.published();
+        }
         Ok(response)
     }
 }

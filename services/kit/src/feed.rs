@@ -60,6 +60,9 @@ pub struct Feed {
     poll: Duration,
 }
 
+/// Every append in this process, counted for [`Feed::appends_in_process`].
+static APPENDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Feed {
     /// A feed read from `db`. Appends go through the writer's own transactions, so `db` may be
     /// a read pool, which keeps watchers off the writer.
@@ -102,7 +105,15 @@ impl Feed {
         }
         .insert(txn)
         .await?;
+        APPENDS.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(seq)
+    }
+
+    /// How many events this process has appended (in transactions that may yet roll back).
+    /// A caller that compares it before and after its own transaction knows whether that
+    /// transaction may have appended, and can skip reading the feed back when it did not.
+    pub fn appends_in_process() -> u64 {
+        APPENDS.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The last sequence appended (0 for an empty outbox).
