@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use lianyu_kit::storage::StorageError;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder,
+    QueryOrder, QuerySelect,
 };
 
 use super::{
@@ -199,7 +199,10 @@ impl Store {
         fields: &BTreeMap<String, String>,
     ) -> Result<(), IdentityError> {
         let key = (member_id.to_owned(), partner.to_owned());
+        // Locked to the end of the transaction (PostgreSQL), so two enrolments of the same
+        // person by the same partner cannot each drop the other's fields.
         let existing = profile::Entity::find_by_id(key)
+            .lock_exclusive()
             .one(txn)
             .await
             .map_err(StorageError::from)?;
