@@ -124,22 +124,16 @@ impl MemberService for Api {
     ) -> Result<Response<pb::Member>, Status> {
         let who = caller(&request)?;
         let r = request.get_ref();
-        let (scoped, id) = member_and_identifier(&r.member, r.identifier.as_ref(), &who.partner_id)
-            .map_err(status)?;
-        let out = self
-            .mutate(&who, "LinkIdentifier", &r.request_id, r, async |txn| {
-                let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
-                self.store
-                    .link_identifier(txn, &who.partner_id, &member_id, &id)
-                    .await?;
-                let view = self
-                    .store
-                    .contributed(txn, &member_id, &who.partner_id)
-                    .await?;
-                Ok(member(&scoped, &view, Vec::new()))
-            })
-            .await?;
-        Ok(Response::new(out))
+        let change = IdentifierChange {
+            method: "LinkIdentifier",
+            request_id: &r.request_id,
+            member: &r.member,
+            identifier: r.identifier.as_ref(),
+            link: true,
+        };
+        Ok(Response::new(
+            self.change_identifier(&who, r, change).await?,
+        ))
     }
 
     async fn unlink_identifier(
@@ -148,22 +142,16 @@ impl MemberService for Api {
     ) -> Result<Response<pb::Member>, Status> {
         let who = caller(&request)?;
         let r = request.get_ref();
-        let (scoped, id) = member_and_identifier(&r.member, r.identifier.as_ref(), &who.partner_id)
-            .map_err(status)?;
-        let out = self
-            .mutate(&who, "UnlinkIdentifier", &r.request_id, r, async |txn| {
-                let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
-                self.store
-                    .unlink_identifier(txn, &who.partner_id, &member_id, &id)
-                    .await?;
-                let view = self
-                    .store
-                    .contributed(txn, &member_id, &who.partner_id)
-                    .await?;
-                Ok(member(&scoped, &view, Vec::new()))
-            })
-            .await?;
-        Ok(Response::new(out))
+        let change = IdentifierChange {
+            method: "UnlinkIdentifier",
+            request_id: &r.request_id,
+            member: &r.member,
+            identifier: r.identifier.as_ref(),
+            link: false,
+        };
+        Ok(Response::new(
+            self.change_identifier(&who, r, change).await?,
+        ))
     }
 
     async fn merge_members(
@@ -196,7 +184,52 @@ impl MemberService for Api {
     }
 }
 
+/// A LinkIdentifier or UnlinkIdentifier call.
+struct IdentifierChange<'a> {
+    method: &'static str,
+    request_id: &'a str,
+    member: &'a str,
+    identifier: Option<&'a pb::Identifier>,
+    link: bool,
+}
+
 impl Api {
+    /// Adds an identifier to, or removes it from, the caller's record of a member; answers with
+    /// the caller's view of the member afterwards.
+    async fn change_identifier<Req: prost::Message>(
+        &self,
+        who: &Principal,
+        request: &Req,
+        change: IdentifierChange<'_>,
+    ) -> Result<pb::Member, Status> {
+        let (scoped, id) = member_and_identifier(change.member, change.identifier, &who.partner_id)
+            .map_err(status)?;
+        self.mutate(
+            who,
+            change.method,
+            change.request_id,
+            request,
+            async |txn| {
+                let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
+                if change.link {
+                    self.store
+                        .link_identifier(txn, &who.partner_id, &member_id, &id)
+                        .await?;
+                } else {
+                    self.store
+                        .unlink_identifier(txn, &who.partner_id, &member_id, &id)
+                        .await?;
+                }
+                let view = self
+                    .store
+                    .contributed(txn, &member_id, &who.partner_id)
+                    .await?;
+                Ok(member(&scoped, &view, Vec::new()))
+            },
+        )
+        .await
+    }
+
     /// Folds the caller's `duplicate_member` into `member` on verified evidence. Every
     /// partner that held the duplicate keeps its scoped id and hears MEMBERS_MERGED.
     async fn merge(
