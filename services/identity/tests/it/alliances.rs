@@ -9,7 +9,7 @@ use tonic::Code;
 
 use crate::{
     feed::next,
-    harness::{As, Identity, details, enroll, grant, phone},
+    harness::{As, Identity, details, grant},
 };
 
 /// brand-a and mall-b hold one person; the brand collected SHARE_PROFILE for the mall.
@@ -27,18 +27,8 @@ async fn shared(
         identity.as_partner("brand-a"),
         identity.as_partner("mall-b"),
     );
-    let brand_id = brand
-        .enrolled(enroll("e", vec![phone(phone_number, true)], &[]))
-        .await;
-    let mall_id = mall
-        .enrolled(enroll("e", vec![phone(phone_number, true)], &[]))
-        .await;
-    let mut feed = mall
-        .consents
-        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let (brand_id, mall_id) = identity.shared_member(phone_number).await;
+    let mut feed = mall.feed().await;
     brand
         .consents
         .grant_consent(grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile]))
@@ -286,18 +276,8 @@ async fn a_consent_whose_window_closes_is_announced_as_expired() {
         identity.as_partner("brand-a"),
         identity.as_partner("mall-b"),
     );
-    let brand_id = brand
-        .enrolled(enroll("e", vec![phone("13900139111", true)], &[]))
-        .await;
-    let mall_id = mall
-        .enrolled(enroll("e", vec![phone("13900139111", true)], &[]))
-        .await;
-    let mut feed = mall
-        .consents
-        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let (brand_id, mall_id) = identity.shared_member("13900139111").await;
+    let mut feed = mall.feed().await;
     let until = std::time::SystemTime::now() + Duration::from_millis(1500);
     let until = until.duration_since(std::time::UNIX_EPOCH).unwrap();
     brand

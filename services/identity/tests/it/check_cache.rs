@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lianyu_proto::{common::v1::ConsentPurpose, identity::v1 as pb};
 
-use crate::harness::{As, Identity, enroll, grant, phone};
+use crate::harness::{As, Identity, grant};
 
 async fn allowed(mall: &mut As, member: &str) -> (bool, bool) {
     let one = mall
@@ -48,12 +48,7 @@ async fn a_withdrawal_is_never_checked_as_granted_once_answered() {
         identity.as_partner("brand-a"),
         identity.as_partner("mall-b"),
     );
-    let brand_id = brand
-        .enrolled(enroll("e", vec![phone("13844138444", true)], &[]))
-        .await;
-    let mall_id = mall
-        .enrolled(enroll("e", vec![phone("13844138444", true)], &[]))
-        .await;
+    let (brand_id, mall_id) = identity.shared_member("13844138444").await;
     assert_eq!(allowed(&mut mall, &mall_id).await, (false, false));
     for round in 0..3 {
         brand
@@ -89,13 +84,7 @@ async fn another_replicas_withdrawal_reaches_this_replicas_checks_within_a_poll(
     let other = identity.replica().await;
     let mut brand_elsewhere = other.as_partner("brand-a");
     let mut mall = identity.as_partner("mall-b");
-    let brand_id = identity
-        .as_partner("brand-a")
-        .enrolled(enroll("e", vec![phone("13855138555", true)], &[]))
-        .await;
-    let mall_id = mall
-        .enrolled(enroll("e", vec![phone("13855138555", true)], &[]))
-        .await;
+    let (brand_id, mall_id) = identity.shared_member("13855138555").await;
     brand_elsewhere
         .consents
         .grant_consent(grant(

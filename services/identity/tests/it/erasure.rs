@@ -34,12 +34,7 @@ async fn erasure_removes_the_member_everywhere_and_tells_every_holder() {
         .grant_consent(grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile]))
         .await
         .unwrap();
-    let mut feed = mall
-        .consents
-        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut feed = mall.feed().await;
     let granted = tokio::time::timeout(Duration::from_secs(5), feed.next())
         .await
         .unwrap()

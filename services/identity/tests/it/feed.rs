@@ -9,7 +9,7 @@ use lianyu_proto::{
 };
 use tonic::Code;
 
-use crate::harness::{Identity, enroll, grant, phone};
+use crate::harness::{Identity, grant};
 
 pub(crate) async fn next(
     stream: &mut tonic::Streaming<pb::WatchConsentEventsResponse>,
@@ -28,19 +28,9 @@ async fn the_grantee_watches_grants_and_withdrawals_and_resumes_from_a_cursor() 
         identity.as_partner("brand-a"),
         identity.as_partner("mall-b"),
     );
-    let brand_id = brand
-        .enrolled(enroll("e", vec![phone("13300133000", true)], &[]))
-        .await;
-    let mall_id = mall
-        .enrolled(enroll("e", vec![phone("13300133000", true)], &[]))
-        .await;
+    let (brand_id, mall_id) = identity.shared_member("13300133000").await;
 
-    let mut events = mall
-        .consents
-        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = mall.feed().await;
     brand
         .consents
         .grant_consent(grant(
@@ -85,12 +75,7 @@ async fn the_grantee_watches_grants_and_withdrawals_and_resumes_from_a_cursor() 
     );
 
     // The collector's feed holds nothing addressed to others.
-    let mut brand_feed = brand
-        .consents
-        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut brand_feed = brand.feed().await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), brand_feed.next())
             .await
@@ -116,12 +101,7 @@ async fn list_consents_shows_the_members_receipts_and_what_was_granted_to_the_ca
         identity.as_partner("mall-b"),
         identity.as_partner("brand-c"),
     );
-    let brand_id = brand
-        .enrolled(enroll("e", vec![phone("13200132000", true)], &[]))
-        .await;
-    let mall_id = mall
-        .enrolled(enroll("e", vec![phone("13200132000", true)], &[]))
-        .await;
+    let (brand_id, mall_id) = identity.shared_member("13200132000").await;
     brand
         .consents
         .grant_consent(grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile]))

@@ -49,6 +49,15 @@ pub(crate) struct As {
 }
 
 impl As {
+    /// The caller's consent feed from its beginning.
+    pub(crate) async fn feed(&mut self) -> tonic::Streaming<pb::WatchConsentEventsResponse> {
+        self.consents
+            .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Enrols and returns the caller's scoped member name.
     pub(crate) async fn enrolled(&mut self, request: pb::EnrollMemberRequest) -> String {
         self.members
@@ -109,6 +118,16 @@ impl Identity {
             _data: None,
             _db: None,
         }
+    }
+
+    /// One person enrolled at brand-a and at mall-b by the same verified phone, which links
+    /// them: the brand's and the mall's scoped names.
+    pub(crate) async fn shared_member(&self, number: &str) -> (String, String) {
+        let id = || enroll("e", vec![phone(number, true)], &[]);
+        (
+            self.as_partner("brand-a").enrolled(id()).await,
+            self.as_partner("mall-b").enrolled(id()).await,
+        )
     }
 
     /// Starts the server and sets up the three partners and the alliance.

@@ -149,12 +149,7 @@ async fn merged_members_keep_every_scoped_id_their_data_and_their_consents() {
         .grant_consent(grant(&dup, "mall-b", &[ConsentPurpose::ShareProfile]))
         .await
         .unwrap();
-    let mut feed = mall
-        .consents
-        .watch_consent_events(pb::WatchConsentEventsRequest { after: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut feed = mall.feed().await;
     assert_eq!(
         next(&mut feed).await.kind,
         pb::ConsentEventKind::Granted as i32
