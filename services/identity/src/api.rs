@@ -58,6 +58,19 @@ pub(crate) fn status(error: IdentityError) -> Status {
     to_status("lianyu.identity", &error)
 }
 
+/// Refuses a store-narrowed token (a POS, a guide's app) for a partner-wide action: a store
+/// principal acts only within its store — no credentials, no partner settings, no other
+/// stores, no alliances, and no erasure or merge of the partner's members.
+fn partner_wide(who: &Principal) -> Result<(), IdentityError> {
+    if who.store.is_some() {
+        return Err(IdentityError::Denied(
+            "STORE_TOKEN_NOT_ALLOWED",
+            "a store token acts only within its store; use a partner-wide token for this",
+        ));
+    }
+    Ok(())
+}
+
 /// The caller, as verified by the kit's auth layer.
 fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
     Principal::from_request(request).cloned()
@@ -78,13 +91,34 @@ impl Api {
         Resp: prost::Message + Default,
         F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, IdentityError>,
     {
+        self.mutate_about(who, method, request_id, request, async |txn| {
+            effect(txn).await.map(|r| (r, None))
+        })
+        .await
+    }
+
+    /// [`Self::mutate`] for a mutation about one member: `effect` also returns the member's
+    /// id, which tags the stored reply so that erasing the member purges it.
+    async fn mutate_about<Req, Resp, F>(
+        &self,
+        who: &Principal,
+        method: &str,
+        request_id: &str,
+        request: &Req,
+        effect: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), IdentityError>,
+    {
         let key = CallKey {
             partner_id: &who.partner_id,
             method,
             request_id,
         };
         let appends = lianyu_kit::feed::Feed::appends_in_process();
-        let response = idempotency::once(
+        let response = idempotency::once_about(
             &self.store.db,
             self.store.secrets.as_ref(),
             key,

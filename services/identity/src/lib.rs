@@ -33,6 +33,7 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
         feed,
         alliances,
         consent_index: store::consent_index::ConsentIndex::default(),
+        sweep_wake: Arc::default(),
     };
     store.consent_index.catch_up(&store.feed).await;
     tokio::spawn(
@@ -47,6 +48,11 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
         .await
         .map_err(|e| StartError::Auth(format!("revoked credentials: {e}")))?;
     ctx.verifier.set_revoked(revoked);
+    // So are suspended partners' tokens.
+    let suspended = store::Store::suspended_partners(&store.read)
+        .await
+        .map_err(|e| StartError::Auth(format!("suspended partners: {e}")))?;
+    ctx.verifier.set_suspended(suspended);
     tokio::spawn(store::sweep::expire_consents(
         store.clone(),
         ctx.stopping.clone(),

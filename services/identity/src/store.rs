@@ -7,6 +7,7 @@ pub(crate) mod consent_index;
 pub(crate) mod consents;
 mod credentials;
 pub(crate) mod entities;
+pub(crate) mod erasure;
 mod links;
 mod members;
 mod migration;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use lianyu_kit::{
     feed::Feed,
-    storage::{KitIndexes, KitTables},
+    storage::{KitIndexes, KitReplySubjects, KitTables},
 };
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
@@ -37,6 +38,8 @@ impl MigratorTrait for Migrator {
             Box::new(migration::IdentityTables),
             Box::new(migration::StoresAndCredentials),
             Box::new(KitIndexes),
+            Box::new(KitReplySubjects),
+            Box::new(migration::TrustModel),
         ]
     }
 }
@@ -51,6 +54,8 @@ pub(crate) struct Store {
     pub(crate) feed: Feed,
     pub(crate) alliances: alliances::AllianceCache,
     pub(crate) consent_index: consent_index::ConsentIndex,
+    /// Wakes the lapse sweep when an alliance ended or changed terms.
+    pub(crate) sweep_wake: Arc<tokio::sync::Notify>,
 }
 
 pub(crate) fn now() -> i64 {

@@ -88,6 +88,9 @@ pub enum AuthError {
     /// UNAUTHENTICATED, reason TOKEN_REVOKED: its credential was revoked.
     #[error("the token's credential was revoked")]
     Revoked,
+    /// PERMISSION_DENIED, reason PARTNER_SUSPENDED: the operator suspended the token's partner.
+    #[error("the partner is suspended")]
+    Suspended,
     /// UNAUTHENTICATED, reason TOKEN_AUDIENCE_MISMATCH.
     #[error("token was issued for another audience")]
     WrongAudience,
@@ -103,6 +106,7 @@ impl AuthError {
             AuthError::Invalid => (tonic::Code::Unauthenticated, "TOKEN_INVALID"),
             AuthError::Expired => (tonic::Code::Unauthenticated, "TOKEN_EXPIRED"),
             AuthError::Revoked => (tonic::Code::Unauthenticated, "TOKEN_REVOKED"),
+            AuthError::Suspended => (tonic::Code::PermissionDenied, "PARTNER_SUSPENDED"),
             AuthError::WrongAudience => (tonic::Code::Unauthenticated, "TOKEN_AUDIENCE_MISMATCH"),
             AuthError::MissingScope(_) => (tonic::Code::PermissionDenied, "SCOPE_MISSING"),
         };
@@ -131,6 +135,8 @@ pub struct TokenVerifier {
     unknown_key: Arc<tokio::sync::Notify>,
     /// Credentials revoked while tokens they issued may still be unexpired.
     revoked: Arc<RwLock<std::collections::HashSet<String>>>,
+    /// Partners the operator suspended: every token of theirs is refused, however fresh.
+    suspended: Arc<RwLock<std::collections::HashSet<String>>>,
 }
 
 impl TokenVerifier {
@@ -146,6 +152,7 @@ impl TokenVerifier {
             verified: Arc::default(),
             unknown_key: Arc::default(),
             revoked: Arc::default(),
+            suspended: Arc::default(),
         };
         verifier.replace_keys(&auth.trusted_keys)?;
         Ok(verifier)
@@ -201,8 +208,31 @@ impl TokenVerifier {
             credentials.into_iter().collect();
     }
 
+    /// Refuses from now on every token of `partner` (`true`), or accepts them again (`false`).
+    pub fn set_partner_suspended(&self, partner: &str, suspended: bool) {
+        let mut set = self.suspended.write().unwrap_or_else(|p| p.into_inner());
+        if suspended {
+            set.insert(partner.to_owned());
+        } else {
+            set.remove(partner);
+        }
+    }
+
+    /// Replaces the suspended partners with `partners` (as identity publishes them).
+    pub fn set_suspended(&self, partners: impl IntoIterator<Item = String>) {
+        *self.suspended.write().unwrap_or_else(|p| p.into_inner()) = partners.into_iter().collect();
+    }
+
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let principal = self.verify_unrevoked(token)?;
+        if self
+            .suspended
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&principal.partner_id)
+        {
+            return Err(AuthError::Suspended);
+        }
         if let Some(credential) = &principal.credential
             && self
                 .revoked

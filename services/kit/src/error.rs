@@ -89,6 +89,10 @@ pub enum KitError {
     /// ALREADY_EXISTS, reason REQUEST_ID_REUSED: the same request_id with a different request.
     #[error("request_id was already used for a different request")]
     RequestIdReused,
+    /// NOT_FOUND, reason MEMBER_ERASED: a replay of a call whose reply was about a person
+    /// since erased; the reply was purged with the person's data.
+    #[error("the member this request was about has been erased; its reply is gone")]
+    SubjectErased,
     /// Classified storage failure (see `StorageError` for each code).
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -113,6 +117,7 @@ impl ServiceError for KitError {
         match self {
             KitError::Invalid(_) => Code::InvalidArgument,
             KitError::RequestIdReused => Code::AlreadyExists,
+            KitError::SubjectErased => Code::NotFound,
             KitError::Storage(e) => e.code(),
         }
     }
@@ -121,6 +126,7 @@ impl ServiceError for KitError {
         match self {
             KitError::Invalid(_) => "INVALID_ARGUMENT",
             KitError::RequestIdReused => "REQUEST_ID_REUSED",
+            KitError::SubjectErased => "MEMBER_ERASED",
             KitError::Storage(e) => e.reason(),
         }
     }

@@ -52,7 +52,8 @@ pub struct CallKey<'a> {
 }
 
 /// Runs `effect` in a transaction at most once per key, storing its response with it.
-/// An empty `request_id` runs the effect without replay protection.
+/// A mutation without a `request_id` is INVALID_ARGUMENT: silently running it without replay
+/// protection would turn a client's retry into a second effect.
 ///
 /// Optimistic: the key is not looked up first (on the hot path every id is new, and a lookup
 /// costs a statement). A replay runs the effect in a transaction that is rolled back: its key
@@ -71,45 +72,99 @@ where
     E: From<KitError>,
     F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, E>,
 {
+    once_about(db, at_rest, key, request, async |txn| {
+        effect(txn).await.map(|r| (r, None))
+    })
+    .await
+}
+
+/// [`once`] for a mutation whose reply is about one person: `effect` also names the subject
+/// (a member's id), stored as a keyed digest beside the reply so that [`forget_subjects`] can
+/// purge the reply when the person is erased.
+pub async fn once_about<Req, Resp, E, F>(
+    db: &DatabaseConnection,
+    at_rest: &dyn AtRest,
+    key: CallKey<'_>,
+    request: &Req,
+    effect: F,
+) -> Result<Resp, E>
+where
+    Req: Message,
+    Resp: Message + Default,
+    E: From<KitError>,
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E>,
+{
     validate(key.request_id)?;
-    let keyed = !key.request_id.is_empty();
     let hash = at_rest.digest(&request.encode_to_vec());
     let txn = db.begin().await.map_err(kit)?;
-    let response = match effect(&txn).await {
-        Ok(response) => response,
+    let (response, subject) = match effect(&txn).await {
+        Ok(done) => done,
         Err(error) => {
             drop(txn);
-            if keyed && let Some(stored) = replay(db, at_rest, key, &hash).await? {
+            if let Some(stored) = replay(db, at_rest, key, &hash).await? {
                 return Ok(stored);
             }
             return Err(error);
         }
     };
-    if keyed {
-        let row = idempotency_key::ActiveModel {
-            partner_id: Set(key.partner_id.to_owned()),
-            method: Set(key.method.to_owned()),
-            request_id: Set(key.request_id.to_owned()),
-            request_hash: Set(hash.clone()),
-            response: Set(at_rest.seal(&response.encode_to_vec())),
-            created_at: Set(now_millis()),
+    let row = idempotency_key::ActiveModel {
+        partner_id: Set(key.partner_id.to_owned()),
+        method: Set(key.method.to_owned()),
+        request_id: Set(key.request_id.to_owned()),
+        request_hash: Set(hash.clone()),
+        response: Set(at_rest.seal(&response.encode_to_vec())),
+        created_at: Set(now_millis()),
+        subject: Set(subject.map(|s| subject_digest(at_rest, &s))),
+        erased_at: Set(None),
+    };
+    if let Err(err) = row.insert(&txn).await {
+        return match StorageError::from(err) {
+            // A replay, or a concurrent call with the same id that committed first: ours
+            // rolls back (the transaction is dropped) and the caller gets what was stored.
+            StorageError::AlreadyExists => {
+                drop(txn);
+                replay(db, at_rest, key, &hash)
+                    .await?
+                    .ok_or_else(|| kit(StorageError::NotFound).into())
+            }
+            other => Err(KitError::from(other).into()),
         };
-        if let Err(err) = row.insert(&txn).await {
-            return match StorageError::from(err) {
-                // A replay, or a concurrent call with the same id that committed first: ours
-                // rolls back (the transaction is dropped) and the caller gets what was stored.
-                StorageError::AlreadyExists => {
-                    drop(txn);
-                    replay(db, at_rest, key, &hash)
-                        .await?
-                        .ok_or_else(|| kit(StorageError::NotFound).into())
-                }
-                other => Err(KitError::from(other).into()),
-            };
-        }
     }
     txn.commit().await.map_err(kit)?;
     Ok(response)
+}
+
+/// The keyed digest a subject is stored under.
+fn subject_digest(at_rest: &dyn AtRest, subject: &str) -> Vec<u8> {
+    at_rest.digest(format!("subject:{subject}").as_bytes())
+}
+
+/// Purges the stored replies about `subjects` (of one partner, or of every partner with
+/// `None`), inside the caller's transaction: the reply is emptied and marked erased, so a
+/// replay returns NOT_FOUND / MEMBER_ERASED instead of the person's data — and does not run
+/// the effect again, which would bring the erased data back. Returns how many were purged.
+pub async fn forget_subjects(
+    txn: &impl sea_orm::ConnectionTrait,
+    at_rest: &dyn AtRest,
+    partner_id: Option<&str>,
+    subjects: &[String],
+) -> Result<u64, StorageError> {
+    use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+    let digests: Vec<Vec<u8>> = subjects
+        .iter()
+        .map(|s| subject_digest(at_rest, s))
+        .collect();
+    let mut update = idempotency_key::Entity::update_many()
+        .col_expr(
+            idempotency_key::Column::Response,
+            Expr::value(Vec::<u8>::new()),
+        )
+        .col_expr(idempotency_key::Column::ErasedAt, Expr::value(now_millis()))
+        .filter(idempotency_key::Column::Subject.is_in(digests));
+    if let Some(partner) = partner_id {
+        update = update.filter(idempotency_key::Column::PartnerId.eq(partner.to_owned()));
+    }
+    Ok(update.exec(txn).await?.rows_affected)
 }
 
 /// Deletes keys older than `ttl`; returns how many. A `request_id` replayed after that runs
@@ -153,6 +208,12 @@ pub async fn expire_periodically(
 }
 
 fn validate(request_id: &str) -> Result<(), KitError> {
+    if request_id.is_empty() {
+        return Err(KitError::invalid(
+            "request_id",
+            "required: a unique id per mutation (a UUID), reused only to retry it",
+        ));
+    }
     if request_id.len() > MAX_REQUEST_ID_LEN {
         return Err(KitError::invalid(
             "request_id",
@@ -187,6 +248,9 @@ async fn replay<Resp: Message + Default>(
     .map_err(kit)?;
     match found {
         None => Ok(None),
+        Some(row) if row.request_hash == hash && row.erased_at.is_some() => {
+            Err(KitError::SubjectErased)
+        }
         Some(row) if row.request_hash == hash => at_rest
             .open(&row.response)
             .and_then(|plain| Resp::decode(plain.as_slice()).ok())

@@ -12,7 +12,7 @@ use sea_orm::{
 };
 use tonic::Code;
 
-pub use migration::{KitIndexes, KitTables};
+pub use migration::{KitIndexes, KitReplySubjects, KitTables};
 
 /// A storage failure, classified once at the store boundary.
 #[derive(Debug, thiserror::Error)]

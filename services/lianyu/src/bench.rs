@@ -210,6 +210,7 @@ impl Caller {
                         value: phone,
                         namespace: String::new(),
                         verified: true,
+                        verification_method: pb::VerificationMethod::SmsCode as i32,
                     }],
                     profile: Default::default(),
                 };

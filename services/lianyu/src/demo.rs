@@ -190,6 +190,7 @@ pub async fn run(
         value: "138 0013 8000".into(),
         namespace: String::new(),
         verified,
+        verification_method: pb::VerificationMethod::SmsCode as i32,
     };
     let at_brand = brand
         .members
@@ -282,7 +283,7 @@ pub async fn run(
         .records;
     let allowed = records.iter().filter(|r| r.allowed).count();
     say(&format!(
-        "Jade's access log: {} reads, {allowed} allowed, each hash-chained",
+        "Jade's access log: {} reads, {allowed} allowed, each hash-chained (the read before any consent touched no one's data: not logged)",
         records.len()
     ));
     Ok(Some(credentials))

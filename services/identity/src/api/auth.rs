@@ -1,7 +1,14 @@
 //! AuthService: partner credentials and the client-credentials exchange. `IssueToken` and
 //! `GetSigningKeys` are the two calls that need no token (the kit's auth layer lets them by).
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use lianyu_kit::{
     Principal,
@@ -33,10 +40,14 @@ pub(crate) struct Tokens {
     pub(crate) auth: AuthConfig,
     /// The signer's public key and the keys still trusted from before a rotation.
     pub(crate) published: Vec<TrustedKey>,
-    /// Exchanges per credential: a backend needs one token per quarter hour, so a client id
-    /// asking many times a second is guessing or looping. Keyed only by credentials that
-    /// exist, so made-up client ids cannot grow it.
+    /// Successful exchanges per credential: a backend needs one token per quarter hour, so a
+    /// client asking many times a second is looping. Only a caller holding the secret counts
+    /// here, so a stranger cannot spend a partner's allowance.
     pub(crate) per_client: Arc<governor::DefaultKeyedRateLimiter<String>>,
+    /// Failed secrets per (client id, source address) in the last minute: guessing is stopped
+    /// where it comes from, and a stranger's failures never lock the partner out of its own
+    /// address. Bounded and self-expiring (moka), keyed only by client ids that exist.
+    pub(crate) failures: moka::sync::Cache<(String, Option<std::net::IpAddr>), Arc<AtomicU32>>,
     /// This process's verifier: a revocation here refuses the credential's tokens at once.
     pub(crate) verifier: Arc<lianyu_kit::auth::TokenVerifier>,
 }
@@ -55,6 +66,10 @@ impl Tokens {
             auth,
             published,
             per_client: Arc::new(governor::RateLimiter::keyed(quota)),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
             verifier,
         }
     }
@@ -73,8 +88,12 @@ impl AuthService for Api {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let source = request.remote_addr().map(|a| a.ip());
         let r = request.into_inner();
-        self.issue(&r).await.map(Response::new).map_err(status)
+        self.issue(&r, source)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn create_credential(
@@ -82,6 +101,7 @@ impl AuthService for Api {
         request: Request<pb::CreateCredentialRequest>,
     ) -> Result<Response<pb::CreateCredentialResponse>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let r = request.into_inner();
         let partner = owned_partner(&who, &r.parent).map_err(status)?;
         let scopes = credential_scopes(&who, &r.scopes).map_err(status)?;
@@ -129,6 +149,7 @@ impl AuthService for Api {
         request: Request<pb::RotateCredentialRequest>,
     ) -> Result<Response<pb::RotateCredentialResponse>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let r = request.into_inner();
         let (partner, id) = owned_credential(&who, &r.name).map_err(status)?;
         let overlap = match r.overlap_seconds {
@@ -173,6 +194,7 @@ impl AuthService for Api {
         request: Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::Credential>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let r = request.into_inner();
         let (partner, id) = owned_credential(&who, &r.name).map_err(status)?;
         let out = self
@@ -200,6 +222,7 @@ impl AuthService for Api {
         request: Request<pb::ListCredentialsRequest>,
     ) -> Result<Response<pb::ListCredentialsResponse>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let r = request.get_ref();
         let partner = owned_partner(&who, &r.parent).map_err(status)?;
         let page =
@@ -226,8 +249,12 @@ impl AuthService for Api {
             .recently_revoked(now() - REVOKED_FOR_MILLIS)
             .await
             .map_err(status)?;
+        let suspended_partners = Store::suspended_partners(&self.store.read)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetSigningKeysResponse {
             revoked_credentials,
+            suspended_partners,
             keys: self
                 .tokens
                 .published
@@ -248,6 +275,7 @@ impl Api {
     async fn issue(
         &self,
         r: &pb::IssueTokenRequest,
+        source: Option<std::net::IpAddr>,
     ) -> Result<pb::IssueTokenResponse, IdentityError> {
         let mut v = Violations::default();
         if r.client_id.is_empty() || r.client_id.len() > 64 {
@@ -276,10 +304,16 @@ impl Api {
                 .credential_matches(&r.client_secret, UNKNOWN_CLIENT_HASH);
             return Err(INVALID_CLIENT);
         };
-        if self.tokens.per_client.check_key(&row.client_id).is_err() {
+        let source_key = (row.client_id.clone(), source);
+        let failed = self
+            .tokens
+            .failures
+            .get(&source_key)
+            .map_or(0, |n| n.load(Ordering::Relaxed));
+        if failed >= MAX_FAILURES {
             return Err(IdentityError::Exhausted(
-                "TOO_MANY_TOKEN_REQUESTS",
-                "this client asks for tokens too often; reuse a token until it nears expiry",
+                "TOO_MANY_FAILED_SECRETS",
+                "too many wrong secrets for this client from this address; wait a minute",
             ));
         }
         let state = SecretState {
@@ -289,7 +323,17 @@ impl Api {
             revoked: row.revoked_at.is_some(),
         };
         if !state.accepts(&self.store.secrets, &r.client_secret, now()) {
+            self.tokens
+                .failures
+                .get_with(source_key, Arc::default)
+                .fetch_add(1, Ordering::Relaxed);
             return Err(INVALID_CLIENT);
+        }
+        if self.tokens.per_client.check_key(&row.client_id).is_err() {
+            return Err(IdentityError::Exhausted(
+                "TOO_MANY_TOKEN_REQUESTS",
+                "this client asks for tokens too often; reuse a token until it nears expiry",
+            ));
         }
         let partner = Store::partner(&self.store.read, &row.partner_id)
             .await?
@@ -344,6 +388,10 @@ impl Api {
         })
     }
 }
+
+/// Wrong secrets allowed per (client id, source address) within `FAILURE_WINDOW`.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long a revoked credential is published: longer than any token lives (`LIANYU_TOKEN_TTL`
 /// is at most a day).

@@ -59,7 +59,7 @@ impl ConsentService for Api {
             policy.unwrap_or_default(),
         );
         let out = self
-            .mutate(&who, "GrantConsent", &r.request_id, &r, async |txn| {
+            .mutate_about(&who, "GrantConsent", &r.request_id, &r, async |txn| {
                 let member_id = Store::member_for(txn, &who.partner_id, &change.scoped).await?;
                 let alliance =
                     sharing_alliance(txn, &who.partner_id, &change.grantee, &change.purposes)
@@ -79,7 +79,8 @@ impl ConsentService for Api {
                     alliance: &alliance,
                     state: ConsentState::Granted,
                 };
-                receipt(txn, &self.store.secrets, &c, &change.scoped).await
+                let receipt = receipt(txn, &self.store.secrets, &c, &change.scoped).await?;
+                Ok((receipt, Some(member_id.clone())))
             })
             .await?;
         Ok(Response::new(out))
@@ -96,7 +97,7 @@ impl ConsentService for Api {
         v.finish().map_err(status)?;
         let change = change.unwrap_or_else(|| unreachable!());
         let out = self
-            .mutate(&who, "WithdrawConsent", &r.request_id, &r, async |txn| {
+            .mutate_about(&who, "WithdrawConsent", &r.request_id, &r, async |txn| {
                 let member_id = Store::member_for(txn, &who.partner_id, &change.scoped).await?;
                 // Withdrawal never needs a live alliance: it must work after one ended, too.
                 let alliance = Store::alliances_of(txn, &who.partner_id)
@@ -122,7 +123,8 @@ impl ConsentService for Api {
                     alliance: &alliance,
                     state: ConsentState::Withdrawn,
                 };
-                receipt(txn, &self.store.secrets, &c, &change.scoped).await
+                let receipt = receipt(txn, &self.store.secrets, &c, &change.scoped).await?;
+                Ok((receipt, Some(member_id.clone())))
             })
             .await?;
         Ok(Response::new(out))
@@ -198,6 +200,7 @@ impl ConsentService for Api {
                     "expired" => pb::ConsentEventKind::Expired,
                     "stale" => pb::ConsentEventKind::Stale,
                     "erased" => pb::ConsentEventKind::MemberErased,
+                    "erasure_requested" => pb::ConsentEventKind::ErasureRequested,
                     "merged" => pb::ConsentEventKind::MembersMerged,
                     _ => return None,
                 };
@@ -207,7 +210,11 @@ impl ConsentService for Api {
                     }),
                     kind: kind as i32,
                     member: format!("members/{}", e.member),
-                    grantee: format!("partners/{}", e.grantee),
+                    grantee: if e.kind == "erasure_requested" {
+                        String::new()
+                    } else {
+                        format!("partners/{}", e.grantee)
+                    },
                     purposes: e.purposes,
                     event_time: convert::timestamp(event.created_at_millis),
                 })
@@ -266,8 +273,7 @@ impl Api {
                 convert::member_name(member).map_err(|e| IdentityError::invalid("member", e))?;
             Some(Store::member_for(db, who, &scoped).await?)
         };
-        let grantee = if member_id.is_none() { Some(who) } else { None };
-        let rows = Store::receipts(db, member_id.as_deref(), grantee, page).await?;
+        let rows = Store::receipts(db, member_id.as_deref(), who, page).await?;
         let (rows, token) = page.finish(rows, |r| r.id.clone());
         let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
         let scoped = Store::scoped_ids_of(db, &self.store.secrets, who, &members).await?;
@@ -283,11 +289,13 @@ impl Api {
                 }
             }
             let member = scoped.get(&row.member_id).cloned().unwrap_or_default();
+            let alliance = self.store.alliances.get(db, &row.alliance_id).await?;
             out.push(convert::receipt(
                 row,
                 &member,
                 &partners[&row.collector],
                 &partners[&row.grantee],
+                alliance.as_ref(),
             ));
         }
         Ok((out, token))
@@ -399,5 +407,11 @@ async fn receipt(
     let grantee = Store::partner(txn, c.grantee)
         .await?
         .ok_or(IdentityError::NotFound("partner"))?;
-    Ok(convert::receipt(&row, scoped, &collector, &grantee))
+    Ok(convert::receipt(
+        &row,
+        scoped,
+        &collector,
+        &grantee,
+        Some(c.alliance),
+    ))
 }

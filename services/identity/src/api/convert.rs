@@ -65,6 +65,7 @@ pub(crate) fn alliance(a: &Alliance) -> pb::Alliance {
         accepted_by: a.accepted.iter().map(|p| format!("partners/{p}")).collect(),
         terms_version: a.terms_version,
         create_time: None,
+        accepted_verification_methods: a.accepted_methods.iter().map(|m| *m as i32).collect(),
     }
 }
 
@@ -92,6 +93,7 @@ pub(crate) fn identifier_out(i: &Identifier) -> pb::Identifier {
         value: i.value.clone(),
         namespace: i.namespace.clone(),
         verified: i.verified,
+        verification_method: i.method as i32,
     }
 }
 
@@ -105,7 +107,16 @@ pub(crate) fn receipt(
     member: &str,
     collector: &partner::Model,
     grantee: &partner::Model,
+    alliance: Option<&Alliance>,
 ) -> pb::ConsentReceipt {
+    use crate::domain::consent::{ReceiptStatus, receipt_status};
+    let status = receipt_status(
+        r.status != "granted",
+        r.valid_until,
+        r.terms_version,
+        alliance,
+        crate::store::now(),
+    );
     pb::ConsentReceipt {
         name: format!("consentReceipts/{}", r.id),
         issue_time: timestamp(r.issued_at),
@@ -124,12 +135,12 @@ pub(crate) fn receipt(
         processing_method: r.processing_method.clone(),
         policy_version: r.policy_version.clone(),
         channel: r.channel,
-        // A grant whose window has closed reads as expired on the person's list.
-        status: match r.status.as_str() {
-            "granted" if r.valid_until <= crate::store::now() => pb::ConsentStatus::Expired as i32,
-            "granted" => pb::ConsentStatus::Granted as i32,
-            _ => pb::ConsentStatus::Withdrawn as i32,
-        },
+        status: match status {
+            ReceiptStatus::Granted => pb::ConsentStatus::Granted,
+            ReceiptStatus::Withdrawn => pb::ConsentStatus::Withdrawn,
+            ReceiptStatus::Expired => pb::ConsentStatus::Expired,
+            ReceiptStatus::Stale => pb::ConsentStatus::Stale,
+        } as i32,
         valid_from: timestamp(r.valid_from),
         valid_until: timestamp(r.valid_until),
         alliance: format!("alliances/{}", r.alliance_id),
@@ -207,6 +218,24 @@ mod tests {
             valid_until,
             alliance_id: "a1".into(),
             issued_at: 5,
+            terms_version: 1,
+        }
+    }
+
+    fn active_alliance(terms_version: i64) -> Alliance {
+        Alliance {
+            id: "a1".into(),
+            display_name: "Spring".into(),
+            partners: ["brand".to_owned(), "mall".to_owned()].into(),
+            accepted: ["brand".to_owned(), "mall".to_owned()].into(),
+            purposes: [Purpose::ShareProfile].into(),
+            data_categories: vec![],
+            processing_method: "shown to guides".into(),
+            valid_from: 0,
+            valid_until: i64::MAX,
+            status: AllianceStatus::Active,
+            terms_version,
+            accepted_methods: Default::default(),
         }
     }
 
@@ -218,6 +247,7 @@ mod tests {
             "mScoped",
             &partner("brand", "Aurora Shoes"),
             &partner("mall", "Jade Plaza"),
+            Some(&active_alliance(1)),
         );
         assert_eq!(
             r.member, "members/mScoped",
@@ -240,9 +270,19 @@ mod tests {
     #[test]
     fn a_grant_past_its_window_reads_as_expired_and_a_withdrawal_as_withdrawn() {
         let (brand, mall) = (partner("brand", "A"), partner("mall", "B"));
-        let past = receipt(&stored("granted", 1), "m", &brand, &mall);
+        let a = active_alliance(1);
+        let past = receipt(&stored("granted", 1), "m", &brand, &mall, Some(&a));
         assert_eq!(past.status, pb::ConsentStatus::Expired as i32);
-        let withdrawn = receipt(&stored("withdrawn", 1), "m", &brand, &mall);
+        let withdrawn = receipt(&stored("withdrawn", 1), "m", &brand, &mall, Some(&a));
         assert_eq!(withdrawn.status, pb::ConsentStatus::Withdrawn as i32);
+        let far = crate::store::now() + 3_600_000;
+        let stale = receipt(
+            &stored("granted", far),
+            "m",
+            &brand,
+            &mall,
+            Some(&active_alliance(2)),
+        );
+        assert_eq!(stale.status, pb::ConsentStatus::Stale as i32);
     }
 }

@@ -32,7 +32,7 @@ impl MemberService for Api {
         let r = request.into_inner();
         let (ids, fields) = enrolment(&r, &who.partner_id).map_err(status)?;
         let out = self
-            .mutate(&who, "EnrollMember", &r.request_id, &r, async |txn| {
+            .mutate_about(&who, "EnrollMember", &r.request_id, &r, async |txn| {
                 let enrolled = self
                     .store
                     .enroll(txn, &who.partner_id, &ids, &fields)
@@ -45,11 +45,12 @@ impl MemberService for Api {
                             .await?
                     }
                 };
-                Ok(pb::EnrollMemberResponse {
+                let reply = pb::EnrollMemberResponse {
                     member: Some(member(&enrolled.scoped_id, &view, Vec::new())),
                     linked_existing: enrolled.linked_existing,
                     unverified_candidate_count: enrolled.candidates,
-                })
+                };
+                Ok((reply, Some(enrolled.member_id)))
             })
             .await?;
         Ok(Response::new(out))
@@ -204,7 +205,7 @@ impl Api {
     ) -> Result<pb::Member, Status> {
         let (scoped, id) = member_and_identifier(change.member, change.identifier, &who.partner_id)
             .map_err(status)?;
-        self.mutate(
+        self.mutate_about(
             who,
             change.method,
             change.request_id,
@@ -224,7 +225,7 @@ impl Api {
                     .store
                     .contributed(txn, &member_id, &who.partner_id)
                     .await?;
-                Ok(member(&scoped, &view, Vec::new()))
+                Ok((member(&scoped, &view, Vec::new()), Some(member_id)))
             },
         )
         .await
@@ -260,7 +261,8 @@ impl Api {
         let (Some(keep), Some(dup), Some(evidence)) = (keep, dup, evidence) else {
             return Err(status(IdentityError::invalid("member", "required")));
         };
-        self.mutate(who, "MergeMembers", &r.request_id, r, async |txn| {
+        super::partner_wide(who).map_err(status)?;
+        self.mutate_about(who, "MergeMembers", &r.request_id, r, async |txn| {
             let keep_id = Store::member_for(txn, &who.partner_id, &keep).await?;
             let dup_id = Store::member_for(txn, &who.partner_id, &dup).await?;
             if keep_id != dup_id {
@@ -275,6 +277,8 @@ impl Api {
                             .into(),
                     )
                 })?;
+                self.merge_is_trusted(txn, &who.partner_id, [&keep_id, &dup_id], &evidence)
+                    .await?;
                 for (partner, their_id) in self.store.merge_members(txn, &keep_id, &dup_id).await? {
                     append_event(
                         txn,
@@ -298,42 +302,148 @@ impl Api {
                 .store
                 .contributed(txn, &keep_id, &who.partner_id)
                 .await?;
-            Ok(member(&keep, &view, Vec::new()))
+            Ok((member(&keep, &view, Vec::new()), Some(keep_id)))
         })
         .await
     }
 
-    /// Erasure on the person's request, through any partner that holds them; each holder's
-    /// feed then carries MEMBER_ERASED in its own ids so other services purge their copies.
+    /// A merge changes what every other holder of either member sees, so each of them must be
+    /// allied with the caller on terms that accept the evidence's verification method.
+    async fn merge_is_trusted(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        caller: &str,
+        members: [&str; 2],
+        evidence: &Identifier,
+    ) -> Result<(), IdentityError> {
+        let others = Store::other_holders(txn, caller, &members).await?;
+        if others.is_empty() {
+            return Ok(());
+        }
+        let alliances = Store::alliances_of(txn, caller).await?;
+        let at = now();
+        let untrusting = others.iter().any(|other| {
+            !alliances
+                .iter()
+                .any(|a| a.trusts_verification(caller, other, &[evidence.method], at))
+        });
+        if untrusting {
+            return Err(IdentityError::Precondition(
+                "MERGE_AFFECTS_OTHER_PARTNER",
+                "another partner holds one of these members and is not allied with you on terms that accept this evidence; the merge would change its records".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Erasure on the person's request: the caller's own records of them go (see
+    /// `erase_for`); each party of a consent in force hears WITHDRAWN, the caller hears
+    /// MEMBER_ERASED, and for the whole joint domain every other holder hears
+    /// ERASURE_REQUESTED — each in its own scoped id. Stored replies about the person are purged.
     async fn erase(
         &self,
         who: &Principal,
         r: &pb::EraseMemberRequest,
     ) -> Result<pb::EraseMemberResponse, Status> {
-        let scoped = convert::member_name(&r.member)
-            .map_err(|e| status(IdentityError::invalid("member", e)))?;
+        let mut v = Violations::default();
+        let scoped = v.check("member", convert::member_name(&r.member));
+        let scope = v.check(
+            "scope",
+            match pb::ErasureScope::try_from(r.scope) {
+                Ok(pb::ErasureScope::Unspecified | pb::ErasureScope::Partner) => {
+                    Ok(pb::ErasureScope::Partner)
+                }
+                Ok(pb::ErasureScope::JointDomain) => Ok(pb::ErasureScope::JointDomain),
+                Err(_) => Err("PARTNER or JOINT_DOMAIN".to_owned()),
+            },
+        );
+        v.finish().map_err(status)?;
+        let (Some(scoped), Some(scope)) = (scoped, scope) else {
+            return Err(status(IdentityError::invalid("member", "required")));
+        };
+        super::partner_wide(who).map_err(status)?;
         self.mutate(who, "EraseMember", &r.request_id, r, async |txn| {
             let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
-            for (partner, their_id) in Store::erase(txn, &member_id).await? {
-                append_event(
+            let subjects = Store::member_and_merged(txn, &member_id).await?;
+            let erased = Store::erase_for(txn, &who.partner_id, &member_id).await?;
+            lianyu_kit::idempotency::forget_subjects(
+                txn,
+                self.store.secrets.as_ref(),
+                Some(&who.partner_id),
+                &subjects,
+            )
+            .await?;
+            self.announce_erasure(txn, &who.partner_id, &erased, scope)
+                .await?;
+            if erased.others.is_empty() {
+                // Nobody holds the person any more: every stored reply about them goes.
+                lianyu_kit::idempotency::forget_subjects(
                     txn,
-                    ConsentEvent {
-                        kind: "erased".into(),
-                        member: their_id,
-                        collector: who.partner_id.clone(),
-                        grantee: partner,
-                        purposes: Vec::new(),
-                        receipt_id: String::new(),
-                    },
+                    self.store.secrets.as_ref(),
+                    None,
+                    &subjects,
                 )
                 .await?;
             }
+            tracing::info!(partner = %who.partner_id, scope = scope.as_str_name(), "member erased");
             Ok(pb::EraseMemberResponse {
                 member: r.member.clone(),
                 erase_time: convert::timestamp(now()),
+                scope: scope as i32,
             })
         })
         .await
+    }
+
+    async fn announce_erasure(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        partner: &str,
+        erased: &crate::store::erasure::Erased,
+        scope: pb::ErasureScope,
+    ) -> Result<(), IdentityError> {
+        let event =
+            |kind: &str, member: &str, grantee: &str, purposes, receipt: &str| ConsentEvent {
+                kind: kind.into(),
+                member: member.to_owned(),
+                collector: partner.to_owned(),
+                grantee: grantee.to_owned(),
+                purposes,
+                receipt_id: receipt.to_owned(),
+            };
+        for own in &erased.own_ids {
+            append_event(txn, event("erased", own, partner, Vec::new(), "")).await?;
+        }
+        let mut withdrawn: BTreeMap<(&str, &str), Vec<i32>> = BTreeMap::new();
+        for c in &erased.withdrawn {
+            withdrawn
+                .entry((&c.grantee, &c.receipt_id))
+                .or_default()
+                .push(c.purpose);
+        }
+        for ((grantee, receipt), purposes) in withdrawn {
+            let their_id = erased
+                .others
+                .iter()
+                .find(|(p, _)| p == grantee)
+                .map(|(_, id)| id.as_str())
+                .unwrap_or_default();
+            append_event(
+                txn,
+                event("withdrawn", their_id, grantee, purposes, receipt),
+            )
+            .await?;
+        }
+        if scope == pb::ErasureScope::JointDomain {
+            for (other, their_id) in &erased.others {
+                // Who relayed the request is not said: the event tells the holder only that
+                // the person asked to leave the joint domain.
+                let mut e = event("erasure_requested", their_id, other, Vec::new(), "");
+                e.collector = String::new();
+                append_event(txn, e).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The caller's own data, plus each other partner's profile that a live consent lets the
@@ -352,11 +462,15 @@ impl Api {
             .await?;
         let mut shared = Vec::new();
         let mut reads = Vec::new();
-        for source in self
-            .store
-            .other_contributors(&member_id, &who.partner_id)
-            .await?
-        {
+        // Only SHARE_PROFILE reads other partners' profiles, and only from partners the
+        // person has a consent relationship with for the caller: any other attempt would put
+        // a "refused read" in a stranger's audit trail, telling it who else holds the person.
+        let sources = if purpose == Purpose::ShareProfile {
+            Store::consenting_sources(db, &member_id, &who.partner_id).await?
+        } else {
+            Vec::new()
+        };
+        for source in sources {
             let consents = self
                 .store
                 .live_consents(
@@ -431,13 +545,16 @@ fn member(
 }
 
 fn identifier(id: &pb::Identifier, partner: &str) -> Result<Identifier, String> {
-    Identifier::parse(
+    let method = crate::domain::identifier::Method::from_number(id.verification_method)
+        .ok_or("verification_method: unknown method")?;
+    Ok(Identifier::parse(
         convert::kind(id.kind)?,
         &id.value,
         &id.namespace,
         id.verified,
         partner,
-    )
+    )?
+    .verified_by(method))
 }
 
 fn member_and_identifier(

@@ -15,7 +15,7 @@ use crate::{
         },
         text,
     },
-    store::{Store, consents::Lapse, entities::partner, now},
+    store::{Store, entities::partner, now},
 };
 
 #[tonic::async_trait]
@@ -172,21 +172,14 @@ impl PartnerService for Api {
         request: Request<pb::CreateAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let r = request.into_inner();
         let proposed = new_alliance(&r, &who.partner_id).map_err(status)?;
         let out = self
             .mutate(&who, "CreateAlliance", &r.request_id, &r, async |txn| {
-                for (i, partner) in proposed.partners.iter().enumerate() {
-                    match Store::partner(txn, partner).await? {
-                        Some(p) if p.kind != PartnerKind::Operator.as_str() => {}
-                        _ => {
-                            return Err(IdentityError::invalid(
-                                format!("alliance.partners[{i}]"),
-                                "no such brand or mall partner",
-                            ));
-                        }
-                    }
-                }
+                // Partners are not looked up: an unknown id gets the same answer as a real one
+                // (a proposal that it can never accept), so proposing is no way to learn which
+                // partner ids exist.
                 Store::insert_alliance(txn, &proposed, now()).await?;
                 Ok(convert::alliance(&proposed))
             })
@@ -200,6 +193,7 @@ impl PartnerService for Api {
         request: Request<pb::GetAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let alliance = self
             .member_alliance(&who.partner_id, &request.get_ref().name)
             .await
@@ -212,6 +206,7 @@ impl PartnerService for Api {
         request: Request<pb::ListAlliancesRequest>,
     ) -> Result<Response<pb::ListAlliancesResponse>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let r = request.get_ref();
         let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id])
             .map_err(|e| status(e.into()))?;
@@ -236,6 +231,7 @@ impl PartnerService for Api {
         request: Request<pb::AcceptAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
         let who = caller(&request)?;
+        super::partner_wide(&who).map_err(status)?;
         let r = request.into_inner();
         let current = self
             .member_alliance(&who.partner_id, &r.name)
@@ -271,6 +267,7 @@ impl Api {
         who: &lianyu_kit::Principal,
         r: &pb::UpdateAllianceRequest,
     ) -> Result<pb::Alliance, Status> {
+        super::partner_wide(who).map_err(status)?;
         let given = r.alliance.clone().unwrap_or_default();
         let paths = lianyu_kit::mask::paths(
             r.update_mask.as_ref(),
@@ -280,6 +277,7 @@ impl Api {
                 "data_categories",
                 "processing_method",
                 "valid_until",
+                "accepted_verification_methods",
             ],
         )
         .map_err(|e| status(e.into()))?;
@@ -317,6 +315,9 @@ impl Api {
                 .contains("valid_until")
                 .then(|| valid_until(&mut v, given.valid_until.as_ref(), current.valid_from))
                 .flatten(),
+            accepted_methods: paths
+                .contains("accepted_verification_methods")
+                .then(|| methods(&mut v, &given.accepted_verification_methods)),
         };
         v.finish().map_err(status)?;
         let out = self
@@ -330,20 +331,15 @@ impl Api {
                 })?;
                 Store::save_alliance_state(txn, &alliance).await?;
                 if new_terms {
-                    let stale = Store::lapse_alliance_consents(
-                        txn,
-                        &self.store.secrets,
-                        &alliance.id,
-                        alliance.terms_version,
-                        Lapse::Stale,
-                    )
-                    .await?;
-                    tracing::info!(alliance = %alliance.id, terms_version = alliance.terms_version, stale, "alliance terms changed");
+                    // Consents under the old terms stop counting at once (liveness is judged
+                    // per check); the sweep announces them as STALE in bounded batches.
+                    tracing::info!(alliance = %alliance.id, terms_version = alliance.terms_version, "alliance terms changed");
                 }
                 Ok(convert::alliance(&alliance))
             })
             .await?;
         self.store.alliances.forget();
+        self.store.sweep_wake.notify_one();
         Ok(out)
     }
 
@@ -353,6 +349,7 @@ impl Api {
         who: &lianyu_kit::Principal,
         r: &pb::EndAllianceRequest,
     ) -> Result<pb::Alliance, Status> {
+        super::partner_wide(who).map_err(status)?;
         let current = self
             .member_alliance(&who.partner_id, &r.name)
             .await
@@ -363,21 +360,16 @@ impl Api {
                     .await?
                     .ok_or(IdentityError::NotFound("alliance"))?;
                 if alliance.end() {
+                    // Nothing under it counts from now on; the sweep announces each consent
+                    // as EXPIRED in bounded batches.
                     Store::save_alliance_state(txn, &alliance).await?;
-                    let expired = Store::lapse_alliance_consents(
-                        txn,
-                        &self.store.secrets,
-                        &alliance.id,
-                        alliance.terms_version,
-                        Lapse::Expired,
-                    )
-                    .await?;
-                    tracing::info!(alliance = %alliance.id, expired, "alliance ended");
+                    tracing::info!(alliance = %alliance.id, "alliance ended");
                 }
                 Ok(convert::alliance(&alliance))
             })
             .await?;
         self.store.alliances.forget();
+        self.store.sweep_wake.notify_one();
         Ok(out)
     }
 
@@ -452,6 +444,7 @@ fn new_alliance(r: &pb::CreateAllianceRequest, proposer: &str) -> Result<Allianc
     );
     let valid_from = a.valid_from.as_ref().map_or_else(now, convert::millis);
     let valid_until = valid_until(&mut v, a.valid_until.as_ref(), valid_from);
+    let accepted_methods = methods(&mut v, &a.accepted_verification_methods);
     v.finish()?;
     Ok(Alliance {
         id: uuid::Uuid::now_v7().simple().to_string(),
@@ -465,7 +458,31 @@ fn new_alliance(r: &pb::CreateAllianceRequest, proposer: &str) -> Result<Allianc
         valid_until: valid_until.unwrap_or_default(),
         status: AllianceStatus::Proposed,
         terms_version: 1,
+        accepted_methods,
     })
+}
+
+/// The verification methods an alliance accepts; UNSPECIFIED cannot be listed (an empty list
+/// is how an alliance accepts any method).
+fn methods(
+    v: &mut Violations,
+    given: &[i32],
+) -> std::collections::BTreeSet<crate::domain::identifier::Method> {
+    use crate::domain::identifier::Method;
+    given
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            v.check(
+                format!("alliance.accepted_verification_methods[{i}]"),
+                Method::from_number(*m)
+                    .filter(|m| *m != Method::Unstated)
+                    .ok_or_else(|| {
+                        "SMS_CODE, WECHAT_PHONE_GRANT, IN_STORE_CHECK or EMAIL_CODE".to_owned()
+                    }),
+            )
+        })
+        .collect()
 }
 
 fn purposes(v: &mut Violations, given: &[i32]) -> std::collections::BTreeSet<Purpose> {

@@ -20,6 +20,7 @@ impl Api {
         who: &Principal,
         r: &pb::CreateStoreRequest,
     ) -> Result<pb::Store, tonic::Status> {
+        super::partner_wide(who).map_err(super::status)?;
         let partner = own_parent(who, &r.parent).map_err(super::status)?;
         let row = new_store(&partner, r).map_err(super::status)?;
         self.mutate(who, "CreateStore", &r.request_id, r, async |txn| {
@@ -47,7 +48,11 @@ impl Api {
     ) -> Result<pb::ListStoresResponse, IdentityError> {
         let partner = own_parent(who, &r.parent)?;
         let page = Page::parse(r.page_size, &r.page_token, &[&partner])?;
-        let rows = self.store.list_stores(&partner, &page).await?;
+        let mut rows = self.store.list_stores(&partner, &page).await?;
+        // A store token sees its own store only.
+        if let Some(own) = &who.store {
+            rows.retain(|s| &format!("partners/{}/stores/{}", s.partner_id, s.id) == own);
+        }
         let (rows, next_page_token) = page.finish(rows, |s| s.id.clone());
         Ok(pb::ListStoresResponse {
             stores: rows.iter().map(convert::store).collect(),
@@ -60,6 +65,7 @@ impl Api {
         who: &Principal,
         r: &pb::UpdateStoreRequest,
     ) -> Result<pb::Store, tonic::Status> {
+        super::partner_wide(who).map_err(super::status)?;
         let given = r.store.clone().unwrap_or_default();
         let (partner, id) = own_store(who, &given.name).map_err(super::status)?;
         let paths = mask::paths(r.update_mask.as_ref(), &["display_name", "city", "active"])
@@ -98,6 +104,7 @@ impl Api {
         who: &Principal,
         r: &pb::UpdatePartnerRequest,
     ) -> Result<pb::Partner, tonic::Status> {
+        super::partner_wide(who).map_err(super::status)?;
         let given = r.partner.clone().unwrap_or_default();
         let id = parse_partner_name(&given.name)
             .map_err(|e| super::status(IdentityError::invalid("partner.name", e)))?;
@@ -159,6 +166,17 @@ impl Api {
             Ok(convert::partner(&Store::save_partner(txn, row).await?))
         })
         .await
+        .inspect(|partner| {
+            // Suspension (and reinstatement) takes effect on this process's tokens at once —
+            // every service of `lianyu up` shares the verifier; standalone services learn it
+            // from GetSigningKeys.
+            if new_status.is_some() {
+                self.tokens.verifier.set_partner_suspended(
+                    &id,
+                    partner.status == pb::PartnerStatus::Suspended as i32,
+                );
+            }
+        })
     }
 }
 
@@ -173,9 +191,15 @@ fn own_parent(who: &Principal, parent: &str) -> Result<String, IdentityError> {
     }
 }
 
+/// The store named `name` when the caller's partner owns it — and, for a store token, when it
+/// is the token's own store; NOT_FOUND otherwise.
 fn own_store(who: &Principal, name: &str) -> Result<(String, String), IdentityError> {
     let (partner, id) = parse_store_name(name).map_err(|e| IdentityError::invalid("name", e))?;
-    if who.partner_id == partner {
+    let narrowed_elsewhere = who
+        .store
+        .as_ref()
+        .is_some_and(|own| own != &format!("partners/{partner}/stores/{id}"));
+    if who.partner_id == partner && !narrowed_elsewhere {
         Ok((partner, id))
     } else {
         Err(IdentityError::NotFound("store"))

@@ -95,6 +95,38 @@ impl Consent {
     }
 }
 
+/// Where a consent receipt stands when it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptStatus {
+    Granted,
+    Withdrawn,
+    Expired,
+    Stale,
+}
+
+/// A receipt's status now: WITHDRAWN once withdrawn (or erased) — a withdrawal's own receipt
+/// too —, EXPIRED when its window closed or its alliance ended, STALE when the alliance's
+/// terms changed since it was given (`terms_version` 0: not recorded, not judged).
+pub fn receipt_status(
+    withdrawn: bool,
+    valid_until: i64,
+    terms_version: i64,
+    alliance: Option<&Alliance>,
+    now: i64,
+) -> ReceiptStatus {
+    use super::partner::AllianceStatus;
+    if withdrawn {
+        return ReceiptStatus::Withdrawn;
+    }
+    match alliance {
+        _ if valid_until <= now => ReceiptStatus::Expired,
+        None => ReceiptStatus::Expired,
+        Some(a) if a.status == AllianceStatus::Ended => ReceiptStatus::Expired,
+        Some(a) if terms_version > 0 && a.terms_version > terms_version => ReceiptStatus::Stale,
+        Some(_) => ReceiptStatus::Granted,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +145,7 @@ mod tests {
             valid_until: 10_000,
             status: AllianceStatus::Active,
             terms_version,
+            accepted_methods: Default::default(),
         }
     }
 
@@ -128,6 +161,37 @@ mod tests {
             alliance_id: "a1".into(),
             terms_version: 1,
         }
+    }
+
+    #[test]
+    fn a_receipt_tells_where_it_stands() {
+        let a = alliance(1);
+        assert_eq!(
+            receipt_status(false, 1_000, 1, Some(&a), 500),
+            ReceiptStatus::Granted
+        );
+        assert_eq!(
+            receipt_status(true, 1_000, 1, Some(&a), 500),
+            ReceiptStatus::Withdrawn
+        );
+        assert_eq!(
+            receipt_status(false, 1_000, 1, Some(&a), 1_000),
+            ReceiptStatus::Expired
+        );
+        assert_eq!(
+            receipt_status(false, 1_000, 1, Some(&alliance(2)), 500),
+            ReceiptStatus::Stale
+        );
+        let mut ended = alliance(1);
+        ended.end();
+        assert_eq!(
+            receipt_status(false, 1_000, 1, Some(&ended), 500),
+            ReceiptStatus::Expired
+        );
+        assert_eq!(
+            receipt_status(false, 1_000, 1, None, 500),
+            ReceiptStatus::Expired
+        );
     }
 
     #[test]

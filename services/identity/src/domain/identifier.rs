@@ -35,6 +35,46 @@ impl Kind {
     }
 }
 
+/// How the submitting partner verified an identifier. Numbers match
+/// `lianyu.identity.v1.VerificationMethod`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// Verified, but the partner did not say how.
+    Unstated = 0,
+    SmsCode = 1,
+    WechatPhoneGrant = 2,
+    InStoreCheck = 3,
+    EmailCode = 4,
+}
+
+impl Method {
+    pub const ALL: [Method; 5] = [
+        Method::Unstated,
+        Method::SmsCode,
+        Method::WechatPhoneGrant,
+        Method::InStoreCheck,
+        Method::EmailCode,
+    ];
+
+    pub fn from_number(n: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| *m as i32 == n)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Unstated => "",
+            Method::SmsCode => "sms_code",
+            Method::WechatPhoneGrant => "wechat_phone_grant",
+            Method::InStoreCheck => "in_store_check",
+            Method::EmailCode => "email_code",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
 /// The namespace of identifiers unique worldwide (phones, emails).
 pub const GLOBAL: &str = "global";
 
@@ -45,6 +85,8 @@ pub struct Identifier {
     pub value: String,
     pub namespace: String,
     pub verified: bool,
+    /// How it was verified; `Unstated` when not verified.
+    pub method: Method,
 }
 
 impl Identifier {
@@ -88,7 +130,16 @@ impl Identifier {
             value,
             namespace,
             verified,
+            method: Method::Unstated,
         })
+    }
+
+    /// The same identifier, verified by `method` (ignored when not verified).
+    pub fn verified_by(mut self, method: Method) -> Self {
+        if self.verified {
+            self.method = method;
+        }
+        self
     }
 
     /// Whether a verified match on this identifier may link two partners' records of a person.
@@ -98,37 +149,35 @@ impl Identifier {
     }
 }
 
+/// E.164 by libphonenumber's rules (its metadata knows each country's trunk prefix, so
+/// `+44 07911 123456` and `+44 7911 123456` are one number); a number without a country code
+/// is read as mainland China, where a person's phone is a mobile number.
 fn normalise_phone(raw: &str) -> Result<String, String> {
-    let cleaned: String = raw
+    use phonenumber::{Type, country::Id, metadata::DATABASE};
+    let raw = raw.trim();
+    if !raw
         .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')'))
-        .collect();
-    let (international, digits) = match cleaned.strip_prefix('+') {
-        Some(rest) => (true, rest.to_owned()),
-        None => match cleaned.strip_prefix("00") {
-            Some(rest) => (true, rest.to_owned()),
-            None => (false, cleaned),
-        },
-    };
-    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '(' | ')' | '+' | '.'))
+    {
         return Err("a phone number has digits only, optionally after +".into());
     }
-    let e164 = if international {
-        digits
-    } else if digits.len() == 11 && digits.starts_with('1') {
-        format!("86{digits}")
-    } else {
+    let international = raw.strip_prefix("00").map(|rest| format!("+{rest}"));
+    let number = phonenumber::parse(Some(Id::CN), international.as_deref().unwrap_or(raw))
+        .map_err(|_| "not a phone number: give +country code and number".to_owned())?;
+    if !phonenumber::is_valid(&number) {
+        return Err("not a valid number for its country".into());
+    }
+    if number.code().value() == 86
+        && !matches!(
+            number.number_type(&DATABASE),
+            Type::Mobile | Type::FixedLineOrMobile
+        )
+    {
         return Err(
-            "give a mainland mobile number (11 digits starting with 1) or +country code".into(),
+            "a mainland China number must be a mobile number (11 digits, starting with 1)".into(),
         );
-    };
-    if e164.starts_with("86") && !(e164.len() == 13 && e164[2..].starts_with('1')) {
-        return Err("a mainland China mobile number has 11 digits and starts with 1".into());
     }
-    if !(8..=15).contains(&e164.len()) || e164.starts_with('0') {
-        return Err("an E.164 number has 8 to 15 digits after the +".into());
-    }
-    Ok(format!("+{e164}"))
+    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
 
 fn normalise_email(raw: &str) -> Result<String, String> {
@@ -173,6 +222,15 @@ mod tests {
         assert!(p("12345").is_err());
         assert!(p("+86 2345678901").is_err());
         assert!(p("138001380x0").is_err());
+    }
+
+    #[test]
+    fn a_trunk_prefix_after_the_country_code_is_the_same_number() {
+        let p = |v: &str| Identifier::parse(Kind::Phone, v, "", true, "brand").map(|i| i.value);
+        assert_eq!(p("+44 07911 123456").unwrap(), "+447911123456");
+        assert_eq!(p("+44 7911 123456").unwrap(), "+447911123456");
+        assert_eq!(p("0044 7911 123456").unwrap(), "+447911123456");
+        assert_eq!(p("+1 (650) 253-0000").unwrap(), "+16502530000");
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub struct Match<'a> {
     pub verified: bool,
     /// The incoming identifier it matches.
     pub incoming: &'a Identifier,
+    /// Whether the caller and that partner share an ACTIVE alliance.
+    pub allied: bool,
+    /// Whether such an alliance accepts both sides' verification methods.
+    pub trusted: bool,
 }
 
 /// The member chosen (`None`: a new one) and how many other members were matched without
@@ -26,10 +30,13 @@ pub struct Decision {
 }
 
 /// The caller's own records name the member first. Otherwise an identifier both the caller
-/// and another partner verified, of a kind that identifies a person across partners, links
-/// to that partner's member — when such evidence points at exactly one member. Anything
-/// weaker (an unverified side, a member number) only counts as a candidate: linking on weak
-/// evidence would let anyone take over an account.
+/// and an ally verified — by methods their alliance accepts — of a kind that identifies a
+/// person across partners, links to that ally's member, when such evidence points at exactly
+/// one member. Anything weaker (an unverified side, an unaccepted method, a member number)
+/// only counts as a candidate: linking on weak evidence would let anyone take over an account.
+/// Records of partners outside the caller's alliances are not seen at all: a partner's own
+/// claim that it verified a phone means nothing to strangers, and neither the link nor the
+/// count may tell the caller that a stranger holds the person.
 pub fn decide(caller: &str, matches: &[Match<'_>]) -> Result<Decision, &'static str> {
     let own: BTreeSet<&str> = matches
         .iter()
@@ -41,8 +48,8 @@ pub fn decide(caller: &str, matches: &[Match<'_>]) -> Result<Decision, &'static 
     }
     let mut linked = BTreeSet::new();
     let mut weak = BTreeSet::new();
-    for m in matches.iter().filter(|m| m.partner != caller) {
-        if m.incoming.verified && m.verified && m.incoming.links_across_partners() {
+    for m in matches.iter().filter(|m| m.partner != caller && m.allied) {
+        if m.incoming.verified && m.verified && m.incoming.links_across_partners() && m.trusted {
             linked.insert(m.member);
         } else {
             weak.insert(m.member);
@@ -84,7 +91,27 @@ mod tests {
             member,
             verified,
             incoming,
+            allied: true,
+            trusted: true,
         }
+    }
+
+    #[test]
+    fn a_stranger_is_not_seen_and_an_untrusting_ally_is_only_a_candidate() {
+        let p = phone(true);
+        let stranger = Match {
+            allied: false,
+            trusted: false,
+            ..found("brand", "m1", true, &p)
+        };
+        let d = decide("outsider", &[stranger]).unwrap();
+        assert_eq!((d.member, d.candidates), (None, 0));
+        let untrusting = Match {
+            trusted: false,
+            ..found("brand", "m1", true, &p)
+        };
+        let d = decide("mall", &[untrusting]).unwrap();
+        assert_eq!((d.member, d.candidates), (None, 1));
     }
 
     #[test]

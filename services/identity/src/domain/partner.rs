@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::consent::Purpose;
+use super::{consent::Purpose, identifier::Method};
 
 /// The kind of a partner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,7 @@ pub struct Amendment {
     pub data_categories: Option<Vec<String>>,
     pub processing_method: Option<String>,
     pub valid_until: Option<i64>,
+    pub accepted_methods: Option<BTreeSet<Method>>,
 }
 
 /// A joint domain between partners.
@@ -122,6 +123,9 @@ pub struct Alliance {
     pub valid_until: i64,
     pub status: AllianceStatus,
     pub terms_version: i64,
+    /// The verification methods the partners accept from each other as proof that their
+    /// members are one person; empty accepts any.
+    pub accepted_methods: BTreeSet<Method>,
 }
 
 impl Alliance {
@@ -177,6 +181,13 @@ impl Alliance {
             self.processing_method = method;
             terms_changed = true;
         }
+        if let Some(methods) = change
+            .accepted_methods
+            .filter(|m| *m != self.accepted_methods)
+        {
+            self.accepted_methods = methods;
+            terms_changed = true;
+        }
         if terms_changed {
             self.terms_version += 1;
             self.accepted = [by.to_owned()].into();
@@ -192,6 +203,22 @@ impl Alliance {
         let ended = self.status != AllianceStatus::Ended;
         self.status = AllianceStatus::Ended;
         ended
+    }
+
+    /// Whether, at `now`, `a` and `b` are allied here at all (an ACTIVE alliance in its window).
+    pub fn joins(&self, a: &str, b: &str, now: i64) -> bool {
+        self.status == AllianceStatus::Active
+            && self.partners.contains(a)
+            && self.partners.contains(b)
+            && (self.valid_from..self.valid_until).contains(&now)
+    }
+
+    /// Whether, at `now`, `a` and `b` accept each other's verification by these methods as
+    /// proof that their records are one person.
+    pub fn trusts_verification(&self, a: &str, b: &str, methods: &[Method], now: i64) -> bool {
+        self.joins(a, b, now)
+            && (self.accepted_methods.is_empty()
+                || methods.iter().all(|m| self.accepted_methods.contains(m)))
     }
 
     /// Whether, at `now`, the alliance lets `a` and `b` share for `purpose`.
@@ -221,7 +248,40 @@ mod tests {
             valid_until: 1_000,
             status: AllianceStatus::Proposed,
             terms_version: 1,
+            accepted_methods: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn verification_is_trusted_only_between_active_allies_by_accepted_methods() {
+        let mut a = proposed();
+        let sms = [Method::SmsCode, Method::SmsCode];
+        assert!(
+            !a.trusts_verification("brand", "mall", &sms, 10),
+            "not active yet"
+        );
+        a.accept("mall").unwrap();
+        assert!(
+            a.trusts_verification("brand", "mall", &sms, 10),
+            "empty accepts any"
+        );
+        assert!(
+            !a.trusts_verification("brand", "other", &sms, 10),
+            "not a member"
+        );
+        a.accepted_methods = [Method::SmsCode].into();
+        assert!(a.trusts_verification("brand", "mall", &sms, 10));
+        assert!(!a.trusts_verification(
+            "brand",
+            "mall",
+            &[Method::SmsCode, Method::InStoreCheck],
+            10
+        ));
+        assert!(!a.trusts_verification("brand", "mall", &[Method::Unstated], 10));
+        assert!(
+            !a.trusts_verification("brand", "mall", &sms, 1_000),
+            "window ended"
+        );
     }
 
     #[test]

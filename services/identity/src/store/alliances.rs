@@ -14,6 +14,7 @@ use super::{
 use crate::domain::{
     IdentityError,
     consent::Purpose,
+    identifier::Method,
     partner::{Alliance, AllianceStatus},
 };
 
@@ -34,6 +35,7 @@ impl Store {
             status: Set(a.status.as_str().to_owned()),
             terms_version: Set(a.terms_version),
             created_at: Set(now),
+            accepted_methods: Set(methods_column(&a.accepted_methods)),
         }
         .insert(txn)
         .await
@@ -65,6 +67,7 @@ impl Store {
             valid_until: Set(a.valid_until),
             status: Set(a.status.as_str().to_owned()),
             terms_version: Set(a.terms_version),
+            accepted_methods: Set(methods_column(&a.accepted_methods)),
             ..Default::default()
         }
         .update(txn)
@@ -226,7 +229,21 @@ fn to_domain(row: alliance::Model, members: &[alliance_partner::Model]) -> Allia
         valid_until: row.valid_until,
         status: AllianceStatus::parse(&row.status).unwrap_or(AllianceStatus::Ended),
         terms_version: row.terms_version,
+        accepted_methods: row
+            .accepted_methods
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .filter_map(Method::parse)
+            .collect(),
     }
+}
+
+fn methods_column(methods: &BTreeSet<Method>) -> String {
+    methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn purposes_column(purposes: &BTreeSet<Purpose>) -> String {

@@ -16,7 +16,7 @@ use sea_orm::{
 use super::{
     Store,
     consent_index::Granted,
-    entities::{consent, consent_receipt, scoped_id},
+    entities::{alliance, consent, consent_receipt, scoped_id},
     now,
 };
 use crate::domain::{
@@ -75,10 +75,27 @@ impl Store {
             valid_until: Set(c.valid_until),
             alliance_id: Set(c.alliance.id.clone()),
             issued_at: Set(at),
+            terms_version: Set(c.alliance.terms_version),
         }
         .insert(txn)
         .await
         .map_err(StorageError::from)?;
+        // The receipts a withdrawal supersedes read WITHDRAWN once nothing refers to them.
+        let previous: Vec<String> = if c.state == ConsentState::Withdrawn {
+            consent::Entity::find()
+                .filter(consent::Column::MemberId.eq(c.member_id.to_owned()))
+                .filter(consent::Column::Grantee.eq(c.grantee.to_owned()))
+                .filter(consent::Column::Collector.eq(c.collector.to_owned()))
+                .filter(consent::Column::Purpose.is_in(c.purposes.iter().map(|p| *p as i32)))
+                .all(txn)
+                .await
+                .map_err(StorageError::from)?
+                .into_iter()
+                .map(|row| row.receipt_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         for purpose in c.purposes {
             let row = consent::ActiveModel {
                 member_id: Set(c.member_id.to_owned()),
@@ -116,6 +133,22 @@ impl Store {
                 .await
                 .map_err(StorageError::from)?;
         }
+        for old in previous {
+            let still_used = consent::Entity::find()
+                .filter(consent::Column::ReceiptId.eq(old.clone()))
+                .one(txn)
+                .await
+                .map_err(StorageError::from)?
+                .is_some();
+            if !still_used {
+                consent_receipt::Entity::update_many()
+                    .col_expr(consent_receipt::Column::Status, Expr::value("withdrawn"))
+                    .filter(consent_receipt::Column::Id.eq(old))
+                    .exec(txn)
+                    .await
+                    .map_err(StorageError::from)?;
+            }
+        }
         let member = Self::scoped_ids_of(txn, secrets, c.grantee, &[c.member_id.to_owned()])
             .await?
             .remove(c.member_id)
@@ -135,22 +168,29 @@ impl Store {
         Ok(receipt)
     }
 
-    /// Receipts about a member (`member_id`), or granted to `grantee`, in issue order.
+    /// Receipts `party` is party to, in issue order: about one member (as collector or
+    /// grantee), or without a member every receipt granted to `party`. Never a receipt between
+    /// two other partners.
     pub(crate) async fn receipts(
         conn: &impl ConnectionTrait,
         member_id: Option<&str>,
-        grantee: Option<&str>,
+        party: &str,
         page: &lianyu_kit::page::Page,
     ) -> Result<Vec<consent_receipt::Model>, IdentityError> {
-        use sea_orm::{QueryOrder, QuerySelect};
+        use sea_orm::{QueryOrder, QuerySelect, sea_query::Condition};
         let mut query = consent_receipt::Entity::find()
             .order_by_asc(consent_receipt::Column::Id)
             .limit(page.size + 1);
         if let Some(m) = member_id {
-            query = query.filter(consent_receipt::Column::MemberId.eq(m.to_owned()));
-        }
-        if let Some(g) = grantee {
-            query = query.filter(consent_receipt::Column::Grantee.eq(g.to_owned()));
+            query = query
+                .filter(consent_receipt::Column::MemberId.eq(m.to_owned()))
+                .filter(
+                    Condition::any()
+                        .add(consent_receipt::Column::Collector.eq(party.to_owned()))
+                        .add(consent_receipt::Column::Grantee.eq(party.to_owned())),
+                );
+        } else {
+            query = query.filter(consent_receipt::Column::Grantee.eq(party.to_owned()));
         }
         if let Some(after) = &page.after {
             query = query.filter(consent_receipt::Column::Id.gt(after.clone()));
@@ -319,35 +359,74 @@ pub(crate) enum Lapse {
 }
 
 impl Store {
-    /// Announces on each grantee's feed the consents under `alliance_id` that stopped counting:
-    /// with `Lapse::Stale` those given under terms older than `terms_version`; with
-    /// `Lapse::Expired` all of them, which are also marked expired. Returns how many.
-    pub(crate) async fn lapse_alliance_consents(
+    /// Announces up to `limit` consents that stopped counting because their alliance changed:
+    /// those given under older terms turn `stale`, those under an ended alliance `expired`.
+    /// Each row is claimed by a conditional update (so replicas announce each once), and the
+    /// work is resumable: what is left is simply found again by the next batch. Returns how many.
+    pub(crate) async fn lapse_due(
         txn: &impl ConnectionTrait,
         secrets: &Secrets,
-        alliance_id: &str,
-        terms_version: i64,
-        lapse: Lapse,
+        at: i64,
+        limit: u64,
     ) -> Result<usize, IdentityError> {
-        let mut query = consent::Entity::find()
-            .filter(consent::Column::AllianceId.eq(alliance_id.to_owned()))
-            .filter(consent::Column::State.eq("granted"));
-        if lapse == Lapse::Stale {
-            query = query.filter(consent::Column::TermsVersion.lt(terms_version));
+        use sea_orm::{
+            QuerySelect,
+            sea_query::{Condition, ExprTrait, JoinType},
+        };
+        let due = consent::Entity::find()
+            .join(JoinType::InnerJoin, consent_to_alliance())
+            .filter(consent::Column::State.eq("granted"))
+            .filter(
+                Condition::any()
+                    .add(alliance::Column::Status.eq("ended"))
+                    .add(
+                        Expr::col((consent::Entity, consent::Column::TermsVersion)).lt(Expr::col(
+                            (alliance::Entity, alliance::Column::TermsVersion),
+                        )),
+                    ),
+            )
+            .limit(limit)
+            .all(txn)
+            .await
+            .map_err(StorageError::from)?;
+        let mut ends: BTreeMap<&str, Option<crate::domain::partner::Alliance>> = BTreeMap::new();
+        for row in &due {
+            if !ends.contains_key(row.alliance_id.as_str()) {
+                ends.insert(
+                    &row.alliance_id,
+                    Self::alliance(txn, &row.alliance_id).await?,
+                );
+            }
         }
-        let rows = query.all(txn).await.map_err(StorageError::from)?;
-        if lapse == Lapse::Expired {
-            consent::Entity::update_many()
-                .col_expr(consent::Column::State, Expr::value("expired"))
-                .col_expr(consent::Column::UpdatedAt, Expr::value(now()))
-                .filter(consent::Column::AllianceId.eq(alliance_id.to_owned()))
+        let (mut stale, mut expired) = (Vec::new(), Vec::new());
+        for row in &due {
+            let Some(alliance) = ends.get(row.alliance_id.as_str()).and_then(Option::as_ref) else {
+                continue;
+            };
+            let (state, into) = if alliance.status == crate::domain::partner::AllianceStatus::Ended
+            {
+                ("expired", &mut expired)
+            } else {
+                ("stale", &mut stale)
+            };
+            let done = consent::Entity::update_many()
+                .col_expr(consent::Column::State, Expr::value(state))
+                .col_expr(consent::Column::UpdatedAt, Expr::value(at))
+                .filter(consent::Column::MemberId.eq(row.member_id.clone()))
+                .filter(consent::Column::Grantee.eq(row.grantee.clone()))
+                .filter(consent::Column::Purpose.eq(row.purpose))
+                .filter(consent::Column::Collector.eq(row.collector.clone()))
                 .filter(consent::Column::State.eq("granted"))
                 .exec(txn)
                 .await
                 .map_err(StorageError::from)?;
+            if done.rows_affected == 1 {
+                into.push(row.clone());
+            }
         }
-        announce(txn, secrets, &rows, lapse).await?;
-        Ok(rows.len())
+        announce(txn, secrets, &stale, Lapse::Stale).await?;
+        announce(txn, secrets, &expired, Lapse::Expired).await?;
+        Ok(stale.len() + expired.len())
     }
 
     /// Marks up to `limit` consents whose window has ended as expired and announces them.
@@ -464,6 +543,15 @@ pub(crate) async fn append_event(
     )
     .await?;
     Ok(())
+}
+
+/// consents.alliance_id = alliances.id, for the lapse sweep's join.
+fn consent_to_alliance() -> sea_orm::RelationDef {
+    use sea_orm::EntityTrait as _;
+    consent::Entity::belongs_to(alliance::Entity)
+        .from(consent::Column::AllianceId)
+        .to(alliance::Column::Id)
+        .into()
 }
 
 /// consents.member_id = scoped_ids.member_id, for the check query's join.

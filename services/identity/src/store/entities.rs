@@ -45,6 +45,9 @@ entity!(alliance, "alliances", {
     pub status: String,
     pub terms_version: i64,
     pub created_at: i64,
+    /// Verification methods the partners accept from each other for linking, comma-separated;
+    /// empty accepts any.
+    pub accepted_methods: String,
 });
 
 entity!(alliance_partner, "alliance_partners", {
@@ -79,6 +82,8 @@ entity!(identifier, "identifiers", {
     pub sealed: Vec<u8>,
     pub verified: bool,
     pub created_at: i64,
+    /// How the partner verified it (`sms_code`, …); empty when unstated or unverified.
+    pub verification_method: String,
 });
 
 entity!(profile, "profiles", {
@@ -98,6 +103,9 @@ entity!(scoped_id, "scoped_ids", {
     pub partner_id: String,
     #[sea_orm(indexed)]
     pub member_id: String,
+    /// When the partner erased its relationship with the member: the id then answers
+    /// MEMBER_ERASED and is never handed out again.
+    pub erased_at: Option<i64>,
 });
 
 entity!(consent_receipt, "consent_receipts", {
@@ -117,6 +125,8 @@ entity!(consent_receipt, "consent_receipts", {
     pub valid_until: i64,
     pub alliance_id: String,
     pub issued_at: i64,
+    /// The alliance's terms version the member was shown; 0 on receipts made before it was kept.
+    pub terms_version: i64,
 });
 
 entity!(consent, "consents", {

@@ -42,12 +42,7 @@ impl Store {
             )),
             Some(row) => {
                 if id.verified && !row.verified {
-                    identifier::Entity::update_many()
-                        .col_expr(identifier::Column::Verified, Expr::value(true))
-                        .filter(identifier::Column::Id.eq(row.id))
-                        .exec(txn)
-                        .await
-                        .map_err(StorageError::from)?;
+                    super::members::mark_verified(txn, row.id, id.method).await?;
                 }
                 Ok(())
             }
@@ -90,6 +85,11 @@ impl Store {
             sealed: Set(self.secrets.seal(&id.value)),
             verified: Set(id.verified),
             created_at: Set(now()),
+            verification_method: Set(if id.verified {
+                id.method.as_str().to_owned()
+            } else {
+                String::new()
+            }),
             ..Default::default()
         }
     }

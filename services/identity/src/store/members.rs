@@ -15,7 +15,7 @@ use super::{
 };
 use crate::domain::{
     IdentityError,
-    identifier::{Identifier, Kind},
+    identifier::{Identifier, Kind, Method},
     linking::{Decision, Match, decide},
 };
 
@@ -69,15 +69,31 @@ impl Store {
             .all(txn)
             .await
             .map_err(StorageError::from)?;
+        // Another partner's record counts only inside the caller's ACTIVE alliances, and links
+        // only where the alliance accepts both sides' verification methods.
+        let alliances = if matches.iter().any(|m| m.partner_id != caller) {
+            Self::alliances_of(txn, caller).await?
+        } else {
+            Vec::new()
+        };
+        let at = now();
         let found: Vec<Match<'_>> = matches
             .iter()
             .filter_map(|row| {
                 let incoming = hashed.iter().find(|(h, _)| *h == row.lookup_hash)?.1;
+                let theirs = Method::parse(&row.verification_method).unwrap_or(Method::Unstated);
+                let methods = [incoming.method, theirs];
                 Some(Match {
                     partner: &row.partner_id,
                     member: &row.member_id,
                     verified: row.verified,
                     incoming,
+                    allied: alliances
+                        .iter()
+                        .any(|a| a.joins(caller, &row.partner_id, at)),
+                    trusted: alliances
+                        .iter()
+                        .any(|a| a.trusts_verification(caller, &row.partner_id, &methods, at)),
                 })
             })
             .collect();
@@ -114,15 +130,7 @@ impl Store {
                 .find(|m| m.partner_id == caller && &m.lookup_hash == hash);
             match held {
                 Some(row) if id.verified && !row.verified => {
-                    identifier::Entity::update_many()
-                        .col_expr(
-                            identifier::Column::Verified,
-                            sea_orm::sea_query::Expr::value(true),
-                        )
-                        .filter(identifier::Column::Id.eq(row.id))
-                        .exec(txn)
-                        .await
-                        .map_err(StorageError::from)?;
+                    mark_verified(txn, row.id, id.method).await?;
                 }
                 Some(_) => {}
                 None => new_rows.push(self.identifier_row(caller, &member_id, hash, id)),
@@ -145,6 +153,7 @@ impl Store {
                 scoped_id: Set(scoped_id.clone()),
                 partner_id: Set(caller.to_owned()),
                 member_id: Set(member_id.clone()),
+                erased_at: Set(None),
             }
             .insert(txn)
             .await
@@ -242,11 +251,26 @@ impl Store {
         if let Some(scoped) = held {
             return Ok(scoped);
         }
-        let scoped = self.secrets.scoped_id(partner, member_id);
+        // A partner that erased the person and enrols them again starts a new relationship:
+        // a new id, never the erased one (other services purged everything under it).
+        let canonical = self.secrets.scoped_id(partner, member_id);
+        let erased_before = scoped_id::Entity::find_by_id(canonical.clone())
+            .one(txn)
+            .await
+            .map_err(StorageError::from)?
+            .is_some();
+        let scoped = if erased_before {
+            let fresh = uuid::Uuid::new_v4().simple().to_string();
+            self.secrets
+                .scoped_id(partner, &format!("{member_id}/{fresh}"))
+        } else {
+            canonical
+        };
         scoped_id::ActiveModel {
             scoped_id: Set(scoped.clone()),
             partner_id: Set(partner.to_owned()),
             member_id: Set(member_id.to_owned()),
+            erased_at: Set(None),
         }
         .insert(txn)
         .await
@@ -261,13 +285,16 @@ impl Store {
         caller: &str,
         scoped: &str,
     ) -> Result<String, IdentityError> {
-        let member_id = scoped_id::Entity::find_by_id(scoped.to_owned())
+        let row = scoped_id::Entity::find_by_id(scoped.to_owned())
             .one(conn)
             .await
             .map_err(StorageError::from)?
             .filter(|row| row.partner_id == caller)
-            .map(|row| row.member_id)
             .ok_or(IdentityError::NotFound("member"))?;
+        if row.erased_at.is_some() {
+            return Err(IdentityError::NotFound("erased member"));
+        }
+        let member_id = row.member_id;
         let member = member::Entity::find_by_id(member_id.clone())
             .one(conn)
             .await
@@ -277,54 +304,6 @@ impl Store {
             Some(_) => Err(IdentityError::NotFound("erased member")),
             None => Err(IdentityError::NotFound("member")),
         }
-    }
-
-    /// Erases a member mesh-wide: identifiers and profiles are deleted, every consent is
-    /// withdrawn, the member becomes a tombstone. Returns each partner's scoped id, so each
-    /// can be told in its own terms.
-    pub(crate) async fn erase(
-        txn: &impl ConnectionTrait,
-        member_id: &str,
-    ) -> Result<Vec<(String, String)>, IdentityError> {
-        use sea_orm::sea_query::Expr;
-        identifier::Entity::delete_many()
-            .filter(identifier::Column::MemberId.eq(member_id.to_owned()))
-            .exec(txn)
-            .await
-            .map_err(StorageError::from)?;
-        profile::Entity::delete_many()
-            .filter(profile::Column::MemberId.eq(member_id.to_owned()))
-            .exec(txn)
-            .await
-            .map_err(StorageError::from)?;
-        super::entities::consent::Entity::update_many()
-            .col_expr(
-                super::entities::consent::Column::State,
-                Expr::value("withdrawn"),
-            )
-            .col_expr(
-                super::entities::consent::Column::UpdatedAt,
-                Expr::value(now()),
-            )
-            .filter(super::entities::consent::Column::MemberId.eq(member_id.to_owned()))
-            .exec(txn)
-            .await
-            .map_err(StorageError::from)?;
-        member::Entity::update_many()
-            .col_expr(member::Column::Status, Expr::value("erased"))
-            .col_expr(member::Column::ErasedAt, Expr::value(now()))
-            .filter(member::Column::Id.eq(member_id.to_owned()))
-            .exec(txn)
-            .await
-            .map_err(StorageError::from)?;
-        Ok(scoped_id::Entity::find()
-            .filter(scoped_id::Column::MemberId.eq(member_id.to_owned()))
-            .all(txn)
-            .await
-            .map_err(StorageError::from)?
-            .into_iter()
-            .map(|row| (row.partner_id, row.scoped_id))
-            .collect())
     }
 
     /// `partner`'s scoped ids for `members`, where it has one. After a merge a partner may
@@ -338,6 +317,7 @@ impl Store {
         let rows = scoped_id::Entity::find()
             .filter(scoped_id::Column::PartnerId.eq(partner.to_owned()))
             .filter(scoped_id::Column::MemberId.is_in(members.iter().cloned()))
+            .filter(scoped_id::Column::ErasedAt.is_null())
             .all(conn)
             .await
             .map_err(StorageError::from)?;
@@ -402,6 +382,7 @@ impl Store {
                     value: self.secrets.open(&row.sealed)?,
                     namespace: row.namespace,
                     verified: row.verified,
+                    method: Method::parse(&row.verification_method).unwrap_or(Method::Unstated),
                 })
             })
             .collect();
@@ -430,22 +411,24 @@ impl Store {
             .and_then(|p| self.secrets.open(&p.sealed))
             .and_then(|j| serde_json::from_str(&j).ok()))
     }
+}
 
-    /// Partners other than `caller` that hold a profile of the member.
-    pub(crate) async fn other_contributors(
-        &self,
-        member_id: &str,
-        caller: &str,
-    ) -> Result<Vec<String>, IdentityError> {
-        Ok(profile::Entity::find()
-            .filter(profile::Column::MemberId.eq(member_id.to_owned()))
-            .filter(profile::Column::PartnerId.ne(caller.to_owned()))
-            .order_by_asc(profile::Column::PartnerId)
-            .all(&self.read)
-            .await
-            .map_err(StorageError::from)?
-            .into_iter()
-            .map(|p| p.partner_id)
-            .collect())
-    }
+/// Marks a partner's record of an identifier verified, by `method`.
+pub(super) async fn mark_verified(
+    txn: &impl ConnectionTrait,
+    row_id: i64,
+    method: Method,
+) -> Result<(), IdentityError> {
+    use sea_orm::sea_query::Expr;
+    identifier::Entity::update_many()
+        .col_expr(identifier::Column::Verified, Expr::value(true))
+        .col_expr(
+            identifier::Column::VerificationMethod,
+            Expr::value(method.as_str()),
+        )
+        .filter(identifier::Column::Id.eq(row_id))
+        .exec(txn)
+        .await
+        .map_err(StorageError::from)?;
+    Ok(())
 }

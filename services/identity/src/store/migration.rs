@@ -119,3 +119,81 @@ impl MigrationTrait for StoresAndCredentials {
         Ok(())
     }
 }
+
+/// The trust model: how each identifier was verified and which methods an alliance accepts
+/// (linking across partners), per-partner erasure of scoped ids, and the terms a receipt was
+/// given under (a receipt reads STALE after new terms).
+pub(crate) struct TrustModel;
+
+impl MigrationName for TrustModel {
+    fn name(&self) -> &str {
+        "m20261202_000004_trust_model"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for TrustModel {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::sea_query::{Alias, ColumnDef, Table};
+        // Tables made by IdentityTables after this change already have the columns.
+        let columns = [
+            (
+                "identifiers",
+                ColumnDef::new(Alias::new("verification_method"))
+                    .string()
+                    .not_null()
+                    .default("")
+                    .to_owned(),
+            ),
+            (
+                "alliances",
+                ColumnDef::new(Alias::new("accepted_methods"))
+                    .string()
+                    .not_null()
+                    .default("")
+                    .to_owned(),
+            ),
+            (
+                "scoped_ids",
+                ColumnDef::new(Alias::new("erased_at"))
+                    .big_integer()
+                    .null()
+                    .to_owned(),
+            ),
+            (
+                "consent_receipts",
+                ColumnDef::new(Alias::new("terms_version"))
+                    .big_integer()
+                    .not_null()
+                    .default(0)
+                    .to_owned(),
+            ),
+        ];
+        for (table, mut column) in columns {
+            let name = column.get_column_name();
+            if !manager.has_column(table, &name).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Alias::new(table))
+                            .add_column(&mut column)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        // Erasure and merge find a member's consents by party.
+        manager
+            .create_index(
+                Index::create()
+                    .name("consents_member_collector")
+                    .table(consent::Entity)
+                    .col(consent::Column::MemberId)
+                    .col(consent::Column::Collector)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -37,6 +37,20 @@ impl Store {
             .map_err(StorageError::from)?)
     }
 
+    /// Ids of suspended partners, whose tokens every service refuses.
+    pub(crate) async fn suspended_partners(
+        conn: &impl ConnectionTrait,
+    ) -> Result<Vec<String>, IdentityError> {
+        Ok(partner::Entity::find()
+            .filter(partner::Column::Status.eq("suspended"))
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|p| p.id)
+            .collect())
+    }
+
     pub(crate) async fn save_partner(
         txn: &impl ConnectionTrait,
         row: partner::Model,

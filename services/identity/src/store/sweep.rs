@@ -1,5 +1,7 @@
-//! Background upkeep: consents whose window ended are marked expired and announced on the
-//! grantee's feed, so services that cached a consent hear that it lapsed.
+//! Background upkeep: consents whose window ended, whose alliance ended or whose alliance's
+//! terms changed are marked expired or stale and announced on the grantee's feed in bounded
+//! batches (one transaction each), so services that cached a consent hear that it lapsed, and
+//! a very large alliance never makes one huge transaction.
 
 use std::time::Duration;
 
@@ -19,6 +21,8 @@ pub(crate) async fn expire_consents(store: Store, stopping: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(EVERY) => {}
+            // An alliance was ended or got new terms: announce now, not at the next tick.
+            () = store.sweep_wake.notified() => {}
             () = stopping.cancelled() => return,
         }
         loop {
@@ -28,7 +32,7 @@ pub(crate) async fn expire_consents(store: Store, stopping: CancellationToken) {
                         store.feed.published();
                         tracing::info!(expired = n, "consents expired");
                     }
-                    if (n as u64) < BATCH {
+                    if n == 0 {
                         break;
                     }
                 }
@@ -47,7 +51,9 @@ async fn expire_batch(store: &Store) -> Result<usize, IdentityError> {
         .begin()
         .await
         .map_err(lianyu_kit::storage::StorageError::from)?;
-    let n = Store::expire_due(&txn, &store.secrets, now(), BATCH).await?;
+    let at = now();
+    let mut n = Store::expire_due(&txn, &store.secrets, at, BATCH).await?;
+    n += Store::lapse_due(&txn, &store.secrets, at, BATCH).await?;
     txn.commit()
         .await
         .map_err(lianyu_kit::storage::StorageError::from)?;

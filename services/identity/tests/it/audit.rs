@@ -28,7 +28,8 @@ async fn the_operator_sees_the_access_log_intact_until_a_record_is_changed() {
         name: mall_id.clone(),
         purpose: 0,
     };
-    // One denied read, a grant, then two allowed reads: three records.
+    // A read before any consent touches nobody's records and is not logged; after a grant,
+    // two allowed reads, then a withdrawal and a denied read: three records.
     mall.members.get_member(read()).await.unwrap();
     brand
         .consents
@@ -36,6 +37,17 @@ async fn the_operator_sees_the_access_log_intact_until_a_record_is_changed() {
         .await
         .unwrap();
     mall.members.get_member(read()).await.unwrap();
+    mall.members.get_member(read()).await.unwrap();
+    brand
+        .consents
+        .withdraw_consent(pb::WithdrawConsentRequest {
+            request_id: "w".into(),
+            member: brand_id.clone(),
+            grantee: "partners/mall-b".into(),
+            purposes: vec![ConsentPurpose::ShareProfile as i32],
+        })
+        .await
+        .unwrap();
     mall.members.get_member(read()).await.unwrap();
 
     let e = mall
@@ -61,7 +73,7 @@ async fn the_operator_sees_the_access_log_intact_until_a_record_is_changed() {
     );
     assert_eq!(intact.head_hash.len(), 64);
 
-    // Someone with database access turns the denied read into an allowed one.
+    // Someone with database access turns the first allowed read into a denied one.
     let db = lianyu_kit::storage::connect(&identity.db_url, "identity", None)
         .await
         .unwrap();

@@ -238,12 +238,18 @@ pub(crate) fn alliance(partners: &[&str]) -> pb::Alliance {
     }
 }
 
+/// A phone, verified by SMS code when `verified`.
 pub(crate) fn phone(value: &str, verified: bool) -> pb::Identifier {
     pb::Identifier {
         kind: pb::IdentifierKind::Phone as i32,
         value: value.into(),
         namespace: String::new(),
         verified,
+        verification_method: if verified {
+            pb::VerificationMethod::SmsCode as i32
+        } else {
+            0
+        },
     }
 }
 
@@ -253,6 +259,7 @@ pub(crate) fn unionid(value: &str, account: &str) -> pb::Identifier {
         value: value.into(),
         namespace: account.into(),
         verified: true,
+        verification_method: 0,
     }
 }
 

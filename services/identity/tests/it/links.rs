@@ -14,6 +14,7 @@ fn email(value: &str) -> pb::Identifier {
         value: value.into(),
         namespace: String::new(),
         verified: true,
+        verification_method: 0,
     }
 }
 

@@ -30,6 +30,7 @@ async fn malformed_input_names_its_fields() {
         value: "x".into(),
         namespace: String::new(),
         verified: true,
+        verification_method: 0,
     };
     let kind = brand
         .members

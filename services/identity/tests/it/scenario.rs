@@ -51,15 +51,16 @@ async fn a_brand_and_a_mall_share_a_member_only_under_consent_and_every_read_is_
     let mall_id = at_mall.member.clone().unwrap().name;
     assert_ne!(brand_id, mall_id, "each partner has its own scoped id");
 
-    // The same phone, unverified, at a third partner links nothing; it is only a candidate.
+    // The same phone at a partner outside the alliance links nothing, and nothing in the
+    // answer tells it that anyone else holds the number — verified or not.
     let at_third = third
         .members
-        .enroll_member(enroll("e1", vec![phone("13800138000", false)], &[]))
+        .enroll_member(enroll("e1", vec![phone("13800138000", true)], &[]))
         .await
         .unwrap()
         .into_inner();
     assert!(!at_third.linked_existing);
-    assert_eq!(at_third.unverified_candidate_count, 1);
+    assert_eq!(at_third.unverified_candidate_count, 0);
 
     // Without consent the mall sees only what it contributed.
     let view = mall
@@ -170,7 +171,8 @@ async fn a_brand_and_a_mall_share_a_member_only_under_consent_and_every_read_is_
         .into_inner();
     assert!(view.shared_profiles.is_empty());
 
-    // The audit log holds exactly the three cross-partner reads: denied, allowed, denied.
+    // The audit log holds exactly the two reads made once a consent relationship existed:
+    // allowed, then denied (the read before any consent touched nobody's records).
     let mall_log = mall
         .audit
         .list_access_records(pb::ListAccessRecordsRequest::default())
@@ -179,13 +181,13 @@ async fn a_brand_and_a_mall_share_a_member_only_under_consent_and_every_read_is_
         .into_inner()
         .records;
     let outcomes: Vec<bool> = mall_log.iter().map(|r| r.allowed).collect();
-    assert_eq!(outcomes, [false, true, false]);
+    assert_eq!(outcomes, [true, false]);
     assert!(
         mall_log
             .iter()
             .all(|r| r.accessor == "partners/mall-b" && r.member == mall_id)
     );
-    assert_eq!(mall_log[1].consent_receipt, receipt.name);
+    assert_eq!(mall_log[0].consent_receipt, receipt.name);
     let brand_log = brand
         .audit
         .list_access_records(pb::ListAccessRecordsRequest::default())
@@ -195,7 +197,7 @@ async fn a_brand_and_a_mall_share_a_member_only_under_consent_and_every_read_is_
         .records;
     assert_eq!(
         brand_log.len(),
-        3,
+        2,
         "the brand sees reads of the data it provided"
     );
     assert!(
@@ -234,15 +236,16 @@ async fn a_brand_and_a_mall_share_a_member_only_under_consent_and_every_read_is_
     assert_eq!(member.name, brand_id);
     assert_eq!(member.profile.get("tier").map(String::as_str), Some("gold"));
     assert_eq!(member.identifiers.len(), 2);
+    // The grant's receipt tells the truth now: the withdrawal ended it.
     let statuses: Vec<i32> = export.consents.iter().map(|c| c.status).collect();
     assert_eq!(
         statuses,
         [
-            pb::ConsentStatus::Granted as i32,
+            pb::ConsentStatus::Withdrawn as i32,
             pb::ConsentStatus::Withdrawn as i32
         ]
     );
-    assert_eq!(export.access_records.len(), 3);
+    assert_eq!(export.access_records.len(), 2);
     let stranger = third
         .members
         .export_member_data(pb::ExportMemberDataRequest {

@@ -324,6 +324,7 @@ async fn another_partners_stores_members_and_alliances_are_not_found_to_change()
             .erase_member(pb::EraseMemberRequest {
                 request_id: "x".into(),
                 member: member.clone(),
+                scope: 0,
             })
             .await
             .map(drop),

@@ -2,7 +2,8 @@
 //! through `AuthService/GetSigningKeys`. This task keeps them current: it reads them at start,
 //! again every `LIANYU_KEY_REFRESH_INTERVAL`, and at once (at most every few seconds) when a
 //! token names a key id it does not know yet, which is what a signing-key rotation looks like
-//! from here. The same answer lists revoked credentials, whose unexpired tokens are refused.
+//! from here. The same answer lists revoked credentials and suspended partners, whose unexpired tokens
+//! are refused.
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,8 +36,9 @@ pub async fn refresh_keys(
     let mut retry = Duration::from_millis(250);
     loop {
         let wait = match fetch(&mut client).await {
-            Ok((fetched, revoked)) => {
+            Ok((fetched, revoked, suspended)) => {
                 verifier.set_revoked(revoked);
+                verifier.set_suspended(suspended);
                 let mut keys = static_keys.clone();
                 keys.extend(fetched);
                 match verifier.replace_keys(&keys) {
@@ -79,10 +81,10 @@ pub async fn refresh_keys(
     }
 }
 
-/// The published keys, and the credentials whose tokens are refused.
+/// The published keys, the credentials whose tokens are refused, and the suspended partners.
 async fn fetch(
     client: &mut AuthServiceClient<crate::client::PeerChannel>,
-) -> Result<(Vec<TrustedKey>, Vec<String>), tonic::Status> {
+) -> Result<(Vec<TrustedKey>, Vec<String>, Vec<String>), tonic::Status> {
     let published = client
         .get_signing_keys(GetSigningKeysRequest {})
         .await?
@@ -96,5 +98,9 @@ async fn fetch(
             public_key: k.public_key,
         })
         .collect();
-    Ok((keys, published.revoked_credentials))
+    Ok((
+        keys,
+        published.revoked_credentials,
+        published.suspended_partners,
+    ))
 }

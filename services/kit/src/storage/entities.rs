@@ -16,6 +16,12 @@ pub mod idempotency_key {
         pub request_hash: Vec<u8>,
         pub response: Vec<u8>,
         pub created_at: i64,
+        /// Keyed digest of the person the response is about (a member), so erasing the person
+        /// can purge the stored reply; None for replies that hold no personal data.
+        pub subject: Option<Vec<u8>>,
+        /// When the reply was purged because its subject was erased; a replay then answers
+        /// NOT_FOUND / MEMBER_ERASED and returns nothing of the person.
+        pub erased_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

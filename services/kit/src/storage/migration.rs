@@ -105,3 +105,59 @@ impl MigrationTrait for KitIndexes {
             .await
     }
 }
+
+/// Stored replies tagged with the person they are about, so an erasure can purge them.
+pub struct KitReplySubjects;
+
+impl MigrationName for KitReplySubjects {
+    fn name(&self) -> &str {
+        "m20261202_000001_kit_reply_subjects"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for KitReplySubjects {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::sea_query::{ColumnDef, Index, Table};
+        let table = "kit_idempotency_keys";
+        // Databases made before this migration lack the columns; KitTables creates new ones
+        // from the entity, columns included.
+        for (column, def) in [
+            (
+                "subject",
+                ColumnDef::new(idempotency_key::Column::Subject)
+                    .var_binary(64)
+                    .null()
+                    .to_owned(),
+            ),
+            (
+                "erased_at",
+                ColumnDef::new(idempotency_key::Column::ErasedAt)
+                    .big_integer()
+                    .null()
+                    .to_owned(),
+            ),
+        ] {
+            if !manager.has_column(table, column).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(idempotency_key::Entity)
+                            .add_column(def)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        manager
+            .create_index(
+                Index::create()
+                    .name("kit_idempotency_keys_subject")
+                    .table(idempotency_key::Entity)
+                    .col(idempotency_key::Column::Subject)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -112,7 +112,7 @@ impl Target {
             pb::partner_service_client::PartnerServiceClient::new(target.as_brand(channel.clone()));
         let created = brand_partners
             .create_alliance(pb::CreateAllianceRequest {
-                request_id: String::new(),
+                request_id: uuid::Uuid::new_v4().to_string(),
                 alliance: Some(alliance),
             })
             .await?
@@ -121,7 +121,7 @@ impl Target {
             pb::partner_service_client::PartnerServiceClient::new(target.as_mall(channel.clone()));
         mall_partners
             .accept_alliance(pb::AcceptAllianceRequest {
-                request_id: String::new(),
+                request_id: uuid::Uuid::new_v4().to_string(),
                 name: created.name,
             })
             .await?;
@@ -145,9 +145,10 @@ impl Target {
             value: format!("1880000{i:04}"),
             namespace: String::new(),
             verified: true,
+            verification_method: pb::VerificationMethod::SmsCode as i32,
         };
         let enrol = pb::EnrollMemberRequest {
-            request_id: String::new(),
+            request_id: uuid::Uuid::new_v4().to_string(),
             identifiers: vec![phone],
             profile: Default::default(),
         };
@@ -174,7 +175,7 @@ impl Target {
                 pb::consent_service_client::ConsentServiceClient::new(self.as_brand(channel));
             consents
                 .grant_consent(pb::GrantConsentRequest {
-                    request_id: String::new(),
+                    request_id: uuid::Uuid::new_v4().to_string(),
                     member: at_brand,
                     grantee: format!("partners/{MALL}"),
                     purposes: vec![ConsentPurpose::MarketingContact as i32],
