@@ -187,6 +187,9 @@ pub async fn serve(
     let middleware = ServiceBuilder::new()
         // Outermost, so every call is traced and counted, refused ones included.
         .layer(RpcTelemetryLayer::default())
+        // tonic's codec answers a request over the size limit with OUT_OF_RANGE; gRPC's
+        // convention (and what clients' retry policies expect) is RESOURCE_EXHAUSTED.
+        .layer(tower::util::MapResponseLayer::new(oversize_as_exhausted))
         // At the limit a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
         .layer(LoadShedLayer::new())
         // One limit for the whole process, not per connection, so many clients cannot add up past it.
@@ -254,6 +257,27 @@ pub async fn serve(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Rewrites tonic's "message length too large" OUT_OF_RANGE into RESOURCE_EXHAUSTED. The codec
+/// fails before any handler runs, so the status is in the response headers (trailers-only).
+fn oversize_as_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let oversize = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            let m = String::from_utf8_lossy(m.as_bytes());
+            m.contains("length too large") || m.contains("length%20too%20large")
+        });
+    if oversize {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from_static(OVERSIZE_STATUS),
+        );
+    }
+    response
+}
+
+/// RESOURCE_EXHAUSTED's number on the wire.
+const OVERSIZE_STATUS: &str = "8";
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lianyu_proto::{common::v1::ConsentPurpose, identity::v1 as pb};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use tonic::Code;
 
-use crate::harness::{Identity, details, enroll, grant, phone, unionid};
+use crate::harness::{Identity, count, details, enroll, grant, phone, unionid};
 
 /// Every kind of identifier a partner can hold.
 fn every_kind(number: &str) -> Vec<pb::Identifier> {
@@ -31,16 +30,6 @@ fn every_kind(number: &str) -> Vec<pb::Identifier> {
         id(pb::IdentifierKind::MemberNumber, "VIP-0009", ""),
         id(pb::IdentifierKind::Email, "li.wei@example.com", ""),
     ]
-}
-
-/// One number from the database.
-async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
-    let row = db
-        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
 }
 
 async fn next_event(
@@ -173,9 +162,7 @@ async fn a_partners_erasure_removes_its_records_everywhere_and_leaves_the_allys(
 
     // Where the data lives: no identifier, profile or consent of the brand's, its scoped id a
     // tombstone, its stored replies emptied; the mall's rows untouched.
-    let db = lianyu_kit::storage::connect(&identity.db_url, "identity", None)
-        .await
-        .unwrap();
+    let db = identity.database().await;
     let sql = |q: &str| q.to_owned();
     for (query, expected) in [
         (
@@ -305,9 +292,7 @@ async fn leaving_the_joint_domain_reaches_every_holder_and_each_erases_its_own()
         .unwrap();
 
     // No partner holds the person: the mesh keeps only a tombstone.
-    let db = lianyu_kit::storage::connect(&identity.db_url, "identity", None)
-        .await
-        .unwrap();
+    let db = identity.database().await;
     for (query, expected) in [
         ("SELECT COUNT(*) FROM members WHERE status = 'erased'", 1),
         ("SELECT COUNT(*) FROM members WHERE status = 'active'", 0),

@@ -22,6 +22,7 @@ pub(crate) struct Identity {
     pub(crate) config: Config,
     pub(crate) db_url: String,
     pub(crate) channel: Channel,
+    address: String,
     _data: Option<tempfile::TempDir>,
     _db: Option<TestDatabase>,
 }
@@ -93,6 +94,7 @@ impl Identity {
         Self {
             config,
             channel,
+            address,
             db_url: db.url.clone(),
             _data: Some(data),
             _db: Some(db),
@@ -113,6 +115,7 @@ impl Identity {
         Identity {
             config: self.config.clone(),
             channel,
+            address,
             db_url: self.db_url.clone(),
             // The first server owns the files; a replica lives within its test.
             _data: None,
@@ -206,6 +209,58 @@ impl Identity {
         })
     }
 
+    /// Clients whose token is narrowed to one of `partner`'s stores.
+    pub(crate) fn as_store(&self, partner: &str, store: &str) -> As {
+        self.clients(TokenRequest {
+            store: Some(format!("partners/{partner}/stores/{store}")),
+            ..lianyu_kit::testing::partner_token(partner)
+        })
+    }
+
+    /// A second alliance, between `a` and `b`, accepting only `methods` (empty: any) as proof
+    /// that their members are one person; returns its name.
+    pub(crate) async fn ally(
+        &self,
+        a: &str,
+        b: &str,
+        methods: &[pb::VerificationMethod],
+    ) -> String {
+        let created = self
+            .as_partner(a)
+            .partners
+            .create_alliance(pb::CreateAllianceRequest {
+                request_id: format!("ally-{a}-{b}"),
+                alliance: Some(pb::Alliance {
+                    accepted_verification_methods: methods.iter().map(|m| *m as i32).collect(),
+                    ..alliance(&[a, b])
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        self.as_partner(b)
+            .partners
+            .accept_alliance(pb::AcceptAllianceRequest {
+                request_id: format!("accept-{a}-{b}"),
+                name: created.name.clone(),
+            })
+            .await
+            .unwrap();
+        created.name
+    }
+
+    /// Where the server listens (`http://127.0.0.1:port`).
+    pub(crate) fn address(&self) -> String {
+        self.address.clone()
+    }
+
+    /// A direct connection to the service's database, to check data where it lives.
+    pub(crate) async fn database(&self) -> sea_orm::DatabaseConnection {
+        lianyu_kit::storage::connect(&self.db_url, "identity", None)
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn as_partner(&self, partner: &str) -> As {
         self.clients(lianyu_kit::testing::partner_token(partner))
     }
@@ -251,6 +306,28 @@ pub(crate) fn phone(value: &str, verified: bool) -> pb::Identifier {
             0
         },
     }
+}
+
+/// A phone verified by `method`.
+pub(crate) fn phone_by(value: &str, method: pb::VerificationMethod) -> pb::Identifier {
+    pb::Identifier {
+        verification_method: method as i32,
+        ..phone(value, true)
+    }
+}
+
+/// One number from the database (`SELECT COUNT(*) …`).
+pub(crate) async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
 }
 
 pub(crate) fn unionid(value: &str, account: &str) -> pb::Identifier {

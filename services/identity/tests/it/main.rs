@@ -14,3 +14,4 @@ mod links;
 mod rules;
 mod scenario;
 mod tenancy;
+mod trust;
