@@ -149,6 +149,14 @@ impl Api {
                 "only the mesh operator suspends or reinstates a partner",
             )));
         }
+        // The operator suspends and reinstates; a partner's name and privacy contact are its
+        // own to state (they are what members read on their receipts).
+        if who.partner_id != id && (display_name.is_some() || contact.is_some()) {
+            return Err(super::status(IdentityError::Denied(
+                "PARTNER_SETTINGS_OWN_ONLY",
+                "only the partner itself changes its display name and privacy contact",
+            )));
+        }
         self.mutate(who, "UpdatePartner", &r.request_id, r, async |txn| {
             let mut row = Store::partner(txn, &id)
                 .await?

@@ -11,6 +11,7 @@ mod erasure;
 mod feed;
 mod harness;
 mod links;
+mod matrix;
 mod rules;
 mod scenario;
 mod tenancy;

@@ -599,11 +599,26 @@ async fn a_receipt_reads_stale_after_the_terms_change() {
 async fn a_read_without_a_consent_relationship_is_not_in_anyone_elses_log() {
     let identity = Identity::with_partners("trust_audit_oracle").await;
     identity.ally("mall-b", "brand-c", &[]).await;
-    let (mut b, mut c) = (
+    let (mut b, mut m, mut c) = (
         identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
         identity.as_partner("brand-c"),
     );
-    identity.shared_member("13700137050").await;
+    // Both hold a profile of the person, so a read could touch either's records.
+    enrolled(
+        &mut b,
+        "e",
+        vec![phone("13700137050", true)],
+        &[("tier", "gold")],
+    )
+    .await;
+    enrolled(
+        &mut m,
+        "e",
+        vec![phone("13700137050", true)],
+        &[("vip", "1")],
+    )
+    .await;
     let at_c = enrolled(&mut c, "e", vec![phone("13700137050", true)], &[]).await;
     assert!(at_c.linked_existing, "linked through its ally, the mall");
     get(
