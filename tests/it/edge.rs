@@ -145,3 +145,90 @@ async fn each_service_also_runs_alone() {
         server.abort();
     }
 }
+
+/// Suspension reaches every service of the mesh at once, not at the token's expiry: a
+/// suspended partner's fresh token is refused by every RPC of every service, and works again
+/// the moment the operator reinstates the partner.
+#[tokio::test]
+async fn a_suspended_partners_tokens_are_refused_by_every_service_at_once() {
+    use lianyu_proto::{common::v1::PartnerKind, identity::v1 as pb};
+    let mesh = Mesh::start("edge_suspended").await;
+    let channel = mesh.channel().await;
+    let operator = lianyu_kit::testing::mint(
+        &mesh.config.data_dir,
+        &mesh.config.auth,
+        &lianyu_kit::auth::TokenRequest {
+            operator: true,
+            ..lianyu_kit::testing::partner_token("operator")
+        },
+    );
+    let mut partners = pb::partner_service_client::PartnerServiceClient::with_interceptor(
+        channel.clone(),
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {operator}").parse().unwrap());
+            Ok(r)
+        },
+    );
+    partners
+        .create_partner(pb::CreatePartnerRequest {
+            request_id: "create".into(),
+            partner_id: "brand-s".into(),
+            partner: Some(pb::Partner {
+                kind: PartnerKind::Brand as i32,
+                display_name: "Brand S".into(),
+                privacy_contact: "privacy@brand-s.example".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let token = mesh.token("brand-s");
+    let status = |status: pb::PartnerStatus, id: &str| pb::UpdatePartnerRequest {
+        request_id: id.into(),
+        partner: Some(pb::Partner {
+            name: "partners/brand-s".into(),
+            status: status as i32,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["status".into()],
+        }),
+    };
+    partners
+        .update_partner(status(pb::PartnerStatus::Suspended, "suspend"))
+        .await
+        .unwrap();
+    let rpcs = all_rpcs();
+    for rpc in rpcs.iter().filter(|r| !PUBLIC.contains(&r.path.as_str())) {
+        let refused = call_empty(channel.clone(), rpc, Some(&token)).await;
+        let reason = refused
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            (refused.code(), reason.as_str()),
+            (Code::PermissionDenied, "PARTNER_SUSPENDED"),
+            "{}",
+            rpc.path
+        );
+    }
+    partners
+        .update_partner(status(pb::PartnerStatus::Active, "reinstate"))
+        .await
+        .unwrap();
+    for rpc in rpcs.iter().filter(|r| !PUBLIC.contains(&r.path.as_str())) {
+        let status = call_empty(channel.clone(), rpc, Some(&token)).await;
+        assert!(
+            !matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied)
+                || status.message().contains("OPERATOR")
+                || status
+                    .get_error_details()
+                    .error_info()
+                    .is_some_and(|i| i.reason != "PARTNER_SUSPENDED"),
+            "{}: {status:?}",
+            rpc.path
+        );
+    }
+}
