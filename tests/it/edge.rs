@@ -165,8 +165,10 @@ async fn a_suspended_partners_tokens_are_refused_by_every_service_at_once() {
     let mut partners = pb::partner_service_client::PartnerServiceClient::with_interceptor(
         channel.clone(),
         move |mut r: tonic::Request<()>| {
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {operator}").parse().unwrap());
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {operator}").parse().unwrap(),
+            );
             Ok(r)
         },
     );
@@ -221,8 +223,10 @@ async fn a_suspended_partners_tokens_are_refused_by_every_service_at_once() {
     for rpc in rpcs.iter().filter(|r| !PUBLIC.contains(&r.path.as_str())) {
         let status = call_empty(channel.clone(), rpc, Some(&token)).await;
         assert!(
-            !matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied)
-                || status.message().contains("OPERATOR")
+            !matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ) || status.message().contains("OPERATOR")
                 || status
                     .get_error_details()
                     .error_info()

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use lianyu_proto::{common::v1::ConsentPurpose, identity::v1 as pb};
 use tonic::Code;
 
@@ -320,4 +322,79 @@ async fn a_consent_whose_window_closes_is_announced_as_expired() {
         .consents;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].status, pb::ConsentStatus::Expired as i32);
+}
+
+/// Ending a large alliance announces every consent under it, across several bounded batches
+/// (the sweep takes 500 a transaction), each exactly once.
+#[tokio::test]
+async fn ending_a_large_alliance_announces_every_consent_once_in_batches() {
+    const MEMBERS: usize = 620;
+    let identity = Identity::with_partners("alliance_end_large").await;
+    let (brand, mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    let enrolled = futures::stream::iter(0..MEMBERS)
+        .map(|i| {
+            let (mut brand, mut mall) = (brand.clone(), mall.clone());
+            async move {
+                let number = format!("1770000{i:04}");
+                let id = || {
+                    crate::harness::enroll(&number, vec![crate::harness::phone(&number, true)], &[])
+                };
+                let brand_id = brand.enrolled(id()).await;
+                mall.enrolled(id()).await;
+                brand
+                    .consents
+                    .grant_consent(pb::GrantConsentRequest {
+                        request_id: format!("grant-{i}"),
+                        ..grant(&brand_id, "mall-b", &[ConsentPurpose::ShareProfile])
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    assert_eq!(enrolled.len(), MEMBERS);
+    let alliance = brand
+        .clone()
+        .partners
+        .list_alliances(pb::ListAlliancesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alliances
+        .remove(0)
+        .name;
+    let mut feed = mall.clone().feed().await;
+    for _ in 0..MEMBERS {
+        assert_eq!(
+            next(&mut feed).await.kind,
+            pb::ConsentEventKind::Granted as i32
+        );
+    }
+    mall.clone()
+        .partners
+        .end_alliance(pb::EndAllianceRequest {
+            request_id: "end".into(),
+            name: alliance,
+        })
+        .await
+        .unwrap();
+    let mut expired = std::collections::BTreeSet::new();
+    for _ in 0..MEMBERS {
+        let event = next(&mut feed).await;
+        assert_eq!(event.kind, pb::ConsentEventKind::Expired as i32);
+        assert!(expired.insert(event.member), "announced twice");
+    }
+    let quiet =
+        tokio::time::timeout(Duration::from_secs(3), futures::StreamExt::next(&mut feed)).await;
+    assert!(quiet.is_err(), "nothing more: {quiet:?}");
+    let db = identity.database().await;
+    assert_eq!(
+        crate::harness::count(&db, "SELECT COUNT(*) FROM consents WHERE state = 'granted'").await,
+        0
+    );
 }

@@ -41,6 +41,7 @@ impl Interceptor for Bearer {
 }
 
 /// Clients of every identity service for one partner.
+#[derive(Clone)]
 pub(crate) struct As {
     pub(crate) partners: PartnerServiceClient<Auth>,
     pub(crate) members: MemberServiceClient<Auth>,
