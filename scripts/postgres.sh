@@ -8,6 +8,14 @@ cmd=${1:?start or stop}
 dir=${2:?a directory}
 port=${LIANYU_PG_PORT:-55432}
 
+# The first free loopback port from $port on, so a server left running elsewhere (another
+# checkout's tests) never makes this one fail to start.
+free_port() {
+  local p=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+
 find_bin() {
   local name=$1
   if command -v "$name" >/dev/null 2>&1; then command -v "$name"; return; fi
@@ -27,6 +35,7 @@ start)
     apt-get install -y -qq postgresql >&2
   fi
   initdb=$(find_bin initdb); pg_ctl=$(find_bin pg_ctl)
+  port=$(free_port "$port")
   if [ "$(id -u)" = 0 ] && ! id lianyu-pg >/dev/null 2>&1; then
     useradd --system --no-create-home --shell /usr/sbin/nologin lianyu-pg
   fi

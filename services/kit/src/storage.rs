@@ -26,6 +26,10 @@ pub enum StorageError {
     /// UNAVAILABLE, reason STORAGE_UNAVAILABLE: the pool or the connection timed out; retry.
     #[error("storage unavailable, retry")]
     Unavailable(String),
+    /// RESOURCE_EXHAUSTED, reason STORAGE_FULL: the disk is full (SQLITE_FULL, PostgreSQL's
+    /// 53100). Nothing was written; retry once the operator has freed space.
+    #[error("storage full")]
+    Full(String),
     /// ABORTED, reason CONCURRENT_UPDATE: a serialization failure or deadlock; retry.
     #[error("concurrent update, retry")]
     Conflict(String),
@@ -41,6 +45,7 @@ impl StorageError {
             StorageError::NotFound => Code::NotFound,
             StorageError::Unavailable(_) => Code::Unavailable,
             StorageError::Conflict(_) => Code::Aborted,
+            StorageError::Full(_) => Code::ResourceExhausted,
             StorageError::Other(_) => Code::Internal,
         }
     }
@@ -51,6 +56,7 @@ impl StorageError {
             StorageError::NotFound => "NOT_FOUND",
             StorageError::Unavailable(_) => "STORAGE_UNAVAILABLE",
             StorageError::Conflict(_) => "CONCURRENT_UPDATE",
+            StorageError::Full(_) => "STORAGE_FULL",
             StorageError::Other(_) => "STORAGE_ERROR",
         }
     }
@@ -65,6 +71,13 @@ impl From<DbErr> for StorageError {
         match &err {
             DbErr::RecordNotFound(_) => StorageError::NotFound,
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => StorageError::Unavailable(text),
+            _ if text.contains("database or disk is full")
+                || text.contains("53100")
+                || text.contains("No space left on device") =>
+            {
+                tracing::error!(error = %text, "storage is full");
+                StorageError::Full(text)
+            }
             // PostgreSQL serialization_failure / deadlock_detected; SQLite busy.
             _ if text.contains("40001")
                 || text.contains("40P01")
@@ -94,7 +107,10 @@ pub async fn connect(
         ensure_schema(url, &schema).await?;
         options
             .set_schema_search_path(schema)
-            .max_connections(max_connections.unwrap_or(16));
+            .max_connections(max_connections.unwrap_or(16))
+            .map_sqlx_postgres_pool_opts(|o| {
+                o.after_release(discard_if_inside_transaction::<sea_orm::sqlx::Postgres>)
+            });
     } else {
         if let Some(dir) = sqlite_dir(url) {
             std::fs::create_dir_all(dir)
@@ -109,9 +125,34 @@ pub async fn connect(
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
+            })
+            .map_sqlx_sqlite_pool_opts(|o| {
+                o.after_release(discard_if_inside_transaction::<sea_orm::sqlx::Sqlite>)
             });
     }
     Ok(Database::connect(options).await?)
+}
+
+/// An OK must mean committed. After a failed statement or commit (SQLITE_FULL, a dropped
+/// PostgreSQL connection) the driver can be left believing a transaction is still open: SQLite
+/// had already rolled it back itself, so the driver's ROLLBACK fails and it keeps counting the
+/// transaction. The next transaction on that connection then becomes a savepoint inside a
+/// transaction that never commits — answered OK, lost at the next failure. So a connection
+/// coming back to the pool still inside a transaction is closed, never reused (the pool opens
+/// a fresh one). The ping first lets a rollback queued by a dropped transaction finish.
+fn discard_if_inside_transaction<DB: sea_orm::sqlx::Database>(
+    conn: &mut DB::Connection,
+    _meta: sea_orm::sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<bool, sea_orm::sqlx::Error>> {
+    use sea_orm::sqlx::Connection;
+    Box::pin(async move {
+        conn.ping().await?;
+        let inside = conn.is_in_transaction();
+        if inside {
+            tracing::warn!("a connection came back inside a failed transaction; closing it");
+        }
+        Ok(!inside)
+    })
 }
 
 async fn ensure_schema(url: &str, schema: &str) -> Result<(), StorageError> {

@@ -30,6 +30,12 @@ pub(crate) struct Identity {
 #[derive(Clone)]
 pub(crate) struct Bearer(String);
 
+impl Bearer {
+    pub(crate) fn new(token: &str) -> Self {
+        Self(token.to_owned())
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request.metadata_mut().insert(
