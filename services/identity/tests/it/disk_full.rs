@@ -154,7 +154,7 @@ async fn nothing_answered_ok_is_lost_when_the_disk_fills_and_frees_again() {
     let Some(disk) = SmallDisk::mount(8 * 1024 * 1024) else {
         return;
     };
-    let mut config = Config::local(&disk.path());
+    let mut config = Config::local(disk.path());
     config.set_database_url(
         "identity",
         format!("sqlite://{}/identity.db?mode=rwc", disk.path().display()),
