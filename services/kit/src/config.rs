@@ -17,8 +17,15 @@ pub enum Mode {
 pub struct Limits {
     /// Deadline for a call that sets none (a caller's shorter `grpc-timeout` wins).
     pub request_timeout: Duration,
-    /// Calls served at once across all connections; beyond this calls are shed, not queued.
+    /// Unary calls served at once across all connections, sized to what the database behind
+    /// them can do; beyond this (after `admission_wait`) calls are refused, not queued.
     pub max_concurrent_requests: usize,
+    /// The share of `max_concurrent_requests` one partner may hold, in percent.
+    pub partner_share_percent: usize,
+    /// How long a call may wait for a free slot before it is refused.
+    pub admission_wait: Duration,
+    /// Server-streaming calls (feeds, viewer streams) open at once.
+    pub max_streams: usize,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// HTTP/2 streams per connection (tonic sets none by default).
@@ -37,7 +44,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
-            max_concurrent_requests: 1024,
+            max_concurrent_requests: 128,
+            partner_share_percent: 50,
+            admission_wait: Duration::from_millis(20),
+            max_streams: 16_384,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
             keepalive_interval: Duration::from_secs(30),
@@ -205,6 +215,16 @@ impl Config {
                 "LIANYU_MAX_CONCURRENT_REQUESTS",
                 d.max_concurrent_requests,
             )?,
+            partner_share_percent: number(&var, "LIANYU_PARTNER_SHARE", d.partner_share_percent)
+                .and_then(|p| {
+                    if (1..=100).contains(&p) {
+                        Ok(p)
+                    } else {
+                        Err(err("LIANYU_PARTNER_SHARE", "a percentage, 1 to 100".into()))
+                    }
+                })?,
+            admission_wait: duration(&var, "LIANYU_ADMISSION_WAIT", d.admission_wait)?,
+            max_streams: number(&var, "LIANYU_MAX_STREAMS", d.max_streams)?,
             max_message_bytes: number(&var, "LIANYU_MAX_MESSAGE_BYTES", d.max_message_bytes)?,
             max_concurrent_streams: number(
                 &var,

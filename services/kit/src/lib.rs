@@ -2,6 +2,7 @@
 //! its middleware, partner authentication, the error-to-status mapping, telemetry, storage,
 //! request idempotency, event feeds and page tokens.
 
+pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;

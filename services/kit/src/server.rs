@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
-use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
+use tower::ServiceBuilder;
 
 use crate::{
     auth::{AuthLayer, Signer, TokenVerifier},
@@ -190,14 +190,12 @@ pub async fn serve(
         // tonic's codec answers a request over the size limit with OUT_OF_RANGE; gRPC's
         // convention (and what clients' retry policies expect) is RESOURCE_EXHAUSTED.
         .layer(tower::util::MapResponseLayer::new(oversize_as_exhausted))
-        // At the limit a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
-        .layer(LoadShedLayer::new())
-        // One limit for the whole process, not per connection, so many clients cannot add up past it.
-        .layer(GlobalConcurrencyLimitLayer::new(
-            limits.max_concurrent_requests,
-        ))
         // Verifies the bearer token and the RPC's scope before routing; health and reflection stay open.
         .layer(AuthLayer::new(ctx.verifier.clone()))
+        // Refuses overload within milliseconds instead of queueing calls into the database's
+        // timeouts: one process-wide limit for unary calls with a per-partner share, a separate
+        // one for open streams; health and reflection are never limited (admission.rs).
+        .layer(crate::admission::AdmissionLayer::new(limits))
         .into_inner();
     let server = Server::builder()
         .timeout(limits.request_timeout)

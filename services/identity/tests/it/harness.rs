@@ -80,7 +80,8 @@ impl As {
 }
 
 impl Identity {
-    pub(crate) async fn start(test: &str) -> Self {
+    /// Starts the server with `configure` applied to its config (limits, say).
+    pub(crate) async fn start_with(test: &str, configure: impl FnOnce(&mut Config)) -> Self {
         // Server logs (internal errors' causes among them) show with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -90,6 +91,7 @@ impl Identity {
         let db = TestDatabase::new(test).await;
         let mut config = Config::local(data.path());
         config.set_database_url("identity", db.url.clone());
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(lianyu_identity::run(
@@ -142,7 +144,12 @@ impl Identity {
 
     /// Starts the server and sets up the three partners and the alliance.
     pub(crate) async fn with_partners(test: &str) -> Self {
-        let identity = Self::start(test).await;
+        Self::with_partners_and(test, |_| {}).await
+    }
+
+    /// [`Self::with_partners`] with `configure` applied to the server's config.
+    pub(crate) async fn with_partners_and(test: &str, configure: impl FnOnce(&mut Config)) -> Self {
+        let identity = Self::start_with(test, configure).await;
         let mut operator = identity.operator();
         for (id, kind, name) in [
             ("brand-a", PartnerKind::Brand, "Brand A Shoes"),

@@ -13,6 +13,7 @@ mod feed;
 mod harness;
 mod links;
 mod matrix;
+mod overload;
 mod rules;
 mod scenario;
 mod tenancy;

@@ -137,7 +137,11 @@ where
                 tracing::Span::current().record("rpc.grpc.status_code", code as i32);
                 if is_server_fault(code) {
                     metrics.errors.add(1, &attrs);
-                    tracing::warn!(code = ?code, elapsed_ms = elapsed * 1e3, "rpc failed");
+                    // Refusals under load are logged by admission, at most once a second: a
+                    // line per shed call would flood the logs exactly when they matter.
+                    if code != tonic::Code::ResourceExhausted {
+                        tracing::warn!(code = ?code, elapsed_ms = elapsed * 1e3, "rpc failed");
+                    }
                 } else {
                     tracing::debug!(code = ?code, elapsed_ms = elapsed * 1e3, "rpc");
                 }
