@@ -89,7 +89,7 @@ impl Api {
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
-        F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, IdentityError>,
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, IdentityError> + Clone,
     {
         self.mutate_about(who, method, request_id, request, async |txn| {
             effect(txn).await.map(|r| (r, None))
@@ -110,7 +110,8 @@ impl Api {
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
-        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), IdentityError>,
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), IdentityError>
+            + Clone,
     {
         let key = CallKey {
             partner_id: &who.partner_id,

@@ -10,7 +10,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use crate::{
-    error::KitError,
+    error::{KitError, ServiceError},
     storage::{StorageError, entities::idempotency_key, now_millis},
 };
 
@@ -51,7 +51,8 @@ pub struct CallKey<'a> {
     pub request_id: &'a str,
 }
 
-/// Runs `effect` in a transaction at most once per key, storing its response with it.
+/// Runs `effect` in a transaction at most once per key, storing its response with it. The
+/// effect is `Clone` so that a try that lost a race can run again from a fresh copy.
 /// A mutation without a `request_id` is INVALID_ARGUMENT: silently running it without replay
 /// protection would turn a client's retry into a second effect.
 ///
@@ -69,8 +70,8 @@ pub async fn once<Req, Resp, E, F>(
 where
     Req: Message,
     Resp: Message + Default,
-    E: From<KitError>,
-    F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, E>,
+    E: From<KitError> + ServiceError,
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, E> + Clone,
 {
     once_about(db, at_rest, key, request, async |txn| {
         effect(txn).await.map(|r| (r, None))
@@ -78,9 +79,18 @@ where
     .await
 }
 
+/// How often a mutation that lost a race (a unique key taken meanwhile, a serialization
+/// failure or deadlock) is run again before its error is returned.
+const RACE_RETRIES: u32 = 4;
+
 /// [`once`] for a mutation whose reply is about one person: `effect` also names the subject
 /// (a member's id), stored as a keyed digest beside the reply so that [`forget_subjects`] can
 /// purge the reply when the person is erased.
+///
+/// A mutation that lost a race with a concurrent one — a unique key the other committed first,
+/// a serialization failure, a deadlock — runs again (up to four times, after a short jittered
+/// pause) on the data as it now is, instead of surfacing ALREADY_EXISTS or ABORTED to a caller
+/// who did nothing wrong. Its transaction was rolled back, so nothing of the lost try remains.
 pub async fn once_about<Req, Resp, E, F>(
     db: &DatabaseConnection,
     at_rest: &dyn AtRest,
@@ -91,17 +101,47 @@ pub async fn once_about<Req, Resp, E, F>(
 where
     Req: Message,
     Resp: Message + Default,
-    E: From<KitError>,
-    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E>,
+    E: From<KitError> + ServiceError,
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E> + Clone,
 {
     validate(key.request_id)?;
     let hash = at_rest.digest(&request.encode_to_vec());
+    let mut tries = 0;
+    loop {
+        match try_once(db, at_rest, key, &hash, effect.clone()).await {
+            Err(e) if tries < RACE_RETRIES && lost_a_race(&e) => {
+                tries += 1;
+                let pause = rand::random::<u64>() % (2 << tries);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Whether an error is a race with a concurrent transaction, not the caller's fault.
+fn lost_a_race<E: ServiceError>(e: &E) -> bool {
+    matches!(e.reason(), "CONCURRENT_UPDATE" | "ALREADY_EXISTS")
+}
+
+async fn try_once<Resp, E, F>(
+    db: &DatabaseConnection,
+    at_rest: &dyn AtRest,
+    key: CallKey<'_>,
+    hash: &[u8],
+    effect: F,
+) -> Result<Resp, E>
+where
+    Resp: Message + Default,
+    E: From<KitError> + ServiceError,
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E>,
+{
     let txn = db.begin().await.map_err(kit)?;
     let (response, subject) = match effect(&txn).await {
         Ok(done) => done,
         Err(error) => {
             drop(txn);
-            if let Some(stored) = replay(db, at_rest, key, &hash).await? {
+            if let Some(stored) = replay(db, at_rest, key, hash).await? {
                 return Ok(stored);
             }
             return Err(error);
@@ -111,7 +151,7 @@ where
         partner_id: Set(key.partner_id.to_owned()),
         method: Set(key.method.to_owned()),
         request_id: Set(key.request_id.to_owned()),
-        request_hash: Set(hash.clone()),
+        request_hash: Set(hash.to_vec()),
         response: Set(at_rest.seal(&response.encode_to_vec())),
         created_at: Set(now_millis()),
         subject: Set(subject.map(|s| subject_digest(at_rest, &s))),
@@ -123,7 +163,7 @@ where
             // rolls back (the transaction is dropped) and the caller gets what was stored.
             StorageError::AlreadyExists => {
                 drop(txn);
-                replay(db, at_rest, key, &hash)
+                replay(db, at_rest, key, hash)
                     .await?
                     .ok_or_else(|| kit(StorageError::NotFound).into())
             }

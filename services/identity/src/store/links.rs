@@ -28,6 +28,7 @@ impl Store {
         id: &Identifier,
     ) -> Result<(), IdentityError> {
         let hash = self.secrets.lookup_hash(id);
+        super::members::lock_identifiers(txn, std::iter::once(hash.as_str())).await?;
         let held = identifier::Entity::find()
             .filter(identifier::Column::PartnerId.eq(caller.to_owned()))
             .filter(identifier::Column::LookupHash.eq(hash.clone()))

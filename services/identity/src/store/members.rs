@@ -64,6 +64,7 @@ impl Store {
             .iter()
             .map(|i| (self.secrets.lookup_hash(i), i))
             .collect();
+        lock_identifiers(txn, hashed.iter().map(|(h, _)| h.as_str())).await?;
         let matches = identifier::Entity::find()
             .filter(identifier::Column::LookupHash.is_in(hashed.iter().map(|(h, _)| h.clone())))
             .all(txn)
@@ -430,5 +431,38 @@ pub(super) async fn mark_verified(
         .exec(txn)
         .await
         .map_err(StorageError::from)?;
+    Ok(())
+}
+
+/// Serialises, until the end of the transaction, every enrolment and link that touches one of
+/// these identifiers (their keyed lookup hashes). Under PostgreSQL's READ COMMITTED two
+/// enrolments of one new phone would otherwise both see "nobody holds it" and make two people;
+/// with the lock the second waits, then sees the first's rows and links to them. Transaction-
+/// scoped advisory locks, taken in one order so two enrolments never deadlock; nothing is
+/// stored. SQLite has one writer, so it needs none.
+pub(super) async fn lock_identifiers<'a>(
+    txn: &impl ConnectionTrait,
+    hashes: impl Iterator<Item = &'a str>,
+) -> Result<(), IdentityError> {
+    if txn.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    let mut keys: Vec<i64> = hashes
+        .map(|h| {
+            let prefix = h.get(..16).unwrap_or(h);
+            u64::from_str_radix(prefix, 16).map_or(0, |k| k as i64)
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [key.into()],
+        ))
+        .await
+        .map_err(StorageError::from)?;
+    }
     Ok(())
 }

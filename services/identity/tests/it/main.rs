@@ -14,6 +14,7 @@ mod harness;
 mod links;
 mod matrix;
 mod overload;
+mod races;
 mod rules;
 mod scenario;
 mod tenancy;
