@@ -14,9 +14,15 @@ use crate::{
 /// The environment variable naming a PostgreSQL server tests may create databases on.
 pub const POSTGRES_URL_VAR: &str = "LIANYU_TEST_POSTGRES_URL";
 
-/// Which backend generic tests run on.
+/// Which backend generic tests run on: `LIANYU_TEST_BACKEND` is `postgres`, or `sqlite` (the
+/// default when unset). Anything else stops the test run loudly: a mistyped backend must never
+/// silently run the PostgreSQL pass on SQLite.
 pub fn backend_is_postgres() -> bool {
-    std::env::var("LIANYU_TEST_BACKEND").is_ok_and(|v| v == "postgres")
+    match std::env::var("LIANYU_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite" | "") | Err(_) => false,
+        Ok(other) => panic!("LIANYU_TEST_BACKEND={other:?}: expected \"postgres\" or \"sqlite\""),
+    }
 }
 
 /// The admin URL of the test PostgreSQL server. On a laptop without one this returns `None`

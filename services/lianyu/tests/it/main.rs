@@ -14,6 +14,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use lianyu_kit::testing::TestDatabase;
+
 const BIN: &str = env!("CARGO_BIN_EXE_lianyu");
 
 /// Kills the mesh if the test fails before stopping it, so no server outlives the test.
@@ -30,10 +32,10 @@ impl Drop for KillOnDrop {
 async fn up_serves_the_mesh_token_mints_for_it_and_sigterm_stops_it() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();
-    let up = Command::new(BIN)
+    let db = TestDatabase::new("up_serves").await;
+    let up = on_database(&mut Command::new(BIN), &db)
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir", dir])
         .env_remove("LIANYU_MODE")
-        .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -217,12 +219,21 @@ fn token_mints_a_short_bootstrap_token_with_the_production_signing_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most 1h"));
 }
 
+/// The database `up` runs on: embedded SQLite in its data directory, or — in the PostgreSQL
+/// pass (`LIANYU_TEST_BACKEND=postgres`) — a fresh PostgreSQL database, one schema per service.
+fn on_database<'a>(command: &'a mut Command, db: &TestDatabase) -> &'a mut Command {
+    if lianyu_kit::testing::backend_is_postgres() {
+        command.env("DATABASE_URL", &db.url)
+    } else {
+        command.env_remove("DATABASE_URL")
+    }
+}
+
 /// The lines `up` prints until one contains `until` (or ten seconds pass), then stops it.
-async fn up_output_until(dir: &str, until: &str) -> Vec<String> {
-    let up = Command::new(BIN)
+async fn up_output_until(dir: &str, db: &TestDatabase, until: &str) -> Vec<String> {
+    let up = on_database(&mut Command::new(BIN), db)
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir", dir])
         .env_remove("LIANYU_MODE")
-        .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -261,7 +272,8 @@ async fn up_output_until(dir: &str, until: &str) -> Vec<String> {
 async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();
-    let first = up_output_until(dir, "a partner's token:").await;
+    let db = TestDatabase::new("up_demo").await;
+    let first = up_output_until(dir, &db, "a partner's token:").await;
     let text = first.join("\n");
     for step in [
         "(linked: true)",
@@ -273,6 +285,6 @@ async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");
     }
-    let again = up_output_until(dir, "demo: ").await.join("\n");
+    let again = up_output_until(dir, &db, "demo: ").await.join("\n");
     assert!(again.contains("already has partners; skipped"), "{again}");
 }
