@@ -11,6 +11,8 @@
 //!   is open, counted separately (`max_streams`; beyond it RESOURCE_EXHAUSTED / TOO_MANY_STREAMS):
 //!   an idle stream costs memory, not a unary slot.
 //! - Health and reflection are never limited: a busy pod must not fail its probes.
+//! - A call to a service whose database is known to be down is refused at once with
+//!   UNAVAILABLE / DATABASE_UNAVAILABLE (dbhealth.rs), instead of waiting for a connection.
 //!
 //! Refusals are counted (`rpc.server.shed`) and logged at most once a second, with the count.
 
@@ -53,10 +55,14 @@ struct State {
     shed_since_log: AtomicU64,
     last_log_millis: AtomicU64,
     started: Instant,
+    databases: Arc<crate::dbhealth::DatabaseHealth>,
 }
 
 impl AdmissionLayer {
-    pub fn new(limits: &crate::config::Limits) -> Self {
+    pub fn new(
+        limits: &crate::config::Limits,
+        databases: Arc<crate::dbhealth::DatabaseHealth>,
+    ) -> Self {
         let max = limits.max_concurrent_requests.max(1);
         let partner_cap = (max * limits.partner_share_percent.clamp(1, 100) / 100).max(1);
         Self {
@@ -79,6 +85,7 @@ impl AdmissionLayer {
                 shed_since_log: AtomicU64::new(0),
                 last_log_millis: AtomicU64::new(0),
                 started: Instant::now(),
+                databases,
             }),
         }
     }
@@ -239,6 +246,16 @@ where
             return Box::pin(self.inner.call(request));
         }
         let state = self.state.clone();
+        if state.databases.is_down(path) {
+            let refused = status_with_info(
+                Code::Unavailable,
+                "the service's database does not answer; retry with backoff",
+                "DATABASE_UNAVAILABLE",
+                "lianyu.admission",
+                HashMap::new(),
+            );
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
+        }
         if state.streaming.contains(path) {
             let Ok(permit) = state.streams.clone().try_acquire_owned() else {
                 return Box::pin(std::future::ready(Ok(state.refused(Refusal::Streams))));

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod dbhealth;
 pub mod error;
 pub mod feed;
 pub mod idempotency;

@@ -49,6 +49,8 @@ pub struct ServerContext {
     /// The keys trusted without asking identity: configured ones, the signer's, the dev key.
     pub static_keys: Vec<TrustedKey>,
     pub stopping: CancellationToken,
+    /// The services' databases, watched while serving (dbhealth.rs).
+    pub databases: Arc<crate::dbhealth::DatabaseHealth>,
 }
 
 impl ServerContext {
@@ -81,6 +83,7 @@ impl ServerContext {
             signer: signer.map(Arc::new),
             static_keys: auth.trusted_keys,
             stopping: CancellationToken::new(),
+            databases: Arc::default(),
         })
     }
 }
@@ -93,6 +96,7 @@ impl ServerContext {
         service: &str,
     ) -> Result<sea_orm::DatabaseConnection, StartError> {
         let db = crate::storage::open::<M>(&self.config, service).await?;
+        self.databases.register(service, &db);
         tokio::spawn(crate::idempotency::expire_periodically(
             db.clone(),
             self.config.idempotency_ttl,
@@ -195,7 +199,10 @@ pub async fn serve(
         // Refuses overload within milliseconds instead of queueing calls into the database's
         // timeouts: one process-wide limit for unary calls with a per-partner share, a separate
         // one for open streams; health and reflection are never limited (admission.rs).
-        .layer(crate::admission::AdmissionLayer::new(limits))
+        .layer(crate::admission::AdmissionLayer::new(
+            limits,
+            ctx.databases.clone(),
+        ))
         .into_inner();
     let server = Server::builder()
         .timeout(limits.request_timeout)
@@ -215,6 +222,11 @@ pub async fn serve(
         .set_service_status("", ServingStatus::Serving)
         .await;
     tracing::info!(address = %listener.local_addr()?, services = names.len(), "serving");
+    tokio::spawn(ctx.databases.clone().watch(
+        reporter.clone(),
+        names.clone(),
+        ctx.stopping.clone(),
+    ));
     if let Some(identity) = ctx.config.peers.get("identity") {
         tokio::spawn(crate::auth::refresh_keys(
             ctx.verifier.clone(),

@@ -62,6 +62,31 @@ impl StorageError {
     }
 }
 
+/// Whether a database error means the connection or the server went away (retry elsewhere or
+/// later) rather than that the statement was wrong: I/O and protocol failures, a closed or
+/// timed-out pool, SQLSTATE class 08 (connection exception) and 57P (the server shutting down).
+fn connection_lost(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error};
+    let sqlx = match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx.as_ref() {
+        Error::Io(_)
+        | Error::Tls(_)
+        | Error::Protocol(_)
+        | Error::PoolTimedOut
+        | Error::PoolClosed
+        | Error::WorkerCrashed => true,
+        Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 impl From<DbErr> for StorageError {
     fn from(err: DbErr) -> Self {
         if let Some(SqlErr::UniqueConstraintViolation(_)) = err.sql_err() {
@@ -71,6 +96,7 @@ impl From<DbErr> for StorageError {
         match &err {
             DbErr::RecordNotFound(_) => StorageError::NotFound,
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => StorageError::Unavailable(text),
+            _ if connection_lost(&err) => StorageError::Unavailable(text),
             _ if text.contains("database or disk is full")
                 || text.contains("53100")
                 || text.contains("No space left on device") =>
@@ -100,7 +126,9 @@ pub async fn connect(
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
-        .acquire_timeout(Duration::from_secs(5));
+        // A call waits at most this for a connection; the database watcher (server.rs) refuses
+        // calls at once while the database is known to be down.
+        .acquire_timeout(Duration::from_secs(2));
     let postgres = url.starts_with("postgres");
     if postgres {
         let schema = format!("lianyu_{service}");

@@ -13,6 +13,7 @@ mod feed;
 mod harness;
 mod links;
 mod matrix;
+mod outage;
 mod overload;
 mod races;
 mod rules;

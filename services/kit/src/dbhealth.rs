@@ -1,0 +1,108 @@
+//! Whether each service's database answers, checked a few times a second. While a database is
+//! down its service's health names read NOT_SERVING — readiness, so Kubernetes stops sending
+//! it traffic — while the overall `""` status (liveness) stays SERVING: a database outage must
+//! not restart pods that will recover by themselves. Calls to a service whose database is down
+//! are refused at once with UNAVAILABLE / DATABASE_UNAVAILABLE (retryable) instead of waiting
+//! for a connection; when the database answers again everything resumes, with no restart.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// How often each database is asked, and how long it has to answer.
+const EVERY: Duration = Duration::from_millis(250);
+const ANSWER_WITHIN: Duration = Duration::from_millis(500);
+
+struct Watched {
+    service: String,
+    db: DatabaseConnection,
+    up: Arc<AtomicBool>,
+}
+
+/// The databases of the services in this process.
+#[derive(Default)]
+pub struct DatabaseHealth {
+    watched: Mutex<Vec<Watched>>,
+}
+
+impl DatabaseHealth {
+    pub fn register(&self, service: &str, db: &DatabaseConnection) {
+        self.lock().push(Watched {
+            service: service.to_owned(),
+            db: db.clone(),
+            up: Arc::new(AtomicBool::new(true)),
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the database behind `path` (`/lianyu.<service>.v1.Service/Method`) is down.
+    pub fn is_down(&self, path: &str) -> bool {
+        let Some(service) = path
+            .strip_prefix("/lianyu.")
+            .and_then(|rest| rest.split('.').next())
+        else {
+            return false;
+        };
+        self.lock()
+            .iter()
+            .any(|w| w.service == service && !w.up.load(Ordering::Relaxed))
+    }
+
+    /// Asks every database every `EVERY` until `stopping`, and turns the health names of the
+    /// services behind a silent one NOT_SERVING until it answers again.
+    pub async fn watch(
+        self: Arc<Self>,
+        reporter: HealthReporter,
+        names: Vec<&'static str>,
+        stopping: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                () = stopping.cancelled() => return,
+            }
+            let checks: Vec<(String, DatabaseConnection, Arc<AtomicBool>)> = self
+                .lock()
+                .iter()
+                .map(|w| (w.service.clone(), w.db.clone(), w.up.clone()))
+                .collect();
+            for (service, db, up) in checks {
+                let answers = matches!(
+                    tokio::time::timeout(ANSWER_WITHIN, db.ping()).await,
+                    Ok(Ok(()))
+                );
+                if answers == up.swap(answers, Ordering::Relaxed) {
+                    continue;
+                }
+                if stopping.is_cancelled() {
+                    return;
+                }
+                let status = if answers {
+                    tracing::info!(service, "database answers again; serving");
+                    ServingStatus::Serving
+                } else {
+                    tracing::error!(
+                        service,
+                        "database does not answer; not serving until it does"
+                    );
+                    ServingStatus::NotServing
+                };
+                let prefix = format!("lianyu.{service}.");
+                for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+                    reporter.set_service_status(*name, status).await;
+                }
+            }
+        }
+    }
+}
