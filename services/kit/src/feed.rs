@@ -1,8 +1,13 @@
 //! Event feeds between services. A service appends events to its outbox in the same
 //! transaction as the change ([`Feed::append`]); [`Feed::watch`] serves them to a `Watch…`
-//! RPC from a client's cursor, then tails new ones live through a bounded buffer; a
-//! [`Consumer`] on the other side stores its cursor with each handled event, so a restart
-//! resumes exactly where it stopped.
+//! RPC from a client's cursor, then live; a [`Consumer`] on the other side stores its cursor
+//! with each handled event, so a restart resumes exactly where it stopped.
+//!
+//! Live events come from one reader per feed per process (the tail), which wakes when this
+//! process commits an append (and polls for other replicas' appends) and fans each new event
+//! out to every open stream through a broadcast channel. An idle stream therefore costs a
+//! parked task and its buffer, never a query; a stream that falls behind the broadcast buffer
+//! catches up from the database instead of holding memory.
 
 mod consumer;
 
@@ -15,7 +20,9 @@ use sea_orm::{
     QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +38,9 @@ use crate::storage::{
 const WATCH_BUFFER: usize = 256;
 /// Rows read from the outbox per query.
 const READ_BATCH: u64 = 500;
+/// New events the tail keeps for streams that are a little behind; one further behind
+/// re-reads from the database.
+const TAIL_BUFFER: usize = 4096;
 
 /// An event to append.
 #[derive(Clone, Debug)]
@@ -56,8 +66,10 @@ pub struct Feed {
     db: DatabaseConnection,
     published: watch::Sender<u64>,
     shutdown: CancellationToken,
-    /// Another replica may append to the same database; watchers poll at this interval too.
+    /// Another replica may append to the same database; the tail polls at this interval too.
     poll: Duration,
+    /// The tail's broadcast of new events, started with the first watcher.
+    tail: std::sync::Arc<std::sync::OnceLock<broadcast::Sender<Arc<StoredEvent>>>>,
 }
 
 /// Every append in this process, counted for [`Feed::appends_in_process`].
@@ -72,6 +84,66 @@ impl Feed {
             published: watch::Sender::new(0),
             shutdown,
             poll: Duration::from_millis(500),
+            tail: Arc::default(),
+        }
+    }
+
+    /// The tail's broadcast, starting the tail on first use.
+    fn tail(&self) -> broadcast::Sender<Arc<StoredEvent>> {
+        self.tail
+            .get_or_init(|| {
+                let (events, _) = broadcast::channel(TAIL_BUFFER);
+                tokio::spawn(self.clone().run_tail(events.clone()));
+                events
+            })
+            .clone()
+    }
+
+    /// Reads each new event once and broadcasts it to every stream of this process.
+    async fn run_tail(self, events: broadcast::Sender<Arc<StoredEvent>>) {
+        let mut published = self.published.subscribe();
+        let mut head = loop {
+            match self.head().await {
+                Ok(head) => break head,
+                Err(e) => {
+                    tracing::warn!(error = %e, "feed tail cannot read the head; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.poll) => {}
+                        () = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
+        loop {
+            published.mark_unchanged();
+            // Nobody listening: nothing to read (a new stream catches up from the database).
+            if events.receiver_count() > 0 {
+                loop {
+                    match self.read_after(head, None, READ_BATCH).await {
+                        Ok(batch) => {
+                            let full = batch.len() as u64 == READ_BATCH;
+                            for event in batch {
+                                head = event.seq;
+                                let _ = events.send(Arc::new(event));
+                            }
+                            if !full {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "feed tail read failed; retrying");
+                            break;
+                        }
+                    }
+                }
+            } else if let Ok(now) = self.head().await {
+                head = now;
+            }
+            tokio::select! {
+                _ = published.changed() => {}
+                () = tokio::time::sleep(self.poll) => {}
+                () = self.shutdown.cancelled() => return,
+            }
         }
     }
 
@@ -184,13 +256,15 @@ impl Feed {
     {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let feed = self.clone();
+        let tail = self.tail();
         tokio::spawn(async move {
-            let mut published = feed.published.subscribe();
             let mut cursor = after;
+            let mut live = tail.subscribe();
             loop {
-                published.mark_unchanged();
-                let batch = match feed.read_after(cursor, only.as_deref(), READ_BATCH).await {
-                    Ok(batch) => batch,
+                // Catch up from the database (history, or after falling behind the tail). Every
+                // event up to `head` is committed, so afterwards the stream has seen all of them.
+                let head = match feed.head().await {
+                    Ok(head) => head,
                     Err(err) => {
                         tracing::warn!(error = %err, "feed read failed");
                         let _ = tx
@@ -201,27 +275,68 @@ impl Feed {
                         return;
                     }
                 };
-                let full = batch.len() as u64 == READ_BATCH;
-                for event in batch {
-                    cursor = event.seq;
-                    if let Some(message) = map(event) {
-                        tokio::select! {
-                            sent = tx.send(Ok(message)) => if sent.is_err() { return },
-                            () = feed.shutdown.cancelled() => break,
+                loop {
+                    let batch = match feed.read_after(cursor, only.as_deref(), READ_BATCH).await {
+                        Ok(batch) => batch,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "feed read failed");
+                            let _ = tx
+                                .send(Err(tonic::Status::unavailable(
+                                    "feed unavailable, resume from your cursor",
+                                )))
+                                .await;
+                            return;
+                        }
+                    };
+                    let full = batch.len() as u64 == READ_BATCH;
+                    for event in batch {
+                        cursor = event.seq;
+                        if let Some(message) = map(event)
+                            && tx.send(Ok(message)).await.is_err()
+                        {
+                            return;
                         }
                     }
-                }
-                if full {
-                    continue;
-                }
-                tokio::select! {
-                    _ = published.changed() => {}
-                    () = tokio::time::sleep(feed.poll) => {}
-                    () = tx.closed() => return,
-                    () = feed.shutdown.cancelled() => {
-                        let _ = tx.send(Err(tonic::Status::unavailable("server shutting down, resume from your cursor"))).await;
-                        return;
+                    if !full {
+                        break;
                     }
+                }
+                cursor = Ord::max(cursor, head);
+                // Then live from the tail; events already sent from the database are skipped,
+                // and a jump in sequence (the tail started after this stream's read) sends the
+                // stream back to the database for what lies between.
+                let fell_behind = loop {
+                    tokio::select! {
+                        received = live.recv() => match received {
+                            Ok(event) => {
+                                if event.seq <= cursor {
+                                    continue;
+                                }
+                                if event.seq > cursor + 1 {
+                                    break false;
+                                }
+                                cursor = event.seq;
+                                if only.is_some() && event.partner_id != only {
+                                    continue;
+                                }
+                                if let Some(message) = map(StoredEvent::clone(&event))
+                                    && tx.send(Ok(message)).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => break true,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        () = tx.closed() => return,
+                        () = feed.shutdown.cancelled() => {
+                            let _ = tx.send(Err(tonic::Status::unavailable("server shutting down, resume from your cursor"))).await;
+                            return;
+                        }
+                    }
+                };
+                if fell_behind {
+                    live = live.resubscribe();
                 }
             }
         });

@@ -179,3 +179,41 @@ async fn a_consumer_resumes_after_a_restart_without_loss_or_repeats() {
         ["partners/a", "partners/b", "partners/c"]
     );
 }
+
+/// Many open streams share one reader: each gets every event once and in order, and one that
+/// stops reading neither stops the others nor loses anything — it catches up from the database
+/// when it reads again.
+#[tokio::test]
+async fn many_streams_share_one_reader_and_a_stalled_one_loses_nothing() {
+    const STREAMS: usize = 200;
+    const EVENTS: usize = 40;
+    let server = TestServer::start("feed_fanout").await;
+    let token = server.token("brand-a");
+    let mut stalled = watch(&server, &token, 0).await;
+    let mut readers = Vec::new();
+    for _ in 0..STREAMS {
+        readers.push(watch(&server, &token, 0).await);
+    }
+    for i in 0..EVENTS {
+        create(&server, &token, &format!("p{i}")).await;
+    }
+    let expected: Vec<(i64, String)> = (0..EVENTS)
+        .map(|i| (i as i64 + 1, format!("partners/p{i}")))
+        .collect();
+    let all = futures::future::join_all(readers.iter_mut().map(|stream| async {
+        let mut got = Vec::new();
+        for _ in 0..EVENTS {
+            got.push(next(stream).await);
+        }
+        got
+    }))
+    .await;
+    for got in all {
+        assert_eq!(got, expected);
+    }
+    let mut got = Vec::new();
+    for _ in 0..EVENTS {
+        got.push(next(&mut stalled).await);
+    }
+    assert_eq!(got, expected, "the stalled stream, read late, has every event once");
+}
