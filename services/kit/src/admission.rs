@@ -1,12 +1,13 @@
 //! Admission control: overload is refused early and cheaply instead of queueing into timeouts.
 //!
-//! - Unary calls: at most `max_in_flight` at once per process — sized to what the database
-//!   behind them can do, not to what the network can carry — with a short wait for a slot
-//!   (`admission_wait`), then RESOURCE_EXHAUSTED / OVERLOADED within milliseconds. Past its
-//!   share (`partner_share_percent` of the slots) a partner gets a slot only while a reserve of
-//!   a quarter of them stays free for the others, so its flood never takes another partner's
-//!   capacity (RESOURCE_EXHAUSTED / PARTNER_CONCURRENCY) — and a partner alone on the instance
-//!   still uses most of it.
+//! - Unary calls: at most `max_concurrent_requests` at once per process — sized to what the
+//!   database behind them can do, not to what the network can carry. A call waits for a slot at
+//!   most `admission_wait` (well under any call's deadline), then gets RESOURCE_EXHAUSTED /
+//!   OVERLOADED: the queue in front of the database is bounded in length and in time, so calls
+//!   never queue into timeouts, and waiting callers do not spin in refuse-and-retry loops.
+//! - One partner holds at most `partner_share_percent` of the slots (75 % by default), so its
+//!   flood never takes the rest from other partners (RESOURCE_EXHAUSTED / PARTNER_CONCURRENCY
+//!   after the same wait), while a partner alone on the instance still uses most of it.
 //! - Server-streaming calls (feeds, viewer streams) hold a stream slot for as long as the stream
 //!   is open, counted separately (`max_streams`; beyond it RESOURCE_EXHAUSTED / TOO_MANY_STREAMS):
 //!   an idle stream costs memory, not a unary slot.
@@ -44,11 +45,9 @@ pub struct AdmissionLayer {
 struct State {
     unary: Arc<Semaphore>,
     partner_cap: usize,
-    /// Slots kept free for partners under their share.
-    reserve: usize,
     wait: Duration,
-    /// Unary calls in flight per partner ("" for calls without a token).
-    per_partner: Mutex<HashMap<String, usize>>,
+    /// Each partner's share of the slots ("" for calls without a token, such as IssueToken).
+    per_partner: Mutex<HashMap<String, Arc<Semaphore>>>,
     streams: Arc<Semaphore>,
     streaming: HashSet<String>,
     shed: Counter<u64>,
@@ -69,11 +68,6 @@ impl AdmissionLayer {
             state: Arc::new(State {
                 unary: Arc::new(Semaphore::new(max)),
                 partner_cap,
-                reserve: if partner_cap >= max {
-                    0
-                } else {
-                    (max / 4).max(1)
-                },
                 wait: limits.admission_wait,
                 per_partner: Mutex::default(),
                 streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
@@ -145,7 +139,25 @@ impl Refusal {
         }
     }
 
+    /// The refusal, built once per kind and copied: under overload refusals are most of the
+    /// traffic, and building the status details each time would spend the cores on them.
     fn response(self) -> Response<Body> {
+        static BUILT: std::sync::OnceLock<[http::HeaderMap; 3]> = std::sync::OnceLock::new();
+        let built = BUILT.get_or_init(|| {
+            [Refusal::Overloaded, Refusal::Partner, Refusal::Streams]
+                .map(|r| r.build().into_parts().0.headers)
+        });
+        let index = match self {
+            Refusal::Overloaded => 0,
+            Refusal::Partner => 1,
+            Refusal::Streams => 2,
+        };
+        let mut response = Response::new(Body::empty());
+        *response.headers_mut() = built[index].clone();
+        response
+    }
+
+    fn build(self) -> Response<Body> {
         let message = match self {
             Refusal::Overloaded => "the service is at capacity; retry with backoff",
             Refusal::Partner => "your calls in flight use your whole share; retry with backoff",
@@ -185,41 +197,26 @@ impl State {
         refusal.response()
     }
 
-    /// Takes a partner's share; `None` when the partner already holds its whole share.
-    fn take_share(self: &Arc<Self>, partner: &str) -> Option<Share> {
-        let mut map = self.per_partner.lock().unwrap_or_else(|p| p.into_inner());
-        let held = map.entry(partner.to_owned()).or_insert(0);
-        if *held >= self.partner_cap && self.unary.available_permits() <= self.reserve {
-            return None;
-        }
-        *held += 1;
-        Some(Share {
-            state: self.clone(),
-            partner: partner.to_owned(),
-        })
-    }
-}
-
-/// One partner's slot; given back when dropped.
-struct Share {
-    state: Arc<State>,
-    partner: String,
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        let mut map = self
-            .state
-            .per_partner
+    /// The semaphore of `partner`'s share, made on its first call.
+    fn share_of(&self, partner: &str) -> Arc<Semaphore> {
+        self.per_partner
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = map.get_mut(&self.partner) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                map.remove(&self.partner);
-            }
-        }
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(partner.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.partner_cap)))
+            .clone()
     }
+}
+
+/// A slot of `semaphore`, waiting until `deadline` at most.
+async fn slot(semaphore: &Arc<Semaphore>, deadline: Instant) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    tokio::time::timeout_at(deadline.into(), semaphore.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -272,31 +269,25 @@ where
                 }))
             });
         }
-        let partner = request
-            .extensions()
-            .get::<Principal>()
-            .map(|p| p.partner_id.clone())
-            .unwrap_or_default();
-        let Some(share) = state.take_share(&partner) else {
-            return Box::pin(std::future::ready(Ok(state.refused(Refusal::Partner))));
-        };
+        let share = state.share_of(
+            request
+                .extensions()
+                .get::<Principal>()
+                .map_or("", |p| p.partner_id.as_str()),
+        );
         // The ready service was cloned into this call; the original stays ready for the next.
         let mut inner = self.inner.clone();
         std::mem::swap(&mut inner, &mut self.inner);
         Box::pin(async move {
-            let permit = match state.unary.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    match tokio::time::timeout(state.wait, state.unary.clone().acquire_owned())
-                        .await
-                    {
-                        Ok(Ok(permit)) => permit,
-                        _ => return Ok(state.refused(Refusal::Overloaded)),
-                    }
-                }
+            let deadline = Instant::now() + state.wait;
+            let Some(own) = slot(&share, deadline).await else {
+                return Ok(state.refused(Refusal::Partner));
+            };
+            let Some(permit) = slot(&state.unary, deadline).await else {
+                return Ok(state.refused(Refusal::Overloaded));
             };
             let response = inner.call(request).await;
-            drop((permit, share));
+            drop((permit, own));
             response
         })
     }

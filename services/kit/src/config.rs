@@ -45,8 +45,8 @@ impl Default for Limits {
         Self {
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 128,
-            partner_share_percent: 50,
-            admission_wait: Duration::from_millis(20),
+            partner_share_percent: 75,
+            admission_wait: Duration::from_millis(250),
             max_streams: 16_384,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,

@@ -4,6 +4,10 @@
 //! not restart pods that will recover by themselves. Calls to a service whose database is down
 //! are refused at once with UNAVAILABLE / DATABASE_UNAVAILABLE (retryable) instead of waiting
 //! for a connection; when the database answers again everything resumes, with no restart.
+//!
+//! The watcher asks over a connection of its own, so a busy pool never makes a healthy
+//! database look dead. Only PostgreSQL is watched: embedded SQLite cannot go away apart from
+//! the process.
 
 use std::{
     sync::{
@@ -23,7 +27,7 @@ const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 
 struct Watched {
     service: String,
-    db: DatabaseConnection,
+    url: String,
     up: Arc<AtomicBool>,
 }
 
@@ -34,10 +38,14 @@ pub struct DatabaseHealth {
 }
 
 impl DatabaseHealth {
-    pub fn register(&self, service: &str, db: &DatabaseConnection) {
+    /// Watches `service`'s database at `url` (PostgreSQL only).
+    pub fn register(&self, service: &str, url: &str) {
+        if !url.starts_with("postgres") {
+            return;
+        }
         self.lock().push(Watched {
             service: service.to_owned(),
-            db: db.clone(),
+            url: url.to_owned(),
             up: Arc::new(AtomicBool::new(true)),
         });
     }
@@ -67,21 +75,34 @@ impl DatabaseHealth {
         names: Vec<&'static str>,
         stopping: CancellationToken,
     ) {
+        let mut connections: std::collections::HashMap<String, DatabaseConnection> =
+            std::collections::HashMap::new();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(EVERY) => {}
                 () = stopping.cancelled() => return,
             }
-            let checks: Vec<(String, DatabaseConnection, Arc<AtomicBool>)> = self
+            let checks: Vec<(String, String, Arc<AtomicBool>)> = self
                 .lock()
                 .iter()
-                .map(|w| (w.service.clone(), w.db.clone(), w.up.clone()))
+                .map(|w| (w.service.clone(), w.url.clone(), w.up.clone()))
                 .collect();
-            for (service, db, up) in checks {
-                let answers = matches!(
-                    tokio::time::timeout(ANSWER_WITHIN, db.ping()).await,
-                    Ok(Ok(()))
-                );
+            for (service, url, up) in checks {
+                let answers = tokio::time::timeout(ANSWER_WITHIN, async {
+                    if !connections.contains_key(&service) {
+                        let db = crate::storage::connect(&url, &service, Some(1))
+                            .await
+                            .ok()?;
+                        connections.insert(service.clone(), db);
+                    }
+                    connections.get(&service)?.ping().await.ok()
+                })
+                .await
+                .is_ok_and(|answered| answered.is_some());
+                if !answers {
+                    // A fresh connection next time: this one may be half-open.
+                    connections.remove(&service);
+                }
                 if answers == up.swap(answers, Ordering::Relaxed) {
                     continue;
                 }

@@ -96,7 +96,8 @@ impl ServerContext {
         service: &str,
     ) -> Result<sea_orm::DatabaseConnection, StartError> {
         let db = crate::storage::open::<M>(&self.config, service).await?;
-        self.databases.register(service, &db);
+        self.databases
+            .register(service, &self.config.database_url(service));
         tokio::spawn(crate::idempotency::expire_periodically(
             db.clone(),
             self.config.idempotency_ttl,

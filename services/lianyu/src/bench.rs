@@ -5,6 +5,7 @@
 
 mod report;
 mod setup;
+pub mod streams;
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +34,8 @@ pub enum Scenario {
     BatchConsentCheck,
     /// EnrollMember with a new verified phone each call.
     Enroll,
+    /// Many open feed streams that receive nothing: what they cost while idle.
+    IdleStreams,
 }
 
 impl Scenario {
@@ -42,6 +45,7 @@ impl Scenario {
             Scenario::ConsentCheck => "consent-check",
             Scenario::BatchConsentCheck => "batch-consent-check",
             Scenario::Enroll => "enroll",
+            Scenario::IdleStreams => "idle-streams",
         }
     }
 }
@@ -195,10 +199,13 @@ impl Caller {
                 };
                 self.consents.batch_check_consent(request).await.map(drop)
             }
+            // Measured by `streams::idle_streams`, not by a call loop.
+            Scenario::IdleStreams => Ok(()),
             Scenario::Enroll => {
-                // A fresh mainland mobile number per call: "15", run (1 digit), worker (3), sequence (5).
+                // A fresh mainland mobile number per call: "13", run (1 digit: 130-139 are all
+                // mobile prefixes), worker (3), sequence (5).
                 let phone = format!(
-                    "15{}{:03}{:05}",
+                    "13{}{:03}{:05}",
                     self.run % 10,
                     self.worker % 1000,
                     self.seq % 100_000

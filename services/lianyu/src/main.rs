@@ -64,6 +64,12 @@ struct BenchArgs {
     /// One JSON object per scenario instead of a table.
     #[arg(long)]
     json: bool,
+    /// Streams idle-streams opens.
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+    /// How long idle-streams holds them while measuring.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    hold: Duration,
 }
 
 fn parse_scenarios(s: &str) -> Result<lianyu::bench::Scenario, String> {
@@ -274,7 +280,9 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use lianyu::bench::{Load, Scenario, Target};
     let scenarios = if args.scenario.is_empty() {
-        bail!("name a scenario: baseline, consent-check, batch-consent-check, enroll (or several)");
+        bail!(
+            "name a scenario: baseline, consent-check, batch-consent-check, enroll, idle-streams (or several)"
+        );
     } else {
         args.scenario.clone()
     };
@@ -289,8 +297,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             address.clone()
         }
         None => {
-            // The mesh runs in this process, on fresh SQLite files, sharing the cores with the load.
+            // The mesh runs in this process, on fresh SQLite files, sharing the cores with the load;
+            // its limits come from the environment (LIANYU_MAX_CONCURRENT_REQUESTS, …).
+            let limits = config.limits.clone();
             config = Config::local(data.path());
+            config.limits = limits;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let address = format!("http://{}", listener.local_addr()?);
             let up_config = config.clone();
@@ -328,6 +339,24 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut baseline = None;
     for scenario in scenarios {
+        if scenario == Scenario::IdleStreams {
+            let report =
+                lianyu::bench::streams::idle_streams(&target, args.streams, args.hold).await;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "idle-streams  {} streams open in {:.1}s ({} refused); holding {:.0}s: {:.1}% of a core, {:.0} bytes a stream",
+                    report.streams,
+                    report.open_seconds,
+                    report.refused,
+                    report.hold_seconds,
+                    report.cpu_percent,
+                    report.rss_bytes_per_stream
+                );
+            }
+            continue;
+        }
         let report = lianyu::bench::run(&target, scenario, &load).await;
         if scenario == Scenario::Baseline {
             baseline = Some(report.requests_per_second);

@@ -37,6 +37,7 @@ async fn flood(client: &As, from: u32, n: u32) -> Vec<(u32, Result<(), tonic::St
 async fn under_a_flood_health_is_answered_and_refusals_are_fast_and_write_nothing() {
     let identity = Identity::with_partners_and("overload_flood", |c| {
         c.limits.max_concurrent_requests = 4;
+        c.limits.admission_wait = Duration::from_millis(20);
     })
     .await;
     let brand = identity.as_partner("brand-a");
@@ -99,6 +100,7 @@ async fn one_partners_flood_does_not_take_another_partners_capacity() {
     let identity = Identity::with_partners_and("overload_fair", |c| {
         c.limits.max_concurrent_requests = 8;
         c.limits.partner_share_percent = 50;
+        c.limits.admission_wait = Duration::from_millis(20);
     })
     .await;
     let (brand, mut mall) = (

@@ -215,5 +215,8 @@ async fn many_streams_share_one_reader_and_a_stalled_one_loses_nothing() {
     for _ in 0..EVENTS {
         got.push(next(&mut stalled).await);
     }
-    assert_eq!(got, expected, "the stalled stream, read late, has every event once");
+    assert_eq!(
+        got, expected,
+        "the stalled stream, read late, has every event once"
+    );
 }
