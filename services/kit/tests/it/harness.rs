@@ -33,6 +33,8 @@ type WatchStream = std::pin::Pin<
 pub(crate) struct Probe {
     db: DatabaseConnection,
     feed: Feed,
+    /// Signalled when a "sleep/" call has started, so a test orders on it instead of a sleep.
+    started: Arc<tokio::sync::Notify>,
 }
 
 #[tonic::async_trait]
@@ -44,6 +46,7 @@ impl PartnerService for Probe {
     ) -> Result<Response<pb::Partner>, Status> {
         let partner = Principal::from_request(&request)?.partner_id.clone();
         if let Some(ms) = request.get_ref().name.strip_prefix("sleep/") {
+            self.started.notify_one();
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         }
         Ok(Response::new(pb::Partner {
@@ -123,6 +126,8 @@ pub(crate) struct TestServer {
     pub(crate) data_dir: tempfile::TempDir,
     pub(crate) config: Config,
     pub(crate) db: DatabaseConnection,
+    /// Completes once a "sleep/" call is inside its handler.
+    pub(crate) started: Arc<tokio::sync::Notify>,
 
     stop: Option<oneshot::Sender<()>>,
     pub(crate) handle: JoinHandle<Result<(), lianyu_kit::StartError>>,
@@ -153,9 +158,11 @@ impl TestServer {
             .unwrap();
         let feed = Feed::new(db.clone(), ctx.stopping.clone());
         let mut mount = Mount::new(&ctx);
+        let started = Arc::new(tokio::sync::Notify::new());
         let probe = Probe {
             db: db.clone(),
             feed: feed.clone(),
+            started: started.clone(),
         };
         lianyu_kit::mount!(
             mount,
@@ -180,6 +187,7 @@ impl TestServer {
             data_dir,
             config,
             db,
+            started,
             stop: Some(stop),
             handle,
         }

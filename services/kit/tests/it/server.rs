@@ -64,21 +64,28 @@ async fn shutdown_turns_health_off_first_and_lets_an_in_flight_call_finish() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.started.notified().await;
     server.stop();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     // Within the shutdown delay the listener is still open and health already says NOT_SERVING,
     // so a load balancer stops sending before connections close.
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.into_inner().status,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
-    );
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let started = std::time::Instant::now();
+    loop {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("still listening within the shutdown delay");
+        if reply.into_inner().status == not_serving {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "health never turned NOT_SERVING"
+        );
+        tokio::task::yield_now().await;
+    }
     let reply = call.await.unwrap().expect("the in-flight call completes");
     assert_eq!(reply.into_inner().name, "sleep/900");
     tokio::time::timeout(Duration::from_secs(5), server.handle)
@@ -102,7 +109,7 @@ async fn over_the_concurrency_limit_calls_are_shed_with_resource_exhausted() {
         })
         .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.started.notified().await;
     let mut client = server.partners(token).await;
     let status = client
         .get_partner(GetPartnerRequest { name: "now".into() })
