@@ -24,7 +24,9 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
     let read = lianyu_kit::storage::open_reader(&ctx.config, NAME, &db).await?;
     let secrets = Arc::new(Secrets::from_master(&master_key(&ctx.config)?));
     // The feed only reads (appends go through the writer's transactions): the read pool.
-    let feed = Feed::new(read.clone(), ctx.stopping.clone());
+    let feed = Feed::new(read.clone(), ctx.stopping.clone())
+        .listening(&ctx.config.database_url(NAME), NAME)
+        .with_poll_interval(ctx.config.limits.feed_poll);
     let alliances = store::alliances::AllianceCache::default();
     let store = store::Store {
         db,

@@ -26,6 +26,9 @@ pub struct Limits {
     pub admission_wait: Duration,
     /// Server-streaming calls (feeds, viewer streams) open at once.
     pub max_streams: usize,
+    /// How often a feed's reader polls for other replicas' appends when nothing woke it
+    /// (PostgreSQL wakes it at once through LISTEN/NOTIFY; SQLite has one process).
+    pub feed_poll: Duration,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// HTTP/2 streams per connection (tonic sets none by default).
@@ -48,6 +51,7 @@ impl Default for Limits {
             partner_share_percent: 75,
             admission_wait: Duration::from_millis(250),
             max_streams: 16_384,
+            feed_poll: Duration::from_millis(500),
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
             keepalive_interval: Duration::from_secs(30),
@@ -225,6 +229,7 @@ impl Config {
                 })?,
             admission_wait: duration(&var, "LIANYU_ADMISSION_WAIT", d.admission_wait)?,
             max_streams: number(&var, "LIANYU_MAX_STREAMS", d.max_streams)?,
+            feed_poll: duration(&var, "LIANYU_FEED_POLL", d.feed_poll)?,
             max_message_bytes: number(&var, "LIANYU_MAX_MESSAGE_BYTES", d.max_message_bytes)?,
             max_concurrent_streams: number(
                 &var,

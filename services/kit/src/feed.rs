@@ -4,8 +4,9 @@
 //! with each handled event, so a restart resumes exactly where it stopped.
 //!
 //! Live events come from one reader per feed per process (the tail), which wakes when this
-//! process commits an append (and polls for other replicas' appends) and fans each new event
-//! out to every open stream through a broadcast channel. An idle stream therefore costs a
+//! process commits an append and, on PostgreSQL, when any replica commits one (each append
+//! sends a NOTIFY that the tail LISTENs for; polling is only the fallback), and fans each new
+//! event out to every open stream through a broadcast channel. An idle stream therefore costs a
 //! parked task and its buffer, never a query; a stream that falls behind the broadcast buffer
 //! catches up from the database instead of holding memory.
 
@@ -70,6 +71,8 @@ pub struct Feed {
     poll: Duration,
     /// The tail's broadcast of new events, started with the first watcher.
     tail: std::sync::Arc<std::sync::OnceLock<broadcast::Sender<Arc<StoredEvent>>>>,
+    /// PostgreSQL: the URL and channel the tail LISTENs on for other replicas' appends.
+    notify: Option<(String, String)>,
 }
 
 /// Every append in this process, counted for [`Feed::appends_in_process`].
@@ -85,7 +88,24 @@ impl Feed {
             shutdown,
             poll: Duration::from_millis(500),
             tail: Arc::default(),
+            notify: None,
         }
+    }
+
+    /// On PostgreSQL (`url`), the tail also wakes on other replicas' appends to `service`'s
+    /// outbox through LISTEN/NOTIFY, so their events reach this replica's streams at once.
+    pub fn listening(mut self, url: &str, service: &str) -> Self {
+        if url.starts_with("postgres") {
+            self.notify = Some((url.to_owned(), notify_channel(&format!("lianyu_{service}"))));
+        }
+        self
+    }
+
+    /// How long the tail waits between polls when nothing woke it (other replicas' appends on
+    /// SQLite, or a lost LISTEN connection).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     /// The tail's broadcast, starting the tail on first use.
@@ -102,6 +122,7 @@ impl Feed {
     /// Reads each new event once and broadcasts it to every stream of this process.
     async fn run_tail(self, events: broadcast::Sender<Arc<StoredEvent>>) {
         let mut published = self.published.subscribe();
+        let mut listener = None;
         let mut head = loop {
             match self.head().await {
                 Ok(head) => break head,
@@ -139,9 +160,21 @@ impl Feed {
             } else if let Ok(now) = self.head().await {
                 head = now;
             }
+            if listener.is_none()
+                && let Some((url, channel)) = &self.notify
+            {
+                listener = listen(url, channel).await;
+            }
             tokio::select! {
                 _ = published.changed() => {}
                 () = tokio::time::sleep(self.poll) => {}
+                woke = notified(&mut listener) => if woke {
+                    // Another replica appended: wake this process's other followers too.
+                    self.published();
+                } else {
+                    tracing::warn!("feed LISTEN connection lost; polling until it is back");
+                    listener = None;
+                },
                 () = self.shutdown.cancelled() => return,
             }
         }
@@ -177,6 +210,11 @@ impl Feed {
         }
         .insert(txn)
         .await?;
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            // Delivered at commit (and once per transaction): every replica's tail wakes.
+            txn.execute_unprepared("SELECT pg_notify('lianyu_feed_' || current_schema(), '')")
+                .await?;
+        }
         APPENDS.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(seq)
     }
@@ -341,5 +379,33 @@ impl Feed {
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// The NOTIFY channel of a schema's outbox.
+fn notify_channel(schema: &str) -> String {
+    format!("lianyu_feed_{schema}")
+}
+
+/// A LISTEN connection on `channel`, or `None` (the tail then polls) when it cannot be made.
+async fn listen(url: &str, channel: &str) -> Option<sea_orm::sqlx::postgres::PgListener> {
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect(url)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "feed cannot LISTEN; polling"))
+        .ok()?;
+    listener
+        .listen(channel)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "feed cannot LISTEN; polling"))
+        .ok()?;
+    Some(listener)
+}
+
+/// Completes with `true` on a notification, `false` when the connection failed; never while
+/// there is no listener.
+async fn notified(listener: &mut Option<sea_orm::sqlx::postgres::PgListener>) -> bool {
+    match listener {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
     }
 }

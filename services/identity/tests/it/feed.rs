@@ -159,3 +159,32 @@ async fn list_consents_shows_the_members_receipts_and_what_was_granted_to_the_ca
             .is_empty()
     );
 }
+
+/// On PostgreSQL, another replica's change reaches this replica's streams through
+/// LISTEN/NOTIFY, not the poll: with the poll set to a minute, the event still arrives.
+#[tokio::test]
+async fn another_replicas_change_wakes_this_replicas_stream_without_polling() {
+    if !lianyu_kit::testing::backend_is_postgres() {
+        eprintln!("skipped: LISTEN/NOTIFY is PostgreSQL's (SQLite has one process)");
+        return;
+    }
+    let identity = crate::harness::Identity::with_partners_and("feed_notify", |c| {
+        c.limits.feed_poll = Duration::from_secs(60);
+    })
+    .await;
+    let (brand_id, mall_id) = identity.shared_member("13100131999").await;
+    let mut feed = identity.as_partner("mall-b").feed().await;
+    let elsewhere = identity.replica().await;
+    elsewhere
+        .as_partner("brand-a")
+        .consents
+        .grant_consent(crate::harness::grant(
+            &brand_id,
+            "mall-b",
+            &[lianyu_proto::common::v1::ConsentPurpose::ShareProfile],
+        ))
+        .await
+        .unwrap();
+    let event = next(&mut feed).await;
+    assert_eq!(event.member, mall_id);
+}
