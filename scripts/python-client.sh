@@ -11,4 +11,4 @@ if ! "$venv/bin/python" -c "import grpc, grpc_reflection, grpc_status" 2>/dev/nu
     protobuf==7.36.2 googleapis-common-protos==1.76.0
 fi
 cargo build --locked -p lianyu --bin lianyu
-"$venv/bin/python" tests/python/partner_client.py target/debug/lianyu
+"$venv/bin/python" tests/python/partner_client.py "${CARGO_TARGET_DIR:-target}/debug/lianyu"
