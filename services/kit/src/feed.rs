@@ -301,30 +301,17 @@ impl Feed {
             loop {
                 // Catch up from the database (history, or after falling behind the tail). Every
                 // event up to `head` is committed, so afterwards the stream has seen all of them.
-                let head = match feed.head().await {
-                    Ok(head) => head,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "feed read failed");
-                        let _ = tx
-                            .send(Err(tonic::Status::unavailable(
-                                "feed unavailable, resume from your cursor",
-                            )))
-                            .await;
-                        return;
-                    }
+                let Some(head) = read_or_end(&tx, feed.head().await).await else {
+                    return;
                 };
                 loop {
-                    let batch = match feed.read_after(cursor, only.as_deref(), READ_BATCH).await {
-                        Ok(batch) => batch,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "feed read failed");
-                            let _ = tx
-                                .send(Err(tonic::Status::unavailable(
-                                    "feed unavailable, resume from your cursor",
-                                )))
-                                .await;
-                            return;
-                        }
+                    let Some(batch) = read_or_end(
+                        &tx,
+                        feed.read_after(cursor, only.as_deref(), READ_BATCH).await,
+                    )
+                    .await
+                    else {
+                        return;
                     };
                     let full = batch.len() as u64 == READ_BATCH;
                     for event in batch {
@@ -407,5 +394,25 @@ async fn notified(listener: &mut Option<sea_orm::sqlx::postgres::PgListener>) ->
     match listener {
         Some(l) => l.recv().await.is_ok(),
         None => std::future::pending().await,
+    }
+}
+
+/// The value read, or — when the read failed — `None` after telling the stream UNAVAILABLE,
+/// so the client resumes from its cursor (here or on another replica).
+async fn read_or_end<T, M>(
+    tx: &mpsc::Sender<Result<M, tonic::Status>>,
+    read: Result<T, StorageError>,
+) -> Option<T> {
+    match read {
+        Ok(value) => Some(value),
+        Err(err) => {
+            tracing::warn!(error = %err, "feed read failed");
+            let _ = tx
+                .send(Err(tonic::Status::unavailable(
+                    "feed unavailable, resume from your cursor",
+                )))
+                .await;
+            None
+        }
     }
 }

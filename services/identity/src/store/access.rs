@@ -144,15 +144,7 @@ impl Store {
             .limit(page.size + 1);
         if let Some(member_id) = member_id {
             // Reads of members merged into this one were recorded under their old ids.
-            let mut ids: Vec<String> = super::entities::member_merge::Entity::find()
-                .filter(super::entities::member_merge::Column::SurvivorId.eq(member_id.to_owned()))
-                .all(&self.read)
-                .await
-                .map_err(StorageError::from)?
-                .into_iter()
-                .map(|m| m.duplicate_id)
-                .collect();
-            ids.push(member_id.to_owned());
+            let ids = Self::member_and_merged(&self.read, member_id).await?;
             query = query.filter(access_record::Column::MemberId.is_in(ids));
         }
         if let Some(after) = page.after.as_deref().and_then(|a| a.parse::<i64>().ok()) {

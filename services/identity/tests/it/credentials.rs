@@ -403,16 +403,8 @@ async fn operators_get_operator_tokens_and_suspended_partners_get_none() {
         .issue_token(exchange(&brand_c.client_id, &secret))
         .await
         .unwrap();
-    let suspend = |request_id: &str| pb::UpdatePartnerRequest {
-        request_id: request_id.into(),
-        partner: Some(pb::Partner {
-            name: "partners/brand-c".into(),
-            status: pb::PartnerStatus::Suspended as i32,
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["status".into()],
-        }),
+    let suspend = |request_id: &str| {
+        crate::harness::partner_status("brand-c", pb::PartnerStatus::Suspended, request_id)
     };
     let e = identity
         .as_partner("brand-c")

@@ -385,6 +385,25 @@ pub(crate) fn grant(
     }
 }
 
+/// The operator's UpdatePartner that suspends or reinstates `partner`.
+pub(crate) fn partner_status(
+    partner: &str,
+    status: pb::PartnerStatus,
+    request_id: &str,
+) -> pb::UpdatePartnerRequest {
+    pb::UpdatePartnerRequest {
+        request_id: request_id.into(),
+        partner: Some(pb::Partner {
+            name: format!("partners/{partner}"),
+            status: status as i32,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["status".into()],
+        }),
+    }
+}
+
 /// The `ErrorInfo` reason and the first field violation of a status.
 pub(crate) fn details(status: &Status) -> (String, Option<String>) {
     use tonic_types::StatusExt;

@@ -676,15 +676,11 @@ async fn no_principal_but_the_owner_changes_or_reads_the_owners_records() {
         .unwrap();
     operator
         .partners
-        .update_partner(pb::UpdatePartnerRequest {
-            request_id: "suspend-s".into(),
-            partner: Some(pb::Partner {
-                name: "partners/brand-s".into(),
-                status: pb::PartnerStatus::Suspended as i32,
-                ..Default::default()
-            }),
-            update_mask: mask("status"),
-        })
+        .update_partner(crate::harness::partner_status(
+            "brand-s",
+            pb::PartnerStatus::Suspended,
+            "suspend-s",
+        ))
         .await
         .unwrap();
     let t = Targets {

@@ -499,17 +499,8 @@ async fn suspension_stops_a_partners_issued_tokens_at_once() {
         .list_alliances(pb::ListAlliancesRequest::default())
         .await
         .unwrap();
-    let set_status = |status: pb::PartnerStatus, id: &str| pb::UpdatePartnerRequest {
-        request_id: id.into(),
-        partner: Some(pb::Partner {
-            name: "partners/brand-c".into(),
-            status: status as i32,
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["status".into()],
-        }),
-    };
+    let set_status =
+        |status: pb::PartnerStatus, id: &str| crate::harness::partner_status("brand-c", status, id);
     operator
         .partners
         .update_partner(set_status(pb::PartnerStatus::Suspended, "suspend"))
