@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod consents;
 mod convert;
+mod erasure;
 mod members;
 mod partners;
 mod stores;

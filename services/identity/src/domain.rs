@@ -8,6 +8,7 @@ pub mod identifier;
 pub mod linking;
 pub mod merge;
 pub mod partner;
+pub mod purpose;
 pub mod secrets;
 
 use lianyu_kit::{FieldViolation, KitError, ServiceError};

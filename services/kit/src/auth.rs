@@ -12,7 +12,6 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -297,15 +296,7 @@ impl TokenVerifier {
     }
 }
 
-/// Decodes a base64url Ed25519 public key, checking it is 32 bytes (a shorter one would make
-/// the JWT library panic at verification).
-pub fn decode_public_key(key: &str) -> Result<[u8; 32], String> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(key.trim())
-        .map_err(|_| "not base64url".to_owned())?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())
-}
+pub use crate::keycodec::decode_public_key;
 
 #[cfg(test)]
 mod tests {

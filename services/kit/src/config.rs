@@ -186,8 +186,8 @@ impl Config {
         };
         let signing_key = var("LIANYU_SIGNING_KEY").map(Secret::new);
         if let Some(seed) = &signing_key {
-            crate::auth::Signer::from_seed(seed.expose())
-                .map_err(|e| err("LIANYU_SIGNING_KEY", e.to_string()))?;
+            crate::keycodec::decode_seed(seed.expose())
+                .map_err(|e| err("LIANYU_SIGNING_KEY", format!("signing key: {e}")))?;
         }
         if mode == Mode::Production {
             if trusted_keys.is_empty() && signing_key.is_none() && !peers.contains_key("identity") {
@@ -337,7 +337,7 @@ fn parse_keys(v: &str) -> Result<Vec<TrustedKey>, String> {
                 .trim()
                 .split_once('=')
                 .ok_or("expected kid=base64url-key pairs")?;
-            crate::auth::decode_public_key(key).map_err(|e| format!("key {kid}: {e}"))?;
+            crate::keycodec::decode_public_key(key).map_err(|e| format!("key {kid}: {e}"))?;
             Ok(TrustedKey {
                 key_id: kid.to_owned(),
                 public_key: key.to_owned(),

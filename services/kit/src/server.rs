@@ -37,6 +37,15 @@ pub enum StartError {
     Serve(#[from] tonic::transport::Error),
 }
 
+impl From<crate::storage::OpenError> for StartError {
+    fn from(e: crate::storage::OpenError) -> Self {
+        match e {
+            crate::storage::OpenError::Storage(e) => StartError::Storage(e),
+            crate::storage::OpenError::Migration(m) => StartError::Migration(m),
+        }
+    }
+}
+
 /// What every service needs from the process: its config, the token verifier, and the token
 /// that is cancelled when the server starts shutting down (feeds end their streams on it).
 #[derive(Clone)]

@@ -224,7 +224,7 @@ pub fn now_millis() -> i64 {
 pub async fn open<M: sea_orm_migration::MigratorTrait>(
     config: &crate::config::Config,
     service: &str,
-) -> Result<DatabaseConnection, crate::server::StartError> {
+) -> Result<DatabaseConnection, OpenError> {
     let db = connect(
         &config.database_url(service),
         service,
@@ -234,9 +234,18 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
     if config.migrate {
         M::up(&db, None)
             .await
-            .map_err(|e| crate::server::StartError::Migration(format!("{service}: {e}")))?;
+            .map_err(|e| OpenError::Migration(format!("{service}: {e}")))?;
     }
     Ok(db)
+}
+
+/// Why a service's database could not be opened at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("migrations: {0}")]
+    Migration(String),
 }
 
 /// A pool for reads outside transactions. On SQLite the writer is one connection, so reads get

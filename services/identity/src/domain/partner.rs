@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{consent::Purpose, identifier::Method};
+use super::{identifier::Method, purpose::Purpose};
 
 /// The kind of a partner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -68,11 +68,7 @@ impl Signer {
 
     /// The key from its 32-byte seed, base64url without padding (what `LIANYU_SIGNING_KEY` holds).
     pub fn from_seed(seed: &str) -> Result<Self, SignerError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(seed.trim())
-            .map_err(|_| SignerError::BadSeed("not base64url".into()))?;
-        let seed = <[u8; 32]>::try_from(bytes.as_slice())
-            .map_err(|_| SignerError::BadSeed("an Ed25519 seed is 32 bytes".into()))?;
+        let seed = crate::keycodec::decode_seed(seed).map_err(SignerError::BadSeed)?;
         Ok(Self {
             key: SigningKey::from_bytes(&seed),
         })

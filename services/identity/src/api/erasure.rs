@@ -1,0 +1,126 @@
+//! EraseMember: a partner erases its own relationship with a person, never another partner's;
+//! for the whole joint domain the request is relayed to every other holder as an event.
+
+use std::collections::BTreeMap;
+
+use lianyu_kit::Principal;
+use lianyu_proto::identity::v1 as pb;
+use tonic::Status;
+
+use super::{Api, convert, status};
+use crate::{
+    domain::{IdentityError, Violations, consent::ConsentEvent},
+    store::{Store, consents::append_event, now},
+};
+
+impl Api {
+    /// Erasure on the person's request: the caller's own records of them go (see
+    /// `erase_for`); each party of a consent in force hears WITHDRAWN, the caller hears
+    /// MEMBER_ERASED, and for the whole joint domain every other holder hears
+    /// ERASURE_REQUESTED — each in its own scoped id. Stored replies about the person are purged.
+    pub(super) async fn erase(
+        &self,
+        who: &Principal,
+        r: &pb::EraseMemberRequest,
+    ) -> Result<pb::EraseMemberResponse, Status> {
+        let mut v = Violations::default();
+        let scoped = v.check("member", convert::member_name(&r.member));
+        let scope = v.check(
+            "scope",
+            match pb::ErasureScope::try_from(r.scope) {
+                Ok(pb::ErasureScope::Unspecified | pb::ErasureScope::Partner) => {
+                    Ok(pb::ErasureScope::Partner)
+                }
+                Ok(pb::ErasureScope::JointDomain) => Ok(pb::ErasureScope::JointDomain),
+                Err(_) => Err("PARTNER or JOINT_DOMAIN".to_owned()),
+            },
+        );
+        v.finish().map_err(status)?;
+        let (Some(scoped), Some(scope)) = (scoped, scope) else {
+            return Err(status(IdentityError::invalid("member", "required")));
+        };
+        super::partner_wide(who).map_err(status)?;
+        self.mutate(who, "EraseMember", &r.request_id, r, async |txn| {
+            let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
+            let subjects = Store::member_and_merged(txn, &member_id).await?;
+            let erased = Store::erase_for(txn, &who.partner_id, &member_id).await?;
+            lianyu_kit::idempotency::forget_subjects(
+                txn,
+                self.store.secrets.as_ref(),
+                Some(&who.partner_id),
+                &subjects,
+            )
+            .await?;
+            self.announce_erasure(txn, &who.partner_id, &erased, scope)
+                .await?;
+            if erased.others.is_empty() {
+                // Nobody holds the person any more: every stored reply about them goes.
+                lianyu_kit::idempotency::forget_subjects(
+                    txn,
+                    self.store.secrets.as_ref(),
+                    None,
+                    &subjects,
+                )
+                .await?;
+            }
+            tracing::info!(partner = %who.partner_id, scope = scope.as_str_name(), "member erased");
+            Ok(pb::EraseMemberResponse {
+                member: r.member.clone(),
+                erase_time: convert::timestamp(now()),
+                scope: scope as i32,
+            })
+        })
+        .await
+    }
+
+    async fn announce_erasure(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        partner: &str,
+        erased: &crate::store::erasure::Erased,
+        scope: pb::ErasureScope,
+    ) -> Result<(), IdentityError> {
+        let event =
+            |kind: &str, member: &str, grantee: &str, purposes, receipt: &str| ConsentEvent {
+                kind: kind.into(),
+                member: member.to_owned(),
+                collector: partner.to_owned(),
+                grantee: grantee.to_owned(),
+                purposes,
+                receipt_id: receipt.to_owned(),
+            };
+        for own in &erased.own_ids {
+            append_event(txn, event("erased", own, partner, Vec::new(), "")).await?;
+        }
+        let mut withdrawn: BTreeMap<(&str, &str), Vec<i32>> = BTreeMap::new();
+        for c in &erased.withdrawn {
+            withdrawn
+                .entry((&c.grantee, &c.receipt_id))
+                .or_default()
+                .push(c.purpose);
+        }
+        for ((grantee, receipt), purposes) in withdrawn {
+            let their_id = erased
+                .others
+                .iter()
+                .find(|(p, _)| p == grantee)
+                .map(|(_, id)| id.as_str())
+                .unwrap_or_default();
+            append_event(
+                txn,
+                event("withdrawn", their_id, grantee, purposes, receipt),
+            )
+            .await?;
+        }
+        if scope == pb::ErasureScope::JointDomain {
+            for (other, their_id) in &erased.others {
+                // Who relayed the request is not said: the event tells the holder only that
+                // the person asked to leave the joint domain.
+                let mut e = event("erasure_requested", their_id, other, Vec::new(), "");
+                e.collector = String::new();
+                append_event(txn, e).await?;
+            }
+        }
+        Ok(())
+    }
+}
