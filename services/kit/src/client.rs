@@ -40,3 +40,34 @@ pub fn peer(url: &str, deadline: Duration) -> Result<PeerChannel, PeerError> {
     let channel = Channel::balance_list(std::iter::repeat_n(endpoint, CONNECTIONS_PER_PEER));
     Ok(InterceptedService::new(channel, TracePropagation))
 }
+
+/// Sends `authorization: Bearer <token>` on every call (none for [`Bearer::none`]): the one
+/// interceptor the mesh's own clients, its load generator and its tests use.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<std::sync::Arc<str>>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Self(Some(std::sync::Arc::from(token)))
+    }
+
+    /// Sends no token, for the open calls (and for testing their refusal).
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("the token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}

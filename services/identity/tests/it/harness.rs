@@ -12,9 +12,7 @@ use lianyu_proto::{
         member_service_client::MemberServiceClient, partner_service_client::PartnerServiceClient,
     },
 };
-use tonic::{
-    Request, Status, codegen::InterceptedService, service::Interceptor, transport::Channel,
-};
+use tonic::{Status, codegen::InterceptedService, transport::Channel};
 
 pub(crate) type Auth = InterceptedService<Channel, Bearer>;
 
@@ -27,24 +25,7 @@ pub(crate) struct Identity {
     _db: Option<TestDatabase>,
 }
 
-#[derive(Clone)]
-pub(crate) struct Bearer(String);
-
-impl Bearer {
-    pub(crate) fn new(token: &str) -> Self {
-        Self(token.to_owned())
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.0).parse().unwrap(),
-        );
-        Ok(request)
-    }
-}
+pub(crate) use lianyu_kit::client::Bearer;
 
 /// Clients of every identity service for one partner.
 #[derive(Clone)]
@@ -200,7 +181,7 @@ impl Identity {
 
     /// Clients that send `token` (one from `IssueToken`, say).
     pub(crate) fn with_token(&self, token: &str) -> As {
-        let ch = || InterceptedService::new(self.channel.clone(), Bearer(token.to_owned()));
+        let ch = || InterceptedService::new(self.channel.clone(), Bearer::new(token));
         As {
             partners: PartnerServiceClient::new(ch()),
             members: MemberServiceClient::new(ch()),

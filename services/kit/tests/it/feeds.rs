@@ -119,7 +119,7 @@ async fn a_consumer_resumes_after_a_restart_without_loss_or_repeats() {
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                     let mut client = lianyu_proto::identity::v1::consent_service_client::ConsentServiceClient::with_interceptor(
                         channel,
-                        crate::harness::Bearer(Some(token.into())),
+                        crate::harness::Bearer::new(&token),
                     );
                     let stream = client
                         .watch_consent_events(WatchConsentEventsRequest {

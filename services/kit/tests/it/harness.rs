@@ -19,10 +19,7 @@ use lianyu_proto::{
 };
 use sea_orm::DatabaseConnection;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{
-    Request, Response, Status, codegen::InterceptedService, service::Interceptor,
-    transport::Channel,
-};
+use tonic::{Request, Response, Status, codegen::InterceptedService, transport::Channel};
 
 type WatchStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<pb::WatchConsentEventsResponse, Status>> + Send>,
@@ -219,7 +216,7 @@ impl TestServer {
     ) -> pb::partner_service_client::PartnerServiceClient<InterceptedService<Channel, Bearer>> {
         pb::partner_service_client::PartnerServiceClient::with_interceptor(
             self.channel().await,
-            Bearer(token.map(Arc::from)),
+            token.as_deref().map_or_else(Bearer::none, Bearer::new),
         )
     }
 
@@ -229,7 +226,7 @@ impl TestServer {
     ) -> pb::consent_service_client::ConsentServiceClient<InterceptedService<Channel, Bearer>> {
         pb::consent_service_client::ConsentServiceClient::with_interceptor(
             self.channel().await,
-            Bearer(token.map(Arc::from)),
+            token.as_deref().map_or_else(Bearer::none, Bearer::new),
         )
     }
 
@@ -241,20 +238,7 @@ impl TestServer {
     }
 }
 
-/// Adds `authorization: Bearer <token>` when it has one.
-#[derive(Clone)]
-pub(crate) struct Bearer(pub Option<Arc<str>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        }
-        Ok(request)
-    }
-}
+pub(crate) use lianyu_kit::client::Bearer;
 
 pub(crate) struct Migrator;
 
