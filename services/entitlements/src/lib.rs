@@ -26,8 +26,5 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let ctx = ServerContext::new(config)?;
-    let mut services = Mount::new(&ctx);
-    mount(&ctx, &mut services).await?;
-    lianyu_kit::server::serve(&ctx, services, listener, shutdown).await
+    lianyu_kit::server::run_service(config, listener, shutdown, mount).await
 }

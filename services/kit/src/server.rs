@@ -299,6 +299,23 @@ fn oversize_as_exhausted<B>(mut response: http::Response<B>) -> http::Response<B
 /// RESOURCE_EXHAUSTED's number on the wire.
 const OVERSIZE_STATUS: &str = "8";
 
+/// Serves one service alone: the process context from `config`, the service's `mount`, then
+/// [`serve`] on `listener` until `shutdown` — every service's `run` is this one call.
+pub async fn run_service<M>(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mount: M,
+) -> Result<(), StartError>
+where
+    M: AsyncFnOnce(&ServerContext, &mut Mount) -> Result<(), StartError>,
+{
+    let ctx = ServerContext::new(config)?;
+    let mut services = Mount::new(&ctx);
+    mount(&ctx, &mut services).await?;
+    serve(&ctx, services, listener, shutdown).await
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
