@@ -192,3 +192,23 @@ pub async fn connect(address: &str) -> Channel {
     }
     panic!("{address} did not come up");
 }
+
+/// The `google.rpc.ErrorInfo` reason of a status (empty when it has none): what clients and
+/// tests switch on.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The field of a status's first `google.rpc.BadRequest` violation, if any.
+pub fn first_violation(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+}

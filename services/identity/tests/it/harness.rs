@@ -387,11 +387,8 @@ pub(crate) fn partner_status(
 
 /// The `ErrorInfo` reason and the first field violation of a status.
 pub(crate) fn details(status: &Status) -> (String, Option<String>) {
-    use tonic_types::StatusExt;
-    let d = status.get_error_details();
     (
-        d.error_info().map(|i| i.reason.clone()).unwrap_or_default(),
-        d.bad_request()
-            .and_then(|b| b.field_violations.first().map(|v| v.field.clone())),
+        lianyu_kit::testing::reason(status),
+        lianyu_kit::testing::first_violation(status),
     )
 }

@@ -252,12 +252,4 @@ impl sea_orm_migration::MigratorTrait for Migrator {
     }
 }
 
-/// The `ErrorInfo` reason of a status.
-pub(crate) fn reason(status: &Status) -> String {
-    use tonic_types::StatusExt;
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
+pub(crate) use lianyu_kit::testing::reason;
