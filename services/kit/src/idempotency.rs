@@ -234,17 +234,11 @@ pub async fn expire_periodically(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(3600),
     );
-    loop {
-        match expire(&db, ttl).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "idempotency keys expired"),
-            Err(e) => tracing::warn!(error = %e, "idempotency key expiry failed; retrying later"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = stopping.cancelled() => return,
-        }
-    }
+    crate::jobs::periodic("idempotency-expiry", every, false, None, stopping, || {
+        let db = db.clone();
+        async move { expire(&db, ttl).await }
+    })
+    .await;
 }
 
 fn validate(request_id: &str) -> Result<(), KitError> {

@@ -10,6 +10,7 @@ pub mod dbhealth;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod jobs;
 pub mod keycodec;
 pub mod mask;
 pub mod page;

@@ -18,31 +18,18 @@ const BATCH: u64 = 500;
 
 /// Runs until `stopping` is cancelled.
 pub(crate) async fn expire_consents(store: Store, stopping: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(EVERY) => {}
-            // An alliance was ended or got new terms: announce now, not at the next tick.
-            () = store.sweep_wake.notified() => {}
-            () = stopping.cancelled() => return,
-        }
-        loop {
-            match expire_batch(&store).await {
-                Ok(n) => {
-                    if n > 0 {
-                        store.feed.published();
-                        tracing::info!(expired = n, "consents expired");
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "consent expiry sweep failed; retrying later");
-                    break;
-                }
+    let wake = store.sweep_wake.clone();
+    lianyu_kit::jobs::periodic("consent-lapses", EVERY, true, Some(wake), stopping, || {
+        let store = store.clone();
+        async move {
+            let n = expire_batch(&store).await?;
+            if n > 0 {
+                store.feed.published();
             }
+            Ok::<u64, IdentityError>(n as u64)
         }
-    }
+    })
+    .await;
 }
 
 async fn expire_batch(store: &Store) -> Result<usize, IdentityError> {
