@@ -273,3 +273,45 @@ pub async fn open_reader(
         });
     Ok(Database::connect(options).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+    use super::StorageError;
+
+    fn exec(e: sqlx::Error) -> DbErr {
+        DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e)))
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_not_internal() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        for lost in [
+            exec(sqlx::Error::Io(reset)),
+            exec(sqlx::Error::PoolTimedOut),
+            exec(sqlx::Error::PoolClosed),
+            exec(sqlx::Error::Protocol("unexpected end of stream".into())),
+        ] {
+            let classified = StorageError::from(lost);
+            assert!(
+                matches!(classified, StorageError::Unavailable(_)),
+                "{classified:?}"
+            );
+            assert_eq!(classified.code(), tonic::Code::Unavailable);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_and_other_failures_internal() {
+        let full = StorageError::from(DbErr::Custom("database or disk is full".into()));
+        assert_eq!(
+            (full.code(), full.reason()),
+            (tonic::Code::ResourceExhausted, "STORAGE_FULL")
+        );
+        let other = StorageError::from(DbErr::Custom("no such column: x".into()));
+        assert_eq!(other.code(), tonic::Code::Internal);
+    }
+}
