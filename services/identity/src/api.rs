@@ -72,6 +72,18 @@ fn partner_wide(who: &Principal) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// Refuses the operator where a member partner acts: it runs the mesh and never reads members,
+/// so it joins no alliance (and so can never be granted a consent).
+fn not_the_operator(who: &Principal) -> Result<(), IdentityError> {
+    if who.operator {
+        return Err(IdentityError::Denied(
+            "OPERATOR_JOINS_NO_ALLIANCE",
+            "the mesh operator joins no alliance; it never reads members",
+        ));
+    }
+    Ok(())
+}
+
 /// The caller, as verified by the kit's auth layer.
 fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
     Principal::from_request(request).cloned()

@@ -139,25 +139,7 @@ impl Refusal {
         }
     }
 
-    /// The refusal, built once per kind and copied: under overload refusals are most of the
-    /// traffic, and building the status details each time would spend the cores on them.
     fn response(self) -> Response<Body> {
-        static BUILT: std::sync::OnceLock<[http::HeaderMap; 3]> = std::sync::OnceLock::new();
-        let built = BUILT.get_or_init(|| {
-            [Refusal::Overloaded, Refusal::Partner, Refusal::Streams]
-                .map(|r| r.build().into_parts().0.headers)
-        });
-        let index = match self {
-            Refusal::Overloaded => 0,
-            Refusal::Partner => 1,
-            Refusal::Streams => 2,
-        };
-        let mut response = Response::new(Body::empty());
-        *response.headers_mut() = built[index].clone();
-        response
-    }
-
-    fn build(self) -> Response<Body> {
         let message = match self {
             Refusal::Overloaded => "the service is at capacity; retry with backoff",
             Refusal::Partner => "your calls in flight use your whole share; retry with backoff",

@@ -173,6 +173,7 @@ impl PartnerService for Api {
     ) -> Result<Response<pb::Alliance>, Status> {
         let who = caller(&request)?;
         super::partner_wide(&who).map_err(status)?;
+        super::not_the_operator(&who).map_err(status)?;
         let r = request.into_inner();
         let proposed = new_alliance(&r, &who.partner_id).map_err(status)?;
         let out = self
@@ -232,6 +233,7 @@ impl PartnerService for Api {
     ) -> Result<Response<pb::Alliance>, Status> {
         let who = caller(&request)?;
         super::partner_wide(&who).map_err(status)?;
+        super::not_the_operator(&who).map_err(status)?;
         let r = request.into_inner();
         let current = self
             .member_alliance(&who.partner_id, &r.name)

@@ -785,3 +785,52 @@ async fn unverified_candidates_are_counted_only_within_alliances() {
         "the brand's record, not the stranger's"
     );
 }
+
+/// Proposals no longer look partners up, so the operator could be named in one: it still
+/// cannot join, so no alliance (and no consent) ever makes it a reader of members.
+#[tokio::test]
+async fn the_operator_joins_no_alliance() {
+    let identity = Identity::with_partners("trust_operator_alliance").await;
+    let proposed = identity
+        .as_partner("brand-a")
+        .partners
+        .create_alliance(pb::CreateAllianceRequest {
+            request_id: "with-operator".into(),
+            alliance: Some(crate::harness::alliance(&["brand-a", "operator"])),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut operator = identity.operator();
+    let refused = operator
+        .partners
+        .accept_alliance(pb::AcceptAllianceRequest {
+            request_id: "accept".into(),
+            name: proposed.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), details(&refused).0.as_str()),
+        (Code::PermissionDenied, "OPERATOR_JOINS_NO_ALLIANCE")
+    );
+    let still = identity
+        .as_partner("brand-a")
+        .partners
+        .get_alliance(pb::GetAllianceRequest {
+            name: proposed.name,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.status, pb::AllianceStatus::Proposed as i32);
+    let own = operator
+        .partners
+        .create_alliance(pb::CreateAllianceRequest {
+            request_id: "own".into(),
+            alliance: Some(crate::harness::alliance(&["operator", "brand-a"])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied);
+}
