@@ -8,6 +8,35 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/lianyu_descriptor.bin"));
 
+/// What each RPC does with the caller's data, as its `(lianyu.common.v1.access)` option
+/// declares; the kit's auth layer derives the scope a call needs from it.
+pub mod access {
+    pub use crate::common::v1::Access;
+
+    include!(concat!(env!("OUT_DIR"), "/lianyu_access.rs"));
+
+    /// The declared access of the RPC at `path` (`/lianyu.identity.v1.MemberService/GetMember`);
+    /// `None` for a path that is no Lianyu RPC.
+    pub fn of(path: &str) -> Option<Access> {
+        METHODS
+            .binary_search_by(|(p, _)| (*p).cmp(path))
+            .ok()
+            .map(|i| METHODS[i].1)
+    }
+
+    /// The scope a token needs to call the RPC at `path`: `<service>.read` or
+    /// `<service>.write`; `None` when the RPC is public or unknown.
+    pub fn required_scope(path: &str) -> Option<String> {
+        let suffix = match of(path)? {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Public | Access::Unspecified => return None,
+        };
+        let service = path.strip_prefix("/lianyu.")?.split('.').next()?;
+        Some(format!("{service}.{suffix}"))
+    }
+}
+
 pub mod common {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/lianyu.common.v1.rs"));

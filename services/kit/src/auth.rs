@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use keys::refresh_keys;
 pub use layer::AuthLayer;
-pub use scope::{ALL_SCOPES, required_scope};
+pub use scope::{ALL_SCOPES, Requirement, required_scope, requirement};
 pub use signer::{Signer, SignerError, TokenRequest, load_or_create_local_secret};
 
 use crate::config::{AuthConfig, TrustedKey};

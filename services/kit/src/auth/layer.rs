@@ -1,5 +1,5 @@
 //! The tower layer that authenticates every `lianyu.*` call before routing. Health, reflection
-//! and the token exchange stay open.
+//! and the RPCs the contract declares ACCESS_PUBLIC (the token exchange) stay open.
 
 use std::{
     sync::Arc,
@@ -10,13 +10,10 @@ use http::{Request, Response};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use super::{AuthError, TokenVerifier, required_scope};
-
-/// Methods callable without a token: the credential exchange and the public keys.
-const PUBLIC: &[&str] = &[
-    "/lianyu.identity.v1.AuthService/IssueToken",
-    "/lianyu.identity.v1.AuthService/GetSigningKeys",
-];
+use super::{
+    AuthError, TokenVerifier,
+    scope::{Requirement, requirement},
+};
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -49,12 +46,11 @@ pub struct Authenticate<S> {
 impl<S> Authenticate<S> {
     fn check<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
         let path = request.uri().path();
-        let Some(scope) = required_scope(path) else {
-            return Ok(());
+        let scope = match requirement(path) {
+            Requirement::Open => return Ok(()),
+            Requirement::Scope(scope) => Some(scope),
+            Requirement::Token => None,
         };
-        if PUBLIC.contains(&path) {
-            return Ok(());
-        }
         let header = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -68,7 +64,9 @@ impl<S> Authenticate<S> {
             })
             .ok_or(AuthError::Missing)?;
         let principal = self.verifier.verify(token.trim())?;
-        if !principal.has_scope(&scope) {
+        if let Some(scope) = scope
+            && !principal.has_scope(&scope)
+        {
             return Err(AuthError::MissingScope(scope));
         }
         tracing::Span::current().record("lianyu.partner", principal.partner_id.as_str());

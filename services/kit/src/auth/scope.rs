@@ -1,67 +1,97 @@
-//! Which scope an RPC needs, derived from its full method path by one documented rule so that
-//! every RPC of every service is covered without a table to forget to update:
-//! `/lianyu.<service>.v1.<Service>/<Method>` needs `<service>.read` when the method reads
-//! (its name starts with Get, List, Check, BatchCheck, Resolve, Watch, Export or Join) and
-//! `<service>.write` otherwise.
+//! What a call needs before it is routed. The contract decides: every RPC declares
+//! `option (lianyu.common.v1.access)` (READ, WRITE or PUBLIC) and the build refuses an RPC
+//! without it, so a new `Get…` that writes can never be let through with a read scope by a
+//! guess from its name. READ needs `<service>.read`, WRITE `<service>.write`.
 
-const READ_VERBS: &[&str] = &[
-    "Get",
-    "List",
-    "Check",
-    "BatchCheck",
-    "Resolve",
-    "Watch",
-    "Export",
-    "Join",
-];
+use lianyu_proto::access::{self, Access};
 
-/// Every scope a token can carry.
-pub const ALL_SCOPES: &[&str] = &[
-    "identity.read",
-    "identity.write",
-    "entitlements.read",
-    "entitlements.write",
-    "live.read",
-    "live.write",
-    "comarketing.read",
-    "comarketing.write",
-];
+/// Every scope a token can carry: the scopes the contracts' RPCs need.
+pub const ALL_SCOPES: &[&str] = access::SCOPES;
 
-/// The scope a `lianyu.*` method path needs; `None` for paths outside the Lianyu contracts.
+/// What the auth layer requires of a call to `path`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// Not a Lianyu contract (health, reflection) or a PUBLIC RPC: no token.
+    Open,
+    /// A valid token carrying this scope.
+    Scope(String),
+    /// A `/lianyu.` path no contract declares: a valid token (the router then answers
+    /// UNIMPLEMENTED), so probing unknown methods reveals nothing without credentials.
+    Token,
+}
+
+/// The requirement for the RPC at `path` (`/lianyu.identity.v1.MemberService/GetMember`).
+pub fn requirement(path: &str) -> Requirement {
+    if !path.starts_with("/lianyu.") {
+        return Requirement::Open;
+    }
+    match access::of(path) {
+        Some(Access::Public) => Requirement::Open,
+        Some(_) => access::required_scope(path).map_or(Requirement::Token, Requirement::Scope),
+        None => Requirement::Token,
+    }
+}
+
+/// The scope a `lianyu.*` RPC needs; `None` for public RPCs and paths outside the contracts.
 pub fn required_scope(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/lianyu.")?;
-    let (service, rest) = rest.split_once('.')?;
-    let (_, method) = rest.rsplit_once('/')?;
-    let access = if READ_VERBS.iter().any(|verb| method.starts_with(verb)) {
-        "read"
-    } else {
-        "write"
-    };
-    Some(format!("{service}.{access}"))
+    match requirement(path) {
+        Requirement::Scope(scope) => Some(scope),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::required_scope;
+    use super::*;
 
     #[test]
-    fn reads_and_writes_need_their_service_scope() {
+    fn the_contract_decides_each_scope() {
         assert_eq!(
-            required_scope("/lianyu.identity.v1.MemberService/GetMember").as_deref(),
-            Some("identity.read")
+            requirement("/lianyu.identity.v1.MemberService/GetMember"),
+            Requirement::Scope("identity.read".into())
         );
         assert_eq!(
-            required_scope("/lianyu.identity.v1.ConsentService/BatchCheckConsent").as_deref(),
-            Some("identity.read")
+            requirement("/lianyu.identity.v1.ConsentService/BatchCheckConsent"),
+            Requirement::Scope("identity.read".into())
         );
         assert_eq!(
-            required_scope("/lianyu.live.v1.OrderService/PlaceOrder").as_deref(),
-            Some("live.write")
+            requirement("/lianyu.live.v1.OrderService/PlaceOrder"),
+            Requirement::Scope("live.write".into())
+        );
+        // Starts like a read, declared a write: it starts a long-running computation.
+        assert_eq!(
+            requirement("/lianyu.comarketing.v1.AudienceService/ComputeSegment"),
+            Requirement::Scope("comarketing.write".into())
+        );
+    }
+
+    #[test]
+    fn only_declared_public_rpcs_and_non_lianyu_paths_are_open() {
+        assert_eq!(
+            requirement("/lianyu.identity.v1.AuthService/IssueToken"),
+            Requirement::Open
         );
         assert_eq!(
-            required_scope("/lianyu.live.v1.ViewerService/JoinSession").as_deref(),
-            Some("live.read")
+            requirement("/lianyu.identity.v1.AuthService/GetSigningKeys"),
+            Requirement::Open
         );
-        assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            requirement("/grpc.health.v1.Health/Check"),
+            Requirement::Open
+        );
+        assert_eq!(
+            requirement("/lianyu.identity.v1.MemberService/GetMemberSecretly"),
+            Requirement::Token
+        );
+    }
+
+    #[test]
+    fn every_scope_is_a_service_read_or_write() {
+        assert!(ALL_SCOPES.contains(&"identity.read"));
+        assert!(ALL_SCOPES.contains(&"comarketing.write"));
+        for scope in ALL_SCOPES {
+            let (_, access) = scope.split_once('.').expect("service.access");
+            assert!(matches!(access, "read" | "write"), "{scope}");
+        }
     }
 }
