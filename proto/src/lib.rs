@@ -24,6 +24,14 @@ pub mod access {
             .map(|i| METHODS[i].1)
     }
 
+    /// The contract's own (static) copy of `path`, when it is a Lianyu RPC.
+    pub fn path(path: &str) -> Option<&'static str> {
+        METHODS
+            .binary_search_by(|(p, _)| (*p).cmp(path))
+            .ok()
+            .map(|i| METHODS[i].0)
+    }
+
     /// The scope a token needs to call the RPC at `path`: `<service>.read` or
     /// `<service>.write`; `None` when the RPC is public or unknown.
     pub fn required_scope(path: &str) -> Option<String> {

@@ -10,14 +10,13 @@ mod members;
 mod partners;
 mod stores;
 
+use std::sync::Arc;
+
 use lianyu_kit::{
-    Mount, Principal,
-    error::to_status,
-    idempotency::{self, CallKey},
+    Call, KitError, Mount, Principal, ServiceError, error::FieldViolation, mutation::Mutations,
 };
 use lianyu_proto::identity::v1 as pb;
-use sea_orm::DatabaseTransaction;
-use tonic::{Request, Status};
+use tonic::{Code, Status};
 
 use crate::{domain::IdentityError, store::Store};
 
@@ -26,12 +25,30 @@ use crate::{domain::IdentityError, store::Store};
 pub(crate) struct Api {
     store: Store,
     tokens: Tokens,
+    mutations: Mutations<IdentityError>,
 }
 
 pub(crate) use auth::{REVOKED_FOR_MILLIS, Tokens};
 
 pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
-    let api = Api { store, tokens };
+    // Replies echo identifiers, so they are sealed at rest. After a mutation that appended a
+    // consent event, this replica's consent index drops what it changed before the caller
+    // hears back, so a withdrawal answered here is never checked as granted here.
+    let index = store.clone();
+    let mutations = Mutations::new(store.db.clone())
+        .sealed(store.secrets.clone())
+        .publishing(
+            store.feed.clone(),
+            Some(Arc::new(move || {
+                let store = index.clone();
+                Box::pin(async move { store.consent_index.catch_up(&store.feed).await })
+            })),
+        );
+    let api = Api {
+        store,
+        tokens,
+        mutations,
+    };
     lianyu_kit::mount!(
         mount,
         pb::partner_service_server::PartnerServiceServer::new(api.clone())
@@ -55,16 +72,44 @@ pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
 }
 
 /// The one mapping from the service's errors to gRPC statuses.
-pub(crate) fn status(error: IdentityError) -> Status {
-    to_status("lianyu.identity", &error)
+pub(crate) fn status(error: impl Into<IdentityError>) -> Status {
+    lianyu_kit::call::status(&error.into())
+}
+
+impl ServiceError for IdentityError {
+    fn code(&self) -> Code {
+        match self {
+            Self::MemberNotFound | Self::MemberErased => Code::NotFound,
+            Self::Kit(e) => e.code(),
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::MemberNotFound => "MEMBER_NOT_FOUND",
+            Self::MemberErased => "MEMBER_ERASED",
+            Self::Kit(e) => e.reason(),
+        }
+    }
+
+    fn field_violations(&self) -> Vec<FieldViolation> {
+        match self {
+            Self::Kit(e) => e.field_violations(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn domain(&self) -> &'static str {
+        "lianyu.identity"
+    }
 }
 
 /// Refuses a store-narrowed token (a POS, a guide's app) for a partner-wide action: a store
 /// principal acts only within its store — no credentials, no partner settings, no other
 /// stores, no alliances, and no erasure or merge of the partner's members.
-fn partner_wide(who: &Principal) -> Result<(), IdentityError> {
+fn partner_wide(who: &Principal) -> Result<(), KitError> {
     if who.store.is_some() {
-        return Err(IdentityError::Denied(
+        return Err(KitError::Denied(
             "STORE_TOKEN_NOT_ALLOWED",
             "a store token acts only within its store; use a partner-wide token for this",
         ));
@@ -74,9 +119,9 @@ fn partner_wide(who: &Principal) -> Result<(), IdentityError> {
 
 /// Refuses the operator where a member partner acts: it runs the mesh and never reads members,
 /// so it joins no alliance (and so can never be granted a consent).
-fn not_the_operator(who: &Principal) -> Result<(), IdentityError> {
+fn not_the_operator(who: &Principal) -> Result<(), KitError> {
     if who.operator {
-        return Err(IdentityError::Denied(
+        return Err(KitError::Denied(
             "OPERATOR_JOINS_NO_ALLIANCE",
             "the mesh operator joins no alliance; it never reads members",
         ));
@@ -84,70 +129,7 @@ fn not_the_operator(who: &Principal) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// The caller, as verified by the kit's auth layer.
-fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
-    Principal::from_request(request).cloned()
-}
-
-impl Api {
-    /// Runs a mutation once per (caller, method, request_id) and wakes feed watchers after it.
-    async fn mutate<Req, Resp, F>(
-        &self,
-        who: &Principal,
-        method: &str,
-        request_id: &str,
-        request: &Req,
-        effect: F,
-    ) -> Result<Resp, Status>
-    where
-        Req: prost::Message,
-        Resp: prost::Message + Default,
-        F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, IdentityError> + Clone,
-    {
-        self.mutate_about(who, method, request_id, request, async |txn| {
-            effect(txn).await.map(|r| (r, None))
-        })
-        .await
-    }
-
-    /// [`Self::mutate`] for a mutation about one member: `effect` also returns the member's
-    /// id, which tags the stored reply so that erasing the member purges it.
-    async fn mutate_about<Req, Resp, F>(
-        &self,
-        who: &Principal,
-        method: &str,
-        request_id: &str,
-        request: &Req,
-        effect: F,
-    ) -> Result<Resp, Status>
-    where
-        Req: prost::Message,
-        Resp: prost::Message + Default,
-        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), IdentityError>
-            + Clone,
-    {
-        let key = CallKey {
-            partner_id: &who.partner_id,
-            method,
-            request_id,
-        };
-        let appends = lianyu_kit::feed::Feed::appends_in_process();
-        let response = idempotency::once_about(
-            &self.store.db,
-            self.store.secrets.as_ref(),
-            key,
-            request,
-            effect,
-        )
-        .await
-        .map_err(status)?;
-        // This replica's consent index drops what the mutation changed before the caller
-        // hears back, so a withdrawal answered here is never checked as granted here.
-        // (A mutation that appended nothing — most enrolments — has nothing to drop.)
-        if lianyu_kit::feed::Feed::appends_in_process() != appends {
-            self.store.consent_index.catch_up(&self.store.feed).await;
-            self.store.feed.published();
-        }
-        Ok(response)
-    }
+/// The caller of a request, as the kit's auth layer verified it, and the RPC it calls.
+fn caller<T>(request: &tonic::Request<T>) -> Result<Call, Status> {
+    Call::of(request).map_err(status)
 }

@@ -34,6 +34,10 @@ pub trait ServiceError: std::error::Error {
     fn field_violations(&self) -> Vec<FieldViolation> {
         Vec::new()
     }
+    /// The `ErrorInfo` domain: `lianyu.<service>`.
+    fn domain(&self) -> &'static str {
+        "lianyu"
+    }
 }
 
 /// Maps a service error to its status. `domain` is `lianyu.<service>`.
@@ -80,12 +84,37 @@ pub fn status_with_info(
     )
 }
 
-/// Errors raised by the kit's own helpers; services wrap it in their enum with `#[from]`.
+/// The failures every service shares, each with its code and a stable reason; a service's own
+/// error enum holds only its domain cases and wraps this one with `#[from]`, so any `?` on a
+/// kit helper or a generic refusal converts on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
     /// INVALID_ARGUMENT with field violations, reason INVALID_ARGUMENT.
     #[error("invalid request: {}", summary(.0))]
     Invalid(Vec<FieldViolation>),
+    /// NOT_FOUND with the given reason (`STORE_NOT_FOUND`); also what another partner's ids
+    /// get, so a caller cannot tell "not yours" from "does not exist".
+    #[error("{}", not_found(.0))]
+    NotFound(&'static str),
+    /// UNAUTHENTICATED, for example INVALID_CLIENT: one answer for every bad credential.
+    #[error("{1}")]
+    Unauthenticated(&'static str, &'static str),
+    /// PERMISSION_DENIED, for example OPERATOR_ONLY.
+    #[error("{1}")]
+    Denied(&'static str, &'static str),
+    /// FAILED_PRECONDITION: the system is not in the state the call needs (NO_ACTIVE_ALLIANCE).
+    #[error("{1}")]
+    Precondition(&'static str, String),
+    /// ALREADY_EXISTS, for example PARTNER_EXISTS.
+    #[error("{1}")]
+    Exists(&'static str, &'static str),
+    /// RESOURCE_EXHAUSTED, for example TOO_MANY_TOKEN_REQUESTS.
+    #[error("{1}")]
+    Exhausted(&'static str, &'static str),
+    /// INTERNAL: never the caller's fault (signing a token failed). The message is logged with
+    /// an id; the caller sees only the id.
+    #[error("internal: {0}")]
+    Internal(String),
     /// ALREADY_EXISTS, reason REQUEST_ID_REUSED: the same request_id with a different request.
     #[error("request_id was already used for a different request")]
     RequestIdReused,
@@ -96,6 +125,11 @@ pub enum KitError {
     /// Classified storage failure (see `StorageError` for each code).
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// "STORE_NOT_FOUND" reads "store not found"; "MEMBER_ERASED" reads "member erased".
+fn not_found(reason: &str) -> String {
+    reason.to_lowercase().replace('_', " ")
 }
 
 fn summary(violations: &[FieldViolation]) -> String {
@@ -116,6 +150,13 @@ impl ServiceError for KitError {
     fn code(&self) -> Code {
         match self {
             KitError::Invalid(_) => Code::InvalidArgument,
+            KitError::NotFound(_) => Code::NotFound,
+            KitError::Unauthenticated(..) => Code::Unauthenticated,
+            KitError::Denied(..) => Code::PermissionDenied,
+            KitError::Precondition(..) => Code::FailedPrecondition,
+            KitError::Exists(..) => Code::AlreadyExists,
+            KitError::Exhausted(..) => Code::ResourceExhausted,
+            KitError::Internal(_) => Code::Internal,
             KitError::RequestIdReused => Code::AlreadyExists,
             KitError::SubjectErased => Code::NotFound,
             KitError::Storage(e) => e.code(),
@@ -125,6 +166,13 @@ impl ServiceError for KitError {
     fn reason(&self) -> &'static str {
         match self {
             KitError::Invalid(_) => "INVALID_ARGUMENT",
+            KitError::NotFound(reason)
+            | KitError::Unauthenticated(reason, _)
+            | KitError::Denied(reason, _)
+            | KitError::Precondition(reason, _)
+            | KitError::Exists(reason, _)
+            | KitError::Exhausted(reason, _) => reason,
+            KitError::Internal(_) => "INTERNAL",
             KitError::RequestIdReused => "REQUEST_ID_REUSED",
             KitError::SubjectErased => "MEMBER_ERASED",
             KitError::Storage(e) => e.reason(),
@@ -175,6 +223,43 @@ mod tests {
         let details = status.get_error_details();
         let id = &details.error_info().unwrap().metadata["error_id"];
         assert!(status.message().contains(id.as_str()));
+    }
+
+    #[test]
+    fn not_found_names_what_in_its_reason_and_message() {
+        let status = to_status("lianyu.test", &KitError::NotFound("STORE_NOT_FOUND"));
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(info(&status).0, "STORE_NOT_FOUND");
+        assert_eq!(status.message(), "store not found");
+    }
+
+    #[test]
+    fn violations_report_every_problem_at_once() {
+        let mut v = crate::validate::Violations::default();
+        assert_eq!(
+            v.check("a", crate::validate::text("  ok ", true, 5)),
+            Some("ok".into())
+        );
+        v.check("b", crate::validate::text("", true, 5));
+        v.check("c", crate::validate::text("far too long", false, 5));
+        v.check("d", crate::validate::text("bell\u{7}", false, 50));
+        let status = to_status("lianyu.test", &v.finish().unwrap_err());
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|f| (f.field.as_str(), f.description.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("b", "required"),
+                ("c", "at most 5 characters"),
+                ("d", "must not contain control characters"),
+            ]
+        );
     }
 
     #[test]

@@ -73,10 +73,9 @@ pub struct Feed {
     tail: std::sync::Arc<std::sync::OnceLock<broadcast::Sender<Arc<StoredEvent>>>>,
     /// PostgreSQL: the URL and channel the tail LISTENs on for other replicas' appends.
     notify: Option<(String, String)>,
+    /// Appends made through this feed in this process, counted for [`Feed::appended`].
+    appends: Arc<std::sync::atomic::AtomicU64>,
 }
-
-/// Every append in this process, counted for [`Feed::appends_in_process`].
-static APPENDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Feed {
     /// A feed read from `db`. Appends go through the writer's own transactions, so `db` may be
@@ -89,6 +88,7 @@ impl Feed {
             poll: Duration::from_millis(500),
             tail: Arc::default(),
             notify: None,
+            appends: Arc::default(),
         }
     }
 
@@ -184,7 +184,11 @@ impl Feed {
     ///
     /// The counter row is updated first: its row lock is held until the transaction ends, so
     /// sequences become visible in commit order and a tailing reader never skips a late commit.
-    pub async fn append(txn: &impl ConnectionTrait, event: NewEvent) -> Result<i64, StorageError> {
+    pub async fn append(
+        &self,
+        txn: &impl ConnectionTrait,
+        event: NewEvent,
+    ) -> Result<i64, StorageError> {
         let bumped = outbox_counter::Entity::update_many()
             .col_expr(
                 outbox_counter::Column::LastSeq,
@@ -215,15 +219,17 @@ impl Feed {
             txn.execute_unprepared("SELECT pg_notify('lianyu_feed_' || current_schema(), '')")
                 .await?;
         }
-        APPENDS.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(seq)
     }
 
-    /// How many events this process has appended (in transactions that may yet roll back).
-    /// A caller that compares it before and after its own transaction knows whether that
-    /// transaction may have appended, and can skip reading the feed back when it did not.
-    pub fn appends_in_process() -> u64 {
-        APPENDS.load(std::sync::atomic::Ordering::Acquire)
+    /// How many events this process has appended to this feed (in transactions that may yet
+    /// roll back). A caller that compares it before and after its own transaction knows
+    /// whether that transaction may have appended, and skips waking watchers when it did not;
+    /// another service's appends (`lianyu up` runs four) never count here.
+    pub fn appended(&self) -> u64 {
+        self.appends.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The last sequence appended (0 for an empty outbox).

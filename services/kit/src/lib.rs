@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod call;
 pub mod client;
 pub mod config;
 pub mod dbhealth;
@@ -13,13 +14,16 @@ pub mod idempotency;
 pub mod jobs;
 pub mod keycodec;
 pub mod mask;
+pub mod mutation;
 pub mod page;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod testing;
+pub mod validate;
 
 pub use auth::Principal;
+pub use call::Call;
 pub use config::{Config, ConfigError};
 pub use error::{FieldViolation, KitError, ServiceError};
 pub use server::{Mount, ServerContext, StartError};

@@ -1,6 +1,7 @@
 //! AuditService: the access records a partner may see — its own reads, and reads of data it
 //! provided — with members named by the caller's own scoped ids.
 
+use lianyu_kit::KitError;
 use lianyu_kit::page::Page;
 use lianyu_proto::identity::v1::{self as pb, audit_service_server::AuditService};
 use tonic::{Request, Response, Status};
@@ -14,15 +15,16 @@ impl AuditService for Api {
         &self,
         request: Request<pb::ListAccessRecordsRequest>,
     ) -> Result<Response<pb::ListAccessRecordsResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.get_ref();
         let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id, &r.member])
-            .map_err(|e| status(e.into()))?;
+            .map_err(status)?;
         let member_id = if r.member.is_empty() {
             None
         } else {
             let scoped = convert::member_name(&r.member)
-                .map_err(|e| status(IdentityError::invalid("member", e)))?;
+                .map_err(|e| status(KitError::invalid("member", e)))?;
             Some(
                 Store::member_for(&self.store.read, &who.partner_id, &scoped)
                     .await
@@ -43,9 +45,10 @@ impl AuditService for Api {
         &self,
         request: Request<pb::CheckAccessLogRequest>,
     ) -> Result<Response<pb::CheckAccessLogResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         if !who.operator {
-            return Err(status(IdentityError::Denied(
+            return Err(status(KitError::Denied(
                 "OPERATOR_ONLY",
                 "only the mesh operator checks the whole access log",
             )));

@@ -1,6 +1,7 @@
 //! AuthService: partner credentials and the client-credentials exchange. `IssueToken` and
 //! `GetSigningKeys` are the two calls that need no token (the kit's auth layer lets them by).
 
+use lianyu_kit::KitError;
 use std::{
     collections::BTreeSet,
     sync::{
@@ -77,7 +78,7 @@ impl Tokens {
 
 /// The answer to every credential that does not open: unknown, wrong secret, revoked. One
 /// answer, so a caller learns nothing about which.
-const INVALID_CLIENT: IdentityError = IdentityError::Unauthenticated(
+const INVALID_CLIENT: KitError = KitError::Unauthenticated(
     "INVALID_CLIENT",
     "unknown client id, wrong secret, or a revoked credential",
 );
@@ -100,23 +101,25 @@ impl AuthService for Api {
         &self,
         request: Request<pb::CreateCredentialRequest>,
     ) -> Result<Response<pb::CreateCredentialResponse>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
         let r = request.into_inner();
-        let partner = owned_partner(&who, &r.parent).map_err(status)?;
-        let scopes = credential_scopes(&who, &r.scopes).map_err(status)?;
+        let partner = owned_partner(who, &r.parent).map_err(status)?;
+        let scopes = credential_scopes(who, &r.scopes).map_err(status)?;
         let out = self
-            .mutate(&who, "CreateCredential", &r.request_id, &r, async |txn| {
+            .mutations.run(&call, &r.request_id, &r, async |txn| {
                 Store::partner(txn, &partner)
                     .await?
-                    .ok_or(IdentityError::NotFound("partner"))?;
+                    .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
                 if Store::active_credentials(txn, &partner).await? >= MAX_ACTIVE_PER_PARTNER {
-                    return Err(IdentityError::Precondition(
+                    return Err(KitError::Precondition(
                         "TOO_MANY_CREDENTIALS",
                         format!(
                             "a partner holds at most {MAX_ACTIVE_PER_PARTNER} credentials; revoke one first"
                         ),
-                    ));
+                    )
+                    .into());
                 }
                 let secret = new_secret();
                 let row = Store::insert_credential(
@@ -140,7 +143,7 @@ impl AuthService for Api {
                     client_secret: secret,
                 })
             })
-            .await?;
+            .await.map_err(status)?;
         Ok(Response::new(out))
     }
 
@@ -148,14 +151,15 @@ impl AuthService for Api {
         &self,
         request: Request<pb::RotateCredentialRequest>,
     ) -> Result<Response<pb::RotateCredentialResponse>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
         let r = request.into_inner();
-        let (partner, id) = owned_credential(&who, &r.name).map_err(status)?;
+        let (partner, id) = owned_credential(who, &r.name).map_err(status)?;
         let overlap = match r.overlap_seconds {
             0 => DEFAULT_OVERLAP_SECONDS,
             s if s < 0 || i64::from(s) > MAX_OVERLAP_SECONDS => {
-                return Err(status(IdentityError::invalid(
+                return Err(status(KitError::invalid(
                     "overlap_seconds",
                     format!("between 1 and {MAX_OVERLAP_SECONDS}; 0 means one hour"),
                 )));
@@ -163,15 +167,16 @@ impl AuthService for Api {
             s => i64::from(s),
         };
         let out = self
-            .mutate(&who, "RotateCredential", &r.request_id, &r, async |txn| {
+            .mutations.run(&call, &r.request_id, &r, async |txn| {
                 let mut row = Store::credential_for_update(txn, &partner, &id)
                     .await?
-                    .ok_or(IdentityError::NotFound("credential"))?;
+                    .ok_or(KitError::NotFound("CREDENTIAL_NOT_FOUND"))?;
                 if row.revoked_at.is_some() {
-                    return Err(IdentityError::Precondition(
+                    return Err(KitError::Precondition(
                         "CREDENTIAL_REVOKED",
                         "a revoked credential cannot be rotated; create a new one".into(),
-                    ));
+                    )
+                    .into());
                 }
                 let secret = new_secret();
                 let at = now();
@@ -185,7 +190,7 @@ impl AuthService for Api {
                     client_secret: secret,
                 })
             })
-            .await?;
+            .await.map_err(status)?;
         Ok(Response::new(out))
     }
 
@@ -193,15 +198,17 @@ impl AuthService for Api {
         &self,
         request: Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::Credential>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
         let r = request.into_inner();
-        let (partner, id) = owned_credential(&who, &r.name).map_err(status)?;
+        let (partner, id) = owned_credential(who, &r.name).map_err(status)?;
         let out = self
-            .mutate(&who, "RevokeCredential", &r.request_id, &r, async |txn| {
+            .mutations
+            .run(&call, &r.request_id, &r, async |txn| {
                 let mut row = Store::credential_for_update(txn, &partner, &id)
                     .await?
-                    .ok_or(IdentityError::NotFound("credential"))?;
+                    .ok_or(KitError::NotFound("CREDENTIAL_NOT_FOUND"))?;
                 let at = now();
                 if row.revoked_at.is_none() {
                     row.revoked_at = Some(at);
@@ -212,7 +219,8 @@ impl AuthService for Api {
                 }
                 Ok(convert::credential(&row, at))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         self.tokens.verifier.revoke(&id);
         Ok(Response::new(out))
     }
@@ -221,12 +229,12 @@ impl AuthService for Api {
         &self,
         request: Request<pb::ListCredentialsRequest>,
     ) -> Result<Response<pb::ListCredentialsResponse>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
         let r = request.get_ref();
-        let partner = owned_partner(&who, &r.parent).map_err(status)?;
-        let page =
-            Page::parse(r.page_size, &r.page_token, &[&partner]).map_err(|e| status(e.into()))?;
+        let partner = owned_partner(who, &r.parent).map_err(status)?;
+        let page = Page::parse(r.page_size, &r.page_token, &[&partner]).map_err(status)?;
         let rows = self
             .store
             .list_credentials(&partner, &page)
@@ -291,7 +299,7 @@ impl Api {
         };
         v.finish()?;
         let signer = self.tokens.signer.as_ref().ok_or_else(|| {
-            IdentityError::Precondition(
+            KitError::Precondition(
                 "TOKEN_ISSUING_DISABLED",
                 "this identity instance has no signing key (LIANYU_SIGNING_KEY)".into(),
             )
@@ -302,7 +310,7 @@ impl Api {
                 .store
                 .secrets
                 .credential_matches(&r.client_secret, UNKNOWN_CLIENT_HASH);
-            return Err(INVALID_CLIENT);
+            return Err(INVALID_CLIENT.into());
         };
         let source_key = (row.client_id.clone(), source);
         let failed = self
@@ -311,10 +319,11 @@ impl Api {
             .get(&source_key)
             .map_or(0, |n| n.load(Ordering::Relaxed));
         if failed >= MAX_FAILURES {
-            return Err(IdentityError::Exhausted(
+            return Err(KitError::Exhausted(
                 "TOO_MANY_FAILED_SECRETS",
                 "too many wrong secrets for this client from this address; wait a minute",
-            ));
+            )
+            .into());
         }
         let state = SecretState {
             secret_hash: row.secret_hash.clone(),
@@ -327,26 +336,28 @@ impl Api {
                 .failures
                 .get_with(source_key, Arc::default)
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(INVALID_CLIENT);
+            return Err(INVALID_CLIENT.into());
         }
         if self.tokens.per_client.check_key(&row.client_id).is_err() {
-            return Err(IdentityError::Exhausted(
+            return Err(KitError::Exhausted(
                 "TOO_MANY_TOKEN_REQUESTS",
                 "this client asks for tokens too often; reuse a token until it nears expiry",
-            ));
+            )
+            .into());
         }
         let partner = Store::partner(&self.store.read, &row.partner_id)
             .await?
             .ok_or(INVALID_CLIENT)?;
         if partner.status != "active" {
-            return Err(IdentityError::Denied(
+            return Err(KitError::Denied(
                 "PARTNER_SUSPENDED",
                 "the partner is suspended; no tokens are issued",
-            ));
+            )
+            .into());
         }
         let allowed: BTreeSet<String> = row.scopes.split_whitespace().map(str::to_owned).collect();
         let scopes = token_scopes(&allowed, &r.scopes).map_err(|refused| {
-            IdentityError::Invalid(
+            KitError::Invalid(
                 refused
                     .into_iter()
                     .map(|(i, why)| lianyu_kit::FieldViolation::new(format!("scopes[{i}]"), why))
@@ -359,10 +370,11 @@ impl Api {
                     .await?
                     .is_some_and(|s| s.active);
             if !active {
-                return Err(IdentityError::invalid(
+                return Err(KitError::invalid(
                     "store",
                     "no active store of this credential's partner by that name",
-                ));
+                )
+                .into());
             }
         }
         let ttl: Duration = self.tokens.auth.token_ttl;
@@ -378,7 +390,7 @@ impl Api {
                     credential: Some(row.id.clone()),
                 },
             )
-            .map_err(|e| IdentityError::Internal(format!("signing a token: {e}")))?;
+            .map_err(|e| KitError::Internal(format!("signing a token: {e}")))?;
         let expires = now() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         Ok(pb::IssueTokenResponse {
             access_token: token,
@@ -403,22 +415,21 @@ const UNKNOWN_CLIENT_HASH: &str =
 
 /// The partner in `parent`, when the caller is that partner or the operator; NOT_FOUND otherwise.
 fn owned_partner(who: &Principal, parent: &str) -> Result<String, IdentityError> {
-    let partner = parse_partner_name(parent).map_err(|e| IdentityError::invalid("parent", e))?;
+    let partner = parse_partner_name(parent).map_err(|e| KitError::invalid("parent", e))?;
     if who.operator || who.partner_id == partner {
         Ok(partner)
     } else {
-        Err(IdentityError::NotFound("partner"))
+        Err(KitError::NotFound("PARTNER_NOT_FOUND").into())
     }
 }
 
 /// The (partner, credential) in `name`, when the caller owns it or is the operator.
 fn owned_credential(who: &Principal, name: &str) -> Result<(String, String), IdentityError> {
-    let (partner, id) =
-        parse_credential_name(name).map_err(|e| IdentityError::invalid("name", e))?;
+    let (partner, id) = parse_credential_name(name).map_err(|e| KitError::invalid("name", e))?;
     if who.operator || who.partner_id == partner {
         Ok((partner, id))
     } else {
-        Err(IdentityError::NotFound("credential"))
+        Err(KitError::NotFound("CREDENTIAL_NOT_FOUND").into())
     }
 }
 
@@ -442,10 +453,11 @@ fn credential_scopes(
     }
     v.finish()?;
     if !who.operator && scopes.iter().any(|s| !who.has_scope(s)) {
-        return Err(IdentityError::Denied(
+        return Err(KitError::Denied(
             "SCOPE_ESCALATION",
             "a credential cannot carry a scope the caller's own token lacks",
-        ));
+        )
+        .into());
     }
     Ok(scopes.iter().cloned().collect())
 }

@@ -1,6 +1,7 @@
 //! ConsentService: grants and withdrawals by the collecting partner, one call each, with a
 //! receipt; checks by the grantee, one member or hundreds at once.
 
+use lianyu_kit::KitError;
 use lianyu_kit::page::Page;
 use lianyu_proto::{
     common::v1::FeedCursor,
@@ -36,7 +37,8 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::GrantConsentRequest>,
     ) -> Result<Response<pb::ConsentReceipt>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.into_inner();
         let mut v = Violations::default();
         let change = change(&mut v, &r.member, &r.grantee, &r.purposes, &who.partner_id);
@@ -59,7 +61,8 @@ impl ConsentService for Api {
             policy.unwrap_or_default(),
         );
         let out = self
-            .mutate_about(&who, "GrantConsent", &r.request_id, &r, async |txn| {
+            .mutations
+            .run_about(&call, &r.request_id, &r, async |txn| {
                 let member_id = Store::member_for(txn, &who.partner_id, &change.scoped).await?;
                 let alliance =
                     sharing_alliance(txn, &who.partner_id, &change.grantee, &change.purposes)
@@ -79,10 +82,11 @@ impl ConsentService for Api {
                     alliance: &alliance,
                     state: ConsentState::Granted,
                 };
-                let receipt = receipt(txn, &self.store.secrets, &c, &change.scoped).await?;
+                let receipt = receipt(txn, &self.store, &c, &change.scoped).await?;
                 Ok((receipt, Some(member_id.clone())))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(out))
     }
 
@@ -90,14 +94,16 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::WithdrawConsentRequest>,
     ) -> Result<Response<pb::ConsentReceipt>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.into_inner();
         let mut v = Violations::default();
         let change = change(&mut v, &r.member, &r.grantee, &r.purposes, &who.partner_id);
         v.finish().map_err(status)?;
         let change = change.unwrap_or_else(|| unreachable!());
         let out = self
-            .mutate_about(&who, "WithdrawConsent", &r.request_id, &r, async |txn| {
+            .mutations
+            .run_about(&call, &r.request_id, &r, async |txn| {
                 let member_id = Store::member_for(txn, &who.partner_id, &change.scoped).await?;
                 // Withdrawal never needs a live alliance: it must work after one ended, too.
                 let alliance = Store::alliances_of(txn, &who.partner_id)
@@ -105,7 +111,7 @@ impl ConsentService for Api {
                     .into_iter()
                     .find(|a| a.partners.contains(&change.grantee))
                     .ok_or_else(|| {
-                        IdentityError::Precondition(
+                        KitError::Precondition(
                             "NO_ALLIANCE",
                             "no alliance joins these partners".into(),
                         )
@@ -123,10 +129,11 @@ impl ConsentService for Api {
                     alliance: &alliance,
                     state: ConsentState::Withdrawn,
                 };
-                let receipt = receipt(txn, &self.store.secrets, &c, &change.scoped).await?;
+                let receipt = receipt(txn, &self.store, &c, &change.scoped).await?;
                 Ok((receipt, Some(member_id.clone())))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(out))
     }
 
@@ -134,7 +141,8 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::CheckConsentRequest>,
     ) -> Result<Response<pb::CheckConsentResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.get_ref();
         let mut v = Violations::default();
         let scoped = v.check("member", convert::member_name(&r.member));
@@ -155,10 +163,11 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.get_ref();
         let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id, &r.member])
-            .map_err(|e| status(e.into()))?;
+            .map_err(status)?;
         let (consents, next_page_token) = self
             .list(&who.partner_id, &r.member, &page)
             .await
@@ -174,15 +183,16 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::WatchConsentEventsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let after = request.get_ref().after.as_ref().map_or(0, |c| c.sequence);
         if after < 0 {
-            return Err(status(IdentityError::invalid(
+            return Err(status(KitError::invalid(
                 "after.sequence",
                 "must not be negative",
             )));
         }
-        let me = who.partner_id;
+        let me = who.partner_id.clone();
         let stream = self
             .store
             .feed
@@ -226,7 +236,8 @@ impl ConsentService for Api {
         &self,
         request: Request<pb::BatchCheckConsentRequest>,
     ) -> Result<Response<pb::BatchCheckConsentResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.get_ref();
         let mut v = Violations::default();
         if r.members.is_empty() || r.members.len() > MAX_BATCH {
@@ -270,7 +281,7 @@ impl Api {
             None
         } else {
             let scoped =
-                convert::member_name(member).map_err(|e| IdentityError::invalid("member", e))?;
+                convert::member_name(member).map_err(|e| KitError::invalid("member", e))?;
             Some(Store::member_for(db, who, &scoped).await?)
         };
         let rows = Store::receipts(db, member_id.as_deref(), who, page).await?;
@@ -284,7 +295,7 @@ impl Api {
                 if !partners.contains_key(id) {
                     let p = Store::partner(db, id)
                         .await?
-                        .ok_or(IdentityError::NotFound("partner"))?;
+                        .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
                     partners.insert(id.clone(), p);
                 }
             }
@@ -374,10 +385,11 @@ async fn sharing_alliance(
         })
         .collect();
     if joined.is_empty() {
-        return Err(IdentityError::Precondition(
+        return Err(KitError::Precondition(
             "NO_ACTIVE_ALLIANCE",
             "no active alliance joins the collector and the grantee".into(),
-        ));
+        )
+        .into());
     }
     joined
         .into_iter()
@@ -387,26 +399,27 @@ async fn sharing_alliance(
                 .all(|p| a.allows(collector, grantee, *p, at))
         })
         .ok_or_else(|| {
-            IdentityError::Precondition(
+            KitError::Precondition(
                 "PURPOSE_NOT_ALLOWED",
                 "the alliance does not allow every purpose asked for".into(),
             )
+            .into()
         })
 }
 
 async fn receipt(
     txn: &DatabaseTransaction,
-    secrets: &crate::domain::secrets::Secrets,
+    store: &Store,
     c: &ConsentChange<'_>,
     scoped: &str,
 ) -> Result<pb::ConsentReceipt, IdentityError> {
-    let row = Store::change_consent(txn, secrets, c).await?;
+    let row = Store::change_consent(txn, &store.secrets, &store.feed, c).await?;
     let collector = Store::partner(txn, c.collector)
         .await?
-        .ok_or(IdentityError::NotFound("partner"))?;
+        .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
     let grantee = Store::partner(txn, c.grantee)
         .await?
-        .ok_or(IdentityError::NotFound("partner"))?;
+        .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
     Ok(convert::receipt(
         &row,
         scoped,

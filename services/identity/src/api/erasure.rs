@@ -1,13 +1,13 @@
 //! EraseMember: a partner erases its own relationship with a person, never another partner's;
 //! for the whole joint domain the request is relayed to every other holder as an event.
 
+use lianyu_kit::KitError;
 use std::collections::BTreeMap;
 
-use lianyu_kit::Principal;
+use lianyu_kit::Call;
 use lianyu_proto::identity::v1 as pb;
-use tonic::Status;
 
-use super::{Api, convert, status};
+use super::{Api, convert};
 use crate::{
     domain::{IdentityError, Violations, consent::ConsentEvent},
     store::{Store, consents::append_event, now},
@@ -20,9 +20,10 @@ impl Api {
     /// ERASURE_REQUESTED — each in its own scoped id. Stored replies about the person are purged.
     pub(super) async fn erase(
         &self,
-        who: &Principal,
+        call: &Call,
         r: &pb::EraseMemberRequest,
-    ) -> Result<pb::EraseMemberResponse, Status> {
+    ) -> Result<pb::EraseMemberResponse, IdentityError> {
+        let who = &call.who;
         let mut v = Violations::default();
         let scoped = v.check("member", convert::member_name(&r.member));
         let scope = v.check(
@@ -35,12 +36,12 @@ impl Api {
                 Err(_) => Err("PARTNER or JOINT_DOMAIN".to_owned()),
             },
         );
-        v.finish().map_err(status)?;
+        v.finish()?;
         let (Some(scoped), Some(scope)) = (scoped, scope) else {
-            return Err(status(IdentityError::invalid("member", "required")));
+            return Err(KitError::invalid("member", "required").into());
         };
-        super::partner_wide(who).map_err(status)?;
-        self.mutate(who, "EraseMember", &r.request_id, r, async |txn| {
+        super::partner_wide(who)?;
+        self.mutations.run(call, &r.request_id, r, async |txn| {
             let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
             let subjects = Store::member_and_merged(txn, &member_id).await?;
             let erased = Store::erase_for(txn, &who.partner_id, &member_id).await?;
@@ -90,7 +91,12 @@ impl Api {
                 receipt_id: receipt.to_owned(),
             };
         for own in &erased.own_ids {
-            append_event(txn, event("erased", own, partner, Vec::new(), "")).await?;
+            append_event(
+                &self.store.feed,
+                txn,
+                event("erased", own, partner, Vec::new(), ""),
+            )
+            .await?;
         }
         let mut withdrawn: BTreeMap<(&str, &str), Vec<i32>> = BTreeMap::new();
         for c in &erased.withdrawn {
@@ -107,6 +113,7 @@ impl Api {
                 .map(|(_, id)| id.as_str())
                 .unwrap_or_default();
             append_event(
+                &self.store.feed,
                 txn,
                 event("withdrawn", their_id, grantee, purposes, receipt),
             )
@@ -118,7 +125,7 @@ impl Api {
                 // the person asked to leave the joint domain.
                 let mut e = event("erasure_requested", their_id, other, Vec::new(), "");
                 e.collector = String::new();
-                append_event(txn, e).await?;
+                append_event(&self.store.feed, txn, e).await?;
             }
         }
         Ok(())

@@ -1,9 +1,10 @@
 //! MemberService: enrol what a partner knows of a person, resolve and read members through
 //! partner-scoped ids; other partners' fields only under a live consent, each read audited.
 
+use lianyu_kit::KitError;
 use std::collections::BTreeMap;
 
-use lianyu_kit::{Principal, page::Page};
+use lianyu_kit::{Call, Principal, page::Page};
 use lianyu_proto::identity::v1::{self as pb, member_service_server::MemberService};
 use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
@@ -18,6 +19,7 @@ use crate::{
     },
     store::{Store, consents::append_event, now},
 };
+use lianyu_kit::call::unary;
 
 const MAX_IDENTIFIERS: usize = 20;
 const MAX_PROFILE_FIELDS: usize = 50;
@@ -28,11 +30,13 @@ impl MemberService for Api {
         &self,
         request: Request<pb::EnrollMemberRequest>,
     ) -> Result<Response<pb::EnrollMemberResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.into_inner();
         let (ids, fields) = enrolment(&r, &who.partner_id).map_err(status)?;
         let out = self
-            .mutate_about(&who, "EnrollMember", &r.request_id, &r, async |txn| {
+            .mutations
+            .run_about(&call, &r.request_id, &r, async |txn| {
                 let enrolled = self
                     .store
                     .enroll(txn, &who.partner_id, &ids, &fields)
@@ -52,7 +56,8 @@ impl MemberService for Api {
                 };
                 Ok((reply, Some(enrolled.member_id)))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(out))
     }
 
@@ -60,10 +65,11 @@ impl MemberService for Api {
         &self,
         request: Request<pb::ResolveMemberRequest>,
     ) -> Result<Response<pb::ResolveMemberResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let id = request.get_ref().identifier.clone().unwrap_or_default();
         let id = identifier(&id, &who.partner_id)
-            .map_err(|e| status(IdentityError::invalid("identifier", e)))?;
+            .map_err(|e| status(KitError::invalid("identifier", e)))?;
         let scoped = self
             .store
             .resolve(&who.partner_id, &id)
@@ -78,8 +84,7 @@ impl MemberService for Api {
         &self,
         request: Request<pb::EraseMemberRequest>,
     ) -> Result<Response<pb::EraseMemberResponse>, Status> {
-        let who = caller(&request)?;
-        Ok(Response::new(self.erase(&who, request.get_ref()).await?))
+        unary(request, async |call, r| self.erase(&call, &r).await).await
     }
 
     /// The person's access request, through a partner that holds them: what that partner
@@ -88,10 +93,11 @@ impl MemberService for Api {
         &self,
         request: Request<pb::ExportMemberDataRequest>,
     ) -> Result<Response<pb::ExportMemberDataResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let member = request.get_ref().member.clone();
-        let scoped = convert::member_name(&member)
-            .map_err(|e| status(IdentityError::invalid("member", e)))?;
+        let scoped =
+            convert::member_name(&member).map_err(|e| status(KitError::invalid("member", e)))?;
         let db = &self.store.read;
         let member_id = Store::member_for(db, &who.partner_id, &scoped)
             .await
@@ -102,8 +108,7 @@ impl MemberService for Api {
             .await
             .map_err(status)?;
         // One page of the largest size: an export past 1,000 receipts or reads is cut there.
-        let page =
-            Page::parse(i32::MAX, "", &[&who.partner_id, &member]).map_err(|e| status(e.into()))?;
+        let page = Page::parse(i32::MAX, "", &[&who.partner_id, &member]).map_err(status)?;
         let (consents, _) = self
             .list(&who.partner_id, &member, &page)
             .await
@@ -123,62 +128,58 @@ impl MemberService for Api {
         &self,
         request: Request<pb::LinkIdentifierRequest>,
     ) -> Result<Response<pb::Member>, Status> {
-        let who = caller(&request)?;
-        let r = request.get_ref();
-        let change = IdentifierChange {
-            method: "LinkIdentifier",
-            request_id: &r.request_id,
-            member: &r.member,
-            identifier: r.identifier.as_ref(),
-            link: true,
-        };
-        Ok(Response::new(
-            self.change_identifier(&who, r, change).await?,
-        ))
+        unary(request, async |call, r| {
+            let change = IdentifierChange {
+                request_id: &r.request_id,
+                member: &r.member,
+                identifier: r.identifier.as_ref(),
+                link: true,
+            };
+            self.change_identifier(&call, &r, change).await
+        })
+        .await
     }
 
     async fn unlink_identifier(
         &self,
         request: Request<pb::UnlinkIdentifierRequest>,
     ) -> Result<Response<pb::Member>, Status> {
-        let who = caller(&request)?;
-        let r = request.get_ref();
-        let change = IdentifierChange {
-            method: "UnlinkIdentifier",
-            request_id: &r.request_id,
-            member: &r.member,
-            identifier: r.identifier.as_ref(),
-            link: false,
-        };
-        Ok(Response::new(
-            self.change_identifier(&who, r, change).await?,
-        ))
+        unary(request, async |call, r| {
+            let change = IdentifierChange {
+                request_id: &r.request_id,
+                member: &r.member,
+                identifier: r.identifier.as_ref(),
+                link: false,
+            };
+            self.change_identifier(&call, &r, change).await
+        })
+        .await
     }
 
     async fn merge_members(
         &self,
         request: Request<pb::MergeMembersRequest>,
     ) -> Result<Response<pb::Member>, Status> {
-        let who = caller(&request)?;
-        Ok(Response::new(self.merge(&who, request.get_ref()).await?))
+        unary(request, async |call, r| self.merge(&call, &r).await).await
     }
 
     async fn get_member(
         &self,
         request: Request<pb::GetMemberRequest>,
     ) -> Result<Response<pb::Member>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.get_ref();
         let scoped =
-            convert::member_name(&r.name).map_err(|e| status(IdentityError::invalid("name", e)))?;
+            convert::member_name(&r.name).map_err(|e| status(KitError::invalid("name", e)))?;
         let purpose = if r.purpose == 0 {
             Ok(Purpose::ShareProfile)
         } else {
             convert::purpose(r.purpose)
         }
-        .map_err(|e| status(IdentityError::invalid("purpose", e)))?;
+        .map_err(|e| status(KitError::invalid("purpose", e)))?;
         let view = self
-            .read_member(&who, &scoped, purpose)
+            .read_member(who, &scoped, purpose)
             .await
             .map_err(status)?;
         Ok(Response::new(view))
@@ -187,7 +188,6 @@ impl MemberService for Api {
 
 /// A LinkIdentifier or UnlinkIdentifier call.
 struct IdentifierChange<'a> {
-    method: &'static str,
     request_id: &'a str,
     member: &'a str,
     identifier: Option<&'a pb::Identifier>,
@@ -199,18 +199,15 @@ impl Api {
     /// the caller's view of the member afterwards.
     async fn change_identifier<Req: prost::Message>(
         &self,
-        who: &Principal,
+        call: &Call,
         request: &Req,
         change: IdentifierChange<'_>,
-    ) -> Result<pb::Member, Status> {
-        let (scoped, id) = member_and_identifier(change.member, change.identifier, &who.partner_id)
-            .map_err(status)?;
-        self.mutate_about(
-            who,
-            change.method,
-            change.request_id,
-            request,
-            async |txn| {
+    ) -> Result<pb::Member, IdentityError> {
+        let who = &call.who;
+        let (scoped, id) =
+            member_and_identifier(change.member, change.identifier, &who.partner_id)?;
+        self.mutations
+            .run_about(call, change.request_id, request, async |txn| {
                 let member_id = Store::member_for(txn, &who.partner_id, &scoped).await?;
                 if change.link {
                     self.store
@@ -226,18 +223,18 @@ impl Api {
                     .contributed(txn, &member_id, &who.partner_id)
                     .await?;
                 Ok((member(&scoped, &view, Vec::new()), Some(member_id)))
-            },
-        )
-        .await
+            })
+            .await
     }
 
     /// Folds the caller's `duplicate_member` into `member` on verified evidence. Every
     /// partner that held the duplicate keeps its scoped id and hears MEMBERS_MERGED.
     async fn merge(
         &self,
-        who: &Principal,
+        call: &Call,
         r: &pb::MergeMembersRequest,
-    ) -> Result<pb::Member, Status> {
+    ) -> Result<pb::Member, IdentityError> {
+        let who = &call.who;
         let mut v = Violations::default();
         let keep = v.check("member", convert::member_name(&r.member));
         let dup = v.check(
@@ -257,12 +254,12 @@ impl Api {
             }
             Some(e) => v.check("evidence", identifier(e, &who.partner_id)),
         };
-        v.finish().map_err(status)?;
+        v.finish()?;
         let (Some(keep), Some(dup), Some(evidence)) = (keep, dup, evidence) else {
-            return Err(status(IdentityError::invalid("member", "required")));
+            return Err(KitError::invalid("member", "required").into());
         };
-        super::partner_wide(who).map_err(status)?;
-        self.mutate_about(who, "MergeMembers", &r.request_id, r, async |txn| {
+        super::partner_wide(who)?;
+        self.mutations.run_about(call, &r.request_id, r, async |txn| {
             let keep_id = Store::member_for(txn, &who.partner_id, &keep).await?;
             let dup_id = Store::member_for(txn, &who.partner_id, &dup).await?;
             if keep_id != dup_id {
@@ -271,7 +268,7 @@ impl Api {
                     .holds_verified(txn, &who.partner_id, [&keep_id, &dup_id], &evidence)
                     .await?;
                 crate::domain::merge::check_evidence(&evidence, held).map_err(|reason| {
-                    IdentityError::Precondition(
+                    KitError::Precondition(
                         reason,
                         "a merge needs a verified phone, UnionID, OpenID or email you hold on one of the two"
                             .into(),
@@ -280,8 +277,7 @@ impl Api {
                 self.merge_is_trusted(txn, &who.partner_id, [&keep_id, &dup_id], &evidence)
                     .await?;
                 for (partner, their_id) in self.store.merge_members(txn, &keep_id, &dup_id).await? {
-                    append_event(
-                        txn,
+                    append_event(&self.store.feed, txn,
                         ConsentEvent {
                             kind: "merged".into(),
                             member: their_id,
@@ -328,10 +324,10 @@ impl Api {
                 .any(|a| a.trusts_verification(caller, other, &[evidence.method], at))
         });
         if untrusting {
-            return Err(IdentityError::Precondition(
+            return Err(KitError::Precondition(
                 "MERGE_AFFECTS_OTHER_PARTNER",
                 "another partner holds one of these members and is not allied with you on terms that accept this evidence; the merge would change its records".into(),
-            ));
+            ).into());
         }
         Ok(())
     }
@@ -464,7 +460,7 @@ fn member_and_identifier(
     v.finish()?;
     match (scoped, id) {
         (Some(scoped), Some(id)) => Ok((scoped, id)),
-        _ => Err(IdentityError::invalid("identifier", "required")),
+        _ => Err(KitError::invalid("identifier", "required").into()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! PartnerService: partners (created by the operator) and alliances (proposed by a partner,
 //! active once every member partner accepts).
 
+use lianyu_kit::KitError;
 use lianyu_kit::page::Page;
 use lianyu_proto::identity::v1::{self as pb, partner_service_server::PartnerService};
 use tonic::{Request, Response, Status};
@@ -17,6 +18,7 @@ use crate::{
     },
     store::{Store, entities::partner, now},
 };
+use lianyu_kit::call::unary;
 
 #[tonic::async_trait]
 impl PartnerService for Api {
@@ -24,9 +26,10 @@ impl PartnerService for Api {
         &self,
         request: Request<pb::CreatePartnerRequest>,
     ) -> Result<Response<pb::Partner>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         if !who.operator {
-            return Err(status(IdentityError::Denied(
+            return Err(status(KitError::Denied(
                 "OPERATOR_ONLY",
                 "only the mesh operator creates partners",
             )));
@@ -34,10 +37,12 @@ impl PartnerService for Api {
         let r = request.into_inner();
         let row = new_partner(&r).map_err(status)?;
         let out = self
-            .mutate(&who, "CreatePartner", &r.request_id, &r, async |txn| {
+            .mutations
+            .run(&call, &r.request_id, &r, async |txn| {
                 Ok(convert::partner(&Store::insert_partner(txn, row).await?))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(out))
     }
 
@@ -45,9 +50,10 @@ impl PartnerService for Api {
         &self,
         request: Request<pb::GetPartnerRequest>,
     ) -> Result<Response<pb::Partner>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let id = parse_partner_name(&request.get_ref().name)
-            .map_err(|e| status(IdentityError::invalid("name", e)))?;
+            .map_err(|e| status(KitError::invalid("name", e)))?;
         // A partner sees itself and the partners it shares an alliance with.
         let visible = who.operator
             || Store::allied_with(&self.store.read, &who.partner_id)
@@ -60,7 +66,7 @@ impl PartnerService for Api {
             .filter(|_| visible);
         Ok(Response::new(convert::partner(
             &found
-                .ok_or(IdentityError::NotFound("partner"))
+                .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))
                 .map_err(status)?,
         )))
     }
@@ -69,10 +75,10 @@ impl PartnerService for Api {
         &self,
         request: Request<pb::ListPartnersRequest>,
     ) -> Result<Response<pb::ListPartnersResponse>, Status> {
-        let who = caller(&request)?;
+        let call = caller(&request)?;
+        let who = &call.who;
         let r = request.get_ref();
-        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id])
-            .map_err(|e| status(e.into()))?;
+        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id]).map_err(status)?;
         let visible = if who.operator {
             None
         } else {
@@ -102,89 +108,93 @@ impl PartnerService for Api {
         &self,
         request: Request<pb::UpdatePartnerRequest>,
     ) -> Result<Response<pb::Partner>, Status> {
-        let who = caller(&request)?;
-        let out = self.update_partner_call(&who, request.get_ref()).await?;
-        Ok(Response::new(out))
+        unary(request, async |call, r| {
+            self.update_partner_call(&call, &r).await
+        })
+        .await
     }
 
     async fn create_store(
         &self,
         request: Request<pb::CreateStoreRequest>,
     ) -> Result<Response<pb::Store>, Status> {
-        let who = caller(&request)?;
-        let out = self.create_store_call(&who, request.get_ref()).await?;
-        Ok(Response::new(out))
+        unary(request, async |call, r| {
+            self.create_store_call(&call, &r).await
+        })
+        .await
     }
 
     async fn get_store(
         &self,
         request: Request<pb::GetStoreRequest>,
     ) -> Result<Response<pb::Store>, Status> {
-        let who = caller(&request)?;
-        let out = self
-            .get_store_call(&who, &request.get_ref().name)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(out))
+        unary(request, async |call, r| {
+            self.get_store_call(&call.who, &r.name).await
+        })
+        .await
     }
 
     async fn list_stores(
         &self,
         request: Request<pb::ListStoresRequest>,
     ) -> Result<Response<pb::ListStoresResponse>, Status> {
-        let who = caller(&request)?;
-        let out = self
-            .list_stores_call(&who, request.get_ref())
-            .await
-            .map_err(status)?;
-        Ok(Response::new(out))
+        unary(request, async |call, r| {
+            self.list_stores_call(&call.who, &r).await
+        })
+        .await
     }
 
     async fn update_store(
         &self,
         request: Request<pb::UpdateStoreRequest>,
     ) -> Result<Response<pb::Store>, Status> {
-        let who = caller(&request)?;
-        let out = self.update_store_call(&who, request.get_ref()).await?;
-        Ok(Response::new(out))
+        unary(request, async |call, r| {
+            self.update_store_call(&call, &r).await
+        })
+        .await
     }
 
     async fn update_alliance(
         &self,
         request: Request<pb::UpdateAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
-        let who = caller(&request)?;
-        let out = self.update_alliance_call(&who, request.get_ref()).await?;
-        Ok(Response::new(out))
+        unary(request, async |call, r| {
+            self.update_alliance_call(&call, &r).await
+        })
+        .await
     }
 
     async fn end_alliance(
         &self,
         request: Request<pb::EndAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
-        let who = caller(&request)?;
-        let out = self.end_alliance_call(&who, request.get_ref()).await?;
-        Ok(Response::new(out))
+        unary(request, async |call, r| {
+            self.end_alliance_call(&call, &r).await
+        })
+        .await
     }
 
     async fn create_alliance(
         &self,
         request: Request<pb::CreateAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
-        super::not_the_operator(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
+        super::not_the_operator(who).map_err(status)?;
         let r = request.into_inner();
         let proposed = new_alliance(&r, &who.partner_id).map_err(status)?;
         let out = self
-            .mutate(&who, "CreateAlliance", &r.request_id, &r, async |txn| {
+            .mutations
+            .run(&call, &r.request_id, &r, async |txn| {
                 // Partners are not looked up: an unknown id gets the same answer as a real one
                 // (a proposal that it can never accept), so proposing is no way to learn which
                 // partner ids exist.
                 Store::insert_alliance(txn, &proposed, now()).await?;
                 Ok(convert::alliance(&proposed))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         self.store.alliances.forget();
         Ok(Response::new(out))
     }
@@ -193,8 +203,9 @@ impl PartnerService for Api {
         &self,
         request: Request<pb::GetAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
         let alliance = self
             .member_alliance(&who.partner_id, &request.get_ref().name)
             .await
@@ -206,11 +217,11 @@ impl PartnerService for Api {
         &self,
         request: Request<pb::ListAlliancesRequest>,
     ) -> Result<Response<pb::ListAlliancesResponse>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
         let r = request.get_ref();
-        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id])
-            .map_err(|e| status(e.into()))?;
+        let page = Page::parse(r.page_size, &r.page_token, &[&who.partner_id]).map_err(status)?;
         let all = Store::alliances_of(&self.store.read, &who.partner_id)
             .await
             .map_err(status)?;
@@ -231,22 +242,24 @@ impl PartnerService for Api {
         &self,
         request: Request<pb::AcceptAllianceRequest>,
     ) -> Result<Response<pb::Alliance>, Status> {
-        let who = caller(&request)?;
-        super::partner_wide(&who).map_err(status)?;
-        super::not_the_operator(&who).map_err(status)?;
+        let call = caller(&request)?;
+        let who = &call.who;
+        super::partner_wide(who).map_err(status)?;
+        super::not_the_operator(who).map_err(status)?;
         let r = request.into_inner();
         let current = self
             .member_alliance(&who.partner_id, &r.name)
             .await
             .map_err(status)?;
         let out = self
-            .mutate(&who, "AcceptAlliance", &r.request_id, &r, async |txn| {
+            .mutations
+            .run(&call, &r.request_id, &r, async |txn| {
                 // Read again inside the transaction: new terms saved meanwhile are not undone.
                 let mut alliance = Store::alliance_for_update(txn, &current.id)
                     .await?
-                    .ok_or(IdentityError::NotFound("alliance"))?;
+                    .ok_or(KitError::NotFound("ALLIANCE_NOT_FOUND"))?;
                 alliance.accept(&who.partner_id).map_err(|reason| {
-                    IdentityError::Precondition(
+                    KitError::Precondition(
                         reason,
                         "the alliance is no longer open for acceptance".into(),
                     )
@@ -254,7 +267,8 @@ impl PartnerService for Api {
                 Store::save_alliance_state(txn, &alliance).await?;
                 Ok(convert::alliance(&alliance))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         self.store.alliances.forget();
         Ok(Response::new(out))
     }
@@ -266,10 +280,11 @@ impl Api {
     /// acceptance again.
     async fn update_alliance_call(
         &self,
-        who: &lianyu_kit::Principal,
+        call: &lianyu_kit::Call,
         r: &pb::UpdateAllianceRequest,
-    ) -> Result<pb::Alliance, Status> {
-        super::partner_wide(who).map_err(status)?;
+    ) -> Result<pb::Alliance, IdentityError> {
+        let who = &call.who;
+        super::partner_wide(who)?;
         let given = r.alliance.clone().unwrap_or_default();
         let paths = lianyu_kit::mask::paths(
             r.update_mask.as_ref(),
@@ -281,12 +296,8 @@ impl Api {
                 "valid_until",
                 "accepted_verification_methods",
             ],
-        )
-        .map_err(|e| status(e.into()))?;
-        let current = self
-            .member_alliance(&who.partner_id, &given.name)
-            .await
-            .map_err(status)?;
+        )?;
+        let current = self.member_alliance(&who.partner_id, &given.name).await?;
         let mut v = Violations::default();
         let change = Amendment {
             display_name: paths
@@ -321,15 +332,15 @@ impl Api {
                 .contains("accepted_verification_methods")
                 .then(|| methods(&mut v, &given.accepted_verification_methods)),
         };
-        v.finish().map_err(status)?;
+        v.finish()?;
         let out = self
-            .mutate(who, "UpdateAlliance", &r.request_id, r, async |txn| {
+            .mutations.run(call, &r.request_id, r, async |txn| {
                 // Read again inside the transaction: a concurrent acceptance is not lost.
                 let mut alliance = Store::alliance_for_update(txn, &current.id)
                     .await?
-                    .ok_or(IdentityError::NotFound("alliance"))?;
+                    .ok_or(KitError::NotFound("ALLIANCE_NOT_FOUND"))?;
                 let new_terms = alliance.amend(&who.partner_id, change).map_err(|reason| {
-                    IdentityError::Precondition(reason, "the alliance has ended".into())
+                    KitError::Precondition(reason, "the alliance has ended".into())
                 })?;
                 Store::save_alliance_state(txn, &alliance).await?;
                 if new_terms {
@@ -348,19 +359,18 @@ impl Api {
     /// EndAlliance: any member partner ends it; every consent under it expires at once.
     async fn end_alliance_call(
         &self,
-        who: &lianyu_kit::Principal,
+        call: &lianyu_kit::Call,
         r: &pb::EndAllianceRequest,
-    ) -> Result<pb::Alliance, Status> {
-        super::partner_wide(who).map_err(status)?;
-        let current = self
-            .member_alliance(&who.partner_id, &r.name)
-            .await
-            .map_err(status)?;
+    ) -> Result<pb::Alliance, IdentityError> {
+        let who = &call.who;
+        super::partner_wide(who)?;
+        let current = self.member_alliance(&who.partner_id, &r.name).await?;
         let out = self
-            .mutate(who, "EndAlliance", &r.request_id, r, async |txn| {
+            .mutations
+            .run(call, &r.request_id, r, async |txn| {
                 let mut alliance = Store::alliance_for_update(txn, &current.id)
                     .await?
-                    .ok_or(IdentityError::NotFound("alliance"))?;
+                    .ok_or(KitError::NotFound("ALLIANCE_NOT_FOUND"))?;
                 if alliance.end() {
                     // Nothing under it counts from now on; the sweep announces each consent
                     // as EXPIRED in bounded batches.
@@ -380,11 +390,11 @@ impl Api {
         let id = name
             .strip_prefix("alliances/")
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| IdentityError::invalid("name", "expected alliances/{alliance}"))?;
+            .ok_or_else(|| KitError::invalid("name", "expected alliances/{alliance}"))?;
         Store::alliance(&self.store.read, id)
             .await?
             .filter(|a| a.partners.contains(partner))
-            .ok_or(IdentityError::NotFound("alliance"))
+            .ok_or(KitError::NotFound("ALLIANCE_NOT_FOUND").into())
     }
 }
 

@@ -1,7 +1,8 @@
 //! A partner's stores (PartnerService's store calls) and partner updates. A partner manages
 //! only its own stores; any other partner's store is NOT_FOUND.
 
-use lianyu_kit::{Principal, mask, page::Page};
+use lianyu_kit::KitError;
+use lianyu_kit::{Call, Principal, mask, page::Page};
 use lianyu_proto::identity::v1 as pb;
 
 use super::{Api, convert};
@@ -17,16 +18,18 @@ use crate::{
 impl Api {
     pub(super) async fn create_store_call(
         &self,
-        who: &Principal,
+        call: &Call,
         r: &pb::CreateStoreRequest,
-    ) -> Result<pb::Store, tonic::Status> {
-        super::partner_wide(who).map_err(super::status)?;
-        let partner = own_parent(who, &r.parent).map_err(super::status)?;
-        let row = new_store(&partner, r).map_err(super::status)?;
-        self.mutate(who, "CreateStore", &r.request_id, r, async |txn| {
-            Ok(convert::store(&Store::insert_store(txn, row).await?))
-        })
-        .await
+    ) -> Result<pb::Store, IdentityError> {
+        let who = &call.who;
+        super::partner_wide(who)?;
+        let partner = own_parent(who, &r.parent)?;
+        let row = new_store(&partner, r)?;
+        self.mutations
+            .run(call, &r.request_id, r, async |txn| {
+                Ok(convert::store(&Store::insert_store(txn, row).await?))
+            })
+            .await
     }
 
     pub(super) async fn get_store_call(
@@ -38,7 +41,7 @@ impl Api {
         Store::store(&self.store.read, &partner, &id)
             .await?
             .map(|s| convert::store(&s))
-            .ok_or(IdentityError::NotFound("store"))
+            .ok_or(KitError::NotFound("STORE_NOT_FOUND").into())
     }
 
     pub(super) async fn list_stores_call(
@@ -62,14 +65,14 @@ impl Api {
 
     pub(super) async fn update_store_call(
         &self,
-        who: &Principal,
+        call: &Call,
         r: &pb::UpdateStoreRequest,
-    ) -> Result<pb::Store, tonic::Status> {
-        super::partner_wide(who).map_err(super::status)?;
+    ) -> Result<pb::Store, IdentityError> {
+        let who = &call.who;
+        super::partner_wide(who)?;
         let given = r.store.clone().unwrap_or_default();
-        let (partner, id) = own_store(who, &given.name).map_err(super::status)?;
-        let paths = mask::paths(r.update_mask.as_ref(), &["display_name", "city", "active"])
-            .map_err(|e| super::status(e.into()))?;
+        let (partner, id) = own_store(who, &given.name)?;
+        let paths = mask::paths(r.update_mask.as_ref(), &["display_name", "city", "active"])?;
         let mut v = Violations::default();
         let display_name = paths
             .contains("display_name")
@@ -79,43 +82,44 @@ impl Api {
             .contains("city")
             .then(|| v.check("store.city", text(&given.city, false, 64)))
             .flatten();
-        v.finish().map_err(super::status)?;
-        self.mutate(who, "UpdateStore", &r.request_id, r, async |txn| {
-            let mut row = Store::store(txn, &partner, &id)
-                .await?
-                .ok_or(IdentityError::NotFound("store"))?;
-            if let Some(name) = display_name {
-                row.display_name = name;
-            }
-            if let Some(city) = city {
-                row.city = city;
-            }
-            if paths.contains("active") {
-                row.active = given.active;
-            }
-            row.updated_at = now();
-            Ok(convert::store(&Store::save_store(txn, row).await?))
-        })
-        .await
+        v.finish()?;
+        self.mutations
+            .run(call, &r.request_id, r, async |txn| {
+                let mut row = Store::store(txn, &partner, &id)
+                    .await?
+                    .ok_or(KitError::NotFound("STORE_NOT_FOUND"))?;
+                if let Some(name) = display_name {
+                    row.display_name = name;
+                }
+                if let Some(city) = city {
+                    row.city = city;
+                }
+                if paths.contains("active") {
+                    row.active = given.active;
+                }
+                row.updated_at = now();
+                Ok(convert::store(&Store::save_store(txn, row).await?))
+            })
+            .await
     }
 
     pub(super) async fn update_partner_call(
         &self,
-        who: &Principal,
+        call: &Call,
         r: &pb::UpdatePartnerRequest,
-    ) -> Result<pb::Partner, tonic::Status> {
-        super::partner_wide(who).map_err(super::status)?;
+    ) -> Result<pb::Partner, IdentityError> {
+        let who = &call.who;
+        super::partner_wide(who)?;
         let given = r.partner.clone().unwrap_or_default();
-        let id = parse_partner_name(&given.name)
-            .map_err(|e| super::status(IdentityError::invalid("partner.name", e)))?;
+        let id =
+            parse_partner_name(&given.name).map_err(|e| KitError::invalid("partner.name", e))?;
         if !(who.operator || who.partner_id == id) {
-            return Err(super::status(IdentityError::NotFound("partner")));
+            return Err(KitError::NotFound("PARTNER_NOT_FOUND").into());
         }
         let paths = mask::paths(
             r.update_mask.as_ref(),
             &["display_name", "privacy_contact", "status"],
-        )
-        .map_err(|e| super::status(e.into()))?;
+        )?;
         let mut v = Violations::default();
         let display_name = paths
             .contains("display_name")
@@ -142,67 +146,70 @@ impl Api {
         } else {
             None
         };
-        v.finish().map_err(super::status)?;
+        v.finish()?;
         if new_status.is_some() && !who.operator {
-            return Err(super::status(IdentityError::Denied(
+            return Err(KitError::Denied(
                 "OPERATOR_ONLY",
                 "only the mesh operator suspends or reinstates a partner",
-            )));
+            )
+            .into());
         }
         // The operator suspends and reinstates; a partner's name and privacy contact are its
         // own to state (they are what members read on their receipts).
         if who.partner_id != id && (display_name.is_some() || contact.is_some()) {
-            return Err(super::status(IdentityError::Denied(
+            return Err(KitError::Denied(
                 "PARTNER_SETTINGS_OWN_ONLY",
                 "only the partner itself changes its display name and privacy contact",
-            )));
+            )
+            .into());
         }
-        self.mutate(who, "UpdatePartner", &r.request_id, r, async |txn| {
-            let mut row = Store::partner(txn, &id)
-                .await?
-                .ok_or(IdentityError::NotFound("partner"))?;
-            if let Some(name) = display_name {
-                row.display_name = name;
-            }
-            if let Some(contact) = contact {
-                row.privacy_contact = contact;
-            }
-            if let Some(s) = new_status {
-                row.status = s.to_owned();
-            }
-            row.updated_at = now();
-            Ok(convert::partner(&Store::save_partner(txn, row).await?))
-        })
-        .await
-        .inspect(|partner| {
-            // Suspension (and reinstatement) takes effect on this process's tokens at once —
-            // every service of `lianyu up` shares the verifier; standalone services learn it
-            // from GetSigningKeys.
-            if new_status.is_some() {
-                self.tokens.verifier.set_partner_suspended(
-                    &id,
-                    partner.status == pb::PartnerStatus::Suspended as i32,
-                );
-            }
-        })
+        self.mutations
+            .run(call, &r.request_id, r, async |txn| {
+                let mut row = Store::partner(txn, &id)
+                    .await?
+                    .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
+                if let Some(name) = display_name {
+                    row.display_name = name;
+                }
+                if let Some(contact) = contact {
+                    row.privacy_contact = contact;
+                }
+                if let Some(s) = new_status {
+                    row.status = s.to_owned();
+                }
+                row.updated_at = now();
+                Ok(convert::partner(&Store::save_partner(txn, row).await?))
+            })
+            .await
+            .inspect(|partner| {
+                // Suspension (and reinstatement) takes effect on this process's tokens at once —
+                // every service of `lianyu up` shares the verifier; standalone services learn it
+                // from GetSigningKeys.
+                if new_status.is_some() {
+                    self.tokens.verifier.set_partner_suspended(
+                        &id,
+                        partner.status == pb::PartnerStatus::Suspended as i32,
+                    );
+                }
+            })
     }
 }
 
 /// The partner in `parent` when it is the caller; NOT_FOUND otherwise (a partner manages only
 /// its own stores).
 fn own_parent(who: &Principal, parent: &str) -> Result<String, IdentityError> {
-    let partner = parse_partner_name(parent).map_err(|e| IdentityError::invalid("parent", e))?;
+    let partner = parse_partner_name(parent).map_err(|e| KitError::invalid("parent", e))?;
     if who.partner_id == partner {
         Ok(partner)
     } else {
-        Err(IdentityError::NotFound("partner"))
+        Err(KitError::NotFound("PARTNER_NOT_FOUND").into())
     }
 }
 
 /// The store named `name` when the caller's partner owns it — and, for a store token, when it
 /// is the token's own store; NOT_FOUND otherwise.
 fn own_store(who: &Principal, name: &str) -> Result<(String, String), IdentityError> {
-    let (partner, id) = parse_store_name(name).map_err(|e| IdentityError::invalid("name", e))?;
+    let (partner, id) = parse_store_name(name).map_err(|e| KitError::invalid("name", e))?;
     let narrowed_elsewhere = who
         .store
         .as_ref()
@@ -210,7 +217,7 @@ fn own_store(who: &Principal, name: &str) -> Result<(String, String), IdentityEr
     if who.partner_id == partner && !narrowed_elsewhere {
         Ok((partner, id))
     } else {
-        Err(IdentityError::NotFound("store"))
+        Err(KitError::NotFound("STORE_NOT_FOUND").into())
     }
 }
 

@@ -45,6 +45,7 @@ impl Store {
     pub(crate) async fn change_consent(
         txn: &impl ConnectionTrait,
         secrets: &Secrets,
+        feed: &Feed,
         c: &ConsentChange<'_>,
     ) -> Result<consent_receipt::Model, IdentityError> {
         let receipt_id = uuid::Uuid::now_v7().to_string();
@@ -154,6 +155,7 @@ impl Store {
             .remove(c.member_id)
             .unwrap_or_default();
         append_event(
+            feed,
             txn,
             ConsentEvent {
                 kind: status.to_owned(),
@@ -366,6 +368,7 @@ impl Store {
     pub(crate) async fn lapse_due(
         txn: &impl ConnectionTrait,
         secrets: &Secrets,
+        feed: &Feed,
         at: i64,
         limit: u64,
     ) -> Result<usize, IdentityError> {
@@ -424,8 +427,8 @@ impl Store {
                 into.push(row.clone());
             }
         }
-        announce(txn, secrets, &stale, Lapse::Stale).await?;
-        announce(txn, secrets, &expired, Lapse::Expired).await?;
+        announce(txn, secrets, feed, &stale, Lapse::Stale).await?;
+        announce(txn, secrets, feed, &expired, Lapse::Expired).await?;
         Ok(stale.len() + expired.len())
     }
 
@@ -435,6 +438,7 @@ impl Store {
     pub(crate) async fn expire_due(
         txn: &impl ConnectionTrait,
         secrets: &Secrets,
+        feed: &Feed,
         at: i64,
         limit: u64,
     ) -> Result<usize, IdentityError> {
@@ -464,7 +468,7 @@ impl Store {
                 claimed.push(row);
             }
         }
-        announce(txn, secrets, &claimed, Lapse::Expired).await?;
+        announce(txn, secrets, feed, &claimed, Lapse::Expired).await?;
         Ok(claimed.len())
     }
 }
@@ -473,6 +477,7 @@ impl Store {
 async fn announce(
     txn: &impl ConnectionTrait,
     secrets: &Secrets,
+    feed: &Feed,
     rows: &[consent::Model],
     lapse: Lapse,
 ) -> Result<(), IdentityError> {
@@ -504,6 +509,7 @@ async fn announce(
     }
     for ((grantee, member, collector, receipt), purposes) in groups {
         append_event(
+            feed,
             txn,
             ConsentEvent {
                 kind: match lapse {
@@ -529,11 +535,12 @@ async fn announce(
 
 /// Appends a consent event to the grantee's feed.
 pub(crate) async fn append_event(
+    feed: &Feed,
     txn: &impl ConnectionTrait,
     event: ConsentEvent,
 ) -> Result<(), IdentityError> {
     let payload = serde_json::to_vec(&event).map_err(|e| StorageError::Other(e.to_string()))?;
-    Feed::append(
+    feed.append(
         txn,
         NewEvent {
             kind: format!("consent.{}", event.kind),

@@ -1,5 +1,6 @@
 //! Identifiers added to and removed from a member after enrolment, and merging two members.
 
+use lianyu_kit::KitError;
 use lianyu_kit::storage::StorageError;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -36,11 +37,12 @@ impl Store {
             .await
             .map_err(StorageError::from)?;
         match held {
-            Some(row) if row.member_id != member_id => Err(IdentityError::Precondition(
+            Some(row) if row.member_id != member_id => Err(KitError::Precondition(
                 "IDENTIFIER_IN_USE",
                 "you hold this identifier on another member; merge the two if they are one person"
                     .into(),
-            )),
+            )
+            .into()),
             Some(row) => {
                 if id.verified && !row.verified {
                     super::members::mark_verified(txn, row.id, id.method).await?;
@@ -112,7 +114,7 @@ impl Store {
             .await
             .map_err(StorageError::from)?;
         if gone.rows_affected == 0 {
-            return Err(IdentityError::NotFound("identifier"));
+            return Err(KitError::NotFound("IDENTIFIER_NOT_FOUND").into());
         }
         Ok(())
     }

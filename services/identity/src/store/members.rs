@@ -1,5 +1,6 @@
 //! Members, their identifiers and profiles, and the partner-scoped ids that name them.
 
+use lianyu_kit::KitError;
 use std::collections::BTreeMap;
 
 use lianyu_kit::storage::StorageError;
@@ -102,7 +103,7 @@ impl Store {
             member: existing,
             candidates,
         } = decide(caller, &found).map_err(|reason| {
-            IdentityError::Precondition(
+            KitError::Precondition(
                 reason,
                 "these identifiers belong to different members you enrolled; merge them first"
                     .into(),
@@ -291,9 +292,9 @@ impl Store {
             .await
             .map_err(StorageError::from)?
             .filter(|row| row.partner_id == caller)
-            .ok_or(IdentityError::NotFound("member"))?;
+            .ok_or(IdentityError::MemberNotFound)?;
         if row.erased_at.is_some() {
-            return Err(IdentityError::NotFound("erased member"));
+            return Err(IdentityError::MemberErased);
         }
         let member_id = row.member_id;
         let member = member::Entity::find_by_id(member_id.clone())
@@ -302,8 +303,8 @@ impl Store {
             .map_err(StorageError::from)?;
         match member {
             Some(m) if m.status == "active" => Ok(member_id),
-            Some(_) => Err(IdentityError::NotFound("erased member")),
-            None => Err(IdentityError::NotFound("member")),
+            Some(_) => Err(IdentityError::MemberErased),
+            None => Err(IdentityError::MemberNotFound),
         }
     }
 
@@ -344,7 +345,7 @@ impl Store {
             .one(&self.read)
             .await
             .map_err(StorageError::from)?
-            .ok_or(IdentityError::NotFound("member"))?;
+            .ok_or(IdentityError::MemberNotFound)?;
         Self::scoped_ids_of(
             &self.read,
             &self.secrets,
@@ -353,7 +354,7 @@ impl Store {
         )
         .await?
         .remove(&row.member_id)
-        .ok_or(IdentityError::NotFound("member"))
+        .ok_or(IdentityError::MemberNotFound)
     }
 
     /// What `partner` itself contributed about a member.
@@ -367,7 +368,7 @@ impl Store {
             .one(conn)
             .await
             .map_err(StorageError::from)?
-            .ok_or(IdentityError::NotFound("member"))?
+            .ok_or(IdentityError::MemberNotFound)?
             .created_at;
         let identifiers = identifier::Entity::find()
             .filter(identifier::Column::MemberId.eq(member_id.to_owned()))

@@ -1,5 +1,6 @@
 //! Partners.
 
+use lianyu_kit::KitError;
 use lianyu_kit::{page::Page, storage::StorageError};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -18,10 +19,9 @@ impl Store {
         match active.insert(txn).await {
             Ok(model) => Ok(model),
             Err(e) => match StorageError::from(e) {
-                StorageError::AlreadyExists => Err(IdentityError::Exists(
-                    "PARTNER_EXISTS",
-                    "a partner with this id exists",
-                )),
+                StorageError::AlreadyExists => {
+                    Err(KitError::Exists("PARTNER_EXISTS", "a partner with this id exists").into())
+                }
                 other => Err(other.into()),
             },
         }

@@ -1,6 +1,7 @@
 //! A partner's stores. Every finder takes the owning partner: another partner's store is
 //! simply not found.
 
+use lianyu_kit::KitError;
 use lianyu_kit::{page::Page, storage::StorageError};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
@@ -18,10 +19,11 @@ impl Store {
         match row.into_active_model().insert(txn).await {
             Ok(model) => Ok(model),
             Err(e) => match StorageError::from(e) {
-                StorageError::AlreadyExists => Err(IdentityError::Exists(
+                StorageError::AlreadyExists => Err(KitError::Exists(
                     "STORE_EXISTS",
                     "the partner has a store with this id",
-                )),
+                )
+                .into()),
                 other => Err(other.into()),
             },
         }

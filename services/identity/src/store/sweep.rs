@@ -39,8 +39,8 @@ async fn expire_batch(store: &Store) -> Result<usize, IdentityError> {
         .await
         .map_err(lianyu_kit::storage::StorageError::from)?;
     let at = now();
-    let mut n = Store::expire_due(&txn, &store.secrets, at, BATCH).await?;
-    n += Store::lapse_due(&txn, &store.secrets, at, BATCH).await?;
+    let mut n = Store::expire_due(&txn, &store.secrets, &store.feed, at, BATCH).await?;
+    n += Store::lapse_due(&txn, &store.secrets, &store.feed, at, BATCH).await?;
     txn.commit()
         .await
         .map_err(lianyu_kit::storage::StorageError::from)?;

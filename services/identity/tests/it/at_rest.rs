@@ -37,7 +37,7 @@ async fn replies_kept_for_request_id_replays_hold_no_plaintext_identifiers() {
     let rows = idempotency_key::Entity::find().all(&db).await.unwrap();
     let enrolment = rows
         .iter()
-        .find(|r| r.method == "EnrollMember")
+        .find(|r| r.method == "/lianyu.identity.v1.MemberService/EnrollMember")
         .expect("the reply is kept");
     for secret in ["+8613000130000", "13000130000", "allergic-to-wool"] {
         assert!(

@@ -46,6 +46,7 @@ pub struct Authenticate<S> {
 impl<S> Authenticate<S> {
     fn check<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
         let path = request.uri().path();
+        let method = lianyu_proto::access::path(path);
         let scope = match requirement(path) {
             Requirement::Open => return Ok(()),
             Requirement::Scope(scope) => Some(scope),
@@ -70,6 +71,11 @@ impl<S> Authenticate<S> {
             return Err(AuthError::MissingScope(scope));
         }
         tracing::Span::current().record("lianyu.partner", principal.partner_id.as_str());
+        if let Some(method) = method {
+            request
+                .extensions_mut()
+                .insert(crate::call::RpcMethod(method));
+        }
         request.extensions_mut().insert(principal);
         Ok(())
     }

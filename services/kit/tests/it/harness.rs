@@ -5,9 +5,10 @@ use std::{sync::Arc, time::Duration};
 use lianyu_kit::{
     Config, KitError, Mount, Principal, ServerContext,
     auth::Signer,
+    call::unary,
     error::to_status,
     feed::{Feed, NewEvent},
-    idempotency::{self, CallKey},
+    mutation::Mutations,
     page::Page,
     testing::{TestDatabase, partner_token},
 };
@@ -28,8 +29,8 @@ type WatchStream = std::pin::Pin<
 /// The test double: each RPC drives one kit helper.
 #[derive(Clone)]
 pub(crate) struct Probe {
-    db: DatabaseConnection,
     feed: Feed,
+    mutations: Mutations<KitError>,
     /// Signalled when a "sleep/" call has started, so a test orders on it instead of a sleep.
     started: Arc<tokio::sync::Notify>,
 }
@@ -69,31 +70,27 @@ impl PartnerService for Probe {
         &self,
         request: Request<pb::CreatePartnerRequest>,
     ) -> Result<Response<pb::Partner>, Status> {
-        let partner = Principal::from_request(&request)?.partner_id.clone();
-        let r = request.get_ref();
-        let key = CallKey {
-            partner_id: &partner,
-            method: "CreatePartner",
-            request_id: &r.request_id,
-        };
-        let name = format!("partners/{}", r.partner_id);
-        let reply = idempotency::once(&self.db, &idempotency::Plain, key, r, async |txn| {
-            let event = NewEvent {
-                kind: "partner.created".into(),
-                partner_id: Some(partner.clone()),
-                payload: name.clone().into_bytes(),
-            };
-            let seq = Feed::append(txn, event).await.map_err(KitError::from)?;
-            Ok::<_, KitError>(pb::Partner {
-                name,
-                display_name: format!("seq {seq}"),
-                ..Default::default()
-            })
+        // The kit's own pipeline: the method comes from the request, watchers wake after
+        // the append commits.
+        unary(request, async |call, r| {
+            let name = format!("partners/{}", r.partner_id);
+            self.mutations
+                .run(&call, &r.request_id, &r, async |txn| {
+                    let event = NewEvent {
+                        kind: "partner.created".into(),
+                        partner_id: Some(call.partner_id().to_owned()),
+                        payload: name.clone().into_bytes(),
+                    };
+                    let seq = self.feed.append(txn, event).await?;
+                    Ok(pb::Partner {
+                        name,
+                        display_name: format!("seq {seq}"),
+                        ..Default::default()
+                    })
+                })
+                .await
         })
         .await
-        .map_err(|e| to_status("lianyu.probe", &e))?;
-        self.feed.published();
-        Ok(Response::new(reply))
     }
 }
 
@@ -157,8 +154,8 @@ impl TestServer {
         let mut mount = Mount::new(&ctx);
         let started = Arc::new(tokio::sync::Notify::new());
         let probe = Probe {
-            db: db.clone(),
             feed: feed.clone(),
+            mutations: Mutations::new(db.clone()).publishing(feed.clone(), None),
             started: started.clone(),
         };
         lianyu_kit::mount!(

@@ -1,0 +1,124 @@
+//! The pipeline every mutation of every service runs through: the calling partner and the
+//! RPC come from the [`Call`] (never typed by hand), the effect runs at most once per
+//! `request_id` with its reply stored — sealed at rest when the service says so — in the same
+//! transaction, and after a mutation that appended to the service's feed, the service's hook
+//! runs and the feed's watchers are woken before the caller hears back.
+
+use std::{future::Future, marker::PhantomData, pin::Pin, sync::Arc};
+
+use prost::Message;
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
+
+use crate::{
+    call::Call,
+    error::{KitError, ServiceError},
+    feed::Feed,
+    idempotency::{self, AtRest, CallKey, Plain},
+};
+
+/// Work a service does after a mutation appended to its feed, before the caller hears back
+/// (identity drops the consents the mutation changed from its in-memory index).
+pub type BeforeReply = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A service's mutation pipeline, answering with the service's error type `E`; cheap to clone.
+pub struct Mutations<E> {
+    db: DatabaseConnection,
+    at_rest: Arc<dyn AtRest>,
+    feed: Option<Feed>,
+    before_reply: Option<BeforeReply>,
+    error: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for Mutations<E> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            at_rest: self.at_rest.clone(),
+            feed: self.feed.clone(),
+            before_reply: self.before_reply.clone(),
+            error: PhantomData,
+        }
+    }
+}
+
+impl<E: From<KitError> + ServiceError> Mutations<E> {
+    /// Mutations on `db` whose replies are stored as they are.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            at_rest: Arc::new(Plain),
+            feed: None,
+            before_reply: None,
+            error: PhantomData,
+        }
+    }
+
+    /// Stores requests' digests and replies through `at_rest` (a service whose replies carry
+    /// personal data seals them).
+    pub fn sealed(mut self, at_rest: Arc<dyn AtRest>) -> Self {
+        self.at_rest = at_rest;
+        self
+    }
+
+    /// Wakes `feed`'s watchers after each mutation that appended to it, running `before_reply`
+    /// first.
+    pub fn publishing(mut self, feed: Feed, before_reply: Option<BeforeReply>) -> Self {
+        self.feed = Some(feed);
+        self.before_reply = before_reply;
+        self
+    }
+
+    /// Runs `effect` once per (calling partner, RPC, `request_id`); a replay gets the stored
+    /// reply.
+    pub async fn run<Req, Resp, F>(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &Req,
+        effect: F,
+    ) -> Result<Resp, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, E> + Clone,
+    {
+        self.run_about(call, request_id, request, async |txn| {
+            effect(txn).await.map(|r| (r, None))
+        })
+        .await
+    }
+
+    /// [`Self::run`] for a mutation about one person: `effect` also returns the person's id,
+    /// which tags the stored reply so that erasing them purges it
+    /// ([`idempotency::forget_subjects`]).
+    pub async fn run_about<Req, Resp, F>(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &Req,
+        effect: F,
+    ) -> Result<Resp, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E> + Clone,
+    {
+        let key = CallKey {
+            partner_id: &call.who.partner_id,
+            method: call.method,
+            request_id,
+        };
+        let appended = self.feed.as_ref().map(Feed::appended);
+        let reply =
+            idempotency::once_about(&self.db, self.at_rest.as_ref(), key, request, effect).await?;
+        if let Some(feed) = &self.feed
+            && Some(feed.appended()) != appended
+        {
+            if let Some(hook) = &self.before_reply {
+                hook().await;
+            }
+            feed.published();
+        }
+        Ok(reply)
+    }
+}

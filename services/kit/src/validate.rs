@@ -1,0 +1,50 @@
+//! Request validation every service shares: collect every field violation of a request and
+//! answer them together (INVALID_ARGUMENT with `google.rpc.BadRequest`), never one per retry.
+
+use crate::error::{FieldViolation, KitError};
+
+/// Collects field violations so a request reports all its problems at once.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Keeps the value when `result` is Ok, records the violation otherwise.
+    pub fn check<T>(&mut self, field: impl Into<String>, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(description) => {
+                self.add(field, description);
+                None
+            }
+        }
+    }
+
+    /// Ok when nothing was recorded, otherwise INVALID_ARGUMENT with every violation.
+    pub fn finish(self) -> Result<(), KitError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(KitError::Invalid(self.0))
+        }
+    }
+}
+
+/// Checks a free-text field: trimmed, non-empty when required, at most `max` characters, no
+/// control characters.
+pub fn text(value: &str, required: bool, max: usize) -> Result<String, String> {
+    let value = value.trim();
+    if required && value.is_empty() {
+        return Err("required".into());
+    }
+    if value.chars().count() > max {
+        return Err(format!("at most {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(value.to_owned())
+}
