@@ -163,7 +163,7 @@ async fn services_verify_with_identitys_published_keys_through_a_rotation() {
         ),
     ]
     .into();
-    let config = Config::from_vars(|name| vars.get(name).cloned()).unwrap();
+    let config = Config::from_vars(move |name| vars.get(name).cloned()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let entitlements_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(lianyu_entitlements::run(

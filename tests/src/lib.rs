@@ -20,7 +20,7 @@ impl Mesh {
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = Config::local(data.path());
         let mut databases = Vec::new();
-        for service in lianyu_kit::config::SERVICES {
+        for service in lianyu::SERVICES {
             let db = TestDatabase::new(&format!("{test}_{service}")).await;
             config.set_database_url(service, db.url.clone());
             databases.push(db);

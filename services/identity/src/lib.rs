@@ -85,7 +85,7 @@ pub async fn run(
 /// mode a key generated once in the data directory.
 fn master_key(config: &Config) -> Result<[u8; 32], StartError> {
     const VAR: &str = "LIANYU_IDENTITY_KEY";
-    match (&config.identity_key, config.mode) {
+    match (config.secret(VAR), config.mode) {
         (Some(secret), _) => URL_SAFE_NO_PAD
             .decode(secret.expose().trim())
             .ok()

@@ -114,20 +114,33 @@ pub struct Config {
     pub mode: Mode,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Explicit database URLs by service name; `DATABASE_URL` is stored under `"*"`.
+    /// Database URLs set in code by service name (tests, `lianyu up`); `"*"` for all.
     database_urls: BTreeMap<String, String>,
+    /// The variables the config was read from, for settings named after a service
+    /// (`LIANYU_<SERVICE>_DATABASE_URL`, `LIANYU_<SERVICE>_URL`) and a service's own settings
+    /// ([`Config::var`]): the kit names no service.
+    source: Source,
     pub db_max_connections: Option<u32>,
     pub migrate: bool,
-    /// Peer service base URLs by service name, for cross-service calls.
-    pub peers: BTreeMap<String, String>,
     pub auth: AuthConfig,
     pub otlp_endpoint: Option<String>,
     pub limits: Limits,
     /// `LIANYU_IDEMPOTENCY_TTL`: how long a `request_id` is remembered (and its reply kept).
     pub idempotency_ttl: Duration,
-    /// `LIANYU_IDENTITY_KEY`: the identity service's master key, 32 bytes base64url. In local
-    /// mode it is generated in the data directory when absent.
-    pub identity_key: Option<Secret>,
+}
+
+/// Where configuration variables come from: the environment, or a map in tests.
+#[derive(Clone)]
+struct Source(std::sync::Arc<Lookup>);
+
+/// A variable lookup: the name in, the value (if set) out.
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Service settings may be secrets: none is printed.
+        f.write_str("Source(..)")
+    }
 }
 
 /// A configuration value that stops start-up, naming the variable at fault.
@@ -138,13 +151,15 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// The services of the mesh, in start order.
-pub const SERVICES: [&str; 4] = ["identity", "entitlements", "live", "comarketing"];
-
 impl Config {
     /// Builds a config from a variable lookup; pure, so tests pass a closure over a map.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    pub fn from_vars(
+        get: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Self, ConfigError> {
+        let source = Source(std::sync::Arc::new(move |name: &str| {
+            get(name).filter(|v| !v.trim().is_empty())
+        }));
+        let var = |name: &str| (source.0)(name);
         let mode = match var("LIANYU_MODE").as_deref() {
             None | Some("local") => Mode::Local,
             Some("production") => Mode::Production,
@@ -161,24 +176,8 @@ impl Config {
                 .parse()
                 .map_err(|_| err("LIANYU_LISTEN", format!("not a socket address: {v:?}")))?,
         };
-        let mut database_urls = BTreeMap::new();
         if let Some(url) = var("DATABASE_URL") {
-            database_urls.insert("*".to_owned(), check_db_url("DATABASE_URL", url)?);
-        }
-        let mut peers = BTreeMap::new();
-        for service in SERVICES {
-            let upper = service.to_uppercase();
-            let name = format!("LIANYU_{upper}_DATABASE_URL");
-            if let Some(url) = var(&name) {
-                database_urls.insert(service.to_owned(), check_db_url(&name, url)?);
-            }
-            let name = format!("LIANYU_{upper}_URL");
-            if let Some(url) = var(&name) {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(err(&name, "must start with http:// or https://".into()));
-                }
-                peers.insert(service.to_owned(), url);
-            }
+            check_db_url("DATABASE_URL", url)?;
         }
         let trusted_keys = match var("LIANYU_TOKEN_KEYS") {
             None => Vec::new(),
@@ -190,16 +189,17 @@ impl Config {
                 .map_err(|e| err("LIANYU_SIGNING_KEY", format!("signing key: {e}")))?;
         }
         if mode == Mode::Production {
-            if trusted_keys.is_empty() && signing_key.is_none() && !peers.contains_key("identity") {
+            // Identity is the trust anchor: its URL is where every other service fetches keys.
+            if trusted_keys.is_empty()
+                && signing_key.is_none()
+                && var("LIANYU_IDENTITY_URL").is_none()
+            {
                 return Err(err(
                     "LIANYU_TOKEN_KEYS",
                     "production mode needs keys to verify tokens: LIANYU_IDENTITY_URL (fetched \
                      from identity), LIANYU_SIGNING_KEY (identity itself) or kid=base64url-key,..."
                         .into(),
                 ));
-            }
-            if database_urls.is_empty() {
-                return Err(err("DATABASE_URL", "required in production mode".into()));
             }
         }
         let otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
@@ -246,12 +246,11 @@ impl Config {
             mode,
             listen,
             data_dir: PathBuf::from(var("LIANYU_DATA_DIR").unwrap_or_else(|| "./data".into())),
-            database_urls,
+            database_urls: BTreeMap::new(),
             db_max_connections: var("LIANYU_DB_MAX_CONNECTIONS")
                 .map(|v| positive("LIANYU_DB_MAX_CONNECTIONS", &v))
                 .transpose()?,
             migrate: boolean(&var, "LIANYU_MIGRATE", true)?,
-            peers,
             auth: AuthConfig {
                 issuer: var("LIANYU_TOKEN_ISSUER").unwrap_or_else(|| "lianyu".into()),
                 audience: var("LIANYU_TOKEN_AUDIENCE").unwrap_or_else(|| "lianyu-mesh".into()),
@@ -273,12 +272,12 @@ impl Config {
             },
             otlp_endpoint,
             limits,
-            identity_key: var("LIANYU_IDENTITY_KEY").map(Secret::new),
             idempotency_ttl: duration(
                 &var,
                 "LIANYU_IDEMPOTENCY_TTL",
                 Duration::from_secs(24 * 3600),
             )?,
+            source,
         })
     }
 
@@ -295,21 +294,77 @@ impl Config {
         config
     }
 
-    /// The database a service uses: its own URL, else `DATABASE_URL`, else a SQLite file in the data dir.
+    /// A service's own setting (`LIANYU_IDENTITY_KEY`), read from the same source as the rest
+    /// of the configuration; blank counts as unset.
+    pub fn var(&self, name: &str) -> Option<String> {
+        (self.source.0)(name)
+    }
+
+    /// [`Self::var`] for a secret, which never prints.
+    pub fn secret(&self, name: &str) -> Option<Secret> {
+        self.var(name).map(Secret::new)
+    }
+
+    /// The database a service uses: a URL set in code, else `LIANYU_<SERVICE>_DATABASE_URL`,
+    /// else `DATABASE_URL`, else a SQLite file in the data dir.
     pub fn database_url(&self, service: &str) -> String {
-        self.database_urls
-            .get(service)
-            .or_else(|| self.database_urls.get("*"))
-            .cloned()
-            .unwrap_or_else(|| {
-                format!("sqlite://{}/{service}.db?mode=rwc", self.data_dir.display())
-            })
+        self.database(service).ok().flatten().unwrap_or_else(|| {
+            format!("sqlite://{}/{service}.db?mode=rwc", self.data_dir.display())
+        })
+    }
+
+    /// The database URL configured for `service`, checked: a malformed URL names its
+    /// variable, and production mode refuses to fall back to a local SQLite file.
+    pub fn checked_database_url(&self, service: &str) -> Result<String, ConfigError> {
+        match self.database(service)? {
+            Some(url) => Ok(url),
+            None if self.mode == Mode::Production => Err(err(
+                "DATABASE_URL",
+                format!(
+                    "required in production mode (or {})",
+                    service_var(service, "DATABASE_URL")
+                ),
+            )),
+            None => Ok(self.database_url(service)),
+        }
+    }
+
+    fn database(&self, service: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(url) = self.database_urls.get(service) {
+            return Ok(Some(url.clone()));
+        }
+        let own = service_var(service, "DATABASE_URL");
+        if let Some(url) = self.var(&own) {
+            return check_db_url(&own, url).map(Some);
+        }
+        if let Some(url) = self.database_urls.get("*") {
+            return Ok(Some(url.clone()));
+        }
+        self.var("DATABASE_URL")
+            .map(|url| check_db_url("DATABASE_URL", url))
+            .transpose()
+    }
+
+    /// Where another service of the mesh answers (`LIANYU_<SERVICE>_URL`), for calls to it.
+    pub fn peer(&self, service: &str) -> Result<Option<String>, ConfigError> {
+        let name = service_var(service, "URL");
+        match self.var(&name) {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                Err(err(&name, "must start with http:// or https://".into()))
+            }
+            url => Ok(url),
+        }
     }
 
     /// Points one service (or `"*"`, all of them) at a database.
     pub fn set_database_url(&mut self, service: &str, url: impl Into<String>) {
         self.database_urls.insert(service.to_owned(), url.into());
     }
+}
+
+/// `LIANYU_<SERVICE>_<SUFFIX>`.
+fn service_var(service: &str, suffix: &str) -> String {
+    format!("LIANYU_{}_{suffix}", service.to_uppercase())
 }
 
 fn err(var: &str, message: String) -> ConfigError {
@@ -399,7 +454,7 @@ fn boolean(
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + use<> {
         let map: BTreeMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -439,12 +494,14 @@ mod tests {
         let e = Config::from_vars(vars(&[("LIANYU_MODE", "production")])).unwrap_err();
         assert_eq!(e.var, "LIANYU_TOKEN_KEYS");
         let key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
-        let e = Config::from_vars(vars(&[
+        let c = Config::from_vars(vars(&[
             ("LIANYU_MODE", "production"),
             ("LIANYU_TOKEN_KEYS", &format!("k1={key}")),
         ]))
-        .unwrap_err();
+        .unwrap();
+        let e = c.checked_database_url("live").unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
+        assert!(e.message.contains("LIANYU_LIVE_DATABASE_URL"), "{e}");
         let c = Config::from_vars(vars(&[
             ("LIANYU_MODE", "production"),
             ("LIANYU_TOKEN_KEYS", &format!("k1={key}")),
@@ -458,10 +515,34 @@ mod tests {
     }
 
     #[test]
+    fn settings_named_after_a_service_are_read_by_name() {
+        let c = Config::from_vars(vars(&[
+            ("LIANYU_LIVE_DATABASE_URL", "sqlite://live.db"),
+            ("LIANYU_IDENTITY_URL", "http://identity:50051"),
+            ("LIANYU_LIVE_URL", "live:50051"),
+        ]))
+        .unwrap();
+        assert_eq!(c.checked_database_url("live").unwrap(), "sqlite://live.db");
+        assert_eq!(
+            c.peer("identity").unwrap().as_deref(),
+            Some("http://identity:50051")
+        );
+        assert_eq!(c.peer("live").unwrap_err().var, "LIANYU_LIVE_URL");
+        assert_eq!(c.peer("comarketing").unwrap(), None);
+        let c = Config::from_vars(vars(&[("LIANYU_LIVE_DATABASE_URL", "mysql://x")])).unwrap();
+        assert_eq!(
+            c.checked_database_url("live").unwrap_err().var,
+            "LIANYU_LIVE_DATABASE_URL"
+        );
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = Config::from_vars(vars(&[("LIANYU_IDENTITY_KEY", "very-secret-value")])).unwrap();
         assert!(!format!("{c:?}").contains("very-secret-value"));
-        assert_eq!(c.identity_key.unwrap().expose(), "very-secret-value");
+        let secret = c.secret("LIANYU_IDENTITY_KEY").unwrap();
+        assert!(!format!("{secret:?}").contains("very-secret-value"));
+        assert_eq!(secret.expose(), "very-secret-value");
     }
 
     #[test]

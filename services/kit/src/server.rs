@@ -40,6 +40,7 @@ pub enum StartError {
 impl From<crate::storage::OpenError> for StartError {
     fn from(e: crate::storage::OpenError) -> Self {
         match e {
+            crate::storage::OpenError::Config(e) => StartError::Config(e),
             crate::storage::OpenError::Storage(e) => StartError::Storage(e),
             crate::storage::OpenError::Migration(m) => StartError::Migration(m),
         }
@@ -237,11 +238,12 @@ pub async fn serve(
         names.clone(),
         ctx.stopping.clone(),
     ));
-    if let Some(identity) = ctx.config.peers.get("identity") {
+    // Identity is the trust anchor: every other service verifies tokens with its keys.
+    if let Some(identity) = ctx.config.peer("identity")? {
         tokio::spawn(crate::auth::refresh_keys(
             ctx.verifier.clone(),
             ctx.static_keys.clone(),
-            identity.clone(),
+            identity,
             ctx.config.auth.key_refresh,
             ctx.stopping.clone(),
         ));

@@ -225,12 +225,10 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
     config: &crate::config::Config,
     service: &str,
 ) -> Result<DatabaseConnection, OpenError> {
-    let db = connect(
-        &config.database_url(service),
-        service,
-        config.db_max_connections,
-    )
-    .await?;
+    let url = config
+        .checked_database_url(service)
+        .map_err(OpenError::Config)?;
+    let db = connect(&url, service, config.db_max_connections).await?;
     if config.migrate {
         M::up(&db, None)
             .await
@@ -242,6 +240,9 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
 /// Why a service's database could not be opened at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// The service's database URL is missing or malformed; names the variable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("database: {0}")]
     Storage(#[from] StorageError),
     #[error("migrations: {0}")]

@@ -10,6 +10,14 @@ use std::future::Future;
 use lianyu_kit::{Config, Mount, ServerContext, StartError};
 use tokio::net::TcpListener;
 
+/// The services `lianyu up` runs, in mount order; each names its database and its settings.
+pub const SERVICES: [&str; 4] = [
+    lianyu_identity::NAME,
+    lianyu_entitlements::NAME,
+    lianyu_live::NAME,
+    lianyu_comarketing::NAME,
+];
+
 /// Mounts identity, entitlements, live and comarketing on one server.
 pub async fn mount_all(ctx: &ServerContext) -> Result<Mount, StartError> {
     let mut mount = Mount::new(ctx);

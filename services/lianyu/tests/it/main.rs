@@ -176,10 +176,14 @@ fn keygen_prints_a_signing_key_and_the_pair_that_trusts_it() {
         format!("{}={}", trusted.key_id, trusted.public_key)
     );
     // Both lines are accepted as production configuration.
-    let config = lianyu_kit::Config::from_vars(|name| match name {
+    let vars: std::collections::HashMap<String, String> = vars
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let config = lianyu_kit::Config::from_vars(move |name| match name {
         "LIANYU_MODE" => Some("production".into()),
         "DATABASE_URL" => Some("postgres://db/mesh".into()),
-        other => vars.get(other).map(|v| (*v).to_owned()),
+        other => vars.get(other).cloned(),
     })
     .unwrap();
     assert_eq!(config.auth.trusted_keys[0].key_id, trusted.key_id);
@@ -204,11 +208,9 @@ fn token_mints_a_short_bootstrap_token_with_the_production_signing_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap();
-    let config = lianyu_kit::Config::from_vars(|name| match name {
-        "LIANYU_TOKEN_KEYS" => {
-            let k = key.trusted_key();
-            Some(format!("{}={}", k.key_id, k.public_key))
-        }
+    let trusted = key.trusted_key();
+    let config = lianyu_kit::Config::from_vars(move |name| match name {
+        "LIANYU_TOKEN_KEYS" => Some(format!("{}={}", trusted.key_id, trusted.public_key)),
         _ => None,
     })
     .unwrap();
