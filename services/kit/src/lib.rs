@@ -11,15 +11,18 @@ pub mod dbhealth;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod ids;
 pub mod jobs;
 pub mod keycodec;
 pub mod mask;
 pub mod mutation;
+pub mod names;
 pub mod page;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod testing;
+pub mod time;
 pub mod validate;
 
 pub use auth::Principal;

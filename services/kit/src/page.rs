@@ -5,7 +5,11 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::KitError;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
+
+use crate::{error::KitError, storage::StorageError};
 
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 pub const MAX_PAGE_SIZE: u64 = 1000;
@@ -77,6 +81,29 @@ impl Page {
         rows.truncate(usize::try_from(self.size).unwrap_or(usize::MAX));
         let token = self.next_token(rows.last().map(key).as_deref(), more);
         (rows, token)
+    }
+}
+
+impl Page {
+    /// Runs `query` for this page, scoped to one tenant: only rows whose `tenant.0` column
+    /// holds `tenant.1` (the caller's partner), ordered by `key` ascending after the token's
+    /// key, one row more than the page so that [`Page::finish`] knows whether another follows.
+    /// The scope is not optional: a list a partner pages through holds only its own rows.
+    pub async fn fetch<E: EntityTrait>(
+        &self,
+        conn: &impl ConnectionTrait,
+        query: Select<E>,
+        tenant: (E::Column, &str),
+        key: E::Column,
+    ) -> Result<Vec<E::Model>, StorageError> {
+        let mut query = query
+            .filter(tenant.0.eq(tenant.1))
+            .order_by_asc(key)
+            .limit(self.size + 1);
+        if let Some(after) = &self.after {
+            query = query.filter(key.gt(after.clone()));
+        }
+        Ok(query.all(conn).await?)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Proto ↔ domain conversions shared by the handlers.
 
 use lianyu_proto::identity::v1 as pb;
-use prost_types::Timestamp;
 
 use crate::{
     domain::{
@@ -12,18 +11,7 @@ use crate::{
     store::entities::{consent_receipt, credential, partner, store},
 };
 
-pub(crate) fn timestamp(millis: i64) -> Option<Timestamp> {
-    Some(Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    })
-}
-
-pub(crate) fn millis(ts: &Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(ts.nanos) / 1_000_000)
-}
+pub(crate) use lianyu_kit::time::{millis, timestamp};
 
 pub(crate) fn partner(p: &partner::Model) -> pb::Partner {
     let kind = match p.kind.as_str() {
@@ -149,14 +137,8 @@ pub(crate) fn receipt(
 
 /// `members/{scoped}` → scoped, or a field violation.
 pub(crate) fn member_name(name: &str) -> Result<String, String> {
-    match name.strip_prefix("members/") {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 64
-                && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
-        {
-            Ok(id.to_owned())
-        }
+    match lianyu_kit::names::parse(name, "members/{member}") {
+        Ok([id]) if id.chars().all(|c| c.is_ascii_alphanumeric()) => Ok(id.to_owned()),
         _ => Err("expected members/{member}".into()),
     }
 }

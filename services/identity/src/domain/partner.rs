@@ -1,5 +1,6 @@
 //! Partners and alliances: who may share with whom, for which purposes, until when.
 
+use lianyu_kit::names;
 use std::collections::BTreeSet;
 
 use super::{identifier::Method, purpose::Purpose};
@@ -43,32 +44,31 @@ pub fn partner_id(s: &str) -> Result<String, String> {
 
 /// `partners/{id}` → id.
 pub fn parse_partner_name(name: &str) -> Result<String, String> {
-    name.strip_prefix("partners/")
-        .ok_or_else(|| "expected partners/{partner}".to_owned())
-        .and_then(partner_id)
+    let [partner] = names::parse(name, "partners/{partner}")?;
+    partner_id(partner)
 }
 
 /// `partners/{partner}/stores/{store}` → (partner, store). Store ids follow the partner id rule.
 pub fn parse_store_name(name: &str) -> Result<(String, String), String> {
-    let expected = || "expected partners/{partner}/stores/{store}".to_owned();
-    let rest = name.strip_prefix("partners/").ok_or_else(expected)?;
-    let (partner, store) = rest.split_once("/stores/").ok_or_else(expected)?;
+    const PATTERN: &str = "partners/{partner}/stores/{store}";
+    let [partner, store] = names::parse(name, PATTERN)?;
     Ok((
-        partner_id(partner).map_err(|_| expected())?,
+        partner_id(partner).map_err(|_| format!("expected {PATTERN}"))?,
         partner_id(store).map_err(|e| format!("store id: {e}"))?,
     ))
 }
 
 /// `partners/{partner}/credentials/{credential}` → (partner, credential).
 pub fn parse_credential_name(name: &str) -> Result<(String, String), String> {
-    let expected = || "expected partners/{partner}/credentials/{credential}".to_owned();
-    let rest = name.strip_prefix("partners/").ok_or_else(expected)?;
-    let (partner, id) = rest.split_once("/credentials/").ok_or_else(expected)?;
-    let id_ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric());
-    if !id_ok {
-        return Err(expected());
+    const PATTERN: &str = "partners/{partner}/credentials/{credential}";
+    let [partner, id] = names::parse(name, PATTERN)?;
+    if !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!("expected {PATTERN}"));
     }
-    Ok((partner_id(partner).map_err(|_| expected())?, id.to_owned()))
+    Ok((
+        partner_id(partner).map_err(|_| format!("expected {PATTERN}"))?,
+        id.to_owned(),
+    ))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

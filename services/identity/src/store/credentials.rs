@@ -3,7 +3,7 @@
 use lianyu_kit::{page::Page, storage::StorageError};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter, QuerySelect,
 };
 
 use super::{Store, entities::credential};
@@ -90,13 +90,13 @@ impl Store {
         partner: &str,
         page: &Page,
     ) -> Result<Vec<credential::Model>, IdentityError> {
-        let mut query = credential::Entity::find()
-            .filter(credential::Column::PartnerId.eq(partner))
-            .order_by_asc(credential::Column::Id)
-            .limit(page.size + 1);
-        if let Some(after) = &page.after {
-            query = query.filter(credential::Column::Id.gt(after.clone()));
-        }
-        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
+        Ok(page
+            .fetch(
+                &self.read,
+                credential::Entity::find(),
+                (credential::Column::PartnerId, partner),
+                credential::Column::Id,
+            )
+            .await?)
     }
 }

@@ -3,10 +3,7 @@
 
 use lianyu_kit::KitError;
 use lianyu_kit::{page::Page, storage::StorageError};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect,
-};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel};
 
 use super::{Store, entities::store};
 use crate::domain::IdentityError;
@@ -60,13 +57,13 @@ impl Store {
         partner: &str,
         page: &Page,
     ) -> Result<Vec<store::Model>, IdentityError> {
-        let mut query = store::Entity::find()
-            .filter(store::Column::PartnerId.eq(partner))
-            .order_by_asc(store::Column::Id)
-            .limit(page.size + 1);
-        if let Some(after) = &page.after {
-            query = query.filter(store::Column::Id.gt(after.clone()));
-        }
-        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
+        Ok(page
+            .fetch(
+                &self.read,
+                store::Entity::find(),
+                (store::Column::PartnerId, partner),
+                store::Column::Id,
+            )
+            .await?)
     }
 }
