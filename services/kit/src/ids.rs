@@ -2,6 +2,22 @@
 //! never be passed where a mesh member id is expected (nor a store id where a partner id is).
 //! The mesh-wide kinds every service handles are defined here; a service defines its own with
 //! [`crate::id_type!`].
+//!
+//! A scoped id where a mesh id is expected does not compile:
+//!
+//! ```compile_fail
+//! use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
+//! fn erase(_member: &MeshMemberId) {}
+//! erase(&ScopedMemberId::new("m1"));
+//! ```
+//!
+//! and neither does plain text:
+//!
+//! ```compile_fail
+//! use lianyu_kit::ids::MeshMemberId;
+//! fn erase(_member: &MeshMemberId) {}
+//! erase(&"m1".to_owned());
+//! ```
 
 /// Defines a string id newtype: `id_type!(/// docs\n PartnerId);`. It converts from and to
 /// `String` explicitly, shows as its value, and stores through sea-orm as a string column.
@@ -30,6 +46,21 @@ macro_rules! id_type {
         impl ::std::fmt::Display for $name {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        // Reading an id as text is always fine (queries, names, logs of ids); it is making
+        // one from text that is explicit (`new`), so text never becomes an id by accident.
+        impl ::std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl ::std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
             }
         }
 

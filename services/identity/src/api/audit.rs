@@ -2,6 +2,7 @@
 //! provided — with members named by the caller's own scoped ids.
 
 use lianyu_kit::KitError;
+use lianyu_kit::ids::MeshMemberId;
 use lianyu_kit::page::Page;
 use lianyu_proto::identity::v1::{self as pb, audit_service_server::AuditService};
 use tonic::{Request, Response, Status};
@@ -86,7 +87,10 @@ impl Api {
             .survivors(rows.iter().map(|r| r.member_id.clone()).collect())
             .await?;
         let current = |id: &String| survivors.get(id).unwrap_or(id).clone();
-        let members: Vec<String> = rows.iter().map(|r| current(&r.member_id)).collect();
+        let members: Vec<MeshMemberId> = rows
+            .iter()
+            .map(|r| MeshMemberId::new(current(&r.member_id)))
+            .collect();
         let scoped =
             Store::scoped_ids_of(&self.store.read, &self.store.secrets, who, &members).await?;
         let records = rows
@@ -95,7 +99,7 @@ impl Api {
                 name: format!("accessRecords/{}", row.seq),
                 accessor: format!("partners/{}", row.accessor),
                 member: scoped
-                    .get(&current(&row.member_id))
+                    .get(current(&row.member_id).as_str())
                     .map(|s| format!("members/{s}"))
                     .unwrap_or_default(),
                 purpose: row.purpose,

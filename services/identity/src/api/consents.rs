@@ -2,6 +2,7 @@
 //! receipt; checks by the grantee, one member or hundreds at once.
 
 use lianyu_kit::KitError;
+use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
 use lianyu_kit::page::Page;
 use lianyu_proto::{
     common::v1::FeedCursor,
@@ -26,7 +27,7 @@ pub(crate) const MAX_BATCH: usize = 1000;
 
 /// What a grant or withdrawal asks, checked.
 struct Change {
-    scoped: String,
+    scoped: ScopedMemberId,
     grantee: String,
     purposes: Vec<Purpose>,
 }
@@ -83,7 +84,7 @@ impl ConsentService for Api {
                     state: ConsentState::Granted,
                 };
                 let receipt = receipt(txn, &self.store, &c, &change.scoped).await?;
-                Ok((receipt, Some(member_id.clone())))
+                Ok((receipt, Some(member_id.to_string())))
             })
             .await
             .map_err(status)?;
@@ -130,7 +131,7 @@ impl ConsentService for Api {
                     state: ConsentState::Withdrawn,
                 };
                 let receipt = receipt(txn, &self.store, &c, &change.scoped).await?;
-                Ok((receipt, Some(member_id.clone())))
+                Ok((receipt, Some(member_id.to_string())))
             })
             .await
             .map_err(status)?;
@@ -243,7 +244,7 @@ impl ConsentService for Api {
         if r.members.is_empty() || r.members.len() > MAX_BATCH {
             v.add("members", format!("between 1 and {MAX_BATCH} members"));
         }
-        let scoped: Vec<String> = r
+        let scoped: Vec<ScopedMemberId> = r
             .members
             .iter()
             .enumerate()
@@ -286,7 +287,10 @@ impl Api {
         };
         let rows = Store::receipts(db, member_id.as_deref(), who, page).await?;
         let (rows, token) = page.finish(rows, |r| r.id.clone());
-        let members: Vec<String> = rows.iter().map(|r| r.member_id.clone()).collect();
+        let members: Vec<MeshMemberId> = rows
+            .iter()
+            .map(|r| MeshMemberId::new(r.member_id.clone()))
+            .collect();
         let scoped = Store::scoped_ids_of(db, &self.store.secrets, who, &members).await?;
         let mut partners = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
@@ -299,7 +303,10 @@ impl Api {
                     partners.insert(id.clone(), p);
                 }
             }
-            let member = scoped.get(&row.member_id).cloned().unwrap_or_default();
+            let member = scoped
+                .get(row.member_id.as_str())
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             let alliance = self.store.alliances.get(db, &row.alliance_id).await?;
             out.push(convert::receipt(
                 row,
@@ -317,7 +324,7 @@ impl Api {
     async fn check(
         &self,
         grantee: &str,
-        scoped: &[String],
+        scoped: &[ScopedMemberId],
         purpose: Purpose,
     ) -> Result<Vec<pb::CheckConsentResponse>, IdentityError> {
         let live = self
@@ -326,7 +333,7 @@ impl Api {
             .await?;
         Ok(scoped
             .iter()
-            .map(|s| match live.get(s) {
+            .map(|s| match live.get(s.as_str()) {
                 Some(c) => pb::CheckConsentResponse {
                     allowed: true,
                     consent_receipt: format!("consentReceipts/{}", c.receipt_id),

@@ -1,5 +1,6 @@
 //! Proto ↔ domain conversions shared by the handlers.
 
+use lianyu_kit::ids::ScopedMemberId;
 use lianyu_proto::identity::v1 as pb;
 
 use crate::{
@@ -136,9 +137,9 @@ pub(crate) fn receipt(
 }
 
 /// `members/{scoped}` → scoped, or a field violation.
-pub(crate) fn member_name(name: &str) -> Result<String, String> {
+pub(crate) fn member_name(name: &str) -> Result<ScopedMemberId, String> {
     match lianyu_kit::names::parse(name, "members/{member}") {
-        Ok([id]) if id.chars().all(|c| c.is_ascii_alphanumeric()) => Ok(id.to_owned()),
+        Ok([id]) if id.chars().all(|c| c.is_ascii_alphanumeric()) => Ok(ScopedMemberId::new(id)),
         _ => Err("expected members/{member}".into()),
     }
 }

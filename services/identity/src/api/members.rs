@@ -2,6 +2,7 @@
 //! partner-scoped ids; other partners' fields only under a live consent, each read audited.
 
 use lianyu_kit::KitError;
+use lianyu_kit::ids::ScopedMemberId;
 use std::collections::BTreeMap;
 
 use lianyu_kit::{Call, Principal, page::Page};
@@ -222,7 +223,10 @@ impl Api {
                     .store
                     .contributed(txn, &member_id, &who.partner_id)
                     .await?;
-                Ok((member(&scoped, &view, Vec::new()), Some(member_id)))
+                Ok((
+                    member(&scoped, &view, Vec::new()),
+                    Some(member_id.into_string()),
+                ))
             })
             .await
     }
@@ -298,7 +302,7 @@ impl Api {
                 .store
                 .contributed(txn, &keep_id, &who.partner_id)
                 .await?;
-            Ok((member(&keep, &view, Vec::new()), Some(keep_id)))
+            Ok((member(&keep, &view, Vec::new()), Some(keep_id.into_string())))
         })
         .await
     }
@@ -337,7 +341,7 @@ impl Api {
     async fn read_member(
         &self,
         who: &Principal,
-        scoped: &str,
+        scoped: &ScopedMemberId,
         purpose: Purpose,
     ) -> Result<pb::Member, IdentityError> {
         let db = &self.store.read;
@@ -366,7 +370,7 @@ impl Api {
                     Some(&source),
                 )
                 .await?;
-            let consent = consents.get(&member_id);
+            let consent = consents.get(member_id.as_str());
             if let Some(consent) = consent {
                 let profile = self
                     .store
@@ -387,7 +391,7 @@ impl Api {
                 seq: 0,
                 accessor: who.partner_id.clone(),
                 source,
-                member_id: member_id.clone(),
+                member_id: member_id.to_string(),
                 purpose: purpose as i32,
                 receipt_id: consent.map(|c| c.receipt_id.clone()).unwrap_or_default(),
                 allowed: consent.is_some(),
@@ -447,7 +451,7 @@ fn member_and_identifier(
     name: &str,
     id: Option<&pb::Identifier>,
     partner: &str,
-) -> Result<(String, Identifier), IdentityError> {
+) -> Result<(ScopedMemberId, Identifier), IdentityError> {
     let mut v = Violations::default();
     let scoped = v.check("member", convert::member_name(name));
     let id = match id {

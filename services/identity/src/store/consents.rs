@@ -1,5 +1,6 @@
 //! Consents: the latest word per (member, grantee, purpose, collector), and the receipts.
 
+use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
 use std::collections::BTreeMap;
 
 use lianyu_kit::{
@@ -150,10 +151,12 @@ impl Store {
                     .map_err(StorageError::from)?;
             }
         }
-        let member = Self::scoped_ids_of(txn, secrets, c.grantee, &[c.member_id.to_owned()])
-            .await?
-            .remove(c.member_id)
-            .unwrap_or_default();
+        let member =
+            Self::scoped_ids_of(txn, secrets, c.grantee, &[MeshMemberId::new(c.member_id)])
+                .await?
+                .remove(c.member_id)
+                .map(String::from)
+                .unwrap_or_default();
         append_event(
             feed,
             txn,
@@ -206,7 +209,7 @@ impl Store {
     pub(crate) async fn live_consents_by_scoped_id(
         &self,
         grantee: &str,
-        scoped: &[String],
+        scoped: &[ScopedMemberId],
         purpose: Purpose,
     ) -> Result<BTreeMap<String, Consent>, IdentityError> {
         let mut granted: Vec<(String, std::sync::Arc<Vec<Granted>>)> =
@@ -214,8 +217,8 @@ impl Store {
         let mut missing = Vec::new();
         for id in scoped {
             match self.consent_index.get(grantee, id, purpose) {
-                Some(rows) => granted.push((id.clone(), rows)),
-                None => missing.push(id.clone()),
+                Some(rows) => granted.push((id.to_string(), rows)),
+                None => missing.push(id.to_string()),
             }
         }
         if !missing.is_empty() {
@@ -314,7 +317,7 @@ impl Store {
     /// For each member, the live consent to `grantee` for `purpose` (from any collector).
     pub(crate) async fn live_consents(
         &self,
-        members: &[String],
+        members: &[MeshMemberId],
         grantee: &str,
         purpose: Purpose,
         collector: Option<&str>,
@@ -493,12 +496,12 @@ async fn announce(
             .or_default()
             .push(row.purpose);
     }
-    let mut by_grantee: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut by_grantee: BTreeMap<&str, Vec<MeshMemberId>> = BTreeMap::new();
     for (grantee, member, ..) in groups.keys() {
         by_grantee
             .entry(grantee)
             .or_default()
-            .push((*member).to_owned());
+            .push(MeshMemberId::new(*member));
     }
     let mut scoped = BTreeMap::new();
     for (grantee, members) in by_grantee {
@@ -520,7 +523,7 @@ async fn announce(
                 member: scoped
                     .get(grantee)
                     .and_then(|ids| ids.get(member))
-                    .cloned()
+                    .map(|id| id.to_string())
                     .unwrap_or_default(),
                 collector: collector.to_owned(),
                 grantee: grantee.to_owned(),

@@ -1,6 +1,7 @@
 //! Members, their identifiers and profiles, and the partner-scoped ids that name them.
 
 use lianyu_kit::KitError;
+use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
 use std::collections::BTreeMap;
 
 use lianyu_kit::storage::StorageError;
@@ -247,11 +248,12 @@ impl Store {
         partner: &str,
         member_id: &str,
     ) -> Result<String, IdentityError> {
-        let held = Self::scoped_ids_of(txn, &self.secrets, partner, &[member_id.to_owned()])
-            .await?
-            .remove(member_id);
+        let held =
+            Self::scoped_ids_of(txn, &self.secrets, partner, &[MeshMemberId::new(member_id)])
+                .await?
+                .remove(member_id);
         if let Some(scoped) = held {
-            return Ok(scoped);
+            return Ok(scoped.into_string());
         }
         // A partner that erased the person and enrols them again starts a new relationship:
         // a new id, never the erased one (other services purged everything under it).
@@ -285,9 +287,9 @@ impl Store {
     pub(crate) async fn member_for(
         conn: &impl ConnectionTrait,
         caller: &str,
-        scoped: &str,
-    ) -> Result<String, IdentityError> {
-        let row = scoped_id::Entity::find_by_id(scoped.to_owned())
+        scoped: &ScopedMemberId,
+    ) -> Result<MeshMemberId, IdentityError> {
+        let row = scoped_id::Entity::find_by_id(scoped.as_str())
             .one(conn)
             .await
             .map_err(StorageError::from)?
@@ -302,7 +304,7 @@ impl Store {
             .await
             .map_err(StorageError::from)?;
         match member {
-            Some(m) if m.status == "active" => Ok(member_id),
+            Some(m) if m.status == "active" => Ok(MeshMemberId::new(member_id)),
             Some(_) => Err(IdentityError::MemberErased),
             None => Err(IdentityError::MemberNotFound),
         }
@@ -314,11 +316,11 @@ impl Store {
         conn: &impl ConnectionTrait,
         secrets: &crate::domain::secrets::Secrets,
         partner: &str,
-        members: &[String],
-    ) -> Result<BTreeMap<String, String>, IdentityError> {
+        members: &[MeshMemberId],
+    ) -> Result<BTreeMap<MeshMemberId, ScopedMemberId>, IdentityError> {
         let rows = scoped_id::Entity::find()
             .filter(scoped_id::Column::PartnerId.eq(partner.to_owned()))
-            .filter(scoped_id::Column::MemberId.is_in(members.iter().cloned()))
+            .filter(scoped_id::Column::MemberId.is_in(members.iter().map(MeshMemberId::as_str)))
             .filter(scoped_id::Column::ErasedAt.is_null())
             .all(conn)
             .await
@@ -326,8 +328,9 @@ impl Store {
         let mut out = BTreeMap::new();
         for row in rows {
             let canonical = secrets.scoped_id(partner, &row.member_id) == row.scoped_id;
-            if canonical || !out.contains_key(&row.member_id) {
-                out.insert(row.member_id, row.scoped_id);
+            let member = MeshMemberId::new(row.member_id);
+            if canonical || !out.contains_key(&member) {
+                out.insert(member, ScopedMemberId::new(row.scoped_id));
             }
         }
         Ok(out)
@@ -338,7 +341,7 @@ impl Store {
         &self,
         caller: &str,
         id: &Identifier,
-    ) -> Result<String, IdentityError> {
+    ) -> Result<ScopedMemberId, IdentityError> {
         let row = identifier::Entity::find()
             .filter(identifier::Column::PartnerId.eq(caller.to_owned()))
             .filter(identifier::Column::LookupHash.eq(self.secrets.lookup_hash(id)))
@@ -346,14 +349,15 @@ impl Store {
             .await
             .map_err(StorageError::from)?
             .ok_or(IdentityError::MemberNotFound)?;
+        let member = MeshMemberId::new(row.member_id);
         Self::scoped_ids_of(
             &self.read,
             &self.secrets,
             caller,
-            std::slice::from_ref(&row.member_id),
+            std::slice::from_ref(&member),
         )
         .await?
-        .remove(&row.member_id)
+        .remove(&member)
         .ok_or(IdentityError::MemberNotFound)
     }
 
