@@ -5,3 +5,4 @@
 mod discovery;
 mod edge;
 mod keys;
+mod live;

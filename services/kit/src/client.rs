@@ -24,6 +24,28 @@ pub struct PeerError {
     pub message: String,
 }
 
+/// Connects to a server that may still be starting (a process just spawned), retrying every
+/// 50 ms for up to `wait`.
+pub async fn connect_when_up(address: &str, wait: Duration) -> Result<Channel, PeerError> {
+    let endpoint = Channel::from_shared(address.to_owned()).map_err(|e| PeerError {
+        url: address.to_owned(),
+        message: e.to_string(),
+    })?;
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) if tokio::time::Instant::now() >= until => {
+                return Err(PeerError {
+                    url: address.to_owned(),
+                    message: format!("did not come up: {e}"),
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A lazily connecting channel to `url` (`http://host:port`); calls fail with UNAVAILABLE
 /// while the peer is down rather than blocking start-up.
 pub fn peer(url: &str, deadline: Duration) -> Result<PeerChannel, PeerError> {

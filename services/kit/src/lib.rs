@@ -21,6 +21,7 @@ pub mod page;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
 pub mod validate;

@@ -3,6 +3,28 @@
 //! (idempotency keys, the outbox, feed cursors), and the one place storage errors are classified.
 
 pub mod entities;
+
+/// A sea-orm entity without relations in one line per table:
+/// `entity!(session, "sessions", { #[sea_orm(primary_key, auto_increment = false)] pub id: String, … });`
+/// makes `mod session` with its `Model`, `Entity`, `Column` and `ActiveModel`. The calling
+/// crate depends on `sea-orm`.
+#[macro_export]
+macro_rules! entity {
+    ($module:ident, $table:literal, { $($body:tt)* }) => {
+        pub mod $module {
+            use sea_orm::entity::prelude::*;
+
+            #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+            #[sea_orm(table_name = $table)]
+            pub struct Model { $($body)* }
+
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+
+            impl ActiveModelBehavior for ActiveModel {}
+        }
+    };
+}
 mod migration;
 
 use std::time::Duration;
@@ -12,7 +34,7 @@ use sea_orm::{
 };
 use tonic::Code;
 
-pub use migration::{KitIndexes, KitReplySubjects, KitTables};
+pub use migration::{KitIndexes, KitReplySubjects, KitTables, create_entity_table};
 
 /// A storage failure, classified once at the store boundary.
 #[derive(Debug, thiserror::Error)]

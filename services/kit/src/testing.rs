@@ -7,7 +7,7 @@ use std::{str::FromStr, time::Duration};
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    auth::{ALL_SCOPES, Signer, TokenRequest},
+    auth::{Signer, TokenRequest},
     config::AuthConfig,
 };
 
@@ -94,14 +94,7 @@ impl TestDatabase {
 
 /// A token request with every scope, for a brand or mall partner.
 pub fn partner_token(partner_id: &str) -> TokenRequest {
-    TokenRequest {
-        partner_id: partner_id.to_owned(),
-        operator: false,
-        store: None,
-        scopes: ALL_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-        ttl: Duration::from_secs(3600),
-        credential: None,
-    }
+    TokenRequest::partner(partner_id)
 }
 
 /// Mints a token the local server in `data_dir` accepts.
@@ -182,15 +175,9 @@ pub async fn call_empty(channel: Channel, rpc: &Rpc, token: Option<&str>) -> ton
 
 /// Connects to a server that may still be starting, retrying for up to five seconds.
 pub async fn connect(address: &str) -> Channel {
-    let endpoint =
-        Channel::from_shared(address.to_owned()).unwrap_or_else(|e| panic!("{address}: {e}"));
-    for _ in 0..100 {
-        if let Ok(channel) = endpoint.connect().await {
-            return channel;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{address} did not come up");
+    crate::client::connect_when_up(address, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The `google.rpc.ErrorInfo` reason of a status (empty when it has none): what clients and
@@ -204,6 +191,16 @@ pub fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// Every field a status's `google.rpc.BadRequest` names, in order.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
 /// The field of a status's first `google.rpc.BadRequest` violation, if any.
 pub fn first_violation(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;
@@ -211,4 +208,179 @@ pub fn first_violation(status: &tonic::Status) -> Option<String> {
         .get_error_details()
         .bad_request()
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+}
+
+/// A server for one test: any service (or several) on fresh databases — SQLite, or PostgreSQL
+/// with `LIANYU_TEST_BACKEND=postgres` — signing with the local dev key, so tokens for any
+/// partner, store or the operator are minted without a credential.
+pub struct TestServer {
+    pub config: crate::Config,
+    pub address: String,
+    pub channel: Channel,
+    databases: std::collections::BTreeMap<String, TestDatabase>,
+    _data: tempfile::TempDir,
+}
+
+/// The partners [`TestServer::with_partners`] creates: two allied ones and an outsider.
+pub const BRAND: &str = "brand-a";
+pub const MALL: &str = "mall-b";
+pub const OUTSIDER: &str = "brand-c";
+
+impl TestServer {
+    /// Starts `run` (a service's `run`, or a closure mounting several) with a fresh database
+    /// for each of `services` and `configure` applied to the config.
+    pub async fn start<F, Fut>(
+        test: &str,
+        services: &[&str],
+        configure: impl FnOnce(&mut crate::Config),
+        run: F,
+    ) -> Self
+    where
+        F: FnOnce(crate::Config, tokio::net::TcpListener) -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::StartError>> + Send + 'static,
+    {
+        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let mut config = crate::Config::local(data.path());
+        let mut databases = std::collections::BTreeMap::new();
+        for service in services {
+            let db = TestDatabase::new(&format!("{test}_{service}")).await;
+            config.set_database_url(service, db.url.clone());
+            databases.insert((*service).to_owned(), db);
+        }
+        configure(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let address = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("address: {e}"))
+        );
+        let server = run(config.clone(), listener);
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                eprintln!("test server stopped: {e}");
+            }
+        });
+        let channel = connect(&address).await;
+        Self {
+            config,
+            address,
+            channel,
+            databases,
+            _data: data,
+        }
+    }
+
+    /// A token for `partner` with every scope.
+    pub fn token(&self, partner: &str) -> String {
+        self.mint(&TokenRequest::partner(partner))
+    }
+
+    /// A token for `partner` narrowed to one of its stores.
+    pub fn store_token(&self, partner: &str, store: &str) -> String {
+        self.mint(&TokenRequest {
+            store: Some(format!("partners/{partner}/stores/{store}")),
+            ..TokenRequest::partner(partner)
+        })
+    }
+
+    /// A token for `partner` carrying only `scopes`.
+    pub fn scoped_token(&self, partner: &str, scopes: &[&str]) -> String {
+        self.mint(&TokenRequest {
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..TokenRequest::partner(partner)
+        })
+    }
+
+    /// The mesh operator's token.
+    pub fn operator_token(&self) -> String {
+        self.mint(&TokenRequest {
+            operator: true,
+            ..TokenRequest::partner("operator")
+        })
+    }
+
+    /// Mints any token the server accepts.
+    pub fn mint(&self, request: &TokenRequest) -> String {
+        mint(&self.config.data_dir, &self.config.auth, request)
+    }
+
+    /// The channel, sending `token` with every call.
+    pub fn as_token(
+        &self,
+        token: &str,
+    ) -> tonic::codegen::InterceptedService<Channel, crate::client::Bearer> {
+        tonic::codegen::InterceptedService::new(
+            self.channel.clone(),
+            crate::client::Bearer::new(token),
+        )
+    }
+
+    /// A direct connection to `service`'s database, to check data where it lives.
+    pub async fn database(&self, service: &str) -> sea_orm::DatabaseConnection {
+        let url = self
+            .databases
+            .get(service)
+            .map_or_else(|| self.config.database_url(service), |db| db.url.clone());
+        crate::storage::connect(&url, service, None)
+            .await
+            .unwrap_or_else(|e| panic!("{service} database: {e}"))
+    }
+
+    /// With identity mounted: creates [`BRAND`] and [`MALL`], allied in an ACTIVE alliance
+    /// allowing every purpose, and [`OUTSIDER`], allied with nobody.
+    pub async fn with_partners(self) -> Self {
+        use lianyu_proto::{
+            common::v1::PartnerKind,
+            identity::v1::{self as pb, partner_service_client::PartnerServiceClient},
+        };
+        let client = |token: &str| PartnerServiceClient::new(self.as_token(token));
+        let mut operator = client(&self.operator_token());
+        for (id, kind) in [
+            (BRAND, PartnerKind::Brand),
+            (MALL, PartnerKind::Mall),
+            (OUTSIDER, PartnerKind::Brand),
+        ] {
+            operator
+                .create_partner(pb::CreatePartnerRequest {
+                    request_id: format!("harness-{id}"),
+                    partner_id: id.to_owned(),
+                    partner: Some(pb::Partner {
+                        kind: kind as i32,
+                        display_name: format!("Partner {id}"),
+                        privacy_contact: format!("privacy@{id}.example"),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("create {id}: {e}"));
+        }
+        let until = crate::time::timestamp(crate::time::now_millis() + 365 * 24 * 3600 * 1000);
+        let alliance = client(&self.token(BRAND))
+            .create_alliance(pb::CreateAllianceRequest {
+                request_id: "harness-alliance".into(),
+                alliance: Some(pb::Alliance {
+                    display_name: "Harness alliance".into(),
+                    partners: vec![format!("partners/{BRAND}"), format!("partners/{MALL}")],
+                    allowed_purposes: (1..=5).collect(),
+                    data_categories: vec!["profile.basic".into()],
+                    processing_method: "joint marketing".into(),
+                    valid_until: until,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create alliance: {e}"))
+            .into_inner();
+        client(&self.token(MALL))
+            .accept_alliance(pb::AcceptAllianceRequest {
+                request_id: "harness-accept".into(),
+                name: alliance.name,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("accept alliance: {e}"));
+        self
+    }
 }

@@ -10,7 +10,6 @@ use anyhow::Context;
 use lianyu_kit::{
     auth::{Signer, TokenRequest},
     config::AuthConfig,
-    testing::partner_token,
 };
 use lianyu_proto::{
     common::v1::{ConsentPurpose, PartnerKind},
@@ -75,7 +74,7 @@ pub async fn run(
         &channel,
         &mint(TokenRequest {
             operator: true,
-            ..partner_token("operator")
+            ..TokenRequest::partner("operator")
         })?,
     );
     let existing = operator
@@ -115,8 +114,10 @@ pub async fn run(
     let mut credentials = Vec::new();
     let mut tokens = Vec::new();
     for partner in [BRAND, MALL] {
-        let bootstrap =
-            InterceptedService::new(channel.clone(), Bearer::new(&mint(partner_token(partner))?));
+        let bootstrap = InterceptedService::new(
+            channel.clone(),
+            Bearer::new(&mint(TokenRequest::partner(partner))?),
+        );
         let created = AuthServiceClient::new(bootstrap)
             .create_credential(pb::CreateCredentialRequest {
                 request_id: format!("demo-credential-{partner}"),

@@ -308,7 +308,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 lianyu::up(up_config, listener, std::future::pending(), |_, _| {}).await
             });
-            lianyu_kit::testing::connect(&address).await;
+            lianyu_kit::client::connect_when_up(&address, Duration::from_secs(30)).await?;
             address
         }
     };

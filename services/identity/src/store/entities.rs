@@ -3,22 +3,7 @@
 
 #![allow(unreachable_pub, reason = "sea-orm's derives generate pub items")]
 
-macro_rules! entity {
-    ($module:ident, $table:literal, { $($body:tt)* }) => {
-        pub mod $module {
-            use sea_orm::entity::prelude::*;
-
-            #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-            #[sea_orm(table_name = $table)]
-            pub struct Model { $($body)* }
-
-            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-            pub enum Relation {}
-
-            impl ActiveModelBehavior for ActiveModel {}
-        }
-    };
-}
+use lianyu_kit::entity;
 
 entity!(partner, "partners", {
     #[sea_orm(primary_key, auto_increment = false)]

@@ -1,10 +1,12 @@
 //! The identity schema, created from the entities, with the unique keys that make linking
 //! decisions race-free.
 
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Schema, sea_query::Index};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, sea_query::Index};
 use sea_orm_migration::{
     MigrationName, MigrationTrait, SchemaManager, async_trait::async_trait, prelude::DbErr,
 };
+
+use lianyu_kit::storage::create_entity_table;
 
 use super::entities::*;
 
@@ -19,28 +21,17 @@ impl MigrationName for IdentityTables {
 #[async_trait]
 impl MigrationTrait for IdentityTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let schema = Schema::new(manager.get_database_backend());
-        macro_rules! create {
-            ($($entity:path),*) => {$(
-                manager.create_table(schema.create_table_from_entity($entity).if_not_exists().to_owned()).await?;
-                for mut index in schema.create_index_from_entity($entity) {
-                    manager.create_index(index.if_not_exists().to_owned()).await?;
-                }
-            )*};
-        }
-        create!(
-            partner::Entity,
-            alliance::Entity,
-            alliance_partner::Entity,
-            member::Entity,
-            identifier::Entity,
-            profile::Entity,
-            scoped_id::Entity,
-            consent_receipt::Entity,
-            consent::Entity,
-            access_record::Entity,
-            audit_head::Entity
-        );
+        create_entity_table(manager, partner::Entity).await?;
+        create_entity_table(manager, alliance::Entity).await?;
+        create_entity_table(manager, alliance_partner::Entity).await?;
+        create_entity_table(manager, member::Entity).await?;
+        create_entity_table(manager, identifier::Entity).await?;
+        create_entity_table(manager, profile::Entity).await?;
+        create_entity_table(manager, scoped_id::Entity).await?;
+        create_entity_table(manager, consent_receipt::Entity).await?;
+        create_entity_table(manager, consent::Entity).await?;
+        create_entity_table(manager, access_record::Entity).await?;
+        create_entity_table(manager, audit_head::Entity).await?;
         // A partner holds one record per identifier: enrolling it again finds the same member.
         manager
             .create_index(
@@ -80,30 +71,9 @@ impl MigrationName for StoresAndCredentials {
 #[async_trait]
 impl MigrationTrait for StoresAndCredentials {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let schema = Schema::new(manager.get_database_backend());
-        for (table, indexes) in [
-            (
-                schema.create_table_from_entity(store::Entity),
-                schema.create_index_from_entity(store::Entity),
-            ),
-            (
-                schema.create_table_from_entity(credential::Entity),
-                schema.create_index_from_entity(credential::Entity),
-            ),
-            (
-                schema.create_table_from_entity(member_merge::Entity),
-                schema.create_index_from_entity(member_merge::Entity),
-            ),
-        ] {
-            manager
-                .create_table(table.to_owned().if_not_exists().to_owned())
-                .await?;
-            for mut index in indexes {
-                manager
-                    .create_index(index.if_not_exists().to_owned())
-                    .await?;
-            }
-        }
+        create_entity_table(manager, store::Entity).await?;
+        create_entity_table(manager, credential::Entity).await?;
+        create_entity_table(manager, member_merge::Entity).await?;
         // The expiry sweep's range query.
         manager
             .create_index(

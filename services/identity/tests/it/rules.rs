@@ -205,17 +205,8 @@ async fn only_the_operator_creates_partners() {
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), Code::InvalidArgument);
-    use tonic_types::StatusExt;
-    let fields: Vec<String> = invalid
-        .get_error_details()
-        .bad_request()
-        .unwrap()
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect();
     assert_eq!(
-        fields,
+        lianyu_kit::testing::violations(&invalid),
         [
             "partner_id",
             "partner.kind",

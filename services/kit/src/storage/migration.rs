@@ -7,6 +7,29 @@ use sea_orm_migration::{
 
 use super::entities::{feed_cursor, idempotency_key, outbox_counter, outbox_event};
 
+/// Creates `entity`'s table and the indexes its definition declares, each only if absent, so a
+/// migration that was interrupted can simply run again.
+pub async fn create_entity_table<E: EntityTrait>(
+    manager: &SchemaManager<'_>,
+    entity: E,
+) -> Result<(), DbErr> {
+    let schema = Schema::new(manager.get_database_backend());
+    manager
+        .create_table(
+            schema
+                .create_table_from_entity(entity)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+    for mut index in schema.create_index_from_entity(entity) {
+        manager
+            .create_index(index.if_not_exists().to_owned())
+            .await?;
+    }
+    Ok(())
+}
+
 pub struct KitTables;
 
 impl MigrationName for KitTables {

@@ -9,7 +9,6 @@ use lianyu_kit::{
     auth::{Signer, TokenRequest},
     config::AuthConfig,
     telemetry::TracePropagation,
-    testing::partner_token,
 };
 use lianyu_proto::{
     common::v1::{ConsentPurpose, PartnerKind},
@@ -55,7 +54,7 @@ impl Target {
         };
         let operator = mint(TokenRequest {
             operator: true,
-            ..partner_token("operator")
+            ..TokenRequest::partner("operator")
         })?;
         let endpoint = Endpoint::from_shared(address.to_owned())?
             .tcp_nodelay(true)
@@ -63,8 +62,8 @@ impl Target {
         let run_id: u32 = rand::random::<u32>() % 100;
         let target = Self {
             endpoint,
-            brand: mint(partner_token(BRAND))?,
-            mall: mint(partner_token(MALL))?,
+            brand: mint(TokenRequest::partner(BRAND))?,
+            mall: mint(TokenRequest::partner(MALL))?,
             mall_members: Arc::default(),
             run_id,
         };
