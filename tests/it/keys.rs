@@ -119,7 +119,7 @@ async fn issue(address: &str, (client_id, secret): &(String, String)) -> String 
 async fn settles_to(channel: &Channel, token: &str, want: Code) -> Code {
     let rpc = all_rpcs()
         .into_iter()
-        .find(|r| r.path.starts_with("/lianyu.entitlements.") && !r.server_streaming)
+        .find(|r| r.path == "/lianyu.entitlements.v1.BenefitService/GetBenefit")
         .unwrap();
     let mut code = Code::Unknown;
     for _ in 0..100 {
@@ -173,13 +173,13 @@ async fn services_verify_with_identitys_published_keys_through_a_rotation() {
     ));
     let entitlements = lianyu_kit::testing::connect(&entitlements_url).await;
 
-    // Admitted (the RPC itself is not built yet), where a stranger's token is refused.
+    // Admitted (an empty request is then INVALID_ARGUMENT), where a stranger's token is refused.
     let stranger = Signer::generate()
         .mint(&identity_config.auth, &partner_token("brand-a"))
         .unwrap();
     assert_eq!(
-        settles_to(&entitlements, &token_a, Code::Unimplemented).await,
-        Code::Unimplemented
+        settles_to(&entitlements, &token_a, Code::InvalidArgument).await,
+        Code::InvalidArgument
     );
     // Keys are loaded now (token A passed), so one call is a fair test of the stranger's.
     assert_eq!(
@@ -197,12 +197,12 @@ async fn services_verify_with_identitys_published_keys_through_a_rotation() {
         "a new key has a new id"
     );
     assert_eq!(
-        settles_to(&entitlements, &token_b, Code::Unimplemented).await,
-        Code::Unimplemented
+        settles_to(&entitlements, &token_b, Code::InvalidArgument).await,
+        Code::InvalidArgument
     );
     assert_eq!(
-        settles_to(&entitlements, &token_a, Code::Unimplemented).await,
-        Code::Unimplemented
+        settles_to(&entitlements, &token_a, Code::InvalidArgument).await,
+        Code::InvalidArgument
     );
 
     // A retired key stops working once identity no longer publishes it.
@@ -213,8 +213,8 @@ async fn services_verify_with_identitys_published_keys_through_a_rotation() {
         Code::Unauthenticated
     );
     assert_eq!(
-        settles_to(&entitlements, &token_b, Code::Unimplemented).await,
-        Code::Unimplemented
+        settles_to(&entitlements, &token_b, Code::InvalidArgument).await,
+        Code::InvalidArgument
     );
 
     // Revoking the credential ends its unexpired tokens here too, at the next key refresh.

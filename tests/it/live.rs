@@ -6,8 +6,9 @@ use lianyu_kit::{
     time::{now_millis, timestamp},
 };
 use lianyu_proto::live::v1::{self as pb, session_service_client::SessionServiceClient};
-use sea_orm::{ConnectionTrait, Statement};
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
+
+use crate::support::{rows, with_identity};
 
 type Sessions = SessionServiceClient<InterceptedService<Channel, lianyu_kit::client::Bearer>>;
 
@@ -57,16 +58,7 @@ fn create(request_id: &str, session: pb::Session) -> pb::CreateSessionRequest {
 }
 
 async fn stored_sessions(server: &TestServer) -> i64 {
-    let db = server.database("live").await;
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM sessions",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get("", "n").unwrap()
+    rows(server, "live", "sessions").await
 }
 
 #[tokio::test]

@@ -4,5 +4,7 @@
 
 mod discovery;
 mod edge;
+mod entitlements;
 mod keys;
 mod live;
+mod support;

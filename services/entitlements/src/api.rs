@@ -1,22 +1,38 @@
-//! gRPC handlers. Every RPC the entitlements issue has not implemented yet answers UNIMPLEMENTED
+//! gRPC handlers: decode, call the domain and the store, encode; errors map to statuses once,
+//! in [`unary`]. Every RPC the entitlements issue has not implemented yet answers UNIMPLEMENTED
 //! (the generated default), after the kit has authenticated the caller.
 
-use lianyu_kit::Mount;
-use lianyu_proto::entitlements::v1 as pb;
+use lianyu_kit::{
+    KitError, Mount, ServiceError,
+    call::unary,
+    error::FieldViolation,
+    ids::PartnerId,
+    money::Money,
+    mutation::Mutations,
+    names,
+    time::{millis, now_millis, required_millis, timestamp},
+};
+use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
 use sea_orm::DatabaseConnection;
+use tonic::{Code, Request, Response, Status};
+
+use crate::{
+    domain::{Benefit, BenefitDraft, BenefitKind, BenefitState, EntitlementsError},
+    store,
+};
 
 /// The service's handlers; they share the service's database.
 #[derive(Clone)]
 pub(crate) struct Api {
-    #[allow(
-        dead_code,
-        reason = "used as the entitlements issue implements its RPCs"
-    )]
     db: DatabaseConnection,
+    mutations: Mutations<EntitlementsError>,
 }
 
 pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
-    let api = Api { db };
+    let api = Api {
+        mutations: Mutations::new(db.clone()),
+        db,
+    };
     lianyu_kit::mount!(
         mount,
         pb::benefit_service_server::BenefitServiceServer::new(api.clone())
@@ -35,8 +51,153 @@ pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
     );
 }
 
+impl ServiceError for EntitlementsError {
+    fn code(&self) -> Code {
+        match self {
+            Self::BenefitNotFound => Code::NotFound,
+            Self::Kit(e) => e.code(),
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::BenefitNotFound => "BENEFIT_NOT_FOUND",
+            Self::Kit(e) => e.reason(),
+        }
+    }
+
+    fn field_violations(&self) -> Vec<FieldViolation> {
+        match self {
+            Self::Kit(e) => e.field_violations(),
+            Self::BenefitNotFound => Vec::new(),
+        }
+    }
+
+    fn domain(&self) -> &'static str {
+        "lianyu.entitlements"
+    }
+}
+
 #[tonic::async_trait]
-impl pb::benefit_service_server::BenefitService for Api {}
+impl pb::benefit_service_server::BenefitService for Api {
+    async fn create_benefit(
+        &self,
+        request: Request<pb::CreateBenefitRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            if call.who.operator {
+                return Err(KitError::Denied(
+                    "OPERATOR_ISSUES_NOTHING",
+                    "the mesh operator issues no benefits",
+                )
+                .into());
+            }
+            // A definition binds the whole partner's money, never one store's.
+            lianyu_kit::call::partner_wide(&call.who)?;
+            let given = r.benefit.clone().unwrap_or_default();
+            let benefit = Benefit::define(
+                &PartnerId::new(call.partner_id()),
+                &draft(&given),
+                now_millis(),
+            )?;
+            self.mutations
+                .run(&call, &r.request_id, &r, async |txn| {
+                    store::insert_benefit(txn, &benefit, now_millis()).await?;
+                    Ok(to_proto(&benefit))
+                })
+                .await
+        })
+        .await
+    }
+
+    async fn get_benefit(
+        &self,
+        request: Request<pb::GetBenefitRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            let [id] = names::parse(&r.name, "benefits/{benefit}")
+                .map_err(|e| KitError::invalid("name", e))?;
+            let benefit = store::benefit_for_party(&self.db, call.partner_id(), id)
+                .await?
+                .ok_or(EntitlementsError::BenefitNotFound)?;
+            Ok::<_, EntitlementsError>(to_proto(&benefit))
+        })
+        .await
+    }
+}
+
+/// The request's definition, each part parsed with its own violation.
+fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
+    let money = |m: &Option<common::Money>| {
+        m.as_ref()
+            .map(|m| Money::positive(&m.currency_code, m.minor_units))
+    };
+    BenefitDraft {
+        display_name: &b.display_name,
+        kind: match pb::BenefitKind::try_from(b.kind) {
+            Ok(pb::BenefitKind::FixedCoupon) => Some(BenefitKind::FixedCoupon),
+            Ok(pb::BenefitKind::PercentCoupon) => Some(BenefitKind::PercentCoupon),
+            Ok(pb::BenefitKind::ThresholdCoupon) => Some(BenefitKind::ThresholdCoupon),
+            Ok(pb::BenefitKind::Points) => Some(BenefitKind::Points),
+            Ok(pb::BenefitKind::StoredValue) => Some(BenefitKind::StoredValue),
+            Ok(pb::BenefitKind::Gift) => Some(BenefitKind::Gift),
+            Ok(pb::BenefitKind::Service) => Some(BenefitKind::Service),
+            Ok(pb::BenefitKind::Unspecified) | Err(_) => None,
+        },
+        funder: &b.funder,
+        honoured_by: &b.honoured_by,
+        value: money(&b.value),
+        threshold: money(&b.threshold),
+        percent_off_bps: b.percent_off_bps,
+        budget_units: b.budget_units,
+        per_member_limit: b.per_member_limit,
+        valid_from: b.valid_from.as_ref().map(|t| Ok(millis(t))),
+        valid_until: required_millis(b.valid_until.as_ref()),
+    }
+}
+
+fn to_proto(b: &Benefit) -> pb::Benefit {
+    let money = |m: &Option<Money>| {
+        m.as_ref().map(|m| common::Money {
+            currency_code: m.currency().to_owned(),
+            minor_units: m.minor_units(),
+        })
+    };
+    pb::Benefit {
+        name: format!("benefits/{}", b.id),
+        display_name: b.display_name.clone(),
+        kind: match b.kind {
+            BenefitKind::FixedCoupon => pb::BenefitKind::FixedCoupon,
+            BenefitKind::PercentCoupon => pb::BenefitKind::PercentCoupon,
+            BenefitKind::ThresholdCoupon => pb::BenefitKind::ThresholdCoupon,
+            BenefitKind::Points => pb::BenefitKind::Points,
+            BenefitKind::StoredValue => pb::BenefitKind::StoredValue,
+            BenefitKind::Gift => pb::BenefitKind::Gift,
+            BenefitKind::Service => pb::BenefitKind::Service,
+        } as i32,
+        funder: format!("partners/{}", b.funder),
+        honoured_by: b
+            .honoured_by
+            .iter()
+            .map(|p| format!("partners/{p}"))
+            .collect(),
+        value: money(&b.value),
+        threshold: money(&b.threshold),
+        percent_off_bps: b.percent_off_bps,
+        budget_units: b.budget_units,
+        granted_units: b.granted_units,
+        per_member_limit: b.per_member_limit,
+        valid_from: timestamp(b.valid_from_millis),
+        valid_until: timestamp(b.valid_until_millis),
+        state: match b.state {
+            BenefitState::Draft => pb::BenefitState::Draft,
+            BenefitState::Active => pb::BenefitState::Active,
+            BenefitState::Paused => pb::BenefitState::Paused,
+            BenefitState::Ended => pb::BenefitState::Ended,
+        } as i32,
+        alliance: String::new(),
+    }
+}
 
 #[tonic::async_trait]
 impl pb::wallet_service_server::WalletService for Api {}

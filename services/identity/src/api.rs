@@ -104,18 +104,9 @@ impl ServiceError for IdentityError {
     }
 }
 
-/// Refuses a store-narrowed token (a POS, a guide's app) for a partner-wide action: a store
-/// principal acts only within its store — no credentials, no partner settings, no other
-/// stores, no alliances, and no erasure or merge of the partner's members.
-fn partner_wide(who: &Principal) -> Result<(), KitError> {
-    if who.store.is_some() {
-        return Err(KitError::Denied(
-            "STORE_TOKEN_NOT_ALLOWED",
-            "a store token acts only within its store; use a partner-wide token for this",
-        ));
-    }
-    Ok(())
-}
+/// A store principal acts only within its store — no credentials, no partner settings, no
+/// other stores, no alliances, and no erasure or merge of the partner's members.
+use lianyu_kit::call::partner_wide;
 
 /// Refuses the operator where a member partner acts: it runs the mesh and never reads members,
 /// so it joins no alliance (and so can never be granted a consent).

@@ -43,6 +43,18 @@ impl Call {
     }
 }
 
+/// Refuses a store-narrowed token (a POS, a guide's app) for a partner-wide action: a store
+/// principal acts only within its store. PERMISSION_DENIED / STORE_TOKEN_NOT_ALLOWED.
+pub fn partner_wide(who: &Principal) -> Result<(), KitError> {
+    if who.store.is_some() {
+        return Err(KitError::Denied(
+            "STORE_TOKEN_NOT_ALLOWED",
+            "a store token acts only within its store; use a partner-wide token for this",
+        ));
+    }
+    Ok(())
+}
+
 /// Runs a unary handler: reads the call from the request, runs `handler` on the call and the
 /// message, and maps its error to a status once, with the service's error domain.
 pub async fn unary<Req, Resp, E, H>(

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod jobs;
 pub mod keycodec;
 pub mod mask;
+pub mod money;
 pub mod mutation;
 pub mod names;
 pub mod page;

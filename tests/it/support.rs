@@ -1,0 +1,46 @@
+//! What the services' first RPC tests share: identity (for the partners and their alliance)
+//! beside the service under test, and reading a table back where it lives.
+
+use lianyu_kit::testing::TestServer;
+use sea_orm::{ConnectionTrait, Statement};
+
+/// Starts identity and one service (`mount`, its crate's `mount`) on fresh databases, with
+/// two allied partners and an outsider.
+macro_rules! with_identity {
+    ($test:expr, $service:expr, $mount:path) => {
+        lianyu_kit::testing::TestServer::start(
+            $test,
+            &["identity", $service],
+            |_| {},
+            |config, listener| {
+                lianyu_kit::server::run_service(
+                    config,
+                    listener,
+                    std::future::pending(),
+                    async |ctx, mount| {
+                        lianyu_identity::mount(ctx, mount).await?;
+                        $mount(ctx, mount).await
+                    },
+                )
+            },
+        )
+        .await
+        .with_partners()
+        .await
+    };
+}
+pub(crate) use with_identity;
+
+/// How many rows `table` of `service`'s database holds: a refused call must leave it as it was.
+pub(crate) async fn rows(server: &TestServer, service: &str, table: &str) -> i64 {
+    let db = server.database(service).await;
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
