@@ -230,7 +230,7 @@ mod tests {
         let b = Benefit::define(&mall, &draft(BenefitKind::ThresholdCoupon), 1).unwrap();
         assert_eq!(b.state, BenefitState::Draft);
         assert_eq!(b.funder, PartnerId::new("brand-a"));
-        assert_eq!(b.honoured_by, [mall.clone()]);
+        assert_eq!(b.honoured_by, std::slice::from_ref(&mall));
         assert_eq!(b.parties(), [mall, PartnerId::new("brand-a")]);
     }
 
