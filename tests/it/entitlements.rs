@@ -11,12 +11,12 @@ use lianyu_proto::{
 };
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 
-use crate::support::{rows, with_identity};
+use crate::support::rows;
 
 type Benefits = BenefitServiceClient<InterceptedService<Channel, lianyu_kit::client::Bearer>>;
 
 async fn mesh(test: &str) -> TestServer {
-    with_identity!(test, "entitlements", lianyu_entitlements::mount)
+    crate::support::with_identity!(test, "entitlements", lianyu_entitlements::mount)
 }
 
 fn benefits(server: &TestServer, token: &str) -> Benefits {

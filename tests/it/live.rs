@@ -8,7 +8,7 @@ use lianyu_kit::{
 use lianyu_proto::live::v1::{self as pb, session_service_client::SessionServiceClient};
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 
-use crate::support::{rows, with_identity};
+use crate::support::rows;
 
 type Sessions = SessionServiceClient<InterceptedService<Channel, lianyu_kit::client::Bearer>>;
 
