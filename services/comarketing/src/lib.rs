@@ -3,6 +3,7 @@
 //! `run` serves it alone; `mount` adds it to a shared server (`lianyu up`).
 
 mod api;
+pub mod domain;
 mod store;
 
 use std::future::Future;
