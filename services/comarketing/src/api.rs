@@ -3,9 +3,8 @@
 //! (the generated default), after the kit has authenticated the caller.
 
 use lianyu_kit::{
-    KitError, Mount, ServiceError,
+    KitError, Mount,
     call::{partner_wide, unary},
-    error::FieldViolation,
     ids::PartnerId,
     money::Money,
     mutation::Mutations,
@@ -14,7 +13,7 @@ use lianyu_kit::{
 };
 use lianyu_proto::{comarketing::v1 as pb, common::v1 as common};
 use sea_orm::DatabaseConnection;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{Campaign, CampaignDraft, CampaignState, ComarketingError},
@@ -51,32 +50,9 @@ pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
     );
 }
 
-impl ServiceError for ComarketingError {
-    fn code(&self) -> Code {
-        match self {
-            Self::CampaignNotFound => Code::NotFound,
-            Self::Kit(e) => e.code(),
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            Self::CampaignNotFound => "CAMPAIGN_NOT_FOUND",
-            Self::Kit(e) => e.reason(),
-        }
-    }
-
-    fn field_violations(&self) -> Vec<FieldViolation> {
-        match self {
-            Self::Kit(e) => e.field_violations(),
-            Self::CampaignNotFound => Vec::new(),
-        }
-    }
-
-    fn domain(&self) -> &'static str {
-        "lianyu.comarketing"
-    }
-}
+lianyu_kit::service_error!(ComarketingError, "lianyu.comarketing", {
+    CampaignNotFound => (NotFound, "CAMPAIGN_NOT_FOUND"),
+});
 
 #[tonic::async_trait]
 impl pb::campaign_service_server::CampaignService for Api {

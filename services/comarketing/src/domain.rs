@@ -5,8 +5,7 @@ use lianyu_kit::{
     KitError,
     ids::PartnerId,
     money::Money,
-    names,
-    validate::{Violations, text},
+    validate::{Violations, partner, text},
 };
 
 /// Comarketing's own failures; everything generic is the kit's [`KitError`].
@@ -68,21 +67,10 @@ impl Campaign {
         let mut v = Violations::default();
         let display_name = v.check("campaign.display_name", text(d.display_name, true, 100));
         let mut partners = vec![proposer.clone()];
-        if d.partners.len() > MAX_PARTNERS {
-            v.add(
-                "campaign.partners",
-                format!("at most {MAX_PARTNERS} partners"),
-            );
-        }
-        for (i, p) in d.partners.iter().enumerate() {
-            if let Some(p) = v.check(format!("campaign.partners[{i}]"), partner(p))
-                && !partners.contains(&p)
-            {
-                partners.push(p);
-            }
-        }
+        let before = v.len();
+        v.partners("campaign.partners", d.partners, MAX_PARTNERS, &mut partners);
         // (Unless a listed partner was already at fault.)
-        if partners.len() < 2 && d.partners.iter().all(|p| partner(p).is_ok()) {
+        if partners.len() < 2 && v.len() == before {
             v.add(
                 "campaign.partners",
                 "a joint campaign needs another partner",
@@ -142,10 +130,6 @@ impl Campaign {
     pub fn includes(&self, partner: &str) -> bool {
         self.partners.iter().any(|p| p.as_str() == partner)
     }
-}
-
-fn partner(name: &str) -> Result<PartnerId, String> {
-    names::parse(name, "partners/{partner}").map(|[id]| PartnerId::new(id))
 }
 
 #[cfg(test)]

@@ -7,16 +7,13 @@ use lianyu_kit::{
     KitError,
     ids::PartnerId,
     money::Money,
-    storage::{KitIndexes, KitReplySubjects, KitTables, StorageError, create_entity_table},
+    storage::{StorageError, with_kit_tables},
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     QueryOrder,
 };
-use sea_orm_migration::{
-    MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait,
-    prelude::DbErr,
-};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
 
 use crate::domain::{Campaign, CampaignState};
 use entities::{State, campaign, campaign_partner};
@@ -26,31 +23,16 @@ pub(crate) struct Migrator;
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(KitTables),
-            Box::new(KitIndexes),
-            Box::new(KitReplySubjects),
-            Box::new(Campaigns),
-        ]
+        with_kit_tables(vec![Box::new(Campaigns)])
     }
 }
 
-/// Campaigns and their participants.
-struct Campaigns;
-
-impl MigrationName for Campaigns {
-    fn name(&self) -> &str {
-        "m20261202_000010_comarketing_campaigns"
-    }
-}
-
-#[async_trait]
-impl MigrationTrait for Campaigns {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        create_entity_table(manager, campaign::Entity).await?;
-        create_entity_table(manager, campaign_partner::Entity).await
-    }
-}
+lianyu_kit::tables_migration!(
+    /// Campaigns and their participants.
+    Campaigns,
+    "m20261202_000010_comarketing_campaigns",
+    [campaign::Entity, campaign_partner::Entity]
+);
 
 /// Stores a proposed campaign with its participants, inside the caller's transaction.
 pub(crate) async fn insert_campaign(

@@ -3,9 +3,8 @@
 //! (the generated default), after the kit has authenticated the caller.
 
 use lianyu_kit::{
-    KitError, Mount, ServiceError,
+    KitError, Mount,
     call::unary,
-    error::FieldViolation,
     ids::PartnerId,
     money::Money,
     mutation::Mutations,
@@ -14,7 +13,7 @@ use lianyu_kit::{
 };
 use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
 use sea_orm::DatabaseConnection;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{Benefit, BenefitDraft, BenefitKind, BenefitState, EntitlementsError},
@@ -51,32 +50,9 @@ pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
     );
 }
 
-impl ServiceError for EntitlementsError {
-    fn code(&self) -> Code {
-        match self {
-            Self::BenefitNotFound => Code::NotFound,
-            Self::Kit(e) => e.code(),
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            Self::BenefitNotFound => "BENEFIT_NOT_FOUND",
-            Self::Kit(e) => e.reason(),
-        }
-    }
-
-    fn field_violations(&self) -> Vec<FieldViolation> {
-        match self {
-            Self::Kit(e) => e.field_violations(),
-            Self::BenefitNotFound => Vec::new(),
-        }
-    }
-
-    fn domain(&self) -> &'static str {
-        "lianyu.entitlements"
-    }
-}
+lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
+    BenefitNotFound => (NotFound, "BENEFIT_NOT_FOUND"),
+});
 
 #[tonic::async_trait]
 impl pb::benefit_service_server::BenefitService for Api {

@@ -5,8 +5,7 @@ use lianyu_kit::{
     KitError,
     ids::PartnerId,
     money::Money,
-    names,
-    validate::{Violations, text},
+    validate::{Violations, partner, text},
 };
 
 /// Entitlements' own failures; everything generic is the kit's [`KitError`].
@@ -100,19 +99,12 @@ impl Benefit {
             v.check("benefit.funder", partner(d.funder))
         };
         let mut honoured_by = Vec::new();
-        if d.honoured_by.len() > MAX_HONOURING {
-            v.add(
-                "benefit.honoured_by",
-                format!("at most {MAX_HONOURING} partners"),
-            );
-        }
-        for (i, p) in d.honoured_by.iter().enumerate() {
-            if let Some(p) = v.check(format!("benefit.honoured_by[{i}]"), partner(p))
-                && !honoured_by.contains(&p)
-            {
-                honoured_by.push(p);
-            }
-        }
+        v.partners(
+            "benefit.honoured_by",
+            d.honoured_by,
+            MAX_HONOURING,
+            &mut honoured_by,
+        );
         if honoured_by.is_empty() {
             honoured_by.push(issuer.clone());
         }
@@ -198,10 +190,6 @@ impl Benefit {
         }
         parties
     }
-}
-
-fn partner(name: &str) -> Result<PartnerId, String> {
-    names::parse(name, "partners/{partner}").map(|[id]| PartnerId::new(id))
 }
 
 #[cfg(test)]

@@ -7,15 +7,12 @@ use lianyu_kit::{
     KitError,
     ids::PartnerId,
     money::Money,
-    storage::{KitIndexes, KitReplySubjects, KitTables, StorageError, create_entity_table},
+    storage::{StorageError, with_kit_tables},
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
 };
-use sea_orm_migration::{
-    MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait,
-    prelude::DbErr,
-};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
 
 use crate::domain::{Benefit, BenefitKind, BenefitState};
 use entities::{Kind, State, benefit, benefit_party};
@@ -25,31 +22,16 @@ pub(crate) struct Migrator;
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(KitTables),
-            Box::new(KitIndexes),
-            Box::new(KitReplySubjects),
-            Box::new(Benefits),
-        ]
+        with_kit_tables(vec![Box::new(Benefits)])
     }
 }
 
-/// Benefit definitions and who may see them.
-struct Benefits;
-
-impl MigrationName for Benefits {
-    fn name(&self) -> &str {
-        "m20261202_000010_entitlements_benefits"
-    }
-}
-
-#[async_trait]
-impl MigrationTrait for Benefits {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        create_entity_table(manager, benefit::Entity).await?;
-        create_entity_table(manager, benefit_party::Entity).await
-    }
-}
+lianyu_kit::tables_migration!(
+    /// Benefit definitions and who may see them.
+    Benefits,
+    "m20261202_000010_entitlements_benefits",
+    [benefit::Entity, benefit_party::Entity]
+);
 
 /// Stores a new benefit and its parties, inside the caller's transaction.
 pub(crate) async fn insert_benefit(

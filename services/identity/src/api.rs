@@ -12,11 +12,9 @@ mod stores;
 
 use std::sync::Arc;
 
-use lianyu_kit::{
-    Call, KitError, Mount, Principal, ServiceError, error::FieldViolation, mutation::Mutations,
-};
+use lianyu_kit::{Call, KitError, Mount, Principal, mutation::Mutations};
 use lianyu_proto::identity::v1 as pb;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::{domain::IdentityError, store::Store};
 
@@ -76,33 +74,10 @@ pub(crate) fn status(error: impl Into<IdentityError>) -> Status {
     lianyu_kit::call::status(&error.into())
 }
 
-impl ServiceError for IdentityError {
-    fn code(&self) -> Code {
-        match self {
-            Self::MemberNotFound | Self::MemberErased => Code::NotFound,
-            Self::Kit(e) => e.code(),
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            Self::MemberNotFound => "MEMBER_NOT_FOUND",
-            Self::MemberErased => "MEMBER_ERASED",
-            Self::Kit(e) => e.reason(),
-        }
-    }
-
-    fn field_violations(&self) -> Vec<FieldViolation> {
-        match self {
-            Self::Kit(e) => e.field_violations(),
-            _ => Vec::new(),
-        }
-    }
-
-    fn domain(&self) -> &'static str {
-        "lianyu.identity"
-    }
-}
+lianyu_kit::service_error!(IdentityError, "lianyu.identity", {
+    MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
+    MemberErased => (NotFound, "MEMBER_ERASED"),
+});
 
 /// A store principal acts only within its store — no credentials, no partner settings, no
 /// other stores, no alliances, and no erasure or merge of the partner's members.

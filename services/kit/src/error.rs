@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use tonic::{Code, Status};
+pub use tonic::Code;
+use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::storage::StorageError;
@@ -38,6 +39,46 @@ pub trait ServiceError: std::error::Error {
     fn domain(&self) -> &'static str {
         "lianyu"
     }
+}
+
+/// Implements [`ServiceError`] for a service's error enum: each of its own (unit) variants with
+/// its code and reason, `Kit(KitError)` delegated to the kit, in the service's error domain.
+///
+/// ```ignore
+/// lianyu_kit::service_error!(LiveError, "lianyu.live", {
+///     SessionNotFound => (NotFound, "SESSION_NOT_FOUND"),
+/// });
+/// ```
+#[macro_export]
+macro_rules! service_error {
+    ($error:ty, $domain:literal, { $($variant:ident => ($code:ident, $reason:literal)),+ $(,)? }) => {
+        impl $crate::ServiceError for $error {
+            fn code(&self) -> $crate::error::Code {
+                match self {
+                    $(Self::$variant => $crate::error::Code::$code,)+
+                    Self::Kit(e) => $crate::ServiceError::code(e),
+                }
+            }
+
+            fn reason(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => $reason,)+
+                    Self::Kit(e) => $crate::ServiceError::reason(e),
+                }
+            }
+
+            fn field_violations(&self) -> Vec<$crate::FieldViolation> {
+                match self {
+                    Self::Kit(e) => $crate::ServiceError::field_violations(e),
+                    _ => Vec::new(),
+                }
+            }
+
+            fn domain(&self) -> &'static str {
+                $domain
+            }
+        }
+    };
 }
 
 /// Maps a service error to its status. `domain` is `lianyu.<service>`.

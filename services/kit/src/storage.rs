@@ -34,7 +34,9 @@ use sea_orm::{
 };
 use tonic::Code;
 
-pub use migration::{KitIndexes, KitReplySubjects, KitTables, create_entity_table};
+pub use migration::{
+    KitIndexes, KitReplySubjects, KitTables, create_entity_table, with_kit_tables,
+};
 
 /// A storage failure, classified once at the store boundary.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,11 @@
 //! Request validation every service shares: collect every field violation of a request and
 //! answer them together (INVALID_ARGUMENT with `google.rpc.BadRequest`), never one per retry.
 
-use crate::error::{FieldViolation, KitError};
+use crate::{
+    error::{FieldViolation, KitError},
+    ids::PartnerId,
+    names,
+};
 
 /// Collects field violations so a request reports all its problems at once.
 #[derive(Default)]
@@ -23,6 +27,37 @@ impl Violations {
         }
     }
 
+    /// A list of "partners/{partner}" names, checked one by one (`field[i]`), at most `max`,
+    /// appended to `into` without repeats (so a caller can put itself first).
+    pub fn partners(
+        &mut self,
+        field: &str,
+        given: &[String],
+        max: usize,
+        into: &mut Vec<PartnerId>,
+    ) {
+        if given.len() > max {
+            self.add(field, format!("at most {max} partners"));
+        }
+        for (i, name) in given.iter().enumerate() {
+            if let Some(id) = self.check(format!("{field}[{i}]"), partner(name))
+                && !into.contains(&id)
+            {
+                into.push(id);
+            }
+        }
+    }
+
+    /// How many violations are recorded so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing has been recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Ok when nothing was recorded, otherwise INVALID_ARGUMENT with every violation.
     pub fn finish(self) -> Result<(), KitError> {
         if self.0.is_empty() {
@@ -31,6 +66,11 @@ impl Violations {
             Err(KitError::Invalid(self.0))
         }
     }
+}
+
+/// A "partners/{partner}" name's partner id.
+pub fn partner(name: &str) -> Result<PartnerId, String> {
+    names::parse(name, "partners/{partner}").map(|[id]| PartnerId::new(id))
 }
 
 /// Checks a free-text field: trimmed, non-empty when required, at most `max` characters, no

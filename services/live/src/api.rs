@@ -3,9 +3,8 @@
 //! generated default), after the kit has authenticated the caller.
 
 use lianyu_kit::{
-    Call, KitError, Mount, ServiceError,
+    Call, KitError, Mount,
     call::unary,
-    error::FieldViolation,
     ids::PartnerId,
     mutation::Mutations,
     names,
@@ -13,7 +12,7 @@ use lianyu_kit::{
 };
 use lianyu_proto::live::v1 as pb;
 use sea_orm::DatabaseConnection;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{LiveError, Session, SessionDraft, SessionState},
@@ -54,32 +53,9 @@ pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
     );
 }
 
-impl ServiceError for LiveError {
-    fn code(&self) -> Code {
-        match self {
-            Self::SessionNotFound => Code::NotFound,
-            Self::Kit(e) => e.code(),
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            Self::SessionNotFound => "SESSION_NOT_FOUND",
-            Self::Kit(e) => e.reason(),
-        }
-    }
-
-    fn field_violations(&self) -> Vec<FieldViolation> {
-        match self {
-            Self::Kit(e) => e.field_violations(),
-            Self::SessionNotFound => Vec::new(),
-        }
-    }
-
-    fn domain(&self) -> &'static str {
-        "lianyu.live"
-    }
-}
+lianyu_kit::service_error!(LiveError, "lianyu.live", {
+    SessionNotFound => (NotFound, "SESSION_NOT_FOUND"),
+});
 
 #[tonic::async_trait]
 impl pb::session_service_server::SessionService for Api {

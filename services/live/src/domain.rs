@@ -66,18 +66,7 @@ impl Session {
         let mut v = Violations::default();
         let title = v.check("session.title", text(draft.title, true, 100));
         let mut hosts = vec![caller.clone()];
-        if draft.hosts.len() > MAX_HOSTS {
-            v.add("session.hosts", format!("at most {MAX_HOSTS} co-hosts"));
-        }
-        for (i, host) in draft.hosts.iter().enumerate() {
-            let field = format!("session.hosts[{i}]");
-            if let Some([id]) = v.check(field, names::parse(host, "partners/{partner}")) {
-                let id = PartnerId::new(id);
-                if !hosts.contains(&id) {
-                    hosts.push(id);
-                }
-            }
-        }
+        v.partners("session.hosts", draft.hosts, MAX_HOSTS, &mut hosts);
         let store = if draft.store.is_empty() {
             None
         } else {

@@ -6,16 +6,13 @@ mod entities;
 use lianyu_kit::{
     KitError,
     ids::PartnerId,
-    storage::{KitIndexes, KitReplySubjects, KitTables, StorageError, create_entity_table},
+    storage::{StorageError, with_kit_tables},
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     QueryOrder,
 };
-use sea_orm_migration::{
-    MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait,
-    prelude::DbErr,
-};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
 
 use crate::domain::{Session, SessionState};
 use entities::{State, session, session_host};
@@ -25,31 +22,16 @@ pub(crate) struct Migrator;
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(KitTables),
-            Box::new(KitIndexes),
-            Box::new(KitReplySubjects),
-            Box::new(Sessions),
-        ]
+        with_kit_tables(vec![Box::new(Sessions)])
     }
 }
 
-/// Sessions and their co-hosts.
-struct Sessions;
-
-impl MigrationName for Sessions {
-    fn name(&self) -> &str {
-        "m20261202_000010_live_sessions"
-    }
-}
-
-#[async_trait]
-impl MigrationTrait for Sessions {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        create_entity_table(manager, session::Entity).await?;
-        create_entity_table(manager, session_host::Entity).await
-    }
-}
+lianyu_kit::tables_migration!(
+    /// Sessions and their co-hosts.
+    Sessions,
+    "m20261202_000010_live_sessions",
+    [session::Entity, session_host::Entity]
+);
 
 /// Stores a newly scheduled session with its hosts, inside the caller's transaction.
 pub(crate) async fn insert_session(

@@ -30,6 +30,46 @@ pub async fn create_entity_table<E: EntityTrait>(
     Ok(())
 }
 
+/// A service's migrations after the kit's own (idempotency keys, outbox, feed cursors, reply
+/// subjects), which every service database holds first.
+pub fn with_kit_tables(own: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn MigrationTrait>> {
+    let mut all: Vec<Box<dyn MigrationTrait>> = vec![
+        Box::new(KitTables),
+        Box::new(KitIndexes),
+        Box::new(KitReplySubjects),
+    ];
+    all.extend(own);
+    all
+}
+
+/// A migration that creates entities' tables (and their declared indexes) if absent:
+/// `tables_migration!(Sessions, "m20261202_000010_live_sessions", [session::Entity]);`. The
+/// calling crate depends on `sea-orm-migration`.
+#[macro_export]
+macro_rules! tables_migration {
+    ($(#[$meta:meta])* $name:ident, $id:literal, [$($entity:path),+ $(,)?]) => {
+        $(#[$meta])*
+        pub(crate) struct $name;
+
+        impl sea_orm_migration::MigrationName for $name {
+            fn name(&self) -> &str {
+                $id
+            }
+        }
+
+        #[sea_orm_migration::async_trait::async_trait]
+        impl sea_orm_migration::MigrationTrait for $name {
+            async fn up(
+                &self,
+                manager: &sea_orm_migration::SchemaManager,
+            ) -> Result<(), sea_orm_migration::prelude::DbErr> {
+                $($crate::storage::create_entity_table(manager, $entity).await?;)+
+                Ok(())
+            }
+        }
+    };
+}
+
 pub struct KitTables;
 
 impl MigrationName for KitTables {
