@@ -301,6 +301,34 @@ fn oversize_as_exhausted<B>(mut response: http::Response<B>) -> http::Response<B
 /// RESOURCE_EXHAUSTED's number on the wire.
 const OVERSIZE_STATUS: &str = "8";
 
+/// A service crate's two entry points from its name, its migrator and its handler
+/// registration: `mount` (open and migrate the database, add the gRPC services; `lianyu up`
+/// calls it) and `run` (serve alone on a listener until a shutdown future completes; `main`
+/// and tests call it).
+#[macro_export]
+macro_rules! service_entry_points {
+    ($name:expr, $migrator:ty, $register:path) => {
+        /// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
+        pub async fn mount(
+            ctx: &$crate::ServerContext,
+            mount: &mut $crate::Mount,
+        ) -> Result<(), $crate::StartError> {
+            let db = ctx.open_database::<$migrator>($name).await?;
+            $register(mount, db);
+            Ok(())
+        }
+
+        /// Serves the service alone on `listener` until `shutdown` completes.
+        pub async fn run(
+            config: $crate::Config,
+            listener: ::tokio::net::TcpListener,
+            shutdown: impl ::std::future::Future<Output = ()>,
+        ) -> Result<(), $crate::StartError> {
+            $crate::server::run_service(config, listener, shutdown, mount).await
+        }
+    };
+}
+
 /// Serves one service alone: the process context from `config`, the service's `mount`, then
 /// [`serve`] on `listener` until `shutdown` — every service's `run` is this one call.
 pub async fn run_service<M>(
