@@ -40,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(KitIndexes),
             Box::new(KitReplySubjects),
             Box::new(migration::TrustModel),
+            Box::new(migration::TypedConsentFeed),
         ]
     }
 }

@@ -51,6 +51,19 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
+impl NewEvent {
+    /// An event whose payload is a contract message (a `Watch…Response` body without its
+    /// cursor and time, which the feed adds when it serves it): the outbox holds the contract's
+    /// own wire format, never a second schema.
+    pub fn message(kind: &str, partner_id: Option<String>, body: &impl prost::Message) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            partner_id,
+            payload: body.encode_to_vec(),
+        }
+    }
+}
+
 /// An event as stored, with its sequence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -59,6 +72,13 @@ pub struct StoredEvent {
     pub partner_id: Option<String>,
     pub payload: Vec<u8>,
     pub created_at_millis: i64,
+}
+
+impl StoredEvent {
+    /// The payload as the contract message it was appended as; `None` if it is not one.
+    pub fn decode<M: prost::Message + Default>(&self) -> Option<M> {
+        M::decode(self.payload.as_slice()).ok()
+    }
 }
 
 /// A service's outbox and its watchers.

@@ -15,7 +15,7 @@ use super::{Api, caller, convert, status};
 use crate::{
     domain::{
         IdentityError, Violations,
-        consent::{ConsentEvent, ConsentState, Purpose},
+        consent::{ConsentState, Purpose},
         partner::{Alliance, AllianceStatus, parse_partner_name},
         text,
     },
@@ -201,33 +201,17 @@ impl ConsentService for Api {
                 if event.partner_id.as_deref() != Some(me.as_str()) {
                     return None;
                 }
-                let e: ConsentEvent = serde_json::from_slice(&event.payload).ok()?;
-                if e.member.is_empty() {
+                // Stored as the message itself; the feed adds where it stands and when.
+                let body: pb::WatchConsentEventsResponse = event.decode()?;
+                if body.member.is_empty() {
                     return None;
                 }
-                let kind = match e.kind.as_str() {
-                    "granted" => pb::ConsentEventKind::Granted,
-                    "withdrawn" => pb::ConsentEventKind::Withdrawn,
-                    "expired" => pb::ConsentEventKind::Expired,
-                    "stale" => pb::ConsentEventKind::Stale,
-                    "erased" => pb::ConsentEventKind::MemberErased,
-                    "erasure_requested" => pb::ConsentEventKind::ErasureRequested,
-                    "merged" => pb::ConsentEventKind::MembersMerged,
-                    _ => return None,
-                };
                 Some(pb::WatchConsentEventsResponse {
                     cursor: Some(FeedCursor {
                         sequence: event.seq,
                     }),
-                    kind: kind as i32,
-                    member: format!("members/{}", e.member),
-                    grantee: if e.kind == "erasure_requested" {
-                        String::new()
-                    } else {
-                        format!("partners/{}", e.grantee)
-                    },
-                    purposes: e.purposes,
                     event_time: convert::timestamp(event.created_at_millis),
+                    ..body
                 })
             });
         Ok(Response::new(Box::pin(stream)))

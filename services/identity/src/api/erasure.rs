@@ -9,7 +9,10 @@ use lianyu_proto::identity::v1 as pb;
 
 use super::{Api, convert};
 use crate::{
-    domain::{IdentityError, Violations, consent::ConsentEvent},
+    domain::{
+        IdentityError, Violations,
+        consent::{ConsentEvent, EventKind},
+    },
     store::{Store, consents::append_event, now},
 };
 
@@ -82,8 +85,8 @@ impl Api {
         scope: pb::ErasureScope,
     ) -> Result<(), IdentityError> {
         let event =
-            |kind: &str, member: &str, grantee: &str, purposes, receipt: &str| ConsentEvent {
-                kind: kind.into(),
+            |kind: EventKind, member: &str, grantee: &str, purposes, receipt: &str| ConsentEvent {
+                kind,
                 member: member.to_owned(),
                 collector: partner.to_owned(),
                 grantee: grantee.to_owned(),
@@ -94,7 +97,7 @@ impl Api {
             append_event(
                 &self.store.feed,
                 txn,
-                event("erased", own, partner, Vec::new(), ""),
+                event(EventKind::Erased, own, partner, Vec::new(), ""),
             )
             .await?;
         }
@@ -115,7 +118,7 @@ impl Api {
             append_event(
                 &self.store.feed,
                 txn,
-                event("withdrawn", their_id, grantee, purposes, receipt),
+                event(EventKind::Withdrawn, their_id, grantee, purposes, receipt),
             )
             .await?;
         }
@@ -123,7 +126,7 @@ impl Api {
             for (other, their_id) in &erased.others {
                 // Who relayed the request is not said: the event tells the holder only that
                 // the person asked to leave the joint domain.
-                let mut e = event("erasure_requested", their_id, other, Vec::new(), "");
+                let mut e = event(EventKind::ErasureRequested, their_id, other, Vec::new(), "");
                 e.collector = String::new();
                 append_event(&self.store.feed, txn, e).await?;
             }

@@ -15,7 +15,7 @@ use crate::{
     domain::{
         IdentityError, Violations,
         audit::Access,
-        consent::{ConsentEvent, Purpose},
+        consent::{ConsentEvent, EventKind, Purpose},
         identifier::Identifier,
     },
     store::{Store, consents::append_event, now},
@@ -283,7 +283,7 @@ impl Api {
                 for (partner, their_id) in self.store.merge_members(txn, &keep_id, &dup_id).await? {
                     append_event(&self.store.feed, txn,
                         ConsentEvent {
-                            kind: "merged".into(),
+                            kind: EventKind::Merged,
                             member: their_id,
                             collector: who.partner_id.clone(),
                             grantee: partner,

@@ -26,12 +26,26 @@ pub struct Consent {
     pub terms_version: i64,
 }
 
+/// What happened to a consent (or to the member behind it), as a watcher hears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Granted,
+    Withdrawn,
+    Expired,
+    Stale,
+    /// The watcher erased its own records of the member.
+    Erased,
+    /// The person asked, through another partner, to leave the joint domain.
+    ErasureRequested,
+    /// Another of the watcher's ids for the person was merged into this one.
+    Merged,
+}
+
 /// What the consent feed carries: already in the grantee's terms (its own scoped id for the
 /// member), so the stream needs no lookup and never exposes another partner's id.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsentEvent {
-    /// `granted` or `withdrawn`.
-    pub kind: String,
+    pub kind: EventKind,
     /// The grantee's scoped id for the member; empty when the grantee has not enrolled them.
     pub member: String,
     pub collector: String,

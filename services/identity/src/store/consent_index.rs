@@ -19,7 +19,9 @@ use std::{
 use lianyu_kit::feed::Feed;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::consent::{ConsentEvent, Purpose};
+use lianyu_proto::identity::v1::{ConsentEventKind, WatchConsentEventsResponse};
+
+use crate::domain::consent::Purpose;
 
 /// One granted consent row, as the check needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,15 +130,19 @@ impl ConsentIndex {
             let mut inner = self.lock();
             for event in &batch {
                 *cursor = Some(event.seq);
-                let Ok(e) = serde_json::from_slice::<ConsentEvent>(&event.payload) else {
+                let Some(e) = event.decode::<WatchConsentEventsResponse>() else {
                     continue;
                 };
-                if e.kind == "merged" {
+                if e.kind == ConsentEventKind::MembersMerged as i32 {
                     // A merge moves consents between members: rare, so start over.
                     inner.entries.clear();
                     continue;
                 }
-                inner.entries.remove(&(e.grantee, e.member));
+                // The grantee is the feed row's partner (an erasure request names none).
+                let member = e.member.strip_prefix("members/").unwrap_or_default();
+                if let Some(grantee) = &event.partner_id {
+                    inner.entries.remove(&(grantee.clone(), member.to_owned()));
+                }
             }
             if !batch.is_empty() {
                 inner.epoch = inner.epoch.wrapping_add(1);

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::domain::{
     IdentityError,
-    consent::{Consent, ConsentEvent, ConsentState, Liveness, Purpose},
+    consent::{Consent, ConsentEvent, ConsentState, EventKind, Liveness, Purpose},
     partner::Alliance,
     secrets::Secrets,
 };
@@ -161,7 +161,10 @@ impl Store {
             feed,
             txn,
             ConsentEvent {
-                kind: status.to_owned(),
+                kind: match c.state {
+                    ConsentState::Granted => EventKind::Granted,
+                    ConsentState::Withdrawn => EventKind::Withdrawn,
+                },
                 member,
                 collector: c.collector.to_owned(),
                 grantee: c.grantee.to_owned(),
@@ -516,10 +519,9 @@ async fn announce(
             txn,
             ConsentEvent {
                 kind: match lapse {
-                    Lapse::Stale => "stale",
-                    Lapse::Expired => "expired",
-                }
-                .to_owned(),
+                    Lapse::Stale => EventKind::Stale,
+                    Lapse::Expired => EventKind::Expired,
+                },
                 member: scoped
                     .get(grantee)
                     .and_then(|ids| ids.get(member))
@@ -536,22 +538,43 @@ async fn announce(
     Ok(())
 }
 
-/// Appends a consent event to the grantee's feed.
+/// Appends a consent event to the grantee's feed, stored as the contract's own
+/// `WatchConsentEventsResponse` (the feed adds the cursor and time when it serves it).
 pub(crate) async fn append_event(
     feed: &Feed,
     txn: &impl ConnectionTrait,
     event: ConsentEvent,
 ) -> Result<(), IdentityError> {
-    let payload = serde_json::to_vec(&event).map_err(|e| StorageError::Other(e.to_string()))?;
-    feed.append(
-        txn,
-        NewEvent {
-            kind: format!("consent.{}", event.kind),
-            partner_id: Some(event.grantee.clone()),
-            payload,
+    use lianyu_proto::identity::v1::{ConsentEventKind as Kind, WatchConsentEventsResponse};
+    let (kind, name) = match event.kind {
+        EventKind::Granted => (Kind::Granted, "consent.granted"),
+        EventKind::Withdrawn => (Kind::Withdrawn, "consent.withdrawn"),
+        EventKind::Expired => (Kind::Expired, "consent.expired"),
+        EventKind::Stale => (Kind::Stale, "consent.stale"),
+        EventKind::Erased => (Kind::MemberErased, "consent.erased"),
+        EventKind::ErasureRequested => (Kind::ErasureRequested, "consent.erasure_requested"),
+        EventKind::Merged => (Kind::MembersMerged, "consent.merged"),
+    };
+    let body = WatchConsentEventsResponse {
+        cursor: None,
+        kind: kind as i32,
+        // Empty when the grantee does not hold the member: nothing is served for it.
+        member: if event.member.is_empty() {
+            String::new()
+        } else {
+            format!("members/{}", event.member)
         },
-    )
-    .await?;
+        // Who relayed an erasure request is not said.
+        grantee: if event.kind == EventKind::ErasureRequested {
+            String::new()
+        } else {
+            format!("partners/{}", event.grantee)
+        },
+        purposes: event.purposes,
+        event_time: None,
+    };
+    feed.append(txn, NewEvent::message(name, Some(event.grantee), &body))
+        .await?;
     Ok(())
 }
 

@@ -167,3 +167,108 @@ impl MigrationTrait for TrustModel {
         Ok(())
     }
 }
+
+/// The consent feed stored as the contract's own messages: events appended before this
+/// release held a JSON record; each is rewritten, in place and in sequence order, as the
+/// `WatchConsentEventsResponse` it stands for, so a watcher resuming from an old cursor misses
+/// nothing. Rows that are already messages (a rerun) are left as they are.
+pub(crate) struct TypedConsentFeed;
+
+impl MigrationName for TypedConsentFeed {
+    fn name(&self) -> &str {
+        "m20261202_000005_typed_consent_feed"
+    }
+}
+
+/// The JSON an event was stored as before.
+#[derive(serde::Deserialize)]
+struct LegacyEvent {
+    kind: String,
+    member: String,
+    grantee: String,
+    purposes: Vec<i32>,
+}
+
+impl LegacyEvent {
+    fn into_message(self) -> Option<lianyu_proto::identity::v1::WatchConsentEventsResponse> {
+        use lianyu_proto::identity::v1::ConsentEventKind as Kind;
+        let kind = match self.kind.as_str() {
+            "granted" => Kind::Granted,
+            "withdrawn" => Kind::Withdrawn,
+            "expired" => Kind::Expired,
+            "stale" => Kind::Stale,
+            "erased" => Kind::MemberErased,
+            "erasure_requested" => Kind::ErasureRequested,
+            "merged" => Kind::MembersMerged,
+            _ => return None,
+        };
+        Some(lianyu_proto::identity::v1::WatchConsentEventsResponse {
+            cursor: None,
+            kind: kind as i32,
+            member: if self.member.is_empty() {
+                String::new()
+            } else {
+                format!("members/{}", self.member)
+            },
+            grantee: if kind == Kind::ErasureRequested {
+                String::new()
+            } else {
+                format!("partners/{}", self.grantee)
+            },
+            purposes: self.purposes,
+            event_time: None,
+        })
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for TypedConsentFeed {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use lianyu_kit::storage::entities::outbox_event;
+        use prost::Message;
+        use sea_orm::{ColumnTrait, QueryFilter, QueryOrder};
+        let db = manager.get_connection();
+        let rows = outbox_event::Entity::find()
+            .filter(outbox_event::Column::Kind.starts_with("consent."))
+            .order_by_asc(outbox_event::Column::Seq)
+            .all(db)
+            .await?;
+        for row in rows {
+            let Some(body) = serde_json::from_slice::<LegacyEvent>(&row.payload)
+                .ok()
+                .and_then(LegacyEvent::into_message)
+            else {
+                continue;
+            };
+            outbox_event::ActiveModel {
+                seq: Set(row.seq),
+                payload: Set(body.encode_to_vec()),
+                ..Default::default()
+            }
+            .update(db)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_legacy_event_becomes_the_message_a_watcher_is_served() {
+        let legacy: LegacyEvent = serde_json::from_str(
+            r#"{"kind":"withdrawn","member":"m1","collector":"brand-a","grantee":"mall-b","purposes":[2],"receipt_id":"r"}"#,
+        )
+        .unwrap();
+        let body = legacy.into_message().unwrap();
+        assert_eq!(body.member, "members/m1");
+        assert_eq!(body.grantee, "partners/mall-b");
+        assert_eq!(
+            body.kind,
+            lianyu_proto::identity::v1::ConsentEventKind::Withdrawn as i32
+        );
+        assert_eq!(body.purposes, [2]);
+    }
+}
