@@ -24,6 +24,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 /// How often each database is asked, and how long it has to answer.
 const EVERY: Duration = Duration::from_millis(250);
 const ANSWER_WITHIN: Duration = Duration::from_millis(500);
+/// Slow asks in a row before a database counts as down (about two seconds): one late answer on
+/// a saturated machine is load, not an outage, and refusing every call for it would turn load
+/// into an outage. A refused or broken connection counts at once, and so does the first answer
+/// after an outage.
+const SLOW_BEFORE_DOWN: u32 = 3;
 
 struct Watched {
     service: String,
@@ -75,6 +80,8 @@ impl DatabaseHealth {
         names: Vec<&'static str>,
         stopping: CancellationToken,
     ) {
+        // Unanswered asks in a row, by service.
+        let mut missed: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
         let mut connections: std::collections::HashMap<String, DatabaseConnection> =
             std::collections::HashMap::new();
         loop {
@@ -88,7 +95,8 @@ impl DatabaseHealth {
                 .map(|w| (w.service.clone(), w.url.clone(), w.up.clone()))
                 .collect();
             for (service, url, up) in checks {
-                let answers = tokio::time::timeout(ANSWER_WITHIN, async {
+                let misses = missed.entry(service.clone()).or_insert(0u32);
+                let asked = tokio::time::timeout(ANSWER_WITHIN, async {
                     if !connections.contains_key(&service) {
                         let db = crate::storage::connect(&url, &service, Some(1))
                             .await
@@ -97,11 +105,18 @@ impl DatabaseHealth {
                     }
                     connections.get(&service)?.ping().await.ok()
                 })
-                .await
-                .is_ok_and(|answered| answered.is_some());
-                if !answers {
+                .await;
+                let answers = matches!(asked, Ok(Some(())));
+                if answers {
+                    *misses = 0;
+                } else {
                     // A fresh connection next time: this one may be half-open.
                     connections.remove(&service);
+                    *misses += 1;
+                    let slow_only = asked.is_err();
+                    if slow_only && *misses < SLOW_BEFORE_DOWN {
+                        continue;
+                    }
                 }
                 if answers == up.swap(answers, Ordering::Relaxed) {
                     continue;
