@@ -25,8 +25,8 @@ use crate::{
     domain::{
         IdentityError, Violations,
         credential::{
-            DEFAULT_OVERLAP_SECONDS, MAX_ACTIVE_PER_PARTNER, MAX_OVERLAP_SECONDS, SecretState,
-            new_client_id, new_secret, token_scopes,
+            DEFAULT_OVERLAP_SECONDS, Holder, MAX_ACTIVE_PER_PARTNER, MAX_OVERLAP_SECONDS,
+            SecretState, StoreAsked, grant, new_client_id, new_secret,
         },
         partner::{PartnerKind, parse_credential_name, parse_partner_name, parse_store_name},
     },
@@ -348,49 +348,39 @@ impl Api {
         let partner = Store::partner(&self.store.read, &row.partner_id)
             .await?
             .ok_or(INVALID_CLIENT)?;
-        if partner.status != "active" {
-            return Err(KitError::Denied(
-                "PARTNER_SUSPENDED",
-                "the partner is suspended; no tokens are issued",
-            )
-            .into());
-        }
-        let allowed: BTreeSet<String> = row.scopes.split_whitespace().map(str::to_owned).collect();
-        let scopes = token_scopes(&allowed, &r.scopes).map_err(|refused| {
-            KitError::Invalid(
-                refused
-                    .into_iter()
-                    .map(|(i, why)| lianyu_kit::FieldViolation::new(format!("scopes[{i}]"), why))
-                    .collect(),
-            )
-        })?;
-        if let Some((owner, id)) = &store {
-            let active = owner == &row.partner_id
-                && Store::store(&self.store.read, owner, id)
-                    .await?
-                    .is_some_and(|s| s.active);
-            if !active {
-                return Err(KitError::invalid(
-                    "store",
-                    "no active store of this credential's partner by that name",
-                )
-                .into());
-            }
-        }
+        let store = match &store {
+            None => None,
+            Some((owner, id)) => Some(StoreAsked {
+                name: &r.store,
+                active_store_of_holder: owner == &row.partner_id
+                    && Store::store(&self.store.read, owner, id)
+                        .await?
+                        .is_some_and(|s| s.active),
+            }),
+        };
+        let holder = Holder {
+            credential_id: &row.id,
+            partner_id: &row.partner_id,
+            allowed_scopes: &row.scopes,
+            partner_is_operator: partner.kind == PartnerKind::Operator.as_str(),
+            partner_is_active: partner.status == "active",
+        };
+        let granted = grant(&holder, &r.scopes, store)?;
         let ttl: Duration = self.tokens.auth.token_ttl;
         let token = signer
             .mint(
                 &self.tokens.auth,
                 &TokenRequest {
-                    partner_id: row.partner_id.clone(),
-                    operator: partner.kind == PartnerKind::Operator.as_str(),
-                    store: store.map(|_| r.store.clone()),
-                    scopes: scopes.iter().cloned().collect(),
+                    partner_id: granted.partner_id,
+                    operator: granted.operator,
+                    store: granted.store,
+                    scopes: granted.scopes.iter().cloned().collect(),
                     ttl,
-                    credential: Some(row.id.clone()),
+                    credential: Some(granted.credential),
                 },
             )
             .map_err(|e| KitError::Internal(format!("signing a token: {e}")))?;
+        let scopes = granted.scopes;
         let expires = now() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         Ok(pb::IssueTokenResponse {
             access_token: token,

@@ -75,9 +75,121 @@ pub fn token_scopes(
     }
 }
 
+/// The credential a secret opened, with what its partner is now.
+pub struct Holder<'a> {
+    pub credential_id: &'a str,
+    pub partner_id: &'a str,
+    /// The scopes the credential may carry, space-separated as stored.
+    pub allowed_scopes: &'a str,
+    pub partner_is_operator: bool,
+    pub partner_is_active: bool,
+}
+
+/// A store a token asks to be narrowed to: its name, and whether it is an active store of the
+/// credential's own partner.
+pub struct StoreAsked<'a> {
+    pub name: &'a str,
+    pub active_store_of_holder: bool,
+}
+
+/// What a token grants.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub partner_id: String,
+    pub operator: bool,
+    pub store: Option<String>,
+    pub scopes: BTreeSet<String>,
+    pub credential: String,
+}
+
+/// IssueToken's rules once the secret has opened a credential: a suspended partner gets no
+/// token; the token carries the scopes asked for (all the credential allows when none are),
+/// never one it lacks; a store narrowing must name an active store of the same partner.
+pub fn grant(
+    holder: &Holder<'_>,
+    scopes: &[String],
+    store: Option<StoreAsked<'_>>,
+) -> Result<Grant, lianyu_kit::KitError> {
+    use lianyu_kit::{FieldViolation, KitError};
+    if !holder.partner_is_active {
+        return Err(KitError::Denied(
+            "PARTNER_SUSPENDED",
+            "the partner is suspended; no tokens are issued",
+        ));
+    }
+    let allowed: BTreeSet<String> = holder
+        .allowed_scopes
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let scopes = token_scopes(&allowed, scopes).map_err(|refused| {
+        KitError::Invalid(
+            refused
+                .into_iter()
+                .map(|(i, why)| FieldViolation::new(format!("scopes[{i}]"), why))
+                .collect(),
+        )
+    })?;
+    if store.as_ref().is_some_and(|s| !s.active_store_of_holder) {
+        return Err(KitError::invalid(
+            "store",
+            "no active store of this credential's partner by that name",
+        ));
+    }
+    Ok(Grant {
+        partner_id: holder.partner_id.to_owned(),
+        operator: holder.partner_is_operator,
+        store: store.map(|s| s.name.to_owned()),
+        scopes,
+        credential: holder.credential_id.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holder(active: bool) -> Holder<'static> {
+        Holder {
+            credential_id: "c1",
+            partner_id: "mall-b",
+            allowed_scopes: "identity.read identity.write",
+            partner_is_operator: false,
+            partner_is_active: active,
+        }
+    }
+
+    #[test]
+    fn a_token_carries_only_what_the_credential_allows_within_the_partners_own_store() {
+        let all = grant(&holder(true), &[], None).unwrap();
+        assert_eq!(all.scopes.len(), 2);
+        let read = grant(&holder(true), &["identity.read".into()], None).unwrap();
+        assert_eq!(read.scopes, ["identity.read".to_owned()].into());
+        let e = grant(
+            &holder(true),
+            &["identity.read".into(), "live.write".into()],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            lianyu_kit::ServiceError::field_violations(&e)[0].field,
+            "scopes[1]"
+        );
+        let store = |active| StoreAsked {
+            name: "partners/mall-b/stores/sh01",
+            active_store_of_holder: active,
+        };
+        assert_eq!(
+            grant(&holder(true), &[], Some(store(true)))
+                .unwrap()
+                .store
+                .as_deref(),
+            Some("partners/mall-b/stores/sh01")
+        );
+        assert!(grant(&holder(true), &[], Some(store(false))).is_err());
+        let e = grant(&holder(false), &[], None).unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "PARTNER_SUSPENDED");
+    }
 
     fn state(secrets: &Secrets, current: &str, previous: Option<(&str, i64)>) -> SecretState {
         SecretState {
