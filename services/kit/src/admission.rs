@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, body::Body};
 use tower::{Layer, Service};
 
-use crate::{Principal, error::status_with_info};
+use crate::{auth::Principal, error::status_with_info};
 
 /// What admission allows; see the module docs.
 #[derive(Clone)]

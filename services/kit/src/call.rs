@@ -5,7 +5,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Principal,
+    auth::Principal,
     error::{KitError, ServiceError, to_status},
 };
 

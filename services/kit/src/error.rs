@@ -52,24 +52,24 @@ pub trait ServiceError: std::error::Error {
 #[macro_export]
 macro_rules! service_error {
     ($error:ty, $domain:literal, { $($variant:ident => ($code:ident, $reason:literal)),+ $(,)? }) => {
-        impl $crate::ServiceError for $error {
+        impl $crate::error::ServiceError for $error {
             fn code(&self) -> $crate::error::Code {
                 match self {
                     $(Self::$variant => $crate::error::Code::$code,)+
-                    Self::Kit(e) => $crate::ServiceError::code(e),
+                    Self::Kit(e) => $crate::error::ServiceError::code(e),
                 }
             }
 
             fn reason(&self) -> &'static str {
                 match self {
                     $(Self::$variant => $reason,)+
-                    Self::Kit(e) => $crate::ServiceError::reason(e),
+                    Self::Kit(e) => $crate::error::ServiceError::reason(e),
                 }
             }
 
-            fn field_violations(&self) -> Vec<$crate::FieldViolation> {
+            fn field_violations(&self) -> Vec<$crate::error::FieldViolation> {
                 match self {
-                    Self::Kit(e) => $crate::ServiceError::field_violations(e),
+                    Self::Kit(e) => $crate::error::ServiceError::field_violations(e),
                     _ => Vec::new(),
                 }
             }

@@ -310,9 +310,9 @@ macro_rules! service_entry_points {
     ($name:expr, $migrator:ty, $register:path) => {
         /// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
         pub async fn mount(
-            ctx: &$crate::ServerContext,
-            mount: &mut $crate::Mount,
-        ) -> Result<(), $crate::StartError> {
+            ctx: &$crate::server::ServerContext,
+            mount: &mut $crate::server::Mount,
+        ) -> Result<(), $crate::server::StartError> {
             let db = ctx.open_database::<$migrator>($name).await?;
             $register(mount, db);
             Ok(())
@@ -320,10 +320,10 @@ macro_rules! service_entry_points {
 
         /// Serves the service alone on `listener` until `shutdown` completes.
         pub async fn run(
-            config: $crate::Config,
+            config: $crate::config::Config,
             listener: ::tokio::net::TcpListener,
             shutdown: impl ::std::future::Future<Output = ()>,
-        ) -> Result<(), $crate::StartError> {
+        ) -> Result<(), $crate::server::StartError> {
             $crate::server::run_service(config, listener, shutdown, mount).await
         }
     };

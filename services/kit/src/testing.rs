@@ -214,7 +214,7 @@ pub fn first_violation(status: &tonic::Status) -> Option<String> {
 /// with `LIANYU_TEST_BACKEND=postgres` — signing with the local dev key, so tokens for any
 /// partner, store or the operator are minted without a credential.
 pub struct TestServer {
-    pub config: crate::Config,
+    pub config: crate::config::Config,
     pub address: String,
     pub channel: Channel,
     databases: std::collections::BTreeMap<String, TestDatabase>,
@@ -232,15 +232,15 @@ impl TestServer {
     pub async fn start<F, Fut>(
         test: &str,
         services: &[&str],
-        configure: impl FnOnce(&mut crate::Config),
+        configure: impl FnOnce(&mut crate::config::Config),
         run: F,
     ) -> Self
     where
-        F: FnOnce(crate::Config, tokio::net::TcpListener) -> Fut,
-        Fut: std::future::Future<Output = Result<(), crate::StartError>> + Send + 'static,
+        F: FnOnce(crate::config::Config, tokio::net::TcpListener) -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::server::StartError>> + Send + 'static,
     {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let mut config = crate::Config::local(data.path());
+        let mut config = crate::config::Config::local(data.path());
         let mut databases = std::collections::BTreeMap::new();
         for service in services {
             let db = TestDatabase::new(&format!("{test}_{service}")).await;
