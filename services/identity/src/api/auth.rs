@@ -1,6 +1,7 @@
 //! AuthService: partner credentials and the client-credentials exchange. `IssueToken` and
 //! `GetSigningKeys` are the two calls that need no token (the kit's auth layer lets them by).
 
+use crate::store::entities::{StoredPartnerKind, StoredPartnerStatus};
 use lianyu_kit::KitError;
 use std::{
     collections::BTreeSet,
@@ -28,7 +29,7 @@ use crate::{
             DEFAULT_OVERLAP_SECONDS, Holder, MAX_ACTIVE_PER_PARTNER, MAX_OVERLAP_SECONDS,
             SecretState, StoreAsked, grant, new_client_id, new_secret,
         },
-        partner::{PartnerKind, parse_credential_name, parse_partner_name, parse_store_name},
+        partner::{parse_credential_name, parse_partner_name, parse_store_name},
     },
     store::{Store, entities::credential, now},
 };
@@ -362,8 +363,8 @@ impl Api {
             credential_id: &row.id,
             partner_id: &row.partner_id,
             allowed_scopes: &row.scopes,
-            partner_is_operator: partner.kind == PartnerKind::Operator.as_str(),
-            partner_is_active: partner.status == "active",
+            partner_is_operator: partner.kind == StoredPartnerKind::Operator,
+            partner_is_active: partner.status == StoredPartnerStatus::Active,
         };
         let granted = grant(&holder, &r.scopes, store)?;
         let ttl: Duration = self.tokens.auth.token_ttl;

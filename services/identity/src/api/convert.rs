@@ -1,5 +1,6 @@
 //! Proto ↔ domain conversions shared by the handlers.
 
+use crate::store::entities::{StoredConsentState, StoredPartnerKind, StoredPartnerStatus};
 use lianyu_kit::ids::ScopedMemberId;
 use lianyu_proto::identity::v1 as pb;
 
@@ -15,17 +16,16 @@ use crate::{
 pub(crate) use lianyu_kit::time::{millis, timestamp};
 
 pub(crate) fn partner(p: &partner::Model) -> pb::Partner {
-    let kind = match p.kind.as_str() {
-        "brand" => 1,
-        "mall" => 2,
-        "operator" => 3,
-        _ => 0,
+    let kind = match p.kind {
+        StoredPartnerKind::Brand => 1,
+        StoredPartnerKind::Mall => 2,
+        StoredPartnerKind::Operator => 3,
     };
     pb::Partner {
         name: format!("partners/{}", p.id),
         kind,
         display_name: p.display_name.clone(),
-        status: if p.status == "active" {
+        status: if p.status == StoredPartnerStatus::Active {
             pb::PartnerStatus::Active as i32
         } else {
             pb::PartnerStatus::Suspended as i32
@@ -100,7 +100,7 @@ pub(crate) fn receipt(
 ) -> pb::ConsentReceipt {
     use crate::domain::consent::{ReceiptStatus, receipt_status};
     let status = receipt_status(
-        r.status != "granted",
+        r.status != StoredConsentState::Granted,
         r.valid_until,
         r.terms_version,
         alliance,
@@ -176,16 +176,16 @@ mod tests {
     fn partner(id: &str, name: &str) -> partner::Model {
         partner::Model {
             id: id.into(),
-            kind: "brand".into(),
+            kind: StoredPartnerKind::Brand,
             display_name: name.into(),
-            status: "active".into(),
+            status: StoredPartnerStatus::Active,
             privacy_contact: format!("privacy@{id}.example"),
             created_at: 0,
             updated_at: 0,
         }
     }
 
-    fn stored(status: &str, valid_until: i64) -> consent_receipt::Model {
+    fn stored(status: StoredConsentState, valid_until: i64) -> consent_receipt::Model {
         consent_receipt::Model {
             id: "r1".into(),
             member_id: "internal-member-id".into(),
@@ -196,7 +196,7 @@ mod tests {
             processing_method: "shown to guides".into(),
             policy_version: "2026-11".into(),
             channel: pb::ConsentChannel::Store as i32,
-            status: status.into(),
+            status,
             valid_from: 0,
             valid_until,
             alliance_id: "a1".into(),
@@ -226,7 +226,7 @@ mod tests {
     fn a_receipt_tells_what_pipl_art_23_requires_in_the_readers_ids() {
         let far = crate::store::now() + 3_600_000;
         let r = receipt(
-            &stored("granted", far),
+            &stored(StoredConsentState::Granted, far),
             "mScoped",
             &partner("brand", "Aurora Shoes"),
             &partner("mall", "Jade Plaza"),
@@ -254,13 +254,25 @@ mod tests {
     fn a_grant_past_its_window_reads_as_expired_and_a_withdrawal_as_withdrawn() {
         let (brand, mall) = (partner("brand", "A"), partner("mall", "B"));
         let a = active_alliance(1);
-        let past = receipt(&stored("granted", 1), "m", &brand, &mall, Some(&a));
+        let past = receipt(
+            &stored(StoredConsentState::Granted, 1),
+            "m",
+            &brand,
+            &mall,
+            Some(&a),
+        );
         assert_eq!(past.status, pb::ConsentStatus::Expired as i32);
-        let withdrawn = receipt(&stored("withdrawn", 1), "m", &brand, &mall, Some(&a));
+        let withdrawn = receipt(
+            &stored(StoredConsentState::Withdrawn, 1),
+            "m",
+            &brand,
+            &mall,
+            Some(&a),
+        );
         assert_eq!(withdrawn.status, pb::ConsentStatus::Withdrawn as i32);
         let far = crate::store::now() + 3_600_000;
         let stale = receipt(
-            &stored("granted", far),
+            &stored(StoredConsentState::Granted, far),
             "m",
             &brand,
             &mall,

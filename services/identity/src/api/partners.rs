@@ -1,6 +1,7 @@
 //! PartnerService: partners (created by the operator) and alliances (proposed by a partner,
 //! active once every member partner accepts).
 
+use crate::store::entities::{StoredPartnerKind, StoredPartnerStatus};
 use lianyu_kit::KitError;
 use lianyu_kit::page::Page;
 use lianyu_proto::identity::v1::{self as pb, partner_service_server::PartnerService};
@@ -420,9 +421,9 @@ fn new_partner(r: &pb::CreatePartnerRequest) -> Result<partner::Model, IdentityE
     let at = now();
     Ok(partner::Model {
         id: id.unwrap_or_default(),
-        kind: kind.map(PartnerKind::as_str).unwrap_or_default().to_owned(),
+        kind: kind.map_or(StoredPartnerKind::Brand, Into::into),
         display_name: display_name.unwrap_or_default(),
-        status: "active".into(),
+        status: StoredPartnerStatus::Active,
         privacy_contact: contact.unwrap_or_default(),
         created_at: at,
         updated_at: at,

@@ -1,6 +1,7 @@
 //! A partner's stores (PartnerService's store calls) and partner updates. A partner manages
 //! only its own stores; any other partner's store is NOT_FOUND.
 
+use crate::store::entities::StoredPartnerStatus;
 use lianyu_kit::KitError;
 use lianyu_kit::{Call, Principal, mask, page::Page};
 use lianyu_proto::identity::v1 as pb;
@@ -136,8 +137,8 @@ impl Api {
             .flatten();
         let new_status = if paths.contains("status") {
             match pb::PartnerStatus::try_from(given.status) {
-                Ok(pb::PartnerStatus::Active) => Some("active"),
-                Ok(pb::PartnerStatus::Suspended) => Some("suspended"),
+                Ok(pb::PartnerStatus::Active) => Some(StoredPartnerStatus::Active),
+                Ok(pb::PartnerStatus::Suspended) => Some(StoredPartnerStatus::Suspended),
                 _ => {
                     v.add("partner.status", "ACTIVE or SUSPENDED");
                     None
@@ -175,7 +176,7 @@ impl Api {
                     row.privacy_contact = contact;
                 }
                 if let Some(s) = new_status {
-                    row.status = s.to_owned();
+                    row.status = s;
                 }
                 row.updated_at = now();
                 Ok(convert::partner(&Store::save_partner(txn, row).await?))

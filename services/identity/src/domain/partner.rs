@@ -13,22 +13,6 @@ pub enum PartnerKind {
     Operator,
 }
 
-impl PartnerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PartnerKind::Brand => "brand",
-            PartnerKind::Mall => "mall",
-            PartnerKind::Operator => "operator",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [PartnerKind::Brand, PartnerKind::Mall, PartnerKind::Operator]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-}
-
 /// Checks a partner id: 3 to 40 of lowercase letters, digits and '-', starting with a letter.
 pub fn partner_id(s: &str) -> Result<String, String> {
     let ok = (3..=40).contains(&s.len())
@@ -76,26 +60,6 @@ pub enum AllianceStatus {
     Proposed,
     Active,
     Ended,
-}
-
-impl AllianceStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AllianceStatus::Proposed => "proposed",
-            AllianceStatus::Active => "active",
-            AllianceStatus::Ended => "ended",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            AllianceStatus::Proposed,
-            AllianceStatus::Active,
-            AllianceStatus::Ended,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
 }
 
 /// The fields an `UpdateAlliance` names; `None` leaves a field as it is.

@@ -11,12 +11,7 @@ use super::{
     Store,
     entities::{alliance, alliance_partner},
 };
-use crate::domain::{
-    IdentityError,
-    consent::Purpose,
-    identifier::Method,
-    partner::{Alliance, AllianceStatus},
-};
+use crate::domain::{IdentityError, consent::Purpose, identifier::Method, partner::Alliance};
 
 impl Store {
     pub(crate) async fn insert_alliance(
@@ -32,7 +27,7 @@ impl Store {
             processing_method: Set(a.processing_method.clone()),
             valid_from: Set(a.valid_from),
             valid_until: Set(a.valid_until),
-            status: Set(a.status.as_str().to_owned()),
+            status: Set(a.status.into()),
             terms_version: Set(a.terms_version),
             created_at: Set(now),
             accepted_methods: Set(methods_column(&a.accepted_methods)),
@@ -65,7 +60,7 @@ impl Store {
             data_categories: Set(serde_json::to_string(&a.data_categories).unwrap_or_default()),
             processing_method: Set(a.processing_method.clone()),
             valid_until: Set(a.valid_until),
-            status: Set(a.status.as_str().to_owned()),
+            status: Set(a.status.into()),
             terms_version: Set(a.terms_version),
             accepted_methods: Set(methods_column(&a.accepted_methods)),
             ..Default::default()
@@ -227,7 +222,7 @@ fn to_domain(row: alliance::Model, members: &[alliance_partner::Model]) -> Allia
         processing_method: row.processing_method,
         valid_from: row.valid_from,
         valid_until: row.valid_until,
-        status: AllianceStatus::parse(&row.status).unwrap_or(AllianceStatus::Ended),
+        status: row.status.into(),
         terms_version: row.terms_version,
         accepted_methods: row
             .accepted_methods

@@ -1,5 +1,6 @@
 //! Consents: the latest word per (member, grantee, purpose, collector), and the receipts.
 
+use super::entities::{StoredAllianceStatus, StoredConsentState};
 use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
 use std::collections::BTreeMap;
 
@@ -51,10 +52,6 @@ impl Store {
     ) -> Result<consent_receipt::Model, IdentityError> {
         let receipt_id = uuid::Uuid::now_v7().to_string();
         let at = now();
-        let status = match c.state {
-            ConsentState::Granted => "granted",
-            ConsentState::Withdrawn => "withdrawn",
-        };
         let receipt = consent_receipt::ActiveModel {
             id: Set(receipt_id.clone()),
             member_id: Set(c.member_id.to_owned()),
@@ -72,7 +69,7 @@ impl Store {
             processing_method: Set(c.alliance.processing_method.clone()),
             policy_version: Set(c.policy_version.to_owned()),
             channel: Set(c.channel),
-            status: Set(status.to_owned()),
+            status: Set(c.state.into()),
             valid_from: Set(c.valid_from),
             valid_until: Set(c.valid_until),
             alliance_id: Set(c.alliance.id.clone()),
@@ -105,7 +102,7 @@ impl Store {
                 purpose: Set(*purpose as i32),
                 collector: Set(c.collector.to_owned()),
                 receipt_id: Set(receipt_id.clone()),
-                state: Set(status.to_owned()),
+                state: Set(c.state.into()),
                 valid_from: Set(c.valid_from),
                 valid_until: Set(c.valid_until),
                 alliance_id: Set(c.alliance.id.clone()),
@@ -144,7 +141,10 @@ impl Store {
                 .is_some();
             if !still_used {
                 consent_receipt::Entity::update_many()
-                    .col_expr(consent_receipt::Column::Status, Expr::value("withdrawn"))
+                    .col_expr(
+                        consent_receipt::Column::Status,
+                        Expr::value(StoredConsentState::Withdrawn),
+                    )
                     .filter(consent_receipt::Column::Id.eq(old))
                     .exec(txn)
                     .await
@@ -298,7 +298,7 @@ impl Store {
             .filter(scoped_id::Column::ScopedId.is_in(scoped.iter().cloned()))
             .filter(consent::Column::Grantee.eq(grantee.to_owned()))
             .filter(consent::Column::Purpose.eq(purpose as i32))
-            .filter(consent::Column::State.eq("granted"))
+            .filter(consent::Column::State.eq(StoredConsentState::Granted))
             .into_model::<Row>()
             .all(&self.read)
             .await
@@ -329,7 +329,7 @@ impl Store {
             .filter(consent::Column::MemberId.is_in(members.iter().cloned()))
             .filter(consent::Column::Grantee.eq(grantee.to_owned()))
             .filter(consent::Column::Purpose.eq(purpose as i32))
-            .filter(consent::Column::State.eq("granted"));
+            .filter(consent::Column::State.eq(StoredConsentState::Granted));
         if let Some(collector) = collector {
             query = query.filter(consent::Column::Collector.eq(collector.to_owned()));
         }
@@ -384,10 +384,10 @@ impl Store {
         };
         let due = consent::Entity::find()
             .join(JoinType::InnerJoin, consent_to_alliance())
-            .filter(consent::Column::State.eq("granted"))
+            .filter(consent::Column::State.eq(StoredConsentState::Granted))
             .filter(
                 Condition::any()
-                    .add(alliance::Column::Status.eq("ended"))
+                    .add(alliance::Column::Status.eq(StoredAllianceStatus::Ended))
                     .add(
                         Expr::col((consent::Entity, consent::Column::TermsVersion)).lt(Expr::col(
                             (alliance::Entity, alliance::Column::TermsVersion),
@@ -425,7 +425,7 @@ impl Store {
                 .filter(consent::Column::Grantee.eq(row.grantee.clone()))
                 .filter(consent::Column::Purpose.eq(row.purpose))
                 .filter(consent::Column::Collector.eq(row.collector.clone()))
-                .filter(consent::Column::State.eq("granted"))
+                .filter(consent::Column::State.eq(StoredConsentState::Granted))
                 .exec(txn)
                 .await
                 .map_err(StorageError::from)?;
@@ -450,7 +450,7 @@ impl Store {
     ) -> Result<usize, IdentityError> {
         use sea_orm::QuerySelect;
         let due = consent::Entity::find()
-            .filter(consent::Column::State.eq("granted"))
+            .filter(consent::Column::State.eq(StoredConsentState::Granted))
             .filter(consent::Column::ValidUntil.lte(at))
             .limit(limit)
             .all(txn)
@@ -465,7 +465,7 @@ impl Store {
                 .filter(consent::Column::Grantee.eq(row.grantee.clone()))
                 .filter(consent::Column::Purpose.eq(row.purpose))
                 .filter(consent::Column::Collector.eq(row.collector.clone()))
-                .filter(consent::Column::State.eq("granted"))
+                .filter(consent::Column::State.eq(StoredConsentState::Granted))
                 .filter(consent::Column::ValidUntil.lte(at))
                 .exec(txn)
                 .await

@@ -4,13 +4,111 @@
 #![allow(unreachable_pub, reason = "sea-orm's derives generate pub items")]
 
 use lianyu_kit::entity;
+use sea_orm::entity::prelude::*;
+
+/// A partner's kind as stored (see `domain::partner::PartnerKind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum StoredPartnerKind {
+    #[sea_orm(string_value = "brand")]
+    Brand,
+    #[sea_orm(string_value = "mall")]
+    Mall,
+    #[sea_orm(string_value = "operator")]
+    Operator,
+}
+
+/// Whether a partner may act, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum StoredPartnerStatus {
+    #[sea_orm(string_value = "active")]
+    Active,
+    #[sea_orm(string_value = "suspended")]
+    Suspended,
+}
+
+/// An alliance's state as stored (see `domain::partner::AllianceStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum StoredAllianceStatus {
+    #[sea_orm(string_value = "proposed")]
+    Proposed,
+    #[sea_orm(string_value = "active")]
+    Active,
+    #[sea_orm(string_value = "ended")]
+    Ended,
+}
+
+/// A person in the mesh: held by some partner, folded into another by a merge, or gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum StoredMemberStatus {
+    #[sea_orm(string_value = "active")]
+    Active,
+    #[sea_orm(string_value = "merged")]
+    Merged,
+    #[sea_orm(string_value = "erased")]
+    Erased,
+}
+
+/// A consent (and its receipt) as given or withdrawn, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum StoredConsentState {
+    #[sea_orm(string_value = "granted")]
+    Granted,
+    #[sea_orm(string_value = "withdrawn")]
+    Withdrawn,
+}
+
+impl From<crate::domain::partner::PartnerKind> for StoredPartnerKind {
+    fn from(kind: crate::domain::partner::PartnerKind) -> Self {
+        use crate::domain::partner::PartnerKind as K;
+        match kind {
+            K::Brand => Self::Brand,
+            K::Mall => Self::Mall,
+            K::Operator => Self::Operator,
+        }
+    }
+}
+
+impl From<crate::domain::partner::AllianceStatus> for StoredAllianceStatus {
+    fn from(status: crate::domain::partner::AllianceStatus) -> Self {
+        use crate::domain::partner::AllianceStatus as S;
+        match status {
+            S::Proposed => Self::Proposed,
+            S::Active => Self::Active,
+            S::Ended => Self::Ended,
+        }
+    }
+}
+
+impl From<StoredAllianceStatus> for crate::domain::partner::AllianceStatus {
+    fn from(status: StoredAllianceStatus) -> Self {
+        match status {
+            StoredAllianceStatus::Proposed => Self::Proposed,
+            StoredAllianceStatus::Active => Self::Active,
+            StoredAllianceStatus::Ended => Self::Ended,
+        }
+    }
+}
+
+impl From<crate::domain::consent::ConsentState> for StoredConsentState {
+    fn from(state: crate::domain::consent::ConsentState) -> Self {
+        match state {
+            crate::domain::consent::ConsentState::Granted => Self::Granted,
+            crate::domain::consent::ConsentState::Withdrawn => Self::Withdrawn,
+        }
+    }
+}
 
 entity!(partner, "partners", {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    pub kind: String,
+    pub kind: crate::store::entities::StoredPartnerKind,
     pub display_name: String,
-    pub status: String,
+    pub status: crate::store::entities::StoredPartnerStatus,
     pub privacy_contact: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -27,7 +125,7 @@ entity!(alliance, "alliances", {
     pub processing_method: String,
     pub valid_from: i64,
     pub valid_until: i64,
-    pub status: String,
+    pub status: crate::store::entities::StoredAllianceStatus,
     pub terms_version: i64,
     pub created_at: i64,
     /// Verification methods the partners accept from each other for linking, comma-separated;
@@ -46,7 +144,7 @@ entity!(alliance_partner, "alliance_partners", {
 entity!(member, "members", {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    pub status: String,
+    pub status: crate::store::entities::StoredMemberStatus,
     pub created_at: i64,
     pub erased_at: Option<i64>,
 });
@@ -105,7 +203,7 @@ entity!(consent_receipt, "consent_receipts", {
     pub processing_method: String,
     pub policy_version: String,
     pub channel: i32,
-    pub status: String,
+    pub status: crate::store::entities::StoredConsentState,
     pub valid_from: i64,
     pub valid_until: i64,
     pub alliance_id: String,
@@ -124,7 +222,7 @@ entity!(consent, "consents", {
     #[sea_orm(primary_key, auto_increment = false)]
     pub collector: String,
     pub receipt_id: String,
-    pub state: String,
+    pub state: crate::store::entities::StoredConsentState,
     pub valid_from: i64,
     pub valid_until: i64,
     pub alliance_id: String,

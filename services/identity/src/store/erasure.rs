@@ -1,6 +1,7 @@
 //! Erasure of one partner's relationship with a person: its records go, other partners'
 //! records stay, and the person leaves the mesh only when no partner holds them any more.
 
+use super::entities::{StoredConsentState, StoredMemberStatus};
 use lianyu_kit::storage::StorageError;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -68,7 +69,10 @@ impl Store {
             .await
             .map_err(StorageError::from)?;
         consent_receipt::Entity::update_many()
-            .col_expr(consent_receipt::Column::Status, Expr::value("withdrawn"))
+            .col_expr(
+                consent_receipt::Column::Status,
+                Expr::value(StoredConsentState::Withdrawn),
+            )
             .filter(consent_receipt::Column::MemberId.eq(member_id.to_owned()))
             .filter(party(
                 consent_receipt::Column::Collector,
@@ -98,7 +102,10 @@ impl Store {
             // Nobody holds the person any more: the member is a tombstone, and nothing about
             // them is left to consent to.
             member::Entity::update_many()
-                .col_expr(member::Column::Status, Expr::value("erased"))
+                .col_expr(
+                    member::Column::Status,
+                    Expr::value(StoredMemberStatus::Erased),
+                )
                 .col_expr(member::Column::ErasedAt, Expr::value(at))
                 .filter(member::Column::Id.eq(member_id.to_owned()))
                 .exec(txn)
@@ -121,7 +128,7 @@ impl Store {
             own_ids: own.into_iter().map(|h| h.scoped_id).collect(),
             withdrawn: consents
                 .into_iter()
-                .filter(|c| c.state == "granted" && c.grantee != partner)
+                .filter(|c| c.state == StoredConsentState::Granted && c.grantee != partner)
                 .collect(),
             others,
         })

@@ -1,5 +1,6 @@
 //! Identifiers added to and removed from a member after enrolment, and merging two members.
 
+use super::entities::StoredMemberStatus;
 use lianyu_kit::KitError;
 use lianyu_kit::storage::StorageError;
 use sea_orm::{
@@ -183,7 +184,10 @@ impl Store {
         .await
         .map_err(StorageError::from)?;
         member::Entity::update_many()
-            .col_expr(member::Column::Status, Expr::value("merged"))
+            .col_expr(
+                member::Column::Status,
+                Expr::value(StoredMemberStatus::Merged),
+            )
             .filter(member::Column::Id.eq(dup.to_owned()))
             .exec(txn)
             .await

@@ -1,5 +1,6 @@
 //! Members, their identifiers and profiles, and the partner-scoped ids that name them.
 
+use super::entities::StoredMemberStatus;
 use lianyu_kit::KitError;
 use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
 use std::collections::BTreeMap;
@@ -116,7 +117,7 @@ impl Store {
                 let id = uuid::Uuid::now_v7().to_string();
                 member::ActiveModel {
                     id: Set(id.clone()),
-                    status: Set("active".into()),
+                    status: Set(StoredMemberStatus::Active),
                     created_at: Set(now()),
                     erased_at: Set(None),
                 }
@@ -304,7 +305,7 @@ impl Store {
             .await
             .map_err(StorageError::from)?;
         match member {
-            Some(m) if m.status == "active" => Ok(MeshMemberId::new(member_id)),
+            Some(m) if m.status == StoredMemberStatus::Active => Ok(MeshMemberId::new(member_id)),
             Some(_) => Err(IdentityError::MemberErased),
             None => Err(IdentityError::MemberNotFound),
         }

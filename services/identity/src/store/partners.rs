@@ -1,5 +1,6 @@
 //! Partners.
 
+use super::entities::StoredPartnerStatus;
 use lianyu_kit::KitError;
 use lianyu_kit::{page::Page, storage::StorageError};
 use sea_orm::{
@@ -42,7 +43,7 @@ impl Store {
         conn: &impl ConnectionTrait,
     ) -> Result<Vec<String>, IdentityError> {
         Ok(partner::Entity::find()
-            .filter(partner::Column::Status.eq("suspended"))
+            .filter(partner::Column::Status.eq(StoredPartnerStatus::Suspended))
             .all(conn)
             .await
             .map_err(StorageError::from)?
