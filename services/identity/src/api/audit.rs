@@ -79,8 +79,9 @@ impl Api {
         member_id: Option<&str>,
         page: &Page,
     ) -> Result<(Vec<pb::AccessRecord>, String), IdentityError> {
-        let rows = self.store.access_records(who, member_id, page).await?;
-        let (rows, next_page_token) = page.finish(rows, |r| r.seq.to_string());
+        let records = self.store.access_records(who, member_id, page).await?;
+        let (records, next_page_token) = page.finish(records, |r| r.access.seq.to_string());
+        let rows: Vec<_> = records.iter().map(|r| &r.access).collect();
         // A record made before a merge names the merged-away member: name its survivor.
         let survivors = self
             .store
@@ -95,7 +96,8 @@ impl Api {
             Store::scoped_ids_of(&self.store.read, &self.store.secrets, who, &members).await?;
         let records = rows
             .iter()
-            .map(|row| pb::AccessRecord {
+            .zip(&records)
+            .map(|(row, record)| pb::AccessRecord {
                 name: format!("accessRecords/{}", row.seq),
                 accessor: format!("partners/{}", row.accessor),
                 member: scoped
@@ -108,9 +110,9 @@ impl Api {
                 } else {
                     format!("consentReceipts/{}", row.receipt_id)
                 },
-                access_time: convert::timestamp(row.at),
+                access_time: convert::timestamp(row.at_millis),
                 allowed: row.allowed,
-                chain_hash: row.hash.clone(),
+                chain_hash: record.chain_hash.clone(),
             })
             .collect();
         Ok((records, next_page_token))

@@ -1,7 +1,6 @@
 //! AuthService: partner credentials and the client-credentials exchange. `IssueToken` and
 //! `GetSigningKeys` are the two calls that need no token (the kit's auth layer lets them by).
 
-use crate::store::entities::{StoredPartnerKind, StoredPartnerStatus};
 use lianyu_kit::KitError;
 use std::{
     collections::BTreeSet,
@@ -26,12 +25,14 @@ use crate::{
     domain::{
         IdentityError, Violations,
         credential::{
-            DEFAULT_OVERLAP_SECONDS, Holder, MAX_ACTIVE_PER_PARTNER, MAX_OVERLAP_SECONDS,
-            SecretState, StoreAsked, grant, new_client_id, new_secret,
+            Credential, DEFAULT_OVERLAP_SECONDS, Holder, MAX_ACTIVE_PER_PARTNER,
+            MAX_OVERLAP_SECONDS, SecretState, StoreAsked, grant, new_client_id, new_secret,
         },
-        partner::{parse_credential_name, parse_partner_name, parse_store_name},
+        partner::{
+            PartnerKind, PartnerStatus, parse_credential_name, parse_partner_name, parse_store_name,
+        },
     },
-    store::{Store, entities::credential, now},
+    store::{Store, now},
 };
 
 /// What `IssueToken` signs with and `GetSigningKeys` publishes.
@@ -125,14 +126,14 @@ impl AuthService for Api {
                 let secret = new_secret();
                 let row = Store::insert_credential(
                     txn,
-                    credential::Model {
+                    Credential {
                         id: uuid::Uuid::now_v7().simple().to_string(),
                         partner_id: partner.clone(),
                         client_id: new_client_id(),
                         secret_hash: self.store.secrets.credential_hash(&secret),
                         previous_secret_hash: None,
                         previous_secret_until: None,
-                        scopes: scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+                        scopes: scopes.iter().cloned().collect(),
                         revoked_at: None,
                         created_at: now(),
                     },
@@ -363,8 +364,8 @@ impl Api {
             credential_id: &row.id,
             partner_id: &row.partner_id,
             allowed_scopes: &row.scopes,
-            partner_is_operator: partner.kind == StoredPartnerKind::Operator,
-            partner_is_active: partner.status == StoredPartnerStatus::Active,
+            partner_is_operator: partner.kind == PartnerKind::Operator,
+            partner_is_active: partner.status == PartnerStatus::Active,
         };
         let granted = grant(&holder, &r.scopes, store)?;
         let ttl: Duration = self.tokens.auth.token_ttl;

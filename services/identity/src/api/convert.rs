@@ -1,31 +1,28 @@
 //! Proto ↔ domain conversions shared by the handlers.
 
-use crate::store::entities::{StoredConsentState, StoredPartnerKind, StoredPartnerStatus};
 use lianyu_kit::ids::ScopedMemberId;
 use lianyu_proto::identity::v1 as pb;
 
-use crate::{
-    domain::{
-        consent::Purpose,
-        identifier::{Identifier, Kind},
-        partner::{Alliance, AllianceStatus},
-    },
-    store::entities::{consent_receipt, credential, partner, store},
+use crate::domain::{
+    consent::{Purpose, Receipt},
+    credential::Credential,
+    identifier::{Identifier, Kind},
+    partner::{Alliance, AllianceStatus, Partner, PartnerKind, PartnerStatus, PartnerStore},
 };
 
 pub(crate) use lianyu_kit::time::{millis, timestamp};
 
-pub(crate) fn partner(p: &partner::Model) -> pb::Partner {
+pub(crate) fn partner(p: &Partner) -> pb::Partner {
     let kind = match p.kind {
-        StoredPartnerKind::Brand => 1,
-        StoredPartnerKind::Mall => 2,
-        StoredPartnerKind::Operator => 3,
+        PartnerKind::Brand => 1,
+        PartnerKind::Mall => 2,
+        PartnerKind::Operator => 3,
     };
     pb::Partner {
         name: format!("partners/{}", p.id),
         kind,
         display_name: p.display_name.clone(),
-        status: if p.status == StoredPartnerStatus::Active {
+        status: if p.status == PartnerStatus::Active {
             pb::PartnerStatus::Active as i32
         } else {
             pb::PartnerStatus::Suspended as i32
@@ -92,20 +89,14 @@ pub(crate) fn purpose(n: i32) -> Result<Purpose, String> {
 
 /// A receipt as the member's collector sees it.
 pub(crate) fn receipt(
-    r: &consent_receipt::Model,
+    r: &Receipt,
     member: &str,
-    collector: &partner::Model,
-    grantee: &partner::Model,
+    collector: &Partner,
+    grantee: &Partner,
     alliance: Option<&Alliance>,
 ) -> pb::ConsentReceipt {
-    use crate::domain::consent::{ReceiptStatus, receipt_status};
-    let status = receipt_status(
-        r.status != StoredConsentState::Granted,
-        r.valid_until,
-        r.terms_version,
-        alliance,
-        crate::store::now(),
-    );
+    use crate::domain::consent::ReceiptStatus;
+    let status = r.status(alliance, crate::store::now());
     pb::ConsentReceipt {
         name: format!("consentReceipts/{}", r.id),
         issue_time: timestamp(r.issued_at),
@@ -115,12 +106,8 @@ pub(crate) fn receipt(
         grantee: format!("partners/{}", grantee.id),
         grantee_display_name: grantee.display_name.clone(),
         grantee_contact: grantee.privacy_contact.clone(),
-        purposes: r
-            .purposes
-            .split(',')
-            .filter_map(|p| p.parse().ok())
-            .collect(),
-        data_categories: serde_json::from_str(&r.data_categories).unwrap_or_default(),
+        purposes: r.purposes.clone(),
+        data_categories: r.data_categories.clone(),
         processing_method: r.processing_method.clone(),
         policy_version: r.policy_version.clone(),
         channel: r.channel,
@@ -144,7 +131,7 @@ pub(crate) fn member_name(name: &str) -> Result<ScopedMemberId, String> {
     }
 }
 
-pub(crate) fn store(s: &store::Model) -> pb::Store {
+pub(crate) fn store(s: &PartnerStore) -> pb::Store {
     pb::Store {
         name: format!("partners/{}/stores/{}", s.partner_id, s.id),
         display_name: s.display_name.clone(),
@@ -155,11 +142,11 @@ pub(crate) fn store(s: &store::Model) -> pb::Store {
 }
 
 /// A credential as its owner sees it: never a secret or a hash.
-pub(crate) fn credential(c: &credential::Model, now: i64) -> pb::Credential {
+pub(crate) fn credential(c: &Credential, now: i64) -> pb::Credential {
     pb::Credential {
         name: format!("partners/{}/credentials/{}", c.partner_id, c.id),
         client_id: c.client_id.clone(),
-        scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
+        scopes: c.scopes.clone(),
         revoked: c.revoked_at.is_some(),
         create_time: timestamp(c.created_at),
         previous_secret_expire_time: c
@@ -172,31 +159,32 @@ pub(crate) fn credential(c: &credential::Model, now: i64) -> pb::Credential {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::consent::ConsentState;
 
-    fn partner(id: &str, name: &str) -> partner::Model {
-        partner::Model {
+    fn partner(id: &str, name: &str) -> Partner {
+        Partner {
             id: id.into(),
-            kind: StoredPartnerKind::Brand,
+            kind: PartnerKind::Brand,
             display_name: name.into(),
-            status: StoredPartnerStatus::Active,
+            status: PartnerStatus::Active,
             privacy_contact: format!("privacy@{id}.example"),
             created_at: 0,
             updated_at: 0,
         }
     }
 
-    fn stored(status: StoredConsentState, valid_until: i64) -> consent_receipt::Model {
-        consent_receipt::Model {
+    fn stored(state: ConsentState, valid_until: i64) -> Receipt {
+        Receipt {
             id: "r1".into(),
             member_id: "internal-member-id".into(),
             collector: "brand".into(),
             grantee: "mall".into(),
-            purposes: "1,2".into(),
-            data_categories: r#"["profile.basic"]"#.into(),
+            purposes: vec![1, 2],
+            data_categories: vec!["profile.basic".into()],
             processing_method: "shown to guides".into(),
             policy_version: "2026-11".into(),
             channel: pb::ConsentChannel::Store as i32,
-            status,
+            state,
             valid_from: 0,
             valid_until,
             alliance_id: "a1".into(),
@@ -226,7 +214,7 @@ mod tests {
     fn a_receipt_tells_what_pipl_art_23_requires_in_the_readers_ids() {
         let far = crate::store::now() + 3_600_000;
         let r = receipt(
-            &stored(StoredConsentState::Granted, far),
+            &stored(ConsentState::Granted, far),
             "mScoped",
             &partner("brand", "Aurora Shoes"),
             &partner("mall", "Jade Plaza"),
@@ -255,7 +243,7 @@ mod tests {
         let (brand, mall) = (partner("brand", "A"), partner("mall", "B"));
         let a = active_alliance(1);
         let past = receipt(
-            &stored(StoredConsentState::Granted, 1),
+            &stored(ConsentState::Granted, 1),
             "m",
             &brand,
             &mall,
@@ -263,7 +251,7 @@ mod tests {
         );
         assert_eq!(past.status, pb::ConsentStatus::Expired as i32);
         let withdrawn = receipt(
-            &stored(StoredConsentState::Withdrawn, 1),
+            &stored(ConsentState::Withdrawn, 1),
             "m",
             &brand,
             &mall,
@@ -272,7 +260,7 @@ mod tests {
         assert_eq!(withdrawn.status, pb::ConsentStatus::Withdrawn as i32);
         let far = crate::store::now() + 3_600_000;
         let stale = receipt(
-            &stored(StoredConsentState::Granted, far),
+            &stored(ConsentState::Granted, far),
             "m",
             &brand,
             &mall,

@@ -106,7 +106,7 @@ impl Api {
             withdrawn
                 .entry((&c.grantee, &c.receipt_id))
                 .or_default()
-                .push(c.purpose);
+                .push(c.purpose as i32);
         }
         for ((grantee, receipt), purposes) in withdrawn {
             let their_id = erased

@@ -1,7 +1,6 @@
 //! PartnerService: partners (created by the operator) and alliances (proposed by a partner,
 //! active once every member partner accepts).
 
-use crate::store::entities::{StoredPartnerKind, StoredPartnerStatus};
 use lianyu_kit::KitError;
 use lianyu_kit::page::Page;
 use lianyu_proto::identity::v1::{self as pb, partner_service_server::PartnerService};
@@ -13,11 +12,12 @@ use crate::{
         IdentityError, Violations,
         consent::Purpose,
         partner::{
-            Alliance, AllianceStatus, Amendment, PartnerKind, parse_partner_name, partner_id,
+            Alliance, AllianceStatus, Amendment, Partner, PartnerKind, PartnerStatus,
+            parse_partner_name, partner_id,
         },
         text,
     },
-    store::{Store, entities::partner, now},
+    store::{Store, now},
 };
 use lianyu_kit::call::unary;
 
@@ -399,7 +399,7 @@ impl Api {
     }
 }
 
-fn new_partner(r: &pb::CreatePartnerRequest) -> Result<partner::Model, IdentityError> {
+fn new_partner(r: &pb::CreatePartnerRequest) -> Result<Partner, IdentityError> {
     let mut v = Violations::default();
     let id = v.check("partner_id", partner_id(&r.partner_id));
     let p = r.partner.clone().unwrap_or_default();
@@ -419,12 +419,17 @@ fn new_partner(r: &pb::CreatePartnerRequest) -> Result<partner::Model, IdentityE
     );
     v.finish()?;
     let at = now();
-    Ok(partner::Model {
-        id: id.unwrap_or_default(),
-        kind: kind.map_or(StoredPartnerKind::Brand, Into::into),
-        display_name: display_name.unwrap_or_default(),
-        status: StoredPartnerStatus::Active,
-        privacy_contact: contact.unwrap_or_default(),
+    let (Some(id), Some(kind), Some(display_name), Some(contact)) =
+        (id, kind, display_name, contact)
+    else {
+        return Err(KitError::invalid("partner", "required").into());
+    };
+    Ok(Partner {
+        id,
+        kind,
+        display_name,
+        status: PartnerStatus::Active,
+        privacy_contact: contact,
         created_at: at,
         updated_at: at,
     })

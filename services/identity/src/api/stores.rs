@@ -1,7 +1,6 @@
 //! A partner's stores (PartnerService's store calls) and partner updates. A partner manages
 //! only its own stores; any other partner's store is NOT_FOUND.
 
-use crate::store::entities::StoredPartnerStatus;
 use lianyu_kit::KitError;
 use lianyu_kit::{Call, Principal, mask, page::Page};
 use lianyu_proto::identity::v1 as pb;
@@ -10,10 +9,10 @@ use super::{Api, convert};
 use crate::{
     domain::{
         IdentityError, Violations,
-        partner::{parse_partner_name, parse_store_name, partner_id},
+        partner::{PartnerStatus, PartnerStore, parse_partner_name, parse_store_name, partner_id},
         text,
     },
-    store::{Store, entities::store, now},
+    store::{Store, now},
 };
 
 impl Api {
@@ -137,8 +136,8 @@ impl Api {
             .flatten();
         let new_status = if paths.contains("status") {
             match pb::PartnerStatus::try_from(given.status) {
-                Ok(pb::PartnerStatus::Active) => Some(StoredPartnerStatus::Active),
-                Ok(pb::PartnerStatus::Suspended) => Some(StoredPartnerStatus::Suspended),
+                Ok(pb::PartnerStatus::Active) => Some(PartnerStatus::Active),
+                Ok(pb::PartnerStatus::Suspended) => Some(PartnerStatus::Suspended),
                 _ => {
                     v.add("partner.status", "ACTIVE or SUSPENDED");
                     None
@@ -222,7 +221,7 @@ fn own_store(who: &Principal, name: &str) -> Result<(String, String), IdentityEr
     }
 }
 
-fn new_store(partner: &str, r: &pb::CreateStoreRequest) -> Result<store::Model, IdentityError> {
+fn new_store(partner: &str, r: &pb::CreateStoreRequest) -> Result<PartnerStore, IdentityError> {
     let mut v = Violations::default();
     let id = v.check("store_id", partner_id(&r.store_id));
     let s = r.store.clone().unwrap_or_default();
@@ -230,7 +229,7 @@ fn new_store(partner: &str, r: &pb::CreateStoreRequest) -> Result<store::Model, 
     let city = v.check("store.city", text(&s.city, false, 64));
     v.finish()?;
     let at = now();
-    Ok(store::Model {
+    Ok(PartnerStore {
         partner_id: partner.to_owned(),
         id: id.unwrap_or_default(),
         display_name: display_name.unwrap_or_default(),

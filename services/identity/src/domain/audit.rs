@@ -17,6 +17,14 @@ pub struct Access {
     pub at_millis: i64,
 }
 
+/// A read as the log keeps it: the access and its place in the hash chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRecord {
+    pub access: Access,
+    /// Hex SHA-256 of the previous record's hash and this record.
+    pub chain_hash: String,
+}
+
 /// The hash of the first record's predecessor.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -87,6 +87,43 @@ impl Consent {
     }
 }
 
+/// A consent receipt as kept: what the member was shown when they consented (or withdrew).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: String,
+    /// The mesh member; never shown to a partner.
+    pub member_id: String,
+    pub collector: String,
+    pub grantee: String,
+    /// Consent purpose numbers.
+    pub purposes: Vec<i32>,
+    pub data_categories: Vec<String>,
+    pub processing_method: String,
+    pub policy_version: String,
+    pub channel: i32,
+    /// GRANTED, or WITHDRAWN once withdrawn (or erased) — a withdrawal's own receipt too.
+    pub state: ConsentState,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub alliance_id: String,
+    pub issued_at: i64,
+    /// The alliance's terms version the member was shown; 0 when not recorded.
+    pub terms_version: i64,
+}
+
+impl Receipt {
+    /// Where the receipt stands `now` under its alliance as it is.
+    pub fn status(&self, alliance: Option<&Alliance>, now: i64) -> ReceiptStatus {
+        receipt_status(
+            self.state == ConsentState::Withdrawn,
+            self.valid_until,
+            self.terms_version,
+            alliance,
+            now,
+        )
+    }
+}
+
 /// Where a consent receipt stands when it is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReceiptStatus {

@@ -75,12 +75,28 @@ pub fn token_scopes(
     }
 }
 
+/// A partner's client credential as kept: only keyed hashes of its secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub id: String,
+    pub partner_id: String,
+    pub client_id: String,
+    pub secret_hash: String,
+    /// During a rotation's overlap, the previous secret's hash and until when it works.
+    pub previous_secret_hash: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    /// The scopes its tokens may carry.
+    pub scopes: Vec<String>,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
 /// The credential a secret opened, with what its partner is now.
 pub struct Holder<'a> {
     pub credential_id: &'a str,
     pub partner_id: &'a str,
-    /// The scopes the credential may carry, space-separated as stored.
-    pub allowed_scopes: &'a str,
+    /// The scopes the credential may carry.
+    pub allowed_scopes: &'a [String],
     pub partner_is_operator: bool,
     pub partner_is_active: bool,
 }
@@ -117,11 +133,7 @@ pub fn grant(
             "the partner is suspended; no tokens are issued",
         ));
     }
-    let allowed: BTreeSet<String> = holder
-        .allowed_scopes
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let allowed: BTreeSet<String> = holder.allowed_scopes.iter().cloned().collect();
     let scopes = token_scopes(&allowed, scopes).map_err(|refused| {
         KitError::Invalid(
             refused
@@ -153,7 +165,10 @@ mod tests {
         Holder {
             credential_id: "c1",
             partner_id: "mall-b",
-            allowed_scopes: "identity.read identity.write",
+            allowed_scopes: Box::leak(Box::new([
+                "identity.read".to_owned(),
+                "identity.write".to_owned(),
+            ])),
             partner_is_operator: false,
             partner_is_active: active,
         }

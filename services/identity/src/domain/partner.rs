@@ -5,6 +5,41 @@ use std::collections::BTreeSet;
 
 use super::{identifier::Method, purpose::Purpose};
 
+/// Whether a partner may act in the mesh; only the operator changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerStatus {
+    Active,
+    /// Every token of the partner is refused, and none is issued.
+    Suspended,
+}
+
+/// A company in the mesh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partner {
+    pub id: String,
+    pub kind: PartnerKind,
+    /// The name members read on their receipts.
+    pub display_name: String,
+    pub status: PartnerStatus,
+    /// How a member reaches the partner's privacy contact.
+    pub privacy_contact: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A physical store of a partner (a counter, a branch); store tokens act only within one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartnerStore {
+    pub partner_id: String,
+    pub id: String,
+    pub display_name: String,
+    pub city: String,
+    /// An inactive store issues no store tokens.
+    pub active: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// The kind of a partner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PartnerKind {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::domain::{
     IdentityError,
-    audit::{Access, ChainCheck, chain_hash},
+    audit::{Access, AccessRecord, ChainCheck, chain_hash},
 };
 
 impl Store {
@@ -133,7 +133,7 @@ impl Store {
         partner: &str,
         member_id: Option<&str>,
         page: &Page,
-    ) -> Result<Vec<access_record::Model>, IdentityError> {
+    ) -> Result<Vec<AccessRecord>, IdentityError> {
         let mut query = access_record::Entity::find()
             .filter(
                 Condition::any()
@@ -150,6 +150,12 @@ impl Store {
         if let Some(after) = page.after.as_deref().and_then(|a| a.parse::<i64>().ok()) {
             query = query.filter(access_record::Column::Seq.gt(after));
         }
-        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
+        Ok(query
+            .all(&self.read)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(AccessRecord::from)
+            .collect())
     }
 }

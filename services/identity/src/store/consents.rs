@@ -23,7 +23,7 @@ use super::{
 };
 use crate::domain::{
     IdentityError,
-    consent::{Consent, ConsentEvent, ConsentState, EventKind, Liveness, Purpose},
+    consent::{Consent, ConsentEvent, ConsentState, EventKind, Liveness, Purpose, Receipt},
     partner::Alliance,
     secrets::Secrets,
 };
@@ -49,7 +49,7 @@ impl Store {
         secrets: &Secrets,
         feed: &Feed,
         c: &ConsentChange<'_>,
-    ) -> Result<consent_receipt::Model, IdentityError> {
+    ) -> Result<Receipt, IdentityError> {
         let receipt_id = uuid::Uuid::now_v7().to_string();
         let at = now();
         let receipt = consent_receipt::ActiveModel {
@@ -173,7 +173,7 @@ impl Store {
             },
         )
         .await?;
-        Ok(receipt)
+        Ok(receipt.into())
     }
 
     /// Receipts `party` is party to, in issue order: about one member (as collector or
@@ -184,7 +184,7 @@ impl Store {
         member_id: Option<&str>,
         party: &str,
         page: &lianyu_kit::page::Page,
-    ) -> Result<Vec<consent_receipt::Model>, IdentityError> {
+    ) -> Result<Vec<Receipt>, IdentityError> {
         use sea_orm::{QueryOrder, QuerySelect, sea_query::Condition};
         let mut query = consent_receipt::Entity::find()
             .order_by_asc(consent_receipt::Column::Id)
@@ -203,7 +203,13 @@ impl Store {
         if let Some(after) = &page.after {
             query = query.filter(consent_receipt::Column::Id.gt(after.clone()));
         }
-        Ok(query.all(conn).await.map_err(StorageError::from)?)
+        Ok(query
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(Receipt::from)
+            .collect())
     }
 
     /// For each of `grantee`'s scoped ids that has one, its live consent for `purpose`. The

@@ -7,18 +7,19 @@ use sea_orm::{
 };
 
 use super::{Store, entities::credential};
-use crate::domain::IdentityError;
+use crate::domain::{IdentityError, credential::Credential};
 
 impl Store {
     pub(crate) async fn insert_credential(
         txn: &impl ConnectionTrait,
-        row: credential::Model,
-    ) -> Result<credential::Model, IdentityError> {
-        Ok(row
+        c: Credential,
+    ) -> Result<Credential, IdentityError> {
+        Ok(credential::Model::from(c)
             .into_active_model()
             .insert(txn)
             .await
-            .map_err(StorageError::from)?)
+            .map_err(StorageError::from)?
+            .into())
     }
 
     /// `partner`'s credential `id`, its row locked to the end of `txn` (PostgreSQL `FOR
@@ -28,24 +29,26 @@ impl Store {
         txn: &impl ConnectionTrait,
         partner: &str,
         id: &str,
-    ) -> Result<Option<credential::Model>, IdentityError> {
+    ) -> Result<Option<Credential>, IdentityError> {
         Ok(credential::Entity::find_by_id(id.to_owned())
             .filter(credential::Column::PartnerId.eq(partner))
             .lock_exclusive()
             .one(txn)
             .await
-            .map_err(StorageError::from)?)
+            .map_err(StorageError::from)?
+            .map(Credential::from))
     }
 
     pub(crate) async fn credential_by_client_id(
         &self,
         client_id: &str,
-    ) -> Result<Option<credential::Model>, IdentityError> {
+    ) -> Result<Option<Credential>, IdentityError> {
         Ok(credential::Entity::find()
             .filter(credential::Column::ClientId.eq(client_id))
             .one(&self.read)
             .await
-            .map_err(StorageError::from)?)
+            .map_err(StorageError::from)?
+            .map(Credential::from))
     }
 
     pub(crate) async fn active_credentials(
@@ -62,14 +65,15 @@ impl Store {
 
     pub(crate) async fn save_credential(
         txn: &impl ConnectionTrait,
-        row: credential::Model,
-    ) -> Result<credential::Model, IdentityError> {
-        Ok(row
+        c: Credential,
+    ) -> Result<Credential, IdentityError> {
+        Ok(credential::Model::from(c)
             .into_active_model()
             .reset_all()
             .update(txn)
             .await
-            .map_err(StorageError::from)?)
+            .map_err(StorageError::from)?
+            .into())
     }
 
     /// Ids of the credentials revoked since `since` (milliseconds).
@@ -89,7 +93,7 @@ impl Store {
         &self,
         partner: &str,
         page: &Page,
-    ) -> Result<Vec<credential::Model>, IdentityError> {
+    ) -> Result<Vec<Credential>, IdentityError> {
         Ok(page
             .fetch(
                 &self.read,
@@ -97,6 +101,9 @@ impl Store {
                 (credential::Column::PartnerId, partner),
                 credential::Column::Id,
             )
-            .await?)
+            .await?
+            .into_iter()
+            .map(Credential::from)
+            .collect())
     }
 }

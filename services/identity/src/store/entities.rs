@@ -73,6 +73,178 @@ impl From<crate::domain::partner::PartnerKind> for StoredPartnerKind {
     }
 }
 
+impl From<partner::Model> for crate::domain::partner::Partner {
+    fn from(row: partner::Model) -> Self {
+        use crate::domain::partner::{PartnerKind as K, PartnerStatus as S};
+        Self {
+            id: row.id,
+            kind: match row.kind {
+                StoredPartnerKind::Brand => K::Brand,
+                StoredPartnerKind::Mall => K::Mall,
+                StoredPartnerKind::Operator => K::Operator,
+            },
+            display_name: row.display_name,
+            status: match row.status {
+                StoredPartnerStatus::Active => S::Active,
+                StoredPartnerStatus::Suspended => S::Suspended,
+            },
+            privacy_contact: row.privacy_contact,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+impl From<crate::domain::partner::Partner> for partner::Model {
+    fn from(p: crate::domain::partner::Partner) -> Self {
+        use crate::domain::partner::PartnerStatus as S;
+        Self {
+            id: p.id,
+            kind: p.kind.into(),
+            display_name: p.display_name,
+            status: match p.status {
+                S::Active => StoredPartnerStatus::Active,
+                S::Suspended => StoredPartnerStatus::Suspended,
+            },
+            privacy_contact: p.privacy_contact,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+impl From<store::Model> for crate::domain::partner::PartnerStore {
+    fn from(row: store::Model) -> Self {
+        Self {
+            partner_id: row.partner_id,
+            id: row.id,
+            display_name: row.display_name,
+            city: row.city,
+            active: row.active,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+impl From<crate::domain::partner::PartnerStore> for store::Model {
+    fn from(s: crate::domain::partner::PartnerStore) -> Self {
+        Self {
+            partner_id: s.partner_id,
+            id: s.id,
+            display_name: s.display_name,
+            city: s.city,
+            active: s.active,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+impl From<credential::Model> for crate::domain::credential::Credential {
+    fn from(row: credential::Model) -> Self {
+        Self {
+            id: row.id,
+            partner_id: row.partner_id,
+            client_id: row.client_id,
+            secret_hash: row.secret_hash,
+            previous_secret_hash: row.previous_secret_hash,
+            previous_secret_until: row.previous_secret_until,
+            scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
+            revoked_at: row.revoked_at,
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl From<crate::domain::credential::Credential> for credential::Model {
+    fn from(c: crate::domain::credential::Credential) -> Self {
+        Self {
+            id: c.id,
+            partner_id: c.partner_id,
+            client_id: c.client_id,
+            secret_hash: c.secret_hash,
+            previous_secret_hash: c.previous_secret_hash,
+            previous_secret_until: c.previous_secret_until,
+            // Space-separated, as stored.
+            scopes: c.scopes.join(" "),
+            revoked_at: c.revoked_at,
+            created_at: c.created_at,
+        }
+    }
+}
+
+impl From<consent_receipt::Model> for crate::domain::consent::Receipt {
+    fn from(row: consent_receipt::Model) -> Self {
+        use crate::domain::consent::ConsentState;
+        Self {
+            id: row.id,
+            member_id: row.member_id,
+            collector: row.collector,
+            grantee: row.grantee,
+            // Comma-separated purpose numbers and a JSON array, as stored.
+            purposes: row
+                .purposes
+                .split(',')
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            data_categories: serde_json::from_str(&row.data_categories).unwrap_or_default(),
+            processing_method: row.processing_method,
+            policy_version: row.policy_version,
+            channel: row.channel,
+            state: match row.status {
+                StoredConsentState::Granted => ConsentState::Granted,
+                StoredConsentState::Withdrawn => ConsentState::Withdrawn,
+            },
+            valid_from: row.valid_from,
+            valid_until: row.valid_until,
+            alliance_id: row.alliance_id,
+            issued_at: row.issued_at,
+            terms_version: row.terms_version,
+        }
+    }
+}
+
+impl From<access_record::Model> for crate::domain::audit::AccessRecord {
+    fn from(row: access_record::Model) -> Self {
+        Self {
+            access: crate::domain::audit::Access {
+                seq: row.seq,
+                accessor: row.accessor,
+                source: row.source,
+                member_id: row.member_id,
+                purpose: row.purpose,
+                receipt_id: row.receipt_id,
+                allowed: row.allowed,
+                at_millis: row.at,
+            },
+            chain_hash: row.hash,
+        }
+    }
+}
+
+impl consent::Model {
+    /// The consent as the domain judges it; `None` for a purpose number no contract knows
+    /// (never written).
+    pub fn to_domain(&self) -> Option<crate::domain::consent::Consent> {
+        use crate::domain::consent::{Consent, ConsentState};
+        Some(Consent {
+            receipt_id: self.receipt_id.clone(),
+            collector: self.collector.clone(),
+            grantee: self.grantee.clone(),
+            purpose: crate::domain::purpose::Purpose::from_number(self.purpose)?,
+            state: match self.state {
+                StoredConsentState::Granted => ConsentState::Granted,
+                StoredConsentState::Withdrawn => ConsentState::Withdrawn,
+            },
+            valid_from: self.valid_from,
+            valid_until: self.valid_until,
+            alliance_id: self.alliance_id.clone(),
+            terms_version: self.terms_version,
+        })
+    }
+}
+
 impl From<crate::domain::partner::AllianceStatus> for StoredAllianceStatus {
     fn from(status: crate::domain::partner::AllianceStatus) -> Self {
         use crate::domain::partner::AllianceStatus as S;

@@ -13,14 +13,14 @@ use super::{
     entities::{consent, consent_receipt, identifier, member, member_merge, profile, scoped_id},
     now,
 };
-use crate::domain::IdentityError;
+use crate::domain::{IdentityError, consent::Consent};
 
 /// What one partner's erasure did, for the events that tell each party in its own terms.
 pub(crate) struct Erased {
     /// The erasing partner's scoped ids for the person (now answering MEMBER_ERASED).
     pub(crate) own_ids: Vec<String>,
     /// Consents the partner was party to that were in force: each grantee hears WITHDRAWN.
-    pub(crate) withdrawn: Vec<consent::Model>,
+    pub(crate) withdrawn: Vec<Consent>,
     /// Every other partner still holding the person, with its scoped id.
     pub(crate) others: Vec<(String, String)>,
 }
@@ -127,8 +127,9 @@ impl Store {
         Ok(Erased {
             own_ids: own.into_iter().map(|h| h.scoped_id).collect(),
             withdrawn: consents
-                .into_iter()
+                .iter()
                 .filter(|c| c.state == StoredConsentState::Granted && c.grantee != partner)
+                .filter_map(consent::Model::to_domain)
                 .collect(),
             others,
         })

@@ -9,16 +9,16 @@ use sea_orm::{
 };
 
 use super::{Store, entities::partner};
-use crate::domain::IdentityError;
+use crate::domain::{IdentityError, partner::Partner};
 
 impl Store {
     pub(crate) async fn insert_partner(
         txn: &impl ConnectionTrait,
-        row: partner::Model,
-    ) -> Result<partner::Model, IdentityError> {
-        let active: partner::ActiveModel = row.into();
+        p: Partner,
+    ) -> Result<Partner, IdentityError> {
+        let active: partner::ActiveModel = partner::Model::from(p).into();
         match active.insert(txn).await {
-            Ok(model) => Ok(model),
+            Ok(model) => Ok(model.into()),
             Err(e) => match StorageError::from(e) {
                 StorageError::AlreadyExists => {
                     Err(KitError::Exists("PARTNER_EXISTS", "a partner with this id exists").into())
@@ -31,11 +31,12 @@ impl Store {
     pub(crate) async fn partner(
         conn: &impl ConnectionTrait,
         id: &str,
-    ) -> Result<Option<partner::Model>, IdentityError> {
+    ) -> Result<Option<Partner>, IdentityError> {
         Ok(partner::Entity::find_by_id(id.to_owned())
             .one(conn)
             .await
-            .map_err(StorageError::from)?)
+            .map_err(StorageError::from)?
+            .map(Partner::from))
     }
 
     /// Ids of suspended partners, whose tokens every service refuses.
@@ -54,13 +55,16 @@ impl Store {
 
     pub(crate) async fn save_partner(
         txn: &impl ConnectionTrait,
-        row: partner::Model,
-    ) -> Result<partner::Model, IdentityError> {
-        Ok(sea_orm::IntoActiveModel::into_active_model(row)
-            .reset_all()
-            .update(txn)
-            .await
-            .map_err(StorageError::from)?)
+        p: Partner,
+    ) -> Result<Partner, IdentityError> {
+        Ok(
+            sea_orm::IntoActiveModel::into_active_model(partner::Model::from(p))
+                .reset_all()
+                .update(txn)
+                .await
+                .map_err(StorageError::from)?
+                .into(),
+        )
     }
 
     /// One page of partners, by id; `only` limits it to the partners a caller may see.
@@ -68,7 +72,7 @@ impl Store {
         &self,
         only: Option<&[String]>,
         page: &Page,
-    ) -> Result<Vec<partner::Model>, IdentityError> {
+    ) -> Result<Vec<Partner>, IdentityError> {
         let mut query = partner::Entity::find()
             .order_by_asc(partner::Column::Id)
             .limit(page.size + 1);
@@ -78,6 +82,12 @@ impl Store {
         if let Some(after) = &page.after {
             query = query.filter(partner::Column::Id.gt(after.clone()));
         }
-        Ok(query.all(&self.read).await.map_err(StorageError::from)?)
+        Ok(query
+            .all(&self.read)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(Partner::from)
+            .collect())
     }
 }

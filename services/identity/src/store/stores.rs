@@ -6,15 +6,15 @@ use lianyu_kit::{page::Page, storage::StorageError};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel};
 
 use super::{Store, entities::store};
-use crate::domain::IdentityError;
+use crate::domain::{IdentityError, partner::PartnerStore};
 
 impl Store {
     pub(crate) async fn insert_store(
         txn: &impl ConnectionTrait,
-        row: store::Model,
-    ) -> Result<store::Model, IdentityError> {
-        match row.into_active_model().insert(txn).await {
-            Ok(model) => Ok(model),
+        s: PartnerStore,
+    ) -> Result<PartnerStore, IdentityError> {
+        match store::Model::from(s).into_active_model().insert(txn).await {
+            Ok(model) => Ok(model.into()),
             Err(e) => match StorageError::from(e) {
                 StorageError::AlreadyExists => Err(KitError::Exists(
                     "STORE_EXISTS",
@@ -30,25 +30,27 @@ impl Store {
         conn: &impl ConnectionTrait,
         partner: &str,
         id: &str,
-    ) -> Result<Option<store::Model>, IdentityError> {
+    ) -> Result<Option<PartnerStore>, IdentityError> {
         Ok(
             store::Entity::find_by_id((partner.to_owned(), id.to_owned()))
                 .one(conn)
                 .await
-                .map_err(StorageError::from)?,
+                .map_err(StorageError::from)?
+                .map(PartnerStore::from),
         )
     }
 
     pub(crate) async fn save_store(
         txn: &impl ConnectionTrait,
-        row: store::Model,
-    ) -> Result<store::Model, IdentityError> {
-        Ok(row
+        s: PartnerStore,
+    ) -> Result<PartnerStore, IdentityError> {
+        Ok(store::Model::from(s)
             .into_active_model()
             .reset_all()
             .update(txn)
             .await
-            .map_err(StorageError::from)?)
+            .map_err(StorageError::from)?
+            .into())
     }
 
     /// One page of `partner`'s stores, by id.
@@ -56,7 +58,7 @@ impl Store {
         &self,
         partner: &str,
         page: &Page,
-    ) -> Result<Vec<store::Model>, IdentityError> {
+    ) -> Result<Vec<PartnerStore>, IdentityError> {
         Ok(page
             .fetch(
                 &self.read,
@@ -64,6 +66,9 @@ impl Store {
                 (store::Column::PartnerId, partner),
                 store::Column::Id,
             )
-            .await?)
+            .await?
+            .into_iter()
+            .map(PartnerStore::from)
+            .collect())
     }
 }
