@@ -256,6 +256,60 @@ impl MigrationTrait for TypedConsentFeed {
 mod tests {
     use super::*;
 
+    /// A database made before typed feeds, holding an event as JSON: after the migration the
+    /// event reads as the message a watcher is served, and the migration can run again.
+    #[tokio::test]
+    async fn events_stored_as_json_are_rewritten_as_messages_in_place() {
+        use lianyu_kit::storage::entities::outbox_event;
+        use prost::Message;
+        use sea_orm_migration::MigratorTrait;
+
+        use crate::store::Migrator;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/identity.db?mode=rwc", dir.path().display());
+        let db = lianyu_kit::storage::connect(&url, "identity", None)
+            .await
+            .unwrap();
+        let before_typed_feeds = Migrator::migrations().len() as u32 - 1;
+        Migrator::up(&db, Some(before_typed_feeds)).await.unwrap();
+        let legacy = br#"{"kind":"granted","member":"m1","collector":"brand-a","grantee":"mall-b","purposes":[1,2],"receipt_id":"r1"}"#;
+        outbox_event::ActiveModel {
+            seq: Set(7),
+            kind: Set("consent.granted".into()),
+            partner_id: Set(Some("mall-b".into())),
+            payload: Set(legacy.to_vec()),
+            created_at: Set(1),
+        }
+        .insert(&db)
+        .await
+        .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let stored = outbox_event::Entity::find_by_id(7)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let body = lianyu_proto::identity::v1::WatchConsentEventsResponse::decode(
+            stored.payload.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(body.member, "members/m1");
+        assert_eq!(body.grantee, "partners/mall-b");
+        assert_eq!(body.purposes, [1, 2]);
+        assert_eq!(
+            body.kind,
+            lianyu_proto::identity::v1::ConsentEventKind::Granted as i32
+        );
+        // Running it again leaves a message as it is.
+        TypedConsentFeed.up(&SchemaManager::new(&db)).await.unwrap();
+        let again = outbox_event::Entity::find_by_id(7)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.payload, stored.payload);
+    }
+
     #[test]
     fn a_legacy_event_becomes_the_message_a_watcher_is_served() {
         let legacy: LegacyEvent = serde_json::from_str(
