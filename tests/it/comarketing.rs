@@ -84,6 +84,13 @@ async fn a_proposed_campaign_is_seen_by_its_participants_only() {
         .unwrap()
         .into_inner();
     assert_eq!(read, created);
+    // A store of a participant reads the campaign it takes part in (it cannot propose one).
+    let at_store = campaigns(&server, &server.store_token(BRAND, "sh01"))
+        .get_campaign(get())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at_store, created);
     let e = campaigns(&server, &server.token(OUTSIDER))
         .get_campaign(get())
         .await

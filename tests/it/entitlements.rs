@@ -77,6 +77,13 @@ async fn a_benefit_is_seen_by_its_issuer_funder_and_honouring_partners_only() {
             .into_inner();
         assert_eq!(read, created, "{party}");
     }
+    // A counter of the honouring mall reads what it honours.
+    let at_counter = benefits(&server, &server.store_token(MALL, "sh01"))
+        .get_benefit(get())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at_counter, created);
     let e = benefits(&server, &server.token(OUTSIDER))
         .get_benefit(get())
         .await
@@ -138,4 +145,32 @@ async fn refused_definitions_name_every_bad_field_and_store_nothing() {
     }
     assert_eq!(rows(&server, "entitlements", "benefits").await, 0);
     assert_eq!(rows(&server, "entitlements", "benefit_parties").await, 0);
+}
+
+/// Concurrent retries of one definition (a client that timed out and retried at once, many
+/// times over) make one benefit; concurrent distinct definitions each make their own.
+#[tokio::test]
+async fn racing_retries_define_one_benefit() {
+    let server = mesh("ent_race").await;
+    let request = coupon();
+    let replies = futures::future::join_all((0..8).map(|_| {
+        let mut client = benefits(&server, &server.token(MALL));
+        let request = request.clone();
+        async move { client.create_benefit(request).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    let first = replies[0].clone().unwrap();
+    for reply in &replies {
+        assert_eq!(reply.as_ref().unwrap(), &first);
+    }
+    assert_eq!(rows(&server, "entitlements", "benefits").await, 1);
+    let distinct = futures::future::join_all((0..4).map(|i| {
+        let mut client = benefits(&server, &server.token(MALL));
+        let mut request = coupon();
+        request.request_id = format!("distinct-{i}");
+        async move { client.create_benefit(request).await }
+    }))
+    .await;
+    assert!(distinct.iter().all(Result::is_ok));
+    assert_eq!(rows(&server, "entitlements", "benefits").await, 5);
 }

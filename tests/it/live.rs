@@ -12,27 +12,8 @@ use crate::support::rows;
 
 type Sessions = SessionServiceClient<InterceptedService<Channel, lianyu_kit::client::Bearer>>;
 
-/// Identity (for the partners and their alliance) and live, on fresh databases.
 async fn mesh(test: &str) -> TestServer {
-    TestServer::start(
-        test,
-        &["identity", "live"],
-        |_| {},
-        |config, listener| {
-            lianyu_kit::server::run_service(
-                config,
-                listener,
-                std::future::pending(),
-                async |ctx, mount| {
-                    lianyu_identity::mount(ctx, mount).await?;
-                    lianyu_live::mount(ctx, mount).await
-                },
-            )
-        },
-    )
-    .await
-    .with_partners()
-    .await
+    crate::support::with_identity!(test, "live", lianyu_live::mount)
 }
 
 fn sessions(server: &TestServer, token: &str) -> Sessions {
@@ -83,6 +64,22 @@ async fn a_scheduled_session_is_seen_by_every_co_host_and_nobody_else() {
         .unwrap()
         .into_inner();
     assert_eq!(by_mall, created);
+    // A store acts only within itself: the hosting store's token sees the session, another
+    // store's of the same partner does not.
+    let by_store = sessions(&server, &server.store_token(MALL, "sh01"))
+        .get_session(get())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_store, created);
+    let e = sessions(&server, &server.store_token(MALL, "sh02"))
+        .get_session(get())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "SESSION_NOT_FOUND")
+    );
     for stranger in [OUTSIDER, "operator"] {
         let e = sessions(&server, &server.token(stranger))
             .get_session(get())

@@ -51,41 +51,24 @@ pub struct CallKey<'a> {
     pub request_id: &'a str,
 }
 
-/// Runs `effect` in a transaction at most once per key, storing its response with it. The
-/// effect is `Clone` so that a try that lost a race can run again from a fresh copy.
-/// A mutation without a `request_id` is INVALID_ARGUMENT: silently running it without replay
-/// protection would turn a client's retry into a second effect.
+/// How often a mutation that lost a race (a unique key taken meanwhile, a serialization
+/// failure or deadlock) is run again before its error is returned.
+const RACE_RETRIES: u32 = 4;
+
+/// Runs `effect` in a transaction at most once per key, storing its response with it; a replay
+/// with the same request gets the stored response. The effect is `Clone` so that a try that
+/// lost a race can run again from a fresh copy. A mutation without a `request_id` is
+/// INVALID_ARGUMENT: silently running it without replay protection would turn a client's
+/// retry into a second effect. (Services call it through [`crate::mutation::Mutations`].)
 ///
 /// Optimistic: the key is not looked up first (on the hot path every id is new, and a lookup
 /// costs a statement). A replay runs the effect in a transaction that is rolled back: its key
 /// insert conflicts, or the effect fails because the first call already happened; either way
 /// the stored reply is returned (or REQUEST_ID_REUSED when the request differs).
-pub async fn once<Req, Resp, E, F>(
-    db: &DatabaseConnection,
-    at_rest: &dyn AtRest,
-    key: CallKey<'_>,
-    request: &Req,
-    effect: F,
-) -> Result<Resp, E>
-where
-    Req: Message,
-    Resp: Message + Default,
-    E: From<KitError> + ServiceError,
-    F: AsyncFnOnce(&DatabaseTransaction) -> Result<Resp, E> + Clone,
-{
-    once_about(db, at_rest, key, request, async |txn| {
-        effect(txn).await.map(|r| (r, None))
-    })
-    .await
-}
-
-/// How often a mutation that lost a race (a unique key taken meanwhile, a serialization
-/// failure or deadlock) is run again before its error is returned.
-const RACE_RETRIES: u32 = 4;
-
-/// [`once`] for a mutation whose reply is about one person: `effect` also names the subject
-/// (a member's id), stored as a keyed digest beside the reply so that [`forget_subjects`] can
-/// purge the reply when the person is erased.
+///
+/// `effect` also names the reply's subject (a member's id) when there is one, stored as a
+/// keyed digest beside the reply so that [`forget_subjects`] can purge the reply when the
+/// person is erased.
 ///
 /// A mutation that lost a race with a concurrent one — a unique key the other committed first,
 /// a serialization failure, a deadlock — runs again (up to four times, after a short jittered

@@ -96,6 +96,7 @@ impl pb::session_service_server::SessionService for Api {
                 .map_err(|e| KitError::invalid("name", e))?;
             let session = store::session_for_host(&self.db, call.partner_id(), id)
                 .await?
+                .filter(|s| s.visible_to(call.partner_id(), call.who.store.as_deref()))
                 .ok_or(LiveError::SessionNotFound)?;
             Ok::<_, LiveError>(to_proto(&session))
         })
@@ -112,16 +113,13 @@ fn may_host(call: &Call, session: &Session) -> Result<(), KitError> {
             "the mesh operator does not host livestreams",
         ));
     }
-    if let Some(own) = &call.who.store {
-        let in_own = session.store.as_ref().is_some_and(|(partner, store)| {
-            *own == names::format("partners/{partner}/stores/{store}", &[partner, store])
-        });
-        if !in_own {
-            return Err(KitError::Denied(
-                "STORE_TOKEN_NOT_ALLOWED",
-                "a store token schedules sessions only in its own store",
-            ));
-        }
+    if let Some(own) = &call.who.store
+        && session.store_name().as_deref() != Some(own.as_str())
+    {
+        return Err(KitError::Denied(
+            "STORE_TOKEN_NOT_ALLOWED",
+            "a store token schedules sessions only in its own store",
+        ));
     }
     Ok(())
 }
@@ -131,11 +129,7 @@ fn to_proto(s: &Session) -> pb::Session {
         name: format!("sessions/{}", s.id),
         title: s.title.clone(),
         hosts: s.hosts.iter().map(|h| format!("partners/{h}")).collect(),
-        store: s
-            .store
-            .as_ref()
-            .map(|(p, id)| names::format("partners/{partner}/stores/{store}", &[p, id]))
-            .unwrap_or_default(),
+        store: s.store_name().unwrap_or_default(),
         stream_url: s.stream_url.clone(),
         scheduled_start_time: timestamp(s.scheduled_start_millis),
         state: match s.state {

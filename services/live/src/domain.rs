@@ -117,6 +117,20 @@ impl Session {
     pub fn hosted_by(&self, partner: &str) -> bool {
         self.hosts.iter().any(|h| h.as_str() == partner)
     }
+
+    /// The session's store as a name, "partners/{partner}/stores/{store}".
+    pub fn store_name(&self) -> Option<String> {
+        self.store
+            .as_ref()
+            .map(|(p, id)| names::format("partners/{partner}/stores/{store}", &[p, id]))
+    }
+
+    /// Whether a caller sees the session: a co-host — and, with a store token (`own_store`),
+    /// only a session in that store, as a store acts only within itself.
+    pub fn visible_to(&self, partner: &str, own_store: Option<&str>) -> bool {
+        self.hosted_by(partner)
+            && own_store.is_none_or(|own| self.store_name().as_deref() == Some(own))
+    }
 }
 
 /// Where viewers' players fetch the stream: an https or rtmp(s) URL, or empty until it is known.

@@ -89,17 +89,8 @@ impl Store {
             let last_page = (rows.len() as u64) < PAGE;
             for row in rows {
                 after = row.seq;
-                let access = Access {
-                    seq: row.seq,
-                    accessor: row.accessor,
-                    source: row.source,
-                    member_id: row.member_id,
-                    purpose: row.purpose,
-                    receipt_id: row.receipt_id,
-                    allowed: row.allowed,
-                    at_millis: row.at,
-                };
-                if let Err(seq) = check.next(&access, &row.hash) {
+                let record = AccessRecord::from(row);
+                if let Err(seq) = check.next(&record.access, &record.chain_hash) {
                     return Ok((Err(seq), head.hash));
                 }
             }

@@ -220,3 +220,36 @@ async fn many_streams_share_one_reader_and_a_stalled_one_loses_nothing() {
         "the stalled stream, read late, has every event once"
     );
 }
+
+/// Two services' feeds in one process (`lianyu up`): an append to one counts on that feed only,
+/// so a mutation of one service never makes another re-read its feed or wake its watchers.
+#[tokio::test]
+async fn an_append_counts_on_its_own_feed_only() {
+    use lianyu_kit::feed::{Feed, NewEvent};
+    use sea_orm::TransactionTrait;
+    let open = async |name: &str| {
+        let db = TestDatabase::new(&format!("feed_signal_{name}")).await;
+        let mut config = Config::local("unused");
+        config.set_database_url(name, db.url.clone());
+        let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, name)
+            .await
+            .unwrap();
+        (db, Feed::new(conn.clone(), CancellationToken::new()), conn)
+    };
+    let (_a_db, a, a_conn) = open("a").await;
+    let (_b_db, b, _) = open("b").await;
+    let txn = a_conn.begin().await.unwrap();
+    a.append(
+        &txn,
+        NewEvent {
+            kind: "probe".into(),
+            partner_id: None,
+            payload: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!((a.appended(), b.appended()), (1, 0));
+    assert_eq!(a.clone().appended(), 1, "clones share the count");
+}
