@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "lianyu/common/v1/access.proto",
     "lianyu/common/v1/common.proto",
     "lianyu/identity/v1/identity.proto",
+    "lianyu/identity/internal/v1/internal.proto",
     "lianyu/entitlements/v1/entitlements.proto",
     "lianyu/live/v1/live.proto",
     "lianyu/comarketing/v1/comarketing.proto",
@@ -38,7 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `METHODS` (every `/package.Service/Method` path with its access, sorted for binary search)
-/// and `SCOPES` (every scope some method needs).
+/// `SCOPES` (every partner scope some method needs) and `INTERNAL_SCOPES` (the scopes only
+/// mesh services' tokens carry).
 fn access_table(compiler: &protox::Compiler) -> Result<String, Box<dyn std::error::Error>> {
     let pool = compiler.descriptor_pool();
     let option = pool
@@ -46,6 +48,8 @@ fn access_table(compiler: &protox::Compiler) -> Result<String, Box<dyn std::erro
         .ok_or("lianyu.common.v1.access is not defined")?;
     let mut methods = Vec::new();
     let mut scopes = BTreeSet::new();
+    let mut internal = BTreeSet::new();
+    let mut services = BTreeSet::new();
     for service in pool.services() {
         let package = service.package_name();
         let Some(short) = package
@@ -54,23 +58,33 @@ fn access_table(compiler: &protox::Compiler) -> Result<String, Box<dyn std::erro
         else {
             continue;
         };
+        if short != "common" {
+            services.insert(short.to_owned());
+        }
         for method in service.methods() {
             let options = method.options();
             let access = match options.get_extension(&option).as_ref() {
                 Value::EnumNumber(1) => "Read",
                 Value::EnumNumber(2) => "Write",
                 Value::EnumNumber(3) => "Public",
+                Value::EnumNumber(4) => "Internal",
                 _ => {
                     return Err(format!(
                         "{} declares no (lianyu.common.v1.access) option: every RPC must say \
-                         ACCESS_READ, ACCESS_WRITE or ACCESS_PUBLIC",
+                         ACCESS_READ, ACCESS_WRITE, ACCESS_PUBLIC or ACCESS_INTERNAL",
                         method.full_name()
                     )
                     .into());
                 }
             };
-            if access != "Public" {
-                scopes.insert(format!("{short}.{}", access.to_lowercase()));
+            match access {
+                "Public" => {}
+                "Internal" => {
+                    internal.insert(format!("{short}.internal"));
+                }
+                _ => {
+                    scopes.insert(format!("{short}.{}", access.to_lowercase()));
+                }
             }
             methods.push((
                 format!("/{}/{}", service.full_name(), method.name()),
@@ -90,10 +104,27 @@ fn access_table(compiler: &protox::Compiler) -> Result<String, Box<dyn std::erro
     }
     writeln!(
         code,
-        "];\n\n/// Every scope some RPC needs, sorted.\npub const SCOPES: &[&str] = &["
+        "];\n\n/// Every scope a partner's or the operator's token can carry (`<service>.read`, \
+         `<service>.write`), sorted.\npub const SCOPES: &[&str] = &["
     )?;
     for scope in &scopes {
         writeln!(code, "    {scope:?},")?;
+    }
+    writeln!(
+        code,
+        "];\n\n/// Every internal scope (`<service>.internal`): carried only by mesh services' \
+         tokens, sorted.\npub const INTERNAL_SCOPES: &[&str] = &["
+    )?;
+    for scope in &internal {
+        writeln!(code, "    {scope:?},")?;
+    }
+    writeln!(
+        code,
+        "];\n\n/// Every mesh service with a contract (`identity`, `live`, …), sorted.\n\
+         pub const SERVICES: &[&str] = &["
+    )?;
+    for service in &services {
+        writeln!(code, "    {service:?},")?;
     }
     writeln!(code, "];")?;
     Ok(code)

@@ -32,12 +32,13 @@ pub mod access {
             .map(|i| METHODS[i].0)
     }
 
-    /// The scope a token needs to call the RPC at `path`: `<service>.read` or
-    /// `<service>.write`; `None` when the RPC is public or unknown.
+    /// The scope a token needs to call the RPC at `path`: `<service>.read`,
+    /// `<service>.write` or `<service>.internal`; `None` when the RPC is public or unknown.
     pub fn required_scope(path: &str) -> Option<String> {
         let suffix = match of(path)? {
             Access::Read => "read",
             Access::Write => "write",
+            Access::Internal => "internal",
             Access::Public | Access::Unspecified => return None,
         };
         let service = path.strip_prefix("/lianyu.")?.split('.').next()?;
@@ -53,6 +54,12 @@ pub mod common {
 pub mod identity {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/lianyu.identity.v1.rs"));
+    }
+    /// Identity's internal contract: mesh services only (see `internal.proto`).
+    pub mod internal {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/lianyu.identity.internal.v1.rs"));
+        }
     }
 }
 pub mod entitlements {

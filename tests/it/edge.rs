@@ -47,14 +47,28 @@ async fn every_rpc_without_a_token_is_unauthenticated() {
     }
 }
 
+/// Whether `path` belongs to an internal contract (mesh services only).
+fn internal(path: &str) -> bool {
+    lianyu_proto::access::of(path) == Some(lianyu_proto::access::Access::Internal)
+}
+
 #[tokio::test]
 async fn with_a_valid_token_every_rpc_gets_past_authentication() {
     let mesh = Mesh::start("edge_token").await;
     let channel = mesh.channel().await;
-    let token = mesh.token("brand-a");
-    for rpc in all_rpcs() {
-        let status = call_empty(channel.clone(), &rpc, Some(&token)).await;
-        // A domain rule may still refuse (OPERATOR_ONLY); the token and its scopes may not.
+    let partner = mesh.token("brand-a");
+    let service = mesh.service_token("entitlements");
+    let rpcs = all_rpcs();
+    assert!(rpcs.iter().any(|r| internal(&r.path)));
+    for rpc in rpcs {
+        // A partner's token reaches every partner RPC, a service's every internal one. A
+        // domain rule may still refuse (OPERATOR_ONLY); the token and its scopes may not.
+        let (token, other) = if internal(&rpc.path) {
+            (&service, &partner)
+        } else {
+            (&partner, &service)
+        };
+        let status = call_empty(channel.clone(), &rpc, Some(token)).await;
         let reason = status
             .get_error_details()
             .error_info()
@@ -66,6 +80,11 @@ async fn with_a_valid_token_every_rpc_gets_past_authentication() {
             rpc.path
         );
         assert_ne!(reason, "SCOPE_MISSING", "{}", rpc.path);
+        // The other kind of caller is refused before any handler runs.
+        if lianyu_proto::access::of(&rpc.path) != Some(lianyu_proto::access::Access::Public) {
+            let refused = call_empty(channel.clone(), &rpc, Some(other)).await;
+            assert_eq!(refused.code(), Code::PermissionDenied, "{}", rpc.path);
+        }
     }
 }
 

@@ -66,6 +66,15 @@ impl Mesh {
             &lianyu_kit::testing::partner_token(partner),
         )
     }
+
+    /// A mesh service's token (role `service`), as `lianyu up` mints for its services.
+    pub fn service_token(&self, service: &str) -> String {
+        lianyu_kit::testing::mint(
+            &self.config.data_dir,
+            &self.config.auth,
+            &lianyu_kit::auth::TokenRequest::service(service, std::time::Duration::from_secs(600)),
+        )
+    }
 }
 
 impl Drop for Mesh {

@@ -6,6 +6,7 @@ mod auth;
 mod consents;
 mod convert;
 mod erasure;
+mod internal;
 mod members;
 mod partners;
 mod stores;
@@ -65,7 +66,13 @@ pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
     );
     lianyu_kit::mount!(
         mount,
-        pb::audit_service_server::AuditServiceServer::new(api)
+        pb::audit_service_server::AuditServiceServer::new(api.clone())
+    );
+    lianyu_kit::mount!(
+        mount,
+        lianyu_proto::identity::internal::v1::directory_service_server::DirectoryServiceServer::new(
+            api
+        )
     );
 }
 

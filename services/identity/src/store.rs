@@ -10,6 +10,7 @@ pub(crate) mod entities;
 pub(crate) mod erasure;
 mod links;
 mod members;
+pub(crate) mod mesh;
 mod migration;
 mod partners;
 mod stores;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(KitReplySubjects),
             Box::new(migration::TrustModel),
             Box::new(migration::TypedConsentFeed),
+            Box::new(migration::ServiceAudit),
         ]
     }
 }

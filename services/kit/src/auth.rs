@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub use keys::refresh_keys;
 pub use layer::AuthLayer;
-pub use scope::{ALL_SCOPES, Requirement, required_scope, requirement};
+pub use scope::{
+    ALL_SCOPES, INTERNAL_SCOPES, MESH_SERVICES, Requirement, required_scope, requirement,
+};
 pub use signer::{Signer, SignerError, TokenRequest, load_or_create_local_secret};
 
 use crate::config::{AuthConfig, TrustedKey};
@@ -38,7 +40,8 @@ pub struct Claims {
     /// Space-separated scopes, OAuth style.
     #[serde(default)]
     pub scope: String,
-    /// `operator` for the mesh operator; empty for brands and malls.
+    /// `operator` for the mesh operator, `service` for a mesh service (`sub` is then the
+    /// service's name); empty for brands and malls.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
     /// The credential the token was issued for; its revocation ends the token at once.
@@ -46,15 +49,47 @@ pub struct Claims {
     pub cid: Option<String>,
 }
 
-/// The authenticated caller of an RPC.
+/// The `role` claim of a mesh service's token.
+pub const SERVICE_ROLE: &str = "service";
+
+/// What [`Principal::partner_id`] starts with for a mesh service: a `:` no partner id can hold,
+/// so a service principal never matches any partner's rows.
+pub const SERVICE_PRINCIPAL_PREFIX: &str = "service:";
+
+/// Whether a token's role fits its scopes: a service token carries internal scopes only and no
+/// store; a partner's or the operator's never carries an internal scope.
+pub(crate) fn role_fits_scopes<'a>(
+    service: bool,
+    operator: bool,
+    store: bool,
+    mut scopes: impl Iterator<Item = &'a str>,
+) -> Result<(), &'static str> {
+    if service {
+        if operator || store {
+            return Err("a service token is neither the operator's nor a store's");
+        }
+        if !scopes.all(|s| INTERNAL_SCOPES.contains(&s)) {
+            return Err("a service token carries internal scopes only");
+        }
+    } else if scopes.any(|s| INTERNAL_SCOPES.contains(&s)) {
+        return Err("only a mesh service's token carries an internal scope");
+    }
+    Ok(())
+}
+
+/// The authenticated caller of an RPC: a partner (brand or mall, maybe narrowed to a store),
+/// the operator, or a mesh service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
+    /// The partner; for a mesh service, `service:<name>`, which matches no partner.
     pub partner_id: String,
     pub store: Option<String>,
     pub scopes: BTreeSet<String>,
     pub operator: bool,
     /// The credential the token was issued for (`IssueToken`); none for dev tokens.
     pub credential: Option<String>,
+    /// The mesh service calling (`entitlements`, …) for a service token.
+    pub service: Option<String>,
 }
 
 impl Principal {
@@ -282,15 +317,31 @@ impl TokenVerifier {
                 }
             })?;
         let claims = data.claims;
-        if claims.sub.is_empty() {
+        if claims.sub.is_empty() || claims.sub.contains(':') {
             return Err(AuthError::Invalid);
         }
+        let service = claims.role == SERVICE_ROLE;
+        let operator = claims.role == "operator";
+        // A token whose role does not fit its scopes was not made by any of our signers'
+        // paths; refuse it whole rather than trust part of it.
+        role_fits_scopes(
+            service,
+            operator,
+            claims.store.is_some(),
+            claims.scope.split_whitespace(),
+        )
+        .map_err(|_| AuthError::Invalid)?;
         let principal = Principal {
-            partner_id: claims.sub,
+            partner_id: if service {
+                format!("{SERVICE_PRINCIPAL_PREFIX}{}", claims.sub)
+            } else {
+                claims.sub.clone()
+            },
             store: claims.store,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
-            operator: claims.role == "operator",
+            operator,
             credential: claims.cid,
+            service: service.then_some(claims.sub),
         };
         Ok((principal, claims.exp))
     }
@@ -324,6 +375,7 @@ mod tests {
             scopes: vec![],
             ttl: Duration::from_secs(600),
             credential: None,
+            service: false,
         };
         let token = old.mint(&auth, &request).unwrap();
         assert_eq!(verifier.verify(&token).unwrap().partner_id, "brand-a");
@@ -335,5 +387,99 @@ mod tests {
         verifier.replace_keys(&[new.trusted_key()]).unwrap();
         assert_eq!(verifier.verify(&token), Err(AuthError::Invalid));
         assert!(verifier.verify(&new.mint(&auth, &request).unwrap()).is_ok());
+    }
+
+    fn auth(key: &Signer) -> AuthConfig {
+        AuthConfig {
+            issuer: "lianyu".into(),
+            audience: "mesh".into(),
+            trusted_keys: vec![key.trusted_key()],
+            signing_key: None,
+            token_ttl: Duration::from_secs(600),
+            key_refresh: Duration::from_secs(300),
+        }
+    }
+
+    fn claims(sub: &str, role: &str, scope: &str) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            iss: "lianyu".into(),
+            aud: "mesh".into(),
+            sub: sub.into(),
+            exp: now + 600,
+            iat: now,
+            jti: "j".into(),
+            store: None,
+            scope: scope.into(),
+            role: role.into(),
+            cid: None,
+        }
+    }
+
+    #[test]
+    fn a_service_token_is_a_service_principal_that_matches_no_partner() {
+        let key = Signer::generate();
+        let auth = auth(&key);
+        let verifier = TokenVerifier::new(&auth).unwrap();
+        let token = key
+            .mint(
+                &auth,
+                &TokenRequest::service("entitlements", Duration::from_secs(60)),
+            )
+            .unwrap();
+        let p = verifier.verify(&token).unwrap();
+        assert_eq!(p.service.as_deref(), Some("entitlements"));
+        assert_eq!(p.partner_id, "service:entitlements");
+        assert!(!p.operator);
+        assert!(p.has_scope("identity.internal"));
+        assert!(ALL_SCOPES.iter().all(|s| !p.has_scope(s)));
+    }
+
+    #[test]
+    fn no_signer_path_mixes_internal_scopes_with_partner_or_operator_roles() {
+        let key = Signer::generate();
+        let auth = auth(&key);
+        let internal = vec!["identity.internal".to_owned()];
+        for operator in [false, true] {
+            let mut asked = TokenRequest::partner("brand-a");
+            asked.operator = operator;
+            asked.scopes.extend(internal.clone());
+            assert!(matches!(
+                key.mint(&auth, &asked),
+                Err(SignerError::Refused(_))
+            ));
+        }
+        let mut service = TokenRequest::service("live", Duration::from_secs(60));
+        service.scopes.push("identity.write".into());
+        assert!(matches!(
+            key.mint(&auth, &service),
+            Err(SignerError::Refused(_))
+        ));
+        let mut store = TokenRequest::service("live", Duration::from_secs(60));
+        store.store = Some("partners/brand-a/stores/s1".into());
+        assert!(key.mint(&auth, &store).is_err());
+    }
+
+    #[test]
+    fn the_verifier_refuses_a_signed_token_whose_role_does_not_fit_its_scopes() {
+        let key = Signer::generate();
+        let verifier = TokenVerifier::new(&auth(&key)).unwrap();
+        for (sub, role, scope) in [
+            ("brand-a", "", "identity.read identity.internal"),
+            ("op", "operator", "identity.internal"),
+            ("live", "service", "identity.internal identity.read"),
+            ("service:live", "", "identity.read"),
+        ] {
+            let token = key.sign(&claims(sub, role, scope)).unwrap();
+            assert_eq!(
+                verifier.verify(&token),
+                Err(AuthError::Invalid),
+                "{role:?} with {scope:?}"
+            );
+        }
+        let ok = key
+            .sign(&claims("live", "service", "identity.internal"))
+            .unwrap();
+        assert!(verifier.verify(&ok).is_ok());
     }
 }

@@ -116,6 +116,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Database URLs set in code by service name (tests, `lianyu up`); `"*"` for all.
     database_urls: BTreeMap<String, String>,
+    /// Peer URLs set in code (`lianyu up` points every service at its own address).
+    peer_urls: BTreeMap<String, String>,
     /// The variables the config was read from, for settings named after a service
     /// (`LIANYU_<SERVICE>_DATABASE_URL`, `LIANYU_<SERVICE>_URL`) and a service's own settings
     /// ([`Config::var`]): the kit names no service.
@@ -247,6 +249,7 @@ impl Config {
             listen,
             data_dir: PathBuf::from(var("LIANYU_DATA_DIR").unwrap_or_else(|| "./data".into())),
             database_urls: BTreeMap::new(),
+            peer_urls: BTreeMap::new(),
             db_max_connections: var("LIANYU_DB_MAX_CONNECTIONS")
                 .map(|v| positive("LIANYU_DB_MAX_CONNECTIONS", &v))
                 .transpose()?,
@@ -347,6 +350,9 @@ impl Config {
 
     /// Where another service of the mesh answers (`LIANYU_<SERVICE>_URL`), for calls to it.
     pub fn peer(&self, service: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(url) = self.peer_urls.get(service) {
+            return Ok(Some(url.clone()));
+        }
         let name = service_var(service, "URL");
         match self.var(&name) {
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
@@ -354,6 +360,11 @@ impl Config {
             }
             url => Ok(url),
         }
+    }
+
+    /// Where `service` answers, set in code (it wins over `LIANYU_<SERVICE>_URL`).
+    pub fn set_peer_url(&mut self, service: &str, url: impl Into<String>) {
+        self.peer_urls.insert(service.to_owned(), url.into());
     }
 
     /// Points one service (or `"*"`, all of them) at a database.

@@ -19,6 +19,7 @@ pub mod money;
 pub mod mutation;
 pub mod names;
 pub mod page;
+pub mod peer;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 //! HTTP/2 limits, and a graceful shutdown that turns health NOT_SERVING first, ends feeds,
 //! lets in-flight calls finish within a deadline, then returns.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use tower::ServiceBuilder;
 use crate::{
     auth::{AuthLayer, Signer, TokenVerifier},
     config::{Config, ConfigError, Mode, TrustedKey},
+    peer::{Peer, ServiceToken},
     storage::StorageError,
     telemetry::RpcTelemetryLayer,
 };
@@ -35,7 +36,12 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("peer: {0}")]
+    Peer(String),
 }
+
+/// The longest a call to a peer may take when the served call set no shorter deadline.
+pub const PEER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl From<crate::storage::OpenError> for StartError {
     fn from(e: crate::storage::OpenError) -> Self {
@@ -61,6 +67,8 @@ pub struct ServerContext {
     pub stopping: CancellationToken,
     /// The services' databases, watched while serving (dbhealth.rs).
     pub databases: Arc<crate::dbhealth::DatabaseHealth>,
+    /// Each mounted service's own token for calling its peers, made on first use.
+    service_tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<ServiceToken>>>>,
 }
 
 impl ServerContext {
@@ -94,11 +102,73 @@ impl ServerContext {
             static_keys: auth.trusted_keys,
             stopping: CancellationToken::new(),
             databases: Arc::default(),
+            service_tokens: Arc::default(),
         })
     }
 }
 
 impl ServerContext {
+    /// `service`'s way to call `peer` (`identity`, …) as itself: a service principal. The
+    /// token is exchanged for the service's credential (`LIANYU_<SERVICE>_CLIENT_ID`/`_SECRET`)
+    /// when one is configured, else minted with this process's own signing key (`lianyu up`,
+    /// where identity runs alongside); with neither, the service cannot start.
+    pub fn peer(&self, service: &str, peer: &str) -> Result<Peer, StartError> {
+        let url = self.config.peer(peer)?.ok_or_else(|| {
+            StartError::Peer(format!(
+                "{service} calls {peer}: set LIANYU_{}_URL",
+                peer.to_uppercase()
+            ))
+        })?;
+        let channel = crate::client::peer(&url, Duration::from_secs(5))
+            .map_err(|e| StartError::Peer(e.to_string()))?;
+        let token = self.service_token(service)?;
+        Ok(Peer::new(peer, channel, token, PEER_DEADLINE))
+    }
+
+    fn service_token(&self, service: &str) -> Result<Arc<ServiceToken>, StartError> {
+        let mut tokens = self
+            .service_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(token) = tokens.get(service) {
+            return Ok(token.clone());
+        }
+        let token = match ServiceToken::credential_from(&self.config, service)
+            .map_err(|e| StartError::Peer(e.to_string()))?
+        {
+            Some((client_id, secret)) => {
+                let identity = self.config.peer("identity")?.ok_or_else(|| {
+                    StartError::Peer(format!(
+                        "{service} exchanges its credential at identity: set LIANYU_IDENTITY_URL"
+                    ))
+                })?;
+                let channel = crate::client::peer(&identity, Duration::from_secs(5))
+                    .map_err(|e| StartError::Peer(e.to_string()))?;
+                ServiceToken::exchanged(service, channel, client_id, secret)
+            }
+            None => match &self.signer {
+                Some(signer) => ServiceToken::minted(
+                    service,
+                    signer.clone(),
+                    self.config.auth.clone(),
+                    self.config.auth.token_ttl,
+                ),
+                None => {
+                    return Err(StartError::Peer(
+                        crate::peer::ServiceTokenError::NoCredential {
+                            service: service.to_owned(),
+                            upper: service.to_uppercase(),
+                        }
+                        .to_string(),
+                    ));
+                }
+            },
+        };
+        let token = Arc::new(token);
+        tokens.insert(service.to_owned(), token.clone());
+        Ok(token)
+    }
+
     /// Opens (and migrates) `service`'s database, and keeps its idempotency keys for
     /// `LIANYU_IDEMPOTENCY_TTL`, expiring older ones in the background until shutdown.
     pub async fn open_database<M: sea_orm_migration::MigratorTrait>(
@@ -202,6 +272,8 @@ pub async fn serve(
     let middleware = ServiceBuilder::new()
         // Outermost, so every call is traced and counted, refused ones included.
         .layer(RpcTelemetryLayer::default())
+        // The call's deadline becomes known to the peer calls its handler makes (peer.rs).
+        .layer(crate::peer::DeadlineLayer)
         // tonic's codec answers a request over the size limit with OUT_OF_RANGE; gRPC's
         // convention (and what clients' retry policies expect) is RESOURCE_EXHAUSTED.
         .layer(tower::util::MapResponseLayer::new(oversize_as_exhausted))

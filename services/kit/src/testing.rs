@@ -74,14 +74,32 @@ impl TestDatabase {
     pub async fn postgres(admin_url: &str) -> Self {
         use sea_orm::ConnectionTrait;
         let name = format!("lianyu_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = sea_orm::Database::connect(admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("connect {admin_url}: {e}"));
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap_or_else(|e| panic!("create database: {e}"));
-        let _ = admin.close().await;
+        // A busy shared server (every test's pools at once) may refuse a connection for a
+        // moment; a few tries keep that from failing a test that never got to start.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let created = async {
+                let admin = sea_orm::Database::connect(admin_url)
+                    .await
+                    .map_err(|e| format!("connect {admin_url}: {e}"))?;
+                let made = admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .map_err(|e| format!("create database: {e}"));
+                let _ = admin.close().await;
+                made.map(drop)
+            }
+            .await;
+            match created {
+                Ok(()) => break,
+                Err(e) if tries >= 5 => panic!("{e}"),
+                Err(e) => {
+                    eprintln!("test database, try {tries}: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+                }
+            }
+        }
         let base = admin_url
             .rsplit_once('/')
             .map_or(admin_url, |(base, _)| base);
@@ -247,7 +265,6 @@ impl TestServer {
             config.set_database_url(service, db.url.clone());
             databases.insert((*service).to_owned(), db);
         }
-        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -257,6 +274,11 @@ impl TestServer {
                 .local_addr()
                 .unwrap_or_else(|e| panic!("address: {e}"))
         );
+        // Every service's peers answer on this one address, as in `lianyu up`.
+        for service in crate::auth::MESH_SERVICES {
+            config.set_peer_url(service, address.clone());
+        }
+        configure(&mut config);
         let server = run(config.clone(), listener);
         tokio::spawn(async move {
             if let Err(e) = server.await {

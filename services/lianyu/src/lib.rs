@@ -36,8 +36,27 @@ pub async fn up(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(&ServerContext, &[&'static str]),
 ) -> Result<(), StartError> {
+    let config = with_peers_at(config, &listener)?;
     let ctx = ServerContext::new(config)?;
     let mount = mount_all(&ctx).await?;
     ready(&ctx, mount.names());
     lianyu_kit::server::serve(&ctx, mount, listener, shutdown).await
+}
+
+/// Points every service's calls to its peers at this process's own listener, unless a peer's
+/// URL is configured: in `lianyu up` the whole mesh answers on one address.
+pub fn with_peers_at(mut config: Config, listener: &TcpListener) -> Result<Config, StartError> {
+    let address = listener.local_addr()?;
+    let host = if address.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        address.ip()
+    };
+    let url = format!("http://{}", std::net::SocketAddr::new(host, address.port()));
+    for service in SERVICES {
+        if config.peer(service)?.is_none() {
+            config.set_peer_url(service, url.clone());
+        }
+    }
+    Ok(config)
 }

@@ -253,6 +253,12 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         _ => bail!("give --operator or --partner ID"),
     };
     for scope in &args.scopes {
+        if lianyu_kit::auth::INTERNAL_SCOPES.contains(&scope.as_str()) {
+            bail!(
+                "{scope} is an internal scope: only a mesh service's token carries it, never a \
+                 partner's or the operator's (a service gets one from a service credential)"
+            );
+        }
         if !ALL_SCOPES.contains(&scope.as_str()) {
             bail!(
                 "unknown scope {scope:?}; scopes are {}",
@@ -272,6 +278,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         scopes,
         ttl: args.ttl,
         credential: None,
+        service: false,
     };
     println!("{}", key.mint(&config.auth, &request)?);
     Ok(())

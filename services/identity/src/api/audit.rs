@@ -113,6 +113,12 @@ impl Api {
                 access_time: convert::timestamp(row.at_millis),
                 allowed: row.allowed,
                 chain_hash: record.chain_hash.clone(),
+                via_service: row.via_service.clone(),
+                acting_partner: if row.acting_partner.is_empty() {
+                    String::new()
+                } else {
+                    format!("partners/{}", row.acting_partner)
+                },
             })
             .collect();
         Ok((records, next_page_token))

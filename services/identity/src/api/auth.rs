@@ -3,7 +3,6 @@
 
 use lianyu_kit::KitError;
 use std::{
-    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -13,7 +12,7 @@ use std::{
 
 use lianyu_kit::{
     Principal,
-    auth::{ALL_SCOPES, Signer, TokenRequest},
+    auth::{Signer, TokenRequest},
     config::{AuthConfig, TrustedKey},
     page::Page,
 };
@@ -26,11 +25,10 @@ use crate::{
         IdentityError, Violations,
         credential::{
             Credential, DEFAULT_OVERLAP_SECONDS, Holder, MAX_ACTIVE_PER_PARTNER,
-            MAX_OVERLAP_SECONDS, SecretState, StoreAsked, grant, new_client_id, new_secret,
+            MAX_OVERLAP_SECONDS, Owner, SecretState, StoreAsked, credential_scopes, grant,
+            new_client_id, new_secret,
         },
-        partner::{
-            PartnerKind, PartnerStatus, parse_credential_name, parse_partner_name, parse_store_name,
-        },
+        partner::{PartnerKind, PartnerStatus, parse_store_name},
     },
     store::{Store, now},
 };
@@ -107,13 +105,17 @@ impl AuthService for Api {
         let who = &call.who;
         super::partner_wide(who).map_err(status)?;
         let r = request.into_inner();
-        let partner = owned_partner(who, &r.parent).map_err(status)?;
-        let scopes = credential_scopes(who, &r.scopes).map_err(status)?;
+        let owner = owned(who, &r.parent).map_err(status)?;
+        let held = (!who.operator).then_some(&who.scopes);
+        let scopes = credential_scopes(&owner, held, &r.scopes).map_err(status)?;
+        let partner = owner.key();
         let out = self
             .mutations.run(&call, &r.request_id, &r, async |txn| {
-                Store::partner(txn, &partner)
-                    .await?
-                    .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
+                if let Owner::Partner(id) = &owner {
+                    Store::partner(txn, id)
+                        .await?
+                        .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
+                }
                 if Store::active_credentials(txn, &partner).await? >= MAX_ACTIVE_PER_PARTNER {
                     return Err(KitError::Precondition(
                         "TOO_MANY_CREDENTIALS",
@@ -158,6 +160,7 @@ impl AuthService for Api {
         super::partner_wide(who).map_err(status)?;
         let r = request.into_inner();
         let (partner, id) = owned_credential(who, &r.name).map_err(status)?;
+        let partner = partner.key();
         let overlap = match r.overlap_seconds {
             0 => DEFAULT_OVERLAP_SECONDS,
             s if s < 0 || i64::from(s) > MAX_OVERLAP_SECONDS => {
@@ -204,7 +207,8 @@ impl AuthService for Api {
         let who = &call.who;
         super::partner_wide(who).map_err(status)?;
         let r = request.into_inner();
-        let (partner, id) = owned_credential(who, &r.name).map_err(status)?;
+        let (owner, id) = owned_credential(who, &r.name).map_err(status)?;
+        let partner = owner.key();
         let out = self
             .mutations
             .run(&call, &r.request_id, &r, async |txn| {
@@ -213,6 +217,20 @@ impl AuthService for Api {
                     .ok_or(KitError::NotFound("CREDENTIAL_NOT_FOUND"))?;
                 let at = now();
                 if row.revoked_at.is_none() {
+                    crate::store::mesh::append_mesh(
+                        &self.store.feed,
+                        txn,
+                        lianyu_proto::identity::internal::v1::MeshEventKind::CredentialRevoked,
+                        crate::store::mesh::MeshEvent {
+                            partner: match &owner {
+                                Owner::Partner(p) => p,
+                                Owner::Service(_) => "",
+                            },
+                            credential: &id,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                     row.revoked_at = Some(at);
                     row.previous_secret_hash = None;
                     row.previous_secret_until = None;
@@ -235,7 +253,7 @@ impl AuthService for Api {
         let who = &call.who;
         super::partner_wide(who).map_err(status)?;
         let r = request.get_ref();
-        let partner = owned_partner(who, &r.parent).map_err(status)?;
+        let partner = owned(who, &r.parent).map_err(status)?.key();
         let page = Page::parse(r.page_size, &r.page_token, &[&partner]).map_err(status)?;
         let rows = self
             .store
@@ -347,9 +365,15 @@ impl Api {
             )
             .into());
         }
-        let partner = Store::partner(&self.store.read, &row.partner_id)
-            .await?
-            .ok_or(INVALID_CLIENT)?;
+        // A service credential has no partner row: its owner is a mesh service.
+        let partner = match Owner::from_key(&row.partner_id) {
+            Owner::Partner(id) => Some(
+                Store::partner(&self.store.read, &id)
+                    .await?
+                    .ok_or(INVALID_CLIENT)?,
+            ),
+            Owner::Service(_) => None,
+        };
         let store = match &store {
             None => None,
             Some((owner, id)) => Some(StoreAsked {
@@ -364,8 +388,12 @@ impl Api {
             credential_id: &row.id,
             partner_id: &row.partner_id,
             allowed_scopes: &row.scopes,
-            partner_is_operator: partner.kind == PartnerKind::Operator,
-            partner_is_active: partner.status == PartnerStatus::Active,
+            partner_is_operator: partner
+                .as_ref()
+                .is_some_and(|p| p.kind == PartnerKind::Operator),
+            partner_is_active: partner
+                .as_ref()
+                .is_none_or(|p| p.status == PartnerStatus::Active),
         };
         let granted = grant(&holder, &r.scopes, store)?;
         let ttl: Duration = self.tokens.auth.token_ttl;
@@ -375,6 +403,7 @@ impl Api {
                 &TokenRequest {
                     partner_id: granted.partner_id,
                     operator: granted.operator,
+                    service: granted.service,
                     store: granted.store,
                     scopes: granted.scopes.iter().cloned().collect(),
                     ttl,
@@ -405,51 +434,32 @@ pub(crate) const REVOKED_FOR_MILLIS: i64 = 24 * 3600 * 1000;
 const UNKNOWN_CLIENT_HASH: &str =
     "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The partner in `parent`, when the caller is that partner or the operator; NOT_FOUND otherwise.
-fn owned_partner(who: &Principal, parent: &str) -> Result<String, IdentityError> {
-    let partner = parse_partner_name(parent).map_err(|e| KitError::invalid("parent", e))?;
-    if who.operator || who.partner_id == partner {
-        Ok(partner)
-    } else {
-        Err(KitError::NotFound("PARTNER_NOT_FOUND").into())
-    }
+/// The owner in `parent`: the caller's own partner, any partner for the operator, and a mesh
+/// service for the operator only.
+fn owned(who: &Principal, parent: &str) -> Result<Owner, IdentityError> {
+    let owner = Owner::parse_parent(parent).map_err(|e| KitError::invalid("parent", e))?;
+    allowed_owner(who, owner, "PARTNER_NOT_FOUND")
 }
 
-/// The (partner, credential) in `name`, when the caller owns it or is the operator.
-fn owned_credential(who: &Principal, name: &str) -> Result<(String, String), IdentityError> {
-    let (partner, id) = parse_credential_name(name).map_err(|e| KitError::invalid("name", e))?;
-    if who.operator || who.partner_id == partner {
-        Ok((partner, id))
-    } else {
-        Err(KitError::NotFound("CREDENTIAL_NOT_FOUND").into())
-    }
+/// The (owner, credential) in `name`, when the caller owns it or is the operator.
+fn owned_credential(who: &Principal, name: &str) -> Result<(Owner, String), IdentityError> {
+    let (owner, id) = Owner::parse_credential(name).map_err(|e| KitError::invalid("name", e))?;
+    Ok((allowed_owner(who, owner, "CREDENTIAL_NOT_FOUND")?, id))
 }
 
-/// The scopes a new credential may carry: known ones, and for a partner only scopes its own
-/// token holds, so a credential never escalates what its creator could do.
-fn credential_scopes(
+fn allowed_owner(
     who: &Principal,
-    scopes: &[String],
-) -> Result<BTreeSet<String>, IdentityError> {
-    let mut v = Violations::default();
-    if scopes.is_empty() {
-        v.add("scopes", "at least one scope");
-    }
-    for (i, scope) in scopes.iter().enumerate() {
-        if !ALL_SCOPES.contains(&scope.as_str()) {
-            v.add(
-                format!("scopes[{i}]"),
-                format!("unknown scope; one of {}", ALL_SCOPES.join(", ")),
-            );
-        }
-    }
-    v.finish()?;
-    if !who.operator && scopes.iter().any(|s| !who.has_scope(s)) {
-        return Err(KitError::Denied(
-            "SCOPE_ESCALATION",
-            "a credential cannot carry a scope the caller's own token lacks",
+    owner: Owner,
+    not_found: &'static str,
+) -> Result<Owner, IdentityError> {
+    match &owner {
+        Owner::Service(_) if who.operator => Ok(owner),
+        Owner::Service(_) => Err(KitError::Denied(
+            "OPERATOR_ONLY",
+            "only the operator manages mesh services' credentials",
         )
-        .into());
+        .into()),
+        Owner::Partner(p) if who.operator || &who.partner_id == p => Ok(owner),
+        Owner::Partner(_) => Err(KitError::NotFound(not_found).into()),
     }
-    Ok(scopes.iter().cloned().collect())
 }

@@ -144,7 +144,11 @@ pub(crate) fn store(s: &PartnerStore) -> pb::Store {
 /// A credential as its owner sees it: never a secret or a hash.
 pub(crate) fn credential(c: &Credential, now: i64) -> pb::Credential {
     pb::Credential {
-        name: format!("partners/{}/credentials/{}", c.partner_id, c.id),
+        name: format!(
+            "{}/credentials/{}",
+            crate::domain::credential::Owner::from_key(&c.partner_id).name(),
+            c.id
+        ),
         client_id: c.client_id.clone(),
         scopes: c.scopes.clone(),
         revoked: c.revoked_at.is_some(),

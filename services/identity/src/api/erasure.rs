@@ -57,6 +57,8 @@ impl Api {
             .await?;
             self.announce_erasure(txn, &who.partner_id, &erased, scope)
                 .await?;
+            self.announce_to_mesh(txn, &who.partner_id, &member_id, &erased)
+                .await?;
             if erased.others.is_empty() {
                 // Nobody holds the person any more: every stored reply about them goes.
                 lianyu_kit::idempotency::forget_subjects(
@@ -74,6 +76,48 @@ impl Api {
                 scope: scope as i32,
             })
         })
+        .await
+    }
+
+    /// The mesh's services hear of the erasure and of every consent it withdrew, by mesh id.
+    async fn announce_to_mesh(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        partner: &str,
+        member: &lianyu_kit::ids::MeshMemberId,
+        erased: &crate::store::erasure::Erased,
+    ) -> Result<(), IdentityError> {
+        use crate::store::mesh::{MeshEvent, append_mesh};
+        use lianyu_proto::identity::internal::v1::MeshEventKind;
+        let mut withdrawn: BTreeMap<&str, Vec<crate::domain::consent::Purpose>> = BTreeMap::new();
+        for c in &erased.withdrawn {
+            withdrawn.entry(&c.grantee).or_default().push(c.purpose);
+        }
+        for (grantee, purposes) in withdrawn {
+            append_mesh(
+                &self.store.feed,
+                txn,
+                MeshEventKind::ConsentWithdrawn,
+                MeshEvent {
+                    member: member.as_str(),
+                    partner,
+                    grantee,
+                    purposes: &purposes,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        append_mesh(
+            &self.store.feed,
+            txn,
+            MeshEventKind::MemberErased,
+            MeshEvent {
+                member: member.as_str(),
+                partner,
+                ..Default::default()
+            },
+        )
         .await
     }
 

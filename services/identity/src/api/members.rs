@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use lianyu_kit::{Call, Principal, page::Page};
 use lianyu_proto::identity::v1::{self as pb, member_service_server::MemberService};
-use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
 
 use super::{Api, caller, convert, status};
@@ -280,6 +279,17 @@ impl Api {
                 })?;
                 self.merge_is_trusted(txn, &who.partner_id, [&keep_id, &dup_id], &evidence)
                     .await?;
+                crate::store::mesh::append_mesh(
+                    &self.store.feed,
+                    txn,
+                    lianyu_proto::identity::internal::v1::MeshEventKind::MembersMerged,
+                    crate::store::mesh::MeshEvent {
+                        member: dup_id.as_str(),
+                        into_member: keep_id.as_str(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 for (partner, their_id) in self.store.merge_members(txn, &keep_id, &dup_id).await? {
                     append_event(&self.store.feed, txn,
                         ConsentEvent {
@@ -396,22 +406,11 @@ impl Api {
                 receipt_id: consent.map(|c| c.receipt_id.clone()).unwrap_or_default(),
                 allowed: consent.is_some(),
                 at_millis: now(),
+                via_service: String::new(),
+                acting_partner: String::new(),
             });
         }
-        if !reads.is_empty() {
-            let txn = self
-                .store
-                .db
-                .begin()
-                .await
-                .map_err(lianyu_kit::storage::StorageError::from)?;
-            for read in reads {
-                Store::record_access(&txn, read).await?;
-            }
-            txn.commit()
-                .await
-                .map_err(lianyu_kit::storage::StorageError::from)?;
-        }
+        self.store.record_accesses(reads).await?;
         Ok(member(scoped, &own, shared))
     }
 }

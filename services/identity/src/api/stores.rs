@@ -3,6 +3,7 @@
 
 use lianyu_kit::KitError;
 use lianyu_kit::{Call, Principal, mask, page::Page};
+use lianyu_proto::identity::internal::v1::MeshEventKind;
 use lianyu_proto::identity::v1 as pb;
 
 use super::{Api, convert};
@@ -174,8 +175,24 @@ impl Api {
                 if let Some(contact) = contact {
                     row.privacy_contact = contact;
                 }
-                if let Some(s) = new_status {
+                if let Some(s) = new_status
+                    && s != row.status
+                {
                     row.status = s;
+                    crate::store::mesh::append_mesh(
+                        &self.store.feed,
+                        txn,
+                        if s == PartnerStatus::Suspended {
+                            MeshEventKind::PartnerSuspended
+                        } else {
+                            MeshEventKind::PartnerReinstated
+                        },
+                        crate::store::mesh::MeshEvent {
+                            partner: &id,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 }
                 row.updated_at = now();
                 Ok(convert::partner(&Store::save_partner(txn, row).await?))

@@ -15,6 +15,10 @@ pub struct Access {
     pub receipt_id: String,
     pub allowed: bool,
     pub at_millis: i64,
+    /// When a mesh service asked (identity's internal CheckConsents): the service, and the
+    /// partner whose request it was serving. Empty for a partner's own read.
+    pub via_service: String,
+    pub acting_partner: String,
 }
 
 /// A read as the log keeps it: the access and its place in the hash chain.
@@ -45,6 +49,13 @@ pub fn chain_hash(previous: &str, a: &Access) -> String {
     ] {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
+    }
+    // Covered only when present, so records written before services asked keep their hashes.
+    if !a.via_service.is_empty() {
+        for field in [&a.via_service, &a.acting_partner] {
+            h.update((field.len() as u64).to_be_bytes());
+            h.update(field.as_bytes());
+        }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -115,6 +126,8 @@ mod tests {
             receipt_id: "r1".into(),
             allowed,
             at_millis: 1_000 + seq,
+            via_service: String::new(),
+            acting_partner: String::new(),
         }
     }
 

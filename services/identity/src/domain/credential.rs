@@ -75,7 +75,151 @@ pub fn token_scopes(
     }
 }
 
-/// A partner's client credential as kept: only keyed hashes of its secrets.
+/// Who a credential's tokens speak for: a partner (brand, mall or the operator), or a mesh
+/// service. Stored in the credential's `partner_id` as the partner id or `service:<name>`,
+/// which no partner id can equal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Partner(String),
+    Service(String),
+}
+
+impl Owner {
+    /// The owner from a parent name: `partners/{partner}` or `services/{service}` (a mesh
+    /// service: one of `MESH_SERVICES`).
+    pub fn parse_parent(parent: &str) -> Result<Self, String> {
+        if parent.starts_with("services/") {
+            let [service] = lianyu_kit::names::parse(parent, "services/{service}")?;
+            return Self::service(service);
+        }
+        super::partner::parse_partner_name(parent)
+            .map(Owner::Partner)
+            .map_err(|_| "expected partners/{partner} or services/{service}".to_owned())
+    }
+
+    /// The owner and id from a credential name: `partners/{partner}/credentials/{id}` or
+    /// `services/{service}/credentials/{id}`.
+    pub fn parse_credential(name: &str) -> Result<(Self, String), String> {
+        if name.starts_with("services/") {
+            const PATTERN: &str = "services/{service}/credentials/{credential}";
+            let [service, id] = lianyu_kit::names::parse(name, PATTERN)?;
+            if !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("expected {PATTERN}"));
+            }
+            return Ok((Self::service(service)?, id.to_owned()));
+        }
+        super::partner::parse_credential_name(name).map(|(p, id)| (Owner::Partner(p), id))
+    }
+
+    fn service(name: &str) -> Result<Self, String> {
+        if MESH_SERVICES.contains(&name) {
+            Ok(Owner::Service(name.to_owned()))
+        } else {
+            Err(format!(
+                "no mesh service {name:?}; one of {}",
+                MESH_SERVICES.join(", ")
+            ))
+        }
+    }
+
+    /// As stored in `partner_id`.
+    pub fn key(&self) -> String {
+        match self {
+            Owner::Partner(p) => p.clone(),
+            Owner::Service(s) => format!("{}{s}", lianyu_kit::auth::SERVICE_PRINCIPAL_PREFIX),
+        }
+    }
+
+    /// From a stored `partner_id`.
+    pub fn from_key(key: &str) -> Self {
+        match key.strip_prefix(lianyu_kit::auth::SERVICE_PRINCIPAL_PREFIX) {
+            Some(service) => Owner::Service(service.to_owned()),
+            None => Owner::Partner(key.to_owned()),
+        }
+    }
+
+    /// Its resource name: `partners/{partner}` or `services/{service}`.
+    pub fn name(&self) -> String {
+        match self {
+            Owner::Partner(p) => format!("partners/{p}"),
+            Owner::Service(s) => format!("services/{s}"),
+        }
+    }
+}
+
+/// The mesh services that may hold service credentials: every service with a contract.
+pub const MESH_SERVICES: &[&str] = lianyu_kit::auth::MESH_SERVICES;
+
+/// The scopes a new credential may carry. A partner's: known partner scopes — an internal one
+/// is PERMISSION_DENIED / INTERNAL_SCOPE, never granted —, and for a partner caller only scopes
+/// its own token holds (no escalation). A service's: internal scopes only (all of them when
+/// none are named).
+pub fn credential_scopes(
+    owner: &Owner,
+    caller_scopes: Option<&BTreeSet<String>>,
+    scopes: &[String],
+) -> Result<BTreeSet<String>, lianyu_kit::KitError> {
+    use lianyu_kit::{
+        KitError,
+        auth::{ALL_SCOPES, INTERNAL_SCOPES},
+        validate::Violations,
+    };
+    let mut v = Violations::default();
+    match owner {
+        Owner::Service(_) => {
+            if scopes.is_empty() {
+                return Ok(INTERNAL_SCOPES.iter().map(|s| (*s).to_owned()).collect());
+            }
+            for (i, scope) in scopes.iter().enumerate() {
+                if !INTERNAL_SCOPES.contains(&scope.as_str()) {
+                    v.add(
+                        format!("scopes[{i}]"),
+                        format!(
+                            "a service credential carries internal scopes only: {}",
+                            INTERNAL_SCOPES.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        Owner::Partner(_) => {
+            if scopes.iter().any(|s| INTERNAL_SCOPES.contains(&s.as_str())) {
+                return Err(internal_scope_denied());
+            }
+            if scopes.is_empty() {
+                v.add("scopes", "at least one scope");
+            }
+            for (i, scope) in scopes.iter().enumerate() {
+                if !ALL_SCOPES.contains(&scope.as_str()) {
+                    v.add(
+                        format!("scopes[{i}]"),
+                        format!("unknown scope; one of {}", ALL_SCOPES.join(", ")),
+                    );
+                }
+            }
+        }
+    }
+    v.finish()?;
+    if let Some(held) = caller_scopes
+        && scopes.iter().any(|s| !held.contains(s))
+    {
+        return Err(KitError::Denied(
+            "SCOPE_ESCALATION",
+            "a credential cannot carry a scope the caller's own token lacks",
+        ));
+    }
+    Ok(scopes.iter().cloned().collect())
+}
+
+/// What a partner or the operator gets for asking for an internal scope, however it asks.
+pub fn internal_scope_denied() -> lianyu_kit::KitError {
+    lianyu_kit::KitError::Denied(
+        "INTERNAL_SCOPE",
+        "internal scopes are carried only by mesh services' tokens, never a partner's or the operator's",
+    )
+}
+
+/// A client credential as kept: only keyed hashes of its secrets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
     pub id: String,
@@ -94,6 +238,7 @@ pub struct Credential {
 /// The credential a secret opened, with what its partner is now.
 pub struct Holder<'a> {
     pub credential_id: &'a str,
+    /// The credential's stored owner: a partner id, or `service:<name>`.
     pub partner_id: &'a str,
     /// The scopes the credential may carry.
     pub allowed_scopes: &'a [String],
@@ -111,8 +256,11 @@ pub struct StoreAsked<'a> {
 /// What a token grants.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Grant {
+    /// The partner, or for a service credential the service's name.
     pub partner_id: String,
     pub operator: bool,
+    /// A mesh service's token.
+    pub service: bool,
     pub store: Option<String>,
     pub scopes: BTreeSet<String>,
     pub credential: String,
@@ -126,7 +274,32 @@ pub fn grant(
     scopes: &[String],
     store: Option<StoreAsked<'_>>,
 ) -> Result<Grant, lianyu_kit::KitError> {
-    use lianyu_kit::{FieldViolation, KitError};
+    use lianyu_kit::KitError;
+    if let Owner::Service(service) = Owner::from_key(holder.partner_id) {
+        // A mesh service: internal scopes only, never narrowed to a store.
+        if store.is_some() {
+            return Err(KitError::invalid(
+                "store",
+                "a service credential's token is never narrowed to a store",
+            ));
+        }
+        let allowed: BTreeSet<String> = holder.allowed_scopes.iter().cloned().collect();
+        let scopes = token_scopes(&allowed, scopes).map_err(refused_scopes)?;
+        return Ok(Grant {
+            partner_id: service,
+            operator: false,
+            service: true,
+            store: None,
+            scopes,
+            credential: holder.credential_id.to_owned(),
+        });
+    }
+    if scopes
+        .iter()
+        .any(|s| lianyu_kit::auth::INTERNAL_SCOPES.contains(&s.as_str()))
+    {
+        return Err(internal_scope_denied());
+    }
     if !holder.partner_is_active {
         return Err(KitError::Denied(
             "PARTNER_SUSPENDED",
@@ -134,14 +307,7 @@ pub fn grant(
         ));
     }
     let allowed: BTreeSet<String> = holder.allowed_scopes.iter().cloned().collect();
-    let scopes = token_scopes(&allowed, scopes).map_err(|refused| {
-        KitError::Invalid(
-            refused
-                .into_iter()
-                .map(|(i, why)| FieldViolation::new(format!("scopes[{i}]"), why))
-                .collect(),
-        )
-    })?;
+    let scopes = token_scopes(&allowed, scopes).map_err(refused_scopes)?;
     if store.as_ref().is_some_and(|s| !s.active_store_of_holder) {
         return Err(KitError::invalid(
             "store",
@@ -151,10 +317,20 @@ pub fn grant(
     Ok(Grant {
         partner_id: holder.partner_id.to_owned(),
         operator: holder.partner_is_operator,
+        service: false,
         store: store.map(|s| s.name.to_owned()),
         scopes,
         credential: holder.credential_id.to_owned(),
     })
+}
+
+fn refused_scopes(refused: Vec<(usize, String)>) -> lianyu_kit::KitError {
+    lianyu_kit::KitError::Invalid(
+        refused
+            .into_iter()
+            .map(|(i, why)| lianyu_kit::FieldViolation::new(format!("scopes[{i}]"), why))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -19,6 +19,20 @@ use crate::domain::{
 };
 
 impl Store {
+    /// Appends `reads` in one transaction of their own, committed before the caller answers.
+    pub(crate) async fn record_accesses(&self, reads: Vec<Access>) -> Result<(), IdentityError> {
+        use sea_orm::TransactionTrait;
+        if reads.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await.map_err(StorageError::from)?;
+        for read in reads {
+            Self::record_access(&txn, read).await?;
+        }
+        txn.commit().await.map_err(StorageError::from)?;
+        Ok(())
+    }
+
     /// Appends one record inside the caller's transaction.
     pub(crate) async fn record_access(
         txn: &impl ConnectionTrait,
@@ -57,6 +71,10 @@ impl Store {
             allowed: Set(access.allowed),
             at: Set(access.at_millis),
             hash: Set(hash),
+            via_service: Set((!access.via_service.is_empty()).then_some(access.via_service)),
+            acting_partner: Set(
+                (!access.acting_partner.is_empty()).then_some(access.acting_partner)
+            ),
         }
         .insert(txn)
         .await

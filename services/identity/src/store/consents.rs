@@ -2,6 +2,7 @@
 
 use super::entities::{StoredAllianceStatus, StoredConsentState};
 use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
+use lianyu_proto::identity::internal::v1::MeshEventKind;
 use std::collections::BTreeMap;
 
 use lianyu_kit::{
@@ -170,6 +171,22 @@ impl Store {
                 grantee: c.grantee.to_owned(),
                 purposes: c.purposes.iter().map(|p| *p as i32).collect(),
                 receipt_id: receipt_id.clone(),
+            },
+        )
+        .await?;
+        super::mesh::append_mesh(
+            feed,
+            txn,
+            match c.state {
+                ConsentState::Granted => MeshEventKind::ConsentGranted,
+                ConsentState::Withdrawn => MeshEventKind::ConsentWithdrawn,
+            },
+            super::mesh::MeshEvent {
+                member: c.member_id,
+                partner: c.collector,
+                grantee: c.grantee,
+                purposes: c.purposes,
+                ..Default::default()
             },
         )
         .await?;

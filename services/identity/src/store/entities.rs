@@ -217,6 +217,8 @@ impl From<access_record::Model> for crate::domain::audit::AccessRecord {
                 receipt_id: row.receipt_id,
                 allowed: row.allowed,
                 at_millis: row.at,
+                via_service: row.via_service.unwrap_or_default(),
+                acting_partner: row.acting_partner.unwrap_or_default(),
             },
             chain_hash: row.hash,
         }
@@ -415,6 +417,9 @@ entity!(access_record, "access_records", {
     pub allowed: bool,
     pub at: i64,
     pub hash: String,
+    /// The mesh service that asked, and for which partner (internal CheckConsents).
+    pub via_service: Option<String>,
+    pub acting_partner: Option<String>,
 });
 
 entity!(audit_head, "audit_head", {

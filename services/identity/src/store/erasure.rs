@@ -195,6 +195,28 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Of `members`, those with any consent (in force or not) collected by `grantor` for
+    /// `grantee`: the members between whom a check is worth an access record.
+    pub(crate) async fn related_members(
+        conn: &impl ConnectionTrait,
+        members: &[String],
+        grantor: &str,
+        grantee: &str,
+    ) -> Result<std::collections::BTreeSet<String>, IdentityError> {
+        Ok(consent::Entity::find()
+            .filter(consent::Column::MemberId.is_in(members.iter().cloned()))
+            .filter(consent::Column::Grantee.eq(grantee.to_owned()))
+            .filter(consent::Column::Collector.eq(grantor.to_owned()))
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|c| c.member_id)
+            .collect())
+    }
+}
+
 /// Rows where `partner` is the collector or the grantee.
 fn party<C: ColumnTrait>(collector: C, grantee: C, partner: &str) -> Condition {
     Condition::any()

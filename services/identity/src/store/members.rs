@@ -337,6 +337,41 @@ impl Store {
         Ok(out)
     }
 
+    /// The mesh ids behind `partner`'s scoped ids, for those it holds: not another partner's,
+    /// not erased, of an active member. A merged-away id answers with the surviving member.
+    pub(crate) async fn mesh_ids_of(
+        conn: &impl ConnectionTrait,
+        partner: &str,
+        scoped: &[ScopedMemberId],
+    ) -> Result<BTreeMap<ScopedMemberId, MeshMemberId>, IdentityError> {
+        let rows = scoped_id::Entity::find()
+            .filter(scoped_id::Column::ScopedId.is_in(scoped.iter().map(ScopedMemberId::as_str)))
+            .filter(scoped_id::Column::PartnerId.eq(partner.to_owned()))
+            .filter(scoped_id::Column::ErasedAt.is_null())
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?;
+        let active: std::collections::BTreeSet<String> = member::Entity::find()
+            .filter(member::Column::Id.is_in(rows.iter().map(|r| r.member_id.clone())))
+            .filter(member::Column::Status.eq(StoredMemberStatus::Active))
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        Ok(rows
+            .into_iter()
+            .filter(|r| active.contains(&r.member_id))
+            .map(|r| {
+                (
+                    ScopedMemberId::new(r.scoped_id),
+                    MeshMemberId::new(r.member_id),
+                )
+            })
+            .collect())
+    }
+
     /// `caller`'s scoped id of the member holding an identifier `caller` itself submitted.
     pub(crate) async fn resolve(
         &self,

@@ -168,6 +168,36 @@ impl MigrationTrait for TrustModel {
     }
 }
 
+/// Access records say which mesh service asked, for which partner (identity's internal
+/// CheckConsents).
+pub(crate) struct ServiceAudit;
+
+impl MigrationName for ServiceAudit {
+    fn name(&self) -> &str {
+        "m20261203_000006_service_audit"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for ServiceAudit {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::sea_query::{Alias, ColumnDef, Table};
+        for column in ["via_service", "acting_partner"] {
+            if !manager.has_column("access_records", column).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Alias::new("access_records"))
+                            .add_column(ColumnDef::new(Alias::new(column)).string().null())
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The consent feed stored as the contract's own messages: events appended before this
 /// release held a JSON record; each is rewritten, in place and in sequence order, as the
 /// `WatchConsentEventsResponse` it stands for, so a watcher resuming from an old cursor misses
@@ -270,7 +300,10 @@ mod tests {
         let db = lianyu_kit::storage::connect(&url, "identity", None)
             .await
             .unwrap();
-        let before_typed_feeds = Migrator::migrations().len() as u32 - 1;
+        let before_typed_feeds = Migrator::migrations()
+            .iter()
+            .position(|m| m.name() == TypedConsentFeed.name())
+            .unwrap() as u32;
         Migrator::up(&db, Some(before_typed_feeds)).await.unwrap();
         let legacy = br#"{"kind":"granted","member":"m1","collector":"brand-a","grantee":"mall-b","purposes":[1,2],"receipt_id":"r1"}"#;
         outbox_event::ActiveModel {

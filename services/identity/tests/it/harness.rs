@@ -260,6 +260,39 @@ impl Identity {
         self.clients(lianyu_kit::testing::partner_token(partner))
     }
 
+    /// Identity's internal contract, called with `token` (a service's, or an intruder's).
+    pub(crate) fn directory(
+        &self,
+        token: &str,
+    ) -> lianyu_proto::identity::internal::v1::directory_service_client::DirectoryServiceClient<Auth>
+    {
+        lianyu_proto::identity::internal::v1::directory_service_client::DirectoryServiceClient::new(
+            InterceptedService::new(self.channel.clone(), Bearer::new(token)),
+        )
+    }
+
+    /// A mesh service's token, as `lianyu up` mints it for its in-process services.
+    pub(crate) fn service_token(&self, service: &str) -> String {
+        lianyu_kit::testing::mint(
+            &self.config.data_dir,
+            &self.config.auth,
+            &TokenRequest::service(service, Duration::from_secs(600)),
+        )
+    }
+
+    /// A token of `partner` with every scope (the operator's for "operator").
+    pub(crate) fn partner_token(&self, partner: &str) -> String {
+        let request = if partner == "operator" {
+            TokenRequest {
+                operator: true,
+                ..lianyu_kit::testing::partner_token("operator")
+            }
+        } else {
+            lianyu_kit::testing::partner_token(partner)
+        };
+        lianyu_kit::testing::mint(&self.config.data_dir, &self.config.auth, &request)
+    }
+
     pub(crate) fn operator(&self) -> As {
         self.clients(TokenRequest {
             operator: true,

@@ -1,12 +1,21 @@
 //! What a call needs before it is routed. The contract decides: every RPC declares
 //! `option (lianyu.common.v1.access)` (READ, WRITE or PUBLIC) and the build refuses an RPC
 //! without it, so a new `Get…` that writes can never be let through with a read scope by a
-//! guess from its name. READ needs `<service>.read`, WRITE `<service>.write`.
+//! guess from its name. READ needs `<service>.read`, WRITE `<service>.write`, INTERNAL
+//! `<service>.internal` — which only a mesh service's token can carry.
 
 use lianyu_proto::access::{self, Access};
 
-/// Every scope a token can carry: the scopes the contracts' RPCs need.
+/// Every scope a partner's or the operator's token can carry: `<service>.read` and
+/// `<service>.write` of every contract.
 pub const ALL_SCOPES: &[&str] = access::SCOPES;
+
+/// The scopes only mesh services' tokens carry: `<service>.internal` of every service with an
+/// internal contract.
+pub const INTERNAL_SCOPES: &[&str] = access::INTERNAL_SCOPES;
+
+/// The mesh services (each one a possible service principal): every service with a contract.
+pub const MESH_SERVICES: &[&str] = access::SERVICES;
 
 /// What the auth layer requires of a call to `path`.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,5 +102,15 @@ mod tests {
             let (_, access) = scope.split_once('.').expect("service.access");
             assert!(matches!(access, "read" | "write"), "{scope}");
         }
+    }
+
+    #[test]
+    fn the_internal_contract_needs_an_internal_scope_no_partner_scope_grants() {
+        assert_eq!(
+            requirement("/lianyu.identity.internal.v1.DirectoryService/ResolveMeshIds"),
+            Requirement::Scope("identity.internal".into())
+        );
+        assert_eq!(INTERNAL_SCOPES, ["identity.internal"]);
+        assert!(INTERNAL_SCOPES.iter().all(|s| !ALL_SCOPES.contains(s)));
     }
 }

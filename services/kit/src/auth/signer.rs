@@ -34,13 +34,19 @@ pub enum SignerError {
     Io(#[from] io::Error),
     #[error("cannot sign token: {0}")]
     Sign(String),
+    #[error("refused to sign: {0}")]
+    Refused(&'static str),
 }
 
 /// What a minted token says about its holder.
 #[derive(Clone, Debug)]
 pub struct TokenRequest {
+    /// The partner; for a service token ([`TokenRequest::service`]), the mesh service's name.
     pub partner_id: String,
     pub operator: bool,
+    /// A mesh service's token (role `service`): it carries internal scopes only. Partner and
+    /// operator tokens never carry one; [`Signer::mint`] refuses to mix them.
+    pub service: bool,
     pub store: Option<String>,
     pub scopes: Vec<String>,
     pub ttl: Duration,
@@ -62,6 +68,24 @@ impl TokenRequest {
                 .collect(),
             ttl: Duration::from_secs(3600),
             credential: None,
+            service: false,
+        }
+    }
+
+    /// A mesh service's token request (`entitlements`, `live`, …): role `service`, every
+    /// internal scope and nothing else, valid for `ttl`.
+    pub fn service(service: &str, ttl: Duration) -> Self {
+        Self {
+            partner_id: service.to_owned(),
+            operator: false,
+            store: None,
+            scopes: crate::auth::INTERNAL_SCOPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            ttl,
+            credential: None,
+            service: true,
         }
     }
 }
@@ -146,7 +170,18 @@ impl Signer {
     }
 
     /// Signs a token for `auth`'s issuer and audience.
+    /// Signs a token for `request`. A service token with anything but internal scopes, or a
+    /// partner or operator token with an internal scope, is refused: the verifier would refuse
+    /// it anyway, and no code path may make one.
     pub fn mint(&self, auth: &AuthConfig, request: &TokenRequest) -> Result<String, SignerError> {
+        if let Err(why) = super::role_fits_scopes(
+            request.service,
+            request.operator,
+            request.store.is_some(),
+            request.scopes.iter().map(String::as_str),
+        ) {
+            return Err(SignerError::Refused(why));
+        }
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             iss: auth.issuer.clone(),
@@ -157,7 +192,9 @@ impl Signer {
             jti: uuid::Uuid::new_v4().to_string(),
             store: request.store.clone(),
             scope: request.scopes.join(" "),
-            role: if request.operator {
+            role: if request.service {
+                super::SERVICE_ROLE.into()
+            } else if request.operator {
                 "operator".into()
             } else {
                 String::new()

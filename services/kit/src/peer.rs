@@ -1,0 +1,411 @@
+//! Calls from one mesh service to another. A [`Peer`] carries this service's own token (a
+//! service principal: role `service`, internal scopes only), the caller's remaining deadline
+//! (never a longer one), the trace context, and retries an idempotent call on UNAVAILABLE with
+//! jittered exponential backoff, within a retry budget so that retries never multiply an
+//! outage's load.
+//!
+//! The service's token comes from one of two places ([`ServiceToken`]): in `lianyu up`, where
+//! identity signs in the same process, it is minted with the process's own key; standalone
+//! (Kubernetes), it is exchanged through identity's `IssueToken` for a service credential the
+//! operator created (`LIANYU_<SERVICE>_CLIENT_ID` and `LIANYU_<SERVICE>_CLIENT_SECRET` or
+//! `…_CLIENT_SECRET_FILE`). Either way it is renewed before it expires.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::{
+    auth::{Signer, TokenRequest},
+    client::PeerChannel,
+    config::{AuthConfig, Secret},
+};
+
+tokio::task_local! {
+    /// The deadline of the call this task is serving, from its `grpc-timeout`.
+    static DEADLINE: Instant;
+}
+
+/// The deadline of the call being served, if its caller set one.
+pub fn current_deadline() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
+/// Runs `f` as if serving a call with `deadline` (tests, and work a handler hands off).
+pub async fn with_deadline<F: std::future::Future>(deadline: Instant, f: F) -> F::Output {
+    DEADLINE.scope(deadline, f).await
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Makes each call's deadline (its `grpc-timeout`) known to the handler's outgoing peer calls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeadlineLayer;
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = DeadlineScope<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineScope { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeadlineScope<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for DeadlineScope<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        tokio::task::futures::TaskLocalFuture<Instant, S::Future>,
+        S::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|d| Instant::now() + d);
+        let future = self.inner.call(request);
+        match deadline {
+            Some(deadline) => futures::future::Either::Left(DEADLINE.scope(deadline, future)),
+            None => futures::future::Either::Right(future),
+        }
+    }
+}
+
+/// Where a service's token comes from.
+enum TokenSource {
+    /// `lianyu up`: identity runs in this process; mint with its key.
+    Mint {
+        signer: Arc<Signer>,
+        auth: AuthConfig,
+        ttl: Duration,
+    },
+    /// Standalone: exchange a service credential at identity.
+    Exchange {
+        identity: PeerChannel,
+        client_id: String,
+        secret: Secret,
+    },
+}
+
+/// Why a service has no token to call its peers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceTokenError {
+    #[error(
+        "{service} calls other services but has no service credential: set \
+         LIANYU_{upper}_CLIENT_ID and LIANYU_{upper}_CLIENT_SECRET (or _CLIENT_SECRET_FILE) to a \
+         credential the operator created with `CreateCredential` for services/{service}"
+    )]
+    NoCredential { service: String, upper: String },
+    #[error("reading {var}: {message}")]
+    Unreadable { var: String, message: String },
+}
+
+/// A mesh service's own token, renewed when four fifths of its life have passed.
+pub struct ServiceToken {
+    service: String,
+    source: TokenSource,
+    current: tokio::sync::Mutex<Option<(Arc<str>, Instant)>>,
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceToken({})", self.service)
+    }
+}
+
+impl ServiceToken {
+    /// Minted with `signer` (the process's own key, which identity in this process trusts).
+    pub fn minted(service: &str, signer: Arc<Signer>, auth: AuthConfig, ttl: Duration) -> Self {
+        Self::new(service, TokenSource::Mint { signer, auth, ttl })
+    }
+
+    /// Exchanged at identity for a service credential.
+    pub fn exchanged(
+        service: &str,
+        identity: PeerChannel,
+        client_id: String,
+        secret: Secret,
+    ) -> Self {
+        Self::new(
+            service,
+            TokenSource::Exchange {
+                identity,
+                client_id,
+                secret,
+            },
+        )
+    }
+
+    fn new(service: &str, source: TokenSource) -> Self {
+        Self {
+            service: service.to_owned(),
+            source,
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The service's configured credential (`LIANYU_<SERVICE>_CLIENT_ID` and `…_SECRET` or
+    /// `…_SECRET_FILE`), if any.
+    pub fn credential_from(
+        config: &crate::Config,
+        service: &str,
+    ) -> Result<Option<(String, Secret)>, ServiceTokenError> {
+        let upper = service.to_uppercase();
+        let Some(client_id) = config.var(&format!("LIANYU_{upper}_CLIENT_ID")) else {
+            return Ok(None);
+        };
+        let secret = match config.secret(&format!("LIANYU_{upper}_CLIENT_SECRET")) {
+            Some(secret) => secret,
+            None => {
+                let var = format!("LIANYU_{upper}_CLIENT_SECRET_FILE");
+                let path = config
+                    .var(&var)
+                    .ok_or_else(|| ServiceTokenError::NoCredential {
+                        service: service.to_owned(),
+                        upper: upper.clone(),
+                    })?;
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| ServiceTokenError::Unreadable {
+                        var: var.clone(),
+                        message: format!("{path}: {e}"),
+                    })?;
+                Secret::new(text.trim().to_owned())
+            }
+        };
+        Ok(Some((client_id, secret)))
+    }
+
+    /// The service this token speaks for.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// A token valid for a while yet, renewed first when most of its life has passed. When
+    /// renewal fails and the old token has not expired, the old one is used.
+    pub async fn bearer(&self) -> Result<Arc<str>, tonic::Status> {
+        let mut current = self.current.lock().await;
+        if let Some((token, renew_at)) = current.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        match self.fetch().await {
+            Ok((token, ttl)) => {
+                let token: Arc<str> = Arc::from(token);
+                *current = Some((token.clone(), Instant::now() + ttl.mul_f64(0.8)));
+                Ok(token)
+            }
+            Err(status) => {
+                tracing::warn!(service = %self.service, code = ?status.code(), "service token renewal failed");
+                Err(status)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<(String, Duration), tonic::Status> {
+        match &self.source {
+            TokenSource::Mint { signer, auth, ttl } => signer
+                .mint(auth, &TokenRequest::service(&self.service, *ttl))
+                .map(|t| (t, *ttl))
+                .map_err(|e| tonic::Status::internal(format!("minting a service token: {e}"))),
+            TokenSource::Exchange {
+                identity,
+                client_id,
+                secret,
+            } => {
+                use lianyu_proto::identity::v1::{
+                    IssueTokenRequest, auth_service_client::AuthServiceClient,
+                };
+                let mut request = tonic::Request::new(IssueTokenRequest {
+                    client_id: client_id.clone(),
+                    client_secret: secret.expose().to_owned(),
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(5));
+                let reply = AuthServiceClient::new(identity.clone())
+                    .issue_token(request)
+                    .await?
+                    .into_inner();
+                let ttl = reply
+                    .expire_time
+                    .and_then(|t| {
+                        let left = t.seconds - chrono::Utc::now().timestamp();
+                        u64::try_from(left).ok()
+                    })
+                    .map_or(Duration::from_secs(60), Duration::from_secs);
+                Ok((reply.access_token, ttl))
+            }
+        }
+    }
+}
+
+/// Whether a call may be repeated without repeating its effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Reads, and writes keyed by a request id: retried on UNAVAILABLE.
+    Idempotent,
+    /// Anything else: sent once.
+    Once,
+}
+
+/// Attempts per idempotent call, the first included.
+const MAX_ATTEMPTS: u32 = 3;
+/// The first retry waits about this long (jittered ±50 %), doubling each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Another mesh service, called as this service's principal.
+#[derive(Clone)]
+pub struct Peer {
+    /// The peer's name (`identity`), for logs and metrics.
+    name: String,
+    channel: PeerChannel,
+    token: Arc<ServiceToken>,
+    /// Retries may add at most 20 % to the calls made (and 10 a second on a quiet day).
+    budget: Arc<TpsBudget>,
+    /// The deadline of a call made outside any served call.
+    default_deadline: Duration,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Peer({} as {})", self.name, self.token.service())
+    }
+}
+
+impl Peer {
+    pub fn new(
+        name: &str,
+        channel: PeerChannel,
+        token: Arc<ServiceToken>,
+        default_deadline: Duration,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            channel,
+            token,
+            budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+            default_deadline,
+        }
+    }
+
+    /// The channel, for building the peer's generated client.
+    pub fn channel(&self) -> PeerChannel {
+        self.channel.clone()
+    }
+
+    /// Calls the peer: `send` gets the channel and a request carrying the service token and
+    /// the deadline left (the served call's remaining deadline, or the default outside one).
+    /// An idempotent call is retried on UNAVAILABLE while deadline and retry budget last.
+    pub async fn call<T, R, F, Fut>(
+        &self,
+        idempotency: Idempotency,
+        message: T,
+        mut send: F,
+    ) -> Result<R, tonic::Status>
+    where
+        T: Clone,
+        F: FnMut(PeerChannel, tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let deadline = current_deadline().map_or(Instant::now() + self.default_deadline, |d| {
+            d.min(Instant::now() + self.default_deadline)
+        });
+        self.budget.deposit();
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "no time left for the call to {}",
+                    self.name
+                )));
+            }
+            let token = self.token.bearer().await?;
+            let mut request = tonic::Request::new(message.clone());
+            request.set_timeout(left);
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("service token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+            let result = tokio::time::timeout(left, send(self.channel.clone(), request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(format!(
+                        "{} did not answer in time",
+                        self.name
+                    )))
+                });
+            match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status)
+                    if idempotency == Idempotency::Idempotent
+                        && status.code() == tonic::Code::Unavailable
+                        && attempt < MAX_ATTEMPTS =>
+                {
+                    let wait = backoff.mul_f64(rand::random::<f64>() + 0.5);
+                    if Instant::now() + wait >= deadline || !self.budget.withdraw() {
+                        return Err(status);
+                    }
+                    tracing::debug!(peer = %self.name, attempt, "retrying after UNAVAILABLE");
+                    tokio::time::sleep(wait).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_nonsense_does_not() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "5", "5x", "123456789S", "-5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}
