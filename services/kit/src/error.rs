@@ -152,6 +152,10 @@ pub enum KitError {
     /// RESOURCE_EXHAUSTED, for example TOO_MANY_TOKEN_REQUESTS.
     #[error("{1}")]
     Exhausted(&'static str, &'static str),
+    /// UNAVAILABLE: a peer the decision depends on did not answer in time, for example
+    /// IDENTITY_UNAVAILABLE. Nothing was written; the caller may retry.
+    #[error("{1}")]
+    Unavailable(&'static str, String),
     /// INTERNAL: never the caller's fault (signing a token failed). The message is logged with
     /// an id; the caller sees only the id.
     #[error("internal: {0}")]
@@ -197,6 +201,7 @@ impl ServiceError for KitError {
             KitError::Precondition(..) => Code::FailedPrecondition,
             KitError::Exists(..) => Code::AlreadyExists,
             KitError::Exhausted(..) => Code::ResourceExhausted,
+            KitError::Unavailable(..) => Code::Unavailable,
             KitError::Internal(_) => Code::Internal,
             KitError::RequestIdReused => Code::AlreadyExists,
             KitError::SubjectErased => Code::NotFound,
@@ -213,6 +218,7 @@ impl ServiceError for KitError {
             | KitError::Precondition(reason, _)
             | KitError::Exists(reason, _)
             | KitError::Exhausted(reason, _) => reason,
+            KitError::Unavailable(reason, _) => reason,
             KitError::Internal(_) => "INTERNAL",
             KitError::RequestIdReused => "REQUEST_ID_REUSED",
             KitError::SubjectErased => "MEMBER_ERASED",

@@ -8,6 +8,7 @@ pub mod call;
 pub mod client;
 pub mod config;
 pub mod dbhealth;
+pub mod directory;
 pub mod error;
 pub mod feed;
 pub mod idempotency;

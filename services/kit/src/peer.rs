@@ -326,6 +326,29 @@ impl Peer {
         self.channel.clone()
     }
 
+    /// Opens a server stream from the peer (a `Watch…` feed) as this service: no deadline
+    /// (a feed stays open) and no retry (the consumer reconnects from its cursor).
+    pub async fn open_stream<T, S, F, Fut>(&self, message: T, open: F) -> Result<S, tonic::Status>
+    where
+        F: FnOnce(PeerChannel, tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<S>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(message);
+        self.authorize(&mut request).await?;
+        open(self.channel.clone(), request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
+        let token = self.token.bearer().await?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("service token is not a header value"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(())
+    }
+
     /// Calls the peer: `send` gets the channel and a request carrying the service token and
     /// the deadline left (the served call's remaining deadline, or the default outside one).
     /// An idempotent call is retried on UNAVAILABLE while deadline and retry budget last.
@@ -354,13 +377,9 @@ impl Peer {
                     self.name
                 )));
             }
-            let token = self.token.bearer().await?;
             let mut request = tonic::Request::new(message.clone());
             request.set_timeout(left);
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| tonic::Status::internal("service token is not a header value"))?;
-            request.metadata_mut().insert("authorization", value);
+            self.authorize(&mut request).await?;
             let result = tokio::time::timeout(left, send(self.channel.clone(), request))
                 .await
                 .unwrap_or_else(|_| {
@@ -394,6 +413,34 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_served_calls_grpc_timeout_is_its_handlers_deadline() {
+        use tower::{Layer, Service, ServiceExt};
+        let mut service =
+            DeadlineLayer.layer(tower::service_fn(|_: http::Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(current_deadline())
+            }));
+        let with = http::Request::builder()
+            .header("grpc-timeout", "100m")
+            .body(())
+            .unwrap();
+        let before = Instant::now();
+        let seen = service
+            .ready()
+            .await
+            .unwrap()
+            .call(with)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(seen > before && seen <= Instant::now() + Duration::from_millis(100));
+        let without = http::Request::builder().body(()).unwrap();
+        assert_eq!(
+            service.ready().await.unwrap().call(without).await.unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn grpc_timeouts_parse_in_every_unit_and_nonsense_does_not() {

@@ -125,6 +125,33 @@ impl ServerContext {
         Ok(Peer::new(peer, channel, token, PEER_DEADLINE))
     }
 
+    /// `service`'s view of identity ([`Directory`](crate::directory::Directory)), following
+    /// identity's mesh feed from a cursor kept in `db` (so revocations and suspensions reach
+    /// this process within the feed's latency). `None`, with a warning, when the service has
+    /// no way to call identity: no `LIANYU_IDENTITY_URL`, or no service credential outside
+    /// `lianyu up`; revocations then arrive with the next key refresh.
+    pub fn follow_identity(
+        &self,
+        service: &str,
+        db: &sea_orm::DatabaseConnection,
+    ) -> Option<crate::directory::Directory> {
+        let peer = match self.peer(service, "identity") {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!(service, error = %e, "not following identity's mesh feed");
+                return None;
+            }
+        };
+        let directory = crate::directory::Directory::new(peer, self.stopping.clone());
+        tokio::spawn(directory.clone().follow(
+            db.clone(),
+            format!("{service}:identity.mesh"),
+            self.verifier.clone(),
+            self.stopping.clone(),
+        ));
+        Some(directory)
+    }
+
     fn service_token(&self, service: &str) -> Result<Arc<ServiceToken>, StartError> {
         let mut tokens = self
             .service_tokens
@@ -386,6 +413,9 @@ macro_rules! service_entry_points {
             mount: &mut $crate::server::Mount,
         ) -> Result<(), $crate::server::StartError> {
             let db = ctx.open_database::<$migrator>($name).await?;
+            // Revoked credentials and suspended partners arrive from identity's mesh feed at
+            // once, whatever the key refresh interval.
+            let _ = ctx.follow_identity($name, &db);
             $register(mount, db);
             Ok(())
         }

@@ -7,4 +7,5 @@ mod auth;
 mod feeds;
 mod harness;
 mod idempotency;
+mod peer;
 mod server;

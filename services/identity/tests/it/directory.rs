@@ -1,0 +1,234 @@
+//! The kit's view of identity, as entitlements, live and comarketing use it against a real
+//! identity: batched and cached id translation, consent decisions asked now or from a cache
+//! the mesh feed keeps fresh, and failing closed when identity does not answer.
+
+use std::time::Duration;
+
+use lianyu_kit::{
+    KitError, ServerContext, ServiceError,
+    directory::{Directory, Question},
+    ids::{MeshMemberId, ScopedMemberId},
+};
+use lianyu_proto::common::v1::ConsentPurpose;
+use lianyu_proto::identity::v1 as pb;
+
+use crate::harness::{Identity, enroll, grant, phone};
+
+struct KitTables;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl sea_orm_migration::MigratorTrait for KitTables {
+    fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+        vec![
+            Box::new(lianyu_kit::storage::KitTables),
+            Box::new(lianyu_kit::storage::KitIndexes),
+        ]
+    }
+}
+
+/// A directory as `live` would hold it, calling `identity`, and following its mesh feed with
+/// the cursor in a database of its own.
+async fn directory_of(
+    identity: &Identity,
+    follow: bool,
+) -> (Directory, ServerContext, tempfile::TempDir) {
+    let mut config = identity.config.clone();
+    config.set_peer_url("identity", identity.address());
+    let ctx = ServerContext::new(config.clone()).unwrap();
+    let peer = ctx.peer("live", "identity").unwrap();
+    let directory = Directory::new(peer, ctx.stopping.clone());
+    let dir = tempfile::tempdir().unwrap();
+    if follow {
+        config.set_database_url(
+            "live",
+            format!("sqlite://{}/live.db?mode=rwc", dir.path().display()),
+        );
+        let db = lianyu_kit::storage::open::<KitTables>(&config, "live")
+            .await
+            .unwrap();
+        tokio::spawn(directory.clone().follow(
+            db,
+            "live:identity.mesh".into(),
+            ctx.verifier.clone(),
+            ctx.stopping.clone(),
+        ));
+    }
+    (directory, ctx, dir)
+}
+
+fn scoped(name: &str) -> ScopedMemberId {
+    ScopedMemberId::new(name.strip_prefix("members/").unwrap())
+}
+
+#[tokio::test]
+async fn concurrent_lookups_share_one_call_and_are_answered_from_the_cache_after() {
+    let identity = Identity::with_partners("dir_batch").await;
+    let mut brand = identity.as_partner("brand-a");
+    let mut members = Vec::new();
+    for i in 0..40 {
+        let name = brand
+            .enrolled(enroll(
+                &format!("e{i}"),
+                vec![phone(&format!("1390000{i:04}"), true)],
+                &[],
+            ))
+            .await;
+        members.push(scoped(&name));
+    }
+    let (directory, _ctx, _dir) = directory_of(&identity, false).await;
+    let mut asked = members.clone();
+    asked.push(ScopedMemberId::new("nobody1"));
+    let found = directory.mesh_ids("brand-a", &asked).await.unwrap();
+    assert_eq!(
+        directory.resolve_calls(),
+        1,
+        "40 concurrent lookups, one call"
+    );
+    assert!(found[..40].iter().all(Option::is_some));
+    assert_eq!(found[40], None);
+    let again = directory.mesh_ids("brand-a", &members).await.unwrap();
+    assert_eq!(again, found[..40]);
+    assert_eq!(directory.resolve_calls(), 1, "from the cache");
+    // Another partner's view of the same ids: none of them are its own.
+    let theirs = directory.mesh_ids("mall-b", &members[..3]).await.unwrap();
+    assert_eq!(theirs, [None, None, None]);
+    // And back: the brand's own scoped ids for the mesh ids, nothing for brand-c.
+    let mesh: Vec<MeshMemberId> = found[..3].iter().flatten().cloned().collect();
+    let back = directory.scoped_ids("brand-a", &mesh).await.unwrap();
+    assert_eq!(
+        back,
+        members[..3].iter().cloned().map(Some).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        directory.scoped_ids("brand-c", &mesh).await.unwrap(),
+        [None, None, None]
+    );
+}
+
+#[tokio::test]
+async fn the_mesh_feed_drops_cached_translations_and_decisions_as_they_change() {
+    let identity = Identity::with_partners("dir_follow").await;
+    let (brand, _mall) = identity.shared_member("13800000201").await;
+    let (directory, _ctx, _dir) = directory_of(&identity, true).await;
+    let mesh = directory
+        .mesh_id("brand-a", &scoped(&brand))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut as_brand = identity.as_partner("brand-a");
+    as_brand
+        .consents
+        .grant_consent(grant(&brand, "mall-b", &[ConsentPurpose::MarketingContact]))
+        .await
+        .unwrap();
+    let question = Question {
+        member: mesh.clone(),
+        grantor: "brand-a".into(),
+        grantee: "mall-b".into(),
+        purpose: ConsentPurpose::MarketingContact as i32,
+    };
+    let allowed = |d: Vec<lianyu_kit::directory::Decision>| d[0].allowed;
+    assert!(allowed(
+        directory
+            .decide("mall-b", std::slice::from_ref(&question))
+            .await
+            .unwrap()
+    ));
+    assert!(allowed(
+        directory
+            .decide_cached("mall-b", std::slice::from_ref(&question))
+            .await
+            .unwrap()
+    ));
+    as_brand
+        .consents
+        .withdraw_consent(pb::WithdrawConsentRequest {
+            request_id: "w".into(),
+            member: brand.clone(),
+            grantee: "partners/mall-b".into(),
+            purposes: vec![ConsentPurpose::MarketingContact as i32],
+        })
+        .await
+        .unwrap();
+    // The withdrawal reaches the cache through the feed (polled, not slept on).
+    let mut cached = true;
+    for _ in 0..500 {
+        cached = allowed(
+            directory
+                .decide_cached("mall-b", std::slice::from_ref(&question))
+                .await
+                .unwrap(),
+        );
+        if !cached {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!cached, "the cached decision outlived the withdrawal");
+    // Erasure at the brand: the cached translation goes too.
+    as_brand
+        .members
+        .erase_member(pb::EraseMemberRequest {
+            request_id: "erase".into(),
+            member: brand.clone(),
+            scope: 0,
+        })
+        .await
+        .unwrap();
+    let mut translated = Some(mesh);
+    for _ in 0..500 {
+        translated = directory.mesh_id("brand-a", &scoped(&brand)).await.unwrap();
+        if translated.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(translated, None);
+}
+
+#[tokio::test]
+async fn when_identity_does_not_answer_every_question_fails_closed() {
+    let identity = Identity::with_partners("dir_closed").await;
+    // A directory whose identity is a port nobody answers on.
+    let mut config = identity.config.clone();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = dead.local_addr().unwrap();
+    drop(dead);
+    config.set_peer_url("identity", format!("http://{address}"));
+    let ctx = ServerContext::new(config).unwrap();
+    let directory = Directory::new(ctx.peer("live", "identity").unwrap(), ctx.stopping.clone());
+    let question = Question {
+        member: MeshMemberId::new("m1"),
+        grantor: "brand-a".into(),
+        grantee: "mall-b".into(),
+        purpose: ConsentPurpose::MarketingContact as i32,
+    };
+    let expect_closed = |e: KitError| {
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert_eq!(e.reason(), "IDENTITY_UNAVAILABLE");
+    };
+    expect_closed(
+        directory
+            .decide("mall-b", std::slice::from_ref(&question))
+            .await
+            .unwrap_err(),
+    );
+    expect_closed(
+        directory
+            .decide_cached("mall-b", &[question])
+            .await
+            .unwrap_err(),
+    );
+    expect_closed(
+        directory
+            .mesh_id("brand-a", &ScopedMemberId::new("x1"))
+            .await
+            .unwrap_err(),
+    );
+    expect_closed(
+        directory
+            .scoped_ids("brand-a", &[MeshMemberId::new("m1")])
+            .await
+            .unwrap_err(),
+    );
+}

@@ -1,0 +1,412 @@
+//! What every service but identity needs of identity, built once: the member-id resolver, the
+//! consent client, and the follower of identity's mesh feed that keeps both (and the token
+//! verifier) fresh.
+//!
+//! - [`Directory::mesh_ids`] turns a partner's scoped ids into mesh ids. Lookups arriving
+//!   within [`BATCH_WINDOW`] of each other share one `ResolveMeshIds` call (per partner);
+//!   answers are kept in a bounded cache (moka) that merge and erasure events empty. Services
+//!   store mesh ids only; [`Directory::scoped_ids`] translates back at their edge.
+//! - [`Directory::decide`] asks identity's `CheckConsents` every time: for decisions that move
+//!   value or personal data across partners. [`Directory::decide_cached`] answers from a
+//!   cache where a bounded staleness is acceptable (views that may lag a little): an answer is
+//!   kept at most [`DECISION_TTL`], and consent, erasure and merge events drop it at once.
+//!   Either way, when identity does not answer within the deadline the answer is
+//!   UNAVAILABLE / IDENTITY_UNAVAILABLE — it fails closed, and the caller writes nothing.
+//! - [`Directory::follow`] consumes `WatchMeshEvents` with the kit's [`Consumer`], its cursor
+//!   in the service's own database: revoked credentials and suspended partners reach the
+//!   verifier within the feed's latency (well under a second), not at the next key refresh.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use lianyu_proto::identity::internal::v1::{
+    self as pb, MeshEventKind, directory_service_client::DirectoryServiceClient,
+};
+use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    KitError,
+    auth::TokenVerifier,
+    feed::Consumer,
+    ids::{MeshMemberId, ScopedMemberId},
+    peer::{Idempotency, Peer},
+};
+
+/// How long a lookup waits for others to share its call.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Ids per call (identity's limit).
+const MAX_BATCH: usize = 1000;
+/// Translations and decisions kept.
+const CACHE_ENTRIES: u64 = 100_000;
+/// The longest a cached consent decision is used.
+pub const DECISION_TTL: Duration = Duration::from_secs(30);
+
+/// One consent question: may `grantee` use the member, known through `grantor`, for `purpose`?
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Question {
+    pub member: MeshMemberId,
+    pub grantor: String,
+    pub grantee: String,
+    /// A `lianyu.common.v1.ConsentPurpose` number.
+    pub purpose: i32,
+}
+
+/// Identity's answer to a [`Question`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `consentReceipts/{id}` that allows it.
+    pub receipt: String,
+}
+
+struct Lookup {
+    partner: String,
+    scoped: ScopedMemberId,
+    reply: oneshot::Sender<Result<Option<MeshMemberId>, KitError>>,
+}
+
+/// The service's view of identity.
+#[derive(Clone)]
+pub struct Directory {
+    peer: Peer,
+    mesh: moka::sync::Cache<(String, ScopedMemberId), MeshMemberId>,
+    scoped: moka::sync::Cache<(String, MeshMemberId), ScopedMemberId>,
+    decisions: moka::sync::Cache<Question, Decision>,
+    lookups: mpsc::Sender<Lookup>,
+    /// Calls made to identity's `ResolveMeshIds`, for tests and metrics.
+    resolve_calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn unavailable(status: &tonic::Status) -> KitError {
+    KitError::Unavailable(
+        "IDENTITY_UNAVAILABLE",
+        format!(
+            "identity did not answer ({:?}); nothing was done, retry",
+            status.code()
+        ),
+    )
+}
+
+impl Directory {
+    /// A directory calling identity through `peer`; its batching task ends with `stopping`.
+    pub fn new(peer: Peer, stopping: CancellationToken) -> Self {
+        let (lookups, queue) = mpsc::channel(10_000);
+        let directory = Self {
+            peer,
+            mesh: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .support_invalidation_closures()
+                .build(),
+            scoped: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .support_invalidation_closures()
+                .build(),
+            decisions: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .time_to_live(DECISION_TTL)
+                .support_invalidation_closures()
+                .build(),
+            lookups,
+            resolve_calls: Arc::default(),
+        };
+        tokio::spawn(directory.clone().batch(queue, stopping));
+        directory
+    }
+
+    /// Calls made to `ResolveMeshIds` so far.
+    pub fn resolve_calls(&self) -> u64 {
+        self.resolve_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The mesh id behind `partner`'s scoped id; `None` when the partner holds no such member.
+    pub async fn mesh_id(
+        &self,
+        partner: &str,
+        scoped: &ScopedMemberId,
+    ) -> Result<Option<MeshMemberId>, KitError> {
+        let key = (partner.to_owned(), scoped.clone());
+        if let Some(mesh) = self.mesh.get(&key) {
+            return Ok(Some(mesh));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.lookups
+            .send(Lookup {
+                partner: partner.to_owned(),
+                scoped: scoped.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| unavailable(&tonic::Status::cancelled("shutting down")))?;
+        let wait = crate::peer::current_deadline().map_or(crate::server::PEER_DEADLINE, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(result)) => result,
+            _ => Err(unavailable(&tonic::Status::deadline_exceeded("no answer"))),
+        }
+    }
+
+    /// The mesh ids behind several of `partner`'s scoped ids, in order.
+    pub async fn mesh_ids(
+        &self,
+        partner: &str,
+        scoped: &[ScopedMemberId],
+    ) -> Result<Vec<Option<MeshMemberId>>, KitError> {
+        futures::future::try_join_all(scoped.iter().map(|s| self.mesh_id(partner, s))).await
+    }
+
+    /// `partner`'s scoped ids for `members`, in order: `None` for a member the partner may not
+    /// know (never enrolled with it, or erased there).
+    pub async fn scoped_ids(
+        &self,
+        partner: &str,
+        members: &[MeshMemberId],
+    ) -> Result<Vec<Option<ScopedMemberId>>, KitError> {
+        let mut out: Vec<Option<ScopedMemberId>> = members
+            .iter()
+            .map(|m| self.scoped.get(&(partner.to_owned(), m.clone())))
+            .collect();
+        let missing: Vec<usize> = (0..members.len()).filter(|i| out[*i].is_none()).collect();
+        for chunk in missing.chunks(MAX_BATCH) {
+            let request = pb::ScopeMemberIdsRequest {
+                partner: format!("partners/{partner}"),
+                mesh_members: chunk
+                    .iter()
+                    .map(|i| format!("meshMembers/{}", members[*i]))
+                    .collect(),
+            };
+            let reply = self
+                .peer
+                .call(Idempotency::Idempotent, request, |ch, r| async move {
+                    DirectoryServiceClient::new(ch).scope_member_ids(r).await
+                })
+                .await
+                .map_err(|s| unavailable(&s))?;
+            for (i, ids) in chunk.iter().zip(reply.members) {
+                if let Some(id) = ids.member.strip_prefix("members/") {
+                    let id = ScopedMemberId::new(id);
+                    self.scoped
+                        .insert((partner.to_owned(), members[*i].clone()), id.clone());
+                    out[*i] = Some(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Identity's decisions, asked now (for what moves value or data across partners), on
+    /// behalf of `acting` partner. Fails closed: UNAVAILABLE / IDENTITY_UNAVAILABLE.
+    pub async fn decide(
+        &self,
+        acting: &str,
+        questions: &[Question],
+    ) -> Result<Vec<Decision>, KitError> {
+        let mut out = Vec::with_capacity(questions.len());
+        for chunk in questions.chunks(MAX_BATCH) {
+            let request = pb::CheckConsentsRequest {
+                acting_partner: format!("partners/{acting}"),
+                checks: chunk
+                    .iter()
+                    .map(|q| pb::ConsentQuestion {
+                        mesh_member: format!("meshMembers/{}", q.member),
+                        grantor: format!("partners/{}", q.grantor),
+                        grantee: format!("partners/{}", q.grantee),
+                        purpose: q.purpose,
+                    })
+                    .collect(),
+            };
+            let reply = self
+                .peer
+                .call(Idempotency::Idempotent, request, |ch, r| async move {
+                    DirectoryServiceClient::new(ch).check_consents(r).await
+                })
+                .await
+                .map_err(|s| unavailable(&s))?;
+            for (q, d) in chunk.iter().zip(reply.decisions) {
+                let decision = Decision {
+                    allowed: d.allowed,
+                    receipt: d.consent_receipt,
+                };
+                self.decisions.insert(q.clone(), decision.clone());
+                out.push(decision);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decisions from the cache where it has them (at most [`DECISION_TTL`] old, and dropped
+    /// by the feed's consent events), identity's for the rest.
+    pub async fn decide_cached(
+        &self,
+        acting: &str,
+        questions: &[Question],
+    ) -> Result<Vec<Decision>, KitError> {
+        let cached: Vec<Option<Decision>> =
+            questions.iter().map(|q| self.decisions.get(q)).collect();
+        let missing: Vec<Question> = questions
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(q, _)| q.clone())
+            .collect();
+        let mut asked = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.decide(acting, &missing).await?
+        }
+        .into_iter();
+        Ok(cached
+            .into_iter()
+            .map(|c| c.unwrap_or_else(|| asked.next().unwrap_or_default()))
+            .collect())
+    }
+
+    /// Drops everything cached about `member`.
+    pub fn forget(&self, member: &MeshMemberId) {
+        let m = member.clone();
+        let _ = self.mesh.invalidate_entries_if(move |_, v| *v == m);
+        let m = member.clone();
+        let _ = self.scoped.invalidate_entries_if(move |k, _| k.1 == m);
+        let m = member.clone();
+        let _ = self
+            .decisions
+            .invalidate_entries_if(move |k, _| k.member == m);
+    }
+
+    /// Applies one mesh event to the caches and `verifier`.
+    pub fn apply(&self, event: &pb::WatchMeshEventsResponse, verifier: &TokenVerifier) {
+        let member = |name: &str| name.strip_prefix("meshMembers/").map(MeshMemberId::new);
+        let partner = event.partner.strip_prefix("partners/").unwrap_or_default();
+        match event.kind() {
+            MeshEventKind::MembersMerged
+            | MeshEventKind::MemberErased
+            | MeshEventKind::ConsentWithdrawn
+            | MeshEventKind::ConsentGranted => {
+                for m in [&event.mesh_member, &event.into_mesh_member]
+                    .into_iter()
+                    .filter_map(|n| member(n))
+                {
+                    self.forget(&m);
+                }
+            }
+            MeshEventKind::CredentialRevoked => verifier.revoke(&event.credential),
+            MeshEventKind::PartnerSuspended => verifier.set_partner_suspended(partner, true),
+            MeshEventKind::PartnerReinstated => verifier.set_partner_suspended(partner, false),
+            MeshEventKind::Unspecified => {}
+        }
+    }
+
+    /// Follows identity's mesh feed until `stopping`, its cursor stored in `db` (the consuming
+    /// service's own database) with each applied event; reconnects with backoff.
+    pub async fn follow(
+        self,
+        db: DatabaseConnection,
+        consumer: String,
+        verifier: Arc<TokenVerifier>,
+        stopping: CancellationToken,
+    ) {
+        let peer = self.peer.clone();
+        let consumer = Consumer::new(db, consumer);
+        let result = consumer
+            .run(
+                |cursor| {
+                    let peer = peer.clone();
+                    async move {
+                        let request = pb::WatchMeshEventsRequest {
+                            after: Some(lianyu_proto::common::v1::FeedCursor { sequence: cursor }),
+                        };
+                        let stream = peer
+                            .open_stream(request, |ch, r| async move {
+                                DirectoryServiceClient::new(ch).watch_mesh_events(r).await
+                            })
+                            .await?;
+                        Ok(futures::StreamExt::map(stream, |item| {
+                            item.map(|e| (e.cursor.map_or(0, |c| c.sequence), e))
+                        }))
+                    }
+                },
+                |_txn, event| {
+                    self.apply(&event, &verifier);
+                    Box::pin(async { Ok(()) })
+                },
+                stopping,
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the mesh feed's cursor cannot be stored; following stopped");
+        }
+    }
+
+    /// Lookups that arrive within [`BATCH_WINDOW`] of the first go out together, one call per
+    /// partner, each answered from it.
+    async fn batch(self, mut queue: mpsc::Receiver<Lookup>, stopping: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                next = queue.recv() => match next { Some(l) => l, None => return },
+                () = stopping.cancelled() => return,
+            };
+            let mut batch = vec![first];
+            let until = tokio::time::Instant::now() + BATCH_WINDOW;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(until, queue.recv()).await {
+                    Ok(Some(lookup)) => batch.push(lookup),
+                    _ => break,
+                }
+            }
+            let mut by_partner: HashMap<String, Vec<Lookup>> = HashMap::new();
+            for lookup in batch {
+                by_partner
+                    .entry(lookup.partner.clone())
+                    .or_default()
+                    .push(lookup);
+            }
+            for (partner, lookups) in by_partner {
+                tokio::spawn(self.clone().resolve(partner, lookups));
+            }
+        }
+    }
+
+    async fn resolve(self, partner: String, lookups: Vec<Lookup>) {
+        let mut ids: Vec<ScopedMemberId> = lookups.iter().map(|l| l.scoped.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let request = pb::ResolveMeshIdsRequest {
+            partner: format!("partners/{partner}"),
+            members: ids.iter().map(|s| format!("members/{s}")).collect(),
+        };
+        self.resolve_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reply = self
+            .peer
+            .call(Idempotency::Idempotent, request, |ch, r| async move {
+                DirectoryServiceClient::new(ch).resolve_mesh_ids(r).await
+            })
+            .await;
+        match reply {
+            Ok(reply) => {
+                let found: HashMap<ScopedMemberId, MeshMemberId> = ids
+                    .into_iter()
+                    .zip(reply.members)
+                    .filter_map(|(scoped, m)| {
+                        let mesh = m.mesh_member.strip_prefix("meshMembers/")?;
+                        Some((scoped, MeshMemberId::new(mesh)))
+                    })
+                    .collect();
+                for (scoped, mesh) in &found {
+                    self.mesh
+                        .insert((partner.clone(), scoped.clone()), mesh.clone());
+                }
+                for lookup in lookups {
+                    let _ = lookup.reply.send(Ok(found.get(&lookup.scoped).cloned()));
+                }
+            }
+            Err(status) => {
+                for lookup in lookups {
+                    let _ = lookup.reply.send(Err(unavailable(&status)));
+                }
+            }
+        }
+    }
+}
