@@ -25,6 +25,8 @@ pub(crate) struct Api {
     store: Store,
     tokens: Tokens,
     mutations: Mutations<IdentityError>,
+    /// Enrolment, the hot write path: concurrent enrolments share transactions and commits.
+    enrolments: Mutations<IdentityError>,
 }
 
 pub(crate) use auth::{REVOKED_FOR_MILLIS, Tokens};
@@ -46,6 +48,7 @@ pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
     let api = Api {
         store,
         tokens,
+        enrolments: mutations.clone().grouped(),
         mutations,
     };
     lianyu_kit::mount!(

@@ -5,12 +5,12 @@
 use prost::Message;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 
 use crate::{
     error::{KitError, ServiceError},
+    group::Writer,
     storage::{StorageError, entities::idempotency_key, now_millis},
 };
 
@@ -75,7 +75,7 @@ const RACE_RETRIES: u32 = 4;
 /// pause) on the data as it now is, instead of surfacing ALREADY_EXISTS or ABORTED to a caller
 /// who did nothing wrong. Its transaction was rolled back, so nothing of the lost try remains.
 pub async fn once_about<Req, Resp, E, F>(
-    db: &DatabaseConnection,
+    writer: &Writer,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     request: &Req,
@@ -91,7 +91,7 @@ where
     let hash = at_rest.digest(&request.encode_to_vec());
     let mut tries = 0;
     loop {
-        match try_once(db, at_rest, key, &hash, effect.clone()).await {
+        match try_once(writer, at_rest, key, &hash, effect.clone()).await {
             Err(e) if tries < RACE_RETRIES && lost_a_race(&e) => {
                 tries += 1;
                 let pause = rand::random::<u64>() % (2 << tries);
@@ -107,8 +107,19 @@ fn lost_a_race<E: ServiceError>(e: &E) -> bool {
     matches!(e.reason(), "CONCURRENT_UPDATE" | "ALREADY_EXISTS")
 }
 
+/// How one attempt inside the writer's transaction ended.
+enum Attempt<Resp, E> {
+    /// The effect ran and its reply is stored: keep it.
+    Done(Resp),
+    /// The effect refused (or failed): undo it.
+    Failed(E),
+    /// The request id is already stored (a replay, or a concurrent twin that committed
+    /// first): undo ours and answer with what is stored.
+    Stored,
+}
+
 async fn try_once<Resp, E, F>(
-    db: &DatabaseConnection,
+    writer: &Writer,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     hash: &[u8],
@@ -119,42 +130,47 @@ where
     E: From<KitError> + ServiceError,
     F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E>,
 {
-    let txn = db.begin().await.map_err(kit)?;
-    let (response, subject) = match effect(&txn).await {
-        Ok(done) => done,
-        Err(error) => {
-            drop(txn);
+    let attempt = writer
+        .transact(async |txn| {
+            let (response, subject) = match effect(txn).await {
+                Ok(done) => done,
+                Err(error) => return Err(Attempt::Failed(error)),
+            };
+            let row = idempotency_key::ActiveModel {
+                partner_id: Set(key.partner_id.to_owned()),
+                method: Set(key.method.to_owned()),
+                request_id: Set(key.request_id.to_owned()),
+                request_hash: Set(hash.to_vec()),
+                response: Set(at_rest.seal(&response.encode_to_vec())),
+                created_at: Set(now_millis()),
+                subject: Set(subject.map(|s| subject_digest(at_rest, &s))),
+                erased_at: Set(None),
+            };
+            match row.insert(txn).await.map_err(StorageError::from) {
+                Ok(_) => Ok(Attempt::Done(response)),
+                Err(StorageError::AlreadyExists) => Err(Attempt::Stored),
+                Err(other) => Err(Attempt::Failed(KitError::from(other).into())),
+            }
+        })
+        .await
+        .map_err(kit)?;
+    let db = writer.db();
+    match attempt {
+        Ok(Attempt::Done(response)) => Ok(response),
+        Err(Attempt::Failed(error)) => {
             if let Some(stored) = replay(db, at_rest, key, hash).await? {
                 return Ok(stored);
             }
-            return Err(error);
+            Err(error)
         }
-    };
-    let row = idempotency_key::ActiveModel {
-        partner_id: Set(key.partner_id.to_owned()),
-        method: Set(key.method.to_owned()),
-        request_id: Set(key.request_id.to_owned()),
-        request_hash: Set(hash.to_vec()),
-        response: Set(at_rest.seal(&response.encode_to_vec())),
-        created_at: Set(now_millis()),
-        subject: Set(subject.map(|s| subject_digest(at_rest, &s))),
-        erased_at: Set(None),
-    };
-    if let Err(err) = row.insert(&txn).await {
-        return match StorageError::from(err) {
-            // A replay, or a concurrent call with the same id that committed first: ours
-            // rolls back (the transaction is dropped) and the caller gets what was stored.
-            StorageError::AlreadyExists => {
-                drop(txn);
-                replay(db, at_rest, key, hash)
-                    .await?
-                    .ok_or_else(|| kit(StorageError::NotFound).into())
-            }
-            other => Err(KitError::from(other).into()),
-        };
+        Err(Attempt::Stored) => replay(db, at_rest, key, hash)
+            .await?
+            .ok_or_else(|| kit(StorageError::NotFound).into()),
+        // The body keeps only Done and undoes only the rest.
+        Ok(_) | Err(Attempt::Done(_)) => {
+            Err(KitError::Internal("group commit mixed up an attempt".into()).into())
+        }
     }
-    txn.commit().await.map_err(kit)?;
-    Ok(response)
 }
 
 /// The keyed digest a subject is stored under.

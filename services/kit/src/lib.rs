@@ -11,6 +11,7 @@ pub mod dbhealth;
 pub mod directory;
 pub mod error;
 pub mod feed;
+pub mod group;
 pub mod idempotency;
 pub mod ids;
 pub mod jobs;

@@ -13,6 +13,7 @@ use crate::{
     call::Call,
     error::{KitError, ServiceError},
     feed::Feed,
+    group::Writer,
     idempotency::{self, AtRest, CallKey, Plain},
 };
 
@@ -22,7 +23,7 @@ pub type BeforeReply = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> 
 
 /// A service's mutation pipeline, answering with the service's error type `E`; cheap to clone.
 pub struct Mutations<E> {
-    db: DatabaseConnection,
+    writer: Writer,
     at_rest: Arc<dyn AtRest>,
     feed: Option<Feed>,
     before_reply: Option<BeforeReply>,
@@ -32,7 +33,7 @@ pub struct Mutations<E> {
 impl<E> Clone for Mutations<E> {
     fn clone(&self) -> Self {
         Self {
-            db: self.db.clone(),
+            writer: self.writer.clone(),
             at_rest: self.at_rest.clone(),
             feed: self.feed.clone(),
             before_reply: self.before_reply.clone(),
@@ -45,12 +46,25 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
     /// Mutations on `db` whose replies are stored as they are.
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
-            db,
+            writer: Writer::direct(db),
             at_rest: Arc::new(Plain),
             feed: None,
             before_reply: None,
             error: PhantomData,
         }
+    }
+
+    /// Concurrent mutations share transactions and commits ([`crate::group`]): for a hot write
+    /// path (enrolment, claims, orders). Each caller still hears back only after the commit
+    /// that holds its write.
+    pub fn grouped(mut self) -> Self {
+        self.writer = Writer::grouped(self.writer.db().clone());
+        self
+    }
+
+    /// (commits, mutations committed) by a grouped pipeline; `None` otherwise.
+    pub fn batching(&self) -> Option<(usize, usize)> {
+        self.writer.batching()
     }
 
     /// Stores requests' digests and replies through `at_rest` (a service whose replies carry
@@ -110,7 +124,8 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         };
         let appended = self.feed.as_ref().map(Feed::appended);
         let reply =
-            idempotency::once_about(&self.db, self.at_rest.as_ref(), key, request, effect).await?;
+            idempotency::once_about(&self.writer, self.at_rest.as_ref(), key, request, effect)
+                .await?;
         if let Some(feed) = &self.feed
             && Some(feed.appended()) != appended
         {

@@ -39,7 +39,7 @@ pub use migration::{
 };
 
 /// A storage failure, classified once at the store boundary.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StorageError {
     /// ALREADY_EXISTS, reason ALREADY_EXISTS: a unique constraint was violated.
     #[error("already exists")]

@@ -35,7 +35,7 @@ impl MemberService for Api {
         let r = request.into_inner();
         let (ids, fields) = enrolment(&r, &who.partner_id).map_err(status)?;
         let out = self
-            .mutations
+            .enrolments
             .run_about(&call, &r.request_id, &r, async |txn| {
                 let enrolled = self
                     .store

@@ -1,0 +1,348 @@
+//! Group commit: concurrent mutations of one service share one transaction and one commit
+//! (one flush on PostgreSQL, one turn of SQLite's single writer) instead of paying for their
+//! own. Each runs inside a savepoint of the shared transaction, so a failure rolls back only
+//! itself; and no caller is answered before the commit that holds its write — when that
+//! commit fails, every member of the batch gets the failure and nothing of theirs was written.
+//!
+//! Batches form by themselves: while one mutation runs its effect, the others queue for the
+//! transaction; the last of a run of queued mutations (or the one that fills the batch)
+//! commits. A mutation arriving at an idle writer commits alone, at once — group commit adds
+//! no waiting when there is nothing to group. A member cancelled before it could commit (its
+//! caller went away) leaves the commit to the members still waiting.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use tokio::sync::{Mutex, MutexGuard, watch};
+
+use crate::storage::StorageError;
+
+/// Mutations per shared transaction at most: bounds how long the first one waits.
+pub const MAX_BATCH: usize = 128;
+
+/// How often a waiting member checks that its batch has not been orphaned.
+const ORPHAN_CHECK: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How a batch's commit ended, for every member to read.
+type Outcome = Option<Result<(), StorageError>>;
+
+struct Batch {
+    txn: Option<DatabaseTransaction>,
+    /// Which batch is open: a waiting member commits an orphaned batch only if it is its own.
+    generation: u64,
+    members: usize,
+    done: watch::Sender<Outcome>,
+}
+
+/// Counts a mutation as queued until it holds the batch, or is cancelled while waiting.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct Group {
+    batch: Mutex<Batch>,
+    /// Mutations waiting for the batch's lock.
+    queued: AtomicUsize,
+    /// Commits made, and mutations committed: their ratio is the mean batch size.
+    commits: AtomicUsize,
+    committed: AtomicUsize,
+}
+
+impl Group {
+    /// Commits the open batch and tells its members how it went. The lock is let go first, so
+    /// the next batch may begin (on PostgreSQL, on another connection) during the commit.
+    async fn commit(&self, mut batch: MutexGuard<'_, Batch>) {
+        let Some(txn) = batch.txn.take() else {
+            return;
+        };
+        let members = batch.members;
+        let signal = batch.done.clone();
+        drop(batch);
+        let committed = txn.commit().await.map_err(StorageError::from);
+        if committed.is_ok() {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.committed.fetch_add(members, Ordering::Relaxed);
+        }
+        signal.send_replace(Some(committed));
+    }
+}
+
+/// A service's writer: one transaction per mutation, or shared ones.
+#[derive(Clone)]
+pub struct Writer {
+    db: DatabaseConnection,
+    group: Option<Arc<Group>>,
+}
+
+impl Writer {
+    /// One transaction per mutation.
+    pub fn direct(db: DatabaseConnection) -> Self {
+        Self { db, group: None }
+    }
+
+    /// Concurrent mutations share transactions (see the module).
+    pub fn grouped(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            group: Some(Arc::new(Group {
+                batch: Mutex::new(Batch {
+                    txn: None,
+                    generation: 0,
+                    members: 0,
+                    done: watch::Sender::new(None),
+                }),
+                queued: AtomicUsize::new(0),
+                commits: AtomicUsize::new(0),
+                committed: AtomicUsize::new(0),
+            })),
+        }
+    }
+
+    /// The database written to.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// (commits, mutations committed) so far; `None` for a direct writer.
+    pub fn batching(&self) -> Option<(usize, usize)> {
+        self.group.as_ref().map(|g| {
+            (
+                g.commits.load(Ordering::Relaxed),
+                g.committed.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Runs `body` in a transaction: `Ok` keeps its writes, `Err` rolls them back (only its
+    /// own, in a shared transaction). Returns once what `body` kept is committed; the outer
+    /// error is a failed begin or commit, after which nothing of `body`'s was written.
+    pub async fn transact<T, F>(&self, body: F) -> Result<Result<T, T>, StorageError>
+    where
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<T, T>,
+    {
+        let Some(group) = &self.group else {
+            let txn = self.db.begin().await?;
+            return match body(&txn).await {
+                Ok(kept) => {
+                    txn.commit().await?;
+                    Ok(Ok(kept))
+                }
+                Err(undone) => {
+                    drop(txn);
+                    Ok(Err(undone))
+                }
+            };
+        };
+        let queued = Queued::new(&group.queued);
+        let mut batch = group.batch.lock().await;
+        drop(queued);
+        if batch.txn.is_none() {
+            batch.txn = Some(self.db.begin().await?);
+            batch.generation += 1;
+            batch.members = 0;
+            batch.done = watch::Sender::new(None);
+        }
+        let generation = batch.generation;
+        let outcome = match batch.txn.as_ref() {
+            Some(txn) => run_in_savepoint(txn, body).await,
+            None => Err(StorageError::Other(
+                "group commit lost its transaction".into(),
+            )),
+        };
+        if outcome.is_err() {
+            // The shared transaction is unusable (a savepoint could not be made or
+            // released): the whole batch fails, and the next mutation starts afresh.
+            let failed = batch.txn.take();
+            let error = outcome.as_ref().err().cloned();
+            batch.done.send_replace(error.map(Err));
+            drop(failed);
+        }
+        batch.members += 1;
+        let mut done = batch.done.subscribe();
+        // The last of the queue, or a full batch, commits; the others wait for it.
+        if group.queued.load(Ordering::SeqCst) == 0 || batch.members >= MAX_BATCH {
+            group.commit(batch).await;
+        } else {
+            drop(batch);
+        }
+        let outcome = outcome?;
+        if let Err(undone) = outcome {
+            // Rolled back already: nothing of it waits on the commit.
+            return Ok(Err(undone));
+        }
+        let committed = loop {
+            if let Some(result) = done.borrow_and_update().clone() {
+                break result;
+            }
+            tokio::select! {
+                changed = done.changed() => {
+                    if changed.is_err() {
+                        break Err(StorageError::Other("group commit ended without committing".into()));
+                    }
+                }
+                () = tokio::time::sleep(ORPHAN_CHECK) => {
+                    // The member that was to commit was cancelled: commit in its place.
+                    if let Ok(batch) = group.batch.try_lock()
+                        && batch.generation == generation
+                        && batch.txn.is_some()
+                        && group.queued.load(Ordering::SeqCst) == 0
+                    {
+                        group.commit(batch).await;
+                    }
+                }
+            }
+        };
+        committed?;
+        Ok(outcome)
+    }
+}
+
+/// `body` inside a savepoint of `txn`: released when it keeps its writes, rolled back when not.
+async fn run_in_savepoint<T, F>(
+    txn: &DatabaseTransaction,
+    body: F,
+) -> Result<Result<T, T>, StorageError>
+where
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<T, T>,
+{
+    let savepoint = txn.begin().await?;
+    match body(&savepoint).await {
+        Ok(kept) => {
+            savepoint.commit().await?;
+            Ok(Ok(kept))
+        }
+        Err(undone) => {
+            savepoint.rollback().await?;
+            Ok(Err(undone))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    use super::*;
+
+    async fn database(dir: &tempfile::TempDir) -> DatabaseConnection {
+        let url = format!("sqlite://{}/group.db?mode=rwc", dir.path().display());
+        let db = crate::storage::connect(&url, "group", None).await.unwrap();
+        for sql in [
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)",
+            "INSERT INTO parent (id) VALUES (1)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        db
+    }
+
+    async fn children(db: &DatabaseConnection) -> Vec<i64> {
+        db.query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT id FROM child ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
+        .collect()
+    }
+
+    /// Inserts child `id` under `parent`; odd ids under `refuse` are undone by their body.
+    async fn insert(
+        writer: &Writer,
+        id: i64,
+        parent: i64,
+        refuse: bool,
+    ) -> Result<Result<i64, i64>, StorageError> {
+        writer
+            .transact(async |txn| {
+                let inserted = txn
+                    .execute_unprepared(&format!(
+                        "INSERT INTO child (id, parent) VALUES ({id}, {parent})"
+                    ))
+                    .await;
+                if inserted.is_err() || (refuse && id % 2 == 1) {
+                    Err(id)
+                } else {
+                    Ok(id)
+                }
+            })
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_mutations_share_commits_and_a_refusal_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        let writer = Writer::grouped(db.clone());
+        let results = futures::future::join_all((1..=200).map(|id| {
+            let writer = writer.clone();
+            async move { insert(&writer, id, 1, true).await }
+        }))
+        .await;
+        let kept: Vec<i64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().unwrap().as_ref().ok().copied())
+            .collect();
+        assert_eq!(kept, (1..=200).filter(|i| i % 2 == 0).collect::<Vec<_>>());
+        assert_eq!(
+            children(&db).await,
+            kept,
+            "exactly the kept ones were written"
+        );
+        let (commits, committed) = writer.batching().unwrap();
+        assert_eq!(committed, 200, "refused members still ride in a batch");
+        assert!(
+            commits < 200,
+            "{commits} commits for 200 mutations: nothing was grouped"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_the_shared_commit_fails_no_member_is_told_it_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        db.execute_unprepared("PRAGMA foreign_keys = ON")
+            .await
+            .unwrap();
+        let writer = Writer::grouped(db.clone());
+        // One member breaks a deferred constraint: its savepoint is fine, the commit is not.
+        let results = futures::future::join_all((1..=50).map(|id| {
+            let writer = writer.clone();
+            async move { insert(&writer, id, if id == 25 { 99 } else { 1 }, false).await }
+        }))
+        .await;
+        let written = children(&db).await;
+        for (id, result) in (1..=50).zip(&results) {
+            match result {
+                Ok(Ok(_)) => assert!(
+                    written.contains(&id),
+                    "{id} was acknowledged but not written"
+                ),
+                Ok(Err(_)) => unreachable!("no body refused"),
+                Err(_) => assert!(!written.contains(&id), "{id} failed but was written"),
+            }
+        }
+        assert!(
+            results.iter().any(Result::is_err),
+            "the broken commit failed someone"
+        );
+        assert!(!written.contains(&25));
+    }
+}
