@@ -20,6 +20,9 @@ use tokio::sync::{Mutex, MutexGuard, watch};
 
 use crate::storage::StorageError;
 
+/// Shared transactions open at once on PostgreSQL (each on its own pooled connection).
+pub const POSTGRES_LANES: usize = 8;
+
 /// Mutations per shared transaction at most: bounds how long the first one waits.
 pub const MAX_BATCH: usize = 128;
 
@@ -85,30 +88,45 @@ impl Group {
 #[derive(Clone)]
 pub struct Writer {
     db: DatabaseConnection,
-    group: Option<Arc<Group>>,
+    /// The shared transactions open at once: one on SQLite (its single writer), several on
+    /// PostgreSQL, whose writers run in parallel — one batch at a time would serialise them.
+    lanes: Arc<[Group]>,
+    next: Arc<AtomicUsize>,
 }
 
 impl Writer {
     /// One transaction per mutation.
     pub fn direct(db: DatabaseConnection) -> Self {
-        Self { db, group: None }
-    }
-
-    /// Concurrent mutations share transactions (see the module).
-    pub fn grouped(db: DatabaseConnection) -> Self {
         Self {
             db,
-            group: Some(Arc::new(Group {
-                batch: Mutex::new(Batch {
-                    txn: None,
-                    generation: 0,
-                    members: 0,
-                    done: watch::Sender::new(None),
-                }),
-                queued: AtomicUsize::new(0),
-                commits: AtomicUsize::new(0),
-                committed: AtomicUsize::new(0),
-            })),
+            lanes: Arc::from(Vec::new()),
+            next: Arc::default(),
+        }
+    }
+
+    /// Concurrent mutations share transactions (see the module): one lane of batches on
+    /// SQLite, [`POSTGRES_LANES`] on PostgreSQL.
+    pub fn grouped(db: DatabaseConnection) -> Self {
+        let lanes = match db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => POSTGRES_LANES,
+            _ => 1,
+        };
+        Self {
+            db,
+            lanes: (0..lanes)
+                .map(|_| Group {
+                    batch: Mutex::new(Batch {
+                        txn: None,
+                        generation: 0,
+                        members: 0,
+                        done: watch::Sender::new(None),
+                    }),
+                    queued: AtomicUsize::new(0),
+                    commits: AtomicUsize::new(0),
+                    committed: AtomicUsize::new(0),
+                })
+                .collect(),
+            next: Arc::default(),
         }
     }
 
@@ -119,12 +137,15 @@ impl Writer {
 
     /// (commits, mutations committed) so far; `None` for a direct writer.
     pub fn batching(&self) -> Option<(usize, usize)> {
-        self.group.as_ref().map(|g| {
+        if self.lanes.is_empty() {
+            return None;
+        }
+        Some(self.lanes.iter().fold((0, 0), |(c, m), g| {
             (
-                g.commits.load(Ordering::Relaxed),
-                g.committed.load(Ordering::Relaxed),
+                c + g.commits.load(Ordering::Relaxed),
+                m + g.committed.load(Ordering::Relaxed),
             )
-        })
+        }))
     }
 
     /// Runs `body` in a transaction: `Ok` keeps its writes, `Err` rolls them back (only its
@@ -134,7 +155,14 @@ impl Writer {
     where
         F: AsyncFnOnce(&DatabaseTransaction) -> Result<T, T>,
     {
-        let Some(group) = &self.group else {
+        let lane = match self.lanes.len() {
+            0 => None,
+            1 => self.lanes.first(),
+            n => self
+                .lanes
+                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
+        };
+        let Some(group) = lane else {
             let txn = self.db.begin().await?;
             return match body(&txn).await {
                 Ok(kept) => {

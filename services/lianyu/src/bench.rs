@@ -26,7 +26,13 @@ pub use setup::Target;
 /// What a run drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// The standard health Check: the empty-RPC ceiling every figure is compared with.
+    /// Every scenario below, in order, beside the baseline (and bare beside it).
+    All,
+    /// A plain tonic health server in the same process, with none of the kit's layers (auth,
+    /// limits, telemetry): what the kit's layers cost is baseline against bare.
+    Bare,
+    /// The standard health Check through the mesh's full stack: the empty-RPC ceiling every
+    /// other figure is compared with.
     Baseline,
     /// CheckConsent for one member, the hot path of every other service.
     ConsentCheck,
@@ -39,8 +45,20 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// What `all` runs, in order.
+    pub const EVERY: [Scenario; 6] = [
+        Scenario::Bare,
+        Scenario::Baseline,
+        Scenario::ConsentCheck,
+        Scenario::BatchConsentCheck,
+        Scenario::Enroll,
+        Scenario::IdleStreams,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
+            Scenario::All => "all",
+            Scenario::Bare => "bare",
             Scenario::Baseline => "baseline",
             Scenario::ConsentCheck => "consent-check",
             Scenario::BatchConsentCheck => "batch-consent-check",
@@ -173,7 +191,8 @@ impl Caller {
         self.seq += 1;
         let pick = |n: u64| (n as usize).wrapping_mul(2_654_435_761) % self.ids.len().max(1);
         let result = match scenario {
-            Scenario::Baseline => self
+            // Bare is the same call to a server without the kit's layers.
+            Scenario::Baseline | Scenario::Bare => self
                 .health
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
@@ -199,8 +218,8 @@ impl Caller {
                 };
                 self.consents.batch_check_consent(request).await.map(drop)
             }
-            // Measured by `streams::idle_streams`, not by a call loop.
-            Scenario::IdleStreams => Ok(()),
+            // Measured by `streams::idle_streams`, not by a call loop; `all` is expanded first.
+            Scenario::IdleStreams | Scenario::All => Ok(()),
             Scenario::Enroll => {
                 // A fresh mainland mobile number per call: "13", run (1 digit: 130-139 are all
                 // mobile prefixes), worker (3), sequence (5).
@@ -226,4 +245,18 @@ impl Caller {
         };
         result.map_err(|status| status.code())
     }
+}
+
+/// A plain tonic server with the standard health service and nothing else — no auth, no
+/// admission limits, no telemetry — on `listener`, for the `bare` scenario.
+pub async fn serve_bare(listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming(incoming)
+        .await
 }

@@ -36,7 +36,8 @@ enum Command {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The scenario; `all` runs every one after the baseline and shows each as a share of it.
+    /// The scenario; `all` runs every one: bare (a plain tonic server), the baseline through the
+    /// kit's layers (shown as a share of bare), then each other as a share of the baseline.
     #[arg(value_parser = parse_scenarios)]
     scenario: Vec<lianyu::bench::Scenario>,
     /// A running mesh (http://host:port); by default bench starts its own on embedded SQLite.
@@ -286,10 +287,17 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use lianyu::bench::{Load, Scenario, Target};
-    let scenarios = if args.scenario.is_empty() {
-        bail!(
-            "name a scenario: baseline, consent-check, batch-consent-check, enroll, idle-streams (or several)"
-        );
+    let names = || {
+        Scenario::EVERY
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let scenarios: Vec<Scenario> = if args.scenario.is_empty() {
+        bail!("name a scenario: all, {} (or several)", names());
+    } else if args.scenario.contains(&Scenario::All) {
+        Scenario::EVERY.to_vec()
     } else {
         args.scenario.clone()
     };
@@ -345,6 +353,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: !args.json,
     };
     let mut baseline = None;
+    let mut bare_rps = None;
     for scenario in scenarios {
         if scenario == Scenario::IdleStreams {
             let report =
@@ -364,17 +373,32 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             }
             continue;
         }
-        let report = lianyu::bench::run(&target, scenario, &load).await;
+        let report = if scenario == Scenario::Bare {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let bare = format!("http://{}", listener.local_addr()?);
+            let server = tokio::spawn(lianyu::bench::serve_bare(listener));
+            lianyu_kit::client::connect_when_up(&bare, Duration::from_secs(10)).await?;
+            let report = lianyu::bench::run(&target.at(&bare)?, scenario, &load).await;
+            server.abort();
+            bare_rps = Some(report.requests_per_second);
+            report
+        } else {
+            lianyu::bench::run(&target, scenario, &load).await
+        };
         if scenario == Scenario::Baseline {
             baseline = Some(report.requests_per_second);
         }
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
-            println!(
-                "{}",
-                report.line(baseline.filter(|_| scenario != Scenario::Baseline))
-            );
+            // Each scenario as a share of the baseline; the baseline as a share of bare (what
+            // the kit's layers leave of a plain tonic server).
+            let reference = match scenario {
+                Scenario::Bare => None,
+                Scenario::Baseline => bare_rps,
+                _ => baseline,
+            };
+            println!("{}", report.line(reference));
         }
     }
     Ok(())

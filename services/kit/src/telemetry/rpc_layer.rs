@@ -89,14 +89,17 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
+        // Every known RPC's name is a static string (no allocation per call); anything else
+        // is one label, so a prober cannot grow the metrics' label sets.
+        let path = static_path(request.uri().path());
         let (service, method) = path
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("unknown", "unknown"));
-        let (service, method) = (service.to_owned(), method.to_owned());
-        let parent =
-            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+        // Most calls carry no trace context: do not ask the propagator to find none.
+        let parent = request.headers().contains_key("traceparent").then(|| {
+            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())))
+        });
         let span = tracing::info_span!(
             "rpc",
             otel.name = %path,
@@ -107,7 +110,9 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
             lianyu.partner = tracing::field::Empty,
         );
-        let _ = span.set_parent(parent);
+        if let Some(parent) = parent {
+            let _ = span.set_parent(parent);
+        }
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = span.in_scope(|| self.inner.call(request));
@@ -159,4 +164,18 @@ fn is_server_fault(code: tonic::Code) -> bool {
         code,
         Unknown | DeadlineExceeded | ResourceExhausted | Internal | Unavailable | DataLoss
     )
+}
+
+/// The static copy of a path the mesh serves: a Lianyu RPC, health or reflection; every other
+/// path is reported as `/unknown/unknown`.
+fn static_path(path: &str) -> &'static str {
+    const OTHERS: [&str; 4] = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    lianyu_proto::access::path(path)
+        .or_else(|| OTHERS.iter().find(|p| **p == path).copied())
+        .unwrap_or("/unknown/unknown")
 }

@@ -188,6 +188,16 @@ impl Target {
     }
 
     /// A new HTTP/2 connection (connections are opened lazily on first use).
+    /// The same target's tokens and members, its calls sent to `address` (the bare server).
+    pub fn at(&self, address: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            endpoint: Endpoint::from_shared(address.to_owned())?
+                .tcp_nodelay(true)
+                .timeout(Duration::from_secs(30)),
+            ..self.clone()
+        })
+    }
+
     pub fn channel(&self) -> Channel {
         self.endpoint.connect_lazy()
     }
