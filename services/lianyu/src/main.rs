@@ -36,8 +36,10 @@ enum Command {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The scenario; `all` runs every one: bare (a plain tonic server), the baseline through the
-    /// kit's layers (shown as a share of bare), then each other as a share of the baseline.
+    /// The scenario: all, bare, baseline, consent-check, batch-consent-check, enroll or
+    /// idle-streams (several may be named). `all` runs every one: bare (a plain tonic server),
+    /// the baseline through the kit's layers (shown as a share of bare), then each other as a
+    /// share of the baseline.
     #[arg(value_parser = parse_scenarios)]
     scenario: Vec<lianyu::bench::Scenario>,
     /// A running mesh (http://host:port); by default bench starts its own on embedded SQLite.
@@ -75,7 +77,16 @@ struct BenchArgs {
 
 fn parse_scenarios(s: &str) -> Result<lianyu::bench::Scenario, String> {
     use clap::ValueEnum;
-    lianyu::bench::Scenario::from_str(s, true)
+    lianyu::bench::Scenario::from_str(s, true).map_err(|_| {
+        format!(
+            "no scenario {s:?}; the scenarios are all, {}",
+            lianyu::bench::Scenario::EVERY
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 #[derive(Args)]

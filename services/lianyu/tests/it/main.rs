@@ -438,3 +438,63 @@ async fn no_acknowledged_enrolment_is_lost_when_the_process_is_killed() {
     }
     eprintln!("{} acknowledged enrolments survived SIGKILL", acked.len());
 }
+
+#[test]
+fn bench_all_runs_every_scenario_and_a_wrong_name_lists_them() {
+    let out = Command::new(BIN).args(["bench", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in [
+        "all",
+        "bare",
+        "baseline",
+        "consent-check",
+        "batch-consent-check",
+        "enroll",
+        "idle-streams",
+    ] {
+        assert!(err.contains(name), "{name} missing from: {err}");
+    }
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "all",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--members",
+            "20",
+            "--batch",
+            "10",
+            "--streams",
+            "20",
+            "--hold",
+            "200ms",
+            "--concurrency",
+            "4",
+        ])
+        .env_remove("LIANYU_MODE")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "bare",
+        "baseline",
+        "consent-check",
+        "batch-consent-check",
+        "enroll",
+        "idle-streams",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "no {name} line in:\n{text}"
+        );
+    }
+}
