@@ -105,6 +105,8 @@ async fn a_call_from_one_service_to_another_is_one_trace() {
     let db = lianyu_kit::testing::TestDatabase::new("trace_identity").await;
     let mut config = Config::local(data.path());
     config.set_database_url("identity", db.url.clone());
+    // The dev key both servers trust, made before either starts.
+    lianyu_kit::auth::Signer::load_or_create(data.path()).unwrap();
     let (listener, identity) = listen().await;
     tokio::spawn(lianyu_identity::run(
         config.clone(),

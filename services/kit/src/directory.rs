@@ -308,6 +308,7 @@ impl Directory {
         stopping: CancellationToken,
     ) {
         let peer = self.peer.clone();
+        let lag_name = consumer.clone();
         let consumer = Consumer::new(db, consumer);
         let result = consumer
             .run(
@@ -329,6 +330,12 @@ impl Directory {
                 },
                 |_txn, event| {
                     self.apply(&event, &verifier);
+                    if let Some(at) = &event.event_time {
+                        crate::feed::record_lag(
+                            &lag_name,
+                            at.seconds * 1000 + i64::from(at.nanos) / 1_000_000,
+                        );
+                    }
                     Box::pin(async { Ok(()) })
                 },
                 stopping,

@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-pub use consumer::{Consumer, Handled};
+pub use consumer::{Consumer, Handled, record_lag};
 
 use crate::storage::{
     StorageError,

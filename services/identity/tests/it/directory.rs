@@ -232,3 +232,176 @@ async fn when_identity_does_not_answer_every_question_fails_closed() {
             .unwrap_err(),
     );
 }
+
+/// A listener on `address` that can be bound again right after a server on it was killed.
+fn rebindable(address: std::net::SocketAddr) -> tokio::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(address).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+/// A consumer of identity's mesh feed keeps its cursor with each applied event; identity is
+/// killed (its task aborted: connections cut mid-stream) and restarted twice while events keep
+/// coming. Every event is applied exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_consumer_loses_and_repeats_nothing_when_the_feed_server_is_killed_mid_stream() {
+    use futures::StreamExt;
+    use lianyu_kit::feed::Consumer;
+    use lianyu_proto::identity::internal::v1 as internal;
+
+    let first = Identity::with_partners("dir_killed_feed").await;
+    let (brand, _mall) = first.shared_member("13800000301").await;
+    // Identity again, on an address of our own that survives restarts, same database and keys.
+    let address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let start = |config: lianyu_kit::Config| {
+        tokio::spawn(lianyu_identity::run(
+            config,
+            rebindable(address),
+            std::future::pending(),
+        ))
+    };
+    let mut server = start(first.config.clone());
+    let url = format!("http://{address}");
+    lianyu_kit::testing::connect(&url).await;
+
+    let mut config = first.config.clone();
+    config.set_peer_url("identity", url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    config.set_database_url(
+        "live",
+        format!("sqlite://{}/live.db?mode=rwc", dir.path().display()),
+    );
+    let db = lianyu_kit::storage::open::<KitTables>(&config, "live")
+        .await
+        .unwrap();
+    let ctx = ServerContext::new(config).unwrap();
+    let peer = ctx.peer("live", "identity").unwrap();
+    let applied = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let consumer = {
+        let (applied, stopping, peer) = (applied.clone(), ctx.stopping.clone(), peer.clone());
+        tokio::spawn(async move {
+            Consumer::new(db, "live:identity.mesh")
+                .run(
+                    |cursor| {
+                        let peer = peer.clone();
+                        async move {
+                            let stream = peer
+                                .open_stream(
+                                    internal::WatchMeshEventsRequest {
+                                        after: Some(lianyu_proto::common::v1::FeedCursor {
+                                            sequence: cursor,
+                                        }),
+                                    },
+                                    |ch, r| async move {
+                                        internal::directory_service_client::DirectoryServiceClient::new(ch)
+                                            .watch_mesh_events(r)
+                                            .await
+                                    },
+                                )
+                                .await?;
+                            Ok(stream.map(|e| e.map(|e| (e.cursor.map_or(0, |c| c.sequence), e))))
+                        }
+                    },
+                    move |_txn, event| {
+                        applied
+                            .lock()
+                            .unwrap()
+                            .push(event.cursor.map_or(0, |c| c.sequence));
+                        Box::pin(async { Ok(()) })
+                    },
+                    stopping,
+                )
+                .await
+        })
+    };
+    // Each grant and withdrawal is one mesh event.
+    let mut as_brand = identity_client(&first, &url);
+    let mut made = 0;
+    for round in 0..3 {
+        for i in 0..10 {
+            let purpose = ConsentPurpose::MarketingContact as i32;
+            let request_id = format!("r{round}-{i}");
+            if i % 2 == 0 {
+                as_brand
+                    .grant_consent(pb::GrantConsentRequest {
+                        request_id,
+                        ..grant(&brand, "mall-b", &[ConsentPurpose::MarketingContact])
+                    })
+                    .await
+                    .unwrap();
+            } else {
+                as_brand
+                    .withdraw_consent(pb::WithdrawConsentRequest {
+                        request_id,
+                        member: brand.clone(),
+                        grantee: "partners/mall-b".into(),
+                        purposes: vec![purpose],
+                    })
+                    .await
+                    .unwrap();
+            }
+            made += 1;
+        }
+        if round < 2 {
+            // Kill identity mid-stream and start it again on the same address.
+            server.abort();
+            let _ = server.await;
+            server = start(first.config.clone());
+            lianyu_kit::testing::connect(&url).await;
+            as_brand = identity_client(&first, &url);
+        }
+    }
+    // Every event identity made, once each, in order (polled, not slept on).
+    let expected: Vec<i64> = {
+        let mut all = Vec::new();
+        let mut stream = first
+            .directory(&first.service_token("live"))
+            .watch_mesh_events(internal::WatchMeshEventsRequest { after: None })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Ok(Some(Ok(e))) =
+            tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+        {
+            all.push(e.cursor.unwrap().sequence);
+        }
+        all
+    };
+    assert!(
+        expected.len() >= made,
+        "{} events for {made} changes",
+        expected.len()
+    );
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        seen = applied.lock().unwrap().clone();
+        if seen.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        seen, expected,
+        "applied exactly the feed, once each, in order"
+    );
+    ctx.stopping.cancel();
+    consumer.await.unwrap().unwrap();
+}
+
+/// A consent client of `identity`'s data and keys, talking to the server at `url`.
+fn identity_client(
+    identity: &Identity,
+    url: &str,
+) -> pb::consent_service_client::ConsentServiceClient<crate::harness::Auth> {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect_lazy();
+    pb::consent_service_client::ConsentServiceClient::new(tonic::codegen::InterceptedService::new(
+        channel,
+        crate::harness::Bearer::new(&identity.partner_token("brand-a")),
+    ))
+}

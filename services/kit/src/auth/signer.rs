@@ -131,9 +131,14 @@ impl Signer {
                     .key
                     .to_pkcs8_pem(LineEnding::LF)
                     .map_err(|e| SignerError::Sign(e.to_string()))?;
-                let path = dir.join(FILE);
-                write_private(&path, pem.as_bytes())?;
-                Ok(key)
+                // Written whole under a private name, then linked into place: two processes
+                // starting at once (`lianyu up` and `lianyu token`, two services of one data
+                // directory) never read half a key, and the second keeps the first's key.
+                if publish_private(&dir.join(FILE), pem.as_bytes())? {
+                    Ok(key)
+                } else {
+                    Self::load(dir)
+                }
             }
             other => other,
         }
@@ -240,10 +245,28 @@ pub fn load_or_create_local_secret(dir: &Path, name: &str) -> Result<[u8; 32], S
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::create_dir_all(dir)?;
             let secret: [u8; 32] = rand::random();
-            write_private(&path, URL_SAFE_NO_PAD.encode(secret).as_bytes())?;
-            Ok(secret)
+            if publish_private(&path, URL_SAFE_NO_PAD.encode(secret).as_bytes())? {
+                Ok(secret)
+            } else {
+                load_or_create_local_secret(dir, name)
+            }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `contents` whole under a private name, then links it into place at `path`: two
+/// processes starting at once on one data directory never read half a file, and the second
+/// keeps the first's. `false` when another process got there first (read its file instead).
+fn publish_private(path: &Path, contents: &[u8]) -> io::Result<bool> {
+    let staging = path.with_extension(format!("staging-{}", uuid::Uuid::new_v4().simple()));
+    write_private(&staging, contents)?;
+    let linked = fs::hard_link(&staging, path);
+    let _ = fs::remove_file(&staging);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -261,4 +284,34 @@ fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     fs::write(path, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_starting_at_once_on_one_data_directory_share_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Signer::load_or_create(dir.path()).unwrap().key_id()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let secrets: Vec<[u8; 32]> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| load_or_create_local_secret(dir.path(), "master").unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(secrets.iter().all(|s| *s == secrets[0]));
+        // Nothing half-made is left behind.
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 }

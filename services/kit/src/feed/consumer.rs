@@ -128,8 +128,47 @@ impl Consumer {
             .await
             .map_err(StorageError::from)?;
         txn.commit().await.map_err(StorageError::from)?;
+        position_gauge().record(
+            seq,
+            &[opentelemetry::KeyValue::new("consumer", self.name.clone())],
+        );
         Ok(())
     }
+}
+
+/// `lianyu.feed.consumer.position`: the last sequence each consumer applied (compare with the
+/// producer's feed head; `lianyu.feed.consumer.lag` gives the lag in time where events carry one).
+fn position_gauge() -> &'static opentelemetry::metrics::Gauge<i64> {
+    static GAUGE: std::sync::OnceLock<opentelemetry::metrics::Gauge<i64>> =
+        std::sync::OnceLock::new();
+    GAUGE.get_or_init(|| {
+        opentelemetry::global::meter("lianyu")
+            .i64_gauge("lianyu.feed.consumer.position")
+            .with_description("The last feed sequence a consumer applied")
+            .build()
+    })
+}
+
+/// `lianyu.feed.consumer.lag`: seconds between an event's commit at its producer and its
+/// application here.
+pub fn record_lag(consumer: &str, event_millis: i64) {
+    static GAUGE: std::sync::OnceLock<opentelemetry::metrics::Gauge<f64>> =
+        std::sync::OnceLock::new();
+    let gauge = GAUGE.get_or_init(|| {
+        opentelemetry::global::meter("lianyu")
+            .f64_gauge("lianyu.feed.consumer.lag")
+            .with_unit("s")
+            .with_description("How far behind its producer a feed consumer is")
+            .build()
+    });
+    let lag = (crate::storage::now_millis() - event_millis).max(0) as f64 / 1000.0;
+    gauge.record(
+        lag,
+        &[opentelemetry::KeyValue::new(
+            "consumer",
+            consumer.to_owned(),
+        )],
+    );
 }
 
 async fn sleep_or_stop(shutdown: &CancellationToken, backoff: &mut Duration) {
