@@ -139,7 +139,7 @@ impl Directory {
             })
             .await
             .map_err(|_| unavailable(&tonic::Status::cancelled("shutting down")))?;
-        let wait = crate::peer::current_deadline().map_or(crate::server::PEER_DEADLINE, |d| {
+        let wait = crate::peer::current_deadline().map_or(crate::peer::PEER_DEADLINE, |d| {
             d.saturating_duration_since(tokio::time::Instant::now())
         });
         match tokio::time::timeout(wait, answer).await {

@@ -281,6 +281,9 @@ pub enum Idempotency {
     Once,
 }
 
+/// The longest a call to a peer may take when the served call set no shorter deadline.
+pub const PEER_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Attempts per idempotent call, the first included.
 const MAX_ATTEMPTS: u32 = 3;
 /// The first retry waits about this long (jittered ±50 %), doubling each time.

@@ -40,9 +40,6 @@ pub enum StartError {
     Peer(String),
 }
 
-/// The longest a call to a peer may take when the served call set no shorter deadline.
-pub const PEER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
-
 impl From<crate::storage::OpenError> for StartError {
     fn from(e: crate::storage::OpenError) -> Self {
         match e {
@@ -122,7 +119,7 @@ impl ServerContext {
         let channel = crate::client::peer(&url, Duration::from_secs(5))
             .map_err(|e| StartError::Peer(e.to_string()))?;
         let token = self.service_token(service)?;
-        Ok(Peer::new(peer, channel, token, PEER_DEADLINE))
+        Ok(Peer::new(peer, channel, token, crate::peer::PEER_DEADLINE))
     }
 
     /// `service`'s view of identity ([`Directory`](crate::directory::Directory)), following
