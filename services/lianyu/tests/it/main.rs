@@ -498,3 +498,24 @@ fn bench_all_runs_every_scenario_and_a_wrong_name_lists_them() {
         );
     }
 }
+
+#[test]
+fn token_never_mints_an_internal_scope_for_a_partner_or_the_operator() {
+    let data = tempfile::tempdir().unwrap();
+    lianyu_kit::auth::Signer::load_or_create(data.path()).unwrap();
+    let dir = data.path().to_str().unwrap();
+    for who in [&["--partner", "brand-a"][..], &["--operator"]] {
+        for scopes in ["identity.internal", "identity.read,identity.internal"] {
+            let out = Command::new(BIN)
+                .args(["token", "--data-dir", dir, "--scopes", scopes])
+                .args(who)
+                .env_remove("LIANYU_MODE")
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{who:?} {scopes}");
+            assert!(out.stdout.is_empty(), "no token printed");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("internal scope"), "{err}");
+        }
+    }
+}
