@@ -405,3 +405,59 @@ fn identity_client(
         crate::harness::Bearer::new(&identity.partner_token("brand-a")),
     ))
 }
+
+/// After a merge, the merged-away scoped id translates to the surviving mesh id: the merge
+/// event drops the cached translation of the old one.
+#[tokio::test]
+async fn a_merge_event_redirects_a_cached_translation_to_the_survivor() {
+    let identity = Identity::with_partners("dir_merge").await;
+    let mut brand = identity.as_partner("brand-a");
+    let keep = brand
+        .enrolled(enroll(
+            "k",
+            vec![crate::harness::unionid(
+                "oU_dirmerge_00000000000001",
+                "open-brand-a",
+            )],
+            &[],
+        ))
+        .await;
+    let dup = brand
+        .enrolled(enroll("d", vec![phone("13611136222", true)], &[]))
+        .await;
+    let (directory, _ctx, _dir) = directory_of(&identity, true).await;
+    let survivor = directory
+        .mesh_id("brand-a", &scoped(&keep))
+        .await
+        .unwrap()
+        .unwrap();
+    let before = directory
+        .mesh_id("brand-a", &scoped(&dup))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(before, survivor);
+    brand
+        .members
+        .merge_members(pb::MergeMembersRequest {
+            request_id: "merge".into(),
+            member: keep.clone(),
+            duplicate_member: dup.clone(),
+            evidence: Some(phone("13611136222", true)),
+        })
+        .await
+        .unwrap();
+    let mut now = Some(before.clone());
+    for _ in 0..500 {
+        now = directory.mesh_id("brand-a", &scoped(&dup)).await.unwrap();
+        if now.as_ref() != Some(&before) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        now,
+        Some(survivor),
+        "the old id now names the surviving member"
+    );
+}
