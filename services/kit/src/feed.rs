@@ -95,6 +95,11 @@ pub struct Feed {
     notify: Option<(String, String)>,
     /// Appends made through this feed in this process, counted for [`Feed::appended`].
     appends: Arc<std::sync::atomic::AtomicU64>,
+    /// The sequence the tail has read up to, sent after the events up to it were broadcast. A
+    /// stream that sees it pass its cursor without the events in between (the tail started,
+    /// or skipped ahead while nobody listened, after the stream read the database) goes back
+    /// to the database for them instead of waiting for a later event to reveal the gap.
+    position: watch::Sender<i64>,
 }
 
 impl Feed {
@@ -109,6 +114,7 @@ impl Feed {
             tail: Arc::default(),
             notify: None,
             appends: Arc::default(),
+            position: watch::Sender::new(0),
         }
     }
 
@@ -180,6 +186,11 @@ impl Feed {
             } else if let Ok(now) = self.head().await {
                 head = now;
             }
+            self.position.send_if_modified(|p| {
+                let moved = *p != head;
+                *p = head;
+                moved
+            });
             if listener.is_none()
                 && let Some((url, channel)) = &self.notify
             {
@@ -321,6 +332,7 @@ impl Feed {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let feed = self.clone();
         let tail = self.tail();
+        let mut position = self.position.subscribe();
         tokio::spawn(async move {
             let mut cursor = after;
             let mut live = tail.subscribe();
@@ -359,26 +371,34 @@ impl Feed {
                 let fell_behind = loop {
                     tokio::select! {
                         received = live.recv() => match received {
-                            Ok(event) => {
-                                if event.seq <= cursor {
-                                    continue;
-                                }
-                                if event.seq > cursor + 1 {
-                                    break false;
-                                }
-                                cursor = event.seq;
-                                if only.is_some() && event.partner_id != only {
-                                    continue;
-                                }
-                                if let Some(message) = map(StoredEvent::clone(&event))
-                                    && tx.send(Ok(message)).await.is_err()
-                                {
-                                    return;
-                                }
-                            }
+                            Ok(event) => match deliver(&event, &mut cursor, only.as_deref(), &mut map, &tx).await {
+                                Ok(()) => {}
+                                Err(Stop::Gap) => break false,
+                                Err(Stop::Lagged) => break true,
+                                Err(Stop::Closed) => return,
+                            },
                             Err(broadcast::error::RecvError::Lagged(_)) => break true,
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
+                        changed = position.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            // The tail broadcasts before it moves its position: what it sent
+                            // is already queued. Drain that, then anything still missing
+                            // below the position is read from the database.
+                            let reached = *position.borrow_and_update();
+                            if reached <= cursor {
+                                continue;
+                            }
+                            match drain(&mut live, &mut cursor, only.as_deref(), &mut map, &tx).await {
+                                Ok(()) if reached > cursor => break false,
+                                Ok(()) => {}
+                                Err(Stop::Gap) => break false,
+                                Err(Stop::Lagged) => break true,
+                                Err(Stop::Closed) => return,
+                            }
+                        }
                         () = tx.closed() => return,
                         () = feed.shutdown.cancelled() => {
                             let _ = tx.send(Err(tonic::Status::unavailable("server shutting down, resume from your cursor"))).await;
@@ -392,6 +412,67 @@ impl Feed {
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// Why a stream stops taking live events.
+enum Stop {
+    /// An event lies beyond the next sequence: the stream catches up from the database.
+    Gap,
+    /// The stream fell behind the broadcast: it resubscribes and catches up.
+    Lagged,
+    /// The client left.
+    Closed,
+}
+
+/// Sends `event` on a stream standing at `cursor` (skipping what it has seen and what is not
+/// its partner's), moving the cursor.
+async fn deliver<T, F>(
+    event: &StoredEvent,
+    cursor: &mut i64,
+    only: Option<&str>,
+    map: &mut F,
+    tx: &mpsc::Sender<Result<T, tonic::Status>>,
+) -> Result<(), Stop>
+where
+    F: FnMut(StoredEvent) -> Option<T>,
+{
+    if event.seq <= *cursor {
+        return Ok(());
+    }
+    if event.seq > *cursor + 1 {
+        return Err(Stop::Gap);
+    }
+    *cursor = event.seq;
+    if only.is_some() && event.partner_id.as_deref() != only {
+        return Ok(());
+    }
+    if let Some(message) = map(event.clone())
+        && tx.send(Ok(message)).await.is_err()
+    {
+        return Err(Stop::Closed);
+    }
+    Ok(())
+}
+
+/// Delivers everything the tail has already queued for a stream.
+async fn drain<T, F>(
+    live: &mut broadcast::Receiver<Arc<StoredEvent>>,
+    cursor: &mut i64,
+    only: Option<&str>,
+    map: &mut F,
+    tx: &mpsc::Sender<Result<T, tonic::Status>>,
+) -> Result<(), Stop>
+where
+    F: FnMut(StoredEvent) -> Option<T>,
+{
+    loop {
+        match live.try_recv() {
+            Ok(event) => deliver(&event, cursor, only, map, tx).await?,
+            Err(broadcast::error::TryRecvError::Empty) => return Ok(()),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => return Err(Stop::Lagged),
+            Err(broadcast::error::TryRecvError::Closed) => return Err(Stop::Closed),
+        }
     }
 }
 
@@ -440,5 +521,76 @@ async fn read_or_end<T, M>(
                 .await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test")]
+
+    use futures::StreamExt;
+    use sea_orm::TransactionTrait;
+
+    use super::*;
+
+    struct Migrator;
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl sea_orm_migration::MigratorTrait for Migrator {
+        fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+            vec![
+                Box::new(crate::storage::KitTables),
+                Box::new(crate::storage::KitIndexes),
+            ]
+        }
+    }
+
+    async fn append(feed: &Feed, db: &DatabaseConnection, n: u8) -> i64 {
+        let txn = db.begin().await.unwrap();
+        let event = NewEvent {
+            kind: "probe".into(),
+            partner_id: None,
+            payload: vec![n],
+        };
+        let seq = feed.append(&txn, event).await.unwrap();
+        txn.commit().await.unwrap();
+        seq
+    }
+
+    /// The tail may read its starting point after a stream read the database (it starts with
+    /// the first stream, concurrently), or skip ahead while nobody listened; the events in
+    /// between are then never broadcast. The stream must fetch them when the tail's position
+    /// passes it, not wait for a later event to reveal the gap: here nothing follows, and
+    /// polling is off, so only the position can deliver the event.
+    #[tokio::test]
+    async fn a_stream_the_tail_passed_without_broadcasting_fetches_what_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::Config::local(dir.path());
+        config.set_database_url(
+            "probe",
+            format!("sqlite://{}/feed.db?mode=rwc", dir.path().display()),
+        );
+        let db = crate::storage::open::<Migrator>(&config, "probe")
+            .await
+            .unwrap();
+        let feed = Feed::new(db.clone(), CancellationToken::new())
+            .with_poll_interval(Duration::from_secs(3600));
+        // A tail that broadcasts only what the test sends: no tail task runs.
+        let (events, _) = broadcast::channel(TAIL_BUFFER);
+        assert!(feed.tail.set(events).is_ok());
+
+        let first = append(&feed, &db, 1).await;
+        let mut stream = feed.watch(0, None, |e| Some(e.payload));
+        // Read from the database: the stream is now waiting on the tail.
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert_eq!(got.unwrap().unwrap().unwrap(), [1]);
+
+        let second = append(&feed, &db, 2).await;
+        assert_eq!(second, first + 1);
+        feed.position.send_replace(second);
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream fetches the event the tail passed over");
+        assert_eq!(got.unwrap().unwrap(), [2]);
     }
 }
