@@ -9,3 +9,4 @@ mod entitlements;
 mod keys;
 mod live;
 mod support;
+mod wallets;

@@ -5,13 +5,16 @@ use lianyu_kit::testing::TestServer;
 use sea_orm::{ConnectionTrait, Statement};
 
 /// Starts identity and one service (`mount`, its crate's `mount`) on fresh databases, with
-/// two allied partners and an outsider.
+/// two allied partners and an outsider; `configure` (optional) adjusts the config first.
 macro_rules! with_identity {
     ($test:expr, $service:expr, $mount:path) => {
+        $crate::support::with_identity!($test, $service, $mount, |_| {})
+    };
+    ($test:expr, $service:expr, $mount:path, $configure:expr) => {
         lianyu_kit::testing::TestServer::start(
             $test,
             &["identity", $service],
-            |_| {},
+            $configure,
             |config, listener| {
                 lianyu_kit::server::run_service(
                     config,

@@ -1,14 +1,21 @@
 //! gRPC handlers: decode, call the domain and the store, encode; errors map to statuses once,
-//! in [`unary`]. Every RPC the entitlements issue has not implemented yet answers UNIMPLEMENTED
-//! (the generated default), after the kit has authenticated the caller.
+//! in [`unary`]. The RPCs not implemented yet (balances, top-ups, refunds, closing a period,
+//! the ledger feed) answer UNIMPLEMENTED (the generated default), after the kit has
+//! authenticated the caller.
+
+mod ledger;
+mod redemptions;
+mod wallet;
 
 use lianyu_kit::{
     KitError, Mount,
     call::unary,
-    ids::PartnerId,
+    directory::{Directory, Question},
+    ids::{MeshMemberId, PartnerId, ScopedMemberId},
     money::Money,
     mutation::Mutations,
     names,
+    page::Page,
     time::{millis, now_millis, required_millis, timestamp},
 };
 use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
@@ -16,22 +23,46 @@ use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{Benefit, BenefitDraft, BenefitKind, BenefitState, EntitlementsError},
+    domain::{Benefit, BenefitDraft, BenefitKind, BenefitState, EntitlementsError, Transition},
     store,
 };
 
 /// The service's handlers; they share the service's database.
 #[derive(Clone)]
 pub(crate) struct Api {
+    /// The writer; reads outside a mutation use `read`.
     db: DatabaseConnection,
+    read: DatabaseConnection,
     mutations: Mutations<EntitlementsError>,
+    /// Claims and redemptions: the hot paths, group-committed.
+    hot: Mutations<EntitlementsError>,
+    /// Identity: members' mesh ids and consent decisions. `None` when identity is not
+    /// configured, and then every call that needs it fails closed.
+    directory: Option<Directory>,
+    /// Benefits whose budget this process saw spent: claims answer at once, without a write.
+    sold_out: moka::sync::Cache<String, ()>,
 }
 
-pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
+pub(crate) fn register(
+    ctx: &lianyu_kit::server::ServerContext,
+    mount: &mut Mount,
+    db: DatabaseConnection,
+    read: DatabaseConnection,
+    directory: Option<Directory>,
+) {
     let api = Api {
+        read,
         mutations: Mutations::new(db.clone()),
+        hot: Mutations::new(db.clone()).grouped(),
+        directory,
+        // Another replica may grow the budget: what this one saw is forgotten after a second.
+        sold_out: moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(std::time::Duration::from_secs(1))
+            .build(),
         db,
     };
+    tokio::spawn(redemptions::expire_holds(api.clone(), ctx.stopping.clone()));
     lianyu_kit::mount!(
         mount,
         pb::benefit_service_server::BenefitServiceServer::new(api.clone())
@@ -52,7 +83,101 @@ pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
 
 lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
     BenefitNotFound => (NotFound, "BENEFIT_NOT_FOUND"),
+    MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
+    WalletItemNotFound => (NotFound, "WALLET_ITEM_NOT_FOUND"),
+    RedemptionNotFound => (NotFound, "REDEMPTION_NOT_FOUND"),
 });
+
+impl Api {
+    /// Identity's view, or UNAVAILABLE / IDENTITY_UNAVAILABLE (fail closed).
+    fn directory(&self) -> Result<&Directory, KitError> {
+        self.directory.as_ref().ok_or_else(|| {
+            KitError::Unavailable(
+                "IDENTITY_UNAVAILABLE",
+                "identity is not configured for this service".into(),
+            )
+        })
+    }
+
+    /// The mesh id of the caller's member `scoped`; MEMBER_NOT_FOUND when the caller holds
+    /// no such member.
+    async fn mesh_id(
+        &self,
+        partner: &str,
+        scoped: &str,
+    ) -> Result<MeshMemberId, EntitlementsError> {
+        self.directory()?
+            .mesh_id(partner, &ScopedMemberId::new(scoped))
+            .await?
+            .ok_or(EntitlementsError::MemberNotFound)
+    }
+
+    /// Whether the member, known to `grantor`, consented that `grantee` use them for benefit
+    /// redemption: asked of identity now (value moves on it), audited there.
+    async fn may_redeem(
+        &self,
+        acting: &str,
+        member: &MeshMemberId,
+        grantor: &str,
+        grantee: &str,
+    ) -> Result<bool, KitError> {
+        if grantor == grantee {
+            return Ok(true);
+        }
+        let decision = self
+            .directory()?
+            .decide(
+                acting,
+                &[Question {
+                    member: member.clone(),
+                    grantor: grantor.to_owned(),
+                    grantee: grantee.to_owned(),
+                    purpose: common::ConsentPurpose::BenefitRedemption as i32,
+                }],
+            )
+            .await?;
+        Ok(decision.first().is_some_and(|d| d.allowed))
+    }
+
+    /// The benefit `name` as `partner` may see it (issuer, funder, honouring partner).
+    async fn party_benefit(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        partner: &str,
+        name: &str,
+        field: &str,
+    ) -> Result<Benefit, EntitlementsError> {
+        let [id] =
+            names::parse(name, "benefits/{benefit}").map_err(|e| KitError::invalid(field, e))?;
+        store::benefit_for_party(conn, partner, id)
+            .await?
+            .ok_or(EntitlementsError::BenefitNotFound)
+    }
+
+    /// Runs an issuer's transition of benefit `name`.
+    async fn transition(
+        &self,
+        call: &lianyu_kit::call::Call,
+        request_id: &str,
+        request: &impl prost::Message,
+        name: &str,
+        t: Transition,
+    ) -> Result<pb::Benefit, EntitlementsError> {
+        lianyu_kit::call::partner_wide(&call.who)?;
+        let me = PartnerId::new(call.partner_id());
+        self.mutations
+            .run(call, request_id, request, async |txn| {
+                let mut b = self.party_benefit(txn, me.as_str(), name, "name").await?;
+                let next = b.transition(&me, t)?;
+                if !store::set_state(txn, &b.id, b.state, next).await? {
+                    return Err(KitError::Internal("benefit changed concurrently".into()).into());
+                }
+                b.state = next;
+                Ok(to_proto(&b))
+            })
+            .await
+    }
+}
 
 #[tonic::async_trait]
 impl pb::benefit_service_server::BenefitService for Api {
@@ -93,17 +218,148 @@ impl pb::benefit_service_server::BenefitService for Api {
         unary(request, async |call, r| {
             let [id] = names::parse(&r.name, "benefits/{benefit}")
                 .map_err(|e| KitError::invalid("name", e))?;
-            let benefit = store::benefit_for_party(&self.db, call.partner_id(), id)
+            let benefit = store::benefit_for_party(&self.read, call.partner_id(), id)
                 .await?
                 .ok_or(EntitlementsError::BenefitNotFound)?;
             Ok::<_, EntitlementsError>(to_proto(&benefit))
         })
         .await
     }
+
+    async fn list_benefits(
+        &self,
+        request: Request<pb::ListBenefitsRequest>,
+    ) -> Result<Response<pb::ListBenefitsResponse>, Status> {
+        unary(request, async |call, r| {
+            let only = match pb::BenefitState::try_from(r.state) {
+                Ok(pb::BenefitState::Unspecified) => None,
+                Ok(pb::BenefitState::Draft) => Some(BenefitState::Draft),
+                Ok(pb::BenefitState::Active) => Some(BenefitState::Active),
+                Ok(pb::BenefitState::Paused) => Some(BenefitState::Paused),
+                Ok(pb::BenefitState::Ended) => Some(BenefitState::Ended),
+                Err(_) => return Err(KitError::invalid("state", "not a BenefitState").into()),
+            };
+            let filter = r.state.to_string();
+            let page = Page::parse(r.page_size, &r.page_token, &[call.partner_id(), &filter])?;
+            let (benefits, next_page_token) =
+                store::list_benefits(&self.read, call.partner_id(), &page, only).await?;
+            Ok::<_, EntitlementsError>(pb::ListBenefitsResponse {
+                benefits: benefits.iter().map(to_proto).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn update_benefit(
+        &self,
+        request: Request<pb::UpdateBenefitRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            lianyu_kit::call::partner_wide(&call.who)?;
+            let paths = lianyu_kit::mask::paths(
+                r.update_mask.as_ref(),
+                &[
+                    "display_name",
+                    "budget_units",
+                    "per_member_limit",
+                    "valid_until",
+                ],
+            )?;
+            let given = r.benefit.clone().unwrap_or_default();
+            let me = PartnerId::new(call.partner_id());
+            let benefit = self
+                .mutations
+                .run(&call, &r.request_id, &r, async |txn| {
+                    let mut b = self
+                        .party_benefit(txn, me.as_str(), &given.name, "benefit.name")
+                        .await?;
+                    b.update(&me, &paths, &draft(&given), now_millis())?;
+                    store::update_terms(txn, &b).await?;
+                    Ok(to_proto(&b))
+                })
+                .await?;
+            // A grown budget may be claimed at once here.
+            self.sold_out
+                .invalidate(benefit.name.trim_start_matches("benefits/"));
+            Ok::<_, EntitlementsError>(benefit)
+        })
+        .await
+    }
+
+    async fn accept_benefit_funding(
+        &self,
+        request: Request<pb::AcceptBenefitFundingRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            lianyu_kit::call::partner_wide(&call.who)?;
+            let me = PartnerId::new(call.partner_id());
+            self.mutations
+                .run(&call, &r.request_id, &r, async |txn| {
+                    let mut b = self
+                        .party_benefit(txn, me.as_str(), &r.name, "name")
+                        .await?;
+                    b.accept_funding(&me)?;
+                    if !store::accept_funding(txn, &b.id).await? {
+                        return Err(
+                            KitError::Internal("benefit changed concurrently".into()).into()
+                        );
+                    }
+                    b.funding_accepted = true;
+                    Ok(to_proto(&b))
+                })
+                .await
+        })
+        .await
+    }
+
+    async fn activate_benefit(
+        &self,
+        request: Request<pb::ActivateBenefitRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            self.transition(&call, &r.request_id, &r, &r.name, Transition::Activate)
+                .await
+        })
+        .await
+    }
+
+    async fn pause_benefit(
+        &self,
+        request: Request<pb::PauseBenefitRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            self.transition(&call, &r.request_id, &r, &r.name, Transition::Pause)
+                .await
+        })
+        .await
+    }
+
+    async fn resume_benefit(
+        &self,
+        request: Request<pb::ResumeBenefitRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            self.transition(&call, &r.request_id, &r, &r.name, Transition::Resume)
+                .await
+        })
+        .await
+    }
+
+    async fn end_benefit(
+        &self,
+        request: Request<pb::EndBenefitRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |call, r| {
+            self.transition(&call, &r.request_id, &r, &r.name, Transition::End)
+                .await
+        })
+        .await
+    }
 }
 
 /// The request's definition, each part parsed with its own violation.
-fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
+pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
     let money = |m: &Option<common::Money>| {
         m.as_ref()
             .map(|m| Money::positive(&m.currency_code, m.minor_units))
@@ -129,10 +385,11 @@ fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
         per_member_limit: b.per_member_limit,
         valid_from: b.valid_from.as_ref().map(|t| Ok(millis(t))),
         valid_until: required_millis(b.valid_until.as_ref()),
+        valid_days: b.valid_days,
     }
 }
 
-fn to_proto(b: &Benefit) -> pb::Benefit {
+pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
     let money = |m: &Option<Money>| {
         m.as_ref().map(|m| common::Money {
             currency_code: m.currency().to_owned(),
@@ -172,14 +429,8 @@ fn to_proto(b: &Benefit) -> pb::Benefit {
             BenefitState::Ended => pb::BenefitState::Ended,
         } as i32,
         alliance: String::new(),
+        issuer: format!("partners/{}", b.issuer),
+        funding_accepted: b.funding_accepted,
+        valid_days: b.valid_days,
     }
 }
-
-#[tonic::async_trait]
-impl pb::wallet_service_server::WalletService for Api {}
-
-#[tonic::async_trait]
-impl pb::redemption_service_server::RedemptionService for Api {}
-
-#[tonic::async_trait]
-impl pb::ledger_service_server::LedgerService for Api {}

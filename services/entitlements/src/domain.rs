@@ -15,6 +15,15 @@ pub enum EntitlementsError {
     /// honours (another partner's benefit answers the same).
     #[error("benefit not found")]
     BenefitNotFound,
+    /// NOT_FOUND / MEMBER_NOT_FOUND: the caller holds no member by that id.
+    #[error("member not found")]
+    MemberNotFound,
+    /// NOT_FOUND / WALLET_ITEM_NOT_FOUND: the member holds no such unit the caller may see.
+    #[error("wallet item not found")]
+    WalletItemNotFound,
+    /// NOT_FOUND / REDEMPTION_NOT_FOUND: no redemption by that name made by the caller.
+    #[error("redemption not found")]
+    RedemptionNotFound,
     #[error(transparent)]
     Kit(#[from] KitError),
 }
@@ -42,6 +51,27 @@ pub enum BenefitState {
     Ended,
 }
 
+impl BenefitState {
+    /// As the contract names it (ErrorInfo metadata `state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenefitState::Draft => "DRAFT",
+            BenefitState::Active => "ACTIVE",
+            BenefitState::Paused => "PAUSED",
+            BenefitState::Ended => "ENDED",
+        }
+    }
+}
+
+/// A change of a benefit's state that its issuer asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Activate,
+    Pause,
+    Resume,
+    End,
+}
+
 /// A benefit definition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Benefit {
@@ -63,6 +93,10 @@ pub struct Benefit {
     pub valid_from_millis: i64,
     pub valid_until_millis: i64,
     pub state: BenefitState,
+    /// Units last this many days after their grant (never past `valid_until`); 0: until then.
+    pub valid_days: i32,
+    /// The funder agreed to pay (always when the issuer funds it).
+    pub funding_accepted: bool,
 }
 
 /// A partner's definition before it is checked. Each parsed part carries its own violation.
@@ -78,6 +112,7 @@ pub struct BenefitDraft<'a> {
     pub per_member_limit: i32,
     pub valid_from: Option<Result<i64, String>>,
     pub valid_until: Result<i64, String>,
+    pub valid_days: i32,
 }
 
 /// At most this many partners honour one benefit.
@@ -139,6 +174,9 @@ impl Benefit {
         if d.budget_units <= 0 {
             v.add("benefit.budget_units", "above zero");
         }
+        if !(0..=3660).contains(&d.valid_days) {
+            v.add("benefit.valid_days", "0 to 3660 (0: until valid_until)");
+        }
         if d.per_member_limit < 0 {
             v.add(
                 "benefit.per_member_limit",
@@ -161,7 +199,10 @@ impl Benefit {
         else {
             return Err(KitError::invalid("benefit", "required"));
         };
+        let funding_accepted = funder == *issuer;
         Ok(Self {
+            funding_accepted,
+            valid_days: d.valid_days,
             id: uuid::Uuid::now_v7().simple().to_string(),
             display_name,
             kind,
@@ -180,6 +221,275 @@ impl Benefit {
         })
     }
 
+    /// The state `transition` by `by` leads to, or why it may not happen. Only the issuer
+    /// changes a benefit; a benefit another partner funds goes ACTIVE only once that partner
+    /// has accepted.
+    pub fn transition(&self, by: &PartnerId, t: Transition) -> Result<BenefitState, KitError> {
+        self.issued_by(by)?;
+        let next = match (t, self.state) {
+            (Transition::Activate, BenefitState::Draft) => {
+                if !self.funding_accepted {
+                    return Err(KitError::Precondition(
+                        "FUNDER_ACCEPTANCE_REQUIRED",
+                        format!("partners/{} has not accepted to fund it", self.funder),
+                    ));
+                }
+                BenefitState::Active
+            }
+            (Transition::Pause, BenefitState::Active) => BenefitState::Paused,
+            (Transition::Resume, BenefitState::Paused) => BenefitState::Active,
+            (
+                Transition::End,
+                BenefitState::Draft | BenefitState::Active | BenefitState::Paused,
+            ) => BenefitState::Ended,
+            (t, state) => {
+                let wanted = match t {
+                    Transition::Activate => "activating needs a DRAFT",
+                    Transition::Pause => "pausing needs an ACTIVE benefit",
+                    Transition::Resume => "resuming needs a PAUSED benefit",
+                    Transition::End => "it has already ended",
+                };
+                return Err(KitError::WrongState(
+                    "BENEFIT_STATE",
+                    state.as_str(),
+                    wanted.to_owned(),
+                ));
+            }
+        };
+        Ok(next)
+    }
+
+    /// Applies the fields named in `paths` from `d`, by `by` at `now`: only the issuer, never
+    /// once ENDED, and while ACTIVE or PAUSED the budget only grows. Every bad field is
+    /// reported at once under `benefit.`.
+    pub fn update(
+        &mut self,
+        by: &PartnerId,
+        paths: &std::collections::BTreeSet<&str>,
+        d: &BenefitDraft<'_>,
+        now: i64,
+    ) -> Result<(), KitError> {
+        self.issued_by(by)?;
+        if self.state == BenefitState::Ended {
+            return Err(KitError::WrongState(
+                "BENEFIT_STATE",
+                self.state.as_str(),
+                "an ENDED benefit no longer changes".into(),
+            ));
+        }
+        let mut v = Violations::default();
+        let mut next = self.clone();
+        if paths.contains("display_name")
+            && let Some(name) = v.check("benefit.display_name", text(d.display_name, true, 100))
+        {
+            next.display_name = name;
+        }
+        if paths.contains("budget_units") {
+            if d.budget_units <= 0 || d.budget_units < self.granted_units {
+                v.add(
+                    "benefit.budget_units",
+                    format!("above zero and at least the {} granted", self.granted_units),
+                );
+            }
+            next.budget_units = d.budget_units;
+        }
+        if paths.contains("per_member_limit") {
+            if d.per_member_limit < 0 {
+                v.add(
+                    "benefit.per_member_limit",
+                    "not negative (0 means no limit)",
+                );
+            }
+            next.per_member_limit = d.per_member_limit;
+        }
+        if paths.contains("valid_until") {
+            match d.valid_until.clone() {
+                Ok(until) if until > now && until > self.valid_from_millis => {
+                    next.valid_until_millis = until;
+                }
+                Ok(_) => v.add("benefit.valid_until", "after valid_from and in the future"),
+                Err(e) => v.add("benefit.valid_until", e),
+            }
+        }
+        v.finish()?;
+        if self.state != BenefitState::Draft && next.budget_units < self.budget_units {
+            return Err(KitError::Precondition(
+                "BUDGET_MAY_ONLY_GROW",
+                format!(
+                    "the budget of a live benefit only grows (it is {})",
+                    self.budget_units
+                ),
+            ));
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// PERMISSION_DENIED / ISSUER_ONLY unless `by` issued it.
+    pub fn issued_by(&self, by: &PartnerId) -> Result<(), KitError> {
+        if *by != self.issuer {
+            return Err(KitError::Denied(
+                "ISSUER_ONLY",
+                "only the benefit's issuer changes it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The funder `by` accepts to pay: only the funder, only for a DRAFT.
+    pub fn accept_funding(&self, by: &PartnerId) -> Result<(), KitError> {
+        if *by != self.funder {
+            return Err(KitError::Denied(
+                "FUNDER_ONLY",
+                "only the benefit's funder accepts to fund it",
+            ));
+        }
+        if self.state != BenefitState::Draft {
+            return Err(KitError::WrongState(
+                "BENEFIT_STATE",
+                self.state.as_str(),
+                "funding is accepted for a DRAFT".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a unit may be granted or claimed at `now`: ACTIVE and inside its window.
+    pub fn grantable(&self, now: i64) -> Result<(), KitError> {
+        if self.state != BenefitState::Active {
+            return Err(KitError::WrongState(
+                "BENEFIT_STATE",
+                self.state.as_str(),
+                "units are granted from an ACTIVE benefit".into(),
+            ));
+        }
+        if now < self.valid_from_millis || now >= self.valid_until_millis {
+            return Err(KitError::Precondition(
+                "BENEFIT_NOT_VALID_NOW",
+                "the benefit is outside its validity window".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// When a unit granted at `granted_at` expires.
+    pub fn expiry(&self, granted_at: i64) -> i64 {
+        if self.valid_days == 0 {
+            return self.valid_until_millis;
+        }
+        let days = i64::from(self.valid_days) * 86_400_000;
+        Ord::min(granted_at.saturating_add(days), self.valid_until_millis)
+    }
+
+    /// The amount off an order of `order`: FAILED_PRECONDITION when the order is in another
+    /// currency or below a threshold. Gifts and services take nothing off (zero).
+    pub fn discount(&self, order: &Money) -> Result<Money, KitError> {
+        let currency_of = |m: &Option<Money>| m.as_ref().map(|m| m.currency().to_owned());
+        if let Some(c) = currency_of(&self.value).or_else(|| currency_of(&self.threshold))
+            && c != order.currency()
+        {
+            return Err(KitError::Precondition(
+                "CURRENCY_MISMATCH",
+                format!("the benefit is in {c}"),
+            ));
+        }
+        let value = self.value.as_ref().map_or(0, Money::minor_units);
+        let off = match self.kind {
+            BenefitKind::FixedCoupon => value.min(order.minor_units()),
+            BenefitKind::ThresholdCoupon => {
+                let threshold = self.threshold.as_ref().map_or(0, Money::minor_units);
+                if order.minor_units() < threshold {
+                    return Err(KitError::Precondition(
+                        "THRESHOLD_NOT_MET",
+                        format!("the order must be at least {threshold} minor units"),
+                    ));
+                }
+                value
+            }
+            BenefitKind::PercentCoupon => {
+                // Integer arithmetic, rounded down in the member's disfavour by under a cent.
+                let off =
+                    i128::from(order.minor_units()) * i128::from(self.percent_off_bps) / 10_000;
+                let off = i64::try_from(off).unwrap_or(i64::MAX);
+                if self.value.is_some() {
+                    off.min(value)
+                } else {
+                    off
+                }
+            }
+            BenefitKind::Points
+            | BenefitKind::StoredValue
+            | BenefitKind::Gift
+            | BenefitKind::Service => 0,
+        };
+        Money::new(order.currency(), off).map_err(|e| KitError::Internal(e.to_string()))
+    }
+
+    /// The face value booked as the funder's liability when a unit is granted (fixed and
+    /// threshold coupons); `None` when the amount is known only at the till.
+    pub fn liability(&self) -> Option<&Money> {
+        match self.kind {
+            BenefitKind::FixedCoupon | BenefitKind::ThresholdCoupon => self.value.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The postings of granting one unit (empty when nothing is booked until the till).
+    pub fn grant_postings(&self) -> Vec<Posting> {
+        let Some(value) = self.liability() else {
+            return Vec::new();
+        };
+        let funder = &self.funder;
+        vec![
+            Posting::new(funder, "marketing_expense", value, value.minor_units()),
+            Posting::new(funder, "benefit_liability", value, -value.minor_units()),
+        ]
+    }
+
+    /// The postings of redeeming one unit at `honourer` for `discount`: the funder's
+    /// liability (or expense, when none was booked) pays the discount, owed to the honouring
+    /// partner when that is another partner; what a fixed coupon's face value exceeded the
+    /// discount by goes back from liability to expense.
+    pub fn redemption_postings(&self, honourer: &PartnerId, discount: &Money) -> Vec<Posting> {
+        let funder = &self.funder;
+        let d = discount.minor_units();
+        let mut out = Vec::new();
+        let source = if self.liability().is_some() {
+            "benefit_liability"
+        } else {
+            "marketing_expense"
+        };
+        if let Some(value) = self.liability() {
+            let unused = value.minor_units() - d;
+            if unused > 0 {
+                out.push(Posting::new(funder, "benefit_liability", value, unused));
+                out.push(Posting::new(funder, "marketing_expense", value, -unused));
+            }
+        }
+        if d == 0 {
+            return out;
+        }
+        out.push(Posting::new(funder, source, discount, d));
+        if honourer == funder {
+            out.push(Posting::new(funder, "discounts_given", discount, -d));
+        } else {
+            out.push(Posting::new(
+                funder,
+                &format!("payable:{honourer}"),
+                discount,
+                -d,
+            ));
+            out.push(Posting::new(
+                honourer,
+                &format!("receivable:{funder}"),
+                discount,
+                d,
+            ));
+            out.push(Posting::new(honourer, "discounts_given", discount, -d));
+        }
+        out
+    }
+
     /// The partners that may see the benefit: its issuer, its funder and those honouring it.
     pub fn parties(&self) -> Vec<PartnerId> {
         let mut parties = vec![self.issuer.clone()];
@@ -190,6 +500,47 @@ impl Benefit {
         }
         parties
     }
+}
+
+/// One line of a ledger transaction: `amount` minor units (debit positive, credit negative)
+/// on `partner`'s `account`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Posting {
+    pub partner: PartnerId,
+    pub account: String,
+    pub currency: String,
+    pub amount: i64,
+}
+
+impl Posting {
+    fn new(partner: &PartnerId, account: &str, currency: &Money, amount: i64) -> Self {
+        Self {
+            partner: partner.clone(),
+            account: account.to_owned(),
+            currency: currency.currency().to_owned(),
+            amount,
+        }
+    }
+}
+
+/// Whether postings sum to zero in every currency: no transaction is stored otherwise.
+pub fn balanced(postings: &[Posting]) -> bool {
+    let mut sums = std::collections::BTreeMap::<&str, i128>::new();
+    for p in postings {
+        *sums.entry(p.currency.as_str()).or_default() += i128::from(p.amount);
+    }
+    sums.values().all(|s| *s == 0)
+}
+
+/// What `me` and `other` owe each other, from `me`'s postings on `payable:{other}` and
+/// `receivable:{other}`: positive when `me` owes `other`.
+pub fn owed_to(other: &PartnerId, postings: &[(String, i64)]) -> i64 {
+    let (payable, receivable) = (format!("payable:{other}"), format!("receivable:{other}"));
+    postings
+        .iter()
+        .filter(|(account, _)| *account == payable || *account == receivable)
+        .map(|(_, amount)| -amount)
+        .sum()
 }
 
 #[cfg(test)]
@@ -209,7 +560,141 @@ mod tests {
             per_member_limit: 1,
             valid_from: None,
             valid_until: Ok(10_000),
+            valid_days: 0,
         }
+    }
+
+    fn active(kind: BenefitKind) -> Benefit {
+        let mut d = draft(kind);
+        d.percent_off_bps = 1_000;
+        let mut b = Benefit::define(&PartnerId::new("mall-b"), &d, 1).unwrap();
+        b.state = BenefitState::Active;
+        b
+    }
+
+    fn cny(minor: i64) -> Money {
+        Money::new("CNY", minor).unwrap()
+    }
+
+    #[test]
+    fn the_issuer_activates_only_what_the_funder_accepted_and_every_move_is_checked() {
+        let (mall, brand) = (PartnerId::new("mall-b"), PartnerId::new("brand-a"));
+        let mut b = Benefit::define(&mall, &draft(BenefitKind::FixedCoupon), 1).unwrap();
+        assert!(!b.funding_accepted);
+        let e = b.transition(&mall, Transition::Activate).unwrap_err();
+        assert_eq!(
+            lianyu_kit::ServiceError::reason(&e),
+            "FUNDER_ACCEPTANCE_REQUIRED"
+        );
+        let e = b.transition(&brand, Transition::Activate).unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "ISSUER_ONLY");
+        assert_eq!(
+            lianyu_kit::ServiceError::reason(&b.accept_funding(&mall).unwrap_err()),
+            "FUNDER_ONLY"
+        );
+        b.accept_funding(&brand).unwrap();
+        b.funding_accepted = true;
+        assert_eq!(
+            b.transition(&mall, Transition::Activate).unwrap(),
+            BenefitState::Active
+        );
+        let e = b.transition(&mall, Transition::Resume).unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "BENEFIT_STATE");
+        assert_eq!(
+            lianyu_kit::ServiceError::metadata(&e)
+                .get("state")
+                .map(String::as_str),
+            Some("DRAFT")
+        );
+        b.state = BenefitState::Ended;
+        assert!(b.transition(&mall, Transition::End).is_err());
+    }
+
+    #[test]
+    fn discounts_follow_the_kind_in_integer_minor_units() {
+        let fixed = active(BenefitKind::FixedCoupon);
+        assert_eq!(fixed.discount(&cny(20_000)).unwrap(), cny(5_000));
+        assert_eq!(
+            fixed.discount(&cny(3_000)).unwrap(),
+            cny(3_000),
+            "never above the order"
+        );
+        let threshold = active(BenefitKind::ThresholdCoupon);
+        assert_eq!(threshold.discount(&cny(30_000)).unwrap(), cny(5_000));
+        let e = threshold.discount(&cny(29_999)).unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "THRESHOLD_NOT_MET");
+        let e = threshold
+            .discount(&Money::new("HKD", 50_000).unwrap())
+            .unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "CURRENCY_MISMATCH");
+        let mut percent = active(BenefitKind::PercentCoupon);
+        percent.percent_off_bps = 1_500;
+        assert_eq!(
+            percent.discount(&cny(10_001)).unwrap(),
+            cny(1_500),
+            "rounded down"
+        );
+        assert_eq!(
+            percent.discount(&cny(100_000)).unwrap(),
+            cny(5_000),
+            "capped at value"
+        );
+        percent.value = None;
+        assert_eq!(percent.discount(&cny(100_000)).unwrap(), cny(15_000));
+        assert_eq!(
+            active(BenefitKind::Gift).discount(&cny(100)).unwrap(),
+            cny(0)
+        );
+    }
+
+    #[test]
+    fn every_transaction_balances_and_the_statement_is_what_the_funder_owes() {
+        let (mall, brand) = (PartnerId::new("mall-b"), PartnerId::new("brand-a"));
+        let b = active(BenefitKind::FixedCoupon);
+        let grant = b.grant_postings();
+        assert!(balanced(&grant));
+        assert!(
+            grant.iter().all(|p| p.partner == brand),
+            "the funder books it"
+        );
+        // Redeemed at the mall on an order smaller than the face value.
+        let redeem = b.redemption_postings(&mall, &cny(3_000));
+        assert!(balanced(&redeem));
+        let of = |who: &PartnerId| {
+            redeem
+                .iter()
+                .filter(|p| p.partner == *who)
+                .map(|p| (p.account.clone(), p.amount))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            owed_to(&mall, &of(&brand)),
+            3_000,
+            "the brand owes the mall"
+        );
+        assert_eq!(
+            owed_to(&brand, &of(&mall)),
+            -3_000,
+            "the mall's books mirror it"
+        );
+        // Honoured by the funder itself: nothing is owed between partners.
+        let own = b.redemption_postings(&brand, &cny(5_000));
+        assert!(balanced(&own));
+        assert!(own.iter().all(|p| !p.account.contains(':')));
+        let mut percent = active(BenefitKind::PercentCoupon);
+        percent.percent_off_bps = 1_000;
+        assert!(b.grant_postings().len() == 2 && percent.grant_postings().is_empty());
+        assert!(balanced(&percent.redemption_postings(&mall, &cny(1_234))));
+    }
+
+    #[test]
+    fn units_expire_after_their_days_but_never_after_the_benefit() {
+        let mut b = active(BenefitKind::FixedCoupon);
+        b.valid_until_millis = 10 * 86_400_000;
+        assert_eq!(b.expiry(0), b.valid_until_millis);
+        b.valid_days = 3;
+        assert_eq!(b.expiry(0), 3 * 86_400_000);
+        assert_eq!(b.expiry(9 * 86_400_000), b.valid_until_millis);
     }
 
     #[test]

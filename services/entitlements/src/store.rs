@@ -10,19 +10,31 @@ use lianyu_kit::{
     storage::{StorageError, with_kit_tables},
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+    sea_query::{Expr, ExprTrait},
 };
-use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait};
 
-use crate::domain::{Benefit, BenefitKind, BenefitState};
-use entities::{Kind, State, benefit, benefit_party};
+use crate::domain::{Benefit, BenefitKind, BenefitState, EntitlementsError, Posting};
+pub(crate) use entities::{ItemState, RedemptionState};
+use entities::{Kind, State, benefit, benefit_party, holding, posting, redemption, wallet_item};
+pub(crate) type ItemRow = wallet_item::Model;
+pub(crate) type RedemptionRow = redemption::Model;
+pub(crate) type PostingRow = posting::Model;
 
 pub(crate) struct Migrator;
 
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        with_kit_tables(vec![Box::new(Benefits)])
+        with_kit_tables(vec![
+            Box::new(Benefits),
+            Box::new(BenefitTerms),
+            Box::new(Wallets),
+        ])
     }
 }
 
@@ -32,6 +44,70 @@ lianyu_kit::tables_migration!(
     "m20261202_000010_entitlements_benefits",
     [benefit::Entity, benefit_party::Entity]
 );
+
+/// A benefit's unit lifetime and its funder's acceptance (added to a table a first version
+/// created without them).
+pub(crate) struct BenefitTerms;
+
+impl sea_orm_migration::MigrationName for BenefitTerms {
+    fn name(&self) -> &str {
+        "m20261202_000011_entitlements_benefit_terms"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for BenefitTerms {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef, Table};
+        for (column, def) in [
+            (
+                "valid_days",
+                ColumnDef::new(Alias::new("valid_days"))
+                    .integer()
+                    .not_null()
+                    .default(0)
+                    .to_owned(),
+            ),
+            (
+                "funding_accepted",
+                ColumnDef::new(Alias::new("funding_accepted"))
+                    .boolean()
+                    .not_null()
+                    .default(false)
+                    .to_owned(),
+            ),
+        ] {
+            // A database created from the current entity already has it.
+            if !manager.has_column("benefits", column).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Alias::new("benefits"))
+                            .add_column(def)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+lianyu_kit::tables_migration!(
+    /// Wallets, redemptions and the ledger.
+    Wallets,
+    "m20261202_000012_entitlements_wallets",
+    [
+        wallet_item::Entity,
+        holding::Entity,
+        redemption::Entity,
+        posting::Entity
+    ]
+);
+
+fn storage(e: sea_orm::DbErr) -> KitError {
+    KitError::Storage(StorageError::from(e))
+}
 
 /// Stores a new benefit and its parties, inside the caller's transaction.
 pub(crate) async fn insert_benefit(
@@ -65,6 +141,8 @@ pub(crate) async fn insert_benefit(
         valid_until: Set(b.valid_until_millis),
         state: Set(state(b.state)),
         created_at: Set(at),
+        valid_days: Set(b.valid_days),
+        funding_accepted: Set(b.funding_accepted),
     }
     .insert(txn)
     .await
@@ -104,6 +182,386 @@ pub(crate) async fn benefit_for_party(
     else {
         return Ok(None);
     };
+    Ok(Some(to_domain(row, parties)))
+}
+
+/// A benefit by id whoever asks (the caller's rights are checked by the domain).
+pub(crate) async fn benefit_by_id(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<Benefit>, KitError> {
+    let Some(row) = benefit::Entity::find_by_id(id)
+        .one(conn)
+        .await
+        .map_err(storage)?
+    else {
+        return Ok(None);
+    };
+    let parties = benefit_party::Entity::find()
+        .filter(benefit_party::Column::BenefitId.eq(id))
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    Ok(Some(to_domain(row, parties)))
+}
+
+/// The benefits `partner` is party to, after the page's key, with `state` when given.
+pub(crate) async fn list_benefits(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    page: &lianyu_kit::page::Page,
+    only: Option<BenefitState>,
+) -> Result<(Vec<Benefit>, String), KitError> {
+    let mut query = benefit::Entity::find()
+        .filter(
+            benefit::Column::Id.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(benefit_party::Column::BenefitId)
+                    .from(benefit_party::Entity)
+                    .and_where(Expr::col(benefit_party::Column::PartnerId).eq(partner))
+                    .to_owned(),
+            ),
+        )
+        .order_by_asc(benefit::Column::Id)
+        .limit(page.size + 1);
+    if let Some(after) = &page.after {
+        query = query.filter(benefit::Column::Id.gt(after.clone()));
+    }
+    if let Some(s) = only {
+        query = query.filter(benefit::Column::State.eq(state(s)));
+    }
+    let rows = query.all(conn).await.map_err(storage)?;
+    let (rows, token) = page.finish(rows, |r| r.id.clone());
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let parties = benefit_party::Entity::find()
+            .filter(benefit_party::Column::BenefitId.eq(row.id.clone()))
+            .all(conn)
+            .await
+            .map_err(storage)?;
+        out.push(to_domain(row, parties));
+    }
+    Ok((out, token))
+}
+
+/// Moves a benefit from `from` to `to`; false when it was no longer in `from` (a concurrent
+/// change won).
+pub(crate) async fn set_state(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    from: BenefitState,
+    to: BenefitState,
+) -> Result<bool, KitError> {
+    let done = benefit::Entity::update_many()
+        .col_expr(benefit::Column::State, Expr::value(state(to)))
+        .filter(benefit::Column::Id.eq(id))
+        .filter(benefit::Column::State.eq(state(from)))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Records the funder's acceptance of a DRAFT; false when it is no longer a DRAFT.
+pub(crate) async fn accept_funding(txn: &impl ConnectionTrait, id: &str) -> Result<bool, KitError> {
+    let done = benefit::Entity::update_many()
+        .col_expr(benefit::Column::FundingAccepted, Expr::value(true))
+        .filter(benefit::Column::Id.eq(id))
+        .filter(benefit::Column::State.eq(State::Draft))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Writes the updatable fields of `b` (display name, budget, per-member limit, end).
+pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Result<(), KitError> {
+    benefit::ActiveModel {
+        id: Set(b.id.clone()),
+        display_name: Set(b.display_name.clone()),
+        budget_units: Set(b.budget_units),
+        per_member_limit: Set(b.per_member_limit),
+        valid_until: Set(b.valid_until_millis),
+        ..Default::default()
+    }
+    .update(txn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// Takes one unit of the budget of an ACTIVE benefit: a single conditional update, so no
+/// concurrency (threads, replicas on one PostgreSQL) takes more than the budget. False when
+/// the budget is spent or the benefit is not ACTIVE.
+pub(crate) async fn take_unit(txn: &impl ConnectionTrait, id: &str) -> Result<bool, KitError> {
+    let done = benefit::Entity::update_many()
+        .col_expr(
+            benefit::Column::GrantedUnits,
+            Expr::col(benefit::Column::GrantedUnits).add(1),
+        )
+        .filter(benefit::Column::Id.eq(id))
+        .filter(benefit::Column::State.eq(State::Active))
+        .filter(
+            Expr::col(benefit::Column::GrantedUnits).lt(Expr::col(benefit::Column::BudgetUnits)),
+        )
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Stores a unit for `member`, refusing one beyond the per-member limit (0: none). The n-th
+/// unit's key is (benefit, member, n): a concurrent grant that counted the same n fails on it
+/// and the kit runs it again.
+pub(crate) async fn insert_item(
+    txn: &impl ConnectionTrait,
+    item: &ItemRow,
+    per_member_limit: i32,
+) -> Result<(), EntitlementsError> {
+    let held = holding::Entity::find()
+        .filter(holding::Column::BenefitId.eq(item.benefit_id.clone()))
+        .filter(holding::Column::Member.eq(item.member.clone()))
+        .count(txn)
+        .await
+        .map_err(storage)?;
+    let held = i32::try_from(held).unwrap_or(i32::MAX);
+    if per_member_limit > 0 && held >= per_member_limit {
+        return Err(KitError::Precondition(
+            "PER_MEMBER_LIMIT",
+            format!("the member already holds {held} of at most {per_member_limit}"),
+        )
+        .into());
+    }
+    holding::ActiveModel {
+        benefit_id: Set(item.benefit_id.clone()),
+        member: Set(item.member.clone()),
+        ordinal: Set(held + 1),
+        item_id: Set(item.id.clone()),
+    }
+    .insert(txn)
+    .await
+    .map_err(storage)?;
+    wallet_item::ActiveModel::from(item.clone())
+        .insert(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// One unit by id.
+pub(crate) async fn item(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<ItemRow>, KitError> {
+    wallet_item::Entity::find_by_id(id)
+        .one(conn)
+        .await
+        .map_err(storage)
+}
+
+/// The units `member` holds through `holder`, newest first, after the page's key.
+pub(crate) async fn items_of(
+    conn: &impl ConnectionTrait,
+    member: &str,
+    holder: &str,
+    page: &lianyu_kit::page::Page,
+) -> Result<(Vec<ItemRow>, String), KitError> {
+    let mut query = wallet_item::Entity::find()
+        .filter(wallet_item::Column::Member.eq(member))
+        .filter(wallet_item::Column::Holder.eq(holder))
+        .order_by_desc(wallet_item::Column::Id)
+        .limit(page.size + 1);
+    if let Some(after) = &page.after {
+        query = query.filter(wallet_item::Column::Id.lt(after.clone()));
+    }
+    let rows = query.all(conn).await.map_err(storage)?;
+    Ok(page.finish(rows, |r| r.id.clone()))
+}
+
+/// Moves a unit from `from` to `to`, only while it has not expired at `now` (when given);
+/// false when another call moved it first.
+pub(crate) async fn move_item(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    from: ItemState,
+    to: ItemState,
+    unexpired_at: Option<i64>,
+) -> Result<bool, KitError> {
+    let mut update = wallet_item::Entity::update_many()
+        .col_expr(wallet_item::Column::State, Expr::value(to))
+        .filter(wallet_item::Column::Id.eq(id))
+        .filter(wallet_item::Column::State.eq(from));
+    if let Some(now) = unexpired_at {
+        update = update.filter(wallet_item::Column::ExpiresAt.gt(now));
+    }
+    Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
+}
+
+/// Stores a redemption.
+pub(crate) async fn insert_redemption(
+    txn: &impl ConnectionTrait,
+    row: &RedemptionRow,
+) -> Result<(), KitError> {
+    redemption::ActiveModel::from(row.clone())
+        .insert(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// A redemption by id.
+pub(crate) async fn redemption(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<RedemptionRow>, KitError> {
+    redemption::Entity::find_by_id(id)
+        .one(conn)
+        .await
+        .map_err(storage)
+}
+
+/// Ends a hold: RESERVED → `to`, with `before` only while the hold lasts past it; false when
+/// confirm, cancel or expiry ended it first.
+pub(crate) async fn end_hold(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    to: RedemptionState,
+    before: Option<i64>,
+) -> Result<bool, KitError> {
+    let mut update = redemption::Entity::update_many()
+        .col_expr(redemption::Column::State, Expr::value(to))
+        .filter(redemption::Column::Id.eq(id))
+        .filter(redemption::Column::State.eq(RedemptionState::Reserved));
+    if let Some(now) = before {
+        update = update.filter(redemption::Column::HoldUntil.gt(now));
+    }
+    Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
+}
+
+/// Reservations whose hold ended before `now`, at most `limit`.
+pub(crate) async fn expired_holds(
+    conn: &impl ConnectionTrait,
+    now: i64,
+    limit: u64,
+) -> Result<Vec<RedemptionRow>, KitError> {
+    redemption::Entity::find()
+        .filter(redemption::Column::State.eq(RedemptionState::Reserved))
+        .filter(redemption::Column::HoldUntil.lte(now))
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(storage)
+}
+
+/// Posts one balanced ledger transaction; refuses (INTERNAL) one that does not balance.
+pub(crate) async fn post(
+    txn: &impl ConnectionTrait,
+    kind: &str,
+    benefit_id: &str,
+    redemption_id: Option<&str>,
+    postings: &[Posting],
+    at: i64,
+) -> Result<(), KitError> {
+    if postings.is_empty() {
+        return Ok(());
+    }
+    if !crate::domain::balanced(postings) {
+        return Err(KitError::Internal(
+            "an unbalanced ledger transaction".into(),
+        ));
+    }
+    let transaction_id = uuid::Uuid::now_v7().simple().to_string();
+    posting::Entity::insert_many(postings.iter().map(|p| posting::ActiveModel {
+        transaction_id: Set(transaction_id.clone()),
+        kind: Set(kind.to_owned()),
+        partner_id: Set(p.partner.to_string()),
+        account: Set(p.account.clone()),
+        currency: Set(p.currency.clone()),
+        amount: Set(p.amount),
+        benefit_id: Set(benefit_id.to_owned()),
+        redemption_id: Set(redemption_id.map(str::to_owned)),
+        posted_at: Set(at),
+        ..Default::default()
+    }))
+    .exec(txn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// `partner`'s postings posted in [from, until), oldest first, after posting id `after`.
+pub(crate) async fn postings_of(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    from: Option<i64>,
+    until: Option<i64>,
+    after: Option<i64>,
+    limit: Option<u64>,
+) -> Result<Vec<PostingRow>, KitError> {
+    let mut query = posting::Entity::find()
+        .filter(posting::Column::PartnerId.eq(partner))
+        .order_by_asc(posting::Column::Id);
+    if let Some(from) = from {
+        query = query.filter(posting::Column::PostedAt.gte(from));
+    }
+    if let Some(until) = until {
+        query = query.filter(posting::Column::PostedAt.lt(until));
+    }
+    if let Some(after) = after {
+        query = query.filter(posting::Column::Id.gt(after));
+    }
+    if let Some(limit) = limit {
+        query = query.limit(limit);
+    }
+    query.all(conn).await.map_err(storage)
+}
+
+/// How many ledger transactions have been posted.
+pub(crate) async fn transactions(conn: &impl ConnectionTrait) -> Result<u64, KitError> {
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT COUNT(DISTINCT transaction_id) AS n FROM ledger_postings",
+        ))
+        .await
+        .map_err(storage)?;
+    let n: i64 = match row {
+        Some(row) => row.try_get("", "n").map_err(storage)?,
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Every ledger transaction's sum per currency that is not zero: empty when the ledger
+/// balances (the audit).
+pub(crate) async fn unbalanced(
+    conn: &impl ConnectionTrait,
+) -> Result<Vec<(String, String, i64)>, KitError> {
+    #[derive(Debug, sea_orm::FromQueryResult)]
+    struct Sum {
+        transaction_id: String,
+        currency: String,
+        total: i64,
+    }
+    let sums = posting::Entity::find()
+        .select_only()
+        .column(posting::Column::TransactionId)
+        .column(posting::Column::Currency)
+        .column_as(Expr::cust("CAST(SUM(amount) AS BIGINT)"), "total")
+        .group_by(posting::Column::TransactionId)
+        .group_by(posting::Column::Currency)
+        .into_model::<Sum>()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    Ok(sums
+        .into_iter()
+        .filter(|s| s.total != 0)
+        .map(|s| (s.transaction_id, s.currency, s.total))
+        .collect())
+}
+
+fn to_domain(row: benefit::Model, parties: Vec<benefit_party::Model>) -> Benefit {
     let money = |currency: Option<String>, minor: Option<i64>| {
         currency
             .zip(minor)
@@ -115,7 +573,7 @@ pub(crate) async fn benefit_for_party(
         .map(|p| PartnerId::new(p.partner_id))
         .collect();
     honoured_by.sort();
-    Ok(Some(Benefit {
+    Benefit {
         id: row.id,
         display_name: row.display_name,
         kind: match row.kind {
@@ -144,7 +602,9 @@ pub(crate) async fn benefit_for_party(
             State::Paused => BenefitState::Paused,
             State::Ended => BenefitState::Ended,
         },
-    }))
+        valid_days: row.valid_days,
+        funding_accepted: row.funding_accepted,
+    }
 }
 
 fn kind(k: BenefitKind) -> Kind {
@@ -159,7 +619,7 @@ fn kind(k: BenefitKind) -> Kind {
     }
 }
 
-fn state(s: BenefitState) -> State {
+pub(crate) fn state(s: BenefitState) -> State {
     match s {
         BenefitState::Draft => State::Draft,
         BenefitState::Active => State::Active,

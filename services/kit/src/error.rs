@@ -39,6 +39,11 @@ pub trait ServiceError: std::error::Error {
     fn domain(&self) -> &'static str {
         "lianyu"
     }
+    /// `ErrorInfo` metadata a client may switch on beside the reason (a resource's current
+    /// `state` when a transition is refused).
+    fn metadata(&self) -> HashMap<String, String> {
+        HashMap::new()
+    }
 }
 
 /// Implements [`ServiceError`] for a service's error enum: each of its own (unit) variants with
@@ -77,6 +82,13 @@ macro_rules! service_error {
             fn domain(&self) -> &'static str {
                 $domain
             }
+
+            fn metadata(&self) -> ::std::collections::HashMap<String, String> {
+                match self {
+                    Self::Kit(e) => $crate::error::ServiceError::metadata(e),
+                    _ => ::std::collections::HashMap::new(),
+                }
+            }
         }
     };
 }
@@ -97,7 +109,7 @@ pub fn to_status<E: ServiceError>(domain: &str, error: &E) -> Status {
             meta,
         );
     }
-    let mut details = ErrorDetails::with_error_info(error.reason(), domain, HashMap::new());
+    let mut details = ErrorDetails::with_error_info(error.reason(), domain, error.metadata());
     let violations = error.field_violations();
     if !violations.is_empty() {
         details.set_bad_request(
@@ -146,6 +158,11 @@ pub enum KitError {
     /// FAILED_PRECONDITION: the system is not in the state the call needs (NO_ACTIVE_ALLIANCE).
     #[error("{1}")]
     Precondition(&'static str, String),
+    /// FAILED_PRECONDITION for a transition the resource's state does not allow: the reason
+    /// (BENEFIT_STATE), the current state (also in `ErrorInfo` metadata `state`) and what the
+    /// call needed.
+    #[error("{2} (it is {1})")]
+    WrongState(&'static str, &'static str, String),
     /// ALREADY_EXISTS, for example PARTNER_EXISTS.
     #[error("{1}")]
     Exists(&'static str, &'static str),
@@ -198,7 +215,7 @@ impl ServiceError for KitError {
             KitError::NotFound(_) => Code::NotFound,
             KitError::Unauthenticated(..) => Code::Unauthenticated,
             KitError::Denied(..) => Code::PermissionDenied,
-            KitError::Precondition(..) => Code::FailedPrecondition,
+            KitError::Precondition(..) | KitError::WrongState(..) => Code::FailedPrecondition,
             KitError::Exists(..) => Code::AlreadyExists,
             KitError::Exhausted(..) => Code::ResourceExhausted,
             KitError::Unavailable(..) => Code::Unavailable,
@@ -216,6 +233,7 @@ impl ServiceError for KitError {
             | KitError::Unauthenticated(reason, _)
             | KitError::Denied(reason, _)
             | KitError::Precondition(reason, _)
+            | KitError::WrongState(reason, ..)
             | KitError::Exists(reason, _)
             | KitError::Exhausted(reason, _) => reason,
             KitError::Unavailable(reason, _) => reason,
@@ -230,6 +248,15 @@ impl ServiceError for KitError {
         match self {
             KitError::Invalid(v) => v.clone(),
             _ => Vec::new(),
+        }
+    }
+
+    fn metadata(&self) -> HashMap<String, String> {
+        match self {
+            KitError::WrongState(_, state, _) => {
+                HashMap::from([("state".to_owned(), (*state).to_owned())])
+            }
+            _ => HashMap::new(),
         }
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! Members run optimistically, straight in the shared transaction: a savepoint and its release
 //! cost as much as the rest of an enrolment. When a member fails, its partial writes cannot be
-//! told from the others', so the whole open batch is rolled back: the failing member gets its
-//! own error, and the members before it get ABORTED / CONCURRENT_UPDATE, which the mutation
-//! pipeline retries at once. For a while after a failure ([`CAREFUL_FOR`]) every member runs in
+//! told from the others', so the whole open batch is rolled back: the members before it get
+//! ABORTED / CONCURRENT_UPDATE, which the mutation pipeline retries at once, and so does the
+//! failing member unless it was first in the transaction — its refusal may rest on their
+//! writes, now undone (a budget that looked spent), so it is decided again. For a while after a failure ([`CAREFUL_FOR`]) every member runs in
 //! a savepoint of its own instead, so one failing caller cannot keep aborting everyone else's
 //! work.
 //!
@@ -220,6 +221,14 @@ impl Writer {
                         "another mutation of the batch failed; retry".into(),
                     ))));
                     drop(failed);
+                    // Its refusal may rest on writes of the members before it, now undone
+                    // (a budget that looked spent): it is decided again, in a savepoint.
+                    // Alone in the transaction, it saw only committed data: it stands.
+                    if batch.members > 0 {
+                        return Err(StorageError::Conflict(
+                            "decided against writes that were rolled back; retry".into(),
+                        ));
+                    }
                     return Ok(Err(undone));
                 }
             },

@@ -411,9 +411,14 @@ macro_rules! service_entry_points {
         ) -> Result<(), $crate::server::StartError> {
             let db = ctx.open_database::<$migrator>($name).await?;
             // Revoked credentials and suspended partners arrive from identity's mesh feed at
-            // once, whatever the key refresh interval.
-            let _ = ctx.follow_identity($name, &db);
-            $register(mount, db);
+            // once, whatever the key refresh interval; the directory answers the service's
+            // id translations and consent questions (`None` when identity is not configured:
+            // those calls then fail closed).
+            let directory = ctx.follow_identity($name, &db);
+            // Reads outside transactions use their own pool (on SQLite the writer is one
+            // connection, which group commit holds while a batch forms).
+            let read = $crate::storage::open_reader(&ctx.config, $name, &db).await?;
+            $register(ctx, mount, db, read, directory);
             Ok(())
         }
 

@@ -29,6 +29,9 @@ enum Command {
     Token(TokenArgs),
     /// Measure a scenario (or all of them, beside the baseline).
     Bench(BenchArgs),
+    /// Recompute what can be rebuilt from the records: `ledger` sums every ledger transaction's
+    /// postings per currency and reports any that does not come to zero (exit status 1).
+    Audit(AuditArgs),
     /// Generate an Ed25519 token-signing key: the seed for identity's `LIANYU_SIGNING_KEY`
     /// and the `kid=public-key` pair to keep trusting it (`LIANYU_TOKEN_KEYS`) after a rotation.
     Keygen,
@@ -103,6 +106,20 @@ struct UpArgs {
 }
 
 #[derive(Args)]
+struct AuditArgs {
+    /// What to audit: ledger.
+    #[arg(value_parser = ["ledger"])]
+    what: String,
+    /// The entitlements database [env: LIANYU_ENTITLEMENTS_DATABASE_URL or
+    /// LIANYU_DATABASE_URL; default the local mesh's in --data-dir].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The data directory of a local mesh [env: LIANYU_DATA_DIR; default ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct TokenArgs {
     /// A token for the mesh operator.
     #[arg(long, conflicts_with = "partner", required_unless_present = "partner")]
@@ -140,6 +157,7 @@ async fn main() -> std::process::ExitCode {
         Command::Up(args) => up(args).await,
         Command::Token(args) => token(args),
         Command::Bench(args) => bench(args).await,
+        Command::Audit(args) => audit(args).await,
         Command::Keygen => {
             keygen();
             Ok(())
@@ -237,6 +255,40 @@ fn print_banner(config: &Config, address: SocketAddr, names: &[&str]) {
         "  call:     grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {address} lianyu.identity.v1.PartnerService/ListPartners"
     );
     println!("Ctrl-C stops it (health goes NOT_SERVING, in-flight calls finish).");
+}
+
+async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let mut config = Config::from_env()?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let url = args
+        .database_url
+        .unwrap_or_else(|| config.database_url(lianyu_entitlements::NAME));
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && !std::path::Path::new(path.split('?').next().unwrap_or(path)).exists()
+    {
+        bail!("no entitlements database at {path}: pass --data-dir or --database-url");
+    }
+    let db = sea_orm::Database::connect(url.replace("mode=rwc", "mode=ro"))
+        .await
+        .context("cannot open the entitlements database")?;
+    let found = lianyu_entitlements::audit_ledger(&db).await?;
+    for (transaction, currency, sum) in &found.unbalanced {
+        println!("UNBALANCED ledgerEntries/{transaction}: {currency} postings sum to {sum}");
+    }
+    if !found.unbalanced.is_empty() {
+        bail!(
+            "{} of {} ledger transactions do not balance",
+            found.unbalanced.len(),
+            found.transactions
+        );
+    }
+    println!(
+        "ledger balanced: {} transactions, every one sums to zero per currency",
+        found.transactions
+    );
+    Ok(())
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

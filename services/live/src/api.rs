@@ -26,7 +26,13 @@ pub(crate) struct Api {
     mutations: Mutations<LiveError>,
 }
 
-pub(crate) fn register(mount: &mut Mount, db: DatabaseConnection) {
+pub(crate) fn register(
+    _ctx: &lianyu_kit::server::ServerContext,
+    mount: &mut Mount,
+    db: DatabaseConnection,
+    _read: DatabaseConnection,
+    _directory: Option<lianyu_kit::directory::Directory>,
+) {
     let api = Api {
         mutations: Mutations::new(db.clone()),
         db,

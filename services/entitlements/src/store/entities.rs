@@ -59,6 +59,8 @@ entity!(benefit, "benefits", {
     pub valid_until: i64,
     pub state: crate::store::entities::State,
     pub created_at: i64,
+    pub valid_days: i32,
+    pub funding_accepted: bool,
 });
 
 // Who may see a benefit (issuer, funder, honouring partners) and in which role: the tenant
@@ -69,4 +71,96 @@ entity!(benefit_party, "benefit_parties", {
     #[sea_orm(primary_key, auto_increment = false, indexed)]
     pub partner_id: String,
     pub honours: bool,
+});
+
+/// A wallet unit's state as stored (see `WalletItemState` in the contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum ItemState {
+    #[sea_orm(string_value = "available")]
+    Available,
+    #[sea_orm(string_value = "reserved")]
+    Reserved,
+    #[sea_orm(string_value = "redeemed")]
+    Redeemed,
+    #[sea_orm(string_value = "refunded")]
+    Refunded,
+}
+
+/// A redemption's state as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum RedemptionState {
+    #[sea_orm(string_value = "reserved")]
+    Reserved,
+    #[sea_orm(string_value = "confirmed")]
+    Confirmed,
+    #[sea_orm(string_value = "cancelled")]
+    Cancelled,
+}
+
+// One unit of a benefit a member holds. The member is the mesh id only; the partner it was
+// granted through (`holder`) is the one that names it on the wire.
+entity!(wallet_item, "wallet_items", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(indexed)]
+    pub benefit_id: String,
+    #[sea_orm(indexed)]
+    pub member: String,
+    pub holder: String,
+    pub state: crate::store::entities::ItemState,
+    pub granted_at: i64,
+    pub expires_at: i64,
+    pub claim_code: Option<String>,
+});
+
+// The n-th unit of a benefit a member holds: its primary key makes the per-member limit hold
+// under any concurrency (two grants counting the same n collide, and the loser is re-run).
+entity!(holding, "wallet_holdings", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub benefit_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub member: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub ordinal: i32,
+    pub item_id: String,
+});
+
+// One use of a unit at a till.
+entity!(redemption, "redemptions", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(indexed)]
+    pub item_id: String,
+    /// The honouring partner that redeemed it, and its store.
+    #[sea_orm(indexed)]
+    pub partner_id: String,
+    pub store_id: String,
+    pub currency: String,
+    pub order_minor_units: i64,
+    pub discount_minor_units: i64,
+    pub state: crate::store::entities::RedemptionState,
+    pub hold_until: i64,
+    pub created_at: i64,
+});
+
+// One posting of a ledger transaction on a partner's account: debit positive, credit
+// negative, integer minor units. A transaction's postings sum to zero per currency.
+entity!(posting, "ledger_postings", {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(indexed)]
+    pub transaction_id: String,
+    /// GRANT or REDEMPTION.
+    pub kind: String,
+    #[sea_orm(indexed)]
+    pub partner_id: String,
+    pub account: String,
+    pub currency: String,
+    pub amount: i64,
+    pub benefit_id: String,
+    pub redemption_id: Option<String>,
+    #[sea_orm(indexed)]
+    pub posted_at: i64,
 });

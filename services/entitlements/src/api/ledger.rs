@@ -1,0 +1,179 @@
+//! The ledger as each partner sees it: its own postings, and statements summed from them.
+
+use std::collections::BTreeMap;
+
+use lianyu_kit::{
+    KitError,
+    call::unary,
+    ids::PartnerId,
+    names,
+    page::Page,
+    time::{millis, now_millis, timestamp},
+};
+use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::{domain::EntitlementsError, store};
+
+/// Start (inclusive) and end (exclusive) of a period from optional timestamps.
+fn period(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> Result<(Option<i64>, Option<i64>), KitError> {
+    let (from, until) = (start.map(millis), end.map(millis));
+    if let (Some(from), Some(until)) = (from, until)
+        && until <= from
+    {
+        return Err(KitError::invalid("end_time", "after start_time"));
+    }
+    Ok((from, until))
+}
+
+fn money(currency: &str, minor_units: i64) -> Option<common::Money> {
+    Some(common::Money {
+        currency_code: currency.to_owned(),
+        minor_units,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::ledger_service_server::LedgerService for Api {
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        unary(request, async |call, r| {
+            lianyu_kit::call::partner_wide(&call.who)?;
+            let (from, until) = period(r.start_time.as_ref(), r.end_time.as_ref())?;
+            let query = format!("{from:?}/{until:?}");
+            let page = Page::parse(r.page_size, &r.page_token, &[call.partner_id(), &query])?;
+            let after = match &page.after {
+                Some(k) => Some(
+                    k.parse::<i64>()
+                        .map_err(|_| KitError::invalid("page_token", "not from this query"))?,
+                ),
+                None => None,
+            };
+            // A transaction has a handful of postings per partner: read enough for the page
+            // and never cut one in two.
+            let limit = page.size * 8 + 8;
+            let rows = store::postings_of(
+                &self.read,
+                call.partner_id(),
+                from,
+                until,
+                after,
+                Some(limit),
+            )
+            .await?;
+            let complete = (rows.len() as u64) < limit;
+            let mut entries: Vec<(i64, pb::LedgerEntry)> = Vec::new();
+            for row in rows {
+                match entries.last_mut() {
+                    Some((last, entry))
+                        if entry.name == format!("ledgerEntries/{}", row.transaction_id) =>
+                    {
+                        *last = row.id;
+                        entry.postings.push(posting(&row));
+                    }
+                    _ => entries.push((
+                        row.id,
+                        pb::LedgerEntry {
+                            name: format!("ledgerEntries/{}", row.transaction_id),
+                            transaction: row.kind.clone(),
+                            postings: vec![posting(&row)],
+                            redemption: row
+                                .redemption_id
+                                .as_ref()
+                                .map(|r| format!("redemptions/{r}"))
+                                .unwrap_or_default(),
+                            post_time: timestamp(row.posted_at),
+                        },
+                    )),
+                }
+            }
+            if !complete {
+                // The last transaction may continue past what was read.
+                entries.pop();
+            }
+            let size = usize::try_from(page.size).unwrap_or(usize::MAX);
+            let more = entries.len() > size || !complete;
+            entries.truncate(size);
+            let last = entries.last().map(|(id, _)| id.to_string());
+            Ok::<_, EntitlementsError>(pb::ListEntriesResponse {
+                next_page_token: page.next_token(last.as_deref(), more),
+                entries: entries.into_iter().map(|(_, e)| e).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_settlement_statement(
+        &self,
+        request: Request<pb::GetSettlementStatementRequest>,
+    ) -> Result<Response<pb::SettlementStatement>, Status> {
+        unary(request, async |call, r| {
+            lianyu_kit::call::partner_wide(&call.who)?;
+            let [other] = names::parse(&r.counterparty, "partners/{partner}")
+                .map_err(|e| KitError::invalid("counterparty", e))?;
+            let other = PartnerId::new(other);
+            let me = PartnerId::new(call.partner_id());
+            let (from, until) = period(r.start_time.as_ref(), r.end_time.as_ref())?;
+            let until = until.unwrap_or_else(now_millis);
+            let rows =
+                store::postings_of(&self.read, me.as_str(), from, Some(until), None, None).await?;
+            // Per (benefit, currency): what the caller owes the counterparty.
+            let mut by_benefit: BTreeMap<(String, String), Vec<(String, i64)>> = BTreeMap::new();
+            for row in rows {
+                by_benefit
+                    .entry((row.benefit_id, row.currency))
+                    .or_default()
+                    .push((row.account, row.amount));
+            }
+            let line = |owed: i64, currency: &str, benefit: String| {
+                let (debtor, creditor) = if owed > 0 {
+                    (&me, &other)
+                } else {
+                    (&other, &me)
+                };
+                pb::SettlementLine {
+                    debtor: format!("partners/{debtor}"),
+                    creditor: format!("partners/{creditor}"),
+                    amount: money(currency, owed.abs()),
+                    benefit,
+                }
+            };
+            let mut lines = Vec::new();
+            let mut net: BTreeMap<String, i64> = BTreeMap::new();
+            for ((benefit, currency), postings) in by_benefit {
+                let owed = crate::domain::owed_to(&other, &postings);
+                if owed != 0 {
+                    *net.entry(currency.clone()).or_default() += owed;
+                    lines.push(line(owed, &currency, format!("benefits/{benefit}")));
+                }
+            }
+            Ok::<_, EntitlementsError>(pb::SettlementStatement {
+                name: format!("settlementStatements/{other}"),
+                start_time: from.and_then(timestamp),
+                end_time: timestamp(until),
+                lines,
+                closed: false,
+                net: net
+                    .into_iter()
+                    .filter(|(_, owed)| *owed != 0)
+                    .map(|(currency, owed)| line(owed, &currency, String::new()))
+                    .collect(),
+            })
+        })
+        .await
+    }
+}
+
+fn posting(row: &store::PostingRow) -> pb::Posting {
+    pb::Posting {
+        account: row.account.clone(),
+        amount: money(&row.currency, row.amount),
+        benefit: format!("benefits/{}", row.benefit_id),
+    }
+}

@@ -1,0 +1,416 @@
+//! Redemption at a till: reserve then confirm or cancel, or redeem in one call; holds that
+//! nobody ended expire.
+
+use std::time::Duration;
+
+use lianyu_kit::{
+    KitError,
+    call::{Call, unary},
+    ids::PartnerId,
+    money::Money,
+    names,
+    time::{now_millis, timestamp},
+};
+use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
+use sea_orm::TransactionTrait;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::{
+    domain::{Benefit, EntitlementsError},
+    store::{self, ItemRow, ItemState, RedemptionRow, RedemptionState},
+};
+
+/// The default and the longest hold of a reservation.
+const DEFAULT_HOLD_SECONDS: i32 = 300;
+const MAX_HOLD_SECONDS: i32 = 3600;
+/// How often expired holds are looked for, and how many are released per transaction.
+const EXPIRY_PERIOD: Duration = Duration::from_secs(1);
+const EXPIRY_BATCH: u64 = 200;
+
+/// A till's request, parsed.
+struct Till<'a> {
+    scoped: &'a str,
+    item_id: &'a str,
+    store: String,
+    order: Money,
+}
+
+fn till<'a>(
+    call: &Call,
+    wallet_item: &'a str,
+    store: &str,
+    order: Option<&common::Money>,
+) -> Result<Till<'a>, KitError> {
+    let mut v = lianyu_kit::validate::Violations::default();
+    let ids = v.check(
+        "wallet_item",
+        names::parse::<2>(wallet_item, "members/{member}/walletItems/{item}"),
+    );
+    // A store is "partners/{partner}/stores/{store}" of the caller; a store token's own
+    // store when empty, and no other.
+    let store = match (&call.who.store, store) {
+        (Some(own), "") => Some(own.clone()),
+        (own, given) => match names::parse::<2>(given, "partners/{partner}/stores/{store}") {
+            Ok([partner, _]) if partner != call.partner_id() => {
+                v.add("store", "one of the caller's own stores");
+                None
+            }
+            Ok(_) if own.as_deref().is_some_and(|o| o != given) => {
+                return Err(KitError::Denied(
+                    "STORE_MISMATCH",
+                    "a store token redeems at its own store only",
+                ));
+            }
+            Ok(_) => Some(given.to_owned()),
+            Err(e) => {
+                v.add("store", e);
+                None
+            }
+        },
+    };
+    let order = match order {
+        None => {
+            v.add("order_amount", "required");
+            None
+        }
+        Some(m) => v.check(
+            "order_amount",
+            Money::positive(&m.currency_code, m.minor_units),
+        ),
+    };
+    v.finish()?;
+    match (ids, store, order) {
+        (Some([scoped, item_id]), Some(store), Some(order)) => Ok(Till {
+            scoped,
+            item_id,
+            store,
+            order,
+        }),
+        _ => Err(KitError::invalid("wallet_item", "required")),
+    }
+}
+
+fn money(currency: &str, minor_units: i64) -> Option<common::Money> {
+    Some(common::Money {
+        currency_code: currency.to_owned(),
+        minor_units,
+    })
+}
+
+fn redemption_proto(scoped: &str, r: &RedemptionRow) -> pb::Redemption {
+    pb::Redemption {
+        name: format!("redemptions/{}", r.id),
+        wallet_item: format!("members/{scoped}/walletItems/{}", r.item_id),
+        store: r.store_id.clone(),
+        order_amount: money(&r.currency, r.order_minor_units),
+        discount: money(&r.currency, r.discount_minor_units),
+        state: match r.state {
+            RedemptionState::Reserved => pb::RedemptionState::Reserved,
+            RedemptionState::Confirmed => pb::RedemptionState::Confirmed,
+            RedemptionState::Cancelled => pb::RedemptionState::Cancelled,
+        } as i32,
+        expire_time: timestamp(r.hold_until),
+    }
+}
+
+/// Why a unit could not be taken for a till: it is used, held, or past its expiry.
+fn unavailable(item: &ItemRow, now: i64) -> EntitlementsError {
+    let (reason, message) = match item.state {
+        ItemState::Redeemed | ItemState::Refunded => {
+            ("ALREADY_REDEEMED", "this unit has already been redeemed")
+        }
+        ItemState::Reserved => ("ITEM_RESERVED", "this unit is held by another reservation"),
+        ItemState::Available if item.expires_at <= now => ("ITEM_EXPIRED", "this unit has expired"),
+        ItemState::Available => ("ITEM_RESERVED", "this unit changed concurrently; retry"),
+    };
+    KitError::Precondition(reason, message.into()).into()
+}
+
+impl Api {
+    /// Reserve (`hold` seconds) or redeem at once (`None`): every check, then the unit moved
+    /// out of AVAILABLE by one conditional update, so among any number of concurrent tills
+    /// exactly one wins it.
+    async fn take_at_till(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &impl prost::Message,
+        t: Till<'_>,
+        hold: Option<i32>,
+    ) -> Result<pb::Redemption, EntitlementsError> {
+        let me = PartnerId::new(call.partner_id());
+        let mesh = self.mesh_id(me.as_str(), t.scoped).await?;
+        let item = store::item(&self.read, t.item_id)
+            .await?
+            .filter(|i| i.member == mesh.as_str())
+            .ok_or(EntitlementsError::WalletItemNotFound)?;
+        let benefit = store::benefit_by_id(&self.read, &item.benefit_id)
+            .await?
+            .ok_or(EntitlementsError::WalletItemNotFound)?;
+        if !benefit.honoured_by.contains(&me) {
+            return Err(KitError::Denied(
+                "NOT_HONOURED_HERE",
+                "the caller does not honour this benefit",
+            )
+            .into());
+        }
+        if !self
+            .may_redeem(me.as_str(), &mesh, &item.holder, me.as_str())
+            .await?
+        {
+            return Err(KitError::Denied(
+                "CONSENT_REQUIRED",
+                "the member has not consented to benefit redemption here",
+            )
+            .into());
+        }
+        let discount = benefit.discount(&t.order)?;
+        self.hot
+            .run(call, request_id, request, async |txn| {
+                let now = now_millis();
+                let to = if hold.is_some() {
+                    ItemState::Reserved
+                } else {
+                    ItemState::Redeemed
+                };
+                if !store::move_item(txn, &item.id, ItemState::Available, to, Some(now)).await? {
+                    let current = store::item(txn, &item.id)
+                        .await?
+                        .ok_or(EntitlementsError::WalletItemNotFound)?;
+                    return Err(unavailable(&current, now));
+                }
+                let row = RedemptionRow {
+                    id: uuid::Uuid::now_v7().simple().to_string(),
+                    item_id: item.id.clone(),
+                    partner_id: me.to_string(),
+                    store_id: t.store.clone(),
+                    currency: t.order.currency().to_owned(),
+                    order_minor_units: t.order.minor_units(),
+                    discount_minor_units: discount.minor_units(),
+                    state: if hold.is_some() {
+                        RedemptionState::Reserved
+                    } else {
+                        RedemptionState::Confirmed
+                    },
+                    hold_until: hold.map_or(now, |s| now + i64::from(s) * 1000),
+                    created_at: now,
+                };
+                store::insert_redemption(txn, &row).await?;
+                if hold.is_none() {
+                    post_redemption(txn, &benefit, &me, &row, now).await?;
+                }
+                Ok(redemption_proto(t.scoped, &row))
+            })
+            .await
+    }
+
+    /// Confirms or cancels the caller's reservation `name`: exactly one of confirm, cancel
+    /// and expiry ends a hold, by one conditional update.
+    async fn end_reservation(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &impl prost::Message,
+        name: &str,
+        to: RedemptionState,
+    ) -> Result<pb::Redemption, EntitlementsError> {
+        let [id] = names::parse(name, "redemptions/{redemption}")
+            .map_err(|e| KitError::invalid("name", e))?;
+        let me = PartnerId::new(call.partner_id());
+        let found = store::redemption(&self.read, id)
+            .await?
+            .filter(|r| r.partner_id == me.as_str())
+            .filter(|r| call.who.store.as_deref().is_none_or(|s| s == r.store_id))
+            .ok_or(EntitlementsError::RedemptionNotFound)?;
+        let item = store::item(&self.read, &found.item_id)
+            .await?
+            .ok_or(EntitlementsError::RedemptionNotFound)?;
+        // The reply names the member by the caller's own id.
+        let scoped = self
+            .directory()?
+            .scoped_ids(
+                me.as_str(),
+                &[lianyu_kit::ids::MeshMemberId::new(item.member.clone())],
+            )
+            .await?
+            .pop()
+            .flatten()
+            .ok_or(EntitlementsError::RedemptionNotFound)?;
+        self.hot
+            .run(call, request_id, request, async |txn| {
+                let now = now_millis();
+                let current = store::redemption(txn, id)
+                    .await?
+                    .ok_or(EntitlementsError::RedemptionNotFound)?;
+                if current.state != RedemptionState::Reserved {
+                    return Err(wrong_state(&current).into());
+                }
+                if to == RedemptionState::Confirmed && current.hold_until <= now {
+                    return Err(KitError::Precondition(
+                        "HOLD_EXPIRED",
+                        "the reservation's hold has expired; reserve again".into(),
+                    )
+                    .into());
+                }
+                let before = (to == RedemptionState::Confirmed).then_some(now);
+                if !store::end_hold(txn, id, to, before).await? {
+                    let now_state = store::redemption(txn, id)
+                        .await?
+                        .ok_or(EntitlementsError::RedemptionNotFound)?;
+                    return Err(wrong_state(&now_state).into());
+                }
+                let item_to = if to == RedemptionState::Confirmed {
+                    ItemState::Redeemed
+                } else {
+                    ItemState::Available
+                };
+                store::move_item(txn, &current.item_id, ItemState::Reserved, item_to, None).await?;
+                if to == RedemptionState::Confirmed {
+                    let benefit = store::benefit_by_id(txn, &item.benefit_id)
+                        .await?
+                        .ok_or(EntitlementsError::RedemptionNotFound)?;
+                    post_redemption(txn, &benefit, &me, &current, now).await?;
+                }
+                let mut row = current;
+                row.state = to;
+                Ok(redemption_proto(scoped.as_str(), &row))
+            })
+            .await
+    }
+}
+
+fn wrong_state(r: &RedemptionRow) -> KitError {
+    let state = match r.state {
+        RedemptionState::Reserved => "RESERVED",
+        RedemptionState::Confirmed => "CONFIRMED",
+        RedemptionState::Cancelled => "CANCELLED",
+    };
+    KitError::WrongState(
+        "REDEMPTION_STATE",
+        state,
+        "only a RESERVED redemption is confirmed or cancelled".into(),
+    )
+}
+
+async fn post_redemption(
+    txn: &impl sea_orm::ConnectionTrait,
+    benefit: &Benefit,
+    honourer: &PartnerId,
+    r: &RedemptionRow,
+    now: i64,
+) -> Result<(), KitError> {
+    let discount = Money::new(&r.currency, r.discount_minor_units).map_err(KitError::Internal)?;
+    let postings = benefit.redemption_postings(honourer, &discount);
+    store::post(txn, "REDEMPTION", &benefit.id, Some(&r.id), &postings, now).await
+}
+
+/// Releases holds whose time ran out, until `stopping`: each in its own conditional update,
+/// so a confirm or cancel that ended it first wins.
+pub(super) async fn expire_holds(api: Api, stopping: CancellationToken) {
+    lianyu_kit::jobs::periodic(
+        "entitlements.hold_expiry",
+        EXPIRY_PERIOD,
+        true,
+        None,
+        stopping,
+        || {
+            let api = api.clone();
+            async move {
+                let due = store::expired_holds(&api.read, now_millis(), EXPIRY_BATCH).await?;
+                let mut released = 0;
+                for hold in due {
+                    let txn = api
+                        .db
+                        .begin()
+                        .await
+                        .map_err(lianyu_kit::storage::StorageError::from)?;
+                    if store::end_hold(&txn, &hold.id, RedemptionState::Cancelled, None).await? {
+                        store::move_item(
+                            &txn,
+                            &hold.item_id,
+                            ItemState::Reserved,
+                            ItemState::Available,
+                            None,
+                        )
+                        .await?;
+                        released += 1;
+                    }
+                    txn.commit()
+                        .await
+                        .map_err(lianyu_kit::storage::StorageError::from)?;
+                }
+                Ok::<u64, KitError>(released)
+            }
+        },
+    )
+    .await;
+}
+
+#[tonic::async_trait]
+impl pb::redemption_service_server::RedemptionService for Api {
+    async fn reserve_redemption(
+        &self,
+        request: Request<pb::ReserveRedemptionRequest>,
+    ) -> Result<Response<pb::Redemption>, Status> {
+        unary(request, async |call, r| {
+            let hold = match r.hold_seconds {
+                0 => DEFAULT_HOLD_SECONDS,
+                s if (1..=MAX_HOLD_SECONDS).contains(&s) => s,
+                _ => {
+                    return Err(KitError::invalid("hold_seconds", "1 to 3600 (0: 300)").into());
+                }
+            };
+            let t = till(&call, &r.wallet_item, &r.store, r.order_amount.as_ref())?;
+            self.take_at_till(&call, &r.request_id, &r, t, Some(hold))
+                .await
+        })
+        .await
+    }
+
+    async fn redeem(
+        &self,
+        request: Request<pb::RedeemRequest>,
+    ) -> Result<Response<pb::Redemption>, Status> {
+        unary(request, async |call, r| {
+            let t = till(&call, &r.wallet_item, &r.store, r.order_amount.as_ref())?;
+            self.take_at_till(&call, &r.request_id, &r, t, None).await
+        })
+        .await
+    }
+
+    async fn confirm_redemption(
+        &self,
+        request: Request<pb::ConfirmRedemptionRequest>,
+    ) -> Result<Response<pb::Redemption>, Status> {
+        unary(request, async |call, r| {
+            self.end_reservation(
+                &call,
+                &r.request_id,
+                &r,
+                &r.name,
+                RedemptionState::Confirmed,
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn cancel_reservation(
+        &self,
+        request: Request<pb::CancelReservationRequest>,
+    ) -> Result<Response<pb::Redemption>, Status> {
+        unary(request, async |call, r| {
+            self.end_reservation(
+                &call,
+                &r.request_id,
+                &r,
+                &r.name,
+                RedemptionState::Cancelled,
+            )
+            .await
+        })
+        .await
+    }
+}

@@ -1,0 +1,231 @@
+//! Wallets: grants, first-come-first-served claims of a drop, and a member's units.
+
+use lianyu_kit::{
+    KitError,
+    call::{Call, unary},
+    ids::{MeshMemberId, PartnerId},
+    names,
+    page::Page,
+    time::{now_millis, timestamp},
+};
+use lianyu_proto::entitlements::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::{
+    domain::{Benefit, EntitlementsError},
+    store::{self, ItemRow, ItemState},
+};
+
+/// How the unit is asked for: granted by its issuer or funder, or claimed by the member
+/// through any party's app.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Grant,
+    Claim,
+}
+
+/// The member's scoped id from "members/{member}".
+pub(super) fn member<'a>(name: &'a str, field: &str) -> Result<&'a str, KitError> {
+    let [id] = names::parse(name, "members/{member}").map_err(|e| KitError::invalid(field, e))?;
+    Ok(id)
+}
+
+pub(super) fn item_proto(scoped: &str, row: &ItemRow, now: i64) -> pb::WalletItem {
+    let state = match row.state {
+        ItemState::Available if row.expires_at <= now => pb::WalletItemState::Expired,
+        ItemState::Available => pb::WalletItemState::Available,
+        ItemState::Reserved => pb::WalletItemState::Reserved,
+        ItemState::Redeemed => pb::WalletItemState::Redeemed,
+        ItemState::Refunded => pb::WalletItemState::Refunded,
+    };
+    pb::WalletItem {
+        name: format!("members/{scoped}/walletItems/{}", row.id),
+        benefit: format!("benefits/{}", row.benefit_id),
+        state: state as i32,
+        grant_time: timestamp(row.granted_at),
+        expire_time: timestamp(row.expires_at),
+    }
+}
+
+impl Api {
+    /// Grant or claim: the checks before any write (the caller's role, the benefit's state,
+    /// the member, consent), then one unit taken from the budget and stored in one
+    /// transaction.
+    async fn give(
+        &self,
+        call: &Call,
+        route: Route,
+        request_id: &str,
+        request: &impl prost::Message,
+        (member_name, benefit_name, claim_code): (&str, &str, Option<&str>),
+    ) -> Result<pb::WalletItem, EntitlementsError> {
+        let scoped = member(member_name, "member")?;
+        let me = PartnerId::new(call.partner_id());
+        let benefit = self
+            .party_benefit(&self.read, me.as_str(), benefit_name, "benefit")
+            .await?;
+        let may = match route {
+            Route::Grant => me == benefit.issuer || me == benefit.funder,
+            Route::Claim => true,
+        };
+        if !may {
+            return Err(KitError::Denied(
+                "GRANTER_NOT_PARTY",
+                "only the benefit's issuer or funder grants it",
+            )
+            .into());
+        }
+        let now = now_millis();
+        benefit.grantable(now)?;
+        let mesh = self.mesh_id(me.as_str(), scoped).await?;
+        // The funder learns this member holds its benefit: the member must have agreed.
+        if !self
+            .may_redeem(me.as_str(), &mesh, me.as_str(), benefit.funder.as_str())
+            .await?
+        {
+            return Err(KitError::Denied(
+                "CONSENT_REQUIRED",
+                "the member has not consented to benefit redemption with the funder",
+            )
+            .into());
+        }
+        let pipeline = match route {
+            Route::Grant => &self.mutations,
+            Route::Claim => &self.hot,
+        };
+        let sold_out = &self.sold_out;
+        pipeline
+            .run(call, request_id, request, async |txn| {
+                // A replay was answered before this runs; a fresh claim of a drop this
+                // process saw spent is answered without a write.
+                if route == Route::Claim && sold_out.contains_key(&benefit.id) {
+                    return Err(exhausted());
+                }
+                let now = now_millis();
+                if !store::take_unit(txn, &benefit.id).await? {
+                    return Err(self.why_not_taken(txn, &benefit).await);
+                }
+                let row = ItemRow {
+                    id: uuid::Uuid::now_v7().simple().to_string(),
+                    benefit_id: benefit.id.clone(),
+                    member: mesh.to_string(),
+                    holder: me.to_string(),
+                    state: ItemState::Available,
+                    granted_at: now,
+                    expires_at: benefit.expiry(now),
+                    claim_code: claim_code.filter(|c| !c.is_empty()).map(str::to_owned),
+                };
+                store::insert_item(txn, &row, benefit.per_member_limit).await?;
+                store::post(
+                    txn,
+                    "GRANT",
+                    &benefit.id,
+                    None,
+                    &benefit.grant_postings(),
+                    now,
+                )
+                .await?;
+                Ok(item_proto(scoped, &row, now))
+            })
+            .await
+            .inspect_err(|e| {
+                if lianyu_kit::ServiceError::reason(e) == "BUDGET_EXHAUSTED" {
+                    self.sold_out.insert(benefit.id.clone(), ());
+                }
+            })
+    }
+
+    /// Why no unit could be taken: the benefit left ACTIVE, or its budget is spent.
+    async fn why_not_taken(
+        &self,
+        txn: &impl sea_orm::ConnectionTrait,
+        benefit: &Benefit,
+    ) -> EntitlementsError {
+        match store::benefit_by_id(txn, &benefit.id).await {
+            Ok(Some(now)) => match now.grantable(now_millis()) {
+                Err(e) => e.into(),
+                Ok(()) => exhausted(),
+            },
+            Ok(None) => EntitlementsError::BenefitNotFound,
+            Err(e) => e.into(),
+        }
+    }
+
+    /// The caller's member's mesh id and the caller.
+    async fn own_member(
+        &self,
+        call: &Call,
+        name: &str,
+    ) -> Result<(String, MeshMemberId), EntitlementsError> {
+        let scoped = member(name, "member")?;
+        let mesh = self.mesh_id(call.partner_id(), scoped).await?;
+        Ok((scoped.to_owned(), mesh))
+    }
+}
+
+fn exhausted() -> EntitlementsError {
+    KitError::Precondition(
+        "BUDGET_EXHAUSTED",
+        "every unit of this benefit has been given out".into(),
+    )
+    .into()
+}
+
+#[tonic::async_trait]
+impl pb::wallet_service_server::WalletService for Api {
+    async fn grant_benefit(
+        &self,
+        request: Request<pb::GrantBenefitRequest>,
+    ) -> Result<Response<pb::WalletItem>, Status> {
+        unary(request, async |call, r| {
+            self.give(
+                &call,
+                Route::Grant,
+                &r.request_id,
+                &r,
+                (&r.member, &r.benefit, None),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn claim_benefit(
+        &self,
+        request: Request<pb::ClaimBenefitRequest>,
+    ) -> Result<Response<pb::WalletItem>, Status> {
+        unary(request, async |call, r| {
+            self.give(
+                &call,
+                Route::Claim,
+                &r.request_id,
+                &r,
+                (&r.member, &r.benefit, Some(&r.claim_code)),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn list_wallet(
+        &self,
+        request: Request<pb::ListWalletRequest>,
+    ) -> Result<Response<pb::ListWalletResponse>, Status> {
+        unary(request, async |call, r| {
+            let page = Page::parse(r.page_size, &r.page_token, &[call.partner_id(), &r.member])?;
+            let (scoped, mesh) = self.own_member(&call, &r.member).await?;
+            let (rows, next_page_token) =
+                store::items_of(&self.read, mesh.as_str(), call.partner_id(), &page).await?;
+            let now = now_millis();
+            Ok::<_, EntitlementsError>(pb::ListWalletResponse {
+                items: rows
+                    .iter()
+                    .map(|row| item_proto(&scoped, row, now))
+                    .collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,756 @@
+//! Entitlements end to end through identity: a mall issues a coupon the brand funds, grants and
+//! claims hold the budget and the per-member limit at any concurrency, a unit is redeemed once,
+//! holds end exactly once, consent is asked of identity (and its absence refuses), and the
+//! ledger balances into a statement of what the brand owes the mall. Refusals write nothing.
+
+use futures::future::join_all;
+use lianyu_kit::{
+    testing::{BRAND, MALL, OUTSIDER, TestServer, reason},
+    time::{now_millis, timestamp},
+};
+use lianyu_proto::{
+    common::v1::{ConsentPurpose, Money},
+    entitlements::v1::{
+        self as pb, benefit_service_client::BenefitServiceClient,
+        ledger_service_client::LedgerServiceClient,
+        redemption_service_client::RedemptionServiceClient,
+        wallet_service_client::WalletServiceClient,
+    },
+    identity::v1::{
+        self as id, consent_service_client::ConsentServiceClient,
+        member_service_client::MemberServiceClient,
+    },
+};
+use tonic::{Code, codegen::InterceptedService, transport::Channel};
+use tonic_types::StatusExt;
+
+use crate::support::rows;
+
+type Svc = InterceptedService<Channel, lianyu_kit::client::Bearer>;
+
+async fn mesh(test: &str) -> TestServer {
+    start(test, |_| {}).await
+}
+
+/// Identity and entitlements in one server, `configure`d, with the partners set up.
+async fn start(test: &str, configure: impl FnOnce(&mut lianyu_kit::Config)) -> TestServer {
+    crate::support::with_identity!(test, "entitlements", lianyu_entitlements::mount, configure)
+}
+
+fn cny(minor_units: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "CNY".into(),
+        minor_units,
+    })
+}
+
+fn benefits(s: &TestServer, partner: &str) -> BenefitServiceClient<Svc> {
+    BenefitServiceClient::new(s.as_token(&s.token(partner)))
+}
+fn wallet(s: &TestServer, partner: &str) -> WalletServiceClient<Svc> {
+    WalletServiceClient::new(s.as_token(&s.token(partner)))
+}
+fn till(s: &TestServer, token: &str) -> RedemptionServiceClient<Svc> {
+    RedemptionServiceClient::new(s.as_token(token))
+}
+fn ledger(s: &TestServer, partner: &str) -> LedgerServiceClient<Svc> {
+    LedgerServiceClient::new(s.as_token(&s.token(partner)))
+}
+
+/// Enrols a verified phone at `partner`; the partner's scoped member name.
+async fn enrol(s: &TestServer, partner: &str, phone: &str) -> String {
+    MemberServiceClient::new(s.as_token(&s.token(partner)))
+        .enroll_member(id::EnrollMemberRequest {
+            request_id: format!("enrol-{phone}"),
+            identifiers: vec![id::Identifier {
+                kind: id::IdentifierKind::Phone as i32,
+                value: phone.into(),
+                verified: true,
+                verification_method: id::VerificationMethod::SmsCode as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("enrol {phone}: {e}"))
+        .into_inner()
+        .member
+        .unwrap()
+        .name
+}
+
+/// `member` (known to `partner`) consents that `grantee` redeem benefits with them.
+async fn consent(s: &TestServer, partner: &str, member: &str, grantee: &str) {
+    ConsentServiceClient::new(s.as_token(&s.token(partner)))
+        .grant_consent(id::GrantConsentRequest {
+            request_id: format!("consent-{member}-{grantee}"),
+            member: member.into(),
+            grantee: format!("partners/{grantee}"),
+            purposes: vec![ConsentPurpose::BenefitRedemption as i32],
+            channel: id::ConsentChannel::MiniProgram as i32,
+            policy_version: "2026-10".into(),
+            valid_until: None,
+        })
+        .await
+        .unwrap();
+}
+
+/// A benefit `issuer` defines, `funder` pays for and `honoured_by` honours, made ACTIVE
+/// (accepted by the funder first when it is another partner).
+async fn active(
+    s: &TestServer,
+    issuer: &str,
+    funder: &str,
+    honoured_by: &str,
+    shape: impl FnOnce(&mut pb::Benefit),
+) -> pb::Benefit {
+    let mut b = pb::Benefit {
+        display_name: "50 off 300".into(),
+        kind: pb::BenefitKind::ThresholdCoupon as i32,
+        funder: format!("partners/{funder}"),
+        honoured_by: vec![format!("partners/{honoured_by}")],
+        value: cny(5_000),
+        threshold: cny(30_000),
+        budget_units: 1_000,
+        per_member_limit: 1,
+        valid_until: timestamp(now_millis() + 7 * 24 * 3_600_000),
+        ..Default::default()
+    };
+    shape(&mut b);
+    let created = benefits(s, issuer)
+        .create_benefit(pb::CreateBenefitRequest {
+            request_id: format!("define-{}", b.display_name.replace(' ', "-")),
+            benefit: Some(b),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    if funder != issuer {
+        benefits(s, funder)
+            .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
+                request_id: format!("accept-{}", created.name),
+                name: created.name.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    benefits(s, issuer)
+        .activate_benefit(pb::ActivateBenefitRequest {
+            request_id: format!("activate-{}", created.name),
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn grant(member: &str, benefit: &str, request_id: &str) -> pb::GrantBenefitRequest {
+    pb::GrantBenefitRequest {
+        request_id: request_id.into(),
+        member: member.into(),
+        benefit: benefit.into(),
+    }
+}
+
+fn redeem(item: &str, request_id: &str, order: i64) -> pb::RedeemRequest {
+    pb::RedeemRequest {
+        request_id: request_id.into(),
+        wallet_item: item.into(),
+        store: format!("partners/{MALL}/stores/sh01"),
+        order_amount: cny(order),
+    }
+}
+
+/// Ledger transactions whose postings do not sum to zero, as `lianyu audit ledger` finds them
+/// where the postings live.
+async fn unbalanced(s: &TestServer) -> usize {
+    let db = s.database("entitlements").await;
+    lianyu_entitlements::audit_ledger(&db)
+        .await
+        .unwrap()
+        .unbalanced
+        .len()
+}
+
+/// The member's scoped id at the mall becomes the wallet item's prefix there.
+fn item_at(member: &str, item: &str) -> String {
+    let id = item.rsplit('/').next().unwrap();
+    format!("{member}/walletItems/{id}")
+}
+
+#[tokio::test]
+async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
+    let s = mesh("ent_lifecycle").await;
+    let created = benefits(&s, MALL)
+        .create_benefit(pb::CreateBenefitRequest {
+            request_id: "d1".into(),
+            benefit: Some(pb::Benefit {
+                display_name: "Joint 50".into(),
+                kind: pb::BenefitKind::FixedCoupon as i32,
+                funder: format!("partners/{BRAND}"),
+                value: cny(5_000),
+                budget_units: 10,
+                valid_until: timestamp(now_millis() + 3_600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!created.funding_accepted);
+    let name = created.name.clone();
+    let activate = |rid: &str| pb::ActivateBenefitRequest {
+        request_id: rid.into(),
+        name: name.clone(),
+    };
+    let e = benefits(&s, MALL)
+        .activate_benefit(activate("a1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "FUNDER_ACCEPTANCE_REQUIRED")
+    );
+    // The funder may not activate for the issuer, nor the issuer accept for the funder.
+    let e = benefits(&s, BRAND)
+        .activate_benefit(activate("a2"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ISSUER_ONLY");
+    let e = benefits(&s, MALL)
+        .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
+            request_id: "x".into(),
+            name: name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "FUNDER_ONLY");
+    let read = benefits(&s, MALL)
+        .get_benefit(pb::GetBenefitRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, created, "refusals changed nothing");
+    // An outsider learns nothing.
+    let e = benefits(&s, OUTSIDER)
+        .activate_benefit(activate("a3"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_NOT_FOUND");
+
+    benefits(&s, BRAND)
+        .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
+            request_id: "acc".into(),
+            name: name.clone(),
+        })
+        .await
+        .unwrap();
+    let on = benefits(&s, MALL)
+        .activate_benefit(activate("a4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(on.state, pb::BenefitState::Active as i32);
+    // Resuming what is not paused names the current state.
+    let e = benefits(&s, MALL)
+        .resume_benefit(pb::ResumeBenefitRequest {
+            request_id: "r1".into(),
+            name: name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_STATE");
+    let details = e.get_error_details();
+    assert_eq!(
+        details
+            .error_info()
+            .unwrap()
+            .metadata
+            .get("state")
+            .map(String::as_str),
+        Some("ACTIVE")
+    );
+    // A live budget grows, never shrinks.
+    let update = |rid: &str, units: i64| pb::UpdateBenefitRequest {
+        request_id: rid.into(),
+        benefit: Some(pb::Benefit {
+            name: name.clone(),
+            budget_units: units,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["budget_units".into()],
+        }),
+    };
+    let e = benefits(&s, MALL)
+        .update_benefit(update("u1", 5))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BUDGET_MAY_ONLY_GROW");
+    let e = benefits(&s, BRAND)
+        .update_benefit(update("u2", 50))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ISSUER_ONLY");
+    let grown = benefits(&s, MALL)
+        .update_benefit(update("u3", 20))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.budget_units, 20);
+    let paused = benefits(&s, MALL)
+        .pause_benefit(pb::PauseBenefitRequest {
+            request_id: "p1".into(),
+            name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.state, pb::BenefitState::Paused as i32);
+    let listed = benefits(&s, BRAND)
+        .list_benefits(pb::ListBenefitsRequest {
+            state: pb::BenefitState::Paused as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.benefits, [paused]);
+    let none = benefits(&s, OUTSIDER)
+        .list_benefits(pb::ListBenefitsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.benefits.is_empty());
+}
+
+#[tokio::test]
+async fn a_cross_partner_grant_needs_the_members_consent_to_the_funder() {
+    let s = mesh("ent_grant_consent").await;
+    let coupon = active(&s, MALL, BRAND, MALL, |_| {}).await;
+    let member = enrol(&s, MALL, "13800138001").await;
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "CONSENT_REQUIRED")
+    );
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 0);
+    assert_eq!(rows(&s, "entitlements", "ledger_postings").await, 0);
+    // An outsider cannot grant it, and a member the caller does not hold is not found.
+    let e = wallet(&s, OUTSIDER)
+        .grant_benefit(grant(&member, &coupon.name, "g2"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_NOT_FOUND");
+    let e = wallet(&s, BRAND)
+        .grant_benefit(grant(&member, &coupon.name, "g3"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&e),
+        "MEMBER_NOT_FOUND",
+        "the mall's id means nothing to the brand"
+    );
+
+    consent(&s, MALL, &member, BRAND).await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(item.name.starts_with(&format!("{member}/walletItems/")));
+    assert_eq!(item.state, pb::WalletItemState::Available as i32);
+    let replay = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replay, item, "a retry returns the first grant");
+    let listed = wallet(&s, MALL)
+        .list_wallet(pb::ListWalletRequest {
+            member: member.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.items, [item]);
+    // The per-member limit (1) holds.
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g5"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PER_MEMBER_LIMIT");
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 1);
+    assert_eq!(unbalanced(&s).await, 0);
+}
+
+/// Forty grants at once against a budget of five; twenty at once to one member with a limit
+/// of one. Real parallel calls; the budget and the limit hold where they live.
+#[tokio::test]
+async fn grants_never_exceed_the_budget_or_the_per_member_limit_at_any_concurrency() {
+    let s = mesh("ent_budget_race").await;
+    let coupon = active(&s, BRAND, BRAND, BRAND, |b| {
+        b.budget_units = 5;
+        b.per_member_limit = 0;
+        b.display_name = "five".into();
+    })
+    .await;
+    let member = enrol(&s, BRAND, "13800138002").await;
+    let replies = join_all((0..40).map(|i| {
+        let mut w = wallet(&s, BRAND);
+        let r = grant(&member, &coupon.name, &format!("b{i}"));
+        async move { w.grant_benefit(r).await }
+    }))
+    .await;
+    let ok = replies.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 5);
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(
+            (e.code(), reason(e).as_str()),
+            (Code::FailedPrecondition, "BUDGET_EXHAUSTED")
+        );
+    }
+    let read = benefits(&s, BRAND)
+        .get_benefit(pb::GetBenefitRequest {
+            name: coupon.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.granted_units, 5);
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 5);
+
+    let limited = active(&s, BRAND, BRAND, BRAND, |b| {
+        b.per_member_limit = 1;
+        b.display_name = "one each".into();
+    })
+    .await;
+    let replies = join_all((0..20).map(|i| {
+        let mut w = wallet(&s, BRAND);
+        let r = grant(&member, &limited.name, &format!("l{i}"));
+        async move { w.grant_benefit(r).await }
+    }))
+    .await;
+    assert_eq!(replies.iter().filter(|r| r.is_ok()).count(), 1);
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(reason(e), "PER_MEMBER_LIMIT");
+    }
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 6);
+    assert_eq!(unbalanced(&s).await, 0);
+}
+
+/// A drop of 40 units and 400 members pressing "claim" at once: exactly 40 handed out, one to
+/// each of 40 different members; the rest hear BUDGET_EXHAUSTED. (The full 1,000-of-10,000
+/// rush is `lianyu bench claim-drop`, on a release build.)
+#[tokio::test]
+async fn a_drop_hands_out_exactly_its_units_to_distinct_members() {
+    // A rush from one partner's app: all admitted (see the redemption race below).
+    let s = start("ent_drop", |config| {
+        config.limits.max_concurrent_requests = 512;
+        config.limits.admission_wait = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let drop = active(&s, BRAND, BRAND, BRAND, |b| {
+        b.budget_units = 40;
+        b.display_name = "drop".into();
+    })
+    .await;
+    let mut members = Vec::new();
+    for chunk in (0..400).collect::<Vec<_>>().chunks(100) {
+        members.extend(
+            join_all(chunk.iter().map(|i| {
+                let phone = format!("1390000{i:04}");
+                let s = &s;
+                async move { enrol(s, BRAND, &phone).await }
+            }))
+            .await,
+        );
+    }
+    let token = s.token(BRAND);
+    let replies = join_all(members.iter().map(|m| {
+        let mut w = WalletServiceClient::new(s.as_token(&token));
+        let r = pb::ClaimBenefitRequest {
+            request_id: format!("claim-{m}"),
+            member: m.clone(),
+            benefit: drop.name.clone(),
+            claim_code: "LIVE-1".into(),
+        };
+        async move { w.claim_benefit(r).await.map(tonic::Response::into_inner) }
+    }))
+    .await;
+    let won: Vec<_> = replies.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let mut refusals = std::collections::BTreeMap::<String, usize>::new();
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        *refusals
+            .entry(format!("{:?} {}", e.code(), reason(e)))
+            .or_default() += 1;
+    }
+    assert_eq!(won.len(), 40, "refusals: {refusals:?}");
+    let mut owners: Vec<_> = won
+        .iter()
+        .map(|i| i.name.split("/walletItems/").next().unwrap())
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners.len(), 40, "no member got two");
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(reason(e), "BUDGET_EXHAUSTED", "{e:?}");
+    }
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 40);
+}
+
+/// 200 tills redeem one single-use coupon at once: one succeeds, 199 hear ALREADY_REDEEMED;
+/// the ledger posts once and the statement shows what the brand owes the mall.
+#[tokio::test]
+async fn a_unit_is_redeemed_once_and_the_brand_owes_the_mall_its_discount() {
+    // Two hundred tills at once from one partner: admitted all (the default admits 96 per
+    // partner and sheds the rest with RESOURCE_EXHAUSTED, which is not what is tested here).
+    let s = start("ent_redeem_once", |config| {
+        config.limits.max_concurrent_requests = 512;
+        config.limits.admission_wait = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let coupon = active(&s, MALL, BRAND, MALL, |_| {}).await;
+    let member = enrol(&s, MALL, "13800138003").await;
+    consent(&s, MALL, &member, BRAND).await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Below the threshold: refused, nothing held.
+    let e = till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(redeem(&item.name, "low", 29_999))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "THRESHOLD_NOT_MET");
+    let counter = s.store_token(MALL, "sh01");
+    let replies = join_all((0..200).map(|i| {
+        let mut t = till(&s, &counter);
+        let r = redeem(&item.name, &format!("r{i}"), 45_000);
+        async move { t.redeem(r).await.map(tonic::Response::into_inner) }
+    }))
+    .await;
+    let ok: Vec<_> = replies.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].discount, cny(5_000));
+    assert_eq!(ok[0].state, pb::RedemptionState::Confirmed as i32);
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(
+            (e.code(), reason(e).as_str()),
+            (Code::FailedPrecondition, "ALREADY_REDEEMED")
+        );
+    }
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 1);
+    assert_eq!(unbalanced(&s).await, 0);
+
+    let statement = |of: &str, other: &str| {
+        let mut l = ledger(&s, of);
+        let r = pb::GetSettlementStatementRequest {
+            counterparty: format!("partners/{other}"),
+            ..Default::default()
+        };
+        async move { l.get_settlement_statement(r).await.unwrap().into_inner() }
+    };
+    for (of, other) in [(BRAND, MALL), (MALL, BRAND)] {
+        let st = statement(of, other).await;
+        assert_eq!(st.net.len(), 1, "{of}");
+        let line = &st.net[0];
+        assert_eq!(
+            (
+                line.debtor.as_str(),
+                line.creditor.as_str(),
+                line.amount.clone()
+            ),
+            ("partners/brand-a", "partners/mall-b", cny(5_000)),
+            "{of}'s books"
+        );
+        assert_eq!(st.lines[0].benefit, coupon.name);
+    }
+    // The outsider has no postings and owes nobody.
+    let st = statement(OUTSIDER, BRAND).await;
+    assert!(st.lines.is_empty() && st.net.is_empty());
+    let entries = ledger(&s, BRAND)
+        .list_entries(pb::ListEntriesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.transaction.as_str())
+            .collect::<Vec<_>>(),
+        ["GRANT", "REDEMPTION"]
+    );
+    assert!(
+        entries
+            .iter()
+            .flat_map(|e| &e.postings)
+            .all(|p| !p.account.starts_with("receivable")),
+        "the brand sees its own accounts only"
+    );
+
+    // The audit finds a posting slipped in by hand that breaks the zero sum.
+    let db = s.database("entitlements").await;
+    let audit = lianyu_entitlements::audit_ledger(&db).await.unwrap();
+    assert_eq!((audit.transactions, audit.unbalanced.len()), (2, 0));
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(
+        "INSERT INTO ledger_postings (transaction_id, kind, partner_id, account, currency, \
+         amount, benefit_id, redemption_id, posted_at) \
+         VALUES ('forged', 'REDEMPTION', 'mall-b', 'discounts_given', 'CNY', -100, 'x', NULL, 0)",
+    )
+    .await
+    .unwrap();
+    let audit = lianyu_entitlements::audit_ledger(&db).await.unwrap();
+    assert_eq!(
+        audit.unbalanced,
+        [("forged".to_owned(), "CNY".to_owned(), -100)]
+    );
+}
+
+/// A reservation ends exactly once: confirm and cancel racing, and a hold that expires.
+#[tokio::test]
+async fn a_hold_ends_exactly_once() {
+    let s = mesh("ent_holds").await;
+    let coupon = active(&s, MALL, MALL, MALL, |b| b.per_member_limit = 0).await;
+    let member = enrol(&s, MALL, "13800138004").await;
+    let counter = s.store_token(MALL, "sh01");
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let reserve = |rid: &str, hold: i32| pb::ReserveRedemptionRequest {
+        request_id: rid.into(),
+        wallet_item: item.name.clone(),
+        store: String::new(),
+        order_amount: cny(40_000),
+        hold_seconds: hold,
+    };
+    for round in 0..5 {
+        let held = till(&s, &counter)
+            .reserve_redemption(reserve(&format!("h{round}"), 60))
+            .await
+            .unwrap()
+            .into_inner();
+        // A second till cannot take the held unit.
+        let e = till(&s, &counter)
+            .redeem(redeem(&item.name, &format!("x{round}"), 40_000))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "ITEM_RESERVED");
+        let (mut a, mut b) = (till(&s, &counter), till(&s, &counter));
+        let (confirm, cancel) = tokio::join!(
+            a.confirm_redemption(pb::ConfirmRedemptionRequest {
+                request_id: format!("c{round}"),
+                name: held.name.clone(),
+            }),
+            b.cancel_reservation(pb::CancelReservationRequest {
+                request_id: format!("k{round}"),
+                name: held.name.clone(),
+            }),
+        );
+        assert!(
+            confirm.is_ok() != cancel.is_ok(),
+            "exactly one of confirm and cancel wins"
+        );
+        let loser = confirm.err().or(cancel.err()).unwrap();
+        assert_eq!(reason(&loser), "REDEMPTION_STATE");
+        // A cancel that won leaves the unit free for the next round; a confirm ends it.
+        if !cancel_won(&loser) {
+            break;
+        }
+    }
+    // A one-second hold nobody ends is released by expiry; confirming it afterwards fails.
+    let fresh = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g2"))
+        .await
+        .unwrap()
+        .into_inner();
+    let postings_before = rows(&s, "entitlements", "ledger_postings").await;
+    let held = till(&s, &counter)
+        .reserve_redemption(pb::ReserveRedemptionRequest {
+            wallet_item: fresh.name.clone(),
+            ..reserve("short", 1)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let items = wallet(&s, MALL)
+            .list_wallet(pb::ListWalletRequest {
+                member: member.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        let now = items.iter().find(|i| i.name == fresh.name).unwrap();
+        if now.state == pb::WalletItemState::Available as i32 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hold was never released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let e = till(&s, &counter)
+        .confirm_redemption(pb::ConfirmRedemptionRequest {
+            request_id: "late".into(),
+            name: held.name,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "REDEMPTION_STATE");
+    assert_eq!(
+        rows(&s, "entitlements", "ledger_postings").await,
+        postings_before
+    );
+    assert_eq!(unbalanced(&s).await, 0);
+}
+
+fn cancel_won(loser: &tonic::Status) -> bool {
+    loser
+        .get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get("state").cloned())
+        .as_deref()
+        == Some("CANCELLED")
+}
+
+/// Identity cannot answer: a grant that needs it and a redemption answer UNAVAILABLE and
+/// write nothing.
+#[tokio::test]
+async fn without_identity_grants_and_redemptions_fail_closed() {
+    let s = start("ent_fail_closed", |config| {
+        config.set_peer_url("identity", "http://127.0.0.1:9");
+    })
+    .await;
+    let coupon = active(&s, MALL, MALL, MALL, |_| {}).await;
+    let member = enrol(&s, MALL, "13800138005").await;
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::Unavailable, "IDENTITY_UNAVAILABLE")
+    );
+    let e = till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(redeem(&item_at(&member, "walletItems/0"), "r", 40_000))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 0);
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 0);
+    assert_eq!(rows(&s, "entitlements", "ledger_postings").await, 0);
+}
