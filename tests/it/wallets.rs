@@ -754,3 +754,57 @@ async fn without_identity_grants_and_redemptions_fail_closed() {
     assert_eq!(rows(&s, "entitlements", "redemptions").await, 0);
     assert_eq!(rows(&s, "entitlements", "ledger_postings").await, 0);
 }
+
+/// The drop gate gives back what a refused claim held: one member pressing "claim" ten times
+/// at once (one unit each, limit one) beside another member, on a drop of two units — both
+/// members get one. After the drop is spent, a retry of a winning claim still returns its unit.
+#[tokio::test]
+async fn a_refused_claim_leaves_its_unit_to_the_next_claimer_and_a_winner_can_retry() {
+    let s = start("ent_gate", |config| {
+        config.limits.max_concurrent_requests = 512;
+        config.limits.admission_wait = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let drop = active(&s, BRAND, BRAND, BRAND, |b| {
+        b.budget_units = 2;
+        b.display_name = "two".into();
+    })
+    .await;
+    let eager = enrol(&s, BRAND, "13800138006").await;
+    let patient = enrol(&s, BRAND, "13800138007").await;
+    let claim = |member: &str, rid: String| pb::ClaimBenefitRequest {
+        request_id: rid,
+        member: member.to_owned(),
+        benefit: drop.name.clone(),
+        claim_code: String::new(),
+    };
+    let token = s.token(BRAND);
+    let mut calls: Vec<_> = (0..10).map(|i| claim(&eager, format!("e{i}"))).collect();
+    calls.push(claim(&patient, "p".into()));
+    let replies = join_all(calls.into_iter().map(|r| {
+        let mut w = WalletServiceClient::new(s.as_token(&token));
+        async move { w.claim_benefit(r).await.map(tonic::Response::into_inner) }
+    }))
+    .await;
+    let won: Vec<_> = replies.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 2, "{replies:?}");
+    assert!(won.iter().any(|i| i.name.starts_with(&patient)));
+    assert!(won.iter().any(|i| i.name.starts_with(&eager)));
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(reason(e), "PER_MEMBER_LIMIT");
+    }
+    // Spent: a new claimer hears so at once; the patient member's retry gets its unit back.
+    let late = enrol(&s, BRAND, "13800138008").await;
+    let e = WalletServiceClient::new(s.as_token(&token))
+        .claim_benefit(claim(&late, "late".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BUDGET_EXHAUSTED");
+    let again = WalletServiceClient::new(s.as_token(&token))
+        .claim_benefit(claim(&patient, "p".into()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(won.contains(&&again));
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 2);
+}

@@ -3,6 +3,7 @@
 //! the ledger feed) answer UNIMPLEMENTED (the generated default), after the kit has
 //! authenticated the caller.
 
+mod gate;
 mod ledger;
 mod redemptions;
 mod wallet;
@@ -39,8 +40,8 @@ pub(crate) struct Api {
     /// Identity: members' mesh ids and consent decisions. `None` when identity is not
     /// configured, and then every call that needs it fails closed.
     directory: Option<Directory>,
-    /// Benefits whose budget this process saw spent: claims answer at once, without a write.
-    sold_out: moka::sync::Cache<String, ()>,
+    /// Claims meet a benefit's gate before the database (see gate.rs).
+    gates: gate::Gates,
 }
 
 pub(crate) fn register(
@@ -51,15 +52,11 @@ pub(crate) fn register(
     directory: Option<Directory>,
 ) {
     let api = Api {
-        read,
-        mutations: Mutations::new(db.clone()),
-        hot: Mutations::new(db.clone()).grouped(),
+        read: read.clone(),
+        mutations: Mutations::new(db.clone()).reading(read.clone()),
+        hot: Mutations::new(db.clone()).grouped().reading(read.clone()),
         directory,
-        // Another replica may grow the budget: what this one saw is forgotten after a second.
-        sold_out: moka::sync::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(std::time::Duration::from_secs(1))
-            .build(),
+        gates: gate::Gates::default(),
         db,
     };
     tokio::spawn(redemptions::expire_holds(api.clone(), ctx.stopping.clone()));
@@ -176,6 +173,7 @@ impl Api {
                 Ok(to_proto(&b))
             })
             .await
+            .inspect(|b| self.gates.forget(b.name.trim_start_matches("benefits/")))
     }
 }
 
@@ -279,9 +277,9 @@ impl pb::benefit_service_server::BenefitService for Api {
                     Ok(to_proto(&b))
                 })
                 .await?;
-            // A grown budget may be claimed at once here.
-            self.sold_out
-                .invalidate(benefit.name.trim_start_matches("benefits/"));
+            // A grown budget (or any new term) is claimed at once here.
+            self.gates
+                .forget(benefit.name.trim_start_matches("benefits/"));
             Ok::<_, EntitlementsError>(benefit)
         })
         .await

@@ -37,6 +37,7 @@ pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
     // hears back, so a withdrawal answered here is never checked as granted here.
     let index = store.clone();
     let mutations = Mutations::new(store.db.clone())
+        .reading(store.read.clone())
         .sealed(store.secrets.clone())
         .publishing(
             store.feed.clone(),

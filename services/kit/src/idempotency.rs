@@ -76,6 +76,7 @@ const RACE_RETRIES: u32 = 4;
 /// who did nothing wrong. Its transaction was rolled back, so nothing of the lost try remains.
 pub async fn once_about<Req, Resp, E, F>(
     writer: &Writer,
+    reader: &DatabaseConnection,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     request: &Req,
@@ -91,7 +92,7 @@ where
     let hash = at_rest.digest(&request.encode_to_vec());
     let mut tries = 0;
     loop {
-        match try_once(writer, at_rest, key, &hash, effect.clone()).await {
+        match try_once(writer, reader, at_rest, key, &hash, effect.clone()).await {
             Err(e) if tries < RACE_RETRIES && lost_a_race(&e) => {
                 tries += 1;
                 let pause = rand::random::<u64>() % (2 << tries);
@@ -120,6 +121,7 @@ enum Attempt<Resp, E> {
 
 async fn try_once<Resp, E, F>(
     writer: &Writer,
+    reader: &DatabaseConnection,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     hash: &[u8],
@@ -154,7 +156,9 @@ where
         })
         .await
         .map_err(kit)?;
-    let db = writer.db();
+    // Committed replies are read beside the writer (on SQLite its one connection is busy with
+    // the next batch; a refusal must not queue for it).
+    let db = reader;
     match attempt {
         Ok(Attempt::Done(response)) => Ok(response),
         Err(Attempt::Failed(error)) => {
@@ -263,6 +267,19 @@ fn validate(request_id: &str) -> Result<(), KitError> {
         ));
     }
     Ok(())
+}
+
+/// The stored reply of `request` under `key`, if it was answered before: read-only, for a
+/// caller that can refuse without a write unless it is a replay (a sold-out drop).
+pub async fn stored<Req: Message, Resp: Message + Default>(
+    reader: &DatabaseConnection,
+    at_rest: &dyn AtRest,
+    key: CallKey<'_>,
+    request: &Req,
+) -> Result<Option<Resp>, KitError> {
+    validate(key.request_id)?;
+    let hash = at_rest.digest(&request.encode_to_vec());
+    replay(reader, at_rest, key, &hash).await
 }
 
 async fn replay<Resp: Message + Default>(

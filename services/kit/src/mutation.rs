@@ -24,6 +24,9 @@ pub type BeforeReply = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> 
 /// A service's mutation pipeline, answering with the service's error type `E`; cheap to clone.
 pub struct Mutations<E> {
     writer: Writer,
+    /// Where committed replies are read back (a replay, a refusal's check for one); the
+    /// writer when unset.
+    reader: Option<DatabaseConnection>,
     at_rest: Arc<dyn AtRest>,
     feed: Option<Feed>,
     before_reply: Option<BeforeReply>,
@@ -34,6 +37,7 @@ impl<E> Clone for Mutations<E> {
     fn clone(&self) -> Self {
         Self {
             writer: self.writer.clone(),
+            reader: self.reader.clone(),
             at_rest: self.at_rest.clone(),
             feed: self.feed.clone(),
             before_reply: self.before_reply.clone(),
@@ -47,11 +51,45 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
             writer: Writer::direct(db),
+            reader: None,
             at_rest: Arc::new(Plain),
             feed: None,
             before_reply: None,
             error: PhantomData,
         }
+    }
+
+    /// Reads committed replies from `read` (a read pool beside the writer: on SQLite the
+    /// writer's one connection stays with the writes).
+    pub fn reading(mut self, read: DatabaseConnection) -> Self {
+        self.reader = Some(read);
+        self
+    }
+
+    /// The reply `request` got under `request_id` if it was answered before, read without a
+    /// write: a handler that can refuse at once unless the call is a replay asks this first.
+    pub async fn stored<Req, Resp>(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &Req,
+    ) -> Result<Option<Resp>, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
+        let key = CallKey {
+            partner_id: &call.who.partner_id,
+            method: call.method,
+            request_id,
+        };
+        Ok(idempotency::stored(
+            self.reader.as_ref().unwrap_or(self.writer.db()),
+            self.at_rest.as_ref(),
+            key,
+            request,
+        )
+        .await?)
     }
 
     /// Concurrent mutations share transactions and commits ([`crate::group`]): for a hot write
@@ -123,9 +161,15 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
             request_id,
         };
         let appended = self.feed.as_ref().map(Feed::appended);
-        let reply =
-            idempotency::once_about(&self.writer, self.at_rest.as_ref(), key, request, effect)
-                .await?;
+        let reply = idempotency::once_about(
+            &self.writer,
+            self.reader.as_ref().unwrap_or(self.writer.db()),
+            self.at_rest.as_ref(),
+            key,
+            request,
+            effect,
+        )
+        .await?;
         if let Some(feed) = &self.feed
             && Some(feed.appended()) != appended
         {

@@ -3,6 +3,7 @@
 //! fixed concurrency over several HTTP/2 channels, and reports requests/s, latency
 //! percentiles from an HDR histogram, and errors by status code.
 
+pub mod drop;
 mod report;
 mod setup;
 pub mod streams;
@@ -42,6 +43,8 @@ pub enum Scenario {
     Enroll,
     /// Many open feed streams that receive nothing: what they cost while idle.
     IdleStreams,
+    /// A livestream coupon drop: `--units` units, `--claimers` members claiming at once.
+    ClaimDrop,
 }
 
 impl Scenario {
@@ -55,6 +58,19 @@ impl Scenario {
         Scenario::IdleStreams,
     ];
 
+    /// Run only when named: each prepares its own data at a scale that `all` would not want.
+    pub const BY_NAME: [Scenario; 1] = [Scenario::ClaimDrop];
+
+    /// Every scenario's name, for help and errors.
+    pub fn names() -> String {
+        Self::EVERY
+            .iter()
+            .chain(&Self::BY_NAME)
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::All => "all",
@@ -64,6 +80,7 @@ impl Scenario {
             Scenario::BatchConsentCheck => "batch-consent-check",
             Scenario::Enroll => "enroll",
             Scenario::IdleStreams => "idle-streams",
+            Scenario::ClaimDrop => "claim-drop",
         }
     }
 }
@@ -219,7 +236,7 @@ impl Caller {
                 self.consents.batch_check_consent(request).await.map(drop)
             }
             // Measured by `streams::idle_streams`, not by a call loop; `all` is expanded first.
-            Scenario::IdleStreams | Scenario::All => Ok(()),
+            Scenario::IdleStreams | Scenario::ClaimDrop | Scenario::All => Ok(()),
             Scenario::Enroll => {
                 // A fresh mainland mobile number per call: "13", run (1 digit: 130-139 are all
                 // mobile prefixes), worker (3), sequence (5).

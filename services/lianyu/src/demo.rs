@@ -1,8 +1,9 @@
 //! The demo `lianyu up` runs on a new local mesh: a shoe brand and a department store share a
 //! member the way partners do, through the real contracts — credentials exchanged for tokens,
 //! an alliance both accept, enrolment linked by a verified phone, and a profile the mall sees
-//! only while the member's consent stands, every read audited. It narrates each step and
-//! leaves the data behind for the reader's own calls.
+//! only while the member's consent stands, every read audited; then a coupon the brand funds,
+//! the mall issues and honours at its cosmetics counter, redeemed there and settled from the
+//! ledger. It narrates each step and leaves the data behind for the reader's own calls.
 
 use std::{path::Path, time::Duration};
 
@@ -148,7 +149,9 @@ pub async fn run(
     let mut brand = Partner::new(&channel, &tokens[0]);
     let mut mall = Partner::new(&channel, &tokens[1]);
 
-    say("Aurora proposes a joint domain allowing SHARE_PROFILE; Jade accepts it");
+    say(
+        "Aurora proposes a joint domain allowing SHARE_PROFILE and BENEFIT_REDEMPTION; Jade accepts it",
+    );
     let until = chrono::Utc::now() + chrono::Duration::days(90);
     let alliance = brand
         .partners
@@ -157,7 +160,10 @@ pub async fn run(
             alliance: Some(pb::Alliance {
                 display_name: "Aurora × Jade spring festival".into(),
                 partners: vec![format!("partners/{BRAND}"), format!("partners/{MALL}")],
-                allowed_purposes: vec![ConsentPurpose::ShareProfile as i32],
+                allowed_purposes: vec![
+                    ConsentPurpose::ShareProfile as i32,
+                    ConsentPurpose::BenefitRedemption as i32,
+                ],
                 data_categories: vec!["profile.basic".into(), "membership.tier".into()],
                 processing_method: "shown to Jade Plaza's shopping guides for joint service".into(),
                 valid_until: Some(prost_types::Timestamp {
@@ -287,5 +293,132 @@ pub async fn run(
         "Jade's access log: {} reads, {allowed} allowed, each hash-chained (the read before any consent touched no one's data: not logged)",
         records.len()
     ));
+    coupon(&channel, &tokens, &mall_id, &mut mall, &say).await?;
     Ok(Some(credentials))
+}
+
+/// The joint coupon: Jade issues "¥50 off ¥300" that Aurora pays for, honoured at Jade's
+/// cosmetics counter; the shopper consents, receives it, redeems it there, and the ledger
+/// says what Aurora owes Jade.
+async fn coupon(
+    channel: &Channel,
+    tokens: &[String],
+    mall_member: &str,
+    mall: &mut Partner,
+    say: &impl Fn(&str),
+) -> anyhow::Result<()> {
+    use lianyu_proto::{
+        common::v1::Money,
+        entitlements::v1::{
+            self as ent, benefit_service_client::BenefitServiceClient,
+            ledger_service_client::LedgerServiceClient,
+            redemption_service_client::RedemptionServiceClient,
+            wallet_service_client::WalletServiceClient,
+        },
+    };
+    let ch = |token: &str| InterceptedService::new(channel.clone(), Bearer::new(token));
+    let (brand_token, mall_token) = (&tokens[0], &tokens[1]);
+    let cny = |minor_units| {
+        Some(Money {
+            currency_code: "CNY".into(),
+            minor_units,
+        })
+    };
+    let until = chrono::Utc::now() + chrono::Duration::days(30);
+    let benefit = BenefitServiceClient::new(ch(mall_token))
+        .create_benefit(ent::CreateBenefitRequest {
+            request_id: "demo-coupon".into(),
+            benefit: Some(ent::Benefit {
+                display_name: "Spring festival: 50 off 300".into(),
+                kind: ent::BenefitKind::ThresholdCoupon as i32,
+                funder: format!("partners/{BRAND}"),
+                honoured_by: vec![format!("partners/{MALL}")],
+                value: cny(5_000),
+                threshold: cny(30_000),
+                budget_units: 1_000,
+                per_member_limit: 1,
+                valid_until: Some(prost_types::Timestamp {
+                    seconds: until.timestamp(),
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "Jade issues {} ({}: ¥50 off ¥300, 1,000 units), funded by Aurora",
+        benefit.name, benefit.display_name
+    ));
+    BenefitServiceClient::new(ch(brand_token))
+        .accept_benefit_funding(ent::AcceptBenefitFundingRequest {
+            request_id: "demo-fund".into(),
+            name: benefit.name.clone(),
+        })
+        .await?;
+    BenefitServiceClient::new(ch(mall_token))
+        .activate_benefit(ent::ActivateBenefitRequest {
+            request_id: "demo-activate".into(),
+            name: benefit.name.clone(),
+        })
+        .await?;
+    say("Aurora accepts to fund it; Jade activates it");
+    mall.consents
+        .grant_consent(pb::GrantConsentRequest {
+            request_id: "demo-grant-redemption".into(),
+            member: mall_member.to_owned(),
+            grantee: format!("partners/{BRAND}"),
+            purposes: vec![ConsentPurpose::BenefitRedemption as i32],
+            channel: pb::ConsentChannel::MiniProgram as i32,
+            policy_version: "2026-11".into(),
+            valid_until: None,
+        })
+        .await?;
+    let item = WalletServiceClient::new(ch(mall_token))
+        .grant_benefit(ent::GrantBenefitRequest {
+            request_id: "demo-give".into(),
+            member: mall_member.to_owned(),
+            benefit: benefit.name.clone(),
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "the shopper agrees in Jade's app that Aurora fund their benefits; Jade grants the coupon: {}",
+        item.name
+    ));
+    let counter = format!("partners/{MALL}/stores/cosmetics");
+    let redeemed = RedemptionServiceClient::new(ch(mall_token))
+        .redeem(ent::RedeemRequest {
+            request_id: "demo-redeem".into(),
+            wallet_item: item.name.clone(),
+            store: counter.clone(),
+            order_amount: cny(45_000),
+        })
+        .await?
+        .into_inner();
+    let off = redeemed.discount.map_or(0, |m| m.minor_units);
+    say(&format!(
+        "the shopper pays ¥450 at {counter} and redeems it: ¥{}.{:02} off ({})",
+        off / 100,
+        off % 100,
+        redeemed.name
+    ));
+    let statement = LedgerServiceClient::new(ch(brand_token))
+        .get_settlement_statement(ent::GetSettlementStatementRequest {
+            counterparty: format!("partners/{MALL}"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    for line in &statement.net {
+        let owed = line.amount.as_ref().map_or(0, |m| m.minor_units);
+        say(&format!(
+            "Aurora's settlement statement with Jade, summed from its postings: {} owes {} ¥{}.{:02}",
+            line.debtor,
+            line.creditor,
+            owed / 100,
+            owed % 100
+        ));
+    }
+    Ok(())
 }

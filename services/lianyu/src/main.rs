@@ -39,10 +39,11 @@ enum Command {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The scenario: all, bare, baseline, consent-check, batch-consent-check, enroll or
-    /// idle-streams (several may be named). `all` runs every one: bare (a plain tonic server),
-    /// the baseline through the kit's layers (shown as a share of bare), then each other as a
-    /// share of the baseline.
+    /// The scenario: all, bare, baseline, consent-check, batch-consent-check, enroll,
+    /// idle-streams or claim-drop (several may be named). `all` runs every one but claim-drop:
+    /// bare (a plain tonic server), the baseline through the kit's layers (shown as a share of
+    /// bare), then each other as a share of the baseline. claim-drop enrols --claimers members
+    /// and has them all claim one of --units units at once.
     #[arg(value_parser = parse_scenarios)]
     scenario: Vec<lianyu::bench::Scenario>,
     /// A running mesh (http://host:port); by default bench starts its own on embedded SQLite.
@@ -73,6 +74,12 @@ struct BenchArgs {
     /// Streams idle-streams opens.
     #[arg(long, default_value_t = 10_000)]
     streams: usize,
+    /// claim-drop: members claiming at once.
+    #[arg(long, default_value_t = 10_000)]
+    claimers: usize,
+    /// claim-drop: units in the drop.
+    #[arg(long, default_value_t = 1_000)]
+    units: i64,
     /// How long idle-streams holds them while measuring.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     hold: Duration,
@@ -83,11 +90,7 @@ fn parse_scenarios(s: &str) -> Result<lianyu::bench::Scenario, String> {
     lianyu::bench::Scenario::from_str(s, true).map_err(|_| {
         format!(
             "no scenario {s:?}; the scenarios are all, {}",
-            lianyu::bench::Scenario::EVERY
-                .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+            lianyu::bench::Scenario::names()
         )
     })
 }
@@ -350,13 +353,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use lianyu::bench::{Load, Scenario, Target};
-    let names = || {
-        Scenario::EVERY
-            .iter()
-            .map(|s| s.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = Scenario::names;
     let scenarios: Vec<Scenario> = if args.scenario.is_empty() {
         bail!("name a scenario: all, {} (or several)", names());
     } else if args.scenario.contains(&Scenario::All) {
@@ -418,6 +415,31 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut baseline = None;
     let mut bare_rps = None;
     for scenario in scenarios {
+        if scenario == Scenario::ClaimDrop {
+            let report = lianyu::bench::drop::claim_drop(
+                &target,
+                args.claimers.max(1),
+                args.units.max(1),
+                args.channels.max(1),
+            )
+            .await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "claim-drop  {} claimers, {} units: {} granted to {} members, every claim answered in {:.3}s ({:.1}x the {:.3}s of as many health checks); refused {:?}",
+                    report.claimers,
+                    report.budget_units,
+                    report.units_granted,
+                    report.distinct_members,
+                    report.seconds,
+                    report.seconds / report.baseline_seconds.max(1e-9),
+                    report.baseline_seconds,
+                    report.refusals
+                );
+            }
+            continue;
+        }
         if scenario == Scenario::IdleStreams {
             let report =
                 lianyu::bench::streams::idle_streams(&target, args.streams, args.hold).await;

@@ -62,9 +62,95 @@ impl Api {
     ) -> Result<pb::WalletItem, EntitlementsError> {
         let scoped = member(member_name, "member")?;
         let me = PartnerId::new(call.partner_id());
+        if route == Route::Claim {
+            return self
+                .claim(
+                    call,
+                    request_id,
+                    request,
+                    (scoped, benefit_name, claim_code),
+                )
+                .await;
+        }
         let benefit = self
             .party_benefit(&self.read, me.as_str(), benefit_name, "benefit")
             .await?;
+        self.give_unit(
+            call,
+            route,
+            request_id,
+            request,
+            (scoped, claim_code),
+            &benefit,
+        )
+        .await
+    }
+
+    /// A claim through the drop gate: a permit first (none left: BUDGET_EXHAUSTED at once,
+    /// unless the call is a replay of a claim that won), then the unit.
+    async fn claim(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &impl prost::Message,
+        (scoped, benefit_name, claim_code): (&str, &str, Option<&str>),
+    ) -> Result<pb::WalletItem, EntitlementsError> {
+        let me = PartnerId::new(call.partner_id());
+        let [id] = names::parse(benefit_name, "benefits/{benefit}")
+            .map_err(|e| KitError::invalid("benefit", e))?;
+        let gate = self.gates.gate(id);
+        let loaded = gate
+            .load(async || {
+                store::benefit_by_id(&self.read, id)
+                    .await?
+                    .ok_or(EntitlementsError::BenefitNotFound)
+            })
+            .await?;
+        if !loaded.benefit.parties().contains(&me) {
+            return Err(EntitlementsError::BenefitNotFound);
+        }
+        let Some(permit) = gate.enter().await else {
+            // The rush after the last unit: no directory, no write.
+            return match self.hot.stored(call, request_id, request).await? {
+                Some(item) => Ok(item),
+                None => Err(exhausted()),
+            };
+        };
+        let started = now_millis();
+        let result = self
+            .give_unit(
+                call,
+                Route::Claim,
+                request_id,
+                request,
+                (scoped, claim_code),
+                &loaded.benefit,
+            )
+            .await;
+        match &result {
+            // A unit granted now (a replay returns one granted before this call began).
+            Ok(item) if item.grant_time.as_ref().map_or(0, lianyu_kit::time::millis) > started => {
+                gate.used(permit);
+            }
+            Err(e) if lianyu_kit::ServiceError::reason(e) == "BUDGET_EXHAUSTED" => gate.close(),
+            _ => drop(permit),
+        }
+        result
+    }
+
+    /// One unit of `benefit` to the caller's member `scoped`: the caller's role, the benefit's
+    /// window, the member and their consent, then the unit taken from the budget and stored in
+    /// one transaction.
+    async fn give_unit(
+        &self,
+        call: &Call,
+        route: Route,
+        request_id: &str,
+        request: &impl prost::Message,
+        (scoped, claim_code): (&str, Option<&str>),
+        benefit: &Benefit,
+    ) -> Result<pb::WalletItem, EntitlementsError> {
+        let me = PartnerId::new(call.partner_id());
         let may = match route {
             Route::Grant => me == benefit.issuer || me == benefit.funder,
             Route::Claim => true,
@@ -94,17 +180,11 @@ impl Api {
             Route::Grant => &self.mutations,
             Route::Claim => &self.hot,
         };
-        let sold_out = &self.sold_out;
         pipeline
             .run(call, request_id, request, async |txn| {
-                // A replay was answered before this runs; a fresh claim of a drop this
-                // process saw spent is answered without a write.
-                if route == Route::Claim && sold_out.contains_key(&benefit.id) {
-                    return Err(exhausted());
-                }
                 let now = now_millis();
                 if !store::take_unit(txn, &benefit.id).await? {
-                    return Err(self.why_not_taken(txn, &benefit).await);
+                    return Err(self.why_not_taken(txn, benefit).await);
                 }
                 let row = ItemRow {
                     id: uuid::Uuid::now_v7().simple().to_string(),
@@ -129,11 +209,6 @@ impl Api {
                 Ok(item_proto(scoped, &row, now))
             })
             .await
-            .inspect_err(|e| {
-                if lianyu_kit::ServiceError::reason(e) == "BUDGET_EXHAUSTED" {
-                    self.sold_out.insert(benefit.id.clone(), ());
-                }
-            })
     }
 
     /// Why no unit could be taken: the benefit left ACTIVE, or its budget is spent.

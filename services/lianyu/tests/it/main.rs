@@ -283,6 +283,8 @@ async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
         "Jade reads again: 1 shared profile (tier \"gold\")",
         "Jade reads again: 0 shared profiles",
         "Jade's access log: 2 reads, 1 allowed",
+        "redeems it: ¥50.00 off",
+        "partners/aurora-shoes owes partners/jade-plaza ¥50.00",
         "client_secret lys_",
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");
