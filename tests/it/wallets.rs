@@ -718,6 +718,84 @@ async fn a_hold_ends_exactly_once() {
     assert_eq!(unbalanced(&s).await, 0);
 }
 
+/// Two entitlements instances on one database (the second beside the first's identity, as two
+/// replicas of a Deployment): 200 members claim a drop of 50 through both at once, and the
+/// budget holds where it lives — 50 units, no more, whichever replica answered.
+#[tokio::test]
+async fn two_instances_on_one_database_share_one_budget() {
+    let s = start("ent_two_instances", |config| {
+        config.limits.max_concurrent_requests = 512;
+        config.limits.admission_wait = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = s.config.clone();
+    config.set_peer_url("identity", s.address.clone());
+    tokio::spawn(lianyu_kit::server::run_service(
+        config,
+        listener,
+        std::future::pending(),
+        async |ctx, mount| lianyu_entitlements::mount(ctx, mount).await,
+    ));
+    let replica = lianyu_kit::testing::connect(&second).await;
+    let drop = active(&s, BRAND, BRAND, BRAND, |b| {
+        b.budget_units = 50;
+        b.display_name = "shared".into();
+    })
+    .await;
+    let mut members = Vec::new();
+    for chunk in (0..200).collect::<Vec<_>>().chunks(50) {
+        members.extend(
+            join_all(chunk.iter().map(|i| {
+                let phone = format!("1370000{i:04}");
+                let s = &s;
+                async move { enrol(s, BRAND, &phone).await }
+            }))
+            .await,
+        );
+    }
+    let token = s.token(BRAND);
+    let replies = join_all(members.iter().enumerate().map(|(i, m)| {
+        let channel = if i % 2 == 0 {
+            s.channel.clone()
+        } else {
+            replica.clone()
+        };
+        let mut w = WalletServiceClient::new(InterceptedService::new(
+            channel,
+            lianyu_kit::client::Bearer::new(&token),
+        ));
+        let r = pb::ClaimBenefitRequest {
+            request_id: format!("claim-{i}"),
+            member: m.clone(),
+            benefit: drop.name.clone(),
+            claim_code: String::new(),
+        };
+        async move { w.claim_benefit(r).await }
+    }))
+    .await;
+    let mut refusals = std::collections::BTreeMap::<String, usize>::new();
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        *refusals.entry(reason(e)).or_default() += 1;
+    }
+    assert_eq!(
+        replies.iter().filter(|r| r.is_ok()).count(),
+        50,
+        "refusals: {refusals:?}"
+    );
+    assert_eq!(refusals.keys().collect::<Vec<_>>(), ["BUDGET_EXHAUSTED"]);
+    let read = benefits(&s, BRAND)
+        .get_benefit(pb::GetBenefitRequest {
+            name: drop.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.granted_units, 50);
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 50);
+}
+
 fn cancel_won(loser: &tonic::Status) -> bool {
     loser
         .get_error_details()
