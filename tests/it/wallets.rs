@@ -886,3 +886,128 @@ async fn a_refused_claim_leaves_its_unit_to_the_next_claimer_and_a_winner_can_re
     assert!(won.contains(&&again));
     assert_eq!(rows(&s, "entitlements", "wallet_items").await, 2);
 }
+
+/// Identity's feed reaches the wallet: when the member withdraws their BENEFIT_REDEMPTION
+/// consent to the brand, the brand's hold on their unit is cancelled and the brand can no
+/// longer redeem it; when the mall erases the member, the units granted through the mall are
+/// closed.
+#[tokio::test]
+async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_wallet() {
+    let s = mesh("ent_feed").await;
+    let coupon = active(&s, MALL, MALL, MALL, |b| {
+        b.honoured_by = vec![format!("partners/{MALL}"), format!("partners/{BRAND}")];
+        b.per_member_limit = 0;
+    })
+    .await;
+    let at_mall = enrol(&s, MALL, "13800138009").await;
+    let at_brand = enrol(&s, BRAND, "13800138009").await;
+    consent(&s, MALL, &at_mall, BRAND).await;
+    let granted = |rid: &'static str| {
+        let mut w = wallet(&s, MALL);
+        let r = grant(&at_mall, &coupon.name, rid);
+        async move { w.grant_benefit(r).await.unwrap().into_inner() }
+    };
+    let (first, second) = (granted("g1").await, granted("g2").await);
+    // The brand knows the unit by its own id of the member.
+    let first_at_brand = item_at(&at_brand, &first.name);
+    let held = till(&s, &s.token(BRAND))
+        .reserve_redemption(pb::ReserveRedemptionRequest {
+            request_id: "hold".into(),
+            wallet_item: first_at_brand.clone(),
+            store: format!("partners/{BRAND}/stores/b01"),
+            order_amount: cny(40_000),
+            hold_seconds: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.state, pb::RedemptionState::Reserved as i32);
+
+    ConsentServiceClient::new(s.as_token(&s.token(MALL)))
+        .withdraw_consent(id::WithdrawConsentRequest {
+            request_id: "withdraw".into(),
+            member: at_mall.clone(),
+            grantee: format!("partners/{BRAND}"),
+            purposes: vec![ConsentPurpose::BenefitRedemption as i32],
+        })
+        .await
+        .unwrap();
+    let state_of = |name: String| {
+        let mut w = wallet(&s, MALL);
+        let member = at_mall.clone();
+        async move {
+            w.list_wallet(pb::ListWalletRequest {
+                member,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .find(|i| i.name == name)
+            .map(|i| i.state)
+        }
+    };
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state_of(first.name.clone()).await != Some(pb::WalletItemState::Available as i32) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the hold was never cancelled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let e = till(&s, &s.token(BRAND))
+        .confirm_redemption(pb::ConfirmRedemptionRequest {
+            request_id: "confirm".into(),
+            name: held.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "REDEMPTION_STATE");
+    let e = till(&s, &s.token(BRAND))
+        .redeem(pb::RedeemRequest {
+            store: format!("partners/{BRAND}/stores/b01"),
+            ..redeem(&first_at_brand, "after", 40_000)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "CONSENT_REQUIRED");
+    // The mall itself still honours its own unit.
+    till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(redeem(&first.name, "own", 40_000))
+        .await
+        .unwrap();
+
+    MemberServiceClient::new(s.as_token(&s.token(MALL)))
+        .erase_member(id::EraseMemberRequest {
+            request_id: "erase".into(),
+            member: at_mall.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let db = s.database("entitlements").await;
+    let id = second.name.rsplit('/').next().unwrap().to_owned();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT state FROM wallet_items WHERE id = '{id}'"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let state: String = row.try_get("", "state").unwrap();
+        if state == "closed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the wallet was never closed ({state})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -33,7 +33,7 @@ pub(crate) fn register(
     db: DatabaseConnection,
     _read: DatabaseConnection,
     _directory: Option<lianyu_kit::directory::Directory>,
-) {
+) -> Option<lianyu_kit::directory::MeshHook> {
     let api = Api {
         mutations: Mutations::new(db.clone()),
         db,
@@ -54,6 +54,7 @@ pub(crate) fn register(
         mount,
         pb::funnel_service_server::FunnelServiceServer::new(api.clone())
     );
+    None
 }
 
 lianyu_kit::service_error!(ComarketingError, "lianyu.comarketing", {

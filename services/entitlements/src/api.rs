@@ -50,7 +50,7 @@ pub(crate) fn register(
     db: DatabaseConnection,
     read: DatabaseConnection,
     directory: Option<Directory>,
-) {
+) -> Option<lianyu_kit::directory::MeshHook> {
     let api = Api {
         read: read.clone(),
         mutations: Mutations::new(db.clone()).reading(read.clone()),
@@ -76,6 +76,46 @@ pub(crate) fn register(
         mount,
         pb::ledger_service_server::LedgerServiceServer::new(api.clone())
     );
+    Some(std::sync::Arc::new(|txn, event| {
+        Box::pin(async move { on_mesh_event(txn, &event).await })
+    }))
+}
+
+/// Identity's word on a member, acted on in the transaction that stores the feed's cursor:
+/// a withdrawn BENEFIT_REDEMPTION consent cancels the holds the grantee has on the member's
+/// units granted through the collector (new redemptions there already ask identity and are
+/// refused); an erasure at a partner closes the member's wallet there. Postings name partners'
+/// accounts only, never a member.
+async fn on_mesh_event(
+    txn: &sea_orm::DatabaseTransaction,
+    event: &lianyu_proto::identity::internal::v1::WatchMeshEventsResponse,
+) -> Result<(), KitError> {
+    use lianyu_proto::identity::internal::v1::MeshEventKind;
+    let (Some(member), Some(partner)) = (
+        event.mesh_member.strip_prefix("meshMembers/"),
+        event.partner.strip_prefix("partners/"),
+    ) else {
+        return Ok(());
+    };
+    match event.kind() {
+        MeshEventKind::ConsentWithdrawn
+            if event
+                .purposes
+                .contains(&(common::ConsentPurpose::BenefitRedemption as i32)) =>
+        {
+            let grantee = event.grantee.strip_prefix("partners/");
+            let n = store::cancel_holds(txn, member, partner, grantee).await?;
+            if n > 0 {
+                tracing::info!(holds = n, "consent withdrawn: holds cancelled");
+            }
+        }
+        MeshEventKind::MemberErased => {
+            let n = store::close_wallet(txn, member, partner).await?;
+            tracing::info!(units = n, "member erased: wallet closed");
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {

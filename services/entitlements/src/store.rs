@@ -397,6 +397,69 @@ pub(crate) async fn move_item(
     Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
 }
 
+/// Cancels the holds on `member`'s units granted through `holder` (only those at `honourer`,
+/// when given), releasing the units; how many were cancelled.
+pub(crate) async fn cancel_holds(
+    txn: &impl ConnectionTrait,
+    member: &str,
+    holder: &str,
+    honourer: Option<&str>,
+) -> Result<u64, KitError> {
+    let items: Vec<String> = wallet_item::Entity::find()
+        .filter(wallet_item::Column::Member.eq(member))
+        .filter(wallet_item::Column::Holder.eq(holder))
+        .filter(wallet_item::Column::State.eq(ItemState::Reserved))
+        .all(txn)
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let mut holds = redemption::Entity::find()
+        .filter(redemption::Column::ItemId.is_in(items))
+        .filter(redemption::Column::State.eq(RedemptionState::Reserved));
+    if let Some(h) = honourer {
+        holds = holds.filter(redemption::Column::PartnerId.eq(h));
+    }
+    let mut cancelled = 0;
+    for hold in holds.all(txn).await.map_err(storage)? {
+        if end_hold(txn, &hold.id, RedemptionState::Cancelled, None).await? {
+            move_item(
+                txn,
+                &hold.item_id,
+                ItemState::Reserved,
+                ItemState::Available,
+                None,
+            )
+            .await?;
+            cancelled += 1;
+        }
+    }
+    Ok(cancelled)
+}
+
+/// Closes `member`'s wallet at `holder` (the member was erased there): holds are cancelled
+/// and every unit granted through that partner is CLOSED, never to be redeemed.
+pub(crate) async fn close_wallet(
+    txn: &impl ConnectionTrait,
+    member: &str,
+    holder: &str,
+) -> Result<u64, KitError> {
+    cancel_holds(txn, member, holder, None).await?;
+    let done = wallet_item::Entity::update_many()
+        .col_expr(wallet_item::Column::State, Expr::value(ItemState::Closed))
+        .filter(wallet_item::Column::Member.eq(member))
+        .filter(wallet_item::Column::Holder.eq(holder))
+        .filter(wallet_item::Column::State.eq(ItemState::Available))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected)
+}
+
 /// Stores a redemption.
 pub(crate) async fn insert_redemption(
     txn: &impl ConnectionTrait,

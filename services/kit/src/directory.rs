@@ -42,6 +42,19 @@ const CACHE_ENTRIES: u64 = 100_000;
 /// The longest a cached consent decision is used.
 pub const DECISION_TTL: Duration = Duration::from_secs(30);
 
+/// What a consuming service does in its own database when a mesh event arrives (cancel holds
+/// on a withdrawal, close a wallet on an erasure), inside the transaction that stores the
+/// feed's cursor with it: the event is acted on exactly once, or not at all and delivered
+/// again.
+pub type MeshHook = Arc<
+    dyn for<'a> Fn(
+            &'a sea_orm::DatabaseTransaction,
+            pb::WatchMeshEventsResponse,
+        ) -> crate::feed::Handled<'a>
+        + Send
+        + Sync,
+>;
+
 /// One consent question: may `grantee` use the member, known through `grantor`, for `purpose`?
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Question {
@@ -306,6 +319,7 @@ impl Directory {
         consumer: String,
         verifier: Arc<TokenVerifier>,
         stopping: CancellationToken,
+        hook: Option<MeshHook>,
     ) {
         let peer = self.peer.clone();
         let lag_name = consumer.clone();
@@ -328,7 +342,7 @@ impl Directory {
                         }))
                     }
                 },
-                |_txn, event| {
+                |txn, event| {
                     self.apply(&event, &verifier);
                     if let Some(at) = &event.event_time {
                         crate::feed::record_lag(
@@ -336,7 +350,10 @@ impl Directory {
                             at.seconds * 1000 + i64::from(at.nanos) / 1_000_000,
                         );
                     }
-                    Box::pin(async { Ok(()) })
+                    match &hook {
+                        Some(hook) => hook(txn, event),
+                        None => Box::pin(async { Ok(()) }),
+                    }
                 },
                 stopping,
             )

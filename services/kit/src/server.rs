@@ -127,26 +127,38 @@ impl ServerContext {
     /// this process within the feed's latency). `None`, with a warning, when the service has
     /// no way to call identity: no `LIANYU_IDENTITY_URL`, or no service credential outside
     /// `lianyu up`; revocations then arrive with the next key refresh.
+    /// `service`'s view of identity (its peer channel with the service's own token), or `None`
+    /// when identity's address is not configured — then every call that needs it fails
+    /// closed. Follow its mesh feed with [`ServerContext::follow_identity`].
+    pub fn directory(&self, service: &str) -> Option<crate::directory::Directory> {
+        match self.peer(service, "identity") {
+            Ok(peer) => Some(crate::directory::Directory::new(
+                peer,
+                self.stopping.clone(),
+            )),
+            Err(e) => {
+                tracing::warn!(service, error = %e, "no identity peer: not following its mesh feed");
+                None
+            }
+        }
+    }
+
+    /// Follows identity's mesh feed for `service` (revocations, suspensions, the directory's
+    /// caches, and `hook`, the service's own reaction), its cursor stored in `db`.
     pub fn follow_identity(
         &self,
         service: &str,
+        directory: &crate::directory::Directory,
         db: &sea_orm::DatabaseConnection,
-    ) -> Option<crate::directory::Directory> {
-        let peer = match self.peer(service, "identity") {
-            Ok(peer) => peer,
-            Err(e) => {
-                tracing::warn!(service, error = %e, "not following identity's mesh feed");
-                return None;
-            }
-        };
-        let directory = crate::directory::Directory::new(peer, self.stopping.clone());
+        hook: Option<crate::directory::MeshHook>,
+    ) {
         tokio::spawn(directory.clone().follow(
             db.clone(),
             format!("{service}:identity.mesh"),
             self.verifier.clone(),
             self.stopping.clone(),
+            hook,
         ));
-        Some(directory)
     }
 
     fn service_token(&self, service: &str) -> Result<Arc<ServiceToken>, StartError> {
@@ -410,15 +422,18 @@ macro_rules! service_entry_points {
             mount: &mut $crate::server::Mount,
         ) -> Result<(), $crate::server::StartError> {
             let db = ctx.open_database::<$migrator>($name).await?;
-            // Revoked credentials and suspended partners arrive from identity's mesh feed at
-            // once, whatever the key refresh interval; the directory answers the service's
-            // id translations and consent questions (`None` when identity is not configured:
-            // those calls then fail closed).
-            let directory = ctx.follow_identity($name, &db);
+            // The directory answers the service's id translations and consent questions
+            // (`None` when identity is not configured: those calls then fail closed).
+            let directory = ctx.directory($name);
             // Reads outside transactions use their own pool (on SQLite the writer is one
             // connection, which group commit holds while a batch forms).
             let read = $crate::storage::open_reader(&ctx.config, $name, &db).await?;
-            $register(ctx, mount, db, read, directory);
+            let hook = $register(ctx, mount, db.clone(), read, directory.clone());
+            // Revoked credentials and suspended partners arrive from identity's mesh feed at
+            // once, whatever the key refresh interval; so do the events `hook` acts on.
+            if let Some(directory) = &directory {
+                ctx.follow_identity($name, directory, &db, hook);
+            }
             Ok(())
         }
 

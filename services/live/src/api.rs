@@ -32,7 +32,7 @@ pub(crate) fn register(
     db: DatabaseConnection,
     _read: DatabaseConnection,
     _directory: Option<lianyu_kit::directory::Directory>,
-) {
+) -> Option<lianyu_kit::directory::MeshHook> {
     let api = Api {
         mutations: Mutations::new(db.clone()),
         db,
@@ -57,6 +57,7 @@ pub(crate) fn register(
         mount,
         pb::stats_service_server::StatsServiceServer::new(api.clone())
     );
+    None
 }
 
 lianyu_kit::service_error!(LiveError, "lianyu.live", {

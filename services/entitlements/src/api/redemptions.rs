@@ -122,6 +122,10 @@ fn unavailable(item: &ItemRow, now: i64) -> EntitlementsError {
             ("ALREADY_REDEEMED", "this unit has already been redeemed")
         }
         ItemState::Reserved => ("ITEM_RESERVED", "this unit is held by another reservation"),
+        ItemState::Closed => (
+            "ITEM_CLOSED",
+            "the member's wallet was closed at its partner",
+        ),
         ItemState::Available if item.expires_at <= now => ("ITEM_EXPIRED", "this unit has expired"),
         ItemState::Available => ("ITEM_RESERVED", "this unit changed concurrently; retry"),
     };

@@ -38,6 +38,7 @@ pub(super) fn item_proto(scoped: &str, row: &ItemRow, now: i64) -> pb::WalletIte
         ItemState::Reserved => pb::WalletItemState::Reserved,
         ItemState::Redeemed => pb::WalletItemState::Redeemed,
         ItemState::Refunded => pb::WalletItemState::Refunded,
+        ItemState::Closed => pb::WalletItemState::Closed,
     };
     pb::WalletItem {
         name: format!("members/{scoped}/walletItems/{}", row.id),

@@ -85,6 +85,9 @@ pub enum ItemState {
     Redeemed,
     #[sea_orm(string_value = "refunded")]
     Refunded,
+    /// The member was erased at the partner it was granted through.
+    #[sea_orm(string_value = "closed")]
+    Closed,
 }
 
 /// A redemption's state as stored.

@@ -51,6 +51,7 @@ async fn directory_of(
             "live:identity.mesh".into(),
             ctx.verifier.clone(),
             ctx.stopping.clone(),
+            None,
         ));
     }
     (directory, ctx, dir)
