@@ -1011,3 +1011,100 @@ async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_walle
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Refunds at the till: half the order refunded reverses half the brand's subsidy; ten
+/// refunds racing for the rest never refund more than was paid; the full refund leaves the
+/// books square between brand and mall.
+#[tokio::test]
+async fn refunds_reverse_the_subsidy_in_proportion_and_never_exceed_the_order() {
+    let s = start("ent_refunds", |config| {
+        config.limits.max_concurrent_requests = 512;
+    })
+    .await;
+    let coupon = active(&s, MALL, BRAND, MALL, |_| {}).await;
+    let member = enrol(&s, MALL, "13800138010").await;
+    consent(&s, MALL, &member, BRAND).await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let counter = s.store_token(MALL, "sh01");
+    let sale = till(&s, &counter)
+        .redeem(redeem(&item.name, "sale", 45_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let refund = |rid: String, amount: Option<i64>| pb::RefundRedemptionRequest {
+        request_id: rid,
+        name: sale.name.clone(),
+        amount: amount.and_then(cny),
+    };
+    let owed = || {
+        let mut l = ledger(&s, BRAND);
+        async move {
+            l.get_settlement_statement(pb::GetSettlementStatementRequest {
+                counterparty: format!("partners/{MALL}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .net
+            .first()
+            .and_then(|l| l.amount.clone())
+            .map_or(0, |m| m.minor_units)
+        }
+    };
+    assert_eq!(owed().await, 5_000);
+    let half = till(&s, &counter)
+        .refund_redemption(refund("half".into(), Some(22_500)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(half.refunded_amount, cny(22_500));
+    assert_eq!(owed().await, 2_500, "half the subsidy reversed");
+    let e = till(&s, &counter)
+        .refund_redemption(refund("too-much".into(), Some(30_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "REFUND_EXCEEDS_ORDER");
+    assert_eq!(owed().await, 2_500, "a refused refund changed nothing");
+    // Another partner's till cannot refund it.
+    let e = till(&s, &s.token(BRAND))
+        .refund_redemption(refund("brand".into(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "REDEMPTION_NOT_FOUND");
+    let replies = join_all((0..10).map(|i| {
+        let mut t = till(&s, &counter);
+        let r = refund(format!("r{i}"), Some(4_500));
+        async move { t.refund_redemption(r).await }
+    }))
+    .await;
+    assert_eq!(
+        replies.iter().filter(|r| r.is_ok()).count(),
+        5,
+        "{replies:?}"
+    );
+    let after = till(&s, &counter)
+        .refund_redemption(refund("none-left".into(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&after), "REDEMPTION_STATE");
+    assert_eq!(
+        owed().await,
+        0,
+        "the full refund reversed the whole subsidy"
+    );
+    let listed = wallet(&s, MALL)
+        .list_wallet(pb::ListWalletRequest {
+            member: member.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.items[0].state, pb::WalletItemState::Refunded as i32);
+    assert_eq!(unbalanced(&s).await, 0);
+}

@@ -490,6 +490,39 @@ impl Benefit {
         out
     }
 
+    /// The postings reversing `share` of a redemption's discount at `honourer` (a refund):
+    /// the discount's lines of [`Self::redemption_postings`], negated.
+    pub fn refund_postings(&self, honourer: &PartnerId, share: &Money) -> Vec<Posting> {
+        let source = if self.liability().is_some() {
+            "benefit_liability"
+        } else {
+            "marketing_expense"
+        };
+        let (funder, x) = (&self.funder, share.minor_units());
+        if x == 0 {
+            return Vec::new();
+        }
+        let mut out = vec![Posting::new(funder, source, share, -x)];
+        if honourer == funder {
+            out.push(Posting::new(funder, "discounts_given", share, x));
+        } else {
+            out.push(Posting::new(
+                funder,
+                &format!("payable:{honourer}"),
+                share,
+                x,
+            ));
+            out.push(Posting::new(
+                honourer,
+                &format!("receivable:{funder}"),
+                share,
+                -x,
+            ));
+            out.push(Posting::new(honourer, "discounts_given", share, x));
+        }
+        out
+    }
+
     /// The partners that may see the benefit: its issuer, its funder and those honouring it.
     pub fn parties(&self) -> Vec<PartnerId> {
         let mut parties = vec![self.issuer.clone()];
@@ -521,6 +554,20 @@ impl Posting {
             amount,
         }
     }
+}
+
+/// Of a redemption's `discount` on an `order`, how much a refund that brings the order's
+/// refunded total from `before` to `after` reverses: the cumulative share rounded down, so
+/// the shares of any sequence of refunds add up to exactly the discount at a full refund.
+pub fn refund_share(discount: i64, order: i64, before: i64, after: i64) -> i64 {
+    let upto = |refunded: i64| {
+        if order <= 0 {
+            return 0;
+        }
+        i64::try_from(i128::from(discount) * i128::from(refunded) / i128::from(order))
+            .unwrap_or(discount)
+    };
+    upto(after) - upto(before)
 }
 
 /// Whether postings sum to zero in every currency: no transaction is stored otherwise.
@@ -685,6 +732,38 @@ mod tests {
         percent.percent_off_bps = 1_000;
         assert!(b.grant_postings().len() == 2 && percent.grant_postings().is_empty());
         assert!(balanced(&percent.redemption_postings(&mall, &cny(1_234))));
+    }
+
+    #[test]
+    fn refunds_reverse_the_discount_in_proportion_and_add_up_to_it_exactly() {
+        // ¥50 off a ¥450 order, refunded in three uneven parts.
+        let parts = [10_001, 20_000, 14_999];
+        let mut before = 0;
+        let mut reversed = 0;
+        for p in parts {
+            reversed += refund_share(5_000, 45_000, before, before + p);
+            before += p;
+        }
+        assert_eq!((before, reversed), (45_000, 5_000));
+        assert_eq!(
+            refund_share(5_000, 45_000, 0, 22_500),
+            2_500,
+            "half is half"
+        );
+        let (mall, brand) = (PartnerId::new("mall-b"), PartnerId::new("brand-a"));
+        let b = active(BenefitKind::FixedCoupon);
+        let back = b.refund_postings(&mall, &cny(2_500));
+        assert!(balanced(&back));
+        let brand_side: Vec<_> = back
+            .iter()
+            .filter(|p| p.partner == brand)
+            .map(|p| (p.account.clone(), p.amount))
+            .collect();
+        assert_eq!(
+            owed_to(&mall, &brand_side),
+            -2_500,
+            "the brand owes the mall less"
+        );
     }
 
     #[test]

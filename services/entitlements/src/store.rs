@@ -501,6 +501,33 @@ pub(crate) async fn end_hold(
     Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
 }
 
+/// Records `refunded` (the order's total refunded after this refund) on a CONFIRMED
+/// redemption that had `before` refunded, REFUNDED when `full`; false when another refund
+/// changed it first.
+pub(crate) async fn record_refund(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    before: i64,
+    refunded: i64,
+    full: bool,
+) -> Result<bool, KitError> {
+    let mut update = redemption::Entity::update_many()
+        .col_expr(
+            redemption::Column::RefundedMinorUnits,
+            Expr::value(refunded),
+        )
+        .filter(redemption::Column::Id.eq(id))
+        .filter(redemption::Column::State.eq(RedemptionState::Confirmed))
+        .filter(redemption::Column::RefundedMinorUnits.eq(before));
+    if full {
+        update = update.col_expr(
+            redemption::Column::State,
+            Expr::value(RedemptionState::Refunded),
+        );
+    }
+    Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
+}
+
 /// Reservations whose hold ended before `now`, at most `limit`.
 pub(crate) async fn expired_holds(
     conn: &impl ConnectionTrait,

@@ -110,8 +110,10 @@ fn redemption_proto(scoped: &str, r: &RedemptionRow) -> pb::Redemption {
             RedemptionState::Reserved => pb::RedemptionState::Reserved,
             RedemptionState::Confirmed => pb::RedemptionState::Confirmed,
             RedemptionState::Cancelled => pb::RedemptionState::Cancelled,
+            RedemptionState::Refunded => pb::RedemptionState::Refunded,
         } as i32,
         expire_time: timestamp(r.hold_until),
+        refunded_amount: money(&r.currency, r.refunded_minor_units),
     }
 }
 
@@ -133,6 +135,133 @@ fn unavailable(item: &ItemRow, now: i64) -> EntitlementsError {
 }
 
 impl Api {
+    /// The caller's redemption `name` (a store token: only its store's), its unit, and the
+    /// caller's own id of the member.
+    async fn own_redemption(
+        &self,
+        call: &Call,
+        name: &str,
+    ) -> Result<(String, PartnerId, ItemRow, lianyu_kit::ids::ScopedMemberId), EntitlementsError>
+    {
+        let [id] = names::parse(name, "redemptions/{redemption}")
+            .map_err(|e| KitError::invalid("name", e))?;
+        let me = PartnerId::new(call.partner_id());
+        let found = store::redemption(&self.read, id)
+            .await?
+            .filter(|r| r.partner_id == me.as_str())
+            .filter(|r| call.who.store.as_deref().is_none_or(|s| s == r.store_id))
+            .ok_or(EntitlementsError::RedemptionNotFound)?;
+        let item = store::item(&self.read, &found.item_id)
+            .await?
+            .ok_or(EntitlementsError::RedemptionNotFound)?;
+        let scoped = self
+            .directory()?
+            .scoped_ids(
+                me.as_str(),
+                &[lianyu_kit::ids::MeshMemberId::new(item.member.clone())],
+            )
+            .await?
+            .pop()
+            .flatten()
+            .ok_or(EntitlementsError::RedemptionNotFound)?;
+        Ok((id.to_owned(), me, item, scoped))
+    }
+
+    /// Refunds `amount` (the rest when `None`) of the caller's confirmed redemption `name`,
+    /// reversing the same share of its discount.
+    async fn refund(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &impl prost::Message,
+        name: &str,
+        amount: Option<&common::Money>,
+    ) -> Result<pb::Redemption, EntitlementsError> {
+        let (id, me, item, scoped) = self.own_redemption(call, name).await?;
+        let asked = match amount {
+            None => None,
+            Some(m) => Some(
+                Money::positive(&m.currency_code, m.minor_units)
+                    .map_err(|e| KitError::invalid("amount", e))?,
+            ),
+        };
+        self.hot
+            .run(call, request_id, request, async |txn| {
+                let now = now_millis();
+                let current = store::redemption(txn, &id)
+                    .await?
+                    .ok_or(EntitlementsError::RedemptionNotFound)?;
+                if current.state != RedemptionState::Confirmed {
+                    return Err(KitError::WrongState(
+                        "REDEMPTION_STATE",
+                        state_name(&current),
+                        "only a CONFIRMED redemption is refunded".into(),
+                    )
+                    .into());
+                }
+                let left = current.order_minor_units - current.refunded_minor_units;
+                let now_refunded = match &asked {
+                    None => left,
+                    Some(m) if m.currency() != current.currency => {
+                        return Err(KitError::Precondition(
+                            "CURRENCY_MISMATCH",
+                            format!("the order was paid in {}", current.currency),
+                        )
+                        .into());
+                    }
+                    Some(m) if m.minor_units() > left => {
+                        return Err(KitError::Precondition(
+                            "REFUND_EXCEEDS_ORDER",
+                            format!("at most {left} minor units of the order are left to refund"),
+                        )
+                        .into());
+                    }
+                    Some(m) => m.minor_units(),
+                };
+                let after = current.refunded_minor_units + now_refunded;
+                let full = after == current.order_minor_units;
+                if !store::record_refund(txn, &id, current.refunded_minor_units, after, full)
+                    .await?
+                {
+                    return Err(
+                        KitError::Storage(lianyu_kit::storage::StorageError::Conflict(
+                            "refunded concurrently".into(),
+                        ))
+                        .into(),
+                    );
+                }
+                if full {
+                    store::move_item(
+                        txn,
+                        &item.id,
+                        ItemState::Redeemed,
+                        ItemState::Refunded,
+                        None,
+                    )
+                    .await?;
+                }
+                let share = crate::domain::refund_share(
+                    current.discount_minor_units,
+                    current.order_minor_units,
+                    current.refunded_minor_units,
+                    after,
+                );
+                let benefit = store::benefit_by_id(txn, &item.benefit_id)
+                    .await?
+                    .ok_or(EntitlementsError::RedemptionNotFound)?;
+                let share = Money::new(&current.currency, share).map_err(KitError::Internal)?;
+                let postings = benefit.refund_postings(&me, &share);
+                store::post(txn, "REFUND", &benefit.id, Some(&id), &postings, now).await?;
+                let mut row = current;
+                row.refunded_minor_units = after;
+                if full {
+                    row.state = RedemptionState::Refunded;
+                }
+                Ok(redemption_proto(scoped.as_str(), &row))
+            })
+            .await
+    }
+
     /// Reserve (`hold` seconds) or redeem at once (`None`): every check, then the unit moved
     /// out of AVAILABLE by one conditional update, so among any number of concurrent tills
     /// exactly one wins it.
@@ -193,6 +322,7 @@ impl Api {
                     currency: t.order.currency().to_owned(),
                     order_minor_units: t.order.minor_units(),
                     discount_minor_units: discount.minor_units(),
+                    refunded_minor_units: 0,
                     state: if hold.is_some() {
                         RedemptionState::Reserved
                     } else {
@@ -220,28 +350,8 @@ impl Api {
         name: &str,
         to: RedemptionState,
     ) -> Result<pb::Redemption, EntitlementsError> {
-        let [id] = names::parse(name, "redemptions/{redemption}")
-            .map_err(|e| KitError::invalid("name", e))?;
-        let me = PartnerId::new(call.partner_id());
-        let found = store::redemption(&self.read, id)
-            .await?
-            .filter(|r| r.partner_id == me.as_str())
-            .filter(|r| call.who.store.as_deref().is_none_or(|s| s == r.store_id))
-            .ok_or(EntitlementsError::RedemptionNotFound)?;
-        let item = store::item(&self.read, &found.item_id)
-            .await?
-            .ok_or(EntitlementsError::RedemptionNotFound)?;
-        // The reply names the member by the caller's own id.
-        let scoped = self
-            .directory()?
-            .scoped_ids(
-                me.as_str(),
-                &[lianyu_kit::ids::MeshMemberId::new(item.member.clone())],
-            )
-            .await?
-            .pop()
-            .flatten()
-            .ok_or(EntitlementsError::RedemptionNotFound)?;
+        let (id, me, item, scoped) = self.own_redemption(call, name).await?;
+        let id = id.as_str();
         self.hot
             .run(call, request_id, request, async |txn| {
                 let now = now_millis();
@@ -285,15 +395,19 @@ impl Api {
     }
 }
 
-fn wrong_state(r: &RedemptionRow) -> KitError {
-    let state = match r.state {
+fn state_name(r: &RedemptionRow) -> &'static str {
+    match r.state {
         RedemptionState::Reserved => "RESERVED",
         RedemptionState::Confirmed => "CONFIRMED",
         RedemptionState::Cancelled => "CANCELLED",
-    };
+        RedemptionState::Refunded => "REFUNDED",
+    }
+}
+
+fn wrong_state(r: &RedemptionRow) -> KitError {
     KitError::WrongState(
         "REDEMPTION_STATE",
-        state,
+        state_name(r),
         "only a RESERVED redemption is confirmed or cancelled".into(),
     )
 }
@@ -397,6 +511,17 @@ impl pb::redemption_service_server::RedemptionService for Api {
                 RedemptionState::Confirmed,
             )
             .await
+        })
+        .await
+    }
+
+    async fn refund_redemption(
+        &self,
+        request: Request<pb::RefundRedemptionRequest>,
+    ) -> Result<Response<pb::Redemption>, Status> {
+        unary(request, async |call, r| {
+            self.refund(&call, &r.request_id, &r, &r.name, r.amount.as_ref())
+                .await
         })
         .await
     }

@@ -100,6 +100,8 @@ pub enum RedemptionState {
     Confirmed,
     #[sea_orm(string_value = "cancelled")]
     Cancelled,
+    #[sea_orm(string_value = "refunded")]
+    Refunded,
 }
 
 // One unit of a benefit a member holds. The member is the mesh id only; the partner it was
@@ -143,6 +145,8 @@ entity!(redemption, "redemptions", {
     pub currency: String,
     pub order_minor_units: i64,
     pub discount_minor_units: i64,
+    /// Of the order, refunded so far.
+    pub refunded_minor_units: i64,
     pub state: crate::store::entities::RedemptionState,
     pub hold_until: i64,
     pub created_at: i64,
