@@ -460,7 +460,7 @@ async fn a_drop_hands_out_exactly_its_units_to_distinct_members() {
     })
     .await;
     let mut members = Vec::new();
-    for chunk in (0..400).collect::<Vec<_>>().chunks(100) {
+    for chunk in (0..400).collect::<Vec<_>>().chunks(25) {
         members.extend(
             join_all(chunk.iter().map(|i| {
                 let phone = format!("1390000{i:04}");
@@ -745,7 +745,7 @@ async fn two_instances_on_one_database_share_one_budget() {
     })
     .await;
     let mut members = Vec::new();
-    for chunk in (0..200).collect::<Vec<_>>().chunks(50) {
+    for chunk in (0..200).collect::<Vec<_>>().chunks(25) {
         members.extend(
             join_all(chunk.iter().map(|i| {
                 let phone = format!("1370000{i:04}");
@@ -1107,4 +1107,99 @@ async fn refunds_reverse_the_subsidy_in_proportion_and_never_exceed_the_order() 
         .into_inner();
     assert_eq!(listed.items[0].state, pb::WalletItemState::Refunded as i32);
     assert_eq!(unbalanced(&s).await, 0);
+}
+
+async fn next_entry(
+    feed: &mut tonic::Streaming<pb::WatchLedgerEventsResponse>,
+) -> pb::WatchLedgerEventsResponse {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .unwrap()
+}
+
+/// The ledger feed: each party follows its own side of every transaction from a cursor, and
+/// nobody sees another partner's accounts.
+#[tokio::test]
+async fn each_party_follows_its_own_side_of_the_ledger() {
+    use futures::StreamExt;
+    let s = mesh("ent_ledger_feed").await;
+    let watch = |partner: &str, after: i64| {
+        let mut l = ledger(&s, partner);
+        async move {
+            l.watch_ledger_events(pb::WatchLedgerEventsRequest {
+                after: Some(lianyu_proto::common::v1::FeedCursor { sequence: after }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let mut brand_feed = watch(BRAND, 0).await;
+    let coupon = active(&s, MALL, BRAND, MALL, |_| {}).await;
+    let member = enrol(&s, MALL, "13800138011").await;
+    consent(&s, MALL, &member, BRAND).await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(redeem(&item.name, "r", 45_000))
+        .await
+        .unwrap();
+    let granted = next_entry(&mut brand_feed).await;
+    let redeemed = next_entry(&mut brand_feed).await;
+    let kinds = |e: &pb::WatchLedgerEventsResponse| {
+        let entry = e.entry.clone().unwrap();
+        (
+            entry.transaction,
+            entry
+                .postings
+                .into_iter()
+                .map(|p| (p.account, p.amount.unwrap().minor_units))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        kinds(&granted),
+        (
+            "GRANT".into(),
+            vec![
+                ("marketing_expense".into(), 5_000),
+                ("benefit_liability".into(), -5_000)
+            ]
+        )
+    );
+    assert_eq!(
+        kinds(&redeemed),
+        (
+            "REDEMPTION".into(),
+            vec![
+                ("benefit_liability".into(), 5_000),
+                (format!("payable:{MALL}"), -5_000)
+            ]
+        ),
+        "the brand sees its own accounts, not the mall's"
+    );
+    // The mall resumes from the start and sees only its side; the outsider sees nothing.
+    let mut mall_feed = watch(MALL, 0).await;
+    assert_eq!(
+        kinds(&next_entry(&mut mall_feed).await).1,
+        [
+            (format!("receivable:{BRAND}"), 5_000),
+            ("discounts_given".into(), -5_000)
+        ]
+    );
+    // Resuming after the grant's cursor gives the redemption only.
+    let mut resumed = watch(BRAND, granted.cursor.unwrap().sequence).await;
+    assert_eq!(next_entry(&mut resumed).await.entry, redeemed.entry);
+    let mut outsider = watch(OUTSIDER, 0).await;
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), outsider.next())
+            .await
+            .is_err()
+    );
 }

@@ -1,7 +1,6 @@
 //! gRPC handlers: decode, call the domain and the store, encode; errors map to statuses once,
-//! in [`unary`]. The RPCs not implemented yet (balances, top-ups, refunds, closing a period,
-//! the ledger feed) answer UNIMPLEMENTED (the generated default), after the kit has
-//! authenticated the caller.
+//! in [`unary`]. The RPCs not implemented yet (balances, top-ups, closing a period) answer
+//! UNIMPLEMENTED (the generated default), after the kit has authenticated the caller.
 
 mod gate;
 mod ledger;
@@ -12,6 +11,7 @@ use lianyu_kit::{
     KitError, Mount,
     call::unary,
     directory::{Directory, Question},
+    feed::{Feed, NewEvent},
     ids::{MeshMemberId, PartnerId, ScopedMemberId},
     money::Money,
     mutation::Mutations,
@@ -42,6 +42,8 @@ pub(crate) struct Api {
     directory: Option<Directory>,
     /// Claims meet a benefit's gate before the database (see gate.rs).
     gates: gate::Gates,
+    /// The ledger's outbox: each party's side of every ledger transaction.
+    feed: Feed,
 }
 
 pub(crate) fn register(
@@ -51,10 +53,18 @@ pub(crate) fn register(
     read: DatabaseConnection,
     directory: Option<Directory>,
 ) -> Option<lianyu_kit::directory::MeshHook> {
+    let feed = Feed::new(read.clone(), ctx.stopping.clone())
+        .listening(&ctx.config.database_url(crate::NAME), crate::NAME);
     let api = Api {
         read: read.clone(),
-        mutations: Mutations::new(db.clone()).reading(read.clone()),
-        hot: Mutations::new(db.clone()).grouped().reading(read.clone()),
+        mutations: Mutations::new(db.clone())
+            .reading(read.clone())
+            .publishing(feed.clone(), None),
+        hot: Mutations::new(db.clone())
+            .grouped()
+            .reading(read.clone())
+            .publishing(feed.clone(), None),
+        feed,
         directory,
         gates: gate::Gates::default(),
         db,
@@ -126,6 +136,57 @@ lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
 });
 
 impl Api {
+    /// Posts a balanced ledger transaction and tells each party its own side on the ledger
+    /// feed, in the caller's transaction.
+    async fn post(
+        &self,
+        txn: &impl sea_orm::ConnectionTrait,
+        kind: &str,
+        benefit_id: &str,
+        redemption_id: Option<&str>,
+        postings: &[crate::domain::Posting],
+        at: i64,
+    ) -> Result<(), KitError> {
+        let Some(transaction) =
+            store::post(txn, kind, benefit_id, redemption_id, postings, at).await?
+        else {
+            return Ok(());
+        };
+        let mut parties: Vec<&PartnerId> = postings.iter().map(|p| &p.partner).collect();
+        parties.sort();
+        parties.dedup();
+        for party in parties {
+            let entry = pb::LedgerEntry {
+                name: format!("ledgerEntries/{transaction}"),
+                transaction: kind.to_owned(),
+                postings: postings
+                    .iter()
+                    .filter(|p| p.partner == *party)
+                    .map(|p| pb::Posting {
+                        account: p.account.clone(),
+                        amount: Some(common::Money {
+                            currency_code: p.currency.clone(),
+                            minor_units: p.amount,
+                        }),
+                        benefit: format!("benefits/{benefit_id}"),
+                    })
+                    .collect(),
+                redemption: redemption_id
+                    .map(|r| format!("redemptions/{r}"))
+                    .unwrap_or_default(),
+                post_time: timestamp(at),
+            };
+            let body = pb::WatchLedgerEventsResponse {
+                cursor: None,
+                entry: Some(entry),
+            };
+            self.feed
+                .append(txn, NewEvent::message(kind, Some(party.to_string()), &body))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Identity's view, or UNAVAILABLE / IDENTITY_UNAVAILABLE (fail closed).
     fn directory(&self) -> Result<&Directory, KitError> {
         self.directory.as_ref().ok_or_else(|| {

@@ -544,6 +544,7 @@ pub(crate) async fn expired_holds(
 }
 
 /// Posts one balanced ledger transaction; refuses (INTERNAL) one that does not balance.
+/// Returns its id (`None` when there was nothing to post).
 pub(crate) async fn post(
     txn: &impl ConnectionTrait,
     kind: &str,
@@ -551,9 +552,9 @@ pub(crate) async fn post(
     redemption_id: Option<&str>,
     postings: &[Posting],
     at: i64,
-) -> Result<(), KitError> {
+) -> Result<Option<String>, KitError> {
     if postings.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     if !crate::domain::balanced(postings) {
         return Err(KitError::Internal(
@@ -576,7 +577,7 @@ pub(crate) async fn post(
     .exec(txn)
     .await
     .map_err(storage)?;
-    Ok(())
+    Ok(Some(transaction_id))
 }
 
 /// `partner`'s postings posted in [from, until), oldest first, after posting id `after`.

@@ -109,6 +109,34 @@ impl pb::ledger_service_server::LedgerService for Api {
         .await
     }
 
+    async fn watch_ledger_events(
+        &self,
+        request: Request<pb::WatchLedgerEventsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let call = lianyu_kit::call::Call::of(&request)
+            .map_err(|e| lianyu_kit::call::status(&EntitlementsError::from(e)))?;
+        lianyu_kit::call::partner_wide(&call.who)
+            .map_err(|e| lianyu_kit::call::status(&EntitlementsError::from(e)))?;
+        let after = request.get_ref().after.as_ref().map_or(0, |c| c.sequence);
+        if after < 0 {
+            return Err(lianyu_kit::call::status(&EntitlementsError::from(
+                KitError::invalid("after.sequence", "must not be negative"),
+            )));
+        }
+        let me = call.partner_id().to_owned();
+        let stream = self.feed.watch(after, Some(me.clone()), move |event| {
+            if event.partner_id.as_deref() != Some(me.as_str()) {
+                return None;
+            }
+            let mut body: pb::WatchLedgerEventsResponse = event.decode()?;
+            body.cursor = Some(common::FeedCursor {
+                sequence: event.seq,
+            });
+            Some(body)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_settlement_statement(
         &self,
         request: Request<pb::GetSettlementStatementRequest>,
@@ -169,6 +197,10 @@ impl pb::ledger_service_server::LedgerService for Api {
         .await
     }
 }
+
+type WatchStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::WatchLedgerEventsResponse, Status>> + Send>,
+>;
 
 fn posting(row: &store::PostingRow) -> pb::Posting {
     pb::Posting {

@@ -251,7 +251,8 @@ impl Api {
                     .ok_or(EntitlementsError::RedemptionNotFound)?;
                 let share = Money::new(&current.currency, share).map_err(KitError::Internal)?;
                 let postings = benefit.refund_postings(&me, &share);
-                store::post(txn, "REFUND", &benefit.id, Some(&id), &postings, now).await?;
+                self.post(txn, "REFUND", &benefit.id, Some(&id), &postings, now)
+                    .await?;
                 let mut row = current;
                 row.refunded_minor_units = after;
                 if full {
@@ -333,7 +334,7 @@ impl Api {
                 };
                 store::insert_redemption(txn, &row).await?;
                 if hold.is_none() {
-                    post_redemption(txn, &benefit, &me, &row, now).await?;
+                    self.post_redemption(txn, &benefit, &me, &row, now).await?;
                 }
                 Ok(redemption_proto(t.scoped, &row))
             })
@@ -385,7 +386,8 @@ impl Api {
                     let benefit = store::benefit_by_id(txn, &item.benefit_id)
                         .await?
                         .ok_or(EntitlementsError::RedemptionNotFound)?;
-                    post_redemption(txn, &benefit, &me, &current, now).await?;
+                    self.post_redemption(txn, &benefit, &me, &current, now)
+                        .await?;
                 }
                 let mut row = current;
                 row.state = to;
@@ -412,16 +414,21 @@ fn wrong_state(r: &RedemptionRow) -> KitError {
     )
 }
 
-async fn post_redemption(
-    txn: &impl sea_orm::ConnectionTrait,
-    benefit: &Benefit,
-    honourer: &PartnerId,
-    r: &RedemptionRow,
-    now: i64,
-) -> Result<(), KitError> {
-    let discount = Money::new(&r.currency, r.discount_minor_units).map_err(KitError::Internal)?;
-    let postings = benefit.redemption_postings(honourer, &discount);
-    store::post(txn, "REDEMPTION", &benefit.id, Some(&r.id), &postings, now).await
+impl Api {
+    async fn post_redemption(
+        &self,
+        txn: &impl sea_orm::ConnectionTrait,
+        benefit: &Benefit,
+        honourer: &PartnerId,
+        r: &RedemptionRow,
+        now: i64,
+    ) -> Result<(), KitError> {
+        let discount =
+            Money::new(&r.currency, r.discount_minor_units).map_err(KitError::Internal)?;
+        let postings = benefit.redemption_postings(honourer, &discount);
+        self.post(txn, "REDEMPTION", &benefit.id, Some(&r.id), &postings, now)
+            .await
+    }
 }
 
 /// Releases holds whose time ran out, until `stopping`: each in its own conditional update,

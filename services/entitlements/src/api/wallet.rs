@@ -198,7 +198,7 @@ impl Api {
                     claim_code: claim_code.filter(|c| !c.is_empty()).map(str::to_owned),
                 };
                 store::insert_item(txn, &row, benefit.per_member_limit).await?;
-                store::post(
+                self.post(
                     txn,
                     "GRANT",
                     &benefit.id,
