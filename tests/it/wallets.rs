@@ -718,16 +718,9 @@ async fn a_hold_ends_exactly_once() {
     assert_eq!(unbalanced(&s).await, 0);
 }
 
-/// Two entitlements instances on one database (the second beside the first's identity, as two
-/// replicas of a Deployment): 200 members claim a drop of 50 through both at once, and the
-/// budget holds where it lives — 50 units, no more, whichever replica answered.
-#[tokio::test]
-async fn two_instances_on_one_database_share_one_budget() {
-    let s = start("ent_two_instances", |config| {
-        config.limits.max_concurrent_requests = 512;
-        config.limits.admission_wait = std::time::Duration::from_secs(10);
-    })
-    .await;
+/// A second entitlements instance on `s`'s entitlements database, using `s`'s identity: a
+/// channel to it.
+async fn second_instance(s: &TestServer) -> Channel {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = format!("http://{}", listener.local_addr().unwrap());
     let mut config = s.config.clone();
@@ -738,7 +731,63 @@ async fn two_instances_on_one_database_share_one_budget() {
         std::future::pending(),
         async |ctx, mount| lianyu_entitlements::mount(ctx, mount).await,
     ));
-    let replica = lianyu_kit::testing::connect(&second).await;
+    lianyu_kit::testing::connect(&second).await
+}
+
+/// A per-member limit lowered through one instance holds at once on another that already
+/// serves the drop (and caches its definition).
+#[tokio::test]
+async fn a_lowered_limit_holds_on_every_instance_at_once() {
+    let s = mesh("ent_limit_replicas").await;
+    let replica = second_instance(&s).await;
+    let drop = active(&s, BRAND, BRAND, BRAND, |b| {
+        b.per_member_limit = 0;
+        b.display_name = "open".into();
+    })
+    .await;
+    let member = enrol(&s, BRAND, "13800138012").await;
+    let token = s.token(BRAND);
+    let claim = |rid: &str| pb::ClaimBenefitRequest {
+        request_id: rid.into(),
+        member: member.clone(),
+        benefit: drop.name.clone(),
+        claim_code: String::new(),
+    };
+    let mut on_replica = WalletServiceClient::new(InterceptedService::new(
+        replica,
+        lianyu_kit::client::Bearer::new(&token),
+    ));
+    on_replica.claim_benefit(claim("c1")).await.unwrap();
+    benefits(&s, BRAND)
+        .update_benefit(pb::UpdateBenefitRequest {
+            request_id: "limit".into(),
+            benefit: Some(pb::Benefit {
+                name: drop.name.clone(),
+                per_member_limit: 1,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["per_member_limit".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let e = on_replica.claim_benefit(claim("c2")).await.unwrap_err();
+    assert_eq!(reason(&e), "PER_MEMBER_LIMIT");
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 1);
+}
+
+/// Two entitlements instances on one database (the second beside the first's identity, as two
+/// replicas of a Deployment): 200 members claim a drop of 50 through both at once, and the
+/// budget holds where it lives — 50 units, no more, whichever replica answered.
+#[tokio::test]
+async fn two_instances_on_one_database_share_one_budget() {
+    let s = start("ent_two_instances", |config| {
+        config.limits.max_concurrent_requests = 512;
+        config.limits.admission_wait = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let replica = second_instance(&s).await;
     let drop = active(&s, BRAND, BRAND, BRAND, |b| {
         b.budget_units = 50;
         b.display_name = "shared".into();

@@ -310,14 +310,22 @@ pub(crate) async fn take_unit(txn: &impl ConnectionTrait, id: &str) -> Result<bo
     Ok(done.rows_affected == 1)
 }
 
-/// Stores a unit for `member`, refusing one beyond the per-member limit (0: none). The n-th
+/// Stores a unit for `member`, refusing one beyond the benefit's per-member limit as it
+/// stands in this transaction (0: none; a replica's cached definition may be older). The n-th
 /// unit's key is (benefit, member, n): a concurrent grant that counted the same n fails on it
 /// and the kit runs it again.
 pub(crate) async fn insert_item(
     txn: &impl ConnectionTrait,
     item: &ItemRow,
-    per_member_limit: i32,
 ) -> Result<(), EntitlementsError> {
+    let per_member_limit = benefit::Entity::find_by_id(item.benefit_id.clone())
+        .select_only()
+        .column(benefit::Column::PerMemberLimit)
+        .into_tuple::<i32>()
+        .one(txn)
+        .await
+        .map_err(storage)?
+        .ok_or(EntitlementsError::BenefitNotFound)?;
     let held = holding::Entity::find()
         .filter(holding::Column::BenefitId.eq(item.benefit_id.clone()))
         .filter(holding::Column::Member.eq(item.member.clone()))

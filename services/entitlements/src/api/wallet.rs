@@ -197,7 +197,7 @@ impl Api {
                     expires_at: benefit.expiry(now),
                     claim_code: claim_code.filter(|c| !c.is_empty()).map(str::to_owned),
                 };
-                store::insert_item(txn, &row, benefit.per_member_limit).await?;
+                store::insert_item(txn, &row).await?;
                 self.post(
                     txn,
                     "GRANT",
