@@ -45,6 +45,10 @@ pub enum Scenario {
     IdleStreams,
     /// A livestream coupon drop: `--units` units, `--claimers` members claiming at once.
     ClaimDrop,
+    /// GrantBenefit: the mall grants one unit of its own coupon to one of its members a call.
+    Grant,
+    /// A sale at the counter: GrantBenefit then Redeem of that unit (two RPCs a call).
+    Redeem,
 }
 
 impl Scenario {
@@ -59,7 +63,7 @@ impl Scenario {
     ];
 
     /// Run only when named: each prepares its own data at a scale that `all` would not want.
-    pub const BY_NAME: [Scenario; 1] = [Scenario::ClaimDrop];
+    pub const BY_NAME: [Scenario; 3] = [Scenario::ClaimDrop, Scenario::Grant, Scenario::Redeem];
 
     /// Every scenario's name, for help and errors.
     pub fn names() -> String {
@@ -81,6 +85,8 @@ impl Scenario {
             Scenario::Enroll => "enroll",
             Scenario::IdleStreams => "idle-streams",
             Scenario::ClaimDrop => "claim-drop",
+            Scenario::Grant => "grant",
+            Scenario::Redeem => "redeem",
         }
     }
 }
@@ -178,6 +184,12 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
 
 /// One worker's client state.
 struct Caller {
+    wallet:
+        lianyu_proto::entitlements::v1::wallet_service_client::WalletServiceClient<setup::Authed>,
+    till: lianyu_proto::entitlements::v1::redemption_service_client::RedemptionServiceClient<
+        setup::Authed,
+    >,
+    benefit: Option<String>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     consents: pb::consent_service_client::ConsentServiceClient<setup::Authed>,
     members: pb::member_service_client::MemberServiceClient<setup::Authed>,
@@ -190,7 +202,14 @@ struct Caller {
 
 impl Caller {
     fn new(target: &Target, channel: Channel, worker: usize, batch: usize) -> Self {
+        use lianyu_proto::entitlements::v1::{
+            redemption_service_client::RedemptionServiceClient,
+            wallet_service_client::WalletServiceClient,
+        };
         Self {
+            wallet: WalletServiceClient::new(target.as_mall(channel.clone())),
+            till: RedemptionServiceClient::new(target.as_mall(channel.clone())),
+            benefit: target.benefit.clone(),
             health: tonic_health::pb::health_client::HealthClient::new(channel.clone()),
             consents: pb::consent_service_client::ConsentServiceClient::new(
                 target.as_mall(channel.clone()),
@@ -237,6 +256,35 @@ impl Caller {
             }
             // Measured by `streams::idle_streams`, not by a call loop; `all` is expanded first.
             Scenario::IdleStreams | Scenario::ClaimDrop | Scenario::All => Ok(()),
+            Scenario::Grant | Scenario::Redeem => {
+                use lianyu_proto::entitlements::v1 as ent;
+                let member = self.ids[pick(self.seq + self.worker as u64 * 7919)].clone();
+                let rid = format!("bench-{}-{}-{}", self.run, self.worker, self.seq);
+                let granted = self
+                    .wallet
+                    .grant_benefit(ent::GrantBenefitRequest {
+                        request_id: format!("g-{rid}"),
+                        member,
+                        benefit: self.benefit.clone().unwrap_or_default(),
+                    })
+                    .await;
+                match (scenario, granted) {
+                    (Scenario::Redeem, Ok(item)) => self
+                        .till
+                        .redeem(ent::RedeemRequest {
+                            request_id: format!("r-{rid}"),
+                            wallet_item: item.into_inner().name,
+                            store: format!("partners/{}/stores/bench", setup::MALL),
+                            order_amount: Some(lianyu_proto::common::v1::Money {
+                                currency_code: "CNY".into(),
+                                minor_units: 10_000,
+                            }),
+                        })
+                        .await
+                        .map(drop),
+                    (_, granted) => granted.map(drop),
+                }
+            }
             Scenario::Enroll => {
                 // A fresh mainland mobile number per call: "13", run (1 digit: 130-139 are all
                 // mobile prefixes), worker (3), sequence (5).

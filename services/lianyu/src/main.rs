@@ -40,10 +40,12 @@ enum Command {
 #[derive(Args)]
 struct BenchArgs {
     /// The scenario: all, bare, baseline, consent-check, batch-consent-check, enroll,
-    /// idle-streams or claim-drop (several may be named). `all` runs every one but claim-drop:
+    /// idle-streams, claim-drop, grant or redeem (several may be named). `all` runs every one
+    /// but the last three:
     /// bare (a plain tonic server), the baseline through the kit's layers (shown as a share of
     /// bare), then each other as a share of the baseline. claim-drop enrols --claimers members
-    /// and has them all claim one of --units units at once.
+    /// and has them all claim one of --units units at once; grant has the mall grant its own
+    /// coupon to its members, redeem grants a unit then redeems it at the counter.
     #[arg(value_parser = parse_scenarios)]
     scenario: Vec<lianyu::bench::Scenario>,
     /// A running mesh (http://host:port); by default bench starts its own on embedded SQLite.
@@ -74,6 +76,10 @@ struct BenchArgs {
     /// Streams idle-streams opens.
     #[arg(long, default_value_t = 10_000)]
     streams: usize,
+    /// The in-process mesh's database (postgres://…; one schema per service) instead of
+    /// fresh SQLite files.
+    #[arg(long, conflicts_with = "address")]
+    database_url: Option<String>,
     /// claim-drop: members claiming at once.
     #[arg(long, default_value_t = 10_000)]
     claimers: usize,
@@ -377,6 +383,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let limits = config.limits.clone();
             config = Config::local(data.path());
             config.limits = limits;
+            if let Some(url) = &args.database_url {
+                // One PostgreSQL database; each service keeps to its own schema.
+                config.set_database_url("*", url.clone());
+            }
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let address = format!("http://{}", listener.local_addr()?);
             let up_config = config.clone();
@@ -387,9 +397,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             address
         }
     };
-    let needs_members = scenarios
+    let needs_coupon = scenarios
         .iter()
-        .any(|s| matches!(s, Scenario::ConsentCheck | Scenario::BatchConsentCheck));
+        .any(|s| matches!(s, Scenario::Grant | Scenario::Redeem));
+    let needs_members = needs_coupon
+        || scenarios
+            .iter()
+            .any(|s| matches!(s, Scenario::ConsentCheck | Scenario::BatchConsentCheck));
     let members = if needs_members {
         args.members.max(args.batch)
     } else {
@@ -403,7 +417,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             address.as_str()
         }
     );
-    let target = Target::prepare(&address, &config.data_dir, &config.auth, members).await?;
+    let mut target = Target::prepare(&address, &config.data_dir, &config.auth, members).await?;
+    if needs_coupon {
+        target = target.with_coupon().await?;
+    }
     let load = Load {
         concurrency: args.concurrency.max(1),
         channels: args.channels.max(1),

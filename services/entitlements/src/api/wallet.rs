@@ -177,11 +177,8 @@ impl Api {
             )
             .into());
         }
-        let pipeline = match route {
-            Route::Grant => &self.mutations,
-            Route::Claim => &self.hot,
-        };
-        pipeline
+        // Grants and claims are hot writes (a campaign grants to thousands): group-committed.
+        self.hot
             .run(call, request_id, request, async |txn| {
                 let now = now_millis();
                 if !store::take_unit(txn, &benefit.id).await? {

@@ -33,10 +33,12 @@ pub struct Target {
     mall: Bearer,
     pub(super) mall_members: Arc<Vec<String>>,
     pub(super) run_id: u32,
+    /// The mall's own coupon the grant and redeem scenarios hand out.
+    pub(super) benefit: Option<String>,
 }
 
 const BRAND: &str = "bench-brand";
-const MALL: &str = "bench-mall";
+pub(super) const MALL: &str = "bench-mall";
 
 impl Target {
     /// Connects to `address`, minting tokens with the dev key in `data_dir`, and prepares
@@ -66,6 +68,7 @@ impl Target {
             mall: mint(TokenRequest::partner(MALL))?,
             mall_members: Arc::default(),
             run_id,
+            benefit: None,
         };
         let channel = target
             .endpoint
@@ -134,6 +137,49 @@ impl Target {
         Ok(Self {
             mall_members: Arc::new(ids),
             ..target
+        })
+    }
+
+    /// The same target with an ACTIVE coupon the mall issues, funds and honours (¥10 off, no
+    /// budget or per-member limit to speak of), for the grant and redeem scenarios.
+    pub async fn with_coupon(self) -> anyhow::Result<Self> {
+        use lianyu_proto::{
+            common::v1::Money,
+            entitlements::v1::{self as ent, benefit_service_client::BenefitServiceClient},
+        };
+        let mut benefits = BenefitServiceClient::new(self.as_mall(self.channel()));
+        let until = chrono::Utc::now().timestamp() + 24 * 3600;
+        let created = benefits
+            .create_benefit(ent::CreateBenefitRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                benefit: Some(ent::Benefit {
+                    display_name: "bench coupon".into(),
+                    kind: ent::BenefitKind::FixedCoupon as i32,
+                    value: Some(Money {
+                        currency_code: "CNY".into(),
+                        minor_units: 1_000,
+                    }),
+                    budget_units: i64::MAX / 2,
+                    valid_until: Some(prost_types::Timestamp {
+                        seconds: until,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .context("defining the bench coupon")?
+            .into_inner();
+        benefits
+            .activate_benefit(ent::ActivateBenefitRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                name: created.name.clone(),
+            })
+            .await
+            .context("activating the bench coupon")?;
+        Ok(Self {
+            benefit: Some(created.name),
+            ..self
         })
     }
 
