@@ -1252,3 +1252,114 @@ async fn each_party_follows_its_own_side_of_the_ledger() {
             .is_err()
     );
 }
+
+/// Every other kind of caller of the till and the ledger: another store's counter, an ally, an
+/// outsider, and a store token asking for partner-wide things. None of them changes or learns
+/// anything (no token at all is refused for every RPC in `edge.rs`).
+#[tokio::test]
+async fn other_callers_of_the_till_and_the_ledger_are_refused_and_change_nothing() {
+    let s = mesh("ent_callers").await;
+    let coupon = active(&s, MALL, MALL, MALL, |b| b.per_member_limit = 0).await;
+    let member = enrol(&s, MALL, "13800138013").await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let held = till(&s, &s.store_token(MALL, "sh01"))
+        .reserve_redemption(pb::ReserveRedemptionRequest {
+            request_id: "hold".into(),
+            wallet_item: item.name.clone(),
+            store: String::new(),
+            order_amount: cny(40_000),
+            hold_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let other_store = s.store_token(MALL, "sh02");
+    let e = till(&s, &other_store)
+        .confirm_redemption(pb::ConfirmRedemptionRequest {
+            request_id: "c".into(),
+            name: held.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "REDEMPTION_NOT_FOUND", "another counter's hold");
+    let e = till(&s, &other_store)
+        .redeem(redeem(&item.name, "elsewhere", 40_000))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_MISMATCH");
+    for partner in [BRAND, OUTSIDER] {
+        let e = till(&s, &s.token(partner))
+            .cancel_reservation(pb::CancelReservationRequest {
+                request_id: "k".into(),
+                name: held.name.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "REDEMPTION_NOT_FOUND", "{partner}");
+        let e = till(&s, &s.token(partner))
+            .redeem(pb::RedeemRequest {
+                store: format!("partners/{partner}/stores/x"),
+                ..redeem(&item.name, "foreign", 40_000)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&e),
+            "MEMBER_NOT_FOUND",
+            "the mall's id means nothing to {partner}"
+        );
+        let e = wallet(&s, partner)
+            .list_wallet(pb::ListWalletRequest {
+                member: member.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "MEMBER_NOT_FOUND");
+    }
+    let counter = s.store_token(MALL, "sh01");
+    let e = LedgerServiceClient::new(s.as_token(&counter))
+        .list_entries(pb::ListEntriesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_TOKEN_NOT_ALLOWED");
+    let e = LedgerServiceClient::new(s.as_token(&counter))
+        .get_settlement_statement(pb::GetSettlementStatementRequest {
+            counterparty: format!("partners/{BRAND}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_TOKEN_NOT_ALLOWED");
+    let e = BenefitServiceClient::new(s.as_token(&counter))
+        .pause_benefit(pb::PauseBenefitRequest {
+            request_id: "p".into(),
+            name: coupon.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_TOKEN_NOT_ALLOWED");
+    // Nothing moved: the hold stands, the benefit is ACTIVE, the unit is reserved.
+    let read = benefits(&s, MALL)
+        .get_benefit(pb::GetBenefitRequest {
+            name: coupon.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.state, pb::BenefitState::Active as i32);
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 1);
+    let confirmed = till(&s, &counter)
+        .confirm_redemption(pb::ConfirmRedemptionRequest {
+            request_id: "mine".into(),
+            name: held.name,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(confirmed.state, pb::RedemptionState::Confirmed as i32);
+}

@@ -91,6 +91,14 @@ pub(crate) fn register(
     }))
 }
 
+/// Integer minor units of a currency, as the contract carries them.
+fn money(currency: &str, minor_units: i64) -> Option<common::Money> {
+    Some(common::Money {
+        currency_code: currency.to_owned(),
+        minor_units,
+    })
+}
+
 /// Identity's word on a member, acted on in the transaction that stores the feed's cursor:
 /// a withdrawn BENEFIT_REDEMPTION consent cancels the holds the grantee has on the member's
 /// units granted through the collector (new redemptions there already ask identity and are
@@ -164,10 +172,7 @@ impl Api {
                     .filter(|p| p.partner == *party)
                     .map(|p| pb::Posting {
                         account: p.account.clone(),
-                        amount: Some(common::Money {
-                            currency_code: p.currency.clone(),
-                            minor_units: p.amount,
-                        }),
+                        amount: money(&p.currency, p.amount),
                         benefit: format!("benefits/{benefit_id}"),
                     })
                     .collect(),
@@ -490,10 +495,8 @@ pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
 
 pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
     let money = |m: &Option<Money>| {
-        m.as_ref().map(|m| common::Money {
-            currency_code: m.currency().to_owned(),
-            minor_units: m.minor_units(),
-        })
+        m.as_ref()
+            .and_then(|m| money(m.currency(), m.minor_units()))
     };
     pb::Benefit {
         name: format!("benefits/{}", b.id),

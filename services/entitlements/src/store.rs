@@ -718,7 +718,7 @@ fn kind(k: BenefitKind) -> Kind {
     }
 }
 
-pub(crate) fn state(s: BenefitState) -> State {
+fn state(s: BenefitState) -> State {
     match s {
         BenefitState::Draft => State::Draft,
         BenefitState::Active => State::Active,

@@ -13,7 +13,7 @@ use lianyu_kit::{
 use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{Api, money};
 use crate::{domain::EntitlementsError, store};
 
 /// Start (inclusive) and end (exclusive) of a period from optional timestamps.
@@ -28,13 +28,6 @@ fn period(
         return Err(KitError::invalid("end_time", "after start_time"));
     }
     Ok((from, until))
-}
-
-fn money(currency: &str, minor_units: i64) -> Option<common::Money> {
-    Some(common::Money {
-        currency_code: currency.to_owned(),
-        minor_units,
-    })
 }
 
 #[tonic::async_trait]

@@ -16,7 +16,7 @@ use sea_orm::TransactionTrait;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{Api, money};
 use crate::{
     domain::{Benefit, EntitlementsError},
     store::{self, ItemRow, ItemState, RedemptionRow, RedemptionState},
@@ -90,13 +90,6 @@ fn till<'a>(
         }),
         _ => Err(KitError::invalid("wallet_item", "required")),
     }
-}
-
-fn money(currency: &str, minor_units: i64) -> Option<common::Money> {
-    Some(common::Money {
-        currency_code: currency.to_owned(),
-        minor_units,
-    })
 }
 
 fn redemption_proto(scoped: &str, r: &RedemptionRow) -> pb::Redemption {
