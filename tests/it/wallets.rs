@@ -26,39 +26,42 @@ use tonic_types::StatusExt;
 
 use crate::support::rows;
 
-type Svc = InterceptedService<Channel, lianyu_kit::client::Bearer>;
+pub(crate) type Svc = InterceptedService<Channel, lianyu_kit::client::Bearer>;
 
-async fn mesh(test: &str) -> TestServer {
+pub(crate) async fn mesh(test: &str) -> TestServer {
     start(test, |_| {}).await
 }
 
 /// Identity and entitlements in one server, `configure`d, with the partners set up.
-async fn start(test: &str, configure: impl FnOnce(&mut lianyu_kit::Config)) -> TestServer {
+pub(crate) async fn start(
+    test: &str,
+    configure: impl FnOnce(&mut lianyu_kit::Config),
+) -> TestServer {
     crate::support::with_identity!(test, "entitlements", lianyu_entitlements::mount, configure)
 }
 
-fn cny(minor_units: i64) -> Option<Money> {
+pub(crate) fn cny(minor_units: i64) -> Option<Money> {
     Some(Money {
         currency_code: "CNY".into(),
         minor_units,
     })
 }
 
-fn benefits(s: &TestServer, partner: &str) -> BenefitServiceClient<Svc> {
+pub(crate) fn benefits(s: &TestServer, partner: &str) -> BenefitServiceClient<Svc> {
     BenefitServiceClient::new(s.as_token(&s.token(partner)))
 }
-fn wallet(s: &TestServer, partner: &str) -> WalletServiceClient<Svc> {
+pub(crate) fn wallet(s: &TestServer, partner: &str) -> WalletServiceClient<Svc> {
     WalletServiceClient::new(s.as_token(&s.token(partner)))
 }
-fn till(s: &TestServer, token: &str) -> RedemptionServiceClient<Svc> {
+pub(crate) fn till(s: &TestServer, token: &str) -> RedemptionServiceClient<Svc> {
     RedemptionServiceClient::new(s.as_token(token))
 }
-fn ledger(s: &TestServer, partner: &str) -> LedgerServiceClient<Svc> {
+pub(crate) fn ledger(s: &TestServer, partner: &str) -> LedgerServiceClient<Svc> {
     LedgerServiceClient::new(s.as_token(&s.token(partner)))
 }
 
 /// Enrols a verified phone at `partner`; the partner's scoped member name.
-async fn enrol(s: &TestServer, partner: &str, phone: &str) -> String {
+pub(crate) async fn enrol(s: &TestServer, partner: &str, phone: &str) -> String {
     MemberServiceClient::new(s.as_token(&s.token(partner)))
         .enroll_member(id::EnrollMemberRequest {
             request_id: format!("enrol-{phone}"),
@@ -80,7 +83,7 @@ async fn enrol(s: &TestServer, partner: &str, phone: &str) -> String {
 }
 
 /// `member` (known to `partner`) consents that `grantee` redeem benefits with them.
-async fn consent(s: &TestServer, partner: &str, member: &str, grantee: &str) {
+pub(crate) async fn consent(s: &TestServer, partner: &str, member: &str, grantee: &str) {
     ConsentServiceClient::new(s.as_token(&s.token(partner)))
         .grant_consent(id::GrantConsentRequest {
             request_id: format!("consent-{member}-{grantee}"),
@@ -97,7 +100,7 @@ async fn consent(s: &TestServer, partner: &str, member: &str, grantee: &str) {
 
 /// A benefit `issuer` defines, `funder` pays for and `honoured_by` honours, made ACTIVE
 /// (accepted by the funder first when it is another partner).
-async fn active(
+pub(crate) async fn active(
     s: &TestServer,
     issuer: &str,
     funder: &str,
@@ -163,7 +166,7 @@ fn redeem(item: &str, request_id: &str, order: i64) -> pb::RedeemRequest {
 
 /// Ledger transactions whose postings do not sum to zero, as `lianyu audit ledger` finds them
 /// where the postings live.
-async fn unbalanced(s: &TestServer) -> usize {
+pub(crate) async fn unbalanced(s: &TestServer) -> usize {
     let db = s.database("entitlements").await;
     lianyu_entitlements::audit_ledger(&db)
         .await

@@ -1,7 +1,7 @@
 //! gRPC handlers: decode, call the domain and the store, encode; errors map to statuses once,
-//! in [`unary`]. The RPCs not implemented yet (balances, top-ups, closing a period) answer
-//! UNIMPLEMENTED (the generated default), after the kit has authenticated the caller.
+//! in [`unary`].
 
+mod balances;
 mod gate;
 mod ledger;
 mod redemptions;
@@ -141,11 +141,13 @@ lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
     MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
     WalletItemNotFound => (NotFound, "WALLET_ITEM_NOT_FOUND"),
     RedemptionNotFound => (NotFound, "REDEMPTION_NOT_FOUND"),
+    EarningNotFound => (NotFound, "EARNING_NOT_FOUND"),
 });
 
 impl Api {
     /// Posts a balanced ledger transaction and tells each party its own side on the ledger
-    /// feed, in the caller's transaction.
+    /// feed, in the caller's transaction. Returns the transaction's id (`None` when there was
+    /// nothing to post).
     async fn post(
         &self,
         txn: &impl sea_orm::ConnectionTrait,
@@ -154,11 +156,11 @@ impl Api {
         redemption_id: Option<&str>,
         postings: &[crate::domain::Posting],
         at: i64,
-    ) -> Result<(), KitError> {
+    ) -> Result<Option<String>, KitError> {
         let Some(transaction) =
             store::post(txn, kind, benefit_id, redemption_id, postings, at).await?
         else {
-            return Ok(());
+            return Ok(None);
         };
         let mut parties: Vec<&PartnerId> = postings.iter().map(|p| &p.partner).collect();
         parties.sort();
@@ -189,7 +191,7 @@ impl Api {
                 .append(txn, NewEvent::message(kind, Some(party.to_string()), &body))
                 .await?;
         }
-        Ok(())
+        Ok(Some(transaction))
     }
 
     /// Identity's view, or UNAVAILABLE / IDENTITY_UNAVAILABLE (fail closed).
@@ -490,6 +492,7 @@ pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
         valid_from: b.valid_from.as_ref().map(|t| Ok(millis(t))),
         valid_until: required_millis(b.valid_until.as_ref()),
         valid_days: b.valid_days,
+        top_up_bonus_bps: b.top_up_bonus_bps,
     }
 }
 
@@ -534,5 +537,6 @@ pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
         issuer: format!("partners/{}", b.issuer),
         funding_accepted: b.funding_accepted,
         valid_days: b.valid_days,
+        top_up_bonus_bps: b.top_up_bonus_bps,
     }
 }

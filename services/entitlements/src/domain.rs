@@ -1,6 +1,10 @@
 //! The entitlements domain: benefit definitions built only through their checking constructor,
 //! and the service's own error cases. No gRPC, no SQL.
 
+mod balance;
+
+pub use balance::{BalanceKind, POINTS_UNIT, negated, points};
+
 use lianyu_kit::{
     KitError,
     ids::PartnerId,
@@ -24,6 +28,9 @@ pub enum EntitlementsError {
     /// NOT_FOUND / REDEMPTION_NOT_FOUND: no redemption by that name made by the caller.
     #[error("redemption not found")]
     RedemptionNotFound,
+    /// NOT_FOUND / EARNING_NOT_FOUND: no points earning by that name awarded by the caller.
+    #[error("points earning not found")]
+    EarningNotFound,
     #[error(transparent)]
     Kit(#[from] KitError),
 }
@@ -97,6 +104,8 @@ pub struct Benefit {
     pub valid_days: i32,
     /// The funder agreed to pay (always when the issuer funds it).
     pub funding_accepted: bool,
+    /// Stored value: the bonus on every top-up, basis points of the amount.
+    pub top_up_bonus_bps: i32,
 }
 
 /// A partner's definition before it is checked. Each parsed part carries its own violation.
@@ -113,6 +122,7 @@ pub struct BenefitDraft<'a> {
     pub valid_from: Option<Result<i64, String>>,
     pub valid_until: Result<i64, String>,
     pub valid_days: i32,
+    pub top_up_bonus_bps: i32,
 }
 
 /// At most this many partners honour one benefit.
@@ -171,6 +181,15 @@ impl Benefit {
             }
             _ => {}
         }
+        match kind {
+            Some(BenefitKind::StoredValue) if !(0..=10_000).contains(&d.top_up_bonus_bps) => {
+                v.add("benefit.top_up_bonus_bps", "0 to 10000 (basis points)");
+            }
+            Some(k) if k != BenefitKind::StoredValue && d.top_up_bonus_bps != 0 => {
+                v.add("benefit.top_up_bonus_bps", "only for stored value");
+            }
+            _ => {}
+        }
         if d.budget_units <= 0 {
             v.add("benefit.budget_units", "above zero");
         }
@@ -203,6 +222,7 @@ impl Benefit {
         Ok(Self {
             funding_accepted,
             valid_days: d.valid_days,
+            top_up_bonus_bps: d.top_up_bonus_bps,
             id: uuid::Uuid::now_v7().simple().to_string(),
             display_name,
             kind,
@@ -356,6 +376,17 @@ impl Benefit {
 
     /// Whether a unit may be granted or claimed at `now`: ACTIVE and inside its window.
     pub fn grantable(&self, now: i64) -> Result<(), KitError> {
+        if self.is_balance() {
+            return Err(KitError::Precondition(
+                "NOT_A_UNIT",
+                "points and stored value are balances: EarnPoints and TopUp add to them".into(),
+            ));
+        }
+        self.open(now)
+    }
+
+    /// Whether value may be added at `now`: ACTIVE and inside its window.
+    pub fn open(&self, now: i64) -> Result<(), KitError> {
         if self.state != BenefitState::Active {
             return Err(KitError::WrongState(
                 "BENEFIT_STATE",
@@ -543,6 +574,8 @@ pub struct Posting {
     pub account: String,
     pub currency: String,
     pub amount: i64,
+    /// The member (mesh id) whose sub-account of a balance liability it is.
+    pub member: Option<String>,
 }
 
 impl Posting {
@@ -552,6 +585,7 @@ impl Posting {
             account: account.to_owned(),
             currency: currency.currency().to_owned(),
             amount,
+            member: None,
         }
     }
 }
@@ -608,6 +642,7 @@ mod tests {
             valid_from: None,
             valid_until: Ok(10_000),
             valid_days: 0,
+            top_up_bonus_bps: 0,
         }
     }
 

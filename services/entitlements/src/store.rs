@@ -1,6 +1,7 @@
 //! The entitlements repository: its migrations (the kit's tables first) and the benefit
 //! finders, each scoped to the calling partner. It returns domain types; no row leaves here.
 
+mod balances;
 mod entities;
 
 use lianyu_kit::{
@@ -19,8 +20,12 @@ use sea_orm::{
 use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait};
 
 use crate::domain::{Benefit, BenefitKind, BenefitState, EntitlementsError, Posting};
-pub(crate) use entities::{ItemState, RedemptionState};
-use entities::{Kind, State, benefit, benefit_party, holding, posting, redemption, wallet_item};
+pub(crate) use balances::*;
+pub(crate) use entities::{ItemState, LotState, RedemptionState};
+use entities::{
+    Kind, State, balance, benefit, benefit_party, holding, point_lot, posting, redemption,
+    wallet_item,
+};
 pub(crate) type ItemRow = wallet_item::Model;
 pub(crate) type RedemptionRow = redemption::Model;
 pub(crate) type PostingRow = posting::Model;
@@ -34,6 +39,8 @@ impl MigratorTrait for Migrator {
             Box::new(Benefits),
             Box::new(BenefitTerms),
             Box::new(Wallets),
+            Box::new(Balances),
+            Box::new(BalanceColumns),
         ])
     }
 }
@@ -58,38 +65,91 @@ impl sea_orm_migration::MigrationName for BenefitTerms {
 #[async_trait]
 impl MigrationTrait for BenefitTerms {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
-        use sea_orm_migration::prelude::{Alias, ColumnDef, Table};
-        for (column, def) in [
-            (
-                "valid_days",
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        add_columns(
+            manager,
+            "benefits",
+            [
                 ColumnDef::new(Alias::new("valid_days"))
                     .integer()
                     .not_null()
                     .default(0)
                     .to_owned(),
-            ),
-            (
-                "funding_accepted",
                 ColumnDef::new(Alias::new("funding_accepted"))
                     .boolean()
                     .not_null()
                     .default(false)
                     .to_owned(),
-            ),
-        ] {
-            // A database created from the current entity already has it.
-            if !manager.has_column("benefits", column).await? {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(Alias::new("benefits"))
-                            .add_column(def)
-                            .to_owned(),
-                    )
-                    .await?;
-            }
+            ],
+        )
+        .await
+    }
+}
+
+/// Adds each column `table` lacks (a database created from the current entity already has
+/// them all).
+async fn add_columns(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    columns: impl IntoIterator<Item = sea_orm_migration::prelude::ColumnDef>,
+) -> Result<(), sea_orm::DbErr> {
+    use sea_orm_migration::prelude::{Alias, Table};
+    for mut def in columns {
+        let column = def.get_column_name();
+        if !manager.has_column(table, &column).await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Alias::new(table))
+                        .add_column(&mut def)
+                        .to_owned(),
+                )
+                .await?;
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+lianyu_kit::tables_migration!(
+    /// Members' points and stored-value accounts, and points pending a return window.
+    Balances,
+    "m20261202_000013_entitlements_balances",
+    [balance::Entity, point_lot::Entity]
+);
+
+/// The stored-value top-up bonus, and the member of a balance liability's posting (added to
+/// tables a first version created without them).
+pub(crate) struct BalanceColumns;
+
+impl sea_orm_migration::MigrationName for BalanceColumns {
+    fn name(&self) -> &str {
+        "m20261202_000014_entitlements_balance_columns"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for BalanceColumns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        add_columns(
+            manager,
+            "benefits",
+            [ColumnDef::new(Alias::new("top_up_bonus_bps"))
+                .integer()
+                .not_null()
+                .default(0)
+                .to_owned()],
+        )
+        .await?;
+        add_columns(
+            manager,
+            "ledger_postings",
+            [ColumnDef::new(Alias::new("member_id"))
+                .string()
+                .null()
+                .to_owned()],
+        )
+        .await
     }
 }
 
@@ -143,6 +203,7 @@ pub(crate) async fn insert_benefit(
         created_at: Set(at),
         valid_days: Set(b.valid_days),
         funding_accepted: Set(b.funding_accepted),
+        top_up_bonus_bps: Set(b.top_up_bonus_bps),
     }
     .insert(txn)
     .await
@@ -457,6 +518,7 @@ pub(crate) async fn close_wallet(
     holder: &str,
 ) -> Result<u64, KitError> {
     cancel_holds(txn, member, holder, None).await?;
+    close_balances(txn, member, holder).await?;
     let done = wallet_item::Entity::update_many()
         .col_expr(wallet_item::Column::State, Expr::value(ItemState::Closed))
         .filter(wallet_item::Column::Member.eq(member))
@@ -580,6 +642,7 @@ pub(crate) async fn post(
         benefit_id: Set(benefit_id.to_owned()),
         redemption_id: Set(redemption_id.map(str::to_owned)),
         posted_at: Set(at),
+        member_id: Set(p.member.clone()),
         ..Default::default()
     }))
     .exec(txn)
@@ -703,6 +766,7 @@ fn to_domain(row: benefit::Model, parties: Vec<benefit_party::Model>) -> Benefit
         },
         valid_days: row.valid_days,
         funding_accepted: row.funding_accepted,
+        top_up_bonus_bps: row.top_up_bonus_bps,
     }
 }
 

@@ -286,15 +286,21 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     for (transaction, currency, sum) in &found.unbalanced {
         println!("UNBALANCED ledgerEntries/{transaction}: {currency} postings sum to {sum}");
     }
-    if !found.unbalanced.is_empty() {
+    for (benefit, posted, held) in &found.balances {
+        println!(
+            "BALANCE MISMATCH in benefits/{benefit}: a member's postings say {posted}, the account holds {held}"
+        );
+    }
+    if !found.unbalanced.is_empty() || !found.balances.is_empty() {
         bail!(
-            "{} of {} ledger transactions do not balance",
+            "{} of {} ledger transactions do not balance; {} member balances differ from their postings",
             found.unbalanced.len(),
-            found.transactions
+            found.transactions,
+            found.balances.len()
         );
     }
     println!(
-        "ledger balanced: {} transactions, every one sums to zero per currency",
+        "ledger balanced: {} transactions, every one sums to zero per currency, and every member's points and stored value equal their postings",
         found.transactions
     );
     Ok(())

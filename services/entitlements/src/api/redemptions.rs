@@ -48,28 +48,7 @@ fn till<'a>(
         "wallet_item",
         names::parse::<2>(wallet_item, "members/{member}/walletItems/{item}"),
     );
-    // A store is "partners/{partner}/stores/{store}" of the caller; a store token's own
-    // store when empty, and no other.
-    let store = match (&call.who.store, store) {
-        (Some(own), "") => Some(own.clone()),
-        (own, given) => match names::parse::<2>(given, "partners/{partner}/stores/{store}") {
-            Ok([partner, _]) if partner != call.partner_id() => {
-                v.add("store", "one of the caller's own stores");
-                None
-            }
-            Ok(_) if own.as_deref().is_some_and(|o| o != given) => {
-                return Err(KitError::Denied(
-                    "STORE_MISMATCH",
-                    "a store token redeems at its own store only",
-                ));
-            }
-            Ok(_) => Some(given.to_owned()),
-            Err(e) => {
-                v.add("store", e);
-                None
-            }
-        },
-    };
+    let store = store_of(call, store, &mut v)?;
     let order = match order {
         None => {
             v.add("order_amount", "required");
@@ -90,6 +69,35 @@ fn till<'a>(
         }),
         _ => Err(KitError::invalid("wallet_item", "required")),
     }
+}
+
+/// A till's store: "partners/{partner}/stores/{store}" of the caller; a store token's own
+/// store when empty, and no other (PERMISSION_DENIED / STORE_MISMATCH).
+pub(super) fn store_of(
+    call: &Call,
+    store: &str,
+    v: &mut lianyu_kit::validate::Violations,
+) -> Result<Option<String>, KitError> {
+    Ok(match (&call.who.store, store) {
+        (Some(own), "") => Some(own.clone()),
+        (own, given) => match names::parse::<2>(given, "partners/{partner}/stores/{store}") {
+            Ok([partner, _]) if partner != call.partner_id() => {
+                v.add("store", "one of the caller's own stores");
+                None
+            }
+            Ok(_) if own.as_deref().is_some_and(|o| o != given) => {
+                return Err(KitError::Denied(
+                    "STORE_MISMATCH",
+                    "a store token redeems at its own store only",
+                ));
+            }
+            Ok(_) => Some(given.to_owned()),
+            Err(e) => {
+                v.add("store", e);
+                None
+            }
+        },
+    })
 }
 
 fn redemption_proto(scoped: &str, r: &RedemptionRow) -> pb::Redemption {
@@ -421,6 +429,7 @@ impl Api {
         let postings = benefit.redemption_postings(honourer, &discount);
         self.post(txn, "REDEMPTION", &benefit.id, Some(&r.id), &postings, now)
             .await
+            .map(drop)
     }
 }
 
@@ -524,6 +533,13 @@ impl pb::redemption_service_server::RedemptionService for Api {
                 .await
         })
         .await
+    }
+
+    async fn spend_balance(
+        &self,
+        request: Request<pb::SpendBalanceRequest>,
+    ) -> Result<Response<pb::BalanceSpend>, Status> {
+        unary(request, async |call, r| self.spend_balance(&call, &r).await).await
     }
 
     async fn cancel_reservation(

@@ -281,6 +281,40 @@ impl pb::wallet_service_server::WalletService for Api {
         .await
     }
 
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
+        unary(request, async |call, r| {
+            self.get_balance_of(&call, &r).await
+        })
+        .await
+    }
+
+    async fn top_up(
+        &self,
+        request: Request<pb::TopUpRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
+        unary(request, async |call, r| self.top_up(&call, &r).await).await
+    }
+
+    async fn earn_points(
+        &self,
+        request: Request<pb::EarnPointsRequest>,
+    ) -> Result<Response<pb::PointsEarning>, Status> {
+        unary(request, async |call, r| self.earn_points(&call, &r).await).await
+    }
+
+    async fn reverse_points(
+        &self,
+        request: Request<pb::ReversePointsRequest>,
+    ) -> Result<Response<pb::PointsEarning>, Status> {
+        unary(request, async |call, r| {
+            self.reverse_points(&call, &r).await
+        })
+        .await
+    }
+
     async fn list_wallet(
         &self,
         request: Request<pb::ListWalletRequest>,

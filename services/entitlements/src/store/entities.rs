@@ -61,6 +61,7 @@ entity!(benefit, "benefits", {
     pub created_at: i64,
     pub valid_days: i32,
     pub funding_accepted: bool,
+    pub top_up_bonus_bps: i32,
 });
 
 // Who may see a benefit (issuer, funder, honouring partners) and in which role: the tenant
@@ -170,4 +171,51 @@ entity!(posting, "ledger_postings", {
     pub redemption_id: Option<String>,
     #[sea_orm(indexed)]
     pub posted_at: i64,
+    /// The member (mesh id) of a balance liability's sub-account (points, stored value).
+    pub member_id: Option<String>,
+});
+
+// A member's points or stored-value account in one benefit, opened through `holder` (the
+// partner whose id of the member opened it). `available` never goes below zero: every debit
+// is one conditional update.
+entity!(balance, "balances", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub benefit_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub member: String,
+    pub holder: String,
+    /// Points, or minor units of the benefit's currency.
+    pub available: i64,
+    pub closed: bool,
+    pub opened_at: i64,
+});
+
+/// Where earned points stand as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum LotState {
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Added to the balance's `available`.
+    #[sea_orm(string_value = "released")]
+    Released,
+    #[sea_orm(string_value = "reversed")]
+    Reversed,
+}
+
+// Points one purchase earned: pending until `release_at`, then moved into the balance by
+// one conditional update (whoever moves it first; a reversal races it the same way).
+entity!(point_lot, "point_lots", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub benefit_id: String,
+    #[sea_orm(indexed)]
+    pub member: String,
+    /// The partner that awarded them.
+    pub partner_id: String,
+    pub points: i64,
+    pub release_at: i64,
+    pub state: crate::store::entities::LotState,
+    pub order_reference: String,
+    pub created_at: i64,
 });
