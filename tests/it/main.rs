@@ -9,5 +9,6 @@ mod edge;
 mod entitlements;
 mod keys;
 mod live;
+mod settlement;
 mod support;
 mod wallets;

@@ -147,7 +147,7 @@ pub(crate) async fn active(
         .into_inner()
 }
 
-fn grant(member: &str, benefit: &str, request_id: &str) -> pb::GrantBenefitRequest {
+pub(crate) fn grant(member: &str, benefit: &str, request_id: &str) -> pb::GrantBenefitRequest {
     pb::GrantBenefitRequest {
         request_id: request_id.into(),
         member: member.into(),
@@ -155,7 +155,7 @@ fn grant(member: &str, benefit: &str, request_id: &str) -> pb::GrantBenefitReque
     }
 }
 
-fn redeem(item: &str, request_id: &str, order: i64) -> pb::RedeemRequest {
+pub(crate) fn redeem(item: &str, request_id: &str, order: i64) -> pb::RedeemRequest {
     pb::RedeemRequest {
         request_id: request_id.into(),
         wallet_item: item.into(),

@@ -157,7 +157,7 @@ impl Api {
         postings: &[crate::domain::Posting],
         at: i64,
     ) -> Result<Option<String>, KitError> {
-        let Some(transaction) =
+        let Some((transaction, at)) =
             store::post(txn, kind, benefit_id, redemption_id, postings, at).await?
         else {
             return Ok(None);

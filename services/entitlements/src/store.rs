@@ -24,7 +24,7 @@ pub(crate) use balances::*;
 pub(crate) use entities::{ItemState, LotState, RedemptionState};
 use entities::{
     Kind, State, balance, benefit, benefit_party, holding, point_lot, posting, redemption,
-    wallet_item,
+    settlement_close, wallet_item,
 };
 pub(crate) type ItemRow = wallet_item::Model;
 pub(crate) type RedemptionRow = redemption::Model;
@@ -41,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(Wallets),
             Box::new(Balances),
             Box::new(BalanceColumns),
+            Box::new(Settlement),
         ])
     }
 }
@@ -115,6 +116,13 @@ lianyu_kit::tables_migration!(
     Balances,
     "m20261202_000013_entitlements_balances",
     [balance::Entity, point_lot::Entity]
+);
+
+lianyu_kit::tables_migration!(
+    /// How far the ledger between each pair of partners is closed.
+    Settlement,
+    "m20261202_000015_entitlements_settlement",
+    [settlement_close::Entity]
 );
 
 /// The stored-value top-up bonus, and the member of a balance liability's posting (added to
@@ -613,8 +621,115 @@ pub(crate) async fn expired_holds(
         .map_err(storage)
 }
 
+/// The key of the ledger between two partners, the same from either side.
+pub(crate) fn pair_key(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("{a}|{b}")
+    } else {
+        format!("{b}|{a}")
+    }
+}
+
+/// The end of the last closed period between any two of `partners`, read so that a close
+/// cannot commit while this transaction is open (its row is created when missing, then read
+/// FOR SHARE on PostgreSQL; SQLite has one writer). 0 when none was closed.
+async fn closed_until_locked(
+    txn: &impl ConnectionTrait,
+    partners: &[&str],
+) -> Result<i64, KitError> {
+    let mut pairs = Vec::new();
+    for (i, a) in partners.iter().enumerate() {
+        for b in &partners[i + 1..] {
+            pairs.push(pair_key(a, b));
+        }
+    }
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    ensure_pairs(txn, &pairs).await?;
+    let rows = settlement_close::Entity::find()
+        .filter(settlement_close::Column::Pair.is_in(pairs))
+        .lock_shared()
+        .all(txn)
+        .await
+        .map_err(storage)?;
+    Ok(rows.iter().map(|r| r.closed_until).max().unwrap_or(0))
+}
+
+/// Creates the rows of `pairs` that are missing (never closed), so they can be locked.
+async fn ensure_pairs(txn: &impl ConnectionTrait, pairs: &[String]) -> Result<(), KitError> {
+    settlement_close::Entity::insert_many(pairs.iter().map(|pair| settlement_close::ActiveModel {
+        pair: Set(pair.clone()),
+        closed_until: Set(0),
+        closed_at: Set(0),
+        closed_by: Set(String::new()),
+    }))
+    .on_conflict(
+        sea_orm::sea_query::OnConflict::column(settlement_close::Column::Pair)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(txn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// The end of the last closed period between `a` and `b` (0 when none), as committed.
+pub(crate) async fn closed_until(
+    conn: &impl ConnectionTrait,
+    a: &str,
+    b: &str,
+) -> Result<i64, KitError> {
+    Ok(settlement_close::Entity::find_by_id(pair_key(a, b))
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .map_or(0, |r| r.closed_until))
+}
+
+/// Closes the ledger between `by` and `other` up to `end` (exclusive), waiting for every
+/// posting transaction between them still open: the start of the period it closes (0 from
+/// the beginning), or `None` when `end` is not after the last close.
+pub(crate) async fn close_period(
+    txn: &impl ConnectionTrait,
+    by: &str,
+    other: &str,
+    end: i64,
+    now: i64,
+) -> Result<Option<i64>, KitError> {
+    let pair = pair_key(by, other);
+    ensure_pairs(txn, std::slice::from_ref(&pair)).await?;
+    let current = settlement_close::Entity::find_by_id(pair.clone())
+        .lock_exclusive()
+        .one(txn)
+        .await
+        .map_err(storage)?
+        .map_or(0, |r| r.closed_until);
+    if end <= current {
+        return Ok(None);
+    }
+    let done = settlement_close::Entity::update_many()
+        .col_expr(settlement_close::Column::ClosedUntil, Expr::value(end))
+        .col_expr(settlement_close::Column::ClosedAt, Expr::value(now))
+        .col_expr(settlement_close::Column::ClosedBy, Expr::value(by))
+        .filter(settlement_close::Column::Pair.eq(pair))
+        .filter(settlement_close::Column::ClosedUntil.eq(current))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    if done.rows_affected != 1 {
+        return Err(KitError::Storage(StorageError::Conflict(
+            "closed concurrently".into(),
+        )));
+    }
+    Ok(Some(current))
+}
+
 /// Posts one balanced ledger transaction; refuses (INTERNAL) one that does not balance.
-/// Returns its id (`None` when there was nothing to post).
+/// It is dated `at`, or at the end of the last closed period between its parties when that
+/// is later (so a closed period never changes). Returns its id and date (`None` when there
+/// was nothing to post).
 pub(crate) async fn post(
     txn: &impl ConnectionTrait,
     kind: &str,
@@ -622,7 +737,7 @@ pub(crate) async fn post(
     redemption_id: Option<&str>,
     postings: &[Posting],
     at: i64,
-) -> Result<Option<String>, KitError> {
+) -> Result<Option<(String, i64)>, KitError> {
     if postings.is_empty() {
         return Ok(None);
     }
@@ -631,6 +746,10 @@ pub(crate) async fn post(
             "an unbalanced ledger transaction".into(),
         ));
     }
+    let mut parties: Vec<&str> = postings.iter().map(|p| p.partner.as_str()).collect();
+    parties.sort_unstable();
+    parties.dedup();
+    let at = Ord::max(at, closed_until_locked(txn, &parties).await?);
     let transaction_id = uuid::Uuid::now_v7().simple().to_string();
     posting::Entity::insert_many(postings.iter().map(|p| posting::ActiveModel {
         transaction_id: Set(transaction_id.clone()),
@@ -648,7 +767,7 @@ pub(crate) async fn post(
     .exec(txn)
     .await
     .map_err(storage)?;
-    Ok(Some(transaction_id))
+    Ok(Some((transaction_id, at)))
 }
 
 /// `partner`'s postings posted in [from, until), oldest first, after posting id `after`.

@@ -136,59 +136,134 @@ impl pb::ledger_service_server::LedgerService for Api {
     ) -> Result<Response<pb::SettlementStatement>, Status> {
         unary(request, async |call, r| {
             lianyu_kit::call::partner_wide(&call.who)?;
-            let [other] = names::parse(&r.counterparty, "partners/{partner}")
-                .map_err(|e| KitError::invalid("counterparty", e))?;
-            let other = PartnerId::new(other);
-            let me = PartnerId::new(call.partner_id());
+            let (me, other) = pair(&call, &r.counterparty)?;
             let (from, until) = period(r.start_time.as_ref(), r.end_time.as_ref())?;
             let until = until.unwrap_or_else(now_millis);
-            let rows =
-                store::postings_of(&self.read, me.as_str(), from, Some(until), None, None).await?;
-            // Per (benefit, currency): what the caller owes the counterparty.
-            let mut by_benefit: BTreeMap<(String, String), Vec<(String, i64)>> = BTreeMap::new();
-            for row in rows {
-                by_benefit
-                    .entry((row.benefit_id, row.currency))
-                    .or_default()
-                    .push((row.account, row.amount));
-            }
-            let line = |owed: i64, currency: &str, benefit: String| {
-                let (debtor, creditor) = if owed > 0 {
-                    (&me, &other)
-                } else {
-                    (&other, &me)
-                };
-                pb::SettlementLine {
-                    debtor: format!("partners/{debtor}"),
-                    creditor: format!("partners/{creditor}"),
-                    amount: money(currency, owed.abs()),
-                    benefit,
-                }
-            };
-            let mut lines = Vec::new();
-            let mut net: BTreeMap<String, i64> = BTreeMap::new();
-            for ((benefit, currency), postings) in by_benefit {
-                let owed = crate::domain::owed_to(&other, &postings);
-                if owed != 0 {
-                    *net.entry(currency.clone()).or_default() += owed;
-                    lines.push(line(owed, &currency, format!("benefits/{benefit}")));
-                }
-            }
-            Ok::<_, EntitlementsError>(pb::SettlementStatement {
-                name: format!("settlementStatements/{other}"),
-                start_time: from.and_then(timestamp),
-                end_time: timestamp(until),
-                lines,
-                closed: false,
-                net: net
-                    .into_iter()
-                    .filter(|(_, owed)| *owed != 0)
-                    .map(|(currency, owed)| line(owed, &currency, String::new()))
-                    .collect(),
-            })
+            let mut out = statement(&self.read, &me, &other, from, until).await?;
+            out.closed =
+                until <= store::closed_until(&self.read, me.as_str(), other.as_str()).await?;
+            Ok::<_, EntitlementsError>(out)
         })
         .await
     }
+
+    async fn close_settlement_period(
+        &self,
+        request: Request<pb::CloseSettlementPeriodRequest>,
+    ) -> Result<Response<pb::SettlementStatement>, Status> {
+        unary(request, async |call, r| {
+            lianyu_kit::call::partner_wide(&call.who)?;
+            let mut v = lianyu_kit::validate::Violations::default();
+            let parties = v.check(
+                "counterparty",
+                pair(&call, &r.counterparty).map_err(|e| e.to_string()),
+            );
+            let end = match r.end_time.as_ref().map(millis) {
+                None => {
+                    v.add("end_time", "required");
+                    None
+                }
+                Some(end) if end > now_millis() => {
+                    v.add("end_time", "not in the future");
+                    None
+                }
+                Some(end) => Some(end),
+            };
+            v.finish()?;
+            let (Some((me, other)), Some(end)) = (parties, end) else {
+                return Err(KitError::invalid("end_time", "required").into());
+            };
+            self.mutations
+                .run(&call, &r.request_id, &r, async |txn| {
+                    let now = now_millis();
+                    let Some(from) =
+                        store::close_period(txn, me.as_str(), other.as_str(), end, now).await?
+                    else {
+                        let last = store::closed_until(txn, me.as_str(), other.as_str()).await?;
+                        return Err(KitError::Precondition(
+                            "PERIOD_ALREADY_CLOSED",
+                            format!(
+                                "the ledger with partners/{other} is closed up to {}",
+                                timestamp(last).map(|t| t.to_string()).unwrap_or_default()
+                            ),
+                        )
+                        .into());
+                    };
+                    let from = (from > 0).then_some(from);
+                    let mut out = statement(txn, &me, &other, from, end).await?;
+                    out.closed = true;
+                    Ok(out)
+                })
+                .await
+        })
+        .await
+    }
+}
+
+/// The caller and the partner named by `counterparty`, another partner.
+fn pair(
+    call: &lianyu_kit::call::Call,
+    counterparty: &str,
+) -> Result<(PartnerId, PartnerId), KitError> {
+    let [other] = names::parse(counterparty, "partners/{partner}")
+        .map_err(|e| KitError::invalid("counterparty", e))?;
+    if other == call.partner_id() {
+        return Err(KitError::invalid(
+            "counterparty",
+            "another partner than the caller",
+        ));
+    }
+    Ok((PartnerId::new(call.partner_id()), PartnerId::new(other)))
+}
+
+/// Who owes whom between `me` and `other` over [from, until), per benefit and net per
+/// currency, summed from `me`'s postings alone.
+async fn statement(
+    conn: &impl sea_orm::ConnectionTrait,
+    me: &PartnerId,
+    other: &PartnerId,
+    from: Option<i64>,
+    until: i64,
+) -> Result<pb::SettlementStatement, KitError> {
+    let rows = store::postings_of(conn, me.as_str(), from, Some(until), None, None).await?;
+    // Per (benefit, currency): what the caller owes the counterparty.
+    let mut by_benefit: BTreeMap<(String, String), Vec<(String, i64)>> = BTreeMap::new();
+    for row in rows {
+        by_benefit
+            .entry((row.benefit_id, row.currency))
+            .or_default()
+            .push((row.account, row.amount));
+    }
+    let line = |owed: i64, currency: &str, benefit: String| {
+        let (debtor, creditor) = if owed > 0 { (me, other) } else { (other, me) };
+        pb::SettlementLine {
+            debtor: format!("partners/{debtor}"),
+            creditor: format!("partners/{creditor}"),
+            amount: money(currency, owed.abs()),
+            benefit,
+        }
+    };
+    let mut lines = Vec::new();
+    let mut net: BTreeMap<String, i64> = BTreeMap::new();
+    for ((benefit, currency), postings) in by_benefit {
+        let owed = crate::domain::owed_to(other, &postings);
+        if owed != 0 {
+            *net.entry(currency.clone()).or_default() += owed;
+            lines.push(line(owed, &currency, format!("benefits/{benefit}")));
+        }
+    }
+    Ok(pb::SettlementStatement {
+        name: format!("settlementStatements/{other}"),
+        start_time: from.and_then(timestamp),
+        end_time: timestamp(until),
+        lines,
+        closed: false,
+        net: net
+            .into_iter()
+            .filter(|(_, owed)| *owed != 0)
+            .map(|(currency, owed)| line(owed, &currency, String::new()))
+            .collect(),
+    })
 }
 
 type WatchStream = std::pin::Pin<

@@ -219,3 +219,14 @@ entity!(point_lot, "point_lots", {
     pub order_reference: String,
     pub created_at: i64,
 });
+
+// How far the ledger between two partners is closed: `pair` is "a|b" with a < b. Every
+// posting transaction between them reads it (FOR SHARE on PostgreSQL) and is dated no
+// earlier than `closed_until`; a close updates it, so a closed period never changes.
+entity!(settlement_close, "settlement_closes", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub pair: String,
+    pub closed_until: i64,
+    pub closed_at: i64,
+    pub closed_by: String,
+});
