@@ -770,17 +770,21 @@ pub(crate) async fn post(
     Ok(Some((transaction_id, at)))
 }
 
-/// `partner`'s postings posted in [from, until), oldest first, after posting id `after`.
+/// `partner`'s postings posted in [from, until), oldest first, each transaction's together
+/// (ordered by date, then transaction, so concurrent transactions never interleave), after
+/// the transaction `after` (its date and id).
 pub(crate) async fn postings_of(
     conn: &impl ConnectionTrait,
     partner: &str,
     from: Option<i64>,
     until: Option<i64>,
-    after: Option<i64>,
+    after: Option<(i64, &str)>,
     limit: Option<u64>,
 ) -> Result<Vec<PostingRow>, KitError> {
     let mut query = posting::Entity::find()
         .filter(posting::Column::PartnerId.eq(partner))
+        .order_by_asc(posting::Column::PostedAt)
+        .order_by_asc(posting::Column::TransactionId)
         .order_by_asc(posting::Column::Id);
     if let Some(from) = from {
         query = query.filter(posting::Column::PostedAt.gte(from));
@@ -788,8 +792,16 @@ pub(crate) async fn postings_of(
     if let Some(until) = until {
         query = query.filter(posting::Column::PostedAt.lt(until));
     }
-    if let Some(after) = after {
-        query = query.filter(posting::Column::Id.gt(after));
+    if let Some((at, transaction)) = after {
+        query = query.filter(
+            sea_orm::Condition::any()
+                .add(posting::Column::PostedAt.gt(at))
+                .add(
+                    sea_orm::Condition::all()
+                        .add(posting::Column::PostedAt.eq(at))
+                        .add(posting::Column::TransactionId.gt(transaction)),
+                ),
+        );
     }
     if let Some(limit) = limit {
         query = query.limit(limit);

@@ -279,9 +279,17 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     {
         bail!("no entitlements database at {path}: pass --data-dir or --database-url");
     }
-    let db = sea_orm::Database::connect(url.replace("mode=rwc", "mode=ro"))
-        .await
-        .context("cannot open the entitlements database")?;
+    // PostgreSQL: the service's own schema, as the service connects; SQLite: read-only.
+    let db = if url.starts_with("postgres") {
+        lianyu_kit::storage::connect(&url, lianyu_entitlements::NAME, Some(1))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    } else {
+        sea_orm::Database::connect(url.replace("mode=rwc", "mode=ro"))
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .context("cannot open the entitlements database")?;
     let found = lianyu_entitlements::audit_ledger(&db).await?;
     for (transaction, currency, sum) in &found.unbalanced {
         println!("UNBALANCED ledgerEntries/{transaction}: {currency} postings sum to {sum}");

@@ -41,10 +41,12 @@ impl pb::ledger_service_server::LedgerService for Api {
             let (from, until) = period(r.start_time.as_ref(), r.end_time.as_ref())?;
             let query = format!("{from:?}/{until:?}");
             let page = Page::parse(r.page_size, &r.page_token, &[call.partner_id(), &query])?;
+            // The page token is the last transaction's date and id.
             let after = match &page.after {
                 Some(k) => Some(
-                    k.parse::<i64>()
-                        .map_err(|_| KitError::invalid("page_token", "not from this query"))?,
+                    k.split_once(':')
+                        .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
+                        .ok_or_else(|| KitError::invalid("page_token", "not from this query"))?,
                 ),
                 None => None,
             };
@@ -61,17 +63,16 @@ impl pb::ledger_service_server::LedgerService for Api {
             )
             .await?;
             let complete = (rows.len() as u64) < limit;
-            let mut entries: Vec<(i64, pb::LedgerEntry)> = Vec::new();
+            let mut entries: Vec<(String, pb::LedgerEntry)> = Vec::new();
             for row in rows {
                 match entries.last_mut() {
-                    Some((last, entry))
+                    Some((_, entry))
                         if entry.name == format!("ledgerEntries/{}", row.transaction_id) =>
                     {
-                        *last = row.id;
                         entry.postings.push(posting(&row));
                     }
                     _ => entries.push((
-                        row.id,
+                        format!("{}:{}", row.posted_at, row.transaction_id),
                         pb::LedgerEntry {
                             name: format!("ledgerEntries/{}", row.transaction_id),
                             transaction: row.kind.clone(),
@@ -93,7 +94,7 @@ impl pb::ledger_service_server::LedgerService for Api {
             let size = usize::try_from(page.size).unwrap_or(usize::MAX);
             let more = entries.len() > size || !complete;
             entries.truncate(size);
-            let last = entries.last().map(|(id, _)| id.to_string());
+            let last = entries.last().map(|(key, _)| key.clone());
             Ok::<_, EntitlementsError>(pb::ListEntriesResponse {
                 next_page_token: page.next_token(last.as_deref(), more),
                 entries: entries.into_iter().map(|(_, e)| e).collect(),

@@ -16,6 +16,8 @@ use tonic_health::pb::{
 
 use lianyu_kit::testing::TestDatabase;
 
+mod kill_redeem;
+
 const BIN: &str = env!("CARGO_BIN_EXE_lianyu");
 
 /// Kills the mesh if the test fails before stopping it, so no server outlives the test.
