@@ -200,3 +200,68 @@ async fn a_closed_period_never_changes_even_with_redemptions_racing_the_close() 
     assert_eq!(second.start_time, timestamp(end));
     assert_eq!(brand_owes(&second), brand_owes(&next));
 }
+
+#[tokio::test]
+async fn a_split_rule_makes_the_funder_pay_its_share_and_the_honouring_partner_the_rest() {
+    let s = start("settle_split", |_| {}).await;
+    // Out of range: refused with its field, nothing defined.
+    let e = crate::wallets::benefits(&s, MALL)
+        .create_benefit(pb::CreateBenefitRequest {
+            request_id: "bad".into(),
+            benefit: Some(pb::Benefit {
+                display_name: "split".into(),
+                kind: pb::BenefitKind::FixedCoupon as i32,
+                value: crate::wallets::cny(5_000),
+                budget_units: 1,
+                funder_share_bps: 10_001,
+                valid_until: timestamp(now_millis() + 3_600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), ["benefit.funder_share_bps"]);
+    assert_eq!(
+        crate::support::rows(&s, "entitlements", "benefits").await,
+        0
+    );
+
+    // The brand pays 60 % of what the mall takes off.
+    let coupon = active(&s, MALL, BRAND, MALL, |b| b.funder_share_bps = 6_000).await;
+    assert_eq!(coupon.funder_share_bps, 6_000);
+    let member = enrol(&s, MALL, "13800139102").await;
+    consent(&s, MALL, &member, BRAND).await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(redeem(&item.name, "r", 40_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.discount, crate::wallets::cny(5_000));
+    assert_eq!(
+        brand_owes(&statement(&s, MALL, BRAND, None, None).await),
+        3_000
+    );
+    assert_eq!(
+        brand_owes(&statement(&s, BRAND, MALL, None, None).await),
+        3_000
+    );
+    // A half refund reverses half of each part.
+    till(&s, &s.store_token(MALL, "sh01"))
+        .refund_redemption(pb::RefundRedemptionRequest {
+            request_id: "half".into(),
+            name: r.name,
+            amount: crate::wallets::cny(20_000),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        brand_owes(&statement(&s, MALL, BRAND, None, None).await),
+        1_500
+    );
+    assert_eq!(crate::wallets::unbalanced(&s).await, 0);
+}

@@ -493,6 +493,7 @@ pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
         valid_until: required_millis(b.valid_until.as_ref()),
         valid_days: b.valid_days,
         top_up_bonus_bps: b.top_up_bonus_bps,
+        funder_share_bps: b.funder_share_bps,
     }
 }
 
@@ -538,5 +539,6 @@ pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
         funding_accepted: b.funding_accepted,
         valid_days: b.valid_days,
         top_up_bonus_bps: b.top_up_bonus_bps,
+        funder_share_bps: b.funder_share_bps,
     }
 }

@@ -106,6 +106,9 @@ pub struct Benefit {
     pub funding_accepted: bool,
     /// Stored value: the bonus on every top-up, basis points of the amount.
     pub top_up_bonus_bps: i32,
+    /// The share of a discount the funder pays an honouring partner other than itself, in
+    /// basis points (10000: all of it); the honouring partner bears the rest.
+    pub funder_share_bps: i32,
 }
 
 /// A partner's definition before it is checked. Each parsed part carries its own violation.
@@ -123,6 +126,8 @@ pub struct BenefitDraft<'a> {
     pub valid_until: Result<i64, String>,
     pub valid_days: i32,
     pub top_up_bonus_bps: i32,
+    /// 0 means 10000.
+    pub funder_share_bps: i32,
 }
 
 /// At most this many partners honour one benefit.
@@ -193,6 +198,12 @@ impl Benefit {
         if d.budget_units <= 0 {
             v.add("benefit.budget_units", "above zero");
         }
+        if !(0..=10_000).contains(&d.funder_share_bps) {
+            v.add(
+                "benefit.funder_share_bps",
+                "1 to 10000 (basis points; 0 means 10000)",
+            );
+        }
         if !(0..=3660).contains(&d.valid_days) {
             v.add("benefit.valid_days", "0 to 3660 (0: until valid_until)");
         }
@@ -223,6 +234,11 @@ impl Benefit {
             funding_accepted,
             valid_days: d.valid_days,
             top_up_bonus_bps: d.top_up_bonus_bps,
+            funder_share_bps: if d.funder_share_bps == 0 {
+                10_000
+            } else {
+                d.funder_share_bps
+            },
             id: uuid::Uuid::now_v7().simple().to_string(),
             display_name,
             kind,
@@ -477,21 +493,37 @@ impl Benefit {
         ]
     }
 
-    /// The postings of redeeming one unit at `honourer` for `discount`: the funder's
-    /// liability (or expense, when none was booked) pays the discount, owed to the honouring
-    /// partner when that is another partner; what a fixed coupon's face value exceeded the
-    /// discount by goes back from liability to expense.
-    pub fn redemption_postings(&self, honourer: &PartnerId, discount: &Money) -> Vec<Posting> {
-        let funder = &self.funder;
-        let d = discount.minor_units();
-        let mut out = Vec::new();
-        let source = if self.liability().is_some() {
+    /// Of `discount` given at `honourer`, what the funder pays: all of it at its own
+    /// counters, its share (rounded down) at another partner's.
+    pub fn funder_part(&self, honourer: &PartnerId, discount: i64) -> i64 {
+        if *honourer == self.funder {
+            return discount;
+        }
+        let part = i128::from(discount) * i128::from(self.funder_share_bps) / 10_000;
+        i64::try_from(part).unwrap_or(discount)
+    }
+
+    /// Where the funder's part of a discount comes from: the liability booked at the grant,
+    /// or its marketing expense when nothing was booked.
+    fn source(&self) -> &'static str {
+        if self.liability().is_some() {
             "benefit_liability"
         } else {
             "marketing_expense"
-        };
+        }
+    }
+
+    /// The postings of redeeming one unit at `honourer` for `discount`: the funder's liability
+    /// (or expense, when none was booked) pays its part, owed to the honouring partner when
+    /// that is another partner, which bears the rest itself; what the booked face value
+    /// exceeded the funder's part by goes back from liability to expense.
+    pub fn redemption_postings(&self, honourer: &PartnerId, discount: &Money) -> Vec<Posting> {
+        let funder = &self.funder;
+        let d = discount.minor_units();
+        let f = self.funder_part(honourer, d);
+        let mut out = Vec::new();
         if let Some(value) = self.liability() {
-            let unused = value.minor_units() - d;
+            let unused = value.minor_units() - f;
             if unused > 0 {
                 out.push(Posting::new(funder, "benefit_liability", value, unused));
                 out.push(Posting::new(funder, "marketing_expense", value, -unused));
@@ -500,58 +532,63 @@ impl Benefit {
         if d == 0 {
             return out;
         }
-        out.push(Posting::new(funder, source, discount, d));
-        if honourer == funder {
-            out.push(Posting::new(funder, "discounts_given", discount, -d));
-        } else {
-            out.push(Posting::new(
-                funder,
-                &format!("payable:{honourer}"),
-                discount,
-                -d,
-            ));
-            out.push(Posting::new(
-                honourer,
-                &format!("receivable:{funder}"),
-                discount,
-                d,
-            ));
-            out.push(Posting::new(honourer, "discounts_given", discount, -d));
-        }
+        out.extend(self.discount_lines(honourer, discount, d, f));
         out
     }
 
-    /// The postings reversing `share` of a redemption's discount at `honourer` (a refund):
-    /// the discount's lines of [`Self::redemption_postings`], negated.
-    pub fn refund_postings(&self, honourer: &PartnerId, share: &Money) -> Vec<Posting> {
-        let source = if self.liability().is_some() {
-            "benefit_liability"
-        } else {
-            "marketing_expense"
-        };
-        let (funder, x) = (&self.funder, share.minor_units());
-        if x == 0 {
-            return Vec::new();
-        }
-        let mut out = vec![Posting::new(funder, source, share, -x)];
+    /// The discount's lines: `f` of `d` from the funder's source to the honouring partner,
+    /// the rest the honouring partner's own expense. Negate both to reverse.
+    fn discount_lines(
+        &self,
+        honourer: &PartnerId,
+        currency: &Money,
+        d: i64,
+        f: i64,
+    ) -> Vec<Posting> {
+        let funder = &self.funder;
         if honourer == funder {
-            out.push(Posting::new(funder, "discounts_given", share, x));
-        } else {
+            return vec![
+                Posting::new(funder, self.source(), currency, d),
+                Posting::new(funder, "discounts_given", currency, -d),
+            ];
+        }
+        let mut out = Vec::new();
+        if f != 0 {
+            out.push(Posting::new(funder, self.source(), currency, f));
             out.push(Posting::new(
                 funder,
                 &format!("payable:{honourer}"),
-                share,
-                x,
+                currency,
+                -f,
             ));
             out.push(Posting::new(
                 honourer,
                 &format!("receivable:{funder}"),
-                share,
-                -x,
+                currency,
+                f,
             ));
-            out.push(Posting::new(honourer, "discounts_given", share, x));
         }
+        if d - f != 0 {
+            out.push(Posting::new(honourer, "marketing_expense", currency, d - f));
+        }
+        out.push(Posting::new(honourer, "discounts_given", currency, -d));
         out
+    }
+
+    /// The postings reversing `share` of a redemption's discount at `honourer` (a refund), of
+    /// which `funder_share` was the funder's: the discount's lines of
+    /// [`Self::redemption_postings`], negated.
+    pub fn refund_postings(
+        &self,
+        honourer: &PartnerId,
+        share: &Money,
+        funder_share: i64,
+    ) -> Vec<Posting> {
+        let x = share.minor_units();
+        if x == 0 {
+            return Vec::new();
+        }
+        balance::negated(&self.discount_lines(honourer, share, x, funder_share))
     }
 
     /// The partners that may see the benefit: its issuer, its funder and those honouring it.
@@ -643,6 +680,7 @@ mod tests {
             valid_until: Ok(10_000),
             valid_days: 0,
             top_up_bonus_bps: 0,
+            funder_share_bps: 0,
         }
     }
 
@@ -770,6 +808,69 @@ mod tests {
     }
 
     #[test]
+    fn a_split_settlement_pays_the_funders_share_and_refunds_reverse_each_part_exactly() {
+        let (mall, brand) = (PartnerId::new("mall-b"), PartnerId::new("brand-a"));
+        let mut b = active(BenefitKind::FixedCoupon);
+        b.funder_share_bps = 6_000;
+        let side = |postings: &[Posting], who: &PartnerId| {
+            postings
+                .iter()
+                .filter(|p| p.partner == *who)
+                .map(|p| (p.account.clone(), p.amount))
+                .collect::<Vec<_>>()
+        };
+        let account = |postings: &[Posting], who: &PartnerId, account: &str| {
+            postings
+                .iter()
+                .filter(|p| p.partner == *who && p.account == account)
+                .map(|p| p.amount)
+                .sum::<i64>()
+        };
+        let mut all = b.grant_postings();
+        let redeem = b.redemption_postings(&mall, &cny(5_000));
+        assert!(balanced(&redeem));
+        assert_eq!(
+            owed_to(&mall, &side(&redeem, &brand)),
+            3_000,
+            "60 % of 50.00"
+        );
+        assert_eq!(
+            account(&redeem, &mall, "marketing_expense"),
+            2_000,
+            "the mall bears 40 %"
+        );
+        all.extend(redeem);
+        assert_eq!(
+            account(&all, &brand, "benefit_liability"),
+            0,
+            "the brand's booked liability is settled in full"
+        );
+        // Refunded in three uneven parts of a 450.00 order: each part's funder share is the
+        // difference of cumulative shares, so they add up exactly.
+        let (mut before, mut refunds) = (0, Vec::new());
+        for part in [10_001, 20_000, 14_999] {
+            let upto = |r: i64| refund_share(5_000, 45_000, 0, r);
+            let (was, is) = (upto(before), upto(before + part));
+            let f = b.funder_part(&mall, is) - b.funder_part(&mall, was);
+            let back = b.refund_postings(&mall, &cny(is - was), f);
+            assert!(balanced(&back));
+            refunds.extend(back);
+            before += part;
+        }
+        assert_eq!(owed_to(&mall, &side(&refunds, &brand)), -3_000);
+        assert_eq!(account(&refunds, &mall, "marketing_expense"), -2_000);
+        // At the funder's own counter there is nothing to split.
+        assert_eq!(b.funder_part(&brand, 5_000), 5_000);
+        let mut bad = draft(BenefitKind::FixedCoupon);
+        bad.funder_share_bps = 10_001;
+        let e = Benefit::define(&mall, &bad, 0).unwrap_err();
+        assert_eq!(
+            lianyu_kit::ServiceError::field_violations(&e)[0].field,
+            "benefit.funder_share_bps"
+        );
+    }
+
+    #[test]
     fn refunds_reverse_the_discount_in_proportion_and_add_up_to_it_exactly() {
         // ¥50 off a ¥450 order, refunded in three uneven parts.
         let parts = [10_001, 20_000, 14_999];
@@ -787,7 +888,7 @@ mod tests {
         );
         let (mall, brand) = (PartnerId::new("mall-b"), PartnerId::new("brand-a"));
         let b = active(BenefitKind::FixedCoupon);
-        let back = b.refund_postings(&mall, &cny(2_500));
+        let back = b.refund_postings(&mall, &cny(2_500), 2_500);
         assert!(balanced(&back));
         let brand_side: Vec<_> = back
             .iter()

@@ -42,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(Balances),
             Box::new(BalanceColumns),
             Box::new(Settlement),
+            Box::new(SettlementShare),
         ])
     }
 }
@@ -124,6 +125,33 @@ lianyu_kit::tables_migration!(
     "m20261202_000015_entitlements_settlement",
     [settlement_close::Entity]
 );
+
+/// The funder's share of a discount (added to a table created without it; benefits defined
+/// before it were paid in full by their funder).
+pub(crate) struct SettlementShare;
+
+impl sea_orm_migration::MigrationName for SettlementShare {
+    fn name(&self) -> &str {
+        "m20261202_000016_entitlements_settlement_share"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for SettlementShare {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        add_columns(
+            manager,
+            "benefits",
+            [ColumnDef::new(Alias::new("funder_share_bps"))
+                .integer()
+                .not_null()
+                .default(10_000)
+                .to_owned()],
+        )
+        .await
+    }
+}
 
 /// The stored-value top-up bonus, and the member of a balance liability's posting (added to
 /// tables a first version created without them).
@@ -212,6 +240,7 @@ pub(crate) async fn insert_benefit(
         valid_days: Set(b.valid_days),
         funding_accepted: Set(b.funding_accepted),
         top_up_bonus_bps: Set(b.top_up_bonus_bps),
+        funder_share_bps: Set(b.funder_share_bps),
     }
     .insert(txn)
     .await
@@ -898,6 +927,7 @@ fn to_domain(row: benefit::Model, parties: Vec<benefit_party::Model>) -> Benefit
         valid_days: row.valid_days,
         funding_accepted: row.funding_accepted,
         top_up_bonus_bps: row.top_up_bonus_bps,
+        funder_share_bps: row.funder_share_bps,
     }
 }
 

@@ -241,17 +241,24 @@ impl Api {
                     )
                     .await?;
                 }
-                let share = crate::domain::refund_share(
-                    current.discount_minor_units,
-                    current.order_minor_units,
-                    current.refunded_minor_units,
-                    after,
-                );
+                // The discount refunded up to a refunded order amount, and the funder's part
+                // of it: both cumulative, so the parts of any sequence of refunds add up to
+                // exactly what the redemption posted.
+                let upto = |refunded: i64| {
+                    crate::domain::refund_share(
+                        current.discount_minor_units,
+                        current.order_minor_units,
+                        0,
+                        refunded,
+                    )
+                };
+                let (was, is) = (upto(current.refunded_minor_units), upto(after));
                 let benefit = store::benefit_by_id(txn, &item.benefit_id)
                     .await?
                     .ok_or(EntitlementsError::RedemptionNotFound)?;
-                let share = Money::new(&current.currency, share).map_err(KitError::Internal)?;
-                let postings = benefit.refund_postings(&me, &share);
+                let funder_share = benefit.funder_part(&me, is) - benefit.funder_part(&me, was);
+                let share = Money::new(&current.currency, is - was).map_err(KitError::Internal)?;
+                let postings = benefit.refund_postings(&me, &share, funder_share);
                 self.post(txn, "REFUND", &benefit.id, Some(&id), &postings, now)
                     .await?;
                 let mut row = current;

@@ -245,6 +245,7 @@ mod tests {
             valid_days: 0,
             funding_accepted: true,
             top_up_bonus_bps: 1_000,
+            funder_share_bps: 10_000,
         }
     }
 

@@ -62,6 +62,7 @@ entity!(benefit, "benefits", {
     pub valid_days: i32,
     pub funding_accepted: bool,
     pub top_up_bonus_bps: i32,
+    pub funder_share_bps: i32,
 });
 
 // Who may see a benefit (issuer, funder, honouring partners) and in which role: the tenant
