@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL for tests, on a loopback port in a temporary directory.
 #   scripts/postgres.sh start DIR   installs the server if missing, starts it, prints its admin URL
 #   scripts/postgres.sh stop DIR    stops it and removes DIR
+# LIANYU_PG_DURABLE=1 keeps fsync and synchronous commit on (for benchmarks).
 # The server refuses to run as root, so as root it runs as the unprivileged user lianyu-pg.
 set -euo pipefail
 cmd=${1:?start or stop}
@@ -43,9 +44,12 @@ start)
   [ "$(id -u)" = 0 ] && chown lianyu-pg "$dir"
   as_owner "$initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
-  # Throwaway data: durability off for speed; a connection limit for parallel tests.
+  # Throwaway data: durability off for speed, unless LIANYU_PG_DURABLE=1 (benchmarks: fsync
+  # and synchronous commit on, as in production); a connection limit for parallel tests.
+  durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ "${LIANYU_PG_DURABLE:-0}" = 1 ] && durability=""
   as_owner "$pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=800" >&2 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 $durability -c max_connections=800" >&2 \
     || { cat "$dir/server.log" >&2; exit 1; }
   echo "postgres://postgres@127.0.0.1:$port/postgres"
   ;;

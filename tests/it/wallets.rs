@@ -1366,3 +1366,72 @@ async fn other_callers_of_the_till_and_the_ledger_are_refused_and_change_nothing
         .into_inner();
     assert_eq!(confirmed.state, pb::RedemptionState::Confirmed as i32);
 }
+
+/// A unit nobody redeemed before its expiry becomes EXPIRED and the liability its grant
+/// booked at the funder is released (an EXPIRY ledger transaction); the till refuses it.
+#[tokio::test]
+async fn a_unit_that_expires_unused_releases_the_funders_liability() {
+    use sea_orm::ConnectionTrait;
+    let s = mesh("ent_expiry").await;
+    let coupon = active(&s, MALL, BRAND, MALL, |b| {
+        b.kind = pb::BenefitKind::FixedCoupon as i32;
+        b.threshold = None;
+    })
+    .await;
+    let member = enrol(&s, MALL, "13800138031").await;
+    consent(&s, MALL, &member, BRAND).await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Time moves on where it is kept: the unit's expiry is now in the past.
+    let id = item.name.rsplit('/').next().unwrap();
+    s.database("entitlements")
+        .await
+        .execute_unprepared(&format!(
+            "UPDATE wallet_items SET expires_at = 1 WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+    // The expiry job runs every second; wait for its answer (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let liability = loop {
+        let entries = ledger(&s, BRAND)
+            .list_entries(pb::ListEntriesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        if entries.iter().any(|e| e.transaction == "EXPIRY") {
+            break entries
+                .iter()
+                .flat_map(|e| &e.postings)
+                .filter(|p| p.account == "benefit_liability")
+                .map(|p| p.amount.as_ref().unwrap().minor_units)
+                .sum::<i64>();
+        }
+        assert!(std::time::Instant::now() < deadline, "no EXPIRY posted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        liability, 0,
+        "the brand owes nothing for a unit nobody used"
+    );
+    let listed = wallet(&s, MALL)
+        .list_wallet(pb::ListWalletRequest {
+            member: member.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.items[0].state, pb::WalletItemState::Expired as i32);
+    let e = till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(redeem(&item.name, "late", 40_000))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ITEM_EXPIRED");
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 0);
+    assert_eq!(unbalanced(&s).await, 0);
+}

@@ -513,6 +513,12 @@ impl Benefit {
         }
     }
 
+    /// The postings of a unit that expired unused: its grant's, reversed (nothing when
+    /// nothing was booked).
+    pub fn expiry_postings(&self) -> Vec<Posting> {
+        balance::negated(&self.grant_postings())
+    }
+
     /// The postings of redeeming one unit at `honourer` for `discount`: the funder's liability
     /// (or expense, when none was booked) pays its part, owed to the honouring partner when
     /// that is another partner, which bears the rest itself; what the booked face value

@@ -43,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(BalanceColumns),
             Box::new(Settlement),
             Box::new(SettlementShare),
+            Box::new(ExpiryIndex),
         ])
     }
 }
@@ -150,6 +151,33 @@ impl MigrationTrait for SettlementShare {
                 .to_owned()],
         )
         .await
+    }
+}
+
+/// Finds units that expired unused without reading every unit.
+pub(crate) struct ExpiryIndex;
+
+impl sea_orm_migration::MigrationName for ExpiryIndex {
+    fn name(&self) -> &str {
+        "m20261202_000017_entitlements_expiry_index"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for ExpiryIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, Index};
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_wallet_items_state_expires_at")
+                    .table(Alias::new("wallet_items"))
+                    .col(Alias::new("state"))
+                    .col(Alias::new("expires_at"))
+                    .to_owned(),
+            )
+            .await
     }
 }
 
@@ -501,6 +529,38 @@ pub(crate) async fn move_item(
         update = update.filter(wallet_item::Column::ExpiresAt.gt(now));
     }
     Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
+}
+
+/// Units AVAILABLE past their expiry at `now`, at most `limit`.
+pub(crate) async fn expired_units(
+    conn: &impl ConnectionTrait,
+    now: i64,
+    limit: u64,
+) -> Result<Vec<ItemRow>, KitError> {
+    wallet_item::Entity::find()
+        .filter(wallet_item::Column::State.eq(ItemState::Available))
+        .filter(wallet_item::Column::ExpiresAt.lte(now))
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(storage)
+}
+
+/// Marks an AVAILABLE unit past its expiry EXPIRED; false when it was not (taken first).
+pub(crate) async fn expire_unit(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    now: i64,
+) -> Result<bool, KitError> {
+    let done = wallet_item::Entity::update_many()
+        .col_expr(wallet_item::Column::State, Expr::value(ItemState::Expired))
+        .filter(wallet_item::Column::Id.eq(id))
+        .filter(wallet_item::Column::State.eq(ItemState::Available))
+        .filter(wallet_item::Column::ExpiresAt.lte(now))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
 }
 
 /// Cancels the holds on `member`'s units granted through `holder` (only those at `honourer`,

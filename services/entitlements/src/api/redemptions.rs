@@ -129,6 +129,7 @@ fn unavailable(item: &ItemRow, now: i64) -> EntitlementsError {
             "ITEM_CLOSED",
             "the member's wallet was closed at its partner",
         ),
+        ItemState::Expired => ("ITEM_EXPIRED", "this unit has expired"),
         ItemState::Available if item.expires_at <= now => ("ITEM_EXPIRED", "this unit has expired"),
         ItemState::Available => ("ITEM_RESERVED", "this unit changed concurrently; retry"),
     };
@@ -475,11 +476,54 @@ pub(super) async fn expire_holds(api: Api, stopping: CancellationToken) {
                         .await
                         .map_err(lianyu_kit::storage::StorageError::from)?;
                 }
+                released += expire_units(&api).await?;
                 Ok::<u64, KitError>(released)
             }
         },
     )
     .await;
+}
+
+/// Units past their expiry unused become EXPIRED, each by one conditional update (a till that
+/// took it first wins), and the liability booked at their grant is released (EXPIRY).
+async fn expire_units(api: &Api) -> Result<u64, KitError> {
+    let now = now_millis();
+    let due = store::expired_units(&api.read, now, EXPIRY_BATCH).await?;
+    let mut expired = 0;
+    let mut benefits: std::collections::HashMap<String, Benefit> = Default::default();
+    for item in due {
+        let benefit = match benefits.get(&item.benefit_id) {
+            Some(b) => b.clone(),
+            None => {
+                let Some(b) = store::benefit_by_id(&api.read, &item.benefit_id).await? else {
+                    continue;
+                };
+                benefits.insert(b.id.clone(), b.clone());
+                b
+            }
+        };
+        let txn = api
+            .db
+            .begin()
+            .await
+            .map_err(lianyu_kit::storage::StorageError::from)?;
+        if store::expire_unit(&txn, &item.id, now).await? {
+            api.post(
+                &txn,
+                "EXPIRY",
+                &benefit.id,
+                None,
+                &benefit.expiry_postings(),
+                now,
+            )
+            .await?;
+            expired += 1;
+        }
+        txn.commit()
+            .await
+            .map_err(lianyu_kit::storage::StorageError::from)?;
+    }
+    Ok(expired)
 }
 
 #[tonic::async_trait]

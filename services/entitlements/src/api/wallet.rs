@@ -39,6 +39,7 @@ pub(super) fn item_proto(scoped: &str, row: &ItemRow, now: i64) -> pb::WalletIte
         ItemState::Redeemed => pb::WalletItemState::Redeemed,
         ItemState::Refunded => pb::WalletItemState::Refunded,
         ItemState::Closed => pb::WalletItemState::Closed,
+        ItemState::Expired => pb::WalletItemState::Expired,
     };
     pb::WalletItem {
         name: format!("members/{scoped}/walletItems/{}", row.id),

@@ -90,6 +90,9 @@ pub enum ItemState {
     /// The member was erased at the partner it was granted through.
     #[sea_orm(string_value = "closed")]
     Closed,
+    /// Past its expiry unused; its booked liability was released (the EXPIRY posting).
+    #[sea_orm(string_value = "expired")]
+    Expired,
 }
 
 /// A redemption's state as stored.
