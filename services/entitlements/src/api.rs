@@ -57,13 +57,18 @@ pub(crate) fn register(
         .listening(&ctx.config.database_url(crate::NAME), crate::NAME);
     let api = Api {
         read: read.clone(),
+        // Nearly every mutation posts to the ledger (and so appends to the feed) and many
+        // also update a benefit's budget row: the feed's lock is taken first, always, so
+        // grouped transactions never deadlock on PostgreSQL.
         mutations: Mutations::new(db.clone())
             .reading(read.clone())
-            .publishing(feed.clone(), None),
+            .publishing(feed.clone(), None)
+            .feed_first(),
         hot: Mutations::new(db.clone())
-            .grouped()
+            .grouped_single_lane()
             .reading(read.clone())
-            .publishing(feed.clone(), None),
+            .publishing(feed.clone(), None)
+            .feed_first(),
         feed,
         directory,
         gates: gate::Gates::default(),

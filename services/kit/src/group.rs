@@ -124,6 +124,17 @@ impl Writer {
             sea_orm::DbBackend::Postgres => POSTGRES_LANES,
             _ => 1,
         };
+        Self::lanes(db, lanes)
+    }
+
+    /// Concurrent mutations share transactions in one lane on any database: for a service
+    /// whose writes all serialise on one lock anyway (its feed's), where parallel lanes would
+    /// only wait for each other and one lane makes the batches larger.
+    pub fn single_lane(db: DatabaseConnection) -> Self {
+        Self::lanes(db, 1)
+    }
+
+    fn lanes(db: DatabaseConnection, lanes: usize) -> Self {
         Self {
             db,
             lanes: (0..lanes)

@@ -90,14 +90,11 @@ impl StorageError {
 /// later) rather than that the statement was wrong: I/O and protocol failures, a closed or
 /// timed-out pool, SQLSTATE class 08 (connection exception) and 57P (the server shutting down).
 fn connection_lost(err: &DbErr) -> bool {
-    use sea_orm::{RuntimeErr, sqlx::Error};
-    let sqlx = match err {
-        DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e))
-        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e,
-        _ => return false,
+    use sea_orm::sqlx::Error;
+    let Some(sqlx) = driver_error(err) else {
+        return false;
     };
-    match sqlx.as_ref() {
+    match sqlx {
         Error::Io(_)
         | Error::Tls(_)
         | Error::Protocol(_)
@@ -109,6 +106,30 @@ fn connection_lost(err: &DbErr) -> bool {
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
         _ => false,
     }
+}
+
+/// The driver's error under a sea-orm error, when there is one.
+fn driver_error(err: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    use sea_orm::RuntimeErr;
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => Some(e.as_ref()),
+        _ => None,
+    }
+}
+
+/// Whether the database refused a statement because of a concurrent transaction, to be run
+/// again: PostgreSQL's serialization_failure (40001) and deadlock_detected (40P01) by their
+/// SQLSTATE (the message does not carry it), SQLite's busy database.
+fn lost_to_concurrency(err: &DbErr, text: &str) -> bool {
+    let code = driver_error(err)
+        .and_then(|e| e.as_database_error())
+        .and_then(|d| d.code().map(|c| c.into_owned()));
+    matches!(code.as_deref(), Some("40001" | "40P01"))
+        || text.contains("40001")
+        || text.contains("40P01")
+        || text.contains("database is locked")
 }
 
 impl From<DbErr> for StorageError {
@@ -128,13 +149,7 @@ impl From<DbErr> for StorageError {
                 tracing::error!(error = %text, "storage is full");
                 StorageError::Full(text)
             }
-            // PostgreSQL serialization_failure / deadlock_detected; SQLite busy.
-            _ if text.contains("40001")
-                || text.contains("40P01")
-                || text.contains("database is locked") =>
-            {
-                StorageError::Conflict(text)
-            }
+            _ if lost_to_concurrency(&err, &text) => StorageError::Conflict(text),
             _ => StorageError::Other(text),
         }
     }

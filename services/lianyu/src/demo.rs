@@ -420,5 +420,19 @@ async fn coupon(
             owed % 100
         ));
     }
+    // Jade closes the period: what Aurora owes for it never changes again.
+    let closed = LedgerServiceClient::new(ch(mall_token))
+        .close_settlement_period(ent::CloseSettlementPeriodRequest {
+            request_id: "demo-close-period".into(),
+            counterparty: format!("partners/{BRAND}"),
+            end_time: lianyu_kit::time::timestamp(lianyu_kit::time::now_millis()),
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "Jade closes the period with Aurora (closed: {}, {} line(s)); later corrections fall into the next one",
+        closed.closed,
+        closed.lines.len()
+    ));
     Ok(())
 }

@@ -507,6 +507,8 @@ async fn expire_units(api: &Api) -> Result<u64, KitError> {
             .begin()
             .await
             .map_err(lianyu_kit::storage::StorageError::from)?;
+        // The feed's lock first, as every mutation here takes it (no deadlock with a till).
+        api.feed.hold(&txn).await?;
         if store::expire_unit(&txn, &item.id, now).await? {
             api.post(
                 &txn,

@@ -287,6 +287,7 @@ async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
         "Jade's access log: 2 reads, 1 allowed",
         "redeems it: ¥50.00 off",
         "partners/aurora-shoes owes partners/jade-plaza ¥50.00",
+        "Jade closes the period with Aurora (closed: true, 1 line(s))",
         "client_secret lys_",
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");
