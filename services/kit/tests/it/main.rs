@@ -8,4 +8,5 @@ mod feeds;
 mod harness;
 mod idempotency;
 mod peer;
+mod races;
 mod server;
