@@ -46,7 +46,7 @@ fn spend(member: &str, benefit: &str, rid: &str, store: &str) -> pb::SpendBalanc
 
 /// A stored-value card the mall issues and funds, honoured by the mall and the brand, with a
 /// 10 % top-up bonus.
-async fn card(s: &TestServer) -> pb::Benefit {
+pub(crate) async fn card(s: &TestServer) -> pb::Benefit {
     active(s, MALL, MALL, MALL, |b| {
         b.display_name = "Jade gift card".into();
         b.kind = pb::BenefitKind::StoredValue as i32;

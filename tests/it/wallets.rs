@@ -1031,6 +1031,19 @@ async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_walle
         .await
         .unwrap();
 
+    // The member also holds stored value through the mall.
+    let card = crate::balances::card(&s).await;
+    wallet(&s, MALL)
+        .top_up(pb::TopUpRequest {
+            request_id: "top-up".into(),
+            member: at_mall.clone(),
+            benefit: card.name.clone(),
+            amount: cny(10_000),
+            payment_reference: "pos-1".into(),
+        })
+        .await
+        .unwrap();
+
     MemberServiceClient::new(s.as_token(&s.token(MALL)))
         .erase_member(id::EraseMemberRequest {
             request_id: "erase".into(),
@@ -1062,6 +1075,11 @@ async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_walle
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // In the same transaction the stored-value account opened through the mall was closed.
+    assert_eq!(
+        rows(&s, "entitlements", "balances WHERE closed = true").await,
+        1
+    );
 }
 
 /// Refunds at the till: half the order refunded reverses half the brand's subsidy; ten

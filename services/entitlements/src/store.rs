@@ -1,5 +1,7 @@
-//! The entitlements repository: its migrations (the kit's tables first) and the benefit
-//! finders, each scoped to the calling partner. It returns domain types; no row leaves here.
+//! The entitlements repository: its migrations (the kit's tables first), benefits (each
+//! finder scoped to the calling partner), wallets, redemptions, the ledger and its settlement
+//! closes, and members' balances (balances.rs). Every change that must not race is one
+//! conditional update.
 
 mod balances;
 mod entities;
