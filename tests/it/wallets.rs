@@ -161,6 +161,7 @@ pub(crate) fn redeem(item: &str, request_id: &str, order: i64) -> pb::RedeemRequ
         wallet_item: item.into(),
         store: format!("partners/{MALL}/stores/sh01"),
         order_amount: cny(order),
+        category: String::new(),
     }
 }
 
@@ -635,6 +636,7 @@ async fn a_hold_ends_exactly_once() {
         store: String::new(),
         order_amount: cny(40_000),
         hold_seconds: hold,
+        ..Default::default()
     };
     for round in 0..5 {
         let held = till(&s, &counter)
@@ -969,6 +971,7 @@ async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_walle
             store: format!("partners/{BRAND}/stores/b01"),
             order_amount: cny(40_000),
             hold_seconds: 3600,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -1294,6 +1297,7 @@ async fn other_callers_of_the_till_and_the_ledger_are_refused_and_change_nothing
             store: String::new(),
             order_amount: cny(40_000),
             hold_seconds: 600,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -1452,4 +1456,79 @@ async fn a_unit_that_expires_unused_releases_the_funders_liability() {
     assert_eq!(reason(&e), "ITEM_EXPIRED");
     assert_eq!(rows(&s, "entitlements", "redemptions").await, 0);
     assert_eq!(unbalanced(&s).await, 0);
+}
+
+/// A benefit honoured only at some stores and for some categories (the brand pays for beauty
+/// purchases at the mall's cosmetics counters, not elsewhere): a till at another store or an
+/// order of another category is refused and nothing is taken; a definition naming a store of
+/// a partner that does not honour it is refused with its field.
+#[tokio::test]
+async fn a_benefit_is_honoured_only_at_its_stores_and_for_its_categories() {
+    let s = mesh("ent_places").await;
+    let e = benefits(&s, MALL)
+        .create_benefit(pb::CreateBenefitRequest {
+            request_id: "bad-places".into(),
+            benefit: Some(pb::Benefit {
+                display_name: "Beauty 50".into(),
+                kind: pb::BenefitKind::FixedCoupon as i32,
+                value: cny(5_000),
+                budget_units: 10,
+                stores: vec![format!("partners/{BRAND}/stores/b01")],
+                categories: vec!["Cosmetics!".into()],
+                valid_until: timestamp(now_millis() + 3_600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    let mut fields = lianyu_kit::testing::violations(&e);
+    fields.sort();
+    assert_eq!(fields, ["benefit.categories[0]", "benefit.stores[0]"]);
+    assert_eq!(rows(&s, "entitlements", "benefits").await, 0);
+
+    let coupon = active(&s, MALL, BRAND, MALL, |b| {
+        b.stores = vec![format!("partners/{MALL}/stores/sh01")];
+        b.categories = vec!["cosmetics".into(), "fragrance".into()];
+    })
+    .await;
+    assert_eq!(coupon.categories, ["cosmetics", "fragrance"]);
+    let member = enrol(&s, MALL, "13800138041").await;
+    consent(&s, MALL, &member, BRAND).await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let at = |store: &str, category: &str, rid: &str| pb::RedeemRequest {
+        store: format!("partners/{MALL}/stores/{store}"),
+        category: category.into(),
+        ..redeem(&item.name, rid, 40_000)
+    };
+    let mut mall = till(&s, &s.token(MALL));
+    let e = mall
+        .redeem(at("sh02", "cosmetics", "r1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "NOT_HONOURED_HERE")
+    );
+    let e = mall.redeem(at("sh01", "shoes", "r2")).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "CATEGORY_NOT_ELIGIBLE")
+    );
+    let e = mall.redeem(at("sh01", "", "r3")).await.unwrap_err();
+    assert_eq!(
+        reason(&e),
+        "CATEGORY_NOT_ELIGIBLE",
+        "a category must be given"
+    );
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 0);
+    let ok = mall
+        .redeem(at("sh01", "fragrance", "r4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.discount, cny(5_000));
 }

@@ -499,6 +499,8 @@ pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
         valid_days: b.valid_days,
         top_up_bonus_bps: b.top_up_bonus_bps,
         funder_share_bps: b.funder_share_bps,
+        stores: &b.stores,
+        categories: &b.categories,
     }
 }
 
@@ -545,5 +547,7 @@ pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
         valid_days: b.valid_days,
         top_up_bonus_bps: b.top_up_bonus_bps,
         funder_share_bps: b.funder_share_bps,
+        stores: b.stores.clone(),
+        categories: b.categories.clone(),
     }
 }

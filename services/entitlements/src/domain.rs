@@ -109,6 +109,11 @@ pub struct Benefit {
     /// The share of a discount the funder pays an honouring partner other than itself, in
     /// basis points (10000: all of it); the honouring partner bears the rest.
     pub funder_share_bps: i32,
+    /// The stores that honour it ("partners/{p}/stores/{s}"); empty: all of the honouring
+    /// partners'.
+    pub stores: Vec<String>,
+    /// The product categories it applies to; empty: any.
+    pub categories: Vec<String>,
 }
 
 /// A partner's definition before it is checked. Each parsed part carries its own violation.
@@ -128,6 +133,25 @@ pub struct BenefitDraft<'a> {
     pub top_up_bonus_bps: i32,
     /// 0 means 10000.
     pub funder_share_bps: i32,
+    pub stores: &'a [String],
+    pub categories: &'a [String],
+}
+
+/// At most this many stores or categories restrict one benefit.
+pub const MAX_PLACES: usize = 64;
+
+/// A product category code: 1 to 64 of [a-z0-9_.-].
+fn category(code: &str) -> Result<String, String> {
+    let ok = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    if ok {
+        Ok(code.to_owned())
+    } else {
+        Err("1 to 64 of [a-z0-9_.-]".into())
+    }
 }
 
 /// At most this many partners honour one benefit.
@@ -198,6 +222,40 @@ impl Benefit {
         if d.budget_units <= 0 {
             v.add("benefit.budget_units", "above zero");
         }
+        if d.stores.len() > MAX_PLACES {
+            v.add("benefit.stores", format!("at most {MAX_PLACES} stores"));
+        }
+        let mut stores = Vec::new();
+        for (i, store) in d.stores.iter().enumerate() {
+            match lianyu_kit::names::parse::<2>(store, "partners/{partner}/stores/{store}") {
+                Ok([p, _]) if honoured_by.iter().any(|h| h.as_str() == p) => {
+                    if !stores.contains(store) {
+                        stores.push(store.clone());
+                    }
+                }
+                Ok(_) => v.add(
+                    format!("benefit.stores[{i}]"),
+                    "a store of a partner that honours the benefit",
+                ),
+                Err(e) => v.add(format!("benefit.stores[{i}]"), e),
+            }
+        }
+        stores.sort();
+        if d.categories.len() > MAX_PLACES {
+            v.add(
+                "benefit.categories",
+                format!("at most {MAX_PLACES} categories"),
+            );
+        }
+        let mut categories = Vec::new();
+        for (i, code) in d.categories.iter().enumerate() {
+            if let Some(code) = v.check(format!("benefit.categories[{i}]"), category(code))
+                && !categories.contains(&code)
+            {
+                categories.push(code);
+            }
+        }
+        categories.sort();
         if !(0..=10_000).contains(&d.funder_share_bps) {
             v.add(
                 "benefit.funder_share_bps",
@@ -239,6 +297,8 @@ impl Benefit {
             } else {
                 d.funder_share_bps
             },
+            stores,
+            categories,
             id: uuid::Uuid::now_v7().simple().to_string(),
             display_name,
             kind,
@@ -513,6 +573,41 @@ impl Benefit {
         }
     }
 
+    /// Whether `honourer` takes it at `store` for an order of `category` (empty: none given):
+    /// PERMISSION_DENIED / NOT_HONOURED_HERE for a partner or store that does not honour it,
+    /// FAILED_PRECONDITION / CATEGORY_NOT_ELIGIBLE for an order of another category.
+    pub fn honoured_at(
+        &self,
+        honourer: &PartnerId,
+        store: &str,
+        category: &str,
+    ) -> Result<(), KitError> {
+        self.honoured_at_store(honourer, store)?;
+        if !self.categories.is_empty() && !self.categories.iter().any(|c| c == category) {
+            return Err(KitError::Precondition(
+                "CATEGORY_NOT_ELIGIBLE",
+                format!(
+                    "the benefit applies to orders of {} only",
+                    self.categories.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// PERMISSION_DENIED / NOT_HONOURED_HERE unless `honourer` honours it at `store`.
+    pub fn honoured_at_store(&self, honourer: &PartnerId, store: &str) -> Result<(), KitError> {
+        if !self.honoured_by.contains(honourer)
+            || (!self.stores.is_empty() && !self.stores.iter().any(|s| s == store))
+        {
+            return Err(KitError::Denied(
+                "NOT_HONOURED_HERE",
+                "the benefit is not honoured at this partner or store",
+            ));
+        }
+        Ok(())
+    }
+
     /// The postings of a unit that expired unused: its grant's, reversed (nothing when
     /// nothing was booked).
     pub fn expiry_postings(&self) -> Vec<Posting> {
@@ -687,6 +782,8 @@ mod tests {
             valid_days: 0,
             top_up_bonus_bps: 0,
             funder_share_bps: 0,
+            stores: &[],
+            categories: &[],
         }
     }
 

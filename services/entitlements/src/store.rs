@@ -46,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(Settlement),
             Box::new(SettlementShare),
             Box::new(ExpiryIndex),
+            Box::new(BenefitPlaces),
         ])
     }
 }
@@ -151,6 +152,35 @@ impl MigrationTrait for SettlementShare {
                 .not_null()
                 .default(10_000)
                 .to_owned()],
+        )
+        .await
+    }
+}
+
+/// Where a benefit is honoured: its stores and categories (added to a table created without
+/// them; benefits defined before were honoured everywhere their partners are).
+pub(crate) struct BenefitPlaces;
+
+impl sea_orm_migration::MigrationName for BenefitPlaces {
+    fn name(&self) -> &str {
+        "m20261202_000018_entitlements_benefit_places"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for BenefitPlaces {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        add_columns(
+            manager,
+            "benefits",
+            ["stores", "categories"].map(|c| {
+                ColumnDef::new(Alias::new(c))
+                    .text()
+                    .not_null()
+                    .default("")
+                    .to_owned()
+            }),
         )
         .await
     }
@@ -271,6 +301,8 @@ pub(crate) async fn insert_benefit(
         funding_accepted: Set(b.funding_accepted),
         top_up_bonus_bps: Set(b.top_up_bonus_bps),
         funder_share_bps: Set(b.funder_share_bps),
+        stores: Set(b.stores.join("\n")),
+        categories: Set(b.categories.join("\n")),
     }
     .insert(txn)
     .await
@@ -990,7 +1022,17 @@ fn to_domain(row: benefit::Model, parties: Vec<benefit_party::Model>) -> Benefit
         funding_accepted: row.funding_accepted,
         top_up_bonus_bps: row.top_up_bonus_bps,
         funder_share_bps: row.funder_share_bps,
+        stores: lines(&row.stores),
+        categories: lines(&row.categories),
     }
+}
+
+/// The values stored one per line.
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn kind(k: BenefitKind) -> Kind {

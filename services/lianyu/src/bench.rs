@@ -279,6 +279,7 @@ impl Caller {
                                 currency_code: "CNY".into(),
                                 minor_units: 10_000,
                             }),
+                            category: String::new(),
                         })
                         .await
                         .map(drop),

@@ -337,6 +337,8 @@ async fn coupon(
                 threshold: cny(30_000),
                 budget_units: 1_000,
                 per_member_limit: 1,
+                // Aurora pays for beauty purchases at Jade, not for its own shoes.
+                categories: vec!["cosmetics".into()],
                 valid_until: Some(prost_types::Timestamp {
                     seconds: until.timestamp(),
                     nanos: 0,
@@ -393,6 +395,7 @@ async fn coupon(
             wallet_item: item.name.clone(),
             store: counter.clone(),
             order_amount: cny(45_000),
+            category: "cosmetics".into(),
         })
         .await?
         .into_inner();

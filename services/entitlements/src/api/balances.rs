@@ -432,6 +432,7 @@ impl Api {
                 (s, (amount.minor_units(), Some(amount)))
             }
         };
+        t.benefit.honoured_at_store(&t.me, &store_name)?;
         if t.account.is_none() {
             return Err(insufficient());
         }

@@ -35,6 +35,8 @@ struct Till<'a> {
     item_id: &'a str,
     store: String,
     order: Money,
+    /// The order's product category; empty when not given.
+    category: &'a str,
 }
 
 fn till<'a>(
@@ -42,6 +44,7 @@ fn till<'a>(
     wallet_item: &'a str,
     store: &str,
     order: Option<&common::Money>,
+    category: &'a str,
 ) -> Result<Till<'a>, KitError> {
     let mut v = lianyu_kit::validate::Violations::default();
     let ids = v.check(
@@ -66,6 +69,7 @@ fn till<'a>(
             item_id,
             store,
             order,
+            category,
         }),
         _ => Err(KitError::invalid("wallet_item", "required")),
     }
@@ -292,13 +296,7 @@ impl Api {
         let benefit = store::benefit_by_id(&self.read, &item.benefit_id)
             .await?
             .ok_or(EntitlementsError::WalletItemNotFound)?;
-        if !benefit.honoured_by.contains(&me) {
-            return Err(KitError::Denied(
-                "NOT_HONOURED_HERE",
-                "the caller does not honour this benefit",
-            )
-            .into());
-        }
+        benefit.honoured_at(&me, &t.store, t.category)?;
         if !self
             .may_redeem(me.as_str(), &mesh, &item.holder, me.as_str())
             .await?
@@ -542,7 +540,13 @@ impl pb::redemption_service_server::RedemptionService for Api {
                     return Err(KitError::invalid("hold_seconds", "1 to 3600 (0: 300)").into());
                 }
             };
-            let t = till(&call, &r.wallet_item, &r.store, r.order_amount.as_ref())?;
+            let t = till(
+                &call,
+                &r.wallet_item,
+                &r.store,
+                r.order_amount.as_ref(),
+                &r.category,
+            )?;
             self.take_at_till(&call, &r.request_id, &r, t, Some(hold))
                 .await
         })
@@ -554,7 +558,13 @@ impl pb::redemption_service_server::RedemptionService for Api {
         request: Request<pb::RedeemRequest>,
     ) -> Result<Response<pb::Redemption>, Status> {
         unary(request, async |call, r| {
-            let t = till(&call, &r.wallet_item, &r.store, r.order_amount.as_ref())?;
+            let t = till(
+                &call,
+                &r.wallet_item,
+                &r.store,
+                r.order_amount.as_ref(),
+                &r.category,
+            )?;
             self.take_at_till(&call, &r.request_id, &r, t, None).await
         })
         .await

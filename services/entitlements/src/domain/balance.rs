@@ -246,6 +246,8 @@ mod tests {
             funding_accepted: true,
             top_up_bonus_bps: 1_000,
             funder_share_bps: 10_000,
+            stores: Vec::new(),
+            categories: Vec::new(),
         }
     }
 

@@ -63,6 +63,9 @@ entity!(benefit, "benefits", {
     pub funding_accepted: bool,
     pub top_up_bonus_bps: i32,
     pub funder_share_bps: i32,
+    /// The stores and the categories it is restricted to, one per line; empty: none.
+    pub stores: String,
+    pub categories: String,
 });
 
 // Who may see a benefit (issuer, funder, honouring partners) and in which role: the tenant
