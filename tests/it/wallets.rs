@@ -161,7 +161,7 @@ pub(crate) fn redeem(item: &str, request_id: &str, order: i64) -> pb::RedeemRequ
         wallet_item: item.into(),
         store: format!("partners/{MALL}/stores/sh01"),
         order_amount: cny(order),
-        category: String::new(),
+        ..Default::default()
     }
 }
 
@@ -1531,4 +1531,87 @@ async fn a_benefit_is_honoured_only_at_its_stores_and_for_its_categories() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.discount, cny(5_000));
+}
+
+/// Two coupons of one stacking group do not combine on one order: the second is refused
+/// with STACKING_CONFLICT while the first stands, and allowed once it is cancelled; on
+/// another order it is fine. Two tills racing to put one on the same order: exactly one wins.
+#[tokio::test]
+async fn coupons_of_one_stacking_group_never_combine_on_an_order() {
+    let s = mesh("ent_stacking").await;
+    let shaped = |name: &'static str| {
+        move |b: &mut pb::Benefit| {
+            b.display_name = name.into();
+            b.per_member_limit = 0;
+            b.stacking_group = "store-coupons".into();
+        }
+    };
+    let a = active(&s, MALL, MALL, MALL, shaped("coupon a")).await;
+    let b = active(&s, MALL, MALL, MALL, shaped("coupon b")).await;
+    let member = enrol(&s, MALL, "13800138051").await;
+    let mut units = Vec::new();
+    for (i, coupon) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let item = wallet(&s, MALL)
+            .grant_benefit(grant(&member, &coupon.name, &format!("g{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        units.push(item.name);
+    }
+    let on = |unit: &str, order: &str, rid: &str| pb::RedeemRequest {
+        order_reference: order.into(),
+        ..redeem(unit, rid, 40_000)
+    };
+    let mut mall = till(&s, &s.token(MALL));
+    let e = mall.redeem(on(&units[0], "", "r0")).await.unwrap_err();
+    assert_eq!(lianyu_kit::testing::violations(&e), ["order_reference"]);
+    mall.redeem(on(&units[0], "o1", "r1")).await.unwrap();
+    let e = mall.redeem(on(&units[1], "o1", "r2")).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "STACKING_CONFLICT")
+    );
+    mall.redeem(on(&units[1], "o2", "r3")).await.unwrap();
+
+    // A reservation holds the group on its order until it is cancelled.
+    let held = mall
+        .reserve_redemption(pb::ReserveRedemptionRequest {
+            request_id: "h1".into(),
+            wallet_item: units[2].clone(),
+            store: format!("partners/{MALL}/stores/sh01"),
+            order_amount: cny(40_000),
+            order_reference: "o3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = mall.redeem(on(&units[3], "o3", "r4")).await.unwrap_err();
+    assert_eq!(reason(&e), "STACKING_CONFLICT");
+    mall.cancel_reservation(pb::CancelReservationRequest {
+        request_id: "c1".into(),
+        name: held.name,
+    })
+    .await
+    .unwrap();
+    mall.redeem(on(&units[3], "o3", "r5")).await.unwrap();
+
+    // Two tills at once, the same order, two units of the group: one wins.
+    let more: Vec<String> =
+        futures::future::join_all([&a, &b].into_iter().enumerate().map(|(i, coupon)| {
+            let mut w = wallet(&s, MALL);
+            let r = grant(&member, &coupon.name, &format!("race-g{i}"));
+            async move { w.grant_benefit(r).await.unwrap().into_inner().name }
+        }))
+        .await;
+    let outcomes = join_all(more.iter().enumerate().map(|(i, unit)| {
+        let mut t = till(&s, &s.token(MALL));
+        let r = on(unit, "o4", &format!("race-r{i}"));
+        async move { t.redeem(r).await }
+    }))
+    .await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+    let lost = outcomes.iter().find_map(|o| o.as_ref().err()).unwrap();
+    assert_eq!(reason(lost), "STACKING_CONFLICT");
+    assert_eq!(unbalanced(&s).await, 0);
 }

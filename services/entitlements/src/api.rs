@@ -501,6 +501,7 @@ pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
         funder_share_bps: b.funder_share_bps,
         stores: &b.stores,
         categories: &b.categories,
+        stacking_group: &b.stacking_group,
     }
 }
 
@@ -549,5 +550,6 @@ pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
         funder_share_bps: b.funder_share_bps,
         stores: b.stores.clone(),
         categories: b.categories.clone(),
+        stacking_group: b.stacking_group.clone(),
     }
 }

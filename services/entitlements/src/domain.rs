@@ -114,6 +114,8 @@ pub struct Benefit {
     pub stores: Vec<String>,
     /// The product categories it applies to; empty: any.
     pub categories: Vec<String>,
+    /// At most one unit of a stacking group per order at a partner; empty: none.
+    pub stacking_group: String,
 }
 
 /// A partner's definition before it is checked. Each parsed part carries its own violation.
@@ -135,6 +137,7 @@ pub struct BenefitDraft<'a> {
     pub funder_share_bps: i32,
     pub stores: &'a [String],
     pub categories: &'a [String],
+    pub stacking_group: &'a str,
 }
 
 /// At most this many stores or categories restrict one benefit.
@@ -256,6 +259,11 @@ impl Benefit {
             }
         }
         categories.sort();
+        let stacking_group = if d.stacking_group.is_empty() {
+            Some(String::new())
+        } else {
+            v.check("benefit.stacking_group", category(d.stacking_group))
+        };
         if !(0..=10_000).contains(&d.funder_share_bps) {
             v.add(
                 "benefit.funder_share_bps",
@@ -299,6 +307,7 @@ impl Benefit {
             },
             stores,
             categories,
+            stacking_group: stacking_group.unwrap_or_default(),
             id: uuid::Uuid::now_v7().simple().to_string(),
             display_name,
             kind,
@@ -784,6 +793,7 @@ mod tests {
             funder_share_bps: 0,
             stores: &[],
             categories: &[],
+            stacking_group: "",
         }
     }
 

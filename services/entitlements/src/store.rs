@@ -25,8 +25,8 @@ use crate::domain::{Benefit, BenefitKind, BenefitState, EntitlementsError, Posti
 pub(crate) use balances::*;
 pub(crate) use entities::{ItemState, LotState, RedemptionState};
 use entities::{
-    Kind, State, balance, benefit, benefit_party, holding, point_lot, posting, redemption,
-    settlement_close, wallet_item,
+    Kind, State, balance, benefit, benefit_party, holding, order_stack, point_lot, posting,
+    redemption, settlement_close, wallet_item,
 };
 pub(crate) type ItemRow = wallet_item::Model;
 pub(crate) type RedemptionRow = redemption::Model;
@@ -47,6 +47,8 @@ impl MigratorTrait for Migrator {
             Box::new(SettlementShare),
             Box::new(ExpiryIndex),
             Box::new(BenefitPlaces),
+            Box::new(Stacking),
+            Box::new(StackingGroup),
         ])
     }
 }
@@ -186,6 +188,86 @@ impl MigrationTrait for BenefitPlaces {
     }
 }
 
+lianyu_kit::tables_migration!(
+    /// Which stacking groups each order already uses.
+    Stacking,
+    "m20261202_000019_entitlements_stacking",
+    [order_stack::Entity]
+);
+
+/// A benefit's stacking group (added to a table created without it).
+pub(crate) struct StackingGroup;
+
+impl sea_orm_migration::MigrationName for StackingGroup {
+    fn name(&self) -> &str {
+        "m20261202_000020_entitlements_stacking_group"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for StackingGroup {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        add_columns(
+            manager,
+            "benefits",
+            [ColumnDef::new(Alias::new("stacking_group"))
+                .text()
+                .not_null()
+                .default("")
+                .to_owned()],
+        )
+        .await
+    }
+}
+
+/// The redemption holding `group` on `order` at `partner`, if any.
+pub(crate) async fn stacked(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    order: &str,
+    group: &str,
+) -> Result<Option<String>, KitError> {
+    Ok(
+        order_stack::Entity::find_by_id((partner.to_owned(), order.to_owned(), group.to_owned()))
+            .one(conn)
+            .await
+            .map_err(storage)?
+            .map(|s| s.redemption_id),
+    )
+}
+
+/// Puts redemption `id` on `order` for `group` at `partner`; a concurrent one that got there
+/// first makes this fail with a unique violation (the kit runs the mutation again).
+pub(crate) async fn stack(
+    txn: &impl ConnectionTrait,
+    partner: &str,
+    order: &str,
+    group: &str,
+    id: &str,
+) -> Result<(), KitError> {
+    order_stack::ActiveModel {
+        partner_id: Set(partner.to_owned()),
+        order_reference: Set(order.to_owned()),
+        stacking_group: Set(group.to_owned()),
+        redemption_id: Set(id.to_owned()),
+    }
+    .insert(txn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// Takes redemption `id` off its order (cancelled, expired or refunded in full).
+async fn unstack(txn: &impl ConnectionTrait, id: &str) -> Result<(), KitError> {
+    order_stack::Entity::delete_many()
+        .filter(order_stack::Column::RedemptionId.eq(id))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
 /// Finds units that expired unused without reading every unit.
 pub(crate) struct ExpiryIndex;
 
@@ -303,6 +385,7 @@ pub(crate) async fn insert_benefit(
         funder_share_bps: Set(b.funder_share_bps),
         stores: Set(b.stores.join("\n")),
         categories: Set(b.categories.join("\n")),
+        stacking_group: Set(b.stacking_group.clone()),
     }
     .insert(txn)
     .await
@@ -699,7 +782,11 @@ pub(crate) async fn end_hold(
     if let Some(now) = before {
         update = update.filter(redemption::Column::HoldUntil.gt(now));
     }
-    Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
+    let ended = update.exec(txn).await.map_err(storage)?.rows_affected == 1;
+    if ended && to == RedemptionState::Cancelled {
+        unstack(txn, id).await?;
+    }
+    Ok(ended)
 }
 
 /// Records `refunded` (the order's total refunded after this refund) on a CONFIRMED
@@ -726,7 +813,11 @@ pub(crate) async fn record_refund(
             Expr::value(RedemptionState::Refunded),
         );
     }
-    Ok(update.exec(txn).await.map_err(storage)?.rows_affected == 1)
+    let recorded = update.exec(txn).await.map_err(storage)?.rows_affected == 1;
+    if recorded && full {
+        unstack(txn, id).await?;
+    }
+    Ok(recorded)
 }
 
 /// Reservations whose hold ended before `now`, at most `limit`.
@@ -1024,6 +1115,7 @@ fn to_domain(row: benefit::Model, parties: Vec<benefit_party::Model>) -> Benefit
         funder_share_bps: row.funder_share_bps,
         stores: lines(&row.stores),
         categories: lines(&row.categories),
+        stacking_group: row.stacking_group,
     }
 }
 

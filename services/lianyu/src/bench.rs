@@ -280,6 +280,7 @@ impl Caller {
                                 minor_units: 10_000,
                             }),
                             category: String::new(),
+                            order_reference: format!("o-{rid}"),
                         })
                         .await
                         .map(drop),

@@ -396,6 +396,7 @@ async fn coupon(
             store: counter.clone(),
             order_amount: cny(45_000),
             category: "cosmetics".into(),
+            order_reference: "jade-pos-0001".into(),
         })
         .await?
         .into_inner();

@@ -37,6 +37,8 @@ struct Till<'a> {
     order: Money,
     /// The order's product category; empty when not given.
     category: &'a str,
+    /// The till's reference of the order; empty when not given.
+    order_reference: &'a str,
 }
 
 fn till<'a>(
@@ -44,7 +46,7 @@ fn till<'a>(
     wallet_item: &'a str,
     store: &str,
     order: Option<&common::Money>,
-    category: &'a str,
+    (category, order_reference): (&'a str, &'a str),
 ) -> Result<Till<'a>, KitError> {
     let mut v = lianyu_kit::validate::Violations::default();
     let ids = v.check(
@@ -52,6 +54,10 @@ fn till<'a>(
         names::parse::<2>(wallet_item, "members/{member}/walletItems/{item}"),
     );
     let store = store_of(call, store, &mut v)?;
+    v.check(
+        "order_reference",
+        lianyu_kit::validate::text(order_reference, false, 128),
+    );
     let order = match order {
         None => {
             v.add("order_amount", "required");
@@ -70,6 +76,7 @@ fn till<'a>(
             store,
             order,
             category,
+            order_reference,
         }),
         _ => Err(KitError::invalid("wallet_item", "required")),
     }
@@ -297,6 +304,14 @@ impl Api {
             .await?
             .ok_or(EntitlementsError::WalletItemNotFound)?;
         benefit.honoured_at(&me, &t.store, t.category)?;
+        let group = benefit.stacking_group.as_str();
+        if !group.is_empty() && t.order_reference.is_empty() {
+            return Err(KitError::invalid(
+                "order_reference",
+                "required: the benefit does not stack with others of its group",
+            )
+            .into());
+        }
         if !self
             .may_redeem(me.as_str(), &mesh, &item.holder, me.as_str())
             .await?
@@ -316,6 +331,17 @@ impl Api {
                 } else {
                     ItemState::Redeemed
                 };
+                if !group.is_empty()
+                    && store::stacked(txn, me.as_str(), t.order_reference, group)
+                        .await?
+                        .is_some()
+                {
+                    return Err(KitError::Precondition(
+                        "STACKING_CONFLICT",
+                        format!("the order already has a benefit of stacking group {group}"),
+                    )
+                    .into());
+                }
                 if !store::move_item(txn, &item.id, ItemState::Available, to, Some(now)).await? {
                     let current = store::item(txn, &item.id)
                         .await?
@@ -340,6 +366,9 @@ impl Api {
                     created_at: now,
                 };
                 store::insert_redemption(txn, &row).await?;
+                if !group.is_empty() {
+                    store::stack(txn, me.as_str(), t.order_reference, group, &row.id).await?;
+                }
                 if hold.is_none() {
                     self.post_redemption(txn, &benefit, &me, &row, now).await?;
                 }
@@ -545,7 +574,7 @@ impl pb::redemption_service_server::RedemptionService for Api {
                 &r.wallet_item,
                 &r.store,
                 r.order_amount.as_ref(),
-                &r.category,
+                (&r.category, &r.order_reference),
             )?;
             self.take_at_till(&call, &r.request_id, &r, t, Some(hold))
                 .await
@@ -563,7 +592,7 @@ impl pb::redemption_service_server::RedemptionService for Api {
                 &r.wallet_item,
                 &r.store,
                 r.order_amount.as_ref(),
-                &r.category,
+                (&r.category, &r.order_reference),
             )?;
             self.take_at_till(&call, &r.request_id, &r, t, None).await
         })

@@ -248,6 +248,7 @@ mod tests {
             funder_share_bps: 10_000,
             stores: Vec::new(),
             categories: Vec::new(),
+            stacking_group: String::new(),
         }
     }
 

@@ -66,6 +66,20 @@ entity!(benefit, "benefits", {
     /// The stores and the categories it is restricted to, one per line; empty: none.
     pub stores: String,
     pub categories: String,
+    pub stacking_group: String,
+});
+
+// One unit of a stacking group on an order at a partner: the primary key lets only one in,
+// at any concurrency. Removed when that redemption is cancelled or refunded in full.
+entity!(order_stack, "order_stacks", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub partner_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub order_reference: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub stacking_group: String,
+    #[sea_orm(indexed)]
+    pub redemption_id: String,
 });
 
 // Who may see a benefit (issuer, funder, honouring partners) and in which role: the tenant

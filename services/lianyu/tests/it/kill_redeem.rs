@@ -52,7 +52,7 @@ fn redeem(item: &str, till: usize, n: usize) -> pb::RedeemRequest {
         wallet_item: item.into(),
         store: format!("partners/{MALL}/stores/cosmetics"),
         order_amount: cny(20_000),
-        category: String::new(),
+        ..Default::default()
     }
 }
 
