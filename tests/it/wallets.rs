@@ -1615,3 +1615,121 @@ async fn coupons_of_one_stacking_group_never_combine_on_an_order() {
     assert_eq!(reason(lost), "STACKING_CONFLICT");
     assert_eq!(unbalanced(&s).await, 0);
 }
+
+/// A money budget beside the units: ten tills at once redeem 50.00 coupons against a budget
+/// of 120.00 and exactly two fit; a full refund gives its share back, so one more fits; a
+/// live money budget only grows.
+#[tokio::test]
+async fn the_discounts_never_pass_a_money_budget_at_any_concurrency() {
+    let s = start("ent_money_budget", |config| {
+        config.limits.max_concurrent_requests = 256;
+    })
+    .await;
+    let coupon = active(&s, MALL, MALL, MALL, |b| {
+        b.kind = pb::BenefitKind::FixedCoupon as i32;
+        b.threshold = None;
+        b.per_member_limit = 0;
+        b.budget_value = cny(12_000);
+    })
+    .await;
+    let member = enrol(&s, MALL, "13800138061").await;
+    let mut units = Vec::new();
+    for i in 0..11 {
+        let item = wallet(&s, MALL)
+            .grant_benefit(grant(&member, &coupon.name, &format!("g{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        units.push(item.name);
+    }
+    let outcomes = join_all(units[..10].iter().enumerate().map(|(i, unit)| {
+        let mut t = till(&s, &s.token(MALL));
+        let r = redeem(unit, &format!("r{i}"), 40_000);
+        async move { t.redeem(r).await.map(tonic::Response::into_inner) }
+    }))
+    .await;
+    let won: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(won.len(), 2, "two discounts of 50.00 fit in 120.00");
+    for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(
+            (e.code(), reason(e).as_str()),
+            (Code::FailedPrecondition, "BUDGET_EXHAUSTED")
+        );
+    }
+    let read = |s: &TestServer| {
+        let mut b = benefits(s, MALL);
+        let name = coupon.name.clone();
+        async move {
+            b.get_benefit(pb::GetBenefitRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert_eq!(read(&s).await.spent_value, cny(10_000));
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 2);
+
+    // A full refund gives its share back: one more fits.
+    till(&s, &s.token(MALL))
+        .refund_redemption(pb::RefundRedemptionRequest {
+            request_id: "refund".into(),
+            name: won[0].name.clone(),
+            amount: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(read(&s).await.spent_value, cny(5_000));
+    till(&s, &s.token(MALL))
+        .redeem(redeem(&units[10], "r-after-refund", 40_000))
+        .await
+        .unwrap();
+
+    // A live money budget only grows.
+    let update = |rid: &str, minor: i64| pb::UpdateBenefitRequest {
+        request_id: rid.into(),
+        benefit: Some(pb::Benefit {
+            name: coupon.name.clone(),
+            budget_value: cny(minor),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["budget_value".into()],
+        }),
+    };
+    let e = benefits(&s, MALL)
+        .update_benefit(update("u1", 11_000))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BUDGET_MAY_ONLY_GROW");
+    let grown = benefits(&s, MALL)
+        .update_benefit(update("u2", 50_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.budget_value, cny(50_000));
+    assert_eq!(grown.spent_value, cny(10_000));
+    // A hold takes its share at once and a cancel gives it back.
+    let free = outcomes.iter().position(Result::is_err).unwrap();
+    let mut counter = till(&s, &s.token(MALL));
+    let held = counter
+        .reserve_redemption(pb::ReserveRedemptionRequest {
+            request_id: "hold".into(),
+            wallet_item: units[free].clone(),
+            store: format!("partners/{MALL}/stores/sh01"),
+            order_amount: cny(40_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read(&s).await.spent_value, cny(15_000));
+    counter
+        .cancel_reservation(pb::CancelReservationRequest {
+            request_id: "cancel".into(),
+            name: held.name,
+        })
+        .await
+        .unwrap();
+    assert_eq!(read(&s).await.spent_value, cny(10_000));
+    assert_eq!(unbalanced(&s).await, 0);
+}

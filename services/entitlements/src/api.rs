@@ -373,6 +373,7 @@ impl pb::benefit_service_server::BenefitService for Api {
                 &[
                     "display_name",
                     "budget_units",
+                    "budget_value",
                     "per_member_limit",
                     "valid_until",
                 ],
@@ -502,6 +503,7 @@ pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
         stores: &b.stores,
         categories: &b.categories,
         stacking_group: &b.stacking_group,
+        budget_value: money(&b.budget_value),
     }
 }
 
@@ -551,5 +553,10 @@ pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
         stores: b.stores.clone(),
         categories: b.categories.clone(),
         stacking_group: b.stacking_group.clone(),
+        budget_value: money(&b.budget_value),
+        spent_value: b
+            .budget_value
+            .as_ref()
+            .and_then(|m| self::money(m.currency(), b.spent_value)),
     }
 }

@@ -116,6 +116,10 @@ pub struct Benefit {
     pub categories: Vec<String>,
     /// At most one unit of a stacking group per order at a partner; empty: none.
     pub stacking_group: String,
+    /// The discounts the funder pays never add up past it; `None`: no money budget.
+    pub budget_value: Option<Money>,
+    /// Of `budget_value`, what redemptions used (minor units).
+    pub spent_value: i64,
 }
 
 /// A partner's definition before it is checked. Each parsed part carries its own violation.
@@ -138,6 +142,7 @@ pub struct BenefitDraft<'a> {
     pub stores: &'a [String],
     pub categories: &'a [String],
     pub stacking_group: &'a str,
+    pub budget_value: Option<Result<Money, String>>,
 }
 
 /// At most this many stores or categories restrict one benefit.
@@ -264,6 +269,20 @@ impl Benefit {
         } else {
             v.check("benefit.stacking_group", category(d.stacking_group))
         };
+        let budget_value = d
+            .budget_value
+            .clone()
+            .and_then(|m| v.check("benefit.budget_value", m));
+        if let (Some(budget), Some(c)) = (
+            &budget_value,
+            value.as_ref().or(threshold.as_ref()).map(Money::currency),
+        ) && budget.currency() != c
+        {
+            v.add(
+                "benefit.budget_value",
+                format!("in the benefit's currency, {c}"),
+            );
+        }
         if !(0..=10_000).contains(&d.funder_share_bps) {
             v.add(
                 "benefit.funder_share_bps",
@@ -308,6 +327,8 @@ impl Benefit {
             stores,
             categories,
             stacking_group: stacking_group.unwrap_or_default(),
+            budget_value,
+            spent_value: 0,
             id: uuid::Uuid::now_v7().simple().to_string(),
             display_name,
             kind,
@@ -398,6 +419,21 @@ impl Benefit {
             }
             next.budget_units = d.budget_units;
         }
+        if paths.contains("budget_value") {
+            match d.budget_value.clone() {
+                Some(Ok(m))
+                    if self
+                        .budget_value
+                        .as_ref()
+                        .is_none_or(|b| b.currency() == m.currency()) =>
+                {
+                    next.budget_value = Some(m);
+                }
+                Some(Ok(_)) => v.add("benefit.budget_value", "in the budget's currency"),
+                Some(Err(e)) => v.add("benefit.budget_value", e),
+                None => next.budget_value = None,
+            }
+        }
         if paths.contains("per_member_limit") {
             if d.per_member_limit < 0 {
                 v.add(
@@ -417,6 +453,17 @@ impl Benefit {
             }
         }
         v.finish()?;
+        let value_shrinks = match (&self.budget_value, &next.budget_value) {
+            (Some(was), Some(is)) => is.minor_units() < was.minor_units(),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if self.state != BenefitState::Draft && value_shrinks {
+            return Err(KitError::Precondition(
+                "BUDGET_MAY_ONLY_GROW",
+                "the money budget of a live benefit only grows".into(),
+            ));
+        }
         if self.state != BenefitState::Draft && next.budget_units < self.budget_units {
             return Err(KitError::Precondition(
                 "BUDGET_MAY_ONLY_GROW",
@@ -794,6 +841,7 @@ mod tests {
             stores: &[],
             categories: &[],
             stacking_group: "",
+            budget_value: None,
         }
     }
 

@@ -49,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(BenefitPlaces),
             Box::new(Stacking),
             Box::new(StackingGroup),
+            Box::new(MoneyBudget),
         ])
     }
 }
@@ -221,6 +222,98 @@ impl MigrationTrait for StackingGroup {
     }
 }
 
+/// A benefit's money budget and what redemptions used of it (added to tables created without
+/// them).
+pub(crate) struct MoneyBudget;
+
+impl sea_orm_migration::MigrationName for MoneyBudget {
+    fn name(&self) -> &str {
+        "m20261202_000021_entitlements_money_budget"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for MoneyBudget {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        add_columns(
+            manager,
+            "benefits",
+            [
+                ColumnDef::new(Alias::new("budget_value_currency"))
+                    .string()
+                    .null()
+                    .to_owned(),
+                ColumnDef::new(Alias::new("budget_value_minor_units"))
+                    .big_integer()
+                    .null()
+                    .to_owned(),
+                ColumnDef::new(Alias::new("spent_value_minor_units"))
+                    .big_integer()
+                    .not_null()
+                    .default(0)
+                    .to_owned(),
+            ],
+        )
+        .await?;
+        add_columns(
+            manager,
+            "redemptions",
+            [ColumnDef::new(Alias::new("budget_spent"))
+                .big_integer()
+                .not_null()
+                .default(0)
+                .to_owned()],
+        )
+        .await
+    }
+}
+
+/// Takes `amount` from benefit `id`'s money budget: one conditional update, so no
+/// concurrency spends past it. False when it would.
+pub(crate) async fn spend_budget(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    amount: i64,
+) -> Result<bool, KitError> {
+    let done = benefit::Entity::update_many()
+        .col_expr(
+            benefit::Column::SpentValueMinorUnits,
+            Expr::col(benefit::Column::SpentValueMinorUnits).add(amount),
+        )
+        .filter(benefit::Column::Id.eq(id))
+        .filter(
+            Expr::col(benefit::Column::SpentValueMinorUnits)
+                .add(amount)
+                .lte(Expr::col(benefit::Column::BudgetValueMinorUnits)),
+        )
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Gives `amount` back to benefit `id`'s money budget (a cancelled hold, a refund).
+pub(crate) async fn return_budget(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    amount: i64,
+) -> Result<(), KitError> {
+    if amount == 0 {
+        return Ok(());
+    }
+    benefit::Entity::update_many()
+        .col_expr(
+            benefit::Column::SpentValueMinorUnits,
+            Expr::col(benefit::Column::SpentValueMinorUnits).sub(amount),
+        )
+        .filter(benefit::Column::Id.eq(id))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
 /// The redemption holding `group` on `order` at `partner`, if any.
 pub(crate) async fn stacked(
     conn: &impl ConnectionTrait,
@@ -386,6 +479,9 @@ pub(crate) async fn insert_benefit(
         stores: Set(b.stores.join("\n")),
         categories: Set(b.categories.join("\n")),
         stacking_group: Set(b.stacking_group.clone()),
+        budget_value_currency: Set(b.budget_value.as_ref().map(|m| m.currency().to_owned())),
+        budget_value_minor_units: Set(b.budget_value.as_ref().map(Money::minor_units)),
+        spent_value_minor_units: Set(0),
     }
     .insert(txn)
     .await
@@ -525,6 +621,8 @@ pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Res
         budget_units: Set(b.budget_units),
         per_member_limit: Set(b.per_member_limit),
         valid_until: Set(b.valid_until_millis),
+        budget_value_currency: Set(b.budget_value.as_ref().map(|m| m.currency().to_owned())),
+        budget_value_minor_units: Set(b.budget_value.as_ref().map(Money::minor_units)),
         ..Default::default()
     }
     .update(txn)
@@ -785,6 +883,13 @@ pub(crate) async fn end_hold(
     let ended = update.exec(txn).await.map_err(storage)?.rows_affected == 1;
     if ended && to == RedemptionState::Cancelled {
         unstack(txn, id).await?;
+        // What the hold took from a money budget goes back.
+        if let Some(r) = redemption(txn, id).await?
+            && r.budget_spent > 0
+            && let Some(unit) = item(txn, &r.item_id).await?
+        {
+            return_budget(txn, &unit.benefit_id, r.budget_spent).await?;
+        }
     }
     Ok(ended)
 }
@@ -1116,6 +1221,8 @@ fn to_domain(row: benefit::Model, parties: Vec<benefit_party::Model>) -> Benefit
         stores: lines(&row.stores),
         categories: lines(&row.categories),
         stacking_group: row.stacking_group,
+        budget_value: money(row.budget_value_currency, row.budget_value_minor_units),
+        spent_value: row.spent_value_minor_units,
     }
 }
 

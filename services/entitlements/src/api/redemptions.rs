@@ -269,6 +269,9 @@ impl Api {
                     .await?
                     .ok_or(EntitlementsError::RedemptionNotFound)?;
                 let funder_share = benefit.funder_part(&me, is) - benefit.funder_part(&me, was);
+                if current.budget_spent > 0 {
+                    store::return_budget(txn, &benefit.id, funder_share).await?;
+                }
                 let share = Money::new(&current.currency, is - was).map_err(KitError::Internal)?;
                 let postings = benefit.refund_postings(&me, &share, funder_share);
                 self.post(txn, "REFUND", &benefit.id, Some(&id), &postings, now)
@@ -356,6 +359,7 @@ impl Api {
                     currency: t.order.currency().to_owned(),
                     order_minor_units: t.order.minor_units(),
                     discount_minor_units: discount.minor_units(),
+                    budget_spent: 0,
                     refunded_minor_units: 0,
                     state: if hold.is_some() {
                         RedemptionState::Reserved
@@ -365,6 +369,19 @@ impl Api {
                     hold_until: hold.map_or(now, |s| now + i64::from(s) * 1000),
                     created_at: now,
                 };
+                let mut row = row;
+                if benefit.budget_value.is_some() {
+                    // The funder's part of the discount comes out of the money budget.
+                    let part = benefit.funder_part(&me, discount.minor_units());
+                    if !store::spend_budget(txn, &benefit.id, part).await? {
+                        return Err(KitError::Precondition(
+                            "BUDGET_EXHAUSTED",
+                            "this discount would pass the benefit's money budget".into(),
+                        )
+                        .into());
+                    }
+                    row.budget_spent = part;
+                }
                 store::insert_redemption(txn, &row).await?;
                 if !group.is_empty() {
                     store::stack(txn, me.as_str(), t.order_reference, group, &row.id).await?;

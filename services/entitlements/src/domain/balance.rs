@@ -249,6 +249,8 @@ mod tests {
             stores: Vec::new(),
             categories: Vec::new(),
             stacking_group: String::new(),
+            budget_value: None,
+            spent_value: 0,
         }
     }
 

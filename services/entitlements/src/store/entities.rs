@@ -67,6 +67,10 @@ entity!(benefit, "benefits", {
     pub stores: String,
     pub categories: String,
     pub stacking_group: String,
+    /// The money budget (its currency beside) and what redemptions used of it.
+    pub budget_value_currency: Option<String>,
+    pub budget_value_minor_units: Option<i64>,
+    pub spent_value_minor_units: i64,
 });
 
 // One unit of a stacking group on an order at a partner: the primary key lets only one in,
@@ -169,6 +173,8 @@ entity!(redemption, "redemptions", {
     pub discount_minor_units: i64,
     /// Of the order, refunded so far.
     pub refunded_minor_units: i64,
+    /// What it took from the benefit's money budget (the funder's part of the discount).
+    pub budget_spent: i64,
     pub state: crate::store::entities::RedemptionState,
     pub hold_until: i64,
     pub created_at: i64,
