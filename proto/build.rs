@@ -13,6 +13,7 @@ const FILES: &[&str] = &[
     "lianyu/identity/v1/identity.proto",
     "lianyu/identity/internal/v1/internal.proto",
     "lianyu/entitlements/v1/entitlements.proto",
+    "lianyu/entitlements/internal/v1/internal.proto",
     "lianyu/live/v1/live.proto",
     "lianyu/comarketing/v1/comarketing.proto",
 ];

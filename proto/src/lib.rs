@@ -66,6 +66,15 @@ pub mod entitlements {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/lianyu.entitlements.v1.rs"));
     }
+    /// Entitlements' internal contract: mesh services only (see `internal.proto`).
+    pub mod internal {
+        pub mod v1 {
+            include!(concat!(
+                env!("OUT_DIR"),
+                "/lianyu.entitlements.internal.v1.rs"
+            ));
+        }
+    }
 }
 pub mod live {
     pub mod v1 {

@@ -1733,3 +1733,64 @@ async fn the_discounts_never_pass_a_money_budget_at_any_concurrency() {
     assert_eq!(read(&s).await.spent_value, cny(10_000));
     assert_eq!(unbalanced(&s).await, 0);
 }
+
+/// Live's coupon drop claims for a viewer as the mesh service `live`, through the internal
+/// contract: the unit is the viewer's at the partner whose app they watch through (named by
+/// that partner's id), the budget holds the same, a replay returns the first answer, and a
+/// partner's token — whatever it asks — is refused before anything is read.
+#[tokio::test]
+async fn the_live_service_claims_a_drop_for_a_viewer_and_no_partner_can() {
+    use lianyu_proto::entitlements::internal::v1::{
+        ClaimForViewerRequest, drop_service_client::DropServiceClient,
+    };
+    let s = mesh("ent_claim_for_viewer").await;
+    let drop = active(&s, MALL, MALL, MALL, |b| b.budget_units = 1).await;
+    let viewer = enrol(&s, MALL, "13800138071").await;
+    let other = enrol(&s, MALL, "13800138072").await;
+    let live = s.mint(&lianyu_kit::auth::TokenRequest::service(
+        "live",
+        std::time::Duration::from_secs(600),
+    ));
+    let claim = |member: &str, rid: &str| ClaimForViewerRequest {
+        request_id: rid.into(),
+        partner: format!("partners/{MALL}"),
+        member: member.into(),
+        benefit: drop.name.clone(),
+        claim_code: "drop-1".into(),
+    };
+    let mut as_live = DropServiceClient::new(s.as_token(&live));
+    let item = as_live
+        .claim_for_viewer(claim(&viewer, "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(item.name.starts_with(&format!("{viewer}/walletItems/")));
+    let replay = as_live
+        .claim_for_viewer(claim(&viewer, "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replay, item);
+    let e = as_live
+        .claim_for_viewer(claim(&other, "c2"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BUDGET_EXHAUSTED", "one unit, already claimed");
+    // The viewer's wallet at the mall holds it.
+    let listed = wallet(&s, MALL)
+        .list_wallet(pb::ListWalletRequest {
+            member: viewer.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.items, [item]);
+    // A partner cannot use the internal contract, not even for its own member.
+    let e = DropServiceClient::new(s.as_token(&s.token(MALL)))
+        .claim_for_viewer(claim(&other, "c3"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 1);
+}

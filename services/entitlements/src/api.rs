@@ -91,6 +91,12 @@ pub(crate) fn register(
         mount,
         pb::ledger_service_server::LedgerServiceServer::new(api.clone())
     );
+    lianyu_kit::mount!(
+        mount,
+        lianyu_proto::entitlements::internal::v1::drop_service_server::DropServiceServer::new(
+            api.clone()
+        )
+    );
     Some(std::sync::Arc::new(|txn, event| {
         Box::pin(async move { on_mesh_event(txn, &event).await })
     }))

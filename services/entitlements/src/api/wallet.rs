@@ -337,3 +337,46 @@ impl pb::wallet_service_server::WalletService for Api {
         .await
     }
 }
+
+#[tonic::async_trait]
+impl lianyu_proto::entitlements::internal::v1::drop_service_server::DropService for Api {
+    async fn claim_for_viewer(
+        &self,
+        request: Request<lianyu_proto::entitlements::internal::v1::ClaimForViewerRequest>,
+    ) -> Result<Response<pb::WalletItem>, Status> {
+        unary(request, async |call, r| {
+            // Only a mesh service's token carries the internal scope the auth layer asked
+            // for; the claim is then made exactly as `partner`'s own ClaimBenefit, its replies
+            // kept under this RPC's path (never mixed with the partner's own request ids).
+            let Some(service) = call.who.service.clone() else {
+                return Err(KitError::Denied(
+                    "SERVICE_ONLY",
+                    "only a mesh service claims for a viewer",
+                )
+                .into());
+            };
+            let [partner] = names::parse(&r.partner, "partners/{partner}")
+                .map_err(|e| KitError::invalid("partner", e))?;
+            let on_behalf = Call {
+                who: lianyu_kit::auth::Principal {
+                    partner_id: partner.to_owned(),
+                    store: None,
+                    scopes: Default::default(),
+                    operator: false,
+                    credential: None,
+                    service: Some(service),
+                },
+                method: call.method,
+            };
+            self.give(
+                &on_behalf,
+                Route::Claim,
+                &r.request_id,
+                &r,
+                (&r.member, &r.benefit, Some(&r.claim_code)),
+            )
+            .await
+        })
+        .await
+    }
+}

@@ -234,7 +234,8 @@ async fn a_service_credential_is_exchanged_for_a_service_token_until_revoked() {
         .into_inner();
     let credential = created.credential.unwrap();
     assert!(credential.name.starts_with("services/live/credentials/"));
-    assert_eq!(credential.scopes, ["identity.internal"]);
+    // By default every internal scope (identity's and entitlements').
+    assert_eq!(credential.scopes, lianyu_kit::auth::INTERNAL_SCOPES);
     let listed = credentials(&identity, "services/live").await;
     assert_eq!(listed.len(), 1);
     // A partner never sees it, nor can it be named under a partner.
@@ -263,7 +264,7 @@ async fn a_service_credential_is_exchanged_for_a_service_token_until_revoked() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(issued.scopes, ["identity.internal"]);
+    assert_eq!(issued.scopes, lianyu_kit::auth::INTERNAL_SCOPES);
     assert_eq!(
         internal_codes(&identity, &issued.access_token).await,
         vec![Code::Ok; 4]

@@ -110,7 +110,14 @@ mod tests {
             requirement("/lianyu.identity.internal.v1.DirectoryService/ResolveMeshIds"),
             Requirement::Scope("identity.internal".into())
         );
-        assert_eq!(INTERNAL_SCOPES, ["identity.internal"]);
+        assert_eq!(
+            requirement("/lianyu.entitlements.internal.v1.DropService/ClaimForViewer"),
+            Requirement::Scope("entitlements.internal".into())
+        );
+        assert_eq!(
+            INTERNAL_SCOPES,
+            ["entitlements.internal", "identity.internal"]
+        );
         assert!(INTERNAL_SCOPES.iter().all(|s| !ALL_SCOPES.contains(s)));
     }
 }
