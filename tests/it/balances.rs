@@ -59,6 +59,18 @@ pub(crate) async fn card(s: &TestServer) -> pb::Benefit {
     .await
 }
 
+/// What the mall's ledger says it and the brand owe each other.
+async fn mall_statement(s: &TestServer) -> pb::SettlementStatement {
+    ledger(s, MALL)
+        .get_settlement_statement(pb::GetSettlementStatementRequest {
+            counterparty: format!("partners/{BRAND}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The brand's points, worth 0.01 each, honoured at its own counters and the mall's.
 async fn points_programme(s: &TestServer) -> pb::Benefit {
     active(s, BRAND, BRAND, BRAND, |b| {
@@ -166,6 +178,39 @@ async fn stored_value_tops_up_with_its_bonus_and_never_goes_below_zero() {
     assert_eq!(
         balance(&s, MALL, &member, &card.name).await.stored_value,
         cny(5_000)
+    );
+    // The order of one spend is returned: its 100.00 comes back, once, and only the mall
+    // that took it gives it back.
+    let first = outcomes
+        .iter()
+        .find_map(|o| o.as_ref().ok())
+        .unwrap()
+        .get_ref()
+        .clone();
+    let refund = |rid: &str| pb::RefundBalanceSpendRequest {
+        request_id: rid.into(),
+        ledger_entry: first.ledger_entry.clone(),
+    };
+    let e = till(&s, &s.token(BRAND))
+        .refund_balance_spend(refund("x1"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "SPEND_NOT_FOUND");
+    let back = till(&s, &s.token(MALL))
+        .refund_balance_spend(refund("x2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(back.refunded);
+    assert_eq!(back.balance.unwrap().stored_value, cny(15_000));
+    let e = till(&s, &s.token(MALL))
+        .refund_balance_spend(refund("x3"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ALREADY_REFUNDED");
+    assert_eq!(
+        balance(&s, MALL, &member, &card.name).await.stored_value,
+        cny(15_000)
     );
     let mut r = spend(&member, &card.name, "s-points", &counter);
     r.points = 5;
@@ -346,17 +391,22 @@ async fn spending_at_another_partner_needs_consent_and_the_funder_owes_what_it_t
     assert_eq!(spent.amount, cny(600), "600 points at 0.01");
     assert_eq!(spent.balance.unwrap().points_available, 400);
     // The brand owes the mall what its points took off the order.
-    let statement = ledger(&s, MALL)
-        .get_settlement_statement(pb::GetSettlementStatementRequest {
-            counterparty: format!("partners/{BRAND}"),
-            ..Default::default()
+    let statement = mall_statement(&s).await;
+    assert_eq!(statement.net.len(), 1);
+    assert_eq!(statement.net[0].debtor, format!("partners/{BRAND}"));
+    assert_eq!(statement.net[0].amount, cny(600));
+    // Given back: the points return and the brand owes the mall nothing for it.
+    let back = till(&s, &s.token(MALL))
+        .refund_balance_spend(pb::RefundBalanceSpendRequest {
+            request_id: "m1-back".into(),
+            ledger_entry: spent.ledger_entry.clone(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(statement.net.len(), 1);
-    assert_eq!(statement.net[0].debtor, format!("partners/{BRAND}"));
-    assert_eq!(statement.net[0].amount, cny(600));
+    assert_eq!(back.balance.unwrap().points_available, 1_000);
+    let after = mall_statement(&s).await;
+    assert!(after.net.is_empty(), "{after:?}");
     // The ledger entry the spend names is the mall's to read.
     let entries = ledger(&s, MALL)
         .list_entries(pb::ListEntriesRequest::default())

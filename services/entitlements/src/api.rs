@@ -153,6 +153,7 @@ lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
     WalletItemNotFound => (NotFound, "WALLET_ITEM_NOT_FOUND"),
     RedemptionNotFound => (NotFound, "REDEMPTION_NOT_FOUND"),
     EarningNotFound => (NotFound, "EARNING_NOT_FOUND"),
+    SpendNotFound => (NotFound, "SPEND_NOT_FOUND"),
 });
 
 impl Api {

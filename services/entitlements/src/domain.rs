@@ -31,6 +31,9 @@ pub enum EntitlementsError {
     /// NOT_FOUND / EARNING_NOT_FOUND: no points earning by that name awarded by the caller.
     #[error("points earning not found")]
     EarningNotFound,
+    /// NOT_FOUND / SPEND_NOT_FOUND: no balance spend by that name taken by the caller.
+    #[error("balance spend not found")]
+    SpendNotFound,
     #[error(transparent)]
     Kit(#[from] KitError),
 }

@@ -25,8 +25,8 @@ use crate::domain::{Benefit, BenefitKind, BenefitState, EntitlementsError, Posti
 pub(crate) use balances::*;
 pub(crate) use entities::{ItemState, LotState, RedemptionState};
 use entities::{
-    Kind, State, balance, benefit, benefit_party, holding, order_stack, point_lot, posting,
-    redemption, settlement_close, wallet_item,
+    Kind, State, balance, balance_spend, benefit, benefit_party, holding, order_stack, point_lot,
+    posting, redemption, settlement_close, wallet_item,
 };
 pub(crate) type ItemRow = wallet_item::Model;
 pub(crate) type RedemptionRow = redemption::Model;
@@ -50,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(Stacking),
             Box::new(StackingGroup),
             Box::new(MoneyBudget),
+            Box::new(BalanceSpends),
         ])
     }
 }
@@ -221,6 +222,13 @@ impl MigrationTrait for StackingGroup {
         .await
     }
 }
+
+lianyu_kit::tables_migration!(
+    /// Payments from balances, for their refunds.
+    BalanceSpends,
+    "m20261202_000022_entitlements_balance_spends",
+    [balance_spend::Entity]
+);
 
 /// A benefit's money budget and what redemptions used of it (added to tables created without
 /// them).

@@ -18,7 +18,7 @@ use lianyu_proto::entitlements::v1 as pb;
 use super::{Api, money, redemptions::store_of, wallet::member};
 use crate::{
     domain::{self, BalanceKind, Benefit, EntitlementsError},
-    store::{self, AccountRow, LotRow, LotState},
+    store::{self, AccountRow, LotRow, LotState, SpendRow},
 };
 
 /// The default and the longest return window of a purchase that earned points.
@@ -464,17 +464,100 @@ impl Api {
                     .post(txn, "BALANCE_SPEND", &t.benefit.id, None, &postings, now)
                     .await?
                     .unwrap_or_default();
-                Ok(pb::BalanceSpend {
-                    ledger_entry: format!("ledgerEntries/{entry}"),
-                    store: store_name.clone(),
+                let row = SpendRow {
+                    transaction_id: entry,
+                    benefit_id: t.benefit.id.clone(),
+                    member: t.mesh.to_string(),
+                    partner_id: t.me.to_string(),
+                    store_id: store_name.clone(),
                     points,
-                    amount: taken
-                        .as_ref()
-                        .and_then(|m| money(m.currency(), m.minor_units())),
-                    balance: Some(self.balance_now(txn, &t, now).await?),
-                })
+                    currency: taken.as_ref().map(|m| m.currency().to_owned()),
+                    amount: taken.as_ref().map_or(0, Money::minor_units),
+                    refunded: false,
+                    created_at: now,
+                };
+                store::insert_spend(txn, &row).await?;
+                Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))
             })
             .await
+    }
+
+    pub(super) async fn refund_balance_spend(
+        &self,
+        call: &Call,
+        r: &pb::RefundBalanceSpendRequest,
+    ) -> Result<pb::BalanceSpend, EntitlementsError> {
+        let [id] = names::parse(&r.ledger_entry, "ledgerEntries/{transaction}")
+            .map_err(|e| KitError::invalid("ledger_entry", e))?;
+        let me = PartnerId::new(call.partner_id());
+        let spend = store::spend(&self.read, id, me.as_str())
+            .await?
+            .ok_or(EntitlementsError::SpendNotFound)?;
+        let benefit = fresh(&self.read, &spend.benefit_id).await?;
+        let kind = benefit.balance()?;
+        let mesh = MeshMemberId::new(spend.member.clone());
+        let scoped = self
+            .directory()?
+            .scoped_ids(me.as_str(), std::slice::from_ref(&mesh))
+            .await?
+            .pop()
+            .flatten()
+            .ok_or(EntitlementsError::SpendNotFound)?;
+        let t = Target {
+            me,
+            scoped: scoped.to_string(),
+            mesh,
+            benefit,
+            kind,
+            account: None,
+        };
+        self.mutations
+            .run(call, &r.request_id, r, async |txn| {
+                let now = now_millis();
+                if !store::refund_spend(txn, &spend.transaction_id).await? {
+                    return Err(KitError::Precondition(
+                        "ALREADY_REFUNDED",
+                        "this spend was already given back".into(),
+                    )
+                    .into());
+                }
+                let back = if t.kind == BalanceKind::Points {
+                    spend.points
+                } else {
+                    spend.amount
+                };
+                if !store::add(txn, &t.benefit.id, t.mesh.as_str(), back).await? {
+                    return Err(closed());
+                }
+                let taken = match &spend.currency {
+                    Some(c) => Some(Money::new(c, spend.amount).map_err(KitError::Internal)?),
+                    None => None,
+                };
+                let postings = domain::negated(&t.benefit.spend_postings(
+                    t.kind,
+                    &t.me,
+                    t.mesh.as_str(),
+                    spend.points,
+                    taken.as_ref(),
+                ));
+                self.post(txn, "BALANCE_REFUND", &t.benefit.id, None, &postings, now)
+                    .await?;
+                let mut row = spend.clone();
+                row.refunded = true;
+                Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))
+            })
+            .await
+    }
+}
+
+fn spend_proto(row: &SpendRow, balance: pb::Balance) -> pb::BalanceSpend {
+    pb::BalanceSpend {
+        ledger_entry: format!("ledgerEntries/{}", row.transaction_id),
+        store: row.store_id.clone(),
+        points: row.points,
+        amount: row.currency.as_deref().and_then(|c| money(c, row.amount)),
+        balance: Some(balance),
+        refunded: row.refunded,
     }
 }
 

@@ -651,6 +651,16 @@ impl pb::redemption_service_server::RedemptionService for Api {
         unary(request, async |call, r| self.spend_balance(&call, &r).await).await
     }
 
+    async fn refund_balance_spend(
+        &self,
+        request: Request<pb::RefundBalanceSpendRequest>,
+    ) -> Result<Response<pb::BalanceSpend>, Status> {
+        unary(request, async |call, r| {
+            self.refund_balance_spend(&call, &r).await
+        })
+        .await
+    }
+
     async fn cancel_reservation(
         &self,
         request: Request<pb::CancelReservationRequest>,

@@ -11,12 +11,50 @@ use sea_orm::{
 };
 
 use super::{
-    entities::{LotState, balance, point_lot, posting},
+    entities::{LotState, balance, balance_spend, point_lot, posting},
     storage,
 };
 
 pub(crate) type AccountRow = balance::Model;
 pub(crate) type LotRow = point_lot::Model;
+pub(crate) type SpendRow = balance_spend::Model;
+
+/// Records a spend.
+pub(crate) async fn insert_spend(
+    txn: &impl ConnectionTrait,
+    row: &SpendRow,
+) -> Result<(), KitError> {
+    balance_spend::ActiveModel::from(row.clone())
+        .insert(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// The spend of ledger transaction `id` taken by `partner`.
+pub(crate) async fn spend(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    partner: &str,
+) -> Result<Option<SpendRow>, KitError> {
+    Ok(balance_spend::Entity::find_by_id(id.to_owned())
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .filter(|s| s.partner_id == partner))
+}
+
+/// Marks a spend refunded; false when it already was (one conditional update: once).
+pub(crate) async fn refund_spend(txn: &impl ConnectionTrait, id: &str) -> Result<bool, KitError> {
+    let done = balance_spend::Entity::update_many()
+        .col_expr(balance_spend::Column::Refunded, Expr::value(true))
+        .filter(balance_spend::Column::TransactionId.eq(id))
+        .filter(balance_spend::Column::Refunded.eq(false))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
 
 /// A member's account in a benefit, when one was opened.
 pub(crate) async fn account(

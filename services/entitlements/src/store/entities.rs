@@ -73,6 +73,24 @@ entity!(benefit, "benefits", {
     pub spent_value_minor_units: i64,
 });
 
+// A payment from a balance at a till, by its ledger transaction: what a refund gives back.
+entity!(balance_spend, "balance_spends", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub transaction_id: String,
+    pub benefit_id: String,
+    pub member: String,
+    /// The partner that took it, and its store.
+    pub partner_id: String,
+    pub store_id: String,
+    pub points: i64,
+    /// Stored value spent, or the points' worth; its currency beside (none for points
+    /// without a worth).
+    pub currency: Option<String>,
+    pub amount: i64,
+    pub refunded: bool,
+    pub created_at: i64,
+});
+
 // One unit of a stacking group on an order at a partner: the primary key lets only one in,
 // at any concurrency. Removed when that redemption is cancelled or refunded in full.
 entity!(order_stack, "order_stacks", {
