@@ -431,3 +431,111 @@ async fn spending_at_another_partner_needs_consent_and_the_funder_owes_what_it_t
     assert_eq!(unbalanced(&s).await, 0);
     assert_eq!(balance_differences(&s).await, 0);
 }
+
+/// Every other caller of the balance RPCs: an unallied partner learns nothing and moves
+/// nothing; the allied partner that is no party to a points programme cannot award, reverse
+/// or give back; a store token tops up and spends only at its own store. Each refusal is read
+/// back: the balance, the pending points and the ledger are as they were.
+#[tokio::test]
+async fn other_callers_of_balances_are_refused_and_change_nothing() {
+    let s = mesh("bal_other_callers").await;
+    // The mall's own points, honoured by the mall alone.
+    let points = active(&s, MALL, MALL, MALL, |b| {
+        b.display_name = "Jade points".into();
+        b.kind = pb::BenefitKind::Points as i32;
+        b.value = cny(1);
+        b.threshold = None;
+        b.per_member_limit = 0;
+    })
+    .await;
+    let member = enrol(&s, MALL, "13800139201").await;
+    let at_brand = enrol(&s, BRAND, "13800139201").await;
+    let earned = wallet(&s, MALL)
+        .earn_points(pb::EarnPointsRequest {
+            request_id: "e1".into(),
+            member: member.clone(),
+            benefit: points.name.clone(),
+            points: 500,
+            order_reference: "o1".into(),
+            return_window_days: Some(7),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let counter = format!("partners/{MALL}/stores/sh01");
+    let mut own_spend = spend(&member, &points.name, "own", &counter);
+    own_spend.points = 1;
+    // Nothing spendable yet (pending): refused, but it shows the RPC reaches the balance.
+    let e = till(&s, &s.token(MALL))
+        .spend_balance(own_spend)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "INSUFFICIENT_BALANCE");
+    let rows_before = crate::support::rows(&s, "entitlements", "ledger_postings").await;
+
+    for (partner, name) in [(OUTSIDER, "outsider"), (BRAND, "brand")] {
+        let who = if partner == BRAND { &at_brand } else { &member };
+        let e = wallet(&s, partner)
+            .earn_points(pb::EarnPointsRequest {
+                request_id: format!("{name}-earn"),
+                member: who.clone(),
+                benefit: points.name.clone(),
+                points: 1_000,
+                order_reference: "x".into(),
+                return_window_days: Some(0),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "BENEFIT_NOT_FOUND", "{name}");
+        let e = wallet(&s, partner)
+            .get_balance(pb::GetBalanceRequest {
+                member: who.clone(),
+                benefit: points.name.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "BENEFIT_NOT_FOUND", "{name}");
+        let e = wallet(&s, partner)
+            .reverse_points(pb::ReversePointsRequest {
+                request_id: format!("{name}-reverse"),
+                name: earned.name.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "EARNING_NOT_FOUND", "{name}");
+        let mut r = spend(who, &points.name, &format!("{name}-spend"), "");
+        r.store = format!("partners/{partner}/stores/x1");
+        r.points = 1;
+        let e = till(&s, &s.token(partner))
+            .spend_balance(r)
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "BENEFIT_NOT_FOUND", "{name}");
+        let e = till(&s, &s.token(partner))
+            .refund_balance_spend(pb::RefundBalanceSpendRequest {
+                request_id: format!("{name}-refund"),
+                ledger_entry: "ledgerEntries/0000".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "SPEND_NOT_FOUND", "{name}");
+    }
+    // A store token names no other store.
+    let mut elsewhere = spend(&member, &points.name, "elsewhere", "");
+    elsewhere.store = format!("partners/{MALL}/stores/sh02");
+    elsewhere.points = 1;
+    let e = till(&s, &s.store_token(MALL, "sh01"))
+        .spend_balance(elsewhere)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_MISMATCH");
+
+    let b = balance(&s, MALL, &member, &points.name).await;
+    assert_eq!((b.points_available, b.points_pending), (0, 500));
+    assert_eq!(
+        crate::support::rows(&s, "entitlements", "ledger_postings").await,
+        rows_before,
+        "no refusal posted anything"
+    );
+    assert_eq!(balance_differences(&s).await, 0);
+}

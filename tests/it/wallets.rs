@@ -82,6 +82,21 @@ pub(crate) async fn enrol(s: &TestServer, partner: &str, phone: &str) -> String 
         .name
 }
 
+/// `n` members enrolled at `partner` (phones `{prefix}0000`, …), 25 at a time.
+async fn enrol_many(s: &TestServer, partner: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut members = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(25) {
+        members.extend(
+            join_all(chunk.iter().map(|i| {
+                let phone = format!("{prefix}{i:04}");
+                async move { enrol(s, partner, &phone).await }
+            }))
+            .await,
+        );
+    }
+    members
+}
+
 /// `member` (known to `partner`) consents that `grantee` redeem benefits with them.
 pub(crate) async fn consent(s: &TestServer, partner: &str, member: &str, grantee: &str) {
     ConsentServiceClient::new(s.as_token(&s.token(partner)))
@@ -463,17 +478,7 @@ async fn a_drop_hands_out_exactly_its_units_to_distinct_members() {
         b.display_name = "drop".into();
     })
     .await;
-    let mut members = Vec::new();
-    for chunk in (0..400).collect::<Vec<_>>().chunks(25) {
-        members.extend(
-            join_all(chunk.iter().map(|i| {
-                let phone = format!("1390000{i:04}");
-                let s = &s;
-                async move { enrol(s, BRAND, &phone).await }
-            }))
-            .await,
-        );
-    }
+    let members = enrol_many(&s, BRAND, "1390000", 400).await;
     let token = s.token(BRAND);
     let replies = join_all(members.iter().map(|m| {
         let mut w = WalletServiceClient::new(s.as_token(&token));
@@ -798,17 +803,7 @@ async fn two_instances_on_one_database_share_one_budget() {
         b.display_name = "shared".into();
     })
     .await;
-    let mut members = Vec::new();
-    for chunk in (0..200).collect::<Vec<_>>().chunks(25) {
-        members.extend(
-            join_all(chunk.iter().map(|i| {
-                let phone = format!("1370000{i:04}");
-                let s = &s;
-                async move { enrol(s, BRAND, &phone).await }
-            }))
-            .await,
-        );
-    }
+    let members = enrol_many(&s, BRAND, "1370000", 200).await;
     let token = s.token(BRAND);
     let replies = join_all(members.iter().enumerate().map(|(i, m)| {
         let channel = if i % 2 == 0 {
