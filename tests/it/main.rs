@@ -9,6 +9,7 @@ mod edge;
 mod entitlements;
 mod keys;
 mod live;
+mod live_show;
 mod settlement;
 mod support;
 mod wallets;

@@ -34,6 +34,25 @@ macro_rules! with_identity {
 }
 pub(crate) use with_identity;
 
+/// A second instance of one service (`$mount`, its crate's `mount`) on `$server`'s database
+/// for it, using `$server`'s identity, as a second replica of a Deployment: a channel to it.
+macro_rules! second_instance {
+    ($server:expr, $mount:path) => {{
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second = format!("http://{}", listener.local_addr().unwrap());
+        let mut config = $server.config.clone();
+        config.set_peer_url("identity", $server.address.clone());
+        tokio::spawn(lianyu_kit::server::run_service(
+            config,
+            listener,
+            std::future::pending(),
+            async |ctx, mount| $mount(ctx, mount).await,
+        ));
+        lianyu_kit::testing::connect(&second).await
+    }};
+}
+pub(crate) use second_instance;
+
 /// How many rows `table` of `service`'s database holds: a refused call must leave it as it was.
 pub(crate) async fn rows(server: &TestServer, service: &str, table: &str) -> i64 {
     let db = server.database(service).await;

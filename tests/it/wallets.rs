@@ -728,28 +728,12 @@ async fn a_hold_ends_exactly_once() {
     assert_eq!(unbalanced(&s).await, 0);
 }
 
-/// A second entitlements instance on `s`'s entitlements database, using `s`'s identity: a
-/// channel to it.
-async fn second_instance(s: &TestServer) -> Channel {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let second = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = s.config.clone();
-    config.set_peer_url("identity", s.address.clone());
-    tokio::spawn(lianyu_kit::server::run_service(
-        config,
-        listener,
-        std::future::pending(),
-        async |ctx, mount| lianyu_entitlements::mount(ctx, mount).await,
-    ));
-    lianyu_kit::testing::connect(&second).await
-}
-
 /// A per-member limit lowered through one instance holds at once on another that already
 /// serves the drop (and caches its definition).
 #[tokio::test]
 async fn a_lowered_limit_holds_on_every_instance_at_once() {
     let s = mesh("ent_limit_replicas").await;
-    let replica = second_instance(&s).await;
+    let replica = crate::support::second_instance!(s, lianyu_entitlements::mount);
     let drop = active(&s, BRAND, BRAND, BRAND, |b| {
         b.per_member_limit = 0;
         b.display_name = "open".into();
@@ -797,7 +781,7 @@ async fn two_instances_on_one_database_share_one_budget() {
         config.limits.admission_wait = std::time::Duration::from_secs(10);
     })
     .await;
-    let replica = second_instance(&s).await;
+    let replica = crate::support::second_instance!(s, lianyu_entitlements::mount);
     let drop = active(&s, BRAND, BRAND, BRAND, |b| {
         b.budget_units = 50;
         b.display_name = "shared".into();

@@ -208,12 +208,7 @@ impl Api {
 
     /// Identity's view, or UNAVAILABLE / IDENTITY_UNAVAILABLE (fail closed).
     fn directory(&self) -> Result<&Directory, KitError> {
-        self.directory.as_ref().ok_or_else(|| {
-            KitError::Unavailable(
-                "IDENTITY_UNAVAILABLE",
-                "identity is not configured for this service".into(),
-            )
-        })
+        lianyu_kit::directory::required(self.directory.as_ref())
     }
 
     /// The mesh id of the caller's member `scoped`; MEMBER_NOT_FOUND when the caller holds

@@ -76,7 +76,7 @@ impl sea_orm_migration::MigrationName for BenefitTerms {
 impl MigrationTrait for BenefitTerms {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::prelude::{Alias, ColumnDef};
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "benefits",
             [
@@ -94,30 +94,6 @@ impl MigrationTrait for BenefitTerms {
         )
         .await
     }
-}
-
-/// Adds each column `table` lacks (a database created from the current entity already has
-/// them all).
-async fn add_columns(
-    manager: &SchemaManager<'_>,
-    table: &str,
-    columns: impl IntoIterator<Item = sea_orm_migration::prelude::ColumnDef>,
-) -> Result<(), sea_orm::DbErr> {
-    use sea_orm_migration::prelude::{Alias, Table};
-    for mut def in columns {
-        let column = def.get_column_name();
-        if !manager.has_column(table, &column).await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Alias::new(table))
-                        .add_column(&mut def)
-                        .to_owned(),
-                )
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 lianyu_kit::tables_migration!(
@@ -148,7 +124,7 @@ impl sea_orm_migration::MigrationName for SettlementShare {
 impl MigrationTrait for SettlementShare {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::prelude::{Alias, ColumnDef};
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "benefits",
             [ColumnDef::new(Alias::new("funder_share_bps"))
@@ -175,7 +151,7 @@ impl sea_orm_migration::MigrationName for BenefitPlaces {
 impl MigrationTrait for BenefitPlaces {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::prelude::{Alias, ColumnDef};
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "benefits",
             ["stores", "categories"].map(|c| {
@@ -210,7 +186,7 @@ impl sea_orm_migration::MigrationName for StackingGroup {
 impl MigrationTrait for StackingGroup {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::prelude::{Alias, ColumnDef};
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "benefits",
             [ColumnDef::new(Alias::new("stacking_group"))
@@ -244,7 +220,7 @@ impl sea_orm_migration::MigrationName for MoneyBudget {
 impl MigrationTrait for MoneyBudget {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::prelude::{Alias, ColumnDef};
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "benefits",
             [
@@ -264,7 +240,7 @@ impl MigrationTrait for MoneyBudget {
             ],
         )
         .await?;
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "redemptions",
             [ColumnDef::new(Alias::new("budget_spent"))
@@ -410,7 +386,7 @@ impl sea_orm_migration::MigrationName for BalanceColumns {
 impl MigrationTrait for BalanceColumns {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::prelude::{Alias, ColumnDef};
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "benefits",
             [ColumnDef::new(Alias::new("top_up_bonus_bps"))
@@ -420,7 +396,7 @@ impl MigrationTrait for BalanceColumns {
                 .to_owned()],
         )
         .await?;
-        add_columns(
+        lianyu_kit::storage::add_columns(
             manager,
             "ledger_postings",
             [ColumnDef::new(Alias::new("member_id"))

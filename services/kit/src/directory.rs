@@ -101,6 +101,17 @@ fn unavailable(status: &tonic::Status) -> KitError {
     )
 }
 
+/// The service's directory, or UNAVAILABLE / IDENTITY_UNAVAILABLE when identity is not
+/// configured: every call that needs identity fails closed.
+pub fn required(directory: Option<&Directory>) -> Result<&Directory, KitError> {
+    directory.ok_or_else(|| {
+        KitError::Unavailable(
+            "IDENTITY_UNAVAILABLE",
+            "identity is not configured for this service".into(),
+        )
+    })
+}
+
 impl Directory {
     /// A directory calling identity through `peer`; its batching task ends with `stopping`.
     pub fn new(peer: Peer, stopping: CancellationToken) -> Self {

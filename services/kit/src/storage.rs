@@ -35,7 +35,7 @@ use sea_orm::{
 use tonic::Code;
 
 pub use migration::{
-    KitIndexes, KitReplySubjects, KitTables, create_entity_table, with_kit_tables,
+    KitIndexes, KitReplySubjects, KitTables, add_columns, create_entity_table, with_kit_tables,
 };
 
 /// A storage failure, classified once at the store boundary.

@@ -1,41 +1,75 @@
 //! gRPC handlers: decode, call the domain and the store, encode; errors map to statuses once,
-//! in [`unary`]. Every RPC the live issue has not implemented yet answers UNIMPLEMENTED (the
-//! generated default), after the kit has authenticated the caller.
+//! in [`unary`]. Every change viewers or the funnel should hear of is appended to the
+//! service's event log in the transaction that makes it (see `viewers.rs`).
+
+mod orders;
+mod sessions;
+mod showcase;
+mod stats;
+mod viewers;
 
 use lianyu_kit::{
     Call, KitError, Mount,
-    call::unary,
-    ids::PartnerId,
-    mutation::Mutations,
+    directory::Directory,
+    feed::{Feed, NewEvent},
+    ids::{MeshMemberId, ScopedMemberId},
     names,
-    time::{now_millis, required_millis, timestamp},
+    time::timestamp,
 };
-use lianyu_proto::live::v1 as pb;
-use sea_orm::DatabaseConnection;
-use tonic::{Request, Response, Status};
+use lianyu_proto::{common::v1 as common, live::v1 as pb};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::{
-    domain::{LiveError, Session, SessionDraft, SessionState},
+    domain::{LiveError, Session, SessionState},
     store,
 };
 
 /// The service's handlers; they share the service's database.
 #[derive(Clone)]
 pub(crate) struct Api {
+    /// The writer, for what is not a keyed mutation (a viewer's join).
     db: DatabaseConnection,
-    mutations: Mutations<LiveError>,
+    /// Streams end with UNAVAILABLE when the server stops.
+    stopping: tokio_util::sync::CancellationToken,
+    /// Reads outside a mutation.
+    read: DatabaseConnection,
+    mutations: lianyu_kit::mutation::Mutations<LiveError>,
+    /// Orders: the hot path, group-committed.
+    orders: lianyu_kit::mutation::Mutations<LiveError>,
+    /// Identity: members' mesh ids and consent decisions; `None` when identity is not
+    /// configured, and then every call that needs it fails closed.
+    directory: Option<Directory>,
+    /// The session event log, shared by every replica through the database.
+    feed: Feed,
+    /// Viewers on this replica, fed from the log.
+    hub: viewers::Hub,
 }
 
 pub(crate) fn register(
-    _ctx: &lianyu_kit::server::ServerContext,
+    ctx: &lianyu_kit::server::ServerContext,
     mount: &mut Mount,
     db: DatabaseConnection,
-    _read: DatabaseConnection,
-    _directory: Option<lianyu_kit::directory::Directory>,
+    read: DatabaseConnection,
+    directory: Option<Directory>,
 ) -> Option<lianyu_kit::directory::MeshHook> {
+    let feed = Feed::new(read.clone(), ctx.stopping.clone())
+        .listening(&ctx.config.database_url(crate::NAME), crate::NAME);
     let api = Api {
-        mutations: Mutations::new(db.clone()),
+        mutations: lianyu_kit::mutation::Mutations::new(db.clone())
+            .reading(read.clone())
+            .publishing(feed.clone(), None)
+            .feed_first(),
+        orders: lianyu_kit::mutation::Mutations::new(db.clone())
+            .grouped()
+            .reading(read.clone())
+            .publishing(feed.clone(), None)
+            .feed_first(),
+        hub: viewers::Hub::start(feed.clone(), read.clone(), ctx.stopping.clone()),
+        feed,
+        directory,
+        read,
         db,
+        stopping: ctx.stopping.clone(),
     };
     lianyu_kit::mount!(
         mount,
@@ -55,108 +89,244 @@ pub(crate) fn register(
     );
     lianyu_kit::mount!(
         mount,
-        pb::stats_service_server::StatsServiceServer::new(api.clone())
+        pb::stats_service_server::StatsServiceServer::new(api)
     );
-    None
+    Some(std::sync::Arc::new(|txn, event| {
+        Box::pin(async move { on_mesh_event(txn, &event).await })
+    }))
 }
 
-lianyu_kit::service_error!(LiveError, "lianyu.live", {
-    SessionNotFound => (NotFound, "SESSION_NOT_FOUND"),
-});
-
-#[tonic::async_trait]
-impl pb::session_service_server::SessionService for Api {
-    async fn create_session(
-        &self,
-        request: Request<pb::CreateSessionRequest>,
-    ) -> Result<Response<pb::Session>, Status> {
-        unary(request, async |call, r| {
-            let given = r.session.clone().unwrap_or_default();
-            let session = Session::schedule(
-                &PartnerId::new(call.partner_id()),
-                &SessionDraft {
-                    title: &given.title,
-                    hosts: &given.hosts,
-                    store: &given.store,
-                    stream_url: &given.stream_url,
-                    scheduled_start: required_millis(given.scheduled_start_time.as_ref()),
-                },
-                now_millis(),
-            )?;
-            may_host(&call, &session)?;
-            self.mutations
-                .run(&call, &r.request_id, &r, async |txn| {
-                    store::insert_session(txn, &session, now_millis()).await?;
-                    Ok(to_proto(&session))
-                })
-                .await
-        })
-        .await
-    }
-
-    async fn get_session(
-        &self,
-        request: Request<pb::GetSessionRequest>,
-    ) -> Result<Response<pb::Session>, Status> {
-        unary(request, async |call, r| {
-            let [id] = names::parse(&r.name, "sessions/{session}")
-                .map_err(|e| KitError::invalid("name", e))?;
-            let session = store::session_for_host(&self.db, call.partner_id(), id)
-                .await?
-                .filter(|s| s.visible_to(call.partner_id(), call.who.store.as_deref()))
-                .ok_or(LiveError::SessionNotFound)?;
-            Ok::<_, LiveError>(to_proto(&session))
-        })
-        .await
-    }
-}
-
-/// The mesh operator hosts nothing (it never reads members, and viewers are members), and a
-/// store token schedules only in its own store.
-fn may_host(call: &Call, session: &Session) -> Result<(), KitError> {
-    if call.who.operator {
-        return Err(KitError::Denied(
-            "OPERATOR_HOSTS_NOTHING",
-            "the mesh operator does not host livestreams",
-        ));
-    }
-    if let Some(own) = &call.who.store
-        && session.store_name().as_deref() != Some(own.as_str())
-    {
-        return Err(KitError::Denied(
-            "STORE_TOKEN_NOT_ALLOWED",
-            "a store token schedules sessions only in its own store",
-        ));
+/// Identity's word on a member, acted on in the transaction that stores the feed's cursor: an
+/// erasure at a partner removes the member from the orders and viewers that partner brought,
+/// so co-hosts see pseudonyms from then on. A withdrawn consent needs nothing here: buyers are
+/// named only after asking identity at read time.
+async fn on_mesh_event(
+    txn: &sea_orm::DatabaseTransaction,
+    event: &lianyu_proto::identity::internal::v1::WatchMeshEventsResponse,
+) -> Result<(), KitError> {
+    use lianyu_proto::identity::internal::v1::MeshEventKind;
+    let (Some(member), Some(partner)) = (
+        event.mesh_member.strip_prefix("meshMembers/"),
+        event.partner.strip_prefix("partners/"),
+    ) else {
+        return Ok(());
+    };
+    if event.kind() == MeshEventKind::MemberErased {
+        let orders = store::forget_buyer(txn, member, partner).await?;
+        let viewers = store::forget_viewer(txn, member, partner).await?;
+        tracing::info!(orders, viewers, "member erased: buyer forgotten");
     }
     Ok(())
 }
 
-fn to_proto(s: &Session) -> pb::Session {
-    pb::Session {
+lianyu_kit::service_error!(LiveError, "lianyu.live", {
+    SessionNotFound => (NotFound, "SESSION_NOT_FOUND"),
+    ProductNotFound => (NotFound, "PRODUCT_NOT_FOUND"),
+    FlashSaleNotFound => (NotFound, "FLASH_SALE_NOT_FOUND"),
+    OrderNotFound => (NotFound, "ORDER_NOT_FOUND"),
+    MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
+});
+
+/// What a caller is to a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// A co-host (a store token: of a session in its store): sees and changes all of it.
+    Host,
+    /// An assisting partner: pins and announces.
+    Assistant,
+    /// Anyone else: the public view.
+    Public,
+}
+
+impl Api {
+    /// Identity's view, or UNAVAILABLE / IDENTITY_UNAVAILABLE (fail closed).
+    fn directory(&self) -> Result<&Directory, KitError> {
+        lianyu_kit::directory::required(self.directory.as_ref())
+    }
+
+    /// The mesh id of the caller's member "members/{member}" (`field` names it in errors);
+    /// MEMBER_NOT_FOUND when the caller holds no such member.
+    async fn mesh_id(
+        &self,
+        call: &Call,
+        name: &str,
+        field: &str,
+    ) -> Result<MeshMemberId, LiveError> {
+        let [id] =
+            names::parse(name, "members/{member}").map_err(|e| KitError::invalid(field, e))?;
+        self.directory()?
+            .mesh_id(call.partner_id(), &ScopedMemberId::new(id))
+            .await?
+            .ok_or(LiveError::MemberNotFound)
+    }
+
+    /// The session "sessions/{session}" in `field`, and what the caller is to it. The operator
+    /// reads no session.
+    async fn session(
+        &self,
+        conn: &impl ConnectionTrait,
+        call: &Call,
+        name: &str,
+        field: &str,
+    ) -> Result<(Session, Role), LiveError> {
+        let [id] =
+            names::parse(name, "sessions/{session}").map_err(|e| KitError::invalid(field, e))?;
+        if call.who.operator {
+            return Err(LiveError::SessionNotFound);
+        }
+        let session = store::load_session(conn, id)
+            .await?
+            .ok_or(LiveError::SessionNotFound)?;
+        let role = if session.visible_to(call.partner_id(), call.who.store.as_deref()) {
+            Role::Host
+        } else if call.who.store.is_none() && session.assisted_by(call.partner_id()) {
+            Role::Assistant
+        } else {
+            Role::Public
+        };
+        Ok((session, role))
+    }
+
+    /// The session, for a change only a co-host makes: PERMISSION_DENIED otherwise (another
+    /// store's token: STORE_TOKEN_NOT_ALLOWED; anyone else: HOST_ONLY).
+    async fn hosted(
+        &self,
+        conn: &impl ConnectionTrait,
+        call: &Call,
+        name: &str,
+        field: &str,
+    ) -> Result<Session, LiveError> {
+        let (session, role) = self.session(conn, call, name, field).await?;
+        match role {
+            Role::Host => Ok(session),
+            _ => Err(refuse_non_host(call, &session).into()),
+        }
+    }
+
+    /// Appends a change to the session's viewers' log, in the caller's transaction.
+    async fn tell_viewers(
+        &self,
+        txn: &impl ConnectionTrait,
+        session: &str,
+        update: pb::join_session_response::Update,
+    ) -> Result<(), KitError> {
+        let body = pb::JoinSessionResponse {
+            update: Some(update),
+        };
+        self.feed
+            .append(
+                txn,
+                NewEvent::message(&viewers::viewer_kind(session), None, &body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Appends an event of the live feed once per host (each reads its own), in the caller's
+    /// transaction.
+    async fn tell_hosts(
+        &self,
+        txn: &impl ConnectionTrait,
+        session: &Session,
+        event: pb::watch_live_events_response::Event,
+        at: i64,
+    ) -> Result<(), KitError> {
+        let body = pb::WatchLiveEventsResponse {
+            cursor: None,
+            event: Some(event),
+            event_time: timestamp(at),
+        };
+        for host in &session.hosts {
+            self.feed
+                .append(
+                    txn,
+                    NewEvent::message(stats::FUNNEL_KIND, Some(host.to_string()), &body),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a caller that is not a co-host may not change a session.
+fn refuse_non_host(call: &Call, session: &Session) -> KitError {
+    if call.who.store.is_some() && session.hosted_by(call.partner_id()) {
+        KitError::Denied(
+            "STORE_TOKEN_NOT_ALLOWED",
+            "a store token acts only on sessions in its own store",
+        )
+    } else {
+        KitError::Denied("HOST_ONLY", "only a co-host changes the session")
+    }
+}
+
+/// A session as `role` sees it: a co-host all of it, anyone else its public view.
+fn session_proto(s: &Session, role: Role) -> pb::Session {
+    let full = role == Role::Host;
+    let mut out = pb::Session {
         name: format!("sessions/{}", s.id),
         title: s.title.clone(),
         hosts: s.hosts.iter().map(|h| format!("partners/{h}")).collect(),
         store: s.store_name().unwrap_or_default(),
         stream_url: s.stream_url.clone(),
         scheduled_start_time: timestamp(s.scheduled_start_millis),
-        state: match s.state {
-            SessionState::Scheduled => pb::SessionState::Scheduled,
-            SessionState::Live => pb::SessionState::Live,
-            SessionState::Ended => pb::SessionState::Ended,
-            SessionState::Cancelled => pb::SessionState::Cancelled,
-        } as i32,
+        start_time: s.started_at.and_then(timestamp),
+        end_time: s.ended_at.and_then(timestamp),
+        state: state_proto(s.state) as i32,
+        presenters: s.profile.presenters.clone(),
+        public_view: !full,
         ..Default::default()
+    };
+    if full {
+        out.assistants = s
+            .profile
+            .assistants
+            .iter()
+            .map(|a| format!("partners/{a}"))
+            .collect();
+        out.guides = s
+            .profile
+            .guides
+            .iter()
+            .map(|g| pb::Guide {
+                guide_id: g.guide_id.clone(),
+                display_name: g.display_name.clone(),
+                partner: format!("partners/{}", g.partner),
+                store: g.store_name(),
+                share_code: g.share_code.clone(),
+            })
+            .collect();
+        out.revenue_shares = s
+            .profile
+            .revenue_shares
+            .iter()
+            .map(|(p, bps)| pb::RevenueShare {
+                partner: format!("partners/{p}"),
+                share_bps: *bps,
+            })
+            .collect();
+    }
+    out
+}
+
+fn state_proto(s: SessionState) -> pb::SessionState {
+    match s {
+        SessionState::Scheduled => pb::SessionState::Scheduled,
+        SessionState::Live => pb::SessionState::Live,
+        SessionState::Ended => pb::SessionState::Ended,
+        SessionState::Cancelled => pb::SessionState::Cancelled,
     }
 }
 
-#[tonic::async_trait]
-impl pb::showcase_service_server::ShowcaseService for Api {}
+/// Integer minor units of a currency, as the contract carries them.
+fn money(m: &lianyu_kit::money::Money) -> Option<common::Money> {
+    Some(common::Money {
+        currency_code: m.currency().to_owned(),
+        minor_units: m.minor_units(),
+    })
+}
 
-#[tonic::async_trait]
-impl pb::viewer_service_server::ViewerService for Api {}
-
-#[tonic::async_trait]
-impl pb::order_service_server::OrderService for Api {}
-
-#[tonic::async_trait]
-impl pb::stats_service_server::StatsService for Api {}
+/// `(currency, minor units)` of a contract amount, for the domain's checks.
+fn amount(m: Option<&common::Money>) -> Option<(&str, i64)> {
+    m.map(|m| (m.currency_code.as_str(), m.minor_units))
+}

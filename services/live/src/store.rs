@@ -1,28 +1,42 @@
-//! The live repository: its migrations (the kit's tables first) and the session finders, each
-//! scoped to the calling partner. It returns domain types; no row leaves this module.
+//! The live repository: its migrations (the kit's tables first), sessions and their hosts.
+//! Showcase, orders and audience figures live in submodules. It returns domain types; no row
+//! leaves this module.
 
 mod entities;
+mod sales;
+mod viewers;
 
 use lianyu_kit::{
     KitError,
     ids::PartnerId,
+    page::Page,
     storage::{StorageError, with_kit_tables},
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait},
 };
-use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait};
+use serde::{Deserialize, Serialize};
 
-use crate::domain::{Session, SessionState};
+use crate::domain::{Guide, Profile, Session, SessionState};
 use entities::{State, session, session_host};
+
+pub(crate) use sales::*;
+pub(crate) use viewers::*;
 
 pub(crate) struct Migrator;
 
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        with_kit_tables(vec![Box::new(Sessions)])
+        with_kit_tables(vec![
+            Box::new(Sessions),
+            Box::new(SessionColumns),
+            Box::new(Showcase),
+        ])
     }
 }
 
@@ -32,6 +46,146 @@ lianyu_kit::tables_migration!(
     "m20261202_000010_live_sessions",
     [session::Entity, session_host::Entity]
 );
+
+lianyu_kit::tables_migration!(
+    /// Products, pins, flash sales and what members bought of them, orders, and viewers.
+    Showcase,
+    "m20261202_000012_live_showcase",
+    [
+        entities::product::Entity,
+        entities::pin_marker::Entity,
+        entities::flash_sale::Entity,
+        entities::sale_buyer::Entity,
+        entities::order::Entity,
+        entities::viewer::Entity,
+        entities::presence::Entity
+    ]
+);
+
+/// A session's profile, times, pseudonym salt and peak (added to the table a first version
+/// created without them).
+pub(crate) struct SessionColumns;
+
+impl sea_orm_migration::MigrationName for SessionColumns {
+    fn name(&self) -> &str {
+        "m20261202_000011_live_session_columns"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for SessionColumns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        lianyu_kit::storage::add_columns(
+            manager,
+            "sessions",
+            [
+                ColumnDef::new(Alias::new("profile"))
+                    .text()
+                    .not_null()
+                    .default("{}")
+                    .to_owned(),
+                ColumnDef::new(Alias::new("started_at"))
+                    .big_integer()
+                    .null()
+                    .to_owned(),
+                ColumnDef::new(Alias::new("ended_at"))
+                    .big_integer()
+                    .null()
+                    .to_owned(),
+                ColumnDef::new(Alias::new("salt"))
+                    .string()
+                    .not_null()
+                    .default("")
+                    .to_owned(),
+                ColumnDef::new(Alias::new("peak_viewers"))
+                    .big_integer()
+                    .not_null()
+                    .default(0)
+                    .to_owned(),
+            ],
+        )
+        .await
+    }
+}
+
+fn storage(e: sea_orm::DbErr) -> KitError {
+    KitError::Storage(StorageError::from(e))
+}
+
+/// The profile as stored (JSON in `sessions.profile`).
+#[derive(Default, Serialize, Deserialize)]
+struct StoredProfile {
+    #[serde(default)]
+    presenters: Vec<String>,
+    #[serde(default)]
+    assistants: Vec<String>,
+    #[serde(default)]
+    guides: Vec<StoredGuide>,
+    #[serde(default)]
+    revenue_shares: Vec<(String, i32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredGuide {
+    id: String,
+    display_name: String,
+    partner: String,
+    store: String,
+    share_code: String,
+}
+
+fn profile_json(p: &Profile) -> String {
+    let stored = StoredProfile {
+        presenters: p.presenters.clone(),
+        assistants: p.assistants.iter().map(ToString::to_string).collect(),
+        guides: p
+            .guides
+            .iter()
+            .map(|g| StoredGuide {
+                id: g.guide_id.clone(),
+                display_name: g.display_name.clone(),
+                partner: g.partner.to_string(),
+                store: g.store.clone(),
+                share_code: g.share_code.clone(),
+            })
+            .collect(),
+        revenue_shares: p
+            .revenue_shares
+            .iter()
+            .map(|(p, b)| (p.to_string(), *b))
+            .collect(),
+    };
+    serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into())
+}
+
+fn profile_of(json: &str, created_by: &str) -> Profile {
+    let stored: StoredProfile = serde_json::from_str(json).unwrap_or_default();
+    let mut revenue_shares: Vec<(PartnerId, i32)> = stored
+        .revenue_shares
+        .into_iter()
+        .map(|(p, b)| (PartnerId::new(p), b))
+        .collect();
+    if revenue_shares.is_empty() {
+        revenue_shares.push((PartnerId::new(created_by), crate::domain::WHOLE_BPS));
+    }
+    Profile {
+        presenters: stored.presenters,
+        assistants: stored.assistants.into_iter().map(PartnerId::new).collect(),
+        guides: stored
+            .guides
+            .into_iter()
+            .map(|g| Guide {
+                guide_id: g.id,
+                display_name: g.display_name,
+                partner: PartnerId::new(g.partner),
+                store: g.store,
+                share_code: g.share_code,
+            })
+            .collect(),
+        revenue_shares,
+    }
+}
 
 /// Stores a newly scheduled session with its hosts, inside the caller's transaction.
 pub(crate) async fn insert_session(
@@ -49,10 +203,15 @@ pub(crate) async fn insert_session(
         state: Set(state(s.state)),
         created_by: Set(s.created_by.to_string()),
         created_at: Set(at),
+        profile: Set(profile_json(&s.profile)),
+        started_at: Set(s.started_at),
+        ended_at: Set(s.ended_at),
+        salt: Set(s.salt.clone()),
+        peak_viewers: Set(0),
     }
     .insert(txn)
     .await
-    .map_err(StorageError::from)?;
+    .map_err(storage)?;
     for (position, host) in (0..).zip(&s.hosts) {
         session_host::ActiveModel {
             session_id: Set(s.id.clone()),
@@ -61,35 +220,116 @@ pub(crate) async fn insert_session(
         }
         .insert(txn)
         .await
-        .map_err(StorageError::from)?;
+        .map_err(storage)?;
     }
     Ok(())
 }
 
-/// The session `id` when `partner` co-hosts it; `None` otherwise, so another partner's session
-/// and a missing one look alike.
-pub(crate) async fn session_for_host(
+/// Writes a changed session back, if it is still in `was` (a concurrent transition that won
+/// makes this false, and the caller answers with the state it finds).
+pub(crate) async fn save_session(
+    txn: &impl ConnectionTrait,
+    s: &Session,
+    was: SessionState,
+) -> Result<bool, KitError> {
+    let done = session::Entity::update_many()
+        .col_expr(session::Column::Title, Expr::value(s.title.clone()))
+        .col_expr(
+            session::Column::StreamUrl,
+            Expr::value(s.stream_url.clone()),
+        )
+        .col_expr(
+            session::Column::ScheduledStart,
+            Expr::value(s.scheduled_start_millis),
+        )
+        .col_expr(session::Column::State, Expr::value(state(s.state)))
+        .col_expr(
+            session::Column::Profile,
+            Expr::value(profile_json(&s.profile)),
+        )
+        .col_expr(session::Column::StartedAt, Expr::value(s.started_at))
+        .col_expr(session::Column::EndedAt, Expr::value(s.ended_at))
+        .filter(session::Column::Id.eq(s.id.clone()))
+        .filter(session::Column::State.eq(state(was)))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// The session `id`, whoever asks (the caller decides what the asker may see of it).
+pub(crate) async fn load_session(
     conn: &impl ConnectionTrait,
-    partner: &str,
     id: &str,
 ) -> Result<Option<Session>, KitError> {
+    let Some(row) = session::Entity::find_by_id(id)
+        .one(conn)
+        .await
+        .map_err(storage)?
+    else {
+        return Ok(None);
+    };
     let hosts = session_host::Entity::find()
         .filter(session_host::Column::SessionId.eq(id))
         .order_by_asc(session_host::Column::Position)
         .all(conn)
         .await
-        .map_err(StorageError::from)?;
-    if !hosts.iter().any(|h| h.partner_id == partner) {
-        return Ok(None);
+        .map_err(storage)?;
+    Ok(Some(to_domain(row, hosts)))
+}
+
+/// The sessions `partner` co-hosts (with a store token, those in `own_store`), in the order
+/// they were scheduled, after the page's key; only those in `only` when given.
+pub(crate) async fn list_sessions(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    own_store: Option<&str>,
+    only: Option<SessionState>,
+    page: &Page,
+) -> Result<(Vec<Session>, String), KitError> {
+    let mut query = session::Entity::find()
+        .filter(
+            session::Column::Id.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(session_host::Column::SessionId)
+                    .from(session_host::Entity)
+                    .and_where(Expr::col(session_host::Column::PartnerId).eq(partner))
+                    .to_owned(),
+            ),
+        )
+        .order_by_asc(session::Column::Id)
+        .limit(page.size + 1);
+    if let Some(after) = &page.after {
+        query = query.filter(session::Column::Id.gt(after.clone()));
     }
-    let Some(row) = session::Entity::find_by_id(id)
-        .one(conn)
-        .await
-        .map_err(StorageError::from)?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Session {
+    if let Some(s) = only {
+        query = query.filter(session::Column::State.eq(state(s)));
+    }
+    if let Some(own) = own_store {
+        let [p, s] =
+            lianyu_kit::names::parse(own, "partners/{partner}/stores/{store}").unwrap_or(["", ""]);
+        query = query
+            .filter(session::Column::StorePartnerId.eq(p))
+            .filter(session::Column::StoreId.eq(s));
+    }
+    let rows = query.all(conn).await.map_err(storage)?;
+    let (rows, token) = page.finish(rows, |r| r.id.clone());
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let hosts = session_host::Entity::find()
+            .filter(session_host::Column::SessionId.eq(row.id.clone()))
+            .order_by_asc(session_host::Column::Position)
+            .all(conn)
+            .await
+            .map_err(storage)?;
+        out.push(to_domain(row, hosts));
+    }
+    Ok((out, token))
+}
+
+fn to_domain(row: session::Model, hosts: Vec<session_host::Model>) -> Session {
+    Session {
+        profile: profile_of(&row.profile, &row.created_by),
         id: row.id,
         title: row.title,
         hosts: hosts
@@ -109,7 +349,10 @@ pub(crate) async fn session_for_host(
             State::Cancelled => SessionState::Cancelled,
         },
         created_by: PartnerId::new(row.created_by),
-    }))
+        started_at: row.started_at,
+        ended_at: row.ended_at,
+        salt: row.salt,
+    }
 }
 
 fn state(s: SessionState) -> State {

@@ -30,6 +30,30 @@ pub async fn create_entity_table<E: EntityTrait>(
     Ok(())
 }
 
+/// Adds each column `table` lacks (a database created from the current entity already has
+/// them all).
+pub async fn add_columns(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    columns: impl IntoIterator<Item = sea_orm_migration::prelude::ColumnDef>,
+) -> Result<(), DbErr> {
+    use sea_orm_migration::prelude::{Alias, Table};
+    for mut def in columns {
+        let column = def.get_column_name();
+        if !manager.has_column(table, &column).await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Alias::new(table))
+                        .add_column(&mut def)
+                        .to_owned(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// A service's migrations after the kit's own (idempotency keys, outbox, feed cursors, reply
 /// subjects), which every service database holds first.
 pub fn with_kit_tables(own: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn MigrationTrait>> {

@@ -1,0 +1,406 @@
+//! OrderService: orders taken atomically against stock and per-member limits, attributed to
+//! session, selling partner, store and guide; buyers named only to whom they may be.
+
+use lianyu_kit::{
+    Call, KitError,
+    call::unary,
+    directory::Question,
+    ids::{MeshMemberId, PartnerId},
+    names,
+    page::Page,
+    time::{now_millis, timestamp},
+};
+use lianyu_proto::{common::v1 as common, live::v1 as pb};
+use tonic::{Request, Response, Status};
+
+use super::{Api, Role, money};
+use crate::{
+    domain::{LiveError, Order, OrderState, Session, SessionState, check_order},
+    store::{self, OrderScope},
+};
+
+/// The purposes that let a co-host see who bought.
+const NAMING_PURPOSES: [common::ConsentPurpose; 2] = [
+    common::ConsentPurpose::LivePersonalization,
+    common::ConsentPurpose::ShareProfile,
+];
+
+pub(super) fn order_proto(o: &Order, buyer: String) -> pb::Order {
+    pb::Order {
+        name: o.name(),
+        member: buyer,
+        product: format!("sessions/{}/products/{}", o.session_id, o.product_id),
+        flash_sale: o
+            .flash_sale_id
+            .as_ref()
+            .map(|s| format!("sessions/{}/flashSales/{s}", o.session_id))
+            .unwrap_or_default(),
+        quantity: o.quantity,
+        amount: money(&o.amount),
+        partner: format!("partners/{}", o.seller),
+        store: o.store.clone(),
+        guide: o.guide.clone(),
+        payment_reference: o.payment_reference.clone(),
+        state: match o.state {
+            OrderState::Placed => pb::OrderState::Placed,
+            OrderState::Cancelled => pb::OrderState::Cancelled,
+        } as i32,
+        create_time: timestamp(o.created_at),
+        share_code: o.share_code.clone(),
+        placed_by: format!("partners/{}", o.placed_by),
+    }
+}
+
+/// What a request names as bought: a flash sale, or a product at list price.
+enum Item<'a> {
+    Sale(&'a str),
+    Product(&'a str),
+}
+
+fn item<'a>(session: &str, o: &'a pb::Order) -> Result<Item<'a>, KitError> {
+    let in_session =
+        |name: &'a str, pattern: &str, field: &str| match names::parse::<2>(name, pattern) {
+            Ok([s, id]) if s == session => Ok(id),
+            Ok(_) => Err(KitError::invalid(field, "must belong to this session")),
+            Err(e) => Err(KitError::invalid(field, e)),
+        };
+    if !o.flash_sale.is_empty() {
+        return in_session(
+            &o.flash_sale,
+            "sessions/{session}/flashSales/{flash_sale}",
+            "order.flash_sale",
+        )
+        .map(Item::Sale);
+    }
+    if o.product.is_empty() {
+        return Err(KitError::invalid(
+            "order.product",
+            "name a product or a flash sale",
+        ));
+    }
+    in_session(
+        &o.product,
+        "sessions/{session}/products/{product}",
+        "order.product",
+    )
+    .map(Item::Product)
+}
+
+impl Api {
+    /// How each order's buyer is named to `reader`: its own scoped id where it placed the
+    /// order or the member consented (LIVE_PERSONALIZATION or SHARE_PROFILE) to it, asked of
+    /// identity now; the session pseudonym otherwise (and always once erased).
+    pub(super) async fn buyers(
+        &self,
+        reader: &str,
+        session: &Session,
+        orders: &[(Option<String>, PartnerId, String)],
+    ) -> Result<Vec<String>, KitError> {
+        let mut questions = Vec::new();
+        for (member, placed_by, _) in orders {
+            if let Some(m) = member
+                && placed_by.as_str() != reader
+            {
+                for purpose in NAMING_PURPOSES {
+                    questions.push(Question {
+                        member: MeshMemberId::new(m.clone()),
+                        grantor: placed_by.to_string(),
+                        grantee: reader.to_owned(),
+                        purpose: purpose as i32,
+                    });
+                }
+            }
+        }
+        let directory = self.directory()?;
+        let decisions = if questions.is_empty() {
+            Vec::new()
+        } else {
+            directory.decide(reader, &questions).await?
+        };
+        let mut decided = questions.iter().zip(decisions);
+        let mut named: Vec<Option<MeshMemberId>> = Vec::with_capacity(orders.len());
+        for (member, placed_by, _) in orders {
+            let allowed = match member {
+                None => false,
+                Some(_) if placed_by.as_str() == reader => true,
+                Some(_) => {
+                    let answers: Vec<bool> = decided
+                        .by_ref()
+                        .take(NAMING_PURPOSES.len())
+                        .map(|(_, d)| d.allowed)
+                        .collect();
+                    answers.contains(&true)
+                }
+            };
+            named.push(
+                member
+                    .as_ref()
+                    .filter(|_| allowed)
+                    .map(|m| MeshMemberId::new(m.clone())),
+            );
+        }
+        let wanted: Vec<MeshMemberId> = named.iter().flatten().cloned().collect();
+        let mut scoped = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            directory.scoped_ids(reader, &wanted).await?
+        }
+        .into_iter();
+        Ok(named
+            .into_iter()
+            .zip(orders)
+            .map(|(n, (member, _, pseudonym))| {
+                let id = n.and_then(|_| scoped.next().flatten());
+                match (id, member) {
+                    (Some(id), _) => format!("members/{id}"),
+                    (None, Some(m)) => session.pseudonym(m),
+                    (None, None) => pseudonym.clone(),
+                }
+            })
+            .collect())
+    }
+
+    /// Places an order for `call` (already validated outside the transaction).
+    async fn place(
+        &self,
+        call: &Call,
+        r: &pb::PlaceOrderRequest,
+        member: &MeshMemberId,
+    ) -> Result<pb::Order, LiveError> {
+        let given = r.order.clone().unwrap_or_default();
+        let reference = check_order(given.quantity, &given.payment_reference)?;
+        self.orders
+            .run(call, &r.request_id, r, async |txn| {
+                let (session, role) = self.session(txn, call, &r.parent, "parent").await?;
+                if call.who.store.is_some() && role != Role::Host {
+                    return Err(KitError::Denied(
+                        "STORE_TOKEN_NOT_ALLOWED",
+                        "a store token places orders only in a session of its store",
+                    )
+                    .into());
+                }
+                let (store, guide) = session
+                    .attribute(&given.share_code)
+                    .map_err(|e| KitError::invalid("order.share_code", e))?;
+                if session.state != SessionState::Live {
+                    return Err(session.state.refuse("a LIVE session").into());
+                }
+                let now = now_millis();
+                let (product, sale) = match item(&session.id, &given)? {
+                    Item::Sale(id) => {
+                        let sale = store::sale(txn, &session.id, id)
+                            .await?
+                            .ok_or(LiveError::FlashSaleNotFound)?;
+                        let (product, _) = store::product(txn, &session.id, &sale.product_id)
+                            .await?
+                            .ok_or(LiveError::ProductNotFound)?;
+                        (product, Some(sale))
+                    }
+                    Item::Product(id) => {
+                        let (product, _) = store::product(txn, &session.id, id)
+                            .await?
+                            .ok_or(LiveError::ProductNotFound)?;
+                        (product, None)
+                    }
+                };
+                let unit = sale.as_ref().map_or(&product.price, |s| &s.price);
+                let amount = Order::price(unit, given.quantity)?;
+                let mut sold_out = None;
+                if let Some(sale) = &sale {
+                    sale.window.open_at(now)?;
+                    if !store::count_against_limit(
+                        txn,
+                        &sale.id,
+                        member,
+                        given.quantity,
+                        sale.per_member_limit,
+                    )
+                    .await?
+                    {
+                        return Err(KitError::Precondition(
+                            "MEMBER_LIMIT_REACHED",
+                            format!(
+                                "a member buys at most {} of this flash sale",
+                                sale.per_member_limit
+                            ),
+                        )
+                        .into());
+                    }
+                    let Some(left) = store::take_stock(txn, &sale.id, given.quantity).await? else {
+                        return Err(KitError::Precondition(
+                            "SOLD_OUT",
+                            "fewer units are left than asked for".into(),
+                        )
+                        .into());
+                    };
+                    if left == 0 {
+                        sold_out = Some(sale.name());
+                    }
+                }
+                let order = Order {
+                    id: uuid::Uuid::now_v7().simple().to_string(),
+                    session_id: session.id.clone(),
+                    member: Some(member.to_string()),
+                    pseudonym: session.pseudonym(member),
+                    placed_by: PartnerId::new(call.partner_id()),
+                    product_id: product.id.clone(),
+                    flash_sale_id: sale.as_ref().map(|s| s.id.clone()),
+                    quantity: given.quantity,
+                    amount,
+                    seller: product.seller.clone(),
+                    store,
+                    guide,
+                    share_code: given.share_code.clone(),
+                    payment_reference: reference.clone(),
+                    state: OrderState::Placed,
+                    created_at: now,
+                };
+                store::insert_order(txn, &order).await?;
+                if let Some(flash_sale) = sold_out {
+                    self.tell_viewers(
+                        txn,
+                        &session.id,
+                        pb::join_session_response::Update::StockLevel(pb::StockLevel {
+                            flash_sale,
+                            remaining_stock: 0,
+                        }),
+                    )
+                    .await?;
+                }
+                let stored = order_proto(&order, format!("meshMembers/{member}"));
+                self.tell_hosts(
+                    txn,
+                    &session,
+                    pb::watch_live_events_response::Event::Order(stored),
+                    now,
+                )
+                .await?;
+                Ok(order_proto(&order, given.member.clone()))
+            })
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::order_service_server::OrderService for Api {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        unary(request, async |call, r| {
+            let given = r.order.clone().unwrap_or_default();
+            // Bad fields first, all at once, before identity is asked anything.
+            let mut v = lianyu_kit::validate::Violations::default();
+            if let Err(e) = names::parse::<1>(&r.parent, "sessions/{session}") {
+                v.add("parent", e);
+            }
+            if let Err(e) = names::parse::<1>(&given.member, "members/{member}") {
+                v.add("order.member", e);
+            }
+            if let Err(KitError::Invalid(fields)) =
+                check_order(given.quantity, &given.payment_reference)
+            {
+                for f in fields {
+                    v.add(f.field, f.description);
+                }
+            }
+            v.finish()?;
+            let member = self.mesh_id(&call, &given.member, "order.member").await?;
+            self.place(&call, &r, &member).await
+        })
+        .await
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        unary(request, async |call, r| {
+            let [session_id, order_id] = names::parse(&r.name, "sessions/{session}/orders/{order}")
+                .map_err(|e| KitError::invalid("name", e))?;
+            self.orders
+                .run(&call, &r.request_id, &r, async |txn| {
+                    let mut order = store::order(txn, session_id, order_id)
+                        .await?
+                        .filter(|o| {
+                            !call.who.operator
+                                && (o.placed_by.as_str() == call.partner_id()
+                                    || o.seller.as_str() == call.partner_id())
+                        })
+                        .ok_or(LiveError::OrderNotFound)?;
+                    if order.state != OrderState::Placed
+                        || !store::cancel_order(txn, &order.id).await?
+                    {
+                        return Err(KitError::WrongState(
+                            "ORDER_STATE",
+                            "CANCELLED",
+                            "only a PLACED order is cancelled".into(),
+                        )
+                        .into());
+                    }
+                    if let Some(sale) = &order.flash_sale_id {
+                        store::restock(txn, sale, order.member.as_deref(), order.quantity).await?;
+                    }
+                    order.state = OrderState::Cancelled;
+                    let session = store::load_session(txn, session_id)
+                        .await?
+                        .ok_or(LiveError::OrderNotFound)?;
+                    let stored = order_proto(
+                        &order,
+                        order
+                            .member
+                            .as_ref()
+                            .map(|m| format!("meshMembers/{m}"))
+                            .unwrap_or_else(|| order.pseudonym.clone()),
+                    );
+                    self.tell_hosts(
+                        txn,
+                        &session,
+                        pb::watch_live_events_response::Event::Order(stored),
+                        now_millis(),
+                    )
+                    .await?;
+                    // The reply names the buyer by the session pseudonym, which any reader may see.
+                    Ok(order_proto(&order, order.pseudonym.clone()))
+                })
+                .await
+        })
+        .await
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        unary(request, async |call, r| {
+            let (session, role) = self.session(&self.read, &call, &r.parent, "parent").await?;
+            let scope = match (role, call.who.store.as_deref()) {
+                (Role::Host, Some(own)) => OrderScope::Store(own),
+                (Role::Host, None) => OrderScope::All,
+                _ => OrderScope::PlacedBy(call.partner_id()),
+            };
+            let store_key = call.who.store.clone().unwrap_or_default();
+            let page = Page::parse(
+                r.page_size,
+                &r.page_token,
+                &[call.partner_id(), &store_key, &session.id],
+            )?;
+            let (orders, next_page_token) =
+                store::list_orders(&self.read, &session.id, scope, &page).await?;
+            let keys: Vec<_> = orders
+                .iter()
+                .map(|o| (o.member.clone(), o.placed_by.clone(), o.pseudonym.clone()))
+                .collect();
+            let buyers = self.buyers(call.partner_id(), &session, &keys).await?;
+            Ok::<_, LiveError>(pb::ListOrdersResponse {
+                orders: orders
+                    .iter()
+                    .zip(buyers)
+                    .map(|(o, b)| order_proto(o, b))
+                    .collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,422 @@
+//! ViewerService and the hub behind it.
+//!
+//! Every change viewers should see is appended to the service's event log (the kit's outbox)
+//! in the transaction that makes it, so every replica sees every change: one reader per
+//! replica follows the log (LISTEN/NOTIFY on PostgreSQL, polling on SQLite) and hands each
+//! change to that replica's room for the session — a broadcast ring of bounded size shared by
+//! all its viewers. A viewer's stream holds a place in the ring, not a copy of it; a viewer
+//! that stops reading falls off the ring's end and, when it reads again, gets a fresh snapshot
+//! instead of the backlog. A ticker adds what is not worth a log entry per change: stock
+//! levels (read from the database, at most twice a second) and viewer counts (each replica
+//! reports its own; the count shown is the sum).
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt};
+use lianyu_kit::{Call, KitError, call::status, feed::Feed, time::now_millis};
+use lianyu_proto::live::v1 as pb;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{Api, Role, session_proto, showcase};
+use crate::{
+    domain::{LiveError, SessionState},
+    store,
+};
+
+/// Changes a room keeps for viewers that are a little behind; one further behind gets a
+/// snapshot.
+const ROOM_BUFFER: usize = 64;
+/// How often stock levels are read for rooms with viewers.
+const STOCK_TICK: Duration = Duration::from_millis(500);
+/// How often each replica reports its viewers and reads the total.
+const PRESENCE_TICK: Duration = Duration::from_secs(2);
+
+/// The log's kind for a session's viewer changes.
+pub(super) fn viewer_kind(session: &str) -> String {
+    format!("viewer:{session}")
+}
+
+type Update = Arc<pb::JoinSessionResponse>;
+
+/// One session's viewers on this replica.
+struct Room {
+    tx: broadcast::Sender<Update>,
+    viewers: AtomicI64,
+    anonymous_joins: AtomicI64,
+    /// The count across replicas last read (shown in snapshots).
+    counted: AtomicI64,
+    /// The stock levels last told, per flash sale.
+    stock: Mutex<HashMap<String, i64>>,
+}
+
+/// The rooms of this replica.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    rooms: Arc<Mutex<HashMap<String, Arc<Room>>>>,
+    replica: Arc<str>,
+}
+
+/// A viewer's place in a room; leaving (the stream dropped) frees it.
+struct Seat(Arc<Room>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Hub {
+    /// The hub of this replica, following `feed` until `stopping`.
+    pub(crate) fn start(feed: Feed, read: DatabaseConnection, stopping: CancellationToken) -> Self {
+        let hub = Self {
+            rooms: Arc::default(),
+            replica: uuid::Uuid::new_v4().simple().to_string().into(),
+        };
+        tokio::spawn(hub.clone().follow(feed, stopping.clone()));
+        tokio::spawn(hub.clone().tick(read, stopping));
+        hub
+    }
+
+    fn room(&self, session: &str) -> Arc<Room> {
+        let mut rooms = self
+            .rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rooms
+            .entry(session.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Room {
+                    tx: broadcast::Sender::new(ROOM_BUFFER),
+                    viewers: AtomicI64::new(0),
+                    anonymous_joins: AtomicI64::new(0),
+                    counted: AtomicI64::new(0),
+                    stock: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+
+    fn existing(&self, session: &str) -> Option<Arc<Room>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(session)
+            .cloned()
+    }
+
+    /// Reads the log from now on and hands each viewer change to its room.
+    async fn follow(self, feed: Feed, stopping: CancellationToken) {
+        let head = loop {
+            match feed.head().await {
+                Ok(head) => break head,
+                Err(e) => {
+                    tracing::warn!(error = %e, "live hub: reading the log's head failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stopping.cancelled() => return,
+                    }
+                }
+            }
+        };
+        let mut changes = feed.watch(head, None, |event| {
+            let session = event.kind.strip_prefix("viewer:")?.to_owned();
+            let update: pb::JoinSessionResponse = event.decode()?;
+            Some((session, update))
+        });
+        loop {
+            tokio::select! {
+                next = changes.next() => match next {
+                    Some(Ok((session, update))) => {
+                        if let Some(room) = self.existing(&session) {
+                            // No receiver is fine: nobody watches here now.
+                            let _ = room.tx.send(Arc::new(update));
+                        }
+                    }
+                    Some(Err(status)) => {
+                        tracing::warn!(code = ?status.code(), "live hub: the log's reader ended; following again");
+                        changes = feed.watch(feed.head().await.unwrap_or(head), None, |event| {
+                            let session = event.kind.strip_prefix("viewer:")?.to_owned();
+                            let update: pb::JoinSessionResponse = event.decode()?;
+                            Some((session, update))
+                        });
+                    }
+                    None => return,
+                },
+                () = stopping.cancelled() => return,
+            }
+        }
+    }
+
+    /// Stock levels and viewer counts, for rooms with viewers; empty rooms are closed after
+    /// reporting zero.
+    async fn tick(self, read: DatabaseConnection, stopping: CancellationToken) {
+        let mut stock = tokio::time::interval(STOCK_TICK);
+        let mut presence = tokio::time::interval(PRESENCE_TICK);
+        stock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stock.tick() => self.tell_stock(&read).await,
+                _ = presence.tick() => self.tell_presence(&read).await,
+                () = stopping.cancelled() => return,
+            }
+        }
+    }
+
+    fn rooms(&self) -> Vec<(String, Arc<Room>)> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    async fn tell_stock(&self, read: &DatabaseConnection) {
+        for (session, room) in self.rooms() {
+            if room.viewers.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let Ok(sales) = store::open_sales(read, &session, now_millis()).await else {
+                continue;
+            };
+            for sale in sales {
+                let changed = {
+                    let mut last = room
+                        .stock
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    last.insert(sale.id.clone(), sale.remaining_stock) != Some(sale.remaining_stock)
+                };
+                if changed {
+                    let _ = room.tx.send(Arc::new(pb::JoinSessionResponse {
+                        update: Some(pb::join_session_response::Update::StockLevel(
+                            pb::StockLevel {
+                                flash_sale: sale.name(),
+                                remaining_stock: sale.remaining_stock,
+                            },
+                        )),
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn tell_presence(&self, read: &DatabaseConnection) {
+        let now = now_millis();
+        for (session, room) in self.rooms() {
+            let here = room.viewers.load(Ordering::Relaxed);
+            let anonymous = room.anonymous_joins.load(Ordering::Relaxed);
+            if let Err(e) =
+                store::report_presence(read, &self.replica, &session, here, anonymous, now).await
+            {
+                tracing::warn!(error = %e, "live hub: reporting presence failed");
+                continue;
+            }
+            if here == 0 && room.tx.receiver_count() == 0 {
+                let mut rooms = self
+                    .rooms
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if room.viewers.load(Ordering::Relaxed) == 0 {
+                    rooms.remove(&session);
+                }
+                continue;
+            }
+            let Ok(audience) = store::audience(read, &session, now).await else {
+                continue;
+            };
+            let _ = store::raise_peak(read, &session, audience.now).await;
+            if room.counted.swap(audience.now, Ordering::Relaxed) != audience.now {
+                let _ = room.tx.send(Arc::new(pb::JoinSessionResponse {
+                    update: Some(pb::join_session_response::Update::Viewers(audience.now)),
+                }));
+            }
+        }
+    }
+}
+
+type JoinStream = Pin<Box<dyn Stream<Item = Result<pb::JoinSessionResponse, Status>> + Send>>;
+
+impl Api {
+    /// What a viewer's screen needs now.
+    async fn snapshot(
+        &self,
+        session: &str,
+        room: &Room,
+    ) -> Result<pb::JoinSessionResponse, KitError> {
+        let s = store::load_session(&self.read, session)
+            .await?
+            .ok_or(KitError::NotFound("SESSION_NOT_FOUND"))?;
+        let pinned = store::pinned_product(&self.read, session).await?;
+        let sales = store::open_sales(&self.read, session, now_millis()).await?;
+        let viewers = room
+            .counted
+            .load(Ordering::Relaxed)
+            .max(room.viewers.load(Ordering::Relaxed));
+        Ok(pb::JoinSessionResponse {
+            update: Some(pb::join_session_response::Update::Snapshot(pb::Snapshot {
+                session: Some(session_proto(&s, Role::Public)),
+                pinned_product: pinned.map(|p| showcase::product_proto(&p, true)),
+                flash_sales: sales.iter().map(showcase::sale_proto).collect(),
+                viewers,
+            })),
+        })
+    }
+
+    /// Records an identified member's first join of a session and tells the hosts' feed.
+    async fn joined(
+        &self,
+        session: &crate::domain::Session,
+        member: &str,
+        partner: &str,
+    ) -> Result<(), KitError> {
+        let now = now_millis();
+        let txn = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| KitError::Storage(e.into()))?;
+        if store::record_viewer(&txn, &session.id, member, partner, now).await? {
+            self.tell_hosts(
+                &txn,
+                session,
+                pb::watch_live_events_response::Event::ViewerJoined(pb::ViewerJoined {
+                    session: format!("sessions/{}", session.id),
+                    member: format!("meshMembers/{member}"),
+                    partner: format!("partners/{partner}"),
+                }),
+                now,
+            )
+            .await?;
+        }
+        txn.commit()
+            .await
+            .map_err(|e| KitError::Storage(e.into()))?;
+        self.feed.published();
+        Ok(())
+    }
+}
+
+/// Whether a change ends the viewer's stream (the session ended or was cancelled).
+fn ends(update: &pb::JoinSessionResponse) -> bool {
+    matches!(
+        &update.update,
+        Some(pb::join_session_response::Update::Session(s))
+            if s.state == pb::SessionState::Ended as i32
+                || s.state == pb::SessionState::Cancelled as i32
+    )
+}
+
+/// One viewer's stream: what to send first, its place in the room, and whether it is over.
+struct Watching {
+    pending: Option<pb::JoinSessionResponse>,
+    rx: broadcast::Receiver<Update>,
+    seat: Seat,
+    session: String,
+    done: bool,
+    api: Api,
+}
+
+impl Watching {
+    async fn next(mut self) -> Option<(Result<pb::JoinSessionResponse, Status>, Self)> {
+        if let Some(update) = self.pending.take() {
+            self.done = ends(&update);
+            return Some((Ok(update), self));
+        }
+        if self.done {
+            return None;
+        }
+        let stopping = self.api.stopping.clone();
+        tokio::select! {
+            received = self.rx.recv() => match received {
+                Ok(update) => {
+                    let update = (*update).clone();
+                    self.done = ends(&update);
+                    Some((Ok(update), self))
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind: a fresh snapshot instead of the backlog.
+                    self.rx = self.rx.resubscribe();
+                    match self.api.snapshot(&self.session, &self.seat.0).await {
+                        Ok(s) => Some((Ok(s), self)),
+                        Err(e) => {
+                            self.done = true;
+                            Some((Err(status(&LiveError::from(e))), self))
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            () = stopping.cancelled() => {
+                self.done = true;
+                Some((Err(Status::unavailable("the server is shutting down; join again")), self))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::viewer_service_server::ViewerService for Api {
+    async fn join_session(
+        &self,
+        request: Request<pb::JoinSessionRequest>,
+    ) -> Result<Response<JoinStream>, Status> {
+        let call = Call::of(&request).map_err(|e| status(&LiveError::from(e)))?;
+        let r = request.into_inner();
+        let opened = async {
+            let (session, _) = self
+                .session(&self.read, &call, &r.session, "session")
+                .await?;
+            if !matches!(session.state, SessionState::Scheduled | SessionState::Live) {
+                return Err(session.state.refuse("a SCHEDULED or LIVE session").into());
+            }
+            let member = if r.member.is_empty() {
+                None
+            } else {
+                Some(self.mesh_id(&call, &r.member, "member").await?)
+            };
+            Ok::<_, LiveError>((session, member))
+        };
+        let (session, member) = opened.await.map_err(|e| status(&e))?;
+        let room = self.hub.room(&session.id);
+        // Subscribe before the snapshot: a change in between arrives after it, never lost.
+        let rx = room.tx.subscribe();
+        room.viewers.fetch_add(1, Ordering::Relaxed);
+        let seat = Seat(room.clone());
+        match &member {
+            Some(m) => self
+                .joined(&session, m, call.partner_id())
+                .await
+                .map_err(|e| status(&LiveError::from(e)))?,
+            None => {
+                room.anonymous_joins.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let first = self
+            .snapshot(&session.id, &room)
+            .await
+            .map_err(|e| status(&LiveError::from(e)))?;
+        let watching = Watching {
+            pending: Some(first),
+            rx,
+            seat,
+            session: session.id.clone(),
+            done: false,
+            api: self.clone(),
+        };
+        let stream = futures::stream::unfold(watching, Watching::next);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,518 @@
+//! Products, pins, flash sales and orders. Stock and per-member limits change only by
+//! conditional updates, so no interleaving of buyers — on one replica or several sharing a
+//! PostgreSQL — takes stock below zero or a member past the limit.
+
+use lianyu_kit::{KitError, ids::PartnerId, money::Money, page::Page};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    sea_query::{Expr, ExprTrait, OnConflict},
+};
+
+use super::{
+    entities::{flash_sale, order, pin_marker, product, sale_buyer},
+    storage,
+};
+use crate::domain::{FlashSale, Order, OrderState, Product, SaleWindow};
+
+fn money(currency: String, minor_units: i64) -> Money {
+    Money::new(&currency, minor_units).unwrap_or_else(|_| {
+        // Only checked amounts are ever stored; a row that is not one reads as zero CNY.
+        Money::new("CNY", 0).unwrap_or_else(|_| unreachable!("CNY 0 is valid"))
+    })
+}
+
+/// Stores a product; false when the seller's SKU is already on the session.
+pub(crate) async fn insert_product(
+    txn: &impl ConnectionTrait,
+    p: &Product,
+) -> Result<bool, KitError> {
+    let taken = product::Entity::find()
+        .filter(product::Column::SessionId.eq(p.session_id.clone()))
+        .filter(product::Column::SellerId.eq(p.seller.to_string()))
+        .filter(product::Column::Sku.eq(p.sku.clone()))
+        .one(txn)
+        .await
+        .map_err(storage)?;
+    if taken.is_some() {
+        return Ok(false);
+    }
+    product::ActiveModel {
+        id: Set(p.id.clone()),
+        session_id: Set(p.session_id.clone()),
+        sku: Set(p.sku.clone()),
+        title: Set(p.title.clone()),
+        currency: Set(p.price.currency().to_owned()),
+        price: Set(p.price.minor_units()),
+        seller_id: Set(p.seller.to_string()),
+        category: Set(p.category.clone()),
+        pinned: Set(false),
+    }
+    .insert(txn)
+    .await
+    .map_err(storage)?;
+    Ok(true)
+}
+
+fn to_product(r: product::Model) -> (Product, bool) {
+    (
+        Product {
+            id: r.id,
+            session_id: r.session_id,
+            sku: r.sku,
+            title: r.title,
+            price: money(r.currency, r.price),
+            seller: PartnerId::new(r.seller_id),
+            category: r.category,
+        },
+        r.pinned,
+    )
+}
+
+/// A product of `session` with whether it is pinned.
+pub(crate) async fn product(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    id: &str,
+) -> Result<Option<(Product, bool)>, KitError> {
+    Ok(product::Entity::find_by_id(id)
+        .filter(product::Column::SessionId.eq(session))
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .map(to_product))
+}
+
+/// A session's products in the order they were added.
+pub(crate) async fn list_products(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    page: &Page,
+) -> Result<(Vec<(Product, bool)>, String), KitError> {
+    let rows = page
+        .fetch(
+            conn,
+            product::Entity::find(),
+            (product::Column::SessionId, session),
+            product::Column::Id,
+        )
+        .await?;
+    let (rows, token) = page.finish(rows, |r| r.id.clone());
+    Ok((rows.into_iter().map(to_product).collect(), token))
+}
+
+/// The product on screen now, if any.
+pub(crate) async fn pinned_product(
+    conn: &impl ConnectionTrait,
+    session: &str,
+) -> Result<Option<Product>, KitError> {
+    Ok(product::Entity::find()
+        .filter(product::Column::SessionId.eq(session))
+        .filter(product::Column::Pinned.eq(true))
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .map(|r| to_product(r).0))
+}
+
+/// Pins `product` (unpinning any other) and keeps the marker at `offset` into the stream; or
+/// unpins it.
+pub(crate) async fn pin(
+    txn: &impl ConnectionTrait,
+    session: &str,
+    product_id: &str,
+    pinned: bool,
+    at: i64,
+    offset: i64,
+) -> Result<(), KitError> {
+    if pinned {
+        product::Entity::update_many()
+            .col_expr(product::Column::Pinned, Expr::value(false))
+            .filter(product::Column::SessionId.eq(session))
+            .exec(txn)
+            .await
+            .map_err(storage)?;
+        pin_marker::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().simple().to_string()),
+            session_id: Set(session.to_owned()),
+            product_id: Set(product_id.to_owned()),
+            pinned_at: Set(at),
+            offset_millis: Set(offset),
+        }
+        .insert(txn)
+        .await
+        .map_err(storage)?;
+    }
+    product::Entity::update_many()
+        .col_expr(product::Column::Pinned, Expr::value(pinned))
+        .filter(product::Column::Id.eq(product_id))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// A pin marker: the product id, when, and the offset into the stream.
+pub(crate) struct Marker {
+    pub(crate) product_id: String,
+    pub(crate) at: i64,
+    pub(crate) offset: i64,
+}
+
+/// A session's pins in stream order.
+pub(crate) async fn list_markers(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    page: &Page,
+) -> Result<(Vec<Marker>, String), KitError> {
+    let rows = page
+        .fetch(
+            conn,
+            pin_marker::Entity::find(),
+            (pin_marker::Column::SessionId, session),
+            pin_marker::Column::Id,
+        )
+        .await?;
+    let (rows, token) = page.finish(rows, |r| r.id.clone());
+    Ok((
+        rows.into_iter()
+            .map(|r| Marker {
+                product_id: r.product_id,
+                at: r.pinned_at,
+                offset: r.offset_millis,
+            })
+            .collect(),
+        token,
+    ))
+}
+
+/// Stores a new flash sale.
+pub(crate) async fn insert_sale(txn: &impl ConnectionTrait, s: &FlashSale) -> Result<(), KitError> {
+    flash_sale::ActiveModel {
+        id: Set(s.id.clone()),
+        session_id: Set(s.session_id.clone()),
+        product_id: Set(s.product_id.clone()),
+        currency: Set(s.price.currency().to_owned()),
+        price: Set(s.price.minor_units()),
+        total_stock: Set(s.total_stock),
+        remaining: Set(s.remaining_stock),
+        per_member_limit: Set(s.per_member_limit),
+        starts_at: Set(s.window.start),
+        ends_at: Set(s.window.end),
+    }
+    .insert(txn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+fn to_sale(r: flash_sale::Model) -> FlashSale {
+    FlashSale {
+        id: r.id,
+        session_id: r.session_id,
+        product_id: r.product_id,
+        price: money(r.currency, r.price),
+        total_stock: r.total_stock,
+        remaining_stock: r.remaining,
+        per_member_limit: r.per_member_limit,
+        window: SaleWindow {
+            start: r.starts_at,
+            end: r.ends_at,
+        },
+    }
+}
+
+/// A flash sale of `session`.
+pub(crate) async fn sale(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    id: &str,
+) -> Result<Option<FlashSale>, KitError> {
+    Ok(flash_sale::Entity::find_by_id(id)
+        .filter(flash_sale::Column::SessionId.eq(session))
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .map(to_sale))
+}
+
+/// The session's flash sales open at `now`, oldest first.
+pub(crate) async fn open_sales(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    now: i64,
+) -> Result<Vec<FlashSale>, KitError> {
+    Ok(flash_sale::Entity::find()
+        .filter(flash_sale::Column::SessionId.eq(session))
+        .filter(flash_sale::Column::StartsAt.lte(now))
+        .filter(flash_sale::Column::EndsAt.gt(now))
+        .order_by_asc(flash_sale::Column::Id)
+        .all(conn)
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .map(to_sale)
+        .collect())
+}
+
+/// Ends every flash sale of a session that ends now (so none stays open after it).
+pub(crate) async fn close_sales(
+    txn: &impl ConnectionTrait,
+    session: &str,
+    now: i64,
+) -> Result<(), KitError> {
+    flash_sale::Entity::update_many()
+        .col_expr(flash_sale::Column::EndsAt, Expr::value(now))
+        .filter(flash_sale::Column::SessionId.eq(session))
+        .filter(flash_sale::Column::EndsAt.gt(now))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Takes `quantity` units of a sale: one conditional update, so the stock never goes below
+/// zero. The units left after it, or `None` when fewer than asked were left.
+pub(crate) async fn take_stock(
+    txn: &impl ConnectionTrait,
+    sale: &str,
+    quantity: i32,
+) -> Result<Option<i64>, KitError> {
+    let q = i64::from(quantity);
+    let done = flash_sale::Entity::update_many()
+        .col_expr(
+            flash_sale::Column::Remaining,
+            Expr::col(flash_sale::Column::Remaining).sub(q),
+        )
+        .filter(flash_sale::Column::Id.eq(sale))
+        .filter(flash_sale::Column::Remaining.gte(q))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    if done.rows_affected != 1 {
+        return Ok(None);
+    }
+    Ok(flash_sale::Entity::find_by_id(sale)
+        .one(txn)
+        .await
+        .map_err(storage)?
+        .map(|r| r.remaining))
+}
+
+/// Counts `quantity` more units against the member's limit in a sale: one upsert whose update
+/// only happens within the limit, so concurrent orders of one member never pass it. False
+/// when it would.
+pub(crate) async fn count_against_limit(
+    txn: &impl ConnectionTrait,
+    sale: &str,
+    member: &str,
+    quantity: i32,
+    limit: i32,
+) -> Result<bool, KitError> {
+    if quantity > limit {
+        return Ok(false);
+    }
+    let inserted = sale_buyer::Entity::insert(sale_buyer::ActiveModel {
+        flash_sale_id: Set(sale.to_owned()),
+        member_id: Set(member.to_owned()),
+        bought: Set(quantity),
+    })
+    .on_conflict(
+        OnConflict::columns([
+            sale_buyer::Column::FlashSaleId,
+            sale_buyer::Column::MemberId,
+        ])
+        .value(
+            sale_buyer::Column::Bought,
+            Expr::col((sale_buyer::Entity, sale_buyer::Column::Bought)).add(quantity),
+        )
+        .action_and_where(
+            Expr::col((sale_buyer::Entity, sale_buyer::Column::Bought))
+                .add(quantity)
+                .lte(limit),
+        )
+        .to_owned(),
+    )
+    .exec_without_returning(txn)
+    .await
+    .map_err(storage)?;
+    Ok(inserted == 1)
+}
+
+/// Gives a cancelled order's units back: to the sale's stock and the member's limit.
+pub(crate) async fn restock(
+    txn: &impl ConnectionTrait,
+    sale: &str,
+    member: Option<&str>,
+    quantity: i32,
+) -> Result<(), KitError> {
+    flash_sale::Entity::update_many()
+        .col_expr(
+            flash_sale::Column::Remaining,
+            Expr::col(flash_sale::Column::Remaining).add(i64::from(quantity)),
+        )
+        .filter(flash_sale::Column::Id.eq(sale))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    if let Some(member) = member {
+        sale_buyer::Entity::update_many()
+            .col_expr(
+                sale_buyer::Column::Bought,
+                Expr::col(sale_buyer::Column::Bought).sub(quantity),
+            )
+            .filter(sale_buyer::Column::FlashSaleId.eq(sale))
+            .filter(sale_buyer::Column::MemberId.eq(member))
+            .exec(txn)
+            .await
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// Stores a placed order.
+pub(crate) async fn insert_order(txn: &impl ConnectionTrait, o: &Order) -> Result<(), KitError> {
+    order::ActiveModel {
+        id: Set(o.id.clone()),
+        session_id: Set(o.session_id.clone()),
+        member_id: Set(o.member.clone()),
+        pseudonym: Set(o.pseudonym.clone()),
+        placed_by: Set(o.placed_by.to_string()),
+        product_id: Set(o.product_id.clone()),
+        flash_sale_id: Set(o.flash_sale_id.clone()),
+        quantity: Set(o.quantity),
+        currency: Set(o.amount.currency().to_owned()),
+        amount: Set(o.amount.minor_units()),
+        seller_id: Set(o.seller.to_string()),
+        store: Set(o.store.clone()),
+        guide: Set(o.guide.clone()),
+        share_code: Set(o.share_code.clone()),
+        payment_reference: Set(o.payment_reference.clone()),
+        cancelled: Set(false),
+        created_at: Set(o.created_at),
+    }
+    .insert(txn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+fn to_order(r: order::Model) -> Order {
+    Order {
+        id: r.id,
+        session_id: r.session_id,
+        member: r.member_id,
+        pseudonym: r.pseudonym,
+        placed_by: PartnerId::new(r.placed_by),
+        product_id: r.product_id,
+        flash_sale_id: r.flash_sale_id,
+        quantity: r.quantity,
+        amount: money(r.currency, r.amount),
+        seller: PartnerId::new(r.seller_id),
+        store: r.store,
+        guide: r.guide,
+        share_code: r.share_code,
+        payment_reference: r.payment_reference,
+        state: if r.cancelled {
+            OrderState::Cancelled
+        } else {
+            OrderState::Placed
+        },
+        created_at: r.created_at,
+    }
+}
+
+/// An order of `session`.
+pub(crate) async fn order(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    id: &str,
+) -> Result<Option<Order>, KitError> {
+    Ok(order::Entity::find_by_id(id)
+        .filter(order::Column::SessionId.eq(session))
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .map(to_order))
+}
+
+/// Marks a placed order cancelled; false when it already was (a concurrent cancel won).
+pub(crate) async fn cancel_order(txn: &impl ConnectionTrait, id: &str) -> Result<bool, KitError> {
+    let done = order::Entity::update_many()
+        .col_expr(order::Column::Cancelled, Expr::value(true))
+        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Cancelled.eq(false))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Whose orders a reader sees.
+pub(crate) enum OrderScope<'a> {
+    /// A co-host: every order of the session.
+    All,
+    /// A co-host's store token: the orders credited to that store.
+    Store(&'a str),
+    /// Anyone else: the orders it placed.
+    PlacedBy(&'a str),
+}
+
+/// A session's orders in `scope`, oldest first.
+pub(crate) async fn list_orders(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    scope: OrderScope<'_>,
+    page: &Page,
+) -> Result<(Vec<Order>, String), KitError> {
+    let mut query = order::Entity::find();
+    match scope {
+        OrderScope::All => {}
+        OrderScope::Store(s) => query = query.filter(order::Column::Store.eq(s)),
+        OrderScope::PlacedBy(p) => query = query.filter(order::Column::PlacedBy.eq(p)),
+    }
+    let rows = page
+        .fetch(
+            conn,
+            query,
+            (order::Column::SessionId, session),
+            order::Column::Id,
+        )
+        .await?;
+    let (rows, token) = page.finish(rows, |r| r.id.clone());
+    Ok((rows.into_iter().map(to_order).collect(), token))
+}
+
+/// Every placed order of a session (for its figures).
+pub(crate) async fn placed_orders(
+    conn: &impl ConnectionTrait,
+    session: &str,
+) -> Result<Vec<Order>, KitError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::SessionId.eq(session))
+        .filter(order::Column::Cancelled.eq(false))
+        .all(conn)
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .map(to_order)
+        .collect())
+}
+
+/// Forgets who bought, in the orders `partner` placed for `member`, after the member was
+/// erased there: co-hosts see the orders' pseudonyms from then on.
+pub(crate) async fn forget_buyer(
+    txn: &impl ConnectionTrait,
+    member: &str,
+    partner: &str,
+) -> Result<u64, KitError> {
+    let done = order::Entity::update_many()
+        .col_expr(order::Column::MemberId, Expr::value(Option::<String>::None))
+        .filter(order::Column::MemberId.eq(member))
+        .filter(order::Column::PlacedBy.eq(partner))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected)
+}

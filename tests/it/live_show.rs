@@ -1,0 +1,769 @@
+//! A co-hosted livestream end to end through identity: the brand and the mall run a show from
+//! the mall's store, viewers watch it live, a flash sale sells out exactly at any concurrency
+//! (also across two instances on one database), orders are credited to partner, store and
+//! guide, buyers are named only to whom they consented, and a viewer that stops reading gets
+//! a snapshot instead of a backlog.
+
+use futures::future::join_all;
+use lianyu_kit::{
+    testing::{BRAND, MALL, OUTSIDER, TestServer, reason},
+    time::{now_millis, timestamp},
+};
+use lianyu_proto::{
+    common::v1::{ConsentPurpose, Money},
+    identity::v1::{self as id, consent_service_client::ConsentServiceClient},
+    live::v1::{
+        self as pb, join_session_response::Update, order_service_client::OrderServiceClient,
+        session_service_client::SessionServiceClient,
+        showcase_service_client::ShowcaseServiceClient, stats_service_client::StatsServiceClient,
+        viewer_service_client::ViewerServiceClient,
+    },
+};
+use tonic::{Code, codegen::InterceptedService, transport::Channel};
+use tonic_types::StatusExt;
+
+use crate::{support::rows, wallets::enrol};
+
+type Svc = InterceptedService<Channel, lianyu_kit::client::Bearer>;
+
+async fn mesh(test: &str) -> TestServer {
+    crate::support::with_identity!(test, "live", lianyu_live::mount, |config| {
+        config.limits.max_concurrent_requests = 512;
+        config.limits.admission_wait = std::time::Duration::from_secs(10);
+    })
+}
+
+fn sessions(s: &TestServer, token: &str) -> SessionServiceClient<Svc> {
+    SessionServiceClient::new(s.as_token(token))
+}
+fn showcase(s: &TestServer, token: &str) -> ShowcaseServiceClient<Svc> {
+    ShowcaseServiceClient::new(s.as_token(token))
+}
+fn orders(s: &TestServer, token: &str) -> OrderServiceClient<Svc> {
+    OrderServiceClient::new(s.as_token(token))
+}
+fn viewers(s: &TestServer, token: &str) -> ViewerServiceClient<Svc> {
+    ViewerServiceClient::new(s.as_token(token))
+}
+fn stats(s: &TestServer, token: &str) -> StatsServiceClient<Svc> {
+    StatsServiceClient::new(s.as_token(token))
+}
+
+fn cny(minor_units: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "CNY".into(),
+        minor_units,
+    })
+}
+
+/// The brand and the mall co-host a show from the mall's store sh01, with the mall's guide
+/// Lin on air and revenue shared 60/40; it is started. Returns the session.
+async fn on_air(s: &TestServer) -> pb::Session {
+    let created = sessions(s, &s.token(BRAND))
+        .create_session(pb::CreateSessionRequest {
+            request_id: "schedule".into(),
+            session: Some(pb::Session {
+                title: "Double 12 at the flagship".into(),
+                hosts: vec![format!("partners/{MALL}")],
+                store: format!("partners/{MALL}/stores/sh01"),
+                stream_url: "https://cdn.example/live/1.m3u8".into(),
+                scheduled_start_time: timestamp(now_millis() + 60_000),
+                presenters: vec!["Ana".into()],
+                guides: vec![pb::Guide {
+                    guide_id: "lin".into(),
+                    display_name: "Lin".into(),
+                    partner: format!("partners/{MALL}"),
+                    ..Default::default()
+                }],
+                revenue_shares: vec![
+                    pb::RevenueShare {
+                        partner: format!("partners/{BRAND}"),
+                        share_bps: 6_000,
+                    },
+                    pb::RevenueShare {
+                        partner: format!("partners/{MALL}"),
+                        share_bps: 4_000,
+                    },
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    sessions(s, &s.token(MALL))
+        .start_session(pb::StartSessionRequest {
+            request_id: "start".into(),
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn add_product(s: &TestServer, session: &str, sku: &str, price: i64) -> pb::Product {
+    showcase(s, &s.token(BRAND))
+        .add_product(pb::AddProductRequest {
+            request_id: format!("add-{sku}"),
+            parent: session.into(),
+            product: Some(pb::Product {
+                sku: sku.into(),
+                title: "Lipstick 520".into(),
+                price: cny(price),
+                category: "cosmetics".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn flash_sale(
+    s: &TestServer,
+    session: &str,
+    product: &str,
+    stock: i64,
+    limit: i32,
+) -> pb::FlashSale {
+    showcase(s, &s.token(BRAND))
+        .create_flash_sale(pb::CreateFlashSaleRequest {
+            request_id: format!("sale-{product}-{stock}"),
+            parent: session.into(),
+            flash_sale: Some(pb::FlashSale {
+                product: product.into(),
+                sale_price: cny(9_900),
+                total_stock: stock,
+                per_member_limit: limit,
+                end_time: timestamp(now_millis() + 600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn buy(session: &str, sale: &str, member: &str, rid: &str, code: &str) -> pb::PlaceOrderRequest {
+    pb::PlaceOrderRequest {
+        request_id: rid.into(),
+        parent: session.into(),
+        order: Some(pb::Order {
+            member: member.into(),
+            flash_sale: sale.into(),
+            quantity: 1,
+            share_code: code.into(),
+            payment_reference: format!("pay-{rid}"),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The next update of a viewer's stream that is not a viewer count or stock tick.
+async fn next_change(stream: &mut tonic::Streaming<pb::JoinSessionResponse>) -> Update {
+    loop {
+        let update = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("an update within 10 s")
+            .unwrap()
+            .expect("the stream is open")
+            .update
+            .unwrap();
+        if !matches!(update, Update::Viewers(_)) {
+            return update;
+        }
+    }
+}
+
+async fn enrol_many(s: &TestServer, partner: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
+        out.extend(
+            join_all(
+                chunk
+                    .iter()
+                    .map(|i| async move { enrol(s, partner, &format!("{prefix}{i:04}")).await }),
+            )
+            .await,
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_co_hosted_show_runs_end_to_end() {
+    let s = mesh("live_show").await;
+    let session = on_air(&s).await;
+    assert_eq!(session.state, pb::SessionState::Live as i32);
+    assert!(session.start_time.is_some());
+    let code = session.guides[0].share_code.clone();
+    assert_eq!(
+        session.guides[0].store,
+        format!("partners/{MALL}/stores/sh01")
+    );
+
+    // A viewer watches anonymously through a third partner's app: first a snapshot.
+    let mut watching = viewers(&s, &s.token(OUTSIDER))
+        .join_session(pb::JoinSessionRequest {
+            session: session.name.clone(),
+            member: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Update::Snapshot(first) = next_change(&mut watching).await else {
+        panic!("the first message is a snapshot");
+    };
+    let shown = first.session.unwrap();
+    assert_eq!(shown.state, pb::SessionState::Live as i32);
+    assert!(
+        shown.public_view && shown.guides.is_empty(),
+        "no share codes for viewers"
+    );
+    assert!(first.viewers >= 1);
+
+    // The brand pins its lipstick: the viewer sees it, and a marker keeps the moment.
+    let lipstick = add_product(&s, &session.name, "LIP-520", 29_900).await;
+    showcase(&s, &s.token(MALL))
+        .pin_product(pb::PinProductRequest {
+            request_id: "pin".into(),
+            name: lipstick.name.clone(),
+            pinned: true,
+        })
+        .await
+        .unwrap();
+    let Update::PinnedProduct(pinned) = next_change(&mut watching).await else {
+        panic!("the pin reaches the viewer");
+    };
+    assert_eq!(
+        (pinned.name.as_str(), pinned.pinned),
+        (lipstick.name.as_str(), true)
+    );
+    let markers = showcase(&s, &s.token(OUTSIDER))
+        .list_pin_markers(pb::ListPinMarkersRequest {
+            parent: session.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .markers;
+    assert_eq!(markers.len(), 1);
+    assert!(markers[0].stream_offset_millis >= 0);
+
+    // A flash sale of 3, one each: 8 members buy at once, 3 get it, 5 are told SOLD_OUT.
+    let sale = flash_sale(&s, &session.name, &lipstick.name, 3, 1).await;
+    let Update::FlashSale(opened) = next_change(&mut watching).await else {
+        panic!("the sale's opening reaches the viewer");
+    };
+    assert_eq!(opened.remaining_stock, 3);
+    let members = enrol_many(&s, BRAND, "1390000", 8).await;
+    let brand = s.token(BRAND);
+    let results = join_all(members.iter().enumerate().map(|(i, m)| {
+        let mut client = orders(&s, &brand);
+        let request = buy(&session.name, &sale.name, m, &format!("o{i}"), &code);
+        async move { client.place_order(request).await }
+    }))
+    .await;
+    let placed: Vec<pb::Order> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|o| o.get_ref().clone()))
+        .collect();
+    assert_eq!(placed.len(), 3);
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(
+            (refused.code(), reason(refused).as_str()),
+            (Code::FailedPrecondition, "SOLD_OUT")
+        );
+    }
+    // Sold out reaches the viewer (stock ticks may come first).
+    loop {
+        if let Update::StockLevel(level) = next_change(&mut watching).await
+            && level.remaining_stock == 0
+        {
+            break;
+        }
+    }
+    // Each order is credited to the brand (seller), the guide's store and the guide.
+    for o in &placed {
+        assert_eq!(o.partner, format!("partners/{BRAND}"));
+        assert_eq!(o.store, format!("partners/{MALL}/stores/sh01"));
+        assert_eq!(o.guide, format!("{}/guides/{MALL}:lin", session.name));
+        assert_eq!(o.amount, cny(9_900));
+        assert_eq!(o.placed_by, format!("partners/{BRAND}"));
+    }
+    // A member who got one may not buy a second, even with units back on sale.
+    orders(&s, &brand)
+        .cancel_order(pb::CancelOrderRequest {
+            request_id: "cancel".into(),
+            name: placed[0].name.clone(),
+        })
+        .await
+        .unwrap();
+    let again = showcase(&s, &brand)
+        .get_flash_sale(pb::GetFlashSaleRequest {
+            name: sale.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.remaining_stock, 1, "a cancelled order restocks");
+    let buyer_of = |o: &pb::Order| o.member.clone();
+    let keeper = placed
+        .iter()
+        .find(|o| o.name != placed[0].name)
+        .map(buyer_of)
+        .unwrap();
+    let e = orders(&s, &brand)
+        .place_order(buy(&session.name, &sale.name, &keeper, "again", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "MEMBER_LIMIT_REACHED");
+
+    // The figures: two placed orders of 99.00, all the brand's, the mall's store, Lin's.
+    let figures = stats(&s, &s.token(MALL))
+        .get_session_stats(pb::GetSessionStatsRequest {
+            session: session.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(figures.orders, 2);
+    assert_eq!(figures.gross_sales, cny(19_800));
+    let line = |lines: &[pb::SalesLine]| {
+        lines
+            .iter()
+            .map(|l| {
+                (
+                    l.key.clone(),
+                    l.orders,
+                    l.gross_sales.clone().unwrap().minor_units,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        line(&figures.by_partner),
+        [(format!("partners/{BRAND}"), 2, 19_800)]
+    );
+    assert_eq!(
+        line(&figures.by_store),
+        [(format!("partners/{MALL}/stores/sh01"), 2, 19_800)]
+    );
+    assert_eq!(
+        line(&figures.by_guide),
+        [(format!("{}/guides/{MALL}:lin", session.name), 2, 19_800)]
+    );
+    let shares: Vec<i64> = figures
+        .by_host_share
+        .iter()
+        .map(|l| l.gross_sales.clone().unwrap().minor_units)
+        .collect();
+    assert_eq!(shares, [11_880, 7_920]);
+    // Figures are the co-hosts' business.
+    let e = stats(&s, &s.token(OUTSIDER))
+        .get_session_stats(pb::GetSessionStatsRequest {
+            session: session.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // The show ends: the viewer's last message is the ended session.
+    sessions(&s, &brand)
+        .end_session(pb::EndSessionRequest {
+            request_id: "end".into(),
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap();
+    loop {
+        match next_change(&mut watching).await {
+            Update::Session(ended) => {
+                assert_eq!(ended.state, pb::SessionState::Ended as i32);
+                break;
+            }
+            Update::StockLevel(_) | Update::Viewers(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(10), watching.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .is_none(),
+        "the stream ends with the session"
+    );
+    // Nothing is sold after the end.
+    let e = orders(&s, &brand)
+        .place_order(buy(&session.name, &sale.name, &members[7], "late", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "SESSION_STATE");
+}
+
+#[tokio::test]
+async fn refused_changes_name_the_state_and_change_nothing() {
+    let s = mesh("live_refusals_state").await;
+    let session = on_air(&s).await;
+    let brand = s.token(BRAND);
+    // Cancelling a live session: FAILED_PRECONDITION with the current state.
+    let e = sessions(&s, &brand)
+        .cancel_session(pb::CancelSessionRequest {
+            request_id: "cancel".into(),
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "SESSION_STATE")
+    );
+    assert_eq!(
+        e.get_error_details().error_info().unwrap().metadata["state"],
+        "LIVE"
+    );
+    // A partner that is not a co-host, and the mall's token for another store, change nothing.
+    let update = |rid: &str| pb::UpdateSessionRequest {
+        request_id: rid.into(),
+        session: Some(pb::Session {
+            name: session.name.clone(),
+            title: "Hijacked".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["title".into()],
+        }),
+    };
+    for (token, why) in [
+        (s.token(OUTSIDER), "HOST_ONLY"),
+        (s.store_token(MALL, "sh02"), "STORE_TOKEN_NOT_ALLOWED"),
+    ] {
+        let e = sessions(&s, &token)
+            .update_session(update("u"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::PermissionDenied, why)
+        );
+        let e = sessions(&s, &token)
+            .end_session(pb::EndSessionRequest {
+                request_id: "end".into(),
+                name: session.name.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = showcase(&s, &token)
+            .pin_product(pb::PinProductRequest {
+                request_id: "pin".into(),
+                name: format!("{}/products/x", session.name),
+                pinned: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+    }
+    let read = sessions(&s, &brand)
+        .get_session(pb::GetSessionRequest {
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, session, "nothing changed");
+    // Bad revenue shares are named field by field.
+    let e = sessions(&s, &brand)
+        .update_session(pb::UpdateSessionRequest {
+            request_id: "shares".into(),
+            session: Some(pb::Session {
+                name: session.name.clone(),
+                revenue_shares: vec![pb::RevenueShare {
+                    partner: format!("partners/{OUTSIDER}"),
+                    share_bps: 10_000,
+                }],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["revenue_shares".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        lianyu_kit::testing::violations(&e),
+        ["session.revenue_shares[0].partner"]
+    );
+    // An order without a payment reference, for nobody, of nothing: every field at once.
+    let e = orders(&s, &brand)
+        .place_order(pb::PlaceOrderRequest {
+            request_id: "bad".into(),
+            parent: session.name.clone(),
+            order: Some(pb::Order {
+                member: "nobody".into(),
+                quantity: 0,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        lianyu_kit::testing::violations(&e),
+        ["order.member", "order.quantity", "order.payment_reference"]
+    );
+    assert_eq!(rows(&s, "live", "orders").await, 0);
+}
+
+/// Two instances on one database sell one flash sale: 60 members each try twice at once,
+/// through both instances, for 40 units with a limit of one — exactly 40 orders, nobody holds
+/// two, and the stock reads zero where it lives.
+#[tokio::test]
+async fn two_instances_sell_one_flash_sale_exactly() {
+    let s = mesh("live_two_instances").await;
+    let replica = crate::support::second_instance!(s, lianyu_live::mount);
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "BAG-1", 120_000).await;
+    let sale = flash_sale(&s, &session.name, &product.name, 40, 1).await;
+    let members = enrol_many(&s, BRAND, "1370000", 60).await;
+    let token = s.token(BRAND);
+    let tries = members.iter().enumerate().flat_map(|(i, m)| {
+        [0, 1].map(|t| {
+            let channel = if t == 0 {
+                s.channel.clone()
+            } else {
+                replica.clone()
+            };
+            let mut client = OrderServiceClient::new(InterceptedService::new(
+                channel,
+                lianyu_kit::client::Bearer::new(&token),
+            ));
+            let request = buy(&session.name, &sale.name, m, &format!("m{i}-t{t}"), "");
+            async move { client.place_order(request).await }
+        })
+    });
+    let results = join_all(tries).await;
+    let ok: Vec<&pb::Order> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(tonic::Response::get_ref))
+        .collect();
+    assert_eq!(ok.len(), 40);
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            ["SOLD_OUT", "MEMBER_LIMIT_REACHED"].contains(&reason(e).as_str()),
+            "{e:?}"
+        );
+    }
+    let mut buyers: Vec<&str> = ok.iter().map(|o| o.member.as_str()).collect();
+    buyers.sort_unstable();
+    buyers.dedup();
+    assert_eq!(buyers.len(), 40, "nobody holds two");
+    let db = s.database("live").await;
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT remaining FROM flash_sales".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<i64>("", "remaining").unwrap(), 0);
+    assert_eq!(rows(&s, "live", "orders").await, 40);
+}
+
+async fn grant_live(s: &TestServer, member: &str, purpose: ConsentPurpose, grant: bool) {
+    let mut consent = ConsentServiceClient::new(s.as_token(&s.token(BRAND)));
+    if grant {
+        consent
+            .grant_consent(id::GrantConsentRequest {
+                request_id: format!("grant-{member}"),
+                member: member.into(),
+                grantee: format!("partners/{MALL}"),
+                purposes: vec![purpose as i32],
+                channel: id::ConsentChannel::MiniProgram as i32,
+                policy_version: "2026-10".into(),
+                valid_until: None,
+            })
+            .await
+            .unwrap();
+    } else {
+        consent
+            .withdraw_consent(id::WithdrawConsentRequest {
+                request_id: format!("withdraw-{member}"),
+                member: member.into(),
+                grantee: format!("partners/{MALL}"),
+                purposes: vec![purpose as i32],
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn listed(s: &TestServer, token: &str, session: &str) -> Vec<String> {
+    orders(s, token)
+        .list_orders(pb::ListOrdersRequest {
+            parent: session.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders
+        .into_iter()
+        .map(|o| o.member)
+        .collect()
+}
+
+/// The co-host that placed an order names its buyer; the other co-host sees a pseudonym until
+/// the member consents to LIVE_PERSONALIZATION with it, and again after a withdrawal; an
+/// erasure at the placing partner leaves only the pseudonym; a third partner sees nothing.
+#[tokio::test]
+async fn buyers_are_named_only_to_whom_they_consented() {
+    let s = mesh("live_buyers").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "PERFUME", 59_900).await;
+    let at_brand = enrol(&s, BRAND, "13612345678").await;
+    let at_mall = enrol(&s, MALL, "13612345678").await;
+    orders(&s, &s.token(BRAND))
+        .place_order(pb::PlaceOrderRequest {
+            request_id: "o1".into(),
+            parent: session.name.clone(),
+            order: Some(pb::Order {
+                member: at_brand.clone(),
+                product: product.name.clone(),
+                quantity: 2,
+                payment_reference: "pay-1".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let (brand, mall) = (s.token(BRAND), s.token(MALL));
+    assert_eq!(
+        listed(&s, &brand, &session.name).await,
+        vec![at_brand.clone()]
+    );
+    let hidden = listed(&s, &mall, &session.name).await;
+    assert!(hidden[0].starts_with("buyers/"), "{hidden:?}");
+    grant_live(&s, &at_brand, ConsentPurpose::LivePersonalization, true).await;
+    assert_eq!(
+        listed(&s, &mall, &session.name).await,
+        vec![at_mall.clone()]
+    );
+    grant_live(&s, &at_brand, ConsentPurpose::LivePersonalization, false).await;
+    assert_eq!(
+        listed(&s, &mall, &session.name).await,
+        hidden,
+        "withdrawn: hidden again"
+    );
+    assert!(
+        listed(&s, &s.token(OUTSIDER), &session.name)
+            .await
+            .is_empty()
+    );
+    // Erased at the brand: the brand's view of the order keeps only the pseudonym.
+    lianyu_proto::identity::v1::member_service_client::MemberServiceClient::new(s.as_token(&brand))
+        .erase_member(id::EraseMemberRequest {
+            request_id: "erase".into(),
+            member: at_brand.clone(),
+            scope: id::ErasureScope::Partner as i32,
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let seen = listed(&s, &brand, &session.name).await;
+        if seen == hidden {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still named: {seen:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// 600 announcements go out while one viewer reads nothing: the viewer reading along gets
+/// every one in order; the one that stopped gets, when it reads again, a fresh snapshot in
+/// place of what it missed — the server never queued the backlog for it.
+#[tokio::test]
+async fn a_viewer_that_stops_reading_gets_a_snapshot_while_others_keep_up() {
+    let s = mesh("live_slow_viewer").await;
+    let session = on_air(&s).await;
+    let join = || {
+        let mut client = viewers(&s, &s.token(OUTSIDER));
+        let request = pb::JoinSessionRequest {
+            session: session.name.clone(),
+            member: String::new(),
+        };
+        async move { client.join_session(request).await.unwrap().into_inner() }
+    };
+    // The slow viewer's connection grants the server little send window (8 KiB), as a phone
+    // that stopped reading would: the server must stop writing to it long before 600
+    // announcements are out.
+    let narrow = tonic::transport::Endpoint::from_shared(s.address.clone())
+        .unwrap()
+        .initial_stream_window_size(8 * 1024)
+        .initial_connection_window_size(8 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = ViewerServiceClient::new(InterceptedService::new(
+        narrow,
+        lianyu_kit::client::Bearer::new(&s.token(OUTSIDER)),
+    ))
+    .join_session(pb::JoinSessionRequest {
+        session: session.name.clone(),
+        member: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let mut fast = join().await;
+    assert!(matches!(next_change(&mut slow).await, Update::Snapshot(_)));
+    assert!(matches!(next_change(&mut fast).await, Update::Snapshot(_)));
+    const N: usize = 600;
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < N {
+            if let Update::Announcement(a) = next_change(&mut fast).await {
+                seen.push(a.text);
+            }
+        }
+        seen
+    });
+    let text = "x".repeat(250);
+    for wave in (0..N).collect::<Vec<_>>().chunks(20) {
+        join_all(wave.iter().map(|i| {
+            let mut client = showcase(&s, &s.token(MALL));
+            let request = pb::PostAnnouncementRequest {
+                request_id: format!("a{i}"),
+                parent: session.name.clone(),
+                text: format!("{i:04} {text}"),
+            };
+            async move { client.post_announcement(request).await.unwrap() }
+        }))
+        .await;
+    }
+    let seen = reader.await.unwrap();
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        N,
+        "the reading viewer got every announcement once"
+    );
+    let mut announcements = 0;
+    loop {
+        match next_change(&mut slow).await {
+            Update::Announcement(_) => announcements += 1,
+            Update::Snapshot(_) => break,
+            _ => {}
+        }
+    }
+    assert!(announcements < N, "the backlog was replaced by a snapshot");
+}
