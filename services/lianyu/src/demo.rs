@@ -272,7 +272,7 @@ pub async fn run(
         .consents
         .withdraw_consent(pb::WithdrawConsentRequest {
             request_id: "demo-withdraw".into(),
-            member: brand_id,
+            member: brand_id.clone(),
             grantee: format!("partners/{MALL}"),
             purposes: vec![ConsentPurpose::ShareProfile as i32],
         })
@@ -294,6 +294,7 @@ pub async fn run(
         records.len()
     ));
     coupon(&channel, &tokens, &mall_id, &mut mall, &say).await?;
+    livestream(&channel, &tokens, &brand_id, &say).await?;
     Ok(Some(credentials))
 }
 
@@ -437,6 +438,172 @@ async fn coupon(
         "Jade closes the period with Aurora (closed: {}, {} line(s)); later corrections fall into the next one",
         closed.closed,
         closed.lines.len()
+    ));
+    Ok(())
+}
+
+/// The co-hosted livestream: Aurora and Jade run a show from Jade's cosmetics counter with
+/// Jade's guide Lin on air; a viewer joins, a flash sale opens, the shopper buys through Lin's
+/// share code in Aurora's app, and the figures credit the sale to Aurora, the counter and Lin.
+async fn livestream(
+    channel: &Channel,
+    tokens: &[String],
+    brand_member: &str,
+    say: &impl Fn(&str),
+) -> anyhow::Result<()> {
+    use lianyu_kit::time::{now_millis, timestamp};
+    use lianyu_proto::{
+        common::v1::Money,
+        live::v1::{
+            self as live, join_session_response::Update, order_service_client::OrderServiceClient,
+            session_service_client::SessionServiceClient,
+            showcase_service_client::ShowcaseServiceClient,
+            stats_service_client::StatsServiceClient, viewer_service_client::ViewerServiceClient,
+        },
+    };
+    let ch = |token: &str| InterceptedService::new(channel.clone(), Bearer::new(token));
+    let (brand_token, mall_token) = (&tokens[0], &tokens[1]);
+    let cny = |minor_units| {
+        Some(Money {
+            currency_code: "CNY".into(),
+            minor_units,
+        })
+    };
+    let counter = format!("partners/{MALL}/stores/cosmetics");
+    let session = SessionServiceClient::new(ch(brand_token))
+        .create_session(live::CreateSessionRequest {
+            request_id: "demo-show".into(),
+            session: Some(live::Session {
+                title: "Aurora × Jade: spring lipsticks live".into(),
+                hosts: vec![format!("partners/{MALL}")],
+                store: counter.clone(),
+                stream_url: "https://cdn.example/live/aurora-jade.m3u8".into(),
+                scheduled_start_time: timestamp(now_millis() + 60_000),
+                presenters: vec!["Ana".into()],
+                guides: vec![live::Guide {
+                    guide_id: "lin".into(),
+                    display_name: "Lin".into(),
+                    partner: format!("partners/{MALL}"),
+                    ..Default::default()
+                }],
+                revenue_shares: vec![
+                    live::RevenueShare {
+                        partner: format!("partners/{BRAND}"),
+                        share_bps: 7_000,
+                    },
+                    live::RevenueShare {
+                        partner: format!("partners/{MALL}"),
+                        share_bps: 3_000,
+                    },
+                ],
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let code = session
+        .guides
+        .first()
+        .map(|g| g.share_code.clone())
+        .unwrap_or_default();
+    SessionServiceClient::new(ch(mall_token))
+        .start_session(live::StartSessionRequest {
+            request_id: "demo-show-start".into(),
+            name: session.name.clone(),
+        })
+        .await?;
+    say(&format!(
+        "Aurora and Jade go live from {counter} ({}), revenue shared 70/30; guide Lin's share code {code}",
+        session.name
+    ));
+    let mut watching = ViewerServiceClient::new(ch(brand_token))
+        .join_session(live::JoinSessionRequest {
+            session: session.name.clone(),
+            member: String::new(),
+        })
+        .await?
+        .into_inner();
+    if let Some(live::JoinSessionResponse {
+        update: Some(Update::Snapshot(snapshot)),
+    }) = watching.message().await?
+    {
+        say(&format!(
+            "a viewer joins through Aurora's app: snapshot of {:?}, {} watching",
+            snapshot.session.map(|s| s.title).unwrap_or_default(),
+            snapshot.viewers
+        ));
+    }
+    let mut showcase = ShowcaseServiceClient::new(ch(brand_token));
+    let lipstick = showcase
+        .add_product(live::AddProductRequest {
+            request_id: "demo-product".into(),
+            parent: session.name.clone(),
+            product: Some(live::Product {
+                sku: "LIP-520".into(),
+                title: "Aurora lipstick 520".into(),
+                price: cny(29_900),
+                category: "cosmetics".into(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    showcase
+        .pin_product(live::PinProductRequest {
+            request_id: "demo-pin".into(),
+            name: lipstick.name.clone(),
+            pinned: true,
+        })
+        .await?;
+    let sale = showcase
+        .create_flash_sale(live::CreateFlashSaleRequest {
+            request_id: "demo-sale".into(),
+            parent: session.name.clone(),
+            flash_sale: Some(live::FlashSale {
+                product: lipstick.name.clone(),
+                sale_price: cny(19_900),
+                total_stock: 100,
+                per_member_limit: 1,
+                end_time: timestamp(now_millis() + 30 * 60_000),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    say("Aurora pins its lipstick and opens a flash sale: 100 at ¥199, one per member");
+    let order = OrderServiceClient::new(ch(brand_token))
+        .place_order(live::PlaceOrderRequest {
+            request_id: "demo-order".into(),
+            parent: session.name.clone(),
+            order: Some(live::Order {
+                member: brand_member.to_owned(),
+                flash_sale: sale.name.clone(),
+                quantity: 1,
+                share_code: code,
+                payment_reference: "aurora-pay-0001".into(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "the shopper buys one in Aurora's app through Lin's code: credited to {}, {}, {}",
+        order.partner, order.store, order.guide
+    ));
+    let figures = StatsServiceClient::new(ch(mall_token))
+        .get_session_stats(live::GetSessionStatsRequest {
+            session: session.name.clone(),
+        })
+        .await?
+        .into_inner();
+    let gross = figures.gross_sales.map_or(0, |m| m.minor_units);
+    say(&format!(
+        "Jade's dashboard: {} order(s), ¥{}.{:02} gross, {} by guide line(s), {} unique viewer(s)",
+        figures.orders,
+        gross / 100,
+        gross % 100,
+        figures.by_guide.len(),
+        figures.viewers_total
     ));
     Ok(())
 }

@@ -288,6 +288,10 @@ async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
         "redeems it: ¥50.00 off",
         "partners/aurora-shoes owes partners/jade-plaza ¥50.00",
         "Jade closes the period with Aurora (closed: true, 1 line(s))",
+        "Aurora and Jade go live from partners/jade-plaza/stores/cosmetics",
+        "a viewer joins through Aurora's app",
+        "credited to partners/aurora-shoes, partners/jade-plaza/stores/cosmetics",
+        "Jade's dashboard: 1 order(s), ¥199.00 gross, 1 by guide line(s)",
         "client_secret lys_",
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");
