@@ -767,3 +767,183 @@ async fn a_viewer_that_stops_reading_gets_a_snapshot_while_others_keep_up() {
     }
     assert!(announcements < N, "the backlog was replaced by a snapshot");
 }
+
+/// Identity, entitlements and live in one server, as `lianyu up` runs them.
+async fn with_entitlements(test: &str) -> TestServer {
+    TestServer::start(
+        test,
+        &["identity", "entitlements", "live"],
+        |config| {
+            config.limits.max_concurrent_requests = 512;
+            config.limits.admission_wait = std::time::Duration::from_secs(10);
+        },
+        |config, listener| {
+            lianyu_kit::server::run_service(
+                config,
+                listener,
+                std::future::pending(),
+                async |ctx, mount| {
+                    lianyu_identity::mount(ctx, mount).await?;
+                    lianyu_entitlements::mount(ctx, mount).await?;
+                    lianyu_live::mount(ctx, mount).await
+                },
+            )
+        },
+    )
+    .await
+    .with_partners()
+    .await
+}
+
+fn claim(drop: &str, member: &str, rid: &str) -> pb::ClaimCouponDropRequest {
+    pb::ClaimCouponDropRequest {
+        request_id: rid.into(),
+        name: drop.into(),
+        member: member.into(),
+    }
+}
+
+/// A drop of 5 units of the brand's coupon: 12 viewers claim at once through the brand's app
+/// and exactly 5 get a wallet item from entitlements; a retried claim is the same unit; a
+/// refusal by entitlements (per-member limit, a partner not party to the benefit) puts the
+/// unit back; viewers see the drop open and run out; the figures count the claims.
+#[tokio::test]
+async fn a_coupon_drop_hands_out_exactly_its_units_through_entitlements() {
+    let s = with_entitlements("live_drop").await;
+    let session = on_air(&s).await;
+    let coupon = crate::wallets::active(&s, BRAND, BRAND, BRAND, |b| {
+        b.display_name = "live drop".into();
+    })
+    .await;
+    let mut watching = viewers(&s, &s.token(BRAND))
+        .join_session(pb::JoinSessionRequest {
+            session: session.name.clone(),
+            member: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        next_change(&mut watching).await,
+        Update::Snapshot(_)
+    ));
+    let brand = s.token(BRAND);
+    let drop_of = |quantity: i64, rid: &str| {
+        let mut client = showcase(&s, &brand);
+        let request = pb::CreateCouponDropRequest {
+            request_id: rid.into(),
+            parent: session.name.clone(),
+            coupon_drop: Some(pb::CouponDrop {
+                benefit: coupon.name.clone(),
+                quantity,
+                close_time: timestamp(now_millis() + 600_000),
+                ..Default::default()
+            }),
+        };
+        async move {
+            client
+                .create_coupon_drop(request)
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let drop = drop_of(5, "drop-1").await;
+    let Update::CouponDrop(opened) = next_change(&mut watching).await else {
+        panic!("the drop's opening reaches the viewer");
+    };
+    assert_eq!(
+        (opened.name.as_str(), opened.remaining),
+        (drop.name.as_str(), 5)
+    );
+
+    let members = enrol_many(&s, BRAND, "1350000", 12).await;
+    let results = join_all(members.iter().enumerate().map(|(i, m)| {
+        let mut client = showcase(&s, &brand);
+        let request = claim(&drop.name, m, &format!("c{i}"));
+        async move { client.claim_coupon_drop(request).await }
+    }))
+    .await;
+    let granted: Vec<(usize, String)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.as_ref()
+                .ok()
+                .map(|g| (i, g.get_ref().wallet_item.clone()))
+        })
+        .collect();
+    assert_eq!(granted.len(), 5);
+    for (i, item) in &granted {
+        assert!(
+            item.starts_with(&format!("{}/walletItems/", members[*i])),
+            "{item}"
+        );
+    }
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(
+            (e.code(), reason(e).as_str()),
+            (Code::FailedPrecondition, "DROP_EXHAUSTED")
+        );
+    }
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 5);
+    loop {
+        if let Update::CouponDrop(d) = next_change(&mut watching).await
+            && d.remaining == 0
+        {
+            break;
+        }
+    }
+    // A retried claim is the same unit.
+    let (i, item) = granted[0].clone();
+    let again = showcase(&s, &brand)
+        .claim_coupon_drop(claim(&drop.name, &members[i], &format!("c{i}")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.wallet_item, item);
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 5);
+
+    // A second drop: a member who already holds the coupon is refused by entitlements' limit,
+    // and a partner that is not party to the benefit by entitlements too; both units go back.
+    let second = drop_of(3, "drop-2").await;
+    let e = showcase(&s, &brand)
+        .claim_coupon_drop(claim(&second.name, &members[i], "again-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "PER_MEMBER_LIMIT")
+    );
+    let outsider_member = enrol(&s, OUTSIDER, "13512340000").await;
+    let e = showcase(&s, &s.token(OUTSIDER))
+        .claim_coupon_drop(claim(&second.name, &outsider_member, "x-1"))
+        .await
+        .unwrap_err();
+    // Entitlements does not show a benefit to a partner that is not party to it.
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "BENEFIT_NOT_FOUND")
+    );
+    assert_eq!(
+        e.get_error_details().error_info().unwrap().domain,
+        "lianyu.entitlements"
+    );
+    let left = showcase(&s, &brand)
+        .get_coupon_drop(pb::GetCouponDropRequest {
+            name: second.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(left.remaining, 3, "refused claims put their units back");
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 5);
+    let figures = stats(&s, &s.token(MALL))
+        .get_session_stats(pb::GetSessionStatsRequest {
+            session: session.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(figures.coupons_claimed, 5);
+}

@@ -244,7 +244,10 @@ pub async fn expire_periodically(
     .await;
 }
 
-fn validate(request_id: &str) -> Result<(), KitError> {
+/// Checks a request id: 1 to 128 characters, no spaces or control characters
+/// (INVALID_ARGUMENT on `request_id`). Mutations check it themselves; a call keyed outside
+/// them (a claim that spans a peer call) checks it here.
+pub fn validate(request_id: &str) -> Result<(), KitError> {
     if request_id.is_empty() {
         return Err(KitError::invalid(
             "request_id",

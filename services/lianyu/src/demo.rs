@@ -454,6 +454,7 @@ async fn livestream(
     use lianyu_kit::time::{now_millis, timestamp};
     use lianyu_proto::{
         common::v1::Money,
+        entitlements::v1::{self as ent, benefit_service_client::BenefitServiceClient},
         live::v1::{
             self as live, join_session_response::Update, order_service_client::OrderServiceClient,
             session_service_client::SessionServiceClient,
@@ -571,6 +572,53 @@ async fn livestream(
         .await?
         .into_inner();
     say("Aurora pins its lipstick and opens a flash sale: 100 at ¥199, one per member");
+    // A coupon drop on air: Aurora's own "¥20 off" for the show's viewers, 200 units.
+    let coupon = BenefitServiceClient::new(ch(brand_token))
+        .create_benefit(ent::CreateBenefitRequest {
+            request_id: "demo-live-coupon".into(),
+            benefit: Some(ent::Benefit {
+                display_name: "Live viewers: 20 off".into(),
+                kind: ent::BenefitKind::FixedCoupon as i32,
+                value: cny(2_000),
+                budget_units: 200,
+                per_member_limit: 1,
+                valid_until: timestamp(now_millis() + 30 * 24 * 3_600_000),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    BenefitServiceClient::new(ch(brand_token))
+        .activate_benefit(ent::ActivateBenefitRequest {
+            request_id: "demo-live-coupon-activate".into(),
+            name: coupon.name.clone(),
+        })
+        .await?;
+    let drop = showcase
+        .create_coupon_drop(live::CreateCouponDropRequest {
+            request_id: "demo-drop".into(),
+            parent: session.name.clone(),
+            coupon_drop: Some(live::CouponDrop {
+                benefit: coupon.name.clone(),
+                quantity: 200,
+                close_time: timestamp(now_millis() + 10 * 60_000),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let claimed = showcase
+        .claim_coupon_drop(live::ClaimCouponDropRequest {
+            request_id: "demo-claim".into(),
+            name: drop.name.clone(),
+            member: brand_member.to_owned(),
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "Aurora drops 200 \"¥20 off\" coupons on air; the shopper claims one in Aurora's app: {} ({} left)",
+        claimed.wallet_item, claimed.remaining
+    ));
     let order = OrderServiceClient::new(ch(brand_token))
         .place_order(live::PlaceOrderRequest {
             request_id: "demo-order".into(),
@@ -598,12 +646,13 @@ async fn livestream(
         .into_inner();
     let gross = figures.gross_sales.map_or(0, |m| m.minor_units);
     say(&format!(
-        "Jade's dashboard: {} order(s), ¥{}.{:02} gross, {} by guide line(s), {} unique viewer(s)",
+        "Jade's dashboard: {} order(s), ¥{}.{:02} gross, {} by guide line(s), {} unique viewer(s), {} coupon(s) claimed",
         figures.orders,
         gross / 100,
         gross % 100,
         figures.by_guide.len(),
-        figures.viewers_total
+        figures.viewers_total,
+        figures.coupons_claimed
     ));
     Ok(())
 }

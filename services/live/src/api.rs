@@ -2,6 +2,7 @@
 //! in [`unary`]. Every change viewers or the funnel should hear of is appended to the
 //! service's event log in the transaction that makes it (see `viewers.rs`).
 
+mod drops;
 mod orders;
 mod sessions;
 mod showcase;
@@ -39,6 +40,9 @@ pub(crate) struct Api {
     /// Identity: members' mesh ids and consent decisions; `None` when identity is not
     /// configured, and then every call that needs it fails closed.
     directory: Option<Directory>,
+    /// Entitlements, which grants a drop's units; `None` when not configured (claims then
+    /// answer UNAVAILABLE).
+    entitlements: Option<lianyu_kit::peer::Peer>,
     /// The session event log, shared by every replica through the database.
     feed: Feed,
     /// Viewers on this replica, fed from the log.
@@ -67,6 +71,13 @@ pub(crate) fn register(
         hub: viewers::Hub::start(feed.clone(), read.clone(), ctx.stopping.clone()),
         feed,
         directory,
+        entitlements: match ctx.peer(crate::NAME, "entitlements") {
+            Ok(peer) => Some(peer),
+            Err(e) => {
+                tracing::warn!(error = %e, "no entitlements peer: coupon drop claims answer UNAVAILABLE");
+                None
+            }
+        },
         read,
         db,
         stopping: ctx.stopping.clone(),
@@ -124,6 +135,7 @@ lianyu_kit::service_error!(LiveError, "lianyu.live", {
     ProductNotFound => (NotFound, "PRODUCT_NOT_FOUND"),
     FlashSaleNotFound => (NotFound, "FLASH_SALE_NOT_FOUND"),
     OrderNotFound => (NotFound, "ORDER_NOT_FOUND"),
+    CouponDropNotFound => (NotFound, "COUPON_DROP_NOT_FOUND"),
     MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
 });
 

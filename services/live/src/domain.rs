@@ -13,8 +13,8 @@ use lianyu_kit::{
 use sha2::{Digest, Sha256};
 
 pub use sale::{
-    FlashSale, FlashSaleDraft, MAX_PER_MEMBER, MAX_STOCK, Order, OrderState, Product, ProductDraft,
-    SaleWindow, check_order,
+    CouponDrop, CouponDropDraft, FlashSale, FlashSaleDraft, MAX_PER_MEMBER, MAX_STOCK, Order,
+    OrderState, Product, ProductDraft, SaleWindow, check_order,
 };
 
 /// Live's own failures; everything generic is the kit's [`KitError`].
@@ -29,6 +29,9 @@ pub enum LiveError {
     /// NOT_FOUND / FLASH_SALE_NOT_FOUND: no such flash sale in the session.
     #[error("flash sale not found")]
     FlashSaleNotFound,
+    /// NOT_FOUND / COUPON_DROP_NOT_FOUND: no such coupon drop in the session.
+    #[error("coupon drop not found")]
+    CouponDropNotFound,
     /// NOT_FOUND / ORDER_NOT_FOUND: no such order that the caller placed or sells.
     #[error("order not found")]
     OrderNotFound,

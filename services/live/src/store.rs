@@ -2,6 +2,7 @@
 //! Showcase, orders and audience figures live in submodules. It returns domain types; no row
 //! leaves this module.
 
+mod drops;
 mod entities;
 mod sales;
 mod viewers;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Guide, Profile, Session, SessionState};
 use entities::{State, session, session_host};
 
+pub(crate) use drops::*;
 pub(crate) use sales::*;
 pub(crate) use viewers::*;
 
@@ -36,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(Sessions),
             Box::new(SessionColumns),
             Box::new(Showcase),
+            Box::new(Drops),
         ])
     }
 }
@@ -60,6 +63,13 @@ lianyu_kit::tables_migration!(
         entities::viewer::Entity,
         entities::presence::Entity
     ]
+);
+
+lianyu_kit::tables_migration!(
+    /// Coupon drops and the claims against them.
+    Drops,
+    "m20261202_000013_live_drops",
+    [entities::coupon_drop::Entity, entities::drop_claim::Entity]
 );
 
 /// A session's profile, times, pseudonym salt and peak (added to the table a first version

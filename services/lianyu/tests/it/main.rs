@@ -291,7 +291,10 @@ async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
         "Aurora and Jade go live from partners/jade-plaza/stores/cosmetics",
         "a viewer joins through Aurora's app",
         "credited to partners/aurora-shoes, partners/jade-plaza/stores/cosmetics",
+        "the shopper claims one in Aurora's app: members/",
+        "(199 left)",
         "Jade's dashboard: 1 order(s), ¥199.00 gross, 1 by guide line(s)",
+        "1 coupon(s) claimed",
         "client_secret lys_",
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");

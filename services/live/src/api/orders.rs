@@ -207,7 +207,7 @@ impl Api {
                 let amount = Order::price(unit, given.quantity)?;
                 let mut sold_out = None;
                 if let Some(sale) = &sale {
-                    sale.window.open_at(now)?;
+                    sale.window.open_at(now, "SALE_NOT_OPEN")?;
                     if !store::count_against_limit(
                         txn,
                         &sale.id,

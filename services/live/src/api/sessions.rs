@@ -93,6 +93,7 @@ impl Api {
                 }
                 if to == Transition::End {
                     store::close_sales(txn, &session.id, now).await?;
+                    store::close_drops(txn, &session.id, now).await?;
                 }
                 self.tell_viewers(
                     txn,

@@ -305,6 +305,30 @@ impl pb::showcase_service_server::ShowcaseService for Api {
         .await
     }
 
+    async fn create_coupon_drop(
+        &self,
+        request: Request<pb::CreateCouponDropRequest>,
+    ) -> Result<Response<pb::CouponDrop>, Status> {
+        unary(request, async |call, r| self.create_drop(&call, &r).await).await
+    }
+
+    async fn get_coupon_drop(
+        &self,
+        request: Request<pb::GetCouponDropRequest>,
+    ) -> Result<Response<pb::CouponDrop>, Status> {
+        unary(request, async |call, r| self.get_drop(&call, &r.name).await).await
+    }
+
+    async fn claim_coupon_drop(
+        &self,
+        request: Request<pb::ClaimCouponDropRequest>,
+    ) -> Result<Response<pb::ClaimCouponDropResponse>, Status> {
+        let call = Call::of(&request).map_err(|e| lianyu_kit::call::status(&LiveError::from(e)))?;
+        self.claim_drop(&call, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
     async fn get_flash_sale(
         &self,
         request: Request<pb::GetFlashSaleRequest>,

@@ -94,7 +94,7 @@ impl Api {
                 currency_code: currency.clone(),
                 minor_units: gross,
             }),
-            coupons_claimed: 0,
+            coupons_claimed: store::claimed(&self.read, &session.id).await?,
             as_of: timestamp(now),
             viewers_peak: audience.peak,
             by_partner: lines(by_partner),
@@ -140,6 +140,15 @@ impl Api {
             Some(pb::watch_live_events_response::Event::ViewerJoined(j)) => {
                 (j.session.clone(), j.member.clone(), j.partner.clone())
             }
+            Some(pb::watch_live_events_response::Event::DropClaimed(c)) => {
+                let session = c
+                    .coupon_drop
+                    .split("/couponDrops/")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                (session, c.member.clone(), c.partner.clone())
+            }
             _ => return Ok(body),
         };
         let Some(mesh) = member.strip_prefix("meshMembers/") else {
@@ -164,6 +173,7 @@ impl Api {
         match &mut body.event {
             Some(pb::watch_live_events_response::Event::Order(o)) => o.member = named,
             Some(pb::watch_live_events_response::Event::ViewerJoined(j)) => j.member = named,
+            Some(pb::watch_live_events_response::Event::DropClaimed(c)) => c.member = named,
             _ => {}
         }
         Ok(body)

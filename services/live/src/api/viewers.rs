@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{Api, Role, session_proto, showcase};
+use super::{Api, Role, drops, session_proto, showcase};
 use crate::{
     domain::{LiveError, SessionState},
     store,
@@ -56,7 +56,7 @@ struct Room {
     anonymous_joins: AtomicI64,
     /// The count across replicas last read (shown in snapshots).
     counted: AtomicI64,
-    /// The stock levels last told, per flash sale.
+    /// The stock levels (and drops' units left) last told, per flash sale or drop.
     stock: Mutex<HashMap<String, i64>>,
 }
 
@@ -188,9 +188,29 @@ impl Hub {
             if room.viewers.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let Ok(sales) = store::open_sales(read, &session, now_millis()).await else {
+            let now = now_millis();
+            let (Ok(sales), Ok(open_drops)) = (
+                store::open_sales(read, &session, now).await,
+                store::open_drops(read, &session, now).await,
+            ) else {
                 continue;
             };
+            for d in open_drops {
+                let changed = {
+                    let mut last = room
+                        .stock
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    last.insert(d.id.clone(), d.remaining) != Some(d.remaining)
+                };
+                if changed {
+                    let _ = room.tx.send(Arc::new(pb::JoinSessionResponse {
+                        update: Some(pb::join_session_response::Update::CouponDrop(
+                            drops::drop_proto(&d),
+                        )),
+                    }));
+                }
+            }
             for sale in sales {
                 let changed = {
                     let mut last = room
@@ -261,6 +281,7 @@ impl Api {
             .ok_or(KitError::NotFound("SESSION_NOT_FOUND"))?;
         let pinned = store::pinned_product(&self.read, session).await?;
         let sales = store::open_sales(&self.read, session, now_millis()).await?;
+        let drops = store::open_drops(&self.read, session, now_millis()).await?;
         let viewers = room
             .counted
             .load(Ordering::Relaxed)
@@ -271,6 +292,7 @@ impl Api {
                 pinned_product: pinned.map(|p| showcase::product_proto(&p, true)),
                 flash_sales: sales.iter().map(showcase::sale_proto).collect(),
                 viewers,
+                coupon_drops: drops.iter().map(drops::drop_proto).collect(),
             })),
         })
     }

@@ -91,20 +91,20 @@ pub struct SaleWindow {
 }
 
 impl SaleWindow {
-    /// Ok while open at `now`; FAILED_PRECONDITION / SALE_NOT_OPEN (metadata `state`
-    /// NOT_STARTED or CLOSED) otherwise.
-    pub fn open_at(&self, now: i64) -> Result<(), KitError> {
+    /// Ok while open at `now`; FAILED_PRECONDITION / `reason` (SALE_NOT_OPEN, DROP_NOT_OPEN;
+    /// metadata `state` NOT_STARTED or CLOSED) otherwise.
+    pub fn open_at(&self, now: i64, reason: &'static str) -> Result<(), KitError> {
         if now < self.start {
             Err(KitError::WrongState(
-                "SALE_NOT_OPEN",
+                reason,
                 "NOT_STARTED",
-                "the flash sale has not started".into(),
+                "it has not opened yet".into(),
             ))
         } else if now >= self.end {
             Err(KitError::WrongState(
-                "SALE_NOT_OPEN",
+                reason,
                 "CLOSED",
-                "the flash sale has closed".into(),
+                "it has closed".into(),
             ))
         } else {
             Ok(())
@@ -166,19 +166,13 @@ impl FlashSale {
         if !(1..=MAX_PER_MEMBER).contains(&draft.per_member_limit) {
             v.add("flash_sale.per_member_limit", "must be 1 to 100");
         }
-        let start = match &draft.start {
-            None => Some(now),
-            Some(at) => v.check("flash_sale.start_time", at.clone()),
-        };
-        let end = v.check(
+        let (start, end) = window(
+            &mut v,
+            "flash_sale.start_time",
             "flash_sale.end_time",
-            draft.end.clone().and_then(|end| {
-                if end > now && start.is_none_or(|s| end > s) {
-                    Ok(end)
-                } else {
-                    Err("must be after the start and after now".into())
-                }
-            }),
+            draft.start.as_ref(),
+            &draft.end,
+            now,
         );
         v.finish()?;
         let (Some(price), Some(start), Some(end)) = (price, start, end) else {
@@ -200,6 +194,92 @@ impl FlashSale {
     pub fn name(&self) -> String {
         format!("sessions/{}/flashSales/{}", self.session_id, self.id)
     }
+}
+
+/// Units of an entitlements benefit handed out to viewers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CouponDrop {
+    pub id: String,
+    pub session_id: String,
+    pub benefit_id: String,
+    pub quantity: i64,
+    pub remaining: i64,
+    pub window: SaleWindow,
+}
+
+/// A drop as a co-host describes it.
+pub struct CouponDropDraft<'a> {
+    pub benefit: &'a str,
+    pub quantity: i64,
+    /// `None` opens it now.
+    pub open: Option<Result<i64, String>>,
+    pub close: Result<i64, String>,
+}
+
+impl CouponDrop {
+    /// Checks a drop for `session` at `now` (reported under `coupon_drop.`).
+    pub fn new(session: &str, draft: &CouponDropDraft<'_>, now: i64) -> Result<Self, KitError> {
+        let mut v = Violations::default();
+        let benefit = v.check(
+            "coupon_drop.benefit",
+            lianyu_kit::names::parse::<1>(draft.benefit, "benefits/{benefit}")
+                .map(|[b]| b.to_owned()),
+        );
+        if !(1..=MAX_STOCK).contains(&draft.quantity) {
+            v.add("coupon_drop.quantity", "must be 1 to 1000000");
+        }
+        let (start, end) = window(
+            &mut v,
+            "coupon_drop.open_time",
+            "coupon_drop.close_time",
+            draft.open.as_ref(),
+            &draft.close,
+            now,
+        );
+        v.finish()?;
+        let (Some(benefit_id), Some(start), Some(end)) = (benefit, start, end) else {
+            return Err(KitError::invalid("coupon_drop", "required"));
+        };
+        Ok(Self {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            session_id: session.to_owned(),
+            benefit_id,
+            quantity: draft.quantity,
+            remaining: draft.quantity,
+            window: SaleWindow { start, end },
+        })
+    }
+
+    /// "sessions/{session}/couponDrops/{drop}".
+    pub fn name(&self) -> String {
+        format!("sessions/{}/couponDrops/{}", self.session_id, self.id)
+    }
+}
+
+/// A window from an optional start (now when absent) to an end after both the start and now.
+fn window(
+    v: &mut Violations,
+    start_field: &str,
+    end_field: &str,
+    start: Option<&Result<i64, String>>,
+    end: &Result<i64, String>,
+    now: i64,
+) -> (Option<i64>, Option<i64>) {
+    let start = match start {
+        None => Some(now),
+        Some(at) => v.check(start_field, at.clone()),
+    };
+    let end = v.check(
+        end_field,
+        end.clone().and_then(|end| {
+            if end > now && start.is_none_or(|s| end > s) {
+                Ok(end)
+            } else {
+                Err("must be after the start and after now".into())
+            }
+        }),
+    );
+    (start, end)
 }
 
 /// Where an order stands.

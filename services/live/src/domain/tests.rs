@@ -256,7 +256,7 @@ fn a_flash_sale_checks_its_price_stock_limit_and_window() {
     assert_eq!(sale.remaining_stock, 10);
     let state = |now| {
         sale.window
-            .open_at(now)
+            .open_at(now, "SALE_NOT_OPEN")
             .map_err(|e| lianyu_kit::ServiceError::metadata(&e)["state"].clone())
     };
     assert_eq!(state(150), Err("NOT_STARTED".to_owned()));

@@ -146,3 +146,34 @@ entity!(presence, "presence", {
     pub anonymous_joins: i64,
     pub updated_at: i64,
 });
+
+// A coupon drop; `remaining` only ever changes by one conditional update.
+entity!(coupon_drop, "coupon_drops", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(indexed)]
+    pub session_id: String,
+    pub benefit_id: String,
+    pub quantity: i64,
+    pub remaining: i64,
+    pub opens_at: i64,
+    pub closes_at: i64,
+});
+
+// A claim of a drop's unit, keyed by the claiming partner's request id: PENDING from taking
+// the unit until entitlements answers, then DONE with the wallet item's id. No member id:
+// the claim is the partner's request, the unit is entitlements'.
+entity!(drop_claim, "drop_claims", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub drop_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub partner_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub request_id: String,
+    #[sea_orm(indexed)]
+    pub session_id: String,
+    /// A hash of what was asked (the member), so a reused request id is told apart.
+    pub fingerprint: String,
+    pub wallet_item_id: Option<String>,
+    pub created_at: i64,
+});

@@ -1,0 +1,343 @@
+//! Coupon drops: a co-host opens one on an entitlements benefit; viewers claim through their
+//! partner's app. A claim takes the drop's unit here first (so a drop never hands out more
+//! than its quantity), then asks entitlements to grant it as a service on the viewer's behalf
+//! (`ClaimForViewer`, keyed by the claim, so a retry never grants twice); a refusal there puts
+//! the unit back, an unreachable entitlements keeps it for the retry.
+
+use lianyu_kit::{
+    Call, KitError,
+    call::status,
+    names,
+    peer::{Idempotency, Peer},
+    time::{now_millis, required_millis, timestamp},
+    validate::Violations,
+};
+use lianyu_proto::{
+    entitlements::internal::v1::{ClaimForViewerRequest, drop_service_client::DropServiceClient},
+    live::v1 as pb,
+};
+use sea_orm::TransactionTrait;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use super::{Api, Role};
+use crate::{
+    domain::{CouponDrop, CouponDropDraft, LiveError, SessionState},
+    store,
+};
+use store::Claim;
+
+pub(super) fn drop_proto(d: &CouponDrop) -> pb::CouponDrop {
+    pb::CouponDrop {
+        name: d.name(),
+        benefit: format!("benefits/{}", d.benefit_id),
+        quantity: d.quantity,
+        remaining: d.remaining,
+        open_time: timestamp(d.window.start),
+        close_time: timestamp(d.window.end),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn storage(e: sea_orm::DbErr) -> LiveError {
+    LiveError::Kit(KitError::Storage(e.into()))
+}
+
+impl Api {
+    /// Entitlements, as this service's principal; UNAVAILABLE / ENTITLEMENTS_UNAVAILABLE when
+    /// it is not configured.
+    fn entitlements(&self) -> Result<&Peer, KitError> {
+        self.entitlements.as_ref().ok_or_else(|| {
+            KitError::Unavailable(
+                "ENTITLEMENTS_UNAVAILABLE",
+                "entitlements is not configured for this service".into(),
+            )
+        })
+    }
+
+    pub(super) async fn create_drop(
+        &self,
+        call: &Call,
+        r: &pb::CreateCouponDropRequest,
+    ) -> Result<pb::CouponDrop, LiveError> {
+        let given = r.coupon_drop.clone().unwrap_or_default();
+        self.mutations
+            .run(call, &r.request_id, r, async |txn| {
+                let session = self.hosted(txn, call, &r.parent, "parent").await?;
+                let drop = CouponDrop::new(
+                    &session.id,
+                    &CouponDropDraft {
+                        benefit: &given.benefit,
+                        quantity: given.quantity,
+                        open: given.open_time.as_ref().map(|t| required_millis(Some(t))),
+                        close: required_millis(given.close_time.as_ref()),
+                    },
+                    now_millis(),
+                )?;
+                if !matches!(session.state, SessionState::Scheduled | SessionState::Live) {
+                    return Err(session.state.refuse("a SCHEDULED or LIVE session").into());
+                }
+                store::insert_drop(txn, &drop).await?;
+                let shown = drop_proto(&drop);
+                self.tell_viewers(
+                    txn,
+                    &session.id,
+                    pb::join_session_response::Update::CouponDrop(shown.clone()),
+                )
+                .await?;
+                Ok(shown)
+            })
+            .await
+    }
+
+    pub(super) async fn get_drop(
+        &self,
+        call: &Call,
+        name: &str,
+    ) -> Result<pb::CouponDrop, LiveError> {
+        let [session_id, drop_id] = names::parse(name, "sessions/{session}/couponDrops/{drop}")
+            .map_err(|e| KitError::invalid("name", e))?;
+        let (session, _) = self
+            .session(&self.read, call, &format!("sessions/{session_id}"), "name")
+            .await
+            .map_err(|_| LiveError::CouponDropNotFound)?;
+        let drop = store::coupon_drop(&self.read, &session.id, drop_id)
+            .await?
+            .ok_or(LiveError::CouponDropNotFound)?;
+        Ok(drop_proto(&drop))
+    }
+
+    /// Takes a unit of the drop for a new claim and records the claim as pending, telling
+    /// viewers when it was the last. `Ok(false)` when the same claim was recorded meanwhile.
+    async fn take_for_claim(
+        &self,
+        call: &Call,
+        session_id: &str,
+        drop_id: &str,
+        request_id: &str,
+        fingerprint: &str,
+    ) -> Result<bool, LiveError> {
+        let txn = self.db.begin().await.map_err(storage)?;
+        let (session, role) = self
+            .session(&txn, call, &format!("sessions/{session_id}"), "name")
+            .await
+            .map_err(|e| match e {
+                LiveError::SessionNotFound => LiveError::CouponDropNotFound,
+                e => e,
+            })?;
+        if call.who.store.is_some() && role != Role::Host {
+            return Err(KitError::Denied(
+                "STORE_TOKEN_NOT_ALLOWED",
+                "a store token claims only in a session of its store",
+            )
+            .into());
+        }
+        if session.state != SessionState::Live {
+            return Err(session.state.refuse("a LIVE session").into());
+        }
+        let drop = store::coupon_drop(&txn, &session.id, drop_id)
+            .await?
+            .ok_or(LiveError::CouponDropNotFound)?;
+        drop.window.open_at(now_millis(), "DROP_NOT_OPEN")?;
+        let Some(left) = store::take_unit(&txn, &drop.id).await? else {
+            return Err(KitError::Precondition(
+                "DROP_EXHAUSTED",
+                "every unit of this drop has been claimed".into(),
+            )
+            .into());
+        };
+        if !store::insert_claim(
+            &txn,
+            &drop,
+            call.partner_id(),
+            request_id,
+            fingerprint,
+            now_millis(),
+        )
+        .await?
+        {
+            // The same claim, sent twice at once: the other one holds its unit.
+            txn.rollback().await.map_err(storage)?;
+            return Ok(false);
+        }
+        if left == 0 {
+            self.tell_viewers(
+                &txn,
+                &session.id,
+                pb::join_session_response::Update::CouponDrop(drop_proto(&CouponDrop {
+                    remaining: 0,
+                    ..drop
+                })),
+            )
+            .await?;
+        }
+        txn.commit().await.map_err(storage)?;
+        if left == 0 {
+            self.feed.published();
+        }
+        Ok(true)
+    }
+
+    /// Records a granted claim and tells the hosts' feed (naming the member by mesh id there,
+    /// as every feed event does; readers see it as ListOrders names buyers).
+    async fn finish_claim(
+        &self,
+        call: &Call,
+        (session_id, drop_id): (&str, &str),
+        request: &pb::ClaimCouponDropRequest,
+        item: &str,
+    ) -> Result<(), LiveError> {
+        let (request_id, member) = (request.request_id.as_str(), request.member.as_str());
+        let drop_name = format!("sessions/{session_id}/couponDrops/{drop_id}");
+        let mesh = self.mesh_id(call, member, "member").await.ok();
+        let txn = self.db.begin().await.map_err(storage)?;
+        store::finish_claim(&txn, drop_id, call.partner_id(), request_id, item).await?;
+        if let (Some(mesh), Some(session)) = (mesh, store::load_session(&txn, session_id).await?) {
+            self.tell_hosts(
+                &txn,
+                &session,
+                pb::watch_live_events_response::Event::DropClaimed(pb::DropClaimed {
+                    coupon_drop: drop_name,
+                    member: format!("meshMembers/{mesh}"),
+                    partner: format!("partners/{}", call.partner_id()),
+                }),
+                now_millis(),
+            )
+            .await?;
+        }
+        txn.commit().await.map_err(storage)?;
+        self.feed.published();
+        Ok(())
+    }
+
+    /// Claims a unit for a viewer: see the module's comment. Errors from entitlements are
+    /// answered as entitlements gave them.
+    pub(super) async fn claim_drop(
+        &self,
+        call: &Call,
+        r: &pb::ClaimCouponDropRequest,
+    ) -> Result<pb::ClaimCouponDropResponse, Status> {
+        let fail = |e: LiveError| status(&e);
+        let mut v = Violations::default();
+        let parsed = v.check(
+            "name",
+            names::parse::<2>(&r.name, "sessions/{session}/couponDrops/{drop}"),
+        );
+        let member = v.check("member", names::parse::<1>(&r.member, "members/{member}"));
+        if let Err(KitError::Invalid(fields)) = lianyu_kit::idempotency::validate(&r.request_id) {
+            for f in fields {
+                v.add(f.field, f.description);
+            }
+        }
+        v.finish().map_err(|e| fail(e.into()))?;
+        let (Some([session_id, drop_id]), Some(_)) = (parsed, member) else {
+            return Err(fail(KitError::invalid("name", "required").into()));
+        };
+        if call.who.operator {
+            return Err(fail(LiveError::CouponDropNotFound));
+        }
+        let fingerprint = hex(&Sha256::digest(r.member.as_bytes())[..16]);
+        let partner = call.partner_id();
+        let existing = store::claim(&self.read, drop_id, partner, &r.request_id)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        match existing {
+            Some(c) if c.fingerprint != fingerprint => {
+                return Err(fail(KitError::RequestIdReused.into()));
+            }
+            Some(Claim {
+                wallet_item_id: Some(item),
+                ..
+            }) => return self.claimed(&r.member, session_id, drop_id, &item).await,
+            // Pending: entitlements did not answer last time; ask again.
+            Some(_) => {}
+            None => {
+                self.take_for_claim(call, session_id, drop_id, &r.request_id, &fingerprint)
+                    .await
+                    .map_err(fail)?;
+            }
+        }
+        let drop = store::coupon_drop(&self.db, session_id, drop_id)
+            .await
+            .map_err(|e| fail(e.into()))?
+            .ok_or_else(|| fail(LiveError::CouponDropNotFound))?;
+        let key = hex(&Sha256::new()
+            .chain_update(drop_id.as_bytes())
+            .chain_update([0])
+            .chain_update(partner.as_bytes())
+            .chain_update([0])
+            .chain_update(r.request_id.as_bytes())
+            .finalize()[..20]);
+        let request = ClaimForViewerRequest {
+            request_id: format!("live-drop-{key}"),
+            partner: format!("partners/{partner}"),
+            member: r.member.clone(),
+            benefit: format!("benefits/{}", drop.benefit_id),
+            claim_code: drop.name(),
+        };
+        let peer = self.entitlements().map_err(|e| fail(e.into()))?;
+        let granted = peer
+            .call(Idempotency::Idempotent, request, |ch, req| async move {
+                DropServiceClient::new(ch).claim_for_viewer(req).await
+            })
+            .await;
+        match granted {
+            Ok(item) => {
+                let id = item.name.rsplit('/').next().unwrap_or_default().to_owned();
+                self.finish_claim(call, (session_id, drop_id), r, &id)
+                    .await
+                    .map_err(fail)?;
+                self.claimed(&r.member, session_id, drop_id, &id).await
+            }
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                        | tonic::Code::Internal
+                ) =>
+            {
+                // Entitlements may or may not have granted it: the unit stays held, and a
+                // retry with the same request id asks again (entitlements answers a repeat
+                // with its first answer).
+                Err(fail(
+                    KitError::Unavailable(
+                        "ENTITLEMENTS_UNAVAILABLE",
+                        "entitlements did not answer; retry with the same request_id".into(),
+                    )
+                    .into(),
+                ))
+            }
+            Err(refused) => {
+                let txn = self.db.begin().await.map_err(|e| fail(storage(e)))?;
+                store::release_claim(&txn, drop_id, partner, &r.request_id)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                txn.commit().await.map_err(|e| fail(storage(e)))?;
+                Err(refused)
+            }
+        }
+    }
+
+    async fn claimed(
+        &self,
+        member: &str,
+        session_id: &str,
+        drop_id: &str,
+        item: &str,
+    ) -> Result<pb::ClaimCouponDropResponse, Status> {
+        let remaining = store::coupon_drop(&self.read, session_id, drop_id)
+            .await
+            .map_err(|e| status(&LiveError::from(e)))?
+            .map_or(0, |d| d.remaining);
+        Ok(pb::ClaimCouponDropResponse {
+            wallet_item: format!("{member}/walletItems/{item}"),
+            remaining,
+        })
+    }
+}
