@@ -26,9 +26,12 @@ const EVERY: Duration = Duration::from_millis(250);
 const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 /// Slow asks in a row before a database counts as down (about two seconds): one late answer on
 /// a saturated machine is load, not an outage, and refusing every call for it would turn load
-/// into an outage. A refused or broken connection counts at once, and so does the first answer
-/// after an outage.
+/// into an outage. The first answer after an outage counts at once.
 const SLOW_BEFORE_DOWN: u32 = 3;
+/// Failed asks in a row (a refused or broken connection) before a database counts as down,
+/// about half a second: one failed connect on a busy server (a full listen queue, a backend
+/// that could not start) is not an outage either.
+const FAILED_BEFORE_DOWN: u32 = 2;
 
 struct Watched {
     service: String,
@@ -98,9 +101,7 @@ impl DatabaseHealth {
                 let misses = missed.entry(service.clone()).or_insert(0u32);
                 let asked = tokio::time::timeout(ANSWER_WITHIN, async {
                     if !connections.contains_key(&service) {
-                        let db = crate::storage::connect(&url, &service, Some(1))
-                            .await
-                            .ok()?;
+                        let db = crate::storage::probe(&url).await.ok()?;
                         connections.insert(service.clone(), db);
                     }
                     connections.get(&service)?.ping().await.ok()
@@ -113,8 +114,12 @@ impl DatabaseHealth {
                     // A fresh connection next time: this one may be half-open.
                     connections.remove(&service);
                     *misses += 1;
-                    let slow_only = asked.is_err();
-                    if slow_only && *misses < SLOW_BEFORE_DOWN {
+                    let tolerated = if asked.is_err() {
+                        SLOW_BEFORE_DOWN
+                    } else {
+                        FAILED_BEFORE_DOWN
+                    };
+                    if *misses < tolerated {
                         continue;
                     }
                 }

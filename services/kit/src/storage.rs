@@ -200,6 +200,19 @@ pub async fn connect(
     Ok(Database::connect(options).await?)
 }
 
+/// One connection to the database server for asking whether it answers: no schema to ensure
+/// (a concurrent `CREATE SCHEMA IF NOT EXISTS` can fail on PostgreSQL, which must not read as
+/// an outage), no pool to fill.
+pub async fn probe(url: &str) -> Result<DatabaseConnection, StorageError> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(2));
+    Ok(Database::connect(options).await?)
+}
+
 /// An OK must mean committed. After a failed statement or commit (SQLITE_FULL, a dropped
 /// PostgreSQL connection) the driver can be left believing a transaction is still open: SQLite
 /// had already rolled it back itself, so the driver's ROLLBACK fails and it keeps counting the
@@ -229,8 +242,24 @@ async fn ensure_schema(url: &str, schema: &str) -> Result<(), StorageError> {
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(5));
     let db = Database::connect(options).await?;
-    db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-        .await?;
+    let created = db
+        .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .await;
+    if let Err(e) = created {
+        // Two connections creating the schema at once: one of them is told the name is taken
+        // (PostgreSQL's IF NOT EXISTS does not cover the race). It exists either way.
+        let exists = db
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 AS one FROM pg_namespace WHERE nspname = $1",
+                [schema.into()],
+            ))
+            .await?
+            .is_some();
+        if !exists {
+            return Err(e.into());
+        }
+    }
     db.close().await?;
     Ok(())
 }

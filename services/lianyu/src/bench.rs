@@ -4,6 +4,7 @@
 //! percentiles from an HDR histogram, and errors by status code.
 
 pub mod drop;
+pub mod live;
 mod report;
 mod setup;
 pub mod streams;
@@ -49,6 +50,10 @@ pub enum Scenario {
     Grant,
     /// A sale at the counter: GrantBenefit then Redeem of that unit (two RPCs a call).
     Redeem,
+    /// `--viewers` viewers watch one live session; `--events` announcements fan out to them.
+    Viewers,
+    /// A flash sale of `--units` units, `--buyers` members buying one each at once.
+    FlashSale,
 }
 
 impl Scenario {
@@ -63,7 +68,13 @@ impl Scenario {
     ];
 
     /// Run only when named: each prepares its own data at a scale that `all` would not want.
-    pub const BY_NAME: [Scenario; 3] = [Scenario::ClaimDrop, Scenario::Grant, Scenario::Redeem];
+    pub const BY_NAME: [Scenario; 5] = [
+        Scenario::ClaimDrop,
+        Scenario::Grant,
+        Scenario::Redeem,
+        Scenario::Viewers,
+        Scenario::FlashSale,
+    ];
 
     /// Every scenario's name, for help and errors.
     pub fn names() -> String {
@@ -87,6 +98,8 @@ impl Scenario {
             Scenario::ClaimDrop => "claim-drop",
             Scenario::Grant => "grant",
             Scenario::Redeem => "redeem",
+            Scenario::Viewers => "viewers",
+            Scenario::FlashSale => "flash-sale",
         }
     }
 }
@@ -255,7 +268,11 @@ impl Caller {
                 self.consents.batch_check_consent(request).await.map(drop)
             }
             // Measured by `streams::idle_streams`, not by a call loop; `all` is expanded first.
-            Scenario::IdleStreams | Scenario::ClaimDrop | Scenario::All => Ok(()),
+            Scenario::IdleStreams
+            | Scenario::ClaimDrop
+            | Scenario::Viewers
+            | Scenario::FlashSale
+            | Scenario::All => Ok(()),
             Scenario::Grant | Scenario::Redeem => {
                 use lianyu_proto::entitlements::v1 as ent;
                 let member = self.ids[pick(self.seq + self.worker as u64 * 7919)].clone();

@@ -40,12 +40,14 @@ enum Command {
 #[derive(Args)]
 struct BenchArgs {
     /// The scenario: all, bare, baseline, consent-check, batch-consent-check, enroll,
-    /// idle-streams, claim-drop, grant or redeem (several may be named). `all` runs every one
-    /// but the last three:
+    /// idle-streams, claim-drop, grant, redeem, viewers or flash-sale (several may be named).
+    /// `all` runs every one but the last five:
     /// bare (a plain tonic server), the baseline through the kit's layers (shown as a share of
     /// bare), then each other as a share of the baseline. claim-drop enrols --claimers members
     /// and has them all claim one of --units units at once; grant has the mall grant its own
-    /// coupon to its members, redeem grants a unit then redeems it at the counter.
+    /// coupon to its members, redeem grants a unit then redeems it at the counter; viewers
+    /// opens --viewers JoinSession streams and fans --events announcements out to them;
+    /// flash-sale has --buyers members buy one each of --units units at once.
     #[arg(value_parser = parse_scenarios)]
     scenario: Vec<lianyu::bench::Scenario>,
     /// A running mesh (http://host:port); by default bench starts its own on embedded SQLite.
@@ -83,9 +85,18 @@ struct BenchArgs {
     /// claim-drop: members claiming at once.
     #[arg(long, default_value_t = 10_000)]
     claimers: usize,
-    /// claim-drop: units in the drop.
+    /// claim-drop: units in the drop; flash-sale: units on sale.
     #[arg(long, default_value_t = 1_000)]
     units: i64,
+    /// viewers: viewer streams opened on one live session.
+    #[arg(long, default_value_t = 10_000)]
+    viewers: usize,
+    /// viewers: announcements fanned out, one at a time.
+    #[arg(long, default_value_t = 20)]
+    events: usize,
+    /// flash-sale: members buying at once (--units is the stock).
+    #[arg(long, default_value_t = 10_000)]
+    buyers: usize,
     /// How long idle-streams holds them while measuring.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     hold: Duration,
@@ -463,6 +474,54 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     report.budget_units,
                     report.units_granted,
                     report.distinct_members,
+                    report.seconds,
+                    report.seconds / report.baseline_seconds.max(1e-9),
+                    report.baseline_seconds,
+                    report.refusals
+                );
+            }
+            continue;
+        }
+        if scenario == Scenario::Viewers {
+            let report =
+                lianyu::bench::live::viewers(&target, args.viewers.max(1), args.events.max(1))
+                    .await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "viewers  {} viewers open in {:.1}s ({} refused), {:.0} bytes a viewer; {} events: fan-out p50 {:.1} ms, p99 {:.1} ms ({:.1}x the {:.2} ms health round trip), {} deliveries missed",
+                    report.viewers,
+                    report.open_seconds,
+                    report.refused,
+                    report.bytes_per_viewer,
+                    report.events,
+                    report.fanout_p50_ms,
+                    report.fanout_p99_ms,
+                    report.fanout_p99_ms / report.baseline_rtt_ms.max(1e-9),
+                    report.baseline_rtt_ms,
+                    report.missed
+                );
+            }
+            continue;
+        }
+        if scenario == Scenario::FlashSale {
+            let report = lianyu::bench::live::flash_sale(
+                &target,
+                args.buyers.max(1),
+                args.units.max(1),
+                args.channels.max(1),
+            )
+            .await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "flash-sale  {} buyers, {} units: {} sold to {} members, every buyer answered in {:.3}s ({:.1}x the {:.3}s of as many health checks); refused {:?}",
+                    report.buyers,
+                    report.units,
+                    report.units_sold,
+                    report.distinct_buyers,
                     report.seconds,
                     report.seconds / report.baseline_seconds.max(1e-9),
                     report.baseline_seconds,

@@ -47,33 +47,7 @@ pub async fn claim_drop(
 ) -> anyhow::Result<DropReport> {
     let channel = target.channel();
     let run = target.run_id;
-    let members: Vec<anyhow::Result<String>> = stream::iter(0..claimers)
-        .map(|i| {
-            let channel = channel.clone();
-            async move {
-                let mut members =
-                    pb::member_service_client::MemberServiceClient::new(target.as_brand(channel));
-                let reply = members
-                    .enroll_member(pb::EnrollMemberRequest {
-                        request_id: format!("drop-{run}-{i}"),
-                        identifiers: vec![pb::Identifier {
-                            kind: pb::IdentifierKind::Phone as i32,
-                            value: format!("13{}{:08}", run % 10, i),
-                            namespace: String::new(),
-                            verified: true,
-                            verification_method: pb::VerificationMethod::SmsCode as i32,
-                        }],
-                        profile: Default::default(),
-                    })
-                    .await
-                    .context("enrolling a claimer")?;
-                Ok(reply.into_inner().member.unwrap_or_default().name)
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let members = members.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let members = enrol_members(target, claimers, "drop", "13").await?;
 
     let mut benefits = BenefitServiceClient::new(target.as_brand(channel.clone()));
     let until = chrono::Utc::now().timestamp() + 24 * 3600;
@@ -114,19 +88,7 @@ pub async fn claim_drop(
             .check(tonic_health::pb::HealthCheckRequest::default())
             .await;
     }
-    let started = Instant::now();
-    let checks = (0..claimers).map(|i| {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(
-            connections[i % connections.len()].clone(),
-        );
-        tokio::spawn(async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-        })
-    });
-    futures::future::join_all(checks).await;
-    let baseline_seconds = started.elapsed().as_secs_f64();
+    let baseline_seconds = burst_baseline(&connections, claimers).await;
 
     let started = Instant::now();
     let claims = members.iter().enumerate().map(|(i, member)| {
@@ -147,15 +109,7 @@ pub async fn claim_drop(
     for answer in answers {
         match answer {
             Ok(Ok(item)) => owners.push(item.name.split("/walletItems/").next().map(str::to_owned)),
-            Ok(Err(status)) => {
-                let reason = tonic_types::StatusExt::get_error_details(&status)
-                    .error_info()
-                    .map(|i| i.reason.clone())
-                    .unwrap_or_default();
-                *refusals
-                    .entry(format!("{:?} {reason}", status.code()))
-                    .or_default() += 1;
-            }
+            Ok(Err(status)) => *refusals.entry(refusal(&status)).or_default() += 1,
             Err(_) => *refusals.entry("client task failed".into()).or_default() += 1,
         }
     }
@@ -172,4 +126,70 @@ pub async fn claim_drop(
         baseline_seconds,
         refusals,
     })
+}
+
+/// `n` members enrolled at the brand with new verified phones ("{prefix}{run}{i:08}"), 64 at a
+/// time; request ids are "{tag}-{run}-{i}".
+pub(super) async fn enrol_members(
+    target: &Target,
+    n: usize,
+    tag: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let channel = target.channel();
+    let run = target.run_id;
+    let members: Vec<anyhow::Result<String>> = stream::iter(0..n)
+        .map(|i| {
+            let channel = channel.clone();
+            async move {
+                let mut members =
+                    pb::member_service_client::MemberServiceClient::new(target.as_brand(channel));
+                let reply = members
+                    .enroll_member(pb::EnrollMemberRequest {
+                        request_id: format!("{tag}-{run}-{i}"),
+                        identifiers: vec![pb::Identifier {
+                            kind: pb::IdentifierKind::Phone as i32,
+                            value: format!("{prefix}{}{:08}", run % 10, i),
+                            namespace: String::new(),
+                            verified: true,
+                            verification_method: pb::VerificationMethod::SmsCode as i32,
+                        }],
+                        profile: Default::default(),
+                    })
+                    .await
+                    .context("enrolling a member")?;
+                Ok(reply.into_inner().member.unwrap_or_default().name)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    members.into_iter().collect()
+}
+
+/// The baseline of a rush: `n` health checks through the full stack sent at once over
+/// `connections`, until the last is answered (seconds).
+pub(super) async fn burst_baseline(connections: &[tonic::transport::Channel], n: usize) -> f64 {
+    let started = Instant::now();
+    let checks = (0..n).map(|i| {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            connections[i % connections.len()].clone(),
+        );
+        tokio::spawn(async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+        })
+    });
+    futures::future::join_all(checks).await;
+    started.elapsed().as_secs_f64()
+}
+
+/// A refused call as "Code REASON".
+pub(super) fn refusal(status: &tonic::Status) -> String {
+    let reason = tonic_types::StatusExt::get_error_details(status)
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default();
+    format!("{:?} {reason}", status.code())
 }

@@ -88,7 +88,7 @@ fn cpu_ticks() -> u64 {
 }
 
 /// This process's resident memory, in bytes.
-fn rss_bytes() -> u64 {
+pub(super) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()

@@ -16,11 +16,10 @@ use super::{
 };
 use crate::domain::{FlashSale, Order, OrderState, Product, SaleWindow};
 
-fn money(currency: String, minor_units: i64) -> Money {
-    Money::new(&currency, minor_units).unwrap_or_else(|_| {
-        // Only checked amounts are ever stored; a row that is not one reads as zero CNY.
-        Money::new("CNY", 0).unwrap_or_else(|_| unreachable!("CNY 0 is valid"))
-    })
+/// A stored amount; only checked amounts are ever stored, so one that is not is corruption.
+fn money(currency: &str, minor_units: i64) -> Result<Money, KitError> {
+    Money::new(currency, minor_units)
+        .map_err(|e| KitError::Internal(format!("a stored amount is not valid: {e}")))
 }
 
 /// Stores a product; false when the seller's SKU is already on the session.
@@ -55,19 +54,19 @@ pub(crate) async fn insert_product(
     Ok(true)
 }
 
-fn to_product(r: product::Model) -> (Product, bool) {
-    (
+fn to_product(r: product::Model) -> Result<(Product, bool), KitError> {
+    Ok((
         Product {
             id: r.id,
             session_id: r.session_id,
             sku: r.sku,
             title: r.title,
-            price: money(r.currency, r.price),
+            price: money(&r.currency, r.price)?,
             seller: PartnerId::new(r.seller_id),
             category: r.category,
         },
         r.pinned,
-    )
+    ))
 }
 
 /// A product of `session` with whether it is pinned.
@@ -76,12 +75,13 @@ pub(crate) async fn product(
     session: &str,
     id: &str,
 ) -> Result<Option<(Product, bool)>, KitError> {
-    Ok(product::Entity::find_by_id(id)
+    product::Entity::find_by_id(id)
         .filter(product::Column::SessionId.eq(session))
         .one(conn)
         .await
         .map_err(storage)?
-        .map(to_product))
+        .map(to_product)
+        .transpose()
 }
 
 /// A session's products in the order they were added.
@@ -99,7 +99,10 @@ pub(crate) async fn list_products(
         )
         .await?;
     let (rows, token) = page.finish(rows, |r| r.id.clone());
-    Ok((rows.into_iter().map(to_product).collect(), token))
+    Ok((
+        rows.into_iter().map(to_product).collect::<Result<_, _>>()?,
+        token,
+    ))
 }
 
 /// The product on screen now, if any.
@@ -107,13 +110,14 @@ pub(crate) async fn pinned_product(
     conn: &impl ConnectionTrait,
     session: &str,
 ) -> Result<Option<Product>, KitError> {
-    Ok(product::Entity::find()
+    product::Entity::find()
         .filter(product::Column::SessionId.eq(session))
         .filter(product::Column::Pinned.eq(true))
         .one(conn)
         .await
         .map_err(storage)?
-        .map(|r| to_product(r).0))
+        .map(|r| to_product(r).map(|(p, _)| p))
+        .transpose()
 }
 
 /// Pins `product` (unpinning any other) and keeps the marker at `offset` into the stream; or
@@ -207,12 +211,12 @@ pub(crate) async fn insert_sale(txn: &impl ConnectionTrait, s: &FlashSale) -> Re
     Ok(())
 }
 
-fn to_sale(r: flash_sale::Model) -> FlashSale {
-    FlashSale {
+fn to_sale(r: flash_sale::Model) -> Result<FlashSale, KitError> {
+    Ok(FlashSale {
         id: r.id,
         session_id: r.session_id,
         product_id: r.product_id,
-        price: money(r.currency, r.price),
+        price: money(&r.currency, r.price)?,
         total_stock: r.total_stock,
         remaining_stock: r.remaining,
         per_member_limit: r.per_member_limit,
@@ -220,7 +224,7 @@ fn to_sale(r: flash_sale::Model) -> FlashSale {
             start: r.starts_at,
             end: r.ends_at,
         },
-    }
+    })
 }
 
 /// A flash sale of `session`.
@@ -229,12 +233,13 @@ pub(crate) async fn sale(
     session: &str,
     id: &str,
 ) -> Result<Option<FlashSale>, KitError> {
-    Ok(flash_sale::Entity::find_by_id(id)
+    flash_sale::Entity::find_by_id(id)
         .filter(flash_sale::Column::SessionId.eq(session))
         .one(conn)
         .await
         .map_err(storage)?
-        .map(to_sale))
+        .map(to_sale)
+        .transpose()
 }
 
 /// The session's flash sales open at `now`, oldest first.
@@ -243,7 +248,7 @@ pub(crate) async fn open_sales(
     session: &str,
     now: i64,
 ) -> Result<Vec<FlashSale>, KitError> {
-    Ok(flash_sale::Entity::find()
+    flash_sale::Entity::find()
         .filter(flash_sale::Column::SessionId.eq(session))
         .filter(flash_sale::Column::StartsAt.lte(now))
         .filter(flash_sale::Column::EndsAt.gt(now))
@@ -253,7 +258,7 @@ pub(crate) async fn open_sales(
         .map_err(storage)?
         .into_iter()
         .map(to_sale)
-        .collect())
+        .collect()
 }
 
 /// Ends every flash sale of a session that ends now (so none stays open after it).
@@ -398,8 +403,8 @@ pub(crate) async fn insert_order(txn: &impl ConnectionTrait, o: &Order) -> Resul
     Ok(())
 }
 
-fn to_order(r: order::Model) -> Order {
-    Order {
+fn to_order(r: order::Model) -> Result<Order, KitError> {
+    Ok(Order {
         id: r.id,
         session_id: r.session_id,
         member: r.member_id,
@@ -408,7 +413,7 @@ fn to_order(r: order::Model) -> Order {
         product_id: r.product_id,
         flash_sale_id: r.flash_sale_id,
         quantity: r.quantity,
-        amount: money(r.currency, r.amount),
+        amount: money(&r.currency, r.amount)?,
         seller: PartnerId::new(r.seller_id),
         store: r.store,
         guide: r.guide,
@@ -420,7 +425,7 @@ fn to_order(r: order::Model) -> Order {
             OrderState::Placed
         },
         created_at: r.created_at,
-    }
+    })
 }
 
 /// An order of `session`.
@@ -429,12 +434,13 @@ pub(crate) async fn order(
     session: &str,
     id: &str,
 ) -> Result<Option<Order>, KitError> {
-    Ok(order::Entity::find_by_id(id)
+    order::Entity::find_by_id(id)
         .filter(order::Column::SessionId.eq(session))
         .one(conn)
         .await
         .map_err(storage)?
-        .map(to_order))
+        .map(to_order)
+        .transpose()
 }
 
 /// Marks a placed order cancelled; false when it already was (a concurrent cancel won).
@@ -481,7 +487,10 @@ pub(crate) async fn list_orders(
         )
         .await?;
     let (rows, token) = page.finish(rows, |r| r.id.clone());
-    Ok((rows.into_iter().map(to_order).collect(), token))
+    Ok((
+        rows.into_iter().map(to_order).collect::<Result<_, _>>()?,
+        token,
+    ))
 }
 
 /// Every placed order of a session (for its figures).
@@ -489,7 +498,7 @@ pub(crate) async fn placed_orders(
     conn: &impl ConnectionTrait,
     session: &str,
 ) -> Result<Vec<Order>, KitError> {
-    Ok(order::Entity::find()
+    order::Entity::find()
         .filter(order::Column::SessionId.eq(session))
         .filter(order::Column::Cancelled.eq(false))
         .all(conn)
@@ -497,7 +506,7 @@ pub(crate) async fn placed_orders(
         .map_err(storage)?
         .into_iter()
         .map(to_order)
-        .collect())
+        .collect()
 }
 
 /// Forgets who bought, in the orders `partner` placed for `member`, after the member was
