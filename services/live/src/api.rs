@@ -47,6 +47,11 @@ pub(crate) struct Api {
     feed: Feed,
     /// Viewers on this replica, fed from the log.
     hub: viewers::Hub,
+    /// Flash sales this replica has seen sell out: orders for them are answered SOLD_OUT
+    /// without asking identity or writing (a replay still gets its order back). A cancel
+    /// here reopens the sale; another replica's cancel is found by the next write after
+    /// [`orders::SOLD_OUT_RECHECK`].
+    sold_out: orders::SoldOut,
 }
 
 pub(crate) fn register(
@@ -69,6 +74,7 @@ pub(crate) fn register(
             .publishing(feed.clone(), None)
             .feed_first(),
         hub: viewers::Hub::start(feed.clone(), read.clone(), ctx.stopping.clone()),
+        sold_out: orders::SoldOut::default(),
         feed,
         directory,
         entitlements: match ctx.peer(crate::NAME, "entitlements") {

@@ -19,6 +19,42 @@ use crate::{
     store::{self, OrderScope},
 };
 
+/// How long a replica trusts that a sale it saw sell out stays sold out before letting one
+/// order through to the database again (a cancel on another replica restocks it).
+pub(super) const SOLD_OUT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Flash sales seen sold out, with when.
+#[derive(Clone, Default)]
+pub(crate) struct SoldOut(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+);
+
+impl SoldOut {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `sale` was seen sold out lately.
+    fn is(&self, sale: &str) -> bool {
+        self.map()
+            .get(sale)
+            .is_some_and(|at| at.elapsed() < SOLD_OUT_RECHECK)
+    }
+
+    fn mark(&self, sale: &str) {
+        self.map()
+            .insert(sale.to_owned(), std::time::Instant::now());
+    }
+
+    fn reopen(&self, sale: &str) {
+        self.map().remove(sale);
+    }
+}
+
 /// The purposes that let a co-host see who bought.
 const NAMING_PURPOSES: [common::ConsentPurpose; 2] = [
     common::ConsentPurpose::LivePersonalization,
@@ -227,6 +263,11 @@ impl Api {
                         .into());
                     }
                     let Some(left) = store::take_stock(txn, &sale.id, given.quantity).await? else {
+                        // Less than one unit left is none: sold out for every buyer (what the
+                        // update read was committed, whatever becomes of this transaction).
+                        if given.quantity == 1 || sale.remaining_stock == 0 {
+                            self.sold_out.mark(&sale.id);
+                        }
                         return Err(KitError::Precondition(
                             "SOLD_OUT",
                             "fewer units are left than asked for".into(),
@@ -305,6 +346,19 @@ impl pb::order_service_server::OrderService for Api {
                 }
             }
             v.finish()?;
+            // A sale this replica saw sell out: SOLD_OUT at once, unless this is a replay of
+            // an order that was placed.
+            let sale_id = given.flash_sale.rsplit('/').next().unwrap_or_default();
+            if !given.flash_sale.is_empty() && self.sold_out.is(sale_id) {
+                return match self.orders.stored(&call, &r.request_id, &r).await? {
+                    Some(placed) => Ok(placed),
+                    None => Err(KitError::Precondition(
+                        "SOLD_OUT",
+                        "fewer units are left than asked for".into(),
+                    )
+                    .into()),
+                };
+            }
             let member = self.mesh_id(&call, &given.member, "order.member").await?;
             self.place(&call, &r, &member).await
         })
@@ -340,6 +394,7 @@ impl pb::order_service_server::OrderService for Api {
                     }
                     if let Some(sale) = &order.flash_sale_id {
                         store::restock(txn, sale, order.member.as_deref(), order.quantity).await?;
+                        self.sold_out.reopen(sale);
                     }
                     order.state = OrderState::Cancelled;
                     let session = store::load_session(txn, session_id)
