@@ -255,7 +255,7 @@ pub async fn flash_sale(
     channels: usize,
 ) -> anyhow::Result<FlashSaleReport> {
     let channel = target.channel();
-    let members = super::drop::enrol_members(target, buyers, "sale", "15").await?;
+    let members = super::drop::enrol_members(target, buyers, "sale", "18").await?;
     let session = live_session(target, "flash-sale").await?;
     let mut showcase = ShowcaseServiceClient::new(target.as_brand(channel.clone()));
     let product = showcase
