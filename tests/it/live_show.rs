@@ -975,3 +975,195 @@ async fn a_coupon_drop_hands_out_exactly_its_units_through_entitlements() {
         .into_inner();
     assert_eq!(figures.coupons_claimed, 5);
 }
+
+/// A viewer watching through another replica gets what a co-host does through this one: the
+/// replicas share the session's log through the database, not memory.
+#[tokio::test]
+async fn a_viewer_on_another_replica_gets_every_change() {
+    let s = mesh("live_replica_viewer").await;
+    let replica = crate::support::second_instance!(s, lianyu_live::mount);
+    let session = on_air(&s).await;
+    let mut elsewhere = ViewerServiceClient::new(InterceptedService::new(
+        replica,
+        lianyu_kit::client::Bearer::new(&s.token(OUTSIDER)),
+    ))
+    .join_session(pb::JoinSessionRequest {
+        session: session.name.clone(),
+        member: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(matches!(
+        next_change(&mut elsewhere).await,
+        Update::Snapshot(_)
+    ));
+    let product = add_product(&s, &session.name, "SCARF", 39_900).await;
+    showcase(&s, &s.token(MALL))
+        .pin_product(pb::PinProductRequest {
+            request_id: "pin".into(),
+            name: product.name.clone(),
+            pinned: true,
+        })
+        .await
+        .unwrap();
+    for i in 0..5 {
+        showcase(&s, &s.token(MALL))
+            .post_announcement(pb::PostAnnouncementRequest {
+                request_id: format!("say-{i}"),
+                parent: session.name.clone(),
+                text: format!("note {i}"),
+            })
+            .await
+            .unwrap();
+    }
+    let got = next_change(&mut elsewhere).await;
+    let Update::PinnedProduct(pinned) = got else {
+        panic!("the pin reaches the other replica's viewer first, not {got:?}");
+    };
+    assert_eq!(pinned.name, product.name);
+    for i in 0..5 {
+        let Update::Announcement(said) = next_change(&mut elsewhere).await else {
+            panic!("announcement {i} in order");
+        };
+        assert_eq!(said.text, format!("note {i}"));
+    }
+}
+
+/// The live feed and the figures go to co-hosts only: the brand follows its session from a
+/// cursor (state, an identified join, an order naming its own member) and resumes after it;
+/// the outsider's feed holds nothing of it; a store token is refused the partner-wide feed.
+#[tokio::test]
+async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
+    let s = mesh("live_feed").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "RING", 99_900).await;
+    let member = enrol(&s, BRAND, "13712345678").await;
+    let brand = s.token(BRAND);
+    let mut watching = viewers(&s, &brand)
+        .join_session(pb::JoinSessionRequest {
+            session: session.name.clone(),
+            member: member.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        next_change(&mut watching).await,
+        Update::Snapshot(_)
+    ));
+    // An unknown member of the calling partner is refused.
+    let e = viewers(&s, &brand)
+        .join_session(pb::JoinSessionRequest {
+            session: session.name.clone(),
+            member: "members/nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "MEMBER_NOT_FOUND");
+    orders(&s, &brand)
+        .place_order(pb::PlaceOrderRequest {
+            request_id: "ring".into(),
+            parent: session.name.clone(),
+            order: Some(pb::Order {
+                member: member.clone(),
+                product: product.name.clone(),
+                quantity: 1,
+                payment_reference: "pay-ring".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut feed = stats(&s, &brand)
+        .watch_live_events(pb::WatchLiveEventsRequest { after: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut last = 0;
+    while seen.len() < 3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), feed.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        last = event.cursor.unwrap().sequence;
+        seen.push(event.event.unwrap());
+    }
+    use pb::watch_live_events_response::Event;
+    assert!(matches!(&seen[0], Event::Session(s) if s.state == pb::SessionState::Live as i32));
+    assert!(matches!(&seen[1], Event::ViewerJoined(j) if j.member == member));
+    assert!(matches!(&seen[2], Event::Order(o) if o.member == member && o.product == product.name));
+    // Resuming after the last cursor gives what came after, not the same again.
+    sessions(&s, &brand)
+        .end_session(pb::EndSessionRequest {
+            request_id: "end".into(),
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap();
+    let mut resumed = stats(&s, &brand)
+        .watch_live_events(pb::WatchLiveEventsRequest {
+            after: Some(lianyu_proto::common::v1::FeedCursor { sequence: last }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), resumed.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(next.event, Some(Event::Session(s)) if s.state == pb::SessionState::Ended as i32)
+    );
+    // The outsider's feed holds only its own sessions: the first event it reads is its own
+    // show going live, nothing of the brand's.
+    let outsider = s.token(OUTSIDER);
+    let own = sessions(&s, &outsider)
+        .create_session(pb::CreateSessionRequest {
+            request_id: "own".into(),
+            session: Some(pb::Session {
+                title: "Brand C solo".into(),
+                scheduled_start_time: timestamp(now_millis() + 60_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    sessions(&s, &outsider)
+        .start_session(pb::StartSessionRequest {
+            request_id: "own-start".into(),
+            name: own.name.clone(),
+        })
+        .await
+        .unwrap();
+    let mut theirs = stats(&s, &outsider)
+        .watch_live_events(pb::WatchLiveEventsRequest { after: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), theirs.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first.event, Some(Event::Session(s)) if s.name == own.name));
+    let e = stats(&s, &s.store_token(MALL, "sh01"))
+        .watch_live_events(pb::WatchLiveEventsRequest { after: None })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_TOKEN_NOT_ALLOWED");
+    // The figures stream: the first reading at once, with the order in it.
+    let mut figures = stats(&s, &s.token(MALL))
+        .watch_session_stats(pb::WatchSessionStatsRequest {
+            session: session.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = figures.message().await.unwrap().unwrap().stats.unwrap();
+    assert_eq!((first.orders, first.viewers_total), (1, 1));
+}

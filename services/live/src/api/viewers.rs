@@ -47,7 +47,8 @@ pub(super) fn viewer_kind(session: &str) -> String {
     format!("viewer:{session}")
 }
 
-type Update = Arc<pb::JoinSessionResponse>;
+/// A change with its place in the log (0 for what the ticker read from the database now).
+type Update = (i64, Arc<pb::JoinSessionResponse>);
 
 /// One session's viewers on this replica.
 struct Room {
@@ -132,15 +133,15 @@ impl Hub {
         let mut changes = feed.watch(head, None, |event| {
             let session = event.kind.strip_prefix("viewer:")?.to_owned();
             let update: pb::JoinSessionResponse = event.decode()?;
-            Some((session, update))
+            Some((session, event.seq, update))
         });
         loop {
             tokio::select! {
                 next = changes.next() => match next {
-                    Some(Ok((session, update))) => {
+                    Some(Ok((session, seq, update))) => {
                         if let Some(room) = self.existing(&session) {
                             // No receiver is fine: nobody watches here now.
-                            let _ = room.tx.send(Arc::new(update));
+                            let _ = room.tx.send((seq, Arc::new(update)));
                         }
                     }
                     Some(Err(status)) => {
@@ -148,7 +149,7 @@ impl Hub {
                         changes = feed.watch(feed.head().await.unwrap_or(head), None, |event| {
                             let session = event.kind.strip_prefix("viewer:")?.to_owned();
                             let update: pb::JoinSessionResponse = event.decode()?;
-                            Some((session, update))
+                            Some((session, event.seq, update))
                         });
                     }
                     None => return,
@@ -204,11 +205,14 @@ impl Hub {
                     last.insert(d.id.clone(), d.remaining) != Some(d.remaining)
                 };
                 if changed {
-                    let _ = room.tx.send(Arc::new(pb::JoinSessionResponse {
-                        update: Some(pb::join_session_response::Update::CouponDrop(
-                            drops::drop_proto(&d),
-                        )),
-                    }));
+                    let _ = room.tx.send((
+                        0,
+                        Arc::new(pb::JoinSessionResponse {
+                            update: Some(pb::join_session_response::Update::CouponDrop(
+                                drops::drop_proto(&d),
+                            )),
+                        }),
+                    ));
                 }
             }
             for sale in sales {
@@ -220,14 +224,17 @@ impl Hub {
                     last.insert(sale.id.clone(), sale.remaining_stock) != Some(sale.remaining_stock)
                 };
                 if changed {
-                    let _ = room.tx.send(Arc::new(pb::JoinSessionResponse {
-                        update: Some(pb::join_session_response::Update::StockLevel(
-                            pb::StockLevel {
-                                flash_sale: sale.name(),
-                                remaining_stock: sale.remaining_stock,
-                            },
-                        )),
-                    }));
+                    let _ = room.tx.send((
+                        0,
+                        Arc::new(pb::JoinSessionResponse {
+                            update: Some(pb::join_session_response::Update::StockLevel(
+                                pb::StockLevel {
+                                    flash_sale: sale.name(),
+                                    remaining_stock: sale.remaining_stock,
+                                },
+                            )),
+                        }),
+                    ));
                 }
             }
         }
@@ -259,9 +266,12 @@ impl Hub {
             };
             let _ = store::raise_peak(read, &session, audience.now).await;
             if room.counted.swap(audience.now, Ordering::Relaxed) != audience.now {
-                let _ = room.tx.send(Arc::new(pb::JoinSessionResponse {
-                    update: Some(pb::join_session_response::Update::Viewers(audience.now)),
-                }));
+                let _ = room.tx.send((
+                    0,
+                    Arc::new(pb::JoinSessionResponse {
+                        update: Some(pb::join_session_response::Update::Viewers(audience.now)),
+                    }),
+                ));
             }
         }
     }
@@ -270,12 +280,15 @@ impl Hub {
 type JoinStream = Pin<Box<dyn Stream<Item = Result<pb::JoinSessionResponse, Status>> + Send>>;
 
 impl Api {
-    /// What a viewer's screen needs now.
+    /// What a viewer's screen needs now, and the log position it reflects: every change up to
+    /// it is in the snapshot (the position is read first), so the viewer skips those when the
+    /// room hands them on late (a replica's reader that polls).
     async fn snapshot(
         &self,
         session: &str,
         room: &Room,
-    ) -> Result<pb::JoinSessionResponse, KitError> {
+    ) -> Result<(i64, pb::JoinSessionResponse), KitError> {
+        let position = self.feed.head().await?;
         let s = store::load_session(&self.read, session)
             .await?
             .ok_or(KitError::NotFound("SESSION_NOT_FOUND"))?;
@@ -286,15 +299,18 @@ impl Api {
             .counted
             .load(Ordering::Relaxed)
             .max(room.viewers.load(Ordering::Relaxed));
-        Ok(pb::JoinSessionResponse {
-            update: Some(pb::join_session_response::Update::Snapshot(pb::Snapshot {
-                session: Some(session_proto(&s, Role::Public)),
-                pinned_product: pinned.map(|p| showcase::product_proto(&p, true)),
-                flash_sales: sales.iter().map(showcase::sale_proto).collect(),
-                viewers,
-                coupon_drops: drops.iter().map(drops::drop_proto).collect(),
-            })),
-        })
+        Ok((
+            position,
+            pb::JoinSessionResponse {
+                update: Some(pb::join_session_response::Update::Snapshot(pb::Snapshot {
+                    session: Some(session_proto(&s, Role::Public)),
+                    pinned_product: pinned.map(|p| showcase::product_proto(&p, true)),
+                    flash_sales: sales.iter().map(showcase::sale_proto).collect(),
+                    viewers,
+                    coupon_drops: drops.iter().map(drops::drop_proto).collect(),
+                })),
+            },
+        ))
     }
 
     /// Records an identified member's first join of a session and tells the hosts' feed.
@@ -347,6 +363,8 @@ struct Watching {
     rx: broadcast::Receiver<Update>,
     seat: Seat,
     session: String,
+    /// The log position the last snapshot reflects: changes up to it are not sent again.
+    after: i64,
     done: bool,
     api: Api,
 }
@@ -361,29 +379,40 @@ impl Watching {
             return None;
         }
         let stopping = self.api.stopping.clone();
-        tokio::select! {
-            received = self.rx.recv() => match received {
-                Ok(update) => {
-                    let update = (*update).clone();
-                    self.done = ends(&update);
-                    Some((Ok(update), self))
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Fell behind: a fresh snapshot instead of the backlog.
-                    self.rx = self.rx.resubscribe();
-                    match self.api.snapshot(&self.session, &self.seat.0).await {
-                        Ok(s) => Some((Ok(s), self)),
-                        Err(e) => {
-                            self.done = true;
-                            Some((Err(status(&LiveError::from(e))), self))
-                        }
+        loop {
+            tokio::select! {
+                received = self.rx.recv() => match received {
+                    // Already in the snapshot.
+                    Ok((seq, _)) if seq != 0 && seq <= self.after => {}
+                    Ok((seq, update)) => {
+                        self.after = self.after.max(seq);
+                        let update = (*update).clone();
+                        self.done = ends(&update);
+                        return Some((Ok(update), self));
                     }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind: a fresh snapshot instead of the backlog.
+                        self.rx = self.rx.resubscribe();
+                        return match self.api.snapshot(&self.session, &self.seat.0).await {
+                            Ok((position, s)) => {
+                                self.after = position;
+                                Some((Ok(s), self))
+                            }
+                            Err(e) => {
+                                self.done = true;
+                                Some((Err(status(&LiveError::from(e))), self))
+                            }
+                        };
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                () = stopping.cancelled() => {
+                    self.done = true;
+                    return Some((
+                        Err(Status::unavailable("the server is shutting down; join again")),
+                        self,
+                    ));
                 }
-                Err(broadcast::error::RecvError::Closed) => None,
-            },
-            () = stopping.cancelled() => {
-                self.done = true;
-                Some((Err(Status::unavailable("the server is shutting down; join again")), self))
             }
         }
     }
@@ -426,7 +455,7 @@ impl pb::viewer_service_server::ViewerService for Api {
                 room.anonymous_joins.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let first = self
+        let (position, first) = self
             .snapshot(&session.id, &room)
             .await
             .map_err(|e| status(&LiveError::from(e)))?;
@@ -435,6 +464,7 @@ impl pb::viewer_service_server::ViewerService for Api {
             rx,
             seat,
             session: session.id.clone(),
+            after: position,
             done: false,
             api: self.clone(),
         };
