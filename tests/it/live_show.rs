@@ -1095,6 +1095,23 @@ async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
     assert!(matches!(&seen[0], Event::Session(s) if s.state == pb::SessionState::Live as i32));
     assert!(matches!(&seen[1], Event::ViewerJoined(j) if j.member == member));
     assert!(matches!(&seen[2], Event::Order(o) if o.member == member && o.product == product.name));
+    // The member still watching is counted now (each replica reports its viewers every few
+    // seconds), and in the peak.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now = stats(&s, &s.token(MALL))
+            .get_session_stats(pb::GetSessionStatsRequest {
+                session: session.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if now.viewers_now == 1 && now.viewers_peak >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not counted: {now:?}");
+        tokio::task::yield_now().await;
+    }
     // Resuming after the last cursor gives what came after, not the same again.
     sessions(&s, &brand)
         .end_session(pb::EndSessionRequest {
@@ -1166,4 +1183,5 @@ async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
         .into_inner();
     let first = figures.message().await.unwrap().unwrap().stats.unwrap();
     assert_eq!((first.orders, first.viewers_total), (1, 1));
+    drop(watching);
 }

@@ -73,7 +73,7 @@ pub(crate) fn register(
             .reading(read.clone())
             .publishing(feed.clone(), None)
             .feed_first(),
-        hub: viewers::Hub::start(feed.clone(), read.clone(), ctx.stopping.clone()),
+        hub: viewers::Hub::start(feed.clone(), db.clone(), read.clone(), ctx.stopping.clone()),
         sold_out: orders::SoldOut::default(),
         feed,
         directory,

@@ -79,13 +79,20 @@ impl Drop for Seat {
 
 impl Hub {
     /// The hub of this replica, following `feed` until `stopping`.
-    pub(crate) fn start(feed: Feed, read: DatabaseConnection, stopping: CancellationToken) -> Self {
+    /// The hub of this replica, following `feed` until `stopping`; presence is written through
+    /// `db` (the writer) and read through `read`.
+    pub(crate) fn start(
+        feed: Feed,
+        db: DatabaseConnection,
+        read: DatabaseConnection,
+        stopping: CancellationToken,
+    ) -> Self {
         let hub = Self {
             rooms: Arc::default(),
             replica: uuid::Uuid::new_v4().simple().to_string().into(),
         };
         tokio::spawn(hub.clone().follow(feed, stopping.clone()));
-        tokio::spawn(hub.clone().tick(read, stopping));
+        tokio::spawn(hub.clone().tick(db, read, stopping));
         hub
     }
 
@@ -161,7 +168,12 @@ impl Hub {
 
     /// Stock levels and viewer counts, for rooms with viewers; empty rooms are closed after
     /// reporting zero.
-    async fn tick(self, read: DatabaseConnection, stopping: CancellationToken) {
+    async fn tick(
+        self,
+        db: DatabaseConnection,
+        read: DatabaseConnection,
+        stopping: CancellationToken,
+    ) {
         let mut stock = tokio::time::interval(STOCK_TICK);
         let mut presence = tokio::time::interval(PRESENCE_TICK);
         stock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -169,7 +181,7 @@ impl Hub {
         loop {
             tokio::select! {
                 _ = stock.tick() => self.tell_stock(&read).await,
-                _ = presence.tick() => self.tell_presence(&read).await,
+                _ = presence.tick() => self.tell_presence(&db, &read).await,
                 () = stopping.cancelled() => return,
             }
         }
@@ -240,13 +252,13 @@ impl Hub {
         }
     }
 
-    async fn tell_presence(&self, read: &DatabaseConnection) {
+    async fn tell_presence(&self, db: &DatabaseConnection, read: &DatabaseConnection) {
         let now = now_millis();
         for (session, room) in self.rooms() {
             let here = room.viewers.load(Ordering::Relaxed);
             let anonymous = room.anonymous_joins.load(Ordering::Relaxed);
             if let Err(e) =
-                store::report_presence(read, &self.replica, &session, here, anonymous, now).await
+                store::report_presence(db, &self.replica, &session, here, anonymous, now).await
             {
                 tracing::warn!(error = %e, "live hub: reporting presence failed");
                 continue;
@@ -264,7 +276,9 @@ impl Hub {
             let Ok(audience) = store::audience(read, &session, now).await else {
                 continue;
             };
-            let _ = store::raise_peak(read, &session, audience.now).await;
+            if let Err(e) = store::raise_peak(db, &session, audience.now).await {
+                tracing::warn!(error = %e, "live hub: raising the peak failed");
+            }
             if room.counted.swap(audience.now, Ordering::Relaxed) != audience.now {
                 let _ = room.tx.send((
                     0,
