@@ -1185,3 +1185,167 @@ async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
     assert_eq!((first.orders, first.viewers_total), (1, 1));
     drop(watching);
 }
+
+/// What an assisting partner and an outsider can and cannot do to a show, each refusal read
+/// back: the assistant pins and announces but neither changes the session nor adds products;
+/// the outsider cancels no one's order, opens no sale, and lists only orders it placed.
+#[tokio::test]
+async fn assistants_pin_and_announce_and_outsiders_change_nothing() {
+    let s = mesh("live_assistants").await;
+    let session = on_air(&s).await;
+    let brand = s.token(BRAND);
+    let outsider = s.token(OUTSIDER);
+    let product = add_product(&s, &session.name, "WATCH", 199_900).await;
+    let member = enrol(&s, BRAND, "13812345670").await;
+    let order = orders(&s, &brand)
+        .place_order(pb::PlaceOrderRequest {
+            request_id: "watch".into(),
+            parent: session.name.clone(),
+            order: Some(pb::Order {
+                member: member.clone(),
+                product: product.name.clone(),
+                quantity: 1,
+                payment_reference: "pay-watch".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Before it assists, the outsider may not pin.
+    let pin = |rid: &str| pb::PinProductRequest {
+        request_id: rid.into(),
+        name: product.name.clone(),
+        pinned: true,
+    };
+    let e = showcase(&s, &outsider)
+        .pin_product(pin("p0"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "HOST_OR_ASSISTANT_ONLY");
+    assert_eq!(rows(&s, "live", "pin_markers").await, 0);
+    sessions(&s, &brand)
+        .update_session(pb::UpdateSessionRequest {
+            request_id: "assist".into(),
+            session: Some(pb::Session {
+                name: session.name.clone(),
+                assistants: vec![format!("partners/{OUTSIDER}")],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["assistants".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    // Now it pins and announces…
+    let pinned = showcase(&s, &outsider)
+        .pin_product(pin("p1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pinned.pinned);
+    showcase(&s, &outsider)
+        .post_announcement(pb::PostAnnouncementRequest {
+            request_id: "say".into(),
+            parent: session.name.clone(),
+            text: "Two minutes left on the watch!".into(),
+        })
+        .await
+        .unwrap();
+    // …but changes nothing else.
+    let e = sessions(&s, &outsider)
+        .update_session(pb::UpdateSessionRequest {
+            request_id: "title".into(),
+            session: Some(pb::Session {
+                name: session.name.clone(),
+                title: "mine now".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["title".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "HOST_ONLY");
+    let e = showcase(&s, &outsider)
+        .add_product(pb::AddProductRequest {
+            request_id: "fake".into(),
+            parent: session.name.clone(),
+            product: Some(pb::Product {
+                sku: "FAKE".into(),
+                title: "fake".into(),
+                price: cny(1),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "HOST_ONLY");
+    let e = showcase(&s, &outsider)
+        .create_flash_sale(pb::CreateFlashSaleRequest {
+            request_id: "sale".into(),
+            parent: session.name.clone(),
+            flash_sale: Some(pb::FlashSale {
+                product: product.name.clone(),
+                sale_price: cny(1),
+                total_stock: 1_000,
+                per_member_limit: 1,
+                end_time: timestamp(now_millis() + 60_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "HOST_ONLY");
+    assert_eq!(rows(&s, "live", "products").await, 1);
+    assert_eq!(rows(&s, "live", "flash_sales").await, 0);
+    let seen = sessions(&s, &outsider)
+        .get_session(pb::GetSessionRequest {
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.title, session.title);
+    assert!(
+        seen.public_view,
+        "an assistant still sees the public view only"
+    );
+
+    // The outsider cannot cancel the brand's order (it looks absent), nor list it.
+    let e = orders(&s, &outsider)
+        .cancel_order(pb::CancelOrderRequest {
+            request_id: "cancel".into(),
+            name: order.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "ORDER_NOT_FOUND")
+    );
+    assert!(listed(&s, &outsider, &session.name).await.is_empty());
+    let still = orders(&s, &brand)
+        .list_orders(pb::ListOrdersRequest {
+            parent: session.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders;
+    assert_eq!(still.len(), 1);
+    assert_eq!(still[0].state, pb::OrderState::Placed as i32);
+    // The operator reads and changes no session.
+    let e = orders(&s, &s.operator_token())
+        .cancel_order(pb::CancelOrderRequest {
+            request_id: "op".into(),
+            name: order.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
