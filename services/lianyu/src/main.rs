@@ -91,6 +91,10 @@ struct BenchArgs {
     /// viewers: viewer streams opened on one live session.
     #[arg(long, default_value_t = 10_000)]
     viewers: usize,
+    /// viewers, with --address: the server's process id, so the memory per viewer is the
+    /// server's own rather than this process's.
+    #[arg(long, requires = "address")]
+    server_pid: Option<u32>,
     /// viewers: announcements fanned out, one at a time.
     #[arg(long, default_value_t = 20)]
     events: usize,
@@ -483,18 +487,23 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             continue;
         }
         if scenario == Scenario::Viewers {
-            let report =
-                lianyu::bench::live::viewers(&target, args.viewers.max(1), args.events.max(1))
-                    .await?;
+            let report = lianyu::bench::live::viewers(
+                &target,
+                args.viewers.max(1),
+                args.events.max(1),
+                args.server_pid,
+            )
+            .await?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "viewers  {} viewers open in {:.1}s ({} refused), {:.0} bytes a viewer; {} events: fan-out p50 {:.1} ms, p99 {:.1} ms ({:.1}x the {:.2} ms health round trip), {} deliveries missed",
+                    "viewers  {} viewers open in {:.1}s ({} refused), {:.0} bytes a viewer ({}); {} events: fan-out p50 {:.1} ms, p99 {:.1} ms ({:.1}x the {:.2} ms health round trip), {} deliveries missed",
                     report.viewers,
                     report.open_seconds,
                     report.refused,
                     report.bytes_per_viewer,
+                    report.memory_of,
                     report.events,
                     report.fanout_p50_ms,
                     report.fanout_p99_ms,

@@ -4,7 +4,8 @@
 //! `events` announcements are posted one after another and each viewer notes when each one
 //! reached it. Reported: the memory the open streams take per viewer (resident memory of this
 //! process, so with the in-process mesh it covers server and client together: an upper bound
-//! for the server), and the fan-out latency from posting to each viewer's receipt, p50 and
+//! for the server; with `--address` and `--server-pid`, the server's own), and the fan-out
+//! latency from posting to each viewer's receipt, p50 and
 //! p99 over every (viewer, event) pair. Baseline in the same run: the round trip of one health
 //! check through the mesh's full stack.
 //!
@@ -32,7 +33,7 @@ use serde::Serialize;
 
 use super::{
     setup::{MALL, Target},
-    streams::rss_bytes,
+    streams::rss_of,
 };
 
 /// Viewer streams per HTTP/2 connection (the server allows 256).
@@ -48,6 +49,9 @@ pub struct ViewersReport {
     pub refused: usize,
     pub open_seconds: f64,
     pub bytes_per_viewer: f64,
+    /// Whose memory `bytes_per_viewer` is: "this process (server and clients)" or "server
+    /// process {pid}".
+    pub memory_of: String,
     pub events: usize,
     pub fanout_p50_ms: f64,
     pub fanout_p99_ms: f64,
@@ -126,10 +130,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Opens `viewers` streams on one session, then posts `events` announcements, one at a time.
+/// `server_pid`: the server's process, when it runs apart, to measure its memory instead of
+/// this process's.
 pub async fn viewers(
     target: &Target,
     viewers: usize,
     events: usize,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<ViewersReport> {
     let session = live_session(target, "viewers").await?;
     let connections: Vec<_> = (0..viewers.div_ceil(PER_CONNECTION).max(1))
@@ -150,7 +157,7 @@ pub async fn viewers(
 
     let epoch = Instant::now();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let rss_before = rss_bytes();
+    let rss_before = rss_of(server_pid);
     let started = Instant::now();
     let opened: Vec<_> = stream::iter(0..viewers)
         .map(|i| {
@@ -176,7 +183,8 @@ pub async fn viewers(
     let streams: Vec<_> = opened.into_iter().filter_map(Result::ok).collect();
     let open = streams.len();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let bytes_per_viewer = rss_bytes().saturating_sub(rss_before) as f64 / open.max(1) as f64;
+    let bytes_per_viewer =
+        rss_of(server_pid).saturating_sub(rss_before) as f64 / open.max(1) as f64;
 
     // Each viewer reads on its own task and notes each announcement's delay.
     let readers: Vec<_> = streams
@@ -238,6 +246,10 @@ pub async fn viewers(
         refused,
         open_seconds,
         bytes_per_viewer,
+        memory_of: server_pid.map_or_else(
+            || "this process (server and clients)".to_owned(),
+            |p| format!("server process {p}"),
+        ),
         events,
         fanout_p50_ms: percentile(&all, 0.5),
         fanout_p99_ms: percentile(&all, 0.99),

@@ -89,7 +89,16 @@ fn cpu_ticks() -> u64 {
 
 /// This process's resident memory, in bytes.
 pub(super) fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_of(None)
+}
+
+/// The resident memory of process `pid` (this one when `None`), in bytes; 0 when unknown.
+pub(super) fn rss_of(pid: Option<u32>) -> u64 {
+    let path = pid.map_or_else(
+        || "/proc/self/status".to_owned(),
+        |p| format!("/proc/{p}/status"),
+    );
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
