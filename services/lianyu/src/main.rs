@@ -422,7 +422,26 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 lianyu::up(up_config, listener, std::future::pending(), |_, _| {}).await
             });
-            lianyu_kit::client::connect_when_up(&address, Duration::from_secs(30)).await?;
+            // The listener accepts connections before the mesh has started (made its dev key,
+            // migrated its databases): wait until it answers a health check.
+            let channel =
+                lianyu_kit::client::connect_when_up(&address, Duration::from_secs(30)).await?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let serving = async {
+                while health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(60), serving)
+                .await
+                .is_err()
+            {
+                bail!("the in-process mesh did not start within 60 s");
+            }
             address
         }
     };
