@@ -1062,17 +1062,7 @@ async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
         .unwrap_err();
     assert_eq!(reason(&e), "MEMBER_NOT_FOUND");
     orders(&s, &brand)
-        .place_order(pb::PlaceOrderRequest {
-            request_id: "ring".into(),
-            parent: session.name.clone(),
-            order: Some(pb::Order {
-                member: member.clone(),
-                product: product.name.clone(),
-                quantity: 1,
-                payment_reference: "pay-ring".into(),
-                ..Default::default()
-            }),
-        })
+        .place_order(buy_product(&session.name, &product.name, &member, "ring"))
         .await
         .unwrap();
     let mut feed = stats(&s, &brand)
@@ -1198,17 +1188,7 @@ async fn assistants_pin_and_announce_and_outsiders_change_nothing() {
     let product = add_product(&s, &session.name, "WATCH", 199_900).await;
     let member = enrol(&s, BRAND, "13812345670").await;
     let order = orders(&s, &brand)
-        .place_order(pb::PlaceOrderRequest {
-            request_id: "watch".into(),
-            parent: session.name.clone(),
-            order: Some(pb::Order {
-                member: member.clone(),
-                product: product.name.clone(),
-                quantity: 1,
-                payment_reference: "pay-watch".into(),
-                ..Default::default()
-            }),
-        })
+        .place_order(buy_product(&session.name, &product.name, &member, "watch"))
         .await
         .unwrap()
         .into_inner();
@@ -1348,4 +1328,89 @@ async fn assistants_pin_and_announce_and_outsiders_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
+
+fn buy_product(session: &str, product: &str, member: &str, rid: &str) -> pb::PlaceOrderRequest {
+    pb::PlaceOrderRequest {
+        request_id: rid.into(),
+        parent: session.into(),
+        order: Some(pb::Order {
+            member: member.into(),
+            product: product.into(),
+            quantity: 1,
+            payment_reference: format!("pay-{rid}"),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A store token acts only within its store: the hosting store lists the session, its
+/// orders and figures; another store of the same mall sees none of them and places no order
+/// there (nothing written); a brand store token sees only its partner's orders credited to it.
+#[tokio::test]
+async fn store_tokens_act_only_within_their_store() {
+    let s = mesh("live_store_tokens").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "BELT", 59_900).await;
+    let member = enrol(&s, BRAND, "13912345601").await;
+    orders(&s, &s.token(BRAND))
+        .place_order(buy_product(&session.name, &product.name, &member, "belt"))
+        .await
+        .unwrap();
+    let (here, there) = (s.store_token(MALL, "sh01"), s.store_token(MALL, "sh02"));
+    let listed_sessions = |token: String| {
+        let mut client = sessions(&s, &token);
+        async move {
+            client
+                .list_sessions(pb::ListSessionsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .sessions
+                .into_iter()
+                .map(|x| x.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        listed_sessions(here.clone()).await,
+        vec![session.name.clone()]
+    );
+    assert!(listed_sessions(there.clone()).await.is_empty());
+    assert_eq!(listed(&s, &here, &session.name).await.len(), 1);
+    assert!(listed(&s, &there, &session.name).await.is_empty());
+    assert!(
+        listed(&s, &s.store_token(BRAND, "c1"), &session.name)
+            .await
+            .is_empty(),
+        "the brand's order is credited to the mall's store, not the brand's counter"
+    );
+    stats(&s, &here)
+        .get_session_stats(pb::GetSessionStatsRequest {
+            session: session.name.clone(),
+        })
+        .await
+        .unwrap();
+    let e = stats(&s, &there)
+        .get_session_stats(pb::GetSessionStatsRequest {
+            session: session.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mall_member = enrol(&s, MALL, "13912345602").await;
+    let e = orders(&s, &there)
+        .place_order(buy_product(
+            &session.name,
+            &product.name,
+            &mall_member,
+            "sh02",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "STORE_TOKEN_NOT_ALLOWED")
+    );
+    assert_eq!(rows(&s, "live", "orders").await, 1);
 }

@@ -20,3 +20,8 @@ pub fn decode_public_key(key: &str) -> Result<[u8; 32], String> {
 pub fn decode_seed(seed: &str) -> Result<[u8; 32], String> {
     decode_key32(seed, "an Ed25519 seed")
 }
+
+/// Lowercase hexadecimal of `bytes` (digests, fingerprints, ids derived from them).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -106,6 +106,20 @@ struct BenchArgs {
     hold: Duration,
 }
 
+/// Prints a scenario's report: one JSON object, or the line `line` makes.
+fn show(
+    json: bool,
+    report: &impl serde::Serialize,
+    line: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", line());
+    }
+    Ok(())
+}
+
 fn parse_scenarios(s: &str) -> Result<lianyu::bench::Scenario, String> {
     use clap::ValueEnum;
     lianyu::bench::Scenario::from_str(s, true).map_err(|_| {
@@ -488,10 +502,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 args.channels.max(1),
             )
             .await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
+            show(args.json, &report, || {
+                format!(
                     "claim-drop  {} claimers, {} units: {} granted to {} members, every claim answered in {:.3}s ({:.1}x the {:.3}s of as many health checks); refused {:?}",
                     report.claimers,
                     report.budget_units,
@@ -501,8 +513,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     report.seconds / report.baseline_seconds.max(1e-9),
                     report.baseline_seconds,
                     report.refusals
-                );
-            }
+                )
+            })?;
             continue;
         }
         if scenario == Scenario::Viewers {
@@ -513,10 +525,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 args.server_pid,
             )
             .await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
+            show(args.json, &report, || {
+                format!(
                     "viewers  {} viewers open in {:.1}s ({} refused), {:.0} bytes a viewer ({}); {} events: fan-out p50 {:.1} ms, p99 {:.1} ms ({:.1}x the {:.2} ms health round trip), {} deliveries missed",
                     report.viewers,
                     report.open_seconds,
@@ -529,8 +539,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     report.fanout_p99_ms / report.baseline_rtt_ms.max(1e-9),
                     report.baseline_rtt_ms,
                     report.missed
-                );
-            }
+                )
+            })?;
             continue;
         }
         if scenario == Scenario::FlashSale {
@@ -541,10 +551,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 args.channels.max(1),
             )
             .await?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
+            show(args.json, &report, || {
+                format!(
                     "flash-sale  {} buyers, {} units: {} sold to {} members, every buyer answered in {:.3}s ({:.1}x the {:.3}s of as many health checks); refused {:?}",
                     report.buyers,
                     report.units,
@@ -554,17 +562,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     report.seconds / report.baseline_seconds.max(1e-9),
                     report.baseline_seconds,
                     report.refusals
-                );
-            }
+                )
+            })?;
             continue;
         }
         if scenario == Scenario::IdleStreams {
             let report =
                 lianyu::bench::streams::idle_streams(&target, args.streams, args.hold).await;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
+            show(args.json, &report, || {
+                format!(
                     "idle-streams  {} streams open in {:.1}s ({} refused); holding {:.0}s: {:.1}% of a core, {:.0} bytes a stream",
                     report.streams,
                     report.open_seconds,
@@ -572,8 +578,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     report.hold_seconds,
                     report.cpu_percent,
                     report.rss_bytes_per_stream
-                );
-            }
+                )
+            })?;
             continue;
         }
         let report = if scenario == Scenario::Bare {

@@ -464,8 +464,7 @@ impl Session {
             .chain_update([0])
             .chain_update(mesh_member.as_bytes())
             .finalize();
-        let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-        format!("buyers/{hex}")
+        format!("buyers/{}", lianyu_kit::keycodec::hex(&digest[..10]))
     }
 
     /// Each host's share of `gross` minor units by the revenue shares; the rounding remainder

@@ -57,7 +57,7 @@ pub fn chain_hash(previous: &str, a: &Access) -> String {
             h.update(field.as_bytes());
         }
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    lianyu_kit::keycodec::hex(&h.finalize())
 }
 
 /// Walks the chain record by record (the log is read in pages), then against the head row.

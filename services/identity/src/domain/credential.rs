@@ -18,10 +18,7 @@ pub const MAX_ACTIVE_PER_PARTNER: u64 = 20;
 /// A new client id: `lyc_` and 16 random bytes, hex.
 pub fn new_client_id() -> String {
     let bytes: [u8; 16] = rand::random();
-    format!(
-        "lyc_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("lyc_{}", lianyu_kit::keycodec::hex(&bytes))
 }
 
 /// A new secret: `lys_` and 32 random bytes, base64url. With 256 bits of entropy a keyed hash

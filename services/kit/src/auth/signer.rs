@@ -164,7 +164,7 @@ impl Signer {
     /// always gets a new id.
     pub fn key_id(&self) -> String {
         let digest = Sha256::digest(self.key.verifying_key().as_bytes());
-        format!("ed-{}", hex_prefix(&digest[..6]))
+        format!("ed-{}", crate::keycodec::hex(&digest[..6]))
     }
 
     pub fn trusted_key(&self) -> TrustedKey {
@@ -220,10 +220,6 @@ impl Signer {
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
             .map_err(|e| SignerError::Sign(e.to_string()))
     }
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Loads the 32-byte secret in `dir/name`, creating it (owner-only) when missing. Local mode only.

@@ -4,6 +4,7 @@
 //! (`ClaimForViewer`, keyed by the claim, so a retry never grants twice); a refusal there puts
 //! the unit back, an unreachable entitlements keeps it for the retry.
 
+use lianyu_kit::keycodec::hex;
 use lianyu_kit::{
     Call, KitError,
     call::status,
@@ -36,10 +37,6 @@ pub(super) fn drop_proto(d: &CouponDrop) -> pb::CouponDrop {
         open_time: timestamp(d.window.start),
         close_time: timestamp(d.window.end),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn storage(e: sea_orm::DbErr) -> LiveError {

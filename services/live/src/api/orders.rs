@@ -432,7 +432,8 @@ impl pb::order_service_server::OrderService for Api {
             let scope = match (role, call.who.store.as_deref()) {
                 (Role::Host, Some(own)) => OrderScope::Store(own),
                 (Role::Host, None) => OrderScope::All,
-                _ => OrderScope::PlacedBy(call.partner_id()),
+                (_, Some(own)) => OrderScope::PlacedByAt(call.partner_id(), own),
+                (_, None) => OrderScope::PlacedBy(call.partner_id()),
             };
             let store_key = call.who.store.clone().unwrap_or_default();
             let page = Page::parse(

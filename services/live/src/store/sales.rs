@@ -463,6 +463,9 @@ pub(crate) enum OrderScope<'a> {
     Store(&'a str),
     /// Anyone else: the orders it placed.
     PlacedBy(&'a str),
+    /// Another partner's store token: the orders its partner placed that are credited to
+    /// that store.
+    PlacedByAt(&'a str, &'a str),
 }
 
 /// A session's orders in `scope`, oldest first.
@@ -477,6 +480,11 @@ pub(crate) async fn list_orders(
         OrderScope::All => {}
         OrderScope::Store(s) => query = query.filter(order::Column::Store.eq(s)),
         OrderScope::PlacedBy(p) => query = query.filter(order::Column::PlacedBy.eq(p)),
+        OrderScope::PlacedByAt(p, s) => {
+            query = query
+                .filter(order::Column::PlacedBy.eq(p))
+                .filter(order::Column::Store.eq(s));
+        }
     }
     let rows = page
         .fetch(
