@@ -30,6 +30,7 @@ fn share(partner: &str, currency: &str, minor_units: i64) -> pb::BudgetShare {
             currency_code: currency.into(),
             minor_units,
         }),
+        share_bps: 0,
     }
 }
 
@@ -58,14 +59,29 @@ async fn a_proposed_campaign_is_seen_by_its_participants_only() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(created.state, pb::CampaignState::Proposed as i32);
+    assert_eq!(created.state, pb::CampaignState::Draft as i32);
     assert_eq!(
         created.partners,
         [format!("partners/{MALL}"), format!("partners/{BRAND}")]
     );
     assert_eq!(created.accepted_by, [format!("partners/{MALL}")]);
     assert_eq!(
-        created.budget,
+        created
+            .budget
+            .iter()
+            .map(|b| b.share_bps)
+            .collect::<Vec<_>>(),
+        [6_000, 4_000]
+    );
+    assert_eq!(
+        created
+            .budget
+            .iter()
+            .map(|b| pb::BudgetShare {
+                share_bps: 0,
+                ..b.clone()
+            })
+            .collect::<Vec<_>>(),
         [share(MALL, "CNY", 600_000), share(BRAND, "CNY", 400_000)],
         "shares read in the participants' order, in integer minor units"
     );
@@ -151,4 +167,200 @@ async fn refused_proposals_name_every_bad_field_and_store_nothing() {
     }
     assert_eq!(rows(&server, "comarketing", "campaigns").await, 0);
     assert_eq!(rows(&server, "comarketing", "campaign_partners").await, 0);
+}
+
+fn accept(name: &str, id: &str) -> pb::AcceptCampaignRequest {
+    pb::AcceptCampaignRequest {
+        request_id: id.into(),
+        name: name.into(),
+    }
+}
+
+fn launch(name: &str, id: &str) -> pb::LaunchCampaignRequest {
+    pb::LaunchCampaignRequest {
+        request_id: id.into(),
+        name: name.into(),
+    }
+}
+
+/// A campaign runs only once every participant accepted its current terms: a change withdraws
+/// the others' acceptance, an outsider can neither accept nor launch, and a refused step
+/// changes nothing (read back).
+#[tokio::test]
+async fn every_participant_accepts_the_current_terms_before_it_runs() {
+    let server = mesh("cm_lifecycle").await;
+    let mall = campaigns(&server, &server.token(MALL));
+    let brand = campaigns(&server, &server.token(BRAND));
+    let outsider = campaigns(&server, &server.token(OUTSIDER));
+    let created = mall
+        .clone()
+        .create_campaign(proposal())
+        .await
+        .unwrap()
+        .into_inner();
+    let name = created.name.clone();
+    let e = mall
+        .clone()
+        .launch_campaign(launch(&name, "l1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "CAMPAIGN_NOT_ACCEPTED")
+    );
+    assert!(
+        e.message().contains(&format!("partners/{BRAND}")),
+        "{}",
+        e.message()
+    );
+    for e in [
+        outsider
+            .clone()
+            .accept_campaign(accept(&name, "x1"))
+            .await
+            .unwrap_err(),
+        outsider
+            .clone()
+            .launch_campaign(launch(&name, "x2"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::NotFound, "CAMPAIGN_NOT_FOUND")
+        );
+    }
+    // The brand accepts; the mall then changes the budget: the brand must accept again.
+    let accepted = brand
+        .clone()
+        .accept_campaign(accept(&name, "a1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.state, pb::CampaignState::Scheduled as i32);
+    let mut changed = created.clone();
+    changed.budget = vec![share(MALL, "CNY", 500_000), share(BRAND, "CNY", 500_000)];
+    let e = mall
+        .clone()
+        .update_campaign(pb::UpdateCampaignRequest {
+            request_id: "u0".into(),
+            campaign: Some(changed.clone()),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["budget".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "CAMPAIGN_STATE")
+    );
+    let read = brand
+        .clone()
+        .get_campaign(pb::GetCampaignRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        read.budget, accepted.budget,
+        "a refused change changes nothing"
+    );
+    // A second draft, changed before the brand accepts.
+    let mut second = proposal();
+    second.request_id = "c2".into();
+    let draft = mall
+        .clone()
+        .create_campaign(second)
+        .await
+        .unwrap()
+        .into_inner();
+    changed.name = draft.name.clone();
+    let updated = mall
+        .clone()
+        .update_campaign(pb::UpdateCampaignRequest {
+            request_id: "u1".into(),
+            campaign: Some(changed.clone()),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["budget".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.budget[0].share_bps, 5_000);
+    assert_eq!(
+        updated.display_name, draft.display_name,
+        "fields outside the mask stay"
+    );
+    assert_eq!(updated.accepted_by, [format!("partners/{MALL}")]);
+    // Running: launched by the brand, once.
+    let running = brand
+        .clone()
+        .launch_campaign(launch(&name, "l2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(running.state, pb::CampaignState::Running as i32);
+    assert_eq!(
+        running.remaining,
+        running
+            .budget
+            .iter()
+            .map(|b| b.amount.clone().unwrap())
+            .reduce(|a, b| Money {
+                minor_units: a.minor_units + b.minor_units,
+                ..a
+            })
+    );
+    let e = mall
+        .clone()
+        .launch_campaign(launch(&name, "l3"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "CAMPAIGN_STATE");
+    let listed = brand
+        .clone()
+        .list_campaigns(pb::ListCampaignsRequest {
+            state: pb::CampaignState::Running as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .campaigns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        [name.as_str()]
+    );
+    let all = brand
+        .clone()
+        .list_campaigns(pb::ListCampaignsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.campaigns.len(), 1);
+    assert!(!all.next_page_token.is_empty());
+    let none = outsider
+        .clone()
+        .list_campaigns(pb::ListCampaignsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.campaigns.is_empty());
+    let ended = mall
+        .clone()
+        .end_campaign(pb::EndCampaignRequest {
+            request_id: "e1".into(),
+            name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.state, pb::CampaignState::Ended as i32);
 }

@@ -6,7 +6,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-const EXPECTED: [&str; 18] = [
+const EXPECTED: [&str; 19] = [
     "lianyu.identity.v1.PartnerService",
     "lianyu.identity.v1.AuthService",
     "lianyu.identity.v1.MemberService",
@@ -25,6 +25,7 @@ const EXPECTED: [&str; 18] = [
     "lianyu.comarketing.v1.AudienceService",
     "lianyu.comarketing.v1.ContactService",
     "lianyu.comarketing.v1.FunnelService",
+    "lianyu.comarketing.v1.OperationsService",
 ];
 
 #[tokio::test]

@@ -1,29 +1,41 @@
-//! The comarketing repository: its migrations (the kit's tables first) and the campaign
-//! finders, each scoped to the calling partner. It returns domain types; no row leaves here.
+//! The comarketing repository: its migrations (the kit's tables first) and the finders, each
+//! scoped to the calling partner. It returns domain types; no row leaves here.
 
+mod audience;
+mod contacts;
 mod entities;
+mod funnel;
+
+pub(crate) use audience::*;
+pub(crate) use contacts::*;
+pub(crate) use funnel::*;
 
 use lianyu_kit::{
     KitError,
     ids::PartnerId,
     money::Money,
+    page::Page,
     storage::{StorageError, with_kit_tables},
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder,
+    QueryOrder, QuerySelect,
 };
-use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait};
 
 use crate::domain::{Campaign, CampaignState};
-use entities::{State, campaign, campaign_partner};
+use entities::{State, campaign, campaign_link, campaign_partner};
 
 pub(crate) struct Migrator;
 
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        with_kit_tables(vec![Box::new(Campaigns)])
+        with_kit_tables(vec![
+            Box::new(Campaigns),
+            Box::new(CampaignColumns),
+            Box::new(Audience),
+        ])
     }
 }
 
@@ -34,28 +46,138 @@ lianyu_kit::tables_migration!(
     [campaign::Entity, campaign_partner::Entity]
 );
 
-/// Stores a proposed campaign with its participants, inside the caller's transaction.
+lianyu_kit::tables_migration!(
+    /// Attached benefits and sessions, members and what the mesh knows of them, consents,
+    /// segments, operations, overlap queries, contacts, policies and the funnel.
+    Audience,
+    "m20261203_000012_comarketing_audience",
+    [
+        campaign_link::Entity,
+        entities::member::Entity,
+        entities::member_fact::Entity,
+        entities::consent::Entity,
+        entities::segment::Entity,
+        entities::operation::Entity,
+        entities::overlap_query::Entity,
+        entities::contact::Entity,
+        entities::contact_lock::Entity,
+        entities::quiet_hours::Entity,
+        entities::contact_policy::Entity,
+        entities::funnel_event::Entity,
+        entities::campaign_tally::Entity
+    ]
+);
+
+/// The campaign columns the first version lacked, and its states renamed to the contract's
+/// (proposed → draft, accepted → scheduled, live → running).
+pub(crate) struct CampaignColumns;
+
+impl sea_orm_migration::MigrationName for CampaignColumns {
+    fn name(&self) -> &str {
+        "m20261203_000011_comarketing_campaign_columns"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for CampaignColumns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        let text = |name: &str| {
+            ColumnDef::new(Alias::new(name))
+                .string()
+                .not_null()
+                .default("")
+                .to_owned()
+        };
+        let number = |name: &str| {
+            ColumnDef::new(Alias::new(name))
+                .big_integer()
+                .not_null()
+                .default(0)
+                .to_owned()
+        };
+        lianyu_kit::storage::add_columns(
+            manager,
+            "campaigns",
+            [
+                text("alliance"),
+                text("channels"),
+                number("spent"),
+                ColumnDef::new(Alias::new("exhausted_at"))
+                    .big_integer()
+                    .null()
+                    .to_owned(),
+                number("updated_at"),
+            ],
+        )
+        .await?;
+        let db = manager.get_connection();
+        for (old, new) in [
+            ("proposed", "draft"),
+            ("accepted", "scheduled"),
+            ("live", "running"),
+        ] {
+            db.execute_unprepared(&format!(
+                "UPDATE campaigns SET state = '{new}' WHERE state = '{old}'"
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn storage(e: sea_orm::DbErr) -> KitError {
+    KitError::Storage(StorageError::from(e))
+}
+
+fn to_row_state(s: CampaignState) -> State {
+    match s {
+        CampaignState::Draft => State::Draft,
+        CampaignState::Scheduled => State::Scheduled,
+        CampaignState::Running => State::Running,
+        CampaignState::Ended => State::Ended,
+    }
+}
+
+/// Stores a proposed campaign with its participants and links, inside the caller's
+/// transaction.
 pub(crate) async fn insert_campaign(
     txn: &impl ConnectionTrait,
     c: &Campaign,
-    at: i64,
 ) -> Result<(), KitError> {
+    row(c)
+    .insert(txn)
+    .await
+    .map_err(storage)?;
+    insert_parts(txn, c).await
+}
+
+/// A campaign's row.
+fn row(c: &Campaign) -> campaign::ActiveModel {
     campaign::ActiveModel {
         id: Set(c.id.clone()),
         display_name: Set(c.display_name.clone()),
         start_time: Set(c.start_millis),
         end_time: Set(c.end_millis),
-        state: Set(match c.state {
-            CampaignState::Proposed => State::Proposed,
-            CampaignState::Accepted => State::Accepted,
-            CampaignState::Live => State::Live,
-            CampaignState::Ended => State::Ended,
-        }),
-        created_at: Set(at),
+        state: Set(to_row_state(c.state)),
+        created_at: Set(c.created_at),
+        alliance: Set(c.alliance.clone()),
+        channels: Set(channels(c)),
+        spent: Set(c.spent),
+        exhausted_at: Set(c.exhausted_at),
+        updated_at: Set(c.updated_at),
     }
-    .insert(txn)
-    .await
-    .map_err(StorageError::from)?;
+}
+
+fn channels(c: &Campaign) -> String {
+    c.channels
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn insert_parts(txn: &impl ConnectionTrait, c: &Campaign) -> Result<(), KitError> {
     for (position, p) in (0..).zip(&c.partners) {
         let share = c.budget.iter().find(|(q, _)| q == p).map(|(_, m)| m);
         campaign_partner::ActiveModel {
@@ -68,34 +190,80 @@ pub(crate) async fn insert_campaign(
         }
         .insert(txn)
         .await
-        .map_err(StorageError::from)?;
+        .map_err(storage)?;
+    }
+    for (kind, targets) in [("benefit", &c.benefits), ("session", &c.sessions)] {
+        for (position, t) in (0..).zip(targets) {
+            campaign_link::ActiveModel {
+                campaign_id: Set(c.id.clone()),
+                kind: Set(kind.to_owned()),
+                target: Set(t.clone()),
+                position: Set(position),
+            }
+            .insert(txn)
+            .await
+            .map_err(storage)?;
+        }
     }
     Ok(())
 }
 
+/// Writes back a changed campaign: its row, participants and links.
+pub(crate) async fn save_campaign(
+    txn: &impl ConnectionTrait,
+    c: &Campaign,
+) -> Result<(), KitError> {
+    row(c)
+    .update(txn)
+    .await
+    .map_err(storage)?;
+    campaign_partner::Entity::delete_many()
+        .filter(campaign_partner::Column::CampaignId.eq(&c.id))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    campaign_link::Entity::delete_many()
+        .filter(campaign_link::Column::CampaignId.eq(&c.id))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    insert_parts(txn, c).await
+}
+
 /// The campaign `id` when `partner` takes part; `None` otherwise, so another partners'
-/// campaign and a missing one look alike.
+/// campaign and a missing one look alike. `lock` holds its row to the end of the transaction
+/// (PostgreSQL `FOR UPDATE`; SQLite's one writer serialises anyway), for a read-modify-write
+/// that loses no concurrent acceptance.
 pub(crate) async fn campaign_for_participant(
     conn: &impl ConnectionTrait,
     partner: &str,
     id: &str,
+    lock: bool,
 ) -> Result<Option<Campaign>, KitError> {
+    let mut query = campaign::Entity::find_by_id(id);
+    if lock {
+        query = query.lock_exclusive();
+    }
+    let Some(row) = query.one(conn).await.map_err(storage)? else {
+        return Ok(None);
+    };
+    let c = assemble(conn, row).await?;
+    Ok(c.includes(partner).then_some(c))
+}
+
+async fn assemble(conn: &impl ConnectionTrait, row: campaign::Model) -> Result<Campaign, KitError> {
     let participants = campaign_partner::Entity::find()
-        .filter(campaign_partner::Column::CampaignId.eq(id))
+        .filter(campaign_partner::Column::CampaignId.eq(&row.id))
         .order_by_asc(campaign_partner::Column::Position)
         .all(conn)
         .await
-        .map_err(StorageError::from)?;
-    if !participants.iter().any(|p| p.partner_id == partner) {
-        return Ok(None);
-    }
-    let Some(row) = campaign::Entity::find_by_id(id)
-        .one(conn)
+        .map_err(storage)?;
+    let links = campaign_link::Entity::find()
+        .filter(campaign_link::Column::CampaignId.eq(&row.id))
+        .order_by_asc(campaign_link::Column::Position)
+        .all(conn)
         .await
-        .map_err(StorageError::from)?
-    else {
-        return Ok(None);
-    };
+        .map_err(storage)?;
     let mut partners = Vec::new();
     let mut budget = Vec::new();
     let mut accepted_by = Vec::new();
@@ -113,7 +281,16 @@ pub(crate) async fn campaign_for_participant(
         }
         partners.push(id);
     }
-    Ok(Some(Campaign {
+    let targets = |kind: &str| {
+        links
+            .iter()
+            .filter(|l| l.kind == kind)
+            .map(|l| l.target.clone())
+            .collect()
+    };
+    Ok(Campaign {
+        benefits: targets("benefit"),
+        sessions: targets("session"),
         id: row.id,
         display_name: row.display_name,
         partners,
@@ -121,11 +298,61 @@ pub(crate) async fn campaign_for_participant(
         start_millis: row.start_time,
         end_millis: row.end_time,
         state: match row.state {
-            State::Proposed => CampaignState::Proposed,
-            State::Accepted => CampaignState::Accepted,
-            State::Live => CampaignState::Live,
+            State::Draft => CampaignState::Draft,
+            State::Scheduled => CampaignState::Scheduled,
+            State::Running => CampaignState::Running,
             State::Ended => CampaignState::Ended,
         },
         accepted_by,
-    }))
+        alliance: row.alliance,
+        channels: row
+            .channels
+            .split(',')
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+        spent: row.spent,
+        exhausted_at: row.exhausted_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+/// A page of the campaigns `partner` takes part in, newest first (ids are time-ordered).
+pub(crate) async fn list_campaigns(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    state: Option<CampaignState>,
+    page: &Page,
+) -> Result<(Vec<Campaign>, String), KitError> {
+    let mut ids = campaign_partner::Entity::find()
+        .filter(campaign_partner::Column::PartnerId.eq(partner))
+        .select_only()
+        .column(campaign_partner::Column::CampaignId);
+    if let Some(after) = &page.after {
+        ids = ids.filter(campaign_partner::Column::CampaignId.lt(after.as_str()));
+    }
+    let ids: Vec<String> = ids
+        .order_by_desc(campaign_partner::Column::CampaignId)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let mut rows = Vec::new();
+    for id in ids {
+        let Some(row) = campaign::Entity::find_by_id(&id)
+            .one(conn)
+            .await
+            .map_err(storage)?
+        else {
+            continue;
+        };
+        if state.is_some_and(|s| to_row_state(s) != row.state) {
+            continue;
+        }
+        rows.push(assemble(conn, row).await?);
+        if rows.len() as u64 > page.size {
+            break;
+        }
+    }
+    Ok(page.finish(rows, |c| c.id.clone()))
 }

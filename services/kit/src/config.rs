@@ -303,6 +303,19 @@ impl Config {
         (self.source.0)(name)
     }
 
+    /// Sets one variable on top of the source (tests, `lianyu up`): [`Self::var`] reads it.
+    pub fn set_var(&mut self, name: &str, value: impl Into<String>) {
+        let previous = self.source.0.clone();
+        let (name, value) = (name.to_owned(), value.into());
+        self.source = Source(std::sync::Arc::new(move |n: &str| {
+            if n == name {
+                Some(value.clone())
+            } else {
+                previous(n)
+            }
+        }));
+    }
+
     /// [`Self::var`] for a secret, which never prints.
     pub fn secret(&self, name: &str) -> Option<Secret> {
         self.var(name).map(Secret::new)

@@ -307,7 +307,8 @@ impl Directory {
             MeshEventKind::MembersMerged
             | MeshEventKind::MemberErased
             | MeshEventKind::ConsentWithdrawn
-            | MeshEventKind::ConsentGranted => {
+            | MeshEventKind::ConsentGranted
+            | MeshEventKind::MemberEnrolled => {
                 for m in [&event.mesh_member, &event.into_mesh_member]
                     .into_iter()
                     .filter_map(|n| member(n))

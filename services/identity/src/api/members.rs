@@ -41,6 +41,18 @@ impl MemberService for Api {
                     .store
                     .enroll(txn, &who.partner_id, &ids, &fields)
                     .await?;
+                // The mesh learns who is enrolled where (comarketing's segments and loyalty).
+                crate::store::mesh::append_mesh(
+                    &self.store.feed,
+                    txn,
+                    lianyu_proto::identity::internal::v1::MeshEventKind::MemberEnrolled,
+                    crate::store::mesh::MeshEvent {
+                        member: enrolled.member_id.as_str(),
+                        partner: who.partner_id.as_str(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 let view = match enrolled.view {
                     Some(view) => view,
                     None => {

@@ -257,7 +257,7 @@ async fn the_mesh_feed_carries_withdrawals_erasures_and_suspensions_by_mesh_id_o
         .unwrap()
         .into_inner();
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while seen.len() < 6 {
         let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
             .expect("the mesh feed delivers")
@@ -265,6 +265,26 @@ async fn the_mesh_feed_carries_withdrawals_erasures_and_suspensions_by_mesh_id_o
             .unwrap();
         seen.push(event);
     }
+    // Both enrolments of the shared member come first: who is enrolled where, by mesh id.
+    let enrolled: Vec<_> = seen.drain(..2).collect();
+    assert_eq!(
+        enrolled
+            .iter()
+            .map(|e| (e.kind(), e.mesh_member.as_str(), e.partner.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                MeshEventKind::MemberEnrolled,
+                mesh.as_str(),
+                "partners/brand-a"
+            ),
+            (
+                MeshEventKind::MemberEnrolled,
+                mesh.as_str(),
+                "partners/mall-b"
+            ),
+        ]
+    );
     let kinds: Vec<MeshEventKind> = seen.iter().map(|e| e.kind()).collect();
     assert_eq!(
         kinds,

@@ -1,0 +1,776 @@
+//! Members and what the mesh knows of them, the consent index, segments with their results,
+//! operations and the overlap log.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lianyu_kit::{KitError, page::Page};
+use roaring::RoaringBitmap;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::OnConflict,
+};
+
+use super::{
+    entities::{consent, member, member_fact, operation, overlap_query, segment},
+    storage,
+};
+use crate::domain::rule::Condition;
+
+/// The dense numbers of `mesh_members` (ids without "meshMembers/"), adding those not yet
+/// known, with `at` as their activity.
+pub(crate) async fn member_numbers(
+    conn: &impl ConnectionTrait,
+    mesh_members: &[&str],
+    at: i64,
+) -> Result<HashMap<String, i32>, KitError> {
+    let mut out = HashMap::new();
+    for chunk in mesh_members.chunks(500) {
+        let rows = chunk.iter().map(|m| member::ActiveModel {
+            mesh_member: Set((*m).to_owned()),
+            last_at: Set(at),
+            ..Default::default()
+        });
+        member::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(member::Column::MeshMember)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await
+            .map_err(storage)?;
+        let found: Vec<(i32, String)> = member::Entity::find()
+            .filter(member::Column::MeshMember.is_in(chunk.iter().copied()))
+            .select_only()
+            .columns([member::Column::Idx, member::Column::MeshMember])
+            .into_tuple()
+            .all(conn)
+            .await
+            .map_err(storage)?;
+        out.extend(found.into_iter().map(|(i, m)| (m, i)));
+    }
+    Ok(out)
+}
+
+/// The dense number of one mesh member, added when new.
+pub(crate) async fn member_number(
+    conn: &impl ConnectionTrait,
+    mesh_member: &str,
+    at: i64,
+) -> Result<i32, KitError> {
+    member_numbers(conn, &[mesh_member], at)
+        .await?
+        .remove(mesh_member)
+        .ok_or_else(|| KitError::Internal("a member number was not assigned".into()))
+}
+
+/// The mesh ids of member numbers, in the order asked (unknown numbers are left out).
+pub(crate) async fn mesh_members_of(
+    conn: &impl ConnectionTrait,
+    numbers: &[u32],
+) -> Result<Vec<(u32, String)>, KitError> {
+    let ids: Vec<i32> = numbers
+        .iter()
+        .filter_map(|n| i32::try_from(*n).ok())
+        .collect();
+    let rows: Vec<(i32, String)> = member::Entity::find()
+        .filter(member::Column::Idx.is_in(ids))
+        .select_only()
+        .columns([member::Column::Idx, member::Column::MeshMember])
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let by: HashMap<i32, String> = rows.into_iter().collect();
+    Ok(numbers
+        .iter()
+        .filter_map(|n| {
+            let id = i32::try_from(*n).ok()?;
+            by.get(&id).map(|m| (*n, m.clone()))
+        })
+        .collect())
+}
+
+/// A fact to record about a member.
+pub(crate) struct Fact<'a> {
+    pub(crate) member: i32,
+    pub(crate) kind: &'a str,
+    pub(crate) subject: &'a str,
+    pub(crate) partner: &'a str,
+    pub(crate) at: i64,
+}
+
+/// Records facts (a repeated one keeps its first time and moves its last), and the members'
+/// activity.
+pub(crate) async fn record_facts(
+    conn: &impl ConnectionTrait,
+    facts: &[Fact<'_>],
+) -> Result<(), KitError> {
+    for chunk in facts.chunks(500) {
+        let rows = chunk.iter().map(|f| member_fact::ActiveModel {
+            kind: Set(f.kind.to_owned()),
+            subject: Set(f.subject.to_owned()),
+            partner: Set(f.partner.to_owned()),
+            member_idx: Set(f.member),
+            first_at: Set(f.at),
+            last_at: Set(f.at),
+        });
+        member_fact::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::columns([
+                    member_fact::Column::Kind,
+                    member_fact::Column::Subject,
+                    member_fact::Column::Partner,
+                    member_fact::Column::MemberIdx,
+                ])
+                .update_column(member_fact::Column::LastAt)
+                .to_owned(),
+            )
+            .exec(conn)
+            .await
+            .map_err(storage)?;
+    }
+    touch(conn, facts.iter().map(|f| (f.member, f.at))).await
+}
+
+/// Moves members' last activity forward to `at`.
+pub(crate) async fn touch(
+    conn: &impl ConnectionTrait,
+    members: impl IntoIterator<Item = (i32, i64)>,
+) -> Result<(), KitError> {
+    let mut latest: BTreeMap<i32, i64> = BTreeMap::new();
+    for (m, at) in members {
+        let e = latest.entry(m).or_insert(at);
+        *e = (*e).max(at);
+    }
+    for (m, at) in latest {
+        member::Entity::update_many()
+            .col_expr(member::Column::LastAt, sea_orm::sea_query::Expr::value(at))
+            .filter(member::Column::Idx.eq(m))
+            .filter(member::Column::LastAt.lt(at))
+            .exec(conn)
+            .await
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// Removes one fact kind of a member at a partner (a tier replaced, a tag removed).
+pub(crate) async fn remove_facts(
+    conn: &impl ConnectionTrait,
+    member: i32,
+    partner: &str,
+    kind: &str,
+    subject: Option<&str>,
+) -> Result<(), KitError> {
+    let mut q = member_fact::Entity::delete_many()
+        .filter(member_fact::Column::MemberIdx.eq(member))
+        .filter(member_fact::Column::Partner.eq(partner))
+        .filter(member_fact::Column::Kind.eq(kind));
+    if let Some(s) = subject {
+        q = q.filter(member_fact::Column::Subject.eq(s));
+    }
+    q.exec(conn).await.map_err(storage)?;
+    Ok(())
+}
+
+/// A consent granted (`granted`) or withdrawn, as identity's feed reports it.
+pub(crate) async fn set_consent(
+    conn: &impl ConnectionTrait,
+    member: i32,
+    collector: &str,
+    grantee: &str,
+    purpose: i32,
+    granted: bool,
+) -> Result<(), KitError> {
+    if granted {
+        consent::Entity::insert(consent::ActiveModel {
+            grantee: Set(grantee.to_owned()),
+            purpose: Set(purpose),
+            collector: Set(collector.to_owned()),
+            member_idx: Set(member),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                consent::Column::Grantee,
+                consent::Column::Purpose,
+                consent::Column::Collector,
+                consent::Column::MemberIdx,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await
+        .map_err(storage)?;
+    } else {
+        consent::Entity::delete_many()
+            .filter(consent::Column::Grantee.eq(grantee))
+            .filter(consent::Column::Purpose.eq(purpose))
+            .filter(consent::Column::Collector.eq(collector))
+            .filter(consent::Column::MemberIdx.eq(member))
+            .exec(conn)
+            .await
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// `partner` erased its records of the member: what the member did through it, its tags, its
+/// enrolment, the consents it collected go.
+pub(crate) async fn erase_at(
+    conn: &impl ConnectionTrait,
+    member: i32,
+    partner: &str,
+) -> Result<(), KitError> {
+    member_fact::Entity::delete_many()
+        .filter(member_fact::Column::MemberIdx.eq(member))
+        .filter(member_fact::Column::Partner.eq(partner))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    consent::Entity::delete_many()
+        .filter(consent::Column::MemberIdx.eq(member))
+        .filter(consent::Column::Collector.eq(partner))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    super::funnel::erase_events(conn, member, partner).await
+}
+
+/// The members meeting one condition, as a bitmap.
+pub(crate) async fn condition_members(
+    conn: &impl ConnectionTrait,
+    c: &Condition,
+    now: i64,
+) -> Result<RoaringBitmap, KitError> {
+    let (kind, subject, partner, since) = match c {
+        Condition::Enrolled { partner, since } => ("enrolled", "", Some(partner.as_str()), *since),
+        Condition::Tagged { partner, tag } => ("tag", tag.as_str(), Some(partner.as_str()), None),
+        Condition::Tier { partner, tier } => ("tier", tier.as_str(), Some(partner.as_str()), None),
+        Condition::JoinedSession(s) => ("joined", s.as_str(), None, None),
+        Condition::OrderedInSession(s) => ("ordered", s.as_str(), None, None),
+        Condition::ClaimedBenefit(b) => ("claimed", b.as_str(), None, None),
+        Condition::RedeemedBenefit(b) => ("redeemed", b.as_str(), None, None),
+        Condition::Inactive { days } => {
+            let before = now - i64::from(*days) * crate::domain::contact::DAY;
+            let ids: Vec<i32> = member::Entity::find()
+                .filter(member::Column::LastAt.lt(before))
+                .select_only()
+                .column(member::Column::Idx)
+                .into_tuple()
+                .all(conn)
+                .await
+                .map_err(storage)?;
+            return Ok(bitmap(ids));
+        }
+    };
+    let mut q = member_fact::Entity::find()
+        .filter(member_fact::Column::Kind.eq(kind))
+        .filter(member_fact::Column::Subject.eq(subject));
+    if let Some(p) = partner {
+        q = q.filter(member_fact::Column::Partner.eq(p));
+    }
+    if let Some(since) = since {
+        q = q.filter(member_fact::Column::FirstAt.gte(since));
+    }
+    let ids: Vec<i32> = q
+        .select_only()
+        .column(member_fact::Column::MemberIdx)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    Ok(bitmap(ids))
+}
+
+fn bitmap(ids: Vec<i32>) -> RoaringBitmap {
+    ids.into_iter()
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect()
+}
+
+/// Every member known, as a bitmap (the universe NOT is taken within).
+pub(crate) async fn all_members(conn: &impl ConnectionTrait) -> Result<RoaringBitmap, KitError> {
+    let ids: Vec<i32> = member::Entity::find()
+        .select_only()
+        .column(member::Column::Idx)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    Ok(bitmap(ids))
+}
+
+/// The members `partner` may count or use for `purpose`: its own (enrolled with it) and those
+/// whose consent to it for `purpose` is in force by the feed. Each member with the partners
+/// it is known through, for a synchronous check.
+pub(crate) async fn usable_by(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    purpose: i32,
+) -> Result<RoaringBitmap, KitError> {
+    let own: Vec<i32> = member_fact::Entity::find()
+        .filter(member_fact::Column::Kind.eq("enrolled"))
+        .filter(member_fact::Column::Subject.eq(""))
+        .filter(member_fact::Column::Partner.eq(partner))
+        .select_only()
+        .column(member_fact::Column::MemberIdx)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let consented: Vec<i32> = consent::Entity::find()
+        .filter(consent::Column::Grantee.eq(partner))
+        .filter(consent::Column::Purpose.eq(purpose))
+        .select_only()
+        .column(consent::Column::MemberIdx)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let mut out = bitmap(own);
+    out |= bitmap(consented);
+    Ok(out)
+}
+
+/// For each of `members`, the partners whose consent lets `grantee` use them for `purpose`
+/// by the feed, and whether the grantee holds them itself.
+pub(crate) async fn grounds(
+    conn: &impl ConnectionTrait,
+    members: &[u32],
+    grantee: &str,
+    purpose: i32,
+) -> Result<HashMap<u32, Vec<String>>, KitError> {
+    let ids: Vec<i32> = members
+        .iter()
+        .filter_map(|n| i32::try_from(*n).ok())
+        .collect();
+    let mut out: HashMap<u32, Vec<String>> = HashMap::new();
+    let own: Vec<i32> = member_fact::Entity::find()
+        .filter(member_fact::Column::Kind.eq("enrolled"))
+        .filter(member_fact::Column::Subject.eq(""))
+        .filter(member_fact::Column::Partner.eq(grantee))
+        .filter(member_fact::Column::MemberIdx.is_in(ids.clone()))
+        .select_only()
+        .column(member_fact::Column::MemberIdx)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    for m in own {
+        out.entry(u32::try_from(m).unwrap_or_default())
+            .or_default()
+            .push(grantee.to_owned());
+    }
+    let consented: Vec<(i32, String)> = consent::Entity::find()
+        .filter(consent::Column::Grantee.eq(grantee))
+        .filter(consent::Column::Purpose.eq(purpose))
+        .filter(consent::Column::MemberIdx.is_in(ids))
+        .select_only()
+        .columns([consent::Column::MemberIdx, consent::Column::Collector])
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    for (m, collector) in consented {
+        out.entry(u32::try_from(m).unwrap_or_default())
+            .or_default()
+            .push(collector);
+    }
+    Ok(out)
+}
+
+/// A segment as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredSegment {
+    pub(crate) id: String,
+    pub(crate) campaign_id: String,
+    pub(crate) owner: String,
+    pub(crate) display_name: String,
+    /// The rule, protobuf-encoded.
+    pub(crate) rule: Vec<u8>,
+    pub(crate) created_at: i64,
+    pub(crate) computed_at: Option<i64>,
+    pub(crate) computing: Option<String>,
+}
+
+fn to_segment(r: segment::Model) -> StoredSegment {
+    StoredSegment {
+        id: r.id,
+        campaign_id: r.campaign_id,
+        owner: r.owner,
+        display_name: r.display_name,
+        rule: r.rule,
+        created_at: r.created_at,
+        computed_at: r.computed_at,
+        computing: r.computing,
+    }
+}
+
+/// Stores a new segment.
+pub(crate) async fn insert_segment(
+    conn: &impl ConnectionTrait,
+    s: &StoredSegment,
+) -> Result<(), KitError> {
+    segment::ActiveModel {
+        id: Set(s.id.clone()),
+        campaign_id: Set(s.campaign_id.clone()),
+        owner: Set(s.owner.clone()),
+        display_name: Set(s.display_name.clone()),
+        rule: Set(s.rule.clone()),
+        created_at: Set(s.created_at),
+        computed_at: Set(None),
+        result: Set(None),
+        computing: Set(None),
+    }
+    .insert(conn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// A segment of `campaign`.
+pub(crate) async fn segment(
+    conn: &impl ConnectionTrait,
+    campaign: &str,
+    id: &str,
+) -> Result<Option<StoredSegment>, KitError> {
+    Ok(segment::Entity::find_by_id(id)
+        .filter(segment::Column::CampaignId.eq(campaign))
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .map(to_segment))
+}
+
+/// A page of a campaign's segments, oldest first.
+pub(crate) async fn list_segments(
+    conn: &impl ConnectionTrait,
+    campaign: &str,
+    page: &Page,
+) -> Result<(Vec<StoredSegment>, String), KitError> {
+    let mut q = segment::Entity::find().filter(segment::Column::CampaignId.eq(campaign));
+    if let Some(after) = &page.after {
+        q = q.filter(segment::Column::Id.gt(after.as_str()));
+    }
+    let rows = q
+        .order_by_asc(segment::Column::Id)
+        .limit(page.size + 1)
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    Ok(page.finish(rows.into_iter().map(to_segment).collect(), |s| s.id.clone()))
+}
+
+/// A segment's last result, and when it was computed.
+pub(crate) async fn segment_result(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<(RoaringBitmap, i64, Vec<u8>)>, KitError> {
+    let row: Option<(Option<Vec<u8>>, Option<i64>)> = segment::Entity::find_by_id(id)
+        .select_only()
+        .columns([segment::Column::Result, segment::Column::ComputedAt])
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(storage)?;
+    let Some((Some(bytes), Some(at))) = row else {
+        return Ok(None);
+    };
+    let bitmap = RoaringBitmap::deserialize_from(bytes.as_slice())
+        .map_err(|e| KitError::Internal(format!("a stored segment result is unreadable: {e}")))?;
+    Ok(Some((bitmap, at, bytes)))
+}
+
+/// Marks `segment` as computed by `operation` (when none is running: `false` otherwise).
+pub(crate) async fn claim_computation(
+    conn: &impl ConnectionTrait,
+    segment: &str,
+    operation: &str,
+) -> Result<bool, KitError> {
+    let done = segment::Entity::update_many()
+        .col_expr(
+            segment::Column::Computing,
+            sea_orm::sea_query::Expr::value(operation),
+        )
+        .filter(segment::Column::Id.eq(segment))
+        .filter(segment::Column::Computing.is_null())
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Stores a finished computation's result and frees the segment.
+pub(crate) async fn finish_computation(
+    conn: &impl ConnectionTrait,
+    segment: &str,
+    result: Option<(&RoaringBitmap, i64)>,
+) -> Result<(), KitError> {
+    let mut q = segment::Entity::update_many().col_expr(
+        segment::Column::Computing,
+        sea_orm::sea_query::Expr::value(Option::<String>::None),
+    );
+    if let Some((bitmap, at)) = result {
+        let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+        bitmap
+            .serialize_into(&mut bytes)
+            .map_err(|e| KitError::Internal(format!("serializing a segment result: {e}")))?;
+        q = q
+            .col_expr(
+                segment::Column::Result,
+                sea_orm::sea_query::Expr::value(bytes),
+            )
+            .col_expr(
+                segment::Column::ComputedAt,
+                sea_orm::sea_query::Expr::value(at),
+            );
+    }
+    q.filter(segment::Column::Id.eq(segment))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// An operation as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredOperation {
+    pub(crate) id: String,
+    pub(crate) partner: String,
+    pub(crate) target: String,
+    pub(crate) state: String,
+    pub(crate) scanned: i64,
+    pub(crate) total: i64,
+    pub(crate) error: String,
+    pub(crate) created_at: i64,
+}
+
+fn to_operation(r: operation::Model) -> StoredOperation {
+    StoredOperation {
+        id: r.id,
+        partner: r.partner,
+        target: r.target,
+        state: r.state,
+        scanned: r.scanned,
+        total: r.total,
+        error: r.error,
+        created_at: r.created_at,
+    }
+}
+
+/// Stores a new running operation.
+pub(crate) async fn insert_operation(
+    conn: &impl ConnectionTrait,
+    o: &StoredOperation,
+) -> Result<(), KitError> {
+    operation::ActiveModel {
+        id: Set(o.id.clone()),
+        partner: Set(o.partner.clone()),
+        target: Set(o.target.clone()),
+        state: Set(o.state.clone()),
+        scanned: Set(o.scanned),
+        total: Set(o.total),
+        error: Set(o.error.clone()),
+        created_at: Set(o.created_at),
+        done_at: Set(None),
+    }
+    .insert(conn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// The caller's operation.
+pub(crate) async fn operation(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    id: &str,
+) -> Result<Option<StoredOperation>, KitError> {
+    Ok(operation::Entity::find_by_id(id)
+        .filter(operation::Column::Partner.eq(partner))
+        .one(conn)
+        .await
+        .map_err(storage)?
+        .map(to_operation))
+}
+
+/// A page of the caller's operations, newest first.
+pub(crate) async fn list_operations(
+    conn: &impl ConnectionTrait,
+    partner: &str,
+    page: &Page,
+) -> Result<(Vec<StoredOperation>, String), KitError> {
+    let mut q = operation::Entity::find().filter(operation::Column::Partner.eq(partner));
+    if let Some(after) = &page.after {
+        q = q.filter(operation::Column::Id.lt(after.as_str()));
+    }
+    let rows = q
+        .order_by_desc(operation::Column::Id)
+        .limit(page.size + 1)
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    Ok(
+        page.finish(rows.into_iter().map(to_operation).collect(), |o| {
+            o.id.clone()
+        }),
+    )
+}
+
+/// Moves a running operation on: progress, or its end (`state` other than "running").
+/// Returns whether it was still running (a cancelled one is not moved).
+pub(crate) async fn update_operation(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    state: &str,
+    scanned: i64,
+    total: i64,
+    error: &str,
+    at: i64,
+) -> Result<bool, KitError> {
+    use sea_orm::sea_query::Expr;
+    let mut q = operation::Entity::update_many()
+        .col_expr(operation::Column::State, Expr::value(state))
+        .col_expr(operation::Column::Scanned, Expr::value(scanned))
+        .col_expr(operation::Column::Total, Expr::value(total))
+        .col_expr(operation::Column::Error, Expr::value(error));
+    if state != "running" {
+        q = q.col_expr(operation::Column::DoneAt, Expr::value(at));
+    }
+    let done = q
+        .filter(operation::Column::Id.eq(id))
+        .filter(operation::Column::State.eq("running"))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Logs an overlap query.
+pub(crate) async fn log_overlap(
+    conn: &impl ConnectionTrait,
+    campaign: &str,
+    partner: &str,
+    segments: (&str, &str),
+    told: Option<u64>,
+    at: i64,
+) -> Result<(), KitError> {
+    overlap_query::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().simple().to_string()),
+        campaign_id: Set(campaign.to_owned()),
+        partner: Set(partner.to_owned()),
+        segment: Set(segments.0.to_owned()),
+        other_segment: Set(segments.1.to_owned()),
+        overlap: Set(told.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX))),
+        suppressed: Set(told.is_none()),
+        asked_at: Set(at),
+    }
+    .insert(conn)
+    .await
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// How many overlap queries `partner` asked in `campaign`.
+pub(crate) async fn overlap_queries_asked(
+    conn: &impl ConnectionTrait,
+    campaign: &str,
+    partner: &str,
+) -> Result<i64, KitError> {
+    use sea_orm::PaginatorTrait;
+    let n = overlap_query::Entity::find()
+        .filter(overlap_query::Column::CampaignId.eq(campaign))
+        .filter(overlap_query::Column::Partner.eq(partner))
+        .count(conn)
+        .await
+        .map_err(storage)?;
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// One logged overlap query.
+pub(crate) struct LoggedOverlap {
+    pub(crate) id: String,
+    pub(crate) partner: String,
+    pub(crate) segment: String,
+    pub(crate) other_segment: String,
+    pub(crate) overlap: i64,
+    pub(crate) suppressed: bool,
+    pub(crate) asked_at: i64,
+}
+
+/// A page of a campaign's overlap queries, newest first.
+pub(crate) async fn list_overlaps(
+    conn: &impl ConnectionTrait,
+    campaign: &str,
+    page: &Page,
+) -> Result<(Vec<LoggedOverlap>, String), KitError> {
+    let mut q =
+        overlap_query::Entity::find().filter(overlap_query::Column::CampaignId.eq(campaign));
+    if let Some(after) = &page.after {
+        q = q.filter(overlap_query::Column::Id.lt(after.as_str()));
+    }
+    let rows = q
+        .order_by_desc(overlap_query::Column::Id)
+        .limit(page.size + 1)
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let rows = rows
+        .into_iter()
+        .map(|r| LoggedOverlap {
+            id: r.id,
+            partner: r.partner,
+            segment: r.segment,
+            other_segment: r.other_segment,
+            overlap: r.overlap,
+            suppressed: r.suppressed,
+            asked_at: r.asked_at,
+        })
+        .collect();
+    Ok(page.finish(rows, |o| o.id.clone()))
+}
+
+/// Rewrites a merged-away member's facts, consents and events to the survivor.
+pub(crate) async fn merge_members(
+    conn: &impl ConnectionTrait,
+    from: i32,
+    into: i32,
+) -> Result<(), KitError> {
+    let facts = member_fact::Entity::find()
+        .filter(member_fact::Column::MemberIdx.eq(from))
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let moved: Vec<_> = facts
+        .iter()
+        .map(|f| Fact {
+            member: into,
+            kind: &f.kind,
+            subject: &f.subject,
+            partner: &f.partner,
+            at: f.last_at,
+        })
+        .collect();
+    record_facts(conn, &moved).await?;
+    member_fact::Entity::delete_many()
+        .filter(member_fact::Column::MemberIdx.eq(from))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    let consents = consent::Entity::find()
+        .filter(consent::Column::MemberIdx.eq(from))
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    for c in consents {
+        set_consent(conn, into, &c.collector, &c.grantee, c.purpose, true).await?;
+    }
+    consent::Entity::delete_many()
+        .filter(consent::Column::MemberIdx.eq(from))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    super::funnel::move_events(conn, from, into).await
+}
