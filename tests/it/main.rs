@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test crate")]
 
+mod audience;
 mod balances;
 mod comarketing;
 mod discovery;

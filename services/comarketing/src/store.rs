@@ -145,10 +145,7 @@ pub(crate) async fn insert_campaign(
     txn: &impl ConnectionTrait,
     c: &Campaign,
 ) -> Result<(), KitError> {
-    row(c)
-    .insert(txn)
-    .await
-    .map_err(storage)?;
+    row(c).insert(txn).await.map_err(storage)?;
     insert_parts(txn, c).await
 }
 
@@ -213,10 +210,7 @@ pub(crate) async fn save_campaign(
     txn: &impl ConnectionTrait,
     c: &Campaign,
 ) -> Result<(), KitError> {
-    row(c)
-    .update(txn)
-    .await
-    .map_err(storage)?;
+    row(c).update(txn).await.map_err(storage)?;
     campaign_partner::Entity::delete_many()
         .filter(campaign_partner::Column::CampaignId.eq(&c.id))
         .exec(txn)

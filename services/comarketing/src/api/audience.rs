@@ -474,7 +474,7 @@ impl pb::audience_service_server::AudienceService for Api {
             let (_, s) = self.segment(&call, &r.name, "name").await?;
             let (result, at, _) = self.result(&s).await?;
             let countable =
-                store::usable_by(&self.read, call.partner_id(), JOINT_ANALYTICS).await?;
+                store::usable_by(&self.read, call.partner_id(), JOINT_ANALYTICS, true).await?;
             let size = result.intersection_len(&countable);
             let told = threshold(size, self.minimum_cohort);
             Ok::<_, ComarketingError>(pb::GetSegmentSizeResponse {
@@ -510,7 +510,7 @@ impl pb::audience_service_server::AudienceService for Api {
             let me = call.partner_id().to_owned();
             // Candidates in member order after the token, by the feed's consents; identity
             // then decides each one now.
-            let usable = store::usable_by(&self.read, &me, MARKETING_CONTACT).await?;
+            let usable = store::usable_by(&self.read, &me, MARKETING_CONTACT, false).await?;
             let mut candidates = result & usable;
             if page.after.is_some() {
                 candidates.remove_range(0..=after);
@@ -585,7 +585,7 @@ impl pb::audience_service_server::AudienceService for Api {
             let (a, _, a_bytes) = self.result(&mine).await?;
             let (b, _, b_bytes) = self.result(&other).await?;
             let me = call.partner_id().to_owned();
-            let countable = store::usable_by(&self.read, &me, JOINT_ANALYTICS).await?;
+            let countable = store::usable_by(&self.read, &me, JOINT_ANALYTICS, true).await?;
             let shared = (a & b).intersection_len(&countable);
             let told = disclose(
                 shared,

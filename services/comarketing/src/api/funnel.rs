@@ -51,7 +51,8 @@ impl Api {
         until: i64,
         repeat_days: i32,
     ) -> Result<pb::Funnel, ComarketingError> {
-        let countable = store::usable_by(&self.read, call.partner_id(), JOINT_ANALYTICS).await?;
+        let countable =
+            store::usable_by(&self.read, call.partner_id(), JOINT_ANALYTICS, true).await?;
         let events = store::campaign_events(&self.read, &campaign.id, from, until).await?;
         let mut by_member: HashMap<u32, Vec<crate::domain::funnel::Event>> = HashMap::new();
         for (m, e, _) in events {

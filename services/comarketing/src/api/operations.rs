@@ -47,6 +47,10 @@ fn any(type_name: &str, m: &impl Message) -> Option<prost_types::Any> {
     })
 }
 
+/// A computation still running after this long (milliseconds) was abandoned by a replica
+/// that stopped: a million members compute in seconds.
+const ABANDONED_AFTER: i64 = 10 * 60_000;
+
 /// The segment computations this process runs.
 #[derive(Clone)]
 pub(crate) struct Jobs {
@@ -88,6 +92,16 @@ impl Jobs {
         let started = Arc::new(AtomicBool::new(false));
         let reply = mutations
             .run(call, &r.request_id, r, async |txn| {
+                // A computation whose replica stopped (its operation still "running" long
+                // after any computation ends) is given up, so the segment is never stuck.
+                if let Some(current) = &segment.computing
+                    && let Some(o) = store::operation(txn, &segment.owner, current).await?
+                    && o.created_at < now - ABANDONED_AFTER
+                {
+                    let note = "abandoned: the replica computing it stopped; compute again";
+                    store::update_operation(txn, current, "failed", 0, 0, note, now).await?;
+                    store::finish_computation(txn, &segment.id, None).await?;
+                }
                 if !store::claim_computation(txn, &segment.id, &op.id).await? {
                     return Err(KitError::Precondition(
                         "SEGMENT_COMPUTING",
@@ -118,27 +132,21 @@ impl Jobs {
             Ok(None) => ("cancelled", String::new(), None),
             Err(e) => ("failed", e.to_string(), None),
         };
+        // The outcome and the result commit together: a reader never sees a finished
+        // operation whose segment lacks its result.
         let finish = async {
-            let moved = match result {
-                Some((bitmap, total)) => {
-                    let total = i64::try_from(total).unwrap_or(i64::MAX);
-                    let moved =
-                        store::update_operation(&self.db, &op, state, total, total, &error, now)
-                            .await?;
-                    if moved {
-                        store::finish_computation(&self.db, &segment.id, Some((bitmap, now)))
-                            .await?;
-                    }
-                    moved
-                }
-                None => store::update_operation(&self.db, &op, state, 0, 0, &error, now).await?,
-            };
-            if !moved {
-                // Cancelled meanwhile: the segment keeps its previous result.
-                store::finish_computation(&self.db, &segment.id, None).await?;
-            } else if state != "done" {
-                store::finish_computation(&self.db, &segment.id, None).await?;
-            }
+            use sea_orm::TransactionTrait;
+            let txn = self.db.begin().await.map_err(store::storage)?;
+            let (scanned, total) = result.map_or((0, 0), |(_, t)| {
+                let t = i64::try_from(t).unwrap_or(i64::MAX);
+                (t, t)
+            });
+            // Not moved: cancelled meanwhile, and the segment keeps its previous result.
+            let moved =
+                store::update_operation(&txn, &op, state, scanned, total, &error, now).await?;
+            let stored = result.filter(|_| moved).map(|(bitmap, _)| (bitmap, now));
+            store::finish_computation(&txn, &segment.id, stored).await?;
+            txn.commit().await.map_err(store::storage)?;
             Ok::<_, KitError>(())
         };
         if let Err(e) = finish.await {

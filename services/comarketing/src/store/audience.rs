@@ -302,24 +302,14 @@ pub(crate) async fn all_members(conn: &impl ConnectionTrait) -> Result<RoaringBi
     Ok(bitmap(ids))
 }
 
-/// The members `partner` may count or use for `purpose`: its own (enrolled with it) and those
-/// whose consent to it for `purpose` is in force by the feed. Each member with the partners
-/// it is known through, for a synchronous check.
+/// The members `partner` may count or use for `purpose` by the feed: those whose consent to
+/// it for `purpose` is in force, and with `own`, its own (enrolled with it).
 pub(crate) async fn usable_by(
     conn: &impl ConnectionTrait,
     partner: &str,
     purpose: i32,
+    own: bool,
 ) -> Result<RoaringBitmap, KitError> {
-    let own: Vec<i32> = member_fact::Entity::find()
-        .filter(member_fact::Column::Kind.eq("enrolled"))
-        .filter(member_fact::Column::Subject.eq(""))
-        .filter(member_fact::Column::Partner.eq(partner))
-        .select_only()
-        .column(member_fact::Column::MemberIdx)
-        .into_tuple()
-        .all(conn)
-        .await
-        .map_err(storage)?;
     let consented: Vec<i32> = consent::Entity::find()
         .filter(consent::Column::Grantee.eq(partner))
         .filter(consent::Column::Purpose.eq(purpose))
@@ -329,13 +319,25 @@ pub(crate) async fn usable_by(
         .all(conn)
         .await
         .map_err(storage)?;
-    let mut out = bitmap(own);
-    out |= bitmap(consented);
+    let mut out = bitmap(consented);
+    if own {
+        let own: Vec<i32> = member_fact::Entity::find()
+            .filter(member_fact::Column::Kind.eq("enrolled"))
+            .filter(member_fact::Column::Subject.eq(""))
+            .filter(member_fact::Column::Partner.eq(partner))
+            .select_only()
+            .column(member_fact::Column::MemberIdx)
+            .into_tuple()
+            .all(conn)
+            .await
+            .map_err(storage)?;
+        out |= bitmap(own);
+    }
     Ok(out)
 }
 
-/// For each of `members`, the partners whose consent lets `grantee` use them for `purpose`
-/// by the feed, and whether the grantee holds them itself.
+/// For each of `members`, the partners (other than `grantee`) whose consent lets `grantee`
+/// use them for `purpose` by the feed: whom to ask identity about.
 pub(crate) async fn grounds(
     conn: &impl ConnectionTrait,
     members: &[u32],
@@ -347,22 +349,6 @@ pub(crate) async fn grounds(
         .filter_map(|n| i32::try_from(*n).ok())
         .collect();
     let mut out: HashMap<u32, Vec<String>> = HashMap::new();
-    let own: Vec<i32> = member_fact::Entity::find()
-        .filter(member_fact::Column::Kind.eq("enrolled"))
-        .filter(member_fact::Column::Subject.eq(""))
-        .filter(member_fact::Column::Partner.eq(grantee))
-        .filter(member_fact::Column::MemberIdx.is_in(ids.clone()))
-        .select_only()
-        .column(member_fact::Column::MemberIdx)
-        .into_tuple()
-        .all(conn)
-        .await
-        .map_err(storage)?;
-    for m in own {
-        out.entry(u32::try_from(m).unwrap_or_default())
-            .or_default()
-            .push(grantee.to_owned());
-    }
     let consented: Vec<(i32, String)> = consent::Entity::find()
         .filter(consent::Column::Grantee.eq(grantee))
         .filter(consent::Column::Purpose.eq(purpose))

@@ -1,0 +1,781 @@
+//! Comarketing's audiences and contacts end to end through identity: members enrolled at a
+//! brand, some of whom consent to a mall; the mall's segment, computed as an operation, counts
+//! and exports only those who consented (as the mall's own ids), a withdrawal applies to the
+//! next export at once, small overlaps are never told, and the mesh-wide contact cap holds
+//! across partners and at any concurrency. Refusals change nothing.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use lianyu_kit::{
+    testing::{BRAND, MALL, OUTSIDER, TestServer, reason, violations},
+    time::{now_millis, timestamp},
+};
+use lianyu_proto::{
+    comarketing::v1::{
+        self as pb, audience_service_client::AudienceServiceClient,
+        campaign_service_client::CampaignServiceClient,
+        contact_service_client::ContactServiceClient,
+        operations_service_client::OperationsServiceClient, rule::Rule as R,
+    },
+    common::v1::{ConsentPurpose, Money},
+    identity::v1::{self as id, consent_service_client::ConsentServiceClient},
+};
+use prost::Message;
+use tonic::{Code, codegen::InterceptedService, transport::Channel};
+
+use crate::{support::rows, wallets::enrol};
+
+type Svc = InterceptedService<Channel, lianyu_kit::client::Bearer>;
+
+/// Counts of five or more are told in these tests (the default is 50).
+const COHORT: &str = "5";
+
+pub(crate) async fn mesh(test: &str) -> TestServer {
+    crate::support::with_identity!(test, "comarketing", lianyu_comarketing::mount, |c| {
+        c.set_var("LIANYU_COMARKETING_MINIMUM_COHORT", COHORT)
+    })
+}
+
+pub(crate) fn audience(s: &TestServer, partner: &str) -> AudienceServiceClient<Svc> {
+    AudienceServiceClient::new(s.as_token(&s.token(partner)))
+}
+
+pub(crate) fn contacts(s: &TestServer, token: &str) -> ContactServiceClient<Svc> {
+    ContactServiceClient::new(s.as_token(token))
+}
+
+/// `member` (known to `partner`) lets `grantee` use them for `purposes`, or withdraws them.
+pub(crate) async fn consent_to(
+    s: &TestServer,
+    partner: &str,
+    member: &str,
+    grantee: &str,
+    purposes: &[ConsentPurpose],
+    granted: bool,
+) {
+    let mut client = ConsentServiceClient::new(s.as_token(&s.token(partner)));
+    let purposes: Vec<i32> = purposes.iter().map(|p| *p as i32).collect();
+    if granted {
+        client
+            .grant_consent(id::GrantConsentRequest {
+                request_id: format!("grant-{member}-{grantee}"),
+                member: member.into(),
+                grantee: format!("partners/{grantee}"),
+                purposes,
+                channel: id::ConsentChannel::MiniProgram as i32,
+                policy_version: "2026-10".into(),
+                valid_until: None,
+            })
+            .await
+            .unwrap();
+    } else {
+        client
+            .withdraw_consent(id::WithdrawConsentRequest {
+                request_id: format!("withdraw-{member}-{grantee}"),
+                member: member.into(),
+                grantee: format!("partners/{grantee}"),
+                purposes,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// A RUNNING campaign of the mall and the brand (proposed by `proposer`), contacting by SMS
+/// and push.
+pub(crate) async fn running_campaign(s: &TestServer, proposer: &str, other: &str) -> pb::Campaign {
+    let day = 24 * 3_600_000;
+    let mut campaigns = CampaignServiceClient::new(s.as_token(&s.token(proposer)));
+    let created = campaigns
+        .create_campaign(pb::CreateCampaignRequest {
+            request_id: format!("c-{proposer}-{other}"),
+            campaign: Some(pb::Campaign {
+                display_name: "Double 12".into(),
+                partners: vec![format!("partners/{other}")],
+                budget: vec![pb::BudgetShare {
+                    partner: format!("partners/{proposer}"),
+                    amount: Some(Money {
+                        currency_code: "CNY".into(),
+                        minor_units: 1_000_000,
+                    }),
+                    share_bps: 0,
+                }],
+                start_time: timestamp(now_millis()),
+                end_time: timestamp(now_millis() + 7 * day),
+                channels: vec![
+                    pb::ContactChannel::Sms as i32,
+                    pb::ContactChannel::Push as i32,
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    CampaignServiceClient::new(s.as_token(&s.token(other)))
+        .accept_campaign(pb::AcceptCampaignRequest {
+            request_id: "accept".into(),
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap();
+    campaigns
+        .launch_campaign(pb::LaunchCampaignRequest {
+            request_id: "launch".into(),
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn enrolled_with(partner: &str) -> pb::Rule {
+    pb::Rule {
+        rule: Some(R::Enrolled(pb::EnrolledCondition {
+            partner: format!("partners/{partner}"),
+            since: None,
+        })),
+    }
+}
+
+fn tagged(partner: &str, tag: &str) -> pb::Rule {
+    pb::Rule {
+        rule: Some(R::Tagged(pb::TagCondition {
+            partner: format!("partners/{partner}"),
+            tag: tag.into(),
+        })),
+    }
+}
+
+pub(crate) async fn segment(
+    s: &TestServer,
+    owner: &str,
+    campaign: &str,
+    rule: pb::Rule,
+) -> pb::Segment {
+    audience(s, owner)
+        .create_segment(pb::CreateSegmentRequest {
+            request_id: format!("seg-{}", hex(&rule.encode_to_vec())),
+            parent: campaign.into(),
+            segment: Some(pb::Segment {
+                display_name: "brand fans".into(),
+                rule: Some(rule),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Computes `segment` and waits for the operation to finish.
+pub(crate) async fn compute(s: &TestServer, owner: &str, segment: &str, request_id: &str) {
+    let op = audience(s, owner)
+        .compute_segment(pb::ComputeSegmentRequest {
+            request_id: request_id.into(),
+            name: segment.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = OperationsServiceClient::new(s.as_token(&s.token(owner)))
+        .wait_operation(pb::WaitOperationRequest {
+            name: op.name.clone(),
+            timeout_millis: 30_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.done && done.error.is_none(), "{done:?}");
+    let response = pb::Segment::decode(done.response.unwrap().value.as_slice()).unwrap();
+    assert_eq!(response.name, segment);
+    assert!(response.compute_time.is_some());
+}
+
+/// Everything the mall may export from `segment`, all pages.
+async fn export(s: &TestServer, segment: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = audience(s, MALL)
+            .export_audience(pb::ExportAudienceRequest {
+                segment: segment.into(),
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.members);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    out.sort();
+    out
+}
+
+/// Polls `check` until it holds (identity's feed reaches comarketing within well under a
+/// second); panics after ten seconds.
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < until, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_malls_audience_holds_only_members_who_consented_to_it_as_its_own_ids() {
+    let s = mesh("aud_export").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    // Eight shoppers of both the brand and the mall (one verified phone links them); six let
+    // the mall contact and count them through the brand, two do not.
+    let mut members = Vec::new();
+    let mut at_mall = Vec::new();
+    for i in 0..8 {
+        let phone = format!("1390000{i:04}");
+        members.push(enrol(&s, BRAND, &phone).await);
+        at_mall.push(enrol(&s, MALL, &phone).await);
+    }
+    for m in &members[..6] {
+        consent_to(
+            &s,
+            BRAND,
+            m,
+            MALL,
+            &[
+                ConsentPurpose::MarketingContact,
+                ConsentPurpose::JointAnalytics,
+            ],
+            true,
+        )
+        .await;
+    }
+    let seg = segment(&s, MALL, &campaign.name, enrolled_with(BRAND)).await;
+    assert_eq!(seg.owner, format!("partners/{MALL}"));
+    // Before any computation there is nothing to count or export.
+    let e = audience(&s, MALL)
+        .get_segment_size(pb::GetSegmentSizeRequest {
+            name: seg.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "SEGMENT_NOT_COMPUTED");
+    let size = || async {
+        compute(&s, MALL, &seg.name, &format!("compute-{}", now_millis())).await;
+        audience(&s, MALL)
+            .get_segment_size(pb::GetSegmentSizeRequest {
+                name: seg.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    eventually("the enrolments reach comarketing", || async {
+        size().await.size == 8
+    })
+    .await;
+    eventually("the marketing consents reach comarketing", || async {
+        export(&s, &seg.name).await.len() == 6
+    })
+    .await;
+    let exported = export(&s, &seg.name).await;
+    let mut consenting = at_mall[..6].to_vec();
+    consenting.sort();
+    assert_eq!(
+        exported, consenting,
+        "the mall's own ids of the six, never the brand's"
+    );
+    // The mall can now ask to contact one of them: its consent is in force.
+    let allowed = contacts(&s, &s.token(MALL))
+        .request_contact(pb::RequestContactRequest {
+            request_id: "rc-1".into(),
+            member: exported[0].clone(),
+            campaign: campaign.name.clone(),
+            channel: pb::ContactChannel::Sms as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allowed.decision, pb::ContactDecision::Allowed as i32);
+
+    // The brand cannot export the mall's segment; an outsider does not see it.
+    let e = audience(&s, BRAND)
+        .export_audience(pb::ExportAudienceRequest {
+            segment: seg.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "SEGMENT_OWNER_ONLY")
+    );
+    let e = audience(&s, OUTSIDER)
+        .get_segment_size(pb::GetSegmentSizeRequest {
+            name: seg.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "SEGMENT_NOT_FOUND")
+    );
+
+    // One member withdraws from the mall: the very next export, from the same cached result,
+    // leaves her out, and so does the contact allowance.
+    consent_to(
+        &s,
+        BRAND,
+        &members[0],
+        MALL,
+        &[ConsentPurpose::MarketingContact],
+        false,
+    )
+    .await;
+    eventually("the withdrawal applies to the export", || async {
+        export(&s, &seg.name).await.len() == 5
+    })
+    .await;
+    let after = export(&s, &seg.name).await;
+    let withdrawn: Vec<&String> = exported.iter().filter(|m| !after.contains(m)).collect();
+    assert_eq!(withdrawn.len(), 1);
+    // She is still the mall's own member: the mall may message her through its own
+    // relationship (and within the cap), just no longer because the brand's consent says so.
+    let own = contacts(&s, &s.token(MALL))
+        .request_contact(pb::RequestContactRequest {
+            request_id: "rc-2".into(),
+            member: withdrawn[0].clone(),
+            campaign: campaign.name.clone(),
+            channel: pb::ContactChannel::Sms as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.decision, pb::ContactDecision::Allowed as i32);
+    // Counted for analytics: the mall's own members all eight, whatever they consented to
+    // through the brand (the count never says who).
+    assert_eq!(size().await.size, 8);
+}
+
+#[tokio::test]
+async fn a_rule_is_validated_data_with_every_bad_field_named() {
+    let s = mesh("aud_rules").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let bad = pb::Rule {
+        rule: Some(R::All(pb::RuleList {
+            rules: vec![
+                enrolled_with(OUTSIDER),
+                tagged(BRAND, "no spaces allowed"),
+                pb::Rule {
+                    rule: Some(R::JoinedSession(pb::SessionCondition {
+                        session: "sessions/not-attached".into(),
+                    })),
+                },
+                pb::Rule {
+                    rule: Some(R::Not(Box::new(pb::Rule {
+                        rule: Some(R::Inactive(pb::InactiveCondition { days: 0 })),
+                    }))),
+                },
+                pb::Rule { rule: None },
+            ],
+        })),
+    };
+    let e = audience(&s, MALL)
+        .create_segment(pb::CreateSegmentRequest {
+            request_id: "bad".into(),
+            parent: campaign.name.clone(),
+            segment: Some(pb::Segment {
+                display_name: String::new(),
+                rule: Some(bad),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        violations(&e),
+        [
+            "segment.display_name",
+            "segment.rule.all.rules[0].enrolled.partner",
+            "segment.rule.all.rules[1].tagged.tag",
+            "segment.rule.all.rules[2].joined_session.session",
+            "segment.rule.all.rules[3].not.inactive.days",
+            "segment.rule.all.rules[4]",
+        ]
+    );
+    assert_eq!(rows(&s, "comarketing", "segments").await, 0);
+    // An outsider cannot define a segment of a campaign it is not part of.
+    let e = audience(&s, OUTSIDER)
+        .create_segment(pb::CreateSegmentRequest {
+            request_id: "x".into(),
+            parent: campaign.name.clone(),
+            segment: Some(pb::Segment {
+                display_name: "x".into(),
+                rule: Some(enrolled_with(BRAND)),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "CAMPAIGN_NOT_FOUND");
+    assert_eq!(rows(&s, "comarketing", "segments").await, 0);
+}
+
+#[tokio::test]
+async fn overlaps_below_the_cohort_are_never_told_and_every_query_is_logged() {
+    let s = mesh("aud_overlap").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    // Twelve people enrolled at both partners (one verified phone links them), three only
+    // at the brand. The brand tags four of the shared ones "vip".
+    let mut shared = Vec::new();
+    for i in 0..12 {
+        let phone = format!("1370000{i:04}");
+        shared.push(enrol(&s, BRAND, &phone).await);
+        enrol(&s, MALL, &phone).await;
+    }
+    for i in 0..3 {
+        enrol(&s, BRAND, &format!("1360000{i:04}")).await;
+    }
+    let tagged_ok = audience(&s, BRAND)
+        .tag_members(pb::TagMembersRequest {
+            request_id: "tag".into(),
+            members: shared[..4]
+                .iter()
+                .cloned()
+                .chain(["members/nobody".to_owned()])
+                .collect(),
+            add_tags: vec!["vip".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tagged_ok.updated, tagged_ok.unknown.as_slice()),
+        (4, &["members/nobody".to_owned()][..])
+    );
+    let malls = segment(&s, MALL, &campaign.name, enrolled_with(MALL)).await;
+    let brands = segment(&s, BRAND, &campaign.name, enrolled_with(BRAND)).await;
+    let vips = segment(&s, BRAND, &campaign.name, tagged(BRAND, "vip")).await;
+    eventually("every enrolment reaches comarketing", || async {
+        compute(&s, MALL, &malls.name, &format!("m-{}", now_millis())).await;
+        audience(&s, MALL)
+            .get_segment_size(pb::GetSegmentSizeRequest {
+                name: malls.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .size
+            == 12
+    })
+    .await;
+    compute(&s, BRAND, &brands.name, "b").await;
+    compute(&s, BRAND, &vips.name, "v").await;
+    // Twelve shared: told, rounded to tens after the fixed offset.
+    let asked = audience(&s, MALL)
+        .get_audience_overlap(pb::GetAudienceOverlapRequest {
+            segment: malls.name.clone(),
+            other_segment: brands.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!asked.suppressed);
+    assert!([0, 10].contains(&asked.overlap), "{asked:?}");
+    assert_eq!(asked.overlap % 10, 0);
+    assert_eq!(asked.minimum_cohort, 5);
+    let again = audience(&s, MALL)
+        .get_audience_overlap(pb::GetAudienceOverlapRequest {
+            segment: malls.name.clone(),
+            other_segment: brands.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.overlap, asked.overlap,
+        "asking again tells nothing new"
+    );
+    assert_eq!(again.queries_left, asked.queries_left - 1);
+    // Four VIPs: below the cohort, withheld.
+    let small = audience(&s, MALL)
+        .get_audience_overlap(pb::GetAudienceOverlapRequest {
+            segment: malls.name.clone(),
+            other_segment: vips.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(small.suppressed);
+    assert_eq!(small.overlap, 0);
+    // The brand's VIP segment itself is too small to be sized for anyone.
+    let vip_size = audience(&s, BRAND)
+        .get_segment_size(pb::GetSegmentSizeRequest {
+            name: vips.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(vip_size.suppressed && vip_size.size == 0);
+    // A partner's own two segments are no overlap question; nor is another campaign's.
+    let e = audience(&s, BRAND)
+        .get_audience_overlap(pb::GetAudienceOverlapRequest {
+            segment: brands.name.clone(),
+            other_segment: vips.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), ["other_segment"]);
+    // Every query is logged, for every participant to read.
+    let log = audience(&s, BRAND)
+        .list_overlap_queries(pb::ListOverlapQueriesRequest {
+            campaign: campaign.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(log.queries.len(), 3);
+    assert!(log.queries[0].suppressed && log.queries[0].overlap == 0);
+    assert!(
+        log.queries
+            .iter()
+            .all(|q| q.partner == format!("partners/{MALL}"))
+    );
+}
+
+/// Parallel requests from two partners for one member: exactly the cap is allowed, and the
+/// held slots are what the database holds.
+#[tokio::test]
+async fn the_mesh_wide_cap_holds_across_partners_at_any_concurrency() {
+    let s = mesh("aud_cap").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let phone = "13500000001";
+    let at_brand = enrol(&s, BRAND, phone).await;
+    let at_mall = enrol(&s, MALL, phone).await;
+    let requests = (0..12).map(|i| {
+        let (partner, member) = if i % 2 == 0 {
+            (BRAND, &at_brand)
+        } else {
+            (MALL, &at_mall)
+        };
+        let mut client = contacts(&s, &s.token(partner));
+        let request = pb::RequestContactRequest {
+            request_id: format!("race-{i}"),
+            member: member.clone(),
+            campaign: campaign.name.clone(),
+            channel: pb::ContactChannel::Push as i32,
+        };
+        async move { client.request_contact(request).await.unwrap().into_inner() }
+    });
+    let answers = join_all(requests).await;
+    let allowed: Vec<_> = answers.iter().filter(|a| a.allowed).collect();
+    assert_eq!(allowed.len(), 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|a| !a.allowed)
+            .all(|a| a.decision == pb::ContactDecision::CapReached as i32
+                && a.next_allowed_time.is_some()
+                && a.contacts_in_window == 3)
+    );
+    assert_eq!(rows(&s, "comarketing", "contacts").await, 3);
+    // A retry returns its first answer and holds no second slot.
+    let replay = contacts(&s, &s.token(BRAND))
+        .request_contact(pb::RequestContactRequest {
+            request_id: "race-0".into(),
+            member: at_brand.clone(),
+            campaign: campaign.name.clone(),
+            channel: pb::ContactChannel::Push as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replay, answers[0]);
+    assert_eq!(rows(&s, "comarketing", "contacts").await, 3);
+    // Recording a held slot; another partner's token is not found; recording twice is fine.
+    let mine = allowed[0].contact_token.clone();
+    let owner = if answers[0].contact_token == mine
+        || answers.iter().step_by(2).any(|a| a.contact_token == mine)
+    {
+        BRAND
+    } else {
+        MALL
+    };
+    let other = if owner == BRAND { MALL } else { BRAND };
+    let record = |partner: &str, id: &str| {
+        let mut c = contacts(&s, &s.token(partner));
+        let request = pb::RecordContactRequest {
+            request_id: id.into(),
+            contact_token: mine.clone(),
+            contact_time: None,
+        };
+        async move { c.record_contact(request).await }
+    };
+    let e = record(other, "r0").await.unwrap_err();
+    assert_eq!(reason(&e), "CONTACT_NOT_FOUND");
+    let first = record(owner, "r1").await.unwrap().into_inner();
+    let second = record(owner, "r2").await.unwrap().into_inner();
+    assert_eq!(first, second);
+}
+
+#[tokio::test]
+async fn contacts_respect_channels_quiet_hours_and_the_operators_policy() {
+    let s = mesh("aud_contact_rules").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let member = enrol(&s, BRAND, "13400000001").await;
+    let ask = |token: String, id: &str, channel: pb::ContactChannel, member: &str| {
+        let mut c = contacts(&s, &token);
+        let request = pb::RequestContactRequest {
+            request_id: id.into(),
+            member: member.into(),
+            campaign: campaign.name.clone(),
+            channel: channel as i32,
+        };
+        async move { c.request_contact(request).await }
+    };
+    let wrong = ask(
+        s.token(BRAND),
+        "c1",
+        pb::ContactChannel::WechatTemplate,
+        &member,
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        wrong.decision,
+        pb::ContactDecision::ChannelNotInCampaign as i32
+    );
+    // A member the caller does not hold: no consent, nothing held.
+    let unknown = ask(s.token(MALL), "c2", pb::ContactChannel::Sms, &member)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unknown.decision, pb::ContactDecision::NoConsent as i32);
+    // Quiet all day but the current minute's neighbour: always quiet now.
+    let now_minute = i32::try_from((now_millis() / 60_000) % 1440).unwrap();
+    let quiet = pb::QuietHours {
+        start_minute: now_minute,
+        end_minute: (now_minute + 1439) % 1440,
+        utc_offset_minutes: 0,
+    };
+    contacts(&s, &s.token(BRAND))
+        .set_quiet_hours(pb::SetQuietHoursRequest {
+            request_id: "q".into(),
+            member: member.clone(),
+            quiet_hours: Some(quiet),
+        })
+        .await
+        .unwrap();
+    let hushed = ask(s.token(BRAND), "c3", pb::ContactChannel::Sms, &member)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hushed.decision, pb::ContactDecision::QuietHours as i32);
+    assert!(hushed.next_allowed_time.is_some());
+    assert_eq!(
+        rows(&s, "comarketing", "contacts").await,
+        0,
+        "refusals hold nothing"
+    );
+    let e = contacts(&s, &s.token(BRAND))
+        .set_quiet_hours(pb::SetQuietHoursRequest {
+            request_id: "q2".into(),
+            member: member.clone(),
+            quiet_hours: Some(pb::QuietHours {
+                start_minute: 1440,
+                end_minute: 5,
+                utc_offset_minutes: 900,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violations(&e),
+        ["quiet_hours.start_minute", "quiet_hours.utc_offset_minutes"]
+    );
+    contacts(&s, &s.token(BRAND))
+        .set_quiet_hours(pb::SetQuietHoursRequest {
+            request_id: "q3".into(),
+            member: member.clone(),
+            quiet_hours: None,
+        })
+        .await
+        .unwrap();
+    // The operator lowers the mesh's cap to one; partners cannot change it.
+    let policy = pb::ContactPolicy {
+        name: "contactPolicies/default".into(),
+        max_contacts: 1,
+        window_days: 7,
+    };
+    let e = contacts(&s, &s.token(BRAND))
+        .update_contact_policy(pb::UpdateContactPolicyRequest {
+            request_id: "p0".into(),
+            policy: Some(policy.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "OPERATOR_ONLY")
+    );
+    let set = contacts(&s, &s.operator_token())
+        .update_contact_policy(pb::UpdateContactPolicyRequest {
+            request_id: "p1".into(),
+            policy: Some(policy.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set, policy);
+    let first = ask(s.token(BRAND), "c4", pb::ContactChannel::Sms, &member)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.allowed);
+    assert_eq!(first.policy, Some(policy));
+    let second = ask(s.token(BRAND), "c5", pb::ContactChannel::Sms, &member)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.decision, pb::ContactDecision::CapReached as i32);
+    // A store's guide asks too (store tokens may); the operator contacts no one.
+    let guide = ask(
+        s.store_token(BRAND, "sh01"),
+        "c6",
+        pb::ContactChannel::Sms,
+        &member,
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(guide.decision, pb::ContactDecision::CapReached as i32);
+    let e = ask(s.operator_token(), "c7", pb::ContactChannel::Sms, &member)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "OPERATOR_CONTACTS_NO_ONE");
+    let e = ask(
+        s.token(BRAND),
+        "",
+        pb::ContactChannel::Unspecified,
+        "people/1",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(violations(&e), ["member", "channel"]);
+}
