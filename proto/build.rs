@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "lianyu/entitlements/v1/entitlements.proto",
     "lianyu/entitlements/internal/v1/internal.proto",
     "lianyu/live/v1/live.proto",
+    "lianyu/live/internal/v1/internal.proto",
     "lianyu/comarketing/v1/comarketing.proto",
 ];
 

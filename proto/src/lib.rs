@@ -80,6 +80,12 @@ pub mod live {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/lianyu.live.v1.rs"));
     }
+    /// Live's internal contract: mesh services only (see `internal.proto`).
+    pub mod internal {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/lianyu.live.internal.v1.rs"));
+        }
+    }
 }
 pub mod comarketing {
     pub mod v1 {

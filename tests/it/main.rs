@@ -4,6 +4,7 @@
 
 mod audience;
 mod balances;
+mod campaign_report;
 mod comarketing;
 mod discovery;
 mod edge;

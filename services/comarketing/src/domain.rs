@@ -388,18 +388,24 @@ impl Campaign {
         cost_by_funder: &[(PartnerId, i64)],
     ) -> Vec<(PartnerId, PartnerId, i64)> {
         let spent: i64 = cost_by_funder.iter().map(|(_, c)| c).sum();
-        let shares = self.share_bps();
-        if shares.is_empty() || spent == 0 {
+        let Some((_, total)) = self.budget_total() else {
+            return Vec::new();
+        };
+        if spent == 0 || total == 0 {
             return Vec::new();
         }
-        // Net position per participant: paid minus due (due rounded down, the last absorbs).
+        // Net position per participant: paid minus due, due in proportion to its share's
+        // amount (rounded down; the last share absorbs the rounding).
         let mut due_given = 0i64;
         let mut net: Vec<(PartnerId, i64)> = Vec::new();
-        for (i, (p, bps)) in shares.iter().enumerate() {
-            let due = if i + 1 == shares.len() {
+        for (i, (p, amount)) in self.budget.iter().enumerate() {
+            let due = if i + 1 == self.budget.len() {
                 spent - due_given
             } else {
-                i64::try_from(i128::from(spent) * i128::from(*bps) / 10_000).unwrap_or(0)
+                i64::try_from(
+                    i128::from(spent) * i128::from(amount.minor_units()) / i128::from(total),
+                )
+                .unwrap_or(0)
             };
             due_given += due;
             let paid = cost_by_funder
@@ -408,6 +414,12 @@ impl Campaign {
                 .map(|(_, c)| c)
                 .sum::<i64>();
             net.push((p.clone(), paid - due));
+        }
+        // A participant that put nothing in bears nothing, but what it paid is owed to it.
+        for (f, c) in cost_by_funder {
+            if !self.budget.iter().any(|(p, _)| p == f) {
+                net.push((f.clone(), *c));
+            }
         }
         let mut creditors: Vec<(PartnerId, i64)> =
             net.iter().filter(|(_, n)| *n > 0).cloned().collect();

@@ -6,6 +6,8 @@ mod api;
 pub mod domain;
 mod store;
 
+pub use store::synthetic;
+
 /// The service's name: its database, its schema, its config prefix.
 pub const NAME: &str = "comarketing";
 

@@ -5,6 +5,7 @@ mod audience;
 mod contacts;
 mod entities;
 mod funnel;
+pub mod synthetic;
 
 pub(crate) use audience::*;
 pub(crate) use contacts::*;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(Campaigns),
             Box::new(CampaignColumns),
             Box::new(Audience),
+            Box::new(SessionHosts),
         ])
     }
 }
@@ -66,6 +68,13 @@ lianyu_kit::tables_migration!(
         entities::funnel_event::Entity,
         entities::campaign_tally::Entity
     ]
+);
+
+lianyu_kit::tables_migration!(
+    /// Live sessions' co-hosts, from live's feed.
+    SessionHosts,
+    "m20261203_000013_comarketing_session_hosts",
+    [entities::session_host::Entity]
 );
 
 /// The campaign columns the first version lacked, and its states renamed to the contract's
@@ -349,4 +358,159 @@ pub(crate) async fn list_campaigns(
         }
     }
     Ok(page.finish(rows, |c| c.id.clone()))
+}
+
+/// A campaign by id, whoever takes part (for the feeds' attribution).
+pub(crate) async fn campaign_by_id(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<Campaign>, KitError> {
+    match campaign::Entity::find_by_id(id)
+        .one(conn)
+        .await
+        .map_err(storage)?
+    {
+        Some(row) => Ok(Some(assemble(conn, row).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The RUNNING campaigns a benefit or session (`kind` "benefit" / "session") is attached to.
+pub(crate) async fn running_campaigns_linked(
+    conn: &impl ConnectionTrait,
+    kind: &str,
+    target: &str,
+) -> Result<Vec<Campaign>, KitError> {
+    let ids: Vec<String> = campaign_link::Entity::find()
+        .filter(campaign_link::Column::Kind.eq(kind))
+        .filter(campaign_link::Column::Target.eq(target))
+        .select_only()
+        .column(campaign_link::Column::CampaignId)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(c) = campaign_by_id(conn, &id).await?
+            && c.state == CampaignState::Running
+        {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `by` to a campaign's spend; returns the campaign's new spend.
+pub(crate) async fn add_spent(
+    conn: &impl ConnectionTrait,
+    campaign: &str,
+    by: i64,
+) -> Result<i64, KitError> {
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    campaign::Entity::update_many()
+        .col_expr(
+            campaign::Column::Spent,
+            Expr::col(campaign::Column::Spent).add(by),
+        )
+        .filter(campaign::Column::Id.eq(campaign))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    let spent: Option<i64> = campaign::Entity::find_by_id(campaign)
+        .select_only()
+        .column(campaign::Column::Spent)
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(storage)?;
+    Ok(spent.unwrap_or(0))
+}
+
+/// Marks a campaign's budget spent at `at` (once).
+pub(crate) async fn mark_exhausted(
+    conn: &impl ConnectionTrait,
+    campaign: &str,
+    at: i64,
+) -> Result<(), KitError> {
+    campaign::Entity::update_many()
+        .col_expr(
+            campaign::Column::ExhaustedAt,
+            sea_orm::sea_query::Expr::value(at),
+        )
+        .filter(campaign::Column::Id.eq(campaign))
+        .filter(campaign::Column::ExhaustedAt.is_null())
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Campaigns whose budget is spent and whose benefits entitlements has not yet been told to
+/// stop granting.
+pub(crate) async fn exhausted_unhalted(
+    conn: &impl ConnectionTrait,
+) -> Result<Vec<Campaign>, KitError> {
+    let rows = campaign::Entity::find()
+        .filter(campaign::Column::ExhaustedAt.is_not_null())
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let halted = tallies(conn, &row.id)
+            .await?
+            .iter()
+            .any(|(k, v)| k == "halted" && *v > 0);
+        if !halted {
+            out.push(assemble(conn, row).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Records a live session's co-hosts.
+pub(crate) async fn record_session_hosts(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    hosts: &[&str],
+) -> Result<(), KitError> {
+    let rows: Vec<_> = hosts
+        .iter()
+        .map(|h| entities::session_host::ActiveModel {
+            session_id: Set(session.to_owned()),
+            partner: Set((*h).to_owned()),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    entities::session_host::Entity::insert_many(rows)
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::columns([
+                entities::session_host::Column::SessionId,
+                entities::session_host::Column::Partner,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// A live session's co-hosts, as far as live's feed has told.
+pub(crate) async fn session_hosts(
+    conn: &impl ConnectionTrait,
+    session: &str,
+) -> Result<Vec<String>, KitError> {
+    entities::session_host::Entity::find()
+        .filter(entities::session_host::Column::SessionId.eq(session))
+        .select_only()
+        .column(entities::session_host::Column::Partner)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)
 }

@@ -19,7 +19,10 @@ use lianyu_kit::{
     page::Page,
     time::{millis, now_millis, required_millis, timestamp},
 };
-use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
+use lianyu_proto::{
+    common::v1 as common,
+    entitlements::{internal::v1 as internal, v1 as pb},
+};
 use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
@@ -97,6 +100,14 @@ pub(crate) fn register(
             api.clone()
         )
     );
+    lianyu_kit::mount!(
+        mount,
+        internal::ledger_feed_service_server::LedgerFeedServiceServer::new(api.clone())
+    );
+    lianyu_kit::mount!(
+        mount,
+        internal::campaign_budget_service_server::CampaignBudgetServiceServer::new(api.clone())
+    );
     Some(std::sync::Arc::new(|txn, event| {
         Box::pin(async move { on_mesh_event(txn, &event).await })
     }))
@@ -156,19 +167,33 @@ lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
     SpendNotFound => (NotFound, "SPEND_NOT_FOUND"),
 });
 
+/// The outbox topic of the internal ledger feed: a `:` no partner id holds, so no partner's
+/// WatchLedgerEvents ever serves one.
+pub(crate) const WHOLE_LEDGER: &str = ":ledger";
+
+/// What a ledger transaction is: its kind, benefit and redemption, and the member it is about
+/// with the partner they acted through (for the internal ledger feed).
+pub(crate) struct Movement<'a> {
+    pub(crate) kind: &'static str,
+    pub(crate) benefit: &'a crate::domain::Benefit,
+    pub(crate) redemption: Option<&'a str>,
+    pub(crate) member: Option<&'a str>,
+    pub(crate) through: Option<&'a PartnerId>,
+}
+
 impl Api {
     /// Posts a balanced ledger transaction and tells each party its own side on the ledger
-    /// feed, in the caller's transaction. Returns the transaction's id (`None` when there was
-    /// nothing to post).
+    /// feed, and the mesh's services the whole of it on the internal ledger feed, in the
+    /// caller's transaction. Returns the transaction's id (`None` when there was nothing to
+    /// post).
     async fn post(
         &self,
         txn: &impl sea_orm::ConnectionTrait,
-        kind: &str,
-        benefit_id: &str,
-        redemption_id: Option<&str>,
+        m: Movement<'_>,
         postings: &[crate::domain::Posting],
         at: i64,
     ) -> Result<Option<String>, KitError> {
+        let (kind, benefit_id, redemption_id) = (m.kind, m.benefit.id.as_str(), m.redemption);
         let Some((transaction, at)) =
             store::post(txn, kind, benefit_id, redemption_id, postings, at).await?
         else {
@@ -203,6 +228,42 @@ impl Api {
                 .append(txn, NewEvent::message(kind, Some(party.to_string()), &body))
                 .await?;
         }
+        let whole = internal::WatchLedgerResponse {
+            cursor: None,
+            transaction: Some(internal::LedgerTransaction {
+                name: format!("ledgerEntries/{transaction}"),
+                transaction: kind.to_owned(),
+                benefit: format!("benefits/{benefit_id}"),
+                issuer: format!("partners/{}", m.benefit.issuer),
+                funder: format!("partners/{}", m.benefit.funder),
+                postings: postings
+                    .iter()
+                    .map(|p| internal::PartyPosting {
+                        partner: format!("partners/{}", p.partner),
+                        account: p.account.clone(),
+                        amount: money(&p.currency, p.amount),
+                    })
+                    .collect(),
+                mesh_member: m
+                    .member
+                    .map(|x| format!("meshMembers/{x}"))
+                    .unwrap_or_default(),
+                partner: m
+                    .through
+                    .map(|x| format!("partners/{x}"))
+                    .unwrap_or_default(),
+                redemption: redemption_id
+                    .map(|r| format!("redemptions/{r}"))
+                    .unwrap_or_default(),
+                post_time: timestamp(at),
+            }),
+        };
+        self.feed
+            .append(
+                txn,
+                NewEvent::message(kind, Some(WHOLE_LEDGER.to_owned()), &whole),
+            )
+            .await?;
         Ok(Some(transaction))
     }
 

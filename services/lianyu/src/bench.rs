@@ -3,6 +3,7 @@
 //! fixed concurrency over several HTTP/2 channels, and reports requests/s, latency
 //! percentiles from an HDR histogram, and errors by status code.
 
+pub mod audience;
 pub mod drop;
 pub mod live;
 mod report;
@@ -54,6 +55,13 @@ pub enum Scenario {
     Viewers,
     /// A flash sale of `--units` units, `--buyers` members buying one each at once.
     FlashSale,
+    /// A ten-condition segment over `--synthetic` synthetic members (default 1,000,000).
+    Segment,
+    /// The overlap of two segments of `--synthetic` synthetic members each.
+    Overlap,
+    /// RequestContact: the mall asks to message one of its members a call (the mesh-wide cap
+    /// raised so most are allowed and held).
+    RequestContact,
 }
 
 impl Scenario {
@@ -68,12 +76,15 @@ impl Scenario {
     ];
 
     /// Run only when named: each prepares its own data at a scale that `all` would not want.
-    pub const BY_NAME: [Scenario; 5] = [
+    pub const BY_NAME: [Scenario; 8] = [
         Scenario::ClaimDrop,
         Scenario::Grant,
         Scenario::Redeem,
         Scenario::Viewers,
         Scenario::FlashSale,
+        Scenario::Segment,
+        Scenario::Overlap,
+        Scenario::RequestContact,
     ];
 
     /// Every scenario's name, for help and errors.
@@ -100,6 +111,9 @@ impl Scenario {
             Scenario::Redeem => "redeem",
             Scenario::Viewers => "viewers",
             Scenario::FlashSale => "flash-sale",
+            Scenario::Segment => "segment",
+            Scenario::Overlap => "overlap",
+            Scenario::RequestContact => "request-contact",
         }
     }
 }
@@ -206,6 +220,8 @@ struct Caller {
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     consents: pb::consent_service_client::ConsentServiceClient<setup::Authed>,
     members: pb::member_service_client::MemberServiceClient<setup::Authed>,
+    contacts:
+        lianyu_proto::comarketing::v1::contact_service_client::ContactServiceClient<setup::Authed>,
     ids: Arc<Vec<String>>,
     worker: usize,
     seq: u64,
@@ -227,7 +243,13 @@ impl Caller {
             consents: pb::consent_service_client::ConsentServiceClient::new(
                 target.as_mall(channel.clone()),
             ),
-            members: pb::member_service_client::MemberServiceClient::new(target.as_brand(channel)),
+            members: pb::member_service_client::MemberServiceClient::new(
+                target.as_brand(channel.clone()),
+            ),
+            contacts:
+                lianyu_proto::comarketing::v1::contact_service_client::ContactServiceClient::new(
+                    target.as_mall(channel),
+                ),
             ids: target.mall_members.clone(),
             worker,
             seq: 0,
@@ -272,7 +294,22 @@ impl Caller {
             | Scenario::ClaimDrop
             | Scenario::Viewers
             | Scenario::FlashSale
+            | Scenario::Segment
+            | Scenario::Overlap
             | Scenario::All => Ok(()),
+            Scenario::RequestContact => {
+                use lianyu_proto::comarketing::v1 as cm;
+                let member = self.ids[pick(self.seq + self.worker as u64 * 7919)].clone();
+                self.contacts
+                    .request_contact(cm::RequestContactRequest {
+                        request_id: format!("rc-{}-{}-{}", self.run, self.worker, self.seq),
+                        member,
+                        campaign: String::new(),
+                        channel: cm::ContactChannel::Push as i32,
+                    })
+                    .await
+                    .map(drop)
+            }
             Scenario::Grant | Scenario::Redeem => {
                 use lianyu_proto::entitlements::v1 as ent;
                 let member = self.ids[pick(self.seq + self.worker as u64 * 7919)].clone();

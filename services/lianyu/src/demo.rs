@@ -24,15 +24,15 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::bearer::Bearer;
 
-const BRAND: &str = "aurora-shoes";
-const MALL: &str = "jade-plaza";
+pub(crate) const BRAND: &str = "aurora-shoes";
+pub(crate) const MALL: &str = "jade-plaza";
 
-type Authed = InterceptedService<Channel, Bearer>;
+pub(crate) type Authed = InterceptedService<Channel, Bearer>;
 
-struct Partner {
+pub(crate) struct Partner {
     partners: PartnerServiceClient<Authed>,
     members: MemberServiceClient<Authed>,
-    consents: ConsentServiceClient<Authed>,
+    pub(crate) consents: ConsentServiceClient<Authed>,
     audit: AuditServiceClient<Authed>,
 }
 
@@ -46,6 +46,12 @@ impl Partner {
             audit: AuditServiceClient::new(ch()),
         }
     }
+}
+
+/// The demo shopper's pseudonymous ids at the brand and at the mall.
+pub(crate) struct Shopper<'a> {
+    pub(crate) at_brand: &'a str,
+    pub(crate) at_mall: &'a str,
 }
 
 /// What the demo left for the reader: each partner's client id and secret.
@@ -150,7 +156,7 @@ pub async fn run(
     let mut mall = Partner::new(&channel, &tokens[1]);
 
     say(
-        "Aurora proposes a joint domain allowing SHARE_PROFILE and BENEFIT_REDEMPTION; Jade accepts it",
+        "Aurora proposes a joint domain allowing SHARE_PROFILE, BENEFIT_REDEMPTION, MARKETING_CONTACT and JOINT_ANALYTICS; Jade accepts it",
     );
     let until = chrono::Utc::now() + chrono::Duration::days(90);
     let alliance = brand
@@ -163,6 +169,8 @@ pub async fn run(
                 allowed_purposes: vec![
                     ConsentPurpose::ShareProfile as i32,
                     ConsentPurpose::BenefitRedemption as i32,
+                    ConsentPurpose::MarketingContact as i32,
+                    ConsentPurpose::JointAnalytics as i32,
                 ],
                 data_categories: vec!["profile.basic".into(), "membership.tier".into()],
                 processing_method: "shown to Jade Plaza's shopping guides for joint service".into(),
@@ -293,8 +301,27 @@ pub async fn run(
         "Jade's access log: {} reads, {allowed} allowed, each hash-chained (the read before any consent touched no one's data: not logged)",
         records.len()
     ));
-    coupon(&channel, &tokens, &mall_id, &mut mall, &say).await?;
+    let campaign = coupon(&channel, &tokens, &mall_id, &mut mall, &alliance.name, &say).await?;
     livestream(&channel, &tokens, &brand_id, &say).await?;
+    let ids = Shopper {
+        at_brand: &brand_id,
+        at_mall: &mall_id,
+    };
+    let mut with_operator = tokens.clone();
+    with_operator.push(mint(TokenRequest {
+        operator: true,
+        ..TokenRequest::partner("operator")
+    })?);
+    crate::demo_campaign::run(
+        &channel,
+        &with_operator,
+        &campaign,
+        &alliance.name,
+        &ids,
+        &mut brand,
+        &say,
+    )
+    .await?;
     Ok(Some(credentials))
 }
 
@@ -306,8 +333,9 @@ async fn coupon(
     tokens: &[String],
     mall_member: &str,
     mall: &mut Partner,
+    alliance: &str,
     say: &impl Fn(&str),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     use lianyu_proto::{
         common::v1::Money,
         entitlements::v1::{
@@ -366,6 +394,8 @@ async fn coupon(
         })
         .await?;
     say("Aurora accepts to fund it; Jade activates it");
+    let campaign =
+        crate::demo_campaign::plan(channel, tokens, &benefit.name, alliance, say).await?;
     mall.consents
         .grant_consent(pb::GrantConsentRequest {
             request_id: "demo-grant-redemption".into(),
@@ -439,7 +469,7 @@ async fn coupon(
         closed.closed,
         closed.lines.len()
     ));
-    Ok(())
+    Ok(campaign)
 }
 
 /// The co-hosted livestream: Aurora and Jade run a show from Jade's cosmetics counter with

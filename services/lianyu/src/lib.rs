@@ -4,6 +4,7 @@
 mod bearer;
 pub mod bench;
 pub mod demo;
+mod demo_campaign;
 
 use std::future::Future;
 

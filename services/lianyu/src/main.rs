@@ -40,14 +40,17 @@ enum Command {
 #[derive(Args)]
 struct BenchArgs {
     /// The scenario: all, bare, baseline, consent-check, batch-consent-check, enroll,
-    /// idle-streams, claim-drop, grant, redeem, viewers or flash-sale (several may be named).
-    /// `all` runs every one but the last five:
+    /// idle-streams, claim-drop, grant, redeem, viewers, flash-sale, segment, overlap or
+    /// request-contact (several may be named). `all` runs every one but the last eight:
     /// bare (a plain tonic server), the baseline through the kit's layers (shown as a share of
     /// bare), then each other as a share of the baseline. claim-drop enrols --claimers members
     /// and has them all claim one of --units units at once; grant has the mall grant its own
     /// coupon to its members, redeem grants a unit then redeems it at the counter; viewers
     /// opens --viewers JoinSession streams and fans --events announcements out to them;
-    /// flash-sale has --buyers members buy one each of --units units at once.
+    /// flash-sale has --buyers members buy one each of --units units at once; segment writes
+    /// --synthetic members into comarketing's database and computes a ten-condition segment
+    /// of them (beside a one-condition one), overlap two segments of them; request-contact
+    /// has the mall ask to message its --members members, the cap raised for the run.
     #[arg(value_parser = parse_scenarios)]
     scenario: Vec<lianyu::bench::Scenario>,
     /// A running mesh (http://host:port); by default bench starts its own on embedded SQLite.
@@ -101,6 +104,9 @@ struct BenchArgs {
     /// flash-sale: members buying at once (--units is the stock).
     #[arg(long, default_value_t = 10_000)]
     buyers: usize,
+    /// segment and overlap: synthetic members written into comarketing's database.
+    #[arg(long, default_value_t = 1_000_000)]
+    synthetic: usize,
     /// How long idle-streams holds them while measuring.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     hold: Duration,
@@ -463,9 +469,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .any(|s| matches!(s, Scenario::Grant | Scenario::Redeem));
     let needs_members = needs_coupon
-        || scenarios
-            .iter()
-            .any(|s| matches!(s, Scenario::ConsentCheck | Scenario::BatchConsentCheck));
+        || scenarios.iter().any(|s| {
+            matches!(
+                s,
+                Scenario::ConsentCheck | Scenario::BatchConsentCheck | Scenario::RequestContact
+            )
+        });
     let members = if needs_members {
         args.members.max(args.batch)
     } else {
@@ -493,7 +502,57 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut baseline = None;
     let mut bare_rps = None;
+    let mut synthetic = None;
+    if scenarios.contains(&Scenario::RequestContact) {
+        target.raise_contact_cap().await?;
+    }
     for scenario in scenarios {
+        if matches!(scenario, Scenario::Segment | Scenario::Overlap) {
+            if synthetic.is_none() {
+                synthetic = Some(
+                    lianyu::bench::audience::prepare(
+                        &target,
+                        &config.database_url(lianyu_comarketing::NAME),
+                        args.synthetic.max(1),
+                    )
+                    .await?,
+                );
+            }
+            let prepared = synthetic
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("synthetic members were not prepared"))?;
+            if scenario == Scenario::Segment {
+                let report = lianyu::bench::audience::segment(&target, prepared).await?;
+                show(args.json, &report, || {
+                    format!(
+                        "segment  {} members ({} facts, written in {:.1}s), {} conditions: {} matched in {:.3}s ({:.1}x the {:.3}s of a one-condition segment)",
+                        report.members,
+                        report.facts,
+                        report.seed_seconds,
+                        report.conditions,
+                        report.matched,
+                        report.seconds,
+                        report.seconds / report.baseline_seconds.max(1e-9),
+                        report.baseline_seconds
+                    )
+                })?;
+            } else {
+                let report = lianyu::bench::audience::overlap(&target, prepared).await?;
+                show(args.json, &report, || {
+                    format!(
+                        "overlap  two segments of {} members (computed in {:.3}s and {:.3}s): overlap {} answered in {:.3}s ({:.1}x the {:.3}s of GetSegmentSize)",
+                        report.members,
+                        report.compute_seconds[0],
+                        report.compute_seconds[1],
+                        report.overlap,
+                        report.seconds,
+                        report.seconds / report.baseline_seconds.max(1e-9),
+                        report.baseline_seconds
+                    )
+                })?;
+            }
+            continue;
+        }
         if scenario == Scenario::ClaimDrop {
             let report = lianyu::bench::drop::claim_drop(
                 &target,

@@ -106,7 +106,11 @@ pub(crate) fn register(
     );
     lianyu_kit::mount!(
         mount,
-        pb::stats_service_server::StatsServiceServer::new(api)
+        pb::stats_service_server::StatsServiceServer::new(api.clone())
+    );
+    lianyu_kit::mount!(
+        mount,
+        lianyu_proto::live::internal::v1::live_feed_service_server::LiveFeedServiceServer::new(api)
     );
     Some(std::sync::Arc::new(|txn, event| {
         Box::pin(async move { on_mesh_event(txn, &event).await })
@@ -262,6 +266,17 @@ impl Api {
                 )
                 .await?;
         }
+        // Once more, whole and by mesh id, for the mesh's services (LiveFeedService).
+        self.feed
+            .append(
+                txn,
+                NewEvent::message(
+                    stats::FUNNEL_KIND,
+                    Some(stats::WHOLE_FEED.to_owned()),
+                    &body,
+                ),
+            )
+            .await?;
         Ok(())
     }
 }

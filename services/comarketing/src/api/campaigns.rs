@@ -146,7 +146,12 @@ impl pb::campaign_service_server::CampaignService for Api {
                     // The current terms with the masked fields replaced, checked as a whole.
                     let mut merged = campaign_proto(&c);
                     // The proposer is added first by the check; list the others.
-                    merged.partners.remove(0);
+                    let proposer = c.partners.first().cloned().ok_or_else(|| {
+                        KitError::Internal("a stored campaign without participants".into())
+                    })?;
+                    merged
+                        .partners
+                        .retain(|p| *p != format!("partners/{proposer}"));
                     for path in &paths {
                         match *path {
                             "display_name" => merged.display_name = given.display_name.clone(),
@@ -160,7 +165,6 @@ impl pb::campaign_service_server::CampaignService for Api {
                             _ => merged.alliance = given.alliance.clone(),
                         }
                     }
-                    let proposer = c.partners[0].clone();
                     let changed = Campaign::propose(&proposer, &draft(&merged), now_millis())?;
                     c.revise(&me, changed, now_millis())?;
                     store::save_campaign(txn, &c).await?;

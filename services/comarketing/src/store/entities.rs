@@ -215,3 +215,12 @@ entity!(campaign_tally, "campaign_tallies", {
     pub key: String,
     pub value: i64,
 });
+
+// The co-hosts of live sessions, from live's feed: a session counts toward a campaign only
+// when a participant hosts it.
+entity!(session_host, "session_hosts", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub session_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub partner: String,
+});

@@ -15,7 +15,7 @@ use lianyu_kit::{
 };
 use lianyu_proto::entitlements::v1 as pb;
 
-use super::{Api, money, redemptions::store_of, wallet::member};
+use super::{Api, Movement, money, redemptions::store_of, wallet::member};
 use crate::{
     domain::{self, BalanceKind, Benefit, EntitlementsError},
     store::{self, AccountRow, LotRow, LotState, SpendRow},
@@ -289,8 +289,19 @@ impl Api {
                 let postings = t
                     .benefit
                     .top_up_postings(&t.me, t.mesh.as_str(), &paid, bonus);
-                self.post(txn, "TOP_UP", &t.benefit.id, None, &postings, now)
-                    .await?;
+                self.post(
+                    txn,
+                    Movement {
+                        kind: "TOP_UP",
+                        benefit: &t.benefit,
+                        redemption: None,
+                        member: Some(t.mesh.as_str()),
+                        through: Some(&t.me),
+                    },
+                    &postings,
+                    now,
+                )
+                .await?;
                 self.balance_now(txn, &t, now).await
             })
             .await
@@ -343,8 +354,19 @@ impl Api {
                     return Err(closed());
                 }
                 let postings = t.benefit.points_earned_postings(t.mesh.as_str(), points);
-                self.post(txn, "POINTS_EARNED", &t.benefit.id, None, &postings, now)
-                    .await?;
+                self.post(
+                    txn,
+                    Movement {
+                        kind: "POINTS_EARNED",
+                        benefit: &t.benefit,
+                        redemption: None,
+                        member: Some(t.mesh.as_str()),
+                        through: Some(&t.me),
+                    },
+                    &postings,
+                    now,
+                )
+                .await?;
                 Ok(earning_proto(&t.scoped, &lot, now))
             })
             .await
@@ -390,8 +412,19 @@ impl Api {
                 let benefit = fresh(txn, &lot.benefit_id).await?;
                 let postings =
                     domain::negated(&benefit.points_earned_postings(&lot.member, lot.points));
-                self.post(txn, "POINTS_REVERSED", &benefit.id, None, &postings, now)
-                    .await?;
+                self.post(
+                    txn,
+                    Movement {
+                        kind: "POINTS_REVERSED",
+                        benefit: &benefit,
+                        redemption: None,
+                        member: Some(&lot.member),
+                        through: None,
+                    },
+                    &postings,
+                    now,
+                )
+                .await?;
                 let mut row = lot.clone();
                 row.state = LotState::Reversed;
                 Ok(earning_proto(scoped.as_str(), &row, now))
@@ -461,7 +494,18 @@ impl Api {
                     taken.as_ref(),
                 );
                 let entry = self
-                    .post(txn, "BALANCE_SPEND", &t.benefit.id, None, &postings, now)
+                    .post(
+                        txn,
+                        Movement {
+                            kind: "BALANCE_SPEND",
+                            benefit: &t.benefit,
+                            redemption: None,
+                            member: Some(t.mesh.as_str()),
+                            through: Some(&t.me),
+                        },
+                        &postings,
+                        now,
+                    )
                     .await?
                     .unwrap_or_default();
                 let row = SpendRow {
@@ -540,8 +584,19 @@ impl Api {
                     spend.points,
                     taken.as_ref(),
                 ));
-                self.post(txn, "BALANCE_REFUND", &t.benefit.id, None, &postings, now)
-                    .await?;
+                self.post(
+                    txn,
+                    Movement {
+                        kind: "BALANCE_REFUND",
+                        benefit: &t.benefit,
+                        redemption: None,
+                        member: Some(t.mesh.as_str()),
+                        through: Some(&t.me),
+                    },
+                    &postings,
+                    now,
+                )
+                .await?;
                 let mut row = spend.clone();
                 row.refunded = true;
                 Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))

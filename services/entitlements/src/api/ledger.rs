@@ -278,3 +278,117 @@ fn posting(row: &store::PostingRow) -> pb::Posting {
         benefit: format!("benefits/{}", row.benefit_id),
     }
 }
+
+type WholeStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = Result<
+                    lianyu_proto::entitlements::internal::v1::WatchLedgerResponse,
+                    Status,
+                >,
+            > + Send,
+    >,
+>;
+
+#[tonic::async_trait]
+impl lianyu_proto::entitlements::internal::v1::ledger_feed_service_server::LedgerFeedService
+    for Api
+{
+    /// The whole ledger for the mesh's services (the auth layer admits only their tokens).
+    async fn watch_ledger(
+        &self,
+        request: Request<lianyu_proto::entitlements::internal::v1::WatchLedgerRequest>,
+    ) -> Result<Response<WholeStream>, Status> {
+        let after = request.get_ref().after.as_ref().map_or(0, |c| c.sequence);
+        if after < 0 {
+            return Err(lianyu_kit::call::status(&EntitlementsError::from(
+                KitError::invalid("after.sequence", "must not be negative"),
+            )));
+        }
+        let topic = super::WHOLE_LEDGER.to_owned();
+        let stream = self.feed.watch(after, Some(topic.clone()), move |event| {
+            if event.partner_id.as_deref() != Some(topic.as_str()) {
+                return None;
+            }
+            let mut body: lianyu_proto::entitlements::internal::v1::WatchLedgerResponse =
+                event.decode()?;
+            body.cursor = Some(common::FeedCursor {
+                sequence: event.seq,
+            });
+            Some(body)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl lianyu_proto::entitlements::internal::v1::campaign_budget_service_server::CampaignBudgetService
+    for Api
+{
+    async fn stop_granting(
+        &self,
+        request: Request<lianyu_proto::entitlements::internal::v1::StopGrantingRequest>,
+    ) -> Result<Response<lianyu_proto::entitlements::internal::v1::StopGrantingResponse>, Status>
+    {
+        use crate::domain::BenefitState;
+        lianyu_kit::call::unary(request, async |_call, r| {
+            let mut v = lianyu_kit::validate::Violations::default();
+            v.check(
+                "campaign",
+                lianyu_kit::names::parse::<1>(&r.campaign, "campaigns/{campaign}").map(|_| ()),
+            );
+            if r.benefits.is_empty() || r.benefits.len() > 32 {
+                v.add("benefits", "1 to 32 benefits");
+            }
+            let ids: Vec<String> = r
+                .benefits
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| {
+                    v.check(
+                        format!("benefits[{i}]"),
+                        lianyu_kit::names::parse(b, "benefits/{benefit}").map(|[id]| id.to_owned()),
+                    )
+                })
+                .collect();
+            let partners: Vec<PartnerId> = r
+                .partners
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    v.check(format!("partners[{i}]"), lianyu_kit::validate::partner(p))
+                })
+                .collect();
+            v.finish()?;
+            let txn = sea_orm::TransactionTrait::begin(&self.db)
+                .await
+                .map_err(|e| KitError::Storage(lianyu_kit::storage::StorageError::from(e)))?;
+            let mut paused = Vec::new();
+            for id in &ids {
+                let Some(b) = store::benefit_by_id(&txn, id).await? else {
+                    continue;
+                };
+                let party = partners.contains(&b.issuer) || partners.contains(&b.funder);
+                if party
+                    && b.state == BenefitState::Active
+                    && store::set_state(&txn, &b.id, BenefitState::Active, BenefitState::Paused)
+                        .await?
+                {
+                    paused.push(b.id.clone());
+                }
+            }
+            txn.commit()
+                .await
+                .map_err(|e| KitError::Storage(lianyu_kit::storage::StorageError::from(e)))?;
+            for id in &paused {
+                self.gates.forget(id);
+            }
+            Ok::<_, EntitlementsError>(
+                lianyu_proto::entitlements::internal::v1::StopGrantingResponse {
+                    paused: paused.iter().map(|id| format!("benefits/{id}")).collect(),
+                },
+            )
+        })
+        .await
+    }
+}

@@ -16,7 +16,7 @@ use sea_orm::TransactionTrait;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{Api, money};
+use super::{Api, Movement, money};
 use crate::{
     domain::{Benefit, EntitlementsError},
     store::{self, ItemRow, ItemState, RedemptionRow, RedemptionState},
@@ -274,8 +274,19 @@ impl Api {
                 }
                 let share = Money::new(&current.currency, is - was).map_err(KitError::Internal)?;
                 let postings = benefit.refund_postings(&me, &share, funder_share);
-                self.post(txn, "REFUND", &benefit.id, Some(&id), &postings, now)
-                    .await?;
+                self.post(
+                    txn,
+                    Movement {
+                        kind: "REFUND",
+                        benefit: &benefit,
+                        redemption: Some(&id),
+                        member: Some(&item.member),
+                        through: Some(&me),
+                    },
+                    &postings,
+                    now,
+                )
+                .await?;
                 let mut row = current;
                 row.refunded_minor_units = after;
                 if full {
@@ -387,7 +398,8 @@ impl Api {
                     store::stack(txn, me.as_str(), t.order_reference, group, &row.id).await?;
                 }
                 if hold.is_none() {
-                    self.post_redemption(txn, &benefit, &me, &row, now).await?;
+                    self.post_redemption(txn, &benefit, &me, &row, &item.member, now)
+                        .await?;
                 }
                 Ok(redemption_proto(t.scoped, &row))
             })
@@ -439,7 +451,7 @@ impl Api {
                     let benefit = store::benefit_by_id(txn, &item.benefit_id)
                         .await?
                         .ok_or(EntitlementsError::RedemptionNotFound)?;
-                    self.post_redemption(txn, &benefit, &me, &current, now)
+                    self.post_redemption(txn, &benefit, &me, &current, &item.member, now)
                         .await?;
                 }
                 let mut row = current;
@@ -474,14 +486,26 @@ impl Api {
         benefit: &Benefit,
         honourer: &PartnerId,
         r: &RedemptionRow,
+        member: &str,
         now: i64,
     ) -> Result<(), KitError> {
         let discount =
             Money::new(&r.currency, r.discount_minor_units).map_err(KitError::Internal)?;
         let postings = benefit.redemption_postings(honourer, &discount);
-        self.post(txn, "REDEMPTION", &benefit.id, Some(&r.id), &postings, now)
-            .await
-            .map(drop)
+        self.post(
+            txn,
+            Movement {
+                kind: "REDEMPTION",
+                benefit,
+                redemption: Some(&r.id),
+                member: Some(member),
+                through: Some(honourer),
+            },
+            &postings,
+            now,
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -556,9 +580,13 @@ async fn expire_units(api: &Api) -> Result<u64, KitError> {
         if store::expire_unit(&txn, &item.id, now).await? {
             api.post(
                 &txn,
-                "EXPIRY",
-                &benefit.id,
-                None,
+                Movement {
+                    kind: "EXPIRY",
+                    benefit: &benefit,
+                    redemption: None,
+                    member: Some(&item.member),
+                    through: None,
+                },
                 &benefit.expiry_postings(),
                 now,
             )

@@ -11,7 +11,7 @@ use lianyu_kit::{
 use lianyu_proto::entitlements::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{Api, Movement};
 use crate::{
     domain::{Benefit, EntitlementsError},
     store::{self, ItemRow, ItemState},
@@ -198,9 +198,13 @@ impl Api {
                 store::insert_item(txn, &row).await?;
                 self.post(
                     txn,
-                    "GRANT",
-                    &benefit.id,
-                    None,
+                    Movement {
+                        kind: "GRANT",
+                        benefit,
+                        redemption: None,
+                        member: Some(mesh.as_str()),
+                        through: Some(&me),
+                    },
                     &benefit.grant_postings(),
                     now,
                 )

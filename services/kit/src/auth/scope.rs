@@ -115,8 +115,16 @@ mod tests {
             Requirement::Scope("entitlements.internal".into())
         );
         assert_eq!(
+            requirement("/lianyu.live.internal.v1.LiveFeedService/WatchLiveActivity"),
+            Requirement::Scope("live.internal".into())
+        );
+        assert_eq!(
             INTERNAL_SCOPES,
-            ["entitlements.internal", "identity.internal"]
+            [
+                "entitlements.internal",
+                "identity.internal",
+                "live.internal"
+            ]
         );
         assert!(INTERNAL_SCOPES.iter().all(|s| !ALL_SCOPES.contains(s)));
     }

@@ -31,13 +31,14 @@ pub struct Target {
     endpoint: Endpoint,
     brand: Bearer,
     mall: Bearer,
+    operator: Bearer,
     pub(super) mall_members: Arc<Vec<String>>,
     pub(super) run_id: u32,
     /// The mall's own coupon the grant and redeem scenarios hand out.
     pub(super) benefit: Option<String>,
 }
 
-const BRAND: &str = "bench-brand";
+pub(super) const BRAND: &str = "bench-brand";
 pub(super) const MALL: &str = "bench-mall";
 
 impl Target {
@@ -66,6 +67,7 @@ impl Target {
             endpoint,
             brand: mint(TokenRequest::partner(BRAND))?,
             mall: mint(TokenRequest::partner(MALL))?,
+            operator: operator.clone(),
             mall_members: Arc::default(),
             run_id,
             benefit: None,
@@ -183,6 +185,24 @@ impl Target {
         })
     }
 
+    /// Raises the mesh-wide contact cap to 100 a day for the run, so request-contact measures
+    /// allowed, held contacts rather than refusals.
+    pub async fn raise_contact_cap(&self) -> anyhow::Result<()> {
+        use lianyu_proto::comarketing::v1 as cm;
+        cm::contact_service_client::ContactServiceClient::new(self.as_operator(self.channel()))
+            .update_contact_policy(cm::UpdateContactPolicyRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                policy: Some(cm::ContactPolicy {
+                    name: "contactPolicies/default".into(),
+                    max_contacts: 100,
+                    window_days: 1,
+                }),
+            })
+            .await
+            .context("raising the contact cap for the run")?;
+        Ok(())
+    }
+
     /// One person at both partners; consent to the mall for every other one.
     async fn enrol_pair(&self, channel: Channel, i: usize) -> anyhow::Result<String> {
         let phone = pb::Identifier {
@@ -254,6 +274,10 @@ impl Target {
 
     pub(super) fn as_mall(&self, channel: Channel) -> Authed {
         authed(channel, &self.mall)
+    }
+
+    pub(super) fn as_operator(&self, channel: Channel) -> Authed {
+        authed(channel, &self.operator)
     }
 }
 

@@ -295,6 +295,13 @@ async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
         "(199 left)",
         "Jade's dashboard: 1 order(s), ¥199.00 gross, 1 by guide line(s)",
         "1 coupon(s) claimed",
+        "the campaign's budget burns down as the shopper redeems, from entitlements' ledger: ¥50.00 spent, ¥1450.00 left",
+        "its audience export: 1 member(s)",
+        "a third message inside the week: CONTACT_DECISION_CAP_REACHED",
+        "the campaign report: ¥50.00 spent of ¥1500.00, GMV ¥450.00 (1 order(s)), 1 claim(s), 2 contact(s)",
+        "settlement by budget share: partners/jade-plaza owes partners/aurora-shoes ¥16.66",
+        "AWARENESS withheld, INTEREST withheld",
+        "Jade's export of the same segment now holds 0 member(s)",
         "client_secret lys_",
     ] {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");

@@ -20,6 +20,9 @@ use crate::{
 
 /// The log's kind for live feed events (one per host, under the host's partner id).
 pub(super) const FUNNEL_KIND: &str = "funnel";
+/// The outbox topic of the whole live feed (once per event, by mesh id): a `:` no partner id
+/// holds, so no partner's WatchLiveEvents ever serves one.
+pub(super) const WHOLE_FEED: &str = ":live";
 /// How often WatchSessionStats reads the figures.
 const STATS_TICK: Duration = Duration::from_secs(1);
 
@@ -304,6 +307,35 @@ impl pb::stats_service_server::StatsService for Api {
                     Err(e) => Err(e),
                 }
             }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl lianyu_proto::live::internal::v1::live_feed_service_server::LiveFeedService for Api {
+    /// The whole live feed for the mesh's services (the auth layer admits only their tokens).
+    async fn watch_live_activity(
+        &self,
+        request: Request<lianyu_proto::live::internal::v1::WatchLiveActivityRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let after = request.get_ref().after.as_ref().map_or(0, |c| c.sequence);
+        if after < 0 {
+            return Err(status(&LiveError::from(KitError::invalid(
+                "after.sequence",
+                "must not be negative",
+            ))));
+        }
+        let topic = WHOLE_FEED.to_owned();
+        let stream = self.feed.watch(after, Some(topic.clone()), move |event| {
+            if event.kind != FUNNEL_KIND || event.partner_id.as_deref() != Some(topic.as_str()) {
+                return None;
+            }
+            let mut body: pb::WatchLiveEventsResponse = event.decode()?;
+            body.cursor = Some(common::FeedCursor {
+                sequence: event.seq,
+            });
+            Some(body)
         });
         Ok(Response::new(Box::pin(stream)))
     }

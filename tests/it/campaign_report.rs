@@ -1,0 +1,234 @@
+//! A two-partner campaign from planning to report, with the whole mesh in one server: the
+//! mall issues a coupon the brand funds, attaches it to a joint campaign, and as units are
+//! granted the budget burns down from entitlements' ledger; once it is spent the coupon stops
+//! being granted; the funnel and the report show what happened, and who owes whom.
+
+use lianyu_kit::{
+    testing::{BRAND, MALL, TestServer, reason},
+    time::{now_millis, timestamp},
+};
+use lianyu_proto::{
+    comarketing::v1::{
+        self as pb, campaign_service_client::CampaignServiceClient,
+        funnel_service_client::FunnelServiceClient,
+    },
+    common::v1::{ConsentPurpose, Money},
+    entitlements::v1 as ent,
+};
+
+use crate::{
+    audience::{consent_to, eventually},
+    wallets::{active, benefits, enrol, grant, wallet},
+};
+
+/// The four services in one server, as `lianyu up` runs them; counts of three or more are
+/// told.
+async fn whole_mesh(test: &str) -> TestServer {
+    TestServer::start(
+        test,
+        &["identity", "entitlements", "live", "comarketing"],
+        |config| config.set_var("LIANYU_COMARKETING_MINIMUM_COHORT", "3"),
+        |config, listener| {
+            lianyu_kit::server::run_service(
+                config,
+                listener,
+                std::future::pending(),
+                async |ctx, mount| {
+                    lianyu_identity::mount(ctx, mount).await?;
+                    lianyu_entitlements::mount(ctx, mount).await?;
+                    lianyu_live::mount(ctx, mount).await?;
+                    lianyu_comarketing::mount(ctx, mount).await
+                },
+            )
+        },
+    )
+    .await
+    .with_partners()
+    .await
+}
+
+fn cny(minor_units: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "CNY".into(),
+        minor_units,
+    })
+}
+
+#[tokio::test]
+async fn a_joint_campaigns_budget_burns_down_stops_its_coupon_and_settles() {
+    let s = whole_mesh("cm_burn_down").await;
+    // The mall issues a 50.00 coupon the brand pays for.
+    let coupon = active(&s, MALL, BRAND, MALL, |b| {
+        b.display_name = "50 off".into();
+        b.kind = ent::BenefitKind::FixedCoupon as i32;
+        b.threshold = None;
+    })
+    .await;
+    let day = 24 * 3_600_000;
+    let mut mall = CampaignServiceClient::new(s.as_token(&s.token(MALL)));
+    // Budget 150.00: the mall puts in 50.00, the brand 100.00 — three coupons' worth.
+    let created = mall
+        .create_campaign(pb::CreateCampaignRequest {
+            request_id: "double-12".into(),
+            campaign: Some(pb::Campaign {
+                display_name: "Double 12".into(),
+                partners: vec![format!("partners/{BRAND}")],
+                budget: vec![
+                    pb::BudgetShare {
+                        partner: format!("partners/{MALL}"),
+                        amount: cny(5_000),
+                        share_bps: 0,
+                    },
+                    pb::BudgetShare {
+                        partner: format!("partners/{BRAND}"),
+                        amount: cny(10_000),
+                        share_bps: 0,
+                    },
+                ],
+                start_time: timestamp(now_millis()),
+                end_time: timestamp(now_millis() + 7 * day),
+                benefits: vec![coupon.name.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    CampaignServiceClient::new(s.as_token(&s.token(BRAND)))
+        .accept_campaign(pb::AcceptCampaignRequest {
+            request_id: "a".into(),
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap();
+    mall.launch_campaign(pb::LaunchCampaignRequest {
+        request_id: "l".into(),
+        name: created.name.clone(),
+    })
+    .await
+    .unwrap();
+    // Three shoppers of the mall, who let the brand fund their benefits and count them.
+    let mut shoppers = Vec::new();
+    for i in 0..4 {
+        let m = enrol(&s, MALL, &format!("1330000{i:04}")).await;
+        consent_to(
+            &s,
+            MALL,
+            &m,
+            BRAND,
+            &[
+                ConsentPurpose::BenefitRedemption,
+                ConsentPurpose::JointAnalytics,
+            ],
+            true,
+        )
+        .await;
+        shoppers.push(m);
+    }
+    for (i, m) in shoppers[..3].iter().enumerate() {
+        wallet(&s, MALL)
+            .grant_benefit(grant(m, &coupon.name, &format!("g{i}")))
+            .await
+            .unwrap();
+    }
+    let read = || {
+        let mut c = CampaignServiceClient::new(s.as_token(&s.token(BRAND)));
+        let name = created.name.clone();
+        async move {
+            c.get_campaign(pb::GetCampaignRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    eventually("the three grants burn the budget down", || async {
+        read().await.spent == cny(15_000)
+    })
+    .await;
+    let spent = read().await;
+    assert_eq!(spent.remaining, cny(0));
+    assert!(spent.exhaust_time.is_some());
+    // Spent: entitlements is told to stop granting the coupon.
+    eventually("the coupon stops being granted", || async {
+        benefits(&s, MALL)
+            .get_benefit(ent::GetBenefitRequest {
+                name: coupon.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            == ent::BenefitState::Paused as i32
+    })
+    .await;
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&shoppers[3], &coupon.name, "g3"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_STATE");
+
+    // The funnel: three shoppers showed interest (claimed), as the mall counts them.
+    let mut funnel = FunnelServiceClient::new(s.as_token(&s.token(MALL)));
+    let f = funnel
+        .get_funnel(pb::GetFunnelRequest {
+            campaign: created.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let interest = &f.stages[1];
+    assert_eq!(interest.stage, pb::FunnelStage::Interest as i32);
+    assert_eq!((interest.members, interest.suppressed), (3, false));
+    assert_eq!(f.days.len(), 1);
+    // The mall's ORDERED events at its counter add to the report's GMV.
+    let ingested = funnel
+        .ingest_events(pb::IngestEventsRequest {
+            request_id: "pos-1".into(),
+            events: shoppers[..3]
+                .iter()
+                .map(|m| pb::FunnelEvent {
+                    member: m.clone(),
+                    campaign: created.name.clone(),
+                    kind: pb::FunnelEventKind::Ordered as i32,
+                    event_time: timestamp(now_millis()),
+                    amount: cny(30_000),
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ingested.accepted, 3);
+    let report = FunnelServiceClient::new(s.as_token(&s.token(BRAND)))
+        .get_campaign_report(pb::GetCampaignReportRequest {
+            campaign: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.spend, cny(15_000));
+    assert_eq!(report.budget, cny(15_000));
+    assert_eq!(report.claims, 3);
+    assert_eq!(report.gmv, cny(90_000));
+    assert_eq!(report.orders, 3);
+    assert_eq!(report.return_on_budget_bps, 60_000);
+    assert_eq!(
+        report.cost_by_funder,
+        [pb::FunderCost {
+            funder: format!("partners/{BRAND}"),
+            cost: cny(15_000)
+        }]
+    );
+    // The brand paid for all three coupons; the mall's share of the budget is a third.
+    assert_eq!(
+        report.settlement,
+        [pb::SettlementLine {
+            debtor: format!("partners/{MALL}"),
+            creditor: format!("partners/{BRAND}"),
+            amount: cny(5_000),
+        }]
+    );
+    // The brand's own funnel counts the shoppers who let it (JOINT_ANALYTICS) — all of them.
+    assert_eq!(report.funnel.unwrap().stages[2].members, 3);
+}
