@@ -31,6 +31,8 @@ pub(crate) struct Api {
     db: DatabaseConnection,
     read: DatabaseConnection,
     mutations: Mutations<ComarketingError>,
+    /// RequestContact, the hot write: concurrent requests share transactions and commits.
+    contacts: Mutations<ComarketingError>,
     directory: Option<Directory>,
     jobs: operations::Jobs,
     /// Keys the overlap's offsets (see `domain::overlap`): fixed per deployment, so an answer
@@ -48,6 +50,7 @@ pub(crate) fn register(
 ) -> Option<lianyu_kit::directory::MeshHook> {
     let api = Api {
         mutations: Mutations::new(db.clone()).reading(read.clone()),
+        contacts: Mutations::new(db.clone()).grouped().reading(read.clone()),
         jobs: operations::Jobs::new(db.clone(), read.clone(), ctx.stopping.clone()),
         overlap_key: overlap_key(ctx),
         minimum_cohort: minimum_cohort(ctx),

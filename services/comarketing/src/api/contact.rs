@@ -128,18 +128,14 @@ impl pb::contact_service_server::ContactService for Api {
             };
             // Who the member may be known through: the caller itself (its own member), and
             // every partner whose consent to the caller the feed has shown; identity decides.
-            let number = store::member_number(&self.db, mesh.as_str(), 0).await?;
-            let grounds = store::grounds(
-                &self.read,
-                &[u32::try_from(number).unwrap_or(0)],
-                &me,
-                MARKETING_CONTACT,
-            )
-            .await?;
+            let known = store::known_member(&self.read, mesh.as_str()).await?;
             let mut grantors = vec![me.clone()];
-            for g in grounds.into_values().flatten() {
-                if !grantors.contains(&g) {
-                    grantors.push(g);
+            if let Some(n) = known {
+                let grounds = store::grounds(&self.read, &[n], &me, MARKETING_CONTACT).await?;
+                for g in grounds.into_values().flatten() {
+                    if !grantors.contains(&g) {
+                        grantors.push(g);
+                    }
                 }
             }
             let questions: Vec<Question> = grantors
@@ -151,18 +147,27 @@ impl pb::contact_service_server::ContactService for Api {
                     purpose: MARKETING_CONTACT,
                 })
                 .collect();
-            let decisions = directory.decide(&me, &questions).await?;
+            // From the consent cache the mesh feed keeps fresh (a withdrawal drops it at once),
+            // else identity: a contact moves no data, so the feed's sub-second staleness is the
+            // bound; the export, which hands over ids, asks identity every time.
+            let decisions = directory.decide_cached(&me, &questions).await?;
             if !decisions.iter().any(|d| d.allowed) {
                 return refused(pb::ContactDecision::NoConsent, None).await;
             }
-            if let Some(q) = store::quiet_hours_of(&self.read, number).await?
+            if let Some(n) = known
+                && let Some(q) =
+                    store::quiet_hours_of(&self.read, i32::try_from(n).unwrap_or(0)).await?
                 && let Some(end) = q.ends_after(now)
             {
                 return refused(pb::ContactDecision::QuietHours, Some(end)).await;
             }
             let campaign_id = campaign.as_ref().map(|c| c.id.clone()).unwrap_or_default();
-            self.mutations
+            self.contacts
                 .run(&call, &r.request_id, &r, async |txn| {
+                    let number = match known.and_then(|n| i32::try_from(n).ok()) {
+                        Some(n) => n,
+                        None => store::member_number(txn, mesh.as_str(), now).await?,
+                    };
                     store::lock_member(txn, number).await?;
                     let counted =
                         store::counted_contacts(txn, number, now, policy.window()).await?;
