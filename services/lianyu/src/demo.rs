@@ -24,15 +24,15 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::bearer::Bearer;
 
-pub(crate) const BRAND: &str = "aurora-shoes";
-pub(crate) const MALL: &str = "jade-plaza";
+const BRAND: &str = "aurora-shoes";
+const MALL: &str = "jade-plaza";
 
-pub(crate) type Authed = InterceptedService<Channel, Bearer>;
+type Authed = InterceptedService<Channel, Bearer>;
 
-pub(crate) struct Partner {
+struct Partner {
     partners: PartnerServiceClient<Authed>,
     members: MemberServiceClient<Authed>,
-    pub(crate) consents: ConsentServiceClient<Authed>,
+    consents: ConsentServiceClient<Authed>,
     audit: AuditServiceClient<Authed>,
 }
 
@@ -46,12 +46,6 @@ impl Partner {
             audit: AuditServiceClient::new(ch()),
         }
     }
-}
-
-/// The demo shopper's pseudonymous ids at the brand and at the mall.
-pub(crate) struct Shopper<'a> {
-    pub(crate) at_brand: &'a str,
-    pub(crate) at_mall: &'a str,
 }
 
 /// What the demo left for the reader: each partner's client id and secret.
@@ -303,7 +297,9 @@ pub async fn run(
     ));
     let campaign = coupon(&channel, &tokens, &mall_id, &mut mall, &alliance.name, &say).await?;
     livestream(&channel, &tokens, &brand_id, &say).await?;
-    let ids = Shopper {
+    let cast = crate::demo_campaign::Cast {
+        brand: BRAND,
+        mall: MALL,
         at_brand: &brand_id,
         at_mall: &mall_id,
     };
@@ -317,8 +313,8 @@ pub async fn run(
         &with_operator,
         &campaign,
         &alliance.name,
-        &ids,
-        &mut brand,
+        &cast,
+        &mut brand.consents,
         &say,
     )
     .await?;
@@ -395,7 +391,8 @@ async fn coupon(
         .await?;
     say("Aurora accepts to fund it; Jade activates it");
     let campaign =
-        crate::demo_campaign::plan(channel, tokens, &benefit.name, alliance, say).await?;
+        crate::demo_campaign::plan(channel, tokens, (BRAND, MALL), &benefit.name, alliance, say)
+            .await?;
     mall.consents
         .grant_consent(pb::GrantConsentRequest {
             request_id: "demo-grant-redemption".into(),

@@ -18,10 +18,17 @@ use lianyu_proto::{
 };
 use tonic::{codegen::InterceptedService, transport::Channel};
 
-use crate::{
-    bearer::Bearer,
-    demo::{BRAND, MALL, Partner, Shopper},
-};
+use crate::bearer::Bearer;
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// Who takes part: the brand and the mall, and the shopper's pseudonymous id at each.
+pub(crate) struct Cast<'a> {
+    pub(crate) brand: &'a str,
+    pub(crate) mall: &'a str,
+    pub(crate) at_brand: &'a str,
+    pub(crate) at_mall: &'a str,
+}
 
 fn cny(minor_units: i64) -> Option<Money> {
     Some(Money {
@@ -40,6 +47,7 @@ fn yuan(m: Option<&Money>) -> String {
 pub(crate) async fn plan(
     channel: &Channel,
     tokens: &[String],
+    (brand, mall): (&str, &str),
     coupon: &str,
     alliance: &str,
     say: &impl Fn(&str),
@@ -52,15 +60,15 @@ pub(crate) async fn plan(
             request_id: "demo-campaign".into(),
             campaign: Some(cm::Campaign {
                 display_name: "Aurora × Jade Double 12".into(),
-                partners: vec![format!("partners/{BRAND}")],
+                partners: vec![format!("partners/{brand}")],
                 budget: vec![
                     cm::BudgetShare {
-                        partner: format!("partners/{MALL}"),
+                        partner: format!("partners/{mall}"),
                         amount: cny(50_000),
                         share_bps: 0,
                     },
                     cm::BudgetShare {
-                        partner: format!("partners/{BRAND}"),
+                        partner: format!("partners/{brand}"),
                         amount: cny(100_000),
                         share_bps: 0,
                     },
@@ -125,8 +133,10 @@ pub(crate) async fn run(
     tokens: &[String],
     campaign: &str,
     alliance: &str,
-    shopper: &Shopper<'_>,
-    brand: &mut Partner,
+    cast: &Cast<'_>,
+    brand_consents: &mut lianyu_proto::identity::v1::consent_service_client::ConsentServiceClient<
+        Authed,
+    >,
     say: &impl Fn(&str),
 ) -> anyhow::Result<()> {
     let ch = |token: &str| InterceptedService::new(channel.clone(), Bearer::new(token));
@@ -165,12 +175,11 @@ pub(crate) async fn run(
         "the operator caps the festival alliance at 2 marketing messages per shopper per 7 days, across all partners",
     );
 
-    brand
-        .consents
+    brand_consents
         .grant_consent(pb::GrantConsentRequest {
             request_id: "demo-grant-marketing".into(),
-            member: shopper.at_brand.to_owned(),
-            grantee: format!("partners/{MALL}"),
+            member: cast.at_brand.to_owned(),
+            grantee: format!("partners/{}", cast.mall),
             purposes: vec![
                 ConsentPurpose::MarketingContact as i32,
                 ConsentPurpose::JointAnalytics as i32,
@@ -193,7 +202,7 @@ pub(crate) async fn run(
                 display_name: "Aurora members".into(),
                 rule: Some(cm::Rule {
                     rule: Some(cm::rule::Rule::Enrolled(cm::EnrolledCondition {
-                        partner: format!("partners/{BRAND}"),
+                        partner: format!("partners/{}", cast.brand),
                         since: None,
                     })),
                 }),
@@ -267,21 +276,21 @@ pub(crate) async fn run(
     let first = ask(
         brand_token,
         "demo-contact-1",
-        shopper.at_brand,
+        cast.at_brand,
         cm::ContactChannel::Push,
     )
     .await?;
     let second = ask(
         mall_token,
         "demo-contact-2",
-        shopper.at_mall,
+        cast.at_mall,
         cm::ContactChannel::Sms,
     )
     .await?;
     let third = ask(
         brand_token,
         "demo-contact-3",
-        shopper.at_brand,
+        cast.at_brand,
         cm::ContactChannel::Sms,
     )
     .await?;
@@ -300,7 +309,7 @@ pub(crate) async fn run(
         .ingest_events(cm::IngestEventsRequest {
             request_id: "demo-ingest".into(),
             events: vec![cm::FunnelEvent {
-                member: shopper.at_mall.to_owned(),
+                member: cast.at_mall.to_owned(),
                 campaign: campaign.to_owned(),
                 kind: cm::FunnelEventKind::Ordered as i32,
                 event_time: lianyu_kit::time::timestamp(lianyu_kit::time::now_millis()),
@@ -352,12 +361,11 @@ pub(crate) async fn run(
         funnel.minimum_cohort
     ));
 
-    brand
-        .consents
+    brand_consents
         .withdraw_consent(pb::WithdrawConsentRequest {
             request_id: "demo-withdraw-marketing".into(),
-            member: shopper.at_brand.to_owned(),
-            grantee: format!("partners/{MALL}"),
+            member: cast.at_brand.to_owned(),
+            grantee: format!("partners/{}", cast.mall),
             purposes: vec![ConsentPurpose::MarketingContact as i32],
         })
         .await?;
