@@ -779,3 +779,211 @@ async fn contacts_respect_channels_quiet_hours_and_the_operators_policy() {
     .unwrap_err();
     assert_eq!(violations(&e), ["member", "channel"]);
 }
+
+/// Everything a campaign holds, asked by a partner that is not in it, and by the mall of
+/// things that are the brand's: nothing found, nothing changed (read back).
+#[tokio::test]
+async fn an_outsider_learns_nothing_of_a_campaign_and_changes_nothing() {
+    let s = mesh("aud_outsider").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let member = enrol(&s, BRAND, "13200000001").await;
+    let seg = segment(&s, BRAND, &campaign.name, enrolled_with(BRAND)).await;
+    let op = audience(&s, BRAND)
+        .compute_segment(pb::ComputeSegmentRequest {
+            request_id: "c".into(),
+            name: seg.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = s.token(OUTSIDER);
+    let not_found = |e: tonic::Status, expected: &str| {
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::NotFound, expected),
+            "{e:?}"
+        );
+    };
+    let mut funnel = lianyu_proto::comarketing::v1::funnel_service_client::FunnelServiceClient::new(
+        s.as_token(&token),
+    );
+    not_found(
+        funnel
+            .get_funnel(pb::GetFunnelRequest {
+                campaign: campaign.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        "CAMPAIGN_NOT_FOUND",
+    );
+    not_found(
+        funnel
+            .get_campaign_report(pb::GetCampaignReportRequest {
+                campaign: campaign.name.clone(),
+            })
+            .await
+            .unwrap_err(),
+        "CAMPAIGN_NOT_FOUND",
+    );
+    not_found(
+        funnel
+            .ingest_events(pb::IngestEventsRequest {
+                request_id: "i".into(),
+                events: vec![pb::FunnelEvent {
+                    member: "members/x".into(),
+                    campaign: campaign.name.clone(),
+                    kind: pb::FunnelEventKind::Viewed as i32,
+                    event_time: timestamp(now_millis()),
+                    amount: None,
+                }],
+            })
+            .await
+            .unwrap_err(),
+        "CAMPAIGN_NOT_FOUND",
+    );
+    let mut outsider = AudienceServiceClient::new(s.as_token(&token));
+    not_found(
+        outsider
+            .list_segments(pb::ListSegmentsRequest {
+                parent: campaign.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        "CAMPAIGN_NOT_FOUND",
+    );
+    not_found(
+        outsider
+            .list_overlap_queries(pb::ListOverlapQueriesRequest {
+                campaign: campaign.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        "CAMPAIGN_NOT_FOUND",
+    );
+    not_found(
+        outsider
+            .compute_segment(pb::ComputeSegmentRequest {
+                request_id: "x".into(),
+                name: seg.name.clone(),
+            })
+            .await
+            .unwrap_err(),
+        "SEGMENT_NOT_FOUND",
+    );
+    // Another partner's operation is not found, even by a participant; nor can it be cancelled.
+    let mut mall_ops = OperationsServiceClient::new(s.as_token(&s.token(MALL)));
+    not_found(
+        mall_ops
+            .get_operation(pb::GetOperationRequest {
+                name: op.name.clone(),
+            })
+            .await
+            .unwrap_err(),
+        "OPERATION_NOT_FOUND",
+    );
+    not_found(
+        mall_ops
+            .cancel_operation(pb::CancelOperationRequest {
+                name: op.name.clone(),
+            })
+            .await
+            .unwrap_err(),
+        "OPERATION_NOT_FOUND",
+    );
+    assert!(
+        mall_ops
+            .list_operations(pb::ListOperationsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .operations
+            .is_empty()
+    );
+    // The outsider cannot tag another partner's member, nor set their quiet hours.
+    let tagged = outsider
+        .tag_members(pb::TagMembersRequest {
+            request_id: "t".into(),
+            members: vec![member.clone()],
+            add_tags: vec!["vip".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((tagged.updated, tagged.unknown), (0, vec![member.clone()]));
+    let e = contacts(&s, &token)
+        .set_quiet_hours(pb::SetQuietHoursRequest {
+            request_id: "q".into(),
+            member: member.clone(),
+            quiet_hours: None,
+        })
+        .await
+        .unwrap_err();
+    not_found(e, "MEMBER_NOT_FOUND");
+    assert_eq!(rows(&s, "comarketing", "quiet_hours").await, 0);
+    assert_eq!(rows(&s, "comarketing", "funnel_events").await, 0);
+    // The owner's operation finishes, and its own listing shows it.
+    let done = OperationsServiceClient::new(s.as_token(&s.token(BRAND)))
+        .wait_operation(pb::WaitOperationRequest {
+            name: op.name.clone(),
+            timeout_millis: 30_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.done);
+}
+
+/// A partner erases its records of a member: comarketing forgets what it knew of her through
+/// that partner, so the next computation of a segment over it no longer counts her.
+#[tokio::test]
+async fn an_erasure_removes_the_member_from_what_is_computed_after_it() {
+    let s = mesh("aud_erasure").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let mut members = Vec::new();
+    for i in 0..6 {
+        members.push(enrol(&s, BRAND, &format!("1350000{i:04}")).await);
+    }
+    let seg = segment(&s, BRAND, &campaign.name, enrolled_with(BRAND)).await;
+    let size = || async {
+        compute(&s, BRAND, &seg.name, &format!("c-{}", now_millis())).await;
+        audience(&s, BRAND)
+            .get_segment_size(pb::GetSegmentSizeRequest {
+                name: seg.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    eventually("the enrolments arrive", || async { size().await.size == 6 }).await;
+    lianyu_proto::identity::v1::member_service_client::MemberServiceClient::new(
+        s.as_token(&s.token(BRAND)),
+    )
+    .erase_member(id::EraseMemberRequest {
+        request_id: "erase".into(),
+        member: members[0].clone(),
+        scope: 0,
+    })
+    .await
+    .unwrap();
+    eventually("the erasure arrives", || async { size().await.size == 5 }).await;
+    // Below the cohort once more would not be told at all: one more erasure.
+    lianyu_proto::identity::v1::member_service_client::MemberServiceClient::new(
+        s.as_token(&s.token(BRAND)),
+    )
+    .erase_member(id::EraseMemberRequest {
+        request_id: "erase-2".into(),
+        member: members[1].clone(),
+        scope: 0,
+    })
+    .await
+    .unwrap();
+    eventually("the second erasure arrives", || async {
+        let told = size().await;
+        told.suppressed && told.size == 0
+    })
+    .await;
+}

@@ -232,3 +232,99 @@ async fn a_joint_campaigns_budget_burns_down_stops_its_coupon_and_settles() {
     // The brand's own funnel counts the shoppers who let it (JOINT_ANALYTICS) — all of them.
     assert_eq!(report.funnel.unwrap().stages[2].members, 3);
 }
+
+/// A campaign's live session: the members who join it and buy in it reach the funnel's
+/// interest and purchase stages, and their orders its GMV — through live's feed.
+#[tokio::test]
+async fn a_campaigns_livestream_feeds_its_funnel_and_its_gmv() {
+    use crate::live_show::{add_product, buy, flash_sale, on_air, orders, viewers};
+    use lianyu_proto::live::v1 as live;
+    let s = whole_mesh("cm_live_funnel").await;
+    let session = on_air(&s).await;
+    let day = 24 * 3_600_000;
+    let mut brand = CampaignServiceClient::new(s.as_token(&s.token(BRAND)));
+    let created = brand
+        .create_campaign(pb::CreateCampaignRequest {
+            request_id: "show".into(),
+            campaign: Some(pb::Campaign {
+                display_name: "Double 12 live".into(),
+                partners: vec![format!("partners/{MALL}")],
+                budget: vec![pb::BudgetShare {
+                    partner: format!("partners/{BRAND}"),
+                    amount: cny(100_000),
+                    share_bps: 0,
+                }],
+                start_time: timestamp(now_millis()),
+                end_time: timestamp(now_millis() + day),
+                sessions: vec![session.name.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    CampaignServiceClient::new(s.as_token(&s.token(MALL)))
+        .accept_campaign(pb::AcceptCampaignRequest {
+            request_id: "a".into(),
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap();
+    brand
+        .launch_campaign(pb::LaunchCampaignRequest {
+            request_id: "l".into(),
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap();
+    let lipstick = add_product(&s, &session.name, "LIP-520", 29_900).await;
+    let sale = flash_sale(&s, &session.name, &lipstick.name, 10, 1).await;
+    // Three of the brand's members watch in its app and buy one each.
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let member = enrol(&s, BRAND, &format!("1310000{i:04}")).await;
+        streams.push(
+            viewers(&s, &s.token(BRAND))
+                .join_session(live::JoinSessionRequest {
+                    session: session.name.clone(),
+                    member: member.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        orders(&s, &s.token(BRAND))
+            .place_order(buy(
+                &session.name,
+                &sale.name,
+                &member,
+                &format!("o{i}"),
+                "",
+            ))
+            .await
+            .unwrap();
+    }
+    let report = || async {
+        FunnelServiceClient::new(s.as_token(&s.token(BRAND)))
+            .get_campaign_report(pb::GetCampaignReportRequest {
+                campaign: created.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    eventually("the show's orders reach the campaign", || async {
+        report().await.orders == 3
+    })
+    .await;
+    let r = report().await;
+    assert_eq!(r.gmv, cny(3 * 9_900));
+    let funnel = r.funnel.unwrap();
+    let counts: Vec<i64> = funnel.stages.iter().map(|c| c.members).collect();
+    assert_eq!(
+        counts,
+        [0, 3, 3, 0],
+        "interest (joined) and purchase (ordered)"
+    );
+    drop(streams);
+}

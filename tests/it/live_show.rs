@@ -39,10 +39,10 @@ fn sessions(s: &TestServer, token: &str) -> SessionServiceClient<Svc> {
 fn showcase(s: &TestServer, token: &str) -> ShowcaseServiceClient<Svc> {
     ShowcaseServiceClient::new(s.as_token(token))
 }
-fn orders(s: &TestServer, token: &str) -> OrderServiceClient<Svc> {
+pub(crate) fn orders(s: &TestServer, token: &str) -> OrderServiceClient<Svc> {
     OrderServiceClient::new(s.as_token(token))
 }
-fn viewers(s: &TestServer, token: &str) -> ViewerServiceClient<Svc> {
+pub(crate) fn viewers(s: &TestServer, token: &str) -> ViewerServiceClient<Svc> {
     ViewerServiceClient::new(s.as_token(token))
 }
 fn stats(s: &TestServer, token: &str) -> StatsServiceClient<Svc> {
@@ -58,7 +58,7 @@ fn cny(minor_units: i64) -> Option<Money> {
 
 /// The brand and the mall co-host a show from the mall's store sh01, with the mall's guide
 /// Lin on air and revenue shared 60/40; it is started. Returns the session.
-async fn on_air(s: &TestServer) -> pb::Session {
+pub(crate) async fn on_air(s: &TestServer) -> pb::Session {
     let created = sessions(s, &s.token(BRAND))
         .create_session(pb::CreateSessionRequest {
             request_id: "schedule".into(),
@@ -101,7 +101,12 @@ async fn on_air(s: &TestServer) -> pb::Session {
         .into_inner()
 }
 
-async fn add_product(s: &TestServer, session: &str, sku: &str, price: i64) -> pb::Product {
+pub(crate) async fn add_product(
+    s: &TestServer,
+    session: &str,
+    sku: &str,
+    price: i64,
+) -> pb::Product {
     showcase(s, &s.token(BRAND))
         .add_product(pb::AddProductRequest {
             request_id: format!("add-{sku}"),
@@ -119,7 +124,7 @@ async fn add_product(s: &TestServer, session: &str, sku: &str, price: i64) -> pb
         .into_inner()
 }
 
-async fn flash_sale(
+pub(crate) async fn flash_sale(
     s: &TestServer,
     session: &str,
     product: &str,
@@ -144,7 +149,13 @@ async fn flash_sale(
         .into_inner()
 }
 
-fn buy(session: &str, sale: &str, member: &str, rid: &str, code: &str) -> pb::PlaceOrderRequest {
+pub(crate) fn buy(
+    session: &str,
+    sale: &str,
+    member: &str,
+    rid: &str,
+    code: &str,
+) -> pb::PlaceOrderRequest {
     pb::PlaceOrderRequest {
         request_id: rid.into(),
         parent: session.into(),
