@@ -176,7 +176,8 @@ pub async fn prepare(
     })
     .await?;
     eprintln!("writing {members} synthetic members into comarketing's database…");
-    let db = lianyu_kit::storage::probe(database_url)
+    // The service's own connection (on PostgreSQL, its schema).
+    let db = lianyu_kit::storage::connect(database_url, lianyu_comarketing::NAME, Some(1))
         .await
         .context("opening comarketing's database")?;
     let began = Instant::now();
