@@ -12,6 +12,7 @@ mod entitlements;
 mod keys;
 mod live;
 mod live_show;
+mod rollout;
 mod settlement;
 mod support;
 mod wallets;

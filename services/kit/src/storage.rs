@@ -298,11 +298,98 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
         .map_err(OpenError::Config)?;
     let db = connect(&url, service, config.db_max_connections).await?;
     if config.migrate {
-        M::up(&db, None)
+        // Replicas starting together take turns: on PostgreSQL an advisory lock per service
+        // schema, held on a connection of its own for as long as the migrations run (and
+        // released by the server if this process dies); on SQLite a file lock beside the
+        // database. The second finds the schema current instead of racing the first's
+        // CREATE TABLEs.
+        let lock = migration_lock(&url, service).await?;
+        let migrated = M::up(&db, None)
             .await
-            .map_err(|e| OpenError::Migration(format!("{service}: {e}")))?;
+            .map_err(|e| OpenError::Migration(format!("{service}: {e}")));
+        match lock {
+            MigrationLock::Postgres(conn) => {
+                let _ = conn
+                    .execute_unprepared(&format!(
+                        "SELECT pg_advisory_unlock({})",
+                        migration_key(service)
+                    ))
+                    .await;
+                let _ = conn.close().await;
+            }
+            // Closing the file releases its lock.
+            MigrationLock::File(file) => drop(file),
+            MigrationLock::None => {}
+        }
+        migrated?;
     }
     Ok(db)
+}
+
+/// The advisory lock key of `service`'s migrations: stable across processes and versions.
+fn migration_key(service: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("lianyu migrations lianyu_{service}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// A held migration lock, released when the migrations are done (or by the database server
+/// or the OS when the process dies).
+enum MigrationLock {
+    /// A PostgreSQL session holding the service's advisory lock.
+    Postgres(DatabaseConnection),
+    /// An exclusive lock on a file beside the SQLite database (processes sharing the file).
+    File(std::fs::File),
+    /// An in-memory database: nobody to take turns with.
+    None,
+}
+
+/// Waits for and takes `service`'s migration lock: on PostgreSQL an advisory lock on a
+/// connection of its own; on SQLite an exclusive lock on `<database>.migrate-lock`.
+async fn migration_lock(url: &str, service: &str) -> Result<MigrationLock, StorageError> {
+    if url.starts_with("postgres") {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .sqlx_logging(false)
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10));
+        let conn = Database::connect(options).await?;
+        conn.execute_unprepared(&format!(
+            "SELECT pg_advisory_lock({})",
+            migration_key(service)
+        ))
+        .await?;
+        return Ok(MigrationLock::Postgres(conn));
+    }
+    let Some(path) = sqlite_file(url) else {
+        return Ok(MigrationLock::None);
+    };
+    let lock_path = format!("{path}.migrate-lock");
+    let file = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| StorageError::Other(format!("migration lock: {e}")))?
+    .map_err(|e| StorageError::Other(format!("migration lock: {e}")))?;
+    Ok(MigrationLock::File(file))
+}
+
+/// The database file of a SQLite URL; `None` for an in-memory one.
+fn sqlite_file(url: &str) -> Option<String> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    (path != ":memory:" && !path.is_empty()).then(|| path.to_owned())
 }
 
 /// Why a service's database could not be opened at start-up.
