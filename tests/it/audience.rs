@@ -485,6 +485,33 @@ async fn overlaps_below_the_cohort_are_never_told_and_every_query_is_logged() {
     .await;
     compute(&s, BRAND, &brands.name, "b").await;
     compute(&s, BRAND, &vips.name, "v").await;
+    // Every participant lists the campaign's segments, each with its owner and rule.
+    let listed = audience(&s, MALL)
+        .list_segments(pb::ListSegmentsRequest {
+            parent: campaign.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
+    assert_eq!(
+        listed.iter().map(|x| x.owner.as_str()).collect::<Vec<_>>(),
+        [
+            format!("partners/{MALL}"),
+            format!("partners/{BRAND}"),
+            format!("partners/{BRAND}")
+        ]
+    );
+    let read = audience(&s, MALL)
+        .get_segment(pb::GetSegmentRequest {
+            name: vips.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.rule, Some(tagged(BRAND, "vip")));
+    assert!(read.compute_time.is_some());
     // Twelve shared: told, rounded to tens after the fixed offset.
     let asked = audience(&s, MALL)
         .get_audience_overlap(pb::GetAudienceOverlapRequest {
@@ -717,6 +744,15 @@ async fn contacts_respect_channels_quiet_hours_and_the_operators_policy() {
         })
         .await
         .unwrap();
+    // Any caller reads the policy in force: the default until the operator sets one.
+    let default = contacts(&s, &s.token(BRAND))
+        .get_contact_policy(pb::GetContactPolicyRequest {
+            name: "contactPolicies/default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((default.max_contacts, default.window_days), (3, 7));
     // The operator lowers the mesh's cap to one; partners cannot change it.
     let policy = pb::ContactPolicy {
         name: "contactPolicies/default".into(),
@@ -935,6 +971,25 @@ async fn an_outsider_learns_nothing_of_a_campaign_and_changes_nothing() {
         .unwrap()
         .into_inner();
     assert!(done.done);
+    // Cancelling a finished operation changes nothing.
+    let after = OperationsServiceClient::new(s.as_token(&s.token(BRAND)))
+        .cancel_operation(pb::CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.done && after.error.is_none() && after.response.is_some());
+    let listed = OperationsServiceClient::new(s.as_token(&s.token(BRAND)))
+        .list_operations(pb::ListOperationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .operations;
+    assert_eq!(
+        listed.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+        [op.name.as_str()]
+    );
 }
 
 /// A partner erases its records of a member: comarketing forgets what it knew of her through
