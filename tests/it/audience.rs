@@ -1042,3 +1042,34 @@ async fn an_erasure_removes_the_member_from_what_is_computed_after_it() {
     })
     .await;
 }
+
+/// Sixty overlap queries at once against a budget of fifty: exactly fifty are answered (and
+/// logged), the rest refused, however they interleave.
+#[tokio::test]
+async fn the_overlap_query_budget_holds_under_parallel_queries() {
+    let s = mesh("aud_overlap_budget").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let malls = segment(&s, MALL, &campaign.name, enrolled_with(MALL)).await;
+    let brands = segment(&s, BRAND, &campaign.name, enrolled_with(BRAND)).await;
+    compute(&s, MALL, &malls.name, "m").await;
+    compute(&s, BRAND, &brands.name, "b").await;
+    let asks = (0..60).map(|_| {
+        let mut client = audience(&s, MALL);
+        let request = pb::GetAudienceOverlapRequest {
+            segment: malls.name.clone(),
+            other_segment: brands.name.clone(),
+        };
+        async move { client.get_audience_overlap(request).await }
+    });
+    let answers = join_all(asks).await;
+    let answered = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(answered, 50);
+    assert!(
+        answers
+            .iter()
+            .filter_map(|a| a.as_ref().err())
+            .all(|e| e.code() == Code::ResourceExhausted
+                && reason(e) == "OVERLAP_QUERY_BUDGET_SPENT")
+    );
+    assert_eq!(rows(&s, "comarketing", "overlap_queries").await, 50);
+}

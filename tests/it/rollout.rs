@@ -36,12 +36,14 @@ async fn three_replicas_started_at_once_on_a_fresh_database_all_come_up() {
         )));
         dirs.push(dir);
     }
+    // Generous: twelve services migrating in turn on a machine busy with other tests (once,
+    // under two test processes at full load, a replica was not up after 30 s).
     for (i, address) in addresses.iter().enumerate() {
-        let channel = lianyu_kit::client::connect_when_up(address, Duration::from_secs(30))
+        let channel = lianyu_kit::client::connect_when_up(address, Duration::from_secs(90))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("replica {i}: {e}; started: {}", !starts[i].is_finished()));
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        let until = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(answer) = health.check(HealthCheckRequest::default()).await
                 && answer.into_inner().status == ServingStatus::Serving as i32

@@ -96,12 +96,41 @@ impl Page {
         tenant: (E::Column, &str),
         key: E::Column,
     ) -> Result<Vec<E::Model>, StorageError> {
-        let mut query = query
-            .filter(tenant.0.eq(tenant.1))
-            .order_by_asc(key)
-            .limit(self.size + 1);
+        self.fetch_ordered(conn, query, tenant, key, false).await
+    }
+
+    /// [`Page::fetch`] newest first: `key` descending, before the token's key (for keys that
+    /// grow with time, such as UUIDv7 ids).
+    pub async fn fetch_newest<E: EntityTrait>(
+        &self,
+        conn: &impl ConnectionTrait,
+        query: Select<E>,
+        tenant: (E::Column, &str),
+        key: E::Column,
+    ) -> Result<Vec<E::Model>, StorageError> {
+        self.fetch_ordered(conn, query, tenant, key, true).await
+    }
+
+    async fn fetch_ordered<E: EntityTrait>(
+        &self,
+        conn: &impl ConnectionTrait,
+        query: Select<E>,
+        tenant: (E::Column, &str),
+        key: E::Column,
+        newest_first: bool,
+    ) -> Result<Vec<E::Model>, StorageError> {
+        let mut query = query.filter(tenant.0.eq(tenant.1)).limit(self.size + 1);
+        query = if newest_first {
+            query.order_by_desc(key)
+        } else {
+            query.order_by_asc(key)
+        };
         if let Some(after) = &self.after {
-            query = query.filter(key.gt(after.clone()));
+            query = query.filter(if newest_first {
+                key.lt(after.clone())
+            } else {
+                key.gt(after.clone())
+            });
         }
         Ok(query.all(conn).await?)
     }

@@ -593,43 +593,31 @@ impl pb::audience_service_server::AudienceService for Api {
                 &self.overlap_key,
                 [&a_bytes, &b_bytes],
             );
-            let segments = (r.segment.clone(), r.other_segment.clone());
-            let left = self
-                .mutations
-                .run(
-                    &call,
-                    &uuid::Uuid::now_v7().simple().to_string(),
-                    &r,
-                    async |txn| {
-                        let asked = store::overlap_queries_asked(txn, &campaign.id, &me).await?;
-                        if asked >= QUERY_BUDGET {
-                            return Err(KitError::Exhausted(
-                                "OVERLAP_QUERY_BUDGET_SPENT",
-                                "this partner has asked every overlap query this campaign allows",
-                            )
-                            .into());
-                        }
-                        store::log_overlap(
-                            txn,
-                            &campaign.id,
-                            &me,
-                            (&segments.0, &segments.1),
-                            told,
-                            now_millis(),
-                        )
-                        .await?;
-                        Ok(pb::GetAudienceOverlapResponse {
-                            queries_left: i32::try_from(QUERY_BUDGET - asked - 1).unwrap_or(0),
-                            ..Default::default()
-                        })
-                    },
-                )
-                .await?;
+            // The budget is checked and the query logged in one transaction under the
+            // campaign's row lock, so parallel queries cannot overspend it; a query refused
+            // for the budget is not logged (it told nothing).
+            let queries_left = {
+                use sea_orm::TransactionTrait;
+                let txn = self.db.begin().await.map_err(store::storage)?;
+                store::campaign_for_participant(&txn, &me, &campaign.id, true).await?;
+                let asked = store::overlap_queries_asked(&txn, &campaign.id, &me).await?;
+                if asked >= QUERY_BUDGET {
+                    return Err(KitError::Exhausted(
+                        "OVERLAP_QUERY_BUDGET_SPENT",
+                        "this partner has asked every overlap query this campaign allows",
+                    )
+                    .into());
+                }
+                let segments = (r.segment.as_str(), r.other_segment.as_str());
+                store::log_overlap(&txn, &campaign.id, &me, segments, told, now_millis()).await?;
+                txn.commit().await.map_err(store::storage)?;
+                i32::try_from(QUERY_BUDGET - asked - 1).unwrap_or(0)
+            };
             Ok::<_, ComarketingError>(pb::GetAudienceOverlapResponse {
                 overlap: told.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
                 suppressed: told.is_none(),
                 minimum_cohort: i64::try_from(self.minimum_cohort).unwrap_or(i64::MAX),
-                queries_left: left.queries_left,
+                queries_left,
             })
         })
         .await

@@ -106,7 +106,7 @@ impl pb::contact_service_server::ContactService for Api {
             // Decided before anything is held; a refusal is the answer, stored like any other.
             let refused = async |d: pb::ContactDecision, next: Option<i64>| {
                 let reply = refusal(d, next, policy_out.clone());
-                self.mutations
+                self.contacts
                     .run(&call, &r.request_id, &r, async |_txn| Ok(reply.clone()))
                     .await
             };

@@ -125,7 +125,7 @@ impl Jobs {
     }
 
     async fn run(self, op: String, segment: StoredSegment, rule: Rule) {
-        let outcome = self.evaluate(&op, &segment, &rule).await;
+        let outcome = self.evaluate(&op, &rule).await;
         let now = now_millis();
         let (state, error, result) = match &outcome {
             Ok(Some((bitmap, total))) => ("done", String::new(), Some((bitmap, *total))),
@@ -158,7 +158,6 @@ impl Jobs {
     async fn evaluate(
         &self,
         op: &str,
-        segment: &StoredSegment,
         rule: &Rule,
     ) -> Result<Option<(roaring::RoaringBitmap, u64)>, KitError> {
         let now = now_millis();
@@ -182,7 +181,6 @@ impl Jobs {
                 return Ok(None);
             }
         }
-        let _ = segment;
         Ok(Some((rule.evaluate(&universe, &sets), total)))
     }
 }

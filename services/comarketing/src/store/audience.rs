@@ -7,7 +7,7 @@ use lianyu_kit::{KitError, page::Page};
 use roaring::RoaringBitmap;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::OnConflict,
+    QuerySelect, sea_query::OnConflict,
 };
 
 use super::{
@@ -452,16 +452,14 @@ pub(crate) async fn list_segments(
     campaign: &str,
     page: &Page,
 ) -> Result<(Vec<StoredSegment>, String), KitError> {
-    let mut q = segment::Entity::find().filter(segment::Column::CampaignId.eq(campaign));
-    if let Some(after) = &page.after {
-        q = q.filter(segment::Column::Id.gt(after.as_str()));
-    }
-    let rows = q
-        .order_by_asc(segment::Column::Id)
-        .limit(page.size + 1)
-        .all(conn)
-        .await
-        .map_err(storage)?;
+    let rows = page
+        .fetch(
+            conn,
+            segment::Entity::find(),
+            (segment::Column::CampaignId, campaign),
+            segment::Column::Id,
+        )
+        .await?;
     Ok(page.finish(rows.into_iter().map(to_segment).collect(), |s| s.id.clone()))
 }
 
@@ -604,16 +602,14 @@ pub(crate) async fn list_operations(
     partner: &str,
     page: &Page,
 ) -> Result<(Vec<StoredOperation>, String), KitError> {
-    let mut q = operation::Entity::find().filter(operation::Column::Partner.eq(partner));
-    if let Some(after) = &page.after {
-        q = q.filter(operation::Column::Id.lt(after.as_str()));
-    }
-    let rows = q
-        .order_by_desc(operation::Column::Id)
-        .limit(page.size + 1)
-        .all(conn)
-        .await
-        .map_err(storage)?;
+    let rows = page
+        .fetch_newest(
+            conn,
+            operation::Entity::find(),
+            (operation::Column::Partner, partner),
+            operation::Column::Id,
+        )
+        .await?;
     Ok(
         page.finish(rows.into_iter().map(to_operation).collect(), |o| {
             o.id.clone()
@@ -708,17 +704,14 @@ pub(crate) async fn list_overlaps(
     campaign: &str,
     page: &Page,
 ) -> Result<(Vec<LoggedOverlap>, String), KitError> {
-    let mut q =
-        overlap_query::Entity::find().filter(overlap_query::Column::CampaignId.eq(campaign));
-    if let Some(after) = &page.after {
-        q = q.filter(overlap_query::Column::Id.lt(after.as_str()));
-    }
-    let rows = q
-        .order_by_desc(overlap_query::Column::Id)
-        .limit(page.size + 1)
-        .all(conn)
-        .await
-        .map_err(storage)?;
+    let rows = page
+        .fetch_newest(
+            conn,
+            overlap_query::Entity::find(),
+            (overlap_query::Column::CampaignId, campaign),
+            overlap_query::Column::Id,
+        )
+        .await?;
     let rows = rows
         .into_iter()
         .map(|r| LoggedOverlap {

@@ -109,6 +109,19 @@ struct Target {
     account: Option<AccountRow>,
 }
 
+impl Target {
+    /// A ledger movement of this target's benefit by its member, through the caller.
+    fn movement(&self, kind: &'static str) -> Movement<'_> {
+        Movement {
+            kind,
+            benefit: &self.benefit,
+            redemption: None,
+            member: Some(self.mesh.as_str()),
+            through: Some(&self.me),
+        }
+    }
+}
+
 impl Api {
     /// The caller's member, the benefit (of kind `want`, or any balance), and the member's
     /// consent to the caller when the account was opened through another partner. `till`:
@@ -289,19 +302,7 @@ impl Api {
                 let postings = t
                     .benefit
                     .top_up_postings(&t.me, t.mesh.as_str(), &paid, bonus);
-                self.post(
-                    txn,
-                    Movement {
-                        kind: "TOP_UP",
-                        benefit: &t.benefit,
-                        redemption: None,
-                        member: Some(t.mesh.as_str()),
-                        through: Some(&t.me),
-                    },
-                    &postings,
-                    now,
-                )
-                .await?;
+                self.post(txn, t.movement("TOP_UP"), &postings, now).await?;
                 self.balance_now(txn, &t, now).await
             })
             .await
@@ -354,19 +355,8 @@ impl Api {
                     return Err(closed());
                 }
                 let postings = t.benefit.points_earned_postings(t.mesh.as_str(), points);
-                self.post(
-                    txn,
-                    Movement {
-                        kind: "POINTS_EARNED",
-                        benefit: &t.benefit,
-                        redemption: None,
-                        member: Some(t.mesh.as_str()),
-                        through: Some(&t.me),
-                    },
-                    &postings,
-                    now,
-                )
-                .await?;
+                self.post(txn, t.movement("POINTS_EARNED"), &postings, now)
+                    .await?;
                 Ok(earning_proto(&t.scoped, &lot, now))
             })
             .await
@@ -494,18 +484,7 @@ impl Api {
                     taken.as_ref(),
                 );
                 let entry = self
-                    .post(
-                        txn,
-                        Movement {
-                            kind: "BALANCE_SPEND",
-                            benefit: &t.benefit,
-                            redemption: None,
-                            member: Some(t.mesh.as_str()),
-                            through: Some(&t.me),
-                        },
-                        &postings,
-                        now,
-                    )
+                    .post(txn, t.movement("BALANCE_SPEND"), &postings, now)
                     .await?
                     .unwrap_or_default();
                 let row = SpendRow {
@@ -584,19 +563,8 @@ impl Api {
                     spend.points,
                     taken.as_ref(),
                 ));
-                self.post(
-                    txn,
-                    Movement {
-                        kind: "BALANCE_REFUND",
-                        benefit: &t.benefit,
-                        redemption: None,
-                        member: Some(t.mesh.as_str()),
-                        through: Some(&t.me),
-                    },
-                    &postings,
-                    now,
-                )
-                .await?;
+                self.post(txn, t.movement("BALANCE_REFUND"), &postings, now)
+                    .await?;
                 let mut row = spend.clone();
                 row.refunded = true;
                 Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))
