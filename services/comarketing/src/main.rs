@@ -2,5 +2,10 @@
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    lianyu_kit::server::run_standalone("comarketing", lianyu_comarketing::run).await
+    lianyu_kit::server::run_standalone(
+        "comarketing",
+        lianyu_comarketing::run,
+        lianyu_comarketing::migrate,
+    )
+    .await
 }

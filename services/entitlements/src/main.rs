@@ -2,5 +2,10 @@
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    lianyu_kit::server::run_standalone("entitlements", lianyu_entitlements::run).await
+    lianyu_kit::server::run_standalone(
+        "entitlements",
+        lianyu_entitlements::run,
+        lianyu_entitlements::migrate,
+    )
+    .await
 }

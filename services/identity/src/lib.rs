@@ -73,6 +73,11 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
 }
 
 /// Serves the service alone on `listener` until `shutdown` completes.
+/// `--migrate-only`: brings identity's schema up to date; how many migrations ran.
+pub async fn migrate(config: Config) -> Result<usize, StartError> {
+    Ok(lianyu_kit::storage::migrate_only::<store::Migrator>(&config, NAME).await?)
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,

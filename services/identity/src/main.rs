@@ -2,5 +2,6 @@
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    lianyu_kit::server::run_standalone("identity", lianyu_identity::run).await
+    lianyu_kit::server::run_standalone("identity", lianyu_identity::run, lianyu_identity::migrate)
+        .await
 }

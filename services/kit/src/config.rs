@@ -158,8 +158,25 @@ impl Config {
     pub fn from_vars(
         get: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Result<Self, ConfigError> {
+        Self::build(get, Vec::new())
+    }
+
+    /// [`Self::from_vars`], also checking the `…_FILE` variables in `file_vars`.
+    fn build(
+        get: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+        file_vars: Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        // `X_FILE` names a file holding `X` (a mounted Secret), read when `X` itself is unset.
+        check_files(&get, file_vars)?;
         let source = Source(std::sync::Arc::new(move |name: &str| {
-            get(name).filter(|v| !v.trim().is_empty())
+            get(name)
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| {
+                    let path = get(&format!("{name}{FILE_SUFFIX}"))?;
+                    let text = std::fs::read_to_string(path.trim()).ok()?;
+                    Some(text.trim_end_matches(['\n', '\r']).to_owned())
+                })
+                .filter(|v| !v.trim().is_empty())
         }));
         let var = |name: &str| (source.0)(name);
         let mode = match var("LIANYU_MODE").as_deref() {
@@ -284,9 +301,17 @@ impl Config {
         })
     }
 
-    /// Reads the process environment.
+    /// Reads the process environment. Every `LIANYU_…_FILE` and `DATABASE_URL_FILE` variable
+    /// must name a readable file, and never beside the variable it stands for.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(|name| std::env::var(name).ok())
+        let files: Vec<String> = std::env::vars()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                (name.starts_with("LIANYU_") || name.starts_with("DATABASE_URL"))
+                    && name.ends_with(FILE_SUFFIX)
+            })
+            .collect();
+        Self::build(|name| std::env::var(name).ok(), files)
     }
 
     /// A local config for tests and `lianyu up`: everything default, data under `data_dir`.
@@ -384,6 +409,46 @@ impl Config {
     pub fn set_database_url(&mut self, service: &str, url: impl Into<String>) {
         self.database_urls.insert(service.to_owned(), url.into());
     }
+}
+
+/// `X_FILE`: the path of a file whose content is `X` (Kubernetes Secrets mounted as files, so
+/// they never sit in the environment, where `/proc/<pid>/environ` and crash reports show them).
+const FILE_SUFFIX: &str = "_FILE";
+
+/// Secrets that, when named as files, must be there: a missing mount stops start-up naming
+/// the variable. Any other `…_FILE` whose file does not exist reads as unset, the way an
+/// optional Secret's missing key does (token keys, a service credential, the overlap key).
+const REQUIRED_FILES: &[&str] = &[
+    "DATABASE_URL_FILE",
+    "LIANYU_SIGNING_KEY_FILE",
+    "LIANYU_IDENTITY_KEY_FILE",
+];
+
+/// A `…_FILE` variable set beside the variable it stands for, naming a file that exists but
+/// cannot be read, or naming a missing file for a [required](REQUIRED_FILES) secret, stops
+/// start-up naming it.
+fn check_files(
+    get: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+    mut names: Vec<String>,
+) -> Result<(), ConfigError> {
+    names.extend(REQUIRED_FILES.iter().map(|n| (*n).to_owned()));
+    for name in names {
+        let Some(path) = get(&name).filter(|p| !p.trim().is_empty()) else {
+            continue;
+        };
+        let base = &name[..name.len() - FILE_SUFFIX.len()];
+        if get(base).is_some_and(|v| !v.trim().is_empty()) {
+            return Err(err(&name, format!("set either {base} or {name}, not both")));
+        }
+        match std::fs::read_to_string(path.trim()) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !REQUIRED_FILES.contains(&name.as_str()) => {}
+            Err(e) => return Err(err(&name, format!("cannot read {}: {e}", path.trim()))),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// `LIANYU_<SERVICE>_<SUFFIX>`.
@@ -567,6 +632,38 @@ mod tests {
         let secret = c.secret("LIANYU_IDENTITY_KEY").unwrap();
         assert!(!format!("{secret:?}").contains("very-secret-value"));
         assert_eq!(secret.expose(), "very-secret-value");
+    }
+
+    #[test]
+    fn a_secret_mounted_as_a_file_reads_as_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("url");
+        std::fs::write(&url, "postgres://db/identity\n").unwrap();
+        let path = url.to_str().unwrap().to_owned();
+        let c = Config::from_vars(vars(&[("DATABASE_URL_FILE", &path)])).unwrap();
+        assert_eq!(c.database_url("identity"), "postgres://db/identity");
+        let c = Config::from_vars(vars(&[("LIANYU_COMARKETING_OVERLAP_KEY_FILE", &path)])).unwrap();
+        assert_eq!(
+            c.secret("LIANYU_COMARKETING_OVERLAP_KEY").unwrap().expose(),
+            "postgres://db/identity"
+        );
+        // A missing mount stops start-up naming the variable instead of reading as unset.
+        let e = Config::from_vars(vars(&[("DATABASE_URL_FILE", "/nonexistent/url")])).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL_FILE");
+        // An optional secret's missing file reads as unset.
+        let c =
+            Config::from_vars(vars(&[("LIANYU_TOKEN_KEYS_FILE", "/nonexistent/keys")])).unwrap();
+        assert!(c.auth.trusted_keys.is_empty());
+        let e = Config::from_vars(vars(&[
+            ("DATABASE_URL_FILE", &path),
+            ("DATABASE_URL", "postgres://db/other"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL_FILE");
+        // The file's content is checked like the variable's.
+        std::fs::write(&url, "mysql://db").unwrap();
+        let e = Config::from_vars(vars(&[("DATABASE_URL_FILE", &path)])).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
@@ -437,6 +438,13 @@ macro_rules! service_entry_points {
             Ok(())
         }
 
+        /// `--migrate-only`: brings the service's schema up to date; how many migrations ran.
+        pub async fn migrate(
+            config: $crate::config::Config,
+        ) -> Result<usize, $crate::server::StartError> {
+            Ok($crate::storage::migrate_only::<$migrator>(&config, $name).await?)
+        }
+
         /// Serves the service alone on `listener` until `shutdown` completes.
         pub async fn run(
             config: $crate::config::Config,
@@ -461,8 +469,87 @@ where
 {
     let ctx = ServerContext::new(config)?;
     let mut services = Mount::new(&ctx);
-    mount(&ctx, &mut services).await?;
+    let shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = shutdown;
+    // While the service mounts — with LIANYU_MIGRATE=false it waits for the migration Job —
+    // the listener already answers health: alive (""), not ready (every service name), so
+    // readiness holds the pod out of its Service while liveness leaves it running.
+    let listener = listener.into_std()?;
+    let starting = TcpListener::from_std(listener.try_clone()?)?;
+    let listener = TcpListener::from_std(listener)?;
+    let started = tokio_util::sync::CancellationToken::new();
+    let health = tonic::transport::Server::builder()
+        .add_service(tonic_health::pb::health_server::HealthServer::new(
+            Starting(started.clone()),
+        ))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(starting),
+            started.clone().cancelled_owned(),
+        );
+    let health = tokio::spawn(health);
+    let mounted = tokio::select! {
+        mounted = mount(&ctx, &mut services) => Some(mounted),
+        () = &mut shutdown => None,
+    };
+    started.cancel();
+    let _ = health.await;
+    match mounted {
+        Some(mounted) => mounted?,
+        None => {
+            tracing::info!("stopped before the service was ready");
+            return Ok(());
+        }
+    }
     serve(&ctx, services, listener, shutdown).await
+}
+
+/// Health while a service starts: the process is alive (`""` SERVING) and no service is ready
+/// (any other name NOT_SERVING); a watch sends that once and ends when start-up does.
+struct Starting(CancellationToken);
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Starting {
+    async fn check(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(starting_status(
+            &request.get_ref().service,
+        )))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<Item = Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>
+                + Send,
+        >,
+    >;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let first = starting_status(&request.get_ref().service);
+        let started = self.0.clone();
+        let stream = futures::stream::once(async move { Ok(first) }).chain(futures::stream::once(
+            async move {
+                started.cancelled_owned().await;
+                Err(tonic::Status::unavailable("start-up finished; watch again"))
+            },
+        ));
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+fn starting_status(service: &str) -> tonic_health::pb::HealthCheckResponse {
+    let status = if service.is_empty() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    tonic_health::pb::HealthCheckResponse {
+        status: tonic_health::pb::health_check_response::ServingStatus::from(status) as i32,
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -490,13 +577,39 @@ pub async fn shutdown_signal() {
 }
 
 /// The whole `main` of a standalone service binary: config from the environment, telemetry,
-/// the listener, and `run` until SIGINT/SIGTERM.
-pub async fn run_standalone<F, Fut>(service: &str, run: F) -> Result<(), Box<dyn std::error::Error>>
+/// the listener, and `run` until SIGINT/SIGTERM; with `--migrate-only`, `migrate` (bring the
+/// schema up to date under the migration lock) and exit — the Kubernetes migration Job.
+pub async fn run_standalone<F, Fut, G, Gut>(
+    service: &str,
+    run: F,
+    migrate: G,
+) -> Result<(), Box<dyn std::error::Error>>
 where
     F: FnOnce(Config, TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
+    G: FnOnce(Config) -> Gut,
+    Gut: Future<Output = Result<usize, StartError>>,
 {
+    let migrate_only = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--migrate-only") => true,
+        Some("--help" | "-h") => {
+            println!(
+                "lianyu-{service}: serves the {service} service (configured by environment \
+                 variables, docs/deploy.md)\n\n  --migrate-only  bring the database schema up \
+                 to date, then exit"
+            );
+            return Ok(());
+        }
+        Some(other) => return Err(format!("unknown argument {other:?} (try --help)").into()),
+    };
     let config = Config::from_env()?;
+    if migrate_only {
+        let _telemetry = crate::telemetry::init(&format!("lianyu-{service}"), None)?;
+        let applied = migrate(config).await?;
+        tracing::info!(service, applied, "schema is current");
+        return Ok(());
+    }
     let _telemetry = crate::telemetry::init(
         &format!("lianyu-{service}"),
         config.otlp_endpoint.as_deref(),

@@ -288,7 +288,9 @@ pub fn now_millis() -> i64 {
 }
 
 /// Connects a service to its database and, unless `LIANYU_MIGRATE=false`, brings its schema up
-/// to date with the service's migrator `M`.
+/// to date with the service's migrator `M`. With `LIANYU_MIGRATE=false` (Kubernetes, where a
+/// Job runs `--migrate-only` once per rollout) it waits until the schema is current instead:
+/// every migration this build knows has been applied.
 pub async fn open<M: sea_orm_migration::MigratorTrait>(
     config: &crate::config::Config,
     service: &str,
@@ -298,32 +300,116 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
         .map_err(OpenError::Config)?;
     let db = connect(&url, service, config.db_max_connections).await?;
     if config.migrate {
-        // Replicas starting together take turns: on PostgreSQL an advisory lock per service
-        // schema, held on a connection of its own for as long as the migrations run (and
-        // released by the server if this process dies); on SQLite a file lock beside the
-        // database. The second finds the schema current instead of racing the first's
-        // CREATE TABLEs.
-        let lock = migration_lock(&url, service).await?;
-        let migrated = M::up(&db, None)
-            .await
-            .map_err(|e| OpenError::Migration(format!("{service}: {e}")));
-        match lock {
-            MigrationLock::Postgres(conn) => {
-                let _ = conn
-                    .execute_unprepared(&format!(
-                        "SELECT pg_advisory_unlock({})",
-                        migration_key(service)
-                    ))
-                    .await;
-                let _ = conn.close().await;
-            }
-            // Closing the file releases its lock.
-            MigrationLock::File(file) => drop(file),
-            MigrationLock::None => {}
-        }
-        migrated?;
+        migrate::<M>(&db, &url, service).await?;
+    } else {
+        wait_for_schema::<M>(&db, service).await;
     }
     Ok(db)
+}
+
+/// `--migrate-only`: brings `service`'s schema up to date under its migration lock, whatever
+/// `LIANYU_MIGRATE` says; the number of migrations applied.
+pub async fn migrate_only<M: sea_orm_migration::MigratorTrait>(
+    config: &crate::config::Config,
+    service: &str,
+) -> Result<usize, OpenError> {
+    let url = config
+        .checked_database_url(service)
+        .map_err(OpenError::Config)?;
+    let db = connect(&url, service, Some(1)).await?;
+    let pending = pending_migrations::<M>(&db).await.len();
+    migrate::<M>(&db, &url, service).await?;
+    let _ = db.close().await;
+    Ok(pending)
+}
+
+/// How often a replica that does not migrate looks for the schema it needs.
+const SCHEMA_POLL: Duration = Duration::from_millis(500);
+
+/// Returns once every migration of `M` is recorded as applied (a newer build's migrations may
+/// be there too: schema changes are additive across one rollout). Logs what it waits for.
+async fn wait_for_schema<M: sea_orm_migration::MigratorTrait>(
+    db: &DatabaseConnection,
+    service: &str,
+) {
+    let mut last_log: Option<std::time::Instant> = None;
+    loop {
+        let pending = pending_migrations::<M>(db).await;
+        if pending.is_empty() {
+            return;
+        }
+        if last_log.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+            tracing::warn!(
+                service,
+                pending = pending.len(),
+                first = %pending[0],
+                "waiting for the schema: run this image with --migrate-only (the migration Job)"
+            );
+            last_log = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(SCHEMA_POLL).await;
+    }
+}
+
+/// The migrations of `M` not recorded in its migration table (all of them while the table
+/// does not exist or cannot be read). Reads only: a replica that does not migrate never
+/// creates anything.
+pub async fn pending_migrations<M: sea_orm_migration::MigratorTrait>(
+    db: &DatabaseConnection,
+) -> Vec<String> {
+    let table = M::migration_table_name().to_string();
+    let applied: std::collections::HashSet<String> = match db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT version FROM \"{table}\""),
+        ))
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|row| row.try_get::<String>("", "version").ok())
+            .collect(),
+        Err(_) => std::collections::HashSet::new(),
+    };
+    M::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .filter(|name| !applied.contains(name))
+        .collect()
+}
+
+/// Brings `service`'s schema up to date under its migration lock (`--migrate-only` and
+/// every start with `LIANYU_MIGRATE` unset).
+async fn migrate<M: sea_orm_migration::MigratorTrait>(
+    db: &DatabaseConnection,
+    url: &str,
+    service: &str,
+) -> Result<(), OpenError> {
+    // Replicas starting together take turns: on PostgreSQL an advisory lock per service
+    // schema, held on a connection of its own for as long as the migrations run (and
+    // released by the server if this process dies); on SQLite a file lock beside the
+    // database. The second finds the schema current instead of racing the first's
+    // CREATE TABLEs.
+    let lock = migration_lock(url, service).await?;
+    let migrated = M::up(db, None)
+        .await
+        .map_err(|e| OpenError::Migration(format!("{service}: {e}")));
+    match lock {
+        MigrationLock::Postgres(conn) => {
+            let _ = conn
+                .execute_unprepared(&format!(
+                    "SELECT pg_advisory_unlock({})",
+                    migration_key(service)
+                ))
+                .await;
+            let _ = conn.close().await;
+        }
+        // Closing the file releases its lock.
+        MigrationLock::File(file) => drop(file),
+        MigrationLock::None => {}
+    }
+    migrated?;
+    Ok(())
 }
 
 /// The advisory lock key of `service`'s migrations: stable across processes and versions.

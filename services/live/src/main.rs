@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    lianyu_kit::server::run_standalone("live", lianyu_live::run).await
+    lianyu_kit::server::run_standalone("live", lianyu_live::run, lianyu_live::migrate).await
 }

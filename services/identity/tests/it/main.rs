@@ -7,6 +7,7 @@ mod at_rest;
 mod audit;
 mod check_cache;
 mod credentials;
+mod deployment;
 mod directory;
 mod disk_full;
 mod erasure;
