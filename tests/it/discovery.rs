@@ -111,3 +111,48 @@ async fn health_reports_every_service_serving_by_its_full_name() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 }
+
+/// Error details decode in tools that rely on reflection (`buf curl`, grpcurl): the server
+/// serves `google/rpc/error_details.proto`, by name and by any of its messages.
+#[tokio::test]
+async fn reflection_serves_the_error_details_every_refusal_carries() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mesh = Mesh::start("reflection_error_details").await;
+    let mut client = ServerReflectionClient::new(mesh.channel().await);
+    let requests = [
+        MessageRequest::FileByFilename("google/rpc/error_details.proto".into()),
+        MessageRequest::FileContainingSymbol("google.rpc.BadRequest".into()),
+        MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into()),
+        MessageRequest::FileContainingSymbol("google.rpc.Status".into()),
+    ];
+    for request in requests {
+        let asked = format!("{request:?}");
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::FileDescriptorResponse(files)) =
+            replies.next().await.unwrap().unwrap().message_response
+        else {
+            panic!("{asked}: expected file descriptors");
+        };
+        let names: Vec<String> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+            .map(|file| file.name().to_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("google/rpc/")),
+            "{asked}: {names:?}"
+        );
+    }
+}

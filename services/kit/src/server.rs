@@ -290,6 +290,9 @@ pub async fn serve(
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(lianyu_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc's Status and error details, so `buf curl` and grpcurl decode the
+            // `grpc-status-details-bin` of every error instead of printing base64.
+            .register_file_descriptor_set(google_rpc_files())
     };
     let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
         .build_v1()
@@ -387,6 +390,26 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// google.rpc's `status.proto` and `error_details.proto` (with their google.protobuf imports)
+/// under their canonical paths: tonic-types names them without the `google/rpc/` directory, so
+/// a client asking for `google/rpc/error_details.proto` by name would not find it.
+fn google_rpc_files() -> prost_types::FileDescriptorSet {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .unwrap_or_default();
+    let canonical = |name: &str| match name {
+        "status.proto" | "error_details.proto" => format!("google/rpc/{name}"),
+        other => other.to_owned(),
+    };
+    for file in &mut set.file {
+        file.name = file.name.as_deref().map(canonical);
+        for dependency in &mut file.dependency {
+            *dependency = canonical(dependency);
+        }
+    }
+    set
 }
 
 /// Rewrites tonic's "message length too large" OUT_OF_RANGE into RESOURCE_EXHAUSTED. The codec

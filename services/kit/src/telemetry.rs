@@ -29,11 +29,31 @@ pub struct TelemetryGuard {
     meter: Option<SdkMeterProvider>,
 }
 
+/// The longest the final flush may hold up an exit. A hung collector would otherwise take the
+/// exporters' own timeout (10 s each), most of a pod's grace period.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.tracer.shutdown();
-        if let Some(meter) = &self.meter {
-            let _ = meter.shutdown();
+        let tracer = self.tracer.clone();
+        let meter = self.meter.take();
+        let (done, flushed) = std::sync::mpsc::channel();
+        // On a thread of its own, so a collector that never answers costs at most FINAL_FLUSH;
+        // what it has not taken by then is lost with the process, as it would be on SIGKILL.
+        let spawned = std::thread::Builder::new()
+            .name("telemetry-flush".into())
+            .spawn(move || {
+                let _ = tracer.shutdown_with_timeout(FINAL_FLUSH);
+                if let Some(meter) = meter {
+                    let _ = meter.shutdown();
+                }
+                let _ = done.send(());
+            });
+        if spawned.is_ok() && flushed.recv_timeout(FINAL_FLUSH).is_err() {
+            tracing::warn!(
+                after_ms = FINAL_FLUSH.as_millis() as u64,
+                "telemetry: the collector did not take the last spans and metrics; exiting without them"
+            );
         }
     }
 }
@@ -88,11 +108,7 @@ pub fn init(
     let fmt = if std::io::stdout().is_terminal() {
         tracing_subscriber::fmt::layer().compact().boxed()
     } else {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .boxed()
+        json_logs(std::io::stdout).boxed()
     };
     tracing_subscriber::registry()
         .with(filter)
@@ -101,4 +117,141 @@ pub fn init(
         .try_init()
         .map_err(|e| TelemetryError(e.to_string()))?;
     Ok(TelemetryGuard { tracer, meter })
+}
+
+/// JSON log lines, one object per event, carrying the `trace_id` and `span_id` of the call it
+/// happened in (the RPC's server span, whose ids the telemetry layer records as its fields), so
+/// a log line joins its trace.
+fn json_logs<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .event_format(WithTraceIds(
+            tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false),
+        ))
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .with_writer(writer)
+}
+
+/// Adds `trace_id` and `span_id` to each JSON object the inner format writes.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let body = line.trim_end();
+        if let Some((trace, span)) = ctx.lookup_current().and_then(|current| {
+            current
+                .scope()
+                .find_map(|span| call_ids::<N>(&span.extensions()))
+        }) && let Some(open) = body.strip_suffix('}')
+        {
+            let tail = &line[body.len()..];
+            return write!(
+                writer,
+                "{open},\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}{tail}"
+            );
+        }
+        writer.write_str(&line)
+    }
+}
+
+/// The `trace_id` and `span_id` fields a span recorded, from its formatted (JSON) fields.
+fn call_ids<N: 'static>(
+    extensions: &tracing_subscriber::registry::Extensions<'_>,
+) -> Option<(String, String)> {
+    let fields = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>()?;
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(fields.fields.as_str()).ok()?;
+    let text = |name: &str| fields.get(name)?.as_str().map(str::to_owned);
+    Some((text("trace_id")?, text("span_id")?))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Log output collected in memory.
+    #[derive(Clone, Default)]
+    pub(crate) struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Buffer {
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'w self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_json_log_line_carries_the_ids_its_call_recorded() {
+        let buffer = Buffer::default();
+        let subscriber: tracing::Dispatch = tracing_subscriber::registry()
+            .with(super::json_logs(buffer.clone()))
+            .into();
+        tracing::dispatcher::with_default(&subscriber, || {
+            tracing::info!(answer = 42, "outside any call");
+            let call = tracing::info_span!(
+                "rpc",
+                trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
+                span_id = "00f067aa0ba902b7"
+            );
+            call.in_scope(|| {
+                tracing::info_span!("inner").in_scope(|| tracing::info!(answer = 42, "inside"));
+            });
+        });
+        let text = buffer.text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "outside any call");
+        assert!(lines[0].get("trace_id").is_none());
+        assert_eq!(lines[1]["message"], "inside");
+        assert_eq!(lines[1]["answer"], 42);
+        assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(lines[1]["span_id"], "00f067aa0ba902b7");
+    }
 }
