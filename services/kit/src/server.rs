@@ -492,10 +492,15 @@ where
 {
     let ctx = ServerContext::new(config)?;
     let mut services = Mount::new(&ctx);
+    if ctx.config.migrate {
+        // Migrating itself, the process is ready as soon as it listens.
+        mount(&ctx, &mut services).await?;
+        return serve(&ctx, services, listener, shutdown).await;
+    }
     let shutdown = std::pin::pin!(shutdown);
     let mut shutdown = shutdown;
     // While the service mounts — with LIANYU_MIGRATE=false it waits for the migration Job —
-    // the listener already answers health: alive (""), not ready (every service name), so
+    // the listener already answers health (and only health): alive (""), not ready (every service name), so
     // readiness holds the pod out of its Service while liveness leaves it running.
     let listener = listener.into_std()?;
     let starting = TcpListener::from_std(listener.try_clone()?)?;
