@@ -10,8 +10,8 @@
 # schema: the script names them as not schema-validated, and fails on any other kind without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=.venv
-if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ] || [ ! -x "$venv/bin/checkov" ]; then
+venv=.venv-k8s
+if ! "$venv/bin/python" -c "import kubernetes_validate, yamllint, checkov" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     kubernetes-validate==1.37.0 yamllint==1.38.0 checkov==3.3.30

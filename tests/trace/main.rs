@@ -150,7 +150,8 @@ async fn a_call_from_one_service_to_another_is_one_trace() {
         .await
         .unwrap();
     let spans = receiver.0.lock().unwrap().clone();
-    let path = "/lianyu.identity.internal.v1.DirectoryService/ResolveMeshIds";
+    // Named by the conventions: `package.Service/Method`, no leading slash.
+    let path = "lianyu.identity.internal.v1.DirectoryService/ResolveMeshIds";
     let served: Vec<&Received> = spans.iter().filter(|s| s.name == path).collect();
     assert_eq!(
         served.len(),
