@@ -3,6 +3,7 @@
 //! `traceparent` extracted on every server call and injected on every client channel, and RED
 //! metrics per RPC.
 
+mod by_service;
 mod propagation;
 mod rpc_layer;
 
@@ -67,6 +68,24 @@ pub fn init(
     service_name: &str,
     otlp_endpoint: Option<&str>,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, otlp_endpoint, false)
+}
+
+/// [`init`] for a process serving several services (`lianyu up`): each call's spans are
+/// exported under its own service's name (`lianyu-identity`, …), everything else under
+/// `process_name`.
+pub fn init_mesh(
+    process_name: &str,
+    otlp_endpoint: Option<&str>,
+) -> Result<TelemetryGuard, TelemetryError> {
+    install(process_name, otlp_endpoint, true)
+}
+
+fn install(
+    service_name: &str,
+    otlp_endpoint: Option<&str>,
+    by_service: bool,
+) -> Result<TelemetryGuard, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     // OTEL_SERVICE_NAME, when set, wins over the built-in name.
     let resource = if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
@@ -79,12 +98,23 @@ pub fn init(
     let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut meter = None;
     if let Some(endpoint) = otlp_endpoint {
-        let spans = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()
-            .map_err(|e| TelemetryError(e.to_string()))?;
-        tracer = tracer.with_batch_exporter(spans);
+        let spans = || {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| TelemetryError(e.to_string()))
+        };
+        tracer = if by_service {
+            tracer.with_span_processor(by_service::ByService::new(service_name, |_| {
+                Ok::<_, TelemetryError>(Box::new(
+                    opentelemetry_sdk::trace::BatchSpanProcessor::builder(spans()?).build(),
+                )
+                    as Box<dyn opentelemetry_sdk::trace::SpanProcessor>)
+            })?)
+        } else {
+            tracer.with_batch_exporter(spans()?)
+        };
         let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)

@@ -225,7 +225,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    let _telemetry = lianyu_kit::telemetry::init("lianyu", config.otlp_endpoint.as_deref())?;
+    let _telemetry = lianyu_kit::telemetry::init_mesh("lianyu", config.otlp_endpoint.as_deref())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
