@@ -113,6 +113,10 @@ impl std::fmt::Debug for Secret {
 pub struct Config {
     pub mode: Mode,
     pub listen: SocketAddr,
+    /// Where the mesh's internal contracts (`lianyu.<service>.internal.v1`) are served, apart
+    /// from the public ones (`LIANYU_INTERNAL_LISTEN`), so a network policy can admit only the
+    /// mesh's services to them; unset, everything is served on `listen`.
+    pub internal_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Database URLs set in code by service name (tests, `lianyu up`); `"*"` for all.
     database_urls: BTreeMap<String, String>,
@@ -195,6 +199,16 @@ impl Config {
                 .parse()
                 .map_err(|_| err("LIANYU_LISTEN", format!("not a socket address: {v:?}")))?,
         };
+        let internal_listen = var("LIANYU_INTERNAL_LISTEN")
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    err(
+                        "LIANYU_INTERNAL_LISTEN",
+                        format!("not a socket address: {v:?}"),
+                    )
+                })
+            })
+            .transpose()?;
         if let Some(url) = var("DATABASE_URL") {
             check_db_url("DATABASE_URL", url)?;
         }
@@ -264,6 +278,7 @@ impl Config {
         Ok(Self {
             mode,
             listen,
+            internal_listen,
             data_dir: PathBuf::from(var("LIANYU_DATA_DIR").unwrap_or_else(|| "./data".into())),
             database_urls: BTreeMap::new(),
             peer_urls: BTreeMap::new(),
@@ -388,13 +403,29 @@ impl Config {
 
     /// Where another service of the mesh answers (`LIANYU_<SERVICE>_URL`), for calls to it.
     pub fn peer(&self, service: &str) -> Result<Option<String>, ConfigError> {
-        if let Some(url) = self.peer_urls.get(service) {
-            return Ok(Some(url.clone()));
+        match self.peer_urls.get(service) {
+            Some(url) => Ok(Some(url.clone())),
+            None => self.url_var(&service_var(service, "URL")),
         }
-        let name = service_var(service, "URL");
-        match self.var(&name) {
+    }
+
+    /// Where another service's internal contract answers: `LIANYU_<SERVICE>_INTERNAL_URL`
+    /// (its `LIANYU_INTERNAL_LISTEN` port), else where it answers at all ([`Self::peer`]).
+    pub fn internal_peer(&self, service: &str) -> Result<Option<String>, ConfigError> {
+        if self.peer_urls.contains_key(service) {
+            return self.peer(service);
+        }
+        match self.url_var(&service_var(service, "INTERNAL_URL"))? {
+            Some(url) => Ok(Some(url)),
+            None => self.peer(service),
+        }
+    }
+
+    /// A URL variable, which must name its scheme.
+    fn url_var(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        match self.var(name) {
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                Err(err(&name, "must start with http:// or https://".into()))
+                Err(err(name, "must start with http:// or https://".into()))
             }
             url => Ok(url),
         }
@@ -617,6 +648,28 @@ mod tests {
             Some("http://identity:50051")
         );
         assert_eq!(c.peer("live").unwrap_err().var, "LIANYU_LIVE_URL");
+        // Internal calls go to a peer's internal port when it has one, else to its one port.
+        assert_eq!(
+            c.internal_peer("identity").unwrap().as_deref(),
+            Some("http://identity:50051")
+        );
+        let c = Config::from_vars(vars(&[
+            ("LIANYU_IDENTITY_URL", "http://identity:50051"),
+            ("LIANYU_IDENTITY_INTERNAL_URL", "http://identity:50052"),
+            ("LIANYU_INTERNAL_LISTEN", "0.0.0.0:50052"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.internal_peer("identity").unwrap().as_deref(),
+            Some("http://identity:50052")
+        );
+        assert_eq!(
+            c.peer("identity").unwrap().as_deref(),
+            Some("http://identity:50051")
+        );
+        assert_eq!(c.internal_listen, Some(([0, 0, 0, 0], 50052).into()));
+        let e = Config::from_vars(vars(&[("LIANYU_INTERNAL_LISTEN", "internal")])).unwrap_err();
+        assert_eq!(e.var, "LIANYU_INTERNAL_LISTEN");
         assert_eq!(c.peer("comarketing").unwrap(), None);
         let c = Config::from_vars(vars(&[("LIANYU_LIVE_DATABASE_URL", "mysql://x")])).unwrap();
         assert_eq!(

@@ -111,7 +111,8 @@ impl ServerContext {
     /// when one is configured, else minted with this process's own signing key (`lianyu up`,
     /// where identity runs alongside); with neither, the service cannot start.
     pub fn peer(&self, service: &str, peer: &str) -> Result<Peer, StartError> {
-        let url = self.config.peer(peer)?.ok_or_else(|| {
+        // Services call each other's internal contracts: the peer's internal port, if it has one.
+        let url = self.config.internal_peer(peer)?.ok_or_else(|| {
             StartError::Peer(format!(
                 "{service} calls {peer}: set LIANYU_{}_URL",
                 peer.to_uppercase()
@@ -227,14 +228,22 @@ impl ServerContext {
 /// The gRPC services to serve, collected from one or more Lianyu services.
 pub struct Mount {
     routes: RoutesBuilder,
+    /// The internal contracts, when they have a listener of their own.
+    internal: Option<RoutesBuilder>,
     names: Vec<&'static str>,
     max_message_bytes: usize,
+}
+
+/// Whether a gRPC service belongs to the mesh's internal contracts (`lianyu.<x>.internal.v1`).
+pub fn is_internal(name: &str) -> bool {
+    name.split('.').any(|part| part == "internal")
 }
 
 impl Mount {
     pub fn new(ctx: &ServerContext) -> Self {
         Self {
             routes: RoutesBuilder::default(),
+            internal: ctx.config.internal_listen.map(|_| RoutesBuilder::default()),
             names: Vec::new(),
             max_message_bytes: ctx.config.limits.max_message_bytes,
         }
@@ -244,9 +253,14 @@ impl Mount {
         self.max_message_bytes
     }
 
-    /// Used by [`mount!`](crate::mount); call that instead.
-    pub fn routes_and_names(&mut self) -> (&mut RoutesBuilder, &mut Vec<&'static str>) {
-        (&mut self.routes, &mut self.names)
+    /// Used by [`mount!`](crate::mount); call that instead. The routes `name` is served on:
+    /// the internal listener's for an internal contract when there is one, else the public.
+    pub fn routes_for(&mut self, name: &'static str) -> &mut RoutesBuilder {
+        self.names.push(name);
+        match &mut self.internal {
+            Some(internal) if is_internal(name) => internal,
+            _ => &mut self.routes,
+        }
     }
 
     /// Full names of the gRPC services mounted so far.
@@ -268,9 +282,9 @@ macro_rules! mount {
         let server = $server
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let (routes, names) = $mount.routes_and_names();
-        names.push($crate::server::name_of(&server));
-        routes.add_service(server);
+        $mount
+            .routes_for($crate::server::name_of(&server))
+            .add_service(server);
     }};
 }
 
@@ -302,10 +316,13 @@ pub async fn serve(
         .map_err(|e| StartError::Auth(format!("reflection: {e}")))?;
 
     let Mount {
-        mut routes, names, ..
+        mut routes,
+        internal,
+        names,
+        ..
     } = mount;
     routes
-        .add_service(health)
+        .add_service(health.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
@@ -327,14 +344,33 @@ pub async fn serve(
             ctx.databases.clone(),
         ))
         .into_inner();
-    let server = Server::builder()
-        .timeout(limits.request_timeout)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .max_connection_age(limits.max_connection_age)
-        .layer(middleware)
-        .add_routes(routes.routes());
+    let builder = || {
+        Server::builder()
+            .timeout(limits.request_timeout)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_connection_age(limits.max_connection_age)
+            .layer(middleware.clone())
+    };
+    let server = builder().add_routes(routes.routes());
+    // The internal contracts on a listener of their own (LIANYU_INTERNAL_LISTEN), with health;
+    // it stops with the public one.
+    let internal = match (internal, ctx.config.internal_listen) {
+        (Some(mut internal), Some(address)) => {
+            internal.add_service(health);
+            let listener = TcpListener::bind(address).await?;
+            tracing::info!(address = %listener.local_addr()?, "serving the internal contracts");
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            Some(
+                builder()
+                    .add_routes(internal.routes())
+                    .serve_with_incoming_shutdown(incoming, ctx.stopping.clone().cancelled_owned()),
+            )
+        }
+        _ => None,
+    };
 
     for name in &names {
         reporter
@@ -378,7 +414,13 @@ pub async fn serve(
         stopping.cancel();
     };
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = server.serve_with_incoming_shutdown(incoming, signal);
+    let public = server.serve_with_incoming_shutdown(incoming, signal);
+    let serving = async move {
+        match internal {
+            Some(internal) => tokio::try_join!(public, internal).map(drop),
+            None => public.await,
+        }
+    };
     tokio::pin!(serving);
     let drain_deadline = async {
         ctx.stopping.cancelled().await;

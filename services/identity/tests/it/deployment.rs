@@ -198,6 +198,11 @@ async fn identity_runs_as_its_deployment_runs_it() {
         .local_addr()
         .unwrap()
         .port();
+    let internal = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut env = configmap();
     assert_eq!(
         env["LIANYU_MIGRATE"], "false",
@@ -206,6 +211,10 @@ async fn identity_runs_as_its_deployment_runs_it() {
     env.extend([
         // The pod's own address instead of 0.0.0.0:50051, so tests run side by side.
         ("LIANYU_LISTEN".into(), format!("127.0.0.1:{port}")),
+        (
+            "LIANYU_INTERNAL_LISTEN".into(),
+            format!("127.0.0.1:{internal}"),
+        ),
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
             format!("http://{collector_address}"),

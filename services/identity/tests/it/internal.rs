@@ -318,3 +318,76 @@ async fn the_mesh_feed_carries_withdrawals_erasures_and_suspensions_by_mesh_id_o
         assert!(event.member.starts_with("members/"), "{event:?}");
     }
 }
+
+/// With `LIANYU_INTERNAL_LISTEN`, the internal contract is served on its own port only — the
+/// one a network policy admits the mesh's services to — and the public port does not serve it,
+/// to anyone; the public contract is not on the internal port.
+#[tokio::test]
+async fn the_internal_contract_has_a_port_of_its_own_and_is_not_on_the_public_one() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let identity = Identity::with_partners_and("internal_port", |config| {
+        config.internal_listen = Some(([127, 0, 0, 1], port).into());
+    })
+    .await;
+    let (brand, _) = identity.shared_member("13800000191").await;
+    let token = identity.service_token("entitlements");
+    let request = || internal::ResolveMeshIdsRequest {
+        partner: "partners/brand-a".into(),
+        members: vec![brand.clone()],
+    };
+    // The public port: not served, even with a service's token.
+    let refused = identity
+        .directory(&token)
+        .resolve_mesh_ids(request())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+
+    let channel = lianyu_kit::testing::connect(&format!("http://127.0.0.1:{port}")).await;
+    let bearer = |token: &str| {
+        tonic::codegen::InterceptedService::new(
+            channel.clone(),
+            lianyu_kit::client::Bearer::new(token),
+        )
+    };
+    let resolved = internal::directory_service_client::DirectoryServiceClient::new(bearer(&token))
+        .resolve_mesh_ids(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resolved.members[0].mesh_member.starts_with("meshMembers/"));
+    // The internal port still checks who calls: a partner's token is refused there too.
+    let partner = internal::directory_service_client::DirectoryServiceClient::new(bearer(
+        &identity.partner_token("brand-a"),
+    ))
+    .resolve_mesh_ids(request())
+    .await
+    .unwrap_err();
+    assert_eq!(partner.code(), Code::PermissionDenied);
+    // The public contract is not on the internal port.
+    let public = pb::partner_service_client::PartnerServiceClient::new(bearer(
+        &identity.partner_token("brand-a"),
+    ))
+    .list_partners(pb::ListPartnersRequest::default())
+    .await
+    .unwrap_err();
+    assert_eq!(public.code(), Code::Unimplemented);
+    // Health answers on both, so the kubelet can probe either.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
