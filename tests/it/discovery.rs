@@ -28,25 +28,42 @@ const EXPECTED: [&str; 19] = [
     "lianyu.comarketing.v1.OperationsService",
 ];
 
-#[tokio::test]
-async fn reflection_v1_lists_every_lianyu_service_and_health() {
+/// One reflection v1 request on `channel` and its answer.
+async fn reflect(
+    channel: tonic::transport::Channel,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> tonic_reflection::pb::v1::server_reflection_response::MessageResponse {
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let mesh = Mesh::start("reflection_v1").await;
-    let mut client = ServerReflectionClient::new(mesh.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = client
-        .server_reflection_info(tokio_stream::iter([request]))
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        }]))
         .await
         .unwrap()
         .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        replies.next().await.unwrap().unwrap().message_response
+    replies
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_every_lianyu_service_and_health() {
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mesh = Mesh::start("reflection_v1").await;
+    let MessageResponse::ListServicesResponse(list) = reflect(
+        mesh.channel().await,
+        MessageRequest::ListServices(String::new()),
+    )
+    .await
     else {
         panic!("expected a service list");
     };
@@ -118,11 +135,9 @@ async fn health_reports_every_service_serving_by_its_full_name() {
 async fn reflection_serves_the_error_details_every_refusal_carries() {
     use prost::Message;
     use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let mesh = Mesh::start("reflection_error_details").await;
-    let mut client = ServerReflectionClient::new(mesh.channel().await);
     let requests = [
         MessageRequest::FileByFilename("google/rpc/error_details.proto".into()),
         MessageRequest::FileContainingSymbol("google.rpc.BadRequest".into()),
@@ -131,16 +146,8 @@ async fn reflection_serves_the_error_details_every_refusal_carries() {
     ];
     for request in requests {
         let asked = format!("{request:?}");
-        let mut replies = client
-            .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(request),
-            }]))
-            .await
-            .unwrap()
-            .into_inner();
-        let Some(MessageResponse::FileDescriptorResponse(files)) =
-            replies.next().await.unwrap().unwrap().message_response
+        let MessageResponse::FileDescriptorResponse(files) =
+            reflect(mesh.channel().await, request).await
         else {
             panic!("{asked}: expected file descriptors");
         };

@@ -139,6 +139,20 @@ pub struct Config {
 #[derive(Clone)]
 struct Source(std::sync::Arc<Lookup>);
 
+impl Source {
+    /// `name`'s value; when unset, the content of the file `name_FILE` names (a mounted
+    /// Secret), without its final line break. Blank counts as unset.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .or_else(|| {
+                let path = (self.0)(&format!("{name}{FILE_SUFFIX}"))?;
+                let text = std::fs::read_to_string(path.trim()).ok()?;
+                Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            })
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
 /// A variable lookup: the name in, the value (if set) out.
 type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
@@ -173,16 +187,9 @@ impl Config {
         // `X_FILE` names a file holding `X` (a mounted Secret), read when `X` itself is unset.
         check_files(&get, file_vars)?;
         let source = Source(std::sync::Arc::new(move |name: &str| {
-            get(name)
-                .filter(|v| !v.trim().is_empty())
-                .or_else(|| {
-                    let path = get(&format!("{name}{FILE_SUFFIX}"))?;
-                    let text = std::fs::read_to_string(path.trim()).ok()?;
-                    Some(text.trim_end_matches(['\n', '\r']).to_owned())
-                })
-                .filter(|v| !v.trim().is_empty())
+            get(name).filter(|v| !v.trim().is_empty())
         }));
-        let var = |name: &str| (source.0)(name);
+        let var = |name: &str| source.get(name);
         let mode = match var("LIANYU_MODE").as_deref() {
             None | Some("local") => Mode::Local,
             Some("production") => Mode::Production,
@@ -340,7 +347,7 @@ impl Config {
     /// A service's own setting (`LIANYU_IDENTITY_KEY`), read from the same source as the rest
     /// of the configuration; blank counts as unset.
     pub fn var(&self, name: &str) -> Option<String> {
-        (self.source.0)(name)
+        self.source.get(name)
     }
 
     /// Sets one variable on top of the source (tests, `lianyu up`): [`Self::var`] reads it.
@@ -713,6 +720,13 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.var, "DATABASE_URL_FILE");
+        // A variable set in code as a file (a test, `lianyu up`) reads the same way.
+        let mut c = Config::local("unused");
+        c.set_var("LIANYU_LIVE_CLIENT_SECRET_FILE", path.clone());
+        assert_eq!(
+            c.secret("LIANYU_LIVE_CLIENT_SECRET").unwrap().expose(),
+            "postgres://db/identity"
+        );
         // The file's content is checked like the variable's.
         std::fs::write(&url, "mysql://db").unwrap();
         let e = Config::from_vars(vars(&[("DATABASE_URL_FILE", &path)])).unwrap_err();

@@ -125,12 +125,10 @@ enum TokenSource {
 pub enum ServiceTokenError {
     #[error(
         "{service} calls other services but has no service credential: set \
-         LIANYU_{upper}_CLIENT_ID and LIANYU_{upper}_CLIENT_SECRET (or _CLIENT_SECRET_FILE) to a \
+         LIANYU_{upper}_CLIENT_ID and LIANYU_{upper}_CLIENT_SECRET (or their _FILE variables) to a \
          credential the operator created with `CreateCredential` for services/{service}"
     )]
     NoCredential { service: String, upper: String },
-    #[error("reading {var}: {message}")]
-    Unreadable { var: String, message: String },
 }
 
 /// A mesh service's own token, renewed when four fifths of its life have passed.
@@ -187,24 +185,13 @@ impl ServiceToken {
         let Some(client_id) = config.var(&format!("LIANYU_{upper}_CLIENT_ID")) else {
             return Ok(None);
         };
-        let secret = match config.secret(&format!("LIANYU_{upper}_CLIENT_SECRET")) {
-            Some(secret) => secret,
-            None => {
-                let var = format!("LIANYU_{upper}_CLIENT_SECRET_FILE");
-                let path = config
-                    .var(&var)
-                    .ok_or_else(|| ServiceTokenError::NoCredential {
-                        service: service.to_owned(),
-                        upper: upper.clone(),
-                    })?;
-                let text =
-                    std::fs::read_to_string(&path).map_err(|e| ServiceTokenError::Unreadable {
-                        var: var.clone(),
-                        message: format!("{path}: {e}"),
-                    })?;
-                Secret::new(text.trim().to_owned())
-            }
-        };
+        // `…_CLIENT_SECRET_FILE` (a mounted Secret) reads as the variable itself (config.rs).
+        let secret = config
+            .secret(&format!("LIANYU_{upper}_CLIENT_SECRET"))
+            .ok_or_else(|| ServiceTokenError::NoCredential {
+                service: service.to_owned(),
+                upper: upper.clone(),
+            })?;
         Ok(Some((client_id, secret)))
     }
 

@@ -368,6 +368,13 @@ async fn the_internal_contract_has_a_port_of_its_own_and_is_not_on_the_public_on
     .await
     .unwrap_err();
     assert_eq!(partner.code(), Code::PermissionDenied);
+    // And a call with no token at all is unauthenticated.
+    let anonymous =
+        internal::directory_service_client::DirectoryServiceClient::new(channel.clone())
+            .resolve_mesh_ids(request())
+            .await
+            .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
     // The public contract is not on the internal port.
     let public = pb::partner_service_client::PartnerServiceClient::new(bearer(
         &identity.partner_token("brand-a"),
