@@ -46,10 +46,16 @@ pub(crate) fn register(mount: &mut Mount, store: Store, tokens: Tokens) {
                 Box::pin(async move { store.consent_index.catch_up(&store.feed).await })
             })),
         );
+    // An enrolment changes no consent (it appends only the mesh's MEMBER_ENROLLED), so it
+    // wakes the feed's watchers without bringing the consent index up to date first.
+    let enrolments = mutations
+        .clone()
+        .publishing(store.feed.clone(), None)
+        .grouped();
     let api = Api {
         store,
         tokens,
-        enrolments: mutations.clone().grouped(),
+        enrolments,
         mutations,
     };
     lianyu_kit::mount!(

@@ -4,7 +4,7 @@
 
 use prost::Message;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
 };
 use sha2::{Digest, Sha256};
 
@@ -12,6 +12,7 @@ use crate::{
     error::{KitError, ServiceError},
     group::Writer,
     storage::{StorageError, entities::idempotency_key, now_millis},
+    writes::Writes,
 };
 
 /// How requests and responses are kept at rest. A service whose responses carry personal data
@@ -68,7 +69,8 @@ const RACE_RETRIES: u32 = 4;
 ///
 /// `effect` also names the reply's subject (a member's id) when there is one, stored as a
 /// keyed digest beside the reply so that [`forget_subjects`] can purge the reply when the
-/// person is erased.
+/// person is erased, and the writes it staged ([`Writes`]): they are sent together with the
+/// reply's own row, in one trip to the database on SQLite.
 ///
 /// A mutation that lost a race with a concurrent one — a unique key the other committed first,
 /// a serialization failure, a deadlock — runs again (up to four times, after a short jittered
@@ -86,7 +88,7 @@ where
     Req: Message,
     Resp: Message + Default,
     E: From<KitError> + ServiceError,
-    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E> + Clone,
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>, Writes), E> + Clone,
 {
     validate(key.request_id)?;
     let hash = at_rest.digest(&request.encode_to_vec());
@@ -115,8 +117,9 @@ enum Attempt<Resp, E> {
     /// The effect refused (or failed): undo it.
     Failed(E),
     /// The request id is already stored (a replay, or a concurrent twin that committed
-    /// first): undo ours and answer with what is stored.
-    Stored,
+    /// first): undo ours and answer with what is stored. With `staged` writes the conflict
+    /// may be one of theirs instead — a race lost — and nothing is stored under the key.
+    Stored { staged: bool },
 }
 
 async fn try_once<Resp, E, F>(
@@ -130,11 +133,11 @@ async fn try_once<Resp, E, F>(
 where
     Resp: Message + Default,
     E: From<KitError> + ServiceError,
-    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E>,
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>, Writes), E>,
 {
     let attempt = writer
         .transact(async |txn| {
-            let (response, subject) = match effect(txn).await {
+            let (response, subject, mut writes) = match effect(txn).await {
                 Ok(done) => done,
                 Err(error) => return Err(Attempt::Failed(error)),
             };
@@ -148,9 +151,14 @@ where
                 subject: Set(subject.map(|s| subject_digest(at_rest, &s))),
                 erased_at: Set(None),
             };
-            match row.insert(txn).await.map_err(StorageError::from) {
-                Ok(_) => Ok(Attempt::Done(response)),
-                Err(StorageError::AlreadyExists) => Err(Attempt::Stored),
+            let staged = !writes.is_empty();
+            writes.add(
+                txn.get_database_backend(),
+                &idempotency_key::Entity::insert(row),
+            );
+            match writes.send(txn).await {
+                Ok(()) => Ok(Attempt::Done(response)),
+                Err(StorageError::AlreadyExists) => Err(Attempt::Stored { staged }),
                 Err(other) => Err(Attempt::Failed(KitError::from(other).into())),
             }
         })
@@ -167,9 +175,12 @@ where
             }
             Err(error)
         }
-        Err(Attempt::Stored) => replay(db, at_rest, key, hash)
-            .await?
-            .ok_or_else(|| kit(StorageError::NotFound).into()),
+        Err(Attempt::Stored { staged }) => match replay(db, at_rest, key, hash).await? {
+            Some(stored) => Ok(stored),
+            // No reply is stored under the key: a staged write lost a race (retried).
+            None if staged => Err(kit(StorageError::AlreadyExists).into()),
+            None => Err(kit(StorageError::NotFound).into()),
+        },
         // The body keeps only Done and undoes only the rest.
         Ok(_) | Err(Attempt::Done(_)) => {
             Err(KitError::Internal("group commit mixed up an attempt".into()).into())

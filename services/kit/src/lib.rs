@@ -29,6 +29,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod time;
 pub mod validate;
+pub mod writes;
 
 pub use auth::Principal;
 pub use call::Call;

@@ -15,6 +15,7 @@ use crate::{
     feed::Feed,
     group::Writer,
     idempotency::{self, AtRest, CallKey, Plain},
+    writes::Writes,
 };
 
 /// Work a service does after a mutation appended to its feed, before the caller hears back
@@ -173,6 +174,27 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         Req: Message,
         Resp: Message + Default,
         F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>), E> + Clone,
+    {
+        self.run_staged(call, request_id, request, async |txn| {
+            effect(txn).await.map(|(r, s)| (r, s, Writes::new()))
+        })
+        .await
+    }
+
+    /// [`Self::run_about`] for a mutation that stages its last writes ([`Writes`]): they are
+    /// sent with the stored reply's row in one trip to the database (SQLite), after
+    /// `effect` has done its reads. Nothing `effect` reads may depend on what it staged.
+    pub async fn run_staged<Req, Resp, F>(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &Req,
+        effect: F,
+    ) -> Result<Resp, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>, Writes), E> + Clone,
     {
         let key = CallKey {
             partner_id: &call.who.partner_id,

@@ -3,6 +3,8 @@
 
 use lianyu_kit::KitError;
 use lianyu_kit::ids::ScopedMemberId;
+use lianyu_kit::writes::Writes;
+use sea_orm::ConnectionTrait;
 use std::collections::BTreeMap;
 
 use lianyu_kit::{Call, Principal, page::Page};
@@ -36,23 +38,24 @@ impl MemberService for Api {
         let (ids, fields) = enrolment(&r, &who.partner_id).map_err(status)?;
         let out = self
             .enrolments
-            .run_about(&call, &r.request_id, &r, async |txn| {
+            .run_staged(&call, &r.request_id, &r, async |txn| {
+                let mut writes = Writes::new();
                 let enrolled = self
                     .store
-                    .enroll(txn, &who.partner_id, &ids, &fields)
+                    .enroll(txn, &mut writes, &who.partner_id, &ids, &fields)
                     .await?;
                 // The mesh learns who is enrolled where (comarketing's segments and loyalty).
-                crate::store::mesh::append_mesh(
+                crate::store::mesh::stage_mesh(
                     &self.store.feed,
-                    txn,
+                    &mut writes,
+                    txn.get_database_backend(),
                     lianyu_proto::identity::internal::v1::MeshEventKind::MemberEnrolled,
                     crate::store::mesh::MeshEvent {
                         member: enrolled.member_id.as_str(),
                         partner: who.partner_id.as_str(),
                         ..Default::default()
                     },
-                )
-                .await?;
+                );
                 let view = match enrolled.view {
                     Some(view) => view,
                     None => {
@@ -66,7 +69,7 @@ impl MemberService for Api {
                     linked_existing: enrolled.linked_existing,
                     unverified_candidate_count: enrolled.candidates,
                 };
-                Ok((reply, Some(enrolled.member_id)))
+                Ok((reply, Some(enrolled.member_id), writes))
             })
             .await
             .map_err(status)?;

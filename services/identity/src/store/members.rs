@@ -6,6 +6,7 @@ use lianyu_kit::ids::{MeshMemberId, ScopedMemberId};
 use std::collections::BTreeMap;
 
 use lianyu_kit::storage::StorageError;
+use lianyu_kit::writes::Writes;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect,
@@ -44,13 +45,19 @@ impl Store {
     /// of the identifiers name the member first; otherwise a verified identifier that another
     /// partner also verified links to that partner's member; an unverified match on either
     /// side is only counted as a candidate, never linked.
+    ///
+    /// A member made by this enrolment is written through `writes` (its rows go to the
+    /// database with the caller's other staged writes, in one trip on SQLite); the writes to an
+    /// existing member are made at once, since reads that follow depend on them.
     pub(crate) async fn enroll(
         &self,
         txn: &impl ConnectionTrait,
+        writes: &mut Writes,
         caller: &str,
         ids: &[Identifier],
         fields: &BTreeMap<String, String>,
     ) -> Result<Enrolled, IdentityError> {
+        let backend = txn.get_database_backend();
         // The same identifier twice in one request counts once (verified if either says so).
         let mut unique: Vec<Identifier> = Vec::with_capacity(ids.len());
         for id in ids {
@@ -115,15 +122,15 @@ impl Store {
             Some(m) => m,
             None => {
                 let id = uuid::Uuid::now_v7().to_string();
-                member::ActiveModel {
-                    id: Set(id.clone()),
-                    status: Set(StoredMemberStatus::Active),
-                    created_at: Set(now()),
-                    erased_at: Set(None),
-                }
-                .insert(txn)
-                .await
-                .map_err(StorageError::from)?;
+                writes.add(
+                    backend,
+                    &member::Entity::insert(member::ActiveModel {
+                        id: Set(id.clone()),
+                        status: Set(StoredMemberStatus::Active),
+                        created_at: Set(now()),
+                        erased_at: Set(None),
+                    }),
+                );
                 id
             }
         };
@@ -140,28 +147,29 @@ impl Store {
                 None => new_rows.push(self.identifier_row(caller, &member_id, hash, id)),
             }
         }
-        if !new_rows.is_empty() {
-            identifier::Entity::insert_many(new_rows)
-                .exec(txn)
-                .await
-                .map_err(StorageError::from)?;
-        }
+        let new_rows = (!new_rows.is_empty()).then(|| identifier::Entity::insert_many(new_rows));
         // A member made just now has nothing to look up: its profile, scoped id and view are
-        // what this call writes (half the statements of an enrolment, on the one writer).
+        // what this call writes, staged with its identifiers.
         let (scoped_id, view) = if existing.is_none() {
+            if let Some(rows) = &new_rows {
+                writes.add(backend, rows);
+            }
             if !fields.is_empty() {
-                self.insert_profile(txn, &member_id, caller, fields).await?;
+                writes.add(
+                    backend,
+                    &profile::Entity::insert(self.profile_row(&member_id, caller, fields)),
+                );
             }
             let scoped_id = self.secrets.scoped_id(caller, &member_id);
-            scoped_id::ActiveModel {
-                scoped_id: Set(scoped_id.clone()),
-                partner_id: Set(caller.to_owned()),
-                member_id: Set(member_id.clone()),
-                erased_at: Set(None),
-            }
-            .insert(txn)
-            .await
-            .map_err(StorageError::from)?;
+            writes.add(
+                backend,
+                &scoped_id::Entity::insert(scoped_id::ActiveModel {
+                    scoped_id: Set(scoped_id.clone()),
+                    partner_id: Set(caller.to_owned()),
+                    member_id: Set(member_id.clone()),
+                    erased_at: Set(None),
+                }),
+            );
             let view = MemberView {
                 identifiers: ids.to_vec(),
                 profile: fields.clone(),
@@ -169,6 +177,9 @@ impl Store {
             };
             (scoped_id, Some(view))
         } else {
+            if let Some(rows) = new_rows {
+                rows.exec(txn).await.map_err(StorageError::from)?;
+            }
             if !fields.is_empty() {
                 self.merge_profile(txn, &member_id, caller, fields).await?;
             }
@@ -183,13 +194,13 @@ impl Store {
         })
     }
 
-    async fn insert_profile(
+    /// A new profile row holding `fields`, sealed.
+    fn profile_row(
         &self,
-        txn: &impl ConnectionTrait,
         member_id: &str,
         partner: &str,
         fields: &BTreeMap<String, String>,
-    ) -> Result<(), IdentityError> {
+    ) -> profile::ActiveModel {
         profile::ActiveModel {
             member_id: Set(member_id.to_owned()),
             partner_id: Set(partner.to_owned()),
@@ -198,10 +209,6 @@ impl Store {
                 .seal(&serde_json::to_string(fields).unwrap_or_default())),
             updated_at: Set(now()),
         }
-        .insert(txn)
-        .await
-        .map_err(StorageError::from)?;
-        Ok(())
     }
 
     async fn merge_profile(

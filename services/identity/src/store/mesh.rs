@@ -4,8 +4,9 @@
 //! appended in the same transaction as the change it reports.
 
 use lianyu_kit::feed::{Feed, NewEvent};
+use lianyu_kit::writes::Writes;
 use lianyu_proto::identity::internal::v1::{MeshEventKind, WatchMeshEventsResponse};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DbBackend};
 
 use crate::domain::{IdentityError, consent::Purpose};
 
@@ -31,6 +32,22 @@ pub(crate) async fn append_mesh(
     kind: MeshEventKind,
     event: MeshEvent<'_>,
 ) -> Result<(), IdentityError> {
+    feed.append(txn, mesh_event(kind, &event)).await?;
+    Ok(())
+}
+
+/// [`append_mesh`] staged in `writes`, sent with the mutation's other staged writes.
+pub(crate) fn stage_mesh(
+    feed: &Feed,
+    writes: &mut Writes,
+    backend: DbBackend,
+    kind: MeshEventKind,
+    event: MeshEvent<'_>,
+) {
+    feed.append_staged(writes, backend, mesh_event(kind, &event));
+}
+
+fn mesh_event(kind: MeshEventKind, event: &MeshEvent<'_>) -> NewEvent {
     let name = |prefix: &str, id: &str| {
         if id.is_empty() {
             String::new()
@@ -50,10 +67,5 @@ pub(crate) async fn append_mesh(
         event_time: None,
     };
     let label = format!("mesh.{}", kind.as_str_name().to_lowercase());
-    feed.append(
-        txn,
-        NewEvent::message(&label, Some(MESH_TOPIC.to_owned()), &body),
-    )
-    .await?;
-    Ok(())
+    NewEvent::message(&label, Some(MESH_TOPIC.to_owned()), &body)
 }

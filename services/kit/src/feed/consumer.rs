@@ -3,7 +3,7 @@
 
 use std::{future::Future, pin::Pin, time::Duration};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use sea_orm::{
     ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
     sea_query::OnConflict,
@@ -14,6 +14,9 @@ use crate::{
     error::KitError,
     storage::{StorageError, entities::feed_cursor, now_millis},
 };
+
+/// Events applied in one transaction at most: those already received when the first is.
+const APPLY_BATCH: usize = 256;
 
 /// What a consumer's handler returns: a `Send` future borrowing the transaction. (A plain
 /// async closure cannot promise `Send` for every transaction lifetime, which `tokio::spawn` needs.)
@@ -76,13 +79,35 @@ impl Consumer {
                     () = shutdown.cancelled() => return Ok(()),
                 };
                 match item {
-                    Some(Ok((seq, event))) => {
-                        if let Err(err) = self.apply(seq, event, &mut handle).await {
-                            tracing::error!(consumer = %self.name, seq, error = %err, "feed event failed, retrying");
+                    Some(Ok(first)) => {
+                        // Every event already here goes in the same transaction: one commit
+                        // and one cursor write for a burst, not one per event.
+                        let mut batch = vec![first];
+                        let mut after = None;
+                        while batch.len() < APPLY_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(Ok(item))) => batch.push(item),
+                                Some(rest) => {
+                                    after = Some(rest);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        let last = batch.last().map_or(0, |(seq, _)| *seq);
+                        if let Err(err) = self.apply(batch, &mut handle).await {
+                            tracing::error!(consumer = %self.name, seq = last, error = %err, "feed events failed, retrying");
                             sleep_or_stop(&shutdown, &mut backoff).await;
                             break;
                         }
                         backoff = Duration::from_millis(100);
+                        if let Some(rest) = after {
+                            if let Some(Err(status)) = rest {
+                                tracing::warn!(consumer = %self.name, code = ?status.code(), "feed interrupted, resuming");
+                            }
+                            sleep_or_stop(&shutdown, &mut backoff).await;
+                            break;
+                        }
                     }
                     Some(Err(status)) => {
                         tracing::warn!(consumer = %self.name, code = ?status.code(), "feed interrupted, resuming");
@@ -99,17 +124,23 @@ impl Consumer {
         Ok(())
     }
 
+    /// Applies `batch` (in sequence order) and stores the last sequence as the cursor, all in
+    /// one transaction: every event's effect and the cursor move together or not at all.
     async fn apply<T, Handle>(
         &self,
-        seq: i64,
-        event: T,
+        batch: Vec<(i64, T)>,
         handle: &mut Handle,
     ) -> Result<(), KitError>
     where
         Handle: for<'a> FnMut(&'a DatabaseTransaction, T) -> Handled<'a>,
     {
+        let Some(seq) = batch.last().map(|(seq, _)| *seq) else {
+            return Ok(());
+        };
         let txn = self.db.begin().await.map_err(StorageError::from)?;
-        handle(&txn, event).await?;
+        for (_, event) in batch {
+            handle(&txn, event).await?;
+        }
         let row = feed_cursor::ActiveModel {
             consumer: Set(self.name.clone()),
             position: Set(seq),

@@ -85,21 +85,27 @@ async fn a_restarted_server_serves_the_feed_from_a_cursor() {
     assert_eq!(next(&mut stream).await, (3, "partners/c".into()));
 }
 
-#[tokio::test]
-async fn a_consumer_resumes_after_a_restart_without_loss_or_repeats() {
-    let server = TestServer::start("feed_consumer").await;
-    let token = server.token("brand-a");
-    let consumer_db = TestDatabase::new("feed_consumer_side").await;
-    let consumer_conn = lianyu_kit::storage::open::<crate::harness::Migrator>(
+/// A consuming service's database (the kit's tables: its cursors), kept while the first lives.
+async fn consumer_database(name: &str) -> (TestDatabase, sea_orm::DatabaseConnection) {
+    let db = TestDatabase::new(name).await;
+    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(
         &{
             let mut c = Config::local("unused");
-            c.set_database_url("consumer", consumer_db.url.clone());
+            c.set_database_url("consumer", db.url.clone());
             c
         },
         "consumer",
     )
     .await
     .unwrap();
+    (db, conn)
+}
+
+#[tokio::test]
+async fn a_consumer_resumes_after_a_restart_without_loss_or_repeats() {
+    let server = TestServer::start("feed_consumer").await;
+    let token = server.token("brand-a");
+    let (_consumer_db, consumer_conn) = consumer_database("feed_consumer_side").await;
     for id in ["a", "b"] {
         create(&server, &token, id).await;
     }
@@ -252,4 +258,90 @@ async fn an_append_counts_on_its_own_feed_only() {
     txn.commit().await.unwrap();
     assert_eq!((a.appended(), b.appended()), (1, 0));
     assert_eq!(a.clone().appended(), 1, "clones share the count");
+}
+
+/// Events that arrive together are applied in one transaction with the cursor: when one of
+/// them fails, the ones before it in the batch are undone with it and applied again on the
+/// retry — each event's effect lands exactly once, and the cursor ends on the last.
+#[tokio::test]
+async fn a_consumer_applies_a_burst_in_one_transaction_and_a_failure_undoes_all_of_it() {
+    use sea_orm::{ConnectionTrait, Statement};
+    const EVENTS: i64 = 10;
+    const FAILS_ONCE: i64 = 7;
+    let (_db, conn) = consumer_database("feed_consumer_batch").await;
+    conn.execute_unprepared("CREATE TABLE applied (seq BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let backend = conn.get_database_backend();
+    let calls = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(conn.clone(), "burst");
+    let task = tokio::spawn({
+        let (calls, failed, stop) = (calls.clone(), failed.clone(), stop.clone());
+        async move {
+            consumer
+                .run(
+                    // All events after the cursor are there at once (a burst).
+                    |after: i64| async move {
+                        Ok(futures::stream::iter(
+                            ((after + 1)..=EVENTS).map(|seq| Ok::<_, tonic::Status>((seq, seq))),
+                        ))
+                    },
+                    |txn, seq: i64| {
+                        calls.lock().unwrap().push(seq);
+                        let fail = seq == FAILS_ONCE
+                            && !failed.swap(true, std::sync::atomic::Ordering::SeqCst);
+                        Box::pin(async move {
+                            txn.execute_raw(Statement::from_sql_and_values(
+                                backend,
+                                match backend {
+                                    sea_orm::DbBackend::Postgres => {
+                                        "INSERT INTO applied (seq) VALUES ($1)"
+                                    }
+                                    _ => "INSERT INTO applied (seq) VALUES (?)",
+                                },
+                                [seq.into()],
+                            ))
+                            .await
+                            .map_err(|e| lianyu_kit::KitError::Internal(e.to_string()))?;
+                            if fail {
+                                return Err(lianyu_kit::KitError::Internal("once".into()));
+                            }
+                            Ok(())
+                        })
+                    },
+                    stop,
+                )
+                .await
+        }
+    });
+    let position = Consumer::new(conn.clone(), "burst");
+    for _ in 0..200 {
+        if position.position().await.unwrap() == EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(position.position().await.unwrap(), EVENTS);
+    let applied: Vec<i64> = conn
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT seq FROM applied ORDER BY seq",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
+        .collect();
+    assert_eq!(
+        applied,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "each effect once"
+    );
+    // The failed try handled 1..=7 in one transaction; the retry began again at 1.
+    let expected: Vec<i64> = (1..=FAILS_ONCE).chain(1..=EVENTS).collect();
+    assert_eq!(*calls.lock().unwrap(), expected);
 }
