@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use lianyu_kit::{KitError, page::Page};
+use lianyu_kit::{KitError, page::Page, writes::Writes};
 use roaring::RoaringBitmap;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -58,10 +58,21 @@ pub(crate) async fn member_number(
     mesh_member: &str,
     at: i64,
 ) -> Result<i32, KitError> {
-    member_numbers(conn, &[mesh_member], at)
-        .await?
-        .remove(mesh_member)
-        .ok_or_else(|| KitError::Internal("a member number was not assigned".into()))
+    // One statement: a known member's conflict "updates" it to itself, so its row comes back.
+    let row = member::Entity::insert(member::ActiveModel {
+        mesh_member: Set(mesh_member.to_owned()),
+        last_at: Set(at),
+        ..Default::default()
+    })
+    .on_conflict(
+        OnConflict::column(member::Column::MeshMember)
+            .update_column(member::Column::MeshMember)
+            .to_owned(),
+    )
+    .exec_with_returning(conn)
+    .await
+    .map_err(storage)?;
+    Ok(row.idx)
 }
 
 /// The dense number of a mesh member already known; `None` for one never heard of.
@@ -122,6 +133,9 @@ pub(crate) async fn record_facts(
     conn: &impl ConnectionTrait,
     facts: &[Fact<'_>],
 ) -> Result<(), KitError> {
+    // The facts and the activity go in one trip (`Writes`); nothing here reads them back.
+    let backend = conn.get_database_backend();
+    let mut writes = Writes::new();
     for chunk in facts.chunks(500) {
         let rows = chunk.iter().map(|f| member_fact::ActiveModel {
             kind: Set(f.kind.to_owned()),
@@ -131,8 +145,9 @@ pub(crate) async fn record_facts(
             first_at: Set(f.at),
             last_at: Set(f.at),
         });
-        member_fact::Entity::insert_many(rows)
-            .on_conflict(
+        writes.add(
+            backend,
+            &member_fact::Entity::insert_many(rows).on_conflict(
                 OnConflict::columns([
                     member_fact::Column::Kind,
                     member_fact::Column::Subject,
@@ -141,12 +156,11 @@ pub(crate) async fn record_facts(
                 ])
                 .update_column(member_fact::Column::LastAt)
                 .to_owned(),
-            )
-            .exec(conn)
-            .await
-            .map_err(storage)?;
+            ),
+        );
     }
-    touch(conn, facts.iter().map(|f| (f.member, f.at))).await
+    stage_touch(&mut writes, backend, facts.iter().map(|f| (f.member, f.at)));
+    Ok(writes.send(conn).await?)
 }
 
 /// Moves members' last activity forward to `at`.
@@ -154,21 +168,31 @@ pub(crate) async fn touch(
     conn: &impl ConnectionTrait,
     members: impl IntoIterator<Item = (i32, i64)>,
 ) -> Result<(), KitError> {
+    let mut writes = Writes::new();
+    stage_touch(&mut writes, conn.get_database_backend(), members);
+    Ok(writes.send(conn).await?)
+}
+
+/// [`touch`] staged in `writes`: one update per member, to its latest time.
+fn stage_touch(
+    writes: &mut Writes,
+    backend: sea_orm::DbBackend,
+    members: impl IntoIterator<Item = (i32, i64)>,
+) {
     let mut latest: BTreeMap<i32, i64> = BTreeMap::new();
     for (m, at) in members {
         let e = latest.entry(m).or_insert(at);
         *e = (*e).max(at);
     }
     for (m, at) in latest {
-        member::Entity::update_many()
-            .col_expr(member::Column::LastAt, sea_orm::sea_query::Expr::value(at))
-            .filter(member::Column::Idx.eq(m))
-            .filter(member::Column::LastAt.lt(at))
-            .exec(conn)
-            .await
-            .map_err(storage)?;
+        writes.add(
+            backend,
+            &member::Entity::update_many()
+                .col_expr(member::Column::LastAt, sea_orm::sea_query::Expr::value(at))
+                .filter(member::Column::Idx.eq(m))
+                .filter(member::Column::LastAt.lt(at)),
+        );
     }
-    Ok(())
 }
 
 /// Removes one fact kind of a member at a partner (a tier replaced, a tag removed).
