@@ -34,7 +34,7 @@ use crate::storage::{
     entities::{outbox_counter, outbox_event},
     now_millis,
 };
-use crate::writes::Writes;
+use crate::writes::{OutboxRow, Writes};
 
 /// Events buffered per watcher; a slow watcher holds the reader back instead of growing memory.
 const WATCH_BUFFER: usize = 256;
@@ -276,49 +276,19 @@ impl Feed {
         Ok(seq)
     }
 
-    /// [`Feed::append`] staged in `writes`, for a mutation that sends its writes together
-    /// ([`crate::writes`]): the counter is bumped and the event stored under the bumped value
-    /// by the staged statements themselves (the counter's row lock, held to the end of the
-    /// transaction, orders sequences by commit as in `append`). The sequence is not returned.
-    pub fn append_staged(&self, writes: &mut Writes, backend: sea_orm::DbBackend, event: NewEvent) {
-        writes.add(
-            backend,
-            &outbox_counter::Entity::update_many()
-                .col_expr(
-                    outbox_counter::Column::LastSeq,
-                    Expr::col(outbox_counter::Column::LastSeq).add(1),
-                )
-                .filter(outbox_counter::Column::Id.eq(1)),
-        );
-        let bumped = sea_orm::sea_query::Query::select()
-            .column(outbox_counter::Column::LastSeq)
-            .from(outbox_counter::Entity)
-            .and_where(Expr::col(outbox_counter::Column::Id).eq(1))
-            .to_owned();
-        let mut insert = sea_orm::sea_query::Query::insert();
-        insert
-            .into_table(outbox_event::Entity)
-            .columns([
-                outbox_event::Column::Seq,
-                outbox_event::Column::Kind,
-                outbox_event::Column::PartnerId,
-                outbox_event::Column::Payload,
-                outbox_event::Column::CreatedAt,
-            ])
-            .values_panic([
-                Expr::SubQuery(None, Box::new(bumped.into())),
-                event.kind.into(),
-                event.partner_id.into(),
-                event.payload.into(),
-                now_millis().into(),
-            ]);
-        writes.push(backend.build(&insert));
-        if backend == sea_orm::DbBackend::Postgres {
-            writes.push(sea_orm::Statement::from_string(
-                backend,
-                "SELECT pg_notify('lianyu_feed_' || current_schema(), '')",
-            ));
-        }
+    /// [`Feed::append`] deferred in `writes` to just before the commit: the event is numbered
+    /// then, with every other event of the transaction (in group commit, of the batch) in one
+    /// move of the counter ([`Writes::send`]). The counter's row lock — which every appending
+    /// transaction takes and which orders sequences by commit, as in `append` — is held only
+    /// while the transaction commits, so on PostgreSQL appending writers (group-commit lanes)
+    /// no longer wait for each other's whole transactions. The sequence is not returned.
+    pub fn append_staged(&self, writes: &mut Writes, event: NewEvent) {
+        writes.append_to_outbox(OutboxRow {
+            kind: event.kind,
+            partner_id: event.partner_id,
+            payload: event.payload,
+            created_at: now_millis(),
+        });
         self.appends
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }

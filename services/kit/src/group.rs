@@ -26,7 +26,7 @@ use std::sync::{
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{Mutex, MutexGuard, watch};
 
-use crate::storage::StorageError;
+use crate::{storage::StorageError, writes::Writes};
 
 /// Shared transactions open at once on PostgreSQL (each on its own pooled connection).
 pub const POSTGRES_LANES: usize = 8;
@@ -45,6 +45,8 @@ type Outcome = Option<Result<(), StorageError>>;
 
 struct Batch {
     txn: Option<DatabaseTransaction>,
+    /// What the kept members deferred to the commit ([`Writes::defer`]), sent just before it.
+    at_commit: Writes,
     /// Which batch is open: a waiting member commits an orphaned batch only if it is its own.
     generation: u64,
     members: usize,
@@ -87,8 +89,13 @@ impl Group {
         };
         let members = batch.members;
         let signal = batch.done.clone();
+        let at_commit = std::mem::take(&mut batch.at_commit);
         drop(batch);
-        let committed = txn.commit().await.map_err(StorageError::from);
+        let committed = match at_commit.send(&txn).await {
+            Ok(()) => txn.commit().await.map_err(StorageError::from),
+            // Rolled back with the transaction: nobody of the batch is told it succeeded.
+            Err(failed) => Err(failed),
+        };
         if committed.is_ok() {
             self.commits.fetch_add(1, Ordering::Relaxed);
             self.committed.fetch_add(members, Ordering::Relaxed);
@@ -141,6 +148,7 @@ impl Writer {
                 .map(|_| Group {
                     batch: Mutex::new(Batch {
                         txn: None,
+                        at_commit: Writes::new(),
                         generation: 0,
                         members: 0,
                         done: watch::Sender::new(None),
@@ -180,6 +188,17 @@ impl Writer {
     where
         F: AsyncFnOnce(&DatabaseTransaction) -> Result<T, T>,
     {
+        self.transact_deferring(async |txn| body(txn).await.map(|kept| (kept, Writes::new())))
+            .await
+    }
+
+    /// [`Self::transact`] for a `body` that also hands over writes deferred to the commit
+    /// ([`Writes::defer`]): they are sent just before the transaction — in group commit, the
+    /// batch's — commits, after every member's own work.
+    pub async fn transact_deferring<T, F>(&self, body: F) -> Result<Result<T, T>, StorageError>
+    where
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(T, Writes), T>,
+    {
         let lane = match self.lanes.len() {
             0 => None,
             1 => self.lanes.first(),
@@ -190,7 +209,8 @@ impl Writer {
         let Some(group) = lane else {
             let txn = self.db.begin().await?;
             return match body(&txn).await {
-                Ok(kept) => {
+                Ok((kept, at_commit)) => {
+                    at_commit.send(&txn).await?;
                     txn.commit().await?;
                     Ok(Ok(kept))
                 }
@@ -205,6 +225,7 @@ impl Writer {
         drop(queued);
         if batch.txn.is_none() {
             batch.txn = Some(self.db.begin().await?);
+            batch.at_commit = Writes::new();
             batch.generation += 1;
             batch.members = 0;
             batch.done = watch::Sender::new(None);
@@ -255,6 +276,13 @@ impl Writer {
             batch.done.send_replace(error.map(Err));
             drop(failed);
         }
+        // A kept member's deferred writes join the batch's, sent just before its commit.
+        let outcome = outcome.map(|kept| {
+            kept.map(|(kept, at_commit)| {
+                batch.at_commit.extend(at_commit);
+                kept
+            })
+        });
         batch.members += 1;
         let mut done = batch.done.subscribe();
         // The last of the queue, or a full batch, commits; the others wait for it.
@@ -296,12 +324,12 @@ impl Writer {
 }
 
 /// `body` inside a savepoint of `txn`: released when it keeps its writes, rolled back when not.
-async fn run_in_savepoint<T, F>(
+async fn run_in_savepoint<K, U, F>(
     txn: &DatabaseTransaction,
     body: F,
-) -> Result<Result<T, T>, StorageError>
+) -> Result<Result<K, U>, StorageError>
 where
-    F: AsyncFnOnce(&DatabaseTransaction) -> Result<T, T>,
+    F: AsyncFnOnce(&DatabaseTransaction) -> Result<K, U>,
 {
     let savepoint = txn.begin().await?;
     match body(&savepoint).await {
@@ -406,6 +434,66 @@ mod tests {
             "{commits} commits for {} kept mutations: nothing was grouped",
             kept.len()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_deferred_to_the_commit_land_for_kept_members_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        db.execute_unprepared("CREATE TABLE tally (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+            .await
+            .unwrap();
+        db.execute_unprepared("INSERT INTO tally (id, n) VALUES (1, 0)")
+            .await
+            .unwrap();
+        let writer = Writer::grouped(db.clone());
+        let results = futures::future::join_all((1..=120).map(|id: i64| {
+            let writer = writer.clone();
+            async move {
+                loop {
+                    let attempt = writer
+                        .transact_deferring(async |txn| {
+                            let inserted = txn
+                                .execute_unprepared(&format!(
+                                    "INSERT INTO child (id, parent) VALUES ({id}, 1)"
+                                ))
+                                .await;
+                            if inserted.is_err() || id % 3 == 0 {
+                                return Err(id);
+                            }
+                            let mut at_commit = Writes::new();
+                            at_commit.defer(Statement::from_string(
+                                DbBackend::Sqlite,
+                                "UPDATE tally SET n = n + 1 WHERE id = 1",
+                            ));
+                            Ok((id, at_commit))
+                        })
+                        .await;
+                    match attempt {
+                        Err(StorageError::Conflict(_)) => continue,
+                        other => return other,
+                    }
+                }
+            }
+        }))
+        .await;
+        let kept = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(kept, 80);
+        let tally = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT n FROM tally WHERE id = 1",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(
+            tally, 80,
+            "one deferred write per kept member, none for refused ones"
+        );
+        assert_eq!(children(&db).await.len(), 80);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,7 +136,7 @@ where
     F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>, Writes), E>,
 {
     let attempt = writer
-        .transact(async |txn| {
+        .transact_deferring(async |txn| {
             let (response, subject, mut writes) = match effect(txn).await {
                 Ok(done) => done,
                 Err(error) => return Err(Attempt::Failed(error)),
@@ -151,13 +151,15 @@ where
                 subject: Set(subject.map(|s| subject_digest(at_rest, &s))),
                 erased_at: Set(None),
             };
+            // What the effect deferred goes with its transaction's commit; the rest now.
+            let at_commit = writes.take_at_commit();
             let staged = !writes.is_empty();
             writes.add(
                 txn.get_database_backend(),
                 &idempotency_key::Entity::insert(row),
             );
             match writes.send(txn).await {
-                Ok(()) => Ok(Attempt::Done(response)),
+                Ok(()) => Ok((Attempt::Done(response), at_commit)),
                 Err(StorageError::AlreadyExists) => Err(Attempt::Stored { staged }),
                 Err(other) => Err(Attempt::Failed(KitError::from(other).into())),
             }

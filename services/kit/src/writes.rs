@@ -13,14 +13,37 @@
 //! Staged writes run inside the caller's transaction: if one fails, those before it are undone
 //! with the transaction (or its savepoint) like any other statement of the mutation.
 
-use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement, Values};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryTrait, Statement,
+    Values,
+    sea_query::{Expr, ExprTrait, Query},
+};
 
-use crate::storage::StorageError;
+use crate::storage::{
+    StorageError,
+    entities::{outbox_counter, outbox_event},
+};
 
-/// Statements staged for one trip to the database, in order.
+/// Outbox rows per insert statement (five bound values each).
+const OUTBOX_ROWS_PER_INSERT: usize = 1_000;
+
+/// Statements staged for one trip to the database, in order, and statements deferred to just
+/// before the transaction commits.
 #[derive(Default, Debug)]
 pub struct Writes {
     statements: Vec<Statement>,
+    at_commit: Vec<Statement>,
+    /// Events for the service's outbox, appended at commit (`Feed::append_staged`).
+    outbox: Vec<OutboxRow>,
+}
+
+/// An event bound for the outbox, before it has a sequence.
+#[derive(Debug)]
+pub(crate) struct OutboxRow {
+    pub(crate) kind: String,
+    pub(crate) partner_id: Option<String>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) created_at: i64,
 }
 
 impl Writes {
@@ -39,30 +62,132 @@ impl Writes {
         self.statements.push(statement);
     }
 
-    /// Statements staged.
+    /// Defers a statement to just before the transaction commits: for a write on a hot row
+    /// every writer takes (a feed's counter), so that its lock is held for the commit only
+    /// and not while the rest of the transaction — in group commit, the rest of a batch — runs.
+    /// Nothing in the transaction may read what it writes.
+    pub fn defer(&mut self, statement: Statement) {
+        self.at_commit.push(statement);
+    }
+
+    /// [`Self::defer`] for a query built by sea-orm.
+    pub fn defer_query(&mut self, backend: DbBackend, query: &impl QueryTrait) {
+        self.at_commit.push(query.build(backend));
+    }
+
+    /// Queues an event for the outbox at commit.
+    pub(crate) fn append_to_outbox(&mut self, row: OutboxRow) {
+        self.outbox.push(row);
+    }
+
+    /// Writes staged, to run now and at commit (an outbox event counts as one).
     pub fn len(&self) -> usize {
-        self.statements.len()
+        self.statements.len() + self.at_commit.len() + self.outbox.len()
     }
 
     /// Whether nothing is staged.
     pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
+        self.len() == 0
     }
 
-    /// Sends every staged statement in order: on SQLite as one query, elsewhere one by one.
-    pub async fn send(self, db: &impl ConnectionTrait) -> Result<(), StorageError> {
-        match db.get_database_backend() {
-            DbBackend::Sqlite if self.statements.len() > 1 => {
-                db.execute_raw(joined(self.statements)).await?;
+    /// The writes deferred to the commit, taken out as writes to send then.
+    pub fn take_at_commit(&mut self) -> Writes {
+        Writes {
+            statements: Vec::new(),
+            at_commit: std::mem::take(&mut self.at_commit),
+            outbox: std::mem::take(&mut self.outbox),
+        }
+    }
+
+    /// Adds `other`'s writes after these (now and at commit alike).
+    pub fn extend(&mut self, other: Writes) {
+        self.statements.extend(other.statements);
+        self.at_commit.extend(other.at_commit);
+        self.outbox.extend(other.outbox);
+    }
+
+    /// Sends every staged statement in order, those deferred to the commit last (for a caller
+    /// that commits next) and the outbox's events after them: on SQLite as one query, elsewhere
+    /// one by one. However many events there are, the outbox costs three statements: the
+    /// counter moved once by their number, their rows numbered back from it, one NOTIFY.
+    pub async fn send(mut self, db: &impl ConnectionTrait) -> Result<(), StorageError> {
+        let backend = db.get_database_backend();
+        let mut statements = std::mem::take(&mut self.statements);
+        statements.append(&mut self.at_commit);
+        statements.extend(outbox_statements(backend, std::mem::take(&mut self.outbox)));
+        match backend {
+            DbBackend::Sqlite if statements.len() > 1 => {
+                db.execute_raw(joined(statements)).await?;
             }
             _ => {
-                for statement in self.statements {
+                for statement in statements {
                     db.execute_raw(statement).await?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The statements that append `rows` to the outbox, in order: the counter's row is locked and
+/// moved by their number, and the rows take the sequences just below its new value.
+fn outbox_statements(backend: DbBackend, rows: Vec<OutboxRow>) -> Vec<Statement> {
+    let Ok(count) = i64::try_from(rows.len()) else {
+        return Vec::new();
+    };
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut statements = vec![
+        outbox_counter::Entity::update_many()
+            .col_expr(
+                outbox_counter::Column::LastSeq,
+                Expr::col(outbox_counter::Column::LastSeq).add(bigint(count)),
+            )
+            .filter(outbox_counter::Column::Id.eq(1))
+            .build(backend),
+    ];
+    let last = Query::select()
+        .column(outbox_counter::Column::LastSeq)
+        .from(outbox_counter::Entity)
+        .and_where(Expr::col(outbox_counter::Column::Id).eq(1))
+        .to_owned();
+    let mut below: i64 = count;
+    for chunk in rows.chunks(OUTBOX_ROWS_PER_INSERT) {
+        let mut insert = Query::insert();
+        insert.into_table(outbox_event::Entity).columns([
+            outbox_event::Column::Seq,
+            outbox_event::Column::Kind,
+            outbox_event::Column::PartnerId,
+            outbox_event::Column::Payload,
+            outbox_event::Column::CreatedAt,
+        ]);
+        for row in chunk {
+            below -= 1;
+            insert.values_panic([
+                Expr::SubQuery(None, Box::new(last.clone().into())).sub(bigint(below)),
+                row.kind.clone().into(),
+                row.partner_id.clone().into(),
+                row.payload.clone().into(),
+                row.created_at.into(),
+            ]);
+        }
+        statements.push(backend.build(&insert));
+    }
+    if backend == DbBackend::Postgres {
+        // Delivered at commit (once per transaction): every replica's tail wakes.
+        statements.push(Statement::from_string(
+            backend,
+            "SELECT pg_notify('lianyu_feed_' || current_schema(), '')",
+        ));
+    }
+    statements
+}
+
+/// `n` as a typed parameter: PostgreSQL would take a bare one beside a BIGINT for an INTEGER
+/// and refuse the 8-byte value bound to it.
+fn bigint(n: i64) -> Expr {
+    Expr::val(n).cast_as("BIGINT")
 }
 
 /// SQLite statements as one query: the texts joined, the values appended in order.

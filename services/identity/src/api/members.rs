@@ -4,7 +4,6 @@
 use lianyu_kit::KitError;
 use lianyu_kit::ids::ScopedMemberId;
 use lianyu_kit::writes::Writes;
-use sea_orm::ConnectionTrait;
 use std::collections::BTreeMap;
 
 use lianyu_kit::{Call, Principal, page::Page};
@@ -48,7 +47,6 @@ impl MemberService for Api {
                 crate::store::mesh::stage_mesh(
                     &self.store.feed,
                     &mut writes,
-                    txn.get_database_backend(),
                     lianyu_proto::identity::internal::v1::MeshEventKind::MemberEnrolled,
                     crate::store::mesh::MeshEvent {
                         member: enrolled.member_id.as_str(),

@@ -6,7 +6,7 @@
 use lianyu_kit::feed::{Feed, NewEvent};
 use lianyu_kit::writes::Writes;
 use lianyu_proto::identity::internal::v1::{MeshEventKind, WatchMeshEventsResponse};
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::ConnectionTrait;
 
 use crate::domain::{IdentityError, consent::Purpose};
 
@@ -40,11 +40,10 @@ pub(crate) async fn append_mesh(
 pub(crate) fn stage_mesh(
     feed: &Feed,
     writes: &mut Writes,
-    backend: DbBackend,
     kind: MeshEventKind,
     event: MeshEvent<'_>,
 ) {
-    feed.append_staged(writes, backend, mesh_event(kind, &event));
+    feed.append_staged(writes, mesh_event(kind, &event));
 }
 
 fn mesh_event(kind: MeshEventKind, event: &MeshEvent<'_>) -> NewEvent {

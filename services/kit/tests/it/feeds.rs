@@ -345,3 +345,82 @@ async fn a_consumer_applies_a_burst_in_one_transaction_and_a_failure_undoes_all_
     let expected: Vec<i64> = (1..=FAILS_ONCE).chain(1..=EVENTS).collect();
     assert_eq!(*calls.lock().unwrap(), expected);
 }
+
+/// Events staged by concurrent grouped mutations are numbered at commit, a batch's in one move
+/// of the counter: every kept event is in the outbox once, under gapless sequences, beside
+/// events appended directly; a refused mutation's events are not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_events_of_concurrent_batches_get_gapless_sequences_once_each() {
+    use lianyu_kit::{
+        feed::{Feed, NewEvent},
+        group::Writer,
+        writes::Writes,
+    };
+    let db = TestDatabase::new("feed_staged").await;
+    let mut config = Config::local("unused");
+    config.set_database_url("staged", db.url.clone());
+    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "staged")
+        .await
+        .unwrap();
+    let feed = Feed::new(conn.clone(), CancellationToken::new());
+    let writer = Writer::grouped(conn.clone());
+    let event = |name: String| NewEvent {
+        kind: "probe".into(),
+        partner_id: None,
+        payload: name.into_bytes(),
+    };
+    let results = futures::future::join_all((0..90).map(|i: usize| {
+        let (writer, feed) = (writer.clone(), feed.clone());
+        async move {
+            loop {
+                let attempt = writer
+                    .transact_deferring(async |txn| {
+                        if i.is_multiple_of(10) {
+                            // Appended at once, mid-batch, beside the staged ones.
+                            feed.append(txn, event(format!("{i}-direct")))
+                                .await
+                                .map_err(|_| i)?;
+                        }
+                        let mut writes = Writes::new();
+                        for k in 0..(i % 3 + 1) {
+                            feed.append_staged(&mut writes, event(format!("{i}-{k}")));
+                        }
+                        if i % 9 == 4 {
+                            return Err(i);
+                        }
+                        let at_commit = writes.take_at_commit();
+                        writes.send(txn).await.map_err(|_| i)?;
+                        Ok((i, at_commit))
+                    })
+                    .await;
+                match attempt {
+                    Err(lianyu_kit::storage::StorageError::Conflict(_)) => continue,
+                    other => return other.unwrap(),
+                }
+            }
+        }
+    }))
+    .await;
+    let mut expected: Vec<String> = Vec::new();
+    for kept in results.iter().filter_map(|r| r.as_ref().ok()) {
+        if kept.is_multiple_of(10) {
+            expected.push(format!("{kept}-direct"));
+        }
+        expected.extend((0..(kept % 3 + 1)).map(|k| format!("{kept}-{k}")));
+    }
+    let stored = feed.read_after(0, None, 10_000).await.unwrap();
+    let sequences: Vec<i64> = stored.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        sequences,
+        (1..=expected.len() as i64).collect::<Vec<_>>(),
+        "gapless, one per kept event"
+    );
+    assert_eq!(feed.head().await.unwrap(), expected.len() as i64);
+    let mut names: Vec<String> = stored
+        .iter()
+        .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+        .collect();
+    names.sort();
+    expected.sort();
+    assert_eq!(names, expected, "each kept event once, no refused one");
+}
