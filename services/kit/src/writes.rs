@@ -114,7 +114,10 @@ impl Writes {
         let backend = db.get_database_backend();
         let mut statements = std::mem::take(&mut self.statements);
         statements.append(&mut self.at_commit);
-        statements.extend(outbox_statements(backend, std::mem::take(&mut self.outbox)));
+        statements.extend(outbox_statements(
+            backend,
+            std::mem::take(&mut self.outbox),
+        )?);
         match backend {
             DbBackend::Sqlite if statements.len() > 1 => {
                 db.execute_raw(joined(statements)).await?;
@@ -131,12 +134,14 @@ impl Writes {
 
 /// The statements that append `rows` to the outbox, in order: the counter's row is locked and
 /// moved by their number, and the rows take the sequences just below its new value.
-fn outbox_statements(backend: DbBackend, rows: Vec<OutboxRow>) -> Vec<Statement> {
-    let Ok(count) = i64::try_from(rows.len()) else {
-        return Vec::new();
-    };
+fn outbox_statements(
+    backend: DbBackend,
+    rows: Vec<OutboxRow>,
+) -> Result<Vec<Statement>, StorageError> {
+    let count = i64::try_from(rows.len())
+        .map_err(|_| StorageError::Other("too many outbox events in one transaction".into()))?;
     if count == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut statements = vec![
         outbox_counter::Entity::update_many()
@@ -164,13 +169,15 @@ fn outbox_statements(backend: DbBackend, rows: Vec<OutboxRow>) -> Vec<Statement>
         ]);
         for row in chunk {
             below -= 1;
-            insert.values_panic([
-                Expr::SubQuery(None, Box::new(last.clone().into())).sub(bigint(below)),
-                row.kind.clone().into(),
-                row.partner_id.clone().into(),
-                row.payload.clone().into(),
-                row.created_at.into(),
-            ]);
+            insert
+                .values([
+                    Expr::SubQuery(None, Box::new(last.clone().into())).sub(bigint(below)),
+                    row.kind.clone().into(),
+                    row.partner_id.clone().into(),
+                    row.payload.clone().into(),
+                    row.created_at.into(),
+                ])
+                .map_err(|e| StorageError::Other(format!("outbox insert: {e}")))?;
         }
         statements.push(backend.build(&insert));
     }
@@ -181,7 +188,7 @@ fn outbox_statements(backend: DbBackend, rows: Vec<OutboxRow>) -> Vec<Statement>
             "SELECT pg_notify('lianyu_feed_' || current_schema(), '')",
         ));
     }
-    statements
+    Ok(statements)
 }
 
 /// `n` as a typed parameter: PostgreSQL would take a bare one beside a BIGINT for an INTEGER
