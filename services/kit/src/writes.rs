@@ -70,11 +70,6 @@ impl Writes {
         self.at_commit.push(statement);
     }
 
-    /// [`Self::defer`] for a query built by sea-orm.
-    pub fn defer_query(&mut self, backend: DbBackend, query: &impl QueryTrait) {
-        self.at_commit.push(query.build(backend));
-    }
-
     /// Queues an event for the outbox at commit.
     pub(crate) fn append_to_outbox(&mut self, row: OutboxRow) {
         self.outbox.push(row);

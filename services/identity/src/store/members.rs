@@ -194,7 +194,7 @@ impl Store {
         })
     }
 
-    /// A new profile row holding `fields`, sealed.
+    /// A profile row holding `fields`, sealed.
     fn profile_row(
         &self,
         member_id: &str,
@@ -232,15 +232,7 @@ impl Store {
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or_default();
         merged.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let sealed = self
-            .secrets
-            .seal(&serde_json::to_string(&merged).unwrap_or_default());
-        let row = profile::ActiveModel {
-            member_id: Set(member_id.to_owned()),
-            partner_id: Set(partner.to_owned()),
-            sealed: Set(sealed),
-            updated_at: Set(now()),
-        };
+        let row = self.profile_row(member_id, partner, &merged);
         if existing.is_some() {
             row.update(txn).await.map(drop)
         } else {
