@@ -57,12 +57,15 @@ async fn with_a_valid_token_every_rpc_gets_past_authentication() {
     let mesh = Mesh::start("edge_token").await;
     let channel = mesh.channel().await;
     let partner = mesh.token("brand-a");
-    let service = mesh.service_token("entitlements");
+    // Comarketing's token holds every internal scope there is (it calls every internal
+    // contract); `a_service_token_reaches_only_the_internal_contracts_its_service_calls` checks
+    // the others'.
+    let service = mesh.service_token("comarketing");
     let rpcs = all_rpcs();
     assert!(rpcs.iter().any(|r| internal(&r.path)));
     for rpc in rpcs {
-        // A partner's token reaches every partner RPC, a service's every internal one. A
-        // domain rule may still refuse (OPERATOR_ONLY); the token and its scopes may not.
+        // A partner's token reaches every partner RPC, a service's every internal one it calls.
+        // A domain rule may still refuse (OPERATOR_ONLY); the token and its scopes may not.
         let (token, other) = if internal(&rpc.path) {
             (&service, &partner)
         } else {
@@ -86,6 +89,54 @@ async fn with_a_valid_token_every_rpc_gets_past_authentication() {
             assert_eq!(refused.code(), Code::PermissionDenied, "{}", rpc.path);
         }
     }
+}
+
+/// Least privilege between services: each mesh service's token gets past authentication on
+/// exactly the internal contracts of the services it calls, and every other internal RPC
+/// answers it PERMISSION_DENIED / SCOPE_MISSING before any handler runs — entitlements cannot
+/// claim live's coupon drops, identity (which calls nobody) reaches no internal contract.
+#[tokio::test]
+async fn a_service_token_reaches_only_the_internal_contracts_its_service_calls() {
+    let mesh = Mesh::start("edge_service_scopes").await;
+    let channel = mesh.channel().await;
+    let internal_rpcs: Vec<_> = all_rpcs()
+        .into_iter()
+        .filter(|r| internal(&r.path))
+        .collect();
+    let mut refused = 0;
+    for service in lianyu_kit::auth::MESH_SERVICES {
+        let token = mesh.service_token(service);
+        let held = lianyu_kit::auth::service_scopes(service);
+        for rpc in &internal_rpcs {
+            let scope = lianyu_kit::auth::required_scope(&rpc.path).unwrap();
+            let status = call_empty(channel.clone(), rpc, Some(&token)).await;
+            let reason = status
+                .get_error_details()
+                .error_info()
+                .map(|i| i.reason.clone())
+                .unwrap_or_default();
+            if held.contains(&scope.as_str()) {
+                assert_ne!(reason, "SCOPE_MISSING", "{service} {}", rpc.path);
+                assert_ne!(
+                    status.code(),
+                    Code::Unauthenticated,
+                    "{service} {}",
+                    rpc.path
+                );
+            } else {
+                assert_eq!(
+                    (status.code(), reason.as_str()),
+                    (Code::PermissionDenied, "SCOPE_MISSING"),
+                    "{service} {}",
+                    rpc.path
+                );
+                refused += 1;
+            }
+        }
+    }
+    // Identity is refused everywhere, entitlements on entitlements' and live's contracts, live
+    // on its own: not a vacuous pass.
+    assert!(refused >= internal_rpcs.len() + 2, "{refused}");
 }
 
 /// A service's `run`, as its `main` calls it.

@@ -1771,5 +1771,20 @@ async fn the_live_service_claims_a_drop_for_a_viewer_and_no_partner_can() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    // Nor can a mesh service that does not run coupon drops (its token lacks the scope).
+    for service in ["entitlements", "identity"] {
+        let token = s.mint(&lianyu_kit::auth::TokenRequest::service(
+            service,
+            std::time::Duration::from_secs(600),
+        ));
+        let e = DropServiceClient::new(s.as_token(&token))
+            .claim_for_viewer(claim(&other, "c4"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e)),
+            (Code::PermissionDenied, "SCOPE_MISSING".into())
+        );
+    }
     assert_eq!(rows(&s, "entitlements", "wallet_items").await, 1);
 }

@@ -19,6 +19,7 @@ pub use keys::refresh_keys;
 pub use layer::AuthLayer;
 pub use scope::{
     ALL_SCOPES, INTERNAL_SCOPES, MESH_SERVICES, Requirement, required_scope, requirement,
+    service_scopes,
 };
 pub use signer::{Signer, SignerError, TokenRequest, load_or_create_local_secret};
 

@@ -149,8 +149,9 @@ pub const MESH_SERVICES: &[&str] = lianyu_kit::auth::MESH_SERVICES;
 
 /// The scopes a new credential may carry. A partner's: known partner scopes — an internal one
 /// is PERMISSION_DENIED / INTERNAL_SCOPE, never granted —, and for a partner caller only scopes
-/// its own token holds (no escalation). A service's: internal scopes only (all of them when
-/// none are named).
+/// its own token holds (no escalation). A service's: only the internal scopes of the contracts
+/// that service calls ([`lianyu_kit::auth::service_scopes`]; all of those when none are named),
+/// and none at all for a service that calls no internal contract (identity).
 pub fn credential_scopes(
     owner: &Owner,
     caller_scopes: Option<&BTreeSet<String>>,
@@ -158,22 +159,33 @@ pub fn credential_scopes(
 ) -> Result<BTreeSet<String>, lianyu_kit::KitError> {
     use lianyu_kit::{
         KitError,
-        auth::{ALL_SCOPES, INTERNAL_SCOPES},
+        auth::{ALL_SCOPES, INTERNAL_SCOPES, service_scopes},
         validate::Violations,
     };
     let mut v = Violations::default();
     match owner {
-        Owner::Service(_) => {
+        Owner::Service(service) => {
+            let needed = service_scopes(service);
+            if needed.is_empty() {
+                return Err(KitError::invalid(
+                    "parent",
+                    format!(
+                        "the {service} service calls no other service's internal contract: \
+                         it needs no service credential"
+                    ),
+                ));
+            }
             if scopes.is_empty() {
-                return Ok(INTERNAL_SCOPES.iter().map(|s| (*s).to_owned()).collect());
+                return Ok(needed.iter().map(|s| (*s).to_owned()).collect());
             }
             for (i, scope) in scopes.iter().enumerate() {
-                if !INTERNAL_SCOPES.contains(&scope.as_str()) {
+                if !needed.contains(&scope.as_str()) {
                     v.add(
                         format!("scopes[{i}]"),
                         format!(
-                            "a service credential carries internal scopes only: {}",
-                            INTERNAL_SCOPES.join(", ")
+                            "the {service} service's credential carries only the internal \
+                             scopes of the contracts it calls: {}",
+                            needed.join(", ")
                         ),
                     );
                 }
@@ -280,7 +292,15 @@ pub fn grant(
                 "a service credential's token is never narrowed to a store",
             ));
         }
-        let allowed: BTreeSet<String> = holder.allowed_scopes.iter().cloned().collect();
+        // What the credential allows, and never more than the service calls (a credential
+        // made before the service's scopes were narrowed still gets only those).
+        let needed = lianyu_kit::auth::service_scopes(&service);
+        let allowed: BTreeSet<String> = holder
+            .allowed_scopes
+            .iter()
+            .filter(|s| needed.contains(&s.as_str()))
+            .cloned()
+            .collect();
         let scopes = token_scopes(&allowed, scopes).map_err(refused_scopes)?;
         return Ok(Grant {
             partner_id: service,

@@ -207,24 +207,40 @@ async fn no_partner_or_operator_credential_ever_obtains_an_internal_scope() {
 async fn a_service_credential_is_exchanged_for_a_service_token_until_revoked() {
     let identity = Identity::with_partners("svc_credential").await;
     let mut operator = identity.operator();
-    // A service credential carries internal scopes only.
-    let e = operator
+    // A service credential carries only the internal scopes of the contracts that service
+    // calls: live calls identity's and entitlements', not its own; identity calls nobody's
+    // and gets no credential; an unknown service gets none either.
+    let refused = [
+        ("services/live", &["identity.read"][..], "bad", "scopes[0]"),
+        ("services/payments", &[][..], "unknown", "parent"),
+        ("services/live", &["live.internal"][..], "own", "scopes[0]"),
+        ("services/identity", &[][..], "identity", "parent"),
+    ];
+    for (parent, scopes, id, field) in refused {
+        let e = operator
+            .auth
+            .create_credential(create(parent, scopes, id))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), details(&e).1),
+            (Code::InvalidArgument, Some(field.into())),
+            "{parent} {scopes:?}"
+        );
+    }
+    // Refused means nothing was created.
+    for parent in ["services/live", "services/identity"] {
+        assert!(credentials(&identity, parent).await.is_empty(), "{parent}");
+    }
+    let entitlements = operator
         .auth
-        .create_credential(create("services/live", &["identity.read"], "bad"))
+        .create_credential(create("services/entitlements", &[], "ent-1"))
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner();
     assert_eq!(
-        (e.code(), details(&e).1),
-        (Code::InvalidArgument, Some("scopes[0]".into()))
-    );
-    let e = operator
-        .auth
-        .create_credential(create("services/payments", &[], "unknown"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.code(), details(&e).1),
-        (Code::InvalidArgument, Some("parent".into()))
+        entitlements.credential.unwrap().scopes,
+        ["identity.internal"]
     );
     let created = operator
         .auth
@@ -234,8 +250,11 @@ async fn a_service_credential_is_exchanged_for_a_service_token_until_revoked() {
         .into_inner();
     let credential = created.credential.unwrap();
     assert!(credential.name.starts_with("services/live/credentials/"));
-    // By default every internal scope (identity's and entitlements').
-    assert_eq!(credential.scopes, lianyu_kit::auth::INTERNAL_SCOPES);
+    // By default the internal scopes of what live calls: identity's and entitlements'.
+    assert_eq!(
+        credential.scopes,
+        ["entitlements.internal", "identity.internal"]
+    );
     let listed = credentials(&identity, "services/live").await;
     assert_eq!(listed.len(), 1);
     // A partner never sees it, nor can it be named under a partner.
@@ -264,7 +283,23 @@ async fn a_service_credential_is_exchanged_for_a_service_token_until_revoked() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(issued.scopes, lianyu_kit::auth::INTERNAL_SCOPES);
+    assert_eq!(
+        issued.scopes,
+        ["entitlements.internal", "identity.internal"]
+    );
+    // A token with a scope live does not call is refused, naming the field.
+    let e = public
+        .issue_token(exchange(
+            &credential.client_id,
+            &created.client_secret,
+            &["live.internal"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).1),
+        (Code::InvalidArgument, Some("scopes[0]".into()))
+    );
     assert_eq!(
         internal_codes(&identity, &issued.access_token).await,
         vec![Code::Ok; 4]

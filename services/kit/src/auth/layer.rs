@@ -67,9 +67,13 @@ impl<S> Authenticate<S> {
         let principal = self.verifier.verify(token.trim())?;
         if let Some(scope) = scope
             && (!principal.has_scope(&scope)
-                // An internal RPC answers mesh services only, whatever a token claims.
+                // An internal RPC answers mesh services only, and only the services that call
+                // that contract, whatever a token claims.
                 || (super::INTERNAL_SCOPES.contains(&scope.as_str())
-                    && principal.service.is_none()))
+                    && !principal
+                        .service
+                        .as_deref()
+                        .is_some_and(|s| super::service_scopes(s).contains(&scope.as_str()))))
         {
             return Err(AuthError::MissingScope(scope));
         }

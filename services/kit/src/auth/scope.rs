@@ -17,6 +17,25 @@ pub const INTERNAL_SCOPES: &[&str] = access::INTERNAL_SCOPES;
 /// The mesh services (each one a possible service principal): every service with a contract.
 pub const MESH_SERVICES: &[&str] = access::SERVICES;
 
+/// The internal scopes a mesh service's token carries: those of the internal contracts it
+/// calls, and no others — a leaked comarketing token cannot claim live's coupon drops on
+/// identity's behalf, and identity, which calls nobody's internal contract, holds none.
+/// Entitlements resolves ids, checks consent and follows identity's mesh feed; live also
+/// claims coupon drops (`entitlements.internal`); comarketing also follows entitlements'
+/// ledger and campaign budgets and live's activity feed.
+pub fn service_scopes(service: &str) -> &'static [&'static str] {
+    match service {
+        "entitlements" => &["identity.internal"],
+        "live" => &["entitlements.internal", "identity.internal"],
+        "comarketing" => &[
+            "entitlements.internal",
+            "identity.internal",
+            "live.internal",
+        ],
+        _ => &[],
+    }
+}
+
 /// What the auth layer requires of a call to `path`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Requirement {
@@ -127,5 +146,22 @@ mod tests {
             ]
         );
         assert!(INTERNAL_SCOPES.iter().all(|s| !ALL_SCOPES.contains(s)));
+    }
+
+    #[test]
+    fn a_service_holds_only_the_internal_scopes_of_the_contracts_it_calls() {
+        for service in MESH_SERVICES {
+            for scope in service_scopes(service) {
+                assert!(INTERNAL_SCOPES.contains(scope), "{service}: {scope}");
+                // Nobody needs its own internal contract: it has its own database.
+                assert_ne!(scope.split_once('.').map(|(s, _)| s), Some(*service));
+            }
+        }
+        assert!(service_scopes("identity").is_empty());
+        assert!(!service_scopes("entitlements").contains(&"entitlements.internal"));
+        assert!(!service_scopes("entitlements").contains(&"live.internal"));
+        assert!(service_scopes("live").contains(&"entitlements.internal"));
+        assert!(!service_scopes("live").contains(&"live.internal"));
+        assert!(service_scopes("nobody").is_empty());
     }
 }

@@ -72,14 +72,15 @@ impl TokenRequest {
         }
     }
 
-    /// A mesh service's token request (`entitlements`, `live`, …): role `service`, every
-    /// internal scope and nothing else, valid for `ttl`.
+    /// A mesh service's token request (`entitlements`, `live`, …): role `service`, the
+    /// internal scopes of the contracts it calls ([`crate::auth::service_scopes`]) and nothing
+    /// else, valid for `ttl`.
     pub fn service(service: &str, ttl: Duration) -> Self {
         Self {
             partner_id: service.to_owned(),
             operator: false,
             store: None,
-            scopes: crate::auth::INTERNAL_SCOPES
+            scopes: crate::auth::service_scopes(service)
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
