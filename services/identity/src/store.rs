@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use lianyu_kit::{
     feed::Feed,
-    storage::{KitIndexes, KitReplySubjects, KitTables},
+    storage::{KitGuards, KitIndexes, KitReplySubjects, KitTables},
 };
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait, async_trait::async_trait};
@@ -43,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(migration::TrustModel),
             Box::new(migration::TypedConsentFeed),
             Box::new(migration::ServiceAudit),
+            Box::new(KitGuards),
         ]
     }
 }

@@ -12,6 +12,13 @@
 //! a savepoint of its own instead, so one failing caller cannot keep aborting everyone else's
 //! work.
 //!
+//! On SQLite's one lane a member's first try may hand all its writes to the batch's commit
+//! ([`Writes::deferrable`]: it read nothing in the transaction that they depend on, and guards
+//! what it read before): the whole batch's writes then go to the single writer in one trip
+//! instead of one trip per member while everyone else waits. A deferred write that fails there
+//! (a guard that found a row, a request id replayed) fails the whole batch; every member runs
+//! again, sending its own writes, and the lane turns careful.
+//!
 //! Batches form by themselves: while one mutation runs its effect, the others queue for the
 //! transaction; the last of a run of queued mutations (or the one that fills the batch)
 //! commits. A mutation arriving at an idle writer commits alone, at once — group commit adds
@@ -81,6 +88,18 @@ struct Group {
 }
 
 impl Group {
+    fn turn_careful(&self) {
+        *self.careful_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now() + CAREFUL_FOR);
+    }
+
+    fn is_careful(&self) -> bool {
+        self.careful_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
     /// Commits the open batch and tells its members how it went. The lock is let go first, so
     /// the next batch may begin (on PostgreSQL, on another connection) during the commit.
     async fn commit(&self, mut batch: MutexGuard<'_, Batch>) {
@@ -93,7 +112,16 @@ impl Group {
         drop(batch);
         let committed = match at_commit.send(&txn).await {
             Ok(()) => txn.commit().await.map_err(StorageError::from),
-            // Rolled back with the transaction: nobody of the batch is told it succeeded.
+            // Rolled back with the transaction: nobody of the batch is told it succeeded. A
+            // deferred write that lost a race (a guard, a key taken) cannot be told from the
+            // rest of the batch's: every member runs again, the lane careful for a while so
+            // that each sends its writes itself and the one that lost meets its conflict alone.
+            Err(StorageError::AlreadyExists | StorageError::Conflict(_)) => {
+                self.turn_careful();
+                Err(StorageError::Conflict(
+                    "a write sent with the batch's commit conflicted; retry".into(),
+                ))
+            }
             Err(failed) => Err(failed),
         };
         if committed.is_ok() {
@@ -161,6 +189,16 @@ impl Writer {
                 .collect(),
             next: Arc::default(),
         }
+    }
+
+    /// Whether a mutation's [deferrable](Writes::deferrable) writes go with its batch's
+    /// commit now: on SQLite's one lane, where the batch's writes then cost one trip to the
+    /// single writer instead of one per member, and not while the lane is careful (a deferred
+    /// write failed lately, or a member did). Elsewhere a member sends them itself, as usual.
+    pub fn defers_writes(&self) -> bool {
+        self.db.get_database_backend() == sea_orm::DbBackend::Sqlite
+            && self.lanes.len() == 1
+            && self.lanes.first().is_some_and(|g| !g.is_careful())
     }
 
     /// The database written to.
@@ -231,11 +269,7 @@ impl Writer {
             batch.done = watch::Sender::new(None);
         }
         let generation = batch.generation;
-        let careful = group
-            .careful_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| tokio::time::Instant::now() < until);
+        let careful = group.is_careful();
         let outcome = match batch.txn.as_ref() {
             Some(txn) if careful => run_in_savepoint(txn, body).await,
             Some(txn) => match body(txn).await {
@@ -243,11 +277,7 @@ impl Writer {
                 Err(undone) => {
                     // Its writes are mixed with the batch's: undo the whole open batch. The
                     // members before it retry (CONCURRENT_UPDATE); the lane turns careful.
-                    *group
-                        .careful_until
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) =
-                        Some(tokio::time::Instant::now() + CAREFUL_FOR);
+                    group.turn_careful();
                     let failed = batch.txn.take();
                     batch.done.send_replace(Some(Err(StorageError::Conflict(
                         "another mutation of the batch failed; retry".into(),
@@ -494,6 +524,73 @@ mod tests {
             "one deferred write per kept member, none for refused ones"
         );
         assert_eq!(children(&db).await.len(), 80);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deferred_write_that_conflicts_at_commit_fails_its_batch_and_the_others_retry() {
+        // Members hand all their writes to the batch's commit, as a first try does on SQLite
+        // (`Writes::deferrable`); one collides with a row that exists. Nobody of its batch is
+        // told it succeeded; run again (sending their own writes), every other member is kept
+        // and the colliding one alone is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        db.execute_unprepared("INSERT INTO child (id, parent) VALUES (1000, 1)")
+            .await
+            .unwrap();
+        let writer = Writer::grouped(db.clone());
+        assert!(writer.defers_writes(), "SQLite's one lane defers");
+        let retried = AtomicUsize::new(0);
+        let results = futures::future::join_all((1..=100).map(|id: i64| {
+            let (writer, retried) = (writer.clone(), &retried);
+            async move {
+                let child = if id == 50 { 1000 } else { id };
+                let mut tries = 0;
+                loop {
+                    let defer = tries == 0 && writer.defers_writes();
+                    let attempt = writer
+                        .transact_deferring(async |txn| {
+                            let mut writes = Writes::new();
+                            writes.push(Statement::from_string(
+                                DbBackend::Sqlite,
+                                format!("INSERT INTO child (id, parent) VALUES ({child}, 1)"),
+                            ));
+                            if defer {
+                                return Ok((id, writes.into_deferred()));
+                            }
+                            match writes.send(txn).await {
+                                Ok(()) => Ok((id, Writes::new())),
+                                Err(_) => Err(id),
+                            }
+                        })
+                        .await;
+                    match attempt {
+                        Err(StorageError::Conflict(_)) => {
+                            tries += 1;
+                            retried.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => return other,
+                    }
+                }
+            }
+        }))
+        .await;
+        let kept: Vec<i64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().unwrap().as_ref().ok().copied())
+            .collect();
+        assert_eq!(kept, (1..=100).filter(|&i| i != 50).collect::<Vec<_>>());
+        assert!(matches!(results[49], Ok(Err(50))), "{:?}", results[49]);
+        let mut expected = kept.clone();
+        expected.push(1000);
+        assert_eq!(
+            children(&db).await,
+            expected,
+            "every kept member, nothing else"
+        );
+        assert!(
+            retried.load(Ordering::SeqCst) >= 1,
+            "the colliding member's batch failed at its commit and was run again"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,7 +94,10 @@ where
     let hash = at_rest.digest(&request.encode_to_vec());
     let mut tries = 0;
     loop {
-        match try_once(writer, reader, at_rest, key, &hash, effect.clone()).await {
+        // Only a first try defers: a try after a lost race sends its writes itself, so that
+        // a conflict of its own (a replayed id, a guard) is met by it alone.
+        let defer = tries == 0 && writer.defers_writes();
+        match try_once(writer, reader, at_rest, key, &hash, defer, effect.clone()).await {
             Err(e) if tries < RACE_RETRIES && lost_a_race(&e) => {
                 tries += 1;
                 let pause = rand::random::<u64>() % (2 << tries);
@@ -128,6 +131,7 @@ async fn try_once<Resp, E, F>(
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     hash: &[u8],
+    defer: bool,
     effect: F,
 ) -> Result<Resp, E>
 where
@@ -151,6 +155,16 @@ where
                 subject: Set(subject.map(|s| subject_digest(at_rest, &s))),
                 erased_at: Set(None),
             };
+            if defer && writes.is_deferrable() {
+                // All of it, the reply's row too, goes with the batch's commit: a conflict
+                // there (this id replayed, a guard) fails the batch, whose members all run
+                // again — each then sending its own writes (`defer` is for first tries).
+                writes.add(
+                    txn.get_database_backend(),
+                    &idempotency_key::Entity::insert(row),
+                );
+                return Ok((Attempt::Done(response), writes.into_deferred()));
+            }
             // What the effect deferred goes with its transaction's commit; the rest now.
             let at_commit = writes.take_at_commit();
             let staged = !writes.is_empty();

@@ -16,11 +16,11 @@
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryTrait, Statement,
     Values,
-    sea_query::{Expr, ExprTrait, Query},
+    sea_query::{Expr, ExprTrait, Query, SelectStatement},
 };
 
 use crate::storage::{
-    StorageError,
+    GUARD_TABLE, StorageError,
     entities::{outbox_counter, outbox_event},
 };
 
@@ -35,6 +35,8 @@ pub struct Writes {
     at_commit: Vec<Statement>,
     /// Events for the service's outbox, appended at commit (`Feed::append_staged`).
     outbox: Vec<OutboxRow>,
+    /// Whether the staged statements may wait for the commit too ([`Self::deferrable`]).
+    deferrable: bool,
 }
 
 /// An event bound for the outbox, before it has a sequence.
@@ -70,6 +72,50 @@ impl Writes {
         self.at_commit.push(statement);
     }
 
+    /// Stages a guard: the trip fails with [`StorageError::Conflict`] (nothing of the
+    /// transaction kept) if `select` finds a row *when the guard runs*. A mutation that decided
+    /// from a read made before its transaction ("nobody holds this identifier") stages the
+    /// read again as a guard ahead of the writes that rest on it. The guard sees what was
+    /// committed and what its own transaction wrote before it — on SQLite, whose one writer
+    /// serialises every write, that is everything; under PostgreSQL's READ COMMITTED it does
+    /// not see concurrent transactions, so there a guard alone does not make a decision
+    /// race-free.
+    pub fn guard_none(&mut self, backend: DbBackend, select: &SelectStatement) {
+        let inner = backend.build(select);
+        self.statements.push(Statement {
+            sql: format!(
+                "INSERT INTO {GUARD_TABLE} (found) SELECT 1 WHERE EXISTS ({})",
+                inner.sql
+            ),
+            ..inner
+        });
+    }
+
+    /// Declares that every statement staged here may be sent as late as the commit: nothing
+    /// the mutation reads depends on them, and whatever they assume of rows they did not read
+    /// in the transaction is guarded ([`Self::guard_none`]). A grouped writer on SQLite then
+    /// sends them with its batch's commit — one trip for the whole batch — instead of one
+    /// trip per mutation while the batch is held (see `crate::group`).
+    pub fn deferrable(&mut self) {
+        self.deferrable = true;
+    }
+
+    /// Whether [`Self::deferrable`] was declared.
+    pub fn is_deferrable(&self) -> bool {
+        self.deferrable
+    }
+
+    /// All of these writes as writes deferred to the commit, the staged statements first.
+    pub fn into_deferred(mut self) -> Writes {
+        self.statements.append(&mut self.at_commit);
+        Writes {
+            statements: Vec::new(),
+            at_commit: self.statements,
+            outbox: self.outbox,
+            deferrable: false,
+        }
+    }
+
     /// Queues an event for the outbox at commit.
     pub(crate) fn append_to_outbox(&mut self, row: OutboxRow) {
         self.outbox.push(row);
@@ -91,6 +137,7 @@ impl Writes {
             statements: Vec::new(),
             at_commit: std::mem::take(&mut self.at_commit),
             outbox: std::mem::take(&mut self.outbox),
+            deferrable: false,
         }
     }
 
@@ -270,6 +317,58 @@ mod tests {
                 (2, "two!".to_owned())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_guard_fails_the_trip_as_a_conflict_only_when_its_query_finds_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        db.execute_unprepared(&crate::storage::guard_table_sql())
+            .await
+            .unwrap();
+        let taken = |id: i64| {
+            Query::select()
+                .expr(Expr::val(1))
+                .from(sea_orm::sea_query::Alias::new("t"))
+                .and_where(Expr::col(sea_orm::sea_query::Alias::new("id")).eq(id))
+                .to_owned()
+        };
+        // Nothing found: the writes behind the guard go through.
+        let mut writes = Writes::new();
+        writes.guard_none(DbBackend::Sqlite, &taken(1));
+        writes.push(insert(1, "first"));
+        writes.send(&db).await.unwrap();
+        // The guarded row exists now: the guard fails the trip, and its transaction keeps
+        // nothing of it — not the statements before the guard either.
+        let txn = db.begin().await.unwrap();
+        let mut writes = Writes::new();
+        writes.push(insert(2, "before the guard"));
+        writes.guard_none(DbBackend::Sqlite, &taken(1));
+        writes.push(insert(3, "behind the guard"));
+        let failed = writes.send(&txn).await;
+        assert!(
+            matches!(failed, Err(StorageError::Conflict(_))),
+            "{failed:?}"
+        );
+        drop(txn);
+        assert_eq!(rows(&db).await, vec![(1, "first".to_owned())]);
+        // A guard sees what its own trip wrote before it.
+        let mut writes = Writes::new();
+        writes.push(insert(4, "written first"));
+        writes.guard_none(DbBackend::Sqlite, &taken(4));
+        let failed = writes.send(&db.begin().await.unwrap()).await;
+        assert!(matches!(failed, Err(StorageError::Conflict(_))));
+        let guards = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("SELECT COUNT(*) FROM {GUARD_TABLE}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(guards, 0, "the guard table never holds a row");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use lianyu_kit::KitError;
 use lianyu_kit::ids::ScopedMemberId;
 use lianyu_kit::writes::Writes;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lianyu_kit::{Call, Principal, page::Page};
 use lianyu_proto::identity::v1::{self as pb, member_service_server::MemberService};
@@ -35,13 +36,26 @@ impl MemberService for Api {
         let who = &call.who;
         let r = request.into_inner();
         let (ids, fields) = enrolment(&r, &who.partner_id).map_err(status)?;
+        // A new person is the common case: when nobody holds these identifiers yet (read
+        // beside the writer, on SQLite), the first try makes the member without reading in
+        // the transaction, guarded; a try after a conflict reads again and links.
+        let unseen = AtomicBool::new(self.store.unseen(&ids).await.map_err(status)?);
+        let unseen = &unseen;
         let out = self
             .enrolments
             .run_staged(&call, &r.request_id, &r, async |txn| {
                 let mut writes = Writes::new();
+                let first_unseen = unseen.swap(false, Ordering::Relaxed);
                 let enrolled = self
                     .store
-                    .enroll(txn, &mut writes, &who.partner_id, &ids, &fields)
+                    .enroll(
+                        txn,
+                        &mut writes,
+                        &who.partner_id,
+                        &ids,
+                        &fields,
+                        first_unseen,
+                    )
                     .await?;
                 // The mesh learns who is enrolled where (comarketing's segments and loyalty).
                 crate::store::mesh::stage_mesh(

@@ -9,7 +9,7 @@ use lianyu_kit::storage::StorageError;
 use lianyu_kit::writes::Writes;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::{
@@ -49,6 +49,12 @@ impl Store {
     /// A member made by this enrolment is written through `writes` (its rows go to the
     /// database with the caller's other staged writes, in one trip on SQLite); the writes to an
     /// existing member are made at once, since reads that follow depend on them.
+    ///
+    /// `unseen`: a read before the transaction ([`Self::unseen`]) found none of the
+    /// identifiers. The member is then made without reading them again, behind a guard that
+    /// fails the write if any is held by the time it runs (a conflict: the caller's next try
+    /// reads in the transaction, and links); the writes are then all staged and deferrable.
+    /// Only on SQLite, whose one writer makes the guard exact; see [`lock_identifiers`].
     pub(crate) async fn enroll(
         &self,
         txn: &impl ConnectionTrait,
@@ -56,6 +62,7 @@ impl Store {
         caller: &str,
         ids: &[Identifier],
         fields: &BTreeMap<String, String>,
+        unseen: bool,
     ) -> Result<Enrolled, IdentityError> {
         let backend = txn.get_database_backend();
         // The same identifier twice in one request counts once (verified if either says so).
@@ -74,12 +81,24 @@ impl Store {
             .iter()
             .map(|i| (self.secrets.lookup_hash(i), i))
             .collect();
-        lock_identifiers(txn, hashed.iter().map(|(h, _)| h.as_str())).await?;
-        let matches = identifier::Entity::find()
-            .filter(identifier::Column::LookupHash.is_in(hashed.iter().map(|(h, _)| h.clone())))
-            .all(txn)
-            .await
-            .map_err(StorageError::from)?;
+        let held = identifier::Entity::find()
+            .filter(identifier::Column::LookupHash.is_in(hashed.iter().map(|(h, _)| h.clone())));
+        let unseen = unseen && backend == sea_orm::DbBackend::Sqlite;
+        let matches = if unseen {
+            writes.guard_none(
+                backend,
+                &held
+                    .select_only()
+                    .column(identifier::Column::Id)
+                    .limit(1)
+                    .into_query(),
+            );
+            writes.deferrable();
+            Vec::new()
+        } else {
+            lock_identifiers(txn, hashed.iter().map(|(h, _)| h.as_str())).await?;
+            held.all(txn).await.map_err(StorageError::from)?
+        };
         // Another partner's record counts only inside the caller's ACTIVE alliances, and links
         // only where the alliance accepts both sides' verification methods.
         let alliances = if matches.iter().any(|m| m.partner_id != caller) {
@@ -192,6 +211,27 @@ impl Store {
             candidates: i32::try_from(candidates).unwrap_or(i32::MAX),
             view,
         })
+    }
+
+    /// Whether none of `ids` is held by anyone, read on the read pool beside the writer —
+    /// committed data, possibly stale by the time it is used, hence [`Self::enroll`]'s guard.
+    /// Always `false` off SQLite, where enrolments read and lock in their transaction.
+    pub(crate) async fn unseen(&self, ids: &[Identifier]) -> Result<bool, IdentityError> {
+        if self.read.get_database_backend() != sea_orm::DbBackend::Sqlite {
+            return Ok(false);
+        }
+        let held = identifier::Entity::find()
+            .select_only()
+            .column(identifier::Column::Id)
+            .filter(
+                identifier::Column::LookupHash
+                    .is_in(ids.iter().map(|i| self.secrets.lookup_hash(i))),
+            )
+            .into_tuple::<i64>()
+            .one(&self.read)
+            .await
+            .map_err(StorageError::from)?;
+        Ok(held.is_none())
     }
 
     /// A profile row holding `fields`, sealed.

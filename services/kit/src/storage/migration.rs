@@ -1,11 +1,27 @@
 //! The migration creating the kit's tables; each service lists it first in its migrator.
 
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Schema};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, Schema};
 use sea_orm_migration::{
     MigrationName, MigrationTrait, SchemaManager, async_trait::async_trait, prelude::DbErr,
 };
 
 use super::entities::{feed_cursor, idempotency_key, outbox_counter, outbox_event};
+
+/// The table a guard ([`crate::writes::Writes::guard_none`]) inserts into: its one column
+/// must be 0, so the insert of a 1 — made only when the guarded query finds a row — breaks the
+/// named check and fails the trip (the storage error maps the name to a conflict).
+pub const GUARD_TABLE: &str = "kit_guards";
+
+/// The check a guard breaks; its name in an error means a guard found a row.
+pub const GUARD_CHECK: &str = "kit_guards_found";
+
+/// The statement that makes [`GUARD_TABLE`] (the kit's migration runs it).
+pub fn guard_table_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {GUARD_TABLE} \
+         (found INTEGER NOT NULL CONSTRAINT {GUARD_CHECK} CHECK (found = 0))"
+    )
+}
 
 /// Creates `entity`'s table and the indexes its definition declares, each only if absent, so a
 /// migration that was interrupted can simply run again.
@@ -61,6 +77,7 @@ pub fn with_kit_tables(own: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn Migrati
         Box::new(KitTables),
         Box::new(KitIndexes),
         Box::new(KitReplySubjects),
+        Box::new(KitGuards),
     ];
     all.extend(own);
     all
@@ -246,5 +263,26 @@ impl MigrationTrait for KitReplySubjects {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// The table guards write into ([`GUARD_TABLE`]). It never holds a row:
+/// a guard inserts only when it finds what it guards against, and its check refuses that row.
+pub struct KitGuards;
+
+impl MigrationName for KitGuards {
+    fn name(&self) -> &str {
+        "m20261204_000001_kit_guards"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for KitGuards {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(&guard_table_sql())
+            .await
+            .map(drop)
     }
 }
