@@ -141,7 +141,9 @@ impl Writes {
         }
     }
 
-    /// Adds `other`'s writes after these (now and at commit alike).
+    /// Adds `other`'s writes after these (now and at commit alike). Whether they are
+    /// [deferrable](Self::deferrable) stays as declared here: `other`'s declaration covers
+    /// only what it staged itself, so it is not carried over.
     pub fn extend(&mut self, other: Writes) {
         self.statements.extend(other.statements);
         self.at_commit.extend(other.at_commit);

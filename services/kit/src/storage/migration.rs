@@ -266,8 +266,8 @@ impl MigrationTrait for KitReplySubjects {
     }
 }
 
-/// The table guards write into ([`GUARD_TABLE`]). It never holds a row:
-/// a guard inserts only when it finds what it guards against, and its check refuses that row.
+/// The table guards write into ([`GUARD_TABLE`]). It never holds a row: a guard inserts only
+/// when it finds what it guards against, and its check refuses that row.
 pub struct KitGuards;
 
 impl MigrationName for KitGuards {
