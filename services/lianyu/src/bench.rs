@@ -209,6 +209,9 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
     Report::new(scenario, load, &histogram, errors, items_per_call)
 }
 
+/// The next enrolment's number, shared by every worker of the process.
+static NEXT_PHONE: AtomicU64 = AtomicU64::new(0);
+
 /// One worker's client state.
 struct Caller {
     wallet:
@@ -343,13 +346,12 @@ impl Caller {
             }
             Scenario::Enroll => {
                 // A fresh mainland mobile number per call: "13", run (1 digit: 130-139 are all
-                // mobile prefixes), worker (3), sequence (5).
-                let phone = format!(
-                    "13{}{:03}{:05}",
-                    self.run % 10,
-                    self.worker % 1000,
-                    self.seq % 100_000
-                );
+                // mobile prefixes), then a number no other call of this process takes (8
+                // digits). Numbers made from the worker's index repeated past 1,000 workers:
+                // at 2,000 in flight half the calls enrolled a person another worker was
+                // enrolling at that moment, measuring links and conflicts instead.
+                let n = NEXT_PHONE.fetch_add(1, Ordering::Relaxed);
+                let phone = format!("13{}{:08}", self.run % 10, n % 100_000_000);
                 let request = pb::EnrollMemberRequest {
                     request_id: format!("bench-{}-{}-{}", self.run, self.worker, self.seq),
                     identifiers: vec![pb::Identifier {
