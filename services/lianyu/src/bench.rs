@@ -212,6 +212,13 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
 /// The next enrolment's number, shared by every worker of the process.
 static NEXT_PHONE: AtomicU64 = AtomicU64::new(0);
 
+/// A mainland mobile number no other call of this process has enrolled: "13", the run's last
+/// digit (130–139 are all mobile prefixes), then eight digits from [`NEXT_PHONE`].
+fn fresh_phone(run: u32) -> String {
+    let n = NEXT_PHONE.fetch_add(1, Ordering::Relaxed);
+    format!("13{}{:08}", run % 10, n % 100_000_000)
+}
+
 /// One worker's client state.
 struct Caller {
     wallet:
@@ -350,8 +357,7 @@ impl Caller {
                 // digits). Numbers made from the worker's index repeated past 1,000 workers:
                 // at 2,000 in flight half the calls enrolled a person another worker was
                 // enrolling at that moment, measuring links and conflicts instead.
-                let n = NEXT_PHONE.fetch_add(1, Ordering::Relaxed);
-                let phone = format!("13{}{:08}", self.run % 10, n % 100_000_000);
+                let phone = fresh_phone(self.run);
                 let request = pb::EnrollMemberRequest {
                     request_id: format!("bench-{}-{}-{}", self.run, self.worker, self.seq),
                     identifiers: vec![pb::Identifier {
@@ -382,4 +388,29 @@ pub async fn serve_bare(listener: tokio::net::TcpListener) -> Result<(), tonic::
         .add_service(health)
         .serve_with_incoming(incoming)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    /// 2,000 workers calling at once never enrol one person twice (numbers made from the
+    /// worker's index did, past 1,000 workers).
+    #[test]
+    fn concurrent_workers_enrol_distinct_numbers() {
+        let numbers: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| (0..250).map(|_| super::fresh_phone(7)).collect::<Vec<_>>())
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let distinct: std::collections::HashSet<_> = numbers.iter().collect();
+        assert_eq!(distinct.len(), 2_000);
+        assert!(numbers.iter().all(|n| n.len() == 11
+            && n.starts_with("137")
+            && n.bytes().all(|b| b.is_ascii_digit())));
+    }
 }
