@@ -392,7 +392,7 @@ pub async fn serve_bare(listener: tokio::net::TcpListener) -> Result<(), tonic::
 
 #[cfg(test)]
 mod tests {
-    /// 2,000 workers calling at once never enrol one person twice (numbers made from the
+    /// Workers calling at once never enrol one person twice (numbers made from the
     /// worker's index did, past 1,000 workers).
     #[test]
     fn concurrent_workers_enrol_distinct_numbers() {
