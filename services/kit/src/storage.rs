@@ -161,16 +161,6 @@ impl From<DbErr> for StorageError {
     }
 }
 
-/// Connects a service to its database. On PostgreSQL the service's tables live in a schema of
-/// their own (`lianyu_<service>`), so services sharing one server never read each other's tables.
-pub async fn connect(
-    url: &str,
-    service: &str,
-    max_connections: Option<u32>,
-) -> Result<DatabaseConnection, StorageError> {
-    connect_with(url, service, max_connections).await
-}
-
 /// SQLite's own default: the commit that leaves the write-ahead log longer than this many pages
 /// (about 4 MB) checkpoints it before its caller hears back. That checkpoint is also what lets
 /// the next transaction write the log again from its start, so it is what bounds the log's size:
@@ -185,7 +175,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// leaving the checkpoint that lets the log start over to the writer.
 const STAND_ASIDE: Duration = Duration::from_millis(500);
 
-async fn connect_with(
+/// Connects a service to its database. On PostgreSQL the service's tables live in a schema of
+/// their own (`lianyu_<service>`), so services sharing one server never read each other's tables.
+pub async fn connect(
     url: &str,
     service: &str,
     max_connections: Option<u32>,
@@ -327,7 +319,7 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
     let url = config
         .checked_database_url(service)
         .map_err(OpenError::Config)?;
-    let db = connect_with(&url, service, config.db_max_connections).await?;
+    let db = connect(&url, service, config.db_max_connections).await?;
     if !url.starts_with("postgres") {
         spawn_checkpointer(&url, service).await?;
     }
@@ -348,7 +340,7 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
 /// blocks a writer. What is durable does not change: a commit is in the log either way. Runs as
 /// long as the runtime.
 async fn spawn_checkpointer(url: &str, service: &str) -> Result<(), StorageError> {
-    let db = connect_with(url, service, Some(1)).await?;
+    let db = connect(url, service, Some(1)).await?;
     let service = service.to_owned();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
@@ -635,7 +627,7 @@ mod tests {
         let file = dir.path().join("wal.db");
         let wal = dir.path().join("wal.db-wal");
         let url = format!("sqlite://{}?mode=rwc", file.display());
-        let db = super::connect_with(&url, "wal", None).await.unwrap();
+        let db = super::connect(&url, "wal", None).await.unwrap();
         db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)")
             .await
             .unwrap();

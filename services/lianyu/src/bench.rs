@@ -352,11 +352,8 @@ impl Caller {
                 }
             }
             Scenario::Enroll => {
-                // A fresh mainland mobile number per call: "13", run (1 digit: 130-139 are all
-                // mobile prefixes), then a number no other call of this process takes (8
-                // digits). Numbers made from the worker's index repeated past 1,000 workers:
-                // at 2,000 in flight half the calls enrolled a person another worker was
-                // enrolling at that moment, measuring links and conflicts instead.
+                // Never the worker's index: past 1,000 workers two of them enrolled the same
+                // people at once, measuring links and conflicts instead of new members.
                 let phone = fresh_phone(self.run);
                 let request = pb::EnrollMemberRequest {
                     request_id: format!("bench-{}-{}-{}", self.run, self.worker, self.seq),

@@ -100,11 +100,7 @@ type Members = MemberServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// The service on `config`, a client of it, and a stop that returns once it has stopped.
 async fn start(config: &Config) -> (Members, impl AsyncFnOnce()) {
-    // The server's logs (the storage errors among them) show with a failing run's output.
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("warn,lianyu=info")
-        .try_init();
+    crate::harness::show_server_logs();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();

@@ -60,14 +60,18 @@ impl As {
     }
 }
 
+/// Server logs (internal errors' causes among them) show with a failing test's output.
+pub(crate) fn show_server_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn,lianyu=info")
+        .try_init();
+}
+
 impl Identity {
     /// Starts the server with `configure` applied to its config (limits, say).
     pub(crate) async fn start_with(test: &str, configure: impl FnOnce(&mut Config)) -> Self {
-        // Server logs (internal errors' causes among them) show with a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("warn,lianyu=info")
-            .try_init();
+        show_server_logs();
         let data = tempfile::tempdir().unwrap();
         let db = TestDatabase::new(test).await;
         let mut config = Config::local(data.path());
