@@ -18,6 +18,7 @@ use lianyu_kit::{
     names,
     page::Page,
     time::{millis, now_millis, required_millis, timestamp},
+    writes::Writes,
 };
 use lianyu_proto::{
     common::v1 as common,
@@ -60,18 +61,21 @@ pub(crate) fn register(
         .listening(&ctx.config.database_url(crate::NAME), crate::NAME);
     let api = Api {
         read: read.clone(),
-        // Nearly every mutation posts to the ledger (and so appends to the feed) and many
-        // also update a benefit's budget row: the feed's lock is taken first, always, so
-        // grouped transactions never deadlock on PostgreSQL.
+        // Nearly every mutation posts to the ledger, and so appends to the feed: its events
+        // are staged (`Api::post`) and numbered at commit, so the feed's counter is the last
+        // lock any transaction here takes, held only while it commits; grouped transactions
+        // never wait on it for another's whole batch and never deadlock on it.
         mutations: Mutations::new(db.clone())
             .reading(read.clone())
-            .publishing(feed.clone(), None)
-            .feed_first(),
+            .publishing(feed.clone(), None),
+        // One lane: grants of a benefit all update its budget row, so parallel lanes would
+        // wait on each other there (measured in BENCHMARKS.md), and a batch that updates
+        // budget rows of two benefits could deadlock with another that takes them the other
+        // way round.
         hot: Mutations::new(db.clone())
             .grouped_single_lane()
             .reading(read.clone())
-            .publishing(feed.clone(), None)
-            .feed_first(),
+            .publishing(feed.clone(), None),
         feed,
         directory,
         gates: gate::Gates::default(),
@@ -184,11 +188,12 @@ pub(crate) struct Movement<'a> {
 impl Api {
     /// Posts a balanced ledger transaction and tells each party its own side on the ledger
     /// feed, and the mesh's services the whole of it on the internal ledger feed, in the
-    /// caller's transaction. Returns the transaction's id (`None` when there was nothing to
-    /// post).
+    /// caller's transaction: the postings now, the feed's events staged in `writes` for its
+    /// commit. Returns the transaction's id (`None` when there was nothing to post).
     async fn post(
         &self,
         txn: &impl sea_orm::ConnectionTrait,
+        writes: &mut Writes,
         m: Movement<'_>,
         postings: &[crate::domain::Posting],
         at: i64,
@@ -224,9 +229,10 @@ impl Api {
                 cursor: None,
                 entry: Some(entry),
             };
-            self.feed
-                .append(txn, NewEvent::message(kind, Some(party.to_string()), &body))
-                .await?;
+            self.feed.append_staged(
+                writes,
+                NewEvent::message(kind, Some(party.to_string()), &body),
+            );
         }
         let whole = internal::WatchLedgerResponse {
             cursor: None,
@@ -258,12 +264,10 @@ impl Api {
                 post_time: timestamp(at),
             }),
         };
-        self.feed
-            .append(
-                txn,
-                NewEvent::message(kind, Some(WHOLE_LEDGER.to_owned()), &whole),
-            )
-            .await?;
+        self.feed.append_staged(
+            writes,
+            NewEvent::message(kind, Some(WHOLE_LEDGER.to_owned()), &whole),
+        );
         Ok(Some(transaction))
     }
 

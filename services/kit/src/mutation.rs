@@ -160,6 +160,30 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         .await
     }
 
+    /// [`Self::run`] for an effect that stages writes as it goes ([`Writes`]; an event for the
+    /// feed, [`Feed::append_staged`]): whatever it defers is sent just before its transaction
+    /// — in group commit, its batch's — commits, every event of the batch numbered in one move
+    /// of the feed's counter instead of one per event.
+    pub async fn run_writing<Req, Resp, F>(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &Req,
+        effect: F,
+    ) -> Result<Resp, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction, &mut Writes) -> Result<Resp, E> + Clone,
+    {
+        self.run_staged(call, request_id, request, async |txn| {
+            let mut writes = Writes::new();
+            let reply = effect(txn, &mut writes).await?;
+            Ok((reply, None, writes))
+        })
+        .await
+    }
+
     /// [`Self::run`] for a mutation about one person: `effect` also returns the person's id,
     /// which tags the stored reply so that erasing them purges it
     /// ([`idempotency::forget_subjects`]).

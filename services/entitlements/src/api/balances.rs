@@ -287,7 +287,7 @@ impl Api {
             .await?;
         t.benefit.same_currency(&paid)?;
         self.mutations
-            .run(call, &r.request_id, r, async |txn| {
+            .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let now = now_millis();
                 fresh(txn, &t.benefit.id).await?.open(now)?;
                 self.writable_account(txn, &t, now).await?;
@@ -302,7 +302,8 @@ impl Api {
                 let postings = t
                     .benefit
                     .top_up_postings(&t.me, t.mesh.as_str(), &paid, bonus);
-                self.post(txn, t.movement("TOP_UP"), &postings, now).await?;
+                self.post(txn, writes, t.movement("TOP_UP"), &postings, now)
+                    .await?;
                 self.balance_now(txn, &t, now).await
             })
             .await
@@ -331,7 +332,7 @@ impl Api {
             .target(call, &r.member, &r.benefit, Some(BalanceKind::Points), true)
             .await?;
         self.mutations
-            .run(call, &r.request_id, r, async |txn| {
+            .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let now = now_millis();
                 fresh(txn, &t.benefit.id).await?.open(now)?;
                 self.writable_account(txn, &t, now).await?;
@@ -355,7 +356,7 @@ impl Api {
                     return Err(closed());
                 }
                 let postings = t.benefit.points_earned_postings(t.mesh.as_str(), points);
-                self.post(txn, t.movement("POINTS_EARNED"), &postings, now)
+                self.post(txn, writes, t.movement("POINTS_EARNED"), &postings, now)
                     .await?;
                 Ok(earning_proto(&t.scoped, &lot, now))
             })
@@ -382,7 +383,7 @@ impl Api {
             .flatten()
             .ok_or(EntitlementsError::EarningNotFound)?;
         self.mutations
-            .run(call, &r.request_id, r, async |txn| {
+            .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let now = now_millis();
                 if !store::move_lot(txn, &lot.id, LotState::Reversed, None, Some(now)).await? {
                     let current = store::lot(txn, &lot.id)
@@ -404,6 +405,7 @@ impl Api {
                     domain::negated(&benefit.points_earned_postings(&lot.member, lot.points));
                 self.post(
                     txn,
+                    writes,
                     Movement {
                         kind: "POINTS_REVERSED",
                         benefit: &benefit,
@@ -460,7 +462,7 @@ impl Api {
             return Err(insufficient());
         }
         self.hot
-            .run(call, &r.request_id, r, async |txn| {
+            .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let now = now_millis();
                 if t.kind == BalanceKind::Points {
                     store::release_due(txn, &t.benefit.id, t.mesh.as_str(), now).await?;
@@ -484,7 +486,7 @@ impl Api {
                     taken.as_ref(),
                 );
                 let entry = self
-                    .post(txn, t.movement("BALANCE_SPEND"), &postings, now)
+                    .post(txn, writes, t.movement("BALANCE_SPEND"), &postings, now)
                     .await?
                     .unwrap_or_default();
                 let row = SpendRow {
@@ -535,7 +537,7 @@ impl Api {
             account: None,
         };
         self.mutations
-            .run(call, &r.request_id, r, async |txn| {
+            .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let now = now_millis();
                 if !store::refund_spend(txn, &spend.transaction_id).await? {
                     return Err(KitError::Precondition(
@@ -563,7 +565,7 @@ impl Api {
                     spend.points,
                     taken.as_ref(),
                 ));
-                self.post(txn, t.movement("BALANCE_REFUND"), &postings, now)
+                self.post(txn, writes, t.movement("BALANCE_REFUND"), &postings, now)
                     .await?;
                 let mut row = spend.clone();
                 row.refunded = true;

@@ -10,6 +10,7 @@ use lianyu_kit::{
     money::Money,
     names,
     time::{now_millis, timestamp},
+    writes::Writes,
 };
 use lianyu_proto::{common::v1 as common, entitlements::v1 as pb};
 use sea_orm::TransactionTrait;
@@ -199,7 +200,7 @@ impl Api {
             ),
         };
         self.hot
-            .run(call, request_id, request, async |txn| {
+            .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let current = store::redemption(txn, &id)
                     .await?
@@ -276,6 +277,7 @@ impl Api {
                 let postings = benefit.refund_postings(&me, &share, funder_share);
                 self.post(
                     txn,
+                    writes,
                     Movement {
                         kind: "REFUND",
                         benefit: &benefit,
@@ -338,7 +340,7 @@ impl Api {
         }
         let discount = benefit.discount(&t.order)?;
         self.hot
-            .run(call, request_id, request, async |txn| {
+            .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let to = if hold.is_some() {
                     ItemState::Reserved
@@ -398,7 +400,7 @@ impl Api {
                     store::stack(txn, me.as_str(), t.order_reference, group, &row.id).await?;
                 }
                 if hold.is_none() {
-                    self.post_redemption(txn, &benefit, &me, &row, &item.member, now)
+                    self.post_redemption(txn, writes, &benefit, &row, &item.member, now)
                         .await?;
                 }
                 Ok(redemption_proto(t.scoped, &row))
@@ -416,10 +418,10 @@ impl Api {
         name: &str,
         to: RedemptionState,
     ) -> Result<pb::Redemption, EntitlementsError> {
-        let (id, me, item, scoped) = self.own_redemption(call, name).await?;
+        let (id, _, item, scoped) = self.own_redemption(call, name).await?;
         let id = id.as_str();
         self.hot
-            .run(call, request_id, request, async |txn| {
+            .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let current = store::redemption(txn, id)
                     .await?
@@ -451,7 +453,7 @@ impl Api {
                     let benefit = store::benefit_by_id(txn, &item.benefit_id)
                         .await?
                         .ok_or(EntitlementsError::RedemptionNotFound)?;
-                    self.post_redemption(txn, &benefit, &me, &current, &item.member, now)
+                    self.post_redemption(txn, writes, &benefit, &current, &item.member, now)
                         .await?;
                 }
                 let mut row = current;
@@ -480,20 +482,24 @@ fn wrong_state(r: &RedemptionRow) -> KitError {
 }
 
 impl Api {
+    /// Posts redemption `r` of `member`'s unit of `benefit`, at the partner that honoured it
+    /// (the redemption's).
     async fn post_redemption(
         &self,
         txn: &impl sea_orm::ConnectionTrait,
+        writes: &mut Writes,
         benefit: &Benefit,
-        honourer: &PartnerId,
         r: &RedemptionRow,
         member: &str,
         now: i64,
     ) -> Result<(), KitError> {
+        let honourer = &PartnerId::new(r.partner_id.as_str());
         let discount =
             Money::new(&r.currency, r.discount_minor_units).map_err(KitError::Internal)?;
         let postings = benefit.redemption_postings(honourer, &discount);
         self.post(
             txn,
+            writes,
             Movement {
                 kind: "REDEMPTION",
                 benefit,
@@ -575,11 +581,11 @@ async fn expire_units(api: &Api) -> Result<u64, KitError> {
             .begin()
             .await
             .map_err(lianyu_kit::storage::StorageError::from)?;
-        // The feed's lock first, as every mutation here takes it (no deadlock with a till).
-        api.feed.hold(&txn).await?;
         if store::expire_unit(&txn, &item.id, now).await? {
+            let mut writes = Writes::new();
             api.post(
                 &txn,
+                &mut writes,
                 Movement {
                     kind: "EXPIRY",
                     benefit: &benefit,
@@ -591,6 +597,7 @@ async fn expire_units(api: &Api) -> Result<u64, KitError> {
                 now,
             )
             .await?;
+            writes.send(&txn).await?;
             expired += 1;
         }
         txn.commit()

@@ -180,7 +180,7 @@ impl Api {
         }
         // Grants and claims are hot writes (a campaign grants to thousands): group-committed.
         self.hot
-            .run(call, request_id, request, async |txn| {
+            .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 if !store::take_unit(txn, &benefit.id).await? {
                     return Err(self.why_not_taken(txn, benefit).await);
@@ -198,6 +198,7 @@ impl Api {
                 store::insert_item(txn, &row).await?;
                 self.post(
                     txn,
+                    writes,
                     Movement {
                         kind: "GRANT",
                         benefit,
