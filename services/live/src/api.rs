@@ -16,6 +16,7 @@ use lianyu_kit::{
     ids::{MeshMemberId, ScopedMemberId},
     names,
     time::timestamp,
+    writes::Writes,
 };
 use lianyu_proto::{common::v1 as common, live::v1 as pb};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -64,15 +65,17 @@ pub(crate) fn register(
     let feed = Feed::new(read.clone(), ctx.stopping.clone())
         .listening(&ctx.config.database_url(crate::NAME), crate::NAME);
     let api = Api {
+        // Events are staged and numbered at commit (`tell_viewers`, `tell_hosts`): the feed's
+        // counter is the last lock a transaction here takes, held only while it commits. Orders
+        // run in one lane: a batch takes the stock rows of the sales it sells from, and two
+        // batches taking two sales' rows in opposite orders would deadlock.
         mutations: lianyu_kit::mutation::Mutations::new(db.clone())
             .reading(read.clone())
-            .publishing(feed.clone(), None)
-            .feed_first(),
+            .publishing(feed.clone(), None),
         orders: lianyu_kit::mutation::Mutations::new(db.clone())
-            .grouped()
+            .grouped_single_lane()
             .reading(read.clone())
-            .publishing(feed.clone(), None)
-            .feed_first(),
+            .publishing(feed.clone(), None),
         hub: viewers::Hub::start(feed.clone(), db.clone(), read.clone(), ctx.stopping.clone()),
         sold_out: orders::SoldOut::default(),
         feed,
@@ -225,59 +228,52 @@ impl Api {
         }
     }
 
-    /// Appends a change to the session's viewers' log, in the caller's transaction.
-    async fn tell_viewers(
+    /// Stages a change for the session's viewers' log in `writes`: appended when the
+    /// caller's transaction commits.
+    fn tell_viewers(
         &self,
-        txn: &impl ConnectionTrait,
+        writes: &mut Writes,
         session: &str,
         update: pb::join_session_response::Update,
-    ) -> Result<(), KitError> {
+    ) {
         let body = pb::JoinSessionResponse {
             update: Some(update),
         };
-        self.feed
-            .append(
-                txn,
-                NewEvent::message(&viewers::viewer_kind(session), None, &body),
-            )
-            .await?;
-        Ok(())
+        self.feed.append_staged(
+            writes,
+            NewEvent::message(&viewers::viewer_kind(session), None, &body),
+        );
     }
 
-    /// Appends an event of the live feed once per host (each reads its own), in the caller's
-    /// transaction.
-    async fn tell_hosts(
+    /// Stages an event of the live feed once per host (each reads its own), and once whole
+    /// for the mesh's services, in `writes`: appended when the caller's transaction commits.
+    fn tell_hosts(
         &self,
-        txn: &impl ConnectionTrait,
+        writes: &mut Writes,
         session: &Session,
         event: pb::watch_live_events_response::Event,
         at: i64,
-    ) -> Result<(), KitError> {
+    ) {
         let body = pb::WatchLiveEventsResponse {
             cursor: None,
             event: Some(event),
             event_time: timestamp(at),
         };
         for host in &session.hosts {
-            self.feed
-                .append(
-                    txn,
-                    NewEvent::message(stats::FUNNEL_KIND, Some(host.to_string()), &body),
-                )
-                .await?;
+            self.feed.append_staged(
+                writes,
+                NewEvent::message(stats::FUNNEL_KIND, Some(host.to_string()), &body),
+            );
         }
         // Once more, whole and by mesh id, for the mesh's services (LiveFeedService).
-        self.feed
-            .append(
-                txn,
-                NewEvent::message(
-                    stats::FUNNEL_KIND,
-                    Some(stats::WHOLE_FEED.to_owned()),
-                    &body,
-                ),
-            )
-            .await?;
-        Ok(())
+        self.feed.append_staged(
+            writes,
+            NewEvent::message(
+                stats::FUNNEL_KIND,
+                Some(stats::WHOLE_FEED.to_owned()),
+                &body,
+            ),
+        );
     }
 }
 

@@ -12,6 +12,7 @@ use lianyu_kit::{
     peer::{Idempotency, Peer},
     time::{now_millis, required_millis, timestamp},
     validate::Violations,
+    writes::Writes,
 };
 use lianyu_proto::{
     entitlements::internal::v1::{ClaimForViewerRequest, drop_service_client::DropServiceClient},
@@ -62,7 +63,7 @@ impl Api {
     ) -> Result<pb::CouponDrop, LiveError> {
         let given = r.coupon_drop.clone().unwrap_or_default();
         self.mutations
-            .run(call, &r.request_id, r, async |txn| {
+            .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let session = self.hosted(txn, call, &r.parent, "parent").await?;
                 let drop = CouponDrop::new(
                     &session.id,
@@ -80,11 +81,10 @@ impl Api {
                 store::insert_drop(txn, &drop).await?;
                 let shown = drop_proto(&drop);
                 self.tell_viewers(
-                    txn,
+                    writes,
                     &session.id,
                     pb::join_session_response::Update::CouponDrop(shown.clone()),
-                )
-                .await?;
+                );
                 Ok(shown)
             })
             .await
@@ -160,17 +160,18 @@ impl Api {
             txn.rollback().await.map_err(storage)?;
             return Ok(false);
         }
+        let mut writes = Writes::new();
         if left == 0 {
             self.tell_viewers(
-                &txn,
+                &mut writes,
                 &session.id,
                 pb::join_session_response::Update::CouponDrop(drop_proto(&CouponDrop {
                     remaining: 0,
                     ..drop
                 })),
-            )
-            .await?;
+            );
         }
+        writes.send(&txn).await.map_err(KitError::Storage)?;
         txn.commit().await.map_err(storage)?;
         if left == 0 {
             self.feed.published();
@@ -192,9 +193,10 @@ impl Api {
         let mesh = self.mesh_id(call, member, "member").await.ok();
         let txn = self.db.begin().await.map_err(storage)?;
         store::finish_claim(&txn, drop_id, call.partner_id(), request_id, item).await?;
+        let mut writes = Writes::new();
         if let (Some(mesh), Some(session)) = (mesh, store::load_session(&txn, session_id).await?) {
             self.tell_hosts(
-                &txn,
+                &mut writes,
                 &session,
                 pb::watch_live_events_response::Event::DropClaimed(pb::DropClaimed {
                     coupon_drop: drop_name,
@@ -202,9 +204,9 @@ impl Api {
                     partner: format!("partners/{}", call.partner_id()),
                 }),
                 now_millis(),
-            )
-            .await?;
+            );
         }
+        writes.send(&txn).await.map_err(KitError::Storage)?;
         txn.commit().await.map_err(storage)?;
         self.feed.published();
         Ok(())

@@ -206,7 +206,7 @@ impl Api {
         let given = r.order.clone().unwrap_or_default();
         let reference = check_order(given.quantity, &given.payment_reference)?;
         self.orders
-            .run(call, &r.request_id, r, async |txn| {
+            .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let (session, role) = self.session(txn, call, &r.parent, "parent").await?;
                 if call.who.store.is_some() && role != Role::Host {
                     return Err(KitError::Denied(
@@ -299,23 +299,21 @@ impl Api {
                 store::insert_order(txn, &order).await?;
                 if let Some(flash_sale) = sold_out {
                     self.tell_viewers(
-                        txn,
+                        writes,
                         &session.id,
                         pb::join_session_response::Update::StockLevel(pb::StockLevel {
                             flash_sale,
                             remaining_stock: 0,
                         }),
-                    )
-                    .await?;
+                    );
                 }
                 let stored = order_proto(&order, format!("meshMembers/{member}"));
                 self.tell_hosts(
-                    txn,
+                    writes,
                     &session,
                     pb::watch_live_events_response::Event::Order(stored),
                     now,
-                )
-                .await?;
+                );
                 Ok(order_proto(&order, given.member.clone()))
             })
             .await
@@ -373,7 +371,7 @@ impl pb::order_service_server::OrderService for Api {
             let [session_id, order_id] = names::parse(&r.name, "sessions/{session}/orders/{order}")
                 .map_err(|e| KitError::invalid("name", e))?;
             self.orders
-                .run(&call, &r.request_id, &r, async |txn| {
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
                     let mut order = store::order(txn, session_id, order_id)
                         .await?
                         .filter(|o| {
@@ -409,12 +407,11 @@ impl pb::order_service_server::OrderService for Api {
                             .unwrap_or_else(|| order.pseudonym.clone()),
                     );
                     self.tell_hosts(
-                        txn,
+                        writes,
                         &session,
                         pb::watch_live_events_response::Event::Order(stored),
                         now_millis(),
-                    )
-                    .await?;
+                    );
                     // The reply names the buyer by the session pseudonym, which any reader may see.
                     Ok(order_proto(&order, order.pseudonym.clone()))
                 })

@@ -80,7 +80,7 @@ impl Api {
         to: Transition,
     ) -> Result<pb::Session, LiveError> {
         self.mutations
-            .run(call, request_id, request, async |txn| {
+            .run_writing(call, request_id, request, async |txn, writes| {
                 let mut session = self.hosted(txn, call, name, "name").await?;
                 let was = session.state;
                 let now = now_millis();
@@ -96,22 +96,20 @@ impl Api {
                     store::close_drops(txn, &session.id, now).await?;
                 }
                 self.tell_viewers(
-                    txn,
+                    writes,
                     &session.id,
                     pb::join_session_response::Update::Session(session_proto(
                         &session,
                         Role::Public,
                     )),
-                )
-                .await?;
+                );
                 let full = session_proto(&session, Role::Host);
                 self.tell_hosts(
-                    txn,
+                    writes,
                     &session,
                     pb::watch_live_events_response::Event::Session(full.clone()),
                     now,
-                )
-                .await?;
+                );
                 Ok(full)
             })
             .await

@@ -150,7 +150,7 @@ impl pb::showcase_service_server::ShowcaseService for Api {
                     .map_err(|e| KitError::invalid("name", e))?;
             let parent = format!("sessions/{session_id}");
             self.mutations
-                .run(&call, &r.request_id, &r, async |txn| {
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
                     let session = self.on_air(txn, &call, &parent, "name").await?;
                     let (product, _) = store::product(txn, &session.id, product_id)
                         .await?
@@ -161,13 +161,12 @@ impl pb::showcase_service_server::ShowcaseService for Api {
                     let shown = product_proto(&product, r.pinned);
                     if r.pinned {
                         self.tell_viewers(
-                            txn,
+                            writes,
                             &session.id,
                             pb::join_session_response::Update::PinnedProduct(shown.clone()),
-                        )
-                        .await?;
+                        );
                         self.tell_hosts(
-                            txn,
+                            writes,
                             &session,
                             pb::watch_live_events_response::Event::ProductPinned(
                                 pb::ProductPinned {
@@ -180,18 +179,15 @@ impl pb::showcase_service_server::ShowcaseService for Api {
                                 },
                             ),
                             now,
-                        )
-                        .await?;
+                        );
                     } else {
                         // Nothing on screen: an empty product.
-                        self.tell_viewers(
-                            txn,
+                        self.tell_viewers(writes,
                             &session.id,
                             pb::join_session_response::Update::PinnedProduct(
                                 pb::Product::default(),
                             ),
-                        )
-                        .await?;
+                        );
                     }
                     Ok(shown)
                 })
@@ -231,7 +227,7 @@ impl pb::showcase_service_server::ShowcaseService for Api {
         unary(request, async |call, r| {
             let text = text(&r.text, true, 280).map_err(|e| KitError::invalid("text", e))?;
             self.mutations
-                .run(&call, &r.request_id, &r, async |txn| {
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
                     let session = self.on_air(txn, &call, &r.parent, "parent").await?;
                     let said = pb::Announcement {
                         text: text.clone(),
@@ -239,11 +235,10 @@ impl pb::showcase_service_server::ShowcaseService for Api {
                         author: format!("partners/{}", call.partner_id()),
                     };
                     self.tell_viewers(
-                        txn,
+                        writes,
                         &session.id,
                         pb::join_session_response::Update::Announcement(said.clone()),
-                    )
-                    .await?;
+                    );
                     Ok(said)
                 })
                 .await
@@ -258,7 +253,7 @@ impl pb::showcase_service_server::ShowcaseService for Api {
         unary(request, async |call, r| {
             let given = r.flash_sale.clone().unwrap_or_default();
             self.mutations
-                .run(&call, &r.request_id, &r, async |txn| {
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
                     let session = self.hosted(txn, &call, &r.parent, "parent").await?;
                     let product_id = match names::parse::<2>(
                         &given.product,
@@ -293,11 +288,10 @@ impl pb::showcase_service_server::ShowcaseService for Api {
                     store::insert_sale(txn, &sale).await?;
                     let shown = sale_proto(&sale);
                     self.tell_viewers(
-                        txn,
+                        writes,
                         &session.id,
                         pb::join_session_response::Update::FlashSale(shown.clone()),
-                    )
-                    .await?;
+                    );
                     Ok(shown)
                 })
                 .await

@@ -21,7 +21,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use lianyu_kit::{Call, KitError, call::status, feed::Feed, time::now_millis};
+use lianyu_kit::{Call, KitError, call::status, feed::Feed, time::now_millis, writes::Writes};
 use lianyu_proto::live::v1 as pb;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::broadcast;
@@ -340,9 +340,10 @@ impl Api {
             .begin()
             .await
             .map_err(|e| KitError::Storage(e.into()))?;
+        let mut writes = Writes::new();
         if store::record_viewer(&txn, &session.id, member, partner, now).await? {
             self.tell_hosts(
-                &txn,
+                &mut writes,
                 session,
                 pb::watch_live_events_response::Event::ViewerJoined(pb::ViewerJoined {
                     session: format!("sessions/{}", session.id),
@@ -350,9 +351,9 @@ impl Api {
                     partner: format!("partners/{partner}"),
                 }),
                 now,
-            )
-            .await?;
+            );
         }
+        writes.send(&txn).await.map_err(KitError::Storage)?;
         txn.commit()
             .await
             .map_err(|e| KitError::Storage(e.into()))?;
