@@ -48,6 +48,8 @@ pub(crate) struct Api {
     feed: Feed,
     /// Viewers on this replica, fed from the log.
     hub: viewers::Hub,
+    /// What viewers' snapshots are read from.
+    snapshots: std::sync::Arc<viewers::Snapshots>,
     /// Flash sales this replica has seen sell out: orders for them are answered SOLD_OUT
     /// without asking identity or writing (a replay still gets its order back). A cancel
     /// here reopens the sale; another replica's cancel is found by the next write after
@@ -77,6 +79,7 @@ pub(crate) fn register(
             .reading(read.clone())
             .publishing(feed.clone(), None),
         hub: viewers::Hub::start(feed.clone(), db.clone(), read.clone(), ctx.stopping.clone()),
+        snapshots: viewers::Snapshots::new(read.clone(), feed.clone()),
         sold_out: orders::SoldOut::default(),
         feed,
         directory,

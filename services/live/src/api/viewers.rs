@@ -294,39 +294,6 @@ impl Hub {
 type JoinStream = Pin<Box<dyn Stream<Item = Result<pb::JoinSessionResponse, Status>> + Send>>;
 
 impl Api {
-    /// What a viewer's screen needs now, and the log position it reflects: every change up to
-    /// it is in the snapshot (the position is read first), so the viewer skips those when the
-    /// room hands them on late (a replica's reader that polls).
-    async fn snapshot(
-        &self,
-        session: &str,
-        room: &Room,
-    ) -> Result<(i64, pb::JoinSessionResponse), KitError> {
-        let position = self.feed.head().await?;
-        let s = store::load_session(&self.read, session)
-            .await?
-            .ok_or(KitError::NotFound("SESSION_NOT_FOUND"))?;
-        let pinned = store::pinned_product(&self.read, session).await?;
-        let sales = store::open_sales(&self.read, session, now_millis()).await?;
-        let drops = store::open_drops(&self.read, session, now_millis()).await?;
-        let viewers = room
-            .counted
-            .load(Ordering::Relaxed)
-            .max(room.viewers.load(Ordering::Relaxed));
-        Ok((
-            position,
-            pb::JoinSessionResponse {
-                update: Some(pb::join_session_response::Update::Snapshot(pb::Snapshot {
-                    session: Some(session_proto(&s, Role::Public)),
-                    pinned_product: pinned.map(|p| showcase::product_proto(&p, true)),
-                    flash_sales: sales.iter().map(showcase::sale_proto).collect(),
-                    viewers,
-                    coupon_drops: drops.iter().map(drops::drop_proto).collect(),
-                })),
-            },
-        ))
-    }
-
     /// Records an identified member's first join of a session and tells the hosts' feed.
     async fn joined(
         &self,
@@ -372,28 +339,76 @@ fn ends(update: &pb::JoinSessionResponse) -> bool {
     )
 }
 
+/// What snapshots are read from: one per replica, shared by its viewers' streams (a stream
+/// holds a pointer to it, not a copy of the service's handle).
+pub(crate) struct Snapshots {
+    read: DatabaseConnection,
+    feed: Feed,
+}
+
+impl Snapshots {
+    pub(crate) fn new(read: DatabaseConnection, feed: Feed) -> Arc<Self> {
+        Arc::new(Self { read, feed })
+    }
+
+    /// What a viewer's screen needs now, and the log position it reflects: every change up to
+    /// it is in the snapshot (the position is read first), so the viewer skips those when the
+    /// room hands them on late (a replica's reader that polls).
+    async fn take(
+        &self,
+        session: &str,
+        room: &Room,
+    ) -> Result<(i64, pb::JoinSessionResponse), KitError> {
+        let position = self.feed.head().await?;
+        let s = store::load_session(&self.read, session)
+            .await?
+            .ok_or(KitError::NotFound("SESSION_NOT_FOUND"))?;
+        let pinned = store::pinned_product(&self.read, session).await?;
+        let sales = store::open_sales(&self.read, session, now_millis()).await?;
+        let drops = store::open_drops(&self.read, session, now_millis()).await?;
+        let viewers = room
+            .counted
+            .load(Ordering::Relaxed)
+            .max(room.viewers.load(Ordering::Relaxed));
+        Ok((
+            position,
+            pb::JoinSessionResponse {
+                update: Some(pb::join_session_response::Update::Snapshot(pb::Snapshot {
+                    session: Some(session_proto(&s, Role::Public)),
+                    pinned_product: pinned.map(|p| showcase::product_proto(&p, true)),
+                    flash_sales: sales.iter().map(showcase::sale_proto).collect(),
+                    viewers,
+                    coupon_drops: drops.iter().map(drops::drop_proto).collect(),
+                })),
+            },
+        ))
+    }
+}
+
 /// One viewer's stream: what to send first, its place in the room, and whether it is over.
 struct Watching {
-    pending: Option<pb::JoinSessionResponse>,
+    /// Boxed: a response is large, and a stream holds this for as long as it is open.
+    pending: Option<Box<pb::JoinSessionResponse>>,
     rx: broadcast::Receiver<Update>,
     seat: Seat,
     session: String,
     /// The log position the last snapshot reflects: changes up to it are not sent again.
     after: i64,
     done: bool,
-    api: Api,
+    snapshots: Arc<Snapshots>,
+    stopping: CancellationToken,
 }
 
 impl Watching {
     async fn next(mut self) -> Option<(Result<pb::JoinSessionResponse, Status>, Self)> {
         if let Some(update) = self.pending.take() {
             self.done = ends(&update);
-            return Some((Ok(update), self));
+            return Some((Ok(*update), self));
         }
         if self.done {
             return None;
         }
-        let stopping = self.api.stopping.clone();
+        let stopping = self.stopping.clone();
         loop {
             tokio::select! {
                 received = self.rx.recv() => match received {
@@ -408,7 +423,8 @@ impl Watching {
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Fell behind: a fresh snapshot instead of the backlog.
                         self.rx = self.rx.resubscribe();
-                        return match self.api.snapshot(&self.session, &self.seat.0).await {
+                        // Boxed: the stream holds its future, and a snapshot's read is large and rare.
+                        return match Box::pin(self.snapshots.take(&self.session, &self.seat.0)).await {
                             Ok((position, s)) => {
                                 self.after = position;
                                 Some((Ok(s), self))
@@ -471,17 +487,19 @@ impl pb::viewer_service_server::ViewerService for Api {
             }
         }
         let (position, first) = self
-            .snapshot(&session.id, &room)
+            .snapshots
+            .take(&session.id, &room)
             .await
             .map_err(|e| status(&LiveError::from(e)))?;
         let watching = Watching {
-            pending: Some(first),
+            pending: Some(Box::new(first)),
             rx,
             seat,
             session: session.id.clone(),
             after: position,
             done: false,
-            api: self.clone(),
+            snapshots: self.snapshots.clone(),
+            stopping: self.stopping.clone(),
         };
         let stream = futures::stream::unfold(watching, Watching::next);
         Ok(Response::new(Box::pin(stream)))
