@@ -10,6 +10,12 @@ use lianyu_kit::{
     config::Mode,
 };
 
+/// jemalloc rather than the system's allocator: under many small concurrent calls glibc's
+/// malloc took a quarter of the CPU; with jemalloc a flash sale is answered ~25 % sooner and
+/// health checks twice as fast (BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lianyu",

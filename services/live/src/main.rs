@@ -1,5 +1,9 @@
 //! The live service as a standalone process (its own binary and container).
 
+/// jemalloc, as in `lianyu` (BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     lianyu_kit::server::run_standalone("live", lianyu_live::run, lianyu_live::migrate).await
