@@ -3,7 +3,7 @@
 # insert before and after (BENCHMARKS.md, "Feed events at commit"). Not part of CI.
 #   scripts/bench-redeem-pg-ab.sh OLD_BINARY NEW_BINARY ...
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/.."
 dir=$(mktemp -d /tmp/lianyu-ab-pg.XXXXXX)
 trap 'scripts/postgres.sh stop "$dir" >/dev/null 2>&1 || true' EXIT
 url=$(LIANYU_PG_DURABLE=1 LIANYU_PG_PORT=56435 scripts/postgres.sh start "$dir" 2>/dev/null | tail -1)
