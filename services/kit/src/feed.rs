@@ -212,30 +212,13 @@ impl Feed {
         }
     }
 
-    /// Takes the feed's append lock in the caller's transaction before anything else it
-    /// locks (PostgreSQL; SQLite has one writer): a transaction that appends after locking
-    /// another hot row (a budget) and one that locks that row after appending would otherwise
-    /// wait for each other — a deadlock, which group commit makes likely by putting several
-    /// mutations in one transaction. Every appending transaction holds this lock until it ends
-    /// anyway, so taking it first costs nothing in concurrency.
-    pub async fn hold(&self, txn: &impl ConnectionTrait) -> Result<(), StorageError> {
-        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-            outbox_counter::Entity::update_many()
-                .col_expr(
-                    outbox_counter::Column::LastSeq,
-                    Expr::col(outbox_counter::Column::LastSeq),
-                )
-                .filter(outbox_counter::Column::Id.eq(1))
-                .exec(txn)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Appends an event inside the caller's transaction and returns its sequence.
     ///
     /// The counter row is updated first: its row lock is held until the transaction ends, so
     /// sequences become visible in commit order and a tailing reader never skips a late commit.
+    /// A transaction that also locks other shared rows (a budget, a stock row) stages its
+    /// events instead ([`Feed::append_staged`]): the counter is then the last lock it takes,
+    /// and two such transactions cannot deadlock on it.
     pub async fn append(
         &self,
         txn: &impl ConnectionTrait,

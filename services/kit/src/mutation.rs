@@ -30,8 +30,6 @@ pub struct Mutations<E> {
     reader: Option<DatabaseConnection>,
     at_rest: Arc<dyn AtRest>,
     feed: Option<Feed>,
-    /// Every mutation takes the feed's append lock first ([`Feed::hold`]).
-    feed_first: bool,
     before_reply: Option<BeforeReply>,
     error: PhantomData<fn() -> E>,
 }
@@ -43,7 +41,6 @@ impl<E> Clone for Mutations<E> {
             reader: self.reader.clone(),
             at_rest: self.at_rest.clone(),
             feed: self.feed.clone(),
-            feed_first: self.feed_first,
             before_reply: self.before_reply.clone(),
             error: PhantomData,
         }
@@ -58,7 +55,6 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
             reader: None,
             at_rest: Arc::new(Plain),
             feed: None,
-            feed_first: false,
             before_reply: None,
             error: PhantomData,
         }
@@ -129,14 +125,6 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
     pub fn publishing(mut self, feed: Feed, before_reply: Option<BeforeReply>) -> Self {
         self.feed = Some(feed);
         self.before_reply = before_reply;
-        self
-    }
-
-    /// Every mutation takes the feed's append lock before its effect ([`Feed::hold`]): for a
-    /// service whose mutations nearly all append and also update shared hot rows (a budget),
-    /// so that grouped transactions always lock in one order and never deadlock.
-    pub fn feed_first(mut self) -> Self {
-        self.feed_first = true;
         self
     }
 
@@ -226,21 +214,13 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
             request_id,
         };
         let appended = self.feed.as_ref().map(Feed::appended);
-        let first = self.feed.clone().filter(|_| self.feed_first);
         let reply = idempotency::once_about(
             &self.writer,
             self.reader.as_ref().unwrap_or(self.writer.db()),
             self.at_rest.as_ref(),
             key,
             request,
-            async move |txn: &DatabaseTransaction| {
-                if let Some(feed) = &first {
-                    feed.hold(txn)
-                        .await
-                        .map_err(|e| E::from(KitError::Storage(e)))?;
-                }
-                effect(txn).await
-            },
+            effect,
         )
         .await?;
         if let Some(feed) = &self.feed
