@@ -3,8 +3,11 @@
 //! response; the same id with a different request is ALREADY_EXISTS / REQUEST_ID_REUSED.
 
 use prost::Message;
+use std::sync::Arc;
+
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, QueryFilter,
 };
 use sha2::{Digest, Sha256};
 
@@ -78,7 +81,7 @@ const RACE_RETRIES: u32 = 4;
 /// who did nothing wrong. Its transaction was rolled back, so nothing of the lost try remains.
 pub async fn once_about<Req, Resp, E, F>(
     writer: &Writer,
-    reader: &DatabaseConnection,
+    reader: &Replays,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     request: &Req,
@@ -127,7 +130,7 @@ enum Attempt<Resp, E> {
 
 async fn try_once<Resp, E, F>(
     writer: &Writer,
-    reader: &DatabaseConnection,
+    reader: &Replays,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     hash: &[u8],
@@ -302,7 +305,7 @@ pub fn validate(request_id: &str) -> Result<(), KitError> {
 /// The stored reply of `request` under `key`, if it was answered before: read-only, for a
 /// caller that can refuse without a write unless it is a replay (a sold-out drop).
 pub async fn stored<Req: Message, Resp: Message + Default>(
-    reader: &DatabaseConnection,
+    reader: &Replays,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     request: &Req,
@@ -313,20 +316,12 @@ pub async fn stored<Req: Message, Resp: Message + Default>(
 }
 
 async fn replay<Resp: Message + Default>(
-    db: &DatabaseConnection,
+    replays: &Replays,
     at_rest: &dyn AtRest,
     key: CallKey<'_>,
     hash: &[u8],
 ) -> Result<Option<Resp>, KitError> {
-    let found = idempotency_key::Entity::find_by_id((
-        key.partner_id.to_owned(),
-        key.method.to_owned(),
-        key.request_id.to_owned(),
-    ))
-    .one(db)
-    .await
-    .map_err(kit)?;
-    match found {
+    match replays.find(key).await.map_err(kit)? {
         None => Ok(None),
         Some(row) if row.request_hash == hash && row.erased_at.is_some() => {
             Err(KitError::SubjectErased)
@@ -342,6 +337,250 @@ async fn replay<Resp: Message + Default>(
     }
 }
 
+/// Stored-reply rows one lookup reads at most.
+const REPLAY_BATCH: usize = 256;
+
+/// Reads of stored replies, batched: a refusal checks for a stored reply before it answers (a
+/// sold-out flash sale refuses thousands of buyers in a second, each checking), and every
+/// check was a trip to the database of its own. Lookups made while one is running queue up and
+/// the next goes as one query per partner and method (`request_id IN (…)`, on the primary
+/// key); a lookup at an idle reader goes at once, alone — batching adds no waiting. Cheap to
+/// clone; clones share the queue.
+#[derive(Clone)]
+pub struct Replays {
+    inner: Arc<ReplaysInner>,
+}
+
+struct ReplaysInner {
+    db: DatabaseConnection,
+    queue: std::sync::Mutex<Vec<Wanted>>,
+    /// Held by the lookup running; the next waiting caller takes the queue with it.
+    turn: tokio::sync::Mutex<()>,
+    /// Queries sent, for the tests.
+    queries: std::sync::atomic::AtomicUsize,
+}
+
+type Found = Result<Option<idempotency_key::Model>, StorageError>;
+
+struct Wanted {
+    partner_id: String,
+    method: String,
+    request_id: String,
+    answer: tokio::sync::oneshot::Sender<Found>,
+}
+
+impl Replays {
+    /// Lookups on `db` (a read pool beside the writer, where there is one).
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            inner: Arc::new(ReplaysInner {
+                db,
+                queue: std::sync::Mutex::default(),
+                turn: tokio::sync::Mutex::new(()),
+                queries: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Wanted>> {
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The row stored under `key`, if any.
+    async fn find(&self, key: CallKey<'_>) -> Found {
+        use tokio::sync::oneshot::error::TryRecvError;
+        'ask: loop {
+            let (answer, mut answered) = tokio::sync::oneshot::channel();
+            self.queue().push(Wanted {
+                partner_id: key.partner_id.to_owned(),
+                method: key.method.to_owned(),
+                request_id: key.request_id.to_owned(),
+                answer,
+            });
+            loop {
+                // Answered by the lookup running, or our turn to run the next one.
+                let turn = tokio::select! {
+                    biased;
+                    found = &mut answered => match found {
+                        Ok(found) => return found,
+                        // Taken by a lookup whose caller went away: ask again.
+                        Err(_) => continue 'ask,
+                    },
+                    turn = self.inner.turn.lock() => turn,
+                };
+                match answered.try_recv() {
+                    Ok(found) => return found,
+                    Err(TryRecvError::Closed) => continue 'ask,
+                    Err(TryRecvError::Empty) => {}
+                }
+                let batch: Vec<Wanted> = {
+                    let mut queue = self.queue();
+                    let n = queue.len().min(REPLAY_BATCH);
+                    queue.drain(..n).collect()
+                };
+                self.look_up(batch).await;
+                drop(turn);
+                match answered.try_recv() {
+                    Ok(found) => return found,
+                    Err(TryRecvError::Closed) => continue 'ask,
+                    // Ours did not fit in that lookup: it waits for the next.
+                    Err(TryRecvError::Empty) => {}
+                }
+            }
+        }
+    }
+
+    /// Answers every caller in `batch`: one query per partner and method.
+    async fn look_up(&self, batch: Vec<Wanted>) {
+        let mut groups: std::collections::BTreeMap<(String, String), Vec<Wanted>> =
+            std::collections::BTreeMap::new();
+        for wanted in batch {
+            groups
+                .entry((wanted.partner_id.clone(), wanted.method.clone()))
+                .or_default()
+                .push(wanted);
+        }
+        for ((partner_id, method), wanted) in groups {
+            let ids: Vec<&str> = wanted.iter().map(|w| w.request_id.as_str()).collect();
+            self.inner
+                .queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let rows = idempotency_key::Entity::find()
+                .filter(idempotency_key::Column::PartnerId.eq(&partner_id))
+                .filter(idempotency_key::Column::Method.eq(&method))
+                .filter(idempotency_key::Column::RequestId.is_in(ids))
+                .all(&self.inner.db)
+                .await;
+            match rows {
+                Ok(rows) => {
+                    // Several callers may ask for one key (racing retries of one call).
+                    let by_id: std::collections::HashMap<String, idempotency_key::Model> = rows
+                        .into_iter()
+                        .map(|r| (r.request_id.clone(), r))
+                        .collect();
+                    for w in wanted {
+                        let row = by_id.get(&w.request_id).cloned();
+                        let _ = w.answer.send(Ok(row));
+                    }
+                }
+                Err(e) => {
+                    let error = StorageError::from(e);
+                    for w in wanted {
+                        let _ = w.answer.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn kit(err: impl Into<StorageError>) -> KitError {
     KitError::Storage(err.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, Schema};
+
+    use super::*;
+
+    async fn table(dir: &tempfile::TempDir) -> DatabaseConnection {
+        let url = format!("sqlite://{}/replays.db?mode=rwc", dir.path().display());
+        let db = crate::storage::connect(&url, "replays", None)
+            .await
+            .unwrap();
+        let schema = Schema::new(DbBackend::Sqlite);
+        db.execute(&schema.create_table_from_entity(idempotency_key::Entity))
+            .await
+            .unwrap();
+        db
+    }
+
+    fn row(partner: &str, method: &str, id: &str) -> idempotency_key::ActiveModel {
+        idempotency_key::ActiveModel {
+            partner_id: Set(partner.into()),
+            method: Set(method.into()),
+            request_id: Set(id.into()),
+            request_hash: Set(format!("{partner}{method}{id}").into_bytes()),
+            response: Set(Vec::new()),
+            created_at: Set(0),
+            subject: Set(None),
+            erased_at: Set(None),
+        }
+    }
+
+    /// Lookups made at once share queries, each caller gets the row of its own key (or none)
+    /// whatever partner, method and id the others asked for, and callers that go away while
+    /// their lookup runs leave the rest answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lookups_share_queries_and_each_gets_its_own_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = table(&dir).await;
+        let keys: Vec<(String, String, String)> = (0..800)
+            .map(|i| {
+                (
+                    ["brand", "mall"][i % 2].to_owned(),
+                    ["/a.A/Buy", "/a.A/Claim"][i / 2 % 2].to_owned(),
+                    format!("r-{}", i / 4),
+                )
+            })
+            .collect();
+        // And every key asked for twice at once (racing retries of one call).
+        let keys: Vec<_> = keys.iter().chain(keys.iter()).cloned().collect();
+        // Every other key is stored.
+        idempotency_key::Entity::insert_many(
+            keys.iter()
+                .take(800)
+                .step_by(2)
+                .map(|(p, m, id)| row(p, m, id))
+                .collect::<Vec<_>>(),
+        )
+        .exec(&db)
+        .await
+        .unwrap();
+        let replays = Replays::new(db);
+        let lookups = keys.iter().enumerate().map(|(i, (p, m, id))| {
+            let replays = replays.clone();
+            let (p, m, id) = (p.clone(), m.clone(), id.clone());
+            tokio::spawn(async move {
+                let key = CallKey {
+                    partner_id: &p,
+                    method: &m,
+                    request_id: &id,
+                };
+                let found = replays.find(key).await.unwrap();
+                (i, found.map(|r| r.request_hash))
+            })
+        });
+        let handles: Vec<_> = lookups.collect();
+        // Some callers go away mid-lookup.
+        for handle in handles.iter().skip(3).step_by(50) {
+            handle.abort();
+        }
+        let mut answered = 0;
+        for handle in handles {
+            let Ok((i, hash)) = handle.await else {
+                continue;
+            };
+            answered += 1;
+            let (p, m, id) = &keys[i];
+            let expected = (i % 2 == 0).then(|| format!("{p}{m}{id}").into_bytes());
+            assert_eq!(hash, expected, "lookup {i} got its own key's answer");
+        }
+        assert!(
+            answered >= 1568,
+            "only the aborted callers went unanswered: {answered}"
+        );
+        let queries = replays
+            .inner
+            .queries
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            queries < answered,
+            "{queries} queries for {answered} lookups: they were not shared"
+        );
+    }
 }

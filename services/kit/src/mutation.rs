@@ -14,7 +14,7 @@ use crate::{
     error::{KitError, ServiceError},
     feed::Feed,
     group::Writer,
-    idempotency::{self, AtRest, CallKey, Plain},
+    idempotency::{self, AtRest, CallKey, Plain, Replays},
     writes::Writes,
 };
 
@@ -25,9 +25,9 @@ pub type BeforeReply = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> 
 /// A service's mutation pipeline, answering with the service's error type `E`; cheap to clone.
 pub struct Mutations<E> {
     writer: Writer,
-    /// Where committed replies are read back (a replay, a refusal's check for one); the
-    /// writer when unset.
-    reader: Option<DatabaseConnection>,
+    /// Where committed replies are read back (a replay, a refusal's check for one): the read
+    /// pool when set ([`Self::reading`]), else the writer's database.
+    replays: Replays,
     at_rest: Arc<dyn AtRest>,
     feed: Option<Feed>,
     before_reply: Option<BeforeReply>,
@@ -38,7 +38,7 @@ impl<E> Clone for Mutations<E> {
     fn clone(&self) -> Self {
         Self {
             writer: self.writer.clone(),
-            reader: self.reader.clone(),
+            replays: self.replays.clone(),
             at_rest: self.at_rest.clone(),
             feed: self.feed.clone(),
             before_reply: self.before_reply.clone(),
@@ -51,8 +51,8 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
     /// Mutations on `db` whose replies are stored as they are.
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
+            replays: Replays::new(db.clone()),
             writer: Writer::direct(db),
-            reader: None,
             at_rest: Arc::new(Plain),
             feed: None,
             before_reply: None,
@@ -63,7 +63,7 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
     /// Reads committed replies from `read` (a read pool beside the writer: on SQLite the
     /// writer's one connection stays with the writes).
     pub fn reading(mut self, read: DatabaseConnection) -> Self {
-        self.reader = Some(read);
+        self.replays = Replays::new(read);
         self
     }
 
@@ -84,13 +84,7 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
             method: call.method,
             request_id,
         };
-        Ok(idempotency::stored(
-            self.reader.as_ref().unwrap_or(self.writer.db()),
-            self.at_rest.as_ref(),
-            key,
-            request,
-        )
-        .await?)
+        Ok(idempotency::stored(&self.replays, self.at_rest.as_ref(), key, request).await?)
     }
 
     /// Concurrent mutations share transactions and commits ([`crate::group`]): for a hot write
@@ -216,7 +210,7 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         let appended = self.feed.as_ref().map(Feed::appended);
         let reply = idempotency::once_about(
             &self.writer,
-            self.reader.as_ref().unwrap_or(self.writer.db()),
+            &self.replays,
             self.at_rest.as_ref(),
             key,
             request,
