@@ -15,7 +15,9 @@ use tonic::{Request, Response, Status};
 
 use super::{Api, Role, money};
 use crate::{
-    domain::{LiveError, Order, OrderState, Session, SessionState, check_order},
+    domain::{
+        FlashSale, LiveError, Order, OrderState, Product, Session, SessionState, check_order,
+    },
     store::{self, OrderScope},
 };
 
@@ -196,7 +198,99 @@ impl Api {
             .collect())
     }
 
-    /// Places an order for `call` (already validated outside the transaction).
+    /// What an order rests on, read beside the writer: the session (the caller's role, the
+    /// share code's attribution, LIVE), the product or flash sale and the amount. Products and
+    /// sales do not change once made, except that a sale closes (its session ended); what
+    /// may change by the time the order is written — the stock, the sale's window, the
+    /// session's state — is checked again where the stock is taken ([`store::take_stock`]),
+    /// or, for a product at list price, by reading the session's state in the transaction.
+    async fn order_facts(
+        &self,
+        call: &Call,
+        r: &pb::PlaceOrderRequest,
+        given: &pb::Order,
+    ) -> Result<OrderFacts, LiveError> {
+        let (session, role) = self.session(&self.read, call, &r.parent, "parent").await?;
+        if call.who.store.is_some() && role != Role::Host {
+            return Err(KitError::Denied(
+                "STORE_TOKEN_NOT_ALLOWED",
+                "a store token places orders only in a session of its store",
+            )
+            .into());
+        }
+        let (store, guide) = session
+            .attribute(&given.share_code)
+            .map_err(|e| KitError::invalid("order.share_code", e))?;
+        if session.state != SessionState::Live {
+            return Err(session.state.refuse("a LIVE session").into());
+        }
+        let (product, sale) = match item(&session.id, given)? {
+            Item::Sale(id) => {
+                let sale = store::sale(&self.read, &session.id, id)
+                    .await?
+                    .ok_or(LiveError::FlashSaleNotFound)?;
+                sale.window.open_at(now_millis(), "SALE_NOT_OPEN")?;
+                let (product, _) = store::product(&self.read, &session.id, &sale.product_id)
+                    .await?
+                    .ok_or(LiveError::ProductNotFound)?;
+                (product, Some(sale))
+            }
+            Item::Product(id) => {
+                let (product, _) = store::product(&self.read, &session.id, id)
+                    .await?
+                    .ok_or(LiveError::ProductNotFound)?;
+                (product, None)
+            }
+        };
+        let unit = sale.as_ref().map_or(&product.price, |s| &s.price);
+        let amount = Order::price(unit, given.quantity)?;
+        Ok(OrderFacts {
+            session,
+            store,
+            guide,
+            product,
+            sale,
+            amount,
+        })
+    }
+
+    /// Why no stock was taken from `sale`: the session is no longer LIVE, the sale is not
+    /// open, or too few units are left (SOLD_OUT, remembered for the sold-out gate).
+    async fn not_taken(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        sale: &FlashSale,
+        quantity: i32,
+        now: i64,
+    ) -> LiveError {
+        match store::load_session(txn, &sale.session_id).await {
+            Ok(Some(session)) if session.state != SessionState::Live => {
+                return session.state.refuse("a LIVE session").into();
+            }
+            Ok(_) => {}
+            Err(e) => return e.into(),
+        }
+        let current = match store::sale(txn, &sale.session_id, &sale.id).await {
+            Ok(Some(current)) => current,
+            Ok(None) => return LiveError::FlashSaleNotFound,
+            Err(e) => return e.into(),
+        };
+        if let Err(closed) = current.window.open_at(now, "SALE_NOT_OPEN") {
+            return closed.into();
+        }
+        // Less than one unit left is none: sold out for every buyer (what the update read
+        // was committed, whatever becomes of this transaction).
+        if quantity == 1 || current.remaining_stock == 0 {
+            self.sold_out.mark(&sale.id);
+        }
+        KitError::Precondition("SOLD_OUT", "fewer units are left than asked for".into()).into()
+    }
+
+    /// Places an order for `call` (already validated). What it rests on is read first, beside
+    /// the writer; in the transaction a flash-sale order costs two conditional writes (the
+    /// member's limit, the stock) and one trip for the order with its stored reply — in a
+    /// burst, every buyer's transaction queues on the one writer, so what it does there is
+    /// kept to that.
     async fn place(
         &self,
         call: &Call,
@@ -205,45 +299,29 @@ impl Api {
     ) -> Result<pb::Order, LiveError> {
         let given = r.order.clone().unwrap_or_default();
         let reference = check_order(given.quantity, &given.payment_reference)?;
+        let facts = match self.order_facts(call, r, &given).await {
+            Ok(facts) => facts,
+            // A replay of an order placed before the session or sale changed gets its order.
+            Err(refused) => {
+                return match self.orders.stored(call, &r.request_id, r).await? {
+                    Some(placed) => Ok(placed),
+                    None => Err(refused),
+                };
+            }
+        };
+        let OrderFacts {
+            session,
+            store: attributed_store,
+            guide,
+            product,
+            sale,
+            amount,
+        } = &facts;
         self.orders
             .run_writing(call, &r.request_id, r, async |txn, writes| {
-                let (session, role) = self.session(txn, call, &r.parent, "parent").await?;
-                if call.who.store.is_some() && role != Role::Host {
-                    return Err(KitError::Denied(
-                        "STORE_TOKEN_NOT_ALLOWED",
-                        "a store token places orders only in a session of its store",
-                    )
-                    .into());
-                }
-                let (store, guide) = session
-                    .attribute(&given.share_code)
-                    .map_err(|e| KitError::invalid("order.share_code", e))?;
-                if session.state != SessionState::Live {
-                    return Err(session.state.refuse("a LIVE session").into());
-                }
                 let now = now_millis();
-                let (product, sale) = match item(&session.id, &given)? {
-                    Item::Sale(id) => {
-                        let sale = store::sale(txn, &session.id, id)
-                            .await?
-                            .ok_or(LiveError::FlashSaleNotFound)?;
-                        let (product, _) = store::product(txn, &session.id, &sale.product_id)
-                            .await?
-                            .ok_or(LiveError::ProductNotFound)?;
-                        (product, Some(sale))
-                    }
-                    Item::Product(id) => {
-                        let (product, _) = store::product(txn, &session.id, id)
-                            .await?
-                            .ok_or(LiveError::ProductNotFound)?;
-                        (product, None)
-                    }
-                };
-                let unit = sale.as_ref().map_or(&product.price, |s| &s.price);
-                let amount = Order::price(unit, given.quantity)?;
                 let mut sold_out = None;
-                if let Some(sale) = &sale {
-                    sale.window.open_at(now, "SALE_NOT_OPEN")?;
+                if let Some(sale) = sale {
                     if !store::count_against_limit(
                         txn,
                         &sale.id,
@@ -262,20 +340,20 @@ impl Api {
                         )
                         .into());
                     }
-                    let Some(left) = store::take_stock(txn, &sale.id, given.quantity).await? else {
-                        // Less than one unit left is none: sold out for every buyer (what the
-                        // update read was committed, whatever becomes of this transaction).
-                        if given.quantity == 1 || sale.remaining_stock == 0 {
-                            self.sold_out.mark(&sale.id);
-                        }
-                        return Err(KitError::Precondition(
-                            "SOLD_OUT",
-                            "fewer units are left than asked for".into(),
-                        )
-                        .into());
+                    let Some(left) =
+                        store::take_stock(txn, &session.id, &sale.id, given.quantity, now).await?
+                    else {
+                        return Err(self.not_taken(txn, sale, given.quantity, now).await);
                     };
                     if left == 0 {
                         sold_out = Some(sale.name());
+                    }
+                } else {
+                    let state = store::load_session(txn, &session.id)
+                        .await?
+                        .map_or(SessionState::Cancelled, |s| s.state);
+                    if state != SessionState::Live {
+                        return Err(state.refuse("a LIVE session").into());
                     }
                 }
                 let order = Order {
@@ -287,16 +365,20 @@ impl Api {
                     product_id: product.id.clone(),
                     flash_sale_id: sale.as_ref().map(|s| s.id.clone()),
                     quantity: given.quantity,
-                    amount,
+                    amount: amount.clone(),
                     seller: product.seller.clone(),
-                    store,
-                    guide,
+                    store: attributed_store.clone(),
+                    guide: guide.clone(),
                     share_code: given.share_code.clone(),
                     payment_reference: reference.clone(),
                     state: OrderState::Placed,
                     created_at: now,
                 };
-                store::insert_order(txn, &order).await?;
+                store::stage_order(
+                    writes,
+                    sea_orm::ConnectionTrait::get_database_backend(txn),
+                    &order,
+                );
                 if let Some(flash_sale) = sold_out {
                     self.tell_viewers(
                         writes,
@@ -310,7 +392,7 @@ impl Api {
                 let stored = order_proto(&order, format!("meshMembers/{member}"));
                 self.tell_hosts(
                     writes,
-                    &session,
+                    session,
                     pb::watch_live_events_response::Event::Order(stored),
                     now,
                 );
@@ -318,6 +400,16 @@ impl Api {
             })
             .await
     }
+}
+
+/// What an order rests on ([`Api::order_facts`]).
+struct OrderFacts {
+    session: Session,
+    store: String,
+    guide: String,
+    product: Product,
+    sale: Option<FlashSale>,
+    amount: lianyu_kit::money::Money,
 }
 
 #[tonic::async_trait]

@@ -2,16 +2,16 @@
 //! conditional updates, so no interleaving of buyers — on one replica or several sharing a
 //! PostgreSQL — takes stock below zero or a member past the limit.
 
-use lianyu_kit::{KitError, ids::PartnerId, money::Money, page::Page};
+use lianyu_kit::{KitError, ids::PartnerId, money::Money, page::Page, writes::Writes};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    sea_query::{Expr, ExprTrait, OnConflict, Query},
 };
 
 use super::{
-    entities::{flash_sale, order, pin_marker, product, sale_buyer},
+    entities::{State, flash_sale, order, pin_marker, product, sale_buyer, session},
     storage,
 };
 use crate::domain::{FlashSale, Order, OrderState, Product, SaleWindow};
@@ -277,32 +277,39 @@ pub(crate) async fn close_sales(
     Ok(())
 }
 
-/// Takes `quantity` units of a sale: one conditional update, so the stock never goes below
-/// zero. The units left after it, or `None` when fewer than asked were left.
+/// Takes `quantity` units of a sale that is open at `now` in a LIVE session: one conditional
+/// update that returns what is left, so the stock never goes below zero and no unit is sold
+/// after the sale or its session ended (ending a session closes its sales in the same
+/// transaction). `None` when nothing was taken: too few units left, or the sale or its
+/// session not open — [`sale`] and the session tell which.
 pub(crate) async fn take_stock(
     txn: &impl ConnectionTrait,
+    session: &str,
     sale: &str,
     quantity: i32,
+    now: i64,
 ) -> Result<Option<i64>, KitError> {
     let q = i64::from(quantity);
-    let done = flash_sale::Entity::update_many()
+    let live = Query::select()
+        .column(session::Column::Id)
+        .from(session::Entity)
+        .and_where(Expr::col(session::Column::Id).eq(session))
+        .and_where(Expr::col(session::Column::State).eq(State::Live))
+        .to_owned();
+    let taken = flash_sale::Entity::update_many()
         .col_expr(
             flash_sale::Column::Remaining,
             Expr::col(flash_sale::Column::Remaining).sub(q),
         )
         .filter(flash_sale::Column::Id.eq(sale))
+        .filter(flash_sale::Column::SessionId.in_subquery(live))
         .filter(flash_sale::Column::Remaining.gte(q))
-        .exec(txn)
+        .filter(flash_sale::Column::StartsAt.lte(now))
+        .filter(flash_sale::Column::EndsAt.gt(now))
+        .exec_with_returning(txn)
         .await
         .map_err(storage)?;
-    if done.rows_affected != 1 {
-        return Ok(None);
-    }
-    Ok(flash_sale::Entity::find_by_id(sale)
-        .one(txn)
-        .await
-        .map_err(storage)?
-        .map(|r| r.remaining))
+    Ok(taken.first().map(|r| r.remaining))
 }
 
 /// Counts `quantity` more units against the member's limit in a sale: one upsert whose update
@@ -377,8 +384,10 @@ pub(crate) async fn restock(
 }
 
 /// Stores a placed order.
-pub(crate) async fn insert_order(txn: &impl ConnectionTrait, o: &Order) -> Result<(), KitError> {
-    order::ActiveModel {
+/// Stages an order's insert with the mutation's last writes (it goes with the stored reply in
+/// one trip).
+pub(crate) fn stage_order(writes: &mut Writes, backend: DbBackend, o: &Order) {
+    let row = order::ActiveModel {
         id: Set(o.id.clone()),
         session_id: Set(o.session_id.clone()),
         member_id: Set(o.member.clone()),
@@ -396,11 +405,8 @@ pub(crate) async fn insert_order(txn: &impl ConnectionTrait, o: &Order) -> Resul
         payment_reference: Set(o.payment_reference.clone()),
         cancelled: Set(false),
         created_at: Set(o.created_at),
-    }
-    .insert(txn)
-    .await
-    .map_err(storage)?;
-    Ok(())
+    };
+    writes.add(backend, &order::Entity::insert(row));
 }
 
 fn to_order(r: order::Model) -> Result<Order, KitError> {
@@ -532,4 +538,138 @@ pub(crate) async fn forget_buyer(
         .await
         .map_err(storage)?;
     Ok(done.rows_affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use lianyu_kit::testing::TestDatabase;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection};
+    use sea_orm_migration::MigratorTrait;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    async fn database(test: &str) -> (TestDatabase, DatabaseConnection) {
+        let database = TestDatabase::new(test).await;
+        let db = lianyu_kit::storage::connect(&database.url, "live", None)
+            .await
+            .unwrap();
+        crate::store::Migrator::up(&db, None).await.unwrap();
+        (database, db)
+    }
+
+    /// A session in `state` with a sale of `stock` units open from NOW - 1 s to `ends_at`.
+    async fn sale_in(db: &DatabaseConnection, id: &str, state: State, stock: i64, ends_at: i64) {
+        session::ActiveModel {
+            id: Set(id.into()),
+            title: Set("t".into()),
+            store_partner_id: Set(None),
+            store_id: Set(None),
+            stream_url: Set(String::new()),
+            scheduled_start: Set(0),
+            state: Set(state),
+            created_by: Set("brand".into()),
+            created_at: Set(0),
+            profile: Set("{}".into()),
+            started_at: Set(None),
+            ended_at: Set(None),
+            salt: Set("salt".into()),
+            peak_viewers: Set(0),
+        }
+        .insert(db)
+        .await
+        .unwrap();
+        flash_sale::ActiveModel {
+            id: Set(format!("{id}-sale")),
+            session_id: Set(id.into()),
+            product_id: Set("p".into()),
+            currency: Set("CNY".into()),
+            price: Set(9_900),
+            total_stock: Set(stock),
+            remaining: Set(stock),
+            per_member_limit: Set(1),
+            starts_at: Set(NOW - 1_000),
+            ends_at: Set(ends_at),
+        }
+        .insert(db)
+        .await
+        .unwrap();
+    }
+
+    async fn remaining(db: &DatabaseConnection, sale: &str) -> i64 {
+        flash_sale::Entity::find_by_id(sale)
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining
+    }
+
+    /// The stock is taken only from an open sale of a LIVE session: whatever an order read
+    /// before its transaction, a session ended (its sales closed) or a sale not open by the
+    /// time the stock is taken sells nothing, and a refused take leaves the stock as it was.
+    #[tokio::test]
+    async fn stock_is_taken_only_from_an_open_sale_of_a_live_session() {
+        let (_database, db) = database("live_take_stock_guard").await;
+        let far = NOW + 3_600_000;
+        sale_in(&db, "live", State::Live, 2, far).await;
+        sale_in(&db, "ended", State::Ended, 2, far).await;
+        sale_in(&db, "closed", State::Live, 2, NOW).await;
+
+        assert_eq!(
+            take_stock(&db, "live", "live-sale", 1, NOW).await.unwrap(),
+            Some(1)
+        );
+        // The sale named with another session (an ended one) sells nothing.
+        assert_eq!(
+            take_stock(&db, "ended", "live-sale", 1, NOW).await.unwrap(),
+            None
+        );
+        assert_eq!(remaining(&db, "live-sale").await, 1);
+        assert_eq!(
+            take_stock(&db, "live", "live-sale", 2, NOW).await.unwrap(),
+            None,
+            "one left"
+        );
+        assert_eq!(
+            take_stock(&db, "live", "live-sale", 1, NOW).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            take_stock(&db, "live", "live-sale", 1, NOW).await.unwrap(),
+            None,
+            "sold out"
+        );
+        assert_eq!(remaining(&db, "live-sale").await, 0);
+
+        assert_eq!(
+            take_stock(&db, "ended", "ended-sale", 1, NOW)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            remaining(&db, "ended-sale").await,
+            2,
+            "an ended session sells nothing"
+        );
+        assert_eq!(
+            take_stock(&db, "closed", "closed-sale", 1, NOW)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            take_stock(&db, "closed", "closed-sale", 1, NOW - 2_000)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            remaining(&db, "closed-sale").await,
+            2,
+            "nothing outside the window"
+        );
+    }
 }
