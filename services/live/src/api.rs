@@ -22,7 +22,7 @@ use lianyu_proto::{common::v1 as common, live::v1 as pb};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::{
-    domain::{LiveError, Session, SessionState},
+    domain::{FlashSale, LiveError, Product, Session, SessionState},
     store,
 };
 
@@ -55,6 +55,9 @@ pub(crate) struct Api {
     /// here reopens the sale; another replica's cancel is found by the next write after
     /// [`orders::SOLD_OUT_RECHECK`].
     sold_out: orders::SoldOut,
+    /// Flash sales and their products by (session, sale), as read once
+    /// ([`Api::sale_and_product`]).
+    sales: moka::sync::Cache<(String, String), std::sync::Arc<(FlashSale, Product)>>,
 }
 
 pub(crate) fn register(
@@ -81,6 +84,10 @@ pub(crate) fn register(
         hub: viewers::Hub::start(feed.clone(), db.clone(), read.clone(), ctx.stopping.clone()),
         snapshots: viewers::Snapshots::new(read.clone(), feed.clone()),
         sold_out: orders::SoldOut::default(),
+        sales: moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_idle(std::time::Duration::from_secs(600))
+            .build(),
         feed,
         directory,
         entitlements: match ctx.peer(crate::NAME, "entitlements") {

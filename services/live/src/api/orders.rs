@@ -226,13 +226,10 @@ impl Api {
         }
         let (product, sale) = match item(&session.id, given)? {
             Item::Sale(id) => {
-                let sale = store::sale(&self.read, &session.id, id)
-                    .await?
-                    .ok_or(LiveError::FlashSaleNotFound)?;
+                let (sale, product) = self.sale_and_product(&session.id, id).await?;
+                // A sale closed early (its session ended) may still look open here; the stock
+                // update refuses it all the same.
                 sale.window.open_at(now_millis(), "SALE_NOT_OPEN")?;
-                let (product, _) = store::product(&self.read, &session.id, &sale.product_id)
-                    .await?
-                    .ok_or(LiveError::ProductNotFound)?;
                 (product, Some(sale))
             }
             Item::Product(id) => {
@@ -252,6 +249,30 @@ impl Api {
             sale,
             amount,
         })
+    }
+
+    /// A flash sale and its product, from this replica's cache or read and kept: neither
+    /// changes once made, except that a sale may close early (its session ended), which
+    /// [`store::take_stock`] checks on every order — so in a burst the thousands of buyers of
+    /// one sale read it once, not once each.
+    async fn sale_and_product(
+        &self,
+        session: &str,
+        sale: &str,
+    ) -> Result<(FlashSale, Product), LiveError> {
+        let key = (session.to_owned(), sale.to_owned());
+        if let Some(known) = self.sales.get(&key) {
+            return Ok((*known).clone());
+        }
+        let found = store::sale(&self.read, session, sale)
+            .await?
+            .ok_or(LiveError::FlashSaleNotFound)?;
+        let (product, _) = store::product(&self.read, session, &found.product_id)
+            .await?
+            .ok_or(LiveError::ProductNotFound)?;
+        self.sales
+            .insert(key, std::sync::Arc::new((found.clone(), product.clone())));
+        Ok((found, product))
     }
 
     /// Why no stock was taken from `sale`: the session is no longer LIVE, the sale is not
