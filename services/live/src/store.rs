@@ -16,8 +16,9 @@ use lianyu_kit::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, Iterable, QueryFilter, QueryOrder,
+    QuerySelect,
+    sea_query::{Alias, Expr, ExprTrait, Order, Query},
 };
 use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait};
 use serde::{Deserialize, Serialize};
@@ -267,25 +268,61 @@ pub(crate) async fn save_session(
     Ok(done.rows_affected == 1)
 }
 
+/// Column names of a host beside its session's row ([`load_session`]).
+const HOST_PARTNER: &str = "host_partner_id";
+const HOST_POSITION: &str = "host_position";
+
 /// The session `id`, whoever asks (the caller decides what the asker may see of it).
 pub(crate) async fn load_session(
     conn: &impl ConnectionTrait,
     id: &str,
 ) -> Result<Option<Session>, KitError> {
-    let Some(row) = session::Entity::find_by_id(id)
-        .one(conn)
-        .await
-        .map_err(storage)?
-    else {
-        return Ok(None);
-    };
-    let hosts = session_host::Entity::find()
-        .filter(session_host::Column::SessionId.eq(id))
-        .order_by_asc(session_host::Column::Position)
-        .all(conn)
+    // One statement: the session's row beside each of its hosts (it always has one, its
+    // creator), not a read for the session and another for its hosts — every call in a
+    // session reads this, an order in a flash sale's burst too.
+    let mut select = Query::select();
+    select
+        .columns(session::Column::iter().map(|c| (session::Entity, c)))
+        .expr_as(
+            Expr::col((session_host::Entity, session_host::Column::PartnerId)),
+            Alias::new(HOST_PARTNER),
+        )
+        .expr_as(
+            Expr::col((session_host::Entity, session_host::Column::Position)),
+            Alias::new(HOST_POSITION),
+        )
+        .from(session::Entity)
+        .left_join(
+            session_host::Entity,
+            Expr::col((session_host::Entity, session_host::Column::SessionId))
+                .equals((session::Entity, session::Column::Id)),
+        )
+        .and_where(Expr::col((session::Entity, session::Column::Id)).eq(id))
+        .order_by(
+            (session_host::Entity, session_host::Column::Position),
+            Order::Asc,
+        );
+    let rows = conn
+        .query_all_raw(conn.get_database_backend().build(&select))
         .await
         .map_err(storage)?;
-    Ok(Some(to_domain(row, hosts)))
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let session = session::Model::from_query_result(first, "").map_err(storage)?;
+    let mut hosts = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let partner: Option<String> = row.try_get("", HOST_PARTNER).map_err(storage)?;
+        let position: Option<i32> = row.try_get("", HOST_POSITION).map_err(storage)?;
+        if let (Some(partner_id), Some(position)) = (partner, position) {
+            hosts.push(session_host::Model {
+                session_id: session.id.clone(),
+                partner_id,
+                position,
+            });
+        }
+    }
+    Ok(Some(to_domain(session, hosts)))
 }
 
 /// The sessions `partner` co-hosts (with a store token, those in `own_store`), in the order
