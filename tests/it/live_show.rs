@@ -1425,3 +1425,99 @@ async fn store_tokens_act_only_within_their_store() {
     );
     assert_eq!(rows(&s, "live", "orders").await, 1);
 }
+
+/// A flash-sale order as each kind of caller would place it. A partner that is not a co-host
+/// (its own app's viewer) buys for its own member and sees only its own order; naming a member
+/// it does not know, ordering through another store's token, as the operator, without a token,
+/// or naming a sale under another session takes nothing — the stock is read back after each.
+#[tokio::test]
+async fn a_flash_sale_order_as_every_kind_of_caller() {
+    let s = mesh("live_sale_callers").await;
+    let session = on_air(&s).await;
+    let lipstick = add_product(&s, &session.name, "LIP-777", 29_900).await;
+    let sale = flash_sale(&s, &session.name, &lipstick.name, 5, 1).await;
+    let stock = || {
+        let mut client = showcase(&s, &s.token(BRAND));
+        let name = sale.name.clone();
+        async move {
+            client
+                .get_flash_sale(pb::GetFlashSaleRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+                .remaining_stock
+        }
+    };
+    let brand_member = enrol(&s, BRAND, "13712345670").await;
+    let outsider_member = enrol(&s, OUTSIDER, "13712345671").await;
+    let mall_member = enrol(&s, MALL, "13712345672").await;
+
+    // Refusals first, each leaving the stock as it was.
+    let refusals = [
+        (
+            s.token(OUTSIDER),
+            buy(&session.name, &sale.name, &brand_member, "x-theirs", ""),
+        ),
+        (
+            s.store_token(MALL, "sh02"),
+            buy(&session.name, &sale.name, &mall_member, "x-store", ""),
+        ),
+        (
+            s.operator_token(),
+            buy(&session.name, &sale.name, &brand_member, "x-op", ""),
+        ),
+        (
+            s.token(BRAND),
+            buy(
+                &session.name,
+                &sale.name.replace(&session.name, "sessions/another"),
+                &brand_member,
+                "x-other-session",
+                "",
+            ),
+        ),
+    ];
+    let mut codes = Vec::new();
+    for (token, request) in refusals {
+        let e = orders(&s, &token).place_order(request).await.unwrap_err();
+        codes.push((e.code(), reason(&e)));
+        assert_eq!(stock().await, 5, "a refused order took nothing: {e:?}");
+    }
+    assert_eq!(
+        codes[1],
+        (Code::PermissionDenied, "STORE_TOKEN_NOT_ALLOWED".into())
+    );
+    assert_eq!(codes[2].0, Code::NotFound, "the operator sees no session");
+    assert_eq!(codes[3].0, Code::InvalidArgument);
+    assert_eq!(
+        codes[0],
+        (Code::NotFound, "MEMBER_NOT_FOUND".into()),
+        "another partner's member id is not the outsider's to name"
+    );
+    let mut anonymous = OrderServiceClient::new(s.channel.clone());
+    let e = anonymous
+        .place_order(buy(&session.name, &sale.name, &brand_member, "x-none", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(stock().await, 5);
+    assert_eq!(rows(&s, "live", "orders").await, 0);
+
+    // The outsider buys for its own member: it is sold, and the outsider sees that order only.
+    let bought = orders(&s, &s.token(OUTSIDER))
+        .place_order(buy(&session.name, &sale.name, &outsider_member, "o-1", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bought.member, outsider_member);
+    assert_eq!(stock().await, 4);
+    orders(&s, &s.token(BRAND))
+        .place_order(buy(&session.name, &sale.name, &brand_member, "b-1", ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&s, &s.token(OUTSIDER), &session.name).await,
+        vec![outsider_member.clone()],
+        "the outsider lists its own order, not the brand's"
+    );
+}

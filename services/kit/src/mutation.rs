@@ -79,12 +79,13 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         Req: Message,
         Resp: Message + Default,
     {
-        let key = CallKey {
-            partner_id: &call.who.partner_id,
-            method: call.method,
-            request_id,
-        };
-        Ok(idempotency::stored(&self.replays, self.at_rest.as_ref(), key, request).await?)
+        Ok(idempotency::stored(
+            &self.replays,
+            self.at_rest.as_ref(),
+            call_key(call, request_id),
+            request,
+        )
+        .await?)
     }
 
     /// Concurrent mutations share transactions and commits ([`crate::group`]): for a hot write
@@ -202,11 +203,7 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         Resp: Message + Default,
         F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>, Writes), E> + Clone,
     {
-        let key = CallKey {
-            partner_id: &call.who.partner_id,
-            method: call.method,
-            request_id,
-        };
+        let key = call_key(call, request_id);
         let appended = self.feed.as_ref().map(Feed::appended);
         let reply = idempotency::once_about(
             &self.writer,
@@ -226,5 +223,14 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
             feed.published();
         }
         Ok(reply)
+    }
+}
+
+/// What a call's reply is stored under: the calling partner, the RPC and its `request_id`.
+fn call_key<'a>(call: &'a Call, request_id: &'a str) -> CallKey<'a> {
+    CallKey {
+        partner_id: &call.who.partner_id,
+        method: call.method,
+        request_id,
     }
 }
