@@ -276,7 +276,8 @@ impl Api {
     }
 
     /// Why no stock was taken from `sale`: the session is no longer LIVE, the sale is not
-    /// open, or too few units are left (SOLD_OUT, remembered for the sold-out gate).
+    /// open, or too few units are left (SOLD_OUT). Read again in the transaction: if enough is left after all, the take lost a race
+    /// with a concurrent one and is retried (ABORTED / CONCURRENT_UPDATE), never told SOLD_OUT.
     async fn not_taken(
         &self,
         txn: &sea_orm::DatabaseTransaction,
@@ -299,10 +300,11 @@ impl Api {
         if let Err(closed) = current.window.open_at(now, "SALE_NOT_OPEN") {
             return closed.into();
         }
-        // Less than one unit left is none: sold out for every buyer (what the update read
-        // was committed, whatever becomes of this transaction).
-        if quantity == 1 || current.remaining_stock == 0 {
-            self.sold_out.mark(&sale.id);
+        if current.remaining_stock >= i64::from(quantity) {
+            return KitError::Storage(lianyu_kit::storage::StorageError::Conflict(
+                "the stock changed while it was taken; retry".into(),
+            ))
+            .into();
         }
         KitError::Precondition("SOLD_OUT", "fewer units are left than asked for".into()).into()
     }
@@ -338,7 +340,8 @@ impl Api {
             sale,
             amount,
         } = &facts;
-        self.orders
+        let placed = self
+            .orders
             .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let now = now_millis();
                 let mut sold_out = None;
@@ -419,7 +422,17 @@ impl Api {
                 );
                 Ok(order_proto(&order, given.member.clone()))
             })
-            .await
+            .await;
+        // Remembered for the sold-out gate only once final: a refusal inside a shared
+        // transaction may rest on another member's take that was then rolled back, and the
+        // pipeline decides it again — only a SOLD_OUT that reaches here was read committed.
+        if let (Err(refused), Some(sale)) = (&placed, sale)
+            && given.quantity == 1
+            && lianyu_kit::ServiceError::reason(refused) == "SOLD_OUT"
+        {
+            self.sold_out.mark(&sale.id);
+        }
+        placed
     }
 }
 

@@ -7,11 +7,11 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    sea_query::{Expr, ExprTrait, OnConflict, Query},
+    sea_query::{Expr, ExprTrait, OnConflict},
 };
 
 use super::{
-    entities::{State, flash_sale, order, pin_marker, product, sale_buyer, session},
+    entities::{flash_sale, order, pin_marker, product, sale_buyer},
     storage,
 };
 use crate::domain::{FlashSale, Order, OrderState, Product, SaleWindow};
@@ -277,11 +277,15 @@ pub(crate) async fn close_sales(
     Ok(())
 }
 
-/// Takes `quantity` units of a sale that is open at `now` in a LIVE session: one conditional
+/// Takes `quantity` units of `sale` (of `session`) if it is open at `now`: one conditional
 /// update that returns what is left, so the stock never goes below zero and no unit is sold
-/// after the sale or its session ended (ending a session closes its sales in the same
-/// transaction). `None` when nothing was taken: too few units left, or the sale or its
-/// session not open — [`sale`] and the session tell which.
+/// outside the sale's window. A session that ends closes its sales in the same transaction
+/// ([`close_sales`]), so the window also stops an order whose session ended after it was read.
+/// The conditions are on the sale's own row only: under PostgreSQL's READ COMMITTED an update
+/// that waited for a concurrent one re-checks them on the row's new version, which it does not
+/// do reliably for a subquery (a check of the session's state here made a flash sale on two
+/// instances undersell). `None` when nothing was taken: too few units left, or the sale not
+/// open — [`sale`] tells which.
 pub(crate) async fn take_stock(
     txn: &impl ConnectionTrait,
     session: &str,
@@ -290,19 +294,13 @@ pub(crate) async fn take_stock(
     now: i64,
 ) -> Result<Option<i64>, KitError> {
     let q = i64::from(quantity);
-    let live = Query::select()
-        .column(session::Column::Id)
-        .from(session::Entity)
-        .and_where(Expr::col(session::Column::Id).eq(session))
-        .and_where(Expr::col(session::Column::State).eq(State::Live))
-        .to_owned();
     let taken = flash_sale::Entity::update_many()
         .col_expr(
             flash_sale::Column::Remaining,
             Expr::col(flash_sale::Column::Remaining).sub(q),
         )
         .filter(flash_sale::Column::Id.eq(sale))
-        .filter(flash_sale::Column::SessionId.in_subquery(live))
+        .filter(flash_sale::Column::SessionId.eq(session))
         .filter(flash_sale::Column::Remaining.gte(q))
         .filter(flash_sale::Column::StartsAt.lte(now))
         .filter(flash_sale::Column::EndsAt.gt(now))
@@ -559,30 +557,11 @@ mod tests {
         (database, db)
     }
 
-    /// A session in `state` with a sale of `stock` units open from NOW - 1 s to `ends_at`.
-    async fn sale_in(db: &DatabaseConnection, id: &str, state: State, stock: i64, ends_at: i64) {
-        session::ActiveModel {
-            id: Set(id.into()),
-            title: Set("t".into()),
-            store_partner_id: Set(None),
-            store_id: Set(None),
-            stream_url: Set(String::new()),
-            scheduled_start: Set(0),
-            state: Set(state),
-            created_by: Set("brand".into()),
-            created_at: Set(0),
-            profile: Set("{}".into()),
-            started_at: Set(None),
-            ended_at: Set(None),
-            salt: Set("salt".into()),
-            peak_viewers: Set(0),
-        }
-        .insert(db)
-        .await
-        .unwrap();
+    /// A sale "{session}-sale" of `stock` units in `session`, open from NOW - 1 s to `ends_at`.
+    async fn sale_in(db: &DatabaseConnection, session: &str, stock: i64, ends_at: i64) {
         flash_sale::ActiveModel {
-            id: Set(format!("{id}-sale")),
-            session_id: Set(id.into()),
+            id: Set(format!("{session}-sale")),
+            session_id: Set(session.into()),
             product_id: Set("p".into()),
             currency: Set("CNY".into()),
             price: Set(9_900),
@@ -606,70 +585,45 @@ mod tests {
             .remaining
     }
 
-    /// The stock is taken only from an open sale of a LIVE session: whatever an order read
-    /// before its transaction, a session ended (its sales closed) or a sale not open by the
-    /// time the stock is taken sells nothing, and a refused take leaves the stock as it was.
+    /// The stock is taken only from an open sale, named with its own session: whatever an
+    /// order read before its transaction, a sale its session's end closed, or one not open at
+    /// the order's time, sells nothing, and a refused take leaves the stock as it was.
     #[tokio::test]
-    async fn stock_is_taken_only_from_an_open_sale_of_a_live_session() {
-        let (_database, db) = database("live_take_stock_guard").await;
+    async fn stock_is_taken_only_within_the_sales_window_and_never_below_zero() {
+        let (_database, db) = database("live_take_stock_window").await;
         let far = NOW + 3_600_000;
-        sale_in(&db, "live", State::Live, 2, far).await;
-        sale_in(&db, "ended", State::Ended, 2, far).await;
-        sale_in(&db, "closed", State::Live, 2, NOW).await;
+        sale_in(&db, "live", 2, far).await;
+        sale_in(&db, "ended", 2, far).await;
 
+        let take = |session: &'static str, sale: &'static str, quantity: i32, at: i64| {
+            let db = db.clone();
+            async move { take_stock(&db, session, sale, quantity, at).await.unwrap() }
+        };
+        assert_eq!(take("live", "live-sale", 1, NOW).await, Some(1));
         assert_eq!(
-            take_stock(&db, "live", "live-sale", 1, NOW).await.unwrap(),
-            Some(1)
+            take("ended", "live-sale", 1, NOW).await,
+            None,
+            "another session's"
         );
-        // The sale named with another session (an ended one) sells nothing.
         assert_eq!(
-            take_stock(&db, "ended", "live-sale", 1, NOW).await.unwrap(),
-            None
+            take("live", "live-sale", 1, NOW - 2_000).await,
+            None,
+            "not yet open"
         );
+        assert_eq!(take("live", "live-sale", 2, NOW).await, None, "one left");
         assert_eq!(remaining(&db, "live-sale").await, 1);
-        assert_eq!(
-            take_stock(&db, "live", "live-sale", 2, NOW).await.unwrap(),
-            None,
-            "one left"
-        );
-        assert_eq!(
-            take_stock(&db, "live", "live-sale", 1, NOW).await.unwrap(),
-            Some(0)
-        );
-        assert_eq!(
-            take_stock(&db, "live", "live-sale", 1, NOW).await.unwrap(),
-            None,
-            "sold out"
-        );
+        assert_eq!(take("live", "live-sale", 1, NOW).await, Some(0));
+        assert_eq!(take("live", "live-sale", 1, NOW).await, None, "sold out");
         assert_eq!(remaining(&db, "live-sale").await, 0);
 
-        assert_eq!(
-            take_stock(&db, "ended", "ended-sale", 1, NOW)
-                .await
-                .unwrap(),
-            None
-        );
+        // The session ends at NOW - 10 ms: its sale closes then, and sells nothing after.
+        close_sales(&db, "ended", NOW - 10).await.unwrap();
+        assert_eq!(take("ended", "ended-sale", 1, NOW).await, None);
+        assert_eq!(take("ended", "ended-sale", 1, NOW - 10).await, None);
         assert_eq!(
             remaining(&db, "ended-sale").await,
             2,
             "an ended session sells nothing"
-        );
-        assert_eq!(
-            take_stock(&db, "closed", "closed-sale", 1, NOW)
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            take_stock(&db, "closed", "closed-sale", 1, NOW - 2_000)
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            remaining(&db, "closed-sale").await,
-            2,
-            "nothing outside the window"
         );
     }
 }
