@@ -37,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(CampaignColumns),
             Box::new(Audience),
             Box::new(SessionHosts),
+            Box::new(ConsentsByMember),
         ])
     }
 }
@@ -76,6 +77,37 @@ lianyu_kit::tables_migration!(
     "m20261203_000013_comarketing_session_hosts",
     [entities::session_host::Entity]
 );
+
+/// Consents looked up by member: a member's grounds for a grantee were a search of the
+/// primary key's prefix (grantee, purpose) — every consent to the grantee, read for one
+/// member. With this index the lookup goes straight to the member's few rows.
+pub(crate) struct ConsentsByMember;
+
+impl sea_orm_migration::MigrationName for ConsentsByMember {
+    fn name(&self) -> &str {
+        "m20261204_000014_comarketing_consents_by_member"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for ConsentsByMember {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use entities::consent::Column;
+        manager
+            .create_index(
+                sea_orm_migration::prelude::Index::create()
+                    .if_not_exists()
+                    .name("idx-consents-member-grantee-purpose")
+                    .table(entities::consent::Entity)
+                    .col(Column::MemberIdx)
+                    .col(Column::Grantee)
+                    .col(Column::Purpose)
+                    .col(Column::Collector)
+                    .to_owned(),
+            )
+            .await
+    }
+}
 
 /// The campaign columns the first version lacked, and its states renamed to the contract's
 /// (proposed → draft, accepted → scheduled, live → running).
