@@ -660,6 +660,58 @@ async fn the_mesh_wide_cap_holds_across_partners_at_any_concurrency() {
     assert_eq!(first, second);
 }
 
+/// A known member's requests are decided from a read made before their transaction (one
+/// read, no lock, on SQLite): the cap still holds exactly when dozens of them, from two
+/// partners, race for the last slots — each hold is guarded by the count it was decided on.
+#[tokio::test]
+async fn the_cap_holds_for_a_known_member_when_every_request_races_for_the_last_slots() {
+    let s = mesh("aud_cap_known").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let phone = "13500000002";
+    let at_brand = enrol(&s, BRAND, phone).await;
+    let at_mall = enrol(&s, MALL, phone).await;
+    let ask = |partner: &'static str, member: String, id: String| {
+        let mut client = contacts(&s, &s.token(partner));
+        let request = pb::RequestContactRequest {
+            request_id: id,
+            member,
+            campaign: campaign.name.clone(),
+            channel: pb::ContactChannel::Push as i32,
+        };
+        async move { client.request_contact(request).await.unwrap().into_inner() }
+    };
+    // The first contact makes her known to the cap (her number, her counted contacts).
+    let first = ask(BRAND, at_brand.clone(), "known-0".into()).await;
+    assert!(first.allowed, "{first:?}");
+    assert_eq!(first.contacts_in_window, 1);
+    let answers = join_all((1..=40).map(|i| {
+        if i % 2 == 0 {
+            ask(BRAND, at_brand.clone(), format!("known-{i}"))
+        } else {
+            ask(MALL, at_mall.clone(), format!("known-{i}"))
+        }
+    }))
+    .await;
+    let mut held: Vec<i32> = answers
+        .iter()
+        .filter(|a| a.allowed)
+        .map(|a| a.contacts_in_window)
+        .collect();
+    held.sort_unstable();
+    // Two slots were left: two holds, each told its own place in the window.
+    assert_eq!(held, [2, 3], "{answers:?}");
+    for refused in answers.iter().filter(|a| !a.allowed) {
+        assert_eq!(
+            refused.decision,
+            pb::ContactDecision::CapReached as i32,
+            "{refused:?}"
+        );
+        assert_eq!(refused.contacts_in_window, 3, "{refused:?}");
+        assert!(refused.next_allowed_time.is_some());
+    }
+    assert_eq!(rows(&s, "comarketing", "contacts").await, 3);
+}
+
 #[tokio::test]
 async fn contacts_respect_channels_quiet_hours_and_the_operators_policy() {
     let s = mesh("aud_contact_rules").await;
