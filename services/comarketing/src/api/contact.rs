@@ -9,10 +9,7 @@ use lianyu_kit::{
     time::{millis, now_millis, timestamp},
     validate::Violations,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use lianyu_proto::comarketing::v1 as pb;
-use sea_orm::{ConnectionTrait, DbBackend};
 use tonic::{Request, Response, Status};
 
 use super::Api;
@@ -102,25 +99,22 @@ impl pb::contact_service_server::ContactService for Api {
                 .as_ref()
                 .filter(|c| !c.alliance.is_empty())
                 .map_or("default".to_owned(), |c| c.alliance.clone());
+            let policy = store::policy(&self.read, &policy_name).await?;
+            let policy_out = policy_proto(&policy_name, policy);
             let me = call.partner_id().to_owned();
             let now = now_millis();
-            // Decided before anything is held; a refusal is the answer, stored like any other
-            // (its row sent with its batch's commit: nothing of it depends on the transaction).
-            let refused = async |d: pb::ContactDecision, next: Option<i64>, policy: Policy| {
-                let reply = refusal(d, next, policy_proto(&policy_name, policy));
+            // Decided before anything is held; a refusal is the answer, stored like any other.
+            let refused = async |d: pb::ContactDecision, next: Option<i64>| {
+                let reply = refusal(d, next, policy_out.clone());
                 self.contacts
-                    .run_writing(&call, &r.request_id, &r, async |_txn, writes| {
-                        writes.deferrable();
-                        Ok(reply.clone())
-                    })
+                    .run(&call, &r.request_id, &r, async |_txn| Ok(reply.clone()))
                     .await
             };
             if let Some(c) = &campaign
                 && !c.channels.is_empty()
                 && !c.channels.contains(&r.channel)
             {
-                let policy = store::policy(&self.read, &policy_name).await?;
-                return refused(pb::ContactDecision::ChannelNotInCampaign, None, policy).await;
+                return refused(pb::ContactDecision::ChannelNotInCampaign, None).await;
             }
             let directory = self.directory()?;
             let Some(mesh) = directory
@@ -130,26 +124,18 @@ impl pb::contact_service_server::ContactService for Api {
                 )
                 .await?
             else {
-                let policy = store::policy(&self.read, &policy_name).await?;
-                return refused(pb::ContactDecision::NoConsent, None, policy).await;
+                return refused(pb::ContactDecision::NoConsent, None).await;
             };
-            let facts = store::contact_facts(
-                &self.read,
-                mesh.as_str(),
-                &me,
-                MARKETING_CONTACT,
-                &policy_name,
-                now,
-            )
-            .await?;
-            let policy = facts.policy;
-            let policy_out = policy_proto(&policy_name, policy);
             // Who the member may be known through: the caller itself (its own member), and
             // every partner whose consent to the caller the feed has shown; identity decides.
+            let known = store::known_member(&self.read, mesh.as_str()).await?;
             let mut grantors = vec![me.clone()];
-            for g in &facts.grounds {
-                if !grantors.contains(g) {
-                    grantors.push(g.clone());
+            if let Some(n) = known {
+                let grounds = store::grounds(&self.read, &[n], &me, MARKETING_CONTACT).await?;
+                for g in grounds.into_values().flatten() {
+                    if !grantors.contains(&g) {
+                        grantors.push(g);
+                    }
                 }
             }
             let questions: Vec<Question> = grantors
@@ -166,53 +152,26 @@ impl pb::contact_service_server::ContactService for Api {
             // bound; the export, which hands over ids, asks identity every time.
             let decisions = directory.decide_cached(&me, &questions).await?;
             if !decisions.iter().any(|d| d.allowed) {
-                return refused(pb::ContactDecision::NoConsent, None, policy).await;
+                return refused(pb::ContactDecision::NoConsent, None).await;
             }
-            if let Some(q) = facts.quiet
+            if let Some(n) = known
+                && let Some(q) =
+                    store::quiet_hours_of(&self.read, i32::try_from(n).unwrap_or(0)).await?
                 && let Some(end) = q.ends_after(now)
             {
-                return refused(pb::ContactDecision::QuietHours, Some(end), policy).await;
+                return refused(pb::ContactDecision::QuietHours, Some(end)).await;
             }
             let campaign_id = campaign.as_ref().map(|c| c.id.clone()).unwrap_or_default();
-            // The first try of a known member on SQLite decides from the contacts read above,
-            // without reading them again in the transaction: the hold is sent with its batch's
-            // commit behind a guard that fails it if the member's counted contacts are no
-            // longer what was read (the one writer makes the guard exact). The batch then runs
-            // again and this call, on its next try, reads under the member's lock.
-            let first_try = AtomicBool::new(true);
-            let first_try = &first_try;
             self.contacts
-                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
-                    let backend = txn.get_database_backend();
-                    let read_before =
-                        first_try.swap(false, Ordering::Relaxed) && backend == DbBackend::Sqlite;
-                    let (number, counted) = match facts.member {
-                        Some(n) if read_before => (n, facts.counted.clone()),
-                        known => {
-                            let n = match known {
-                                Some(n) => n,
-                                None => store::member_number(txn, mesh.as_str(), now).await?,
-                            };
-                            store::lock_member(txn, n).await?;
-                            (
-                                n,
-                                store::counted_contacts(txn, n, now, policy.window()).await?,
-                            )
-                        }
+                .run(&call, &r.request_id, &r, async |txn| {
+                    let number = match known.and_then(|n| i32::try_from(n).ok()) {
+                        Some(n) => n,
+                        None => store::member_number(txn, mesh.as_str(), now).await?,
                     };
+                    store::lock_member(txn, number).await?;
+                    let counted =
+                        store::counted_contacts(txn, number, now, policy.window()).await?;
                     let in_window = i32::try_from(counted.len()).unwrap_or(i32::MAX);
-                    let guard = (read_before && facts.member.is_some()).then(|| {
-                        store::counted_other_than(number, now, policy.window(), counted.len())
-                    });
-                    if let Some(guard) = &guard {
-                        // A refusal rests on the read alone (counted contacts only grow until
-                        // they leave the window, measured at the same `now`); a hold, on the
-                        // guard.
-                        writes.deferrable();
-                        if policy.admits(counted.len()) {
-                            writes.guard_none(backend, guard);
-                        }
-                    }
                     if let Err(next) = policy.admit(counted, now) {
                         let mut reply = refusal(
                             pb::ContactDecision::CapReached,
@@ -223,9 +182,8 @@ impl pb::contact_service_server::ContactService for Api {
                         return Ok(reply);
                     }
                     let id = uuid::Uuid::now_v7().simple().to_string();
-                    store::stage_contact(
-                        writes,
-                        backend,
+                    store::insert_contact(
+                        txn,
                         &store::NewContact {
                             id: &id,
                             member: number,
@@ -235,7 +193,8 @@ impl pb::contact_service_server::ContactService for Api {
                             at: now,
                             expires_at: now + HOLD,
                         },
-                    );
+                    )
+                    .await?;
                     Ok(pb::RequestContactResponse {
                         allowed: true,
                         decision: pb::ContactDecision::Allowed as i32,

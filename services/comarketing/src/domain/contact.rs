@@ -43,17 +43,12 @@ impl Policy {
         i64::from(self.window_days) * DAY
     }
 
-    /// Whether one more contact fits beside `counted` contacts in the window.
-    pub fn admits(self, counted: usize) -> bool {
-        counted < usize::try_from(self.max_contacts).unwrap_or(0)
-    }
-
     /// Whether one more contact fits at `now`, given the times of the contacts (held or sent)
     /// counting in the window; `Err(when)` names when the oldest leaves the window otherwise.
     pub fn admit(self, mut counted: Vec<i64>, now: i64) -> Result<(), i64> {
         let since = now - self.window();
         counted.retain(|t| *t > since);
-        if self.admits(counted.len()) {
+        if counted.len() < usize::try_from(self.max_contacts).unwrap_or(0) {
             return Ok(());
         }
         counted.sort_unstable();
