@@ -660,9 +660,9 @@ async fn the_mesh_wide_cap_holds_across_partners_at_any_concurrency() {
     assert_eq!(first, second);
 }
 
-/// A known member's requests are decided from a read made before their transaction (one
-/// read, no lock, on SQLite): the cap still holds exactly when dozens of them, from two
-/// partners, race for the last slots — each hold is guarded by the count it was decided on.
+/// A known member's requests, batched into shared transactions by group commit: the cap
+/// still holds exactly when dozens of them, from two partners, race for the last slots —
+/// each decided under the member's lock on the count it reads there.
 #[tokio::test]
 async fn the_cap_holds_for_a_known_member_when_every_request_races_for_the_last_slots() {
     let s = mesh("aud_cap_known").await;
