@@ -140,6 +140,8 @@ pub struct Writer {
     /// PostgreSQL, whose writers run in parallel — one batch at a time would serialise them.
     lanes: Arc<[Group]>,
     next: Arc<AtomicUsize>,
+    /// The lane every mutation of this writer takes ([`Self::keyed`]); round robin if `None`.
+    pinned: Option<usize>,
 }
 
 impl Writer {
@@ -149,6 +151,7 @@ impl Writer {
             db,
             lanes: Arc::from(Vec::new()),
             next: Arc::default(),
+            pinned: None,
         }
     }
 
@@ -188,6 +191,23 @@ impl Writer {
                 })
                 .collect(),
             next: Arc::default(),
+            pinned: None,
+        }
+    }
+
+    /// This writer with every mutation in the lane `key` hashes to: mutations about one thing
+    /// (a member whose row they lock) then never sit in two open shared transactions at once.
+    /// Two batches on different lanes that locked the same rows in opposite orders would
+    /// deadlock — PostgreSQL breaks the cycle only after `deadlock_timeout` (a second), and
+    /// both batches run again; in one lane the later batch just waits for the earlier commit.
+    /// Other processes' writers still race on the database, which resolves it as before.
+    pub fn keyed(&self, key: &str) -> Self {
+        use std::hash::BuildHasher;
+        let hash =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key);
+        Self {
+            pinned: Some(usize::try_from(hash % 1024).unwrap_or(0)),
+            ..self.clone()
         }
     }
 
@@ -240,9 +260,11 @@ impl Writer {
         let lane = match self.lanes.len() {
             0 => None,
             1 => self.lanes.first(),
-            n => self
-                .lanes
-                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
+            n => self.lanes.get(
+                self.pinned
+                    .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed))
+                    % n,
+            ),
         };
         let Some(group) = lane else {
             let txn = self.db.begin().await?;

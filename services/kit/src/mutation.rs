@@ -103,6 +103,16 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         self
     }
 
+    /// This pipeline with every mutation in the shared-transaction lane `key` picks
+    /// ([`Writer::keyed`]): for mutations that lock rows about `key` (a member's), so that two
+    /// batches never hold them in opposite orders.
+    pub fn keyed(&self, key: &str) -> Self {
+        Self {
+            writer: self.writer.keyed(key),
+            ..self.clone()
+        }
+    }
+
     /// (commits, mutations committed) by a grouped pipeline; `None` otherwise.
     pub fn batching(&self) -> Option<(usize, usize)> {
         self.writer.batching()

@@ -162,7 +162,11 @@ impl pb::contact_service_server::ContactService for Api {
                 return refused(pb::ContactDecision::QuietHours, Some(end)).await;
             }
             let campaign_id = campaign.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+            // Every request about one member takes one lane of shared transactions: a batch
+            // holds its members' locks to its commit, and two lanes taking two members' locks
+            // in opposite orders would deadlock (a second lost on PostgreSQL each time).
             self.contacts
+                .keyed(mesh.as_str())
                 .run(&call, &r.request_id, &r, async |txn| {
                     let number = match known.and_then(|n| i32::try_from(n).ok()) {
                         Some(n) => n,
