@@ -25,35 +25,38 @@ use crate::{
 /// order through to the database again (a cancel on another replica restocks it).
 pub(super) const SOLD_OUT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Flash sales seen sold out, with when.
-#[derive(Clone, Default)]
-pub(crate) struct SoldOut(
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
-);
+/// Flash sales seen sold out lately: each forgotten [`SOLD_OUT_RECHECK`] after it was seen,
+/// and at most [`SOLD_OUT_REMEMBERED`] at once, so a replica that runs sale after sale for
+/// months holds only the ones that sold out in the last moments.
+#[derive(Clone)]
+pub(crate) struct SoldOut(moka::sync::Cache<String, ()>);
+
+/// Sold-out sales a replica remembers at most (the least recently seen go first).
+const SOLD_OUT_REMEMBERED: u64 = 10_000;
+
+impl Default for SoldOut {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(SOLD_OUT_REMEMBERED)
+                .time_to_live(SOLD_OUT_RECHECK)
+                .build(),
+        )
+    }
+}
 
 impl SoldOut {
-    fn map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Whether `sale` was seen sold out lately.
     fn is(&self, sale: &str) -> bool {
-        self.map()
-            .get(sale)
-            .is_some_and(|at| at.elapsed() < SOLD_OUT_RECHECK)
+        self.0.contains_key(sale)
     }
 
     fn mark(&self, sale: &str) {
-        self.map()
-            .insert(sale.to_owned(), std::time::Instant::now());
+        self.0.insert(sale.to_owned(), ());
     }
 
     fn reopen(&self, sale: &str) {
-        self.map().remove(sale);
+        self.0.invalidate(sale);
     }
 }
 
@@ -581,5 +584,31 @@ impl pb::order_service_server::OrderService for Api {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sold_out_gate_holds_a_bounded_number_of_sales_and_reopens_on_a_restock() {
+        let gate = SoldOut::default();
+        let sales = SOLD_OUT_REMEMBERED + 5_000;
+        for n in 0..sales {
+            gate.mark(&format!("sale-{n}"));
+        }
+        gate.0.run_pending_tasks();
+        assert!(
+            gate.0.entry_count() <= SOLD_OUT_REMEMBERED,
+            "{} sales remembered",
+            gate.0.entry_count()
+        );
+        let last = format!("sale-{}", sales - 1);
+        gate.mark(&last);
+        assert!(gate.is(&last));
+        gate.reopen(&last);
+        assert!(!gate.is(&last), "a restocked sale is let through again");
+        assert!(!gate.is("sale-never-seen"));
     }
 }
