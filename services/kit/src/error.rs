@@ -109,17 +109,63 @@ pub fn to_status<E: ServiceError>(domain: &str, error: &E) -> Status {
             meta,
         );
     }
-    let mut details = ErrorDetails::with_error_info(error.reason(), domain, error.metadata());
+    let mut metadata: HashMap<String, String> = error
+        .metadata()
+        .into_iter()
+        .map(|(k, v)| (k, bounded(&v, MAX_TEXT).into_owned()))
+        .collect();
     let violations = error.field_violations();
+    let mut message = bounded(&error.to_string(), MAX_MESSAGE).into_owned();
+    if violations.len() > MAX_VIOLATIONS {
+        metadata.insert("violations".to_owned(), violations.len().to_string());
+        message = format!(
+            "{} ({} problems; the first {MAX_VIOLATIONS} are in the details)",
+            bounded(&message, MAX_MESSAGE - 64),
+            violations.len()
+        );
+    }
+    let mut details = ErrorDetails::with_error_info(error.reason(), domain, metadata);
     if !violations.is_empty() {
         details.set_bad_request(
             violations
-                .into_iter()
-                .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                .iter()
+                .take(MAX_VIOLATIONS)
+                .map(|v| {
+                    tonic_types::FieldViolation::new(
+                        bounded(&v.field, MAX_TEXT),
+                        bounded(&v.description, MAX_TEXT),
+                    )
+                })
                 .collect::<Vec<_>>(),
         );
     }
-    Status::with_error_details(code, error.to_string(), details)
+    Status::with_error_details(code, message, details)
+}
+
+/// Field violations a status carries at most; the rest are counted in `ErrorInfo` metadata
+/// `violations`. With [`MAX_TEXT`] and [`MAX_MESSAGE`] this keeps an error's trailers (the
+/// message percent-encoded, the details base64-encoded and holding the message again) well
+/// under the 8 KiB that gRPC's C core — Python's, Ruby's, PHP's, C#'s clients — accepts
+/// before it drops the answer for RESOURCE_EXHAUSTED "received metadata size exceeds…", so
+/// a caller who sent a huge bad request still learns what was wrong with it.
+pub const MAX_VIOLATIONS: usize = 10;
+
+/// Bytes of a violation's field or description, or a metadata value, at most.
+pub const MAX_TEXT: usize = 160;
+
+/// Bytes of a status message at most.
+pub const MAX_MESSAGE: usize = 480;
+
+/// `text` cut to at most `max` bytes on a character boundary, with "…" when it was cut.
+fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
 }
 
 /// A status with `ErrorInfo` only.
@@ -286,6 +332,53 @@ mod tests {
         let bad = details.bad_request().expect("bad request");
         assert_eq!(bad.field_violations[0].field, "page_size");
         assert_eq!(bad.field_violations[0].description, "must not be negative");
+    }
+
+    /// A request with thousands of bad fields, each echoing a long value, still gets an answer
+    /// that fits a gRPC C-core client's 8 KiB metadata limit and says what was wrong.
+    #[test]
+    fn a_huge_bad_request_gets_a_bounded_answer_that_still_names_its_fields() {
+        let long = "聯".repeat(30_000);
+        let violations: Vec<_> = (0..500)
+            .map(|i| {
+                FieldViolation::new(format!("members[{i}]"), format!("{long} is not a member"))
+            })
+            .collect();
+        let status = to_status("lianyu.test", &KitError::Invalid(violations));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        // What goes on the wire: the message percent-encoded, the details base64-encoded.
+        let encoded_message: usize = status
+            .message()
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    1
+                } else {
+                    3
+                }
+            })
+            .sum();
+        let wire = encoded_message + status.details().len().div_ceil(3) * 4;
+        assert!(wire < 6 * 1024, "{wire} bytes of trailers");
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("bad request");
+        assert_eq!(bad.field_violations.len(), MAX_VIOLATIONS);
+        assert_eq!(bad.field_violations[0].field, "members[0]");
+        assert!(bad.field_violations[0].description.ends_with('…'));
+        assert_eq!(details.error_info().unwrap().metadata["violations"], "500");
+        assert!(
+            status.message().contains("500 problems"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn bounded_text_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short", 10), "short");
+        let cut = bounded("聯域聯域聯域", 8);
+        assert!(cut.len() <= 8 && cut.ends_with('…'), "{cut}");
+        assert_eq!(cut, "聯…");
     }
 
     #[test]
