@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the Python partner-client test (tests/python) against a freshly built `lianyu up`,
-# with grpcio from PyPI in a local virtualenv. Needs Python 3.
+# Runs the Python partner-client test (tests/python) against a freshly built `lianyu up`, then
+# the sweep: every RPC called with no token, an empty request and garbage requests as each kind
+# of caller (SWEEP_ROUNDS garbage requests per caller and RPC, 3 by default). With grpcio from
+# PyPI in a local virtualenv. Needs Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
@@ -12,3 +14,4 @@ if ! "$venv/bin/python" -c "import grpc, grpc_reflection, grpc_status" 2>/dev/nu
 fi
 cargo build --locked -p lianyu --bin lianyu
 "$venv/bin/python" tests/python/partner_client.py "${CARGO_TARGET_DIR:-target}/debug/lianyu"
+"$venv/bin/python" tests/python/sweep.py "${CARGO_TARGET_DIR:-target}/debug/lianyu" "${SWEEP_ROUNDS:-3}"
