@@ -60,14 +60,18 @@ STRINGS = [
     "{\"$ne\": null}",
     "' OR 1=1 --",
 ]
+# Resource names the mesh answered with (the demo's partners, members, sessions, benefits,
+# campaigns…): the second pass aims garbage at things that exist.
+HARVESTED = set()
 INTS = [0, 1, -1, 2**31 - 1, -(2**31), 10**9]
 INT64S = INTS + [2**63 - 1, -(2**63)]
 
 
-def fill(msg, rng, depth=0):
-    """Puts garbage in some of `msg`'s fields (and in its nested messages, two levels deep)."""
+def fill(msg, rng, depth=0, sparse=False):
+    """Puts garbage in some of `msg`'s fields (and in its nested messages, two levels deep);
+    `sparse`: in fewer of them, so that more calls get past validation to what they aim at."""
     for field in msg.DESCRIPTOR.fields:
-        if rng.random() < 0.35:
+        if rng.random() < (0.6 if sparse else 0.35):
             continue
         repeated = field.is_repeated
         if field.type == pbd.FieldDescriptor.TYPE_MESSAGE:
@@ -75,9 +79,9 @@ def fill(msg, rng, depth=0):
                 continue
             if repeated:
                 for _ in range(rng.choice([1, 3])):
-                    fill(getattr(msg, field.name).add(), rng, depth + 1)
+                    fill(getattr(msg, field.name).add(), rng, depth + 1, sparse)
             else:
-                fill(getattr(msg, field.name), rng, depth + 1)
+                fill(getattr(msg, field.name), rng, depth + 1, sparse)
             continue
         values = [scalar(field, rng) for _ in range(rng.choice([1, 2, 50]) if repeated else 1)]
         values = [v for v in values if v is not None]
@@ -95,6 +99,8 @@ def fill(msg, rng, depth=0):
 def scalar(field, rng):
     t = field.type
     if t == pbd.FieldDescriptor.TYPE_STRING:
+        if HARVESTED and rng.random() < 0.7:
+            return rng.choice(sorted(HARVESTED))
         return rng.choice(STRINGS)
     if t == pbd.FieldDescriptor.TYPE_BYTES:
         return bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 3, 64])))
@@ -113,6 +119,21 @@ def scalar(field, rng):
     if t in (pbd.FieldDescriptor.TYPE_DOUBLE, pbd.FieldDescriptor.TYPE_FLOAT):
         return rng.choice([0.0, -1.0, 1e308, float("nan"), float("inf")])
     return rng.choice(INTS)
+
+
+def harvest(message):
+    """Collects the resource names in an answer."""
+    if not hasattr(message, "ListFields"):
+        if isinstance(message, str) and "/" in message and len(message) < 200:
+            HARVESTED.add(message)
+        return
+    for field, value in message.ListFields():
+        if field.type == pbd.FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            values = list(value.values())
+        else:
+            values = value if field.is_repeated else [value]
+        for v in values:
+            harvest(v)
 
 
 def main():
@@ -142,42 +163,26 @@ def main():
                 "store": token("--partner", "jade-plaza", "--store", "partners/jade-plaza/stores/flagship"),
                 "operator": token("--operator"),
             }
-            for service in sorted(contracts.services()):
-                if not service.startswith("lianyu."):
-                    continue
-                desc = contracts.pool.FindServiceByName(service)
-                for method in desc.methods:
-                    path = f"{service}/{method.name}"
-                    request_class = message_factory.GetMessageClass(method.input_type)
-                    response_class = message_factory.GetMessageClass(method.output_type)
-                    if method.server_streaming:
-                        call = channel.unary_stream(
-                            "/" + path,
-                            request_serializer=request_class.SerializeToString,
-                            response_deserializer=response_class.FromString,
-                        )
-                    else:
-                        call = channel.unary_unary(
-                            "/" + path,
-                            request_serializer=request_class.SerializeToString,
-                            response_deserializer=response_class.FromString,
-                        )
+            # First pass: empty and garbage requests; the second aims garbage at the resource
+            # names the first one's answers held.
+            for first in (True, False):
+                for path, method, call in methods(channel, contracts):
                     for who, metadata in callers.items():
-                        requests = [request_class()]
+                        requests = [method.input()] if first else []
                         if who != "no token":
                             for _ in range(rounds):
-                                r = request_class()
-                                fill(r, rng)
-                                requests.append(r)
+                                request = method.input()
+                                fill(request, rng, sparse=not first)
+                                requests.append(request)
                         for request in requests:
                             calls += 1
-                            code = invoke(call, method.server_streaming, request, metadata)
+                            code, answer = invoke(call, method.streaming, request, metadata)
+                            if answer is not None:
+                                harvest(answer)
                             codes[str(code).replace("StatusCode.", "")] += 1
                             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                                 exhausted[path] += 1
-                            if isinstance(code, str):
-                                failures.append((path, who, code, request))
-                            if code in BAD:
+                            if isinstance(code, str) or code in BAD:
                                 failures.append((path, who, code, request))
                             if who == "no token" and path not in OPEN and code != grpc.StatusCode.UNAUTHENTICATED:
                                 failures.append((path, who, code, request))
@@ -190,31 +195,56 @@ def main():
         for path, who, status, request in failures[:40]:
             text = str(request).replace("\n", " ")[:300]
             print(f"FAIL {path} as {who}: {status} for {text}")
-        print(f"sweep: {calls} calls, {len(failures)} failures; lianyu up exited with {code}")
+        print(f"sweep: {calls} calls, {len(failures)} failures, {len(HARVESTED)} names aimed at; lianyu up exited with {code}")
         print("answers:", dict(codes.most_common()))
         print("RESOURCE_EXHAUSTED from:", dict(exhausted))
         assert not failures and code == 0
 
 
+class Method:
+    def __init__(self, desc):
+        self.input = message_factory.GetMessageClass(desc.input_type)
+        self.output = message_factory.GetMessageClass(desc.output_type)
+        self.streaming = desc.server_streaming
+
+
+def methods(channel, contracts):
+    """Every RPC of the mesh's own services: its path, its messages and a callable for it."""
+    for service in sorted(contracts.services()):
+        if not service.startswith("lianyu."):
+            continue
+        for desc in contracts.pool.FindServiceByName(service).methods:
+            method = Method(desc)
+            path = f"{service}/{desc.name}"
+            make = channel.unary_stream if method.streaming else channel.unary_unary
+            call = make(
+                "/" + path,
+                request_serializer=method.input.SerializeToString,
+                response_deserializer=method.output.FromString,
+            )
+            yield path, method, call
+
+
 def invoke(call, streaming, request, metadata):
+    """How the call ended, and its (first) answer when it had one."""
     try:
         if streaming:
             stream = call(request, metadata=metadata, timeout=1.5)
-            for _ in stream:
+            answer = None
+            for answer in stream:
                 break
             stream.cancel()
-            return grpc.StatusCode.OK
-        call(request, metadata=metadata, timeout=10)
-        return grpc.StatusCode.OK
+            return grpc.StatusCode.OK, answer
+        return grpc.StatusCode.OK, call(request, metadata=metadata, timeout=10)
     except grpc.RpcError as e:
         if streaming and e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-            return grpc.StatusCode.OK
+            return grpc.StatusCode.OK, None
         if "metadata size exceeds" in (e.details() or ""):
             # The client dropped the answer: its trailers were over gRPC C core's limit.
-            return "an answer too large for a gRPC C-core client"
+            return "an answer too large for a gRPC C-core client", None
         if e.code() == grpc.StatusCode.INVALID_ARGUMENT and not names_fields(e):
-            return "INVALID_ARGUMENT without fields"
-        return e.code()
+            return "INVALID_ARGUMENT without fields", None
+        return e.code(), None
 
 
 def names_fields(error):
