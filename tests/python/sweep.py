@@ -160,7 +160,7 @@ def main():
                 "no token": [],
                 "partner": token("--partner", "jade-plaza"),
                 "other partner": token("--partner", "aurora-shoes"),
-                "store": token("--partner", "jade-plaza", "--store", "partners/jade-plaza/stores/flagship"),
+                "store": token("--partner", "jade-plaza", "--store", "partners/jade-plaza/stores/cosmetics"),
                 "operator": token("--operator"),
             }
             # First pass: empty and garbage requests; the second aims garbage at the resource
