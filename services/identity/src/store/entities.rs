@@ -52,7 +52,11 @@ pub enum StoredMemberStatus {
     Erased,
 }
 
-/// A consent (and its receipt) as given or withdrawn, as stored.
+/// A consent (and its receipt) as given or withdrawn, as stored. The lapse sweep
+/// (`store::sweep`) marks a granted consent `expired` (its window or its alliance ended) or
+/// `stale` (its alliance's terms changed) once it has announced the lapse on the feed: the
+/// member's word is still a grant, whose liveness the domain works out from the window, the
+/// alliance and the terms ([`crate::domain::consent::Consent::liveness`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum StoredConsentState {
@@ -60,6 +64,10 @@ pub enum StoredConsentState {
     Granted,
     #[sea_orm(string_value = "withdrawn")]
     Withdrawn,
+    #[sea_orm(string_value = "expired")]
+    Expired,
+    #[sea_orm(string_value = "stale")]
+    Stale,
 }
 
 impl From<crate::domain::partner::PartnerKind> for StoredPartnerKind {
@@ -193,7 +201,10 @@ impl From<consent_receipt::Model> for crate::domain::consent::Receipt {
             policy_version: row.policy_version,
             channel: row.channel,
             state: match row.status {
-                StoredConsentState::Granted => ConsentState::Granted,
+                // A lapse the sweep announced: still the member's grant, no longer live.
+                StoredConsentState::Granted
+                | StoredConsentState::Expired
+                | StoredConsentState::Stale => ConsentState::Granted,
                 StoredConsentState::Withdrawn => ConsentState::Withdrawn,
             },
             valid_from: row.valid_from,
@@ -236,7 +247,10 @@ impl consent::Model {
             grantee: self.grantee.clone(),
             purpose: crate::domain::purpose::Purpose::from_number(self.purpose)?,
             state: match self.state {
-                StoredConsentState::Granted => ConsentState::Granted,
+                // A lapse the sweep announced: still the member's grant, no longer live.
+                StoredConsentState::Granted
+                | StoredConsentState::Expired
+                | StoredConsentState::Stale => ConsentState::Granted,
                 StoredConsentState::Withdrawn => ConsentState::Withdrawn,
             },
             valid_from: self.valid_from,

@@ -313,7 +313,7 @@ async fn a_consent_whose_window_closes_is_announced_as_expired() {
     let listed = brand
         .consents
         .list_consents(pb::ListConsentsRequest {
-            member: brand_id,
+            member: brand_id.clone(),
             ..Default::default()
         })
         .await
@@ -322,6 +322,38 @@ async fn a_consent_whose_window_closes_is_announced_as_expired() {
         .consents;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].status, pb::ConsentStatus::Expired as i32);
+    // The lapsed consent is still read like any other: the mall reads its member (the
+    // lapsed grant shares nothing), and the member grants again.
+    let read = mall
+        .members
+        .get_member(pb::GetMemberRequest {
+            name: mall_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(read.shared_profiles.is_empty(), "{read:?}");
+    brand
+        .consents
+        .grant_consent(pb::GrantConsentRequest {
+            request_id: "again".into(),
+            ..grant(&brand_id, "mall-b", &[ConsentPurpose::MarketingContact])
+        })
+        .await
+        .unwrap();
+    let again = next(&mut feed).await;
+    assert_eq!(
+        (again.kind, again.member.as_str()),
+        (pb::ConsentEventKind::Granted as i32, mall_id.as_str())
+    );
+    mall.members
+        .get_member(pb::GetMemberRequest {
+            name: mall_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
 
 /// Ending a large alliance announces every consent under it, across several bounded batches
