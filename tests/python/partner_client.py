@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -41,6 +42,16 @@ def start_mesh(binary, data_dir):
         if "a partner's token:" in line:
             break
     assert len(credentials) == 2, f"demo credentials: {credentials}"
+    # The mesh logs to stdout: keep reading it, or a full pipe would stall the mesh, and keep
+    # its error lines for a failing test to show.
+    proc.errors = []
+
+    def drain():
+        for line in proc.stdout:
+            if '"level":"ERROR"' in line:
+                proc.errors.append(line.strip())
+
+    threading.Thread(target=drain, daemon=True).start()
     return proc, address, credentials
 
 

@@ -211,6 +211,8 @@ def main():
         print(f"sweep: {calls} calls, {len(failures)} failures, {len(HARVESTED)} names aimed at; lianyu up exited with {code}")
         print("answers:", dict(codes.most_common()))
         print("RESOURCE_EXHAUSTED from:", dict(exhausted))
+        for line in proc.errors[:10]:
+            print("mesh log:", line[:600])
         assert not failures and code == 0
 
 
