@@ -437,9 +437,9 @@ impl Store {
             };
             let (state, into) = if alliance.status == crate::domain::partner::AllianceStatus::Ended
             {
-                ("expired", &mut expired)
+                (StoredConsentState::Expired, &mut expired)
             } else {
-                ("stale", &mut stale)
+                (StoredConsentState::Stale, &mut stale)
             };
             let done = consent::Entity::update_many()
                 .col_expr(consent::Column::State, Expr::value(state))
@@ -482,7 +482,10 @@ impl Store {
         let mut claimed = Vec::with_capacity(due.len());
         for row in due {
             let done = consent::Entity::update_many()
-                .col_expr(consent::Column::State, Expr::value("expired"))
+                .col_expr(
+                    consent::Column::State,
+                    Expr::value(StoredConsentState::Expired),
+                )
                 .col_expr(consent::Column::UpdatedAt, Expr::value(at))
                 .filter(consent::Column::MemberId.eq(row.member_id.clone()))
                 .filter(consent::Column::Grantee.eq(row.grantee.clone()))

@@ -184,7 +184,6 @@ impl From<crate::domain::credential::Credential> for credential::Model {
 
 impl From<consent_receipt::Model> for crate::domain::consent::Receipt {
     fn from(row: consent_receipt::Model) -> Self {
-        use crate::domain::consent::ConsentState;
         Self {
             id: row.id,
             member_id: row.member_id,
@@ -200,13 +199,7 @@ impl From<consent_receipt::Model> for crate::domain::consent::Receipt {
             processing_method: row.processing_method,
             policy_version: row.policy_version,
             channel: row.channel,
-            state: match row.status {
-                // A lapse the sweep announced: still the member's grant, no longer live.
-                StoredConsentState::Granted
-                | StoredConsentState::Expired
-                | StoredConsentState::Stale => ConsentState::Granted,
-                StoredConsentState::Withdrawn => ConsentState::Withdrawn,
-            },
+            state: row.status.into(),
             valid_from: row.valid_from,
             valid_until: row.valid_until,
             alliance_id: row.alliance_id,
@@ -240,19 +233,13 @@ impl consent::Model {
     /// The consent as the domain judges it; `None` for a purpose number no contract knows
     /// (never written).
     pub fn to_domain(&self) -> Option<crate::domain::consent::Consent> {
-        use crate::domain::consent::{Consent, ConsentState};
+        use crate::domain::consent::Consent;
         Some(Consent {
             receipt_id: self.receipt_id.clone(),
             collector: self.collector.clone(),
             grantee: self.grantee.clone(),
             purpose: crate::domain::purpose::Purpose::from_number(self.purpose)?,
-            state: match self.state {
-                // A lapse the sweep announced: still the member's grant, no longer live.
-                StoredConsentState::Granted
-                | StoredConsentState::Expired
-                | StoredConsentState::Stale => ConsentState::Granted,
-                StoredConsentState::Withdrawn => ConsentState::Withdrawn,
-            },
+            state: self.state.into(),
             valid_from: self.valid_from,
             valid_until: self.valid_until,
             alliance_id: self.alliance_id.clone(),
@@ -278,6 +265,18 @@ impl From<StoredAllianceStatus> for crate::domain::partner::AllianceStatus {
             StoredAllianceStatus::Proposed => Self::Proposed,
             StoredAllianceStatus::Active => Self::Active,
             StoredAllianceStatus::Ended => Self::Ended,
+        }
+    }
+}
+
+impl From<StoredConsentState> for crate::domain::consent::ConsentState {
+    fn from(state: StoredConsentState) -> Self {
+        match state {
+            // A lapse the sweep announced: still the member's grant, no longer live.
+            StoredConsentState::Granted
+            | StoredConsentState::Expired
+            | StoredConsentState::Stale => Self::Granted,
+            StoredConsentState::Withdrawn => Self::Withdrawn,
         }
     }
 }
