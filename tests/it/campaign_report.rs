@@ -17,7 +17,7 @@ use lianyu_proto::{
 };
 
 use crate::{
-    audience::{consent_to, eventually},
+    audience::{audience, compute, consent_to, eventually, segment},
     wallets::{active, benefits, enrol, grant, wallet},
 };
 
@@ -237,8 +237,10 @@ async fn a_joint_campaigns_budget_burns_down_stops_its_coupon_and_settles() {
 /// interest and purchase stages, and their orders its GMV — through live's feed.
 #[tokio::test]
 async fn a_campaigns_livestream_feeds_its_funnel_and_its_gmv() {
-    use crate::live_show::{add_product, buy, flash_sale, on_air, orders, viewers};
+    use crate::live_show::{add_product, buy, buy_product, flash_sale, on_air, orders, viewers};
+    use futures::future::join_all;
     use lianyu_proto::live::v1 as live;
+    use pb::rule::Rule as R;
     let s = whole_mesh("cm_live_funnel").await;
     let session = on_air(&s).await;
     let day = 24 * 3_600_000;
@@ -279,31 +281,35 @@ async fn a_campaigns_livestream_feeds_its_funnel_and_its_gmv() {
         .unwrap();
     let lipstick = add_product(&s, &session.name, "LIP-520", 29_900).await;
     let sale = flash_sale(&s, &session.name, &lipstick.name, 10, 1).await;
-    // Three of the brand's members watch in its app and buy one each.
-    let mut streams = Vec::new();
-    for i in 0..3 {
-        let member = enrol(&s, BRAND, &format!("1310000{i:04}")).await;
-        streams.push(
-            viewers(&s, &s.token(BRAND))
-                .join_session(live::JoinSessionRequest {
-                    session: session.name.clone(),
-                    member: member.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner(),
-        );
-        orders(&s, &s.token(BRAND))
-            .place_order(buy(
-                &session.name,
-                &sale.name,
-                &member,
-                &format!("o{i}"),
-                "",
-            ))
-            .await
-            .unwrap();
+    // Four of the brand's members watch in its app, all at once, and each buys twice at the
+    // same moment: the sale's unit and the lipstick at list price. Comarketing takes live's
+    // feed in batches (a batch holds what has arrived), so one batch carries several events of
+    // one member and session — each must count, and each member once in a segment.
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(enrol(&s, BRAND, &format!("1310000{i:04}")).await);
     }
+    let streams = join_all(members.iter().map(|member| {
+        let mut client = viewers(&s, &s.token(BRAND));
+        let request = live::JoinSessionRequest {
+            session: session.name.clone(),
+            member: member.clone(),
+        };
+        async move { client.join_session(request).await.unwrap().into_inner() }
+    }))
+    .await;
+    let placed = join_all(members.iter().enumerate().flat_map(|(i, member)| {
+        [
+            buy(&session.name, &sale.name, member, &format!("o{i}"), ""),
+            buy_product(&session.name, &lipstick.name, member, &format!("p{i}")),
+        ]
+        .map(|request| {
+            let mut client = orders(&s, &s.token(BRAND));
+            async move { client.place_order(request).await }
+        })
+    }))
+    .await;
+    assert!(placed.iter().all(Result::is_ok), "{placed:?}");
     let report = || async {
         FunnelServiceClient::new(s.as_token(&s.token(BRAND)))
             .get_campaign_report(pb::GetCampaignReportRequest {
@@ -314,17 +320,38 @@ async fn a_campaigns_livestream_feeds_its_funnel_and_its_gmv() {
             .into_inner()
     };
     eventually("the show's orders reach the campaign", || async {
-        report().await.orders == 3
+        report().await.orders == 8
     })
     .await;
     let r = report().await;
-    assert_eq!(r.gmv, cny(3 * 9_900));
+    assert_eq!(r.gmv, cny(4 * (9_900 + 29_900)));
     let funnel = r.funnel.unwrap();
     let counts: Vec<i64> = funnel.stages.iter().map(|c| c.members).collect();
     assert_eq!(
         counts,
-        [0, 3, 3, 0],
-        "interest (joined) and purchase (ordered)"
+        [0, 4, 4, 4],
+        "interest (joined), purchase (ordered) and loyalty (each bought again the same day)"
     );
+    // The same events as facts for segments: who joined the session, who ordered in it.
+    for (what, rule) in [
+        ("joined", R::JoinedSession as fn(pb::SessionCondition) -> R),
+        ("ordered", R::OrderedInSession),
+    ] {
+        let rule = pb::Rule {
+            rule: Some(rule(pb::SessionCondition {
+                session: session.name.clone(),
+            })),
+        };
+        let seg = segment(&s, BRAND, &created.name, rule).await;
+        compute(&s, BRAND, &seg.name, &format!("compute-{what}")).await;
+        let size = audience(&s, BRAND)
+            .get_segment_size(pb::GetSegmentSizeRequest {
+                name: seg.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(size.size, 4, "members who {what}");
+    }
     drop(streams);
 }

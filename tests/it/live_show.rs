@@ -1341,7 +1341,12 @@ async fn assistants_pin_and_announce_and_outsiders_change_nothing() {
     assert_eq!(e.code(), Code::NotFound);
 }
 
-fn buy_product(session: &str, product: &str, member: &str, rid: &str) -> pb::PlaceOrderRequest {
+pub(crate) fn buy_product(
+    session: &str,
+    product: &str,
+    member: &str,
+    rid: &str,
+) -> pb::PlaceOrderRequest {
     pb::PlaceOrderRequest {
         request_id: rid.into(),
         parent: session.into(),

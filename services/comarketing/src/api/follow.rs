@@ -14,7 +14,10 @@
 //! only when a participant co-hosts it: attaching another partner's benefit or session reveals
 //! nothing of it.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use lianyu_kit::{
     KitError,
@@ -37,7 +40,10 @@ use sea_orm::DatabaseTransaction;
 use tokio_util::sync::CancellationToken;
 
 use super::Api;
-use crate::{domain::funnel::EventKind, store};
+use crate::{
+    domain::{Campaign, funnel::EventKind},
+    store,
+};
 
 /// How often spent budgets are looked for, to stop their benefits being granted.
 const HALT_PERIOD: Duration = Duration::from_secs(1);
@@ -67,7 +73,7 @@ pub(super) fn start(ctx: &lianyu_kit::server::ServerContext, api: &Api) {
 async fn follow_ledger(db: sea_orm::DatabaseConnection, peer: Peer, stopping: CancellationToken) {
     let consumer = Consumer::new(db, "comarketing:entitlements.ledger");
     let result = consumer
-        .run(
+        .run_batches(
             |cursor| {
                 let peer = peer.clone();
                 async move {
@@ -84,8 +90,8 @@ async fn follow_ledger(db: sea_orm::DatabaseConnection, peer: Peer, stopping: Ca
                     }))
                 }
             },
-            |txn, event: ledger::WatchLedgerResponse| -> Handled<'_> {
-                Box::pin(async move { on_ledger(txn, event).await })
+            |txn, events: Vec<ledger::WatchLedgerResponse>| -> Handled<'_> {
+                Box::pin(async move { on_ledger(txn, events).await })
             },
             stopping,
         )
@@ -98,7 +104,7 @@ async fn follow_ledger(db: sea_orm::DatabaseConnection, peer: Peer, stopping: Ca
 async fn follow_live(db: sea_orm::DatabaseConnection, peer: Peer, stopping: CancellationToken) {
     let consumer = Consumer::new(db, "comarketing:live.activity");
     let result = consumer
-        .run(
+        .run_batches(
             |cursor| {
                 let peer = peer.clone();
                 async move {
@@ -115,8 +121,8 @@ async fn follow_live(db: sea_orm::DatabaseConnection, peer: Peer, stopping: Canc
                     }))
                 }
             },
-            |txn, event: live::WatchLiveEventsResponse| -> Handled<'_> {
-                Box::pin(async move { on_live(txn, event).await })
+            |txn, events: Vec<live::WatchLiveEventsResponse>| -> Handled<'_> {
+                Box::pin(async move { on_live(txn, events).await })
             },
             stopping,
         )
@@ -131,23 +137,153 @@ fn id<'a>(name: &'a str, prefix: &str) -> &'a str {
 }
 
 /// One ledger transaction: its cost burns down each running campaign its benefit belongs to.
+/// What one batch of feed events looks up once — members' numbers, the running campaigns a
+/// benefit or session belongs to, a session's co-hosts — and the facts it records at its end,
+/// all in the transaction that stores the batch's cursor. In a burst (a flash sale's orders,
+/// a drop's claims) a batch holds dozens of events about one session or benefit: looked up
+/// once, not once per event.
+struct Batch<'t> {
+    txn: &'t DatabaseTransaction,
+    numbers: HashMap<String, i32>,
+    campaigns: HashMap<(&'static str, String), Vec<Campaign>>,
+    hosts: HashMap<String, Vec<String>>,
+    /// (kind, subject, partner, member) → the first and last time in this batch.
+    facts: BTreeMap<(&'static str, String, String, i32), (i64, i64)>,
+}
+
+impl<'t> Batch<'t> {
+    /// Numbers every member of `members` (mesh ids with the time of their event), adding
+    /// those not yet known with the batch's earliest time as their activity.
+    async fn new(txn: &'t DatabaseTransaction, members: &[(&str, i64)]) -> Result<Self, KitError> {
+        let mut ids: Vec<&str> = members.iter().map(|(m, _)| *m).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let numbers = match members.iter().map(|(_, at)| *at).min() {
+            Some(at) => store::member_numbers(txn, &ids, at).await?,
+            None => HashMap::new(),
+        };
+        Ok(Self {
+            txn,
+            numbers,
+            campaigns: HashMap::new(),
+            hosts: HashMap::new(),
+            facts: BTreeMap::new(),
+        })
+    }
+
+    fn number(&self, member: &str) -> Option<i32> {
+        self.numbers.get(member).copied()
+    }
+
+    /// The RUNNING campaigns `target` (a benefit or session, by `kind`) is attached to.
+    async fn campaigns(
+        &mut self,
+        kind: &'static str,
+        target: &str,
+    ) -> Result<Vec<Campaign>, KitError> {
+        let key = (kind, target.to_owned());
+        if let Some(known) = self.campaigns.get(&key) {
+            return Ok(known.clone());
+        }
+        let found = store::running_campaigns_linked(self.txn, kind, target).await?;
+        self.campaigns.insert(key, found.clone());
+        Ok(found)
+    }
+
+    /// A session's co-hosts as far as live's feed has told, this batch's included.
+    async fn hosts(&mut self, session: &str) -> Result<Vec<String>, KitError> {
+        if let Some(known) = self.hosts.get(session) {
+            return Ok(known.clone());
+        }
+        let found = store::session_hosts(self.txn, session).await?;
+        self.hosts.insert(session.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    async fn record_hosts(&mut self, session: &str, hosts: &[&str]) -> Result<(), KitError> {
+        store::record_session_hosts(self.txn, session, hosts).await?;
+        self.hosts.remove(session);
+        Ok(())
+    }
+
+    fn fact(&mut self, member: i32, kind: &'static str, subject: &str, partner: &str, at: i64) {
+        let span = self
+            .facts
+            .entry((kind, subject.to_owned(), partner.to_owned(), member))
+            .or_insert((at, at));
+        span.0 = span.0.min(at);
+        span.1 = span.1.max(at);
+    }
+
+    /// Records the batch's facts: each first with its earliest time (a new fact starts then),
+    /// then, where it happened again later in the batch, with its latest. One row per fact and
+    /// statement, as PostgreSQL's upsert requires.
+    async fn finish(self) -> Result<(), KitError> {
+        let first: Vec<_> = self
+            .facts
+            .iter()
+            .map(|(k, (f, _))| fact_row(k, *f))
+            .collect();
+        if !first.is_empty() {
+            store::record_facts(self.txn, &first).await?;
+        }
+        let later: Vec<_> = self
+            .facts
+            .iter()
+            .filter(|(_, (f, l))| l > f)
+            .map(|(k, (_, l))| fact_row(k, *l))
+            .collect();
+        if !later.is_empty() {
+            store::record_facts(self.txn, &later).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A fact of a batch ([`Batch::fact`]) as stored, at `at`.
+fn fact_row<'a>(key: &'a (&'static str, String, String, i32), at: i64) -> store::Fact<'a> {
+    let (kind, subject, partner, member) = key;
+    store::Fact {
+        member: *member,
+        kind,
+        subject,
+        partner,
+        at,
+    }
+}
+
+/// A batch of entitlements' ledger: what members did with benefits (facts for segments), and
+/// for each running campaign a benefit belongs to, its cost, claims and redemptions.
 async fn on_ledger(
     txn: &DatabaseTransaction,
-    event: ledger::WatchLedgerResponse,
+    events: Vec<ledger::WatchLedgerResponse>,
 ) -> Result<(), KitError> {
-    let Some(t) = event.transaction else {
-        return Ok(());
-    };
+    let members: Vec<(&str, i64)> = events
+        .iter()
+        .filter_map(|e| e.transaction.as_ref())
+        .map(|t| {
+            let at = t.post_time.as_ref().map_or_else(now_millis, millis);
+            (id(&t.mesh_member, "meshMembers/"), at)
+        })
+        .filter(|(m, _)| !m.is_empty())
+        .collect();
+    let mut batch = Batch::new(txn, &members).await?;
+    for t in events.iter().filter_map(|e| e.transaction.as_ref()) {
+        on_ledger_transaction(&mut batch, t).await?;
+    }
+    batch.finish().await
+}
+
+async fn on_ledger_transaction(
+    batch: &mut Batch<'_>,
+    t: &ledger::LedgerTransaction,
+) -> Result<(), KitError> {
+    let txn = batch.txn;
     let benefit = id(&t.benefit, "benefits/");
     let at = t.post_time.as_ref().map_or_else(now_millis, millis);
     let (issuer, funder) = (id(&t.issuer, "partners/"), id(&t.funder, "partners/"));
-    let member = id(&t.mesh_member, "meshMembers/");
+    let number = batch.number(id(&t.mesh_member, "meshMembers/"));
     let through = id(&t.partner, "partners/");
-    let number = if member.is_empty() {
-        None
-    } else {
-        Some(store::member_number(txn, member, at).await?)
-    };
     // What the member did with the benefit, for segments whatever the campaign.
     let fact = match t.transaction.as_str() {
         "GRANT" => Some(("claimed", EventKind::Claimed)),
@@ -155,19 +291,9 @@ async fn on_ledger(
         _ => None,
     };
     if let (Some(n), Some((kind, _))) = (number, fact) {
-        store::record_facts(
-            txn,
-            &[store::Fact {
-                member: n,
-                kind,
-                subject: benefit,
-                partner: through,
-                at,
-            }],
-        )
-        .await?;
+        batch.fact(n, kind, benefit, through, at);
     }
-    for c in store::running_campaigns_linked(txn, "benefit", benefit).await? {
+    for c in batch.campaigns("benefit", benefit).await? {
         if !c.includes(issuer) && !c.includes(funder) {
             continue;
         }
@@ -216,35 +342,38 @@ async fn on_ledger(
     Ok(())
 }
 
-/// One live event: co-hosts are remembered; joins and orders count for each running campaign
-/// the session belongs to.
-async fn on_live(
-    txn: &DatabaseTransaction,
-    event: live::WatchLiveEventsResponse,
-) -> Result<(), KitError> {
+/// A join or an order, as the funnel counts it.
+struct Activity<'e> {
+    session: &'e str,
+    member: &'e str,
+    through: &'e str,
+    kind: EventKind,
+    amount: i64,
+    key: String,
+    at: i64,
+}
+
+/// What a live event is to the funnel: `None` for events it does not count.
+fn activity(event: &live::WatchLiveEventsResponse) -> Option<Activity<'_>> {
     let seq = event.cursor.map_or(0, |c| c.sequence);
     let at = event.event_time.as_ref().map_or_else(now_millis, millis);
-    let (session, member, through, kind, amount, key) = match event.event {
-        Some(Event::Session(s)) => {
-            let hosts: Vec<&str> = s.hosts.iter().map(|h| id(h, "partners/")).collect();
-            return store::record_session_hosts(txn, id(&s.name, "sessions/"), &hosts).await;
-        }
-        Some(Event::ViewerJoined(j)) => (
-            id(&j.session, "sessions/").to_owned(),
-            j.member,
-            j.partner,
+    let (session, member, through, kind, amount, key) = match event.event.as_ref()? {
+        Event::ViewerJoined(j) => (
+            id(&j.session, "sessions/"),
+            &j.member,
+            &j.partner,
             EventKind::JoinedSession,
             0,
             format!("live:{seq}"),
         ),
-        Some(Event::Order(o)) => {
+        Event::Order(o) => {
             let session = o.name.split("/orders/").next().unwrap_or_default();
             let placed = o.state == live::OrderState::Placed as i32;
             let minor = o.amount.as_ref().map_or(0, |m| m.minor_units);
             (
-                id(session, "sessions/").to_owned(),
-                o.member,
-                o.placed_by,
+                id(session, "sessions/"),
+                &o.member,
+                &o.placed_by,
                 EventKind::Ordered,
                 if placed { minor } else { -minor },
                 format!(
@@ -254,56 +383,82 @@ async fn on_live(
                 ),
             )
         }
-        _ => return Ok(()),
+        _ => return None,
     };
-    let member = id(&member, "meshMembers/");
+    let member = id(member, "meshMembers/");
     if member.is_empty() || session.is_empty() {
-        return Ok(());
+        return None;
     }
-    let through = id(&through, "partners/").to_owned();
-    let n = store::member_number(txn, member, at).await?;
-    let fact = if kind == EventKind::Ordered {
-        "ordered"
-    } else {
-        "joined"
-    };
-    if amount >= 0 {
-        store::record_facts(
-            txn,
-            &[store::Fact {
-                member: n,
-                kind: fact,
-                subject: &session,
-                partner: &through,
-                at,
-            }],
-        )
-        .await?;
-    }
-    let hosts = store::session_hosts(txn, &session).await?;
-    for c in store::running_campaigns_linked(txn, "session", &session).await? {
-        if !hosts.iter().any(|h| c.includes(h)) {
+    Some(Activity {
+        session,
+        member,
+        through: id(through, "partners/"),
+        kind,
+        amount,
+        key,
+        at,
+    })
+}
+
+/// A batch of live's feed: co-hosts are remembered; joins and orders are facts for segments,
+/// and count for each running campaign their session belongs to.
+async fn on_live(
+    txn: &DatabaseTransaction,
+    events: Vec<live::WatchLiveEventsResponse>,
+) -> Result<(), KitError> {
+    let members: Vec<(&str, i64)> = events
+        .iter()
+        .filter_map(activity)
+        .map(|a| (a.member, a.at))
+        .collect();
+    let mut batch = Batch::new(txn, &members).await?;
+    for event in &events {
+        if let Some(Event::Session(s)) = &event.event {
+            let hosts: Vec<&str> = s.hosts.iter().map(|h| id(h, "partners/")).collect();
+            batch.record_hosts(id(&s.name, "sessions/"), &hosts).await?;
             continue;
         }
-        let added = store::insert_events(
-            txn,
-            &[store::NewEvent {
-                key: format!("{key}:{}", c.id),
-                campaign: &c.id,
-                member: n,
-                partner: &through,
-                kind,
-                at,
-                amount,
-            }],
-        )
-        .await?;
-        if kind == EventKind::Ordered && added > 0 {
-            store::add_tally(txn, &c.id, "orders", amount.signum()).await?;
-            store::add_tally(txn, &c.id, "gmv", amount).await?;
+        let Some(a) = activity(event) else { continue };
+        let Some(n) = batch.number(a.member) else {
+            continue;
+        };
+        let fact = if a.kind == EventKind::Ordered {
+            "ordered"
+        } else {
+            "joined"
+        };
+        if a.amount >= 0 {
+            batch.fact(n, fact, a.session, a.through, a.at);
+        }
+        let campaigns = batch.campaigns("session", a.session).await?;
+        if campaigns.is_empty() {
+            continue;
+        }
+        let hosts = batch.hosts(a.session).await?;
+        for c in campaigns {
+            if !hosts.iter().any(|h| c.includes(h)) {
+                continue;
+            }
+            let added = store::insert_events(
+                txn,
+                &[store::NewEvent {
+                    key: format!("{}:{}", a.key, c.id),
+                    campaign: &c.id,
+                    member: n,
+                    partner: a.through,
+                    kind: a.kind,
+                    at: a.at,
+                    amount: a.amount,
+                }],
+            )
+            .await?;
+            if a.kind == EventKind::Ordered && added > 0 {
+                store::add_tally(txn, &c.id, "orders", a.amount.signum()).await?;
+                store::add_tally(txn, &c.id, "gmv", a.amount).await?;
+            }
         }
     }
-    Ok(())
+    batch.finish().await
 }
 
 /// Tells entitlements to stop granting the benefits of campaigns whose budget is spent, until

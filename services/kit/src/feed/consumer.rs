@@ -49,15 +49,53 @@ impl Consumer {
     /// so an event's effect and the cursor move together or not at all.
     pub async fn run<T, S, Open, OpenFut, Handle>(
         &self,
+        open: Open,
+        handle: Handle,
+        shutdown: CancellationToken,
+    ) -> Result<(), StorageError>
+    where
+        T: Send,
+        Open: FnMut(i64) -> OpenFut,
+        OpenFut: Future<Output = Result<S, tonic::Status>>,
+        S: Stream<Item = Result<(i64, T), tonic::Status>> + Unpin,
+        Handle: for<'a> FnMut(&'a DatabaseTransaction, T) -> Handled<'a> + Send,
+    {
+        self.consume(open, EachEvent(handle), shutdown).await
+    }
+
+    /// [`Consumer::run`], with `handle` given every event of a batch at once (in sequence
+    /// order; those already received when the first is, at most 256), inside the transaction
+    /// that stores the batch's last sequence as the cursor: a handler that looks the same
+    /// things up for many events (a session's hosts, a benefit's campaigns) or writes one row
+    /// per event does it once per batch. All of the batch's effects and the cursor move
+    /// together or not at all; a failed batch is applied again whole.
+    pub async fn run_batches<T, S, Open, OpenFut, Handle>(
+        &self,
+        open: Open,
+        handle: Handle,
+        shutdown: CancellationToken,
+    ) -> Result<(), StorageError>
+    where
+        T: Send,
+        Open: FnMut(i64) -> OpenFut,
+        OpenFut: Future<Output = Result<S, tonic::Status>>,
+        S: Stream<Item = Result<(i64, T), tonic::Status>> + Unpin,
+        Handle: for<'a> FnMut(&'a DatabaseTransaction, Vec<T>) -> Handled<'a> + Send,
+    {
+        self.consume(open, WholeBatch(handle), shutdown).await
+    }
+
+    async fn consume<T, S, Open, OpenFut, A>(
+        &self,
         mut open: Open,
-        mut handle: Handle,
+        mut handle: A,
         shutdown: CancellationToken,
     ) -> Result<(), StorageError>
     where
         Open: FnMut(i64) -> OpenFut,
         OpenFut: Future<Output = Result<S, tonic::Status>>,
         S: Stream<Item = Result<(i64, T), tonic::Status>> + Unpin,
-        Handle: for<'a> FnMut(&'a DatabaseTransaction, T) -> Handled<'a>,
+        A: Apply<T>,
     {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
@@ -126,21 +164,16 @@ impl Consumer {
 
     /// Applies `batch` (in sequence order) and stores the last sequence as the cursor, all in
     /// one transaction: every event's effect and the cursor move together or not at all.
-    async fn apply<T, Handle>(
+    async fn apply<T, A: Apply<T>>(
         &self,
         batch: Vec<(i64, T)>,
-        handle: &mut Handle,
-    ) -> Result<(), KitError>
-    where
-        Handle: for<'a> FnMut(&'a DatabaseTransaction, T) -> Handled<'a>,
-    {
+        handle: &mut A,
+    ) -> Result<(), KitError> {
         let Some(seq) = batch.last().map(|(seq, _)| *seq) else {
             return Ok(());
         };
         let txn = self.db.begin().await.map_err(StorageError::from)?;
-        for (_, event) in batch {
-            handle(&txn, event).await?;
-        }
+        handle.apply(&txn, batch).await?;
         let row = feed_cursor::ActiveModel {
             consumer: Set(self.name.clone()),
             position: Set(seq),
@@ -164,6 +197,48 @@ impl Consumer {
             &[opentelemetry::KeyValue::new("consumer", self.name.clone())],
         );
         Ok(())
+    }
+}
+
+/// How a consumer's handler takes a batch: event by event ([`Consumer::run`]) or whole
+/// ([`Consumer::run_batches`]).
+trait Apply<T> {
+    fn apply<'a>(&'a mut self, txn: &'a DatabaseTransaction, batch: Vec<(i64, T)>) -> Handled<'a>
+    where
+        T: 'a;
+}
+
+struct EachEvent<H>(H);
+
+impl<T, H> Apply<T> for EachEvent<H>
+where
+    T: Send,
+    H: for<'a> FnMut(&'a DatabaseTransaction, T) -> Handled<'a> + Send,
+{
+    fn apply<'a>(&'a mut self, txn: &'a DatabaseTransaction, batch: Vec<(i64, T)>) -> Handled<'a>
+    where
+        T: 'a,
+    {
+        Box::pin(async move {
+            for (_, event) in batch {
+                (self.0)(txn, event).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct WholeBatch<H>(H);
+
+impl<T, H> Apply<T> for WholeBatch<H>
+where
+    H: for<'a> FnMut(&'a DatabaseTransaction, Vec<T>) -> Handled<'a>,
+{
+    fn apply<'a>(&'a mut self, txn: &'a DatabaseTransaction, batch: Vec<(i64, T)>) -> Handled<'a>
+    where
+        T: 'a,
+    {
+        (self.0)(txn, batch.into_iter().map(|(_, event)| event).collect())
     }
 }
 

@@ -260,19 +260,59 @@ async fn an_append_counts_on_its_own_feed_only() {
     assert_eq!(a.clone().appended(), 1, "clones share the count");
 }
 
+/// Records in the consumer tests' `applied` table that `seq` took effect (in `txn`).
+async fn record_applied(
+    txn: &sea_orm::DatabaseTransaction,
+    seq: i64,
+) -> Result<(), lianyu_kit::KitError> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let backend = txn.get_database_backend();
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => "INSERT INTO applied (seq) VALUES ($1)",
+        _ => "INSERT INTO applied (seq) VALUES (?)",
+    };
+    txn.execute_raw(Statement::from_sql_and_values(backend, sql, [seq.into()]))
+        .await
+        .map_err(|e| lianyu_kit::KitError::Internal(e.to_string()))?;
+    Ok(())
+}
+
+/// Every `seq` recorded in `applied`, in order.
+async fn applied(conn: &sea_orm::DatabaseConnection) -> Vec<i64> {
+    use sea_orm::{ConnectionTrait, Statement};
+    conn.query_all_raw(Statement::from_string(
+        conn.get_database_backend(),
+        "SELECT seq FROM applied ORDER BY seq",
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get_by_index::<i64>(0).unwrap())
+    .collect()
+}
+
+/// Waits (ten seconds at most) until `consumer`'s cursor reaches `seq`.
+async fn wait_for_position(consumer: &Consumer, seq: i64) {
+    for _ in 0..200 {
+        if consumer.position().await.unwrap() == seq {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Events that arrive together are applied in one transaction with the cursor: when one of
 /// them fails, the ones before it in the batch are undone with it and applied again on the
 /// retry — each event's effect lands exactly once, and the cursor ends on the last.
 #[tokio::test]
 async fn a_consumer_applies_a_burst_in_one_transaction_and_a_failure_undoes_all_of_it() {
-    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm::ConnectionTrait;
     const EVENTS: i64 = 10;
     const FAILS_ONCE: i64 = 7;
     let (_db, conn) = consumer_database("feed_consumer_batch").await;
     conn.execute_unprepared("CREATE TABLE applied (seq BIGINT PRIMARY KEY)")
         .await
         .unwrap();
-    let backend = conn.get_database_backend();
     let calls = Arc::new(Mutex::new(Vec::<i64>::new()));
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = CancellationToken::new();
@@ -293,18 +333,7 @@ async fn a_consumer_applies_a_burst_in_one_transaction_and_a_failure_undoes_all_
                         let fail = seq == FAILS_ONCE
                             && !failed.swap(true, std::sync::atomic::Ordering::SeqCst);
                         Box::pin(async move {
-                            txn.execute_raw(Statement::from_sql_and_values(
-                                backend,
-                                match backend {
-                                    sea_orm::DbBackend::Postgres => {
-                                        "INSERT INTO applied (seq) VALUES ($1)"
-                                    }
-                                    _ => "INSERT INTO applied (seq) VALUES (?)",
-                                },
-                                [seq.into()],
-                            ))
-                            .await
-                            .map_err(|e| lianyu_kit::KitError::Internal(e.to_string()))?;
+                            record_applied(txn, seq).await?;
                             if fail {
                                 return Err(lianyu_kit::KitError::Internal("once".into()));
                             }
@@ -317,33 +346,99 @@ async fn a_consumer_applies_a_burst_in_one_transaction_and_a_failure_undoes_all_
         }
     });
     let position = Consumer::new(conn.clone(), "burst");
-    for _ in 0..200 {
-        if position.position().await.unwrap() == EVENTS {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_position(&position, EVENTS).await;
     stop.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(position.position().await.unwrap(), EVENTS);
-    let applied: Vec<i64> = conn
-        .query_all_raw(Statement::from_string(
-            backend,
-            "SELECT seq FROM applied ORDER BY seq",
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
-        .collect();
     assert_eq!(
-        applied,
+        applied(&conn).await,
         (1..=EVENTS).collect::<Vec<_>>(),
         "each effect once"
     );
     // The failed try handled 1..=7 in one transaction; the retry began again at 1.
     let expected: Vec<i64> = (1..=FAILS_ONCE).chain(1..=EVENTS).collect();
     assert_eq!(*calls.lock().unwrap(), expected);
+}
+
+/// A batch handler gets a burst's events together, in sequence order and at most 256 at a
+/// time, in the transaction that stores the cursor: a batch that fails is undone whole and
+/// handed over again whole, so each event's effect lands exactly once.
+#[tokio::test]
+async fn a_batch_handler_gets_a_burst_together_and_a_failed_batch_again_whole() {
+    use sea_orm::ConnectionTrait;
+    const EVENTS: i64 = 600;
+    const FAILS_ONCE: i64 = 300;
+    let (_db, conn) = consumer_database("feed_consumer_batches").await;
+    conn.execute_unprepared("CREATE TABLE applied (seq BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let batches = Arc::new(Mutex::new(Vec::<Vec<i64>>::new()));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(conn.clone(), "batches");
+    let task = tokio::spawn({
+        let (batches, failed, stop) = (batches.clone(), failed.clone(), stop.clone());
+        async move {
+            consumer
+                .run_batches(
+                    |after: i64| async move {
+                        Ok(futures::stream::iter(
+                            ((after + 1)..=EVENTS).map(|seq| Ok::<_, tonic::Status>((seq, seq))),
+                        ))
+                    },
+                    |txn, seqs: Vec<i64>| {
+                        batches.lock().unwrap().push(seqs.clone());
+                        let fail = seqs.contains(&FAILS_ONCE)
+                            && !failed.swap(true, std::sync::atomic::Ordering::SeqCst);
+                        Box::pin(async move {
+                            for seq in seqs {
+                                record_applied(txn, seq).await?;
+                            }
+                            if fail {
+                                return Err(lianyu_kit::KitError::Internal("once".into()));
+                            }
+                            Ok(())
+                        })
+                    },
+                    stop,
+                )
+                .await
+        }
+    });
+    let position = Consumer::new(conn.clone(), "batches");
+    wait_for_position(&position, EVENTS).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(position.position().await.unwrap(), EVENTS);
+    assert_eq!(
+        applied(&conn).await,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "each effect once"
+    );
+    let batches = batches.lock().unwrap().clone();
+    assert_eq!(
+        batches[0],
+        (1..=256).collect::<Vec<_>>(),
+        "the burst, 256 at once"
+    );
+    assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 256));
+    let failing = batches
+        .iter()
+        .position(|b| b.contains(&FAILS_ONCE))
+        .unwrap();
+    assert_eq!(
+        batches[failing + 1][0],
+        batches[failing][0],
+        "the retry starts where the failed batch did"
+    );
+    // Without the failed try, the batches are the events in order, each once.
+    let kept: Vec<i64> = batches
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != failing)
+        .flat_map(|(_, b)| b.iter().copied())
+        .collect();
+    assert_eq!(kept, (1..=EVENTS).collect::<Vec<_>>());
 }
 
 /// Events staged by concurrent grouped mutations are numbered at commit, a batch's in one move
