@@ -486,8 +486,10 @@ impl pb::order_service_server::OrderService for Api {
                     .into()),
                 };
             }
-            let member = self.mesh_id(&call, &given.member, "order.member").await?;
-            self.place(&call, &r, &member).await
+            // Boxed: a refusal above never builds the order's (large) future, and a call's
+            // future stays small enough that moving it costs nothing.
+            let member = Box::pin(self.mesh_id(&call, &given.member, "order.member")).await?;
+            Box::pin(self.place(&call, &r, &member)).await
         })
         .await
     }
