@@ -172,6 +172,9 @@ pub struct TokenVerifier {
     revoked: Arc<RwLock<std::collections::HashSet<String>>>,
     /// Partners the operator suspended: every token of theirs is refused, however fresh.
     suspended: Arc<RwLock<std::collections::HashSet<String>>>,
+    /// Counts single revocations and suspensions, so a whole list read before one of them
+    /// (the key refresher's) never undoes it ([`TokenVerifier::set_suspended_as_of`]).
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TokenVerifier {
@@ -188,6 +191,7 @@ impl TokenVerifier {
             unknown_key: Arc::default(),
             revoked: Arc::default(),
             suspended: Arc::default(),
+            changes: Arc::default(),
         };
         verifier.replace_keys(&auth.trusted_keys)?;
         Ok(verifier)
@@ -231,10 +235,50 @@ impl TokenVerifier {
 
     /// Refuses from now on every token issued for `credential`.
     pub fn revoke(&self, credential: &str) {
-        self.revoked
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(credential.to_owned());
+        let mut set = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        set.insert(credential.to_owned());
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A mark of the single revocations and suspensions applied so far: read it before
+    /// fetching the whole lists, and hand it to [`TokenVerifier::set_revoked_as_of`] /
+    /// [`TokenVerifier::set_suspended_as_of`].
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// [`TokenVerifier::set_revoked`] with lists read when [`TokenVerifier::changes`] was
+    /// `seen`: ignored (`false`) when a single revocation or suspension came since, which the
+    /// lists may predate — the next read brings both.
+    pub fn set_revoked_as_of(
+        &self,
+        seen: u64,
+        credentials: impl IntoIterator<Item = String>,
+    ) -> bool {
+        let mut set = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        if self.changes() != seen {
+            return false;
+        }
+        *set = credentials.into_iter().collect();
+        true
+    }
+
+    /// [`TokenVerifier::set_suspended`] with a list read when [`TokenVerifier::changes`] was
+    /// `seen`: ignored (`false`) when a single suspension, reinstatement or revocation came
+    /// since — a suspension applied the moment it was made (or learnt from the feed) is never
+    /// undone by a list fetched just before it.
+    pub fn set_suspended_as_of(
+        &self,
+        seen: u64,
+        partners: impl IntoIterator<Item = String>,
+    ) -> bool {
+        let mut set = self.suspended.write().unwrap_or_else(|p| p.into_inner());
+        if self.changes() != seen {
+            return false;
+        }
+        *set = partners.into_iter().collect();
+        true
     }
 
     /// Replaces the revoked credentials with `credentials` (as identity publishes them).
@@ -251,6 +295,8 @@ impl TokenVerifier {
         } else {
             set.remove(partner);
         }
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Replaces the suspended partners with `partners` (as identity publishes them).
@@ -355,6 +401,35 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_list_read_before_a_suspension_or_revocation_never_undoes_it() {
+        let verifier = TokenVerifier::new(&AuthConfig {
+            issuer: "lianyu".into(),
+            audience: "mesh".into(),
+            trusted_keys: vec![Signer::generate().trusted_key()],
+            signing_key: None,
+            token_ttl: Duration::from_secs(600),
+            key_refresh: Duration::from_secs(300),
+        })
+        .unwrap();
+        // The key refresher starts reading identity's lists...
+        let seen = verifier.changes();
+        // ...the operator suspends a partner and revokes a credential meanwhile...
+        verifier.set_partner_suspended("brand-s", true);
+        verifier.revoke("cred-1");
+        // ...and the lists, read before, arrive after: they are not applied.
+        assert!(!verifier.set_suspended_as_of(seen, Vec::<String>::new()));
+        assert!(!verifier.set_revoked_as_of(seen, Vec::<String>::new()));
+        assert!(verifier.suspended.read().unwrap().contains("brand-s"));
+        assert!(verifier.revoked.read().unwrap().contains("cred-1"));
+        // Lists read after both are applied whole, reinstatement included.
+        let seen = verifier.changes();
+        assert!(verifier.set_suspended_as_of(seen, Vec::<String>::new()));
+        assert!(verifier.set_revoked_as_of(seen, vec!["cred-1".to_owned()]));
+        assert!(!verifier.suspended.read().unwrap().contains("brand-s"));
+        assert!(verifier.revoked.read().unwrap().contains("cred-1"));
+    }
 
     #[test]
     fn a_cached_token_stops_working_when_its_key_is_rotated_out() {

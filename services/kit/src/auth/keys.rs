@@ -35,10 +35,13 @@ pub async fn refresh_keys(
     let mut client = AuthServiceClient::new(channel);
     let mut retry = Duration::from_millis(250);
     loop {
+        // Single revocations and suspensions applied while the lists are read are newer than
+        // the lists: those lists are then skipped, and the next read brings everything.
+        let seen = verifier.changes();
         let wait = match fetch(&mut client).await {
             Ok((fetched, revoked, suspended)) => {
-                verifier.set_revoked(revoked);
-                verifier.set_suspended(suspended);
+                verifier.set_revoked_as_of(seen, revoked);
+                verifier.set_suspended_as_of(seen, suspended);
                 let mut keys = static_keys.clone();
                 keys.extend(fetched);
                 match verifier.replace_keys(&keys) {
