@@ -173,7 +173,7 @@ pub struct TokenVerifier {
     /// Partners the operator suspended: every token of theirs is refused, however fresh.
     suspended: Arc<RwLock<std::collections::HashSet<String>>>,
     /// Counts single revocations and suspensions, so a whole list read before one of them
-    /// (the key refresher's) never undoes it ([`TokenVerifier::set_suspended_as_of`]).
+    /// (the key refresher's) never undoes it ([`TokenVerifier::replace_lists_as_of`]).
     changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -242,42 +242,31 @@ impl TokenVerifier {
     }
 
     /// A mark of the single revocations and suspensions applied so far: read it before
-    /// fetching the whole lists, and hand it to [`TokenVerifier::set_revoked_as_of`] /
-    /// [`TokenVerifier::set_suspended_as_of`].
+    /// fetching identity's whole lists, and hand it to [`TokenVerifier::replace_lists_as_of`].
     pub fn changes(&self) -> u64 {
         self.changes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// [`TokenVerifier::set_revoked`] with lists read when [`TokenVerifier::changes`] was
-    /// `seen`: ignored (`false`) when a single revocation or suspension came since, which the
-    /// lists may predate — the next read brings both.
-    pub fn set_revoked_as_of(
+    /// Replaces the revoked credentials and the suspended partners with lists read when
+    /// [`TokenVerifier::changes`] was `seen` — unless a single revocation, suspension or
+    /// reinstatement came since (`false`, nothing replaced): the lists may predate it, and a
+    /// suspension applied the moment it was made (or learnt from the feed) must never be
+    /// undone by lists fetched just before it. The next read brings both.
+    pub fn replace_lists_as_of(
         &self,
         seen: u64,
-        credentials: impl IntoIterator<Item = String>,
+        revoked: impl IntoIterator<Item = String>,
+        suspended: impl IntoIterator<Item = String>,
     ) -> bool {
-        let mut set = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        // Both locks, always in this order (no other path holds both), so no single change
+        // lands between the check and the replacement.
+        let mut revoked_now = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let mut suspended_now = self.suspended.write().unwrap_or_else(|p| p.into_inner());
         if self.changes() != seen {
             return false;
         }
-        *set = credentials.into_iter().collect();
-        true
-    }
-
-    /// [`TokenVerifier::set_suspended`] with a list read when [`TokenVerifier::changes`] was
-    /// `seen`: ignored (`false`) when a single suspension, reinstatement or revocation came
-    /// since — a suspension applied the moment it was made (or learnt from the feed) is never
-    /// undone by a list fetched just before it.
-    pub fn set_suspended_as_of(
-        &self,
-        seen: u64,
-        partners: impl IntoIterator<Item = String>,
-    ) -> bool {
-        let mut set = self.suspended.write().unwrap_or_else(|p| p.into_inner());
-        if self.changes() != seen {
-            return false;
-        }
-        *set = partners.into_iter().collect();
+        *revoked_now = revoked.into_iter().collect();
+        *suspended_now = suspended.into_iter().collect();
         true
     }
 
@@ -419,14 +408,12 @@ mod tests {
         verifier.set_partner_suspended("brand-s", true);
         verifier.revoke("cred-1");
         // ...and the lists, read before, arrive after: they are not applied.
-        assert!(!verifier.set_suspended_as_of(seen, Vec::<String>::new()));
-        assert!(!verifier.set_revoked_as_of(seen, Vec::<String>::new()));
+        assert!(!verifier.replace_lists_as_of(seen, Vec::new(), Vec::new()));
         assert!(verifier.suspended.read().unwrap().contains("brand-s"));
         assert!(verifier.revoked.read().unwrap().contains("cred-1"));
         // Lists read after both are applied whole, reinstatement included.
         let seen = verifier.changes();
-        assert!(verifier.set_suspended_as_of(seen, Vec::<String>::new()));
-        assert!(verifier.set_revoked_as_of(seen, vec!["cred-1".to_owned()]));
+        assert!(verifier.replace_lists_as_of(seen, vec!["cred-1".to_owned()], Vec::new()));
         assert!(!verifier.suspended.read().unwrap().contains("brand-s"));
         assert!(verifier.revoked.read().unwrap().contains("cred-1"));
     }

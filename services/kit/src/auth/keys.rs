@@ -40,8 +40,7 @@ pub async fn refresh_keys(
         let seen = verifier.changes();
         let wait = match fetch(&mut client).await {
             Ok((fetched, revoked, suspended)) => {
-                verifier.set_revoked_as_of(seen, revoked);
-                verifier.set_suspended_as_of(seen, suspended);
+                verifier.replace_lists_as_of(seen, revoked, suspended);
                 let mut keys = static_keys.clone();
                 keys.extend(fetched);
                 match verifier.replace_keys(&keys) {

@@ -291,14 +291,30 @@ async fn applied(conn: &sea_orm::DatabaseConnection) -> Vec<i64> {
     .collect()
 }
 
-/// Waits (ten seconds at most) until `consumer`'s cursor reaches `seq`.
-async fn wait_for_position(consumer: &Consumer, seq: i64) {
+/// Waits (ten seconds at most) until consumer `name`'s cursor reaches `last`, stops it, and
+/// checks that the cursor ends there and that every event 1..=`last` took effect exactly once.
+async fn all_applied_once(
+    conn: &sea_orm::DatabaseConnection,
+    name: &str,
+    last: i64,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), lianyu_kit::storage::StorageError>>,
+) {
+    let position = Consumer::new(conn.clone(), name);
     for _ in 0..200 {
-        if consumer.position().await.unwrap() == seq {
-            return;
+        if position.position().await.unwrap() == last {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(position.position().await.unwrap(), last);
+    assert_eq!(
+        applied(conn).await,
+        (1..=last).collect::<Vec<_>>(),
+        "each effect once"
+    );
 }
 
 /// Events that arrive together are applied in one transaction with the cursor: when one of
@@ -345,16 +361,7 @@ async fn a_consumer_applies_a_burst_in_one_transaction_and_a_failure_undoes_all_
                 .await
         }
     });
-    let position = Consumer::new(conn.clone(), "burst");
-    wait_for_position(&position, EVENTS).await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
-    assert_eq!(position.position().await.unwrap(), EVENTS);
-    assert_eq!(
-        applied(&conn).await,
-        (1..=EVENTS).collect::<Vec<_>>(),
-        "each effect once"
-    );
+    all_applied_once(&conn, "burst", EVENTS, stop, task).await;
     // The failed try handled 1..=7 in one transaction; the retry began again at 1.
     let expected: Vec<i64> = (1..=FAILS_ONCE).chain(1..=EVENTS).collect();
     assert_eq!(*calls.lock().unwrap(), expected);
@@ -405,16 +412,7 @@ async fn a_batch_handler_gets_a_burst_together_and_a_failed_batch_again_whole() 
                 .await
         }
     });
-    let position = Consumer::new(conn.clone(), "batches");
-    wait_for_position(&position, EVENTS).await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
-    assert_eq!(position.position().await.unwrap(), EVENTS);
-    assert_eq!(
-        applied(&conn).await,
-        (1..=EVENTS).collect::<Vec<_>>(),
-        "each effect once"
-    );
+    all_applied_once(&conn, "batches", EVENTS, stop, task).await;
     let batches = batches.lock().unwrap().clone();
     assert_eq!(
         batches[0],
