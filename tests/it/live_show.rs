@@ -1526,3 +1526,90 @@ async fn a_flash_sale_order_as_every_kind_of_caller() {
         "the outsider lists its own order, not the brand's"
     );
 }
+
+/// Orders read their session in shared reads during a burst; none may be answered from a read
+/// begun before what its caller has seen committed. While buyers keep placing orders, the
+/// brand adds a guide; every order placed with the new guide's share code after that update
+/// returned is accepted and credited to that guide — none is refused as an unknown code.
+#[tokio::test]
+async fn an_order_placed_after_a_guide_is_added_sees_the_guide_during_a_burst() {
+    let s = mesh("live_guide_during_burst").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "TEE-1", 19_900).await;
+    let members = enrol_many(&s, BRAND, "1390000", 40).await;
+    let token = s.token(BRAND);
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Background buyers: each keeps an order in flight until the checks are done.
+    let background: Vec<_> = members[..20]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut client = orders(&s, &token);
+            let (session, product, member) =
+                (session.name.clone(), product.name.clone(), m.clone());
+            let busy = busy.clone();
+            tokio::spawn(async move {
+                let mut placed = 0;
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    let rid = format!("bg-{i}-{placed}");
+                    client
+                        .place_order(buy_product(&session, &product, &member, &rid))
+                        .await
+                        .expect("a background order is placed");
+                    placed += 1;
+                }
+                placed
+            })
+        })
+        .collect();
+    let updated = sessions(&s, &token)
+        .update_session(pb::UpdateSessionRequest {
+            request_id: "add-wu".into(),
+            session: Some(pb::Session {
+                name: session.name.clone(),
+                guides: vec![
+                    session.guides[0].clone(),
+                    pb::Guide {
+                        guide_id: "wu".into(),
+                        display_name: "Wu".into(),
+                        partner: format!("partners/{MALL}"),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["guides".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let wu = updated
+        .guides
+        .iter()
+        .find(|g| g.guide_id == "wu")
+        .expect("the new guide is on the session");
+    let checks = members[20..].iter().enumerate().map(|(i, m)| {
+        let mut client = orders(&s, &token);
+        let mut request = buy_product(&session.name, &product.name, m, &format!("wu-{i}"));
+        if let Some(order) = request.order.as_mut() {
+            order.share_code = wu.share_code.clone();
+        }
+        async move { client.place_order(request).await }
+    });
+    let checked = join_all(checks).await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut background_orders = 0;
+    for b in background {
+        background_orders += b.await.unwrap();
+    }
+    assert!(background_orders > 0, "the burst ran");
+    for answer in checked {
+        let order = answer.expect("an order with the new guide's code is accepted");
+        assert_eq!(
+            order.into_inner().guide,
+            format!("{}/guides/{MALL}:wu", session.name)
+        );
+    }
+}

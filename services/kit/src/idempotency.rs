@@ -12,6 +12,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use crate::{
+    batched::Batched,
     error::{KitError, ServiceError},
     group::Writer,
     storage::{StorageError, entities::idempotency_key, now_millis},
@@ -340,140 +341,82 @@ async fn replay<Resp: Message + Default>(
 /// Stored-reply rows one lookup reads at most.
 const REPLAY_BATCH: usize = 256;
 
-/// Reads of stored replies, batched: a refusal checks for a stored reply before it answers (a
-/// sold-out flash sale refuses thousands of buyers in a second, each checking), and every
-/// check was a trip to the database of its own. Lookups made while one is running queue up and
-/// the next goes as one query per partner and method (`request_id IN (…)`, on the primary
-/// key); a lookup at an idle reader goes at once, alone — batching adds no waiting. Cheap to
-/// clone; clones share the queue.
+/// Reads of stored replies, batched ([`crate::batched`]): a refusal checks for a stored reply
+/// before it answers (a sold-out flash sale refuses thousands of buyers in a second, each
+/// checking), and every check was a trip to the database of its own. Lookups made while one
+/// is running queue up and the next goes as one query per partner and method
+/// (`request_id IN (…)`, on the primary key). Cheap to clone; clones share the queue.
 #[derive(Clone)]
 pub struct Replays {
-    inner: Arc<ReplaysInner>,
-}
-
-struct ReplaysInner {
     db: DatabaseConnection,
-    queue: std::sync::Mutex<Vec<Wanted>>,
-    /// Held by the lookup running; the next waiting caller takes the queue with it.
-    turn: tokio::sync::Mutex<()>,
+    batched: Batched<(String, String, String), Found>,
     /// Queries sent, for the tests.
-    queries: std::sync::atomic::AtomicUsize,
+    queries: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type Found = Result<Option<idempotency_key::Model>, StorageError>;
-
-struct Wanted {
-    partner_id: String,
-    method: String,
-    request_id: String,
-    answer: tokio::sync::oneshot::Sender<Found>,
-}
 
 impl Replays {
     /// Lookups on `db` (a read pool beside the writer, where there is one).
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
-            inner: Arc::new(ReplaysInner {
-                db,
-                queue: std::sync::Mutex::default(),
-                turn: tokio::sync::Mutex::new(()),
-                queries: std::sync::atomic::AtomicUsize::new(0),
-            }),
+            db,
+            batched: Batched::new(REPLAY_BATCH),
+            queries: Arc::default(),
         }
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Wanted>> {
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The row stored under `key`, if any.
     async fn find(&self, key: CallKey<'_>) -> Found {
-        use tokio::sync::oneshot::error::TryRecvError;
-        'ask: loop {
-            let (answer, mut answered) = tokio::sync::oneshot::channel();
-            self.queue().push(Wanted {
-                partner_id: key.partner_id.to_owned(),
-                method: key.method.to_owned(),
-                request_id: key.request_id.to_owned(),
-                answer,
-            });
-            loop {
-                // Answered by the lookup running, or our turn to run the next one.
-                let turn = tokio::select! {
-                    biased;
-                    found = &mut answered => match found {
-                        Ok(found) => return found,
-                        // Taken by a lookup whose caller went away: ask again.
-                        Err(_) => continue 'ask,
-                    },
-                    turn = self.inner.turn.lock() => turn,
-                };
-                match answered.try_recv() {
-                    Ok(found) => return found,
-                    Err(TryRecvError::Closed) => continue 'ask,
-                    Err(TryRecvError::Empty) => {}
-                }
-                let batch: Vec<Wanted> = {
-                    let mut queue = self.queue();
-                    let n = queue.len().min(REPLAY_BATCH);
-                    queue.drain(..n).collect()
-                };
-                self.look_up(batch).await;
-                drop(turn);
-                match answered.try_recv() {
-                    Ok(found) => return found,
-                    Err(TryRecvError::Closed) => continue 'ask,
-                    // Ours did not fit in that lookup: it waits for the next.
-                    Err(TryRecvError::Empty) => {}
-                }
-            }
-        }
+        let key = (
+            key.partner_id.to_owned(),
+            key.method.to_owned(),
+            key.request_id.to_owned(),
+        );
+        self.batched.get(key, |keys| self.look_up(keys)).await
     }
 
-    /// Answers every caller in `batch`: one query per partner and method.
-    async fn look_up(&self, batch: Vec<Wanted>) {
-        let mut groups: std::collections::BTreeMap<(String, String), Vec<Wanted>> =
-            std::collections::BTreeMap::new();
-        for wanted in batch {
+    /// The rows of `keys` (distinct), in order: one query per partner and method.
+    async fn look_up(&self, keys: Vec<(String, String, String)>) -> Vec<Found> {
+        use std::collections::{BTreeMap, HashMap};
+        let mut groups: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        for (partner_id, method, request_id) in &keys {
             groups
-                .entry((wanted.partner_id.clone(), wanted.method.clone()))
+                .entry((partner_id, method))
                 .or_default()
-                .push(wanted);
+                .push(request_id);
         }
-        for ((partner_id, method), wanted) in groups {
-            let ids: Vec<&str> = wanted.iter().map(|w| w.request_id.as_str()).collect();
-            self.inner
-                .queries
+        // Each group's rows by request id, or the group's failure.
+        let mut stored: HashMap<(&str, &str), Result<HashMap<String, _>, StorageError>> =
+            HashMap::new();
+        for ((partner_id, method), ids) in groups {
+            self.queries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let rows = idempotency_key::Entity::find()
-                .filter(idempotency_key::Column::PartnerId.eq(&partner_id))
-                .filter(idempotency_key::Column::Method.eq(&method))
+                .filter(idempotency_key::Column::PartnerId.eq(partner_id))
+                .filter(idempotency_key::Column::Method.eq(method))
                 .filter(idempotency_key::Column::RequestId.is_in(ids))
-                .all(&self.inner.db)
-                .await;
-            match rows {
-                Ok(rows) => {
-                    // Several callers may ask for one key (racing retries of one call).
-                    let by_id: std::collections::HashMap<String, idempotency_key::Model> = rows
-                        .into_iter()
+                .all(&self.db)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
                         .map(|r| (r.request_id.clone(), r))
-                        .collect();
-                    for w in wanted {
-                        let row = by_id.get(&w.request_id).cloned();
-                        let _ = w.answer.send(Ok(row));
-                    }
-                }
-                Err(e) => {
-                    let error = StorageError::from(e);
-                    for w in wanted {
-                        let _ = w.answer.send(Err(error.clone()));
-                    }
-                }
-            }
+                        .collect()
+                })
+                .map_err(StorageError::from);
+            stored.insert((partner_id, method), rows);
         }
+        keys.iter()
+            .map(|(partner_id, method, request_id)| {
+                match stored.get(&(partner_id.as_str(), method.as_str())) {
+                    Some(Ok(rows)) => Ok(rows.get(request_id).cloned()),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Err(StorageError::Other(
+                        "a stored reply was not looked up".into(),
+                    )),
+                }
+            })
+            .collect()
     }
 }
 
@@ -574,10 +517,7 @@ mod tests {
             answered >= 1568,
             "only the aborted callers went unanswered: {answered}"
         );
-        let queries = replays
-            .inner
-            .queries
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let queries = replays.queries.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
             queries < answered,
             "{queries} queries for {answered} lookups: they were not shared"

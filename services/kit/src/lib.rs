@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod batched;
 pub mod call;
 pub mod client;
 pub mod config;

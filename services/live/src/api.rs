@@ -11,10 +11,12 @@ mod viewers;
 
 use lianyu_kit::{
     Call, KitError, Mount,
+    batched::Batched,
     directory::Directory,
     feed::{Feed, NewEvent},
     ids::{MeshMemberId, ScopedMemberId},
     names,
+    storage::StorageError,
     time::timestamp,
     writes::Writes,
 };
@@ -58,6 +60,12 @@ pub(crate) struct Api {
     /// Flash sales and their products by (session, sale), as read once
     /// ([`Api::sale_and_product`]).
     sales: moka::sync::Cache<(String, String), std::sync::Arc<(FlashSale, Product)>>,
+    /// Reads of sessions on [`Self::read`], batched: in a burst every buyer's order reads its
+    /// session, and those made while one read runs share the next ([`Api::read_session`]).
+    sessions: Batched<String, Result<Option<Session>, StorageError>>,
+    /// Reads of flash sales with their products, batched the same way, for the buyers that
+    /// arrive before the first read has filled [`Self::sales`].
+    sale_reads: Batched<(String, String), SaleRead>,
 }
 
 pub(crate) fn register(
@@ -88,6 +96,8 @@ pub(crate) fn register(
             .max_capacity(10_000)
             .time_to_idle(std::time::Duration::from_secs(600))
             .build(),
+        sessions: Batched::new(SESSION_READS),
+        sale_reads: Batched::new(SESSION_READS),
         feed,
         directory,
         entitlements: match ctx.peer(crate::NAME, "entitlements") {
@@ -204,21 +214,37 @@ impl Api {
         name: &str,
         field: &str,
     ) -> Result<(Session, Role), LiveError> {
-        let [id] =
-            names::parse(name, "sessions/{session}").map_err(|e| KitError::invalid(field, e))?;
-        if call.who.operator {
-            return Err(LiveError::SessionNotFound);
-        }
+        let id = session_id(call, name, field)?;
         let session = store::load_session(conn, id)
             .await?
             .ok_or(LiveError::SessionNotFound)?;
-        let role = if session.visible_to(call.partner_id(), call.who.store.as_deref()) {
-            Role::Host
-        } else if call.who.store.is_none() && session.assisted_by(call.partner_id()) {
-            Role::Assistant
-        } else {
-            Role::Public
-        };
+        let role = role_of(call, &session);
+        Ok((session, role))
+    }
+
+    /// [`Self::session`] read outside a mutation, through the batched reads: a read made
+    /// while another of the session runs waits for the next and shares it, and never gets
+    /// an answer read before it was asked.
+    async fn read_session(
+        &self,
+        call: &Call,
+        name: &str,
+        field: &str,
+    ) -> Result<(Session, Role), LiveError> {
+        let id = session_id(call, name, field)?;
+        let session = self
+            .sessions
+            .get(id.to_owned(), |ids| async move {
+                let mut found = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    found.push(store::load_session(&self.read, id).await.map_err(storable));
+                }
+                found
+            })
+            .await
+            .map_err(KitError::Storage)?
+            .ok_or(LiveError::SessionNotFound)?;
+        let role = role_of(call, &session);
         Ok((session, role))
     }
 
@@ -284,6 +310,40 @@ impl Api {
                 &body,
             ),
         );
+    }
+}
+
+/// A flash sale with its product as one batched read answers it.
+type SaleRead = Result<Option<(FlashSale, Product)>, StorageError>;
+
+/// The session id `name` names, for a caller that may read sessions (the operator reads none).
+fn session_id<'a>(call: &Call, name: &'a str, field: &str) -> Result<&'a str, LiveError> {
+    let [id] = names::parse(name, "sessions/{session}").map_err(|e| KitError::invalid(field, e))?;
+    if call.who.operator {
+        return Err(LiveError::SessionNotFound);
+    }
+    Ok(id)
+}
+
+/// Session reads one batched read answers at most.
+const SESSION_READS: usize = 256;
+
+/// What `call`'s caller is to `session`.
+fn role_of(call: &Call, session: &Session) -> Role {
+    if session.visible_to(call.partner_id(), call.who.store.as_deref()) {
+        Role::Host
+    } else if call.who.store.is_none() && session.assisted_by(call.partner_id()) {
+        Role::Assistant
+    } else {
+        Role::Public
+    }
+}
+
+/// A read's failure, as one batched read hands it to each of its callers.
+fn storable(e: KitError) -> StorageError {
+    match e {
+        KitError::Storage(e) => e,
+        other => StorageError::Other(other.to_string()),
     }
 }
 

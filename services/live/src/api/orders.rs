@@ -213,7 +213,7 @@ impl Api {
         r: &pb::PlaceOrderRequest,
         given: &pb::Order,
     ) -> Result<OrderFacts, LiveError> {
-        let (session, role) = self.session(&self.read, call, &r.parent, "parent").await?;
+        let (session, role) = self.read_session(call, &r.parent, "parent").await?;
         if call.who.store.is_some() && role != Role::Host {
             return Err(KitError::Denied(
                 "STORE_TOKEN_NOT_ALLOWED",
@@ -267,15 +267,37 @@ impl Api {
         if let Some(known) = self.sales.get(&key) {
             return Ok((*known).clone());
         }
-        let found = store::sale(&self.read, session, sale)
-            .await?
-            .ok_or(LiveError::FlashSaleNotFound)?;
+        // The buyers that arrive before the first read is kept share reads.
+        let found = self
+            .sale_reads
+            .get(key.clone(), |keys| async move {
+                let mut found = Vec::with_capacity(keys.len());
+                for (session, sale) in &keys {
+                    found.push(self.read_sale(session, sale).await.map_err(super::storable));
+                }
+                found
+            })
+            .await
+            .map_err(KitError::Storage)?;
+        let (sale, product) = found.ok_or(LiveError::FlashSaleNotFound)?;
+        self.sales
+            .insert(key, std::sync::Arc::new((sale.clone(), product.clone())));
+        Ok((sale, product))
+    }
+
+    /// A flash sale of `session` with its product, read.
+    async fn read_sale(
+        &self,
+        session: &str,
+        sale: &str,
+    ) -> Result<Option<(FlashSale, Product)>, KitError> {
+        let Some(found) = store::sale(&self.read, session, sale).await? else {
+            return Ok(None);
+        };
         let (product, _) = store::product(&self.read, session, &found.product_id)
             .await?
-            .ok_or(LiveError::ProductNotFound)?;
-        self.sales
-            .insert(key, std::sync::Arc::new((found.clone(), product.clone())));
-        Ok((found, product))
+            .ok_or_else(|| KitError::Internal("a flash sale's product is missing".into()))?;
+        Ok(Some((found, product)))
     }
 
     /// Why no stock was taken from `sale`: the session is no longer LIVE, the sale is not
@@ -556,7 +578,7 @@ impl pb::order_service_server::OrderService for Api {
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         unary(request, async |call, r| {
-            let (session, role) = self.session(&self.read, &call, &r.parent, "parent").await?;
+            let (session, role) = self.read_session(&call, &r.parent, "parent").await?;
             let scope = match (role, call.who.store.as_deref()) {
                 (Role::Host, Some(own)) => OrderScope::Store(own),
                 (Role::Host, None) => OrderScope::All,

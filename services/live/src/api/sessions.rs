@@ -152,7 +152,7 @@ impl pb::session_service_server::SessionService for Api {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         unary(request, async |call, r| {
-            let (session, role) = self.session(&self.read, &call, &r.name, "name").await?;
+            let (session, role) = self.read_session(&call, &r.name, "name").await?;
             Ok::<_, LiveError>(session_proto(&session, role))
         })
         .await

@@ -125,7 +125,7 @@ impl pb::showcase_service_server::ShowcaseService for Api {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         unary(request, async |call, r| {
-            let (session, _) = self.session(&self.read, &call, &r.parent, "parent").await?;
+            let (session, _) = self.read_session(&call, &r.parent, "parent").await?;
             let page = Page::parse(r.page_size, &r.page_token, &[&session.id])?;
             let (products, next_page_token) =
                 store::list_products(&self.read, &session.id, &page).await?;
@@ -201,7 +201,7 @@ impl pb::showcase_service_server::ShowcaseService for Api {
         request: Request<pb::ListPinMarkersRequest>,
     ) -> Result<Response<pb::ListPinMarkersResponse>, Status> {
         unary(request, async |call, r| {
-            let (session, _) = self.session(&self.read, &call, &r.parent, "parent").await?;
+            let (session, _) = self.read_session(&call, &r.parent, "parent").await?;
             let page = Page::parse(r.page_size, &r.page_token, &[&session.id])?;
             let (markers, next_page_token) =
                 store::list_markers(&self.read, &session.id, &page).await?;

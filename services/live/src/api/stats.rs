@@ -115,7 +115,7 @@ impl Api {
     /// The session named in a stats request, for a co-host only (others: not found, as the
     /// figures are the co-hosts' business).
     async fn stats_session(&self, call: &Call, name: &str) -> Result<Session, LiveError> {
-        let (session, role) = self.session(&self.read, call, name, "session").await?;
+        let (session, role) = self.read_session(call, name, "session").await?;
         if role == Role::Host {
             Ok(session)
         } else {
