@@ -834,6 +834,30 @@ async fn with_entitlements(test: &str) -> TestServer {
     .await
 }
 
+/// The brand opens a coupon drop of `quantity` units of `benefit` in `session`, open now.
+async fn open_drop(
+    s: &TestServer,
+    session: &str,
+    benefit: &str,
+    quantity: i64,
+    rid: &str,
+) -> pb::CouponDrop {
+    showcase(s, &s.token(BRAND))
+        .create_coupon_drop(pb::CreateCouponDropRequest {
+            request_id: rid.into(),
+            parent: session.into(),
+            coupon_drop: Some(pb::CouponDrop {
+                benefit: benefit.into(),
+                quantity,
+                close_time: timestamp(now_millis() + 600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn claim(drop: &str, member: &str, rid: &str) -> pb::ClaimCouponDropRequest {
     pb::ClaimCouponDropRequest {
         request_id: rid.into(),
@@ -867,27 +891,7 @@ async fn a_coupon_drop_hands_out_exactly_its_units_through_entitlements() {
         Update::Snapshot(_)
     ));
     let brand = s.token(BRAND);
-    let drop_of = |quantity: i64, rid: &str| {
-        let mut client = showcase(&s, &brand);
-        let request = pb::CreateCouponDropRequest {
-            request_id: rid.into(),
-            parent: session.name.clone(),
-            coupon_drop: Some(pb::CouponDrop {
-                benefit: coupon.name.clone(),
-                quantity,
-                close_time: timestamp(now_millis() + 600_000),
-                ..Default::default()
-            }),
-        };
-        async move {
-            client
-                .create_coupon_drop(request)
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
-    let drop = drop_of(5, "drop-1").await;
+    let drop = open_drop(&s, &session.name, &coupon.name, 5, "drop-1").await;
     let Update::CouponDrop(opened) = next_change(&mut watching).await else {
         panic!("the drop's opening reaches the viewer");
     };
@@ -945,7 +949,7 @@ async fn a_coupon_drop_hands_out_exactly_its_units_through_entitlements() {
 
     // A second drop: a member who already holds the coupon is refused by entitlements' limit,
     // and a partner that is not party to the benefit by entitlements too; both units go back.
-    let second = drop_of(3, "drop-2").await;
+    let second = open_drop(&s, &session.name, &coupon.name, 3, "drop-2").await;
     let e = showcase(&s, &brand)
         .claim_coupon_drop(claim(&second.name, &members[i], "again-1"))
         .await
@@ -985,6 +989,62 @@ async fn a_coupon_drop_hands_out_exactly_its_units_through_entitlements() {
         .unwrap()
         .into_inner();
     assert_eq!(figures.coupons_claimed, 5);
+}
+
+/// Claims refused as DROP_EXHAUSTED are answered without a write once the drop is seen claimed
+/// out; a unit that a refused claim puts back opens the drop again at once. Twelve viewers who
+/// already hold the coupon race for a one-unit drop (whoever takes the unit is refused by
+/// entitlements' per-member limit and puts it back, the others meet an exhausted drop); then a
+/// viewer without the coupon claims it and gets it.
+#[tokio::test]
+async fn a_drop_seen_claimed_out_opens_again_when_a_refused_claim_puts_its_unit_back() {
+    let s = with_entitlements("live_drop_reopens").await;
+    let session = on_air(&s).await;
+    let coupon = crate::wallets::active(&s, BRAND, BRAND, BRAND, |b| {
+        b.display_name = "reopening drop".into();
+    })
+    .await;
+    let brand = s.token(BRAND);
+    let holders = enrol_many(&s, BRAND, "1340000", 12).await;
+    let first = open_drop(&s, &session.name, &coupon.name, 12, "all-of-them").await;
+    for (i, m) in holders.iter().enumerate() {
+        showcase(&s, &brand)
+            .claim_coupon_drop(claim(&first.name, m, &format!("first-{i}")))
+            .await
+            .unwrap();
+    }
+    let scarce = open_drop(&s, &session.name, &coupon.name, 1, "one-unit").await;
+    let mut exhausted_seen = 0;
+    for round in 0..20 {
+        let answers = join_all(holders.iter().enumerate().map(|(i, m)| {
+            let mut client = showcase(&s, &brand);
+            let request = claim(&scarce.name, m, &format!("race-{round}-{i}"));
+            async move { client.claim_coupon_drop(request).await }
+        }))
+        .await;
+        for answer in answers {
+            let e = answer.expect_err("every holder is refused");
+            let why = reason(&e);
+            assert!(
+                ["PER_MEMBER_LIMIT", "DROP_EXHAUSTED"].contains(&why.as_str()),
+                "{e:?}"
+            );
+            exhausted_seen += usize::from(why == "DROP_EXHAUSTED");
+        }
+        if exhausted_seen > 0 {
+            break;
+        }
+    }
+    assert!(exhausted_seen > 0, "some claim met the drop claimed out");
+    let newcomer = enrol(&s, BRAND, "13400009999").await;
+    let granted = showcase(&s, &brand)
+        .claim_coupon_drop(claim(&scarce.name, &newcomer, "newcomer"))
+        .await
+        .expect("the unit put back is claimed at once")
+        .into_inner();
+    assert!(granted.wallet_item.starts_with(&newcomer));
+    assert_eq!(granted.remaining, 0);
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 13);
 }
 
 /// A viewer watching through another replica gets what a co-host does through this one: the

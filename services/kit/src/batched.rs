@@ -140,6 +140,38 @@ impl<K: Clone + Eq + Hash, V: Clone> Batched<K, V> {
     }
 }
 
+/// A lookup for [`Batched`] whose keys are a group and an id in it (a partner's request ids, a
+/// drop's claims): one query per group, `query(group, ids)` returning the rows found by id.
+/// Answers every key in order: its row, none, or its group's failure.
+pub async fn by_group<G, V, E, F>(
+    keys: &[(G, String)],
+    query: impl Fn(G, Vec<String>) -> F,
+) -> Vec<Result<Option<V>, E>>
+where
+    G: Ord + Clone,
+    V: Clone,
+    E: Clone,
+    F: Future<Output = Result<HashMap<String, V>, E>>,
+{
+    let mut groups: std::collections::BTreeMap<&G, Vec<String>> = Default::default();
+    for (group, id) in keys {
+        groups.entry(group).or_default().push(id.clone());
+    }
+    let mut found: std::collections::BTreeMap<&G, Result<HashMap<String, V>, E>> =
+        Default::default();
+    for (group, ids) in groups {
+        found.insert(group, query(group.clone(), ids).await);
+    }
+    keys.iter()
+        .map(|(group, id)| match found.get(group) {
+            Some(Ok(rows)) => Ok(rows.get(id).cloned()),
+            Some(Err(e)) => Err(e.clone()),
+            // Every key's group was queried above.
+            None => Ok(None),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::{sync::atomic::AtomicU64, time::Duration};

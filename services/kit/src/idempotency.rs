@@ -12,7 +12,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use crate::{
-    batched::Batched,
+    batched::{self, Batched},
     error::{KitError, ServiceError},
     group::Writer,
     storage::{StorageError, entities::idempotency_key, now_millis},
@@ -349,7 +349,8 @@ const REPLAY_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Replays {
     db: DatabaseConnection,
-    batched: Batched<(String, String, String), Found>,
+    /// Keyed by (partner, method) and request id.
+    batched: Batched<((String, String), String), Found>,
     /// Queries sent, for the tests.
     queries: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -369,54 +370,30 @@ impl Replays {
     /// The row stored under `key`, if any.
     async fn find(&self, key: CallKey<'_>) -> Found {
         let key = (
-            key.partner_id.to_owned(),
-            key.method.to_owned(),
+            (key.partner_id.to_owned(), key.method.to_owned()),
             key.request_id.to_owned(),
         );
-        self.batched.get(key, |keys| self.look_up(keys)).await
-    }
-
-    /// The rows of `keys` (distinct), in order: one query per partner and method.
-    async fn look_up(&self, keys: Vec<(String, String, String)>) -> Vec<Found> {
-        use std::collections::{BTreeMap, HashMap};
-        let mut groups: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
-        for (partner_id, method, request_id) in &keys {
-            groups
-                .entry((partner_id, method))
-                .or_default()
-                .push(request_id);
-        }
-        // Each group's rows by request id, or the group's failure.
-        let mut stored: HashMap<(&str, &str), Result<HashMap<String, _>, StorageError>> =
-            HashMap::new();
-        for ((partner_id, method), ids) in groups {
-            self.queries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let rows = idempotency_key::Entity::find()
-                .filter(idempotency_key::Column::PartnerId.eq(partner_id))
-                .filter(idempotency_key::Column::Method.eq(method))
-                .filter(idempotency_key::Column::RequestId.is_in(ids))
-                .all(&self.db)
-                .await
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|r| (r.request_id.clone(), r))
-                        .collect()
+        self.batched
+            .get(key, |keys| async move {
+                batched::by_group(&keys, |(partner_id, method), ids| async move {
+                    self.queries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    idempotency_key::Entity::find()
+                        .filter(idempotency_key::Column::PartnerId.eq(partner_id))
+                        .filter(idempotency_key::Column::Method.eq(method))
+                        .filter(idempotency_key::Column::RequestId.is_in(ids))
+                        .all(&self.db)
+                        .await
+                        .map(|rows| {
+                            rows.into_iter()
+                                .map(|r| (r.request_id.clone(), r))
+                                .collect()
+                        })
+                        .map_err(StorageError::from)
                 })
-                .map_err(StorageError::from);
-            stored.insert((partner_id, method), rows);
-        }
-        keys.iter()
-            .map(|(partner_id, method, request_id)| {
-                match stored.get(&(partner_id.as_str(), method.as_str())) {
-                    Some(Ok(rows)) => Ok(rows.get(request_id).cloned()),
-                    Some(Err(e)) => Err(e.clone()),
-                    None => Err(StorageError::Other(
-                        "a stored reply was not looked up".into(),
-                    )),
-                }
+                .await
             })
-            .collect()
+            .await
     }
 }
 

@@ -57,6 +57,11 @@ pub(crate) struct Api {
     /// here reopens the sale; another replica's cancel is found by the next write after
     /// [`orders::SOLD_OUT_RECHECK`].
     sold_out: orders::SoldOut,
+    /// Coupon drops this replica has seen claimed out, the same way: claims of them are
+    /// answered DROP_EXHAUSTED without a transaction on the writer (a replay still gets its
+    /// wallet item). A unit put back here reopens the drop; another replica's is found
+    /// after [`orders::SOLD_OUT_RECHECK`].
+    exhausted: orders::SoldOut,
     /// Flash sales and their products by (session, sale), as read once
     /// ([`Api::sale_and_product`]).
     sales: moka::sync::Cache<(String, String), std::sync::Arc<(FlashSale, Product)>>,
@@ -66,6 +71,9 @@ pub(crate) struct Api {
     /// Reads of flash sales with their products, batched the same way, for the buyers that
     /// arrive before the first read has filled [`Self::sales`].
     sale_reads: Batched<(String, String), SaleRead>,
+    /// Reads of a claim already made (drop, partner, request id), batched: every claim of a
+    /// drop checks for one before it takes a unit or is refused, thousands in a drop's burst.
+    claim_reads: Batched<((String, String), String), ClaimRead>,
 }
 
 pub(crate) fn register(
@@ -92,12 +100,14 @@ pub(crate) fn register(
         hub: viewers::Hub::start(feed.clone(), db.clone(), read.clone(), ctx.stopping.clone()),
         snapshots: viewers::Snapshots::new(read.clone(), feed.clone()),
         sold_out: orders::SoldOut::default(),
+        exhausted: orders::SoldOut::default(),
         sales: moka::sync::Cache::builder()
             .max_capacity(10_000)
             .time_to_idle(std::time::Duration::from_secs(600))
             .build(),
         sessions: Batched::new(SESSION_READS),
         sale_reads: Batched::new(SESSION_READS),
+        claim_reads: Batched::new(SESSION_READS),
         feed,
         directory,
         entitlements: match ctx.peer(crate::NAME, "entitlements") {
@@ -315,6 +325,9 @@ impl Api {
 
 /// A flash sale with its product as one batched read answers it.
 type SaleRead = Result<Option<(FlashSale, Product)>, StorageError>;
+
+/// A coupon drop's claim as one batched read answers it.
+type ClaimRead = Result<Option<store::Claim>, StorageError>;
 
 /// The session id `name` names, for a caller that may read sessions (the operator reads none).
 fn session_id<'a>(call: &Call, name: &'a str, field: &str) -> Result<&'a str, LiveError> {

@@ -40,6 +40,14 @@ pub(super) fn drop_proto(d: &CouponDrop) -> pb::CouponDrop {
     }
 }
 
+/// FAILED_PRECONDITION / DROP_EXHAUSTED.
+fn exhausted() -> KitError {
+    KitError::Precondition(
+        "DROP_EXHAUSTED",
+        "every unit of this drop has been claimed".into(),
+    )
+}
+
 fn storage(e: sea_orm::DbErr) -> LiveError {
     LiveError::Kit(KitError::Storage(e.into()))
 }
@@ -140,11 +148,9 @@ impl Api {
             .ok_or(LiveError::CouponDropNotFound)?;
         drop.window.open_at(now_millis(), "DROP_NOT_OPEN")?;
         let Some(left) = store::take_unit(&txn, &drop.id).await? else {
-            return Err(KitError::Precondition(
-                "DROP_EXHAUSTED",
-                "every unit of this drop has been claimed".into(),
-            )
-            .into());
+            // Read committed: the writer's conditional update waited for any other take.
+            self.exhausted.mark(&drop.id);
+            return Err(exhausted().into());
         };
         if !store::insert_claim(
             &txn,
@@ -240,7 +246,8 @@ impl Api {
         }
         let fingerprint = hex(&Sha256::digest(r.member.as_bytes())[..16]);
         let partner = call.partner_id();
-        let existing = store::claim(&self.read, drop_id, partner, &r.request_id)
+        let existing = self
+            .claim_read(drop_id, partner, &r.request_id)
             .await
             .map_err(|e| fail(e.into()))?;
         match existing {
@@ -253,6 +260,11 @@ impl Api {
             }) => return self.claimed(&r.member, session_id, drop_id, &item).await,
             // Pending: entitlements did not answer last time; ask again.
             Some(_) => {}
+            // Claimed out lately, as seen here: refused without the writer. A store token
+            // goes the whole way, so that one of another store learns only that it may not.
+            None if call.who.store.is_none() && self.exhausted.is(drop_id) => {
+                return Err(fail(exhausted().into()));
+            }
             None => {
                 self.take_for_claim(call, session_id, drop_id, &r.request_id, &fingerprint)
                     .await
@@ -318,9 +330,32 @@ impl Api {
                     .await
                     .map_err(|e| fail(e.into()))?;
                 txn.commit().await.map_err(|e| fail(storage(e)))?;
+                self.exhausted.reopen(drop_id);
                 Err(refused)
             }
         }
+    }
+
+    /// The claim `partner` made on `drop` with `request_id`, if any, read in a batch with
+    /// the others asked for meanwhile ([`lianyu_kit::batched`]).
+    async fn claim_read(
+        &self,
+        drop: &str,
+        partner: &str,
+        request_id: &str,
+    ) -> Result<Option<store::Claim>, KitError> {
+        let key = ((drop.to_owned(), partner.to_owned()), request_id.to_owned());
+        self.claim_reads
+            .get(key, |keys| async move {
+                lianyu_kit::batched::by_group(&keys, |(drop, partner), ids| async move {
+                    store::claims(&self.read, &drop, &partner, ids)
+                        .await
+                        .map_err(super::storable)
+                })
+                .await
+            })
+            .await
+            .map_err(KitError::Storage)
     }
 
     async fn claimed(

@@ -25,7 +25,7 @@ use crate::{
 /// order through to the database again (a cancel on another replica restocks it).
 pub(super) const SOLD_OUT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Flash sales seen sold out lately: each forgotten [`SOLD_OUT_RECHECK`] after it was seen,
+/// Flash sales seen sold out (or coupon drops seen claimed out) lately: each forgotten [`SOLD_OUT_RECHECK`] after it was seen,
 /// and at most [`SOLD_OUT_REMEMBERED`] at once, so a replica that runs sale after sale for
 /// months holds only the ones that sold out in the last moments.
 #[derive(Clone)]
@@ -47,15 +47,15 @@ impl Default for SoldOut {
 
 impl SoldOut {
     /// Whether `sale` was seen sold out lately.
-    fn is(&self, sale: &str) -> bool {
+    pub(super) fn is(&self, sale: &str) -> bool {
         self.0.contains_key(sale)
     }
 
-    fn mark(&self, sale: &str) {
+    pub(super) fn mark(&self, sale: &str) {
         self.0.insert(sale.to_owned(), ());
     }
 
-    fn reopen(&self, sale: &str) {
+    pub(super) fn reopen(&self, sale: &str) {
         self.0.invalidate(sale);
     }
 }

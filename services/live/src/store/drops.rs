@@ -126,32 +126,37 @@ pub(crate) async fn take_unit(
 
 /// A claim as stored: what was asked (its fingerprint) and, once entitlements granted it, the
 /// wallet item's id.
+#[derive(Clone, Debug)]
 pub(crate) struct Claim {
     pub(crate) fingerprint: String,
     pub(crate) wallet_item_id: Option<String>,
 }
 
-/// The claim `partner` made with `request_id` on a drop, if any.
-pub(crate) async fn claim(
+/// The claims `partner` made on a drop with any of `request_ids`, by request id.
+pub(crate) async fn claims(
     conn: &impl ConnectionTrait,
     drop: &str,
     partner: &str,
-    request_id: &str,
-) -> Result<Option<Claim>, KitError> {
-    Ok(
-        drop_claim::Entity::find_by_id((
-            drop.to_owned(),
-            partner.to_owned(),
-            request_id.to_owned(),
-        ))
-        .one(conn)
+    request_ids: Vec<String>,
+) -> Result<std::collections::HashMap<String, Claim>, KitError> {
+    Ok(drop_claim::Entity::find()
+        .filter(drop_claim::Column::DropId.eq(drop))
+        .filter(drop_claim::Column::PartnerId.eq(partner))
+        .filter(drop_claim::Column::RequestId.is_in(request_ids))
+        .all(conn)
         .await
         .map_err(storage)?
-        .map(|r| Claim {
-            fingerprint: r.fingerprint,
-            wallet_item_id: r.wallet_item_id,
-        }),
-    )
+        .into_iter()
+        .map(|r| {
+            (
+                r.request_id,
+                Claim {
+                    fingerprint: r.fingerprint,
+                    wallet_item_id: r.wallet_item_id,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Records a pending claim; false when the same key is already recorded (a concurrent retry).
