@@ -39,9 +39,14 @@ async fn three_replicas_started_at_once_on_a_fresh_database_all_come_up() {
     // Generous: twelve services migrating in turn on a machine busy with other tests (once,
     // under two test processes at full load, a replica was not up after 30 s).
     for (i, address) in addresses.iter().enumerate() {
-        let channel = lianyu_kit::client::connect_when_up(address, Duration::from_secs(90))
-            .await
-            .unwrap_or_else(|e| panic!("replica {i}: {e}; started: {}", !starts[i].is_finished()));
+        let channel =
+            match lianyu_kit::client::connect_when_up(address, Duration::from_secs(90)).await {
+                Ok(channel) => channel,
+                Err(e) if starts[i].is_finished() => {
+                    panic!("replica {i}: {e}; it stopped: {:?}", (&mut starts[i]).await)
+                }
+                Err(e) => panic!("replica {i}: {e}; it still runs"),
+            };
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let until = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
