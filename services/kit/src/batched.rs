@@ -141,7 +141,7 @@ impl<K: Clone + Eq + Hash, V: Clone> Batched<K, V> {
 }
 
 /// A lookup for [`Batched`] whose keys are a group and an id in it (a partner's request ids, a
-/// drop's claims): one query per group, `query(group, ids)` returning the rows found by id.
+/// drop's claims): one query per group, groups side by side, `query(group, ids)` returning the rows found by id.
 /// Answers every key in order: its row, none, or its group's failure.
 pub async fn by_group<G, V, E, F>(
     keys: &[(G, String)],
@@ -157,11 +157,15 @@ where
     for (group, id) in keys {
         groups.entry(group).or_default().push(id.clone());
     }
-    let mut found: std::collections::BTreeMap<&G, Result<HashMap<String, V>, E>> =
-        Default::default();
-    for (group, ids) in groups {
-        found.insert(group, query(group.clone(), ids).await);
-    }
+    // Groups apart are queried side by side, as the pool allows.
+    let found: std::collections::BTreeMap<&G, Result<HashMap<String, V>, E>> =
+        futures::future::join_all(groups.into_iter().map(|(group, ids)| {
+            let asked = query(group.clone(), ids);
+            async move { (group, asked.await) }
+        }))
+        .await
+        .into_iter()
+        .collect();
     keys.iter()
         .map(|(group, id)| match found.get(group) {
             Some(Ok(rows)) => Ok(rows.get(id).cloned()),

@@ -245,11 +245,11 @@ impl Api {
         let session = self
             .sessions
             .get(id.to_owned(), |ids| async move {
-                let mut found = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    found.push(store::load_session(&self.read, id).await.map_err(storable));
-                }
-                found
+                // Sessions apart are read side by side, as the pool allows.
+                futures::future::join_all(ids.iter().map(|id| async move {
+                    store::load_session(&self.read, id).await.map_err(storable)
+                }))
+                .await
             })
             .await
             .map_err(KitError::Storage)?

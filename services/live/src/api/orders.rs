@@ -271,11 +271,10 @@ impl Api {
         let found = self
             .sale_reads
             .get(key.clone(), |keys| async move {
-                let mut found = Vec::with_capacity(keys.len());
-                for (session, sale) in &keys {
-                    found.push(self.read_sale(session, sale).await.map_err(super::storable));
-                }
-                found
+                futures::future::join_all(keys.iter().map(|(session, sale)| async move {
+                    self.read_sale(session, sale).await.map_err(super::storable)
+                }))
+                .await
             })
             .await
             .map_err(KitError::Storage)?;
