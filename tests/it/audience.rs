@@ -712,6 +712,111 @@ async fn the_cap_holds_for_a_known_member_when_every_request_races_for_the_last_
     assert_eq!(rows(&s, "comarketing", "contacts").await, 3);
 }
 
+/// RequestContact reads a member's facts and the policy in reads shared by the requests in
+/// flight; a request made after quiet hours were set or the policy lowered still decides on
+/// them, however busy the reads are with requests from before.
+#[tokio::test]
+async fn quiet_hours_and_a_lowered_cap_apply_to_every_request_after_them_during_a_burst() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let s = mesh("aud_contact_burst").await;
+    let member = enrol(&s, BRAND, "13400000011").await;
+    let others: Vec<String> = join_all((0..4).map(|i| {
+        let s = &s;
+        async move { enrol(s, BRAND, &format!("1340000002{i}")).await }
+    }))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (warm, warmed) = tokio::sync::oneshot::channel::<()>();
+    let warm = Arc::new(std::sync::Mutex::new(Some(warm)));
+    // Eight callers keep asking about her and four others until told to stop.
+    let burst: Vec<_> = (0..8)
+        .map(|w| {
+            let mut c = contacts(&s, &s.token(BRAND));
+            let (stop, asked, warm) = (stop.clone(), asked.clone(), warm.clone());
+            let members: Vec<String> = std::iter::once(member.clone())
+                .chain(others.iter().cloned())
+                .collect();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let request = pb::RequestContactRequest {
+                        request_id: format!("burst-{w}-{i}"),
+                        member: members[i % members.len()].clone(),
+                        campaign: String::new(),
+                        channel: pb::ContactChannel::Push as i32,
+                    };
+                    c.request_contact(request).await.unwrap();
+                    i += 1;
+                    if asked.fetch_add(1, Ordering::SeqCst) == 100
+                        && let Some(warm) = warm.lock().unwrap().take()
+                    {
+                        let _ = warm.send(());
+                    }
+                }
+            })
+        })
+        .collect();
+    warmed.await.unwrap();
+    let now_minute = i32::try_from((now_millis() / 60_000) % 1440).unwrap();
+    contacts(&s, &s.token(BRAND))
+        .set_quiet_hours(pb::SetQuietHoursRequest {
+            request_id: "burst-quiet".into(),
+            member: member.clone(),
+            quiet_hours: Some(pb::QuietHours {
+                start_minute: now_minute,
+                end_minute: (now_minute + 1439) % 1440,
+                utc_offset_minutes: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    let ask = |id: String, member: String| {
+        let mut c = contacts(&s, &s.token(BRAND));
+        let request = pb::RequestContactRequest {
+            request_id: id,
+            member,
+            campaign: String::new(),
+            channel: pb::ContactChannel::Push as i32,
+        };
+        async move { c.request_contact(request).await.unwrap().into_inner() }
+    };
+    let hushed = join_all((0..16).map(|i| ask(format!("after-quiet-{i}"), member.clone()))).await;
+    for a in &hushed {
+        assert_eq!(a.decision, pb::ContactDecision::QuietHours as i32, "{a:?}");
+    }
+    // The operator closes the cap at one a week: a member with contacts held is refused.
+    contacts(&s, &s.operator_token())
+        .update_contact_policy(pb::UpdateContactPolicyRequest {
+            request_id: "burst-policy".into(),
+            policy: Some(pb::ContactPolicy {
+                name: "contactPolicies/default".into(),
+                max_contacts: 1,
+                window_days: 7,
+            }),
+        })
+        .await
+        .unwrap();
+    let capped = join_all((0..16).map(|i| {
+        ask(
+            format!("after-policy-{i}"),
+            others[i % others.len()].clone(),
+        )
+    }))
+    .await;
+    for a in &capped {
+        assert_eq!(a.decision, pb::ContactDecision::CapReached as i32, "{a:?}");
+        assert_eq!(a.policy.as_ref().map(|p| p.max_contacts), Some(1), "{a:?}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for b in burst {
+        b.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn contacts_respect_channels_quiet_hours_and_the_operators_policy() {
     let s = mesh("aud_contact_rules").await;

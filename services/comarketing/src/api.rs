@@ -8,8 +8,10 @@ mod follow;
 mod funnel;
 mod operations;
 
+use lianyu_kit::storage::StorageError;
 use lianyu_kit::{
     Call, KitError, Mount,
+    batched::Batched,
     directory::Directory,
     ids::{MeshMemberId, PartnerId, ScopedMemberId},
     money::Money,
@@ -21,9 +23,12 @@ use lianyu_proto::{comarketing::v1 as pb, common::v1 as common};
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    domain::{Campaign, CampaignState, ComarketingError},
+    domain::{Campaign, CampaignState, ComarketingError, contact::Policy},
     store,
 };
+
+/// Requests one shared read of members or policies answers at most.
+const CONTACT_READS: usize = 256;
 
 /// The service's handlers; they share the service's database.
 #[derive(Clone)]
@@ -33,6 +38,11 @@ pub(crate) struct Api {
     mutations: Mutations<ComarketingError>,
     /// RequestContact, the hot write: concurrent requests share transactions and commits.
     contacts: Mutations<ComarketingError>,
+    /// RequestContact's reads of a member (key: asking partner, mesh id) and of a contact
+    /// policy: requests made while one read runs share the next, each answered by a read that
+    /// began after it asked.
+    contact_facts: Batched<(String, String), Result<Option<store::ContactFacts>, StorageError>>,
+    contact_policies: Batched<String, Result<Policy, StorageError>>,
     directory: Option<Directory>,
     jobs: operations::Jobs,
     /// Keys the overlap's offsets (see `domain::overlap`): fixed per deployment, so an answer
@@ -51,6 +61,8 @@ pub(crate) fn register(
     let api = Api {
         mutations: Mutations::new(db.clone()).reading(read.clone()),
         contacts: Mutations::new(db.clone()).grouped().reading(read.clone()),
+        contact_facts: Batched::new(CONTACT_READS),
+        contact_policies: Batched::new(CONTACT_READS),
         jobs: operations::Jobs::new(db.clone(), read.clone(), ctx.stopping.clone()),
         overlap_key: overlap_key(ctx),
         minimum_cohort: minimum_cohort(ctx),

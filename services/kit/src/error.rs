@@ -249,6 +249,16 @@ fn summary(violations: &[FieldViolation]) -> String {
 }
 
 impl KitError {
+    /// A read's failure as a [`StorageError`], which can be cloned: what one batched read
+    /// ([`crate::batched::Batched`]) hands each of its callers. Anything but a storage failure
+    /// becomes `StorageError::Other` (INTERNAL).
+    pub fn into_storage(self) -> StorageError {
+        match self {
+            KitError::Storage(e) => e,
+            other => StorageError::Other(other.to_string()),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::Invalid(vec![FieldViolation::new(field, description)])
     }

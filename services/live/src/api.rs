@@ -247,7 +247,9 @@ impl Api {
             .get(id.to_owned(), |ids| async move {
                 // Sessions apart are read side by side, as the pool allows.
                 futures::future::join_all(ids.iter().map(|id| async move {
-                    store::load_session(&self.read, id).await.map_err(storable)
+                    store::load_session(&self.read, id)
+                        .await
+                        .map_err(KitError::into_storage)
                 }))
                 .await
             })
@@ -349,14 +351,6 @@ fn role_of(call: &Call, session: &Session) -> Role {
         Role::Assistant
     } else {
         Role::Public
-    }
-}
-
-/// A read's failure, as one batched read hands it to each of its callers.
-fn storable(e: KitError) -> StorageError {
-    match e {
-        KitError::Storage(e) => e,
-        other => StorageError::Other(other.to_string()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! mesh-wide cap, decided under the member's lock so concurrent requests never exceed it.
 
 use lianyu_kit::{
-    Call, KitError,
+    Call, KitError, batched,
     call::unary,
     directory::Question,
     names,
@@ -10,6 +10,7 @@ use lianyu_kit::{
     validate::Violations,
 };
 use lianyu_proto::comarketing::v1 as pb;
+use sea_orm::ConnectionTrait;
 use tonic::{Request, Response, Status};
 
 use super::Api;
@@ -66,6 +67,43 @@ fn refusal(
     }
 }
 
+impl Api {
+    /// The contact policy named `name` (see [`store::policy`]), from a read that began after
+    /// this call: an operator's change is in force for every request after it.
+    async fn contact_policy(&self, name: &str) -> Result<Policy, KitError> {
+        self.contact_policies
+            .get(name.to_owned(), |names| async move {
+                futures::future::join_all(names.iter().map(|n| async move {
+                    store::policy(&self.read, n)
+                        .await
+                        .map_err(KitError::into_storage)
+                }))
+                .await
+            })
+            .await
+            .map_err(KitError::Storage)
+    }
+
+    /// What the feed and the partners' own calls have told comarketing of `mesh` for `me`
+    /// (the member's number, MARKETING_CONTACT grounds to `me`, quiet hours), from a read that
+    /// began after this call; the requests in flight share it.
+    async fn contact_facts(&self, me: &str, mesh: &str) -> Result<store::ContactFacts, KitError> {
+        let facts = self
+            .contact_facts
+            .get((me.to_owned(), mesh.to_owned()), |keys| async move {
+                batched::by_group(&keys, async |grantee: String, members| {
+                    store::contact_facts(&self.read, members, &grantee, MARKETING_CONTACT)
+                        .await
+                        .map_err(KitError::into_storage)
+                })
+                .await
+            })
+            .await
+            .map_err(KitError::Storage)?;
+        Ok(facts.unwrap_or_default())
+    }
+}
+
 #[tonic::async_trait]
 impl pb::contact_service_server::ContactService for Api {
     async fn request_contact(
@@ -99,7 +137,7 @@ impl pb::contact_service_server::ContactService for Api {
                 .as_ref()
                 .filter(|c| !c.alliance.is_empty())
                 .map_or("default".to_owned(), |c| c.alliance.clone());
-            let policy = store::policy(&self.read, &policy_name).await?;
+            let policy = self.contact_policy(&policy_name).await?;
             let policy_out = policy_proto(&policy_name, policy);
             let me = call.partner_id().to_owned();
             let now = now_millis();
@@ -128,14 +166,11 @@ impl pb::contact_service_server::ContactService for Api {
             };
             // Who the member may be known through: the caller itself (its own member), and
             // every partner whose consent to the caller the feed has shown; identity decides.
-            let known = store::known_member(&self.read, mesh.as_str()).await?;
+            let facts = self.contact_facts(&me, mesh.as_str()).await?;
             let mut grantors = vec![me.clone()];
-            if let Some(n) = known {
-                let grounds = store::grounds(&self.read, &[n], &me, MARKETING_CONTACT).await?;
-                for g in grounds.into_values().flatten() {
-                    if !grantors.contains(&g) {
-                        grantors.push(g);
-                    }
+            for g in facts.grantors {
+                if !grantors.contains(&g) {
+                    grantors.push(g);
                 }
             }
             let questions: Vec<Question> = grantors
@@ -154,11 +189,7 @@ impl pb::contact_service_server::ContactService for Api {
             if !decisions.iter().any(|d| d.allowed) {
                 return refused(pb::ContactDecision::NoConsent, None).await;
             }
-            if let Some(n) = known
-                && let Some(q) =
-                    store::quiet_hours_of(&self.read, i32::try_from(n).unwrap_or(0)).await?
-                && let Some(end) = q.ends_after(now)
-            {
+            if let Some(end) = facts.quiet.and_then(|q| q.ends_after(now)) {
                 return refused(pb::ContactDecision::QuietHours, Some(end)).await;
             }
             let campaign_id = campaign.as_ref().map(|c| c.id.clone()).unwrap_or_default();
@@ -167,16 +198,17 @@ impl pb::contact_service_server::ContactService for Api {
             // in opposite orders would deadlock (a second lost on PostgreSQL each time).
             self.contacts
                 .keyed(mesh.as_str())
-                .run(&call, &r.request_id, &r, async |txn| {
-                    let number = match known.and_then(|n| i32::try_from(n).ok()) {
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
+                    let number = match facts.number {
                         Some(n) => n,
                         None => store::member_number(txn, mesh.as_str(), now).await?,
                     };
                     store::lock_member(txn, number).await?;
-                    let counted =
-                        store::counted_contacts(txn, number, now, policy.window()).await?;
-                    let in_window = i32::try_from(counted.len()).unwrap_or(i32::MAX);
-                    if let Err(next) = policy.admit(counted, now) {
+                    let (counted, nth) =
+                        store::cap_standing(txn, number, now, policy.window(), policy.max_contacts)
+                            .await?;
+                    let in_window = i32::try_from(counted).unwrap_or(i32::MAX);
+                    if let Err(next) = policy.admit(counted, nth) {
                         let mut reply = refusal(
                             pb::ContactDecision::CapReached,
                             Some(next),
@@ -186,8 +218,9 @@ impl pb::contact_service_server::ContactService for Api {
                         return Ok(reply);
                     }
                     let id = uuid::Uuid::now_v7().simple().to_string();
-                    store::insert_contact(
-                        txn,
+                    store::stage_contact(
+                        writes,
+                        txn.get_database_backend(),
                         &store::NewContact {
                             id: &id,
                             member: number,
@@ -197,8 +230,7 @@ impl pb::contact_service_server::ContactService for Api {
                             at: now,
                             expires_at: now + HOLD,
                         },
-                    )
-                    .await?;
+                    );
                     Ok(pb::RequestContactResponse {
                         allowed: true,
                         decision: pb::ContactDecision::Allowed as i32,
@@ -310,7 +342,7 @@ impl pb::contact_service_server::ContactService for Api {
         unary(request, async |_call, r| {
             let [name] = names::parse(&r.name, "contactPolicies/{policy}")
                 .map_err(|e| KitError::invalid("name", e))?;
-            let p = store::policy(&self.read, name).await?;
+            let p = self.contact_policy(name).await?;
             Ok::<_, ComarketingError>(policy_proto(name, p))
         })
         .await

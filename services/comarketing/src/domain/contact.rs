@@ -43,18 +43,15 @@ impl Policy {
         i64::from(self.window_days) * DAY
     }
 
-    /// Whether one more contact fits at `now`, given the times of the contacts (held or sent)
-    /// counting in the window; `Err(when)` names when the oldest leaves the window otherwise.
-    pub fn admit(self, mut counted: Vec<i64>, now: i64) -> Result<(), i64> {
-        let since = now - self.window();
-        counted.retain(|t| *t > since);
-        if counted.len() < usize::try_from(self.max_contacts).unwrap_or(0) {
+    /// Whether one more contact fits, given how many contacts (held or sent) count in the
+    /// window and, when they fill it, the time of the `max_contacts`-th most recent:
+    /// `Err(when)` names when that one leaves the window and a slot frees.
+    pub fn admit(self, counted: u64, nth_newest: Option<i64>) -> Result<(), i64> {
+        if counted < u64::try_from(self.max_contacts).unwrap_or(0) {
             return Ok(());
         }
-        counted.sort_unstable();
-        // The slot frees when enough of the oldest leave: the (n - max + 1)-th oldest.
-        let over = counted.len() - usize::try_from(self.max_contacts).unwrap_or(0);
-        Err(counted[over] + self.window())
+        // Counting contacts always have times; a missing one frees a slot at once.
+        Err(nth_newest.map_or(0, |t| t + self.window()))
     }
 }
 
@@ -118,14 +115,10 @@ mod tests {
     fn the_fourth_contact_in_a_week_waits_for_the_oldest_to_leave() {
         let p = DEFAULT_POLICY;
         let now = 100 * DAY;
-        assert_eq!(p.admit(vec![now - DAY, now - 2 * DAY], now), Ok(()));
-        let full = vec![now - 6 * DAY, now - DAY, now - 2 * DAY];
-        assert_eq!(p.admit(full.clone(), now), Err(now + DAY));
-        // One that left the window no longer counts.
-        assert_eq!(
-            p.admit(vec![now - 8 * DAY, now - DAY, now - 2 * DAY], now),
-            Ok(())
-        );
+        assert_eq!(p.admit(2, None), Ok(()));
+        // Three in the week, the oldest six days ago: the next slot frees a day from now.
+        assert_eq!(p.admit(3, Some(now - 6 * DAY)), Err(now + DAY));
+        assert_eq!(p.admit(4, Some(now - 2 * DAY)), Err(now + 5 * DAY));
         assert_eq!(
             Policy::check(0, 7).unwrap_err().to_string(),
             "invalid request: policy.max_contacts: 1 to 100"

@@ -75,22 +75,6 @@ pub(crate) async fn member_number(
     Ok(row.idx)
 }
 
-/// The dense number of a mesh member already known; `None` for one never heard of.
-pub(crate) async fn known_member(
-    conn: &impl ConnectionTrait,
-    mesh_member: &str,
-) -> Result<Option<u32>, KitError> {
-    let found: Option<i32> = member::Entity::find()
-        .filter(member::Column::MeshMember.eq(mesh_member))
-        .select_only()
-        .column(member::Column::Idx)
-        .into_tuple()
-        .one(conn)
-        .await
-        .map_err(storage)?;
-    Ok(found.and_then(|n| u32::try_from(n).ok()))
-}
-
 /// The mesh ids of member numbers, in the order asked (unknown numbers are left out).
 pub(crate) async fn mesh_members_of(
     conn: &impl ConnectionTrait,

@@ -1,13 +1,15 @@
 //! Contacts, the per-member lock that serialises cap decisions, quiet hours and policies.
 
-use lianyu_kit::KitError;
+use std::collections::HashMap;
+
+use lianyu_kit::{KitError, writes::Writes};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QuerySelect, sea_query::ExprTrait, sea_query::OnConflict,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    QueryFilter, QuerySelect, sea_query::ExprTrait, sea_query::OnConflict,
 };
 
 use super::{
-    entities::{contact, contact_lock, contact_policy, quiet_hours},
+    entities::{consent, contact, contact_lock, contact_policy, member, quiet_hours},
     storage,
 };
 use crate::domain::contact::{DEFAULT_POLICY, Policy, QuietHours};
@@ -45,32 +47,53 @@ pub(crate) async fn lock_member(conn: &impl ConnectionTrait, member: i32) -> Res
     Ok(())
 }
 
-/// The times of the member's contacts that count now: sent, or held and not yet expired,
-/// within the last `window` milliseconds.
-pub(crate) async fn counted_contacts(
+/// How the member's contacts stand against a cap of `max` in `window` milliseconds at `now`:
+/// how many count (sent, or held and not yet expired, within the window) and, when they are
+/// `max` or more, the time of the `max`-th most recent — when it leaves the window a slot
+/// frees. One row read for an admitted request, two for a refused one, however many contacts
+/// the member has.
+pub(crate) async fn cap_standing(
     conn: &impl ConnectionTrait,
     member: i32,
     now: i64,
     window: i64,
-) -> Result<Vec<i64>, KitError> {
-    let rows: Vec<(i64, i64, Option<i64>)> = contact::Entity::find()
+    max: i32,
+) -> Result<(u64, Option<i64>), KitError> {
+    use sea_orm::{
+        Order, PaginatorTrait, QueryOrder,
+        sea_query::{Condition, Expr, Func},
+    };
+    let at = || {
+        Expr::expr(Func::coalesce([
+            Expr::col(contact::Column::SentAt),
+            Expr::col(contact::Column::RequestedAt),
+        ]))
+    };
+    let counting = contact::Entity::find()
         .filter(contact::Column::MemberIdx.eq(member))
         .filter(contact::Column::RequestedAt.gt(now - window))
+        .filter(
+            Condition::any()
+                .add(contact::Column::SentAt.is_not_null())
+                .add(contact::Column::ExpiresAt.gt(now)),
+        )
+        .filter(at().gt(now - window));
+    let counted = counting.clone().count(conn).await.map_err(storage)?;
+    let max = u64::try_from(max).unwrap_or(0);
+    if counted < max || max == 0 {
+        return Ok((counted, None));
+    }
+    let nth: Option<i64> = counting
         .select_only()
-        .columns([
-            contact::Column::RequestedAt,
-            contact::Column::ExpiresAt,
-            contact::Column::SentAt,
-        ])
+        .expr(at())
+        .order_by(at(), Order::Desc)
+        .offset(max - 1)
+        .limit(1)
         .into_tuple()
-        .all(conn)
+        .one(conn)
         .await
         .map_err(storage)?;
-    Ok(rows
-        .into_iter()
-        .filter(|(_, expires, sent)| sent.is_some() || *expires > now)
-        .map(|(requested, _, sent)| sent.unwrap_or(requested))
-        .collect())
+    Ok((counted, nth))
 }
 
 /// A held contact.
@@ -84,25 +107,23 @@ pub(crate) struct NewContact<'a> {
     pub(crate) expires_at: i64,
 }
 
-/// Holds a slot.
-pub(crate) async fn insert_contact(
-    conn: &impl ConnectionTrait,
-    c: &NewContact<'_>,
-) -> Result<(), KitError> {
-    contact::ActiveModel {
-        id: Set(c.id.to_owned()),
-        member_idx: Set(c.member),
-        partner: Set(c.partner.to_owned()),
-        campaign_id: Set(c.campaign.to_owned()),
-        channel: Set(c.channel),
-        requested_at: Set(c.at),
-        expires_at: Set(c.expires_at),
-        sent_at: Set(None),
-    }
-    .insert(conn)
-    .await
-    .map_err(storage)?;
-    Ok(())
+/// Holds a slot: staged, to go with the reply's row in one trip (nothing the request reads
+/// afterwards depends on it; the next request about the member, in the same transaction or a
+/// later one, reads it back).
+pub(crate) fn stage_contact(writes: &mut Writes, backend: DbBackend, c: &NewContact<'_>) {
+    writes.add(
+        backend,
+        &contact::Entity::insert(contact::ActiveModel {
+            id: Set(c.id.to_owned()),
+            member_idx: Set(c.member),
+            partner: Set(c.partner.to_owned()),
+            campaign_id: Set(c.campaign.to_owned()),
+            channel: Set(c.channel),
+            requested_at: Set(c.at),
+            expires_at: Set(c.expires_at),
+            sent_at: Set(None),
+        }),
+    );
 }
 
 /// A contact of `partner` as stored: (member, expires_at, sent_at, campaign).
@@ -150,20 +171,79 @@ pub(crate) async fn campaign_contacts(
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// The member's quiet hours.
-pub(crate) async fn quiet_hours_of(
+/// What RequestContact reads about a member before it decides, for one asking partner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ContactFacts {
+    /// The member's dense number; `None` for a member comarketing never heard of (no consent
+    /// of theirs has reached it, no quiet hours set).
+    pub(crate) number: Option<i32>,
+    /// Partners whose consent for `purpose` to the asking partner the feed has shown.
+    pub(crate) grantors: Vec<String>,
+    /// The member's quiet hours, if set.
+    pub(crate) quiet: Option<QuietHours>,
+}
+
+/// [`ContactFacts`] of several members (mesh ids without "meshMembers/") for one `grantee`
+/// and `purpose`: three queries however many members (their numbers, then their consents and
+/// quiet hours side by side). A member never heard of is left out.
+pub(crate) async fn contact_facts(
     conn: &impl ConnectionTrait,
-    member: i32,
-) -> Result<Option<QuietHours>, KitError> {
-    Ok(quiet_hours::Entity::find_by_id(member)
-        .one(conn)
+    mesh_members: Vec<String>,
+    grantee: &str,
+    purpose: i32,
+) -> Result<HashMap<String, ContactFacts>, KitError> {
+    let numbered: Vec<(i32, String)> = member::Entity::find()
+        .filter(member::Column::MeshMember.is_in(mesh_members))
+        .select_only()
+        .columns([member::Column::Idx, member::Column::MeshMember])
+        .into_tuple()
+        .all(conn)
         .await
-        .map_err(storage)?
-        .map(|r| QuietHours {
-            start_minute: r.start_minute,
-            end_minute: r.end_minute,
-            utc_offset_minutes: r.utc_offset_minutes,
-        }))
+        .map_err(storage)?;
+    if numbered.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let numbers: Vec<i32> = numbered.iter().map(|(n, _)| *n).collect();
+    let consents = consent::Entity::find()
+        .filter(consent::Column::Grantee.eq(grantee))
+        .filter(consent::Column::Purpose.eq(purpose))
+        .filter(consent::Column::MemberIdx.is_in(numbers.clone()))
+        .select_only()
+        .columns([consent::Column::MemberIdx, consent::Column::Collector])
+        .into_tuple::<(i32, String)>()
+        .all(conn);
+    let quiet = quiet_hours::Entity::find()
+        .filter(quiet_hours::Column::MemberIdx.is_in(numbers))
+        .all(conn);
+    let (consents, quiet) = futures::try_join!(consents, quiet).map_err(storage)?;
+    let mut by_number: HashMap<i32, ContactFacts> = numbered
+        .iter()
+        .map(|(n, _)| {
+            let facts = ContactFacts {
+                number: Some(*n),
+                ..Default::default()
+            };
+            (*n, facts)
+        })
+        .collect();
+    for (n, collector) in consents {
+        if let Some(f) = by_number.get_mut(&n) {
+            f.grantors.push(collector);
+        }
+    }
+    for q in quiet {
+        if let Some(f) = by_number.get_mut(&q.member_idx) {
+            f.quiet = Some(QuietHours {
+                start_minute: q.start_minute,
+                end_minute: q.end_minute,
+                utc_offset_minutes: q.utc_offset_minutes,
+            });
+        }
+    }
+    Ok(numbered
+        .into_iter()
+        .filter_map(|(n, mesh)| by_number.remove(&n).map(|f| (mesh, f)))
+        .collect())
 }
 
 /// Sets or clears the member's quiet hours.
@@ -191,21 +271,20 @@ pub(crate) async fn set_quiet_hours(
 }
 
 /// The policy named `name` ("default" or an alliance id), else the default's, else the
-/// built-in default.
+/// built-in default: one query.
 pub(crate) async fn policy(conn: &impl ConnectionTrait, name: &str) -> Result<Policy, KitError> {
-    for n in [name, "default"] {
-        if let Some(r) = contact_policy::Entity::find_by_id(n)
-            .one(conn)
-            .await
-            .map_err(storage)?
-        {
-            return Ok(Policy {
-                max_contacts: r.max_contacts,
-                window_days: r.window_days,
-            });
-        }
-    }
-    Ok(DEFAULT_POLICY)
+    let rows = contact_policy::Entity::find()
+        .filter(contact_policy::Column::Name.is_in([name, "default"]))
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let named = |n: &str| rows.iter().find(|r| r.name == n);
+    Ok(named(name)
+        .or_else(|| named("default"))
+        .map_or(DEFAULT_POLICY, |r| Policy {
+            max_contacts: r.max_contacts,
+            window_days: r.window_days,
+        }))
 }
 
 /// Sets a policy.

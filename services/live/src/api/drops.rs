@@ -350,7 +350,7 @@ impl Api {
                 lianyu_kit::batched::by_group(&keys, |(drop, partner), ids| async move {
                     store::claims(&self.read, &drop, &partner, ids)
                         .await
-                        .map_err(super::storable)
+                        .map_err(KitError::into_storage)
                 })
                 .await
             })

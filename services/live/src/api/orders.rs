@@ -272,7 +272,9 @@ impl Api {
             .sale_reads
             .get(key.clone(), |keys| async move {
                 futures::future::join_all(keys.iter().map(|(session, sale)| async move {
-                    self.read_sale(session, sale).await.map_err(super::storable)
+                    self.read_sale(session, sale)
+                        .await
+                        .map_err(KitError::into_storage)
                 }))
                 .await
             })
