@@ -712,6 +712,47 @@ async fn the_cap_holds_for_a_known_member_when_every_request_races_for_the_last_
     assert_eq!(rows(&s, "comarketing", "contacts").await, 3);
 }
 
+/// A client that sends one request many times at once (retries racing their first try)
+/// holds one slot and gets one answer, however the tries fall into shared transactions.
+#[tokio::test]
+async fn parallel_retries_of_one_request_hold_one_slot() {
+    let s = mesh("aud_contact_retries").await;
+    let member = enrol(&s, BRAND, "13400000031").await;
+    let request = pb::RequestContactRequest {
+        request_id: "retried".into(),
+        member: member.clone(),
+        campaign: String::new(),
+        channel: pb::ContactChannel::Push as i32,
+    };
+    // Other requests about her keep the transactions shared while the retries race.
+    let answers = join_all((0..24).map(|i| {
+        let mut c = contacts(&s, &s.token(BRAND));
+        let mut request = request.clone();
+        if i % 3 == 0 {
+            request.request_id = format!("other-{i}");
+        }
+        async move { c.request_contact(request).await.unwrap().into_inner() }
+    }))
+    .await;
+    let retried: Vec<_> = answers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, a)| a)
+        .collect();
+    assert!(retried.iter().all(|a| *a == retried[0]), "{retried:?}");
+    let held = answers.iter().filter(|a| a.allowed).count();
+    let others_held = answers.iter().step_by(3).filter(|a| a.allowed).count();
+    // The cap is three: the retried request holds at most one of them, once.
+    assert_eq!(
+        held - others_held,
+        if retried[0].allowed { retried.len() } else { 0 }
+    );
+    let stored = usize::try_from(rows(&s, "comarketing", "contacts").await).unwrap();
+    assert_eq!(stored, others_held + usize::from(retried[0].allowed));
+    assert_eq!(others_held + usize::from(retried[0].allowed), 3);
+}
+
 /// RequestContact reads a member's facts and the policy in reads shared by the requests in
 /// flight; a request made after quiet hours were set or the policy lowered still decides on
 /// them, however busy the reads are with requests from before.

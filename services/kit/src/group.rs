@@ -221,6 +221,29 @@ impl Writer {
             && self.lanes.first().is_some_and(|g| !g.is_careful())
     }
 
+    /// Waits until the shared transactions open now — or committing — have ended, committed
+    /// or rolled back: a mutation that found its request id taken by a twin it cannot see yet
+    /// (a client's retry racing its first try, in the same batch) runs again after this, and
+    /// then finds the twin's reply instead of meeting it in the same batch once more.
+    pub async fn settled(&self) {
+        for group in self.lanes.iter() {
+            let mut done = {
+                let batch = group.batch.lock().await;
+                let pending = batch.txn.is_some() || batch.members > 0;
+                if !pending || batch.done.borrow().is_some() {
+                    continue;
+                }
+                batch.done.subscribe()
+            };
+            // A batch that began after this one replaced its sender: ended too.
+            while done.borrow_and_update().is_none() {
+                if done.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// The database written to.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db

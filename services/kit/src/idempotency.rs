@@ -123,10 +123,10 @@ enum Attempt<Resp, E> {
     Done(Resp),
     /// The effect refused (or failed): undo it.
     Failed(E),
-    /// The request id is already stored (a replay, or a concurrent twin that committed
-    /// first): undo ours and answer with what is stored. With `staged` writes the conflict
-    /// may be one of theirs instead — a race lost — and nothing is stored under the key.
-    Stored { staged: bool },
+    /// A unique key was taken: the request id's (a replay, or a concurrent twin), or one of
+    /// the staged writes' (a race lost). Undo ours and answer with the reply stored under the
+    /// request id, or run again when none is committed.
+    Stored,
 }
 
 async fn try_once<Resp, E, F>(
@@ -171,14 +171,13 @@ where
             }
             // What the effect deferred goes with its transaction's commit; the rest now.
             let at_commit = writes.take_at_commit();
-            let staged = !writes.is_empty();
             writes.add(
                 txn.get_database_backend(),
                 &idempotency_key::Entity::insert(row),
             );
             match writes.send(txn).await {
                 Ok(()) => Ok((Attempt::Done(response), at_commit)),
-                Err(StorageError::AlreadyExists) => Err(Attempt::Stored { staged }),
+                Err(StorageError::AlreadyExists) => Err(Attempt::Stored),
                 Err(other) => Err(Attempt::Failed(KitError::from(other).into())),
             }
         })
@@ -195,11 +194,16 @@ where
             }
             Err(error)
         }
-        Err(Attempt::Stored { staged }) => match replay(db, at_rest, key, hash).await? {
+        Err(Attempt::Stored) => match replay(db, at_rest, key, hash).await? {
             Some(stored) => Ok(stored),
-            // No reply is stored under the key: a staged write lost a race (retried).
-            None if staged => Err(kit(StorageError::AlreadyExists).into()),
-            None => Err(kit(StorageError::NotFound).into()),
+            // No reply is committed under the key: a staged write lost a race, or a twin of
+            // this very request (a client's retry racing its first try) holds the key in the
+            // same shared transaction, not committed yet. Either way the try is run again
+            // (`once_about`) once that transaction has ended: then it finds the twin's reply.
+            None => {
+                writer.settled().await;
+                Err(kit(StorageError::AlreadyExists).into())
+            }
         },
         // The body keeps only Done and undoes only the rest.
         Ok(_) | Err(Attempt::Done(_)) => {
