@@ -10,7 +10,6 @@ use lianyu_kit::{
     validate::Violations,
 };
 use lianyu_proto::comarketing::v1 as pb;
-use sea_orm::ConnectionTrait;
 use tonic::{Request, Response, Status};
 
 use super::Api;
@@ -204,40 +203,44 @@ impl pb::contact_service_server::ContactService for Api {
                         None => store::member_number(txn, mesh.as_str(), now).await?,
                     };
                     store::lock_member(txn, number).await?;
-                    let (counted, nth) =
-                        store::cap_standing(txn, number, now, policy.window(), policy.max_contacts)
-                            .await?;
-                    let in_window = i32::try_from(counted).unwrap_or(i32::MAX);
-                    if let Err(next) = policy.admit(counted, nth) {
-                        let mut reply = refusal(
-                            pb::ContactDecision::CapReached,
-                            Some(next),
-                            policy_out.clone(),
-                        );
-                        reply.contacts_in_window = in_window;
-                        return Ok(reply);
-                    }
                     let id = uuid::Uuid::now_v7().simple().to_string();
-                    store::stage_contact(
-                        writes,
-                        txn.get_database_backend(),
-                        &store::NewContact {
-                            id: &id,
-                            member: number,
-                            partner: &me,
-                            campaign: &campaign_id,
-                            channel: r.channel,
-                            at: now,
-                            expires_at: now + HOLD,
-                        },
-                    );
+                    let contact = store::NewContact {
+                        id: &id,
+                        member: number,
+                        partner: &me,
+                        campaign: &campaign_id,
+                        channel: r.channel,
+                        at: now,
+                        expires_at: now + HOLD,
+                    };
+                    // Nothing this request reads depends on its reply's row: on SQLite it
+                    // goes with the batch's commit.
+                    writes.deferrable();
+                    let Some(in_window) =
+                        store::hold_under_cap(txn, &contact, policy.window(), policy.max_contacts)
+                            .await?
+                    else {
+                        let (counted, nth) = store::cap_standing(
+                            txn,
+                            number,
+                            now,
+                            policy.window(),
+                            policy.max_contacts,
+                        )
+                        .await?;
+                        let next = policy.admit(counted, nth).err();
+                        let mut reply =
+                            refusal(pb::ContactDecision::CapReached, next, policy_out.clone());
+                        reply.contacts_in_window = i32::try_from(counted).unwrap_or(i32::MAX);
+                        return Ok(reply);
+                    };
                     Ok(pb::RequestContactResponse {
                         allowed: true,
                         decision: pb::ContactDecision::Allowed as i32,
                         next_allowed_time: None,
                         contact_token: id,
                         expire_time: timestamp(now + HOLD),
-                        contacts_in_window: in_window + 1,
+                        contacts_in_window: i32::try_from(in_window).unwrap_or(i32::MAX),
                         policy: Some(policy_out.clone()),
                     })
                 })

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use lianyu_kit::{KitError, writes::Writes};
+use lianyu_kit::KitError;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
     QueryFilter, QuerySelect, sea_query::ExprTrait, sea_query::OnConflict,
@@ -107,23 +107,83 @@ pub(crate) struct NewContact<'a> {
     pub(crate) expires_at: i64,
 }
 
-/// Holds a slot: staged, to go with the reply's row in one trip (nothing the request reads
-/// afterwards depends on it; the next request about the member, in the same transaction or a
-/// later one, reads it back).
-pub(crate) fn stage_contact(writes: &mut Writes, backend: DbBackend, c: &NewContact<'_>) {
-    writes.add(
-        backend,
-        &contact::Entity::insert(contact::ActiveModel {
-            id: Set(c.id.to_owned()),
-            member_idx: Set(c.member),
-            partner: Set(c.partner.to_owned()),
-            campaign_id: Set(c.campaign.to_owned()),
-            channel: Set(c.channel),
-            requested_at: Set(c.at),
-            expires_at: Set(c.expires_at),
-            sent_at: Set(None),
-        }),
+/// Holds a slot for `c` if fewer than `max` of the member's contacts count in `window`
+/// milliseconds at `c.at` (see [`cap_standing`]), under the member's lock ([`lock_member`]):
+/// how many count with the new one when it was held, `None` when the cap was reached and
+/// nothing was written. On SQLite the count, the insert and the check of what happened go to
+/// the writer in one trip; elsewhere they are two statements.
+pub(crate) async fn hold_under_cap(
+    conn: &impl ConnectionTrait,
+    c: &NewContact<'_>,
+    window: i64,
+    max: i32,
+) -> Result<Option<u64>, KitError> {
+    use sea_orm::{FromQueryResult, Statement};
+    if conn.get_database_backend() != DbBackend::Sqlite {
+        let (counted, _) = cap_standing(conn, c.member, c.at, window, max).await?;
+        if counted >= u64::try_from(max).unwrap_or(0) {
+            return Ok(None);
+        }
+        contact_row(c).insert(conn).await.map_err(storage)?;
+        return Ok(Some(counted + 1));
+    }
+    // The same counting rule as `cap_standing`, written out for one trip.
+    const COUNTING: &str = "SELECT COUNT(*) FROM contacts WHERE member_idx = ? \
+        AND requested_at > ? AND (sent_at IS NOT NULL OR expires_at > ?) \
+        AND COALESCE(sent_at, requested_at) > ?";
+    let since = c.at - window;
+    let counting =
+        || -> [sea_orm::Value; 4] { [c.member.into(), since.into(), c.at.into(), since.into()] };
+    let mut values: Vec<sea_orm::Value> = vec![
+        c.id.into(),
+        c.member.into(),
+        c.partner.into(),
+        c.campaign.into(),
+        c.channel.into(),
+        c.at.into(),
+        c.expires_at.into(),
+    ];
+    values.extend(counting());
+    values.push(max.into());
+    values.extend(counting());
+    values.push(c.id.into());
+    let sql = format!(
+        "INSERT INTO contacts \
+         (id, member_idx, partner, campaign_id, channel, requested_at, expires_at, sent_at) \
+         SELECT ?, ?, ?, ?, ?, ?, ?, NULL WHERE ({COUNTING}) < ?; \
+         SELECT ({COUNTING}) AS counted, \
+         EXISTS (SELECT 1 FROM contacts WHERE id = ?) AS held"
     );
+    #[derive(FromQueryResult)]
+    struct Outcome {
+        counted: i64,
+        held: bool,
+    }
+    let outcome = Outcome::find_by_statement(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        sql,
+        values,
+    ))
+    .one(conn)
+    .await
+    .map_err(storage)?
+    .ok_or_else(|| KitError::Internal("the cap's count returned no row".into()))?;
+    Ok(outcome
+        .held
+        .then(|| u64::try_from(outcome.counted).unwrap_or(0)))
+}
+
+fn contact_row(c: &NewContact<'_>) -> contact::ActiveModel {
+    contact::ActiveModel {
+        id: Set(c.id.to_owned()),
+        member_idx: Set(c.member),
+        partner: Set(c.partner.to_owned()),
+        campaign_id: Set(c.campaign.to_owned()),
+        channel: Set(c.channel),
+        requested_at: Set(c.at),
+        expires_at: Set(c.expires_at),
+        sent_at: Set(None),
+    }
 }
 
 /// A contact of `partner` as stored: (member, expires_at, sent_at, campaign).
