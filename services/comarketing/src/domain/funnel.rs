@@ -93,7 +93,9 @@ pub fn stages(events: &[Event], repeat_window_days: i32) -> BTreeMap<Stage, i64>
             EventKind::Reached | EventKind::Viewed => reach(Stage::Awareness, e.at),
             EventKind::JoinedSession | EventKind::Claimed => reach(Stage::Interest, e.at),
             EventKind::Ordered | EventKind::Redeemed => {
-                if purchases.iter().any(|p| e.at - p <= window && e.at > *p) {
+                // Any earlier purchase in the window, one at the same moment included: two
+                // orders placed together (the sale's unit and a second item) are two purchases.
+                if purchases.iter().any(|p| e.at - p <= window) {
                     reach(Stage::Loyalty, e.at);
                 }
                 purchases.push(e.at);
@@ -137,6 +139,17 @@ mod tests {
         assert_eq!(got[&Stage::Loyalty], 40 * DAY);
         // The same second purchase outside a shorter window is not loyalty.
         assert!(!stages(&events, 7).contains_key(&Stage::Loyalty));
+    }
+
+    #[test]
+    fn two_purchases_at_the_same_moment_are_a_repeat_and_one_is_not() {
+        let one = [ev(EventKind::Ordered, 3, "brand")];
+        assert!(!stages(&one, 30).contains_key(&Stage::Loyalty));
+        let two = [
+            ev(EventKind::Ordered, 3, "brand"),
+            ev(EventKind::Ordered, 3, "brand"),
+        ];
+        assert_eq!(stages(&two, 30)[&Stage::Loyalty], 3 * DAY);
     }
 
     #[test]
