@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::{
-    entities::{consent, contact, contact_lock, contact_policy, member, quiet_hours},
+    entities::{contact, contact_lock, contact_policy, member, quiet_hours},
     storage,
 };
 use crate::domain::contact::{DEFAULT_POLICY, Policy, QuietHours};
@@ -47,6 +47,30 @@ pub(crate) async fn lock_member(conn: &impl ConnectionTrait, member: i32) -> Res
     Ok(())
 }
 
+/// When a contact happened for the cap: sent, else requested.
+fn contact_time() -> sea_orm::sea_query::Expr {
+    use sea_orm::sea_query::{Expr, Func};
+    Expr::expr(Func::coalesce([
+        Expr::col(contact::Column::SentAt),
+        Expr::col(contact::Column::RequestedAt),
+    ]))
+}
+
+/// The member's contacts that count against the cap at `now`: sent, or held and not yet
+/// expired, within the last `window` milliseconds. The one definition of the rule.
+fn counting(member: i32, now: i64, window: i64) -> sea_orm::Select<contact::Entity> {
+    use sea_orm::sea_query::Condition;
+    contact::Entity::find()
+        .filter(contact::Column::MemberIdx.eq(member))
+        .filter(contact::Column::RequestedAt.gt(now - window))
+        .filter(
+            Condition::any()
+                .add(contact::Column::SentAt.is_not_null())
+                .add(contact::Column::ExpiresAt.gt(now)),
+        )
+        .filter(contact_time().gt(now - window))
+}
+
 /// How the member's contacts stand against a cap of `max` in `window` milliseconds at `now`:
 /// how many count (sent, or held and not yet expired, within the window) and, when they are
 /// `max` or more, the time of the `max`-th most recent — when it leaves the window a slot
@@ -59,25 +83,8 @@ pub(crate) async fn cap_standing(
     window: i64,
     max: i32,
 ) -> Result<(u64, Option<i64>), KitError> {
-    use sea_orm::{
-        Order, PaginatorTrait, QueryOrder,
-        sea_query::{Condition, Expr, Func},
-    };
-    let at = || {
-        Expr::expr(Func::coalesce([
-            Expr::col(contact::Column::SentAt),
-            Expr::col(contact::Column::RequestedAt),
-        ]))
-    };
-    let counting = contact::Entity::find()
-        .filter(contact::Column::MemberIdx.eq(member))
-        .filter(contact::Column::RequestedAt.gt(now - window))
-        .filter(
-            Condition::any()
-                .add(contact::Column::SentAt.is_not_null())
-                .add(contact::Column::ExpiresAt.gt(now)),
-        )
-        .filter(at().gt(now - window));
+    use sea_orm::{Order, PaginatorTrait, QueryOrder};
+    let counting = counting(member, now, window);
     let counted = counting.clone().count(conn).await.map_err(storage)?;
     let max = u64::try_from(max).unwrap_or(0);
     if counted < max || max == 0 {
@@ -85,8 +92,8 @@ pub(crate) async fn cap_standing(
     }
     let nth: Option<i64> = counting
         .select_only()
-        .expr(at())
-        .order_by(at(), Order::Desc)
+        .expr(contact_time())
+        .order_by(contact_time(), Order::Desc)
         .offset(max - 1)
         .limit(1)
         .into_tuple()
@@ -118,7 +125,7 @@ pub(crate) async fn hold_under_cap(
     window: i64,
     max: i32,
 ) -> Result<Option<u64>, KitError> {
-    use sea_orm::{FromQueryResult, Statement};
+    use sea_orm::{FromQueryResult, QueryTrait, Statement};
     if conn.get_database_backend() != DbBackend::Sqlite {
         let (counted, _) = cap_standing(conn, c.member, c.at, window, max).await?;
         if counted >= u64::try_from(max).unwrap_or(0) {
@@ -127,13 +134,15 @@ pub(crate) async fn hold_under_cap(
         contact_row(c).insert(conn).await.map_err(storage)?;
         return Ok(Some(counted + 1));
     }
-    // The same counting rule as `cap_standing`, written out for one trip.
-    const COUNTING: &str = "SELECT COUNT(*) FROM contacts WHERE member_idx = ? \
-        AND requested_at > ? AND (sent_at IS NOT NULL OR expires_at > ?) \
-        AND COALESCE(sent_at, requested_at) > ?";
-    let since = c.at - window;
-    let counting =
-        || -> [sea_orm::Value; 4] { [c.member.into(), since.into(), c.at.into(), since.into()] };
+    // The counting rule of `cap_standing`, as SQL with its values, twice: in the condition of
+    // the insert and in the count after it.
+    let count = DbBackend::Sqlite.build(
+        &counting(c.member, c.at, window)
+            .select_only()
+            .expr(sea_orm::sea_query::Expr::cust("COUNT(*)"))
+            .into_query(),
+    );
+    let count_values = count.values.map(|v| v.0).unwrap_or_default();
     let mut values: Vec<sea_orm::Value> = vec![
         c.id.into(),
         c.member.into(),
@@ -143,15 +152,16 @@ pub(crate) async fn hold_under_cap(
         c.at.into(),
         c.expires_at.into(),
     ];
-    values.extend(counting());
+    values.extend(count_values.iter().cloned());
     values.push(max.into());
-    values.extend(counting());
+    values.extend(count_values);
     values.push(c.id.into());
+    let counting_sql = count.sql;
     let sql = format!(
         "INSERT INTO contacts \
          (id, member_idx, partner, campaign_id, channel, requested_at, expires_at, sent_at) \
-         SELECT ?, ?, ?, ?, ?, ?, ?, NULL WHERE ({COUNTING}) < ?; \
-         SELECT ({COUNTING}) AS counted, \
+         SELECT ?, ?, ?, ?, ?, ?, ?, NULL WHERE ({counting_sql}) < ?; \
+         SELECT ({counting_sql}) AS counted, \
          EXISTS (SELECT 1 FROM contacts WHERE id = ?) AS held"
     );
     #[derive(FromQueryResult)]
@@ -264,18 +274,19 @@ pub(crate) async fn contact_facts(
         return Ok(HashMap::new());
     }
     let numbers: Vec<i32> = numbered.iter().map(|(n, _)| *n).collect();
-    let consents = consent::Entity::find()
-        .filter(consent::Column::Grantee.eq(grantee))
-        .filter(consent::Column::Purpose.eq(purpose))
-        .filter(consent::Column::MemberIdx.is_in(numbers.clone()))
-        .select_only()
-        .columns([consent::Column::MemberIdx, consent::Column::Collector])
-        .into_tuple::<(i32, String)>()
-        .all(conn);
-    let quiet = quiet_hours::Entity::find()
-        .filter(quiet_hours::Column::MemberIdx.is_in(numbers))
-        .all(conn);
-    let (consents, quiet) = futures::try_join!(consents, quiet).map_err(storage)?;
+    let unsigned: Vec<u32> = numbers
+        .iter()
+        .filter_map(|n| u32::try_from(*n).ok())
+        .collect();
+    let consents = super::grounds(conn, &unsigned, grantee, purpose);
+    let quiet = async {
+        quiet_hours::Entity::find()
+            .filter(quiet_hours::Column::MemberIdx.is_in(numbers))
+            .all(conn)
+            .await
+            .map_err(storage)
+    };
+    let (consents, quiet) = futures::try_join!(consents, quiet)?;
     let mut by_number: HashMap<i32, ContactFacts> = numbered
         .iter()
         .map(|(n, _)| {
@@ -286,9 +297,9 @@ pub(crate) async fn contact_facts(
             (*n, facts)
         })
         .collect();
-    for (n, collector) in consents {
-        if let Some(f) = by_number.get_mut(&n) {
-            f.grantors.push(collector);
+    for (n, collectors) in consents {
+        if let Some(f) = i32::try_from(n).ok().and_then(|n| by_number.get_mut(&n)) {
+            f.grantors = collectors;
         }
     }
     for q in quiet {
