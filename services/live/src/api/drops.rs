@@ -125,6 +125,7 @@ impl Api {
         request_id: &str,
         fingerprint: &str,
     ) -> Result<bool, LiveError> {
+        let since = self.exhausted.since(drop_id);
         let txn = self.db.begin().await.map_err(storage)?;
         let (session, role) = self
             .session(&txn, call, &format!("sessions/{session_id}"), "name")
@@ -149,7 +150,7 @@ impl Api {
         drop.window.open_at(now_millis(), "DROP_NOT_OPEN")?;
         let Some(left) = store::take_unit(&txn, &drop.id).await? else {
             // Read committed: the writer's conditional update waited for any other take.
-            self.exhausted.mark(&drop.id);
+            self.exhausted.mark(&drop.id, since);
             return Err(exhausted().into());
         };
         if !store::insert_claim(

@@ -25,38 +25,80 @@ use crate::{
 /// order through to the database again (a cancel on another replica restocks it).
 pub(super) const SOLD_OUT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Flash sales seen sold out (or coupon drops seen claimed out) lately: each forgotten [`SOLD_OUT_RECHECK`] after it was seen,
-/// and at most [`SOLD_OUT_REMEMBERED`] at once, so a replica that runs sale after sale for
-/// months holds only the ones that sold out in the last moments.
+/// Flash sales seen sold out (or coupon drops seen claimed out) lately: each forgotten
+/// [`SOLD_OUT_RECHECK`] after it was seen, and at most [`SOLD_OUT_REMEMBERED`] at once, so a
+/// replica that runs sale after sale for months holds only the ones that sold out in the last
+/// moments.
+///
+/// A sighting is remembered only if nothing was put back here since before the read that saw
+/// it: a refusal read while another call's unit was out, and remembered after that call put
+/// it back, would otherwise turn buyers away from a unit that is there. Callers take
+/// [`SoldOut::since`] before they read, and hand it to [`SoldOut::mark`].
 #[derive(Clone)]
-pub(crate) struct SoldOut(moka::sync::Cache<String, ()>);
+pub(crate) struct SoldOut {
+    seen: moka::sync::Cache<String, ()>,
+    /// How many times units were put back, counted in stripes by the sale's hash (two sales
+    /// sharing a stripe only cost a sighting not remembered).
+    reopened: std::sync::Arc<[std::sync::atomic::AtomicU64; REOPEN_STRIPES]>,
+}
 
 /// Sold-out sales a replica remembers at most (the least recently seen go first).
 const SOLD_OUT_REMEMBERED: u64 = 10_000;
 
+/// Stripes of [`SoldOut`]'s put-back counter.
+const REOPEN_STRIPES: usize = 64;
+
+/// Where [`SoldOut`]'s put-back counter stood for a sale before a read of its stock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Since(u64);
+
 impl Default for SoldOut {
     fn default() -> Self {
-        Self(
-            moka::sync::Cache::builder()
+        Self {
+            seen: moka::sync::Cache::builder()
                 .max_capacity(SOLD_OUT_REMEMBERED)
                 .time_to_live(SOLD_OUT_RECHECK)
                 .build(),
-        )
+            reopened: std::sync::Arc::new(std::array::from_fn(|_| {
+                std::sync::atomic::AtomicU64::new(0)
+            })),
+        }
     }
 }
 
 impl SoldOut {
     /// Whether `sale` was seen sold out lately.
     pub(super) fn is(&self, sale: &str) -> bool {
-        self.0.contains_key(sale)
+        self.seen.contains_key(sale)
     }
 
-    pub(super) fn mark(&self, sale: &str) {
-        self.0.insert(sale.to_owned(), ());
+    fn stripe(&self, sale: &str) -> &std::sync::atomic::AtomicU64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(sale);
+        &self.reopened[usize::try_from(hash % REOPEN_STRIPES as u64).unwrap_or_default()]
     }
 
+    /// Taken before reading `sale`'s stock, for [`Self::mark`].
+    pub(super) fn since(&self, sale: &str) -> Since {
+        Since(self.stripe(sale).load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Remembers `sale` sold out, as read after `since` was taken — unless a unit was put back
+    /// here meanwhile. Inserted first and checked after, so a put-back that races the insert
+    /// either is seen here or removes the insert itself.
+    pub(super) fn mark(&self, sale: &str, since: Since) {
+        self.seen.insert(sale.to_owned(), ());
+        if self.stripe(sale).load(std::sync::atomic::Ordering::SeqCst) != since.0 {
+            self.seen.invalidate(sale);
+        }
+    }
+
+    /// A unit of `sale` was put back (after it was committed): claims and orders go to the
+    /// writer again, and sightings read before now are not remembered.
     pub(super) fn reopen(&self, sale: &str) {
-        self.0.invalidate(sale);
+        self.stripe(sale)
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.seen.invalidate(sale);
     }
 }
 
@@ -366,6 +408,7 @@ impl Api {
             sale,
             amount,
         } = &facts;
+        let since = sale.as_ref().map(|s| self.sold_out.since(&s.id));
         let placed = self
             .orders
             .run_writing(call, &r.request_id, r, async |txn, writes| {
@@ -452,11 +495,11 @@ impl Api {
         // Remembered for the sold-out gate only once final: a refusal inside a shared
         // transaction may rest on another member's take that was then rolled back, and the
         // pipeline decides it again — only a SOLD_OUT that reaches here was read committed.
-        if let (Err(refused), Some(sale)) = (&placed, sale)
+        if let (Err(refused), Some(sale), Some(since)) = (&placed, sale, since)
             && given.quantity == 1
             && lianyu_kit::ServiceError::reason(refused) == "SOLD_OUT"
         {
-            self.sold_out.mark(&sale.id);
+            self.sold_out.mark(&sale.id, since);
         }
         placed
     }
@@ -524,7 +567,8 @@ impl pb::order_service_server::OrderService for Api {
         unary(request, async |call, r| {
             let [session_id, order_id] = names::parse(&r.name, "sessions/{session}/orders/{order}")
                 .map_err(|e| KitError::invalid("name", e))?;
-            self.orders
+            let cancelled = self
+                .orders
                 .run_writing(&call, &r.request_id, &r, async |txn, writes| {
                     let mut order = store::order(txn, session_id, order_id)
                         .await?
@@ -546,7 +590,6 @@ impl pb::order_service_server::OrderService for Api {
                     }
                     if let Some(sale) = &order.flash_sale_id {
                         store::restock(txn, sale, order.member.as_deref(), order.quantity).await?;
-                        self.sold_out.reopen(sale);
                     }
                     order.state = OrderState::Cancelled;
                     let session = store::load_session(txn, session_id)
@@ -569,7 +612,13 @@ impl pb::order_service_server::OrderService for Api {
                     // The reply names the buyer by the session pseudonym, which any reader may see.
                     Ok(order_proto(&order, order.pseudonym.clone()))
                 })
-                .await
+                .await?;
+            // Reopened once the restock is committed: an order that read the stock before
+            // then may still have seen it sold out, and must not be remembered as such.
+            if let Some(sale) = cancelled.flash_sale.rsplit_once("/flashSales/") {
+                self.sold_out.reopen(sale.1);
+            }
+            Ok::<_, LiveError>(cancelled)
         })
         .await
     }
@@ -621,19 +670,37 @@ mod tests {
         let gate = SoldOut::default();
         let sales = SOLD_OUT_REMEMBERED + 5_000;
         for n in 0..sales {
-            gate.mark(&format!("sale-{n}"));
+            let sale = format!("sale-{n}");
+            gate.mark(&sale, gate.since(&sale));
         }
-        gate.0.run_pending_tasks();
+        gate.seen.run_pending_tasks();
         assert!(
-            gate.0.entry_count() <= SOLD_OUT_REMEMBERED,
+            gate.seen.entry_count() <= SOLD_OUT_REMEMBERED,
             "{} sales remembered",
-            gate.0.entry_count()
+            gate.seen.entry_count()
         );
         let last = format!("sale-{}", sales - 1);
-        gate.mark(&last);
+        gate.mark(&last, gate.since(&last));
         assert!(gate.is(&last));
         gate.reopen(&last);
         assert!(!gate.is(&last), "a restocked sale is let through again");
         assert!(!gate.is("sale-never-seen"));
+    }
+
+    #[test]
+    fn a_sighting_read_before_a_put_back_is_not_remembered() {
+        let gate = SoldOut::default();
+        let read_before = gate.since("sale");
+        gate.reopen("sale");
+        gate.mark("sale", read_before);
+        assert!(!gate.is("sale"), "the unit put back is offered again");
+        let read_after = gate.since("sale");
+        gate.mark("sale", read_after);
+        assert!(
+            gate.is("sale"),
+            "a sighting after the put-back is remembered"
+        );
+        gate.reopen("sale");
+        assert!(!gate.is("sale"));
     }
 }
