@@ -415,28 +415,29 @@ impl Api {
                 let now = now_millis();
                 let mut sold_out = None;
                 if let Some(sale) = sale {
-                    if !store::count_against_limit(
+                    let left = match store::take_for_member(
                         txn,
-                        &sale.id,
+                        (&session.id, &sale.id),
                         member,
-                        given.quantity,
-                        sale.per_member_limit,
+                        (given.quantity, sale.per_member_limit),
+                        now,
                     )
                     .await?
                     {
-                        return Err(KitError::Precondition(
-                            "MEMBER_LIMIT_REACHED",
-                            format!(
-                                "a member buys at most {} of this flash sale",
-                                sale.per_member_limit
-                            ),
-                        )
-                        .into());
-                    }
-                    let Some(left) =
-                        store::take_stock(txn, &session.id, &sale.id, given.quantity, now).await?
-                    else {
-                        return Err(self.not_taken(txn, sale, given.quantity, now).await);
+                        store::Take::Taken(left) => left,
+                        store::Take::OverLimit => {
+                            return Err(KitError::Precondition(
+                                "MEMBER_LIMIT_REACHED",
+                                format!(
+                                    "a member buys at most {} of this flash sale",
+                                    sale.per_member_limit
+                                ),
+                            )
+                            .into());
+                        }
+                        store::Take::NotTaken => {
+                            return Err(self.not_taken(txn, sale, given.quantity, now).await);
+                        }
                     };
                     if left == 0 {
                         sold_out = Some(sale.name());

@@ -293,8 +293,22 @@ pub(crate) async fn take_stock(
     quantity: i32,
     now: i64,
 ) -> Result<Option<i64>, KitError> {
+    let taken = stock_take(session, sale, quantity, now)
+        .exec_with_returning(txn)
+        .await
+        .map_err(storage)?;
+    Ok(taken.first().map(|r| r.remaining))
+}
+
+/// The update [`take_stock`] makes.
+fn stock_take(
+    session: &str,
+    sale: &str,
+    quantity: i32,
+    now: i64,
+) -> sea_orm::UpdateMany<flash_sale::Entity> {
     let q = i64::from(quantity);
-    let taken = flash_sale::Entity::update_many()
+    flash_sale::Entity::update_many()
         .col_expr(
             flash_sale::Column::Remaining,
             Expr::col(flash_sale::Column::Remaining).sub(q),
@@ -304,10 +318,6 @@ pub(crate) async fn take_stock(
         .filter(flash_sale::Column::Remaining.gte(q))
         .filter(flash_sale::Column::StartsAt.lte(now))
         .filter(flash_sale::Column::EndsAt.gt(now))
-        .exec_with_returning(txn)
-        .await
-        .map_err(storage)?;
-    Ok(taken.first().map(|r| r.remaining))
 }
 
 /// Counts `quantity` more units against the member's limit in a sale: one upsert whose update
@@ -323,7 +333,21 @@ pub(crate) async fn count_against_limit(
     if quantity > limit {
         return Ok(false);
     }
-    let inserted = sale_buyer::Entity::insert(sale_buyer::ActiveModel {
+    let inserted = limit_count(sale, member, quantity, limit)
+        .exec_without_returning(txn)
+        .await
+        .map_err(storage)?;
+    Ok(inserted == 1)
+}
+
+/// The upsert [`count_against_limit`] makes.
+fn limit_count(
+    sale: &str,
+    member: &str,
+    quantity: i32,
+    limit: i32,
+) -> sea_orm::Insert<sale_buyer::ActiveModel> {
+    sale_buyer::Entity::insert(sale_buyer::ActiveModel {
         flash_sale_id: Set(sale.to_owned()),
         member_id: Set(member.to_owned()),
         bought: Set(quantity),
@@ -344,10 +368,74 @@ pub(crate) async fn count_against_limit(
         )
         .to_owned(),
     )
-    .exec_without_returning(txn)
-    .await
-    .map_err(storage)?;
-    Ok(inserted == 1)
+}
+
+/// What [`take_for_member`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Counted against the member's limit and taken from the stock: what is left.
+    Taken(i64),
+    /// The member's limit would be passed: nothing written.
+    OverLimit,
+    /// Counted against the limit but not taken from the stock ([`take_stock`]'s `None`): the
+    /// caller refuses the order, and its transaction (or savepoint) undoes the count.
+    NotTaken,
+}
+
+/// [`count_against_limit`], then [`take_stock`] only if it counted. On SQLite both go to the
+/// single writer in one trip: the take is conditioned on the count having written its row
+/// (`changes()`, which a `SELECT` between them leaves as the upsert set it) — in a flash
+/// sale's burst every buyer's transaction queues on that writer, and each trip is a hand-off
+/// to its thread and back. Elsewhere they are two statements.
+pub(crate) async fn take_for_member(
+    txn: &impl ConnectionTrait,
+    (session, sale): (&str, &str),
+    member: &str,
+    (quantity, limit): (i32, i32),
+    now: i64,
+) -> Result<Take, KitError> {
+    use sea_orm::{QueryTrait, Statement};
+    if quantity > limit {
+        return Ok(Take::OverLimit);
+    }
+    if txn.get_database_backend() != DbBackend::Sqlite {
+        if !count_against_limit(txn, sale, member, quantity, limit).await? {
+            return Ok(Take::OverLimit);
+        }
+        return Ok(take_stock(txn, session, sale, quantity, now)
+            .await?
+            .map_or(Take::NotTaken, Take::Taken));
+    }
+    let count = limit_count(sale, member, quantity, limit).build(DbBackend::Sqlite);
+    let take = DbBackend::Sqlite.build(
+        stock_take(session, sale, quantity, now)
+            .filter(Expr::cust("changes() = 1"))
+            .into_query()
+            .returning_col(flash_sale::Column::Remaining),
+    );
+    let mut values = count.values.map(|v| v.0).unwrap_or_default();
+    values.extend(take.values.map(|v| v.0).unwrap_or_default());
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("{}; SELECT changes(); {}", count.sql, take.sql),
+            values,
+        ))
+        .await
+        .map_err(storage)?;
+    let counted = rows
+        .first()
+        .map(|r| r.try_get_by_index::<i64>(0))
+        .transpose()
+        .map_err(storage)?
+        .ok_or_else(|| KitError::Internal("the member's count returned no row".into()))?;
+    if counted != 1 {
+        return Ok(Take::OverLimit);
+    }
+    Ok(match rows.get(1) {
+        Some(left) => Take::Taken(left.try_get_by_index::<i64>(0).map_err(storage)?),
+        None => Take::NotTaken,
+    })
 }
 
 /// Gives a cancelled order's units back: to the sale's stock and the member's limit.
@@ -576,13 +664,92 @@ mod tests {
         .unwrap();
     }
 
-    async fn remaining(db: &DatabaseConnection, sale: &str) -> i64 {
+    async fn remaining(db: &impl ConnectionTrait, sale: &str) -> i64 {
         flash_sale::Entity::find_by_id(sale)
             .one(db)
             .await
             .unwrap()
             .unwrap()
             .remaining
+    }
+
+    /// A member's order counts against their limit and takes stock together, or not at all
+    /// (on SQLite in one trip to the writer): over the limit nothing is written; a take that
+    /// finds too little stock, or the sale closed, says so and — its transaction rolled
+    /// back — leaves both the stock and the member's count as they were.
+    #[tokio::test]
+    async fn a_members_order_counts_against_the_limit_and_takes_stock_together_or_not_at_all() {
+        use sea_orm::TransactionTrait;
+        let (_database, db) = database("live_take_for_member").await;
+        sale_in(&db, "live", 3, NOW + 3_600_000).await;
+        let bought = |member: &'static str| {
+            let db = db.clone();
+            async move {
+                sale_buyer::Entity::find()
+                    .filter(sale_buyer::Column::MemberId.eq(member))
+                    .one(&db)
+                    .await
+                    .unwrap()
+                    .map_or(0, |b| b.bought)
+            }
+        };
+        // Each take in a transaction of its own, kept only when it took stock (as an order's).
+        let take = |member: &'static str, quantity: i32, limit: i32, at: i64| {
+            let db = db.clone();
+            async move {
+                let before = remaining(&db, "live-sale").await;
+                let txn = db.begin().await.unwrap();
+                let took =
+                    take_for_member(&txn, ("live", "live-sale"), member, (quantity, limit), at)
+                        .await
+                        .unwrap();
+                if matches!(took, Take::Taken(_)) {
+                    txn.commit().await.unwrap();
+                } else {
+                    // Over the limit the take was not even tried: the stock, read in the
+                    // transaction, is as it was before it.
+                    let left = remaining(&txn, "live-sale").await;
+                    assert!(
+                        took != Take::OverLimit || left == before,
+                        "{took:?}: {left}"
+                    );
+                    txn.rollback().await.unwrap();
+                }
+                took
+            }
+        };
+        assert_eq!(take("ana", 1, 2, NOW).await, Take::Taken(2));
+        assert_eq!(take("ana", 2, 2, NOW).await, Take::OverLimit, "1 + 2 > 2");
+        assert_eq!(
+            take("ana", 3, 2, NOW).await,
+            Take::OverLimit,
+            "more than the limit"
+        );
+        assert_eq!(
+            (remaining(&db, "live-sale").await, bought("ana").await),
+            (2, 1)
+        );
+        assert_eq!(take("ana", 1, 2, NOW).await, Take::Taken(1));
+        assert_eq!(take("bo", 2, 2, NOW).await, Take::NotTaken, "one left");
+        assert_eq!(
+            take("bo", 1, 2, NOW + 7_200_000).await,
+            Take::NotTaken,
+            "closed"
+        );
+        assert_eq!(
+            (remaining(&db, "live-sale").await, bought("bo").await),
+            (1, 0)
+        );
+        assert_eq!(take("bo", 1, 2, NOW).await, Take::Taken(0));
+        assert_eq!(take("cy", 1, 2, NOW).await, Take::NotTaken, "sold out");
+        assert_eq!(
+            (
+                remaining(&db, "live-sale").await,
+                bought("bo").await,
+                bought("cy").await
+            ),
+            (0, 1, 0)
+        );
     }
 
     /// The stock is taken only from an open sale, named with its own session: whatever an
