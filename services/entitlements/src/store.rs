@@ -619,7 +619,13 @@ pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Res
 /// concurrency (threads, replicas on one PostgreSQL) takes more than the budget. False when
 /// the budget is spent or the benefit is not ACTIVE.
 pub(crate) async fn take_unit(txn: &impl ConnectionTrait, id: &str) -> Result<bool, KitError> {
-    let done = benefit::Entity::update_many()
+    let done = unit_take(id).exec(txn).await.map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
+/// The update [`take_unit`] makes.
+fn unit_take(id: &str) -> sea_orm::UpdateMany<benefit::Entity> {
+    benefit::Entity::update_many()
         .col_expr(
             benefit::Column::GrantedUnits,
             Expr::col(benefit::Column::GrantedUnits).add(1),
@@ -629,10 +635,86 @@ pub(crate) async fn take_unit(txn: &impl ConnectionTrait, id: &str) -> Result<bo
         .filter(
             Expr::col(benefit::Column::GrantedUnits).lt(Expr::col(benefit::Column::BudgetUnits)),
         )
-        .exec(txn)
+}
+
+/// [`take_unit`], then [`insert_item`] when a unit was taken: false when none was (the budget
+/// spent, the benefit not ACTIVE), PER_MEMBER_LIMIT as [`insert_item`] refuses it — the caller
+/// then rolls its transaction back, undoing the take. On SQLite the take, the limit's check
+/// and both rows go to the single writer in one trip: each insert runs only when the
+/// statement before it wrote its row (`changes()`, which a `SELECT` between leaves alone),
+/// and a `SELECT` after the take reads the limit and the member's count as they stood — in a
+/// drop's burst every claimer's transaction queues on that writer, and each trip is a
+/// hand-off to its thread and back. Elsewhere they are the separate statements.
+pub(crate) async fn take_and_store_unit(
+    txn: &impl ConnectionTrait,
+    item: &ItemRow,
+) -> Result<bool, EntitlementsError> {
+    use sea_orm::{DbBackend, QueryTrait, Statement};
+    if txn.get_database_backend() != DbBackend::Sqlite {
+        if !take_unit(txn, &item.benefit_id).await? {
+            return Ok(false);
+        }
+        insert_item(txn, item).await?;
+        return Ok(true);
+    }
+    let take = unit_take(&item.benefit_id).build(DbBackend::Sqlite);
+    let stored = wallet_item::Entity::insert(wallet_item::ActiveModel::from(item.clone()))
+        .build(DbBackend::Sqlite);
+    // `INSERT INTO t (…) VALUES (…)` made conditional: `INSERT INTO t (…) SELECT … WHERE …`.
+    let (into, values) = stored
+        .sql
+        .strip_suffix(')')
+        .and_then(|s| s.split_once(" VALUES ("))
+        .ok_or_else(|| KitError::Internal("an unexpected insert statement".into()))?;
+    let limit = "(SELECT per_member_limit FROM benefits WHERE id = ?)";
+    let held = "(SELECT COUNT(*) FROM wallet_holdings WHERE benefit_id = ? AND member = ?)";
+    let sql = format!(
+        "{take}; \
+         SELECT changes(), {limit}, {held}; \
+         INSERT INTO wallet_holdings (benefit_id, member, ordinal, item_id) \
+         SELECT ?, ?, {held} + 1, ? WHERE changes() = 1 AND ({limit} <= 0 OR {held} < {limit}); \
+         {into} SELECT {values} WHERE changes() = 1",
+        take = take.sql,
+    );
+    let (benefit, member) = (item.benefit_id.as_str(), item.member.as_str());
+    let mut bound: Vec<sea_orm::Value> = take.values.map(|v| v.0).unwrap_or_default();
+    // The standing: the limit, the count.
+    bound.extend([benefit.into(), benefit.into(), member.into()]);
+    // The holding: its key (the count + 1) and unit, then the condition's limit, count, limit.
+    bound.extend([benefit.into(), member.into(), benefit.into(), member.into()]);
+    bound.push(item.id.as_str().into());
+    bound.extend([
+        benefit.into(),
+        benefit.into(),
+        member.into(),
+        benefit.into(),
+    ]);
+    bound.extend(stored.values.map(|v| v.0).unwrap_or_default());
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            bound,
+        ))
         .await
         .map_err(storage)?;
-    Ok(done.rows_affected == 1)
+    let standing = rows
+        .first()
+        .ok_or_else(|| KitError::Internal("the unit's take returned no row".into()))?;
+    let read = |i| standing.try_get_by_index::<Option<i64>>(i).map_err(storage);
+    let (taken, limit, held) = (read(0)?, read(1)?, read(2)?);
+    if taken != Some(1) {
+        return Ok(false);
+    }
+    let (limit, held) = (limit.unwrap_or(0), held.unwrap_or(0));
+    if limit > 0 && held >= limit {
+        return Err(KitError::Precondition(
+            "PER_MEMBER_LIMIT",
+            format!("the member already holds {held} of at most {limit}"),
+        )
+        .into());
+    }
+    Ok(true)
 }
 
 /// Stores a unit for `member`, refusing one beyond the benefit's per-member limit as it
@@ -1236,5 +1318,141 @@ fn state(s: BenefitState) -> State {
         BenefitState::Active => State::Active,
         BenefitState::Paused => State::Paused,
         BenefitState::Ended => State::Ended,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lianyu_kit::testing::TestDatabase;
+    use sea_orm::{DatabaseConnection, TransactionTrait};
+
+    use super::*;
+
+    async fn database(test: &str) -> (TestDatabase, DatabaseConnection) {
+        let database = TestDatabase::new(test).await;
+        let db = lianyu_kit::storage::connect(&database.url, "entitlements", None)
+            .await
+            .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        (database, db)
+    }
+
+    /// A fixed coupon "{id}" in `state` with a budget of `budget` units, at most `limit` a
+    /// member (0: no limit).
+    async fn coupon(db: &DatabaseConnection, id: &str, state: State, budget: i64, limit: i32) {
+        benefit::ActiveModel {
+            id: Set(id.into()),
+            display_name: Set("coupon".into()),
+            kind: Set(Kind::FixedCoupon),
+            issuer: Set("brand".into()),
+            funder: Set("brand".into()),
+            value_currency: Set(Some("CNY".into())),
+            value_minor_units: Set(Some(1_000)),
+            threshold_currency: Set(None),
+            threshold_minor_units: Set(None),
+            percent_off_bps: Set(0),
+            budget_units: Set(budget),
+            granted_units: Set(0),
+            per_member_limit: Set(limit),
+            valid_from: Set(0),
+            valid_until: Set(i64::MAX),
+            state: Set(state),
+            created_at: Set(0),
+            valid_days: Set(0),
+            funding_accepted: Set(true),
+            top_up_bonus_bps: Set(0),
+            funder_share_bps: Set(10_000),
+            stores: Set(String::new()),
+            categories: Set(String::new()),
+            stacking_group: Set(String::new()),
+            budget_value_currency: Set(None),
+            budget_value_minor_units: Set(None),
+            spent_value_minor_units: Set(0),
+        }
+        .insert(db)
+        .await
+        .unwrap();
+    }
+
+    /// What is stored of `benefit`: units granted, holdings and units of `member`.
+    async fn standing(db: &impl ConnectionTrait, benefit: &str, member: &str) -> (i64, u64, u64) {
+        let granted = benefit::Entity::find_by_id(benefit)
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap()
+            .granted_units;
+        let holdings = holding::Entity::find()
+            .filter(holding::Column::BenefitId.eq(benefit))
+            .filter(holding::Column::Member.eq(member))
+            .count(db)
+            .await
+            .unwrap();
+        let units = wallet_item::Entity::find()
+            .filter(wallet_item::Column::BenefitId.eq(benefit))
+            .filter(wallet_item::Column::Member.eq(member))
+            .count(db)
+            .await
+            .unwrap();
+        (granted, holdings, units)
+    }
+
+    /// A unit is taken from the budget and stored for the member together, or not at all (on
+    /// SQLite in one trip to the writer): past the member's limit nothing more is stored for
+    /// them, and with the budget spent or the benefit not ACTIVE nothing is written.
+    #[tokio::test]
+    async fn a_unit_is_taken_and_stored_together_within_the_budget_and_the_members_limit() {
+        let (_database, db) = database("entitlements_take_and_store").await;
+        coupon(&db, "drop", State::Active, 2, 1).await;
+        coupon(&db, "paused", State::Paused, 2, 0).await;
+        let mut n = 0;
+        let mut give = async |benefit: &str, member: &str| {
+            n += 1;
+            let item = ItemRow {
+                id: format!("item-{n}"),
+                benefit_id: benefit.into(),
+                member: member.into(),
+                holder: "brand".into(),
+                state: entities::ItemState::Available,
+                granted_at: 1,
+                expires_at: 2,
+                claim_code: Some("live".into()),
+            };
+            let txn = db.begin().await.unwrap();
+            let given = take_and_store_unit(&txn, &item).await;
+            let inside = standing(&txn, benefit, member).await;
+            if matches!(given, Ok(true)) {
+                txn.commit().await.unwrap();
+                let stored = wallet_item::Entity::find_by_id(item.id.clone())
+                    .one(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(stored.as_ref(), Some(&item), "the unit as given");
+            } else {
+                txn.rollback().await.unwrap();
+            }
+            (
+                given.map_err(|e| lianyu_kit::ServiceError::reason(&e).to_owned()),
+                inside,
+            )
+        };
+        assert_eq!(give("drop", "ana").await, (Ok(true), (1, 1, 1)));
+        // Over the limit: the take is undone with the caller's transaction; nothing more of
+        // hers was stored even inside it.
+        let (refused, (_, holdings, units)) = give("drop", "ana").await;
+        assert_eq!(refused, Err("PER_MEMBER_LIMIT".to_owned()));
+        assert_eq!((holdings, units), (1, 1));
+        assert_eq!(standing(&db, "drop", "ana").await, (1, 1, 1));
+        assert_eq!(give("drop", "bo").await, (Ok(true), (2, 1, 1)));
+        assert_eq!(
+            give("drop", "cy").await,
+            (Ok(false), (2, 0, 0)),
+            "budget spent"
+        );
+        assert_eq!(
+            give("paused", "cy").await,
+            (Ok(false), (0, 0, 0)),
+            "not ACTIVE"
+        );
     }
 }

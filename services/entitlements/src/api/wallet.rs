@@ -182,9 +182,6 @@ impl Api {
         self.hot
             .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
-                if !store::take_unit(txn, &benefit.id).await? {
-                    return Err(self.why_not_taken(txn, benefit).await);
-                }
                 let row = ItemRow {
                     id: uuid::Uuid::now_v7().simple().to_string(),
                     benefit_id: benefit.id.clone(),
@@ -195,7 +192,9 @@ impl Api {
                     expires_at: benefit.expiry(now),
                     claim_code: claim_code.filter(|c| !c.is_empty()).map(str::to_owned),
                 };
-                store::insert_item(txn, &row).await?;
+                if !store::take_and_store_unit(txn, &row).await? {
+                    return Err(self.why_not_taken(txn, benefit).await);
+                }
                 self.post(
                     txn,
                     writes,
