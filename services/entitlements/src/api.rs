@@ -200,7 +200,7 @@ impl Api {
     ) -> Result<Option<String>, KitError> {
         let (kind, benefit_id, redemption_id) = (m.kind, m.benefit.id.as_str(), m.redemption);
         let Some((transaction, at)) =
-            store::post(txn, kind, benefit_id, redemption_id, postings, at).await?
+            store::post(txn, writes, kind, benefit_id, redemption_id, postings, at).await?
         else {
             return Ok(None);
         };

@@ -1114,9 +1114,13 @@ pub(crate) async fn close_period(
 /// Posts one balanced ledger transaction; refuses (INTERNAL) one that does not balance.
 /// It is dated `at`, or at the end of the last closed period between its parties when that
 /// is later (so a closed period never changes). Returns its id and date (`None` when there
-/// was nothing to post).
+/// was nothing to post). The closed periods are read (and locked) now; the postings' rows are
+/// staged in `writes`, sent with the transaction's other staged writes in one trip (nothing
+/// reads a transaction's postings in the transaction that posts them: only ledger reads and
+/// a period's close, each in a transaction of its own, do).
 pub(crate) async fn post(
     txn: &impl ConnectionTrait,
+    writes: &mut lianyu_kit::writes::Writes,
     kind: &str,
     benefit_id: &str,
     redemption_id: Option<&str>,
@@ -1136,7 +1140,7 @@ pub(crate) async fn post(
     parties.dedup();
     let at = Ord::max(at, closed_until_locked(txn, &parties).await?);
     let transaction_id = uuid::Uuid::now_v7().simple().to_string();
-    posting::Entity::insert_many(postings.iter().map(|p| posting::ActiveModel {
+    let rows = posting::Entity::insert_many(postings.iter().map(|p| posting::ActiveModel {
         transaction_id: Set(transaction_id.clone()),
         kind: Set(kind.to_owned()),
         partner_id: Set(p.partner.to_string()),
@@ -1148,10 +1152,8 @@ pub(crate) async fn post(
         posted_at: Set(at),
         member_id: Set(p.member.clone()),
         ..Default::default()
-    }))
-    .exec(txn)
-    .await
-    .map_err(storage)?;
+    }));
+    writes.add(txn.get_database_backend(), &rows);
     Ok(Some((transaction_id, at)))
 }
 
