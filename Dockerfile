@@ -21,6 +21,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=plan /src/recipe.json recipe.json
+# The build's settings (the bundled SQLite's compile flags) before the dependencies are built.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
       -p lianyu-identity -p lianyu-entitlements -p lianyu-live -p lianyu-comarketing
 COPY . .
