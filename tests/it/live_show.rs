@@ -186,6 +186,27 @@ async fn next_change(stream: &mut tonic::Streaming<pb::JoinSessionResponse>) -> 
     }
 }
 
+/// An anonymous viewer of `session` through `token`'s app, its snapshot read.
+async fn watch_anonymously(
+    s: &TestServer,
+    token: &str,
+    session: &str,
+) -> tonic::Streaming<pb::JoinSessionResponse> {
+    let mut stream = viewers(s, token)
+        .join_session(pb::JoinSessionRequest {
+            session: session.to_owned(),
+            member: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        next_change(&mut stream).await,
+        Update::Snapshot(_)
+    ));
+    stream
+}
+
 async fn enrol_many(s: &TestServer, partner: &str, prefix: &str, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
@@ -878,18 +899,7 @@ async fn a_coupon_drop_hands_out_exactly_its_units_through_entitlements() {
         b.display_name = "live drop".into();
     })
     .await;
-    let mut watching = viewers(&s, &s.token(BRAND))
-        .join_session(pb::JoinSessionRequest {
-            session: session.name.clone(),
-            member: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(
-        next_change(&mut watching).await,
-        Update::Snapshot(_)
-    ));
+    let mut watching = watch_anonymously(&s, &s.token(BRAND), &session.name).await;
     let brand = s.token(BRAND);
     let drop = open_drop(&s, &session.name, &coupon.name, 5, "drop-1").await;
     let Update::CouponDrop(opened) = next_change(&mut watching).await else {
@@ -1245,6 +1255,36 @@ async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
     let first = figures.message().await.unwrap().unwrap().stats.unwrap();
     assert_eq!((first.orders, first.viewers_total), (1, 1));
     drop(watching);
+}
+
+/// A co-host's dashboard counts a viewer the moment they join, anonymous ones too — not only
+/// after the replica's next presence report (every two seconds): the retailer who asks right
+/// after a viewer's snapshot arrived sees them watching and in the distinct viewers.
+#[tokio::test]
+async fn the_figures_count_a_viewer_as_soon_as_they_join() {
+    let s = mesh("live_viewers_counted_at_once").await;
+    let session = on_air(&s).await;
+    let figures = || async {
+        stats(&s, &s.token(MALL))
+            .get_session_stats(pb::GetSessionStatsRequest {
+                session: session.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let before = figures().await;
+    assert_eq!((before.viewers_now, before.viewers_total), (0, 0));
+    let brand = s.token(BRAND);
+    let join = || watch_anonymously(&s, &brand, &session.name);
+    let first = join().await;
+    let seen = figures().await;
+    assert_eq!((seen.viewers_now, seen.viewers_total), (1, 1), "{seen:?}");
+    let second = join().await;
+    let seen = figures().await;
+    assert_eq!((seen.viewers_now, seen.viewers_total), (2, 2), "{seen:?}");
+    assert!(seen.viewers_peak >= 2, "{seen:?}");
+    drop((first, second));
 }
 
 /// What an assisting partner and an outsider can and cannot do to a show, each refusal read

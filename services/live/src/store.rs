@@ -30,6 +30,23 @@ pub(crate) use drops::*;
 pub(crate) use sales::*;
 pub(crate) use viewers::*;
 
+/// A fresh live database for a store test (SQLite, or PostgreSQL under
+/// `LIANYU_TEST_BACKEND=postgres`), migrated; keep the guard alive while it is used.
+#[cfg(test)]
+pub(crate) async fn test_database(
+    test: &str,
+) -> (
+    lianyu_kit::testing::TestDatabase,
+    sea_orm::DatabaseConnection,
+) {
+    let database = lianyu_kit::testing::TestDatabase::new(test).await;
+    let db = lianyu_kit::storage::connect(&database.url, "live", None)
+        .await
+        .unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    (database, db)
+}
+
 pub(crate) struct Migrator;
 
 #[async_trait]

@@ -42,7 +42,7 @@ impl Api {
     async fn stats(&self, session: &Session) -> Result<pb::SessionStats, KitError> {
         let now = now_millis();
         let orders = store::placed_orders(&self.read, &session.id).await?;
-        let audience = store::audience(&self.read, &session.id, now).await?;
+        let audience = self.hub.audience(&self.read, &session.id, now).await?;
         let currency = orders
             .first()
             .map_or("CNY", |o| o.amount.currency())

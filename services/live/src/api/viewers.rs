@@ -54,6 +54,7 @@ type Update = (i64, Arc<pb::JoinSessionResponse>);
 struct Room {
     tx: broadcast::Sender<Update>,
     viewers: AtomicI64,
+    /// Anonymous joins not yet reported to the presence table.
     anonymous_joins: AtomicI64,
     /// The count across replicas last read (shown in snapshots).
     counted: AtomicI64,
@@ -113,6 +114,23 @@ impl Hub {
                 })
             })
             .clone()
+    }
+
+    /// Reads `session`'s audience at `now` with this replica's live counts in place of the
+    /// row it last reported.
+    pub(crate) async fn audience(
+        &self,
+        read: &DatabaseConnection,
+        session: &str,
+        now: i64,
+    ) -> Result<store::Audience, lianyu_kit::KitError> {
+        let room = self.existing(session);
+        let here = room.as_ref().map(|room| store::Here {
+            replica: &self.replica,
+            viewers: room.viewers.load(Ordering::Relaxed),
+            unreported_anonymous_joins: room.anonymous_joins.load(Ordering::Relaxed),
+        });
+        store::audience(read, session, now, here).await
     }
 
     fn existing(&self, session: &str) -> Option<Arc<Room>> {
@@ -263,17 +281,22 @@ impl Hub {
                 tracing::warn!(error = %e, "live hub: reporting presence failed");
                 continue;
             }
+            // Reported: no longer this replica's to add. (A figure read between the report
+            // and this counts them twice for that instant, never zero times.)
+            room.anonymous_joins.fetch_sub(anonymous, Ordering::Relaxed);
             if here == 0 && room.tx.receiver_count() == 0 {
                 let mut rooms = self
                     .rooms
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if room.viewers.load(Ordering::Relaxed) == 0 {
+                if room.viewers.load(Ordering::Relaxed) == 0
+                    && room.anonymous_joins.load(Ordering::Relaxed) == 0
+                {
                     rooms.remove(&session);
                 }
                 continue;
             }
-            let Ok(audience) = store::audience(read, &session, now).await else {
+            let Ok(audience) = store::audience(read, &session, now, None).await else {
                 continue;
             };
             if let Err(e) = store::raise_peak(db, &session, audience.now).await {

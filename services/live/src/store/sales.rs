@@ -628,22 +628,12 @@ pub(crate) async fn forget_buyer(
 
 #[cfg(test)]
 mod tests {
-    use lianyu_kit::testing::TestDatabase;
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection};
-    use sea_orm_migration::MigratorTrait;
 
     use super::*;
+    use crate::store::test_database as database;
 
     const NOW: i64 = 1_800_000_000_000;
-
-    async fn database(test: &str) -> (TestDatabase, DatabaseConnection) {
-        let database = TestDatabase::new(test).await;
-        let db = lianyu_kit::storage::connect(&database.url, "live", None)
-            .await
-            .unwrap();
-        crate::store::Migrator::up(&db, None).await.unwrap();
-        (database, db)
-    }
 
     /// A sale "{session}-sale" of `stock` units in `session`, open from NOW - 1 s to `ends_at`.
     async fn sale_in(db: &DatabaseConnection, session: &str, stock: i64, ends_at: i64) {

@@ -42,29 +42,34 @@ pub(crate) async fn record_viewer(
     Ok(n == 1)
 }
 
-/// This replica's count for a session: viewers now and anonymous joins so far.
+/// This replica's count for a session: viewers now, and `new_anonymous_joins` more anonymous
+/// joins since its last report (added to its row: a room this replica dropped while nobody
+/// watched and opened again starts counting from zero, and must not undo what it reported).
 pub(crate) async fn report_presence(
     conn: &impl ConnectionTrait,
     replica: &str,
     session: &str,
     viewers: i64,
-    anonymous_joins: i64,
+    new_anonymous_joins: i64,
     at: i64,
 ) -> Result<(), KitError> {
     presence::Entity::insert(presence::ActiveModel {
         replica: Set(replica.to_owned()),
         session_id: Set(session.to_owned()),
         viewers: Set(viewers),
-        anonymous_joins: Set(anonymous_joins),
+        anonymous_joins: Set(new_anonymous_joins),
         updated_at: Set(at),
     })
     .on_conflict(
         OnConflict::columns([presence::Column::Replica, presence::Column::SessionId])
-            .update_columns([
-                presence::Column::Viewers,
+            .update_columns([presence::Column::Viewers, presence::Column::UpdatedAt])
+            .value(
                 presence::Column::AnonymousJoins,
-                presence::Column::UpdatedAt,
-            ])
+                sea_orm::sea_query::ExprTrait::add(
+                    Expr::col((presence::Entity, presence::Column::AnonymousJoins)),
+                    new_anonymous_joins,
+                ),
+            )
             .to_owned(),
     )
     .exec_without_returning(conn)
@@ -99,23 +104,39 @@ pub(crate) struct Audience {
     pub(crate) identified: i64,
 }
 
-/// The session's audience at `now`.
+/// The answering replica's own counts for a session, as they are now: its viewers stand in
+/// for the number it last reported and its anonymous joins not yet reported are added (a
+/// report is up to a presence tick old), so a viewer who just joined through it counts at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Here<'a> {
+    pub(crate) replica: &'a str,
+    pub(crate) viewers: i64,
+    pub(crate) unreported_anonymous_joins: i64,
+}
+
+/// The session's audience at `now`, with `here`'s live counts.
 pub(crate) async fn audience(
     conn: &impl ConnectionTrait,
     session: &str,
     now: i64,
+    here: Option<Here<'_>>,
 ) -> Result<Audience, KitError> {
     let rows = presence::Entity::find()
         .filter(presence::Column::SessionId.eq(session))
         .all(conn)
         .await
         .map_err(storage)?;
-    let watching: i64 = rows
-        .iter()
+    let others = || {
+        rows.iter()
+            .filter(|r| here.is_none_or(|h| r.replica != h.replica))
+    };
+    let watching: i64 = others()
         .filter(|r| r.updated_at > now - PRESENCE_TTL_MILLIS)
         .map(|r| r.viewers)
-        .sum();
-    let anonymous: i64 = rows.iter().map(|r| r.anonymous_joins).sum();
+        .sum::<i64>()
+        + here.map_or(0, |h| h.viewers);
+    let anonymous: i64 = rows.iter().map(|r| r.anonymous_joins).sum::<i64>()
+        + here.map_or(0, |h| h.unreported_anonymous_joins);
     let identified = i64::try_from(
         viewer::Entity::find()
             .filter(viewer::Column::SessionId.eq(session))
@@ -150,4 +171,46 @@ pub(crate) async fn forget_viewer(
         .await
         .map_err(storage)?;
     Ok(done.rows_affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_database as database;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    /// Anonymous joins only ever add up: a replica reports the joins since its last report,
+    /// so one that dropped a session's room while nobody watched and opened it again (its
+    /// count starting over) adds to what it reported before instead of replacing it. The
+    /// answering replica's viewers and unreported joins count at once, its stale row's
+    /// viewers not at all; a replica silent for longer than the presence TTL counts no viewers,
+    /// but the joins it reported stand.
+    #[tokio::test]
+    async fn reported_anonymous_joins_add_up_and_the_answering_replicas_own_counts_are_current() {
+        let (_database, db) = database("live_presence").await;
+        report_presence(&db, "a", "s", 3, 5, NOW).await.unwrap();
+        report_presence(&db, "b", "s", 2, 4, NOW).await.unwrap();
+        // Replica a's room emptied, was dropped and opened again: one new join, one watching.
+        report_presence(&db, "a", "s", 1, 1, NOW + 2_000)
+            .await
+            .unwrap();
+        let seen = audience(&db, "s", NOW + 2_000, None).await.unwrap();
+        assert_eq!((seen.now, seen.total), (3, 10), "{seen:?}");
+        // Asked through replica a, which has 4 watching and 2 joins it has not reported yet.
+        let here = Here {
+            replica: "a",
+            viewers: 4,
+            unreported_anonymous_joins: 2,
+        };
+        let seen = audience(&db, "s", NOW + 2_000, Some(here)).await.unwrap();
+        assert_eq!((seen.now, seen.total), (6, 12), "{seen:?}");
+        // Replica b went quiet: its viewers stop counting, its joins do not.
+        let later = NOW + PRESENCE_TTL_MILLIS + 1;
+        let seen = audience(&db, "s", later, Some(here)).await.unwrap();
+        assert_eq!((seen.now, seen.total), (4, 12), "{seen:?}");
+        // Another session's presence is its own.
+        let other = audience(&db, "t", NOW, None).await.unwrap();
+        assert_eq!((other.now, other.total), (0, 0));
+    }
 }
