@@ -240,13 +240,20 @@ pub async fn probe(url: &str) -> Result<DatabaseConnection, StorageError> {
 /// transaction. The next transaction on that connection then becomes a savepoint inside a
 /// transaction that never commits — answered OK, lost at the next failure. So a connection
 /// coming back to the pool still inside a transaction is closed, never reused (the pool opens
-/// a fresh one). The ping first lets a rollback queued by a dropped transaction finish.
+/// a fresh one). A connection the driver counts inside a transaction is pinged first, which
+/// lets a rollback queued by a dropped transaction finish (SQLite's worker lowers the count
+/// only once it ran); one it counts outside is not, since a ping is a trip to the database —
+/// on SQLite's single writer, one more hand-off between every two transactions (the pool
+/// pings every returning connection once itself, after this).
 fn discard_if_inside_transaction<DB: sea_orm::sqlx::Database>(
     conn: &mut DB::Connection,
     _meta: sea_orm::sqlx::pool::PoolConnectionMetadata,
 ) -> futures::future::BoxFuture<'_, Result<bool, sea_orm::sqlx::Error>> {
     use sea_orm::sqlx::Connection;
     Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
         conn.ping().await?;
         let inside = conn.is_in_transaction();
         if inside {
