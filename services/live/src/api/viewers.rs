@@ -56,6 +56,9 @@ struct Room {
     viewers: AtomicI64,
     /// Anonymous joins not yet reported to the presence table.
     anonymous_joins: AtomicI64,
+    /// Held while this replica's joins move from `anonymous_joins` to its presence row, and
+    /// by a reading of the figures: a reading never sees them in both places, or in neither.
+    reporting: tokio::sync::Mutex<()>,
     /// The count across replicas last read (shown in snapshots).
     counted: AtomicI64,
     /// The stock levels (and drops' units left) last told, per flash sale or drop.
@@ -109,6 +112,7 @@ impl Hub {
                     tx: broadcast::Sender::new(ROOM_BUFFER),
                     viewers: AtomicI64::new(0),
                     anonymous_joins: AtomicI64::new(0),
+                    reporting: tokio::sync::Mutex::new(()),
                     counted: AtomicI64::new(0),
                     stock: Mutex::default(),
                 })
@@ -124,13 +128,16 @@ impl Hub {
         session: &str,
         now: i64,
     ) -> Result<store::Audience, lianyu_kit::KitError> {
-        let room = self.existing(session);
-        let here = room.as_ref().map(|room| store::Here {
+        let Some(room) = self.existing(session) else {
+            return store::audience(read, session, now, None).await;
+        };
+        let _reporting = room.reporting.lock().await;
+        let here = store::Here {
             replica: &self.replica,
             viewers: room.viewers.load(Ordering::Relaxed),
             unreported_anonymous_joins: room.anonymous_joins.load(Ordering::Relaxed),
-        });
-        store::audience(read, session, now, here).await
+        };
+        store::audience(read, session, now, Some(here)).await
     }
 
     fn existing(&self, session: &str) -> Option<Arc<Room>> {
@@ -274,6 +281,7 @@ impl Hub {
         let now = now_millis();
         for (session, room) in self.rooms() {
             let here = room.viewers.load(Ordering::Relaxed);
+            let reporting = room.reporting.lock().await;
             let anonymous = room.anonymous_joins.load(Ordering::Relaxed);
             if let Err(e) =
                 store::report_presence(db, &self.replica, &session, here, anonymous, now).await
@@ -281,9 +289,9 @@ impl Hub {
                 tracing::warn!(error = %e, "live hub: reporting presence failed");
                 continue;
             }
-            // Reported: no longer this replica's to add. (A figure read between the report
-            // and this counts them twice for that instant, never zero times.)
+            // Reported: no longer this replica's to add.
             room.anonymous_joins.fetch_sub(anonymous, Ordering::Relaxed);
+            drop(reporting);
             if here == 0 && room.tx.receiver_count() == 0 {
                 let mut rooms = self
                     .rooms
@@ -526,5 +534,52 @@ impl pb::viewer_service_server::ViewerService for Api {
         };
         let stream = futures::stream::unfold(watching, Watching::next);
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While this replica reports its anonymous joins again and again, readings of the
+    /// figures made at the same time each count every join exactly once — never the ones on
+    /// their way to the presence row twice (still held here and already stored), nor zero
+    /// times.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reading_counts_each_join_once_while_the_replica_reports_them() {
+        let (_database, db) = crate::store::test_database("live_reporting_joins").await;
+        let hub = Hub {
+            rooms: Arc::default(),
+            replica: "here".into(),
+        };
+        let room = hub.room("s");
+        // One watching keeps the room open between reports.
+        room.viewers.fetch_add(1, Ordering::Relaxed);
+        const JOINS: i64 = 400;
+        let reporter = {
+            let (hub, db, room) = (hub.clone(), db.clone(), room.clone());
+            tokio::spawn(async move {
+                for _ in 0..JOINS {
+                    room.anonymous_joins.fetch_add(1, Ordering::Relaxed);
+                    hub.tell_presence(&db, &db).await;
+                }
+            })
+        };
+        let mut readings = 0;
+        let mut last = 0;
+        while !reporter.is_finished() {
+            let seen = hub.audience(&db, "s", now_millis()).await.unwrap();
+            assert!(
+                seen.total >= last && seen.total <= JOINS,
+                "a reading of {} after {last}",
+                seen.total
+            );
+            last = seen.total;
+            readings += 1;
+        }
+        reporter.await.unwrap();
+        let seen = hub.audience(&db, "s", now_millis()).await.unwrap();
+        assert_eq!((seen.total, seen.now), (JOINS, 1));
+        assert!(readings > 10, "only {readings} readings raced the reports");
     }
 }
