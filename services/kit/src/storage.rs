@@ -627,6 +627,48 @@ mod tests {
         }
     }
 
+    /// The bundled SQLite is built with the query planner stability guarantee
+    /// (`.cargo/config.toml`): without it every query ending in `LIMIT ?` — every sea-orm
+    /// `.one()` — was parsed and planned again each time it ran (BENCHMARKS.md). And a `LIMIT`
+    /// bound anew on the same cached statement still limits by the new value.
+    #[tokio::test]
+    async fn the_bundled_sqlite_plans_without_looking_at_bound_values() {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("qpsg.db").display());
+        let db = super::connect(&url, "qpsg", None).await.unwrap();
+        let options: Vec<String> = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA compile_options",
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get_by_index(0).unwrap())
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "ENABLE_QPSG"),
+            "SQLite built without ENABLE_QPSG: {options:?}"
+        );
+        db.execute_unprepared(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3)",
+        )
+        .await
+        .unwrap();
+        for limit in [1_i64, 3, 2, 1] {
+            let rows = db
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    "SELECT id FROM t ORDER BY id LIMIT ?",
+                    [limit.into()],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(rows.len() as i64, limit);
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_steady_writes_the_log_starts_over_again_and_again_and_is_copied_back() {
         use sea_orm::ConnectionTrait;
