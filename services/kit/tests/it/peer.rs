@@ -58,7 +58,17 @@ impl DirectoryService for StandIn {
             *failures -= 1;
             return Err(Status::unavailable("down for a moment"));
         }
-        Ok(Response::new(pb::ResolveMeshIdsResponse::default()))
+        // Every member is known, as mesh member "m-{scoped id}".
+        let members = request
+            .get_ref()
+            .members
+            .iter()
+            .map(|name| pb::MemberIds {
+                member: name.clone(),
+                mesh_member: name.replacen("members/", "meshMembers/m-", 1),
+            })
+            .collect();
+        Ok(Response::new(pb::ResolveMeshIdsResponse { members }))
     }
 }
 
@@ -185,5 +195,56 @@ async fn retries_stop_when_the_budget_is_spent() {
     assert!(
         attempts <= calls + calls / 5 + 10 * 10 + 10,
         "{attempts} attempts for {calls} calls"
+    );
+}
+
+/// The directory's translations follow identity's feed: an event about a member with nothing
+/// cached (a new enrolment — most of a busy feed) drops nothing and costs nothing; an event
+/// about a cached member drops that member's translations, and only theirs.
+#[tokio::test]
+async fn a_feed_event_drops_the_cached_translations_of_its_member_only() {
+    use lianyu_kit::{
+        directory::Directory,
+        ids::{MeshMemberId, ScopedMemberId},
+    };
+    use pb::MeshEventKind;
+
+    let s = setup(0).await;
+    let directory = Directory::new(s.peer.clone(), tokio_util::sync::CancellationToken::new());
+    let resolve = async |scoped: &str| {
+        directory
+            .mesh_id("brand", &ScopedMemberId::new(scoped))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(resolve("a").await, MeshMemberId::new("m-a"));
+    assert_eq!(resolve("b").await, MeshMemberId::new("m-b"));
+    let asked = directory.resolve_calls();
+    let event = |kind: MeshEventKind, member: &str| pb::WatchMeshEventsResponse {
+        kind: kind as i32,
+        mesh_member: format!("meshMembers/{member}"),
+        ..Default::default()
+    };
+
+    directory.apply(&event(MeshEventKind::MemberEnrolled, "m-new"), &s.verifier);
+    assert_eq!(directory.forgotten(), 0, "nothing was cached about m-new");
+    resolve("a").await;
+    resolve("b").await;
+    assert_eq!(
+        directory.resolve_calls(),
+        asked,
+        "both still answered from the cache"
+    );
+
+    directory.apply(&event(MeshEventKind::MemberErased, "m-a"), &s.verifier);
+    assert_eq!(directory.forgotten(), 1);
+    resolve("b").await;
+    assert_eq!(directory.resolve_calls(), asked, "b's translation is kept");
+    assert_eq!(resolve("a").await, MeshMemberId::new("m-a"));
+    assert_eq!(
+        directory.resolve_calls(),
+        asked + 1,
+        "a's translation was dropped and asked again"
     );
 }
