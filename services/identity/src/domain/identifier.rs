@@ -164,18 +164,22 @@ fn normalise_phone(raw: &str) -> Result<String, String> {
     let international = raw.strip_prefix("00").map(|rest| format!("+{rest}"));
     let number = phonenumber::parse(Some(Id::CN), international.as_deref().unwrap_or(raw))
         .map_err(|_| "not a phone number: give +country code and number".to_owned())?;
-    if !phonenumber::is_valid(&number) {
-        return Err("not a valid number for its country".into());
-    }
-    if number.code().value() == 86
-        && !matches!(
-            number.number_type(&DATABASE),
-            Type::Mobile | Type::FixedLineOrMobile
-        )
-    {
-        return Err(
-            "a mainland China number must be a mobile number (11 digits, starting with 1)".into(),
-        );
+    // Validity is the number's type being known, so a mainland number is typed once (its
+    // regular expressions are most of an enrolment's parsing), not checked twice.
+    let invalid = || "not a valid number for its country".to_owned();
+    if number.code().value() == 86 {
+        match number.number_type(&DATABASE) {
+            Type::Mobile | Type::FixedLineOrMobile => {}
+            Type::Unknown => return Err(invalid()),
+            _ => {
+                return Err(
+                    "a mainland China number must be a mobile number (11 digits, starting with 1)"
+                        .into(),
+                );
+            }
+        }
+    } else if !phonenumber::is_valid(&number) {
+        return Err(invalid());
     }
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
@@ -222,6 +226,21 @@ mod tests {
         assert!(p("12345").is_err());
         assert!(p("+86 2345678901").is_err());
         assert!(p("138001380x0").is_err());
+    }
+
+    #[test]
+    fn a_mainland_landline_and_a_number_no_plan_has_are_refused_for_what_they_are() {
+        let p = |v: &str| Identifier::parse(Kind::Phone, v, "", true, "brand");
+        // A Beijing landline: a real number, but not a mobile.
+        let landline = p("+86 10 6552 9988").unwrap_err();
+        assert!(landline.contains("must be a mobile number"), "{landline}");
+        for nonsense in ["+86 1380013800", "+86 11111111111", "+852 1234 5678"] {
+            let e = p(nonsense).unwrap_err();
+            assert!(
+                e.contains("not a valid number for its country"),
+                "{nonsense}: {e}"
+            );
+        }
     }
 
     #[test]
