@@ -181,7 +181,9 @@ fn normalise_phone(raw: &str) -> Result<String, String> {
     } else if !phonenumber::is_valid(&number) {
         return Err(invalid());
     }
-    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+    // E.164 is "+", the country code and the national number. The crate's formatter also
+    // matches the country's display formats first, which E.164 never uses.
+    Ok(format!("+{}{}", number.code().value(), number.national()))
 }
 
 fn normalise_email(raw: &str) -> Result<String, String> {
