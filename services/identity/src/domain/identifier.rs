@@ -162,7 +162,13 @@ fn normalise_phone(raw: &str) -> Result<String, String> {
         return Err("a phone number has digits only, optionally after +".into());
     }
     let international = raw.strip_prefix("00").map(|rest| format!("+{rest}"));
-    let number = phonenumber::parse(Some(Id::CN), international.as_deref().unwrap_or(raw))
+    let text = international.as_deref().unwrap_or(raw);
+    // A number with its country code is read by that country's rules alone. Given a default
+    // region too, the crate also strips the default region's trunk prefix ("0" for the
+    // mainland) after the country code, which turned Italy's landlines — whose leading 0 is
+    // part of the number — into numbers no plan has.
+    let region = (!text.starts_with('+')).then_some(Id::CN);
+    let number = phonenumber::parse(region, text)
         .map_err(|_| "not a phone number: give +country code and number".to_owned())?;
     // Validity is the number's type being known, so a mainland number is typed once (its
     // regular expressions are most of an enrolment's parsing), not checked twice.
@@ -225,6 +231,10 @@ mod tests {
         assert_eq!(p("+86 138-0013-8000").unwrap(), "+8613800138000");
         assert_eq!(p("008613800138000").unwrap(), "+8613800138000");
         assert_eq!(p("+852 9123 4567").unwrap(), "+85291234567");
+        // Italy's landlines keep their leading 0 after the country code.
+        assert_eq!(p("+39 02 1234 5678").unwrap(), "+390212345678");
+        assert_eq!(p("0039 06 6988 0000").unwrap(), "+390669880000");
+        assert_eq!(p("+39 347 123 4567").unwrap(), "+393471234567");
         assert!(p("12345").is_err());
         assert!(p("+86 2345678901").is_err());
         assert!(p("138001380x0").is_err());
@@ -234,8 +244,12 @@ mod tests {
     fn a_mainland_landline_and_a_number_no_plan_has_are_refused_for_what_they_are() {
         let p = |v: &str| Identifier::parse(Kind::Phone, v, "", true, "brand");
         // A Beijing landline: a real number, but not a mobile.
-        let landline = p("+86 10 6552 9988").unwrap_err();
-        assert!(landline.contains("must be a mobile number"), "{landline}");
+        for landline in ["+86 10 6552 9988", "+86 010 6552 9988", "010 6552 9988"] {
+            let e = p(landline).unwrap_err();
+            assert!(e.contains("must be a mobile number"), "{landline}: {e}");
+        }
+        // The mainland's trunk prefix after its country code is still the same mobile.
+        assert_eq!(p("+86 0138 0013 8000").unwrap().value, "+8613800138000");
         for nonsense in ["+86 1380013800", "+86 11111111111", "+852 1234 5678"] {
             let e = p(nonsense).unwrap_err();
             assert!(
