@@ -192,7 +192,15 @@ async fn watch_anonymously(
     token: &str,
     session: &str,
 ) -> tonic::Streaming<pb::JoinSessionResponse> {
-    let mut stream = viewers(s, token)
+    join_anonymously(viewers(s, token), session).await
+}
+
+/// [`watch_anonymously`] through `client` (another replica's, say).
+async fn join_anonymously(
+    mut client: ViewerServiceClient<Svc>,
+    session: &str,
+) -> tonic::Streaming<pb::JoinSessionResponse> {
+    let mut stream = client
         .join_session(pb::JoinSessionRequest {
             session: session.to_owned(),
             member: String::new(),
@@ -1064,21 +1072,14 @@ async fn a_viewer_on_another_replica_gets_every_change() {
     let s = mesh("live_replica_viewer").await;
     let replica = crate::support::second_instance!(s, lianyu_live::mount);
     let session = on_air(&s).await;
-    let mut elsewhere = ViewerServiceClient::new(InterceptedService::new(
-        replica,
-        lianyu_kit::client::Bearer::new(&s.token(OUTSIDER)),
-    ))
-    .join_session(pb::JoinSessionRequest {
-        session: session.name.clone(),
-        member: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner();
-    assert!(matches!(
-        next_change(&mut elsewhere).await,
-        Update::Snapshot(_)
-    ));
+    let mut elsewhere = join_anonymously(
+        ViewerServiceClient::new(InterceptedService::new(
+            replica,
+            lianyu_kit::client::Bearer::new(&s.token(OUTSIDER)),
+        )),
+        &session.name,
+    )
+    .await;
     let product = add_product(&s, &session.name, "SCARF", 39_900).await;
     showcase(&s, &s.token(MALL))
         .pin_product(pb::PinProductRequest {
