@@ -91,8 +91,8 @@ pub(crate) fn register(
         mount,
         pb::funnel_service_server::FunnelServiceServer::new(api)
     );
-    Some(std::sync::Arc::new(|txn, event| {
-        Box::pin(async move { follow::on_mesh_event(txn, &event).await })
+    Some(std::sync::Arc::new(|txn, events| {
+        Box::pin(async move { follow::on_mesh_events(txn, &events).await })
     }))
 }
 

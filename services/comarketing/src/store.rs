@@ -27,6 +27,22 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager, async_trai
 use crate::domain::{Campaign, CampaignState};
 use entities::{State, campaign, campaign_link, campaign_partner};
 
+/// A fresh comarketing database with its schema, on the backend the tests run on.
+#[cfg(test)]
+pub(crate) async fn test_database(
+    test: &str,
+) -> (
+    lianyu_kit::testing::TestDatabase,
+    sea_orm::DatabaseConnection,
+) {
+    let database = lianyu_kit::testing::TestDatabase::new(test).await;
+    let db = lianyu_kit::storage::connect(&database.url, "comarketing", None)
+        .await
+        .unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    (database, db)
+}
+
 pub(crate) struct Migrator;
 
 #[async_trait]

@@ -112,8 +112,13 @@ pub(crate) fn register(
         mount,
         internal::campaign_budget_service_server::CampaignBudgetServiceServer::new(api.clone())
     );
-    Some(std::sync::Arc::new(|txn, event| {
-        Box::pin(async move { on_mesh_event(txn, &event).await })
+    Some(std::sync::Arc::new(|txn, events| {
+        Box::pin(async move {
+            for event in &events {
+                on_mesh_event(txn, event).await?;
+            }
+            Ok(())
+        })
     }))
 }
 

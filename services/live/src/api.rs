@@ -145,8 +145,13 @@ pub(crate) fn register(
         mount,
         lianyu_proto::live::internal::v1::live_feed_service_server::LiveFeedServiceServer::new(api)
     );
-    Some(std::sync::Arc::new(|txn, event| {
-        Box::pin(async move { on_mesh_event(txn, &event).await })
+    Some(std::sync::Arc::new(|txn, events| {
+        Box::pin(async move {
+            for event in &events {
+                on_mesh_event(txn, event).await?;
+            }
+            Ok(())
+        })
     }))
 }
 

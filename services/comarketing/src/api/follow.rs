@@ -502,34 +502,67 @@ async fn halt_spent(api: Api, peer: Peer, stopping: CancellationToken) {
     .await;
 }
 
-/// Acts on one mesh event inside the consumer's transaction.
-pub(super) async fn on_mesh_event(
+/// Acts on a batch of mesh events, in order, inside the consumer's transaction. A run of
+/// enrolments (what a burst of sign-ups sends) is numbered and recorded together — a few
+/// statements for the run, not two per enrolment; any other event is acted on where it falls,
+/// so an enrolment and the erasure or merge after it are applied in that order.
+pub(super) async fn on_mesh_events(
+    txn: &sea_orm::DatabaseTransaction,
+    events: &[WatchMeshEventsResponse],
+) -> Result<(), KitError> {
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take_while(|e| e.kind() == MeshEventKind::MemberEnrolled)
+            .count();
+        if run == 0 {
+            on_mesh_event(txn, first).await?;
+            rest = &rest[1..];
+        } else {
+            enrolled(txn, &rest[..run]).await?;
+            rest = &rest[run..];
+        }
+    }
+    Ok(())
+}
+
+/// The member and partner a mesh event is about (ids without their prefixes), and its time.
+fn about(event: &WatchMeshEventsResponse) -> Option<(&str, &str, i64)> {
+    let member = event.mesh_member.strip_prefix("meshMembers/")?;
+    let partner = event.partner.strip_prefix("partners/").unwrap_or_default();
+    let at = event.event_time.as_ref().map_or_else(now_millis, millis);
+    Some((member, partner, at))
+}
+
+/// A run of MemberEnrolled events: each member numbered (new ones added), and an "enrolled"
+/// fact at its partner recorded with the member's activity.
+async fn enrolled(
+    txn: &sea_orm::DatabaseTransaction,
+    events: &[WatchMeshEventsResponse],
+) -> Result<(), KitError> {
+    let enrolments: Vec<_> = events.iter().filter_map(about).collect();
+    let members: Vec<(&str, i64)> = enrolments.iter().map(|(m, _, at)| (*m, *at)).collect();
+    let mut batch = Batch::new(txn, &members).await?;
+    for (member, partner, at) in &enrolments {
+        if let Some(n) = batch.number(member) {
+            batch.fact(n, "enrolled", "", partner, *at);
+        }
+    }
+    batch.finish().await
+}
+
+/// Acts on one mesh event (not an enrolment: [`enrolled`] takes those) inside the consumer's
+/// transaction.
+async fn on_mesh_event(
     txn: &sea_orm::DatabaseTransaction,
     event: &WatchMeshEventsResponse,
 ) -> Result<(), KitError> {
-    let Some(member) = event.mesh_member.strip_prefix("meshMembers/") else {
+    let Some((member, partner, at)) = about(event) else {
         return Ok(());
     };
-    let partner = event.partner.strip_prefix("partners/").unwrap_or_default();
-    let at = event
-        .event_time
-        .as_ref()
-        .map_or_else(lianyu_kit::time::now_millis, lianyu_kit::time::millis);
     match event.kind() {
-        MeshEventKind::MemberEnrolled => {
-            let n = store::member_number(txn, member, at).await?;
-            store::record_facts(
-                txn,
-                &[store::Fact {
-                    member: n,
-                    kind: "enrolled",
-                    subject: "",
-                    partner,
-                    at,
-                }],
-            )
-            .await?;
-        }
+        MeshEventKind::MemberEnrolled => enrolled(txn, std::slice::from_ref(event)).await?,
         MeshEventKind::ConsentGranted | MeshEventKind::ConsentWithdrawn => {
             let grantee = event.grantee.strip_prefix("partners/").unwrap_or_default();
             let granted = event.kind() == MeshEventKind::ConsentGranted;
@@ -553,4 +586,85 @@ pub(super) async fn on_mesh_event(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::TransactionTrait;
+
+    use super::*;
+    use crate::domain::rule::Condition;
+
+    const AT: i64 = 1_800_000_000_000;
+
+    fn event(kind: MeshEventKind, member: &str, partner: &str, at: i64) -> WatchMeshEventsResponse {
+        WatchMeshEventsResponse {
+            kind: kind as i32,
+            mesh_member: format!("meshMembers/{member}"),
+            partner: format!("partners/{partner}"),
+            event_time: lianyu_kit::time::timestamp(at),
+            ..Default::default()
+        }
+    }
+
+    /// The mesh ids enrolled at `partner` at or after `since`, as the segment rule reads them.
+    async fn enrolled_at(
+        db: &sea_orm::DatabaseConnection,
+        partner: &str,
+        since: i64,
+    ) -> Vec<String> {
+        let found = store::condition_members(
+            db,
+            &Condition::Enrolled {
+                partner: lianyu_kit::ids::PartnerId::new(partner),
+                since: Some(since),
+            },
+            AT + 60_000,
+        )
+        .await
+        .unwrap();
+        let numbers: Vec<u32> = found.iter().collect();
+        let mut ids: Vec<String> = store::mesh_members_of(db, &numbers)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// One batch of identity's feed — enrolments, an erasure among them, an enrolment again
+    /// after it — is acted on in the order it happened: the runs of enrolments on either side
+    /// of the erasure are recorded together, but the erasure removes only what came before it.
+    #[tokio::test]
+    async fn a_batch_of_mesh_events_is_applied_in_the_order_it_happened() {
+        let (_database, db) = store::test_database("comarketing_mesh_batch").await;
+        let batch = vec![
+            event(MeshEventKind::MemberEnrolled, "m1", "brand", AT),
+            event(MeshEventKind::MemberEnrolled, "m2", "brand", AT + 1),
+            event(MeshEventKind::MemberEnrolled, "m1", "mall", AT + 2),
+            event(MeshEventKind::MemberErased, "m1", "brand", AT + 3),
+            event(MeshEventKind::MemberEnrolled, "m3", "mall", AT + 4),
+            event(MeshEventKind::MemberErased, "m2", "brand", AT + 5),
+            event(MeshEventKind::MemberEnrolled, "m2", "brand", AT + 6),
+            event(MeshEventKind::MemberEnrolled, "m2", "brand", AT + 7),
+        ];
+        let txn = db.begin().await.unwrap();
+        on_mesh_events(&txn, &batch).await.unwrap();
+        txn.commit().await.unwrap();
+        // m1's enrolment at the brand was erased after it; m2 enrolled there again after
+        // its erasure (twice in one run: one fact, from the first of them).
+        assert_eq!(enrolled_at(&db, "brand", 0).await, ["m2"]);
+        assert_eq!(enrolled_at(&db, "brand", AT + 6).await, ["m2"]);
+        assert!(enrolled_at(&db, "brand", AT + 7).await.is_empty());
+        assert_eq!(enrolled_at(&db, "mall", 0).await, ["m1", "m3"]);
+        assert_eq!(enrolled_at(&db, "mall", AT + 3).await, ["m3"]);
+        // Applied again (a batch delivered twice after a failed commit), nothing changes.
+        let txn = db.begin().await.unwrap();
+        on_mesh_events(&txn, &batch[6..]).await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(enrolled_at(&db, "brand", AT + 6).await, ["m2"]);
+        assert!(enrolled_at(&db, "brand", AT + 7).await.is_empty());
+    }
 }
