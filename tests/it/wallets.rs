@@ -512,6 +512,81 @@ async fn a_drop_hands_out_exactly_its_units_to_distinct_members() {
     assert_eq!(rows(&s, "entitlements", "wallet_items").await, 40);
 }
 
+/// A claim retried many times at once (an app that timed out and fired again) while others
+/// claim the same drop: the retries get one unit between them, each the same, and the drop's
+/// other units go to the other claimers — however the retries and the others share a commit.
+#[tokio::test]
+async fn racing_retries_of_one_claim_take_one_unit_and_all_get_it() {
+    let s = start("ent_claim_retries", |config| {
+        config.limits.max_concurrent_requests = 512;
+        config.limits.admission_wait = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let drop = active(&s, BRAND, BRAND, BRAND, |b| {
+        b.budget_units = 20;
+        b.display_name = "retried".into();
+    })
+    .await;
+    let members = enrol_many(&s, BRAND, "1391000", 40).await;
+    let token = s.token(BRAND);
+    let claim = |member: &str, request_id: String| pb::ClaimBenefitRequest {
+        request_id,
+        member: member.to_owned(),
+        benefit: drop.name.clone(),
+        claim_code: String::new(),
+    };
+    // The retried claim's copies interleaved with the others', all sent at once.
+    let mut calls = Vec::new();
+    for (i, m) in members.iter().enumerate().skip(1) {
+        calls.push(claim(m, format!("other-{i}")));
+        if i % 3 == 0 {
+            calls.push(claim(&members[0], "retried".into()));
+        }
+    }
+    let replies = join_all(calls.iter().cloned().map(|r| {
+        let mut w = WalletServiceClient::new(s.as_token(&token));
+        async move {
+            let retried = r.request_id == "retried";
+            (
+                retried,
+                w.claim_benefit(r).await.map(tonic::Response::into_inner),
+            )
+        }
+    }))
+    .await;
+    let retried: Vec<_> = replies.iter().filter(|(r, _)| *r).map(|(_, a)| a).collect();
+    assert_eq!(retried.len(), 13);
+    let first = retried[0]
+        .as_ref()
+        .unwrap_or_else(|e| panic!("a retry was refused: {e:?}"));
+    for reply in &retried {
+        assert_eq!(
+            reply.as_ref().ok(),
+            Some(first),
+            "every retry gets the first claim's unit"
+        );
+    }
+    let others_won = replies.iter().filter(|(r, a)| !*r && a.is_ok()).count();
+    for (_, reply) in replies.iter().filter(|(r, _)| !*r) {
+        if let Err(e) = reply {
+            assert_eq!(reason(e), "BUDGET_EXHAUSTED", "{e:?}");
+        }
+    }
+    assert_eq!(others_won, 19, "the drop's other units went to the others");
+    // Read back: twenty units held, one of them the retried member's.
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 20);
+    let held = WalletServiceClient::new(s.as_token(&token))
+        .list_wallet(pb::ListWalletRequest {
+            member: members[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.items.len(), 1, "{held:?}");
+    assert_eq!(&held.items[0], first);
+}
+
 /// 200 tills redeem one single-use coupon at once: one succeeds, 199 hear ALREADY_REDEEMED;
 /// the ledger posts once and the statement shows what the brand owes the mall.
 #[tokio::test]

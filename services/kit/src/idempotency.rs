@@ -192,6 +192,16 @@ where
             if let Some(stored) = replay(db, at_rest, key, hash).await? {
                 return Ok(stored);
             }
+            // In a shared transaction the refusal may rest on a twin of this very request (a
+            // client's retry racing its first try) whose write is in the same batch, not
+            // committed yet — a drop's "the member already holds one" is the twin's unit.
+            // Once that batch has ended, the twin's reply, if any, is this call's.
+            if writer.batching().is_some() {
+                writer.settled().await;
+                if let Some(stored) = replay(db, at_rest, key, hash).await? {
+                    return Ok(stored);
+                }
+            }
             Err(error)
         }
         Err(Attempt::Stored) => match replay(db, at_rest, key, hash).await? {

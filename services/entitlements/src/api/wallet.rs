@@ -86,6 +86,7 @@ impl Api {
             &benefit,
         )
         .await
+        .map(|(item, _)| item)
     }
 
     /// A claim through the drop gate: a permit first (none left: BUDGET_EXHAUSTED at once,
@@ -118,7 +119,6 @@ impl Api {
                 None => Err(exhausted()),
             };
         };
-        let started = now_millis();
         let result = self
             .give_unit(
                 call,
@@ -130,19 +130,21 @@ impl Api {
             )
             .await;
         match &result {
-            // A unit granted now (a replay returns one granted before this call began).
-            Ok(item) if item.grant_time.as_ref().map_or(0, lianyu_kit::time::millis) > started => {
-                gate.used(permit);
-            }
+            // A unit this call took from the budget spends its permit. A replay's does not —
+            // its unit was counted by the call that took it, even when that call raced this
+            // one (a client firing its retries at once): counted twice, the gate would close
+            // with units left, telling the next claimers BUDGET_EXHAUSTED.
+            Ok((_, true)) => gate.used(permit),
             Err(e) if lianyu_kit::ServiceError::reason(e) == "BUDGET_EXHAUSTED" => gate.close(),
             _ => drop(permit),
         }
-        result
+        result.map(|(item, _)| item)
     }
 
     /// One unit of `benefit` to the caller's member `scoped`: the caller's role, the benefit's
     /// window, the member and their consent, then the unit taken from the budget and stored in
-    /// one transaction.
+    /// one transaction. With the unit, whether this call took it (`false`: the stored reply of
+    /// an earlier or a racing call with the same request id).
     async fn give_unit(
         &self,
         call: &Call,
@@ -151,7 +153,7 @@ impl Api {
         request: &impl prost::Message,
         (scoped, claim_code): (&str, Option<&str>),
         benefit: &Benefit,
-    ) -> Result<pb::WalletItem, EntitlementsError> {
+    ) -> Result<(pb::WalletItem, bool), EntitlementsError> {
         let me = PartnerId::new(call.partner_id());
         let may = match route {
             Route::Grant => me == benefit.issuer || me == benefit.funder,
@@ -178,12 +180,20 @@ impl Api {
             )
             .into());
         }
+        // The id of the unit the last try made: the reply names it only if that try's
+        // transaction committed (a try undone with its batch is followed by another, or by the
+        // stored reply of a twin).
+        let made = std::sync::Mutex::new(String::new());
+        let made = &made;
         // Grants and claims are hot writes (a campaign grants to thousands): group-committed.
-        self.hot
+        let item = self
+            .hot
             .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
+                let id = uuid::Uuid::now_v7().simple().to_string();
+                id.clone_into(&mut made.lock().unwrap_or_else(|p| p.into_inner()));
                 let row = ItemRow {
-                    id: uuid::Uuid::now_v7().simple().to_string(),
+                    id,
                     benefit_id: benefit.id.clone(),
                     member: mesh.to_string(),
                     holder: me.to_string(),
@@ -209,9 +219,17 @@ impl Api {
                     now,
                 )
                 .await?;
+                // The postings (and the stored reply) may wait for the batch's commit: nothing
+                // in a transaction reads the postings it posts, and the unit and the member's
+                // holding, which the next claim does read, were written above. On SQLite's one
+                // writer a drop's winners then cost one trip each under the batch's lock.
+                writes.deferrable();
                 Ok(item_proto(scoped, &row, now))
             })
-            .await
+            .await?;
+        let made = made.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = !made.is_empty() && item.name.ends_with(&format!("/walletItems/{made}"));
+        Ok((item, fresh))
     }
 
     /// Why no unit could be taken: the benefit left ACTIVE, or its budget is spent.
