@@ -61,6 +61,22 @@ impl TestDatabase {
         }
     }
 
+    /// A new database (as [`Self::new`]) opened for `service` as the service opens it, with
+    /// `M`'s migrations applied: for a service's store tests.
+    pub async fn migrated<M: sea_orm_migration::MigratorTrait>(
+        test: &str,
+        service: &str,
+    ) -> (Self, sea_orm::DatabaseConnection) {
+        let database = Self::new(test).await;
+        let db = crate::storage::connect(&database.url, service, None)
+            .await
+            .unwrap_or_else(|e| panic!("{test}: open the database: {e}"));
+        M::up(&db, None)
+            .await
+            .unwrap_or_else(|e| panic!("{test}: migrate: {e}"));
+        (database, db)
+    }
+
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let url = format!("sqlite://{}/test.db?mode=rwc", dir.path().display());

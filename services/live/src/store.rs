@@ -39,12 +39,7 @@ pub(crate) async fn test_database(
     lianyu_kit::testing::TestDatabase,
     sea_orm::DatabaseConnection,
 ) {
-    let database = lianyu_kit::testing::TestDatabase::new(test).await;
-    let db = lianyu_kit::storage::connect(&database.url, "live", None)
-        .await
-        .unwrap();
-    Migrator::up(&db, None).await.unwrap();
-    (database, db)
+    lianyu_kit::testing::TestDatabase::migrated::<Migrator>(test, "live").await
 }
 
 pub(crate) struct Migrator;

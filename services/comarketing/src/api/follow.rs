@@ -552,8 +552,8 @@ async fn enrolled(
     batch.finish().await
 }
 
-/// Acts on one mesh event (not an enrolment: [`enrolled`] takes those) inside the consumer's
-/// transaction.
+/// Acts on one mesh event other than an enrolment ([`on_mesh_events`] hands those to
+/// [`enrolled`]) inside the consumer's transaction.
 async fn on_mesh_event(
     txn: &sea_orm::DatabaseTransaction,
     event: &WatchMeshEventsResponse,
@@ -562,7 +562,6 @@ async fn on_mesh_event(
         return Ok(());
     };
     match event.kind() {
-        MeshEventKind::MemberEnrolled => enrolled(txn, std::slice::from_ref(event)).await?,
         MeshEventKind::ConsentGranted | MeshEventKind::ConsentWithdrawn => {
             let grantee = event.grantee.strip_prefix("partners/").unwrap_or_default();
             let granted = event.kind() == MeshEventKind::ConsentGranted;
