@@ -15,8 +15,7 @@ use lianyu_kit::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager, async_trait::async_trait};
@@ -615,15 +614,7 @@ pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Res
     Ok(())
 }
 
-/// Takes one unit of the budget of an ACTIVE benefit: a single conditional update, so no
-/// concurrency (threads, replicas on one PostgreSQL) takes more than the budget. False when
-/// the budget is spent or the benefit is not ACTIVE.
-pub(crate) async fn take_unit(txn: &impl ConnectionTrait, id: &str) -> Result<bool, KitError> {
-    let done = unit_take(id).exec(txn).await.map_err(storage)?;
-    Ok(done.rows_affected == 1)
-}
-
-/// The update [`take_unit`] makes.
+/// The update [`take_and_store_unit`] makes to the budget.
 fn unit_take(id: &str) -> sea_orm::UpdateMany<benefit::Entity> {
     benefit::Entity::update_many()
         .col_expr(
@@ -637,65 +628,84 @@ fn unit_take(id: &str) -> sea_orm::UpdateMany<benefit::Entity> {
         )
 }
 
-/// [`take_unit`], then [`insert_item`] when a unit was taken: false when none was (the budget
-/// spent, the benefit not ACTIVE), PER_MEMBER_LIMIT as [`insert_item`] refuses it — the caller
-/// then rolls its transaction back, undoing the take. On SQLite the take, the limit's check
-/// and both rows go to the single writer in one trip: each insert runs only when the
-/// statement before it wrote its row (`changes()`, which a `SELECT` between leaves alone),
-/// and a `SELECT` after the take reads the limit and the member's count as they stood — in a
-/// drop's burst every claimer's transaction queues on that writer, and each trip is a
-/// hand-off to its thread and back. Elsewhere they are the separate statements.
+/// One unit of the budget taken and `item` stored for its member. The take is a single
+/// conditional update, so no concurrency (threads, replicas on one PostgreSQL) takes more than
+/// the budget. False when no unit could be taken (the budget spent, the benefit not ACTIVE), PER_MEMBER_LIMIT past the benefit's
+/// per-member limit as it stands in this transaction (0: none; a replica's cached definition
+/// may be older) — the caller then rolls its transaction back, undoing the take. The n-th
+/// unit's key is (benefit, member, n): a concurrent grant elsewhere that counted the same n
+/// fails on it and the kit runs it again.
+///
+/// The take, the limit's check and both rows are one trip to the database, as every grant
+/// and claim holds its batch's lane while it runs. On SQLite each insert runs only when the
+/// statement before it wrote its row (`changes()`, which a `SELECT` between leaves alone), and
+/// a `SELECT` after the take reads the limit and the member's count as they stood; on
+/// PostgreSQL, whose extended protocol takes one statement per query, the same steps are one
+/// statement of data-modifying `WITH` queries, each insert selecting from the one before.
 pub(crate) async fn take_and_store_unit(
     txn: &impl ConnectionTrait,
     item: &ItemRow,
 ) -> Result<bool, EntitlementsError> {
     use sea_orm::{DbBackend, QueryTrait, Statement};
-    if txn.get_database_backend() != DbBackend::Sqlite {
-        if !take_unit(txn, &item.benefit_id).await? {
-            return Ok(false);
-        }
-        insert_item(txn, item).await?;
-        return Ok(true);
-    }
-    let take = unit_take(&item.benefit_id).build(DbBackend::Sqlite);
-    let stored = wallet_item::Entity::insert(wallet_item::ActiveModel::from(item.clone()))
-        .build(DbBackend::Sqlite);
+    let backend = txn.get_database_backend();
+    let take = unit_take(&item.benefit_id).build(backend);
+    let stored =
+        wallet_item::Entity::insert(wallet_item::ActiveModel::from(item.clone())).build(backend);
     // `INSERT INTO t (…) VALUES (…)` made conditional: `INSERT INTO t (…) SELECT … WHERE …`.
     let (into, values) = stored
         .sql
         .strip_suffix(')')
         .and_then(|s| s.split_once(" VALUES ("))
         .ok_or_else(|| KitError::Internal("an unexpected insert statement".into()))?;
-    let limit = "(SELECT per_member_limit FROM benefits WHERE id = ?)";
-    let held = "(SELECT COUNT(*) FROM wallet_holdings WHERE benefit_id = ? AND member = ?)";
-    let sql = format!(
-        "{take}; \
-         SELECT changes(), {limit}, {held}; \
-         INSERT INTO wallet_holdings (benefit_id, member, ordinal, item_id) \
-         SELECT ?, ?, {held} + 1, ? WHERE changes() = 1 AND ({limit} <= 0 OR {held} < {limit}); \
-         {into} SELECT {values} WHERE changes() = 1",
-        take = take.sql,
-    );
     let (benefit, member) = (item.benefit_id.as_str(), item.member.as_str());
     let mut bound: Vec<sea_orm::Value> = take.values.map(|v| v.0).unwrap_or_default();
-    // The standing: the limit, the count.
-    bound.extend([benefit.into(), benefit.into(), member.into()]);
-    // The holding: its key (the count + 1) and unit, then the condition's limit, count, limit.
-    bound.extend([benefit.into(), member.into(), benefit.into(), member.into()]);
-    bound.push(item.id.as_str().into());
-    bound.extend([
-        benefit.into(),
-        benefit.into(),
-        member.into(),
-        benefit.into(),
-    ]);
+    let sql = if backend == DbBackend::Postgres {
+        // The take's own placeholders come first; then the benefit, the member, the unit's id;
+        // then the unit's row, its placeholders moved past those.
+        let n = bound.len();
+        let (b, m, i) = (n + 1, n + 2, n + 3);
+        bound.extend([benefit.into(), member.into(), item.id.as_str().into()]);
+        format!(
+            "WITH take AS ({take} RETURNING per_member_limit), \
+             held AS (SELECT COUNT(*) AS n FROM wallet_holdings \
+                      WHERE benefit_id = ${b} AND member = ${m}), \
+             hold AS (INSERT INTO wallet_holdings (benefit_id, member, ordinal, item_id) \
+                      SELECT ${b}, ${m}, held.n + 1, ${i} FROM take, held \
+                      WHERE take.per_member_limit <= 0 OR held.n < take.per_member_limit \
+                      RETURNING 1), \
+             unit AS ({into} SELECT {values} FROM hold RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM take), \
+                    (SELECT CAST(per_member_limit AS BIGINT) FROM take), held.n FROM held",
+            take = take.sql,
+            values = shift_placeholders(values, i),
+        )
+    } else {
+        let limit = "(SELECT per_member_limit FROM benefits WHERE id = ?)";
+        let held = "(SELECT COUNT(*) FROM wallet_holdings WHERE benefit_id = ? AND member = ?)";
+        // The standing: the limit, the count.
+        bound.extend([benefit.into(), benefit.into(), member.into()]);
+        // The holding: its key (the count + 1) and unit, then the condition's limit, count,
+        // limit.
+        bound.extend([benefit.into(), member.into(), benefit.into(), member.into()]);
+        bound.push(item.id.as_str().into());
+        bound.extend([
+            benefit.into(),
+            benefit.into(),
+            member.into(),
+            benefit.into(),
+        ]);
+        format!(
+            "{take}; \
+             SELECT changes(), {limit}, {held}; \
+             INSERT INTO wallet_holdings (benefit_id, member, ordinal, item_id) \
+             SELECT ?, ?, {held} + 1, ? WHERE changes() = 1 AND ({limit} <= 0 OR {held} < {limit}); \
+             {into} SELECT {values} WHERE changes() = 1",
+            take = take.sql,
+        )
+    };
     bound.extend(stored.values.map(|v| v.0).unwrap_or_default());
     let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            sql,
-            bound,
-        ))
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, bound))
         .await
         .map_err(storage)?;
     let standing = rows
@@ -717,50 +727,32 @@ pub(crate) async fn take_and_store_unit(
     Ok(true)
 }
 
-/// Stores a unit for `member`, refusing one beyond the benefit's per-member limit as it
-/// stands in this transaction (0: none; a replica's cached definition may be older). The n-th
-/// unit's key is (benefit, member, n): a concurrent grant that counted the same n fails on it
-/// and the kit runs it again.
-pub(crate) async fn insert_item(
-    txn: &impl ConnectionTrait,
-    item: &ItemRow,
-) -> Result<(), EntitlementsError> {
-    let per_member_limit = benefit::Entity::find_by_id(item.benefit_id.clone())
-        .select_only()
-        .column(benefit::Column::PerMemberLimit)
-        .into_tuple::<i32>()
-        .one(txn)
-        .await
-        .map_err(storage)?
-        .ok_or(EntitlementsError::BenefitNotFound)?;
-    let held = holding::Entity::find()
-        .filter(holding::Column::BenefitId.eq(item.benefit_id.clone()))
-        .filter(holding::Column::Member.eq(item.member.clone()))
-        .count(txn)
-        .await
-        .map_err(storage)?;
-    let held = i32::try_from(held).unwrap_or(i32::MAX);
-    if per_member_limit > 0 && held >= per_member_limit {
-        return Err(KitError::Precondition(
-            "PER_MEMBER_LIMIT",
-            format!("the member already holds {held} of at most {per_member_limit}"),
-        )
-        .into());
+/// `sql` with every PostgreSQL placeholder `$k` renumbered `$(k + by)`: for a statement built
+/// on its own and then embedded after `by` parameters of another. (sea-query binds every value,
+/// so the statements here hold no literal with a `$` in it.)
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let digits_from = at + 1;
+        let mut digits_to = digits_from;
+        while let Some(&(j, d)) = chars.peek() {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            digits_to = j + 1;
+            chars.next();
+        }
+        match sql[digits_from..digits_to].parse::<usize>() {
+            Ok(k) => out.push_str(&(k + by).to_string()),
+            Err(_) => out.push_str(&sql[digits_from..digits_to]),
+        }
     }
-    holding::ActiveModel {
-        benefit_id: Set(item.benefit_id.clone()),
-        member: Set(item.member.clone()),
-        ordinal: Set(held + 1),
-        item_id: Set(item.id.clone()),
-    }
-    .insert(txn)
-    .await
-    .map_err(storage)?;
-    wallet_item::ActiveModel::from(item.clone())
-        .insert(txn)
-        .await
-        .map_err(storage)?;
-    Ok(())
+    out
 }
 
 /// One unit by id.
@@ -1326,7 +1318,7 @@ fn state(s: BenefitState) -> State {
 #[cfg(test)]
 mod tests {
     use lianyu_kit::testing::TestDatabase;
-    use sea_orm::{DatabaseConnection, TransactionTrait};
+    use sea_orm::{DatabaseConnection, PaginatorTrait, TransactionTrait};
 
     use super::*;
 
@@ -1399,8 +1391,8 @@ mod tests {
         (granted, holdings, units)
     }
 
-    /// A unit is taken from the budget and stored for the member together, or not at all (on
-    /// SQLite in one trip to the writer): past the member's limit nothing more is stored for
+    /// A unit is taken from the budget and stored for the member together, or not at all (in
+    /// one trip to the database, on SQLite and on PostgreSQL): past the member's limit nothing more is stored for
     /// them, and with the budget spent or the benefit not ACTIVE nothing is written.
     #[tokio::test]
     async fn a_unit_is_taken_and_stored_together_within_the_budget_and_the_members_limit() {
