@@ -68,12 +68,15 @@ pub(crate) fn register(
         mutations: Mutations::new(db.clone())
             .reading(read.clone())
             .publishing(feed.clone(), None),
-        // One lane: grants of a benefit all update its budget row, so parallel lanes would
-        // wait on each other there (measured in BENCHMARKS.md), and a batch that updates
-        // budget rows of two benefits could deadlock with another that takes them the other
-        // way round.
+        // Lanes (several on PostgreSQL): each mutation takes the lane its contended row
+        // hashes to ([`Mutations::keyed`]) — a grant or a claim its benefit's (every grant of
+        // a benefit updates its budget row, so they queue in one lane instead of holding each
+        // other's batches up across lanes, and a benefit's row is only ever locked by one
+        // lane, so two batches cannot take two budget rows in opposite orders), a redemption
+        // at a till its member's unless it spends a money budget. On SQLite's one writer all
+        // share its one lane.
         hot: Mutations::new(db.clone())
-            .grouped_single_lane()
+            .grouped()
             .reading(read.clone())
             .publishing(feed.clone(), None),
         feed,

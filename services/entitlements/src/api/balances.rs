@@ -462,6 +462,7 @@ impl Api {
             return Err(insufficient());
         }
         self.hot
+            .keyed(t.mesh.as_str())
             .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let now = now_millis();
                 if t.kind == BalanceKind::Points {

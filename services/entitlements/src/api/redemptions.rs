@@ -199,7 +199,9 @@ impl Api {
                     .map_err(|e| KitError::invalid("amount", e))?,
             ),
         };
+        // The benefit's lane: a refund may give money budget back to its row.
         self.hot
+            .keyed(&item.benefit_id)
             .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let current = store::redemption(txn, &id)
@@ -339,7 +341,15 @@ impl Api {
             .into());
         }
         let discount = benefit.discount(&t.order)?;
+        // A money budget's row is the benefit's lane's; otherwise only the member's rows are
+        // written.
+        let lane = if benefit.budget_value.is_some() {
+            benefit.id.as_str()
+        } else {
+            mesh.as_str()
+        };
         self.hot
+            .keyed(lane)
             .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let to = if hold.is_some() {
@@ -421,6 +431,7 @@ impl Api {
         let (id, _, item, scoped) = self.own_redemption(call, name).await?;
         let id = id.as_str();
         self.hot
+            .keyed(&item.member)
             .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let current = store::redemption(txn, id)

@@ -188,6 +188,7 @@ impl Api {
         // Grants and claims are hot writes (a campaign grants to thousands): group-committed.
         let item = self
             .hot
+            .keyed(&benefit.id)
             .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let id = uuid::Uuid::now_v7().simple().to_string();
