@@ -157,7 +157,12 @@ pub(crate) async fn touch(
     Ok(writes.send(conn).await?)
 }
 
-/// [`touch`] staged in `writes`: one update per member, to its latest time.
+/// Members [`stage_touch`] moves in one statement on PostgreSQL (two parameters each).
+const TOUCHED_PER_UPDATE: usize = 1_000;
+
+/// [`touch`] staged in `writes`: each member to its latest time — on PostgreSQL one update
+/// for up to [`TOUCHED_PER_UPDATE`] members (a following batch touches dozens, and there
+/// every statement is a round trip), on SQLite one per member (they go in one trip anyway).
 fn stage_touch(
     writes: &mut Writes,
     backend: sea_orm::DbBackend,
@@ -167,6 +172,35 @@ fn stage_touch(
     for (m, at) in members {
         let e = latest.entry(m).or_insert(at);
         *e = (*e).max(at);
+    }
+    if backend == sea_orm::DbBackend::Postgres {
+        use sea_orm::EntityName;
+        let latest: Vec<(i32, i64)> = latest.into_iter().collect();
+        for chunk in latest.chunks(TOUCHED_PER_UPDATE) {
+            let tuples: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(CAST(${} AS INTEGER), CAST(${} AS BIGINT))",
+                        2 * i + 1,
+                        2 * i + 2
+                    )
+                })
+                .collect();
+            let values = chunk
+                .iter()
+                .flat_map(|(m, at)| [sea_orm::Value::from(*m), sea_orm::Value::from(*at)]);
+            writes.push(sea_orm::Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "UPDATE \"{table}\" AS m SET last_at = v.at FROM (VALUES {tuples}) AS v (idx, at) \
+                     WHERE m.idx = v.idx AND m.last_at < v.at",
+                    table = member::Entity.table_name(),
+                    tuples = tuples.join(", "),
+                ),
+                values,
+            ));
+        }
+        return;
     }
     for (m, at) in latest {
         writes.add(
@@ -776,4 +810,46 @@ pub(crate) async fn merge_members(
         .await
         .map_err(storage)?;
     super::funnel::move_events(conn, from, into).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn last_at(db: &impl ConnectionTrait, idx: i32) -> i64 {
+        member::Entity::find_by_id(idx)
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_at
+    }
+
+    /// Activity only ever moves forward, each member to the latest time it was touched with,
+    /// however many members one touch carries (one statement on PostgreSQL, one per member on
+    /// SQLite) — "inactive for N days" segments rest on it.
+    #[tokio::test]
+    async fn a_touch_moves_each_member_to_its_latest_time_and_never_back() {
+        let (_database, db) = crate::store::test_database("comarketing_touch").await;
+        let ids: Vec<String> = (0..1_205).map(|i| format!("m{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let numbers = member_numbers(&db, &refs, 1_000).await.unwrap();
+        let n = |m: &str| numbers[m];
+        // m0 twice (the later time wins), m1 to an earlier time (stays), and every member past
+        // one statement's worth moved too.
+        let mut touches = vec![(n("m0"), 5_000), (n("m0"), 3_000), (n("m1"), 500)];
+        touches.extend(ids[2..].iter().map(|m| (n(m), 2_000)));
+        touch(&db, touches).await.unwrap();
+        assert_eq!(last_at(&db, n("m0")).await, 5_000);
+        assert_eq!(last_at(&db, n("m1")).await, 1_000);
+        assert_eq!(last_at(&db, n("m2")).await, 2_000);
+        assert_eq!(last_at(&db, n("m1204")).await, 2_000);
+        let moved = member::Entity::find()
+            .filter(member::Column::LastAt.eq(2_000))
+            .all(&db)
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(moved, 1_203);
+    }
 }
