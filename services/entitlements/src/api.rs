@@ -9,6 +9,7 @@ mod wallet;
 
 use lianyu_kit::{
     KitError, Mount,
+    batched::Batched,
     call::unary,
     directory::{Directory, Question},
     feed::{Feed, NewEvent},
@@ -17,6 +18,7 @@ use lianyu_kit::{
     mutation::Mutations,
     names,
     page::Page,
+    storage::StorageError,
     time::{millis, now_millis, required_millis, timestamp},
     writes::Writes,
 };
@@ -48,7 +50,14 @@ pub(crate) struct Api {
     gates: gate::Gates,
     /// The ledger's outbox: each party's side of every ledger transaction.
     feed: Feed,
+    /// Reads of benefit definitions on `read`, batched: every grant and every redemption
+    /// reads its benefit, and those asked while one read runs share the next
+    /// ([`Api::benefit_now`]) — never an answer read before the call began.
+    benefit_reads: Batched<String, Result<Option<Benefit>, StorageError>>,
 }
+
+/// Callers one batched read of benefits answers at most.
+const BENEFIT_READS: usize = 256;
 
 pub(crate) fn register(
     ctx: &lianyu_kit::server::ServerContext,
@@ -82,6 +91,7 @@ pub(crate) fn register(
         feed,
         directory,
         gates: gate::Gates::default(),
+        benefit_reads: Batched::new(BENEFIT_READS),
         db,
     };
     tokio::spawn(redemptions::expire_holds(api.clone(), ctx.stopping.clone()));
@@ -325,6 +335,40 @@ impl Api {
     }
 
     /// The benefit `name` as `partner` may see it (issuer, funder, honouring partner).
+    /// Benefit `id` as committed when this call began or later, read on the read pool in a
+    /// lookup shared with the calls that asked while the previous one ran.
+    async fn benefit_now(&self, id: &str) -> Result<Option<Benefit>, KitError> {
+        self.benefit_reads
+            .get(id.to_owned(), |ids| async move {
+                match store::benefits_by_ids(&self.read, &ids).await {
+                    Ok(found) => found.into_iter().map(Ok).collect(),
+                    Err(e) => {
+                        let e = e.into_storage();
+                        ids.iter().map(|_| Err(e.clone())).collect()
+                    }
+                }
+            })
+            .await
+            .map_err(KitError::Storage)
+    }
+
+    /// The benefit `name` (in `field`) when `partner` issues, funds or honours it, read as
+    /// [`Self::benefit_now`] does; BENEFIT_NOT_FOUND otherwise, another partner's benefit and
+    /// a missing one alike.
+    async fn party_benefit_now(
+        &self,
+        partner: &str,
+        name: &str,
+        field: &str,
+    ) -> Result<Benefit, EntitlementsError> {
+        let [id] =
+            names::parse(name, "benefits/{benefit}").map_err(|e| KitError::invalid(field, e))?;
+        self.benefit_now(id)
+            .await?
+            .filter(|b| b.parties().iter().any(|p| p.as_str() == partner))
+            .ok_or(EntitlementsError::BenefitNotFound)
+    }
+
     async fn party_benefit(
         &self,
         conn: &impl sea_orm::ConnectionTrait,

@@ -527,6 +527,41 @@ pub(crate) async fn benefit_by_id(
     Ok(Some(to_domain(row, parties)))
 }
 
+/// The benefits `ids`, in the order asked (`None` for one that does not exist): two reads
+/// however many.
+pub(crate) async fn benefits_by_ids(
+    conn: &impl ConnectionTrait,
+    ids: &[String],
+) -> Result<Vec<Option<Benefit>>, KitError> {
+    let rows = benefit::Entity::find()
+        .filter(benefit::Column::Id.is_in(ids.iter().cloned()))
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    let mut parties: std::collections::HashMap<String, Vec<benefit_party::Model>> =
+        std::collections::HashMap::new();
+    for party in benefit_party::Entity::find()
+        .filter(benefit_party::Column::BenefitId.is_in(ids.iter().cloned()))
+        .all(conn)
+        .await
+        .map_err(storage)?
+    {
+        parties
+            .entry(party.benefit_id.clone())
+            .or_default()
+            .push(party);
+    }
+    let rows: std::collections::HashMap<String, benefit::Model> =
+        rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let row = rows.get(id)?.clone();
+            Some(to_domain(row, parties.get(id).cloned().unwrap_or_default()))
+        })
+        .collect())
+}
+
 /// The benefits `partner` is party to, after the page's key, with `state` when given.
 pub(crate) async fn list_benefits(
     conn: &impl ConnectionTrait,

@@ -318,7 +318,8 @@ impl Api {
             .await?
             .filter(|i| i.member == mesh.as_str())
             .ok_or(EntitlementsError::WalletItemNotFound)?;
-        let benefit = store::benefit_by_id(&self.read, &item.benefit_id)
+        let benefit = self
+            .benefit_now(&item.benefit_id)
             .await?
             .ok_or(EntitlementsError::WalletItemNotFound)?;
         benefit.honoured_at(&me, &t.store, t.category)?;

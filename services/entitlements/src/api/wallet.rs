@@ -75,7 +75,7 @@ impl Api {
                 .await;
         }
         let benefit = self
-            .party_benefit(&self.read, me.as_str(), benefit_name, "benefit")
+            .party_benefit_now(me.as_str(), benefit_name, "benefit")
             .await?;
         self.give_unit(
             call,
