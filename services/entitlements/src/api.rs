@@ -82,8 +82,9 @@ pub(crate) fn register(
         // a benefit updates its budget row, so they queue in one lane instead of holding each
         // other's batches up across lanes, and a benefit's row is only ever locked by one
         // lane, so two batches cannot take two budget rows in opposite orders), a redemption
-        // at a till its member's unless it spends a money budget. On SQLite's one writer all
-        // share its one lane.
+        // at a till or a confirmed hold its member's, and whatever may spend or give back a
+        // money budget (a till's redemption of such a benefit, a refund, a cancelled hold)
+        // its benefit's. On SQLite's one writer all share its one lane.
         hot: Mutations::new(db.clone())
             .grouped()
             .reading(read.clone())

@@ -431,8 +431,15 @@ impl Api {
     ) -> Result<pb::Redemption, EntitlementsError> {
         let (id, _, item, scoped) = self.own_redemption(call, name).await?;
         let id = id.as_str();
+        // A cancel gives what the hold took from a money budget back to the benefit's row:
+        // the benefit's lane. A confirm writes only the member's rows.
+        let lane = if to == RedemptionState::Cancelled {
+            item.benefit_id.as_str()
+        } else {
+            item.member.as_str()
+        };
         self.hot
-            .keyed(&item.member)
+            .keyed(lane)
             .run_writing(call, request_id, request, async |txn, writes| {
                 let now = now_millis();
                 let current = store::redemption(txn, id)
