@@ -137,8 +137,8 @@ impl Group {
     }
 
     /// Commits the batch `generation` if it is still open, nobody is queued to join it and
-    /// (where the lane gathers) no commit of this lane is in flight — a member's turn when it sees a commit end, or
-    /// when the member that was to commit was cancelled.
+    /// (where the lane gathers) no commit of this lane is in flight — a member's turn when it
+    /// sees a commit end, or when the member that was to commit was cancelled.
     async fn commit_if_idle(&self, generation: u64) {
         if let Ok(batch) = self.batch.try_lock()
             && batch.generation == generation

@@ -159,10 +159,16 @@ impl Writes {
         let backend = db.get_database_backend();
         let mut statements = std::mem::take(&mut self.statements);
         statements.append(&mut self.at_commit);
-        statements.extend(outbox_statements(
-            backend,
-            std::mem::take(&mut self.outbox),
-        )?);
+        let outbox = std::mem::take(&mut self.outbox);
+        let one_append = backend == DbBackend::Postgres
+            && !outbox.is_empty()
+            && outbox.len() <= POSTGRES_OUTBOX_ROWS;
+        let outbox = if one_append {
+            Some(outbox)
+        } else {
+            statements.extend(outbox_statements(backend, outbox)?);
+            None
+        };
         match backend {
             DbBackend::Sqlite if statements.len() > 1 => {
                 db.execute_raw(joined(statements)).await?;
@@ -171,6 +177,17 @@ impl Writes {
                 for statement in statements {
                     db.execute_raw(statement).await?;
                 }
+            }
+        }
+        if let Some(rows) = outbox {
+            let expected = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            let appended = db
+                .query_one_raw(postgres_append(rows))
+                .await?
+                .map(|row| row.try_get_by_index::<i64>(0))
+                .transpose()?;
+            if appended != Some(expected) {
+                return Err(StorageError::Other("outbox counter row is missing".into()));
             }
         }
         Ok(())
@@ -187,9 +204,6 @@ fn outbox_statements(
         .map_err(|_| StorageError::Other("too many outbox events in one transaction".into()))?;
     if count == 0 {
         return Ok(Vec::new());
-    }
-    if backend == DbBackend::Postgres && rows.len() <= POSTGRES_OUTBOX_ROWS {
-        return Ok(vec![postgres_append(count, rows)]);
     }
     let mut statements = vec![
         outbox_counter::Entity::update_many()
@@ -245,11 +259,13 @@ const POSTGRES_OUTBOX_ROWS: usize = 10_000;
 
 /// On PostgreSQL, the outbox's three statements as one: the counter moved (its row locked to
 /// the commit), the rows numbered back from its new value, and the NOTIFY, in data-modifying
-/// `WITH` queries. Every appending transaction waits for that row lock, held from this
-/// statement to the end of the commit, so each round trip fewer inside it is one fewer for
-/// every writer queued behind it.
-fn postgres_append(count: i64, rows: Vec<OutboxRow>) -> Statement {
+/// `WITH` queries; it answers how many rows it appended (none when the counter's row is
+/// missing). Every appending transaction waits for that row lock, held from this statement to
+/// the end of the commit, so each round trip fewer inside it is one fewer for every writer
+/// queued behind it.
+fn postgres_append(rows: Vec<OutboxRow>) -> Statement {
     use sea_orm::EntityName;
+    let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(1 + rows.len() * 5);
     values.push(count.into());
     let mut tuples = Vec::with_capacity(rows.len());
@@ -282,7 +298,8 @@ fn postgres_append(count: i64, rows: Vec<OutboxRow>) -> Statement {
                            FROM counter, (VALUES {tuples}) \
                                 AS e (below, kind, partner_id, payload, created_at) \
                            RETURNING 1) \
-         SELECT pg_notify('lianyu_feed_' || current_schema(), '')",
+         SELECT (SELECT COUNT(*) FROM appended), \
+                pg_notify('lianyu_feed_' || current_schema(), '')",
         counter = outbox_counter::Entity.table_name(),
         events = outbox_event::Entity.table_name(),
         tuples = tuples.join(", "),

@@ -517,3 +517,45 @@ async fn staged_events_of_concurrent_batches_get_gapless_sequences_once_each() {
     expected.sort();
     assert_eq!(names, expected, "each kept event once, no refused one");
 }
+
+/// An outbox whose counter row is gone (a botched restore, a hand-run cleanup) cannot number
+/// events: on PostgreSQL, where the counter's move, the rows and the NOTIFY are one statement,
+/// a transaction staging events then fails and nothing of it is written — never an event
+/// silently dropped. (SQLite's one writer numbers such a row by its rowid, the next after the
+/// last; this test runs on PostgreSQL only.)
+#[tokio::test]
+async fn staged_events_without_the_outbox_counter_fail_the_transaction() {
+    use lianyu_kit::{
+        feed::{Feed, NewEvent},
+        writes::Writes,
+    };
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDatabase::new("feed_no_counter").await;
+    if !lianyu_kit::testing::backend_is_postgres() {
+        return;
+    }
+    let mut config = Config::local("unused");
+    config.set_database_url("nocounter", db.url.clone());
+    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "nocounter")
+        .await
+        .unwrap();
+    let feed = Feed::new(conn.clone(), CancellationToken::new());
+    conn.execute_unprepared("DELETE FROM kit_outbox_counter")
+        .await
+        .unwrap();
+    let txn = conn.begin().await.unwrap();
+    let mut writes = Writes::new();
+    for n in 0..3u8 {
+        feed.append_staged(
+            &mut writes,
+            NewEvent {
+                kind: "probe".into(),
+                partner_id: None,
+                payload: vec![n],
+            },
+        );
+    }
+    assert!(writes.send(&txn).await.is_err());
+    drop(txn);
+    assert!(feed.read_after(0, None, 10).await.unwrap().is_empty());
+}
