@@ -420,8 +420,16 @@ impl Writer {
         // Subscribed before the lane's commits in flight are counted: one that ends after
         // this look is seen below.
         let mut ended = group.ended.subscribe();
-        // The last of the queue, or a full batch, commits; the others wait for it.
-        if batch.members >= MAX_BATCH || group.commits_now() {
+        // The last of the queue, or a full batch, commits; the others wait for it. A member
+        // whose writes were undone waits for no commit, so it does not leave the batch open
+        // to gather: nobody might be waiting to commit it.
+        let waits = matches!(outcome, Ok(Ok(_)));
+        let now = if waits {
+            group.commits_now()
+        } else {
+            group.queued.load(Ordering::SeqCst) == 0
+        };
+        if batch.members >= MAX_BATCH || now {
             group.commit(batch).await;
         } else {
             drop(batch);

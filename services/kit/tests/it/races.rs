@@ -127,3 +127,74 @@ async fn mutations_keyed_alike_never_deadlock_across_lanes() {
         .collect();
     assert_eq!(counts, vec![PER_KEY; (KEYS * 2) as usize]);
 }
+
+/// On PostgreSQL a lane's open batch waits for the lane's commit in flight before committing,
+/// gathering the members that arrive meanwhile. A member refused in its savepoint (the lane
+/// careful after a failure) waits for no commit; the batch it leaves must not stay open for
+/// lack of anyone to commit it — the lane would keep a transaction and a connection, and a
+/// refused call that waits for its lane to settle (a retry racing its twin) would hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_a_refused_member_leaves_during_a_commit_does_not_stay_open() {
+    if !backend_is_postgres() {
+        // SQLite's one connection holds the next batch back until a commit ends.
+        return;
+    }
+    let db = TestDatabase::new("kit_gather_refused").await;
+    let conn = connect(&db.url, "races", Some(8)).await.unwrap();
+    conn.execute_unprepared(
+        "CREATE TABLE t (id INT PRIMARY KEY, n INT NOT NULL); INSERT INTO t VALUES (1, 0)",
+    )
+    .await
+    .unwrap();
+    let writer = Writer::single_lane(conn.clone());
+    // A refusal turns the lane careful: the next members run in savepoints of their own.
+    let refused = writer.transact(async |_| Err::<&str, _>("no")).await;
+    assert!(matches!(refused, Ok(Err("no"))));
+    // A commit held in flight: its deferred write waits for a row another transaction locked.
+    let blocker = conn.begin().await.unwrap();
+    blocker
+        .execute_unprepared("UPDATE t SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let held = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            writer
+                .transact_deferring(async |_| {
+                    let mut writes = lianyu_kit::writes::Writes::new();
+                    writes.defer(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Postgres,
+                        "UPDATE t SET n = n + 10 WHERE id = 1",
+                    ));
+                    Ok::<_, ()>(((), writes))
+                })
+                .await
+        }
+    });
+    // Until PostgreSQL shows that commit waiting on the lock.
+    loop {
+        let waiting = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE t SET n = n + 10%'",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let refused = writer.transact(async |_| Err::<&str, _>("refused")).await;
+    assert!(matches!(refused, Ok(Err("refused"))));
+    blocker.commit().await.unwrap();
+    assert!(matches!(held.await.unwrap(), Ok(Ok(()))));
+    // Every batch of the lane has ended: none is left open.
+    tokio::time::timeout(std::time::Duration::from_secs(10), writer.settled())
+        .await
+        .expect("the lane settles once the commit in flight has ended");
+}
