@@ -85,31 +85,6 @@ struct Group {
     /// Commits made, and mutations committed: their ratio is the mean batch size.
     commits: AtomicUsize,
     committed: AtomicUsize,
-    /// Whether the open batch waits for this lane's commit in flight before committing
-    /// ([`Group::commit`]): on PostgreSQL, where the next batch begins on another connection
-    /// while one commits.
-    gathers: bool,
-    /// This lane's commits in flight.
-    committing: AtomicUsize,
-    /// Counts the commits that ended, for the members waiting to commit after one.
-    ended: watch::Sender<u64>,
-}
-
-/// Counts a commit as in flight until it ends, or its task is cancelled.
-struct InFlight<'a>(&'a Group);
-
-impl<'a> InFlight<'a> {
-    fn new(group: &'a Group) -> Self {
-        group.committing.fetch_add(1, Ordering::SeqCst);
-        Self(group)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.committing.fetch_sub(1, Ordering::SeqCst);
-        self.0.ended.send_modify(|n| *n = n.wrapping_add(1));
-    }
 }
 
 impl Group {
@@ -125,39 +100,12 @@ impl Group {
             .is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
-    /// Whether the last member of a run of queued ones commits the open batch now: yes,
-    /// unless the lane [gathers](Self::gathers) and a commit of its own is still in flight —
-    /// then the batch stays open for the members that arrive meanwhile, and is committed when
-    /// that commit ends (by a waiting member, [`Self::commit_if_idle`]). Every appending
-    /// commit of a service queues on its outbox counter's row until the one before it has
-    /// ended, so a batch committed during another's commit would only wait there, smaller.
-    fn commits_now(&self) -> bool {
-        self.queued.load(Ordering::SeqCst) == 0
-            && !(self.gathers && self.committing.load(Ordering::SeqCst) > 0)
-    }
-
-    /// Commits the batch `generation` if it is still open, nobody is queued to join it and
-    /// (where the lane gathers) no commit of this lane is in flight — a member's turn when it
-    /// sees a commit end, or when the member that was to commit was cancelled.
-    async fn commit_if_idle(&self, generation: u64) {
-        if let Ok(batch) = self.batch.try_lock()
-            && batch.generation == generation
-            && batch.txn.is_some()
-            && self.queued.load(Ordering::SeqCst) == 0
-            && !(self.gathers && self.committing.load(Ordering::SeqCst) > 0)
-        {
-            self.commit(batch).await;
-        }
-    }
-
     /// Commits the open batch and tells its members how it went. The lock is let go first, so
     /// the next batch may begin (on PostgreSQL, on another connection) during the commit.
     async fn commit(&self, mut batch: MutexGuard<'_, Batch>) {
         let Some(txn) = batch.txn.take() else {
             return;
         };
-        // Counted before the lock is let go: a member of the next batch sees it.
-        let _in_flight = InFlight::new(self);
         let members = batch.members;
         let signal = batch.done.clone();
         let at_commit = std::mem::take(&mut batch.at_commit);
@@ -225,8 +173,6 @@ impl Writer {
     }
 
     fn lanes(db: DatabaseConnection, lanes: usize) -> Self {
-        // SQLite's one connection already holds the next batch back until the commit ends.
-        let gathers = db.get_database_backend() == sea_orm::DbBackend::Postgres;
         Self {
             db,
             lanes: (0..lanes)
@@ -242,9 +188,6 @@ impl Writer {
                     queued: AtomicUsize::new(0),
                     commits: AtomicUsize::new(0),
                     committed: AtomicUsize::new(0),
-                    gathers,
-                    committing: AtomicUsize::new(0),
-                    ended: watch::Sender::new(0),
                 })
                 .collect(),
             next: Arc::default(),
@@ -417,19 +360,8 @@ impl Writer {
         });
         batch.members += 1;
         let mut done = batch.done.subscribe();
-        // Subscribed before the lane's commits in flight are counted: one that ends after
-        // this look is seen below.
-        let mut ended = group.ended.subscribe();
-        // The last of the queue, or a full batch, commits; the others wait for it. A member
-        // whose writes were undone waits for no commit, so it does not leave the batch open
-        // to gather: nobody might be waiting to commit it.
-        let waits = matches!(outcome, Ok(Ok(_)));
-        let now = if waits {
-            group.commits_now()
-        } else {
-            group.queued.load(Ordering::SeqCst) == 0
-        };
-        if batch.members >= MAX_BATCH || now {
+        // The last of the queue, or a full batch, commits; the others wait for it.
+        if group.queued.load(Ordering::SeqCst) == 0 || batch.members >= MAX_BATCH {
             group.commit(batch).await;
         } else {
             drop(batch);
@@ -449,11 +381,15 @@ impl Writer {
                         break Err(StorageError::Other("group commit ended without committing".into()));
                     }
                 }
-                // The lane's commit in flight ended: the open batch may commit now.
-                Ok(()) = ended.changed(), if group.gathers => group.commit_if_idle(generation).await,
                 () = tokio::time::sleep(ORPHAN_CHECK) => {
                     // The member that was to commit was cancelled: commit in its place.
-                    group.commit_if_idle(generation).await;
+                    if let Ok(batch) = group.batch.try_lock()
+                        && batch.generation == generation
+                        && batch.txn.is_some()
+                        && group.queued.load(Ordering::SeqCst) == 0
+                    {
+                        group.commit(batch).await;
+                    }
                 }
             }
         };

@@ -128,11 +128,12 @@ async fn mutations_keyed_alike_never_deadlock_across_lanes() {
     assert_eq!(counts, vec![PER_KEY; (KEYS * 2) as usize]);
 }
 
-/// On PostgreSQL a lane's open batch waits for the lane's commit in flight before committing,
-/// gathering the members that arrive meanwhile. A member refused in its savepoint (the lane
-/// careful after a failure) waits for no commit; the batch it leaves must not stay open for
-/// lack of anyone to commit it — the lane would keep a transaction and a connection, and a
-/// refused call that waits for its lane to settle (a retry racing its twin) would hang.
+/// On PostgreSQL the next batch of a lane opens while the one before it commits. A member
+/// refused in its savepoint there (the lane careful after a failure) waits for no commit; the
+/// batch it leaves must not stay open for lack of anyone to commit it — the lane would keep a
+/// transaction and a connection, and a refused call that waits for its lane to settle (a
+/// retry racing its twin) would hang. (A version of group commit that held batches open to
+/// gather members during a commit in flight did exactly that.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_a_refused_member_leaves_during_a_commit_does_not_stay_open() {
     if !backend_is_postgres() {
