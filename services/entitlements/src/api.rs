@@ -56,6 +56,12 @@ pub(crate) struct Api {
     benefit_reads: Batched<String, Result<Option<Benefit>, StorageError>>,
 }
 
+/// The benefit id a name "benefits/{benefit}" in `field` gives.
+pub(crate) fn benefit_id<'a>(name: &'a str, field: &str) -> Result<&'a str, KitError> {
+    let [id] = names::parse(name, "benefits/{benefit}").map_err(|e| KitError::invalid(field, e))?;
+    Ok(id)
+}
+
 /// Callers one batched read of benefits answers at most.
 const BENEFIT_READS: usize = 256;
 
@@ -362,9 +368,7 @@ impl Api {
         name: &str,
         field: &str,
     ) -> Result<Benefit, EntitlementsError> {
-        let [id] =
-            names::parse(name, "benefits/{benefit}").map_err(|e| KitError::invalid(field, e))?;
-        self.benefit_now(id)
+        self.benefit_now(benefit_id(name, field)?)
             .await?
             .filter(|b| b.parties().iter().any(|p| p.as_str() == partner))
             .ok_or(EntitlementsError::BenefitNotFound)
@@ -377,9 +381,7 @@ impl Api {
         name: &str,
         field: &str,
     ) -> Result<Benefit, EntitlementsError> {
-        let [id] =
-            names::parse(name, "benefits/{benefit}").map_err(|e| KitError::invalid(field, e))?;
-        store::benefit_for_party(conn, partner, id)
+        store::benefit_for_party(conn, partner, benefit_id(name, field)?)
             .await?
             .ok_or(EntitlementsError::BenefitNotFound)
     }
@@ -447,8 +449,7 @@ impl pb::benefit_service_server::BenefitService for Api {
         request: Request<pb::GetBenefitRequest>,
     ) -> Result<Response<pb::Benefit>, Status> {
         unary(request, async |call, r| {
-            let [id] = names::parse(&r.name, "benefits/{benefit}")
-                .map_err(|e| KitError::invalid("name", e))?;
+            let id = benefit_id(&r.name, "name")?;
             let benefit = store::benefit_for_party(&self.read, call.partner_id(), id)
                 .await?
                 .ok_or(EntitlementsError::BenefitNotFound)?;

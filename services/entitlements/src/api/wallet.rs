@@ -99,8 +99,7 @@ impl Api {
         (scoped, benefit_name, claim_code): (&str, &str, Option<&str>),
     ) -> Result<pb::WalletItem, EntitlementsError> {
         let me = PartnerId::new(call.partner_id());
-        let [id] = names::parse(benefit_name, "benefits/{benefit}")
-            .map_err(|e| KitError::invalid("benefit", e))?;
+        let id = super::benefit_id(benefit_name, "benefit")?;
         let gate = self.gates.gate(id);
         let loaded = gate
             .load(async || {
