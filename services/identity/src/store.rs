@@ -44,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(migration::TypedConsentFeed),
             Box::new(migration::ServiceAudit),
             Box::new(KitGuards),
+            Box::new(migration::FewerIndexEntries),
         ]
     }
 }

@@ -345,8 +345,8 @@ entity!(identifier, "identifiers", {
     pub partner_id: String,
     pub kind: String,
     pub namespace: String,
-    /// Keyed hash of kind, namespace and value.
-    #[sea_orm(indexed)]
+    /// Keyed hash of kind, namespace and value; unique with the partner, and the lead of
+    /// that index, which every lookup by hash uses ([`crate::store::migration`]).
     pub lookup_hash: String,
     /// The value, encrypted.
     pub sealed: Vec<u8>,
@@ -369,9 +369,8 @@ entity!(profile, "profiles", {
 entity!(scoped_id, "scoped_ids", {
     #[sea_orm(primary_key, auto_increment = false)]
     pub scoped_id: String,
-    #[sea_orm(indexed)]
+    /// Found with the member: one index on (member, partner) ([`crate::store::migration`]).
     pub partner_id: String,
-    #[sea_orm(indexed)]
     pub member_id: String,
     /// When the partner erased its relationship with the member: the id then answers
     /// MEMBER_ERASED and is never handed out again.

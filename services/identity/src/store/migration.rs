@@ -198,6 +198,65 @@ impl MigrationTrait for ServiceAudit {
     }
 }
 
+/// Fewer index entries per enrolment, each a page of its own to write when its key is random:
+/// identifiers are found by hash through one unique (hash, partner) index instead of a hash
+/// index beside a unique (partner, hash) one (every query by partner also names the hash or
+/// the member), and scoped ids by member through one (member, partner) index instead of one
+/// on each (no query looks a partner's scoped ids up without the member or the id).
+pub(crate) struct FewerIndexEntries;
+
+impl MigrationName for FewerIndexEntries {
+    fn name(&self) -> &str {
+        "m20261206_000010_fewer_index_entries"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for FewerIndexEntries {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("identifiers_hash_partner_unique")
+                    .table(identifier::Entity)
+                    .col(identifier::Column::LookupHash)
+                    .col(identifier::Column::PartnerId)
+                    .unique()
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("scoped_ids_member_partner")
+                    .table(scoped_id::Entity)
+                    .col(scoped_id::Column::MemberId)
+                    .col(scoped_id::Column::PartnerId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        for (table, index) in [
+            ("identifiers", "identifiers_partner_unique"),
+            ("identifiers", "idx-identifiers-lookup_hash"),
+            ("scoped_ids", "idx-scoped_ids-partner_id"),
+            ("scoped_ids", "idx-scoped_ids-member_id"),
+        ] {
+            manager
+                .drop_index(
+                    Index::drop()
+                        .name(index)
+                        .table(sea_orm::sea_query::Alias::new(table))
+                        .if_exists()
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The consent feed stored as the contract's own messages: events appended before this
 /// release held a JSON record; each is rewritten, in place and in sequence order, as the
 /// `WatchConsentEventsResponse` it stands for, so a watcher resuming from an old cursor misses
@@ -341,6 +400,107 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(again.payload, stored.payload);
+    }
+
+    /// A database made with the old indexes: afterwards identifiers and scoped ids have one
+    /// index each where they had two, the (hash, partner) key is still unique — a partner
+    /// cannot hold an identifier twice, another partner can hold it too — and lookups by hash
+    /// and by member use the new indexes.
+    #[tokio::test]
+    async fn identifiers_and_scoped_ids_keep_their_keys_with_one_index_each() {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        use sea_orm_migration::MigratorTrait;
+
+        use crate::store::Migrator;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/identity.db?mode=rwc", dir.path().display());
+        let db = lianyu_kit::storage::connect(&url, "identity", None)
+            .await
+            .unwrap();
+        let before = Migrator::migrations()
+            .iter()
+            .position(|m| m.name() == FewerIndexEntries.name())
+            .unwrap() as u32;
+        Migrator::up(&db, Some(before)).await.unwrap();
+        // The indexes the entities declared before this migration (tables made now no longer
+        // get them from the entities).
+        for sql in [
+            "CREATE INDEX \"idx-identifiers-lookup_hash\" ON identifiers (lookup_hash)",
+            "CREATE INDEX \"idx-scoped_ids-partner_id\" ON scoped_ids (partner_id)",
+            "CREATE INDEX \"idx-scoped_ids-member_id\" ON scoped_ids (member_id)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        let indexes = async |table: &str| -> Vec<String> {
+            let rows = db
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? \
+                     AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name",
+                    [table.into()],
+                ))
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| r.try_get_by_index::<String>(0).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            indexes("identifiers").await,
+            [
+                "identifiers_partner_unique",
+                "idx-identifiers-lookup_hash",
+                "idx-identifiers-member_id"
+            ]
+        );
+        assert_eq!(
+            indexes("scoped_ids").await,
+            ["idx-scoped_ids-member_id", "idx-scoped_ids-partner_id"]
+        );
+        let identifier = |partner: &str, member: &str| {
+            Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "INSERT INTO identifiers (member_id, partner_id, kind, namespace, lookup_hash, \
+                 sealed, verified, created_at, verification_method) \
+                 VALUES (?, ?, 'phone', '', 'h1', x'00', 1, 0, '')",
+                [member.into(), partner.into()],
+            )
+        };
+        db.execute_raw(identifier("brand", "m1")).await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        assert_eq!(
+            indexes("identifiers").await,
+            ["identifiers_hash_partner_unique", "idx-identifiers-member_id"]
+        );
+        assert_eq!(indexes("scoped_ids").await, ["scoped_ids_member_partner"]);
+        // The key still holds: the same partner again is refused, another partner is not.
+        assert!(db.execute_raw(identifier("brand", "m2")).await.is_err());
+        db.execute_raw(identifier("mall", "m1")).await.unwrap();
+        let plan = async |sql: &str| -> String {
+            db.query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("EXPLAIN QUERY PLAN {sql}"),
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String>("", "detail").unwrap())
+            .collect::<Vec<_>>()
+            .join("; ")
+        };
+        assert!(
+            plan("SELECT id FROM identifiers WHERE lookup_hash IN ('h1', 'h2')")
+                .await
+                .contains("identifiers_hash_partner_unique")
+        );
+        assert!(
+            plan(
+                "SELECT scoped_id FROM scoped_ids WHERE partner_id = 'brand' \
+                 AND member_id IN ('m1', 'm2')"
+            )
+            .await
+            .contains("scoped_ids_member_partner")
+        );
     }
 
     #[test]
