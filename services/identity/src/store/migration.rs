@@ -470,7 +470,10 @@ mod tests {
         Migrator::up(&db, None).await.unwrap();
         assert_eq!(
             indexes("identifiers").await,
-            ["identifiers_hash_partner_unique", "idx-identifiers-member_id"]
+            [
+                "identifiers_hash_partner_unique",
+                "idx-identifiers-member_id"
+            ]
         );
         assert_eq!(indexes("scoped_ids").await, ["scoped_ids_member_partner"]);
         // The key still holds: the same partner again is refused, another partner is not.
