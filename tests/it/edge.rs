@@ -21,21 +21,26 @@ async fn every_rpc_without_a_token_is_unauthenticated() {
         "the descriptor set lists {} RPCs",
         rpcs.len()
     );
+    // The code, reason and domain lianyu/common/v1/common.proto promises for every RPC.
     for rpc in rpcs.iter().filter(|r| !PUBLIC.contains(&r.path.as_str())) {
-        assert_eq!(
-            call_empty(channel.clone(), rpc, None).await.code(),
-            Code::Unauthenticated,
-            "{}",
-            rpc.path
-        );
-        assert_eq!(
-            call_empty(channel.clone(), rpc, Some("not-a-token"))
-                .await
-                .code(),
-            Code::Unauthenticated,
-            "{}",
-            rpc.path
-        );
+        for (token, reason) in [
+            (None, "TOKEN_MISSING"),
+            (Some("not-a-token"), "TOKEN_INVALID"),
+        ] {
+            let status = call_empty(channel.clone(), rpc, token).await;
+            let details = status.get_error_details();
+            let info = details.error_info();
+            assert_eq!(
+                (
+                    status.code(),
+                    info.map(|i| i.reason.as_str()),
+                    info.map(|i| i.domain.as_str())
+                ),
+                (Code::Unauthenticated, Some(reason), Some("lianyu.auth")),
+                "{}",
+                rpc.path
+            );
+        }
     }
     for rpc in rpcs.iter().filter(|r| PUBLIC.contains(&r.path.as_str())) {
         assert_ne!(
@@ -127,6 +132,19 @@ async fn a_service_token_reaches_only_the_internal_contracts_its_service_calls()
                 assert_eq!(
                     (status.code(), reason.as_str()),
                     (Code::PermissionDenied, "SCOPE_MISSING"),
+                    "{service} {}",
+                    rpc.path
+                );
+                // Named in the metadata, in the shared layer's domain (common.proto).
+                let details = status.get_error_details();
+                let info = details.error_info();
+                assert_eq!(
+                    (
+                        info.map(|i| i.domain.as_str()),
+                        info.and_then(|i| i.metadata.get("scope"))
+                            .map(String::as_str)
+                    ),
+                    (Some("lianyu.auth"), Some(scope.as_str())),
                     "{service} {}",
                     rpc.path
                 );
