@@ -292,14 +292,20 @@ async fn a_suspended_partners_tokens_are_refused_by_every_service_at_once() {
     let rpcs = all_rpcs();
     for rpc in rpcs.iter().filter(|r| !PUBLIC.contains(&r.path.as_str())) {
         let refused = call_empty(channel.clone(), rpc, Some(&token)).await;
-        let reason = refused
-            .get_error_details()
-            .error_info()
-            .map(|i| i.reason.clone())
-            .unwrap_or_default();
+        let details = refused.get_error_details();
+        let info = details.error_info();
+        // In the shared layer's domain, as common.proto documents.
         assert_eq!(
-            (refused.code(), reason.as_str()),
-            (Code::PermissionDenied, "PARTNER_SUSPENDED"),
+            (
+                refused.code(),
+                info.map(|i| i.reason.as_str()),
+                info.map(|i| i.domain.as_str())
+            ),
+            (
+                Code::PermissionDenied,
+                Some("PARTNER_SUSPENDED"),
+                Some("lianyu.auth")
+            ),
             "{}",
             rpc.path
         );
