@@ -1,6 +1,6 @@
 //! The edge of the mesh: every RPC authenticates its caller.
 
-use lianyu_kit::testing::{all_rpcs, call_empty, connect};
+use lianyu_kit::testing::{self, all_rpcs, call_empty, connect};
 use lianyu_tests::Mesh;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -28,15 +28,13 @@ async fn every_rpc_without_a_token_is_unauthenticated() {
             (Some("not-a-token"), "TOKEN_INVALID"),
         ] {
             let status = call_empty(channel.clone(), rpc, token).await;
-            let details = status.get_error_details();
-            let info = details.error_info();
             assert_eq!(
                 (
                     status.code(),
-                    info.map(|i| i.reason.as_str()),
-                    info.map(|i| i.domain.as_str())
+                    testing::reason(&status),
+                    testing::domain(&status)
                 ),
-                (Code::Unauthenticated, Some(reason), Some("lianyu.auth")),
+                (Code::Unauthenticated, reason.into(), "lianyu.auth".into()),
                 "{}",
                 rpc.path
             );
@@ -136,15 +134,13 @@ async fn a_service_token_reaches_only_the_internal_contracts_its_service_calls()
                     rpc.path
                 );
                 // Named in the metadata, in the shared layer's domain (common.proto).
-                let details = status.get_error_details();
-                let info = details.error_info();
+                let scope_named = status
+                    .get_error_details()
+                    .error_info()
+                    .and_then(|i| i.metadata.get("scope").cloned());
                 assert_eq!(
-                    (
-                        info.map(|i| i.domain.as_str()),
-                        info.and_then(|i| i.metadata.get("scope"))
-                            .map(String::as_str)
-                    ),
-                    (Some("lianyu.auth"), Some(scope.as_str())),
+                    (testing::domain(&status), scope_named),
+                    ("lianyu.auth".to_owned(), Some(scope.clone())),
                     "{service} {}",
                     rpc.path
                 );
@@ -292,19 +288,17 @@ async fn a_suspended_partners_tokens_are_refused_by_every_service_at_once() {
     let rpcs = all_rpcs();
     for rpc in rpcs.iter().filter(|r| !PUBLIC.contains(&r.path.as_str())) {
         let refused = call_empty(channel.clone(), rpc, Some(&token)).await;
-        let details = refused.get_error_details();
-        let info = details.error_info();
         // In the shared layer's domain, as common.proto documents.
         assert_eq!(
             (
                 refused.code(),
-                info.map(|i| i.reason.as_str()),
-                info.map(|i| i.domain.as_str())
+                testing::reason(&refused),
+                testing::domain(&refused)
             ),
             (
                 Code::PermissionDenied,
-                Some("PARTNER_SUSPENDED"),
-                Some("lianyu.auth")
+                "PARTNER_SUSPENDED".into(),
+                "lianyu.auth".into()
             ),
             "{}",
             rpc.path

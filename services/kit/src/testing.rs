@@ -225,6 +225,17 @@ pub fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// The `google.rpc.ErrorInfo` domain of a status (empty when it has none): `lianyu.<service>`,
+/// or `lianyu.auth` / `lianyu.admission` for the shared layers' refusals.
+pub fn domain(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.domain.clone())
+        .unwrap_or_default()
+}
+
 /// Every field a status's `google.rpc.BadRequest` names, in order.
 pub fn violations(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream::FuturesUnordered};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use tonic_types::StatusExt;
 
 use crate::harness::{As, Identity, details, enroll, phone};
 
@@ -69,13 +68,7 @@ async fn under_a_flood_health_is_answered_and_refusals_are_fast_and_write_nothin
                     "{e:?}"
                 );
                 // The shared layer's domain, as lianyu/common/v1/common.proto documents.
-                assert_eq!(
-                    e.get_error_details()
-                        .error_info()
-                        .map(|i| i.domain.as_str()),
-                    Some("lianyu.admission"),
-                    "{e:?}"
-                );
+                assert_eq!(lianyu_kit::testing::domain(e), "lianyu.admission", "{e:?}");
                 Some(*i)
             }
             Ok(()) => None,
