@@ -127,6 +127,10 @@ pub struct Config {
     /// ([`Config::var`]): the kit names no service.
     source: Source,
     pub db_max_connections: Option<u32>,
+    /// `LIANYU_SQLITE_WAL_MIB`: how long a SQLite database's write-ahead log may grow before
+    /// the commit that passes it copies it back and lets it start over (MiB, 1 to 4,096). The
+    /// default suits steady writes ([`crate::storage`]); a small volume can take less.
+    pub sqlite_wal_mib: u32,
     pub migrate: bool,
     pub auth: AuthConfig,
     pub otlp_endpoint: Option<String>,
@@ -292,6 +296,21 @@ impl Config {
             db_max_connections: var("LIANYU_DB_MAX_CONNECTIONS")
                 .map(|v| positive("LIANYU_DB_MAX_CONNECTIONS", &v))
                 .transpose()?,
+            sqlite_wal_mib: number(
+                &var,
+                "LIANYU_SQLITE_WAL_MIB",
+                crate::storage::DEFAULT_WAL_MIB,
+            )
+            .and_then(|mib| {
+                if mib > 4096 {
+                    Err(err(
+                        "LIANYU_SQLITE_WAL_MIB",
+                        format!("at most 4096 (4 GiB), got {mib}"),
+                    ))
+                } else {
+                    Ok(mib)
+                }
+            })?,
             migrate: boolean(&var, "LIANYU_MIGRATE", true)?,
             auth: AuthConfig {
                 issuer: var("LIANYU_TOKEN_ISSUER").unwrap_or_else(|| "lianyu".into()),
@@ -599,6 +618,7 @@ mod tests {
             "sqlite://./data/identity.db?mode=rwc"
         );
         assert!(c.migrate);
+        assert_eq!(c.sqlite_wal_mib, 64);
     }
 
     #[test]
@@ -614,6 +634,12 @@ mod tests {
         let e = Config::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]))
             .unwrap_err();
         assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT");
+        for bad in ["0", "-1", "64MiB", "4097"] {
+            let e = Config::from_vars(vars(&[("LIANYU_SQLITE_WAL_MIB", bad)])).unwrap_err();
+            assert_eq!(e.var, "LIANYU_SQLITE_WAL_MIB", "{bad}");
+        }
+        let c = Config::from_vars(vars(&[("LIANYU_SQLITE_WAL_MIB", "8")])).unwrap();
+        assert_eq!(c.sqlite_wal_mib, 8);
     }
 
     #[test]

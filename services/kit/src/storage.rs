@@ -162,19 +162,32 @@ impl From<DbErr> for StorageError {
 }
 
 /// The commit that leaves the write-ahead log longer than this many pages (64 MiB of 4 KiB
-/// pages) checkpoints it before its caller hears back. That checkpoint is also what lets the
-/// next transaction write the log again from its start, so it is what bounds the log's size: a
-/// checkpoint by another connection copies pages but, with commits arriving all the time,
-/// almost never finds the log fully copied when a transaction begins — the log would only grow.
+/// pages, unless `LIANYU_SQLITE_WAL_MIB` says otherwise: [`wal_pages`]) checkpoints it before its
+/// caller hears back. That checkpoint is also what lets the next transaction write the log again
+/// from its start, so it is what bounds the log's size: a checkpoint by another connection copies
+/// pages but, with commits arriving all the time, almost never finds the log fully copied when a
+/// transaction begins — the log would only grow.
 ///
 /// SQLite's default is 1,000 pages (4 MB). Under a steady stream of writes (enrolments dirty
 /// about 150 pages a commit) the writer then reached it every few dozen milliseconds, before
 /// the background checkpointer's next pass, and did nearly all the copying and both of each
 /// checkpoint's syncs itself while its callers waited: enrolments ran about a fifth slower
-/// (`BENCHMARKS.md`). With a longer log the background task copies almost everything, each
-/// page once however often it changed between passes, and the writer's own checkpoint finds
-/// little left. The price is disk: up to this much log per service's database, kept for reuse.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
+/// (`BENCHMARKS.md`, measured with 16,000 pages). With a longer log the background task copies
+/// almost everything, each page once however often it changed between passes, and the writer's
+/// own checkpoint finds little left. The price is disk: up to this much log per service's
+/// database, kept for reuse; a small volume can set less.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = wal_pages(DEFAULT_WAL_MIB);
+
+/// `LIANYU_SQLITE_WAL_MIB`'s default.
+pub const DEFAULT_WAL_MIB: u32 = 64;
+
+/// SQLite's page size as the kit's databases use it (SQLite's default).
+const PAGE_BYTES: u32 = 4096;
+
+/// The write-ahead log's threshold in pages for a length in MiB (`LIANYU_SQLITE_WAL_MIB`).
+const fn wal_pages(mib: u32) -> u32 {
+    mib.saturating_mul(1024 * 1024 / PAGE_BYTES)
+}
 
 /// How often the background checkpointer copies the log back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -189,6 +202,17 @@ pub async fn connect(
     url: &str,
     service: &str,
     max_connections: Option<u32>,
+) -> Result<DatabaseConnection, StorageError> {
+    connect_with_log(url, service, max_connections, WAL_AUTOCHECKPOINT_PAGES).await
+}
+
+/// [`connect`], with SQLite's write-ahead log allowed `wal_pages` pages before the commit
+/// that passes them checkpoints it.
+async fn connect_with_log(
+    url: &str,
+    service: &str,
+    max_connections: Option<u32>,
+    wal_pages: u32,
 ) -> Result<DatabaseConnection, StorageError> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -220,7 +244,7 @@ pub async fn connect(
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
-                    .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
+                    .pragma("wal_autocheckpoint", wal_pages.to_string())
             })
             .map_sqlx_sqlite_pool_opts(|o| {
                 o.after_release(discard_if_inside_transaction::<sea_orm::sqlx::Sqlite>)
@@ -334,9 +358,10 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
     let url = config
         .checked_database_url(service)
         .map_err(OpenError::Config)?;
-    let db = connect(&url, service, config.db_max_connections).await?;
+    let log = wal_pages(config.sqlite_wal_mib);
+    let db = connect_with_log(&url, service, config.db_max_connections, log).await?;
     if !url.starts_with("postgres") {
-        spawn_checkpointer(&url, service).await?;
+        spawn_checkpointer(&url, service, log).await?;
     }
     if config.migrate {
         migrate::<M>(&db, &url, service).await?;
@@ -348,14 +373,15 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
 
 /// Copies a SQLite database's write-ahead log back into its file every [`CHECKPOINT_EVERY`],
 /// on a connection of its own, ahead of the writer: the commit that takes the log past
-/// [`WAL_AUTOCHECKPOINT_PAGES`] still checkpoints — that is what lets the log start over, and so
-/// what keeps it from growing without bound under steady writes — but copies only the pages
-/// this task has not yet copied, with the writer's other calls waiting meanwhile. The
+/// `wal_pages` ([`WAL_AUTOCHECKPOINT_PAGES`] unless configured) still checkpoints — that is
+/// what lets the log start over, and so what keeps it from growing without bound under steady
+/// writes — but copies only the pages this task has not yet copied, with the writer's other
+/// calls waiting meanwhile. The
 /// checkpoint is PASSIVE: it copies what no reader still needs and never waits for a reader or
 /// blocks a writer. What is durable does not change: a commit is in the log either way. Runs as
 /// long as the runtime.
-async fn spawn_checkpointer(url: &str, service: &str) -> Result<(), StorageError> {
-    let db = connect(url, service, Some(1)).await?;
+async fn spawn_checkpointer(url: &str, service: &str, wal_pages: u32) -> Result<(), StorageError> {
+    let db = connect_with_log(url, service, Some(1), wal_pages).await?;
     let service = service.to_owned();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
@@ -379,7 +405,7 @@ async fn spawn_checkpointer(url: &str, service: &str) -> Result<(), StorageError
                     // Past the writer's threshold its next commit checkpoints, and only that
                     // checkpoint lets the log start over; one of ours running at that moment
                     // would make it give up (one checkpoint at a time). Stand aside meanwhile.
-                    if log >= i64::from(WAL_AUTOCHECKPOINT_PAGES) {
+                    if log >= i64::from(wal_pages) {
                         tokio::time::sleep(STAND_ASIDE).await;
                     }
                 }
@@ -677,47 +703,61 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn under_steady_writes_the_log_starts_over_again_and_again_and_is_copied_back() {
+    /// Writes three times `threshold` bytes into `db`'s table `t` in back-to-back commits of
+    /// `commit_kb` KB; how often the log at `wal` started over meanwhile, and the longest it got.
+    /// Each start over is counted where SQLite records it: the log header's checkpoint sequence
+    /// number (bytes 12..16, big-endian), which goes up by one each time the log is written
+    /// again from its start.
+    async fn write_three_logs(
+        db: &sea_orm::DatabaseConnection,
+        wal: &std::path::Path,
+        threshold: u64,
+        commit_kb: u64,
+    ) -> (u32, u64) {
         use sea_orm::ConnectionTrait;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("wal.db");
-        let wal = dir.path().join("wal.db-wal");
-        let url = format!("sqlite://{}?mode=rwc", file.display());
-        let db = super::connect(&url, "wal", None).await.unwrap();
         db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)")
             .await
             .unwrap();
-        super::spawn_checkpointer(&url, "wal").await.unwrap();
-        // Three times the writer's threshold in back-to-back commits of 80 KB, the background
-        // checkpointer running beside them: the log must start over again and again, and what
-        // was written reaches the database file. Each start over is counted where SQLite
-        // records it: the log header's checkpoint sequence number (bytes 12..16, big-endian),
-        // which goes up by one each time the log is written again from its start.
-        let threshold = u64::from(super::WAL_AUTOCHECKPOINT_PAGES) * 4096;
-        let commits = 3 * threshold / (80 * 1024);
         let restarts_so_far = || {
             use std::io::Read;
             let mut header = [0u8; 16];
-            std::fs::File::open(&wal)
+            std::fs::File::open(wal)
                 .and_then(|mut f| f.read_exact(&mut header))
                 .map(|()| u32::from_be_bytes([header[12], header[13], header[14], header[15]]))
                 .unwrap_or_default()
         };
         let (mut longest, mut restarts, mut last) = (0, 0, restarts_so_far());
-        for _ in 0..commits {
-            db.execute_unprepared(
+        for _ in 0..3 * threshold / (commit_kb * 1024) {
+            db.execute_unprepared(&format!(
                 "INSERT INTO t (pad) SELECT randomblob(1024) FROM \
-                 (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 80) \
-                 SELECT i FROM n)",
-            )
+                 (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < \
+                 {commit_kb}) SELECT i FROM n)"
+            ))
             .await
             .unwrap();
-            longest = longest.max(std::fs::metadata(&wal).unwrap().len());
+            longest = longest.max(std::fs::metadata(wal).unwrap().len());
             let now = restarts_so_far();
             restarts += u32::from(now != last);
             last = now;
         }
+        (restarts, longest)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_steady_writes_the_log_starts_over_again_and_again_and_is_copied_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wal.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let db = super::connect(&url, "wal", None).await.unwrap();
+        super::spawn_checkpointer(&url, "wal", super::WAL_AUTOCHECKPOINT_PAGES)
+            .await
+            .unwrap();
+        // Three times the writer's threshold in back-to-back commits of 80 KB, the background
+        // checkpointer running beside them: the log must start over again and again, and what
+        // was written reaches the database file.
+        let threshold = u64::from(super::WAL_AUTOCHECKPOINT_PAGES) * 4096;
+        let (restarts, longest) =
+            write_three_logs(&db, &dir.path().join("wal.db-wal"), threshold, 80).await;
         // About three starts over here, one each time the log passes the writer's threshold.
         // Without the writer's own checkpoint the log never started over and grew to all that
         // was written (measured with the threshold of 1,000 pages this test was first written
@@ -733,6 +773,49 @@ mod tests {
             "the log started over {restarts} times, and grew to {longest} bytes"
         );
         assert!(std::fs::metadata(&file).unwrap().len() > 2 * threshold);
+    }
+
+    /// No migrations: [`super::open`] with nothing but a connection to make.
+    struct NoMigrations;
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl sea_orm_migration::MigratorTrait for NoMigrations {
+        fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_opened_with_a_shorter_log_keeps_its_log_that_short() {
+        use sea_orm::ConnectionTrait;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().display().to_string();
+        let config = crate::config::Config::from_vars(move |name| match name {
+            "LIANYU_SQLITE_WAL_MIB" => Some("1".into()),
+            "LIANYU_DATA_DIR" => Some(data.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let db = super::open::<NoMigrations>(&config, "small").await.unwrap();
+        let pages = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "PRAGMA wal_autocheckpoint",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(pages, 256, "1 MiB of 4 KiB pages");
+        // The log starts over each time it passes 1 MiB, never near the default's 64 MiB.
+        let threshold = 1024 * 1024;
+        let (restarts, longest) =
+            write_three_logs(&db, &dir.path().join("small.db-wal"), threshold, 16).await;
+        assert!(
+            restarts >= 2 && longest < 2 * threshold,
+            "the log started over {restarts} times, and grew to {longest} bytes"
+        );
     }
 
     #[test]
