@@ -108,6 +108,10 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// `LIANYU_SQLITE_WAL_MIB`'s default: the write-ahead log length the kit's storage measured best
+/// under steady writes.
+pub const DEFAULT_SQLITE_WAL_MIB: u32 = 64;
+
 /// Everything a service process needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -296,21 +300,17 @@ impl Config {
             db_max_connections: var("LIANYU_DB_MAX_CONNECTIONS")
                 .map(|v| positive("LIANYU_DB_MAX_CONNECTIONS", &v))
                 .transpose()?,
-            sqlite_wal_mib: number(
-                &var,
-                "LIANYU_SQLITE_WAL_MIB",
-                crate::storage::DEFAULT_WAL_MIB,
-            )
-            .and_then(|mib| {
-                if mib > 4096 {
-                    Err(err(
-                        "LIANYU_SQLITE_WAL_MIB",
-                        format!("at most 4096 (4 GiB), got {mib}"),
-                    ))
-                } else {
-                    Ok(mib)
-                }
-            })?,
+            sqlite_wal_mib: number(&var, "LIANYU_SQLITE_WAL_MIB", DEFAULT_SQLITE_WAL_MIB)
+                .and_then(|mib| {
+                    if mib > 4096 {
+                        Err(err(
+                            "LIANYU_SQLITE_WAL_MIB",
+                            format!("at most 4096 (4 GiB), got {mib}"),
+                        ))
+                    } else {
+                        Ok(mib)
+                    }
+                })?,
             migrate: boolean(&var, "LIANYU_MIGRATE", true)?,
             auth: AuthConfig {
                 issuer: var("LIANYU_TOKEN_ISSUER").unwrap_or_else(|| "lianyu".into()),

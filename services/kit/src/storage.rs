@@ -176,10 +176,7 @@ impl From<DbErr> for StorageError {
 /// almost everything, each page once however often it changed between passes, and the writer's
 /// own checkpoint finds little left. The price is disk: up to this much log per service's
 /// database, kept for reuse; a small volume can set less.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = wal_pages(DEFAULT_WAL_MIB);
-
-/// `LIANYU_SQLITE_WAL_MIB`'s default.
-pub const DEFAULT_WAL_MIB: u32 = 64;
+const WAL_AUTOCHECKPOINT_PAGES: u32 = wal_pages(crate::config::DEFAULT_SQLITE_WAL_MIB);
 
 /// SQLite's page size as the kit's databases use it (SQLite's default).
 const PAGE_BYTES: u32 = 4096;
