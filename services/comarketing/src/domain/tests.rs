@@ -137,3 +137,33 @@ fn each_participant_bears_its_share_of_the_spend() {
     // Each paid exactly its share: nobody owes anybody.
     assert!(c.settlement(&[(brand, 4_000), (mall, 6_000)]).is_empty());
 }
+
+#[test]
+fn a_share_that_does_not_divide_evenly_is_rounded_down_and_the_last_bears_the_rest() {
+    let mut c = double_12();
+    let (brand, mall) = (PartnerId::new("brand-a"), PartnerId::new("mall-b"));
+    // ¥500 from the mall and ¥1,000 from the brand (the contract's example): a third and two.
+    c.budget = vec![
+        (mall.clone(), cny(50_000).unwrap()),
+        (brand.clone(), cny(100_000).unwrap()),
+    ];
+    // The brand funded all ¥50.00: the mall's third is 1,666.67 minor units, rounded down;
+    // the brand, listed last, bears the other 3,334, so the shares sum to the spend exactly.
+    assert_eq!(
+        c.settlement(&[(brand.clone(), 5_000)]),
+        [(mall.clone(), brand.clone(), 1_666)]
+    );
+    // Whatever the spend, nothing is lost or made by rounding: what the debtors pay is what
+    // the funders paid beyond their shares.
+    for spent in [1, 2, 3, 7, 99, 10_001, 123_457] {
+        let paid: i64 = c
+            .settlement(&[(brand.clone(), spent)])
+            .iter()
+            .map(|(debtor, creditor, amount)| {
+                assert_eq!((debtor, creditor), (&mall, &brand));
+                amount
+            })
+            .sum();
+        assert_eq!(paid, spent / 3, "spent {spent}");
+    }
+}
