@@ -373,10 +373,9 @@ pub async fn open<M: sea_orm_migration::MigratorTrait>(
 /// `wal_pages` ([`WAL_AUTOCHECKPOINT_PAGES`] unless configured) still checkpoints — that is
 /// what lets the log start over, and so what keeps it from growing without bound under steady
 /// writes — but copies only the pages this task has not yet copied, with the writer's other
-/// calls waiting meanwhile. The
-/// checkpoint is PASSIVE: it copies what no reader still needs and never waits for a reader or
-/// blocks a writer. What is durable does not change: a commit is in the log either way. Runs as
-/// long as the runtime.
+/// calls waiting meanwhile. The checkpoint is PASSIVE: it copies what no reader still needs and
+/// never waits for a reader or blocks a writer. What is durable does not change: a commit is in
+/// the log either way. Runs as long as the runtime.
 async fn spawn_checkpointer(url: &str, service: &str, wal_pages: u32) -> Result<(), StorageError> {
     let db = connect_with_log(url, service, Some(1), wal_pages).await?;
     let service = service.to_owned();
