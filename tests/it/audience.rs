@@ -156,7 +156,7 @@ pub(crate) async fn segment(
 ) -> pb::Segment {
     audience(s, owner)
         .create_segment(pb::CreateSegmentRequest {
-            request_id: format!("seg-{}", hex(&rule.encode_to_vec())),
+            request_id: format!("seg-{}", hash(&rule.encode_to_vec())),
             parent: campaign.into(),
             segment: Some(pb::Segment {
                 display_name: "brand fans".into(),
@@ -169,8 +169,12 @@ pub(crate) async fn segment(
         .into_inner()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A short stand-in for `bytes`, for a request id (a long rule's bytes would pass its limit).
+fn hash(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// Computes `segment` and waits for the operation to finish.
@@ -195,6 +199,18 @@ pub(crate) async fn compute(s: &TestServer, owner: &str, segment: &str, request_
     let response = pb::Segment::decode(done.response.unwrap().value.as_slice()).unwrap();
     assert_eq!(response.name, segment);
     assert!(response.compute_time.is_some());
+}
+
+/// `segment` computed again now by `owner`, and its size as `owner` may count it.
+async fn computed_size(s: &TestServer, owner: &str, segment: &str) -> pb::GetSegmentSizeResponse {
+    compute(s, owner, segment, &format!("compute-{}", now_millis())).await;
+    audience(s, owner)
+        .get_segment_size(pb::GetSegmentSizeRequest {
+            name: segment.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Everything the mall may export from `segment`, all pages.
@@ -272,18 +288,11 @@ async fn the_malls_audience_holds_only_members_who_consented_to_it_as_its_own_id
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "SEGMENT_NOT_COMPUTED");
-    let size = || async {
-        compute(&s, MALL, &seg.name, &format!("compute-{}", now_millis())).await;
-        audience(&s, MALL)
-            .get_segment_size(pb::GetSegmentSizeRequest {
-                name: seg.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    eventually("the enrolments reach comarketing", || async {
-        size().await.size == 8
+    let size = || computed_size(&s, MALL, &seg.name);
+    // Six, not eight: the two who did not consent are the mall's own members too, but that
+    // the brand enrolled them is the brand's record, which the mall's rule may not read.
+    eventually("the enrolments and consents reach comarketing", || async {
+        size().await.size == 6
     })
     .await;
     eventually("the marketing consents reach comarketing", || async {
@@ -364,9 +373,89 @@ async fn the_malls_audience_holds_only_members_who_consented_to_it_as_its_own_id
         .unwrap()
         .into_inner();
     assert_eq!(own.decision, pb::ContactDecision::Allowed as i32);
-    // Counted for analytics: the mall's own members all eight, whatever they consented to
-    // through the brand (the count never says who).
-    assert_eq!(size().await.size, 8);
+    // Counted for analytics as before: withdrawing MARKETING_CONTACT alone leaves her
+    // JOINT_ANALYTICS consent, by which the mall's rule reads the brand's enrolment.
+    assert_eq!(size().await.size, 6);
+}
+
+/// Tags `members` (the partner's own ids) with `tag`.
+async fn tag(s: &TestServer, partner: &str, members: &[String], tag: &str) {
+    let tagged = audience(s, partner)
+        .tag_members(pb::TagMembersRequest {
+            request_id: format!("tag-{tag}-{}", members.len()),
+            members: members.to_vec(),
+            add_tags: vec![tag.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tagged.updated as usize, members.len());
+}
+
+/// The differencing attack on a segment's size: the brand pads a rule with its own members
+/// (enough to pass the cohort) and ORs in one person it also holds AND a fact of the mall's
+/// (the mall's "vip" tag). Were the mall's record read for her, the size would move by one
+/// and tell the brand what the mall holds of her. It does not move until she consents,
+/// through the mall, to JOINT_ANALYTICS by the brand; then it does.
+#[tokio::test]
+async fn a_segment_never_reads_another_partners_record_of_a_person_without_her_consent() {
+    let s = mesh("aud_differencing").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let mut pad = Vec::new();
+    for i in 0..6 {
+        pad.push(enrol(&s, BRAND, &format!("1350000{i:04}")).await);
+    }
+    let her_at_brand = enrol(&s, BRAND, "13500009999").await;
+    let her_at_mall = enrol(&s, MALL, "13500009999").await;
+    tag(&s, BRAND, &pad, "pad").await;
+    tag(&s, BRAND, std::slice::from_ref(&her_at_brand), "target").await;
+    tag(&s, MALL, std::slice::from_ref(&her_at_mall), "vip").await;
+    let probe = pb::Rule {
+        rule: Some(R::Any(pb::RuleList {
+            rules: vec![
+                tagged(BRAND, "pad"),
+                pb::Rule {
+                    rule: Some(R::All(pb::RuleList {
+                        rules: vec![tagged(BRAND, "target"), tagged(MALL, "vip")],
+                    })),
+                },
+            ],
+        })),
+    };
+    let seg = segment(&s, BRAND, &campaign.name, probe).await;
+    let size = || computed_size(&s, BRAND, &seg.name);
+    // The pad is in (the tags are written at once; the enrolments come on identity's feed).
+    eventually("the brand's members reach its segments", || async {
+        size().await.size == 6
+    })
+    .await;
+    // However often it is computed again, the mall's tag does not count her in.
+    for _ in 0..3 {
+        assert_eq!(
+            size().await.size,
+            6,
+            "the mall's record of her moved the count"
+        );
+    }
+    // Her consent, through the mall, to be counted by the brand: now the mall's tag is read.
+    // Withdrawn: the next computation reads it no more.
+    for (granted, counted) in [(true, 7), (false, 6)] {
+        consent_to(
+            &s,
+            MALL,
+            &her_at_mall,
+            BRAND,
+            &[ConsentPurpose::JointAnalytics],
+            granted,
+        )
+        .await;
+        eventually(
+            "her consent or its withdrawal reaches comarketing",
+            || async { size().await.size == counted },
+        )
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -27,8 +27,9 @@ use crate::{
 };
 
 /// `MARKETING_CONTACT` and `JOINT_ANALYTICS` in `lianyu.common.v1.ConsentPurpose`.
-pub(super) const MARKETING_CONTACT: i32 = 2;
-pub(super) const JOINT_ANALYTICS: i32 = 5;
+pub(super) const MARKETING_CONTACT: i32 =
+    lianyu_proto::common::v1::ConsentPurpose::MarketingContact as i32;
+pub(super) const JOINT_ANALYTICS: i32 = store::JOINT_ANALYTICS;
 
 /// A tag or tier: 1 to 64 of [A-Za-z0-9_.:-].
 fn label(s: &str) -> Result<String, String> {

@@ -289,7 +289,7 @@ impl pb::contact_service_server::ContactService for Api {
                         .into());
                     }
                     store::mark_sent(txn, &r.contact_token, sent).await?;
-                    store::touch(txn, [(member, sent)]).await?;
+                    store::touch(txn, &me, [(member, sent)]).await?;
                     if !campaign.is_empty() {
                         store::insert_events(
                             txn,

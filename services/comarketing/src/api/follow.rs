@@ -612,6 +612,8 @@ mod tests {
         partner: &str,
         since: i64,
     ) -> Vec<String> {
+        // As the partner itself sees them: its own records.
+        let sight = store::Sight::of(partner);
         let found = store::condition_members(
             db,
             &Condition::Enrolled {
@@ -619,6 +621,7 @@ mod tests {
                 since: Some(since),
             },
             AT + 60_000,
+            (&sight, &store::all_members(db).await.unwrap()),
         )
         .await
         .unwrap();

@@ -245,7 +245,7 @@ impl pb::funnel_service_server::FunnelService for Api {
                             store::add_tally(txn, e.campaign, "gmv", e.amount).await?;
                         }
                     }
-                    store::touch(txn, events.iter().map(|e| (e.member, e.at))).await?;
+                    store::touch(txn, &me, events.iter().map(|e| (e.member, e.at))).await?;
                     Ok(pb::IngestEventsResponse {
                         accepted: i32::try_from(events.len()).unwrap_or(i32::MAX),
                         unknown,

@@ -125,7 +125,7 @@ impl Jobs {
     }
 
     async fn run(self, op: String, segment: StoredSegment, rule: Rule) {
-        let outcome = self.evaluate(&op, &rule).await;
+        let outcome = self.evaluate(&op, &segment.owner, &rule).await;
         let now = now_millis();
         let (state, error, result) = match &outcome {
             Ok(Some((bitmap, total))) => ("done", String::new(), Some((bitmap, *total))),
@@ -154,15 +154,18 @@ impl Jobs {
         }
     }
 
-    /// The segment's members, or `None` when the operation was cancelled.
+    /// The segment's members as its owner may see them ([`store::Sight`]), or `None` when the
+    /// operation was cancelled.
     async fn evaluate(
         &self,
         op: &str,
+        owner: &str,
         rule: &Rule,
     ) -> Result<Option<(roaring::RoaringBitmap, u64)>, KitError> {
         let now = now_millis();
         let universe = store::all_members(&self.read).await?;
         let total = universe.len();
+        let sight = store::Sight::of(owner);
         let conditions = rule.conditions();
         let count = conditions.len().max(1) as u64;
         let mut sets = BTreeMap::new();
@@ -173,7 +176,8 @@ impl Jobs {
                     "the server stopped; compute again".into(),
                 ));
             }
-            let members = store::condition_members(&self.read, &c, now).await?;
+            let members =
+                store::condition_members(&self.read, &c, now, (&sight, &universe)).await?;
             sets.insert(c, members);
             let scanned = i64::try_from(total * (done as u64 + 1) / count).unwrap_or(i64::MAX);
             let total = i64::try_from(total).unwrap_or(i64::MAX);

@@ -138,7 +138,14 @@ pub(crate) async fn record_facts(
                     member_fact::Column::Partner,
                     member_fact::Column::MemberIdx,
                 ])
-                .update_column(member_fact::Column::LastAt)
+                // Never back: an event told late (an old ingested one) leaves a later one.
+                .value(
+                    member_fact::Column::LastAt,
+                    sea_orm::sea_query::Expr::cust(
+                        "CASE WHEN member_facts.last_at > excluded.last_at \
+                         THEN member_facts.last_at ELSE excluded.last_at END",
+                    ),
+                )
                 .to_owned(),
             ),
         );
@@ -147,15 +154,33 @@ pub(crate) async fn record_facts(
     Ok(writes.send(conn).await?)
 }
 
-/// Moves members' last activity forward to `at`.
+/// Records that `partner` saw its members active (a contact it sent, an event it ingested):
+/// an "active" fact of the partner's, for the inactive rule, and the members' last activity.
 pub(crate) async fn touch(
     conn: &impl ConnectionTrait,
+    partner: &str,
     members: impl IntoIterator<Item = (i32, i64)>,
 ) -> Result<(), KitError> {
-    let mut writes = Writes::new();
-    stage_touch(&mut writes, conn.get_database_backend(), members);
-    Ok(writes.send(conn).await?)
+    let mut latest: BTreeMap<i32, i64> = BTreeMap::new();
+    for (m, at) in members {
+        let e = latest.entry(m).or_insert(at);
+        *e = (*e).max(at);
+    }
+    let facts: Vec<Fact<'_>> = latest
+        .into_iter()
+        .map(|(member, at)| Fact {
+            member,
+            kind: ACTIVE,
+            subject: "",
+            partner,
+            at,
+        })
+        .collect();
+    record_facts(conn, &facts).await
 }
+
+/// The fact kind [`touch`] records: activity a partner saw that left no other fact.
+pub(crate) const ACTIVE: &str = "active";
 
 /// Members [`stage_touch`] moves in one statement on PostgreSQL (two parameters each).
 const TOUCHED_PER_UPDATE: usize = 1_000;
@@ -296,11 +321,58 @@ pub(crate) async fn erase_at(
     super::funnel::erase_events(conn, member, partner).await
 }
 
-/// The members meeting one condition, as a bitmap.
+/// `CONSENT_PURPOSE_JOINT_ANALYTICS`, as the consent index stores it.
+pub(crate) const JOINT_ANALYTICS: i32 =
+    lianyu_proto::common::v1::ConsentPurpose::JointAnalytics as i32;
+
+/// What one partner's segments are built on: its own records of members, and another
+/// partner's records only of members who consented, through that partner, to JOINT_ANALYTICS
+/// by it. A rule that mixed in anything else would let its owner learn, by the size of a
+/// result padded with its own members, what another partner holds of one person.
+pub(crate) struct Sight {
+    partner: String,
+}
+
+impl Sight {
+    /// What `partner` may build on, by the consents the feed holds when a condition is read.
+    pub(crate) fn of(partner: &str) -> Self {
+        Self {
+            partner: partner.to_owned(),
+        }
+    }
+
+    /// The facts this partner may read: its own, and those whose holder has the member's
+    /// JOINT_ANALYTICS consent to it (decided in the query, so that only the members read
+    /// leave the database).
+    fn readable(&self) -> sea_orm::Condition {
+        use sea_orm::sea_query::{Expr, ExprTrait, Query};
+        let consented = Query::select()
+            .expr(Expr::val(1))
+            .from(consent::Entity)
+            .and_where(consent::Column::Grantee.eq(&self.partner))
+            .and_where(consent::Column::Purpose.eq(JOINT_ANALYTICS))
+            .and_where(
+                Expr::col((consent::Entity, consent::Column::Collector))
+                    .equals((member_fact::Entity, member_fact::Column::Partner)),
+            )
+            .and_where(
+                Expr::col((consent::Entity, consent::Column::MemberIdx))
+                    .equals((member_fact::Entity, member_fact::Column::MemberIdx)),
+            )
+            .to_owned();
+        sea_orm::Condition::any()
+            .add(member_fact::Column::Partner.eq(&self.partner))
+            .add(Expr::exists(consented))
+    }
+}
+
+/// The members of `universe` (every member, [`all_members`]) meeting one condition as
+/// `sight`'s partner may see it, as a bitmap.
 pub(crate) async fn condition_members(
     conn: &impl ConnectionTrait,
     c: &Condition,
     now: i64,
+    (sight, universe): (&Sight, &RoaringBitmap),
 ) -> Result<RoaringBitmap, KitError> {
     let (kind, subject, partner, since) = match c {
         Condition::Enrolled { partner, since } => ("enrolled", "", Some(partner.as_str()), *since),
@@ -311,21 +383,26 @@ pub(crate) async fn condition_members(
         Condition::ClaimedBenefit(b) => ("claimed", b.as_str(), None, None),
         Condition::RedeemedBenefit(b) => ("redeemed", b.as_str(), None, None),
         Condition::Inactive { days } => {
-            let before = now - i64::from(*days) * crate::domain::contact::DAY;
-            let ids: Vec<i32> = member::Entity::find()
-                .filter(member::Column::LastAt.lt(before))
+            // Every member but those with a fact the partner may read that moved inside the
+            // window.
+            let after = now - i64::from(*days) * crate::domain::contact::DAY;
+            let active: Vec<i32> = member_fact::Entity::find()
+                .filter(member_fact::Column::LastAt.gte(after))
+                .filter(sight.readable())
                 .select_only()
-                .column(member::Column::Idx)
+                .column(member_fact::Column::MemberIdx)
+                .distinct()
                 .into_tuple()
                 .all(conn)
                 .await
                 .map_err(storage)?;
-            return Ok(bitmap(ids));
+            return Ok(universe - bitmap(active));
         }
     };
     let mut q = member_fact::Entity::find()
         .filter(member_fact::Column::Kind.eq(kind))
-        .filter(member_fact::Column::Subject.eq(subject));
+        .filter(member_fact::Column::Subject.eq(subject))
+        .filter(sight.readable());
     if let Some(p) = partner {
         q = q.filter(member_fact::Column::Partner.eq(p));
     }
@@ -827,7 +904,7 @@ mod tests {
 
     /// Activity only ever moves forward, each member to the latest time it was touched with,
     /// however many members one touch carries (one statement on PostgreSQL, one per member on
-    /// SQLite) — "inactive for N days" segments rest on it.
+    /// SQLite), and so does the toucher's "active" fact — "inactive for N days" rests on it.
     #[tokio::test]
     async fn a_touch_moves_each_member_to_its_latest_time_and_never_back() {
         let (_database, db) = crate::store::test_database("comarketing_touch").await;
@@ -839,7 +916,18 @@ mod tests {
         // one statement's worth moved too.
         let mut touches = vec![(n("m0"), 5_000), (n("m0"), 3_000), (n("m1"), 500)];
         touches.extend(ids[2..].iter().map(|m| (n(m), 2_000)));
-        touch(&db, touches).await.unwrap();
+        touch(&db, "brand", touches).await.unwrap();
+        // An older touch told late moves nothing back.
+        touch(&db, "brand", [(n("m0"), 4_000)]).await.unwrap();
+        let active = |m: i32| {
+            member_fact::Entity::find()
+                .filter(member_fact::Column::Kind.eq(ACTIVE))
+                .filter(member_fact::Column::Partner.eq("brand"))
+                .filter(member_fact::Column::MemberIdx.eq(m))
+                .one(&db)
+        };
+        assert_eq!(active(n("m0")).await.unwrap().unwrap().last_at, 5_000);
+        assert_eq!(active(n("m1204")).await.unwrap().unwrap().last_at, 2_000);
         assert_eq!(last_at(&db, n("m0")).await, 5_000);
         assert_eq!(last_at(&db, n("m1")).await, 1_000);
         assert_eq!(last_at(&db, n("m2")).await, 2_000);
@@ -851,5 +939,89 @@ mod tests {
             .unwrap()
             .len();
         assert_eq!(moved, 1_203);
+    }
+
+    /// Every kind of condition reads, for the partner it is evaluated for, only its own
+    /// records and the records of partners a member let it count her with: a join through
+    /// the mall, the mall's tag and activity seen only by the mall are not the brand's to
+    /// read — until the member consents, through the mall, to JOINT_ANALYTICS by the brand.
+    #[tokio::test]
+    async fn a_condition_reads_another_partners_records_only_of_members_who_consented() {
+        let (_database, db) = crate::store::test_database("comarketing_sight").await;
+        let numbers = member_numbers(&db, &["her", "him"], 1_000).await.unwrap();
+        let (her, him) = (numbers["her"], numbers["him"]);
+        let fact = |member, kind, subject, partner, at| Fact {
+            member,
+            kind,
+            subject,
+            partner,
+            at,
+        };
+        const NOW: i64 = 100 * crate::domain::contact::DAY;
+        let old = NOW - 60 * crate::domain::contact::DAY;
+        record_facts(
+            &db,
+            &[
+                fact(her, "enrolled", "", "brand", old),
+                fact(her, "enrolled", "", "mall", old),
+                fact(her, "tag", "vip", "mall", old),
+                fact(her, "joined", "s1", "mall", NOW - 1),
+                fact(him, "enrolled", "", "brand", NOW - 1),
+                fact(him, "joined", "s1", "brand", NOW - 1),
+            ],
+        )
+        .await
+        .unwrap();
+        let read = |sight: Sight| {
+            let db = db.clone();
+            async move {
+                let mut out = Vec::new();
+                for c in [
+                    Condition::Enrolled {
+                        partner: lianyu_kit::ids::PartnerId::new("mall"),
+                        since: None,
+                    },
+                    Condition::Tagged {
+                        partner: lianyu_kit::ids::PartnerId::new("mall"),
+                        tag: "vip".into(),
+                    },
+                    Condition::JoinedSession("s1".into()),
+                    Condition::Inactive { days: 30 },
+                ] {
+                    let universe = all_members(&db).await.unwrap();
+                    let found = condition_members(&db, &c, NOW, (&sight, &universe))
+                        .await
+                        .unwrap();
+                    out.push(found.iter().collect::<Vec<u32>>());
+                }
+                out
+            }
+        };
+        let (her, him) = (her as u32, him as u32);
+        // The brand alone: nothing of the mall's; her join through the mall unseen, so
+        // she is inactive for the brand; his join through the brand seen.
+        let brand = read(Sight::of("brand")).await;
+        assert_eq!(brand, [vec![], vec![], vec![him], vec![her]]);
+        // The mall reads its own records whole (and never the brand's of him).
+        let mall = read(Sight::of("mall")).await;
+        assert_eq!(mall, [vec![her], vec![her], vec![her], vec![him]]);
+        // Her consent through the mall opens the mall's records of her to the brand.
+        set_consent(&db, numbers["her"], "mall", "brand", JOINT_ANALYTICS, true)
+            .await
+            .unwrap();
+        let brand = read(Sight::of("brand")).await;
+        assert_eq!(brand, [vec![her], vec![her], vec![her, him], vec![]]);
+        // A consent for another purpose, or through another partner, opens nothing.
+        set_consent(&db, numbers["her"], "mall", "brand", JOINT_ANALYTICS, false)
+            .await
+            .unwrap();
+        set_consent(&db, numbers["her"], "mall", "brand", 2, true)
+            .await
+            .unwrap();
+        set_consent(&db, numbers["her"], "other", "brand", JOINT_ANALYTICS, true)
+            .await
+            .unwrap();
+        let brand = read(Sight::of("brand")).await;
+        assert_eq!(brand, [vec![], vec![], vec![him], vec![her]]);
     }
 }

@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::{
-    entities::{member, member_fact},
+    entities::{consent, member, member_fact},
     storage,
 };
 
@@ -37,7 +37,9 @@ fn mix(i: u64) -> u64 {
 /// Adds `members` synthetic members (`syn{i}` mesh ids) with their facts: every one enrolled
 /// at the brand, 60 % at the mall, 10 % tagged "vip" at the brand, a tier at the mall for
 /// half, 20 % joined the session, 15 % claimed and 5 % redeemed the benefit, last active at
-/// some time in the past year. Returns the fact rows written.
+/// some time in the past year; 70 % of those at both consented to JOINT_ANALYTICS by each
+/// partner through the other (without it, neither partner's segments read the other's
+/// records of them). Returns the fact rows written.
 pub async fn seed(
     db: &sea_orm::DatabaseConnection,
     members: usize,
@@ -80,6 +82,7 @@ pub async fn seed(
                 .map_err(storage)?;
         }
         let mut facts = Vec::new();
+        let mut consents = Vec::new();
         for i in start..end {
             let h = mix(i as u64);
             let idx = i32::try_from(i + offset).unwrap_or(i32::MAX);
@@ -98,6 +101,17 @@ pub async fn seed(
             let pct = h % 100;
             if pct < 60 {
                 add("enrolled", "", s.mall);
+                // Seven in ten of them let each partner count them with the other's records.
+                if (h >> 40) % 10 < 7 {
+                    for (grantee, collector) in [(s.mall, s.brand), (s.brand, s.mall)] {
+                        consents.push(consent::ActiveModel {
+                            grantee: Set(grantee.to_owned()),
+                            purpose: Set(super::JOINT_ANALYTICS),
+                            collector: Set(collector.to_owned()),
+                            member_idx: Set(idx),
+                        });
+                    }
+                }
             }
             if (h >> 8).is_multiple_of(10) {
                 add("tag", "vip", s.brand);
@@ -117,6 +131,12 @@ pub async fn seed(
             if claims < 5 {
                 add("redeemed", s.benefit, s.mall);
             }
+        }
+        for chunk in consents.chunks(5_000) {
+            consent::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await
+                .map_err(storage)?;
         }
         facts_written += facts.len() as u64;
         for chunk in facts.chunks(5_000) {
