@@ -319,11 +319,22 @@ async fn the_malls_audience_holds_only_members_who_consented_to_it_as_its_own_id
         .into_inner();
     assert_eq!(allowed.decision, pb::ContactDecision::Allowed as i32);
 
-    // The brand cannot export the mall's segment; an outsider does not see it.
+    // The brand can neither export nor size the mall's segment (its count of it would move
+    // with the brand's own enrolments and erasures); an outsider does not see it.
     let e = audience(&s, BRAND)
         .export_audience(pb::ExportAudienceRequest {
             segment: seg.name.clone(),
             ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::PermissionDenied, "SEGMENT_OWNER_ONLY")
+    );
+    let e = audience(&s, BRAND)
+        .get_segment_size(pb::GetSegmentSizeRequest {
+            name: seg.name.clone(),
         })
         .await
         .unwrap_err();

@@ -262,7 +262,7 @@ fn owner_only(call: &Call, s: &StoredSegment) -> Result<(), KitError> {
     if s.owner != call.partner_id() {
         return Err(KitError::Denied(
             "SEGMENT_OWNER_ONLY",
-            "only the partner that defined the segment computes and exports it",
+            "only the partner that defined the segment computes, sizes and exports it",
         ));
     }
     Ok(())
@@ -473,6 +473,9 @@ impl pb::audience_service_server::AudienceService for Api {
     ) -> Result<Response<pb::GetSegmentSizeResponse>, Status> {
         unary(request, async |call, r| {
             let (_, s) = self.segment(&call, &r.name, "name").await?;
+            // Another participant's count of it would move with its own enrolments and
+            // erasures, and tell it, one person at a time, what the owner's rule read.
+            owner_only(&call, &s)?;
             let (result, at, _) = self.result(&s).await?;
             let countable =
                 store::usable_by(&self.read, call.partner_id(), JOINT_ANALYTICS, true).await?;
