@@ -15,7 +15,7 @@ use lianyu_proto::{
     comarketing::v1::{
         self as pb, audience_service_client::AudienceServiceClient,
         campaign_service_client::CampaignServiceClient,
-        contact_service_client::ContactServiceClient,
+        contact_service_client::ContactServiceClient, funnel_service_client::FunnelServiceClient,
         operations_service_client::OperationsServiceClient, rule::Rule as R,
     },
     common::v1::{ConsentPurpose, Money},
@@ -404,6 +404,18 @@ async fn tag(s: &TestServer, partner: &str, members: &[String], tag: &str) {
     assert_eq!(tagged.updated as usize, members.len());
 }
 
+/// Six of the brand's own members (past the tests' cohort of five) to pad a count with, and
+/// one person both partners hold: her brand id and her mall id. Phones start with `prefix`.
+async fn pad_and_her(s: &TestServer, prefix: &str) -> (Vec<String>, String, String) {
+    let mut pad = Vec::new();
+    for i in 0..6 {
+        pad.push(enrol(s, BRAND, &format!("{prefix}0000{i:04}")).await);
+    }
+    let phone = format!("{prefix}00009999");
+    let her_at_brand = enrol(s, BRAND, &phone).await;
+    (pad, her_at_brand, enrol(s, MALL, &phone).await)
+}
+
 /// The differencing attack on a segment's size: the brand pads a rule with its own members
 /// (enough to pass the cohort) and ORs in one person it also holds AND a fact of the mall's
 /// (the mall's "vip" tag). Were the mall's record read for her, the size would move by one
@@ -413,12 +425,7 @@ async fn tag(s: &TestServer, partner: &str, members: &[String], tag: &str) {
 async fn a_segment_never_reads_another_partners_record_of_a_person_without_her_consent() {
     let s = mesh("aud_differencing").await;
     let campaign = running_campaign(&s, MALL, BRAND).await;
-    let mut pad = Vec::new();
-    for i in 0..6 {
-        pad.push(enrol(&s, BRAND, &format!("1350000{i:04}")).await);
-    }
-    let her_at_brand = enrol(&s, BRAND, "13500009999").await;
-    let her_at_mall = enrol(&s, MALL, "13500009999").await;
+    let (pad, her_at_brand, her_at_mall) = pad_and_her(&s, "135").await;
     tag(&s, BRAND, &pad, "pad").await;
     tag(&s, BRAND, std::slice::from_ref(&her_at_brand), "target").await;
     tag(&s, MALL, std::slice::from_ref(&her_at_mall), "vip").await;
@@ -467,6 +474,89 @@ async fn a_segment_never_reads_another_partners_record_of_a_person_without_her_c
         )
         .await;
     }
+}
+
+/// `partner` tells the funnel that `members` (its own ids) ordered in `campaign` now.
+async fn ordered(s: &TestServer, partner: &str, campaign: &str, members: &[String]) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let accepted = FunnelServiceClient::new(s.as_token(&s.token(partner)))
+        .ingest_events(pb::IngestEventsRequest {
+            request_id: format!("orders-{partner}-{nanos}"),
+            events: members
+                .iter()
+                .map(|member| pb::FunnelEvent {
+                    member: member.clone(),
+                    campaign: campaign.into(),
+                    kind: pb::FunnelEventKind::Ordered as i32,
+                    event_time: timestamp(now_millis()),
+                    amount: Some(Money {
+                        currency_code: "CNY".into(),
+                        minor_units: 10_000,
+                    }),
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted;
+    assert_eq!(accepted as usize, members.len());
+}
+
+/// The same attack on the funnel: the brand ingests purchases of its own members past the
+/// cohort; the mall records a purchase of one person the brand also holds. The brand's
+/// PURCHASE count must not move by her — the purchase is the mall's record — until she
+/// consents, through the mall, to JOINT_ANALYTICS by the brand.
+#[tokio::test]
+async fn a_funnel_never_counts_another_partners_record_of_a_person_without_her_consent() {
+    let s = mesh("aud_funnel_differencing").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let (pad, _, her_at_mall) = pad_and_her(&s, "134").await;
+    let purchases = || async {
+        let f = FunnelServiceClient::new(s.as_token(&s.token(BRAND)))
+            .get_funnel(pb::GetFunnelRequest {
+                campaign: campaign.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let purchase = f
+            .stages
+            .iter()
+            .find(|c| c.stage == pb::FunnelStage::Purchase as i32)
+            .unwrap();
+        purchase.members
+    };
+    eventually("the enrolments reach comarketing", || async {
+        ordered(&s, BRAND, &campaign.name, &pad).await;
+        ordered(&s, MALL, &campaign.name, std::slice::from_ref(&her_at_mall)).await;
+        purchases().await == 6
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            purchases().await,
+            6,
+            "the mall's record of her moved the count"
+        );
+    }
+    consent_to(
+        &s,
+        MALL,
+        &her_at_mall,
+        BRAND,
+        &[ConsentPurpose::JointAnalytics],
+        true,
+    )
+    .await;
+    eventually("her consent reaches comarketing", || async {
+        purchases().await == 7
+    })
+    .await;
 }
 
 #[tokio::test]

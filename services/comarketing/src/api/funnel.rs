@@ -51,12 +51,23 @@ impl Api {
         until: i64,
         repeat_days: i32,
     ) -> Result<pb::Funnel, ComarketingError> {
-        let countable =
-            store::usable_by(&self.read, call.partner_id(), JOINT_ANALYTICS, true).await?;
+        let me = call.partner_id();
+        let countable = store::usable_by(&self.read, me, JOINT_ANALYTICS, true).await?;
+        // An event is read only where it came through the caller, or the member consented
+        // through the partner it came through to JOINT_ANALYTICS by the caller: another
+        // partner's record of her never moves the caller's counts (padded with its own
+        // members past the cohort, one person's purchase elsewhere would show).
+        let shared = store::consented_by_holder(&self.read, me, JOINT_ANALYTICS).await?;
+        let readable = |m: u32, holder: &str| {
+            holder == me || shared.get(holder).is_some_and(|s| s.contains(m))
+        };
         let events = store::campaign_events(&self.read, &campaign.id, from, until).await?;
         let mut by_member: HashMap<u32, Vec<crate::domain::funnel::Event>> = HashMap::new();
         for (m, e, _) in events {
-            if !countable.contains(m) || through.is_some_and(|p| p.as_str() != e.partner) {
+            if !countable.contains(m)
+                || !readable(m, &e.partner)
+                || through.is_some_and(|p| p.as_str() != e.partner)
+            {
                 continue;
             }
             by_member.entry(m).or_default().push(e);

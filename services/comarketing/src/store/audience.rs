@@ -471,6 +471,46 @@ pub(crate) async fn usable_by(
     Ok(out)
 }
 
+/// The consents in force to `grantee` for `purpose` (of `members` only, when given), each as
+/// (member, collector).
+async fn consents_to(
+    conn: &impl ConnectionTrait,
+    grantee: &str,
+    purpose: i32,
+    members: Option<Vec<i32>>,
+) -> Result<Vec<(i32, String)>, KitError> {
+    let mut q = consent::Entity::find()
+        .filter(consent::Column::Grantee.eq(grantee))
+        .filter(consent::Column::Purpose.eq(purpose));
+    if let Some(members) = members {
+        q = q.filter(consent::Column::MemberIdx.is_in(members));
+    }
+    q.select_only()
+        .columns([consent::Column::MemberIdx, consent::Column::Collector])
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)
+}
+
+/// The members whose consent in force lets `grantee` use them for `purpose`, by the partner
+/// that holds them (the consent's collector; `grantee` itself left out).
+pub(crate) async fn consented_by_holder(
+    conn: &impl ConnectionTrait,
+    grantee: &str,
+    purpose: i32,
+) -> Result<HashMap<String, RoaringBitmap>, KitError> {
+    let mut out: HashMap<String, RoaringBitmap> = HashMap::new();
+    for (m, holder) in consents_to(conn, grantee, purpose, None).await? {
+        if let Ok(m) = u32::try_from(m)
+            && holder != grantee
+        {
+            out.entry(holder).or_default().insert(m);
+        }
+    }
+    Ok(out)
+}
+
 /// For each of `members`, the partners (other than `grantee`) whose consent lets `grantee`
 /// use them for `purpose` by the feed: whom to ask identity about.
 pub(crate) async fn grounds(
@@ -484,17 +524,7 @@ pub(crate) async fn grounds(
         .filter_map(|n| i32::try_from(*n).ok())
         .collect();
     let mut out: HashMap<u32, Vec<String>> = HashMap::new();
-    let consented: Vec<(i32, String)> = consent::Entity::find()
-        .filter(consent::Column::Grantee.eq(grantee))
-        .filter(consent::Column::Purpose.eq(purpose))
-        .filter(consent::Column::MemberIdx.is_in(ids))
-        .select_only()
-        .columns([consent::Column::MemberIdx, consent::Column::Collector])
-        .into_tuple()
-        .all(conn)
-        .await
-        .map_err(storage)?;
-    for (m, collector) in consented {
+    for (m, collector) in consents_to(conn, grantee, purpose, Some(ids)).await? {
         out.entry(u32::try_from(m).unwrap_or_default())
             .or_default()
             .push(collector);
