@@ -398,7 +398,13 @@ async fn coupon(
             request_id: "demo-grant-redemption".into(),
             member: mall_member.to_owned(),
             grantee: format!("partners/{BRAND}"),
-            purposes: vec![ConsentPurpose::BenefitRedemption as i32],
+            // Funding her benefits, and counting what she does with them in the joint figures:
+            // her claims and purchases at Jade are Jade's records, which only this lets
+            // Aurora's funnel read.
+            purposes: vec![
+                ConsentPurpose::BenefitRedemption as i32,
+                ConsentPurpose::JointAnalytics as i32,
+            ],
             channel: pb::ConsentChannel::MiniProgram as i32,
             policy_version: "2026-11".into(),
             valid_until: None,
@@ -413,7 +419,7 @@ async fn coupon(
         .await?
         .into_inner();
     say(&format!(
-        "the shopper agrees in Jade's app that Aurora fund their benefits; Jade grants the coupon: {}",
+        "the shopper agrees in Jade's app that Aurora fund her benefits and count her in the joint figures (BENEFIT_REDEMPTION, JOINT_ANALYTICS); Jade grants the coupon: {}",
         item.name
     ));
     let counter = format!("partners/{MALL}/stores/cosmetics");
