@@ -1,8 +1,8 @@
 //! Calls from one mesh service to another. A [`Peer`] carries this service's own token (a
 //! service principal: role `service`, internal scopes only), the caller's remaining deadline
-//! (never a longer one), the trace context, and retries an idempotent call on UNAVAILABLE with
-//! jittered exponential backoff, within a retry budget so that retries never multiply an
-//! outage's load.
+//! (never a longer one), the trace context, and retries an idempotent call on UNAVAILABLE (and
+//! on CANCELLED, met when a connection closes at its maximum age) with jittered exponential
+//! backoff, within a retry budget so that retries never multiply an outage's load.
 //!
 //! The service's token comes from one of two places ([`ServiceToken`]): in `lianyu up`, where
 //! identity signs in the same process, it is minted with the process's own key; standalone
@@ -259,10 +259,18 @@ impl ServiceToken {
     }
 }
 
+/// Whether an idempotent call that failed with `code` is sent again: UNAVAILABLE (the peer is
+/// down or restarting), and CANCELLED — what a call meets when the connection it was put on
+/// closes under it, as every mesh server closes its connections at their maximum age
+/// (`LIANYU_MAX_CONNECTION_AGE`, GOAWAY): it was refused there, and a fresh connection serves it.
+fn retryable(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::Unavailable | tonic::Code::Cancelled)
+}
+
 /// Whether a call may be repeated without repeating its effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idempotency {
-    /// Reads, and writes keyed by a request id: retried on UNAVAILABLE.
+    /// Reads, and writes keyed by a request id: retried on UNAVAILABLE and CANCELLED.
     Idempotent,
     /// Anything else: sent once.
     Once,
@@ -341,7 +349,8 @@ impl Peer {
 
     /// Calls the peer: `send` gets the channel and a request carrying the service token and
     /// the deadline left (the served call's remaining deadline, or the default outside one).
-    /// An idempotent call is retried on UNAVAILABLE while deadline and retry budget last.
+    /// An idempotent call is retried on UNAVAILABLE or CANCELLED ([`retryable`]) while
+    /// deadline and retry budget last.
     pub async fn call<T, R, F, Fut>(
         &self,
         idempotency: Idempotency,
@@ -382,14 +391,14 @@ impl Peer {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status)
                     if idempotency == Idempotency::Idempotent
-                        && status.code() == tonic::Code::Unavailable
+                        && retryable(status.code())
                         && attempt < MAX_ATTEMPTS =>
                 {
                     let wait = backoff.mul_f64(rand::random::<f64>() + 0.5);
                     if Instant::now() + wait >= deadline || !self.budget.withdraw() {
                         return Err(status);
                     }
-                    tracing::debug!(peer = %self.name, attempt, "retrying after UNAVAILABLE");
+                    tracing::debug!(peer = %self.name, attempt, code = ?status.code(), "retrying");
                     tokio::time::sleep(wait).await;
                     backoff *= 2;
                     attempt += 1;
@@ -403,6 +412,63 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server closes its connections at their maximum age (GOAWAY), as every mesh server
+    /// does every few minutes; a call that meets one closing is refused there, never served,
+    /// and an idempotent one is sent again on a fresh connection: the caller never sees it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotent_calls_ride_over_connections_closed_at_their_age() {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .max_connection_age(Duration::from_millis(20))
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let signer = Arc::new(Signer::generate());
+        let auth = AuthConfig {
+            issuer: "lianyu".into(),
+            audience: "mesh".into(),
+            trusted_keys: vec![signer.trusted_key()],
+            signing_key: None,
+            token_ttl: Duration::from_secs(600),
+            key_refresh: Duration::from_secs(300),
+        };
+        let token = Arc::new(ServiceToken::minted(
+            "live",
+            signer,
+            auth,
+            Duration::from_secs(600),
+        ));
+        let channel =
+            crate::client::peer(&format!("http://{address}"), Duration::from_secs(2)).unwrap();
+        let peer = Peer::new("health", channel, token, Duration::from_secs(2));
+        let mut failed = Vec::new();
+        // Many connection lifetimes, four callers at a time.
+        for _ in 0..100 {
+            let calls = (0..4).map(|_| {
+                peer.call(
+                    Idempotency::Idempotent,
+                    HealthCheckRequest::default(),
+                    |ch, r| async move { HealthClient::new(ch).check(r).await },
+                )
+            });
+            for result in futures::future::join_all(calls).await {
+                if let Err(status) = result {
+                    failed.push(format!("{:?}: {}", status.code(), status.message()));
+                }
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
 
     #[tokio::test]
     async fn a_served_calls_grpc_timeout_is_its_handlers_deadline() {

@@ -160,7 +160,7 @@ async fn a_peer_call_carries_the_services_own_token_and_the_callers_remaining_de
 }
 
 #[tokio::test]
-async fn only_idempotent_calls_are_retried_and_only_on_unavailable() {
+async fn only_idempotent_calls_are_retried() {
     let s = setup(1).await;
     // Sent once: the failure is the caller's to handle.
     let e = call(&s.peer, Idempotency::Once).await.unwrap_err();
