@@ -72,7 +72,8 @@ entity!(member, "members", {
     pub idx: i32,
     #[sea_orm(unique)]
     pub mesh_member: String,
-    /// The last activity the mesh knows of (for the inactive rule).
+    /// The last activity the mesh knows of, through any partner. No rule reads it any more:
+    /// "inactive" reads only the facts a segment's owner may read (`store::Sight`).
     pub last_at: i64,
 });
 
