@@ -262,7 +262,8 @@ impl ServiceToken {
 /// Whether an idempotent call that failed with `code` is sent again: UNAVAILABLE (the peer is
 /// down or restarting), and CANCELLED — what a call meets when the connection it was put on
 /// closes under it, as every mesh server closes its connections at their maximum age
-/// (`LIANYU_MAX_CONNECTION_AGE`, GOAWAY): it was refused there, and a fresh connection serves it.
+/// (`LIANYU_MAX_CONNECTION_AGE`, GOAWAY); sent again, a fresh connection serves it. Only
+/// idempotent calls are: whether the peer had served the first try is not known.
 fn retryable(code: tonic::Code) -> bool {
     matches!(code, tonic::Code::Unavailable | tonic::Code::Cancelled)
 }
@@ -414,8 +415,8 @@ mod tests {
     use super::*;
 
     /// A server closes its connections at their maximum age (GOAWAY), as every mesh server
-    /// does every few minutes; a call that meets one closing is refused there, never served,
-    /// and an idempotent one is sent again on a fresh connection: the caller never sees it.
+    /// does every few minutes; an idempotent call that meets one closing fails CANCELLED and
+    /// is sent again on a fresh connection: the caller never sees it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idempotent_calls_ride_over_connections_closed_at_their_age() {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
