@@ -321,37 +321,31 @@ async fn the_malls_audience_holds_only_members_who_consented_to_it_as_its_own_id
 
     // The brand can neither export nor size the mall's segment (its count of it would move
     // with the brand's own enrolments and erasures); an outsider does not see it.
-    let e = audience(&s, BRAND)
+    let refused = |e: tonic::Status, code: Code, why: &str| {
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{e:?}");
+    };
+    let brands_export = audience(&s, BRAND)
         .export_audience(pb::ExportAudienceRequest {
             segment: seg.name.clone(),
             ..Default::default()
         })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.code(), reason(&e).as_str()),
-        (Code::PermissionDenied, "SEGMENT_OWNER_ONLY")
+        .await;
+    refused(
+        brands_export.unwrap_err(),
+        Code::PermissionDenied,
+        "SEGMENT_OWNER_ONLY",
     );
-    let e = audience(&s, BRAND)
-        .get_segment_size(pb::GetSegmentSizeRequest {
-            name: seg.name.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.code(), reason(&e).as_str()),
-        (Code::PermissionDenied, "SEGMENT_OWNER_ONLY")
-    );
-    let e = audience(&s, OUTSIDER)
-        .get_segment_size(pb::GetSegmentSizeRequest {
-            name: seg.name.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.code(), reason(&e).as_str()),
-        (Code::NotFound, "SEGMENT_NOT_FOUND")
-    );
+    for (who, code, why) in [
+        (BRAND, Code::PermissionDenied, "SEGMENT_OWNER_ONLY"),
+        (OUTSIDER, Code::NotFound, "SEGMENT_NOT_FOUND"),
+    ] {
+        let size = audience(&s, who)
+            .get_segment_size(pb::GetSegmentSizeRequest {
+                name: seg.name.clone(),
+            })
+            .await;
+        refused(size.unwrap_err(), code, why);
+    }
 
     // One member withdraws from the mall: the very next export, from the same cached result,
     // leaves her out, and so does the contact allowance.

@@ -111,13 +111,12 @@ pub(crate) struct Fact<'a> {
     pub(crate) at: i64,
 }
 
-/// Records facts (a repeated one keeps its first time and moves its last), and the members'
-/// activity.
+/// Records facts (a repeated one keeps its first time and moves its last, never back).
 pub(crate) async fn record_facts(
     conn: &impl ConnectionTrait,
     facts: &[Fact<'_>],
 ) -> Result<(), KitError> {
-    // The facts and the activity go in one trip (`Writes`); nothing here reads them back.
+    // The facts go in one trip (`Writes`); nothing here reads them back.
     let backend = conn.get_database_backend();
     let mut writes = Writes::new();
     for chunk in facts.chunks(500) {
@@ -150,17 +149,17 @@ pub(crate) async fn record_facts(
             ),
         );
     }
-    stage_touch(&mut writes, backend, facts.iter().map(|f| (f.member, f.at)));
     Ok(writes.send(conn).await?)
 }
 
 /// Records that `partner` saw its members active (a contact it sent, an event it ingested):
-/// an "active" fact of the partner's, for the inactive rule, and the members' last activity.
+/// an "active" fact of the partner's, for the inactive rule.
 pub(crate) async fn touch(
     conn: &impl ConnectionTrait,
     partner: &str,
     members: impl IntoIterator<Item = (i32, i64)>,
 ) -> Result<(), KitError> {
+    // One fact per member: one insert may not update a row twice (PostgreSQL refuses it).
     let mut latest: BTreeMap<i32, i64> = BTreeMap::new();
     for (m, at) in members {
         let e = latest.entry(m).or_insert(at);
@@ -181,62 +180,6 @@ pub(crate) async fn touch(
 
 /// The fact kind [`touch`] records: activity a partner saw that left no other fact.
 pub(crate) const ACTIVE: &str = "active";
-
-/// Members [`stage_touch`] moves in one statement on PostgreSQL (two parameters each).
-const TOUCHED_PER_UPDATE: usize = 1_000;
-
-/// [`touch`] staged in `writes`: each member to its latest time — on PostgreSQL one update
-/// for up to [`TOUCHED_PER_UPDATE`] members (a following batch touches dozens, and there
-/// every statement is a round trip), on SQLite one per member (they go in one trip anyway).
-fn stage_touch(
-    writes: &mut Writes,
-    backend: sea_orm::DbBackend,
-    members: impl IntoIterator<Item = (i32, i64)>,
-) {
-    let mut latest: BTreeMap<i32, i64> = BTreeMap::new();
-    for (m, at) in members {
-        let e = latest.entry(m).or_insert(at);
-        *e = (*e).max(at);
-    }
-    if backend == sea_orm::DbBackend::Postgres {
-        use sea_orm::EntityName;
-        let latest: Vec<(i32, i64)> = latest.into_iter().collect();
-        for chunk in latest.chunks(TOUCHED_PER_UPDATE) {
-            let tuples: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "(CAST(${} AS INTEGER), CAST(${} AS BIGINT))",
-                        2 * i + 1,
-                        2 * i + 2
-                    )
-                })
-                .collect();
-            let values = chunk
-                .iter()
-                .flat_map(|(m, at)| [sea_orm::Value::from(*m), sea_orm::Value::from(*at)]);
-            writes.push(sea_orm::Statement::from_sql_and_values(
-                backend,
-                format!(
-                    "UPDATE \"{table}\" AS m SET last_at = v.at FROM (VALUES {tuples}) AS v (idx, at) \
-                     WHERE m.idx = v.idx AND m.last_at < v.at",
-                    table = member::Entity.table_name(),
-                    tuples = tuples.join(", "),
-                ),
-                values,
-            ));
-        }
-        return;
-    }
-    for (m, at) in latest {
-        writes.add(
-            backend,
-            &member::Entity::update_many()
-                .col_expr(member::Column::LastAt, sea_orm::sea_query::Expr::value(at))
-                .filter(member::Column::Idx.eq(m))
-                .filter(member::Column::LastAt.lt(at)),
-        );
-    }
-}
 
 /// Removes one fact kind of a member at a partner (a tier replaced, a tag removed).
 pub(crate) async fn remove_facts(
@@ -923,18 +866,9 @@ pub(crate) async fn merge_members(
 mod tests {
     use super::*;
 
-    async fn last_at(db: &impl ConnectionTrait, idx: i32) -> i64 {
-        member::Entity::find_by_id(idx)
-            .one(db)
-            .await
-            .unwrap()
-            .unwrap()
-            .last_at
-    }
-
-    /// Activity only ever moves forward, each member to the latest time it was touched with,
-    /// however many members one touch carries (one statement on PostgreSQL, one per member on
-    /// SQLite), and so does the toucher's "active" fact — "inactive for N days" rests on it.
+    /// A partner's "active" fact of each member moves only forward, to the latest time it was
+    /// touched with, however many members one touch carries (several insert statements) —
+    /// "inactive for N days" rests on it.
     #[tokio::test]
     async fn a_touch_moves_each_member_to_its_latest_time_and_never_back() {
         let (_database, db) = crate::store::test_database("comarketing_touch").await;
@@ -942,8 +876,7 @@ mod tests {
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let numbers = member_numbers(&db, &refs, 1_000).await.unwrap();
         let n = |m: &str| numbers[m];
-        // m0 twice (the later time wins), m1 to an earlier time (stays), and every member past
-        // one statement's worth moved too.
+        // m0 twice (the later time wins), and every member past one statement's worth too.
         let mut touches = vec![(n("m0"), 5_000), (n("m0"), 3_000), (n("m1"), 500)];
         touches.extend(ids[2..].iter().map(|m| (n(m), 2_000)));
         touch(&db, "brand", touches).await.unwrap();
@@ -957,13 +890,11 @@ mod tests {
                 .one(&db)
         };
         assert_eq!(active(n("m0")).await.unwrap().unwrap().last_at, 5_000);
+        assert_eq!(active(n("m1")).await.unwrap().unwrap().last_at, 500);
         assert_eq!(active(n("m1204")).await.unwrap().unwrap().last_at, 2_000);
-        assert_eq!(last_at(&db, n("m0")).await, 5_000);
-        assert_eq!(last_at(&db, n("m1")).await, 1_000);
-        assert_eq!(last_at(&db, n("m2")).await, 2_000);
-        assert_eq!(last_at(&db, n("m1204")).await, 2_000);
-        let moved = member::Entity::find()
-            .filter(member::Column::LastAt.eq(2_000))
+        let moved = member_fact::Entity::find()
+            .filter(member_fact::Column::Kind.eq(ACTIVE))
+            .filter(member_fact::Column::LastAt.eq(2_000))
             .all(&db)
             .await
             .unwrap()

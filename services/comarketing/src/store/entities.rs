@@ -72,7 +72,7 @@ entity!(member, "members", {
     pub idx: i32,
     #[sea_orm(unique)]
     pub mesh_member: String,
-    /// The last activity the mesh knows of, through any partner. No rule reads it any more:
+    /// When the member first became known; not moved afterwards. No rule reads it:
     /// "inactive" reads only the facts a segment's owner may read (`store::Sight`).
     pub last_at: i64,
 });
