@@ -346,6 +346,15 @@ async fn the_malls_audience_holds_only_members_who_consented_to_it_as_its_own_id
             .await;
         refused(size.unwrap_err(), code, why);
     }
+    // A store of the mall (a guide's app) reads its partner's segment's size like the mall.
+    let at_store = AudienceServiceClient::new(s.as_token(&s.store_token(MALL, "sh01")))
+        .get_segment_size(pb::GetSegmentSizeRequest {
+            name: seg.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at_store.size, 6);
 
     // One member withdraws from the mall: the very next export, from the same cached result,
     // leaves her out, and so does the contact allowance.
