@@ -895,6 +895,61 @@ fn claim(drop: &str, member: &str, rid: &str) -> pb::ClaimCouponDropRequest {
     }
 }
 
+/// A co-host hands out only what it pays for: a drop of another partner's benefit — one it
+/// merely honours, one of a partner outside the show, one that does not exist — is refused
+/// and no drop is stored, while the issuer and the funder of a benefit may each drop it.
+#[tokio::test]
+async fn a_coupon_drop_spends_only_a_benefit_the_calling_cohost_issues_or_funds() {
+    let s = with_entitlements("live_drop_whose").await;
+    let session = on_air(&s).await;
+    let honoured = crate::wallets::active(&s, MALL, MALL, BRAND, |b| {
+        b.display_name = "mall coupon honoured by the brand".into();
+    })
+    .await;
+    let outside = crate::wallets::active(&s, OUTSIDER, OUTSIDER, OUTSIDER, |b| {
+        b.display_name = "outsider coupon".into();
+    })
+    .await;
+    let joint = crate::wallets::active(&s, MALL, BRAND, MALL, |b| {
+        b.display_name = "mall issues brand funds".into();
+    })
+    .await;
+    let drop = |partner: &'static str, benefit: &str, rid: &str| {
+        let mut client = showcase(&s, &s.token(partner));
+        let request = pb::CreateCouponDropRequest {
+            request_id: rid.into(),
+            parent: session.name.clone(),
+            coupon_drop: Some(pb::CouponDrop {
+                benefit: benefit.into(),
+                quantity: 10,
+                close_time: timestamp(now_millis() + 600_000),
+                ..Default::default()
+            }),
+        };
+        async move { client.create_coupon_drop(request).await }
+    };
+    for (benefit, code, why) in [
+        (
+            honoured.name.as_str(),
+            Code::PermissionDenied,
+            "NOT_ISSUER_OR_FUNDER",
+        ),
+        (outside.name.as_str(), Code::NotFound, "BENEFIT_NOT_FOUND"),
+        ("benefits/nope", Code::NotFound, "BENEFIT_NOT_FOUND"),
+    ] {
+        let e = drop(BRAND, benefit, &format!("d-{benefit}"))
+            .await
+            .unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{benefit}");
+    }
+    assert_eq!(rows(&s, "live", "coupon_drops").await, 0, "nothing stored");
+    // The mall issues both; the brand funds the joint one.
+    drop(MALL, &honoured.name, "m-1").await.unwrap();
+    drop(MALL, &joint.name, "m-2").await.unwrap();
+    drop(BRAND, &joint.name, "b-1").await.unwrap();
+    assert_eq!(rows(&s, "live", "coupon_drops").await, 3);
+}
+
 /// A drop of 5 units of the brand's coupon: 12 viewers claim at once through the brand's app
 /// and exactly 5 get a wallet item from entitlements; a retried claim is the same unit; a
 /// refusal by entitlements (per-member limit, a partner not party to the benefit) puts the

@@ -185,6 +185,7 @@ lianyu_kit::service_error!(LiveError, "lianyu.live", {
     OrderNotFound => (NotFound, "ORDER_NOT_FOUND"),
     CouponDropNotFound => (NotFound, "COUPON_DROP_NOT_FOUND"),
     MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
+    BenefitNotFound => (NotFound, "BENEFIT_NOT_FOUND"),
 });
 
 /// What a caller is to a session.

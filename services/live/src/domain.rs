@@ -38,6 +38,10 @@ pub enum LiveError {
     /// NOT_FOUND / MEMBER_NOT_FOUND: the calling partner holds no member by that scoped id.
     #[error("member not found")]
     MemberNotFound,
+    /// NOT_FOUND / BENEFIT_NOT_FOUND: entitlements holds no such benefit that the calling
+    /// partner is party to.
+    #[error("benefit not found")]
+    BenefitNotFound,
     #[error(transparent)]
     Kit(#[from] KitError),
 }

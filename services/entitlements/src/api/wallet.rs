@@ -7,6 +7,7 @@ use lianyu_kit::{
     names,
     page::Page,
     time::{now_millis, timestamp},
+    validate::Violations,
 };
 use lianyu_proto::entitlements::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -398,6 +399,29 @@ impl lianyu_proto::entitlements::internal::v1::drop_service_server::DropService 
                 (&r.member, &r.benefit, Some(&r.claim_code)),
             )
             .await
+        })
+        .await
+    }
+
+    async fn get_benefit_as(
+        &self,
+        request: Request<lianyu_proto::entitlements::internal::v1::GetBenefitAsRequest>,
+    ) -> Result<Response<pb::Benefit>, Status> {
+        unary(request, async |_call, r| {
+            let mut v = Violations::default();
+            let partner = v.check(
+                "partner",
+                names::parse::<1>(&r.partner, "partners/{partner}"),
+            );
+            let id = v.check("name", names::parse::<1>(&r.name, "benefits/{benefit}"));
+            v.finish()?;
+            let (Some([partner]), Some([id])) = (partner, id) else {
+                return Err(KitError::invalid("name", "required").into());
+            };
+            let benefit = store::benefit_for_party(&self.read, partner, id)
+                .await?
+                .ok_or(EntitlementsError::BenefitNotFound)?;
+            Ok::<_, EntitlementsError>(crate::api::to_proto(&benefit))
         })
         .await
     }

@@ -15,7 +15,9 @@ use lianyu_kit::{
     writes::Writes,
 };
 use lianyu_proto::{
-    entitlements::internal::v1::{ClaimForViewerRequest, drop_service_client::DropServiceClient},
+    entitlements::internal::v1::{
+        ClaimForViewerRequest, GetBenefitAsRequest, drop_service_client::DropServiceClient,
+    },
     live::v1 as pb,
 };
 use sea_orm::TransactionTrait;
@@ -64,12 +66,54 @@ impl Api {
         })
     }
 
+    /// Whether the calling co-host may hand out `benefit` in a drop: it must issue or fund
+    /// it, as it must to grant it (`WalletService.GrantBenefit`) — a drop spends the funder's
+    /// budget, and a co-host spends only its own. Asked of entitlements before the drop's
+    /// transaction (never holding the writer across a call to another service); a benefit
+    /// name that does not parse is left to the draft's field checks.
+    async fn may_drop(&self, call: &Call, benefit: &str) -> Result<(), LiveError> {
+        if names::parse::<1>(benefit, "benefits/{benefit}").is_err() {
+            return Ok(());
+        }
+        let partner = format!("partners/{}", call.partner_id());
+        let request = GetBenefitAsRequest {
+            partner: partner.clone(),
+            name: benefit.to_owned(),
+        };
+        let found = self
+            .entitlements()?
+            .call(Idempotency::Idempotent, request, |ch, req| async move {
+                DropServiceClient::new(ch).get_benefit_as(req).await
+            })
+            .await;
+        match found {
+            Ok(b) if b.issuer == partner || b.funder == partner => Ok(()),
+            Ok(_) => Err(KitError::Denied(
+                "NOT_ISSUER_OR_FUNDER",
+                "a coupon drop hands out a benefit the calling co-host issues or funds",
+            )
+            .into()),
+            Err(e) if e.code() == tonic::Code::NotFound => Err(LiveError::BenefitNotFound),
+            Err(e) => Err(KitError::Unavailable(
+                "ENTITLEMENTS_UNAVAILABLE",
+                format!("entitlements did not answer ({:?}); retry", e.code()),
+            )
+            .into()),
+        }
+    }
+
     pub(super) async fn create_drop(
         &self,
         call: &Call,
         r: &pb::CreateCouponDropRequest,
     ) -> Result<pb::CouponDrop, LiveError> {
         let given = r.coupon_drop.clone().unwrap_or_default();
+        // Only a co-host goes on to ask entitlements about the benefit.
+        let (session, role) = self.read_session(call, &r.parent, "parent").await?;
+        if role != Role::Host {
+            return Err(super::refuse_non_host(call, &session).into());
+        }
+        self.may_drop(call, &given.benefit).await?;
         self.mutations
             .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let session = self.hosted(txn, call, &r.parent, "parent").await?;
