@@ -5,7 +5,10 @@ use lianyu_kit::{
     testing::{BRAND, MALL, OUTSIDER, TestServer, first_violation, reason, violations},
     time::{now_millis, timestamp},
 };
-use lianyu_proto::live::v1::{self as pb, session_service_client::SessionServiceClient};
+use lianyu_proto::live::v1::{
+    self as pb, session_service_client::SessionServiceClient,
+    showcase_service_client::ShowcaseServiceClient,
+};
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 
 use crate::support::rows;
@@ -36,6 +39,45 @@ fn create(request_id: &str, session: pb::Session) -> pb::CreateSessionRequest {
         request_id: request_id.into(),
         session: Some(session),
     }
+}
+
+async fn accept(
+    server: &TestServer,
+    partner: &str,
+    name: &str,
+    rid: &str,
+) -> Result<pb::Session, tonic::Status> {
+    accept_with(server, &server.token(partner), name, rid).await
+}
+
+async fn accept_with(
+    server: &TestServer,
+    token: &str,
+    name: &str,
+    rid: &str,
+) -> Result<pb::Session, tonic::Status> {
+    sessions(server, token)
+        .accept_session(pb::AcceptSessionRequest {
+            request_id: rid.into(),
+            name: name.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn start(
+    server: &TestServer,
+    partner: &str,
+    name: &str,
+    rid: &str,
+) -> Result<pb::Session, tonic::Status> {
+    sessions(server, &server.token(partner))
+        .start_session(pb::StartSessionRequest {
+            request_id: rid.into(),
+            name: name.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 async fn stored_sessions(server: &TestServer) -> i64 {
@@ -78,7 +120,17 @@ async fn a_scheduled_session_is_seen_whole_by_co_hosts_and_public_by_others() {
         .unwrap()
         .into_inner();
     assert!(elsewhere.public_view && elsewhere.guides.is_empty());
-    // Another partner's app sees the public view only; the operator reads no session.
+    // Another partner's app sees nothing until the mall accepted, then the public view only;
+    // the operator reads no session.
+    let e = sessions(&server, &server.token(OUTSIDER))
+        .get_session(get())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "SESSION_NOT_FOUND")
+    );
+    accept(&server, MALL, &created.name, "a1").await.unwrap();
     let public = sessions(&server, &server.token(OUTSIDER))
         .get_session(get())
         .await
@@ -181,4 +233,195 @@ async fn refused_schedules_name_every_bad_field_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(stored_sessions(&server).await, 1);
+}
+
+/// The brand names the mall a co-host of a show in the mall's store: the mall is invited, not
+/// enlisted. Until it accepts, the show cannot go on air, the mall changes nothing in it, and
+/// no other partner sees it — each refusal read back as having changed nothing. Accepting is
+/// the mall's alone (its other store's token may not), harmless twice; starting accepts;
+/// cancelling declines; and an accept racing a start never leaves a LIVE show with a host
+/// that has not accepted.
+#[tokio::test]
+async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it_accepts() {
+    let server = mesh("live_invited").await;
+    let mall_store = format!("partners/{MALL}/stores/sh01");
+    let mut brand = sessions(&server, &server.token(BRAND));
+    let created = brand
+        .create_session(create("s1", draft(&mall_store)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.pending_hosts, [format!("partners/{MALL}")]);
+    let name = created.name.clone();
+    let read = |token: String| {
+        let mut client = sessions(&server, &token);
+        let request = pb::GetSessionRequest { name: name.clone() };
+        async move {
+            client
+                .get_session(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let refused = |e: tonic::Status| (e.code(), reason(&e));
+
+    // Not on air without the mall's word.
+    let e = start(&server, BRAND, &name, "go").await.unwrap_err();
+    assert_eq!(
+        refused(e.clone()),
+        (Code::FailedPrecondition, "HOSTS_NOT_ACCEPTED".into())
+    );
+    assert!(e.message().contains(&format!("partners/{MALL}")), "{e:?}");
+    // The mall reads its invitation whole and finds it in its list…
+    assert_eq!(read(server.token(MALL)).await.unwrap(), created);
+    let listed = sessions(&server, &server.token(MALL))
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(listed, std::slice::from_ref(&created));
+    // …but changes nothing in it before it accepts.
+    let e = sessions(&server, &server.token(MALL))
+        .update_session(pb::UpdateSessionRequest {
+            request_id: "u1".into(),
+            session: Some(pb::Session {
+                name: name.clone(),
+                title: "Renamed by the mall".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["title".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(e),
+        (Code::PermissionDenied, "HOST_NOT_ACCEPTED".into())
+    );
+    let e = ShowcaseServiceClient::new(server.as_token(&server.token(MALL)))
+        .add_product(pb::AddProductRequest {
+            request_id: "p1".into(),
+            parent: name.clone(),
+            product: Some(pb::Product {
+                sku: "sku-1".into(),
+                title: "Lipstick".into(),
+                price: Some(lianyu_proto::common::v1::Money {
+                    currency_code: "CNY".into(),
+                    minor_units: 19_900,
+                }),
+                category: "cosmetics".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(e),
+        (Code::PermissionDenied, "HOST_NOT_ACCEPTED".into())
+    );
+    assert_eq!(rows(&server, "live", "products").await, 0);
+    // Nobody else sees it: not another partner, not its app's viewers' listings.
+    for e in [
+        read(server.token(OUTSIDER)).await.unwrap_err(),
+        ShowcaseServiceClient::new(server.as_token(&server.token(OUTSIDER)))
+            .list_products(pb::ListProductsRequest {
+                parent: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        accept(&server, OUTSIDER, &name, "a0").await.unwrap_err(),
+    ] {
+        assert_eq!(refused(e), (Code::NotFound, "SESSION_NOT_FOUND".into()));
+    }
+    // A token of another of the mall's stores does not accept for the mall.
+    let e = accept_with(&server, &server.store_token(MALL, "sh02"), &name, "a0")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(e),
+        (Code::PermissionDenied, "STORE_TOKEN_NOT_ALLOWED".into())
+    );
+    let unchanged = read(server.token(BRAND)).await.unwrap();
+    assert_eq!(
+        unchanged, created,
+        "every refusal left the session as it was"
+    );
+
+    // The mall accepts; again is harmless, and so is the creator's.
+    let accepted = accept(&server, MALL, &name, "a1").await.unwrap();
+    assert!(accepted.pending_hosts.is_empty());
+    assert_eq!(accept(&server, MALL, &name, "a2").await.unwrap(), accepted);
+    assert_eq!(accept(&server, BRAND, &name, "a3").await.unwrap(), accepted);
+    assert!(read(server.token(OUTSIDER)).await.unwrap().public_view);
+    let live = start(&server, BRAND, &name, "go2").await.unwrap();
+    assert_eq!(live.state, pb::SessionState::Live as i32);
+
+    // Starting accepts; cancelling declines.
+    let second = brand
+        .create_session(create("s2", draft(&mall_store)))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = start(&server, MALL, &second.name, "go").await.unwrap();
+    assert_eq!(
+        (started.state, started.pending_hosts.len()),
+        (pb::SessionState::Live as i32, 0)
+    );
+    let third = brand
+        .create_session(create("s3", draft(&mall_store)))
+        .await
+        .unwrap()
+        .into_inner();
+    let declined = sessions(&server, &server.token(MALL))
+        .cancel_session(pb::CancelSessionRequest {
+            request_id: "no".into(),
+            name: third.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(declined.state, pb::SessionState::Cancelled as i32);
+    let e = accept(&server, MALL, &third.name, "late")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(e),
+        (Code::FailedPrecondition, "SESSION_STATE".into())
+    );
+
+    // The mall's accept and the brand's start, sent together, many times over.
+    for i in 0..20 {
+        let show = brand
+            .create_session(create(&format!("race-{i}"), draft(&mall_store)))
+            .await
+            .unwrap()
+            .into_inner();
+        let (a, go) = (format!("race-a-{i}"), format!("race-go-{i}"));
+        let (accepted, started) = tokio::join!(
+            accept(&server, MALL, &show.name, &a),
+            start(&server, BRAND, &show.name, &go),
+        );
+        accepted.unwrap();
+        let now = sessions(&server, &server.token(BRAND))
+            .get_session(pb::GetSessionRequest {
+                name: show.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(now.pending_hosts.is_empty());
+        match started {
+            Ok(s) => assert!(s.pending_hosts.is_empty()),
+            Err(e) => {
+                assert_eq!(
+                    refused(e),
+                    (Code::FailedPrecondition, "HOSTS_NOT_ACCEPTED".into())
+                );
+                assert_eq!(now.state, pb::SessionState::Scheduled as i32);
+            }
+        }
+    }
 }

@@ -540,6 +540,13 @@ async fn livestream(
         .first()
         .map(|g| g.share_code.clone())
         .unwrap_or_default();
+    // Aurora named Jade a co-host: Jade accepts before anything goes on air in its name.
+    SessionServiceClient::new(ch(mall_token))
+        .accept_session(live::AcceptSessionRequest {
+            request_id: "demo-show-accept".into(),
+            name: session.name.clone(),
+        })
+        .await?;
     SessionServiceClient::new(ch(mall_token))
         .start_session(live::StartSessionRequest {
             request_id: "demo-show-start".into(),
@@ -547,7 +554,7 @@ async fn livestream(
         })
         .await?;
     say(&format!(
-        "Aurora and Jade go live from {counter} ({}), revenue shared 70/30; guide Lin's share code {code}",
+        "Jade accepts Aurora's invitation; they go live from {counter} ({}), revenue shared 70/30; guide Lin's share code {code}",
         session.name
     ));
     let mut watching = ViewerServiceClient::new(ch(brand_token))

@@ -193,6 +193,9 @@ lianyu_kit::service_error!(LiveError, "lianyu.live", {
 enum Role {
     /// A co-host (a store token: of a session in its store): sees and changes all of it.
     Host,
+    /// A host named by the creator that has not yet accepted: sees all of it, accepts,
+    /// starts (accepting) or cancels (declining), changes nothing else.
+    Invited,
     /// An assisting partner: pins and announces.
     Assistant,
     /// Anyone else: the public view.
@@ -234,7 +237,7 @@ impl Api {
         let session = store::load_session(conn, id)
             .await?
             .ok_or(LiveError::SessionNotFound)?;
-        let role = role_of(call, &session);
+        let role = role_of(call, &session)?;
         Ok((session, role))
     }
 
@@ -262,7 +265,7 @@ impl Api {
             .await
             .map_err(KitError::Storage)?
             .ok_or(LiveError::SessionNotFound)?;
-        let role = role_of(call, &session);
+        let role = role_of(call, &session)?;
         Ok((session, role))
     }
 
@@ -276,10 +279,8 @@ impl Api {
         field: &str,
     ) -> Result<Session, LiveError> {
         let (session, role) = self.session(conn, call, name, field).await?;
-        match role {
-            Role::Host => Ok(session),
-            _ => Err(refuse_non_host(call, &session).into()),
-        }
+        as_host(call, &session, role)?;
+        Ok(session)
     }
 
     /// Stages a change for the session's viewers' log in `writes`: appended when the
@@ -349,14 +350,37 @@ fn session_id<'a>(call: &Call, name: &'a str, field: &str) -> Result<&'a str, Li
 /// Session reads one batched read answers at most.
 const SESSION_READS: usize = 256;
 
-/// What `call`'s caller is to `session`.
-fn role_of(call: &Call, session: &Session) -> Role {
-    if session.visible_to(call.partner_id(), call.who.store.as_deref()) {
-        Role::Host
+/// What `call`'s caller is to `session`; SESSION_NOT_FOUND for anyone but its hosts while
+/// a host has not accepted (no partner is shown on air without its word).
+fn role_of(call: &Call, session: &Session) -> Result<Role, LiveError> {
+    let role = if session.visible_to(call.partner_id(), call.who.store.as_deref()) {
+        if session.awaits(call.partner_id()) {
+            Role::Invited
+        } else {
+            Role::Host
+        }
     } else if call.who.store.is_none() && session.assisted_by(call.partner_id()) {
         Role::Assistant
     } else {
         Role::Public
+    };
+    if !session.pending.is_empty() && !session.hosted_by(call.partner_id()) {
+        return Err(LiveError::SessionNotFound);
+    }
+    Ok(role)
+}
+
+/// Whether a caller that is `role` to `session` makes a co-host's change: PERMISSION_DENIED
+/// otherwise (an invited host before it accepted: HOST_NOT_ACCEPTED; see
+/// [`refuse_non_host`] for the rest).
+fn as_host(call: &Call, session: &Session, role: Role) -> Result<(), KitError> {
+    match role {
+        Role::Host => Ok(()),
+        Role::Invited => Err(KitError::Denied(
+            "HOST_NOT_ACCEPTED",
+            "accept to co-host the session first (AcceptSession)",
+        )),
+        Role::Assistant | Role::Public => Err(refuse_non_host(call, session)),
     }
 }
 
@@ -372,9 +396,10 @@ fn refuse_non_host(call: &Call, session: &Session) -> KitError {
     }
 }
 
-/// A session as `role` sees it: a co-host all of it, anyone else its public view.
+/// A session as `role` sees it: a co-host (an invited one too) all of it, anyone else its
+/// public view.
 fn session_proto(s: &Session, role: Role) -> pb::Session {
-    let full = role == Role::Host;
+    let full = matches!(role, Role::Host | Role::Invited);
     let mut out = pb::Session {
         name: format!("sessions/{}", s.id),
         title: s.title.clone(),
@@ -390,6 +415,7 @@ fn session_proto(s: &Session, role: Role) -> pb::Session {
         ..Default::default()
     };
     if full {
+        out.pending_hosts = s.pending.iter().map(|p| format!("partners/{p}")).collect();
         out.assistants = s
             .profile
             .assistants

@@ -126,6 +126,10 @@ pub struct Session {
     pub title: String,
     /// The co-hosting partners, the creator first; only they see and change all of it.
     pub hosts: Vec<PartnerId>,
+    /// The hosts that have not yet accepted to co-host (the creator never is one). While
+    /// any is left the session does not go LIVE and no other partner sees it; such a host
+    /// reads the session, accepts, starts it (accepting) or cancels it (declining).
+    pub pending: Vec<PartnerId>,
     /// The hosting store, `(partner, store)`; its partner is one of the hosts.
     pub store: Option<(PartnerId, String)>,
     pub stream_url: String,
@@ -214,6 +218,7 @@ impl Session {
         let mut session = Self {
             id: uuid::Uuid::now_v7().simple().to_string(),
             title: title.unwrap_or_default(),
+            pending: hosts.iter().filter(|h| *h != caller).cloned().collect(),
             hosts,
             store,
             stream_url: stream_url.unwrap_or_default(),
@@ -390,9 +395,33 @@ impl Session {
         shares
     }
 
-    /// Applies a co-host's transition at `now`, or says why the state does not allow it.
+    /// Whether `partner` is a host that has not yet accepted.
+    pub fn awaits(&self, partner: &str) -> bool {
+        self.pending.iter().any(|p| p.as_str() == partner)
+    }
+
+    /// Records that the host `partner` accepted to co-host.
+    pub fn accept(&mut self, partner: &str) {
+        self.pending.retain(|p| p.as_str() != partner);
+    }
+
+    /// Applies a co-host's transition at `now`, or says why the session does not allow it: a
+    /// session goes LIVE only once every host has accepted (HOSTS_NOT_ACCEPTED names those
+    /// left).
     pub fn transition(&mut self, to: Transition, now: i64) -> Result<(), KitError> {
         match (to, self.state) {
+            (Transition::Start, SessionState::Scheduled) if !self.pending.is_empty() => {
+                let waiting: Vec<String> = self
+                    .pending
+                    .iter()
+                    .map(|p| format!("partners/{p}"))
+                    .collect();
+                return Err(KitError::WrongState(
+                    "HOSTS_NOT_ACCEPTED",
+                    SessionState::Scheduled.as_str(),
+                    format!("waiting for {} to accept co-hosting", waiting.join(", ")),
+                ));
+            }
             (Transition::Start, SessionState::Scheduled) => {
                 self.state = SessionState::Live;
                 self.started_at = Some(now);

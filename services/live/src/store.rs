@@ -52,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(SessionColumns),
             Box::new(Showcase),
             Box::new(Drops),
+            Box::new(HostAcceptance),
         ])
     }
 }
@@ -84,6 +85,34 @@ lianyu_kit::tables_migration!(
     "m20261202_000013_live_drops",
     [entities::coupon_drop::Entity, entities::drop_claim::Entity]
 );
+
+/// Whether each co-host has accepted (added to the hosts' table a first version created
+/// without it; the hosts already there had scheduled under the old rule and count as
+/// accepted).
+pub(crate) struct HostAcceptance;
+
+impl sea_orm_migration::MigrationName for HostAcceptance {
+    fn name(&self) -> &str {
+        "m20261206_000014_live_host_acceptance"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for HostAcceptance {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        lianyu_kit::storage::add_columns(
+            manager,
+            "session_hosts",
+            [ColumnDef::new(Alias::new("accepted"))
+                .boolean()
+                .not_null()
+                .default(true)
+                .to_owned()],
+        )
+        .await
+    }
+}
 
 /// A session's profile, times, pseudonym salt and peak (added to the table a first version
 /// created without them).
@@ -240,6 +269,7 @@ pub(crate) async fn insert_session(
             session_id: Set(s.id.clone()),
             partner_id: Set(host.to_string()),
             position: Set(position),
+            accepted: Set(!s.pending.contains(host)),
         }
         .insert(txn)
         .await
@@ -280,9 +310,26 @@ pub(crate) async fn save_session(
     Ok(done.rows_affected == 1)
 }
 
+/// Records that `partner` accepted to co-host the session `id`.
+pub(crate) async fn accept_host(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    partner: &str,
+) -> Result<(), KitError> {
+    session_host::Entity::update_many()
+        .col_expr(session_host::Column::Accepted, Expr::value(true))
+        .filter(session_host::Column::SessionId.eq(id))
+        .filter(session_host::Column::PartnerId.eq(partner))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
 /// Column names of a host beside its session's row ([`load_session`]).
 const HOST_PARTNER: &str = "host_partner_id";
 const HOST_POSITION: &str = "host_position";
+const HOST_ACCEPTED: &str = "host_accepted";
 
 /// The session `id`, whoever asks (the caller decides what the asker may see of it).
 pub(crate) async fn load_session(
@@ -302,6 +349,10 @@ pub(crate) async fn load_session(
         .expr_as(
             Expr::col((session_host::Entity, session_host::Column::Position)),
             Alias::new(HOST_POSITION),
+        )
+        .expr_as(
+            Expr::col((session_host::Entity, session_host::Column::Accepted)),
+            Alias::new(HOST_ACCEPTED),
         )
         .from(session::Entity)
         .left_join(
@@ -326,11 +377,13 @@ pub(crate) async fn load_session(
     for row in &rows {
         let partner: Option<String> = row.try_get("", HOST_PARTNER).map_err(storage)?;
         let position: Option<i32> = row.try_get("", HOST_POSITION).map_err(storage)?;
-        if let (Some(partner_id), Some(position)) = (partner, position) {
+        let accepted: Option<bool> = row.try_get("", HOST_ACCEPTED).map_err(storage)?;
+        if let (Some(partner_id), Some(position), Some(accepted)) = (partner, position, accepted) {
             hosts.push(session_host::Model {
                 session_id: session.id.clone(),
                 partner_id,
                 position,
+                accepted,
             });
         }
     }
@@ -391,6 +444,11 @@ fn to_domain(row: session::Model, hosts: Vec<session_host::Model>) -> Session {
         profile: profile_of(&row.profile, &row.created_by),
         id: row.id,
         title: row.title,
+        pending: hosts
+            .iter()
+            .filter(|h| !h.accepted)
+            .map(|h| PartnerId::new(h.partner_id.clone()))
+            .collect(),
         hosts: hosts
             .into_iter()
             .map(|h| PartnerId::new(h.partner_id))

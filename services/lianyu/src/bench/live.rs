@@ -94,7 +94,7 @@ fn now() -> i64 {
     lianyu_kit::time::now_millis()
 }
 
-/// A live session the bench brand co-hosts with the bench mall, started.
+/// A live session the bench brand co-hosts with the bench mall (which accepts), started.
 async fn live_session(target: &Target, name: &str) -> anyhow::Result<live::Session> {
     let run = target.run_id;
     let mut sessions = SessionServiceClient::new(target.as_brand(target.channel()));
@@ -111,6 +111,13 @@ async fn live_session(target: &Target, name: &str) -> anyhow::Result<live::Sessi
         .await
         .context("scheduling the session")?
         .into_inner();
+    SessionServiceClient::new(target.as_mall(target.channel()))
+        .accept_session(live::AcceptSessionRequest {
+            request_id: format!("accept-{}", created.name),
+            name: created.name.clone(),
+        })
+        .await
+        .context("the mall accepting to co-host")?;
     Ok(sessions
         .start_session(live::StartSessionRequest {
             request_id: format!("start-{}", created.name),

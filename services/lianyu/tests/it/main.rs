@@ -288,7 +288,7 @@ async fn up_runs_the_demo_on_a_new_mesh_and_only_there() {
         "redeems it: ¥50.00 off",
         "partners/aurora-shoes owes partners/jade-plaza ¥50.00",
         "Jade closes the period with Aurora (closed: true, 1 line(s))",
-        "Aurora and Jade go live from partners/jade-plaza/stores/cosmetics",
+        "Jade accepts Aurora's invitation; they go live from partners/jade-plaza/stores/cosmetics",
         "a viewer joins through Aurora's app",
         "credited to partners/aurora-shoes, partners/jade-plaza/stores/cosmetics",
         "the shopper claims one in Aurora's app: members/",

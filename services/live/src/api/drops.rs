@@ -110,9 +110,7 @@ impl Api {
         let given = r.coupon_drop.clone().unwrap_or_default();
         // Only a co-host goes on to ask entitlements about the benefit.
         let (session, role) = self.read_session(call, &r.parent, "parent").await?;
-        if role != Role::Host {
-            return Err(super::refuse_non_host(call, &session).into());
-        }
+        super::as_host(call, &session, role)?;
         self.may_drop(call, &given.benefit).await?;
         self.mutations
             .run_writing(call, &r.request_id, r, async |txn, writes| {

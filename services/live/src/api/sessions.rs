@@ -7,7 +7,7 @@ use lianyu_kit::{
 use lianyu_proto::live::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Api, Role, session_proto};
+use super::{Api, Role, refuse_non_host, session_proto};
 use crate::{
     domain::{
         Fields, GuideDraft, LiveError, ProfileDraft, Session, SessionDraft, SessionState,
@@ -81,7 +81,19 @@ impl Api {
     ) -> Result<pb::Session, LiveError> {
         self.mutations
             .run_writing(call, request_id, request, async |txn, writes| {
-                let mut session = self.hosted(txn, call, name, "name").await?;
+                let (mut session, role) = self.session(txn, call, name, "name").await?;
+                match role {
+                    Role::Host => {}
+                    // An invited host starts (and so accepts) or cancels (and so declines);
+                    // a session it has not accepted is never LIVE, so it ends nothing.
+                    Role::Invited => {
+                        if to == Transition::Start {
+                            session.accept(call.partner_id());
+                            store::accept_host(txn, &session.id, call.partner_id()).await?;
+                        }
+                    }
+                    _ => return Err(refuse_non_host(call, &session).into()),
+                }
                 let was = session.state;
                 let now = now_millis();
                 session.transition(to, now)?;
@@ -281,6 +293,38 @@ impl pb::session_service_server::SessionService for Api {
     ) -> Result<Response<pb::Session>, Status> {
         unary(request, async |call, r| {
             self.transition(&call, &r.request_id, &r, &r.name, Transition::End)
+                .await
+        })
+        .await
+    }
+
+    async fn accept_session(
+        &self,
+        request: Request<pb::AcceptSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        unary(request, async |call, r| {
+            self.mutations
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
+                    let (mut session, role) = self.session(txn, &call, &r.name, "name").await?;
+                    match role {
+                        Role::Host => return Ok(session_proto(&session, role)),
+                        Role::Invited if session.state == SessionState::Scheduled => {}
+                        Role::Invited => {
+                            return Err(session.state.refuse("a SCHEDULED session").into());
+                        }
+                        _ => return Err(refuse_non_host(&call, &session).into()),
+                    }
+                    session.accept(call.partner_id());
+                    store::accept_host(txn, &session.id, call.partner_id()).await?;
+                    let full = session_proto(&session, Role::Host);
+                    self.tell_hosts(
+                        writes,
+                        &session,
+                        pb::watch_live_events_response::Event::Session(full.clone()),
+                        now_millis(),
+                    );
+                    Ok(full)
+                })
                 .await
         })
         .await

@@ -79,6 +79,7 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn only_the_allowed_transitions_happen_and_a_refusal_names_the_state() {
     let mut s = session();
+    s.accept("mall-b");
     let e = s.transition(Transition::End, 20).unwrap_err();
     assert_eq!(lianyu_kit::ServiceError::metadata(&e)["state"], "SCHEDULED");
     s.transition(Transition::Start, 20).unwrap();
@@ -98,6 +99,36 @@ fn only_the_allowed_transitions_happen_and_a_refusal_names_the_state() {
     assert_eq!(c.state, SessionState::Cancelled);
     let e = c.transition(Transition::Start, 6).unwrap_err();
     assert_eq!(lianyu_kit::ServiceError::metadata(&e)["state"], "CANCELLED");
+}
+
+#[test]
+fn a_session_goes_live_only_once_every_invited_host_accepted() {
+    let hosts = ["partners/mall-b".to_owned(), "partners/brand-c".to_owned()];
+    let mut s = Session::schedule(
+        &PartnerId::new("brand-a"),
+        &draft(&hosts, "partners/mall-b/stores/sh01", 10),
+        1,
+    )
+    .unwrap();
+    assert!(
+        !s.awaits("brand-a"),
+        "the creator has accepted by scheduling"
+    );
+    assert!(s.awaits("mall-b") && s.awaits("brand-c"));
+    s.accept("mall-b");
+    let e = s.transition(Transition::Start, 20).unwrap_err();
+    assert_eq!(lianyu_kit::ServiceError::reason(&e), "HOSTS_NOT_ACCEPTED");
+    assert_eq!(lianyu_kit::ServiceError::metadata(&e)["state"], "SCHEDULED");
+    assert!(e.to_string().contains("partners/brand-c"), "{e}");
+    assert!(!e.to_string().contains("partners/mall-b"), "{e}");
+    assert_eq!(s.state, SessionState::Scheduled, "nothing moved");
+    s.accept("brand-c");
+    s.transition(Transition::Start, 21).unwrap();
+    assert_eq!(s.state, SessionState::Live);
+    // Cancelling needs no acceptance: an invited host declines that way.
+    let mut d = session();
+    d.transition(Transition::Cancel, 5).unwrap();
+    assert_eq!(d.state, SessionState::Cancelled);
 }
 
 #[test]

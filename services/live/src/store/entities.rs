@@ -47,6 +47,9 @@ entity!(session_host, "session_hosts", {
     pub partner_id: String,
     /// Order among the hosts, the creator first.
     pub position: i32,
+    /// Whether the host has accepted to co-host (the creator always has; hosts of sessions
+    /// scheduled before acceptance existed count as having accepted).
+    pub accepted: bool,
 });
 
 // A product on show in a session.
