@@ -1383,6 +1383,99 @@ async fn an_outsider_learns_nothing_of_a_campaign_and_changes_nothing() {
     );
 }
 
+/// `ListOperations` keeps what its filter names: finished or running, one segment's — only
+/// ever among the caller's own; a filter it cannot apply, or a page token from a list with
+/// another filter, is INVALID_ARGUMENT on that field.
+#[tokio::test]
+async fn operations_are_listed_by_whether_they_are_done_and_by_segment() {
+    let s = mesh("aud_ops_filter").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let a = segment(&s, BRAND, &campaign.name, enrolled_with(BRAND)).await;
+    let b = segment(&s, BRAND, &campaign.name, enrolled_with(MALL)).await;
+    compute(&s, BRAND, &a.name, "a1").await;
+    compute(&s, BRAND, &a.name, "a2").await;
+    compute(&s, BRAND, &b.name, "b1").await;
+    let list = |partner: &'static str, filter: String, page_size: i32, page_token: String| {
+        let mut ops = OperationsServiceClient::new(s.as_token(&s.token(partner)));
+        async move {
+            ops.list_operations(pb::ListOperationsRequest {
+                page_size,
+                page_token,
+                filter,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        }
+    };
+    let names = |r: pb::ListOperationsResponse| {
+        let mut n: Vec<String> = r.operations.into_iter().map(|o| o.name).collect();
+        n.sort();
+        n
+    };
+    let all = names(list(BRAND, String::new(), 0, String::new()).await.unwrap());
+    assert_eq!(all.len(), 3);
+    let of = |segment: &str| format!("segment = \"{segment}\"");
+    let of_a = names(list(BRAND, of(&a.name), 0, String::new()).await.unwrap());
+    let of_b = names(list(BRAND, of(&b.name), 0, String::new()).await.unwrap());
+    assert_eq!((of_a.len(), of_b.len()), (2, 1));
+    let mut both = [of_a.clone(), of_b].concat();
+    both.sort();
+    assert_eq!(both, all, "each operation is its one segment's");
+    let done = names(
+        list(BRAND, "done = true".into(), 0, String::new())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(done, all);
+    let running = list(BRAND, "done = false".into(), 0, String::new())
+        .await
+        .unwrap();
+    assert!(running.operations.is_empty());
+    let finished_of_a = format!("done = true AND {}", of(&a.name));
+    assert_eq!(
+        names(
+            list(BRAND, finished_of_a.clone(), 0, String::new())
+                .await
+                .unwrap()
+        ),
+        of_a
+    );
+    // Paged under one filter; its token is no good under another.
+    let first = list(BRAND, finished_of_a.clone(), 1, String::new())
+        .await
+        .unwrap();
+    assert_eq!(first.operations.len(), 1);
+    let second = list(BRAND, finished_of_a, 1, first.next_page_token.clone())
+        .await
+        .unwrap();
+    let mut paged = [names(first.clone()), names(second)].concat();
+    paged.sort();
+    assert_eq!(paged, of_a);
+    let e = list(BRAND, String::new(), 1, first.next_page_token)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), violations(&e)),
+        (Code::InvalidArgument, vec!["page_token".to_owned()])
+    );
+    for bad in [
+        "state = done",
+        "done = maybe",
+        "segment = segments/x",
+        "done",
+    ] {
+        let e = list(BRAND, bad.into(), 0, String::new()).await.unwrap_err();
+        assert_eq!(
+            (e.code(), violations(&e)),
+            (Code::InvalidArgument, vec!["filter".to_owned()]),
+            "{bad}"
+        );
+    }
+    // Another participant's filter on the brand's segment finds none of the brand's.
+    let mall = list(MALL, of(&a.name), 0, String::new()).await.unwrap();
+    assert!(mall.operations.is_empty());
+}
+
 /// A partner erases its records of a member: comarketing forgets what it knew of her through
 /// that partner, so the next computation of a segment over it no longer counts her.
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod contact;
 pub mod funnel;
+pub mod operations;
 pub mod overlap;
 pub mod rule;
 

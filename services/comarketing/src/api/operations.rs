@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::{
-    domain::{ComarketingError, rule::Rule},
+    domain::{ComarketingError, operations::OperationFilter, rule::Rule},
     store::{self, StoredOperation, StoredSegment},
 };
 
@@ -274,10 +274,12 @@ impl pb::operations_service_server::OperationsService for Api {
         request: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
         unary(request, async |call, r| {
-            let mut page = Page::parse(r.page_size, &r.page_token, &[call.partner_id()])?;
+            let filter = OperationFilter::parse(&r.filter)?;
+            let mut page =
+                Page::parse(r.page_size, &r.page_token, &[call.partner_id(), &r.filter])?;
             page.size = page.size.min(500);
             let (ops, next_page_token) =
-                store::list_operations(&self.read, call.partner_id(), &page).await?;
+                store::list_operations(&self.read, call.partner_id(), &filter, &page).await?;
             Ok::<_, ComarketingError>(pb::ListOperationsResponse {
                 operations: ops.iter().map(|o| operation_proto(o, None)).collect(),
                 next_page_token,

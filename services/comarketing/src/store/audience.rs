@@ -14,7 +14,7 @@ use super::{
     entities::{consent, member, member_fact, operation, overlap_query, segment},
     storage,
 };
-use crate::domain::rule::Condition;
+use crate::domain::{operations::OperationFilter, rule::Condition};
 
 /// The dense numbers of `mesh_members` (ids without "meshMembers/"), adding those not yet
 /// known, with `at` as their activity.
@@ -688,16 +688,26 @@ pub(crate) async fn operation(
         .map(to_operation))
 }
 
-/// A page of the caller's operations, newest first.
+/// A page of the caller's operations that `filter` keeps, newest first.
 pub(crate) async fn list_operations(
     conn: &impl ConnectionTrait,
     partner: &str,
+    filter: &OperationFilter,
     page: &Page,
 ) -> Result<(Vec<StoredOperation>, String), KitError> {
+    let mut query = operation::Entity::find();
+    query = match filter.done {
+        Some(true) => query.filter(operation::Column::State.ne("running")),
+        Some(false) => query.filter(operation::Column::State.eq("running")),
+        None => query,
+    };
+    if let Some(segment) = &filter.segment {
+        query = query.filter(operation::Column::Target.eq(segment.clone()));
+    }
     let rows = page
         .fetch_newest(
             conn,
-            operation::Entity::find(),
+            query,
             (operation::Column::Partner, partner),
             operation::Column::Id,
         )
