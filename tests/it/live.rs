@@ -356,8 +356,60 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
     assert_eq!(accept(&server, MALL, &name, "a2").await.unwrap(), accepted);
     assert_eq!(accept(&server, BRAND, &name, "a3").await.unwrap(), accepted);
     assert!(read(server.token(OUTSIDER)).await.unwrap().public_view);
+
+    // New revenue shares are the other host's to accept: the mall asks for 90 %, and the
+    // brand — the creator — is pending until it agrees; the show stays announced.
+    let shares = |mall: i32| pb::UpdateSessionRequest {
+        request_id: format!("shares-{mall}"),
+        session: Some(pb::Session {
+            name: name.clone(),
+            revenue_shares: vec![
+                pb::RevenueShare {
+                    partner: format!("partners/{BRAND}"),
+                    share_bps: 10_000 - mall,
+                },
+                pb::RevenueShare {
+                    partner: format!("partners/{MALL}"),
+                    share_bps: mall,
+                },
+            ],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["revenue_shares".into()],
+        }),
+    };
+    let reshared = sessions(&server, &server.token(MALL))
+        .update_session(shares(9_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reshared.pending_hosts, [format!("partners/{BRAND}")]);
+    let e = start(&server, MALL, &name, "go1").await.unwrap_err();
+    assert_eq!(
+        refused(e),
+        (Code::FailedPrecondition, "HOSTS_NOT_ACCEPTED".into())
+    );
+    assert!(read(server.token(OUTSIDER)).await.unwrap().public_view);
+    assert!(
+        accept(&server, BRAND, &name, "a4")
+            .await
+            .unwrap()
+            .pending_hosts
+            .is_empty()
+    );
     let live = start(&server, BRAND, &name, "go2").await.unwrap();
     assert_eq!(live.state, pb::SessionState::Live as i32);
+    // On air the shares are fixed: refused, and read back as they were.
+    let e = brand.update_session(shares(1_000)).await.unwrap_err();
+    assert_eq!(
+        refused(e),
+        (Code::FailedPrecondition, "SESSION_STATE".into())
+    );
+    assert_eq!(
+        read(server.token(BRAND)).await.unwrap().revenue_shares,
+        reshared.revenue_shares
+    );
 
     // Starting accepts; cancelling declines.
     let second = brand

@@ -364,7 +364,7 @@ fn role_of(call: &Call, session: &Session) -> Result<Role, LiveError> {
     } else {
         Role::Public
     };
-    if !session.pending.is_empty() && !session.hosted_by(call.partner_id()) {
+    if !session.announced && !session.hosted_by(call.partner_id()) {
         return Err(LiveError::SessionNotFound);
     }
     Ok(role)

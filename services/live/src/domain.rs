@@ -126,10 +126,15 @@ pub struct Session {
     pub title: String,
     /// The co-hosting partners, the creator first; only they see and change all of it.
     pub hosts: Vec<PartnerId>,
-    /// The hosts that have not yet accepted to co-host (the creator never is one). While
-    /// any is left the session does not go LIVE and no other partner sees it; such a host
-    /// reads the session, accepts, starts it (accepting) or cancels it (declining).
+    /// The hosts that have not yet accepted to co-host — at first every host but the creator,
+    /// and every host but the changer when the revenue shares change. While any is left the
+    /// session does not go LIVE and no other partner sees it; such a host reads the session,
+    /// accepts, starts it (accepting) or cancels it (declining).
     pub pending: Vec<PartnerId>,
+    /// Whether every host has accepted at least once: from then on other partners see the
+    /// session (a later change of revenue shares asks the hosts again before it goes LIVE,
+    /// but does not take back what every host agreed to show).
+    pub announced: bool,
     /// The hosting store, `(partner, store)`; its partner is one of the hosts.
     pub store: Option<(PartnerId, String)>,
     pub stream_url: String,
@@ -219,6 +224,7 @@ impl Session {
             id: uuid::Uuid::now_v7().simple().to_string(),
             title: title.unwrap_or_default(),
             pending: hosts.iter().filter(|h| *h != caller).cloned().collect(),
+            announced: hosts.len() == 1,
             hosts,
             store,
             stream_url: stream_url.unwrap_or_default(),
@@ -403,6 +409,35 @@ impl Session {
     /// Records that the host `partner` accepted to co-host.
     pub fn accept(&mut self, partner: &str) {
         self.pending.retain(|p| p.as_str() != partner);
+        self.announced |= self.pending.is_empty();
+    }
+
+    /// The revenue shares change to `shares` by the host `by`: a change of the money terms is
+    /// the other hosts' to accept again, so it is made only while SCHEDULED (SESSION_STATE
+    /// otherwise) and leaves every other host pending. Returns whether anything changed (the
+    /// same shares in another order are no change).
+    pub fn reshare(&mut self, by: &str, shares: Vec<(PartnerId, i32)>) -> Result<bool, KitError> {
+        let sorted = |v: &[(PartnerId, i32)]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        if sorted(&shares) == sorted(&self.profile.revenue_shares) {
+            return Ok(false);
+        }
+        if self.state != SessionState::Scheduled {
+            return Err(self
+                .state
+                .refuse("revenue shares change only while SCHEDULED"));
+        }
+        self.profile.revenue_shares = shares;
+        self.pending = self
+            .hosts
+            .iter()
+            .filter(|h| h.as_str() != by)
+            .cloned()
+            .collect();
+        Ok(true)
     }
 
     /// Applies a co-host's transition at `now`, or says why the session does not allow it: a

@@ -53,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(Showcase),
             Box::new(Drops),
             Box::new(HostAcceptance),
+            Box::new(SessionAnnounced),
         ])
     }
 }
@@ -105,6 +106,34 @@ impl MigrationTrait for HostAcceptance {
             manager,
             "session_hosts",
             [ColumnDef::new(Alias::new("accepted"))
+                .boolean()
+                .not_null()
+                .default(true)
+                .to_owned()],
+        )
+        .await
+    }
+}
+
+/// Whether every host of a session has accepted at least once (added to the sessions' table a
+/// first version created without it; sessions already there were scheduled under the old rule
+/// and count as announced).
+pub(crate) struct SessionAnnounced;
+
+impl sea_orm_migration::MigrationName for SessionAnnounced {
+    fn name(&self) -> &str {
+        "m20261206_000015_live_session_announced"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for SessionAnnounced {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        lianyu_kit::storage::add_columns(
+            manager,
+            "sessions",
+            [ColumnDef::new(Alias::new("announced"))
                 .boolean()
                 .not_null()
                 .default(true)
@@ -260,6 +289,7 @@ pub(crate) async fn insert_session(
         ended_at: Set(s.ended_at),
         salt: Set(s.salt.clone()),
         peak_viewers: Set(0),
+        announced: Set(s.announced),
     }
     .insert(txn)
     .await
@@ -310,16 +340,28 @@ pub(crate) async fn save_session(
     Ok(done.rows_affected == 1)
 }
 
-/// Records that `partner` accepted to co-host the session `id`.
-pub(crate) async fn accept_host(
-    txn: &impl ConnectionTrait,
-    id: &str,
-    partner: &str,
-) -> Result<(), KitError> {
-    session_host::Entity::update_many()
-        .col_expr(session_host::Column::Accepted, Expr::value(true))
-        .filter(session_host::Column::SessionId.eq(id))
-        .filter(session_host::Column::PartnerId.eq(partner))
+/// Stores which of the session's hosts have accepted (those not in `s.pending`) and whether
+/// it is announced.
+pub(crate) async fn set_pending(txn: &impl ConnectionTrait, s: &Session) -> Result<(), KitError> {
+    let pending: Vec<String> = s.pending.iter().map(ToString::to_string).collect();
+    for (accepted, filter) in [
+        (
+            false,
+            session_host::Column::PartnerId.is_in(pending.clone()),
+        ),
+        (true, session_host::Column::PartnerId.is_not_in(pending)),
+    ] {
+        session_host::Entity::update_many()
+            .col_expr(session_host::Column::Accepted, Expr::value(accepted))
+            .filter(session_host::Column::SessionId.eq(s.id.clone()))
+            .filter(filter)
+            .exec(txn)
+            .await
+            .map_err(storage)?;
+    }
+    session::Entity::update_many()
+        .col_expr(session::Column::Announced, Expr::value(s.announced))
+        .filter(session::Column::Id.eq(s.id.clone()))
         .exec(txn)
         .await
         .map_err(storage)?;
@@ -465,6 +507,7 @@ fn to_domain(row: session::Model, hosts: Vec<session_host::Model>) -> Session {
             State::Ended => SessionState::Ended,
             State::Cancelled => SessionState::Cancelled,
         },
+        announced: row.announced,
         created_by: PartnerId::new(row.created_by),
         started_at: row.started_at,
         ended_at: row.ended_at,

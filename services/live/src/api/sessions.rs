@@ -89,7 +89,7 @@ impl Api {
                     Role::Invited => {
                         if to == Transition::Start {
                             session.accept(call.partner_id());
-                            store::accept_host(txn, &session.id, call.partner_id()).await?;
+                            store::set_pending(txn, &session).await?;
                         }
                     }
                     _ => return Err(refuse_non_host(call, &session).into()),
@@ -260,8 +260,14 @@ impl pb::session_service_server::SessionService for Api {
                         guides: paths.contains("guides"),
                         revenue_shares: paths.contains("revenue_shares"),
                     };
-                    session.profile = session.check_profile(&mut v, &profile_draft(&given), fields);
+                    let mut profile = session.check_profile(&mut v, &profile_draft(&given), fields);
                     v.finish()?;
+                    let shares = std::mem::take(&mut profile.revenue_shares);
+                    profile.revenue_shares = session.profile.revenue_shares.clone();
+                    session.profile = profile;
+                    if session.reshare(call.partner_id(), shares)? {
+                        store::set_pending(txn, &session).await?;
+                    }
                     if !store::save_session(txn, &session, was).await? {
                         return Err(KitError::Precondition(
                             "SESSION_STATE",
@@ -315,7 +321,7 @@ impl pb::session_service_server::SessionService for Api {
                         _ => return Err(refuse_non_host(&call, &session).into()),
                     }
                     session.accept(call.partner_id());
-                    store::accept_host(txn, &session.id, call.partner_id()).await?;
+                    store::set_pending(txn, &session).await?;
                     let full = session_proto(&session, Role::Host);
                     self.tell_hosts(
                         writes,

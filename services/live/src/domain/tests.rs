@@ -115,7 +115,9 @@ fn a_session_goes_live_only_once_every_invited_host_accepted() {
         "the creator has accepted by scheduling"
     );
     assert!(s.awaits("mall-b") && s.awaits("brand-c"));
+    assert!(!s.announced);
     s.accept("mall-b");
+    assert!(!s.announced, "one host is still to accept");
     let e = s.transition(Transition::Start, 20).unwrap_err();
     assert_eq!(lianyu_kit::ServiceError::reason(&e), "HOSTS_NOT_ACCEPTED");
     assert_eq!(lianyu_kit::ServiceError::metadata(&e)["state"], "SCHEDULED");
@@ -123,12 +125,44 @@ fn a_session_goes_live_only_once_every_invited_host_accepted() {
     assert!(!e.to_string().contains("partners/mall-b"), "{e}");
     assert_eq!(s.state, SessionState::Scheduled, "nothing moved");
     s.accept("brand-c");
+    assert!(s.announced);
     s.transition(Transition::Start, 21).unwrap();
     assert_eq!(s.state, SessionState::Live);
     // Cancelling needs no acceptance: an invited host declines that way.
     let mut d = session();
     d.transition(Transition::Cancel, 5).unwrap();
     assert_eq!(d.state, SessionState::Cancelled);
+}
+
+#[test]
+fn new_revenue_shares_are_every_other_hosts_to_accept_again_and_fixed_once_live() {
+    let (brand, mall) = (PartnerId::new("brand-a"), PartnerId::new("mall-b"));
+    let mut s = session();
+    s.accept("mall-b");
+    let same = s.profile.revenue_shares.clone();
+    assert!(
+        !s.reshare("mall-b", same).unwrap(),
+        "the same shares are no change"
+    );
+    assert!(s.pending.is_empty());
+    let shares = vec![(mall.clone(), 9_000), (brand.clone(), 1_000)];
+    assert!(s.reshare("mall-b", shares.clone()).unwrap());
+    assert_eq!(s.profile.revenue_shares, shares);
+    assert_eq!(
+        s.pending,
+        std::slice::from_ref(&brand),
+        "the creator accepts the mall's terms again"
+    );
+    assert!(s.announced, "what every host agreed to show stays shown");
+    let reordered = vec![(brand.clone(), 1_000), (mall.clone(), 9_000)];
+    assert!(!s.reshare("brand-a", reordered).unwrap());
+    s.accept("brand-a");
+    s.transition(Transition::Start, 20).unwrap();
+    let e = s
+        .reshare("brand-a", vec![(brand.clone(), WHOLE_BPS)])
+        .unwrap_err();
+    assert_eq!(lianyu_kit::ServiceError::metadata(&e)["state"], "LIVE");
+    assert_eq!(s.profile.revenue_shares, shares, "nothing changed");
 }
 
 #[test]

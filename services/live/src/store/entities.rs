@@ -37,6 +37,8 @@ entity!(session, "sessions", {
     /// The session's pseudonym salt.
     pub salt: String,
     pub peak_viewers: i64,
+    /// Whether every host has accepted at least once (domain `Session::announced`).
+    pub announced: bool,
 });
 
 // Who co-hosts which session: the tenant scope of every session query.
