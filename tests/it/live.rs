@@ -60,6 +60,7 @@ async fn accept_with(
         .accept_session(pb::AcceptSessionRequest {
             request_id: rid.into(),
             name: name.into(),
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -391,13 +392,32 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
         (Code::FailedPrecondition, "HOSTS_NOT_ACCEPTED".into())
     );
     assert!(read(server.token(OUTSIDER)).await.unwrap().public_view);
-    assert!(
-        accept(&server, BRAND, &name, "a4")
-            .await
-            .unwrap()
-            .pending_hosts
-            .is_empty()
+    // Accepting with the etag of what was read before the change accepts nothing; with the
+    // etag of the new terms it accepts them.
+    let accept_read = |etag: String, rid: &'static str| {
+        let mut client = sessions(&server, &server.token(BRAND));
+        let request = pb::AcceptSessionRequest {
+            request_id: rid.into(),
+            name: name.clone(),
+            etag,
+        };
+        async move {
+            client
+                .accept_session(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    assert_ne!(accepted.etag, reshared.etag);
+    let e = accept_read(accepted.etag.clone(), "a4").await.unwrap_err();
+    assert_eq!(refused(e), (Code::Aborted, "ETAG_MISMATCH".into()));
+    assert_eq!(
+        read(server.token(BRAND)).await.unwrap(),
+        reshared,
+        "nothing accepted"
     );
+    let now = accept_read(reshared.etag.clone(), "a5").await.unwrap();
+    assert!(now.pending_hosts.is_empty());
     let live = start(&server, BRAND, &name, "go2").await.unwrap();
     assert_eq!(live.state, pb::SessionState::Live as i32);
     // On air the shares are fixed: refused, and read back as they were.
@@ -443,6 +463,31 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
         refused(e),
         (Code::FailedPrecondition, "SESSION_STATE".into())
     );
+
+    // Two invited hosts accepting at once both count, many times over; the show then starts.
+    for i in 0..10 {
+        let three = pb::Session {
+            hosts: vec![format!("partners/{MALL}"), format!("partners/{OUTSIDER}")],
+            ..draft(&mall_store)
+        };
+        let show = brand
+            .create_session(create(&format!("three-{i}"), three))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(show.pending_hosts.len(), 2);
+        let (m, o) = (format!("three-m-{i}"), format!("three-o-{i}"));
+        let (by_mall, by_outsider) = tokio::join!(
+            accept(&server, MALL, &show.name, &m),
+            accept(&server, OUTSIDER, &show.name, &o),
+        );
+        by_mall.unwrap();
+        by_outsider.unwrap();
+        let started = start(&server, BRAND, &show.name, &format!("three-go-{i}"))
+            .await
+            .unwrap();
+        assert!(started.pending_hosts.is_empty(), "{i}: {started:?}");
+    }
 
     // The mall's accept and the brand's start, sent together, many times over.
     for i in 0..20 {

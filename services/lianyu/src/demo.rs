@@ -545,6 +545,8 @@ async fn livestream(
         .accept_session(live::AcceptSessionRequest {
             request_id: "demo-show-accept".into(),
             name: session.name.clone(),
+            // Exactly the terms Jade read: a change since would be refused, not accepted.
+            etag: session.etag.clone(),
         })
         .await?;
     SessionServiceClient::new(ch(mall_token))

@@ -21,7 +21,9 @@ use lianyu_kit::{
     writes::Writes,
 };
 use lianyu_proto::{common::v1 as common, live::v1 as pb};
+use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sha2::{Digest, Sha256};
 
 use crate::{
     domain::{FlashSale, LiveError, Product, Session, SessionState},
@@ -186,6 +188,7 @@ lianyu_kit::service_error!(LiveError, "lianyu.live", {
     CouponDropNotFound => (NotFound, "COUPON_DROP_NOT_FOUND"),
     MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
     BenefitNotFound => (NotFound, "BENEFIT_NOT_FOUND"),
+    EtagMismatch => (Aborted, "ETAG_MISMATCH"),
 });
 
 /// What a caller is to a session.
@@ -267,6 +270,20 @@ impl Api {
             .ok_or(LiveError::SessionNotFound)?;
         let role = role_of(call, &session)?;
         Ok((session, role))
+    }
+
+    /// [`Self::session`] for a mutation that changes who has accepted or the terms they
+    /// accepted: the session's row is held to the end of `txn` first
+    /// ([`store::lock_session`]).
+    async fn session_locked(
+        &self,
+        txn: &impl ConnectionTrait,
+        call: &Call,
+        name: &str,
+        field: &str,
+    ) -> Result<(Session, Role), LiveError> {
+        store::lock_session(txn, session_id(call, name, field)?).await?;
+        self.session(txn, call, name, field).await
     }
 
     /// The session, for a change only a co-host makes: PERMISSION_DENIED otherwise (another
@@ -415,7 +432,6 @@ fn session_proto(s: &Session, role: Role) -> pb::Session {
         ..Default::default()
     };
     if full {
-        out.pending_hosts = s.pending.iter().map(|p| format!("partners/{p}")).collect();
         out.assistants = s
             .profile
             .assistants
@@ -443,6 +459,9 @@ fn session_proto(s: &Session, role: Role) -> pb::Session {
                 share_bps: *bps,
             })
             .collect();
+        // The etag covers all a host sees but who has yet to accept.
+        out.etag = lianyu_kit::keycodec::hex(&Sha256::digest(out.encode_to_vec())[..12]);
+        out.pending_hosts = s.pending.iter().map(|p| format!("partners/{p}")).collect();
     }
     out
 }

@@ -42,6 +42,9 @@ pub enum LiveError {
     /// partner is party to.
     #[error("benefit not found")]
     BenefitNotFound,
+    /// ABORTED / ETAG_MISMATCH: the session changed since the caller read the etag it gave.
+    #[error("the session changed since it was read; read it again")]
+    EtagMismatch,
     #[error(transparent)]
     Kit(#[from] KitError),
 }

@@ -115,6 +115,7 @@ async fn live_session(target: &Target, name: &str) -> anyhow::Result<live::Sessi
         .accept_session(live::AcceptSessionRequest {
             request_id: format!("accept-{}", created.name),
             name: created.name.clone(),
+            etag: created.etag.clone(),
         })
         .await
         .context("the mall accepting to co-host")?;

@@ -81,7 +81,7 @@ impl Api {
     ) -> Result<pb::Session, LiveError> {
         self.mutations
             .run_writing(call, request_id, request, async |txn, writes| {
-                let (mut session, role) = self.session(txn, call, name, "name").await?;
+                let (mut session, role) = self.session_locked(txn, call, name, "name").await?;
                 match role {
                     Role::Host => {}
                     // An invited host starts (and so accepts) or cancels (and so declines);
@@ -218,7 +218,10 @@ impl pb::session_service_server::SessionService for Api {
             let given = r.session.clone().unwrap_or_default();
             self.mutations
                 .run(&call, &r.request_id, &r, async |txn| {
-                    let mut session = self.hosted(txn, &call, &given.name, "session.name").await?;
+                    let (mut session, role) = self
+                        .session_locked(txn, &call, &given.name, "session.name")
+                        .await?;
+                    super::as_host(&call, &session, role)?;
                     let was = session.state;
                     if matches!(was, SessionState::Ended | SessionState::Cancelled) {
                         return Err(was.refuse("a session that has not ended").into());
@@ -311,10 +314,15 @@ impl pb::session_service_server::SessionService for Api {
         unary(request, async |call, r| {
             self.mutations
                 .run_writing(&call, &r.request_id, &r, async |txn, writes| {
-                    let (mut session, role) = self.session(txn, &call, &r.name, "name").await?;
+                    let (mut session, role) =
+                        self.session_locked(txn, &call, &r.name, "name").await?;
                     match role {
                         Role::Host => return Ok(session_proto(&session, role)),
-                        Role::Invited if session.state == SessionState::Scheduled => {}
+                        Role::Invited if session.state == SessionState::Scheduled => {
+                            if !r.etag.is_empty() && r.etag != session_proto(&session, role).etag {
+                                return Err(LiveError::EtagMismatch);
+                            }
+                        }
                         Role::Invited => {
                             return Err(session.state.refuse("a SCHEDULED session").into());
                         }
