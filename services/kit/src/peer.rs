@@ -259,19 +259,27 @@ impl ServiceToken {
     }
 }
 
-/// Whether an idempotent call that failed with `code` is sent again: UNAVAILABLE (the peer is
-/// down or restarting), and CANCELLED — what a call meets when the connection it was put on
-/// closes under it, as every mesh server closes its connections at their maximum age
-/// (`LIANYU_MAX_CONNECTION_AGE`, GOAWAY); sent again, a fresh connection serves it. Only
-/// idempotent calls are: whether the peer had served the first try is not known.
-fn retryable(code: tonic::Code) -> bool {
-    matches!(code, tonic::Code::Unavailable | tonic::Code::Cancelled)
+/// Whether an idempotent call that failed with `status` is sent again: UNAVAILABLE (the peer
+/// is down or restarting), and what a call meets when the connection it was put on closes
+/// under it, as every mesh server closes its connections at their maximum age
+/// (`LIANYU_MAX_CONNECTION_AGE`, GOAWAY): CANCELLED, or — when the stream is reset without a
+/// gRPC status — INTERNAL with tonic's "h2 protocol error" (HTTP/2's own failure, never a
+/// peer's answer: a handler's INTERNAL comes as a gRPC status and is not retried). Sent
+/// again, a fresh connection serves it. Only idempotent calls are: whether the peer had
+/// served the first try is not known.
+fn retryable(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+        tonic::Code::Internal => status.message().starts_with("h2 protocol error"),
+        _ => false,
+    }
 }
 
 /// Whether a call may be repeated without repeating its effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idempotency {
-    /// Reads, and writes keyed by a request id: retried on UNAVAILABLE and CANCELLED.
+    /// Reads, and writes keyed by a request id: retried on UNAVAILABLE, CANCELLED and a
+    /// reset HTTP/2 stream ([`retryable`]).
     Idempotent,
     /// Anything else: sent once.
     Once,
@@ -350,7 +358,7 @@ impl Peer {
 
     /// Calls the peer: `send` gets the channel and a request carrying the service token and
     /// the deadline left (the served call's remaining deadline, or the default outside one).
-    /// An idempotent call is retried on UNAVAILABLE or CANCELLED ([`retryable`]) while
+    /// An idempotent call is retried on UNAVAILABLE, CANCELLED or a reset stream ([`retryable`]) while
     /// deadline and retry budget last.
     pub async fn call<T, R, F, Fut>(
         &self,
@@ -392,7 +400,7 @@ impl Peer {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status)
                     if idempotency == Idempotency::Idempotent
-                        && retryable(status.code())
+                        && retryable(&status)
                         && attempt < MAX_ATTEMPTS =>
                 {
                     let wait = backoff.mul_f64(rand::random::<f64>() + 0.5);
