@@ -357,6 +357,9 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
     assert_eq!(accept(&server, MALL, &name, "a2").await.unwrap(), accepted);
     assert_eq!(accept(&server, BRAND, &name, "a3").await.unwrap(), accepted);
     assert!(read(server.token(OUTSIDER)).await.unwrap().public_view);
+    // Once it is announced, a partner that is not a host is refused, not told it is missing.
+    let e = accept(&server, OUTSIDER, &name, "a0").await.unwrap_err();
+    assert_eq!(refused(e), (Code::PermissionDenied, "HOST_ONLY".into()));
 
     // New revenue shares are the other host's to accept: the mall asks for 90 %, and the
     // brand — the creator — is pending until it agrees; the show stays announced.
@@ -437,6 +440,16 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
         .await
         .unwrap()
         .into_inner();
+    // The hosting store's token accepts for the mall (the store runs the show).
+    let by_store = accept_with(
+        &server,
+        &server.store_token(MALL, "sh01"),
+        &second.name,
+        "s-a",
+    )
+    .await
+    .unwrap();
+    assert!(by_store.pending_hosts.is_empty());
     let started = start(&server, MALL, &second.name, "go").await.unwrap();
     assert_eq!(
         (started.state, started.pending_hosts.len()),

@@ -943,6 +943,27 @@ async fn a_coupon_drop_spends_only_a_benefit_the_calling_cohost_issues_or_funds(
         assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{benefit}");
     }
     assert_eq!(rows(&s, "live", "coupon_drops").await, 0, "nothing stored");
+    // Without entitlements to ask, nothing is opened: UNAVAILABLE, and no drop stored.
+    let alone = mesh("live_drop_whose_alone").await;
+    let show = on_air(&alone).await;
+    let e = showcase(&alone, &alone.token(BRAND))
+        .create_coupon_drop(pb::CreateCouponDropRequest {
+            request_id: "d".into(),
+            parent: show.name.clone(),
+            coupon_drop: Some(pb::CouponDrop {
+                benefit: joint.name.clone(),
+                quantity: 10,
+                close_time: timestamp(now_millis() + 600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::Unavailable, "ENTITLEMENTS_UNAVAILABLE")
+    );
+    assert_eq!(rows(&alone, "live", "coupon_drops").await, 0);
     // The mall issues both; the brand funds the joint one.
     drop(MALL, &honoured.name, "m-1").await.unwrap();
     drop(MALL, &joint.name, "m-2").await.unwrap();

@@ -1863,3 +1863,64 @@ async fn the_live_service_claims_a_drop_for_a_viewer_and_no_partner_can() {
     }
     assert_eq!(rows(&s, "entitlements", "wallet_items").await, 1);
 }
+
+/// `GetBenefitAs` answers the live service a benefit as one partner may see it: the mall's
+/// own, but not to the brand (not a party: as missing); bad names field by field; a
+/// partner's token never.
+#[tokio::test]
+async fn the_live_service_reads_a_benefit_as_a_partner_sees_it_and_no_partner_can() {
+    use lianyu_proto::entitlements::internal::v1::{
+        GetBenefitAsRequest, drop_service_client::DropServiceClient,
+    };
+    let s = mesh("ent_benefit_as").await;
+    let coupon = active(&s, MALL, MALL, MALL, |_| {}).await;
+    let live = s.mint(&lianyu_kit::auth::TokenRequest::service(
+        "live",
+        std::time::Duration::from_secs(600),
+    ));
+    let ask = |token: String, partner: &str, name: &str| {
+        let mut client = DropServiceClient::new(s.as_token(&token));
+        let request = GetBenefitAsRequest {
+            partner: partner.into(),
+            name: name.into(),
+        };
+        async move {
+            client
+                .get_benefit_as(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let seen = ask(live.clone(), &format!("partners/{MALL}"), &coupon.name)
+        .await
+        .unwrap();
+    assert_eq!(
+        (seen.name.as_str(), seen.issuer.clone()),
+        (coupon.name.as_str(), format!("partners/{MALL}"))
+    );
+    for (partner, name) in [
+        (format!("partners/{BRAND}"), coupon.name.clone()),
+        (format!("partners/{MALL}"), "benefits/nope".to_owned()),
+    ] {
+        let e = ask(live.clone(), &partner, &name).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e)),
+            (Code::NotFound, "BENEFIT_NOT_FOUND".into())
+        );
+    }
+    let e = ask(live.clone(), "mall", "coupon").await.unwrap_err();
+    assert_eq!(
+        (e.code(), lianyu_kit::testing::violations(&e)),
+        (
+            Code::InvalidArgument,
+            vec!["partner".to_owned(), "name".to_owned()]
+        )
+    );
+    let e = ask(s.token(MALL), &format!("partners/{MALL}"), &coupon.name)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e)),
+        (Code::PermissionDenied, "SCOPE_MISSING".into())
+    );
+}

@@ -53,7 +53,6 @@ impl MigratorTrait for Migrator {
             Box::new(Showcase),
             Box::new(Drops),
             Box::new(HostAcceptance),
-            Box::new(SessionAnnounced),
         ])
     }
 }
@@ -87,9 +86,9 @@ lianyu_kit::tables_migration!(
     [entities::coupon_drop::Entity, entities::drop_claim::Entity]
 );
 
-/// Whether each co-host has accepted (added to the hosts' table a first version created
-/// without it; the hosts already there had scheduled under the old rule and count as
-/// accepted).
+/// Whether each co-host has accepted, and whether every host of a session has accepted at
+/// least once (added to the tables a first version created without them; the sessions
+/// already there were scheduled under the old rule and count as accepted and announced).
 pub(crate) struct HostAcceptance;
 
 impl sea_orm_migration::MigrationName for HostAcceptance {
@@ -102,44 +101,19 @@ impl sea_orm_migration::MigrationName for HostAcceptance {
 impl MigrationTrait for HostAcceptance {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::prelude::{Alias, ColumnDef};
-        lianyu_kit::storage::add_columns(
-            manager,
-            "session_hosts",
-            [ColumnDef::new(Alias::new("accepted"))
-                .boolean()
-                .not_null()
-                .default(true)
-                .to_owned()],
-        )
-        .await
-    }
-}
-
-/// Whether every host of a session has accepted at least once (added to the sessions' table a
-/// first version created without it; sessions already there were scheduled under the old rule
-/// and count as announced).
-pub(crate) struct SessionAnnounced;
-
-impl sea_orm_migration::MigrationName for SessionAnnounced {
-    fn name(&self) -> &str {
-        "m20261206_000015_live_session_announced"
-    }
-}
-
-#[async_trait]
-impl MigrationTrait for SessionAnnounced {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
-        use sea_orm_migration::prelude::{Alias, ColumnDef};
-        lianyu_kit::storage::add_columns(
-            manager,
-            "sessions",
-            [ColumnDef::new(Alias::new("announced"))
-                .boolean()
-                .not_null()
-                .default(true)
-                .to_owned()],
-        )
-        .await
+        for (table, column) in [("session_hosts", "accepted"), ("sessions", "announced")] {
+            lianyu_kit::storage::add_columns(
+                manager,
+                table,
+                [ColumnDef::new(Alias::new(column))
+                    .boolean()
+                    .not_null()
+                    .default(true)
+                    .to_owned()],
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
