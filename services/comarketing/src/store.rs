@@ -50,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(SessionHosts),
             Box::new(ConsentsByMember),
             Box::new(ContactsByMemberTime),
+            Box::new(ErasuresAndMerges),
         ])
     }
 }
@@ -88,6 +89,13 @@ lianyu_kit::tables_migration!(
     SessionHosts,
     "m20261203_000013_comarketing_session_hosts",
     [entities::session_host::Entity]
+);
+
+lianyu_kit::tables_migration!(
+    /// Erasures and merges remembered, for what the other feeds tell late.
+    ErasuresAndMerges,
+    "m20261206_000016_comarketing_departures",
+    [entities::erasure::Entity, entities::merged_member::Entity]
 );
 
 /// Consents looked up by member: a member's grounds for a grantee were a search of the

@@ -149,6 +149,9 @@ struct Batch<'t> {
     hosts: HashMap<String, Vec<String>>,
     /// (kind, subject, partner, member) → the first and last time in this batch.
     facts: BTreeMap<(&'static str, String, String, i32), (i64, i64)>,
+    /// Merges and erasures identity's feed told before this batch (none for a batch of
+    /// identity's own feed, which tells them in order).
+    departures: store::Departures,
 }
 
 impl<'t> Batch<'t> {
@@ -168,11 +171,33 @@ impl<'t> Batch<'t> {
             campaigns: HashMap::new(),
             hosts: HashMap::new(),
             facts: BTreeMap::new(),
+            departures: store::Departures::default(),
         })
     }
 
+    /// [`Batch::new`] for a batch of live's or entitlements' feed, which may tell of a member
+    /// after identity's feed erased or merged it: an erased member's events through the
+    /// partner that erased it leave nothing of the member, a merged one's count for the
+    /// survivor.
+    async fn behind_identity(
+        txn: &'t DatabaseTransaction,
+        members: &[(&str, i64)],
+    ) -> Result<Self, KitError> {
+        let mut batch = Self::new(txn, members).await?;
+        let numbers: Vec<i32> = batch.numbers.values().copied().collect();
+        batch.departures = store::Departures::of(txn, &numbers).await?;
+        Ok(batch)
+    }
+
+    /// The member's number: the survivor's, when it was merged.
     fn number(&self, member: &str) -> Option<i32> {
-        self.numbers.get(member).copied()
+        let n = self.numbers.get(member).copied()?;
+        Some(self.departures.survivor(n))
+    }
+
+    /// Whether what `member` did through `partner` at `at` was erased since.
+    fn erased(&self, member: i32, partner: &str, at: i64) -> bool {
+        self.departures.erased(member, partner, at)
     }
 
     /// The RUNNING campaigns `target` (a benefit or session, by `kind`) is attached to.
@@ -207,6 +232,9 @@ impl<'t> Batch<'t> {
     }
 
     fn fact(&mut self, member: i32, kind: &'static str, subject: &str, partner: &str, at: i64) {
+        if self.erased(member, partner, at) {
+            return;
+        }
         let span = self
             .facts
             .entry((kind, subject.to_owned(), partner.to_owned(), member))
@@ -267,7 +295,7 @@ async fn on_ledger(
         })
         .filter(|(m, _)| !m.is_empty())
         .collect();
-    let mut batch = Batch::new(txn, &members).await?;
+    let mut batch = Batch::behind_identity(txn, &members).await?;
     for t in events.iter().filter_map(|e| e.transaction.as_ref()) {
         on_ledger_transaction(&mut batch, t).await?;
     }
@@ -323,7 +351,9 @@ async fn on_ledger_transaction(
             "REDEMPTION" => store::add_tally(txn, &c.id, "redemptions", 1).await?,
             _ => {}
         }
-        if let (Some(n), Some((_, kind))) = (number, fact) {
+        if let (Some(n), Some((_, kind))) = (number, fact)
+            && !batch.erased(n, through, at)
+        {
             store::insert_events(
                 txn,
                 &[store::NewEvent {
@@ -411,7 +441,7 @@ async fn on_live(
         .filter_map(activity)
         .map(|a| (a.member, a.at))
         .collect();
-    let mut batch = Batch::new(txn, &members).await?;
+    let mut batch = Batch::behind_identity(txn, &members).await?;
     for event in &events {
         if let Some(Event::Session(s)) = &event.event {
             let hosts: Vec<&str> = s.hosts.iter().map(|h| id(h, "partners/")).collect();
@@ -435,23 +465,30 @@ async fn on_live(
             continue;
         }
         let hosts = batch.hosts(a.session).await?;
+        let erased = batch.erased(n, a.through, a.at);
         for c in campaigns {
             if !hosts.iter().any(|h| c.includes(h)) {
                 continue;
             }
-            let added = store::insert_events(
-                txn,
-                &[store::NewEvent {
-                    key: format!("{}:{}", a.key, c.id),
-                    campaign: &c.id,
-                    member: n,
-                    partner: a.through,
-                    kind: a.kind,
-                    at: a.at,
-                    amount: a.amount,
-                }],
-            )
-            .await?;
+            // An erased member's order still counts in the campaign's totals, which name no
+            // one; no event of the member is kept.
+            let added = if erased {
+                1
+            } else {
+                store::insert_events(
+                    txn,
+                    &[store::NewEvent {
+                        key: format!("{}:{}", a.key, c.id),
+                        campaign: &c.id,
+                        member: n,
+                        partner: a.through,
+                        kind: a.kind,
+                        at: a.at,
+                        amount: a.amount,
+                    }],
+                )
+                .await?
+            };
             if a.kind == EventKind::Ordered && added > 0 {
                 store::add_tally(txn, &c.id, "orders", a.amount.signum()).await?;
                 store::add_tally(txn, &c.id, "gmv", a.amount).await?;
@@ -573,6 +610,7 @@ async fn on_mesh_event(
         MeshEventKind::MemberErased => {
             let n = store::member_number(txn, member, at).await?;
             store::erase_at(txn, n, partner).await?;
+            store::record_erasure(txn, n, partner, at).await?;
         }
         MeshEventKind::MembersMerged => {
             let Some(into) = event.into_mesh_member.strip_prefix("meshMembers/") else {
@@ -581,6 +619,7 @@ async fn on_mesh_event(
             let from = store::member_number(txn, member, at).await?;
             let into = store::member_number(txn, into, at).await?;
             store::merge_members(txn, from, into).await?;
+            store::record_merge(txn, from, into).await?;
         }
         _ => {}
     }
@@ -593,6 +632,7 @@ mod tests {
 
     use super::*;
     use crate::domain::rule::Condition;
+    use lianyu_kit::ids::PartnerId;
 
     const AT: i64 = 1_800_000_000_000;
 
@@ -612,14 +652,24 @@ mod tests {
         partner: &str,
         since: i64,
     ) -> Vec<String> {
+        let enrolled = Condition::Enrolled {
+            partner: lianyu_kit::ids::PartnerId::new(partner),
+            since: Some(since),
+        };
+        members_with(db, partner, &enrolled).await
+    }
+
+    /// The mesh ids `partner`'s own records hold to meet `condition`, as a segment reads them.
+    async fn members_with(
+        db: &sea_orm::DatabaseConnection,
+        partner: &str,
+        condition: &Condition,
+    ) -> Vec<String> {
         // As the partner itself sees them: its own records.
         let sight = store::Sight::of(partner);
         let found = store::condition_members(
             db,
-            &Condition::Enrolled {
-                partner: lianyu_kit::ids::PartnerId::new(partner),
-                since: Some(since),
-            },
+            condition,
             AT + 60_000,
             (&sight, &store::all_members(db).await.unwrap()),
         )
@@ -668,5 +718,168 @@ mod tests {
         txn.commit().await.unwrap();
         assert_eq!(enrolled_at(&db, "brand", AT + 6).await, ["m2"]);
         assert!(enrolled_at(&db, "brand", AT + 7).await.is_empty());
+    }
+
+    /// Live's event `event`, the `n`th of its feed, at `at`.
+    fn told(n: i64, at: i64, event: Event) -> live::WatchLiveEventsResponse {
+        live::WatchLiveEventsResponse {
+            cursor: Some(lianyu_proto::common::v1::FeedCursor { sequence: n }),
+            event: Some(event),
+            event_time: lianyu_kit::time::timestamp(at),
+        }
+    }
+
+    fn order(member: &str, through: &str, at: i64, n: i64) -> live::WatchLiveEventsResponse {
+        let order = live::Order {
+            name: format!("sessions/s1/orders/o{n}"),
+            member: format!("meshMembers/{member}"),
+            placed_by: format!("partners/{through}"),
+            state: live::OrderState::Placed as i32,
+            amount: Some(lianyu_proto::common::v1::Money {
+                currency_code: "CNY".into(),
+                minor_units: 1_000,
+            }),
+            ..Default::default()
+        };
+        told(n, at, Event::Order(order))
+    }
+
+    fn joined(member: &str, through: &str, at: i64, n: i64) -> live::WatchLiveEventsResponse {
+        let joined = live::ViewerJoined {
+            session: "sessions/s1".into(),
+            member: format!("meshMembers/{member}"),
+            partner: format!("partners/{through}"),
+        };
+        told(n, at, Event::ViewerJoined(joined))
+    }
+
+    /// Live's and entitlements' feeds run behind identity's, each at its own pace: an order,
+    /// a join or a claim may be told after identity's feed erased its member at the partner
+    /// it came through, or merged the member into another. What was erased stays erased — no
+    /// fact for segments, no funnel event — while the campaign's totals, which name no one,
+    /// still count the sale; what the member did there after the erasure (enrolled again)
+    /// counts; and a merged-away member's late events count for the survivor.
+    #[tokio::test]
+    async fn events_told_late_never_bring_back_an_erased_member_or_a_merged_one() {
+        let (_database, db) = store::test_database("comarketing_told_late").await;
+        let campaign = Campaign {
+            id: "c1".into(),
+            display_name: "Double 12".into(),
+            partners: vec![PartnerId::new("brand"), PartnerId::new("mall")],
+            budget: Vec::new(),
+            start_millis: AT,
+            end_millis: AT + 86_400_000,
+            state: crate::domain::CampaignState::Running,
+            accepted_by: vec![PartnerId::new("brand"), PartnerId::new("mall")],
+            alliance: String::new(),
+            channels: Vec::new(),
+            benefits: vec!["b1".into()],
+            sessions: vec!["s1".into()],
+            spent: 0,
+            exhausted_at: None,
+            created_at: AT,
+            updated_at: AT,
+        };
+        store::insert_campaign(&db, &campaign).await.unwrap();
+        let mut merged = event(MeshEventKind::MembersMerged, "m3", "brand", AT + 10);
+        merged.into_mesh_member = "meshMembers/m2".into();
+        let mesh = vec![
+            event(MeshEventKind::MemberEnrolled, "m1", "brand", AT),
+            event(MeshEventKind::MemberEnrolled, "m1", "mall", AT),
+            event(MeshEventKind::MemberEnrolled, "m2", "brand", AT),
+            event(MeshEventKind::MemberEnrolled, "m3", "brand", AT),
+            event(MeshEventKind::MemberErased, "m1", "mall", AT + 10),
+            merged,
+        ];
+        let txn = db.begin().await.unwrap();
+        on_mesh_events(&txn, &mesh).await.unwrap();
+        txn.commit().await.unwrap();
+
+        // Told after identity's feed, though they happened before the erasure and the merge.
+        let hosts = live::WatchLiveEventsResponse {
+            event: Some(Event::Session(live::Session {
+                name: "sessions/s1".into(),
+                hosts: vec!["partners/brand".into(), "partners/mall".into()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let live_events = vec![
+            hosts,
+            joined("m1", "mall", AT + 4, 1),
+            order("m1", "mall", AT + 5, 2),
+            order("m1", "brand", AT + 5, 3),
+            order("m3", "brand", AT + 6, 4),
+            // After the erasure: she came back through the mall's app, enrolled again.
+            joined("m1", "mall", AT + 20, 5),
+        ];
+        let txn = db.begin().await.unwrap();
+        on_live(&txn, live_events).await.unwrap();
+        txn.commit().await.unwrap();
+        let grant = |member: &str, through: &str, at: i64| ledger::WatchLedgerResponse {
+            transaction: Some(ledger::LedgerTransaction {
+                name: format!("ledger/{member}-{at}"),
+                transaction: "GRANT".into(),
+                benefit: "benefits/b1".into(),
+                issuer: "partners/mall".into(),
+                funder: "partners/mall".into(),
+                mesh_member: format!("meshMembers/{member}"),
+                partner: format!("partners/{through}"),
+                post_time: lianyu_kit::time::timestamp(at),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let txn = db.begin().await.unwrap();
+        on_ledger(
+            &txn,
+            vec![grant("m1", "mall", AT + 6), grant("m3", "brand", AT + 7)],
+        )
+        .await
+        .unwrap();
+        txn.commit().await.unwrap();
+
+        let ordered = Condition::OrderedInSession("s1".into());
+        let joined_s1 = Condition::JoinedSession("s1".into());
+        let claimed = Condition::ClaimedBenefit("b1".into());
+        // The mall's records: nothing of m1 from before its erasure; the join after it.
+        assert!(members_with(&db, "mall", &ordered).await.is_empty());
+        assert!(members_with(&db, "mall", &claimed).await.is_empty());
+        assert_eq!(members_with(&db, "mall", &joined_s1).await, ["m1"]);
+        // The brand's records: m1's order there (erased only at the mall), and m3's order and
+        // claim as m2's, the survivor's.
+        assert_eq!(members_with(&db, "brand", &ordered).await, ["m1", "m2"]);
+        assert_eq!(members_with(&db, "brand", &claimed).await, ["m2"]);
+
+        // The funnel: no event of m1 through the mall before the erasure.
+        let numbers = store::member_numbers(&db, &["m1", "m2", "m3"], AT)
+            .await
+            .unwrap();
+        let events = store::campaign_events(&db, "c1", 0, i64::MAX)
+            .await
+            .unwrap();
+        let mut seen: Vec<(u32, String, i64)> = events
+            .iter()
+            .map(|(n, e, _)| (*n, e.partner.clone(), e.at))
+            .collect();
+        seen.sort_unstable();
+        let n = |m: &str| u32::try_from(numbers[m]).unwrap();
+        let mut expected = vec![
+            (n("m1"), "brand".to_owned(), AT + 5),
+            (n("m1"), "mall".to_owned(), AT + 20),
+            (n("m2"), "brand".to_owned(), AT + 6),
+            (n("m2"), "brand".to_owned(), AT + 7),
+        ];
+        expected.sort_unstable();
+        assert_eq!(seen, expected);
+        // The campaign's totals still count every order, the erased buyer's too.
+        let tallies: HashMap<String, i64> = store::tallies(&db, "c1")
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(tallies.get("orders").copied(), Some(3));
+        assert_eq!(tallies.get("gmv").copied(), Some(3_000));
+        assert_eq!(tallies.get("claims").copied(), Some(2));
     }
 }

@@ -11,7 +11,9 @@ use sea_orm::{
 };
 
 use super::{
-    entities::{consent, member, member_fact, operation, overlap_query, segment},
+    entities::{
+        consent, erasure, member, member_fact, merged_member, operation, overlap_query, segment,
+    },
     storage,
 };
 use crate::domain::{operations::OperationFilter, rule::Condition};
@@ -262,6 +264,160 @@ pub(crate) async fn erase_at(
         .await
         .map_err(storage)?;
     super::funnel::erase_events(conn, member, partner).await
+}
+
+/// Remembers that `partner` erased its records of `member` at `at` (the latest erasure is
+/// kept): see [`Departures`].
+pub(crate) async fn record_erasure(
+    conn: &impl ConnectionTrait,
+    member: i32,
+    partner: &str,
+    at: i64,
+) -> Result<(), KitError> {
+    erasures_at(conn, member, [(partner.to_owned(), at)]).await
+}
+
+async fn erasures_at(
+    conn: &impl ConnectionTrait,
+    member: i32,
+    erasures: impl IntoIterator<Item = (String, i64)>,
+) -> Result<(), KitError> {
+    let rows: Vec<_> = erasures
+        .into_iter()
+        .map(|(partner, at)| erasure::ActiveModel {
+            member_idx: Set(member),
+            partner: Set(partner),
+            erased_at: Set(at),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    erasure::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::columns([erasure::Column::MemberIdx, erasure::Column::Partner])
+                // The latest erasure wins; one told again, or carried over by a merge, never
+                // moves it back.
+                .value(
+                    erasure::Column::ErasedAt,
+                    sea_orm::sea_query::Expr::cust(
+                        "CASE WHEN member_erasures.erased_at > excluded.erased_at \
+                         THEN member_erasures.erased_at ELSE excluded.erased_at END",
+                    ),
+                )
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Remembers that `from` was merged into `into`: what was merged into `from` before leads to
+/// `into` now, and `from`'s erasures hold for `into` (see [`Departures`]).
+pub(crate) async fn record_merge(
+    conn: &impl ConnectionTrait,
+    from: i32,
+    into: i32,
+) -> Result<(), KitError> {
+    if from == into {
+        return Ok(());
+    }
+    merged_member::Entity::update_many()
+        .col_expr(
+            merged_member::Column::IntoIdx,
+            sea_orm::sea_query::Expr::value(into),
+        )
+        .filter(merged_member::Column::IntoIdx.eq(from))
+        .exec(conn)
+        .await
+        .map_err(storage)?;
+    merged_member::Entity::insert(merged_member::ActiveModel {
+        member_idx: Set(from),
+        into_idx: Set(into),
+    })
+    .on_conflict(
+        OnConflict::column(merged_member::Column::MemberIdx)
+            .update_column(merged_member::Column::IntoIdx)
+            .to_owned(),
+    )
+    .exec_without_returning(conn)
+    .await
+    .map_err(storage)?;
+    let erased: Vec<(String, i64)> = erasure::Entity::find()
+        .filter(erasure::Column::MemberIdx.eq(from))
+        .select_only()
+        .columns([erasure::Column::Partner, erasure::Column::ErasedAt])
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(storage)?;
+    erasures_at(conn, into, erased).await
+}
+
+/// Where members went, for a feed other than identity's: live's and entitlements' feeds run
+/// behind identity's at their own pace, so an order or a claim may be told after identity's
+/// feed erased its member at the partner it came through, or merged the member into another.
+/// Read once for a batch's members; what it answers keeps an erased member erased and counts
+/// a merged one as its survivor.
+#[derive(Debug, Default)]
+pub(crate) struct Departures {
+    survivors: HashMap<i32, i32>,
+    erased: HashMap<(i32, String), i64>,
+}
+
+impl Departures {
+    /// The merges and erasures of `members` (and of the members they were merged into).
+    pub(crate) async fn of(conn: &impl ConnectionTrait, members: &[i32]) -> Result<Self, KitError> {
+        let mut out = Self::default();
+        for chunk in members.chunks(500) {
+            let merged: Vec<(i32, i32)> = merged_member::Entity::find()
+                .filter(merged_member::Column::MemberIdx.is_in(chunk.iter().copied()))
+                .select_only()
+                .columns([
+                    merged_member::Column::MemberIdx,
+                    merged_member::Column::IntoIdx,
+                ])
+                .into_tuple()
+                .all(conn)
+                .await
+                .map_err(storage)?;
+            out.survivors.extend(merged);
+        }
+        let mut looked: Vec<i32> = members.iter().map(|m| out.survivor(*m)).collect();
+        looked.sort_unstable();
+        looked.dedup();
+        for chunk in looked.chunks(500) {
+            let erased: Vec<(i32, String, i64)> = erasure::Entity::find()
+                .filter(erasure::Column::MemberIdx.is_in(chunk.iter().copied()))
+                .select_only()
+                .columns([
+                    erasure::Column::MemberIdx,
+                    erasure::Column::Partner,
+                    erasure::Column::ErasedAt,
+                ])
+                .into_tuple()
+                .all(conn)
+                .await
+                .map_err(storage)?;
+            out.erased
+                .extend(erased.into_iter().map(|(m, p, at)| ((m, p), at)));
+        }
+        Ok(out)
+    }
+
+    /// The member that `member` now is: itself, or the one it was merged into.
+    pub(crate) fn survivor(&self, member: i32) -> i32 {
+        self.survivors.get(&member).copied().unwrap_or(member)
+    }
+
+    /// Whether what `member` (a survivor) did through `partner` at `at` was erased there
+    /// since: at or before its latest erasure at the partner.
+    pub(crate) fn erased(&self, member: i32, partner: &str, at: i64) -> bool {
+        self.erased
+            .get(&(member, partner.to_owned()))
+            .is_some_and(|erased_at| at <= *erased_at)
+    }
 }
 
 /// `CONSENT_PURPOSE_JOINT_ANALYTICS`, as the consent index stores it.

@@ -77,6 +77,26 @@ entity!(member, "members", {
     pub last_at: i64,
 });
 
+// A partner's latest erasure of a member, kept after its records there went: live's and
+// entitlements' feeds run behind identity's, and what they tell late about the member through
+// that partner, from before this time, is not recorded again. A number, a partner and a time:
+// nothing that names the person.
+entity!(erasure, "member_erasures", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub member_idx: i32,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub partner: String,
+    pub erased_at: i64,
+});
+
+// A member merged into another (identity's merge): what other feeds tell late about it counts
+// for the survivor.
+entity!(merged_member, "merged_members", {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub member_idx: i32,
+    pub into_idx: i32,
+});
+
 // What the mesh knows of a member at a partner: enrolled, tag, tier; joined, ordered,
 // claimed, redeemed (subject: the session or benefit; partner: through whom).
 entity!(member_fact, "member_facts", {
