@@ -76,6 +76,7 @@ async fn start(
         .start_session(pb::StartSessionRequest {
             request_id: rid.into(),
             name: name.into(),
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -419,9 +420,33 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
         reshared,
         "nothing accepted"
     );
+    // Starting accepts too, so it is bound to what was read the same way.
+    let start_read = |etag: String, rid: &'static str| {
+        let mut client = sessions(&server, &server.token(BRAND));
+        let request = pb::StartSessionRequest {
+            request_id: rid.into(),
+            name: name.clone(),
+            etag,
+        };
+        async move {
+            client
+                .start_session(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let e = start_read(accepted.etag.clone(), "go-stale")
+        .await
+        .unwrap_err();
+    assert_eq!(refused(e), (Code::Aborted, "ETAG_MISMATCH".into()));
+    assert_eq!(
+        read(server.token(BRAND)).await.unwrap(),
+        reshared,
+        "nothing accepted, nothing started"
+    );
     let now = accept_read(reshared.etag.clone(), "a5").await.unwrap();
     assert!(now.pending_hosts.is_empty());
-    let live = start(&server, BRAND, &name, "go2").await.unwrap();
+    let live = start_read(now.etag.clone(), "go2").await.unwrap();
     assert_eq!(live.state, pb::SessionState::Live as i32);
     // On air the shares are fixed: refused, and read back as they were.
     let e = brand.update_session(shares(1_000)).await.unwrap_err();

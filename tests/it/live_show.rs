@@ -95,6 +95,7 @@ pub(crate) async fn on_air(s: &TestServer) -> pb::Session {
         .start_session(pb::StartSessionRequest {
             request_id: "start".into(),
             name: created.name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -1302,6 +1303,7 @@ async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
         .start_session(pb::StartSessionRequest {
             request_id: "own-start".into(),
             name: own.name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

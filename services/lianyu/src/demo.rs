@@ -553,6 +553,8 @@ async fn livestream(
         .start_session(live::StartSessionRequest {
             request_id: "demo-show-start".into(),
             name: session.name.clone(),
+            // What the mall accepted; a change since would stop the start, not slip through.
+            etag: session.etag.clone(),
         })
         .await?;
     say(&format!(

@@ -123,6 +123,7 @@ async fn live_session(target: &Target, name: &str) -> anyhow::Result<live::Sessi
         .start_session(live::StartSessionRequest {
             request_id: format!("start-{}", created.name),
             name: created.name.clone(),
+            etag: String::new(),
         })
         .await
         .context("starting the session")?

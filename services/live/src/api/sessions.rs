@@ -76,12 +76,18 @@ impl Api {
         call: &Call,
         request_id: &str,
         request: &impl prost::Message,
-        name: &str,
+        (name, etag): (&str, &str),
         to: Transition,
     ) -> Result<pb::Session, LiveError> {
         self.mutations
             .run_writing(call, request_id, request, async |txn, writes| {
                 let (mut session, role) = self.session_locked(txn, call, name, "name").await?;
+                if !etag.is_empty()
+                    && matches!(role, Role::Host | Role::Invited)
+                    && etag != session_proto(&session, role).etag
+                {
+                    return Err(LiveError::EtagMismatch);
+                }
                 match role {
                     Role::Host => {}
                     // An invited host starts (and so accepts) or cancels (and so declines);
@@ -290,8 +296,14 @@ impl pb::session_service_server::SessionService for Api {
         request: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         unary(request, async |call, r| {
-            self.transition(&call, &r.request_id, &r, &r.name, Transition::Start)
-                .await
+            self.transition(
+                &call,
+                &r.request_id,
+                &r,
+                (&r.name, &r.etag),
+                Transition::Start,
+            )
+            .await
         })
         .await
     }
@@ -301,7 +313,7 @@ impl pb::session_service_server::SessionService for Api {
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         unary(request, async |call, r| {
-            self.transition(&call, &r.request_id, &r, &r.name, Transition::End)
+            self.transition(&call, &r.request_id, &r, (&r.name, ""), Transition::End)
                 .await
         })
         .await
@@ -349,7 +361,7 @@ impl pb::session_service_server::SessionService for Api {
         request: Request<pb::CancelSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         unary(request, async |call, r| {
-            self.transition(&call, &r.request_id, &r, &r.name, Transition::Cancel)
+            self.transition(&call, &r.request_id, &r, (&r.name, ""), Transition::Cancel)
                 .await
         })
         .await
