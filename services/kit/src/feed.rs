@@ -50,6 +50,8 @@ pub struct NewEvent {
     pub kind: String,
     pub partner_id: Option<String>,
     pub payload: Vec<u8>,
+    /// The person the payload names, if any ([`NewEvent::about`]).
+    pub subject: Option<String>,
 }
 
 impl NewEvent {
@@ -61,7 +63,16 @@ impl NewEvent {
             kind: kind.to_owned(),
             partner_id,
             payload: body.encode_to_vec(),
+            subject: None,
         }
+    }
+
+    /// The event names `subject` (a mesh member id): stored beside it, so that when the person
+    /// is erased the service finds the event and rewrites it ([`Feed::rewrite_about`]).
+    #[must_use]
+    pub fn about(mut self, subject: &str) -> Self {
+        self.subject = Some(subject.to_owned());
+        self
     }
 }
 
@@ -246,6 +257,7 @@ impl Feed {
             partner_id: Set(event.partner_id),
             payload: Set(event.payload),
             created_at: Set(now_millis()),
+            subject: Set(event.subject),
         }
         .insert(txn)
         .await?;
@@ -271,6 +283,7 @@ impl Feed {
             partner_id: event.partner_id,
             payload: event.payload,
             created_at: now_millis(),
+            subject: event.subject,
         });
         self.appends
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -305,6 +318,49 @@ impl Feed {
     /// Wakes watchers after a transaction that appended has committed.
     pub fn published(&self) {
         self.published.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Rewrites, inside the caller's transaction, the events that name `subject` (see
+    /// [`NewEvent::about`]): `rewrite` gets each one and answers its new payload — no longer
+    /// naming the person — or `None` to leave it as it is (an event the erasure does not
+    /// cover: the person's activity through another partner). A rewritten event keeps its
+    /// sequence, so every cursor stays valid and a reader from the start still sees it happen,
+    /// without the person; it no longer names anyone. Events already delivered — and those a
+    /// stream that is a little behind still receives from this process's tail — are not
+    /// recalled. Returns how many were rewritten.
+    pub async fn rewrite_about(
+        txn: &impl ConnectionTrait,
+        subject: &str,
+        mut rewrite: impl FnMut(&StoredEvent) -> Option<Vec<u8>>,
+    ) -> Result<u64, StorageError> {
+        let rows = outbox_event::Entity::find()
+            .filter(outbox_event::Column::Subject.eq(subject.to_owned()))
+            .order_by_asc(outbox_event::Column::Seq)
+            .all(txn)
+            .await?;
+        let mut rewritten = 0;
+        for row in rows {
+            let stored = StoredEvent {
+                seq: row.seq,
+                kind: row.kind,
+                partner_id: row.partner_id,
+                payload: row.payload,
+                created_at_millis: row.created_at,
+            };
+            let Some(payload) = rewrite(&stored) else {
+                continue;
+            };
+            outbox_event::ActiveModel {
+                seq: Set(stored.seq),
+                payload: Set(payload),
+                subject: Set(None),
+                ..Default::default()
+            }
+            .update(txn)
+            .await?;
+            rewritten += 1;
+        }
+        Ok(rewritten)
     }
 
     /// Up to `limit` events after `after`, in sequence order; with `only`, just the events
@@ -572,6 +628,7 @@ mod tests {
             kind: "probe".into(),
             partner_id: None,
             payload: vec![n],
+            subject: None,
         };
         let seq = feed.append(&txn, event).await.unwrap();
         txn.commit().await.unwrap();

@@ -35,8 +35,8 @@ use sea_orm::{
 use tonic::Code;
 
 pub use migration::{
-    GUARD_CHECK, GUARD_TABLE, KitGuards, KitIndexes, KitReplySubjects, KitTables, add_columns,
-    create_entity_table, guard_table_sql, with_kit_tables,
+    GUARD_CHECK, GUARD_TABLE, KitFeedSubjects, KitGuards, KitIndexes, KitReplySubjects, KitTables,
+    add_columns, create_entity_table, guard_table_sql, with_kit_tables,
 };
 
 /// A storage failure, classified once at the store boundary.

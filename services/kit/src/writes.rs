@@ -24,7 +24,7 @@ use crate::storage::{
     entities::{outbox_counter, outbox_event},
 };
 
-/// Outbox rows per insert statement (five bound values each).
+/// Outbox rows per insert statement (six bound values each).
 const OUTBOX_ROWS_PER_INSERT: usize = 1_000;
 
 /// Statements staged for one trip to the database, in order, and statements deferred to just
@@ -46,6 +46,7 @@ pub(crate) struct OutboxRow {
     pub(crate) partner_id: Option<String>,
     pub(crate) payload: Vec<u8>,
     pub(crate) created_at: i64,
+    pub(crate) subject: Option<String>,
 }
 
 impl Writes {
@@ -228,6 +229,7 @@ fn outbox_statements(
             outbox_event::Column::PartnerId,
             outbox_event::Column::Payload,
             outbox_event::Column::CreatedAt,
+            outbox_event::Column::Subject,
         ]);
         for row in chunk {
             below -= 1;
@@ -238,6 +240,7 @@ fn outbox_statements(
                     row.partner_id.clone().into(),
                     row.payload.clone().into(),
                     row.created_at.into(),
+                    row.subject.clone().into(),
                 ])
                 .map_err(|e| StorageError::Other(format!("outbox insert: {e}")))?;
         }
@@ -253,7 +256,7 @@ fn outbox_statements(
     Ok(statements)
 }
 
-/// Outbox rows PostgreSQL appends in one statement at most (five parameters each, of the
+/// Outbox rows PostgreSQL appends in one statement at most (six parameters each, of the
 /// 65,535 one statement may bind); more go as the separate statements.
 const POSTGRES_OUTBOX_ROWS: usize = 10_000;
 
@@ -266,7 +269,7 @@ const POSTGRES_OUTBOX_ROWS: usize = 10_000;
 fn postgres_append(rows: Vec<OutboxRow>) -> Statement {
     use sea_orm::EntityName;
     let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(1 + rows.len() * 5);
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(1 + rows.len() * 6);
     values.push(count.into());
     let mut tuples = Vec::with_capacity(rows.len());
     let mut below = count;
@@ -274,12 +277,13 @@ fn postgres_append(rows: Vec<OutboxRow>) -> Statement {
         below -= 1;
         let k = values.len();
         tuples.push(format!(
-            "(CAST(${} AS BIGINT), ${}, ${}, ${}, CAST(${} AS BIGINT))",
+            "(CAST(${} AS BIGINT), ${}, ${}, ${}, CAST(${} AS BIGINT), ${})",
             k + 1,
             k + 2,
             k + 3,
             k + 4,
-            k + 5
+            k + 5,
+            k + 6
         ));
         values.extend([
             below.into(),
@@ -287,16 +291,18 @@ fn postgres_append(rows: Vec<OutboxRow>) -> Statement {
             row.partner_id.into(),
             row.payload.into(),
             row.created_at.into(),
+            row.subject.into(),
         ]);
     }
     let sql = format!(
         "WITH counter AS (UPDATE \"{counter}\" SET last_seq = last_seq + CAST($1 AS BIGINT) \
                           WHERE id = 1 RETURNING last_seq), \
-              appended AS (INSERT INTO \"{events}\" (seq, kind, partner_id, payload, created_at) \
+              appended AS (INSERT INTO \"{events}\" \
+                                  (seq, kind, partner_id, payload, created_at, subject) \
                            SELECT counter.last_seq - e.below, e.kind, e.partner_id, e.payload, \
-                                  e.created_at \
+                                  e.created_at, e.subject \
                            FROM counter, (VALUES {tuples}) \
-                                AS e (below, kind, partner_id, payload, created_at) \
+                                AS e (below, kind, partner_id, payload, created_at, subject) \
                            RETURNING 1) \
          SELECT (SELECT COUNT(*) FROM appended), \
                 pg_notify('lianyu_feed_' || current_schema(), '')",

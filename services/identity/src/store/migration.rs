@@ -371,6 +371,7 @@ mod tests {
             partner_id: Set(Some("mall-b".into())),
             payload: Set(legacy.to_vec()),
             created_at: Set(1),
+            ..Default::default()
         }
         .insert(&db)
         .await

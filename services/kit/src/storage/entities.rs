@@ -44,6 +44,10 @@ pub mod outbox_event {
         pub partner_id: Option<String>,
         pub payload: Vec<u8>,
         pub created_at: i64,
+        /// The person the payload names (a mesh member id), so that an erasure can find the
+        /// event and rewrite it without them ([`crate::feed::Feed::rewrite_about`]); None for
+        /// events that name no one, and once rewritten.
+        pub subject: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

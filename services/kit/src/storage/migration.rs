@@ -78,6 +78,7 @@ pub fn with_kit_tables(own: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn Migrati
         Box::new(KitIndexes),
         Box::new(KitReplySubjects),
         Box::new(KitGuards),
+        Box::new(KitFeedSubjects),
     ];
     all.extend(own);
     all
@@ -263,6 +264,49 @@ impl MigrationTrait for KitReplySubjects {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Outbox events tagged with the person they name, so an erasure can find and rewrite them
+/// ([`crate::feed::Feed::rewrite_about`]). The index holds only tagged events (most name no
+/// one), on SQLite and PostgreSQL alike.
+pub struct KitFeedSubjects;
+
+impl MigrationName for KitFeedSubjects {
+    fn name(&self) -> &str {
+        "m20261206_000001_kit_feed_subjects"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for KitFeedSubjects {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::sea_query::{ColumnDef, Table};
+        // Databases made before this migration lack the column; KitTables creates new ones
+        // from the entity, the column included.
+        if !manager.has_column("kit_outbox_events", "subject").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(outbox_event::Entity)
+                        .add_column(
+                            ColumnDef::new(outbox_event::Column::Subject)
+                                .string()
+                                .null()
+                                .to_owned(),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX IF NOT EXISTS kit_outbox_events_subject \
+                 ON kit_outbox_events (subject) WHERE subject IS NOT NULL",
+            )
+            .await
+            .map(drop)
     }
 }
 

@@ -251,6 +251,7 @@ async fn an_append_counts_on_its_own_feed_only() {
             kind: "probe".into(),
             partner_id: None,
             payload: Vec::new(),
+            subject: None,
         },
     )
     .await
@@ -461,6 +462,7 @@ async fn staged_events_of_concurrent_batches_get_gapless_sequences_once_each() {
         kind: "probe".into(),
         partner_id: None,
         payload: name.into_bytes(),
+        subject: None,
     };
     let results = futures::future::join_all((0..90).map(|i: usize| {
         let (writer, feed) = (writer.clone(), feed.clone());
@@ -552,10 +554,176 @@ async fn staged_events_without_the_outbox_counter_fail_the_transaction() {
                 kind: "probe".into(),
                 partner_id: None,
                 payload: vec![n],
+                subject: None,
             },
         );
     }
     assert!(writes.send(&txn).await.is_err());
     drop(txn);
     assert!(feed.read_after(0, None, 10).await.unwrap().is_empty());
+}
+
+/// An erasure finds the events that name the person — appended one at a time or staged with a
+/// batch — and rewrites those it covers in place: the same sequences, so every cursor stays
+/// valid, and nothing of the person left in them or beside them. Events about someone else, or
+/// that the erasure does not cover (the person's activity through another partner), are left
+/// as they were and can still be found.
+#[tokio::test]
+async fn events_naming_an_erased_person_are_rewritten_in_place_and_only_those() {
+    use lianyu_kit::{
+        feed::{Feed, NewEvent},
+        storage::entities::outbox_event,
+        writes::Writes,
+    };
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+    let db = TestDatabase::new("feed_rewrite_about").await;
+    let mut config = Config::local("unused");
+    config.set_database_url("rewrite", db.url.clone());
+    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "rewrite")
+        .await
+        .unwrap();
+    let feed = Feed::new(conn.clone(), CancellationToken::new());
+    let event = |text: &str| NewEvent {
+        kind: "probe".into(),
+        partner_id: Some(text.rsplit(' ').next().unwrap_or_default().to_owned()),
+        payload: text.as_bytes().to_vec(),
+        subject: None,
+    };
+    let txn = conn.begin().await.unwrap();
+    feed.append(&txn, event("m1 via brand").about("m1"))
+        .await
+        .unwrap();
+    let mut writes = Writes::new();
+    feed.append_staged(&mut writes, event("m1 via mall").about("m1"));
+    feed.append_staged(&mut writes, event("m2 via brand").about("m2"));
+    feed.append_staged(&mut writes, event("a pin via brand"));
+    writes.send(&txn).await.unwrap();
+    txn.commit().await.unwrap();
+
+    // The brand erased m1: its event is rewritten, the mall's is not covered.
+    let txn = conn.begin().await.unwrap();
+    let rewritten = Feed::rewrite_about(&txn, "m1", |e| {
+        (e.partner_id.as_deref() == Some("brand")).then(|| b"someone via brand".to_vec())
+    })
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(rewritten, 1);
+    let read = |feed: Feed| async move {
+        feed.read_after(0, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, String::from_utf8(e.payload).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let all = read(feed.clone()).await;
+    let first = all[0].0;
+    assert_eq!(
+        all,
+        [
+            (first, "someone via brand".to_owned()),
+            (first + 1, "m1 via mall".to_owned()),
+            (first + 2, "m2 via brand".to_owned()),
+            (first + 3, "a pin via brand".to_owned()),
+        ]
+    );
+    let naming = |subject: &'static str| {
+        let conn = conn.clone();
+        async move {
+            outbox_event::Entity::find()
+                .filter(outbox_event::Column::Subject.eq(subject))
+                .all(&conn)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        naming("m1").await,
+        [first + 1],
+        "the rewritten event names no one"
+    );
+    assert_eq!(naming("m2").await, [first + 2]);
+
+    // The mall erases m1 too: only its event is left to rewrite.
+    let txn = conn.begin().await.unwrap();
+    let again = Feed::rewrite_about(&txn, "m1", |_| Some(b"someone via mall".to_vec()))
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(again, 1);
+    assert!(naming("m1").await.is_empty());
+    assert_eq!(
+        read(feed).await[1],
+        (first + 1, "someone via mall".to_owned())
+    );
+}
+
+/// An outbox made before events named their subject gets the column (and its index) from the
+/// migration, and its events from before stay as they were, naming no one.
+#[tokio::test]
+async fn an_outbox_made_before_subjects_gains_them_and_keeps_its_events() {
+    use lianyu_kit::feed::{Feed, NewEvent};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use sea_orm_migration::{MigrationTrait, SchemaManager};
+    let db = TestDatabase::new("feed_subject_migration").await;
+    let mut config = Config::local("unused");
+    config.set_database_url("old", db.url.clone());
+    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "old")
+        .await
+        .unwrap();
+    let feed = Feed::new(conn.clone(), CancellationToken::new());
+    // The outbox as it was: one event in it, then no subject column.
+    let txn = conn.begin().await.unwrap();
+    feed.append(
+        &txn,
+        NewEvent {
+            kind: "probe".into(),
+            partner_id: None,
+            payload: b"old".to_vec(),
+            subject: None,
+        },
+    )
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    conn.execute_unprepared("DROP INDEX kit_outbox_events_subject")
+        .await
+        .unwrap();
+    conn.execute_unprepared("ALTER TABLE kit_outbox_events DROP COLUMN subject")
+        .await
+        .unwrap();
+    lianyu_kit::storage::KitFeedSubjects
+        .up(&SchemaManager::new(&conn))
+        .await
+        .unwrap();
+    let txn = conn.begin().await.unwrap();
+    feed.append(
+        &txn,
+        NewEvent {
+            kind: "probe".into(),
+            partner_id: None,
+            payload: b"new".to_vec(),
+            subject: None,
+        }
+        .about("m1"),
+    )
+    .await
+    .unwrap();
+    let rewritten = Feed::rewrite_about(&txn, "m1", |_| Some(b"someone".to_vec()))
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(rewritten, 1);
+    let payloads: Vec<Vec<u8>> = feed
+        .read_after(0, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload)
+        .collect();
+    assert_eq!(payloads, [b"old".to_vec(), b"someone".to_vec()]);
 }

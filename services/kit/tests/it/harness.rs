@@ -80,6 +80,7 @@ impl PartnerService for Probe {
                         kind: "partner.created".into(),
                         partner_id: Some(call.partner_id().to_owned()),
                         payload: name.clone().into_bytes(),
+                        subject: None,
                     };
                     let seq = self.feed.append(txn, event).await?;
                     Ok(pb::Partner {
@@ -245,6 +246,7 @@ impl sea_orm_migration::MigratorTrait for Migrator {
         vec![
             Box::new(lianyu_kit::storage::KitTables),
             Box::new(lianyu_kit::storage::KitIndexes),
+            Box::new(lianyu_kit::storage::KitFeedSubjects),
         ]
     }
 }
