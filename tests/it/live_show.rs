@@ -11,7 +11,10 @@ use lianyu_kit::{
 };
 use lianyu_proto::{
     common::v1::{ConsentPurpose, Money},
-    identity::v1::{self as id, consent_service_client::ConsentServiceClient},
+    identity::v1::{
+        self as id, consent_service_client::ConsentServiceClient,
+        member_service_client::MemberServiceClient,
+    },
     live::v1::{
         self as pb, join_session_response::Update, order_service_client::OrderServiceClient,
         session_service_client::SessionServiceClient,
@@ -755,6 +758,150 @@ async fn buyers_are_named_only_to_whom_they_consented() {
     }
 }
 
+/// `member` joins `session` through the app of `token`'s partner; its snapshot is read.
+async fn join_identified(
+    s: &TestServer,
+    token: &str,
+    session: &str,
+    member: &str,
+) -> tonic::Streaming<pb::JoinSessionResponse> {
+    let mut watching = viewers(s, token)
+        .join_session(pb::JoinSessionRequest {
+            session: session.to_owned(),
+            member: member.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        next_change(&mut watching).await,
+        Update::Snapshot(_)
+    ));
+    watching
+}
+
+/// The stored live feed's events (sequence, payload) that hold `text`, in every copy: the
+/// co-hosts' and the whole feed the mesh's services read.
+async fn stored_events_holding(s: &TestServer, text: &str) -> Vec<i64> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = s.database("live").await;
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT seq, payload FROM kit_outbox_events ORDER BY seq".to_owned(),
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .filter_map(|row| {
+        let payload: Vec<u8> = row.try_get("", "payload").unwrap();
+        let holds = payload.windows(text.len()).any(|w| w == text.as_bytes());
+        holds.then(|| row.try_get::<i64>("", "seq").unwrap())
+    })
+    .collect()
+}
+
+/// An erasure at a partner reaches live's feed where it is stored: what the member did through
+/// that partner — a join, an order — names the session pseudonym from then on in every copy of
+/// the event (the co-hosts' and the whole feed the mesh's services read), at the same
+/// sequence, so every cursor stays valid; what the member did through the other co-host is
+/// that partner's record and still names them there.
+#[tokio::test]
+async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
+    let s = mesh("live_feed_erasure").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "SCARF", 39_900).await;
+    let at_brand = enrol(&s, BRAND, "13812345678").await;
+    let at_mall = enrol(&s, MALL, "13812345678").await;
+    let brand = s.token(BRAND);
+    drop(join_identified(&s, &brand, &session.name, &at_brand).await);
+    orders(&s, &brand)
+        .place_order(buy_product(&session.name, &product.name, &at_brand, "b1"))
+        .await
+        .unwrap();
+    orders(&s, &s.token(MALL))
+        .place_order(buy_product(&session.name, &product.name, &at_mall, "m1"))
+        .await
+        .unwrap();
+    let mesh_id = {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = s.database("live").await;
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT member_id FROM orders WHERE placed_by = '{BRAND}'"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<String>("", "member_id").unwrap()
+    };
+    // The join and two orders, each once per co-host and once whole.
+    let before = stored_events_holding(&s, &mesh_id).await;
+    assert_eq!(before.len(), 9, "{before:?}");
+
+    MemberServiceClient::new(s.as_token(&brand))
+        .erase_member(id::EraseMemberRequest {
+            request_id: "erase".into(),
+            member: at_brand.clone(),
+            scope: id::ErasureScope::Partner as i32,
+        })
+        .await
+        .unwrap();
+    // Live acts on identity's feed as it comes; wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let left = loop {
+        let left = stored_events_holding(&s, &mesh_id).await;
+        if left.len() < before.len() {
+            break left;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still named: {left:?}"
+        );
+        tokio::task::yield_now().await;
+    };
+    // Only the mall's order is left naming the member: its three copies, where they were.
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().all(|seq| before.contains(seq)));
+    // The brand's feed, read from the start, still shows the join and its order happen — by
+    // the pseudonym the brand's order list shows — and the mall's order by the mall's
+    // pseudonym for it; the sequences are those they always had.
+    let mut feed = stats(&s, &brand)
+        .watch_live_events(pb::WatchLiveEventsRequest { after: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let pseudonym = listed(&s, &brand, &session.name).await;
+    let mut members = Vec::new();
+    let mut sequences = Vec::new();
+    while members.len() < 3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), feed.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        use pb::watch_live_events_response::Event;
+        let member = match event.event {
+            Some(Event::ViewerJoined(j)) => j.member,
+            Some(Event::Order(o)) => o.member,
+            _ => continue,
+        };
+        sequences.push(event.cursor.unwrap().sequence);
+        members.push(member);
+    }
+    assert!(
+        pseudonym.iter().all(|p| p.starts_with("buyers/")),
+        "{pseudonym:?}"
+    );
+    assert_eq!(
+        members[0], members[1],
+        "the join and the order: one pseudonym"
+    );
+    assert!(pseudonym.contains(&members[1]), "{members:?} {pseudonym:?}");
+    assert!(members[2].starts_with("buyers/"), "{members:?}");
+    assert!(sequences.iter().all(|seq| before.contains(seq)));
+}
+
 /// 600 announcements go out while one viewer reads nothing: the viewer reading along gets
 /// every one in order; the one that stopped gets, when it reads again, a fresh snapshot in
 /// place of what it missed — the server never queued the backlog for it.
@@ -1199,18 +1346,7 @@ async fn the_live_feed_and_figures_stream_to_co_hosts_only() {
     let product = add_product(&s, &session.name, "RING", 99_900).await;
     let member = enrol(&s, BRAND, "13712345678").await;
     let brand = s.token(BRAND);
-    let mut watching = viewers(&s, &brand)
-        .join_session(pb::JoinSessionRequest {
-            session: session.name.clone(),
-            member: member.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(
-        next_change(&mut watching).await,
-        Update::Snapshot(_)
-    ));
+    let watching = join_identified(&s, &brand, &session.name, &member).await;
     // An unknown member of the calling partner is refused.
     let e = viewers(&s, &brand)
         .join_session(pb::JoinSessionRequest {

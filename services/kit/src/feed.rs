@@ -86,6 +86,18 @@ pub struct StoredEvent {
     pub created_at_millis: i64,
 }
 
+impl From<outbox_event::Model> for StoredEvent {
+    fn from(r: outbox_event::Model) -> Self {
+        Self {
+            seq: r.seq,
+            kind: r.kind,
+            partner_id: r.partner_id,
+            payload: r.payload,
+            created_at_millis: r.created_at,
+        }
+    }
+}
+
 impl StoredEvent {
     /// The payload as the contract message it was appended as; `None` if it is not one.
     pub fn decode<M: prost::Message + Default>(&self) -> Option<M> {
@@ -320,45 +332,56 @@ impl Feed {
         self.published.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Rewrites, inside the caller's transaction, the events that name `subject` (see
-    /// [`NewEvent::about`]): `rewrite` gets each one and answers its new payload — no longer
-    /// naming the person — or `None` to leave it as it is (an event the erasure does not
-    /// cover: the person's activity through another partner). A rewritten event keeps its
-    /// sequence, so every cursor stays valid and a reader from the start still sees it happen,
-    /// without the person; it no longer names anyone. Events already delivered — and those a
-    /// stream that is a little behind still receives from this process's tail — are not
-    /// recalled. Returns how many were rewritten.
-    pub async fn rewrite_about(
+    /// The events that name `subject` ([`NewEvent::about`]) and have not been rewritten since,
+    /// in sequence order, read in the caller's transaction — for an erasure to decide which it
+    /// covers and [`Feed::rewrite`] them.
+    pub async fn naming(
         txn: &impl ConnectionTrait,
         subject: &str,
-        mut rewrite: impl FnMut(&StoredEvent) -> Option<Vec<u8>>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Vec<StoredEvent>, StorageError> {
         let rows = outbox_event::Entity::find()
             .filter(outbox_event::Column::Subject.eq(subject.to_owned()))
             .order_by_asc(outbox_event::Column::Seq)
             .all(txn)
             .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// Replaces event `seq`'s payload with `payload` — which no longer names the person — and
+    /// clears its subject, inside the caller's transaction. The event keeps its sequence, so
+    /// every cursor stays valid and a reader from the start still sees it happen, without the
+    /// person. Events already delivered — and those a stream a little behind still receives
+    /// from this process's tail — are not recalled.
+    pub async fn rewrite(
+        txn: &impl ConnectionTrait,
+        seq: i64,
+        payload: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        outbox_event::ActiveModel {
+            seq: Set(seq),
+            payload: Set(payload),
+            subject: Set(None),
+            ..Default::default()
+        }
+        .update(txn)
+        .await?;
+        Ok(())
+    }
+
+    /// [`Feed::naming`] then [`Feed::rewrite`]: `rewrite` answers each event's new payload, or
+    /// `None` to leave it as it is (an event the erasure does not cover: the person's activity
+    /// through another partner). Returns how many were rewritten.
+    pub async fn rewrite_about(
+        txn: &impl ConnectionTrait,
+        subject: &str,
+        mut rewrite: impl FnMut(&StoredEvent) -> Option<Vec<u8>>,
+    ) -> Result<u64, StorageError> {
         let mut rewritten = 0;
-        for row in rows {
-            let stored = StoredEvent {
-                seq: row.seq,
-                kind: row.kind,
-                partner_id: row.partner_id,
-                payload: row.payload,
-                created_at_millis: row.created_at,
-            };
-            let Some(payload) = rewrite(&stored) else {
-                continue;
-            };
-            outbox_event::ActiveModel {
-                seq: Set(stored.seq),
-                payload: Set(payload),
-                subject: Set(None),
-                ..Default::default()
+        for event in Self::naming(txn, subject).await? {
+            if let Some(payload) = rewrite(&event) {
+                Self::rewrite(txn, event.seq, payload).await?;
+                rewritten += 1;
             }
-            .update(txn)
-            .await?;
-            rewritten += 1;
         }
         Ok(rewritten)
     }
@@ -380,16 +403,7 @@ impl Feed {
             query = query.filter(outbox_event::Column::PartnerId.eq(partner.to_owned()));
         }
         let rows = query.all(&self.db).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredEvent {
-                seq: r.seq,
-                kind: r.kind,
-                partner_id: r.partner_id,
-                payload: r.payload,
-                created_at_millis: r.created_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
     /// Streams every event after `after`, then new ones as they commit, until the client

@@ -175,9 +175,56 @@ async fn on_mesh_event(
     if event.kind() == MeshEventKind::MemberErased {
         let orders = store::forget_buyer(txn, member, partner).await?;
         let viewers = store::forget_viewer(txn, member, partner).await?;
-        tracing::info!(orders, viewers, "member erased: buyer forgotten");
+        let events = forget_in_feed(txn, member, partner).await?;
+        tracing::info!(orders, viewers, events, "member erased: buyer forgotten");
     }
     Ok(())
+}
+
+/// Rewrites the feed's events that name `member` as having come through `partner` — the
+/// erasing partner's orders, joins and drop claims — to name the session pseudonym instead, as
+/// `ListOrders` does from then on: the whole feed for the mesh's services then names no one
+/// (comarketing reads only mesh ids), and a co-host's feed shows what it would now be shown.
+/// What the member did through another partner is that partner's, and stays.
+async fn forget_in_feed(
+    txn: &sea_orm::DatabaseTransaction,
+    member: &str,
+    partner: &str,
+) -> Result<u64, KitError> {
+    let through = format!("partners/{partner}");
+    let mut sessions: std::collections::HashMap<String, Option<Session>> =
+        std::collections::HashMap::new();
+    let mut rewritten = 0;
+    for stored in Feed::naming(txn, member).await? {
+        let Some(mut body) = stored.decode::<pb::WatchLiveEventsResponse>() else {
+            continue;
+        };
+        let Some((session, _, came_through)) = body.event.as_ref().and_then(stats::named_in) else {
+            continue;
+        };
+        if came_through != through {
+            continue;
+        }
+        let id = session
+            .strip_prefix("sessions/")
+            .unwrap_or_default()
+            .to_owned();
+        let found = match sessions.get(&id) {
+            Some(found) => found.clone(),
+            None => {
+                let found = store::load_session(txn, &id).await?;
+                sessions.insert(id, found.clone());
+                found
+            }
+        };
+        let pseudonym = found.map(|s| s.pseudonym(member)).unwrap_or_default();
+        if let Some(event) = body.event.as_mut() {
+            stats::rename(event, pseudonym);
+        }
+        Feed::rewrite(txn, stored.seq, body.encode_to_vec()).await?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
 }
 
 lianyu_kit::service_error!(LiveError, "lianyu.live", {
@@ -326,25 +373,36 @@ impl Api {
         event: pb::watch_live_events_response::Event,
         at: i64,
     ) {
+        // The member it names, by mesh id: an erasure finds the event by it and rewrites it.
+        let subject = stats::named_in(&event)
+            .and_then(|(_, m, _)| m.strip_prefix("meshMembers/").map(str::to_owned));
         let body = pb::WatchLiveEventsResponse {
             cursor: None,
             event: Some(event),
             event_time: timestamp(at),
         };
+        let tagged = |event: NewEvent| match &subject {
+            Some(member) => event.about(member),
+            None => event,
+        };
         for host in &session.hosts {
             self.feed.append_staged(
                 writes,
-                NewEvent::message(stats::FUNNEL_KIND, Some(host.to_string()), &body),
+                tagged(NewEvent::message(
+                    stats::FUNNEL_KIND,
+                    Some(host.to_string()),
+                    &body,
+                )),
             );
         }
         // Once more, whole and by mesh id, for the mesh's services (LiveFeedService).
         self.feed.append_staged(
             writes,
-            NewEvent::message(
+            tagged(NewEvent::message(
                 stats::FUNNEL_KIND,
                 Some(stats::WHOLE_FEED.to_owned()),
                 &body,
-            ),
+            )),
         );
     }
 }

@@ -130,29 +130,8 @@ impl Api {
         reader: &str,
         mut body: pb::WatchLiveEventsResponse,
     ) -> Result<pb::WatchLiveEventsResponse, KitError> {
-        let (session_name, member, placed_by) = match &body.event {
-            Some(pb::watch_live_events_response::Event::Order(o)) => {
-                let session = o
-                    .name
-                    .split("/orders/")
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                (session, o.member.clone(), o.placed_by.clone())
-            }
-            Some(pb::watch_live_events_response::Event::ViewerJoined(j)) => {
-                (j.session.clone(), j.member.clone(), j.partner.clone())
-            }
-            Some(pb::watch_live_events_response::Event::DropClaimed(c)) => {
-                let session = c
-                    .coupon_drop
-                    .split("/couponDrops/")
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                (session, c.member.clone(), c.partner.clone())
-            }
-            _ => return Ok(body),
+        let Some((session_name, member, placed_by)) = body.event.as_ref().and_then(named_in) else {
+            return Ok(body);
         };
         let Some(mesh) = member.strip_prefix("meshMembers/") else {
             return Ok(body);
@@ -173,13 +152,45 @@ impl Api {
             .await?
             .pop()
             .unwrap_or_default();
-        match &mut body.event {
-            Some(pb::watch_live_events_response::Event::Order(o)) => o.member = named,
-            Some(pb::watch_live_events_response::Event::ViewerJoined(j)) => j.member = named,
-            Some(pb::watch_live_events_response::Event::DropClaimed(c)) => c.member = named,
-            _ => {}
+        if let Some(event) = body.event.as_mut() {
+            rename(event, named);
         }
         Ok(body)
+    }
+}
+
+/// The member a feed event names and what it happened in: (session name, member, the partner
+/// it came through) — an order's buyer, a viewer who joined, a drop's claimer; `None` for
+/// events that name no one.
+pub(super) fn named_in(
+    event: &pb::watch_live_events_response::Event,
+) -> Option<(String, String, String)> {
+    use pb::watch_live_events_response::Event;
+    let before = |name: &str, child: &str| name.split(child).next().unwrap_or_default().to_owned();
+    match event {
+        Event::Order(o) => Some((
+            before(&o.name, "/orders/"),
+            o.member.clone(),
+            o.placed_by.clone(),
+        )),
+        Event::ViewerJoined(j) => Some((j.session.clone(), j.member.clone(), j.partner.clone())),
+        Event::DropClaimed(c) => Some((
+            before(&c.coupon_drop, "/couponDrops/"),
+            c.member.clone(),
+            c.partner.clone(),
+        )),
+        _ => None,
+    }
+}
+
+/// Names the event's member `member` instead (see [`named_in`]).
+pub(super) fn rename(event: &mut pb::watch_live_events_response::Event, member: String) {
+    use pb::watch_live_events_response::Event;
+    match event {
+        Event::Order(o) => o.member = member,
+        Event::ViewerJoined(j) => j.member = member,
+        Event::DropClaimed(c) => c.member = member,
+        _ => {}
     }
 }
 
