@@ -690,7 +690,8 @@ async fn listed(s: &TestServer, token: &str, session: &str) -> Vec<String> {
 
 /// The co-host that placed an order names its buyer; the other co-host sees a pseudonym until
 /// the member consents to LIVE_PERSONALIZATION with it, and again after a withdrawal; an
-/// erasure at the placing partner leaves only the pseudonym; a third partner sees nothing.
+/// erasure at the placing partner leaves the order a pseudonym of its own; a third partner
+/// sees nothing.
 #[tokio::test]
 async fn buyers_are_named_only_to_whom_they_consented() {
     let s = mesh("live_buyers").await;
@@ -745,17 +746,22 @@ async fn buyers_are_named_only_to_whom_they_consented() {
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    let erased = loop {
         let seen = listed(&s, &brand, &session.name).await;
-        if seen == hidden {
-            break;
+        if seen != [at_brand.clone()] {
+            break seen;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "still named: {seen:?}"
         );
         tokio::task::yield_now().await;
-    }
+    };
+    // A pseudonym of the order's own, linked to nothing: not the buyer's pseudonym in the
+    // session, which their orders through the mall keep.
+    assert!(erased[0].starts_with("buyers/"), "{erased:?}");
+    assert_ne!(erased, hidden);
+    assert_eq!(listed(&s, &mall, &session.name).await, erased);
 }
 
 /// `member` joins `session` through the app of `token`'s partner; its snapshot is read.
@@ -801,10 +807,10 @@ async fn stored_events_holding(s: &TestServer, text: &str) -> Vec<i64> {
 }
 
 /// An erasure at a partner reaches live's feed where it is stored: what the member did through
-/// that partner — a join, an order — names the session pseudonym from then on in every copy of
-/// the event (the co-hosts' and the whole feed the mesh's services read), at the same
-/// sequence, so every cursor stays valid; what the member did through the other co-host is
-/// that partner's record and still names them there.
+/// that partner — a join, an order — names no one from then on in any copy of the event (the
+/// co-hosts' and the whole feed the mesh's services read), at the same sequence, so every
+/// cursor stays valid, and links to nothing else the co-hosts see; what the member did through
+/// the other co-host is that partner's record and still names them there.
 #[tokio::test]
 async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
     let s = mesh("live_feed_erasure").await;
@@ -863,15 +869,15 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
     // Only the mall's order is left naming the member: its three copies, where they were.
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(left.iter().all(|seq| before.contains(seq)));
-    // The brand's feed, read from the start, still shows the join and its order happen — by
-    // the pseudonym the brand's order list shows — and the mall's order by the mall's
-    // pseudonym for it; the sequences are those they always had.
+    // The brand's feed, read from the start, still shows the join and its order happen at the
+    // sequences they always had, naming no one: the join nobody, its order by the pseudonym of
+    // its own its order list now shows — not the one the mall's order of the same person is
+    // shown by, which would tell the brand what the person it erased bought there.
     let mut feed = stats(&s, &brand)
         .watch_live_events(pb::WatchLiveEventsRequest { after: None })
         .await
         .unwrap()
         .into_inner();
-    let pseudonym = listed(&s, &brand, &session.name).await;
     let mut members = Vec::new();
     let mut sequences = Vec::new();
     while members.len() < 3 {
@@ -889,16 +895,16 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
         sequences.push(event.cursor.unwrap().sequence);
         members.push(member);
     }
-    assert!(
-        pseudonym.iter().all(|p| p.starts_with("buyers/")),
-        "{pseudonym:?}"
-    );
-    assert_eq!(
-        members[0], members[1],
-        "the join and the order: one pseudonym"
-    );
-    assert!(pseudonym.contains(&members[1]), "{members:?} {pseudonym:?}");
+    let listed_now = listed(&s, &brand, &session.name).await;
+    assert_eq!(members[0], "", "the join names no one");
+    assert!(members[1].starts_with("buyers/"), "{members:?}");
+    assert_ne!(members[1], members[2], "the erased order links to nothing");
     assert!(members[2].starts_with("buyers/"), "{members:?}");
+    let mut expected = vec![members[1].clone(), members[2].clone()];
+    let mut shown = listed_now.clone();
+    expected.sort();
+    shown.sort();
+    assert_eq!(shown, expected, "the feed and the order list agree");
     assert!(sequences.iter().all(|seq| before.contains(seq)));
 }
 

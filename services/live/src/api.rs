@@ -182,47 +182,47 @@ async fn on_mesh_event(
 }
 
 /// Rewrites the feed's events that name `member` as having come through `partner` — the
-/// erasing partner's orders, joins and drop claims — to name the session pseudonym instead, as
-/// `ListOrders` does from then on: the whole feed for the mesh's services then names no one
-/// (comarketing reads only mesh ids), and a co-host's feed shows what it would now be shown.
-/// What the member did through another partner is that partner's, and stays.
+/// erasing partner's orders, joins and drop claims: an order names the pseudonym of its own
+/// that `ListOrders` shows from then on ([`Session::erased_pseudonym`]), a join or a claim no
+/// one. The whole feed for the mesh's services then names no one (comarketing reads only mesh
+/// ids), and nothing a co-host reads links the erased member to anything — not to the
+/// pseudonym their activity through the other co-host keeps. What the member did through
+/// another partner is that partner's, and stays.
 async fn forget_in_feed(
     txn: &sea_orm::DatabaseTransaction,
     member: &str,
     partner: &str,
 ) -> Result<u64, KitError> {
     let through = format!("partners/{partner}");
-    let mut sessions: std::collections::HashMap<String, Option<Session>> =
-        std::collections::HashMap::new();
-    let mut rewritten = 0;
+    let mut covered = Vec::new();
     for stored in Feed::naming(txn, member).await? {
-        let Some(mut body) = stored.decode::<pb::WatchLiveEventsResponse>() else {
+        let Some(body) = stored.decode::<pb::WatchLiveEventsResponse>() else {
             continue;
         };
         let Some((session, _, came_through)) = body.event.as_ref().and_then(stats::named_in) else {
             continue;
         };
-        if came_through != through {
-            continue;
+        if came_through == through {
+            let id = session
+                .strip_prefix("sessions/")
+                .unwrap_or_default()
+                .to_owned();
+            covered.push((stored.seq, id, body));
         }
-        let id = session
-            .strip_prefix("sessions/")
-            .unwrap_or_default()
-            .to_owned();
-        let found = match sessions.get(&id) {
-            Some(found) => found.clone(),
-            None => {
-                let found = store::load_session(txn, &id).await?;
-                sessions.insert(id, found.clone());
-                found
-            }
-        };
-        let pseudonym = found.map(|s| s.pseudonym(member)).unwrap_or_default();
+    }
+    let sessions = store::load_sessions(txn, covered.iter().map(|(_, id, _)| id.as_str())).await?;
+    let rewritten = covered.len() as u64;
+    for (seq, session, mut body) in covered {
         if let Some(event) = body.event.as_mut() {
+            let pseudonym = match (&*event, sessions.get(&session)) {
+                (pb::watch_live_events_response::Event::Order(o), Some(s)) => {
+                    s.erased_pseudonym(o.name.rsplit('/').next().unwrap_or_default())
+                }
+                _ => String::new(),
+            };
             stats::rename(event, pseudonym);
         }
-        Feed::rewrite(txn, stored.seq, body.encode_to_vec()).await?;
-        rewritten += 1;
+        Feed::rewrite(txn, seq, body.encode_to_vec()).await?;
     }
     Ok(rewritten)
 }

@@ -530,10 +530,23 @@ impl Session {
     /// A buyer's pseudonym in this session: the same member always gets the same one here,
     /// and nobody can link it to the member or to their pseudonym in another session.
     pub fn pseudonym(&self, mesh_member: &str) -> String {
+        self.hashed(0, mesh_member)
+    }
+
+    /// The pseudonym of an order whose buyer was erased at the partner that placed it: its
+    /// own, linked to nothing — not to the buyer's pseudonym, which their orders through
+    /// other partners keep, nor to the buyer's other erased orders. (With the buyer's
+    /// pseudonym, the erasing partner would learn, from the orders it sees by that pseudonym,
+    /// what the person bought through the other co-host.)
+    pub fn erased_pseudonym(&self, order_id: &str) -> String {
+        self.hashed(1, order_id)
+    }
+
+    fn hashed(&self, domain: u8, value: &str) -> String {
         let digest = Sha256::new()
             .chain_update(self.salt.as_bytes())
-            .chain_update([0])
-            .chain_update(mesh_member.as_bytes())
+            .chain_update([domain])
+            .chain_update(value.as_bytes())
             .finalize();
         format!("buyers/{}", lianyu_kit::keycodec::hex(&digest[..10]))
     }

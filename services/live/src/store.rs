@@ -366,6 +366,21 @@ const HOST_POSITION: &str = "host_position";
 const HOST_ACCEPTED: &str = "host_accepted";
 
 /// The session `id`, whoever asks (the caller decides what the asker may see of it).
+/// The sessions of `ids` that exist, by id (each read once, however often it is named).
+pub(crate) async fn load_sessions<'a>(
+    conn: &impl ConnectionTrait,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<std::collections::HashMap<String, Session>, KitError> {
+    let mut out = std::collections::HashMap::new();
+    let wanted: std::collections::BTreeSet<&str> = ids.into_iter().collect();
+    for id in wanted {
+        if let Some(found) = load_session(conn, id).await? {
+            out.insert(id.to_owned(), found);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) async fn load_session(
     conn: &impl ConnectionTrait,
     id: &str,

@@ -610,20 +610,34 @@ pub(crate) async fn placed_orders(
 }
 
 /// Forgets who bought, in the orders `partner` placed for `member`, after the member was
-/// erased there: co-hosts see the orders' pseudonyms from then on.
+/// erased there: each order keeps only a pseudonym of its own ([`Session::erased_pseudonym`])
+/// from then on, which co-hosts see. Returns how many orders.
 pub(crate) async fn forget_buyer(
     txn: &impl ConnectionTrait,
     member: &str,
     partner: &str,
 ) -> Result<u64, KitError> {
-    let done = order::Entity::update_many()
-        .col_expr(order::Column::MemberId, Expr::value(Option::<String>::None))
+    let placed = order::Entity::find()
         .filter(order::Column::MemberId.eq(member))
         .filter(order::Column::PlacedBy.eq(partner))
-        .exec(txn)
+        .all(txn)
         .await
         .map_err(storage)?;
-    Ok(done.rows_affected)
+    let sessions = super::load_sessions(txn, placed.iter().map(|o| o.session_id.as_str())).await?;
+    for o in &placed {
+        let pseudonym = sessions
+            .get(&o.session_id)
+            .map(|s| s.erased_pseudonym(&o.id))
+            .unwrap_or_default();
+        order::Entity::update_many()
+            .col_expr(order::Column::MemberId, Expr::value(Option::<String>::None))
+            .col_expr(order::Column::Pseudonym, Expr::value(pseudonym))
+            .filter(order::Column::Id.eq(o.id.as_str()))
+            .exec(txn)
+            .await
+            .map_err(storage)?;
+    }
+    Ok(placed.len() as u64)
 }
 
 #[cfg(test)]
