@@ -853,9 +853,16 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
         })
         .await
         .unwrap();
-    // Live acts on identity's feed as it comes; wait for it.
+    // Live acts on identity's feed as it comes; wait for it. At no moment — before live has
+    // heard of the erasure, identity already answering that the brand no longer knows the
+    // person — does the brand see its own order by the pseudonym the mall's order is shown by.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let left = loop {
+        let shown = listed(&s, &brand, &session.name).await;
+        assert_ne!(
+            shown[0], shown[1],
+            "the brand's erased order is linked: {shown:?}"
+        );
         let left = stored_events_holding(&s, &mesh_id).await;
         if left.len() < before.len() {
             break left;

@@ -214,13 +214,11 @@ async fn forget_in_feed(
     let rewritten = covered.len() as u64;
     for (seq, session, mut body) in covered {
         if let Some(event) = body.event.as_mut() {
-            let pseudonym = match (&*event, sessions.get(&session)) {
-                (pb::watch_live_events_response::Event::Order(o), Some(s)) => {
-                    s.erased_pseudonym(o.name.rsplit('/').next().unwrap_or_default())
-                }
-                _ => String::new(),
-            };
-            stats::rename(event, pseudonym);
+            let erased = sessions
+                .get(&session)
+                .map(|s| stats::once_erased(s, event))
+                .unwrap_or_default();
+            stats::rename(event, erased);
         }
         Feed::rewrite(txn, seq, body.encode_to_vec()).await?;
     }

@@ -170,9 +170,13 @@ fn item<'a>(session: &str, o: &'a pb::Order) -> Result<Item<'a>, KitError> {
 }
 
 impl Api {
-    /// How each order's buyer is named to `reader`: its own scoped id where it placed the
-    /// order or the member consented (LIVE_PERSONALIZATION or SHARE_PROFILE) to it, asked of
-    /// identity now; the session pseudonym otherwise (and always once erased).
+    /// How each buyer (member, the partner that placed the order, and how the buyer is named
+    /// once erased there) is named to `reader`: by its own scoped id where it placed the order
+    /// or the member consented (LIVE_PERSONALIZATION or SHARE_PROFILE) to it, asked of identity
+    /// now; by the session pseudonym otherwise; and by the erased name once the member is
+    /// forgotten, or when the placing reader no longer knows them — it erased them, and live
+    /// has yet to hear of it: the session pseudonym would link its erased orders to what the
+    /// person bought through the other co-host.
     pub(super) async fn buyers(
         &self,
         reader: &str,
@@ -232,12 +236,12 @@ impl Api {
         Ok(named
             .into_iter()
             .zip(orders)
-            .map(|(n, (member, _, pseudonym))| {
+            .map(|(n, (member, placed_by, erased))| {
                 let id = n.and_then(|_| scoped.next().flatten());
                 match (id, member) {
                     (Some(id), _) => format!("members/{id}"),
-                    (None, Some(m)) => session.pseudonym(m),
-                    (None, None) => pseudonym.clone(),
+                    (None, Some(m)) if placed_by.as_str() != reader => session.pseudonym(m),
+                    (None, _) => erased.clone(),
                 }
             })
             .collect())
@@ -646,7 +650,10 @@ impl pb::order_service_server::OrderService for Api {
                 store::list_orders(&self.read, &session.id, scope, &page).await?;
             let keys: Vec<_> = orders
                 .iter()
-                .map(|o| (o.member.clone(), o.placed_by.clone(), o.pseudonym.clone()))
+                .map(|o| {
+                    let erased = session.erased_pseudonym(&o.id);
+                    (o.member.clone(), o.placed_by.clone(), erased)
+                })
                 .collect();
             let buyers = self.buyers(call.partner_id(), &session, &keys).await?;
             Ok::<_, LiveError>(pb::ListOrdersResponse {

@@ -124,7 +124,8 @@ impl Api {
     }
 
     /// A feed event as `reader` may see it: members named by its own scoped id where it may
-    /// know them, by the session pseudonym otherwise.
+    /// know them, by the session pseudonym otherwise — or, once the reader erased them
+    /// ([`once_erased`]), by nothing that links them to anything else.
     async fn for_reader(
         &self,
         reader: &str,
@@ -143,19 +144,36 @@ impl Api {
         let placed_by = lianyu_kit::ids::PartnerId::new(
             placed_by.strip_prefix("partners/").unwrap_or_default(),
         );
+        let Some(event) = body.event.as_mut() else {
+            return Ok(body);
+        };
+        let erased = once_erased(&session, event);
         let named = self
             .buyers(
                 reader,
                 &session,
-                &[(Some(mesh.to_owned()), placed_by, session.pseudonym(mesh))],
+                &[(Some(mesh.to_owned()), placed_by, erased)],
             )
             .await?
             .pop()
             .unwrap_or_default();
-        if let Some(event) = body.event.as_mut() {
-            rename(event, named);
-        }
+        rename(event, named);
         Ok(body)
+    }
+}
+
+/// How a feed event names its member once erased at the partner it came through: an order by
+/// the pseudonym of its own ([`Session::erased_pseudonym`]) that `ListOrders` shows, a join or
+/// a drop claim by no one.
+pub(super) fn once_erased(
+    session: &Session,
+    event: &pb::watch_live_events_response::Event,
+) -> String {
+    match event {
+        pb::watch_live_events_response::Event::Order(o) => {
+            session.erased_pseudonym(o.name.rsplit('/').next().unwrap_or_default())
+        }
+        _ => String::new(),
     }
 }
 
