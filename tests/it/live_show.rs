@@ -912,6 +912,44 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
     expected.sort();
     shown.sort();
     assert_eq!(shown, expected, "the feed and the order list agree");
+    // The brand's stored reply of its order named the person: purged where it is kept; a
+    // replay is refused (the member is gone) and places nothing. The mall's is the mall's,
+    // and stays.
+    let stored = |partner: &'static str, request: &'static str| {
+        let s = &s;
+        async move {
+            use sea_orm::{ConnectionTrait, Statement};
+            let db = s.database("live").await;
+            let row = db
+                .query_one_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    format!(
+                        "SELECT erased_at, response FROM kit_idempotency_keys \
+                         WHERE partner_id = '{partner}' AND request_id = '{request}'"
+                    ),
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            let erased: Option<i64> = row.try_get("", "erased_at").unwrap();
+            let response: Vec<u8> = row.try_get("", "response").unwrap();
+            (erased.is_some(), response.is_empty())
+        }
+    };
+    assert_eq!(stored(BRAND, "b1").await, (true, true), "purged");
+    assert_eq!(stored(MALL, "m1").await, (false, false), "kept");
+    let e = orders(&s, &brand)
+        .place_order(buy_product(&session.name, &product.name, &at_brand, "b1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let again = orders(&s, &s.token(MALL))
+        .place_order(buy_product(&session.name, &product.name, &at_mall, "m1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.member, at_mall);
+    assert_eq!(rows(&s, "live", "orders").await, 2, "no order placed again");
     assert!(sequences.iter().all(|seq| before.contains(seq)));
 }
 

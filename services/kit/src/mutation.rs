@@ -169,12 +169,54 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         Resp: Message + Default,
         F: AsyncFnOnce(&DatabaseTransaction, &mut Writes) -> Result<Resp, E> + Clone,
     {
+        self.run_writing_tagged(call, (request_id, request), None, effect)
+            .await
+    }
+
+    /// [`Self::run_writing`] for a mutation about one person known before it runs
+    /// (`subject`, the person's id): the stored reply is tagged with it, so that erasing them
+    /// purges it ([`idempotency::forget_subjects`]) and a replay no longer returns it.
+    pub async fn run_writing_about<Req, Resp, F>(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &Req,
+        subject: &str,
+        effect: F,
+    ) -> Result<Resp, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction, &mut Writes) -> Result<Resp, E> + Clone,
+    {
+        self.run_writing_tagged(call, (request_id, request), Some(subject), effect)
+            .await
+    }
+
+    async fn run_writing_tagged<Req, Resp, F>(
+        &self,
+        call: &Call,
+        (request_id, request): (&str, &Req),
+        subject: Option<&str>,
+        effect: F,
+    ) -> Result<Resp, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&DatabaseTransaction, &mut Writes) -> Result<Resp, E> + Clone,
+    {
         self.run_staged(call, request_id, request, async |txn| {
             let mut writes = Writes::new();
             let reply = effect(txn, &mut writes).await?;
-            Ok((reply, None, writes))
+            Ok((reply, subject.map(str::to_owned), writes))
         })
         .await
+    }
+
+    /// What stored replies are sealed with ([`Self::sealed`]): an erasure purging them
+    /// ([`idempotency::forget_subjects`]) digests its subjects the same way.
+    pub fn at_rest(&self) -> Arc<dyn AtRest> {
+        self.at_rest.clone()
     }
 
     /// [`Self::run`] for a mutation about one person: `effect` also returns the person's id,

@@ -123,6 +123,8 @@ pub(crate) fn register(
         db,
         stopping: ctx.stopping.clone(),
     };
+    // How stored order replies are sealed: an erasure purges those about the person.
+    let at_rest = api.orders.at_rest();
     lianyu_kit::mount!(
         mount,
         pb::session_service_server::SessionServiceServer::new(api.clone())
@@ -147,10 +149,11 @@ pub(crate) fn register(
         mount,
         lianyu_proto::live::internal::v1::live_feed_service_server::LiveFeedServiceServer::new(api)
     );
-    Some(std::sync::Arc::new(|txn, events| {
+    Some(std::sync::Arc::new(move |txn, events| {
+        let at_rest = at_rest.clone();
         Box::pin(async move {
             for event in &events {
-                on_mesh_event(txn, event).await?;
+                on_mesh_event(txn, event, at_rest.as_ref()).await?;
             }
             Ok(())
         })
@@ -164,6 +167,7 @@ pub(crate) fn register(
 async fn on_mesh_event(
     txn: &sea_orm::DatabaseTransaction,
     event: &lianyu_proto::identity::internal::v1::WatchMeshEventsResponse,
+    at_rest: &dyn lianyu_kit::idempotency::AtRest,
 ) -> Result<(), KitError> {
     use lianyu_proto::identity::internal::v1::MeshEventKind;
     let (Some(member), Some(partner)) = (
@@ -176,7 +180,22 @@ async fn on_mesh_event(
         let orders = store::forget_buyer(txn, member, partner).await?;
         let viewers = store::forget_viewer(txn, member, partner).await?;
         let events = forget_in_feed(txn, member, partner).await?;
-        tracing::info!(orders, viewers, events, "member erased: buyer forgotten");
+        // The partner's stored order replies about the person: a replay of one answers
+        // NOT_FOUND / MEMBER_ERASED from now on, and places nothing again.
+        let replies = lianyu_kit::idempotency::forget_subjects(
+            txn,
+            at_rest,
+            Some(partner),
+            &[member.to_owned()],
+        )
+        .await?;
+        tracing::info!(
+            orders,
+            viewers,
+            events,
+            replies,
+            "member erased: buyer forgotten"
+        );
     }
     Ok(())
 }

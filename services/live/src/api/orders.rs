@@ -413,9 +413,11 @@ impl Api {
             amount,
         } = &facts;
         let since = sale.as_ref().map(|s| self.sold_out.since(&s.id));
+        // The stored reply names the buyer: tagged with them, an erasure purges it.
+        let buyer = member.to_string();
         let placed = self
             .orders
-            .run_writing(call, &r.request_id, r, async |txn, writes| {
+            .run_writing_about(call, &r.request_id, r, &buyer, async |txn, writes| {
                 let now = now_millis();
                 let mut sold_out = None;
                 if let Some(sale) = sale {
