@@ -180,8 +180,8 @@ async fn on_mesh_event(
         let orders = store::forget_buyer(txn, member, partner).await?;
         let viewers = store::forget_viewer(txn, member, partner).await?;
         let events = forget_in_feed(txn, member, partner).await?;
-        // The partner's stored order replies about the person: a replay of one answers
-        // NOT_FOUND / MEMBER_ERASED from now on, and places nothing again.
+        // The partner's stored order replies about the person: a replay of one returns
+        // nothing of them from now on (NOT_FOUND), and places nothing again.
         let replies = lianyu_kit::idempotency::forget_subjects(
             txn,
             at_rest,
