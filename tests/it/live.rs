@@ -421,8 +421,8 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
         "nothing accepted"
     );
     // Starting accepts too, so it is bound to what was read the same way.
-    let start_read = |etag: String, rid: &'static str| {
-        let mut client = sessions(&server, &server.token(BRAND));
+    let start_as = |token: String, etag: String, rid: &'static str| {
+        let mut client = sessions(&server, &token);
         let request = pb::StartSessionRequest {
             request_id: rid.into(),
             name: name.clone(),
@@ -435,10 +435,32 @@ async fn a_named_co_host_is_invited_and_nothing_goes_on_air_in_its_name_until_it
                 .map(tonic::Response::into_inner)
         }
     };
+    let start_read = |etag: String, rid: &'static str| start_as(server.token(BRAND), etag, rid);
     let e = start_read(accepted.etag.clone(), "go-stale")
         .await
         .unwrap_err();
     assert_eq!(refused(e), (Code::Aborted, "ETAG_MISMATCH".into()));
+    // An etag opens nothing to a caller that may not start the show, and tells it nothing
+    // about the session's version: another partner, a store token of another store, no token.
+    for (token, expected) in [
+        (
+            server.token(OUTSIDER),
+            (Code::PermissionDenied, "HOST_ONLY"),
+        ),
+        (
+            server.store_token(MALL, "sh02"),
+            (Code::PermissionDenied, "STORE_TOKEN_NOT_ALLOWED"),
+        ),
+    ] {
+        for etag in [reshared.etag.clone(), "stale".to_owned()] {
+            let e = start_as(token.clone(), etag, "go-other").await.unwrap_err();
+            assert_eq!(refused(e), (expected.0, expected.1.into()));
+        }
+    }
+    let e = start_as(String::new(), reshared.etag.clone(), "go-anon")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
     assert_eq!(
         read(server.token(BRAND)).await.unwrap(),
         reshared,

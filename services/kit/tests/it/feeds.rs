@@ -520,6 +520,24 @@ async fn staged_events_of_concurrent_batches_get_gapless_sequences_once_each() {
     assert_eq!(names, expected, "each kept event once, no refused one");
 }
 
+/// A fresh database with the kit's tables, and its feed.
+async fn outbox(
+    test: &str,
+) -> (
+    TestDatabase,
+    sea_orm::DatabaseConnection,
+    lianyu_kit::feed::Feed,
+) {
+    let db = TestDatabase::new(test).await;
+    let mut config = Config::local("unused");
+    config.set_database_url("outbox", db.url.clone());
+    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "outbox")
+        .await
+        .unwrap();
+    let feed = lianyu_kit::feed::Feed::new(conn.clone(), CancellationToken::new());
+    (db, conn, feed)
+}
+
 /// An outbox whose counter row is gone (a botched restore, a hand-run cleanup) cannot number
 /// events: on PostgreSQL, where the counter's move, the rows and the NOTIFY are one statement,
 /// a transaction staging events then fails and nothing of it is written — never an event
@@ -527,21 +545,12 @@ async fn staged_events_of_concurrent_batches_get_gapless_sequences_once_each() {
 /// last; this test runs on PostgreSQL only.)
 #[tokio::test]
 async fn staged_events_without_the_outbox_counter_fail_the_transaction() {
-    use lianyu_kit::{
-        feed::{Feed, NewEvent},
-        writes::Writes,
-    };
+    use lianyu_kit::{feed::NewEvent, writes::Writes};
     use sea_orm::{ConnectionTrait, TransactionTrait};
-    let db = TestDatabase::new("feed_no_counter").await;
     if !lianyu_kit::testing::backend_is_postgres() {
         return;
     }
-    let mut config = Config::local("unused");
-    config.set_database_url("nocounter", db.url.clone());
-    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "nocounter")
-        .await
-        .unwrap();
-    let feed = Feed::new(conn.clone(), CancellationToken::new());
+    let (_db, conn, feed) = outbox("feed_no_counter").await;
     conn.execute_unprepared("DELETE FROM kit_outbox_counter")
         .await
         .unwrap();
@@ -576,13 +585,7 @@ async fn events_naming_an_erased_person_are_rewritten_in_place_and_only_those() 
         writes::Writes,
     };
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
-    let db = TestDatabase::new("feed_rewrite_about").await;
-    let mut config = Config::local("unused");
-    config.set_database_url("rewrite", db.url.clone());
-    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "rewrite")
-        .await
-        .unwrap();
-    let feed = Feed::new(conn.clone(), CancellationToken::new());
+    let (_db, conn, feed) = outbox("feed_rewrite_about").await;
     let event = |text: &str| NewEvent {
         kind: "probe".into(),
         partner_id: Some(text.rsplit(' ').next().unwrap_or_default().to_owned()),
@@ -669,13 +672,7 @@ async fn an_outbox_made_before_subjects_gains_them_and_keeps_its_events() {
     use lianyu_kit::feed::{Feed, NewEvent};
     use sea_orm::{ConnectionTrait, TransactionTrait};
     use sea_orm_migration::{MigrationTrait, SchemaManager};
-    let db = TestDatabase::new("feed_subject_migration").await;
-    let mut config = Config::local("unused");
-    config.set_database_url("old", db.url.clone());
-    let conn = lianyu_kit::storage::open::<crate::harness::Migrator>(&config, "old")
-        .await
-        .unwrap();
-    let feed = Feed::new(conn.clone(), CancellationToken::new());
+    let (_db, conn, feed) = outbox("feed_subject_migration").await;
     // The outbox as it was: one event in it, then no subject column.
     let txn = conn.begin().await.unwrap();
     feed.append(
