@@ -796,26 +796,6 @@ async fn join_identified(
     watching
 }
 
-/// The stored live feed's events (sequence, payload) that hold `text`, in every copy: the
-/// co-hosts' and the whole feed the mesh's services read.
-async fn stored_events_holding(s: &TestServer, text: &str) -> Vec<i64> {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = s.database("live").await;
-    db.query_all_raw(Statement::from_string(
-        db.get_database_backend(),
-        "SELECT seq, payload FROM kit_outbox_events ORDER BY seq".to_owned(),
-    ))
-    .await
-    .unwrap()
-    .into_iter()
-    .filter_map(|row| {
-        let payload: Vec<u8> = row.try_get("", "payload").unwrap();
-        let holds = payload.windows(text.len()).any(|w| w == text.as_bytes());
-        holds.then(|| row.try_get::<i64>("", "seq").unwrap())
-    })
-    .collect()
-}
-
 /// An erasure at a partner reaches live's feed where it is stored: what the member did through
 /// that partner — a join, an order — names no one from then on in any copy of the event (the
 /// co-hosts' and the whole feed the mesh's services read), at the same sequence, so every
@@ -852,7 +832,7 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
         row.try_get::<String>("", "member_id").unwrap()
     };
     // The join and two orders, each once per co-host and once whole.
-    let before = stored_events_holding(&s, &mesh_id).await;
+    let before = crate::support::stored_events_holding(&s, "live", &mesh_id).await;
     assert_eq!(before.len(), 9, "{before:?}");
 
     MemberServiceClient::new(s.as_token(&brand))
@@ -873,7 +853,7 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
             shown[0], shown[1],
             "the brand's erased order is linked: {shown:?}"
         );
-        let left = stored_events_holding(&s, &mesh_id).await;
+        let left = crate::support::stored_events_holding(&s, "live", &mesh_id).await;
         if left.len() < before.len() {
             break left;
         }
@@ -925,29 +905,16 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
     // The brand's stored reply of its order named the person: purged where it is kept; a
     // replay is refused (the member is gone) and places nothing. The mall's is the mall's,
     // and stays.
-    let stored = |partner: &'static str, request: &'static str| {
-        let s = &s;
-        async move {
-            use sea_orm::{ConnectionTrait, Statement};
-            let db = s.database("live").await;
-            let row = db
-                .query_one_raw(Statement::from_string(
-                    db.get_database_backend(),
-                    format!(
-                        "SELECT erased_at, response FROM kit_idempotency_keys \
-                         WHERE partner_id = '{partner}' AND request_id = '{request}'"
-                    ),
-                ))
-                .await
-                .unwrap()
-                .unwrap();
-            let erased: Option<i64> = row.try_get("", "erased_at").unwrap();
-            let response: Vec<u8> = row.try_get("", "response").unwrap();
-            (erased.is_some(), response.is_empty())
-        }
-    };
-    assert_eq!(stored(BRAND, "b1").await, (true, true), "purged");
-    assert_eq!(stored(MALL, "m1").await, (false, false), "kept");
+    assert_eq!(
+        crate::support::stored_reply(&s, "live", BRAND, "b1").await,
+        (true, true),
+        "purged"
+    );
+    assert_eq!(
+        crate::support::stored_reply(&s, "live", MALL, "m1").await,
+        (false, false),
+        "kept"
+    );
     let e = orders(&s, &brand)
         .place_order(buy_product(&session.name, &product.name, &at_brand, "b1"))
         .await

@@ -66,3 +66,47 @@ pub(crate) async fn rows(server: &TestServer, service: &str, table: &str) -> i64
         .unwrap();
     row.try_get("", "n").unwrap()
 }
+
+/// The sequences of the events in `service`'s stored feed (every copy: each partner's and the
+/// whole one the mesh's services read) whose payload holds `text`.
+pub(crate) async fn stored_events_holding(s: &TestServer, service: &str, text: &str) -> Vec<i64> {
+    let db = s.database(service).await;
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT seq, payload FROM kit_outbox_events ORDER BY seq".to_owned(),
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .filter_map(|row| {
+        let payload: Vec<u8> = row.try_get("", "payload").unwrap();
+        let holds = payload.windows(text.len()).any(|w| w == text.as_bytes());
+        holds.then(|| row.try_get::<i64>("", "seq").unwrap())
+    })
+    .collect()
+}
+
+/// Whether `partner`'s stored reply to `request_id` in `service` was purged by an erasure:
+/// (marked erased, its response empty).
+pub(crate) async fn stored_reply(
+    s: &TestServer,
+    service: &str,
+    partner: &str,
+    request_id: &str,
+) -> (bool, bool) {
+    let db = s.database(service).await;
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT erased_at, response FROM kit_idempotency_keys \
+                 WHERE partner_id = '{partner}' AND request_id = '{request_id}'"
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let erased: Option<i64> = row.try_get("", "erased_at").unwrap();
+    let response: Vec<u8> = row.try_get("", "response").unwrap();
+    (erased.is_some(), response.is_empty())
+}

@@ -24,7 +24,7 @@ use lianyu_proto::{
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::support::rows;
+use crate::support::{rows, stored_reply};
 
 pub(crate) type Svc = InterceptedService<Channel, lianyu_kit::client::Bearer>;
 
@@ -195,6 +195,21 @@ pub(crate) async fn unbalanced(s: &TestServer) -> usize {
 fn item_at(member: &str, item: &str) -> String {
     let id = item.rsplit('/').next().unwrap();
     format!("{member}/walletItems/{id}")
+}
+
+/// The mall's coupon without a per-member limit, honoured at the brand's counters too, and a
+/// person (`phone`) enrolled at both who consented that the brand redeem the mall's benefits
+/// with them: the coupon and the mall's and the brand's names of the member.
+async fn honoured_by_both(s: &TestServer, phone: &str) -> (pb::Benefit, String, String) {
+    let coupon = active(s, MALL, MALL, MALL, |b| {
+        b.honoured_by = vec![format!("partners/{MALL}"), format!("partners/{BRAND}")];
+        b.per_member_limit = 0;
+    })
+    .await;
+    let at_mall = enrol(s, MALL, phone).await;
+    let at_brand = enrol(s, BRAND, phone).await;
+    consent(s, MALL, &at_mall, BRAND).await;
+    (coupon, at_mall, at_brand)
 }
 
 #[tokio::test]
@@ -1002,14 +1017,7 @@ async fn a_refused_claim_leaves_its_unit_to_the_next_claimer_and_a_winner_can_re
 #[tokio::test]
 async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_wallet() {
     let s = mesh("ent_feed").await;
-    let coupon = active(&s, MALL, MALL, MALL, |b| {
-        b.honoured_by = vec![format!("partners/{MALL}"), format!("partners/{BRAND}")];
-        b.per_member_limit = 0;
-    })
-    .await;
-    let at_mall = enrol(&s, MALL, "13800138009").await;
-    let at_brand = enrol(&s, BRAND, "13800138009").await;
-    consent(&s, MALL, &at_mall, BRAND).await;
+    let (coupon, at_mall, at_brand) = honoured_by_both(&s, "13800138009").await;
     let granted = |rid: &'static str| {
         let mut w = wallet(&s, MALL);
         let r = grant(&at_mall, &coupon.name, rid);
@@ -1137,6 +1145,255 @@ async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_walle
         rows(&s, "entitlements", "balances WHERE closed = true").await,
         1
     );
+}
+
+/// A retry is answered with what its first call did, whatever changed since: a grant retried
+/// after the issuer paused the benefit gets its unit, a redemption retried after the member
+/// withdrew the consent it relied on gets its redemption — and a new call is refused by the
+/// same change and writes nothing.
+#[tokio::test]
+async fn a_retry_gets_what_its_first_call_did_after_the_world_changed() {
+    let s = mesh("ent_retry_after_change").await;
+    let (coupon, at_mall, at_brand) = honoured_by_both(&s, "13800138041").await;
+    let granted = wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g1"))
+        .await
+        .unwrap()
+        .into_inner();
+    wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g2"))
+        .await
+        .unwrap();
+    let at_counter = pb::RedeemRequest {
+        store: format!("partners/{BRAND}/stores/b01"),
+        ..redeem(&item_at(&at_brand, &granted.name), "b-redeem", 40_000)
+    };
+    let redeemed = till(&s, &s.token(BRAND))
+        .redeem(at_counter.clone())
+        .await
+        .unwrap()
+        .into_inner();
+
+    benefits(&s, MALL)
+        .pause_benefit(pb::PauseBenefitRequest {
+            request_id: "pause".into(),
+            name: coupon.name.clone(),
+        })
+        .await
+        .unwrap();
+    ConsentServiceClient::new(s.as_token(&s.token(MALL)))
+        .withdraw_consent(id::WithdrawConsentRequest {
+            request_id: "withdraw".into(),
+            member: at_mall.clone(),
+            grantee: format!("partners/{BRAND}"),
+            purposes: vec![ConsentPurpose::BenefitRedemption as i32],
+        })
+        .await
+        .unwrap();
+    let (units, redemptions, postings) = (
+        rows(&s, "entitlements", "wallet_items").await,
+        rows(&s, "entitlements", "redemptions").await,
+        rows(&s, "entitlements", "ledger_postings").await,
+    );
+    let again = wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, granted);
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g3"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_STATE");
+    let again = till(&s, &s.token(BRAND))
+        .redeem(at_counter)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, redeemed);
+    let second = format!(
+        "{at_brand}/walletItems/{}",
+        other_unit(&s, &granted.name).await
+    );
+    let e = till(&s, &s.token(BRAND))
+        .redeem(pb::RedeemRequest {
+            store: format!("partners/{BRAND}/stores/b01"),
+            ..redeem(&second, "b-new", 40_000)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "CONSENT_REQUIRED");
+    assert_eq!(
+        (
+            rows(&s, "entitlements", "wallet_items").await,
+            rows(&s, "entitlements", "redemptions").await,
+            rows(&s, "entitlements", "ledger_postings").await,
+        ),
+        (units, redemptions, postings),
+        "the retries and the refusals wrote nothing"
+    );
+}
+
+/// The id of the one stored unit other than `item`.
+async fn other_unit(s: &TestServer, item: &str) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let id = item.rsplit('/').next().unwrap();
+    let db = s.database("entitlements").await;
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT id FROM wallet_items WHERE id <> '{id}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "id").unwrap()
+}
+
+/// An erasure at a partner reaches what entitlements keeps of what the member did through it:
+/// the internal ledger feed's transactions (grants, a drop claim, a top-up through the mall)
+/// name no member from then on, at the sequences they had, and the mall's stored replies about
+/// the person are purged — a replay answers NOT_FOUND and takes nothing again, even where a
+/// shut drop answers replays without asking identity. What the member did through the brand
+/// (a redemption at its counter) is the brand's, and stays.
+#[tokio::test]
+async fn an_erasure_leaves_the_member_in_no_ledger_event_or_stored_reply_it_covers() {
+    let s = mesh("ent_erasure_feed").await;
+    let (coupon, at_mall, at_brand) = honoured_by_both(&s, "13800138031").await;
+    let drop = active(&s, MALL, MALL, MALL, |b| {
+        b.display_name = "drop".into();
+        b.budget_units = 1;
+    })
+    .await;
+    let card = crate::balances::card(&s).await;
+    let other = enrol(&s, MALL, "13800138032").await;
+    let first = wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g1"))
+        .await
+        .unwrap()
+        .into_inner();
+    wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g2"))
+        .await
+        .unwrap();
+    let claim = |member: &str, rid: &str| pb::ClaimBenefitRequest {
+        request_id: rid.into(),
+        member: member.into(),
+        benefit: drop.name.clone(),
+        claim_code: "LIVE-1".into(),
+    };
+    let claimed = wallet(&s, MALL)
+        .claim_benefit(claim(&at_mall, "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(claimed.name.starts_with(&at_mall), "{claimed:?}");
+    // The last unit is gone: the drop's gate shuts, and answers replays from stored replies.
+    let e = wallet(&s, MALL)
+        .claim_benefit(claim(&other, "c2"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BUDGET_EXHAUSTED");
+    wallet(&s, MALL)
+        .top_up(pb::TopUpRequest {
+            request_id: "top-up".into(),
+            member: at_mall.clone(),
+            benefit: card.name.clone(),
+            amount: cny(10_000),
+            payment_reference: "pos-1".into(),
+        })
+        .await
+        .unwrap();
+    let at_counter = pb::RedeemRequest {
+        store: format!("partners/{BRAND}/stores/b01"),
+        ..redeem(&item_at(&at_brand, &first.name), "b-redeem", 40_000)
+    };
+    let redeemed = till(&s, &s.token(BRAND))
+        .redeem(at_counter.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mesh_id = {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = s.database("entitlements").await;
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT DISTINCT member FROM wallet_items".to_owned(),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<String>("", "member").unwrap()
+    };
+    let holding = || crate::support::stored_events_holding(&s, "entitlements", &mesh_id);
+    // Two grants, the claim and the top-up through the mall, the redemption at the brand.
+    let before = holding().await;
+    assert_eq!(before.len(), 5, "{before:?}");
+    let events = rows(&s, "entitlements", "kit_outbox_events").await;
+
+    MemberServiceClient::new(s.as_token(&s.token(MALL)))
+        .erase_member(id::EraseMemberRequest {
+            request_id: "erase".into(),
+            member: at_mall.clone(),
+            scope: id::ErasureScope::Partner as i32,
+        })
+        .await
+        .unwrap();
+    // Entitlements acts on identity's feed as it comes; wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let left = loop {
+        let left = holding().await;
+        if left.len() < before.len() {
+            break left;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still named: {left:?}"
+        );
+        tokio::task::yield_now().await;
+    };
+    // Only the redemption at the brand's counter still names the member; every event kept its
+    // place in the feed.
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(before.contains(&left[0]));
+    assert_eq!(rows(&s, "entitlements", "kit_outbox_events").await, events);
+
+    for request in ["g1", "g2", "c1", "top-up"] {
+        assert_eq!(
+            stored_reply(&s, "entitlements", MALL, request).await,
+            (true, true),
+            "{request} purged"
+        );
+    }
+    assert_eq!(
+        stored_reply(&s, "entitlements", BRAND, "b-redeem").await,
+        (false, false),
+        "kept"
+    );
+    let units = rows(&s, "entitlements", "wallet_items").await;
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = wallet(&s, MALL)
+        .claim_benefit(claim(&at_mall, "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "MEMBER_ERASED"),
+        "{e:?}"
+    );
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, units);
+    let again = till(&s, &s.token(BRAND))
+        .redeem(at_counter)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, redeemed, "the brand's replay is its own, as it was");
 }
 
 /// Refunds at the till: half the order refunded reverses half the brand's subsidy; ten

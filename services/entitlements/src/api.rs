@@ -101,6 +101,8 @@ pub(crate) fn register(
         benefit_reads: Batched::new(BENEFIT_READS),
         db,
     };
+    // How stored replies are kept: an erasure purges those about the person.
+    let at_rest = api.hot.at_rest();
     tokio::spawn(redemptions::expire_holds(api.clone(), ctx.stopping.clone()));
     lianyu_kit::mount!(
         mount,
@@ -132,10 +134,11 @@ pub(crate) fn register(
         mount,
         internal::campaign_budget_service_server::CampaignBudgetServiceServer::new(api.clone())
     );
-    Some(std::sync::Arc::new(|txn, events| {
+    Some(std::sync::Arc::new(move |txn, events| {
+        let at_rest = at_rest.clone();
         Box::pin(async move {
             for event in &events {
-                on_mesh_event(txn, event).await?;
+                on_mesh_event(txn, event, at_rest.as_ref()).await?;
             }
             Ok(())
         })
@@ -153,11 +156,14 @@ fn money(currency: &str, minor_units: i64) -> Option<common::Money> {
 /// Identity's word on a member, acted on in the transaction that stores the feed's cursor:
 /// a withdrawn BENEFIT_REDEMPTION consent cancels the holds the grantee has on the member's
 /// units granted through the collector (new redemptions there already ask identity and are
-/// refused); an erasure at a partner closes the member's wallet there. Postings name partners'
-/// accounts only, never a member.
+/// refused); an erasure at a partner closes the member's wallet there, and removes the member
+/// from what the service keeps of what they did through that partner: the internal ledger
+/// feed's events and the partner's stored replies. Postings name partners' accounts only,
+/// never a member.
 async fn on_mesh_event(
     txn: &sea_orm::DatabaseTransaction,
     event: &lianyu_proto::identity::internal::v1::WatchMeshEventsResponse,
+    at_rest: &dyn lianyu_kit::idempotency::AtRest,
 ) -> Result<(), KitError> {
     use lianyu_proto::identity::internal::v1::MeshEventKind;
     let (Some(member), Some(partner)) = (
@@ -179,12 +185,46 @@ async fn on_mesh_event(
             }
         }
         MeshEventKind::MemberErased => {
-            let n = store::close_wallet(txn, member, partner).await?;
-            tracing::info!(units = n, "member erased: wallet closed");
+            let units = store::close_wallet(txn, member, partner).await?;
+            let events = forget_in_ledger_feed(txn, member, partner).await?;
+            // The partner's stored replies about the person (its grants, claims, top-ups,
+            // earnings, redemptions): a replay returns nothing of them from now on
+            // (NOT_FOUND / MEMBER_ERASED), and takes nothing again.
+            let replies = lianyu_kit::idempotency::forget_subjects(
+                txn,
+                at_rest,
+                Some(partner),
+                &[member.to_owned()],
+            )
+            .await?;
+            tracing::info!(units, events, replies, "member erased: wallet closed");
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Rewrites the internal ledger feed's transactions in which `member` acted through `partner`
+/// (a grant or claim through it, a redemption, refund or balance movement at it): they keep
+/// their sequence, postings and partner, and name no member. What the member did through
+/// another partner is that partner's, and stays. The partners' own ledger feeds never name a
+/// member.
+async fn forget_in_ledger_feed(
+    txn: &sea_orm::DatabaseTransaction,
+    member: &str,
+    partner: &str,
+) -> Result<u64, KitError> {
+    let through = format!("partners/{partner}");
+    Ok(Feed::rewrite_about(txn, member, |stored| {
+        let mut body = stored.decode::<internal::WatchLedgerResponse>()?;
+        let transaction = body.transaction.as_mut()?;
+        if transaction.partner != through {
+            return None;
+        }
+        transaction.mesh_member.clear();
+        Some(prost::Message::encode_to_vec(&body))
+    })
+    .await?)
 }
 
 lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
@@ -289,9 +329,14 @@ impl Api {
                 post_time: timestamp(at),
             }),
         };
+        // Tagged with the member it names, by mesh id: an erasure finds it and rewrites it.
+        let whole = NewEvent::message(kind, Some(WHOLE_LEDGER.to_owned()), &whole);
         self.feed.append_staged(
             writes,
-            NewEvent::message(kind, Some(WHOLE_LEDGER.to_owned()), &whole),
+            match m.member {
+                Some(member) => whole.about(member),
+                None => whole,
+            },
         );
         Ok(Some(transaction))
     }

@@ -88,6 +88,38 @@ impl<E: From<KitError> + ServiceError> Mutations<E> {
         .await?)
     }
 
+    /// Runs `handle` — a mutation's checks, then the mutation — as a retry must see it: a
+    /// refusal the checks drew from the world as it is now (a consent since withdrawn, a
+    /// benefit since paused, a member since erased at another partner, identity unreachable)
+    /// gives way to the stored reply when the call repeats one that was answered — the client
+    /// that lost the first reply learns what happened, not that it did not. A reply purged by an
+    /// erasure answers NOT_FOUND / MEMBER_ERASED. Costs one read, on refusals only.
+    pub async fn replayable<Req, Resp>(
+        &self,
+        call: &Call,
+        request_id: &str,
+        request: &Req,
+        handle: impl Future<Output = Result<Resp, E>>,
+    ) -> Result<Resp, E>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
+        let refusal = match handle.await {
+            Ok(reply) => return Ok(reply),
+            Err(e) => e,
+        };
+        if request_id.is_empty() {
+            return Err(refusal);
+        }
+        match self.stored(call, request_id, request).await {
+            Ok(Some(reply)) => Ok(reply),
+            Err(purged) if purged.reason() == KitError::SubjectErased.reason() => Err(purged),
+            // Never answered (or answered to another request, or the read failed): the refusal.
+            _ => Err(refusal),
+        }
+    }
+
     /// Concurrent mutations share transactions and commits ([`crate::group`]): for a hot write
     /// path (enrolment, claims, orders). Each caller still hears back only after the commit
     /// that holds its write.

@@ -287,25 +287,31 @@ impl Api {
             .await?;
         t.benefit.same_currency(&paid)?;
         self.mutations
-            .run_writing(call, &r.request_id, r, async |txn, writes| {
-                let now = now_millis();
-                fresh(txn, &t.benefit.id).await?.open(now)?;
-                self.writable_account(txn, &t, now).await?;
-                let bonus = t.benefit.top_up_bonus(&paid);
-                let added = paid
-                    .minor_units()
-                    .checked_add(bonus)
-                    .ok_or_else(|| KitError::invalid("amount", "too large"))?;
-                if !store::add(txn, &t.benefit.id, t.mesh.as_str(), added).await? {
-                    return Err(closed());
-                }
-                let postings = t
-                    .benefit
-                    .top_up_postings(&t.me, t.mesh.as_str(), &paid, bonus);
-                self.post(txn, writes, t.movement("TOP_UP"), &postings, now)
-                    .await?;
-                self.balance_now(txn, &t, now).await
-            })
+            .run_writing_about(
+                call,
+                &r.request_id,
+                r,
+                t.mesh.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    fresh(txn, &t.benefit.id).await?.open(now)?;
+                    self.writable_account(txn, &t, now).await?;
+                    let bonus = t.benefit.top_up_bonus(&paid);
+                    let added = paid
+                        .minor_units()
+                        .checked_add(bonus)
+                        .ok_or_else(|| KitError::invalid("amount", "too large"))?;
+                    if !store::add(txn, &t.benefit.id, t.mesh.as_str(), added).await? {
+                        return Err(closed());
+                    }
+                    let postings = t
+                        .benefit
+                        .top_up_postings(&t.me, t.mesh.as_str(), &paid, bonus);
+                    self.post(txn, writes, t.movement("TOP_UP"), &postings, now)
+                        .await?;
+                    self.balance_now(txn, &t, now).await
+                },
+            )
             .await
     }
 
@@ -332,34 +338,41 @@ impl Api {
             .target(call, &r.member, &r.benefit, Some(BalanceKind::Points), true)
             .await?;
         self.mutations
-            .run_writing(call, &r.request_id, r, async |txn, writes| {
-                let now = now_millis();
-                fresh(txn, &t.benefit.id).await?.open(now)?;
-                self.writable_account(txn, &t, now).await?;
-                let lot = LotRow {
-                    id: uuid::Uuid::now_v7().simple().to_string(),
-                    benefit_id: t.benefit.id.clone(),
-                    member: t.mesh.to_string(),
-                    partner_id: t.me.to_string(),
-                    points,
-                    release_at: now + i64::from(days) * DAY_MILLIS,
-                    state: if days == 0 {
-                        LotState::Released
-                    } else {
-                        LotState::Pending
-                    },
-                    order_reference: r.order_reference.clone(),
-                    created_at: now,
-                };
-                store::insert_lot(txn, &lot).await?;
-                if days == 0 && !store::add(txn, &t.benefit.id, t.mesh.as_str(), points).await? {
-                    return Err(closed());
-                }
-                let postings = t.benefit.points_earned_postings(t.mesh.as_str(), points);
-                self.post(txn, writes, t.movement("POINTS_EARNED"), &postings, now)
-                    .await?;
-                Ok(earning_proto(&t.scoped, &lot, now))
-            })
+            .run_writing_about(
+                call,
+                &r.request_id,
+                r,
+                t.mesh.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    fresh(txn, &t.benefit.id).await?.open(now)?;
+                    self.writable_account(txn, &t, now).await?;
+                    let lot = LotRow {
+                        id: uuid::Uuid::now_v7().simple().to_string(),
+                        benefit_id: t.benefit.id.clone(),
+                        member: t.mesh.to_string(),
+                        partner_id: t.me.to_string(),
+                        points,
+                        release_at: now + i64::from(days) * DAY_MILLIS,
+                        state: if days == 0 {
+                            LotState::Released
+                        } else {
+                            LotState::Pending
+                        },
+                        order_reference: r.order_reference.clone(),
+                        created_at: now,
+                    };
+                    store::insert_lot(txn, &lot).await?;
+                    if days == 0 && !store::add(txn, &t.benefit.id, t.mesh.as_str(), points).await?
+                    {
+                        return Err(closed());
+                    }
+                    let postings = t.benefit.points_earned_postings(t.mesh.as_str(), points);
+                    self.post(txn, writes, t.movement("POINTS_EARNED"), &postings, now)
+                        .await?;
+                    Ok(earning_proto(&t.scoped, &lot, now))
+                },
+            )
             .await
     }
 
@@ -383,44 +396,50 @@ impl Api {
             .flatten()
             .ok_or(EntitlementsError::EarningNotFound)?;
         self.mutations
-            .run_writing(call, &r.request_id, r, async |txn, writes| {
-                let now = now_millis();
-                if !store::move_lot(txn, &lot.id, LotState::Reversed, None, Some(now)).await? {
-                    let current = store::lot(txn, &lot.id)
-                        .await?
-                        .ok_or(EntitlementsError::EarningNotFound)?;
-                    let state = match earning_state(&current, now) {
-                        pb::PointsEarningState::Reversed => "REVERSED",
-                        _ => "AVAILABLE",
-                    };
-                    return Err(KitError::WrongState(
-                        "EARNING_STATE",
-                        state,
-                        "only points still inside their return window are reversed".into(),
+            .run_writing_about(
+                call,
+                &r.request_id,
+                r,
+                lot.member.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    if !store::move_lot(txn, &lot.id, LotState::Reversed, None, Some(now)).await? {
+                        let current = store::lot(txn, &lot.id)
+                            .await?
+                            .ok_or(EntitlementsError::EarningNotFound)?;
+                        let state = match earning_state(&current, now) {
+                            pb::PointsEarningState::Reversed => "REVERSED",
+                            _ => "AVAILABLE",
+                        };
+                        return Err(KitError::WrongState(
+                            "EARNING_STATE",
+                            state,
+                            "only points still inside their return window are reversed".into(),
+                        )
+                        .into());
+                    }
+                    let benefit = fresh(txn, &lot.benefit_id).await?;
+                    let postings =
+                        domain::negated(&benefit.points_earned_postings(&lot.member, lot.points));
+                    self.post(
+                        txn,
+                        writes,
+                        Movement {
+                            kind: "POINTS_REVERSED",
+                            benefit: &benefit,
+                            redemption: None,
+                            member: Some(&lot.member),
+                            through: None,
+                        },
+                        &postings,
+                        now,
                     )
-                    .into());
-                }
-                let benefit = fresh(txn, &lot.benefit_id).await?;
-                let postings =
-                    domain::negated(&benefit.points_earned_postings(&lot.member, lot.points));
-                self.post(
-                    txn,
-                    writes,
-                    Movement {
-                        kind: "POINTS_REVERSED",
-                        benefit: &benefit,
-                        redemption: None,
-                        member: Some(&lot.member),
-                        through: None,
-                    },
-                    &postings,
-                    now,
-                )
-                .await?;
-                let mut row = lot.clone();
-                row.state = LotState::Reversed;
-                Ok(earning_proto(scoped.as_str(), &row, now))
-            })
+                    .await?;
+                    let mut row = lot.clone();
+                    row.state = LotState::Reversed;
+                    Ok(earning_proto(scoped.as_str(), &row, now))
+                },
+            )
             .await
     }
 
@@ -463,48 +482,54 @@ impl Api {
         }
         self.hot
             .keyed(t.mesh.as_str())
-            .run_writing(call, &r.request_id, r, async |txn, writes| {
-                let now = now_millis();
-                if t.kind == BalanceKind::Points {
-                    store::release_due(txn, &t.benefit.id, t.mesh.as_str(), now).await?;
-                }
-                if !store::add(txn, &t.benefit.id, t.mesh.as_str(), -spent).await? {
-                    return match store::account(txn, &t.benefit.id, t.mesh.as_str()).await? {
-                        Some(a) if a.closed => Err(closed()),
-                        _ => Err(insufficient()),
+            .run_writing_about(
+                call,
+                &r.request_id,
+                r,
+                t.mesh.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    if t.kind == BalanceKind::Points {
+                        store::release_due(txn, &t.benefit.id, t.mesh.as_str(), now).await?;
+                    }
+                    if !store::add(txn, &t.benefit.id, t.mesh.as_str(), -spent).await? {
+                        return match store::account(txn, &t.benefit.id, t.mesh.as_str()).await? {
+                            Some(a) if a.closed => Err(closed()),
+                            _ => Err(insufficient()),
+                        };
+                    }
+                    let points = if t.kind == BalanceKind::Points {
+                        spent
+                    } else {
+                        0
                     };
-                }
-                let points = if t.kind == BalanceKind::Points {
-                    spent
-                } else {
-                    0
-                };
-                let postings = t.benefit.spend_postings(
-                    t.kind,
-                    &t.me,
-                    t.mesh.as_str(),
-                    points,
-                    taken.as_ref(),
-                );
-                let entry = self
-                    .post(txn, writes, t.movement("BALANCE_SPEND"), &postings, now)
-                    .await?
-                    .unwrap_or_default();
-                let row = SpendRow {
-                    transaction_id: entry,
-                    benefit_id: t.benefit.id.clone(),
-                    member: t.mesh.to_string(),
-                    partner_id: t.me.to_string(),
-                    store_id: store_name.clone(),
-                    points,
-                    currency: taken.as_ref().map(|m| m.currency().to_owned()),
-                    amount: taken.as_ref().map_or(0, Money::minor_units),
-                    refunded: false,
-                    created_at: now,
-                };
-                store::insert_spend(txn, &row).await?;
-                Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))
-            })
+                    let postings = t.benefit.spend_postings(
+                        t.kind,
+                        &t.me,
+                        t.mesh.as_str(),
+                        points,
+                        taken.as_ref(),
+                    );
+                    let entry = self
+                        .post(txn, writes, t.movement("BALANCE_SPEND"), &postings, now)
+                        .await?
+                        .unwrap_or_default();
+                    let row = SpendRow {
+                        transaction_id: entry,
+                        benefit_id: t.benefit.id.clone(),
+                        member: t.mesh.to_string(),
+                        partner_id: t.me.to_string(),
+                        store_id: store_name.clone(),
+                        points,
+                        currency: taken.as_ref().map(|m| m.currency().to_owned()),
+                        amount: taken.as_ref().map_or(0, Money::minor_units),
+                        refunded: false,
+                        created_at: now,
+                    };
+                    store::insert_spend(txn, &row).await?;
+                    Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))
+                },
+            )
             .await
     }
 
@@ -538,40 +563,46 @@ impl Api {
             account: None,
         };
         self.mutations
-            .run_writing(call, &r.request_id, r, async |txn, writes| {
-                let now = now_millis();
-                if !store::refund_spend(txn, &spend.transaction_id).await? {
-                    return Err(KitError::Precondition(
-                        "ALREADY_REFUNDED",
-                        "this spend was already given back".into(),
-                    )
-                    .into());
-                }
-                let back = if t.kind == BalanceKind::Points {
-                    spend.points
-                } else {
-                    spend.amount
-                };
-                if !store::add(txn, &t.benefit.id, t.mesh.as_str(), back).await? {
-                    return Err(closed());
-                }
-                let taken = match &spend.currency {
-                    Some(c) => Some(Money::new(c, spend.amount).map_err(KitError::Internal)?),
-                    None => None,
-                };
-                let postings = domain::negated(&t.benefit.spend_postings(
-                    t.kind,
-                    &t.me,
-                    t.mesh.as_str(),
-                    spend.points,
-                    taken.as_ref(),
-                ));
-                self.post(txn, writes, t.movement("BALANCE_REFUND"), &postings, now)
-                    .await?;
-                let mut row = spend.clone();
-                row.refunded = true;
-                Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))
-            })
+            .run_writing_about(
+                call,
+                &r.request_id,
+                r,
+                t.mesh.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    if !store::refund_spend(txn, &spend.transaction_id).await? {
+                        return Err(KitError::Precondition(
+                            "ALREADY_REFUNDED",
+                            "this spend was already given back".into(),
+                        )
+                        .into());
+                    }
+                    let back = if t.kind == BalanceKind::Points {
+                        spend.points
+                    } else {
+                        spend.amount
+                    };
+                    if !store::add(txn, &t.benefit.id, t.mesh.as_str(), back).await? {
+                        return Err(closed());
+                    }
+                    let taken = match &spend.currency {
+                        Some(c) => Some(Money::new(c, spend.amount).map_err(KitError::Internal)?),
+                        None => None,
+                    };
+                    let postings = domain::negated(&t.benefit.spend_postings(
+                        t.kind,
+                        &t.me,
+                        t.mesh.as_str(),
+                        spend.points,
+                        taken.as_ref(),
+                    ));
+                    self.post(txn, writes, t.movement("BALANCE_REFUND"), &postings, now)
+                        .await?;
+                    let mut row = spend.clone();
+                    row.refunded = true;
+                    Ok(spend_proto(&row, self.balance_now(txn, &t, now).await?))
+                },
+            )
             .await
     }
 }

@@ -202,102 +202,111 @@ impl Api {
         // The benefit's lane: a refund may give money budget back to its row.
         self.hot
             .keyed(&item.benefit_id)
-            .run_writing(call, request_id, request, async |txn, writes| {
-                let now = now_millis();
-                let current = store::redemption(txn, &id)
-                    .await?
-                    .ok_or(EntitlementsError::RedemptionNotFound)?;
-                if current.state != RedemptionState::Confirmed {
-                    return Err(KitError::WrongState(
-                        "REDEMPTION_STATE",
-                        state_name(&current),
-                        "only a CONFIRMED redemption is refunded".into(),
-                    )
-                    .into());
-                }
-                let left = current.order_minor_units - current.refunded_minor_units;
-                let now_refunded = match &asked {
-                    None => left,
-                    Some(m) if m.currency() != current.currency => {
-                        return Err(KitError::Precondition(
-                            "CURRENCY_MISMATCH",
-                            format!("the order was paid in {}", current.currency),
+            .run_writing_about(
+                call,
+                request_id,
+                request,
+                item.member.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    let current = store::redemption(txn, &id)
+                        .await?
+                        .ok_or(EntitlementsError::RedemptionNotFound)?;
+                    if current.state != RedemptionState::Confirmed {
+                        return Err(KitError::WrongState(
+                            "REDEMPTION_STATE",
+                            state_name(&current),
+                            "only a CONFIRMED redemption is refunded".into(),
                         )
                         .into());
                     }
-                    Some(m) if m.minor_units() > left => {
-                        return Err(KitError::Precondition(
-                            "REFUND_EXCEEDS_ORDER",
-                            format!("at most {left} minor units of the order are left to refund"),
+                    let left = current.order_minor_units - current.refunded_minor_units;
+                    let now_refunded = match &asked {
+                        None => left,
+                        Some(m) if m.currency() != current.currency => {
+                            return Err(KitError::Precondition(
+                                "CURRENCY_MISMATCH",
+                                format!("the order was paid in {}", current.currency),
+                            )
+                            .into());
+                        }
+                        Some(m) if m.minor_units() > left => {
+                            return Err(KitError::Precondition(
+                                "REFUND_EXCEEDS_ORDER",
+                                format!(
+                                    "at most {left} minor units of the order are left to refund"
+                                ),
+                            )
+                            .into());
+                        }
+                        Some(m) => m.minor_units(),
+                    };
+                    let after = current.refunded_minor_units + now_refunded;
+                    let full = after == current.order_minor_units;
+                    if !store::record_refund(txn, &id, current.refunded_minor_units, after, full)
+                        .await?
+                    {
+                        return Err(KitError::Storage(
+                            lianyu_kit::storage::StorageError::Conflict(
+                                "refunded concurrently".into(),
+                            ),
                         )
                         .into());
                     }
-                    Some(m) => m.minor_units(),
-                };
-                let after = current.refunded_minor_units + now_refunded;
-                let full = after == current.order_minor_units;
-                if !store::record_refund(txn, &id, current.refunded_minor_units, after, full)
-                    .await?
-                {
-                    return Err(
-                        KitError::Storage(lianyu_kit::storage::StorageError::Conflict(
-                            "refunded concurrently".into(),
-                        ))
-                        .into(),
-                    );
-                }
-                if full {
-                    store::move_item(
+                    if full {
+                        store::move_item(
+                            txn,
+                            &item.id,
+                            ItemState::Redeemed,
+                            ItemState::Refunded,
+                            None,
+                        )
+                        .await?;
+                    }
+                    // The discount refunded up to a refunded order amount, and the funder's part
+                    // of it: both cumulative, so the parts of any sequence of refunds add up to
+                    // exactly what the redemption posted.
+                    let upto = |refunded: i64| {
+                        crate::domain::refund_share(
+                            current.discount_minor_units,
+                            current.order_minor_units,
+                            0,
+                            refunded,
+                        )
+                    };
+                    let (was, is) = (upto(current.refunded_minor_units), upto(after));
+                    let benefit = store::benefit_by_id(txn, &item.benefit_id)
+                        .await?
+                        .ok_or(EntitlementsError::RedemptionNotFound)?;
+                    let funder_share = benefit.funder_part(&me, is) - benefit.funder_part(&me, was);
+                    if current.budget_spent > 0 {
+                        store::return_budget(txn, &benefit.id, funder_share).await?;
+                    }
+                    let share =
+                        Money::new(&current.currency, is - was).map_err(KitError::Internal)?;
+                    let postings = benefit.refund_postings(&me, &share, funder_share);
+                    self.post(
                         txn,
-                        &item.id,
-                        ItemState::Redeemed,
-                        ItemState::Refunded,
-                        None,
+                        writes,
+                        Movement {
+                            kind: "REFUND",
+                            benefit: &benefit,
+                            redemption: Some(&id),
+                            member: Some(&item.member),
+                            through: Some(&me),
+                        },
+                        &postings,
+                        now,
                     )
                     .await?;
-                }
-                // The discount refunded up to a refunded order amount, and the funder's part
-                // of it: both cumulative, so the parts of any sequence of refunds add up to
-                // exactly what the redemption posted.
-                let upto = |refunded: i64| {
-                    crate::domain::refund_share(
-                        current.discount_minor_units,
-                        current.order_minor_units,
-                        0,
-                        refunded,
-                    )
-                };
-                let (was, is) = (upto(current.refunded_minor_units), upto(after));
-                let benefit = store::benefit_by_id(txn, &item.benefit_id)
-                    .await?
-                    .ok_or(EntitlementsError::RedemptionNotFound)?;
-                let funder_share = benefit.funder_part(&me, is) - benefit.funder_part(&me, was);
-                if current.budget_spent > 0 {
-                    store::return_budget(txn, &benefit.id, funder_share).await?;
-                }
-                let share = Money::new(&current.currency, is - was).map_err(KitError::Internal)?;
-                let postings = benefit.refund_postings(&me, &share, funder_share);
-                self.post(
-                    txn,
-                    writes,
-                    Movement {
-                        kind: "REFUND",
-                        benefit: &benefit,
-                        redemption: Some(&id),
-                        member: Some(&item.member),
-                        through: Some(&me),
-                    },
-                    &postings,
-                    now,
-                )
-                .await?;
-                let mut row = current;
-                row.refunded_minor_units = after;
-                if full {
-                    row.state = RedemptionState::Refunded;
-                }
-                Ok(redemption_proto(scoped.as_str(), &row))
-            })
+                    let mut row = current;
+                    row.refunded_minor_units = after;
+                    if full {
+                        row.state = RedemptionState::Refunded;
+                    }
+                    Ok(redemption_proto(scoped.as_str(), &row))
+                },
+            )
             .await
     }
 
@@ -351,71 +360,78 @@ impl Api {
         };
         self.hot
             .keyed(lane)
-            .run_writing(call, request_id, request, async |txn, writes| {
-                let now = now_millis();
-                let to = if hold.is_some() {
-                    ItemState::Reserved
-                } else {
-                    ItemState::Redeemed
-                };
-                if !group.is_empty()
-                    && store::stacked(txn, me.as_str(), t.order_reference, group)
-                        .await?
-                        .is_some()
-                {
-                    return Err(KitError::Precondition(
-                        "STACKING_CONFLICT",
-                        format!("the order already has a benefit of stacking group {group}"),
-                    )
-                    .into());
-                }
-                if !store::move_item(txn, &item.id, ItemState::Available, to, Some(now)).await? {
-                    let current = store::item(txn, &item.id)
-                        .await?
-                        .ok_or(EntitlementsError::WalletItemNotFound)?;
-                    return Err(unavailable(&current, now));
-                }
-                let row = RedemptionRow {
-                    id: uuid::Uuid::now_v7().simple().to_string(),
-                    item_id: item.id.clone(),
-                    partner_id: me.to_string(),
-                    store_id: t.store.clone(),
-                    currency: t.order.currency().to_owned(),
-                    order_minor_units: t.order.minor_units(),
-                    discount_minor_units: discount.minor_units(),
-                    budget_spent: 0,
-                    refunded_minor_units: 0,
-                    state: if hold.is_some() {
-                        RedemptionState::Reserved
+            .run_writing_about(
+                call,
+                request_id,
+                request,
+                mesh.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    let to = if hold.is_some() {
+                        ItemState::Reserved
                     } else {
-                        RedemptionState::Confirmed
-                    },
-                    hold_until: hold.map_or(now, |s| now + i64::from(s) * 1000),
-                    created_at: now,
-                };
-                let mut row = row;
-                if benefit.budget_value.is_some() {
-                    // The funder's part of the discount comes out of the money budget.
-                    let part = benefit.funder_part(&me, discount.minor_units());
-                    if !store::spend_budget(txn, &benefit.id, part).await? {
+                        ItemState::Redeemed
+                    };
+                    if !group.is_empty()
+                        && store::stacked(txn, me.as_str(), t.order_reference, group)
+                            .await?
+                            .is_some()
+                    {
                         return Err(KitError::Precondition(
-                            "BUDGET_EXHAUSTED",
-                            "this discount would pass the benefit's money budget".into(),
+                            "STACKING_CONFLICT",
+                            format!("the order already has a benefit of stacking group {group}"),
                         )
                         .into());
                     }
-                    row.budget_spent = part;
-                }
-                store::insert_redemption(txn, &row).await?;
-                if !group.is_empty() {
-                    store::stack(txn, me.as_str(), t.order_reference, group, &row.id).await?;
-                }
-                if hold.is_none() {
-                    self.post_redemption(txn, writes, &benefit, &row, &item.member, now)
-                        .await?;
-                }
-                Ok(redemption_proto(t.scoped, &row))
-            })
+                    if !store::move_item(txn, &item.id, ItemState::Available, to, Some(now)).await?
+                    {
+                        let current = store::item(txn, &item.id)
+                            .await?
+                            .ok_or(EntitlementsError::WalletItemNotFound)?;
+                        return Err(unavailable(&current, now));
+                    }
+                    let row = RedemptionRow {
+                        id: uuid::Uuid::now_v7().simple().to_string(),
+                        item_id: item.id.clone(),
+                        partner_id: me.to_string(),
+                        store_id: t.store.clone(),
+                        currency: t.order.currency().to_owned(),
+                        order_minor_units: t.order.minor_units(),
+                        discount_minor_units: discount.minor_units(),
+                        budget_spent: 0,
+                        refunded_minor_units: 0,
+                        state: if hold.is_some() {
+                            RedemptionState::Reserved
+                        } else {
+                            RedemptionState::Confirmed
+                        },
+                        hold_until: hold.map_or(now, |s| now + i64::from(s) * 1000),
+                        created_at: now,
+                    };
+                    let mut row = row;
+                    if benefit.budget_value.is_some() {
+                        // The funder's part of the discount comes out of the money budget.
+                        let part = benefit.funder_part(&me, discount.minor_units());
+                        if !store::spend_budget(txn, &benefit.id, part).await? {
+                            return Err(KitError::Precondition(
+                                "BUDGET_EXHAUSTED",
+                                "this discount would pass the benefit's money budget".into(),
+                            )
+                            .into());
+                        }
+                        row.budget_spent = part;
+                    }
+                    store::insert_redemption(txn, &row).await?;
+                    if !group.is_empty() {
+                        store::stack(txn, me.as_str(), t.order_reference, group, &row.id).await?;
+                    }
+                    if hold.is_none() {
+                        self.post_redemption(txn, writes, &benefit, &row, &item.member, now)
+                            .await?;
+                    }
+                    Ok(redemption_proto(t.scoped, &row))
+                },
+            )
             .await
     }
 
@@ -440,45 +456,52 @@ impl Api {
         };
         self.hot
             .keyed(lane)
-            .run_writing(call, request_id, request, async |txn, writes| {
-                let now = now_millis();
-                let current = store::redemption(txn, id)
-                    .await?
-                    .ok_or(EntitlementsError::RedemptionNotFound)?;
-                if current.state != RedemptionState::Reserved {
-                    return Err(wrong_state(&current).into());
-                }
-                if to == RedemptionState::Confirmed && current.hold_until <= now {
-                    return Err(KitError::Precondition(
-                        "HOLD_EXPIRED",
-                        "the reservation's hold has expired; reserve again".into(),
-                    )
-                    .into());
-                }
-                let before = (to == RedemptionState::Confirmed).then_some(now);
-                if !store::end_hold(txn, id, to, before).await? {
-                    let now_state = store::redemption(txn, id)
+            .run_writing_about(
+                call,
+                request_id,
+                request,
+                item.member.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    let current = store::redemption(txn, id)
                         .await?
                         .ok_or(EntitlementsError::RedemptionNotFound)?;
-                    return Err(wrong_state(&now_state).into());
-                }
-                let item_to = if to == RedemptionState::Confirmed {
-                    ItemState::Redeemed
-                } else {
-                    ItemState::Available
-                };
-                store::move_item(txn, &current.item_id, ItemState::Reserved, item_to, None).await?;
-                if to == RedemptionState::Confirmed {
-                    let benefit = store::benefit_by_id(txn, &item.benefit_id)
-                        .await?
-                        .ok_or(EntitlementsError::RedemptionNotFound)?;
-                    self.post_redemption(txn, writes, &benefit, &current, &item.member, now)
+                    if current.state != RedemptionState::Reserved {
+                        return Err(wrong_state(&current).into());
+                    }
+                    if to == RedemptionState::Confirmed && current.hold_until <= now {
+                        return Err(KitError::Precondition(
+                            "HOLD_EXPIRED",
+                            "the reservation's hold has expired; reserve again".into(),
+                        )
+                        .into());
+                    }
+                    let before = (to == RedemptionState::Confirmed).then_some(now);
+                    if !store::end_hold(txn, id, to, before).await? {
+                        let now_state = store::redemption(txn, id)
+                            .await?
+                            .ok_or(EntitlementsError::RedemptionNotFound)?;
+                        return Err(wrong_state(&now_state).into());
+                    }
+                    let item_to = if to == RedemptionState::Confirmed {
+                        ItemState::Redeemed
+                    } else {
+                        ItemState::Available
+                    };
+                    store::move_item(txn, &current.item_id, ItemState::Reserved, item_to, None)
                         .await?;
-                }
-                let mut row = current;
-                row.state = to;
-                Ok(redemption_proto(scoped.as_str(), &row))
-            })
+                    if to == RedemptionState::Confirmed {
+                        let benefit = store::benefit_by_id(txn, &item.benefit_id)
+                            .await?
+                            .ok_or(EntitlementsError::RedemptionNotFound)?;
+                        self.post_redemption(txn, writes, &benefit, &current, &item.member, now)
+                            .await?;
+                    }
+                    let mut row = current;
+                    row.state = to;
+                    Ok(redemption_proto(scoped.as_str(), &row))
+                },
+            )
             .await
     }
 }
@@ -633,21 +656,27 @@ impl pb::redemption_service_server::RedemptionService for Api {
         request: Request<pb::ReserveRedemptionRequest>,
     ) -> Result<Response<pb::Redemption>, Status> {
         unary(request, async |call, r| {
-            let hold = match r.hold_seconds {
-                0 => DEFAULT_HOLD_SECONDS,
-                s if (1..=MAX_HOLD_SECONDS).contains(&s) => s,
-                _ => {
-                    return Err(KitError::invalid("hold_seconds", "1 to 3600 (0: 300)").into());
-                }
-            };
-            let t = till(
-                &call,
-                &r.wallet_item,
-                &r.store,
-                r.order_amount.as_ref(),
-                (&r.category, &r.order_reference),
-            )?;
-            self.take_at_till(&call, &r.request_id, &r, t, Some(hold))
+            self.hot
+                .replayable(&call, &r.request_id, &r, async {
+                    let hold = match r.hold_seconds {
+                        0 => DEFAULT_HOLD_SECONDS,
+                        s if (1..=MAX_HOLD_SECONDS).contains(&s) => s,
+                        _ => {
+                            return Err(
+                                KitError::invalid("hold_seconds", "1 to 3600 (0: 300)").into()
+                            );
+                        }
+                    };
+                    let t = till(
+                        &call,
+                        &r.wallet_item,
+                        &r.store,
+                        r.order_amount.as_ref(),
+                        (&r.category, &r.order_reference),
+                    )?;
+                    self.take_at_till(&call, &r.request_id, &r, t, Some(hold))
+                        .await
+                })
                 .await
         })
         .await
@@ -658,14 +687,18 @@ impl pb::redemption_service_server::RedemptionService for Api {
         request: Request<pb::RedeemRequest>,
     ) -> Result<Response<pb::Redemption>, Status> {
         unary(request, async |call, r| {
-            let t = till(
-                &call,
-                &r.wallet_item,
-                &r.store,
-                r.order_amount.as_ref(),
-                (&r.category, &r.order_reference),
-            )?;
-            self.take_at_till(&call, &r.request_id, &r, t, None).await
+            self.hot
+                .replayable(&call, &r.request_id, &r, async {
+                    let t = till(
+                        &call,
+                        &r.wallet_item,
+                        &r.store,
+                        r.order_amount.as_ref(),
+                        (&r.category, &r.order_reference),
+                    )?;
+                    self.take_at_till(&call, &r.request_id, &r, t, None).await
+                })
+                .await
         })
         .await
     }
@@ -675,14 +708,18 @@ impl pb::redemption_service_server::RedemptionService for Api {
         request: Request<pb::ConfirmRedemptionRequest>,
     ) -> Result<Response<pb::Redemption>, Status> {
         unary(request, async |call, r| {
-            self.end_reservation(
-                &call,
-                &r.request_id,
-                &r,
-                &r.name,
-                RedemptionState::Confirmed,
-            )
-            .await
+            self.hot
+                .replayable(&call, &r.request_id, &r, async {
+                    self.end_reservation(
+                        &call,
+                        &r.request_id,
+                        &r,
+                        &r.name,
+                        RedemptionState::Confirmed,
+                    )
+                    .await
+                })
+                .await
         })
         .await
     }
@@ -692,7 +729,11 @@ impl pb::redemption_service_server::RedemptionService for Api {
         request: Request<pb::RefundRedemptionRequest>,
     ) -> Result<Response<pb::Redemption>, Status> {
         unary(request, async |call, r| {
-            self.refund(&call, &r.request_id, &r, &r.name, r.amount.as_ref())
+            self.hot
+                .replayable(&call, &r.request_id, &r, async {
+                    self.refund(&call, &r.request_id, &r, &r.name, r.amount.as_ref())
+                        .await
+                })
                 .await
         })
         .await
@@ -702,7 +743,12 @@ impl pb::redemption_service_server::RedemptionService for Api {
         &self,
         request: Request<pb::SpendBalanceRequest>,
     ) -> Result<Response<pb::BalanceSpend>, Status> {
-        unary(request, async |call, r| self.spend_balance(&call, &r).await).await
+        unary(request, async |call, r| {
+            self.hot
+                .replayable(&call, &r.request_id, &r, self.spend_balance(&call, &r))
+                .await
+        })
+        .await
     }
 
     async fn refund_balance_spend(
@@ -710,7 +756,11 @@ impl pb::redemption_service_server::RedemptionService for Api {
         request: Request<pb::RefundBalanceSpendRequest>,
     ) -> Result<Response<pb::BalanceSpend>, Status> {
         unary(request, async |call, r| {
-            self.refund_balance_spend(&call, &r).await
+            self.hot
+                .replayable(&call, &r.request_id, &r, async {
+                    self.refund_balance_spend(&call, &r).await
+                })
+                .await
         })
         .await
     }
@@ -720,14 +770,18 @@ impl pb::redemption_service_server::RedemptionService for Api {
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::Redemption>, Status> {
         unary(request, async |call, r| {
-            self.end_reservation(
-                &call,
-                &r.request_id,
-                &r,
-                &r.name,
-                RedemptionState::Cancelled,
-            )
-            .await
+            self.hot
+                .replayable(&call, &r.request_id, &r, async {
+                    self.end_reservation(
+                        &call,
+                        &r.request_id,
+                        &r,
+                        &r.name,
+                        RedemptionState::Cancelled,
+                    )
+                    .await
+                })
+                .await
         })
         .await
     }

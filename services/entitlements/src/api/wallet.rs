@@ -63,31 +63,35 @@ impl Api {
         request: &impl prost::Message,
         (member_name, benefit_name, claim_code): (&str, &str, Option<&str>),
     ) -> Result<pb::WalletItem, EntitlementsError> {
-        let scoped = member(member_name, "member")?;
-        let me = PartnerId::new(call.partner_id());
-        if route == Route::Claim {
-            return self
-                .claim(
-                    call,
-                    request_id,
-                    request,
-                    (scoped, benefit_name, claim_code),
-                )
-                .await;
-        }
-        let benefit = self
-            .party_benefit_now(me.as_str(), benefit_name, "benefit")
-            .await?;
-        self.give_unit(
-            call,
-            route,
-            request_id,
-            request,
-            (scoped, claim_code),
-            &benefit,
-        )
-        .await
-        .map(|(item, _)| item)
+        let give = async {
+            let scoped = member(member_name, "member")?;
+            let me = PartnerId::new(call.partner_id());
+            if route == Route::Claim {
+                return self
+                    .claim(
+                        call,
+                        request_id,
+                        request,
+                        (scoped, benefit_name, claim_code),
+                    )
+                    .await;
+            }
+            let benefit = self
+                .party_benefit_now(me.as_str(), benefit_name, "benefit")
+                .await?;
+            self.give_unit(
+                call,
+                route,
+                request_id,
+                request,
+                (scoped, claim_code),
+                &benefit,
+            )
+            .await
+            .map(|(item, _)| item)
+        };
+        // A retry of a grant or claim that was answered gets its unit, whatever changed since.
+        self.hot.replayable(call, request_id, request, give).await
     }
 
     /// A claim through the drop gate: a permit first (none left: BUDGET_EXHAUSTED at once,
@@ -113,11 +117,9 @@ impl Api {
             return Err(EntitlementsError::BenefitNotFound);
         }
         let Some(permit) = gate.enter().await else {
-            // The rush after the last unit: no directory, no write.
-            return match self.hot.stored(call, request_id, request).await? {
-                Some(item) => Ok(item),
-                None => Err(exhausted()),
-            };
+            // The rush after the last unit: no directory, no write (a replay of a claim that
+            // won gets its unit from `give`).
+            return Err(exhausted());
         };
         let result = self
             .give_unit(
@@ -189,44 +191,50 @@ impl Api {
         let item = self
             .hot
             .keyed(&benefit.id)
-            .run_writing(call, request_id, request, async |txn, writes| {
-                let now = now_millis();
-                let id = uuid::Uuid::now_v7().simple().to_string();
-                id.clone_into(&mut made.lock().unwrap_or_else(|p| p.into_inner()));
-                let row = ItemRow {
-                    id,
-                    benefit_id: benefit.id.clone(),
-                    member: mesh.to_string(),
-                    holder: me.to_string(),
-                    state: ItemState::Available,
-                    granted_at: now,
-                    expires_at: benefit.expiry(now),
-                    claim_code: claim_code.filter(|c| !c.is_empty()).map(str::to_owned),
-                };
-                if !store::take_and_store_unit(txn, &row).await? {
-                    return Err(self.why_not_taken(txn, benefit).await);
-                }
-                self.post(
-                    txn,
-                    writes,
-                    Movement {
-                        kind: "GRANT",
-                        benefit,
-                        redemption: None,
-                        member: Some(mesh.as_str()),
-                        through: Some(&me),
-                    },
-                    &benefit.grant_postings(),
-                    now,
-                )
-                .await?;
-                // The postings (and the stored reply) may wait for the batch's commit: nothing
-                // in a transaction reads the postings it posts, and the unit and the member's
-                // holding, which the next claim does read, were written above. On SQLite's one
-                // writer a drop's winners then cost one trip each under the batch's lock.
-                writes.deferrable();
-                Ok(item_proto(scoped, &row, now))
-            })
+            .run_writing_about(
+                call,
+                request_id,
+                request,
+                mesh.as_str(),
+                async |txn, writes| {
+                    let now = now_millis();
+                    let id = uuid::Uuid::now_v7().simple().to_string();
+                    id.clone_into(&mut made.lock().unwrap_or_else(|p| p.into_inner()));
+                    let row = ItemRow {
+                        id,
+                        benefit_id: benefit.id.clone(),
+                        member: mesh.to_string(),
+                        holder: me.to_string(),
+                        state: ItemState::Available,
+                        granted_at: now,
+                        expires_at: benefit.expiry(now),
+                        claim_code: claim_code.filter(|c| !c.is_empty()).map(str::to_owned),
+                    };
+                    if !store::take_and_store_unit(txn, &row).await? {
+                        return Err(self.why_not_taken(txn, benefit).await);
+                    }
+                    self.post(
+                        txn,
+                        writes,
+                        Movement {
+                            kind: "GRANT",
+                            benefit,
+                            redemption: None,
+                            member: Some(mesh.as_str()),
+                            through: Some(&me),
+                        },
+                        &benefit.grant_postings(),
+                        now,
+                    )
+                    .await?;
+                    // The postings (and the stored reply) may wait for the batch's commit: nothing
+                    // in a transaction reads the postings it posts, and the unit and the member's
+                    // holding, which the next claim does read, were written above. On SQLite's one
+                    // writer a drop's winners then cost one trip each under the batch's lock.
+                    writes.deferrable();
+                    Ok(item_proto(scoped, &row, now))
+                },
+            )
             .await?;
         let made = made.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = !made.is_empty() && item.name.ends_with(&format!("/walletItems/{made}"));
@@ -319,14 +327,24 @@ impl pb::wallet_service_server::WalletService for Api {
         &self,
         request: Request<pb::TopUpRequest>,
     ) -> Result<Response<pb::Balance>, Status> {
-        unary(request, async |call, r| self.top_up(&call, &r).await).await
+        unary(request, async |call, r| {
+            self.hot
+                .replayable(&call, &r.request_id, &r, self.top_up(&call, &r))
+                .await
+        })
+        .await
     }
 
     async fn earn_points(
         &self,
         request: Request<pb::EarnPointsRequest>,
     ) -> Result<Response<pb::PointsEarning>, Status> {
-        unary(request, async |call, r| self.earn_points(&call, &r).await).await
+        unary(request, async |call, r| {
+            self.hot
+                .replayable(&call, &r.request_id, &r, self.earn_points(&call, &r))
+                .await
+        })
+        .await
     }
 
     async fn reverse_points(
@@ -334,7 +352,11 @@ impl pb::wallet_service_server::WalletService for Api {
         request: Request<pb::ReversePointsRequest>,
     ) -> Result<Response<pb::PointsEarning>, Status> {
         unary(request, async |call, r| {
-            self.reverse_points(&call, &r).await
+            self.hot
+                .replayable(&call, &r.request_id, &r, async {
+                    self.reverse_points(&call, &r).await
+                })
+                .await
         })
         .await
     }
