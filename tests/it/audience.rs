@@ -1051,6 +1051,43 @@ async fn quiet_hours_and_a_lowered_cap_apply_to_every_request_after_them_during_
     }
 }
 
+/// A contact request retried after its campaign ended gets what its first call got — the
+/// contact it holds — not CAMPAIGN_STATE (the sender that lost the reply must not message the
+/// member a second time on a fresh request); a new request is refused and holds nothing.
+#[tokio::test]
+async fn a_contact_request_retried_after_its_campaign_ended_gets_its_first_answer() {
+    let s = mesh("aud_contact_retry").await;
+    let campaign = running_campaign(&s, MALL, BRAND).await;
+    let member = enrol(&s, BRAND, "13400000051").await;
+    let ask = |id: &str| {
+        let mut c = contacts(&s, &s.token(BRAND));
+        let request = pb::RequestContactRequest {
+            request_id: id.into(),
+            member: member.clone(),
+            campaign: campaign.name.clone(),
+            channel: pb::ContactChannel::Sms as i32,
+        };
+        async move { c.request_contact(request).await }
+    };
+    let first = ask("r1").await.unwrap().into_inner();
+    assert_eq!(first.decision, pb::ContactDecision::Allowed as i32);
+    CampaignServiceClient::new(s.as_token(&s.token(MALL)))
+        .end_campaign(pb::EndCampaignRequest {
+            request_id: "end".into(),
+            name: campaign.name.clone(),
+        })
+        .await
+        .unwrap();
+    let held = rows(&s, "comarketing", "contacts").await;
+    assert_eq!(ask("r1").await.unwrap().into_inner(), first);
+    let e = ask("r2").await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "CAMPAIGN_STATE")
+    );
+    assert_eq!(rows(&s, "comarketing", "contacts").await, held);
+}
+
 #[tokio::test]
 async fn contacts_respect_channels_quiet_hours_and_the_operators_policy() {
     let s = mesh("aud_contact_rules").await;

@@ -919,7 +919,11 @@ async fn an_erasure_leaves_the_member_in_no_live_feed_event_it_covers() {
         .place_order(buy_product(&session.name, &product.name, &at_brand, "b1"))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "MEMBER_ERASED"),
+        "{e:?}"
+    );
     let again = orders(&s, &s.token(MALL))
         .place_order(buy_product(&session.name, &product.name, &at_mall, "m1"))
         .await

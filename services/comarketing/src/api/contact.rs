@@ -120,130 +120,141 @@ impl pb::contact_service_server::ContactService for Api {
                 v.add("channel", "required: a contact channel");
             }
             v.finish()?;
-            let campaign = if r.campaign.is_empty() {
-                None
-            } else {
-                let c = self.campaign(&call, &r.campaign, "campaign").await?;
-                if c.state != CampaignState::Running {
-                    return Err(c
-                        .state
-                        .refuse("contacts count only while the campaign is RUNNING")
-                        .into());
+            let decide = async {
+                let campaign = if r.campaign.is_empty() {
+                    None
+                } else {
+                    let c = self.campaign(&call, &r.campaign, "campaign").await?;
+                    if c.state != CampaignState::Running {
+                        return Err(c
+                            .state
+                            .refuse("contacts count only while the campaign is RUNNING")
+                            .into());
+                    }
+                    Some(c)
+                };
+                let policy_name = campaign
+                    .as_ref()
+                    .filter(|c| !c.alliance.is_empty())
+                    .map_or("default".to_owned(), |c| c.alliance.clone());
+                let policy = self.contact_policy(&policy_name).await?;
+                let policy_out = policy_proto(&policy_name, policy);
+                let me = call.partner_id().to_owned();
+                let now = now_millis();
+                // Decided before anything is held; a refusal is the answer, stored like any other.
+                let refused = async |d: pb::ContactDecision, next: Option<i64>| {
+                    let reply = refusal(d, next, policy_out.clone());
+                    self.contacts
+                        .run(&call, &r.request_id, &r, async |_txn| Ok(reply.clone()))
+                        .await
+                };
+                if let Some(c) = &campaign
+                    && !c.channels.is_empty()
+                    && !c.channels.contains(&r.channel)
+                {
+                    return refused(pb::ContactDecision::ChannelNotInCampaign, None).await;
                 }
-                Some(c)
-            };
-            let policy_name = campaign
-                .as_ref()
-                .filter(|c| !c.alliance.is_empty())
-                .map_or("default".to_owned(), |c| c.alliance.clone());
-            let policy = self.contact_policy(&policy_name).await?;
-            let policy_out = policy_proto(&policy_name, policy);
-            let me = call.partner_id().to_owned();
-            let now = now_millis();
-            // Decided before anything is held; a refusal is the answer, stored like any other.
-            let refused = async |d: pb::ContactDecision, next: Option<i64>| {
-                let reply = refusal(d, next, policy_out.clone());
+                let directory = self.directory()?;
+                let Some(mesh) = directory
+                    .mesh_id(
+                        &me,
+                        &lianyu_kit::ids::ScopedMemberId::new(scoped.unwrap_or_default()),
+                    )
+                    .await?
+                else {
+                    return refused(pb::ContactDecision::NoConsent, None).await;
+                };
+                // Who the member may be known through: the caller itself (its own member), and
+                // every partner whose consent to the caller the feed has shown; identity decides.
+                let facts = self.contact_facts(&me, mesh.as_str()).await?;
+                let mut grantors = vec![me.clone()];
+                for g in facts.grantors {
+                    if !grantors.contains(&g) {
+                        grantors.push(g);
+                    }
+                }
+                let questions: Vec<Question> = grantors
+                    .iter()
+                    .map(|g| Question {
+                        member: mesh.clone(),
+                        grantor: g.clone(),
+                        grantee: me.clone(),
+                        purpose: MARKETING_CONTACT,
+                    })
+                    .collect();
+                // From the consent cache the mesh feed keeps fresh (a withdrawal drops it at once),
+                // else identity: a contact moves no data, so the feed's sub-second staleness is the
+                // bound; the export, which hands over ids, asks identity every time.
+                let decisions = directory.decide_cached(&me, &questions).await?;
+                if !decisions.iter().any(|d| d.allowed) {
+                    return refused(pb::ContactDecision::NoConsent, None).await;
+                }
+                if let Some(end) = facts.quiet.and_then(|q| q.ends_after(now)) {
+                    return refused(pb::ContactDecision::QuietHours, Some(end)).await;
+                }
+                let campaign_id = campaign.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+                // Every request about one member takes one lane of shared transactions: a batch
+                // holds its members' locks to its commit, and two lanes taking two members' locks
+                // in opposite orders would deadlock (a second lost on PostgreSQL each time).
                 self.contacts
-                    .run(&call, &r.request_id, &r, async |_txn| Ok(reply.clone()))
-                    .await
-            };
-            if let Some(c) = &campaign
-                && !c.channels.is_empty()
-                && !c.channels.contains(&r.channel)
-            {
-                return refused(pb::ContactDecision::ChannelNotInCampaign, None).await;
-            }
-            let directory = self.directory()?;
-            let Some(mesh) = directory
-                .mesh_id(
-                    &me,
-                    &lianyu_kit::ids::ScopedMemberId::new(scoped.unwrap_or_default()),
-                )
-                .await?
-            else {
-                return refused(pb::ContactDecision::NoConsent, None).await;
-            };
-            // Who the member may be known through: the caller itself (its own member), and
-            // every partner whose consent to the caller the feed has shown; identity decides.
-            let facts = self.contact_facts(&me, mesh.as_str()).await?;
-            let mut grantors = vec![me.clone()];
-            for g in facts.grantors {
-                if !grantors.contains(&g) {
-                    grantors.push(g);
-                }
-            }
-            let questions: Vec<Question> = grantors
-                .iter()
-                .map(|g| Question {
-                    member: mesh.clone(),
-                    grantor: g.clone(),
-                    grantee: me.clone(),
-                    purpose: MARKETING_CONTACT,
-                })
-                .collect();
-            // From the consent cache the mesh feed keeps fresh (a withdrawal drops it at once),
-            // else identity: a contact moves no data, so the feed's sub-second staleness is the
-            // bound; the export, which hands over ids, asks identity every time.
-            let decisions = directory.decide_cached(&me, &questions).await?;
-            if !decisions.iter().any(|d| d.allowed) {
-                return refused(pb::ContactDecision::NoConsent, None).await;
-            }
-            if let Some(end) = facts.quiet.and_then(|q| q.ends_after(now)) {
-                return refused(pb::ContactDecision::QuietHours, Some(end)).await;
-            }
-            let campaign_id = campaign.as_ref().map(|c| c.id.clone()).unwrap_or_default();
-            // Every request about one member takes one lane of shared transactions: a batch
-            // holds its members' locks to its commit, and two lanes taking two members' locks
-            // in opposite orders would deadlock (a second lost on PostgreSQL each time).
-            self.contacts
-                .keyed(mesh.as_str())
-                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
-                    let number = match facts.number {
-                        Some(n) => n,
-                        None => store::member_number(txn, mesh.as_str(), now).await?,
-                    };
-                    store::lock_member(txn, number).await?;
-                    let id = uuid::Uuid::now_v7().simple().to_string();
-                    let contact = store::NewContact {
-                        id: &id,
-                        member: number,
-                        partner: &me,
-                        campaign: &campaign_id,
-                        channel: r.channel,
-                        at: now,
-                        expires_at: now + HOLD,
-                    };
-                    // Nothing this request reads depends on its reply's row: on SQLite it
-                    // goes with the batch's commit.
-                    writes.deferrable();
-                    let Some(in_window) =
-                        store::hold_under_cap(txn, &contact, policy.window(), policy.max_contacts)
-                            .await?
-                    else {
-                        let (counted, nth) = store::cap_standing(
+                    .keyed(mesh.as_str())
+                    .run_writing(&call, &r.request_id, &r, async |txn, writes| {
+                        let number = match facts.number {
+                            Some(n) => n,
+                            None => store::member_number(txn, mesh.as_str(), now).await?,
+                        };
+                        store::lock_member(txn, number).await?;
+                        let id = uuid::Uuid::now_v7().simple().to_string();
+                        let contact = store::NewContact {
+                            id: &id,
+                            member: number,
+                            partner: &me,
+                            campaign: &campaign_id,
+                            channel: r.channel,
+                            at: now,
+                            expires_at: now + HOLD,
+                        };
+                        // Nothing this request reads depends on its reply's row: on SQLite it
+                        // goes with the batch's commit.
+                        writes.deferrable();
+                        let Some(in_window) = store::hold_under_cap(
                             txn,
-                            number,
-                            now,
+                            &contact,
                             policy.window(),
                             policy.max_contacts,
                         )
-                        .await?;
-                        let next = policy.admit(counted, nth).err();
-                        let mut reply =
-                            refusal(pb::ContactDecision::CapReached, next, policy_out.clone());
-                        reply.contacts_in_window = i32::try_from(counted).unwrap_or(i32::MAX);
-                        return Ok(reply);
-                    };
-                    Ok(pb::RequestContactResponse {
-                        allowed: true,
-                        decision: pb::ContactDecision::Allowed as i32,
-                        next_allowed_time: None,
-                        contact_token: id,
-                        expire_time: timestamp(now + HOLD),
-                        contacts_in_window: i32::try_from(in_window).unwrap_or(i32::MAX),
-                        policy: Some(policy_out.clone()),
+                        .await?
+                        else {
+                            let (counted, nth) = store::cap_standing(
+                                txn,
+                                number,
+                                now,
+                                policy.window(),
+                                policy.max_contacts,
+                            )
+                            .await?;
+                            let next = policy.admit(counted, nth).err();
+                            let mut reply =
+                                refusal(pb::ContactDecision::CapReached, next, policy_out.clone());
+                            reply.contacts_in_window = i32::try_from(counted).unwrap_or(i32::MAX);
+                            return Ok(reply);
+                        };
+                        Ok(pb::RequestContactResponse {
+                            allowed: true,
+                            decision: pb::ContactDecision::Allowed as i32,
+                            next_allowed_time: None,
+                            contact_token: id,
+                            expire_time: timestamp(now + HOLD),
+                            contacts_in_window: i32::try_from(in_window).unwrap_or(i32::MAX),
+                            policy: Some(policy_out.clone()),
+                        })
                     })
-                })
+                    .await
+            };
+            // A retry of a request that was answered gets that answer, whatever changed
+            // since (the campaign ended, identity unreachable).
+            self.contacts
+                .replayable(&call, &r.request_id, &r, decide)
                 .await
         })
         .await

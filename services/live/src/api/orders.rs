@@ -394,16 +394,8 @@ impl Api {
     ) -> Result<pb::Order, LiveError> {
         let given = r.order.clone().unwrap_or_default();
         let reference = check_order(given.quantity, &given.payment_reference)?;
-        let facts = match self.order_facts(call, r, &given).await {
-            Ok(facts) => facts,
-            // A replay of an order placed before the session or sale changed gets its order.
-            Err(refused) => {
-                return match self.orders.stored(call, &r.request_id, r).await? {
-                    Some(placed) => Ok(placed),
-                    None => Err(refused),
-                };
-            }
-        };
+        // A refusal here gives way to the stored order of a replay (`place_order`).
+        let facts = self.order_facts(call, r, &given).await?;
         let OrderFacts {
             session,
             store: attributed_store,
@@ -561,8 +553,15 @@ impl pb::order_service_server::OrderService for Api {
             }
             // Boxed: a refusal above never builds the order's (large) future, and a call's
             // future stays small enough that moving it costs nothing.
-            let member = Box::pin(self.mesh_id(&call, &given.member, "order.member")).await?;
-            Box::pin(self.place(&call, &r, &member)).await
+            let placed = async {
+                let member = Box::pin(self.mesh_id(&call, &given.member, "order.member")).await?;
+                Box::pin(self.place(&call, &r, &member)).await
+            };
+            // A replay of an order placed before the session or sale changed gets its order;
+            // of one whose buyer the caller has since erased, NOT_FOUND / MEMBER_ERASED.
+            self.orders
+                .replayable(&call, &r.request_id, &r, placed)
+                .await
         })
         .await
     }
