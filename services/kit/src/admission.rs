@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, body::Body};
 use tower::{Layer, Service};
 
-use crate::{auth::Principal, error::status_with_info};
+use crate::auth::Principal;
 
 /// What admission allows; see the module docs.
 #[derive(Clone)]
@@ -139,21 +139,47 @@ impl Refusal {
         }
     }
 
-    fn response(self) -> Response<Body> {
+    fn response(self, wait: Duration) -> Response<Body> {
         let message = match self {
             Refusal::Overloaded => "the service is at capacity; retry with backoff",
             Refusal::Partner => "your calls in flight use your whole share; retry with backoff",
             Refusal::Streams => "too many open streams on this instance; retry another",
         };
-        status_with_info(
-            Code::ResourceExhausted,
-            message,
-            self.reason(),
-            "lianyu.admission",
-            HashMap::new(),
-        )
-        .into_http()
+        // A slot frees up about as often as a call ends: a unary call waited `wait` for one in
+        // vain; a stream slot frees only when a stream ends.
+        let after = match self {
+            Refusal::Streams => STREAM_RETRY,
+            Refusal::Overloaded | Refusal::Partner => wait,
+        };
+        refusal_with_retry(Code::ResourceExhausted, message, self.reason(), after).into_http()
     }
+}
+
+/// How long a refused stream is told to wait before it tries again.
+const STREAM_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a call refused because its database is down is told to wait: the health check's
+/// period, after which a recovered database is serving again.
+const DATABASE_RETRY: Duration = crate::dbhealth::EVERY;
+
+/// A refusal of the admission layer (`lianyu.admission`) that tells the caller when to try
+/// again, the two ways gRPC clients read it: a `google.rpc.RetryInfo` detail (AIP-194) and the
+/// `grpc-retry-pushback-ms` metadata that gRPC's own retry policies honour. The delay is drawn
+/// at random from half to one and a half times `after`, so callers refused together do not
+/// all come back together.
+fn refusal_with_retry(code: Code, message: &str, reason: &str, after: Duration) -> tonic::Status {
+    use rand::Rng;
+    let half = after / 2;
+    let delay = half + after.mul_f64(rand::thread_rng().r#gen::<f64>());
+    let mut details =
+        tonic_types::ErrorDetails::with_error_info(reason, "lianyu.admission", HashMap::new());
+    details.set_retry_info(Some(delay));
+    let mut status =
+        <tonic::Status as tonic_types::StatusExt>::with_error_details(code, message, details);
+    if let Ok(ms) = delay.as_millis().to_string().parse() {
+        status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
+    }
+    status
 }
 
 impl State {
@@ -176,7 +202,7 @@ impl State {
                 "calls refused under load (at most one line a second)"
             );
         }
-        refusal.response()
+        refusal.response(self.wait)
     }
 
     /// The semaphore of `partner`'s share, made on its first call.
@@ -226,12 +252,11 @@ where
         }
         let state = self.state.clone();
         if state.databases.is_down(path) {
-            let refused = status_with_info(
+            let refused = refusal_with_retry(
                 Code::Unavailable,
                 "the service's database does not answer; retry with backoff",
                 "DATABASE_UNAVAILABLE",
-                "lianyu.admission",
-                HashMap::new(),
+                DATABASE_RETRY,
             );
             return Box::pin(std::future::ready(Ok(refused.into_http())));
         }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 /// How often each database is asked, and how long it has to answer.
-const EVERY: Duration = Duration::from_millis(250);
+pub(crate) const EVERY: Duration = Duration::from_millis(250);
 const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 /// Slow asks in a row before a database counts as down (about two seconds): one late answer on
 /// a saturated machine is load, not an outage, and refusing every call for it would turn load

@@ -129,6 +129,9 @@ pub struct Load {
     pub batch: usize,
     /// Print a progress line each second (to stderr).
     pub progress: bool,
+    /// A refused worker waits what the refusal's `google.rpc.RetryInfo` asks before calling
+    /// again (else at once).
+    pub honour_retry_info: bool,
 }
 
 /// Runs one scenario against a prepared target.
@@ -162,6 +165,7 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
     for worker in 0..load.concurrency {
         let channel = channels[worker % channels.len()].clone();
         let (target, counter, batch) = (target.clone(), counter.clone(), load.batch);
+        let honour_retry_info = load.honour_retry_info;
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .unwrap_or_else(|_| unreachable!("valid bounds"));
@@ -173,14 +177,24 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
                     break;
                 }
                 let result = caller.call(scenario).await;
-                if began < warm_until {
-                    continue;
+                let wait = match &result {
+                    Err(status) if honour_retry_info => {
+                        use tonic_types::StatusExt;
+                        status.get_details_retry_info().and_then(|r| r.retry_delay)
+                    }
+                    _ => None,
+                };
+                if began >= warm_until {
+                    let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let _ = histogram.record(micros.max(1));
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Err(status) = result {
+                        *errors.entry(format!("{:?}", status.code())).or_default() += 1;
+                    }
                 }
-                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-                let _ = histogram.record(micros.max(1));
-                counter.fetch_add(1, Ordering::Relaxed);
-                if let Err(code) = result {
-                    *errors.entry(format!("{code:?}")).or_default() += 1;
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait.min(stop_at.saturating_duration_since(Instant::now())))
+                        .await;
                 }
             }
             (histogram, errors)
@@ -268,10 +282,10 @@ impl Caller {
         }
     }
 
-    async fn call(&mut self, scenario: Scenario) -> Result<(), tonic::Code> {
+    async fn call(&mut self, scenario: Scenario) -> Result<(), tonic::Status> {
         self.seq += 1;
         let pick = |n: u64| (n as usize).wrapping_mul(2_654_435_761) % self.ids.len().max(1);
-        let result = match scenario {
+        match scenario {
             // Bare is the same call to a server without the kit's layers.
             Scenario::Baseline | Scenario::Bare => self
                 .health
@@ -368,8 +382,7 @@ impl Caller {
                 };
                 self.members.enroll_member(request).await.map(drop)
             }
-        };
-        result.map_err(|status| status.code())
+        }
     }
 }
 

@@ -81,6 +81,11 @@ struct BenchArgs {
     /// Members prepared for the consent scenarios.
     #[arg(long, default_value_t = 2000)]
     members: usize,
+    /// Each worker waits as long as a refusal's RetryInfo asks before its next call, as a
+    /// well-behaved client does; without it a refused worker calls again at once (the worst
+    /// case for the server).
+    #[arg(long)]
+    honour_retry_info: bool,
     /// One JSON object per scenario instead of a table.
     #[arg(long)]
     json: bool,
@@ -505,6 +510,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         duration: args.duration,
         batch: args.batch.clamp(1, 1000),
         progress: !args.json,
+        honour_retry_info: args.honour_retry_info,
     };
     let mut baseline = None;
     let mut bare_rps = None;

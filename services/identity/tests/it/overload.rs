@@ -33,6 +33,25 @@ async fn flood(client: &As, from: u32, n: u32) -> Vec<(u32, Result<(), tonic::St
     calls.collect().await
 }
 
+/// The delay a refusal asks the caller to wait, read both ways a gRPC client may read it (a
+/// `google.rpc.RetryInfo` detail and the `grpc-retry-pushback-ms` metadata gRPC's retry
+/// policies honour), which agree.
+fn retry_after(refused: &tonic::Status) -> Duration {
+    use tonic_types::StatusExt;
+    let delay = refused
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or_else(|| panic!("no RetryInfo: {refused:?}"));
+    let pushback: u128 = refused
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no grpc-retry-pushback-ms: {refused:?}"));
+    assert_eq!(pushback, delay.as_millis(), "{refused:?}");
+    delay
+}
+
 #[tokio::test]
 async fn under_a_flood_health_is_answered_and_refusals_are_fast_and_write_nothing() {
     let identity = Identity::with_partners_and("overload_flood", |c| {
@@ -69,6 +88,13 @@ async fn under_a_flood_health_is_answered_and_refusals_are_fast_and_write_nothin
                 );
                 // The shared layer's domain, as lianyu/common/v1/common.proto documents.
                 assert_eq!(lianyu_kit::testing::domain(e), "lianyu.admission", "{e:?}");
+                // When to try again, about as long as the call waited in vain (20 ms), drawn
+                // from half to one and a half times it.
+                let delay = retry_after(e);
+                assert!(
+                    (Duration::from_millis(10)..=Duration::from_millis(30)).contains(&delay),
+                    "{delay:?}"
+                );
                 Some(*i)
             }
             Ok(()) => None,
@@ -163,6 +189,11 @@ async fn open_streams_have_a_limit_of_their_own() {
     assert_eq!(
         (refused.code(), details(&refused).0.as_str()),
         (Code::ResourceExhausted, "TOO_MANY_STREAMS")
+    );
+    let delay = retry_after(&refused);
+    assert!(
+        (Duration::from_millis(500)..=Duration::from_millis(1500)).contains(&delay),
+        "{delay:?}"
     );
     // Open streams hold no unary slot: unary calls still go through.
     for i in 0..5 {
