@@ -141,6 +141,9 @@ pub struct Config {
     pub limits: Limits,
     /// `LIANYU_IDEMPOTENCY_TTL`: how long a `request_id` is remembered (and its reply kept).
     pub idempotency_ttl: Duration,
+    /// `LIANYU_FEED_RETENTION`: how long a feed's events are kept (30 days; 0 keeps them
+    /// forever). A stream resuming from an older cursor is told CURSOR_EXPIRED.
+    pub feed_retention: Duration,
 }
 
 /// Where configuration variables come from: the environment, or a map in tests.
@@ -337,6 +340,11 @@ impl Config {
                 &var,
                 "LIANYU_IDEMPOTENCY_TTL",
                 Duration::from_secs(24 * 3600),
+            )?,
+            feed_retention: duration(
+                &var,
+                "LIANYU_FEED_RETENTION",
+                Duration::from_secs(30 * 24 * 3600),
             )?,
             source,
         })

@@ -317,6 +317,23 @@ impl Feed {
             .map_or(0, |row| row.last_seq))
     }
 
+    /// The earliest cursor a stream resumes from without a gap: the sequence before the oldest
+    /// event kept, or the head when none is kept ([`expire`] removes events from the front).
+    pub async fn horizon(&self) -> Result<i64, StorageError> {
+        let oldest: Option<i64> = outbox_event::Entity::find()
+            .select_only()
+            .column(outbox_event::Column::Seq)
+            .order_by_asc(outbox_event::Column::Seq)
+            .limit(1)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        match oldest {
+            Some(seq) => Ok(seq - 1),
+            None => self.head().await,
+        }
+    }
+
     /// A receiver that changes whenever this process publishes (see [`Feed::published`]).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.published.subscribe()
@@ -433,6 +450,17 @@ impl Feed {
                 let Some(head) = read_or_end(&tx, feed.head().await).await else {
                     return;
                 };
+                // A cursor from before what the feed keeps would skip what was removed: the
+                // client is told, never silently moved on. Unset (0) reads what is kept.
+                if cursor > 0 {
+                    let Some(horizon) = read_or_end(&tx, feed.horizon().await).await else {
+                        return;
+                    };
+                    if cursor < horizon {
+                        let _ = tx.send(Err(expired(horizon))).await;
+                        return;
+                    }
+                }
                 loop {
                     let Some(batch) = read_or_end(
                         &tx,
@@ -504,6 +532,72 @@ impl Feed {
         });
         ReceiverStream::new(rx)
     }
+}
+
+/// FAILED_PRECONDITION / CURSOR_EXPIRED: the events after a stream's cursor up to `horizon`
+/// are no longer kept.
+fn expired(horizon: i64) -> tonic::Status {
+    crate::error::status_with_info(
+        tonic::Code::FailedPrecondition,
+        format!(
+            "the events after this cursor are no longer kept (LIANYU_FEED_RETENTION): resume \
+             from {horizon} or later, or with no cursor for every event kept"
+        ),
+        "CURSOR_EXPIRED",
+        "lianyu.feed",
+        std::collections::HashMap::from([("oldest_cursor".to_owned(), horizon.to_string())]),
+    )
+}
+
+/// Events looked at per round of [`expire`].
+const EXPIRE_BATCH: u64 = 1_000;
+
+/// Removes the events older than `retention` from the front of the feed, oldest first, and
+/// returns how many: it stops at the first event still within `retention` (one committed out
+/// of order keeps those after it a little longer), so what is kept is always everything after
+/// a sequence, [`Feed::horizon`], and a stream never skips a removed event unknowingly.
+pub async fn expire(db: &DatabaseConnection, retention: Duration) -> Result<u64, StorageError> {
+    let cutoff =
+        now_millis().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let mut removed = 0;
+    loop {
+        let oldest: Vec<(i64, i64)> = outbox_event::Entity::find()
+            .select_only()
+            .column(outbox_event::Column::Seq)
+            .column(outbox_event::Column::CreatedAt)
+            .order_by_asc(outbox_event::Column::Seq)
+            .limit(EXPIRE_BATCH)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let past = oldest.iter().take_while(|(_, at)| *at < cutoff).count();
+        let Some(&(through, _)) = past.checked_sub(1).and_then(|i| oldest.get(i)) else {
+            break;
+        };
+        removed += outbox_event::Entity::delete_many()
+            .filter(outbox_event::Column::Seq.lte(through))
+            .exec(db)
+            .await?
+            .rows_affected;
+        if past < oldest.len() || (oldest.len() as u64) < EXPIRE_BATCH {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs [`expire`] every tenth of `retention` (between a minute and an hour) until `stopping`.
+pub async fn expire_periodically(
+    db: DatabaseConnection,
+    retention: Duration,
+    stopping: CancellationToken,
+) {
+    let every = (retention / 10).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+    crate::jobs::periodic("feed-retention", every, false, None, stopping, || {
+        let db = db.clone();
+        async move { expire(&db, retention).await }
+    })
+    .await;
 }
 
 /// Why a stream stops taking live events.

@@ -208,7 +208,8 @@ impl ServerContext {
     }
 
     /// Opens (and migrates) `service`'s database, and keeps its idempotency keys for
-    /// `LIANYU_IDEMPOTENCY_TTL`, expiring older ones in the background until shutdown.
+    /// `LIANYU_IDEMPOTENCY_TTL` and its feed's events for `LIANYU_FEED_RETENTION`, removing
+    /// older ones in the background until shutdown.
     pub async fn open_database<M: sea_orm_migration::MigratorTrait>(
         &self,
         service: &str,
@@ -221,6 +222,13 @@ impl ServerContext {
             self.config.idempotency_ttl,
             self.stopping.clone(),
         ));
+        if !self.config.feed_retention.is_zero() {
+            tokio::spawn(crate::feed::expire_periodically(
+                db.clone(),
+                self.config.feed_retention,
+                self.stopping.clone(),
+            ));
+        }
         Ok(db)
     }
 }

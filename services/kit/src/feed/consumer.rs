@@ -141,14 +141,14 @@ impl Consumer {
                         backoff = Duration::from_millis(100);
                         if let Some(rest) = after {
                             if let Some(Err(status)) = rest {
-                                tracing::warn!(consumer = %self.name, code = ?status.code(), "feed interrupted, resuming");
+                                interrupted(&self.name, &status);
                             }
                             sleep_or_stop(&shutdown, &mut backoff).await;
                             break;
                         }
                     }
                     Some(Err(status)) => {
-                        tracing::warn!(consumer = %self.name, code = ?status.code(), "feed interrupted, resuming");
+                        interrupted(&self.name, &status);
                         sleep_or_stop(&shutdown, &mut backoff).await;
                         break;
                     }
@@ -283,4 +283,25 @@ async fn sleep_or_stop(shutdown: &CancellationToken, backoff: &mut Duration) {
         () = shutdown.cancelled() => {}
     }
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}
+
+/// Logs why a consumer's feed stopped. A feed that no longer keeps the events after the
+/// consumer's cursor (CURSOR_EXPIRED: the consumer was away longer than the producer's
+/// `LIANYU_FEED_RETENTION`) is an error an operator must see — the consumer cannot catch up
+/// without missing events, and it keeps trying rather than skip them.
+fn interrupted(consumer: &str, status: &tonic::Status) {
+    use tonic_types::StatusExt;
+    let expired = status
+        .get_details_error_info()
+        .is_some_and(|info| info.reason == "CURSOR_EXPIRED");
+    if expired {
+        tracing::error!(
+            consumer,
+            "the feed no longer keeps the events after this consumer's cursor; it cannot catch \
+             up without missing them (raise the producer's LIANYU_FEED_RETENTION, or rebuild \
+             this consumer's state)"
+        );
+    } else {
+        tracing::warn!(consumer, code = ?status.code(), "feed interrupted, resuming");
+    }
 }

@@ -724,3 +724,107 @@ async fn an_outbox_made_before_subjects_gains_them_and_keeps_its_events() {
         .collect();
     assert_eq!(payloads, [b"old".to_vec(), b"someone".to_vec()]);
 }
+
+/// A feed keeps its events for `LIANYU_FEED_RETENTION`: older ones are removed from the front
+/// only (an old event behind a newer one waits for it), and a stream resuming from a cursor
+/// inside what was removed is told FAILED_PRECONDITION / CURSOR_EXPIRED with the oldest cursor
+/// that resumes without a gap — never moved on silently; from that cursor, or with none, it
+/// reads everything kept.
+#[tokio::test]
+async fn a_feed_keeps_its_retention_and_never_skips_what_it_removed_unsaid() {
+    use futures::StreamExt;
+    use lianyu_kit::{
+        feed::{NewEvent, expire},
+        storage::entities::outbox_event,
+    };
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr};
+    let (_db, conn, feed) = outbox("feed_retention").await;
+    let txn = conn.begin().await.unwrap();
+    for i in 1..=6 {
+        feed.append(
+            &txn,
+            NewEvent {
+                kind: "probe".into(),
+                partner_id: None,
+                payload: format!("e{i}").into_bytes(),
+                subject: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    txn.commit().await.unwrap();
+    let stored = || async {
+        feed.read_after(0, None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<i64>>()
+    };
+    let seqs = stored().await;
+    // Two days old: the first three, and the fifth (committed after a newer one).
+    let two_days_ago = lianyu_kit::time::now_millis() - 2 * 24 * 3_600_000;
+    outbox_event::Entity::update_many()
+        .col_expr(outbox_event::Column::CreatedAt, Expr::value(two_days_ago))
+        .filter(outbox_event::Column::Seq.is_in([seqs[0], seqs[1], seqs[2], seqs[4]]))
+        .exec(&conn)
+        .await
+        .unwrap();
+    let day = std::time::Duration::from_secs(24 * 3600);
+    assert_eq!(expire(&conn, day).await.unwrap(), 3);
+    assert_eq!(
+        expire(&conn, day).await.unwrap(),
+        0,
+        "nothing more to remove"
+    );
+    assert_eq!(
+        stored().await,
+        seqs[3..],
+        "the front went, the fifth waits behind the fourth"
+    );
+    assert_eq!(feed.horizon().await.unwrap(), seqs[2]);
+
+    let first = |after: i64| {
+        let mut stream = feed.watch(after, None, |e| Some(e.seq));
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let refused = first(seqs[1]).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(lianyu_kit::testing::reason(&refused), "CURSOR_EXPIRED");
+    let oldest = {
+        use tonic_types::StatusExt;
+        refused.get_details_error_info().unwrap().metadata["oldest_cursor"].clone()
+    };
+    assert_eq!(oldest, seqs[2].to_string());
+    assert_eq!(
+        first(seqs[2]).await.unwrap(),
+        seqs[3],
+        "from the horizon on"
+    );
+    assert_eq!(
+        first(0).await.unwrap(),
+        seqs[3],
+        "no cursor: everything kept"
+    );
+
+    // Everything removed: the horizon is the head; a stream there waits for what comes.
+    outbox_event::Entity::update_many()
+        .col_expr(outbox_event::Column::CreatedAt, Expr::value(two_days_ago))
+        .exec(&conn)
+        .await
+        .unwrap();
+    assert_eq!(expire(&conn, day).await.unwrap(), 3);
+    assert_eq!(feed.horizon().await.unwrap(), seqs[5]);
+    let refused = first(seqs[4]).await.unwrap_err();
+    assert_eq!(lianyu_kit::testing::reason(&refused), "CURSOR_EXPIRED");
+}
