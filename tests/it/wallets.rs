@@ -197,6 +197,44 @@ fn item_at(member: &str, item: &str) -> String {
     format!("{member}/walletItems/{id}")
 }
 
+/// `partner` erases its member `member` (its scoped name), for its own records only.
+async fn erase_at(s: &TestServer, partner: &str, member: &str) {
+    MemberServiceClient::new(s.as_token(&s.token(partner)))
+        .erase_member(id::EraseMemberRequest {
+            request_id: format!("erase-{member}"),
+            member: member.to_owned(),
+            scope: id::ErasureScope::Partner as i32,
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits (20 s at most) until entitlements, acting on identity's feed, has closed unit `id`.
+async fn until_closed(s: &TestServer, id: &str) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = s.database("entitlements").await;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT state FROM wallet_items WHERE id = '{id}'"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let state: String = row.try_get("", "state").unwrap();
+        if state == "closed" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "unit {id} never closed ({state})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The mall's coupon without a per-member limit, honoured at the brand's counters too, and a
 /// person (`phone`) enrolled at both who consented that the brand redeem the mall's benefits
 /// with them: the coupon and the mall's and the brand's names of the member.
@@ -1109,37 +1147,8 @@ async fn a_withdrawal_cancels_the_grantees_holds_and_an_erasure_closes_the_walle
         .await
         .unwrap();
 
-    MemberServiceClient::new(s.as_token(&s.token(MALL)))
-        .erase_member(id::EraseMemberRequest {
-            request_id: "erase".into(),
-            member: at_mall.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let db = s.database("entitlements").await;
-    let id = second.name.rsplit('/').next().unwrap().to_owned();
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        use sea_orm::{ConnectionTrait, Statement};
-        let row = db
-            .query_one_raw(Statement::from_string(
-                db.get_database_backend(),
-                format!("SELECT state FROM wallet_items WHERE id = '{id}'"),
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        let state: String = row.try_get("", "state").unwrap();
-        if state == "closed" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the wallet was never closed ({state})"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    erase_at(&s, MALL, &at_mall).await;
+    until_closed(&s, second.name.rsplit('/').next().unwrap()).await;
     // In the same transaction the stored-value account opened through the mall was closed.
     assert_eq!(
         rows(&s, "entitlements", "balances WHERE closed = true").await,
@@ -1333,14 +1342,7 @@ async fn an_erasure_leaves_the_member_in_no_ledger_event_or_stored_reply_it_cove
     assert_eq!(before.len(), 5, "{before:?}");
     let events = rows(&s, "entitlements", "kit_outbox_events").await;
 
-    MemberServiceClient::new(s.as_token(&s.token(MALL)))
-        .erase_member(id::EraseMemberRequest {
-            request_id: "erase".into(),
-            member: at_mall.clone(),
-            scope: id::ErasureScope::Partner as i32,
-        })
-        .await
-        .unwrap();
+    erase_at(&s, MALL, &at_mall).await;
     // Entitlements acts on identity's feed as it comes; wait for it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let left = loop {
@@ -1394,6 +1396,55 @@ async fn an_erasure_leaves_the_member_in_no_ledger_event_or_stored_reply_it_cove
         .unwrap()
         .into_inner();
     assert_eq!(again, redeemed, "the brand's replay is its own, as it was");
+}
+
+/// A grant that checked the member before the mall erased them and commits after entitlements
+/// acted on the erasure (a call in flight across it) does not outlive the erasure: identity's
+/// erasure is acted on again once every call in flight then has ended
+/// (`LIANYU_REQUEST_TIMEOUT` and a margin), and closes the late unit too. The late unit is
+/// written straight into the table after the first pass was seen, as such a grant would.
+#[tokio::test]
+async fn a_grant_in_flight_across_an_erasure_is_closed_by_the_second_pass() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let s = start("ent_erasure_late", |config| {
+        config.limits.request_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let (coupon, at_mall, _) = honoured_by_both(&s, "13800138051").await;
+    let granted = wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let db = s.database("entitlements").await;
+    let first = granted.name.rsplit('/').next().unwrap().to_owned();
+    let mesh: String = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT member FROM wallet_items WHERE id = '{first}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "member")
+        .unwrap();
+    erase_at(&s, MALL, &at_mall).await;
+    until_closed(&s, &first).await;
+    // The first pass is done; now the grant that was in flight commits.
+    let now = lianyu_kit::time::now_millis();
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!(
+            "INSERT INTO wallet_items (id, benefit_id, member, holder, state, granted_at, \
+             expires_at, claim_code) VALUES ('late', '{}', '{mesh}', '{MALL}', 'available', \
+             {now}, {}, NULL)",
+            coupon.name.rsplit('/').next().unwrap(),
+            now + 86_400_000
+        ),
+    ))
+    .await
+    .unwrap();
+    until_closed(&s, "late").await;
 }
 
 /// Refunds at the till: half the order refunded reverses half the brand's subsidy; ten

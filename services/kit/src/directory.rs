@@ -18,7 +18,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -61,6 +64,87 @@ pub type MeshHook = Arc<
         + Send
         + Sync,
 >;
+
+/// The erasures and withdrawals awaiting their second pass ([`Directory::follow`]), by member
+/// and partner. A later enrolment or grant of the same member at the same partner calls the
+/// pass off: what the member does after returning is theirs to keep, and must not be erased or
+/// withdrawn by a pass over what came before.
+#[derive(Clone, Default)]
+struct SecondPasses(Arc<Mutex<HashMap<MemberAt, Arc<AtomicBool>>>>);
+
+/// A member (its mesh name) at a partner (its name), as a mesh event names them.
+type MemberAt = (String, String);
+
+impl SecondPasses {
+    /// Takes note of `event` in feed order: an erasure or withdrawal gets a second pass (its
+    /// flag, set when it is called off); an enrolment or grant calls off the pending pass of its
+    /// member and partner.
+    fn note(&self, event: &pb::WatchMeshEventsResponse) -> Option<Arc<AtomicBool>> {
+        let key = (event.mesh_member.clone(), event.partner.clone());
+        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match event.kind() {
+            MeshEventKind::MemberErased | MeshEventKind::ConsentWithdrawn => {
+                let pass = Arc::new(AtomicBool::new(false));
+                if let Some(earlier) = pending.insert(key, pass.clone()) {
+                    // One pass, the latest, covers the member at the partner.
+                    earlier.store(true, Ordering::Relaxed);
+                }
+                Some(pass)
+            }
+            MeshEventKind::MemberEnrolled | MeshEventKind::ConsentGranted => {
+                if let Some(pass) = pending.remove(&key) {
+                    pass.store(true, Ordering::Relaxed);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// `pass` ran or was called off: forgotten, unless a later one took its place.
+    fn done(&self, event: &pb::WatchMeshEventsResponse, pass: &Arc<AtomicBool>) {
+        let key = (event.mesh_member.clone(), event.partner.clone());
+        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.get(&key).is_some_and(|p| Arc::ptr_eq(p, pass)) {
+            pending.remove(&key);
+        }
+    }
+}
+
+/// The second pass of [`Directory::follow`]: after `late`, unless called off, `event` (an
+/// erasure or a withdrawal) is handed to `hook` again in a transaction of its own. A failure
+/// is logged, not retried: the first pass stands.
+async fn act_again(
+    (db, hook): (DatabaseConnection, MeshHook),
+    event: pb::WatchMeshEventsResponse,
+    (passes, called_off, late): (SecondPasses, Arc<AtomicBool>, Duration),
+    stopping: CancellationToken,
+) {
+    use sea_orm::TransactionTrait;
+    tokio::select! {
+        () = tokio::time::sleep(late) => {}
+        () = stopping.cancelled() => return,
+    }
+    passes.done(&event, &called_off);
+    if called_off.load(Ordering::Relaxed) {
+        return;
+    }
+    let outcome = async {
+        let txn = db
+            .begin()
+            .await
+            .map_err(crate::storage::StorageError::from)?;
+        hook(&txn, vec![event]).await?;
+        txn.commit()
+            .await
+            .map_err(crate::storage::StorageError::from)?;
+        Ok::<_, KitError>(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        tracing::error!(error = %e, "the second pass over erasures and withdrawals failed");
+    }
+}
 
 /// One consent question: may `grantee` use the member, known through `grantor`, for `purpose`?
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -377,15 +461,23 @@ impl Directory {
 
     /// Follows identity's mesh feed until `stopping`, its cursor stored in `db` (the consuming
     /// service's own database) with each applied event; reconnects with backoff.
+    ///
+    /// An erasure or a withdrawal is acted on again `late_writes` after it was (the longest a
+    /// call in flight may still commit, `LIANYU_REQUEST_TIMEOUT` and a margin): a call that
+    /// checked the member or the consent before identity's change and commits after the hook
+    /// ran — an order, a grant, a hold — is caught by the second pass, so nothing it wrote
+    /// outlives the erasure or the withdrawal. Every hook's reaction is idempotent.
     pub async fn follow(
         self,
         db: DatabaseConnection,
         consumer: String,
         verifier: Arc<TokenVerifier>,
         stopping: CancellationToken,
-        hook: Option<MeshHook>,
+        (hook, late_writes): (Option<MeshHook>, Duration),
     ) {
         let peer = self.peer.clone();
+        let again = (db.clone(), stopping.clone());
+        let second_passes = SecondPasses::default();
         let lag_name = consumer.clone();
         let consumer = Consumer::new(db, consumer);
         let result = consumer
@@ -417,7 +509,21 @@ impl Directory {
                         );
                     }
                     match &hook {
-                        Some(hook) => hook(txn, events),
+                        Some(hook) => {
+                            for event in &events {
+                                let Some(pass) = second_passes.note(event) else {
+                                    continue;
+                                };
+                                let (db, stopping) = again.clone();
+                                tokio::spawn(act_again(
+                                    (db, hook.clone()),
+                                    event.clone(),
+                                    (second_passes.clone(), pass, late_writes),
+                                    stopping,
+                                ));
+                            }
+                            hook(txn, events)
+                        }
                         None => Box::pin(async { Ok(()) }),
                     }
                 },
@@ -500,5 +606,67 @@ impl Directory {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test")]
+
+    use super::*;
+
+    fn event(kind: MeshEventKind, member: &str, partner: &str) -> pb::WatchMeshEventsResponse {
+        let mut e = pb::WatchMeshEventsResponse {
+            mesh_member: format!("meshMembers/{member}"),
+            partner: format!("partners/{partner}"),
+            ..Default::default()
+        };
+        e.set_kind(kind);
+        e
+    }
+
+    /// An erasure's second pass is called off when the member comes back at that partner
+    /// before it runs — and only then: not by another partner's enrolment, nor by another
+    /// member's; a second erasure takes the first one's place.
+    #[test]
+    fn a_second_pass_is_called_off_by_the_members_return_at_that_partner_only() {
+        let passes = SecondPasses::default();
+        let erased = passes
+            .note(&event(MeshEventKind::MemberErased, "m1", "mall"))
+            .unwrap();
+        assert!(
+            passes
+                .note(&event(MeshEventKind::MemberEnrolled, "m1", "brand"))
+                .is_none()
+        );
+        passes.note(&event(MeshEventKind::MemberEnrolled, "m2", "mall"));
+        assert!(
+            !erased.load(Ordering::Relaxed),
+            "someone else came, not her"
+        );
+        passes.note(&event(MeshEventKind::MemberEnrolled, "m1", "mall"));
+        assert!(erased.load(Ordering::Relaxed), "she came back to the mall");
+
+        let withdrawn = passes
+            .note(&event(MeshEventKind::ConsentWithdrawn, "m3", "mall"))
+            .unwrap();
+        let again = passes
+            .note(&event(MeshEventKind::ConsentWithdrawn, "m3", "mall"))
+            .unwrap();
+        assert!(
+            withdrawn.load(Ordering::Relaxed),
+            "the later pass covers it"
+        );
+        passes.done(
+            &event(MeshEventKind::ConsentWithdrawn, "m3", "mall"),
+            &withdrawn,
+        );
+        passes.note(&event(MeshEventKind::ConsentGranted, "m3", "mall"));
+        assert!(again.load(Ordering::Relaxed), "granted again: called off");
+        passes.done(
+            &event(MeshEventKind::ConsentWithdrawn, "m3", "mall"),
+            &again,
+        );
+        assert!(passes.0.lock().unwrap().is_empty(), "nothing left behind");
     }
 }

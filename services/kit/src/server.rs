@@ -159,7 +159,7 @@ impl ServerContext {
             format!("{service}:identity.mesh"),
             self.verifier.clone(),
             self.stopping.clone(),
-            hook,
+            (hook, late_writes(&self.config.limits)),
         ));
     }
 
@@ -231,6 +231,13 @@ impl ServerContext {
         }
         Ok(db)
     }
+}
+
+/// The longest after identity's change that a call which checked the member or the consent
+/// before it may still commit: the server's deadline for any call, and a margin for the group
+/// commit its write may be waiting in.
+fn late_writes(limits: &crate::config::Limits) -> std::time::Duration {
+    limits.request_timeout + std::time::Duration::from_secs(2)
 }
 
 /// The gRPC services to serve, collected from one or more Lianyu services.

@@ -51,7 +51,7 @@ async fn directory_of(
             "live:identity.mesh".into(),
             ctx.verifier.clone(),
             ctx.stopping.clone(),
-            None,
+            (None, std::time::Duration::from_secs(30)),
         ));
     }
     (directory, ctx, dir)
