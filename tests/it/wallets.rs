@@ -1260,6 +1260,45 @@ async fn other_unit(s: &TestServer, item: &str) -> String {
     row.try_get("", "id").unwrap()
 }
 
+/// A retry answered from the stored reply is answered only to the caller that made the call: a
+/// till at another store that sends the mall's redemption again, same request id and all, is
+/// refused as before (its store token may not redeem there) and learns nothing of it; the
+/// store that redeemed gets its reply back.
+#[tokio::test]
+async fn a_stored_reply_is_never_given_to_another_stores_till() {
+    let s = mesh("ent_replay_other_store").await;
+    let (coupon, at_mall, _) = honoured_by_both(&s, "13800138061").await;
+    let unit = wallet(&s, MALL)
+        .grant_benefit(grant(&at_mall, &coupon.name, "g1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let at_sh01 = redeem(&unit.name, "r1", 40_000);
+    let redeemed = till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(at_sh01.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let e = till(&s, &s.store_token(MALL, "sh02"))
+        .redeem(at_sh01.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_MISMATCH", "{e:?}");
+    // The partner-wide token made no such call either: its id is the till's, not its own.
+    let e = till(&s, &s.token(MALL))
+        .redeem(at_sh01.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "REQUEST_ID_REUSED", "{e:?}");
+    let again = till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(at_sh01)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, redeemed);
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 1);
+}
+
 /// An erasure at a partner reaches what entitlements keeps of what the member did through it:
 /// the internal ledger feed's transactions (grants, a drop claim, a top-up through the mall)
 /// name no member from then on, at the sequences they had, and the mall's stored replies about

@@ -54,6 +54,22 @@ pub struct CallKey<'a> {
     pub partner_id: &'a str,
     pub method: &'a str,
     pub request_id: &'a str,
+    /// The store of a store token: part of what the request is, so that a store's till never
+    /// receives the reply to a call its partner made elsewhere under the same request id
+    /// (REQUEST_ID_REUSED instead).
+    pub store: Option<&'a str>,
+}
+
+impl CallKey<'_> {
+    /// The digest a request is stored and compared under.
+    fn digest(&self, at_rest: &dyn AtRest, request: &impl Message) -> Vec<u8> {
+        let mut bytes = request.encode_to_vec();
+        if let Some(store) = self.store {
+            bytes.extend_from_slice(b"\0store:");
+            bytes.extend_from_slice(store.as_bytes());
+        }
+        at_rest.digest(&bytes)
+    }
 }
 
 /// How often a mutation that lost a race (a unique key taken meanwhile, a serialization
@@ -95,7 +111,7 @@ where
     F: AsyncFnOnce(&DatabaseTransaction) -> Result<(Resp, Option<String>, Writes), E> + Clone,
 {
     validate(key.request_id)?;
-    let hash = at_rest.digest(&request.encode_to_vec());
+    let hash = key.digest(at_rest, request);
     let mut tries = 0;
     loop {
         // Only a first try defers: a try after a lost race sends its writes itself, so that
@@ -326,7 +342,7 @@ pub async fn stored<Req: Message, Resp: Message + Default>(
     request: &Req,
 ) -> Result<Option<Resp>, KitError> {
     validate(key.request_id)?;
-    let hash = at_rest.digest(&request.encode_to_vec());
+    let hash = key.digest(at_rest, request);
     replay(reader, at_rest, key, &hash).await
 }
 
@@ -484,6 +500,7 @@ mod tests {
                     partner_id: &p,
                     method: &m,
                     request_id: &id,
+                    store: None,
                 };
                 let found = replays.find(key).await.unwrap();
                 (i, found.map(|r| r.request_hash))

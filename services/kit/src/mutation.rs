@@ -316,5 +316,6 @@ fn call_key<'a>(call: &'a Call, request_id: &'a str) -> CallKey<'a> {
         partner_id: &call.who.partner_id,
         method: call.method,
         request_id,
+        store: call.who.store.as_deref(),
     }
 }
