@@ -1290,6 +1290,20 @@ async fn a_stored_reply_is_never_given_to_another_stores_till() {
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "REQUEST_ID_REUSED", "{e:?}");
+    // Another partner — allied or not — sending it gets its own refusal, and no token none at all.
+    for partner in [BRAND, OUTSIDER] {
+        let e = till(&s, &s.token(partner))
+            .redeem(at_sh01.clone())
+            .await
+            .unwrap_err();
+        // The mall's store is not one of its own: refused on the field; its key holds no reply.
+        assert_eq!(e.code(), Code::InvalidArgument, "{partner}: {e:?}");
+    }
+    let e = RedemptionServiceClient::new(s.channel.clone())
+        .redeem(at_sh01.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let again = till(&s, &s.store_token(MALL, "sh01"))
         .redeem(at_sh01)
         .await
