@@ -1094,6 +1094,7 @@ async fn a_coupon_drop_spends_only_a_benefit_the_calling_cohost_issues_or_funds(
         b.display_name = "mall issues brand funds".into();
     })
     .await;
+    let close_time = timestamp(now_millis() + 600_000);
     let drop = |partner: &'static str, benefit: &str, rid: &str| {
         let mut client = showcase(&s, &s.token(partner));
         let request = pb::CreateCouponDropRequest {
@@ -1102,7 +1103,7 @@ async fn a_coupon_drop_spends_only_a_benefit_the_calling_cohost_issues_or_funds(
             coupon_drop: Some(pb::CouponDrop {
                 benefit: benefit.into(),
                 quantity: 10,
-                close_time: timestamp(now_millis() + 600_000),
+                close_time,
                 ..Default::default()
             }),
         };
@@ -1147,8 +1148,118 @@ async fn a_coupon_drop_spends_only_a_benefit_the_calling_cohost_issues_or_funds(
     // The mall issues both; the brand funds the joint one.
     drop(MALL, &honoured.name, "m-1").await.unwrap();
     drop(MALL, &joint.name, "m-2").await.unwrap();
-    drop(BRAND, &joint.name, "b-1").await.unwrap();
+    let opened = drop(BRAND, &joint.name, "b-1").await.unwrap().into_inner();
     assert_eq!(rows(&s, "live", "coupon_drops").await, 3);
+    // The session ends: a retry of the brand's drop gets the drop it opened; a new one is
+    // refused, and nothing is stored.
+    sessions(&s, &s.token(BRAND))
+        .end_session(pb::EndSessionRequest {
+            request_id: "end".into(),
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap();
+    let again = drop(BRAND, &joint.name, "b-1").await.unwrap().into_inner();
+    assert_eq!(again, opened);
+    let e = drop(BRAND, &joint.name, "b-2").await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "SESSION_STATE")
+    );
+    assert_eq!(rows(&s, "live", "coupon_drops").await, 3);
+}
+
+/// A drop opens only what viewers could claim: a DRAFT benefit (its state in the details) and
+/// one whose validity ends before the drop opens are refused, nothing stored. Once the issuer
+/// pauses a benefit a new drop of it is refused, while a retry of the drop opened before the
+/// pause gets that drop — not a second one, not the refusal.
+#[tokio::test]
+async fn a_coupon_drop_opens_only_a_claimable_benefit_and_its_retry_gets_the_drop_it_opened() {
+    use lianyu_proto::entitlements::v1 as ent;
+    let s = with_entitlements("live_drop_claimable").await;
+    let session = on_air(&s).await;
+    let draft = crate::wallets::benefits(&s, BRAND)
+        .create_benefit(ent::CreateBenefitRequest {
+            request_id: "define-draft".into(),
+            benefit: Some(ent::Benefit {
+                display_name: "not yet active".into(),
+                kind: ent::BenefitKind::ThresholdCoupon as i32,
+                value: cny(5_000),
+                threshold: cny(30_000),
+                budget_units: 100,
+                per_member_limit: 1,
+                valid_until: timestamp(now_millis() + 7 * 24 * 3_600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let short = crate::wallets::active(&s, BRAND, BRAND, BRAND, |b| {
+        b.display_name = "valid one hour".into();
+        b.valid_until = timestamp(now_millis() + 3_600_000);
+    })
+    .await;
+    let coupon = crate::wallets::active(&s, BRAND, BRAND, BRAND, |b| {
+        b.display_name = "brand coupon".into();
+    })
+    .await;
+    // One clock for every request, so that a retry is the same request.
+    let at = now_millis();
+    let drop = |benefit: &str, rid: &str, opens_in: i64| {
+        let mut client = showcase(&s, &s.token(BRAND));
+        let request = pb::CreateCouponDropRequest {
+            request_id: rid.into(),
+            parent: session.name.clone(),
+            coupon_drop: Some(pb::CouponDrop {
+                benefit: benefit.into(),
+                quantity: 10,
+                open_time: timestamp(at + opens_in),
+                close_time: timestamp(at + opens_in + 600_000),
+                ..Default::default()
+            }),
+        };
+        async move { client.create_coupon_drop(request).await }
+    };
+    let e = drop(&draft.name, "d-draft", 0).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "BENEFIT_STATE")
+    );
+    assert_eq!(
+        e.get_error_details().error_info().unwrap().metadata["state"],
+        "DRAFT"
+    );
+    let e = drop(&short.name, "d-late", 2 * 3_600_000)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "BENEFIT_NOT_VALID_NOW")
+    );
+    assert_eq!(rows(&s, "live", "coupon_drops").await, 0, "nothing stored");
+    // Inside its validity the short one opens.
+    drop(&short.name, "d-soon", 60_000).await.unwrap();
+    let opened = drop(&coupon.name, "d-1", 0).await.unwrap().into_inner();
+    crate::wallets::benefits(&s, BRAND)
+        .pause_benefit(ent::PauseBenefitRequest {
+            request_id: "pause".into(),
+            name: coupon.name.clone(),
+        })
+        .await
+        .unwrap();
+    let again = drop(&coupon.name, "d-1", 0).await.unwrap().into_inner();
+    assert_eq!(again, opened, "the retry gets the drop it opened");
+    let e = drop(&coupon.name, "d-2", 0).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "BENEFIT_STATE")
+    );
+    assert_eq!(
+        e.get_error_details().error_info().unwrap().metadata["state"],
+        "PAUSED"
+    );
+    assert_eq!(rows(&s, "live", "coupon_drops").await, 2);
 }
 
 /// A drop of 5 units of the brand's coupon: 12 viewers claim at once through the brand's app

@@ -10,13 +10,16 @@ use lianyu_kit::{
     call::status,
     names,
     peer::{Idempotency, Peer},
-    time::{now_millis, required_millis, timestamp},
+    time::{millis, now_millis, required_millis, timestamp},
     validate::Violations,
     writes::Writes,
 };
 use lianyu_proto::{
-    entitlements::internal::v1::{
-        ClaimForViewerRequest, GetBenefitAsRequest, drop_service_client::DropServiceClient,
+    entitlements::{
+        internal::v1::{
+            ClaimForViewerRequest, GetBenefitAsRequest, drop_service_client::DropServiceClient,
+        },
+        v1::{Benefit, BenefitState},
     },
     live::v1 as pb,
 };
@@ -40,6 +43,30 @@ pub(super) fn drop_proto(d: &CouponDrop) -> pb::CouponDrop {
         open_time: timestamp(d.window.start),
         close_time: timestamp(d.window.end),
     }
+}
+
+/// Whether viewers could claim `b` from a drop opening at `opens`: FAILED_PRECONDITION /
+/// BENEFIT_STATE unless it is ACTIVE (a DRAFT or PAUSED benefit refuses every claim, an ENDED
+/// one always will), BENEFIT_NOT_VALID_NOW when its validity ends before the drop opens.
+fn claimable(b: &Benefit, opens: i64) -> Result<(), LiveError> {
+    let state = BenefitState::try_from(b.state).unwrap_or_default();
+    if state != BenefitState::Active {
+        let shown = state.as_str_name();
+        return Err(KitError::WrongState(
+            "BENEFIT_STATE",
+            shown.strip_prefix("BENEFIT_STATE_").unwrap_or(shown),
+            "a coupon drop hands out an ACTIVE benefit".into(),
+        )
+        .into());
+    }
+    if b.valid_until.as_ref().is_some_and(|t| millis(t) <= opens) {
+        return Err(KitError::Precondition(
+            "BENEFIT_NOT_VALID_NOW",
+            "the benefit's validity ends before the drop opens".into(),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// FAILED_PRECONDITION / DROP_EXHAUSTED.
@@ -66,12 +93,14 @@ impl Api {
         })
     }
 
-    /// Whether the calling co-host may hand out `benefit` in a drop: it must issue or fund
-    /// it, as it must to grant it (`WalletService.GrantBenefit`) — a drop spends the funder's
-    /// budget, and a co-host spends only its own. Asked of entitlements before the drop's
-    /// transaction (never holding the writer across a call to another service); a benefit
-    /// name that does not parse is left to the draft's field checks.
-    async fn may_drop(&self, call: &Call, benefit: &str) -> Result<(), LiveError> {
+    /// Whether the calling co-host may hand out `benefit` in a drop opening at `opens`: it
+    /// must issue or fund it, as it must to grant it (`WalletService.GrantBenefit`) — a drop
+    /// spends the funder's budget, and a co-host spends only its own — and viewers must be
+    /// able to claim it: the benefit ACTIVE, and valid after the drop opens. Asked of
+    /// entitlements before the drop's transaction (never holding the writer across a call to
+    /// another service); a benefit name that does not parse is left to the draft's field
+    /// checks.
+    async fn may_drop(&self, call: &Call, benefit: &str, opens: i64) -> Result<(), LiveError> {
         if names::parse::<1>(benefit, "benefits/{benefit}").is_err() {
             return Ok(());
         }
@@ -87,7 +116,7 @@ impl Api {
             })
             .await;
         match found {
-            Ok(b) if b.issuer == partner || b.funder == partner => Ok(()),
+            Ok(b) if b.issuer == partner || b.funder == partner => claimable(&b, opens),
             Ok(_) => Err(KitError::Denied(
                 "NOT_ISSUER_OR_FUNDER",
                 "a coupon drop hands out a benefit the calling co-host issues or funds",
@@ -111,7 +140,11 @@ impl Api {
         // Only a co-host goes on to ask entitlements about the benefit.
         let (session, role) = self.read_session(call, &r.parent, "parent").await?;
         super::as_host(call, &session, role)?;
-        self.may_drop(call, &given.benefit).await?;
+        let opens = given
+            .open_time
+            .as_ref()
+            .map_or_else(now_millis, |t| millis(t).max(now_millis()));
+        self.may_drop(call, &given.benefit, opens).await?;
         self.mutations
             .run_writing(call, &r.request_id, r, async |txn, writes| {
                 let session = self.hosted(txn, call, &r.parent, "parent").await?;

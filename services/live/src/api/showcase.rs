@@ -303,7 +303,14 @@ impl pb::showcase_service_server::ShowcaseService for Api {
         &self,
         request: Request<pb::CreateCouponDropRequest>,
     ) -> Result<Response<pb::CouponDrop>, Status> {
-        unary(request, async |call, r| self.create_drop(&call, &r).await).await
+        unary(request, async |call, r| {
+            // A retry of a drop that was created gets it, even once the session or the benefit
+            // changed (the checks before the write read them as they are now).
+            self.mutations
+                .replayable(&call, &r.request_id, &r, self.create_drop(&call, &r))
+                .await
+        })
+        .await
     }
 
     async fn get_coupon_drop(
