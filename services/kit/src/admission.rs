@@ -163,22 +163,15 @@ const STREAM_RETRY: Duration = Duration::from_secs(1);
 const DATABASE_RETRY: Duration = crate::dbhealth::EVERY;
 
 /// A refusal of the admission layer (`lianyu.admission`) that tells the caller when to try
-/// again, the two ways gRPC clients read it: a `google.rpc.RetryInfo` detail (AIP-194) and the
-/// `grpc-retry-pushback-ms` metadata that gRPC's own retry policies honour. The delay is drawn
-/// at random from half to one and a half times `after`, so callers refused together do not
-/// all come back together.
+/// again (see [`crate::error::tell_when_to_retry`]).
 fn refusal_with_retry(code: Code, message: &str, reason: &str, after: Duration) -> tonic::Status {
-    use rand::Rng;
-    let half = after / 2;
-    let delay = half + after.mul_f64(rand::thread_rng().r#gen::<f64>());
     let mut details =
         tonic_types::ErrorDetails::with_error_info(reason, "lianyu.admission", HashMap::new());
+    let delay = crate::error::jittered(after);
     details.set_retry_info(Some(delay));
     let mut status =
         <tonic::Status as tonic_types::StatusExt>::with_error_details(code, message, details);
-    if let Ok(ms) = delay.as_millis().to_string().parse() {
-        status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
-    }
+    crate::error::push_back(&mut status, delay);
     status
 }
 

@@ -44,6 +44,28 @@ pub trait ServiceError: std::error::Error {
     fn metadata(&self) -> HashMap<String, String> {
         HashMap::new()
     }
+    /// How long the caller should wait before trying again, for a failure that passes (a
+    /// database or a peer that did not answer); carried as `RetryInfo` and
+    /// `grpc-retry-pushback-ms`, jittered.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// A delay drawn at random from half to one and a half times `after`, so that callers told
+/// to wait together do not all come back together.
+pub(crate) fn jittered(after: std::time::Duration) -> std::time::Duration {
+    use rand::Rng;
+    after / 2 + after.mul_f64(rand::thread_rng().r#gen::<f64>())
+}
+
+/// Tells gRPC's own retry policies when to try again: the `grpc-retry-pushback-ms` metadata
+/// they honour (a client reading `google.rpc.RetryInfo` (AIP-194) finds the same delay in the
+/// details).
+pub(crate) fn push_back(status: &mut Status, delay: std::time::Duration) {
+    if let Ok(ms) = delay.as_millis().to_string().parse() {
+        status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
+    }
 }
 
 /// Implements [`ServiceError`] for a service's error enum: each of its own (unit) variants with
@@ -89,9 +111,24 @@ macro_rules! service_error {
                     _ => ::std::collections::HashMap::new(),
                 }
             }
+
+            fn retry_after(&self) -> Option<::std::time::Duration> {
+                match self {
+                    Self::Kit(e) => $crate::error::ServiceError::retry_after(e),
+                    _ => None,
+                }
+            }
         }
     };
 }
+
+/// How long a caller is told to wait after CONCURRENT_UPDATE.
+const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a caller is told to wait when a service this call needs did not answer (each
+/// call already retried it within its own deadline): long enough for a restarted replica to
+/// be ready, short enough for a till.
+const PEER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Maps a service error to its status. `domain` is `lianyu.<service>`.
 pub fn to_status<E: ServiceError>(domain: &str, error: &E) -> Status {
@@ -139,7 +176,15 @@ pub fn to_status<E: ServiceError>(domain: &str, error: &E) -> Status {
                 .collect::<Vec<_>>(),
         );
     }
-    Status::with_error_details(code, message, details)
+    let delay = error.retry_after().map(jittered);
+    if delay.is_some() {
+        details.set_retry_info(delay);
+    }
+    let mut status = Status::with_error_details(code, message, details);
+    if let Some(delay) = delay {
+        push_back(&mut status, delay);
+    }
+    status
 }
 
 /// Field violations a status carries at most; the rest are counted in `ErrorInfo` metadata
@@ -315,6 +360,17 @@ impl ServiceError for KitError {
             _ => HashMap::new(),
         }
     }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            // The database's health is checked this often; a recovered one serves by then.
+            KitError::Storage(StorageError::Unavailable(_)) => Some(crate::dbhealth::EVERY),
+            // Another writer won a race; trying again at once would meet it again.
+            KitError::Storage(StorageError::Conflict(_)) => Some(CONFLICT_RETRY),
+            KitError::Unavailable(..) => Some(PEER_RETRY),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -444,5 +500,69 @@ mod tests {
         let status = to_status("lianyu.test", &KitError::RequestIdReused);
         assert_eq!(status.code(), Code::AlreadyExists);
         assert_eq!(info(&status).0, "REQUEST_ID_REUSED");
+    }
+
+    /// A service's own error enum, as `service_error!` builds its status.
+    #[derive(Debug, thiserror::Error)]
+    enum ShopError {
+        #[error("no such shop")]
+        ShopNotFound,
+        #[error(transparent)]
+        Kit(#[from] KitError),
+    }
+
+    crate::service_error!(ShopError, "lianyu.shop", {
+        ShopNotFound => (NotFound, "SHOP_NOT_FOUND"),
+    });
+
+    /// The delay a status tells its caller to wait, as `RetryInfo` and as gRPC's pushback
+    /// metadata; both or neither.
+    fn told_to_wait(status: &Status) -> Option<(std::time::Duration, u64)> {
+        let retry = status.get_error_details().retry_info().cloned();
+        let pushback = status
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        assert_eq!(retry.is_some(), pushback.is_some(), "{status:?}");
+        Some((retry?.retry_delay?, pushback?))
+    }
+
+    /// A failure that passes tells the caller when to come back — within half to one and a
+    /// half times its delay, the same in both forms — through a service's error enum too; a
+    /// refusal that a retry would only repeat tells it nothing of the kind.
+    #[test]
+    fn a_passing_failure_tells_when_to_retry_and_a_lasting_one_does_not() {
+        use std::time::Duration;
+        let passing: [(ShopError, Duration); 3] = [
+            (
+                KitError::Storage(StorageError::Unavailable("pool timed out".into())).into(),
+                crate::dbhealth::EVERY,
+            ),
+            (
+                KitError::Storage(StorageError::Conflict("deadlock".into())).into(),
+                CONFLICT_RETRY,
+            ),
+            (
+                KitError::Unavailable("IDENTITY_UNAVAILABLE", "identity did not answer".into())
+                    .into(),
+                PEER_RETRY,
+            ),
+        ];
+        for (error, after) in passing {
+            let status = to_status("lianyu.shop", &error);
+            let (delay, ms) = told_to_wait(&status).expect("a delay");
+            assert!(delay >= after / 2 && delay <= after * 3 / 2, "{delay:?}");
+            assert_eq!(u128::from(ms), delay.as_millis());
+            assert_eq!(info(&status).1, "lianyu.shop");
+        }
+        for lasting in [
+            ShopError::ShopNotFound,
+            KitError::RequestIdReused.into(),
+            KitError::Storage(StorageError::Full("disk full".into())).into(),
+            KitError::Storage(StorageError::Other("syntax".into())).into(),
+            KitError::invalid("name", "required").into(),
+        ] {
+            assert_eq!(told_to_wait(&to_status("lianyu.shop", &lasting)), None);
+        }
     }
 }
