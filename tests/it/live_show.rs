@@ -1145,7 +1145,12 @@ async fn a_coupon_drop_spends_only_a_benefit_the_calling_cohost_issues_or_funds(
         (Code::Unavailable, "ENTITLEMENTS_UNAVAILABLE")
     );
     // It says when to try again, as gRPC's retry policies and AIP-194 clients read it.
-    let wait = e.get_error_details().retry_info().unwrap().retry_delay.unwrap();
+    let wait = e
+        .get_error_details()
+        .retry_info()
+        .unwrap()
+        .retry_delay
+        .unwrap();
     let pushback = e.metadata().get("grpc-retry-pushback-ms").unwrap();
     assert_eq!(pushback.to_str().unwrap(), wait.as_millis().to_string());
     assert_eq!(rows(&alone, "live", "coupon_drops").await, 0);

@@ -72,6 +72,49 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
     Ok(())
 }
 
+/// Why a token for `partner` (narrowed to `store`, a "partners/{partner}/stores/{store}" name,
+/// when given) must not be minted outside `IssueToken` (`lianyu token`): the reason, as
+/// IssueToken would refuse it, or `None` when the partner is registered and active and the
+/// store is one of its open stores. `db` is identity's database.
+pub async fn token_refusal(
+    db: &sea_orm::DatabaseConnection,
+    partner: &str,
+    store: Option<&str>,
+) -> Result<Option<String>, domain::IdentityError> {
+    use domain::partner::PartnerStatus;
+    let Some(found) = store::Store::partner(db, partner).await? else {
+        return Ok(Some(format!(
+            "no partner {partner:?} is registered in this mesh (PartnerService.CreatePartner              registers one; `lianyu up`'s demo registers aurora-shoes and jade-plaza)"
+        )));
+    };
+    if found.status == PartnerStatus::Suspended {
+        return Ok(Some(format!(
+            "partner {partner:?} is suspended: every service refuses its tokens"
+        )));
+    }
+    let Some(store) = store else {
+        return Ok(None);
+    };
+    let Ok([owner, id]) = lianyu_kit::names::parse(store, "partners/{partner}/stores/{store}")
+    else {
+        return Ok(Some(format!(
+            "--store {store:?} is not a store's name (partners/{{partner}}/stores/{{store}})"
+        )));
+    };
+    if owner != partner {
+        return Ok(Some(format!(
+            "--store {store:?} is not a store of partner {partner:?}"
+        )));
+    }
+    Ok(match store::Store::store(db, partner, id).await? {
+        None => Some(format!("partner {partner:?} has no store {id:?}")),
+        Some(s) if !s.active => Some(format!(
+            "store {store:?} is closed: it issues no store tokens"
+        )),
+        Some(_) => None,
+    })
+}
+
 /// Serves the service alone on `listener` until `shutdown` completes.
 /// `--migrate-only`: brings identity's schema up to date; how many migrations ran.
 pub async fn migrate(config: Config) -> Result<usize, StartError> {

@@ -149,6 +149,25 @@ pub async fn run(
     let mut brand = Partner::new(&channel, &tokens[0]);
     let mut mall = Partner::new(&channel, &tokens[1]);
 
+    let counter = mall
+        .partners
+        .create_store(pb::CreateStoreRequest {
+            request_id: "demo-store-cosmetics".into(),
+            parent: format!("partners/{MALL}"),
+            store_id: "cosmetics".into(),
+            store: Some(pb::Store {
+                display_name: "Jade Plaza cosmetics counter".into(),
+                city: "Shanghai".into(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    say(&format!(
+        "Jade registers its cosmetics counter, {}: its tills ask IssueToken for a token of that store alone",
+        counter.name
+    ));
+
     say(
         "Aurora proposes a joint domain allowing SHARE_PROFILE, BENEFIT_REDEMPTION, MARKETING_CONTACT and JOINT_ANALYTICS; Jade accepts it",
     );

@@ -210,7 +210,7 @@ fn keygen() {
 async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Up(args) => up(args).await,
-        Command::Token(args) => token(args),
+        Command::Token(args) => token(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Audit(args) => audit(args).await,
         Command::Keygen => {
@@ -312,6 +312,31 @@ fn print_banner(config: &Config, address: SocketAddr, names: &[&str]) {
     println!("Ctrl-C stops it (health goes NOT_SERVING, in-flight calls finish).");
 }
 
+/// A service's existing database, to read: PostgreSQL in the service's own schema, as the
+/// service connects; SQLite read-only, and only a file that is there (`hint` says where else
+/// to look).
+async fn open_to_read(
+    url: &str,
+    service: &str,
+    hint: &str,
+) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && !std::path::Path::new(path.split('?').next().unwrap_or(path)).exists()
+    {
+        bail!("no {service} database at {path}: {hint}");
+    }
+    if url.starts_with("postgres") {
+        lianyu_kit::storage::connect(url, service, Some(1))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    } else {
+        sea_orm::Database::connect(url.replace("mode=rwc", "mode=ro"))
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .with_context(|| format!("cannot open the {service} database"))
+}
+
 async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let mut config = Config::from_env()?;
     if let Some(dir) = args.data_dir {
@@ -320,22 +345,12 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let url = args
         .database_url
         .unwrap_or_else(|| config.database_url(lianyu_entitlements::NAME));
-    if let Some(path) = url.strip_prefix("sqlite://")
-        && !std::path::Path::new(path.split('?').next().unwrap_or(path)).exists()
-    {
-        bail!("no entitlements database at {path}: pass --data-dir or --database-url");
-    }
-    // PostgreSQL: the service's own schema, as the service connects; SQLite: read-only.
-    let db = if url.starts_with("postgres") {
-        lianyu_kit::storage::connect(&url, lianyu_entitlements::NAME, Some(1))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    } else {
-        sea_orm::Database::connect(url.replace("mode=rwc", "mode=ro"))
-            .await
-            .map_err(anyhow::Error::from)
-    }
-    .context("cannot open the entitlements database")?;
+    let db = open_to_read(
+        &url,
+        lianyu_entitlements::NAME,
+        "pass --data-dir or --database-url",
+    )
+    .await?;
     let found = lianyu_entitlements::audit_ledger(&db).await?;
     for (transaction, currency, sum) in &found.unbalanced {
         println!("UNBALANCED ledgerEntries/{transaction}: {currency} postings sum to {sum}");
@@ -360,7 +375,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn token(args: TokenArgs) -> anyhow::Result<()> {
+async fn token(args: TokenArgs) -> anyhow::Result<()> {
     let mut config = Config::from_env()?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -404,6 +419,24 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     } else {
         args.scopes
     };
+    if args.store.is_some() && args.operator {
+        bail!("--store narrows a partner's token; the operator's has no store");
+    }
+    if !args.operator {
+        // Only for a partner identity knows, as IssueToken would issue it: a typo would
+        // otherwise write members and consents under a partner no one can see or audit.
+        let db = open_to_read(
+            &config.database_url(lianyu_identity::NAME),
+            lianyu_identity::NAME,
+            "start the mesh with `lianyu up` first, or pass its --data-dir",
+        )
+        .await?;
+        if let Some(why) =
+            lianyu_identity::token_refusal(&db, &partner_id, args.store.as_deref()).await?
+        {
+            bail!("{why}; no token minted");
+        }
+    }
     let request = TokenRequest {
         partner_id,
         operator: args.operator,

@@ -31,7 +31,7 @@ impl Drop for KillOnDrop {
 }
 
 #[tokio::test]
-async fn up_serves_the_mesh_token_mints_for_it_and_sigterm_stops_it() {
+async fn up_serves_the_mesh_token_mints_for_its_partners_and_sigterm_stops_it() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();
     let db = TestDatabase::new("up_serves").await;
@@ -50,10 +50,71 @@ async fn up_serves_the_mesh_token_mints_for_it_and_sigterm_stops_it() {
         .unwrap_or_else(|| panic!("banner: {first}"))
         .to_owned();
 
-    let token = Command::new(BIN)
-        .args(["token", "--partner", "brand-a", "--data-dir", dir])
-        .output()
-        .unwrap();
+    // A partner token is minted only for a partner the mesh knows: the demo's, once it has
+    // registered them.
+    assert!(
+        banner.any(|line| line.unwrap().starts_with("demo: done")),
+        "the demo finished"
+    );
+    // The mesh logs to stdout too: keep reading, so that a full pipe never stalls it.
+    std::thread::spawn(move || banner.for_each(drop));
+    let mint = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["token", "--data-dir", dir])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, why) in [
+        (
+            &["--partner", "aurora-shoe"][..],
+            "no partner \"aurora-shoe\" is registered",
+        ),
+        (
+            &[
+                "--partner",
+                "jade-plaza",
+                "--store",
+                "partners/jade-plaza/stores/nope",
+            ],
+            "has no store \"nope\"",
+        ),
+        (
+            &[
+                "--partner",
+                "aurora-shoes",
+                "--store",
+                "partners/jade-plaza/stores/cosmetics",
+            ],
+            "is not a store of partner \"aurora-shoes\"",
+        ),
+        (
+            &[
+                "--operator",
+                "--store",
+                "partners/jade-plaza/stores/cosmetics",
+            ],
+            "operator",
+        ),
+    ] {
+        let refused = mint(args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+        assert!(refused.stdout.is_empty(), "{args:?}: no token printed");
+    }
+    let store = mint(&[
+        "--partner",
+        "jade-plaza",
+        "--store",
+        "partners/jade-plaza/stores/cosmetics",
+    ]);
+    assert!(
+        store.status.success(),
+        "{}",
+        String::from_utf8_lossy(&store.stderr)
+    );
+    let token = mint(&["--partner", "aurora-shoes"]);
     assert!(
         token.status.success(),
         "{}",
