@@ -11,7 +11,9 @@ use lianyu_proto::{common::v1::Money, entitlements::v1 as pb};
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 
-use crate::wallets::{active, cny, consent, enrol, ledger, mesh, till, unbalanced, wallet};
+use crate::wallets::{
+    active, close_store, cny, consent, enrol, ledger, mesh, till, unbalanced, wallet,
+};
 
 /// The member balances the audit finds different from their postings, where they live.
 async fn balance_differences(s: &TestServer) -> usize {
@@ -504,7 +506,7 @@ async fn other_callers_of_balances_are_refused_and_change_nothing() {
             .unwrap_err();
         assert_eq!(reason(&e), "EARNING_NOT_FOUND", "{name}");
         let mut r = spend(who, &points.name, &format!("{name}-spend"), "");
-        r.store = format!("partners/{partner}/stores/x1");
+        r.store = format!("partners/{partner}/stores/sh01");
         r.points = 1;
         let e = till(&s, &s.token(partner))
             .spend_balance(r)
@@ -538,4 +540,65 @@ async fn other_callers_of_balances_are_refused_and_change_nothing() {
         "no refusal posted anything"
     );
     assert_eq!(balance_differences(&s).await, 0);
+}
+
+/// A spend is recorded only at a store identity knows and its partner keeps open: a typo'd
+/// store is NOT_FOUND / STORE_NOT_FOUND, a closed one FAILED_PRECONDITION / STORE_CLOSED (a
+/// store token of the closed store too), and neither takes anything from the card.
+#[tokio::test]
+async fn a_spend_is_recorded_only_at_a_registered_open_store() {
+    let s = mesh("bal_store_open").await;
+    let card = card(&s).await;
+    let member = enrol(&s, MALL, "13800139301").await;
+    wallet(&s, MALL)
+        .top_up(pb::TopUpRequest {
+            request_id: "t".into(),
+            member: member.clone(),
+            benefit: card.name.clone(),
+            amount: cny(10_000),
+            payment_reference: "pos-1".into(),
+        })
+        .await
+        .unwrap();
+    close_store(&s, MALL, "sh02").await;
+    let at = |rid: &str, store: &str| pb::SpendBalanceRequest {
+        amount: cny(1_000),
+        ..spend(&member, &card.name, rid, store)
+    };
+    for (token, request, code, why) in [
+        (
+            s.token(MALL),
+            at("typo", &format!("partners/{MALL}/stores/sh0l")),
+            Code::NotFound,
+            "STORE_NOT_FOUND",
+        ),
+        (
+            s.token(MALL),
+            at("closed", &format!("partners/{MALL}/stores/sh02")),
+            Code::FailedPrecondition,
+            "STORE_CLOSED",
+        ),
+        (
+            s.store_token(MALL, "sh02"),
+            at("closed-till", ""),
+            Code::FailedPrecondition,
+            "STORE_CLOSED",
+        ),
+    ] {
+        let e = till(&s, &token).spend_balance(request).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why));
+    }
+    assert_eq!(
+        balance(&s, MALL, &member, &card.name).await.stored_value,
+        cny(11_000),
+        "nothing was spent"
+    );
+    till(&s, &s.token(MALL))
+        .spend_balance(at("open", &format!("partners/{MALL}/stores/sh01")))
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(&s, MALL, &member, &card.name).await.stored_value,
+        cny(10_000)
+    );
 }

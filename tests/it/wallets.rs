@@ -1742,7 +1742,7 @@ async fn other_callers_of_the_till_and_the_ledger_are_refused_and_change_nothing
         assert_eq!(reason(&e), "REDEMPTION_NOT_FOUND", "{partner}");
         let e = till(&s, &s.token(partner))
             .redeem(pb::RedeemRequest {
-                store: format!("partners/{partner}/stores/x"),
+                store: format!("partners/{partner}/stores/sh01"),
                 ..redeem(&item.name, "foreign", 40_000)
             })
             .await
@@ -2284,4 +2284,99 @@ async fn the_live_service_reads_a_benefit_as_a_partner_sees_it_and_no_partner_ca
         (e.code(), reason(&e)),
         (Code::PermissionDenied, "SCOPE_MISSING".into())
     );
+}
+
+/// `partner` closes its store `store` (UpdateStore, `active` false).
+pub(crate) async fn close_store(s: &TestServer, partner: &str, store: &str) {
+    use lianyu_proto::identity::v1::partner_service_client::PartnerServiceClient;
+    PartnerServiceClient::new(s.as_token(&s.token(partner)))
+        .update_store(id::UpdateStoreRequest {
+            request_id: format!("close-{store}"),
+            store: Some(id::Store {
+                name: format!("partners/{partner}/stores/{store}"),
+                active: false,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["active".into()],
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// A redemption is taken only at a store identity knows and its partner keeps open: a typo'd
+/// store is NOT_FOUND / STORE_NOT_FOUND, a closed one FAILED_PRECONDITION / STORE_CLOSED (for
+/// a hold too, and for the closed store's own till), and the unit stays in the wallet with no
+/// redemption recorded; at an open store it is redeemed.
+#[tokio::test]
+async fn a_redemption_is_taken_only_at_a_registered_open_store() {
+    let s = mesh("ent_store_open").await;
+    let coupon = active(&s, MALL, MALL, MALL, |_| {}).await;
+    let member = enrol(&s, MALL, "13800138301").await;
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    close_store(&s, MALL, "sh02").await;
+    let at = |rid: &str, store: &str| pb::RedeemRequest {
+        store: store.into(),
+        ..redeem(&item.name, rid, 40_000)
+    };
+    let typo = format!("partners/{MALL}/stores/sh0l");
+    let closed = format!("partners/{MALL}/stores/sh02");
+    for (token, request, code, why) in [
+        (
+            s.token(MALL),
+            at("typo", &typo),
+            Code::NotFound,
+            "STORE_NOT_FOUND",
+        ),
+        (
+            s.token(MALL),
+            at("closed", &closed),
+            Code::FailedPrecondition,
+            "STORE_CLOSED",
+        ),
+        (
+            s.store_token(MALL, "sh02"),
+            at("closed-till", ""),
+            Code::FailedPrecondition,
+            "STORE_CLOSED",
+        ),
+    ] {
+        let e = till(&s, &token).redeem(request).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why));
+    }
+    let e = till(&s, &s.token(MALL))
+        .reserve_redemption(pb::ReserveRedemptionRequest {
+            request_id: "hold".into(),
+            wallet_item: item.name.clone(),
+            store: typo.clone(),
+            order_amount: cny(40_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_NOT_FOUND");
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 0);
+    let listed = wallet(&s, MALL)
+        .list_wallet(pb::ListWalletRequest {
+            member: member.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.items.iter().map(|i| i.state()).collect::<Vec<_>>(),
+        [pb::WalletItemState::Available],
+        "the unit is still there"
+    );
+    till(&s, &s.token(MALL))
+        .redeem(at("open", &format!("partners/{MALL}/stores/sh01")))
+        .await
+        .unwrap();
+    assert_eq!(rows(&s, "entitlements", "redemptions").await, 1);
 }

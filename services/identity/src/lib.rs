@@ -84,7 +84,7 @@ pub async fn token_refusal(
     use domain::partner::PartnerStatus;
     let Some(found) = store::Store::partner(db, partner).await? else {
         return Ok(Some(format!(
-            "no partner {partner:?} is registered in this mesh (PartnerService.CreatePartner              registers one; `lianyu up`'s demo registers aurora-shoes and jade-plaza)"
+            "no partner {partner:?} is registered in this mesh (PartnerService.CreatePartner registers one; `lianyu up`'s demo registers aurora-shoes and jade-plaza)"
         )));
     };
     if found.status == PartnerStatus::Suspended {

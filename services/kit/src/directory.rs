@@ -48,6 +48,10 @@ const MAX_BATCH: usize = 1000;
 const CACHE_ENTRIES: u64 = 100_000;
 /// Members [`Directory::forget`] keeps track of before it empties the caches and starts again.
 const HELD_MEMBERS: usize = 4 * CACHE_ENTRIES as usize;
+/// The longest a store's state is used before identity is asked again.
+pub const STORE_TTL: Duration = Duration::from_secs(30);
+/// The longest a store's state stands in while identity does not answer.
+pub const STORE_STALE: Duration = Duration::from_secs(600);
 /// The longest a cached consent decision is used.
 pub const DECISION_TTL: Duration = Duration::from_secs(30);
 
@@ -181,6 +185,10 @@ pub struct Directory {
     /// gone): see [`Directory::forget`].
     held: Arc<std::sync::Mutex<HashSet<MeshMemberId>>>,
     lookups: mpsc::Sender<Lookup>,
+    /// Stores' states as identity last gave them, and when ([`Directory::open_store`]).
+    stores: Arc<Mutex<HashMap<String, (pb::StoreState, std::time::Instant)>>>,
+    /// How long a store's state is used before identity is asked again: [`STORE_TTL`].
+    store_ttl: Duration,
     /// Calls made to identity's `ResolveMeshIds`, for tests and metrics.
     resolve_calls: Arc<std::sync::atomic::AtomicU64>,
     /// Feed events that had something cached to drop, for tests and metrics.
@@ -228,6 +236,8 @@ impl Directory {
                 .support_invalidation_closures()
                 .build(),
             held: Arc::default(),
+            stores: Arc::default(),
+            store_ttl: STORE_TTL,
             lookups,
             resolve_calls: Arc::default(),
             forgotten: Arc::default(),
@@ -324,6 +334,77 @@ impl Directory {
             }
         }
         Ok(out)
+    }
+
+    /// The same directory, using a store's state for `ttl` instead of [`STORE_TTL`] (zero:
+    /// identity is asked every time it answers).
+    pub fn with_store_ttl(self, ttl: Duration) -> Self {
+        Self {
+            store_ttl: ttl,
+            ..self
+        }
+    }
+
+    /// Whether `store` ("partners/{partner}/stores/{store}") is registered and open, as a
+    /// call that records something at it needs: NOT_FOUND / STORE_NOT_FOUND when identity has
+    /// no such store, FAILED_PRECONDITION / STORE_CLOSED when its partner closed it. An open
+    /// or closed state is kept [`STORE_TTL`] (a store closed or reopened is seen within it
+    /// everywhere); an unknown one is asked again every time, so a store registered a moment
+    /// ago is used at once. When identity does not answer, a state known in the last
+    /// [`STORE_STALE`] stands in (a till keeps selling through a short outage); without one,
+    /// UNAVAILABLE / IDENTITY_UNAVAILABLE.
+    pub async fn open_store(&self, store: &str) -> Result<(), KitError> {
+        let known = self.lock_stores().get(store).copied();
+        let state = match known {
+            Some((state, at)) if at.elapsed() < self.store_ttl => state,
+            _ => {
+                let request = pb::CheckStoresRequest {
+                    stores: vec![store.to_owned()],
+                };
+                let asked = self
+                    .peer
+                    .call(Idempotency::Idempotent, request, |ch, r| async move {
+                        DirectoryServiceClient::new(ch).check_stores(r).await
+                    })
+                    .await;
+                match (asked, known) {
+                    (Ok(reply), _) => {
+                        let state = reply
+                            .stores
+                            .first()
+                            .map_or(pb::StoreState::Unknown, |s| s.state());
+                        let mut stores = self.lock_stores();
+                        if state == pb::StoreState::Unknown {
+                            stores.remove(store);
+                        } else {
+                            if stores.len() >= CACHE_ENTRIES as usize {
+                                stores.clear();
+                            }
+                            stores.insert(store.to_owned(), (state, std::time::Instant::now()));
+                        }
+                        state
+                    }
+                    (Err(_), Some((state, at))) if at.elapsed() < STORE_STALE => state,
+                    (Err(status), _) => return Err(unavailable(&status)),
+                }
+            }
+        };
+        match state {
+            pb::StoreState::Open => Ok(()),
+            pb::StoreState::Closed => Err(KitError::Precondition(
+                "STORE_CLOSED",
+                "the store is closed: its partner reopens it with UpdateStore".into(),
+            )),
+            _ => Err(KitError::NotFound("STORE_NOT_FOUND")),
+        }
+    }
+
+    fn lock_stores(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (pb::StoreState, std::time::Instant)>> {
+        self.stores
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Identity's decisions, asked now (for what moves value or data across partners), on

@@ -269,6 +269,8 @@ pub struct TestServer {
 /// The partners [`TestServer::with_partners`] creates: two allied ones and an outsider.
 pub const BRAND: &str = "brand-a";
 pub const MALL: &str = "mall-b";
+/// The stores every partner of [`TestServer::with_partners`] registers, open.
+pub const HARNESS_STORES: [&str; 4] = ["sh01", "sh02", "b01", "bj01"];
 pub const OUTSIDER: &str = "brand-c";
 
 impl TestServer {
@@ -379,7 +381,8 @@ impl TestServer {
     }
 
     /// With identity mounted: creates [`BRAND`] and [`MALL`], allied in an ACTIVE alliance
-    /// allowing every purpose, and [`OUTSIDER`], allied with nobody.
+    /// allowing every purpose, and [`OUTSIDER`], allied with nobody; each with the open
+    /// stores [`HARNESS_STORES`].
     pub async fn with_partners(self) -> Self {
         use lianyu_proto::{
             common::v1::PartnerKind,
@@ -405,6 +408,21 @@ impl TestServer {
                 })
                 .await
                 .unwrap_or_else(|e| panic!("create {id}: {e}"));
+            for store in HARNESS_STORES {
+                client(&self.token(id))
+                    .create_store(pb::CreateStoreRequest {
+                        request_id: format!("harness-{id}-{store}"),
+                        parent: format!("partners/{id}"),
+                        store_id: store.to_owned(),
+                        store: Some(pb::Store {
+                            display_name: format!("{id} {store}"),
+                            city: "Shanghai".into(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("create {id}'s store {store}: {e}"));
+            }
         }
         let until = crate::time::timestamp(crate::time::now_millis() + 365 * 24 * 3600 * 1000);
         let alliance = client(&self.token(BRAND))

@@ -352,7 +352,7 @@ impl Caller {
                         .redeem(ent::RedeemRequest {
                             request_id: format!("r-{rid}"),
                             wallet_item: item.into_inner().name,
-                            store: format!("partners/{}/stores/bench", setup::MALL),
+                            store: format!("partners/{}/stores/{}", setup::MALL, setup::STORE),
                             order_amount: Some(lianyu_proto::common::v1::Money {
                                 currency_code: "CNY".into(),
                                 minor_units: 10_000,

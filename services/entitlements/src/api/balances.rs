@@ -455,6 +455,9 @@ impl Api {
             Some(m) => v.check("amount", Money::positive(&m.currency_code, m.minor_units)),
         };
         v.finish()?;
+        if let Some(store) = &store_name {
+            self.directory()?.open_store(store).await?;
+        }
         let t = self.target(call, &r.member, &r.benefit, None, true).await?;
         let (store_name, (spent, taken)) = match (store_name, t.kind, amount) {
             (_, BalanceKind::Points, Some(_)) => {

@@ -322,6 +322,8 @@ impl Api {
         hold: Option<i32>,
     ) -> Result<pb::Redemption, EntitlementsError> {
         let me = PartnerId::new(call.partner_id());
+        // Only at a store identity knows and its partner keeps open.
+        self.directory()?.open_store(&t.store).await?;
         let mesh = self.mesh_id(me.as_str(), t.scoped).await?;
         let item = store::item(&self.read, t.item_id)
             .await?

@@ -86,6 +86,43 @@ impl DirectoryService for Api {
         .await
     }
 
+    async fn check_stores(
+        &self,
+        request: Request<pb::CheckStoresRequest>,
+    ) -> Result<Response<pb::CheckStoresResponse>, Status> {
+        unary(request, async |_call, r| {
+            let mut v = Violations::default();
+            batch_size(&mut v, "stores", r.stores.len());
+            let named: Vec<Option<[&str; 2]>> = r
+                .stores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    v.check(
+                        format!("stores[{i}]"),
+                        lianyu_kit::names::parse(s, "partners/{partner}/stores/{store}"),
+                    )
+                })
+                .collect();
+            v.finish()?;
+            let mut stores = Vec::with_capacity(named.len());
+            for (name, parts) in r.stores.iter().zip(named) {
+                let [partner, id] = parts.unwrap_or_default();
+                let state = match Store::store(&self.store.read, partner, id).await? {
+                    None => pb::StoreState::Unknown,
+                    Some(s) if s.active => pb::StoreState::Open,
+                    Some(_) => pb::StoreState::Closed,
+                };
+                stores.push(pb::StoreCheck {
+                    store: name.clone(),
+                    state: state as i32,
+                });
+            }
+            Ok::<_, IdentityError>(pb::CheckStoresResponse { stores })
+        })
+        .await
+    }
+
     async fn scope_member_ids(
         &self,
         request: Request<pb::ScopeMemberIdsRequest>,

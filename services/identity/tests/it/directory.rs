@@ -462,3 +462,67 @@ async fn a_merge_event_redirects_a_cached_translation_to_the_survivor() {
         "the old id now names the surviving member"
     );
 }
+
+/// A store's state as the kit keeps it: asked of identity (every time, with no TTL), an open
+/// store stands in for up to `STORE_STALE` when identity stops answering — a till keeps
+/// selling through a short outage — while a store identity never confirmed fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_store_stands_in_while_identity_is_down_and_an_unknown_one_fails_closed() {
+    let first = Identity::with_partners("dir_store_outage").await;
+    first
+        .as_partner("brand-a")
+        .partners
+        .create_store(pb::CreateStoreRequest {
+            request_id: "s".into(),
+            parent: "partners/brand-a".into(),
+            store_id: "sanlitun".into(),
+            store: Some(pb::Store {
+                display_name: "Sanlitun".into(),
+                city: "Beijing".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // Identity again, on an address of our own, same database and keys: killed below.
+    let address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let server = tokio::spawn(lianyu_identity::run(
+        first.config.clone(),
+        rebindable(address),
+        std::future::pending(),
+    ));
+    let url = format!("http://{address}");
+    lianyu_kit::testing::connect(&url).await;
+    let mut config = first.config.clone();
+    config.set_peer_url("identity", url);
+    let ctx = ServerContext::new(config).unwrap();
+    let directory = Directory::new(ctx.peer("live", "identity").unwrap(), ctx.stopping.clone())
+        .with_store_ttl(Duration::ZERO);
+    let (open, typo) = (
+        "partners/brand-a/stores/sanlitun",
+        "partners/brand-a/stores/sanlitum",
+    );
+    directory.open_store(open).await.unwrap();
+    let e = directory.open_store(typo).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.reason()),
+        (tonic::Code::NotFound, "STORE_NOT_FOUND")
+    );
+    server.abort();
+    let _ = server.await;
+    directory.open_store(open).await.unwrap();
+    let e = directory.open_store(typo).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.reason()),
+        (tonic::Code::Unavailable, "IDENTITY_UNAVAILABLE")
+    );
+    // Stores another partner never registered fail closed the same way.
+    let e = directory
+        .open_store("partners/mall-b/stores/sanlitun")
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), "IDENTITY_UNAVAILABLE");
+}

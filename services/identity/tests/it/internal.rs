@@ -398,3 +398,101 @@ async fn the_internal_contract_has_a_port_of_its_own_and_is_not_on_the_public_on
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// A mesh service asks whether stores may be named in what it records: a registered store is
+/// OPEN, one its partner closed CLOSED, a typo or another partner's name UNKNOWN — in request
+/// order, never an error; a malformed name is INVALID_ARGUMENT naming it, and a partner (its
+/// own store included) or no token at all cannot ask.
+#[tokio::test]
+async fn check_stores_tells_a_service_which_stores_are_open() {
+    let identity = Identity::with_partners("internal_stores").await;
+    let mut brand = identity.as_partner("brand-a");
+    let open = |id: &'static str| {
+        let mut partners = brand.partners.clone();
+        async move {
+            partners
+                .create_store(pb::CreateStoreRequest {
+                    request_id: format!("s-{id}"),
+                    parent: "partners/brand-a".into(),
+                    store_id: id.into(),
+                    store: Some(pb::Store {
+                        display_name: id.into(),
+                        city: "Beijing".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let sanlitun = open("sanlitun").await;
+    let closed = open("guomao").await;
+    brand
+        .partners
+        .update_store(pb::UpdateStoreRequest {
+            request_id: "close".into(),
+            store: Some(pb::Store {
+                active: false,
+                ..closed.clone()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["active".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let asked = [
+        sanlitun.name.as_str(),
+        closed.name.as_str(),
+        "partners/brand-a/stores/sanlitum",
+        "partners/mall-b/stores/sanlitun",
+        "partners/nobody/stores/sanlitun",
+    ];
+    let request = || internal::CheckStoresRequest {
+        stores: asked.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let states: Vec<_> = identity
+        .directory(&identity.service_token("entitlements"))
+        .check_stores(request())
+        .await
+        .unwrap()
+        .into_inner()
+        .stores
+        .into_iter()
+        .map(|s| (s.store.clone(), s.state()))
+        .collect();
+    use internal::StoreState::{Closed, Open, Unknown};
+    assert_eq!(
+        states,
+        asked
+            .iter()
+            .map(|s| (*s).to_owned())
+            .zip([Open, Closed, Unknown, Unknown, Unknown])
+            .collect::<Vec<_>>()
+    );
+    for (stores, field) in [
+        (
+            vec![sanlitun.name.clone(), "stores/sanlitun".into()],
+            "stores[1]",
+        ),
+        (Vec::new(), "stores"),
+        (vec![sanlitun.name.clone(); 1001], "stores"),
+    ] {
+        let e = identity
+            .directory(&identity.service_token("live"))
+            .check_stores(internal::CheckStoresRequest { stores })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), details(&e).1),
+            (Code::InvalidArgument, Some(field.into()))
+        );
+    }
+    let partner = identity
+        .directory(&identity.partner_token("brand-a"))
+        .check_stores(request())
+        .await
+        .unwrap_err();
+    assert_eq!(partner.code(), Code::PermissionDenied);
+}

@@ -40,6 +40,8 @@ pub struct Target {
 
 pub(super) const BRAND: &str = "bench-brand";
 pub(super) const MALL: &str = "bench-mall";
+/// The mall's store where the redeem scenario's tills sell.
+pub(super) const STORE: &str = "bench";
 
 impl Target {
     /// Connects to `address`, minting tokens with the dev key in `data_dir`, and prepares
@@ -98,6 +100,25 @@ impl Target {
                 Err(s) if s.code() == Code::AlreadyExists => {}
                 Err(s) => return Err(s).context("creating bench partners"),
             }
+        }
+        // The mall's counter the redeem scenario's tills sell at.
+        let counter = pb::CreateStoreRequest {
+            request_id: "bench-store".into(),
+            parent: format!("partners/{MALL}"),
+            store_id: STORE.into(),
+            store: Some(pb::Store {
+                display_name: "bench counter".into(),
+                city: "Shanghai".into(),
+                ..Default::default()
+            }),
+        };
+        match pb::partner_service_client::PartnerServiceClient::new(target.as_mall(channel.clone()))
+            .create_store(counter)
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Err(s).context("creating the bench counter"),
         }
         let until = chrono::Utc::now().timestamp() + 30 * 24 * 3600;
         let alliance = pb::Alliance {

@@ -387,7 +387,15 @@ fn start_up(dir: &str, db: &TestDatabase) -> (KillOnDrop, String) {
         .strip_prefix("lianyu mesh listening on ")
         .unwrap_or_else(|| panic!("banner: {first}"))
         .to_owned();
-    // Keep reading what it prints (the demo), so it never writes into a closed pipe.
+    // The demo's partners are there once it is done (or skipped, on a mesh that has them).
+    assert!(
+        banner.any(|line| {
+            let line = line.unwrap();
+            line.starts_with("demo: done") || line.starts_with("demo: this mesh already has")
+        }),
+        "the demo finished"
+    );
+    // Keep reading what it prints, so it never writes into a closed pipe.
     std::thread::spawn(move || for _ in banner {});
     (up, format!("http://{address}"))
 }
