@@ -2080,3 +2080,79 @@ async fn an_order_placed_after_a_guide_is_added_sees_the_guide_during_a_burst() 
         );
     }
 }
+
+/// A show goes out from, and its guides sell through, stores identity knows and their partner
+/// keeps open: a typo'd hosting store is NOT_FOUND / STORE_NOT_FOUND, a guide at a closed
+/// store FAILED_PRECONDITION / STORE_CLOSED, and no session is stored; a co-host's update that
+/// moves a guide to an unknown store is refused and the guide stays where it was.
+#[tokio::test]
+async fn a_show_names_only_stores_that_are_registered_and_open() {
+    let s = mesh("live_stores_open").await;
+    crate::wallets::close_store(&s, MALL, "sh02").await;
+    let guide = |store: &str| pb::Guide {
+        guide_id: "lin".into(),
+        display_name: "Lin".into(),
+        partner: format!("partners/{MALL}"),
+        store: store.into(),
+        ..Default::default()
+    };
+    let draft = |store: &str, guide_store: &str| pb::CreateSessionRequest {
+        request_id: format!("schedule-{store}-{guide_store}"),
+        session: Some(pb::Session {
+            title: "Double 12 at the flagship".into(),
+            hosts: vec![format!("partners/{MALL}")],
+            store: store.into(),
+            stream_url: "https://cdn.example/live/1.m3u8".into(),
+            scheduled_start_time: timestamp(now_millis() + 60_000),
+            guides: vec![guide(guide_store)],
+            ..Default::default()
+        }),
+    };
+    let sh01 = format!("partners/{MALL}/stores/sh01");
+    for (request, code, why) in [
+        (
+            draft(&format!("partners/{MALL}/stores/sh0l"), ""),
+            Code::NotFound,
+            "STORE_NOT_FOUND",
+        ),
+        (
+            draft(&sh01, &format!("partners/{MALL}/stores/sh02")),
+            Code::FailedPrecondition,
+            "STORE_CLOSED",
+        ),
+    ] {
+        let e = sessions(&s, &s.token(BRAND))
+            .create_session(request)
+            .await
+            .unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why));
+    }
+    assert_eq!(rows(&s, "live", "sessions").await, 0, "nothing stored");
+    let session = on_air(&s).await;
+    let e = sessions(&s, &s.token(MALL))
+        .update_session(pb::UpdateSessionRequest {
+            request_id: "move-lin".into(),
+            session: Some(pb::Session {
+                name: session.name.clone(),
+                guides: vec![guide(&format!("partners/{MALL}/stores/nowhere"))],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["guides".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "STORE_NOT_FOUND")
+    );
+    let read = sessions(&s, &s.token(MALL))
+        .get_session(pb::GetSessionRequest {
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.guides, session.guides, "the guide stays where it was");
+}

@@ -354,6 +354,9 @@ impl Directory {
     /// [`STORE_STALE`] stands in (a till keeps selling through a short outage); without one,
     /// UNAVAILABLE / IDENTITY_UNAVAILABLE.
     pub async fn open_store(&self, store: &str) -> Result<(), KitError> {
+        if crate::names::parse::<2>(store, "partners/{partner}/stores/{store}").is_err() {
+            return Err(KitError::NotFound("STORE_NOT_FOUND"));
+        }
         let known = self.lock_stores().get(store).copied();
         let state = match known {
             Some((state, at)) if at.elapsed() < self.store_ttl => state,

@@ -275,6 +275,24 @@ impl Api {
         lianyu_kit::directory::required(self.directory.as_ref())
     }
 
+    /// Every store named in `stores` ("partners/{partner}/stores/{store}"; empty ones skipped)
+    /// registered with identity and open: NOT_FOUND / STORE_NOT_FOUND, FAILED_PRECONDITION /
+    /// STORE_CLOSED otherwise. Asked before a transaction, never inside one.
+    async fn stores_open<'a>(
+        &self,
+        stores: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), LiveError> {
+        // A malformed name is left to the field checks, which name its field.
+        let named: std::collections::BTreeSet<&str> = stores
+            .into_iter()
+            .filter(|s| names::parse::<2>(s, "partners/{partner}/stores/{store}").is_ok())
+            .collect();
+        for store in named {
+            self.directory()?.open_store(store).await?;
+        }
+        Ok(())
+    }
+
     /// The mesh id of the caller's member "members/{member}" (`field` names it in errors);
     /// MEMBER_NOT_FOUND when the caller holds no such member.
     async fn mesh_id(

@@ -155,6 +155,17 @@ impl pb::session_service_server::SessionService for Api {
                 now_millis(),
             )?;
             may_host(&call, &session)?;
+            // Shown from, and selling through, stores that exist and are open.
+            let guides: Vec<String> = session
+                .profile
+                .guides
+                .iter()
+                .filter(|g| !g.store.is_empty())
+                .map(crate::domain::Guide::store_name)
+                .collect();
+            let hosting = session.store_name();
+            self.stores_open(hosting.iter().chain(&guides).map(String::as_str))
+                .await?;
             self.mutations
                 .run(&call, &r.request_id, &r, async |txn| {
                     store::insert_session(txn, &session, now_millis()).await?;
@@ -222,6 +233,16 @@ impl pb::session_service_server::SessionService for Api {
         unary(request, async |call, r| {
             let paths = mask::paths(r.update_mask.as_ref(), UPDATABLE)?;
             let given = r.session.clone().unwrap_or_default();
+            if paths.contains("guides") {
+                // A co-host's new guides sell through stores that exist and are open (asked
+                // only of a co-host, before the transaction).
+                let (session, role) = self
+                    .read_session(&call, &given.name, "session.name")
+                    .await?;
+                super::as_host(&call, &session, role)?;
+                self.stores_open(given.guides.iter().map(|g| g.store.as_str()))
+                    .await?;
+            }
             self.mutations
                 .run(&call, &r.request_id, &r, async |txn| {
                     let (mut session, role) = self
