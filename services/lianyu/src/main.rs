@@ -425,16 +425,25 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     if !args.operator {
         // Only for a partner identity knows, as IssueToken would issue it: a typo would
         // otherwise write members and consents under a partner no one can see or audit.
-        let db = open_to_read(
-            &config.database_url(lianyu_identity::NAME),
-            lianyu_identity::NAME,
-            "start the mesh with `lianyu up` first, or pass its --data-dir",
-        )
-        .await?;
-        if let Some(why) =
-            lianyu_identity::token_refusal(&db, &partner_id, args.store.as_deref()).await?
-        {
-            bail!("{why}; no token minted");
+        let url = config.database_url(lianyu_identity::NAME);
+        let sqlite = url
+            .strip_prefix("sqlite://")
+            .map(|p| p.split('?').next().unwrap_or(p));
+        if let Some(path) = sqlite.filter(|p| !std::path::Path::new(p).exists()) {
+            // The signing key is here but identity's database is not: a mesh on PostgreSQL
+            // whose URL this shell lacks. Mint, and say what was not checked.
+            eprintln!(
+                "note: no identity database at {path} (for a mesh on PostgreSQL, set \
+                 DATABASE_URL as for `lianyu up`): partner {partner_id:?} was not checked"
+            );
+        } else {
+            let db =
+                open_to_read(&url, lianyu_identity::NAME, "pass the mesh's --data-dir").await?;
+            if let Some(why) =
+                lianyu_identity::token_refusal(&db, &partner_id, args.store.as_deref()).await?
+            {
+                bail!("{why}; no token minted");
+            }
         }
     }
     let request = TokenRequest {

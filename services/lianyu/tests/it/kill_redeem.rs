@@ -100,7 +100,7 @@ async fn no_acknowledged_redemption_is_lost_or_doubled_when_the_process_is_kille
     let (mut up, address) = start_up(dir, &db);
     let channel = connect(&address).await;
     // The demo made the mall; it issues and funds its own coupon, 30.00 off.
-    let token = mint(dir, &["--partner", MALL]);
+    let token = mint(dir, &db, &["--partner", MALL]);
     let benefits = BenefitServiceClient::new(channel.clone());
     let coupon = benefits
         .clone()

@@ -59,7 +59,7 @@ async fn up_serves_the_mesh_token_mints_for_its_partners_and_sigterm_stops_it() 
     // The mesh logs to stdout too: keep reading, so that a full pipe never stalls it.
     std::thread::spawn(move || banner.for_each(drop));
     let mint = |args: &[&str]| {
-        Command::new(BIN)
+        on_database(&mut Command::new(BIN), &db)
             .args(["token", "--data-dir", dir])
             .args(args)
             .output()
@@ -400,8 +400,9 @@ fn start_up(dir: &str, db: &TestDatabase) -> (KillOnDrop, String) {
     (up, format!("http://{address}"))
 }
 
-fn mint(dir: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+/// A token from `lianyu token`, run as beside `up`: same data directory and database.
+fn mint(dir: &str, db: &TestDatabase, args: &[&str]) -> String {
+    let out = on_database(&mut Command::new(BIN), db)
         .args(["token", "--data-dir", dir])
         .args(args)
         .output()
@@ -454,7 +455,7 @@ async fn no_acknowledged_enrolment_is_lost_when_the_process_is_killed() {
     let db = TestDatabase::new("kill_enrol").await;
     let (mut up, address) = start_up(dir, &db);
     let channel = connect(&address).await;
-    let operator = mint(dir, &["--operator"]);
+    let operator = mint(dir, &db, &["--operator"]);
     PartnerServiceClient::new(channel.clone())
         .create_partner(bearer(
             pb::CreatePartnerRequest {
@@ -471,7 +472,7 @@ async fn no_acknowledged_enrolment_is_lost_when_the_process_is_killed() {
         ))
         .await
         .unwrap();
-    let token = mint(dir, &["--partner", "kill-brand"]);
+    let token = mint(dir, &db, &["--partner", "kill-brand"]);
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(usize, String)>::new()));
     let mut clients = Vec::new();
     for worker in 0..32 {
@@ -606,4 +607,31 @@ fn token_never_mints_an_internal_scope_for_a_partner_or_the_operator() {
             assert!(err.contains("internal scope"), "{err}");
         }
     }
+}
+
+/// Where the signing key is but identity's database is not (a mesh on PostgreSQL, and a shell
+/// without its `DATABASE_URL`), a partner's token is still minted, with a note on stderr
+/// saying the partner was not checked and how to have it checked.
+#[test]
+fn token_says_when_it_could_not_check_the_partner() {
+    let data = tempfile::tempdir().unwrap();
+    lianyu_kit::auth::Signer::load_or_create(data.path()).unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "--partner", "aurora-shoes", "--data-dir"])
+        .arg(data.path())
+        .env_remove("LIANYU_MODE")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty(), "a token printed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was not checked") && stderr.contains("DATABASE_URL"),
+        "{stderr}"
+    );
 }
