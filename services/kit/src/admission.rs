@@ -163,7 +163,9 @@ const STREAM_RETRY: Duration = Duration::from_secs(1);
 const DATABASE_RETRY: Duration = crate::dbhealth::EVERY;
 
 /// A refusal of the admission layer (`lianyu.admission`) that tells the caller when to try
-/// again (see [`crate::error::tell_when_to_retry`]).
+/// again, the two ways gRPC clients read it: a `google.rpc.RetryInfo` detail (AIP-194) and the
+/// `grpc-retry-pushback-ms` metadata ([`crate::error::push_back`]), after a delay
+/// [`crate::error::jittered`] around `after`.
 fn refusal_with_retry(code: Code, message: &str, reason: &str, after: Duration) -> tonic::Status {
     let mut details =
         tonic_types::ErrorDetails::with_error_info(reason, "lianyu.admission", HashMap::new());
