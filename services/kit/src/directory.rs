@@ -69,36 +69,89 @@ pub type MeshHook = Arc<
         + Sync,
 >;
 
-/// The erasures and withdrawals awaiting their second pass ([`Directory::follow`]), by member
-/// and partner. A later enrolment or grant of the same member at the same partner calls the
-/// pass off: what the member does after returning is theirs to keep, and must not be erased or
-/// withdrawn by a pass over what came before.
+/// The erasures and withdrawals awaiting their second pass ([`Directory::follow`]). A later
+/// enrolment of the same member at the same partner calls an erasure's pass off; a later
+/// grant, through the same partner to the same grantee, of every purpose a withdrawal took
+/// back calls the withdrawal's off: what the member does after returning is theirs to keep,
+/// and must not be erased or withdrawn by a pass over what came before. A grant of other
+/// purposes, or to another grantee, calls nothing off.
 #[derive(Clone, Default)]
-struct SecondPasses(Arc<Mutex<HashMap<MemberAt, Arc<AtomicBool>>>>);
+struct SecondPasses(Arc<Mutex<HashMap<Pass, Arc<AtomicBool>>>>);
 
-/// A member (its mesh name) at a partner (its name), as a mesh event names them.
-type MemberAt = (String, String);
+/// What a second pass covers, as a mesh event names it: the member, the partner, and for a
+/// withdrawal the grantee and the purposes taken back (sorted; both empty for an erasure).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Pass {
+    member: String,
+    partner: String,
+    grantee: String,
+    purposes: Vec<i32>,
+}
+
+impl Pass {
+    fn of(event: &pb::WatchMeshEventsResponse) -> Self {
+        let consent = matches!(
+            event.kind(),
+            MeshEventKind::ConsentWithdrawn | MeshEventKind::ConsentGranted
+        );
+        let mut purposes = if consent {
+            event.purposes.clone()
+        } else {
+            Vec::new()
+        };
+        purposes.sort_unstable();
+        purposes.dedup();
+        Self {
+            member: event.mesh_member.clone(),
+            partner: event.partner.clone(),
+            grantee: if consent {
+                event.grantee.clone()
+            } else {
+                String::new()
+            },
+            purposes,
+        }
+    }
+}
+
+/// Calls off, and forgets, every pending pass `covered` says a later event covers.
+fn call_off(pending: &mut HashMap<Pass, Arc<AtomicBool>>, covered: impl Fn(&Pass) -> bool) {
+    pending.retain(|pass, flag| {
+        let off = covered(pass);
+        if off {
+            flag.store(true, Ordering::Relaxed);
+        }
+        !off
+    });
+}
 
 impl SecondPasses {
     /// Takes note of `event` in feed order: an erasure or withdrawal gets a second pass (its
-    /// flag, set when it is called off); an enrolment or grant calls off the pending pass of its
-    /// member and partner.
+    /// flag, set when it is called off); an enrolment or grant calls off the pending passes it
+    /// covers.
     fn note(&self, event: &pb::WatchMeshEventsResponse) -> Option<Arc<AtomicBool>> {
-        let key = (event.mesh_member.clone(), event.partner.clone());
+        let key = Pass::of(event);
         let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match event.kind() {
             MeshEventKind::MemberErased | MeshEventKind::ConsentWithdrawn => {
                 let pass = Arc::new(AtomicBool::new(false));
                 if let Some(earlier) = pending.insert(key, pass.clone()) {
-                    // One pass, the latest, covers the member at the partner.
+                    // One pass, the latest, covers the same erasure or withdrawal.
                     earlier.store(true, Ordering::Relaxed);
                 }
                 Some(pass)
             }
-            MeshEventKind::MemberEnrolled | MeshEventKind::ConsentGranted => {
-                if let Some(pass) = pending.remove(&key) {
-                    pass.store(true, Ordering::Relaxed);
-                }
+            MeshEventKind::MemberEnrolled => {
+                call_off(&mut pending, |pass| *pass == key);
+                None
+            }
+            MeshEventKind::ConsentGranted => {
+                call_off(&mut pending, |pass| {
+                    !pass.grantee.is_empty()
+                        && (&pass.member, &pass.partner, &pass.grantee)
+                            == (&key.member, &key.partner, &key.grantee)
+                        && pass.purposes.iter().all(|p| key.purposes.contains(p))
+                });
                 None
             }
             _ => None,
@@ -107,7 +160,7 @@ impl SecondPasses {
 
     /// `pass` ran or was called off: forgotten, unless a later one took its place.
     fn done(&self, event: &pb::WatchMeshEventsResponse, pass: &Arc<AtomicBool>) {
-        let key = (event.mesh_member.clone(), event.partner.clone());
+        let key = Pass::of(event);
         let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if pending.get(&key).is_some_and(|p| Arc::ptr_eq(p, pass)) {
             pending.remove(&key);
@@ -697,6 +750,8 @@ impl Directory {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "a test")]
 
+    use lianyu_proto::common::v1::ConsentPurpose;
+
     use super::*;
 
     fn event(kind: MeshEventKind, member: &str, partner: &str) -> pb::WatchMeshEventsResponse {
@@ -732,25 +787,115 @@ mod tests {
         assert!(erased.load(Ordering::Relaxed), "she came back to the mall");
 
         let withdrawn = passes
-            .note(&event(MeshEventKind::ConsentWithdrawn, "m3", "mall"))
+            .note(&consent(
+                MeshEventKind::ConsentWithdrawn,
+                "m3",
+                "brand",
+                &[ConsentPurpose::MarketingContact],
+            ))
             .unwrap();
         let again = passes
-            .note(&event(MeshEventKind::ConsentWithdrawn, "m3", "mall"))
+            .note(&consent(
+                MeshEventKind::ConsentWithdrawn,
+                "m3",
+                "brand",
+                &[ConsentPurpose::MarketingContact],
+            ))
             .unwrap();
         assert!(
             withdrawn.load(Ordering::Relaxed),
             "the later pass covers it"
         );
         passes.done(
-            &event(MeshEventKind::ConsentWithdrawn, "m3", "mall"),
+            &consent(
+                MeshEventKind::ConsentWithdrawn,
+                "m3",
+                "brand",
+                &[ConsentPurpose::MarketingContact],
+            ),
             &withdrawn,
         );
-        passes.note(&event(MeshEventKind::ConsentGranted, "m3", "mall"));
+        passes.note(&consent(
+            MeshEventKind::ConsentGranted,
+            "m3",
+            "brand",
+            &[ConsentPurpose::MarketingContact],
+        ));
         assert!(again.load(Ordering::Relaxed), "granted again: called off");
         passes.done(
-            &event(MeshEventKind::ConsentWithdrawn, "m3", "mall"),
+            &consent(
+                MeshEventKind::ConsentWithdrawn,
+                "m3",
+                "brand",
+                &[ConsentPurpose::MarketingContact],
+            ),
             &again,
         );
         assert!(passes.0.lock().unwrap().is_empty(), "nothing left behind");
+    }
+
+    fn consent(
+        kind: MeshEventKind,
+        member: &str,
+        grantee: &str,
+        purposes: &[ConsentPurpose],
+    ) -> pb::WatchMeshEventsResponse {
+        pb::WatchMeshEventsResponse {
+            grantee: format!("partners/{grantee}"),
+            purposes: purposes.iter().map(|p| *p as i32).collect(),
+            ..event(kind, member, "mall")
+        }
+    }
+
+    /// A withdrawal's second pass is called off only by a grant, through the same partner to
+    /// the same grantee, of every purpose it took back: not by a grant of other purposes, nor
+    /// of some of them, nor to another grantee; and a grant never calls off an erasure.
+    #[test]
+    fn a_withdrawals_second_pass_is_called_off_only_by_a_grant_of_what_it_took_back() {
+        use ConsentPurpose::{JointAnalytics, MarketingContact, ShareProfile};
+        let passes = SecondPasses::default();
+        let withdrawn = passes
+            .note(&consent(
+                MeshEventKind::ConsentWithdrawn,
+                "m1",
+                "brand",
+                &[MarketingContact, ShareProfile],
+            ))
+            .unwrap();
+        let erased = passes
+            .note(&event(MeshEventKind::MemberErased, "m2", "mall"))
+            .unwrap();
+        for (grantee, purposes, member) in [
+            ("brand", &[JointAnalytics][..], "m1"),
+            ("brand", &[MarketingContact][..], "m1"),
+            ("outsider", &[MarketingContact, ShareProfile][..], "m1"),
+            ("brand", &[MarketingContact, ShareProfile][..], "m2"),
+        ] {
+            passes.note(&consent(
+                MeshEventKind::ConsentGranted,
+                member,
+                grantee,
+                purposes,
+            ));
+            assert!(
+                !withdrawn.load(Ordering::Relaxed),
+                "{grantee} {purposes:?} {member}"
+            );
+            assert!(
+                !erased.load(Ordering::Relaxed),
+                "a grant calls off no erasure"
+            );
+        }
+        passes.note(&consent(
+            MeshEventKind::ConsentGranted,
+            "m1",
+            "brand",
+            &[ShareProfile, JointAnalytics, MarketingContact],
+        ));
+        assert!(
+            withdrawn.load(Ordering::Relaxed),
+            "everything taken back, granted again"
+        );
+        assert!(!erased.load(Ordering::Relaxed));
     }
 }

@@ -489,10 +489,32 @@ async fn check_stores_tells_a_service_which_stores_are_open() {
             (Code::InvalidArgument, Some(field.into()))
         );
     }
-    let partner = identity
-        .directory(&identity.partner_token("brand-a"))
-        .check_stores(request())
-        .await
-        .unwrap_err();
-    assert_eq!(partner.code(), Code::PermissionDenied);
+    // No partner — the store's own, its store's till, another, the operator — may ask.
+    let store_token = lianyu_kit::testing::mint(
+        &identity.config.data_dir,
+        &identity.config.auth,
+        &lianyu_kit::auth::TokenRequest {
+            store: Some(sanlitun.name.clone()),
+            ..lianyu_kit::testing::partner_token("brand-a")
+        },
+    );
+    for token in [
+        identity.partner_token("brand-a"),
+        store_token,
+        identity.partner_token("mall-b"),
+        identity.partner_token("operator"),
+    ] {
+        let e = identity
+            .directory(&token)
+            .check_stores(request())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+    }
+    let anonymous =
+        internal::directory_service_client::DirectoryServiceClient::new(identity.channel.clone())
+            .check_stores(request())
+            .await
+            .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
 }
