@@ -544,7 +544,8 @@ async fn other_callers_of_balances_are_refused_and_change_nothing() {
 
 /// A spend is recorded only at a store identity knows and its partner keeps open: a typo'd
 /// store is NOT_FOUND / STORE_NOT_FOUND, a closed one FAILED_PRECONDITION / STORE_CLOSED (a
-/// store token of the closed store too), and neither takes anything from the card.
+/// store token of the closed store PERMISSION_DENIED / STORE_CLOSED: its tokens are refused),
+/// and neither takes anything from the card.
 #[tokio::test]
 async fn a_spend_is_recorded_only_at_a_registered_open_store() {
     let s = mesh("bal_store_open").await;
@@ -581,7 +582,8 @@ async fn a_spend_is_recorded_only_at_a_registered_open_store() {
         (
             s.store_token(MALL, "sh02"),
             at("closed-till", ""),
-            Code::FailedPrecondition,
+            // The closed store's own till is turned away before anything is read.
+            Code::PermissionDenied,
             "STORE_CLOSED",
         ),
     ] {

@@ -2307,7 +2307,8 @@ pub(crate) async fn close_store(s: &TestServer, partner: &str, store: &str) {
 
 /// A redemption is taken only at a store identity knows and its partner keeps open: a typo'd
 /// store is NOT_FOUND / STORE_NOT_FOUND, a closed one FAILED_PRECONDITION / STORE_CLOSED (for
-/// a hold too, and for the closed store's own till), and the unit stays in the wallet with no
+/// a hold too; the closed store's own till is refused its tokens, PERMISSION_DENIED /
+/// STORE_CLOSED), and the unit stays in the wallet with no
 /// redemption recorded; at an open store it is redeemed.
 #[tokio::test]
 async fn a_redemption_is_taken_only_at_a_registered_open_store() {
@@ -2342,7 +2343,8 @@ async fn a_redemption_is_taken_only_at_a_registered_open_store() {
         (
             s.store_token(MALL, "sh02"),
             at("closed-till", ""),
-            Code::FailedPrecondition,
+            // The closed store's own till is turned away before anything is read.
+            Code::PermissionDenied,
             "STORE_CLOSED",
         ),
     ] {

@@ -28,6 +28,10 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
         .listening(&ctx.config.database_url(NAME), NAME)
         .with_poll_interval(ctx.config.limits.feed_poll);
     let alliances = store::alliances::AllianceCache::default();
+    // Mesh events after this are applied to the verifier; the lists below are read after it.
+    let refusals = store::refusals::Refusals::from_head(ctx.verifier.clone(), &feed)
+        .await
+        .map_err(|e| StartError::Auth(format!("mesh feed: {e}")))?;
     let store = store::Store {
         db,
         read,
@@ -35,6 +39,7 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
         feed,
         alliances,
         consent_index: store::consent_index::ConsentIndex::default(),
+        refusals,
         sweep_wake: Arc::default(),
     };
     store.consent_index.catch_up(&store.feed).await;
@@ -55,6 +60,18 @@ pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartEr
         .await
         .map_err(|e| StartError::Auth(format!("suspended partners: {e}")))?;
     ctx.verifier.set_suspended(suspended);
+    // And tokens narrowed to closed stores.
+    let closed = store::Store::closed_stores(&store.read)
+        .await
+        .map_err(|e| StartError::Auth(format!("closed stores: {e}")))?;
+    ctx.verifier
+        .replace_closed_stores_as_of(ctx.verifier.changes(), closed);
+    tokio::spawn(
+        store
+            .refusals
+            .clone()
+            .follow(store.feed.clone(), ctx.stopping.clone()),
+    );
     tokio::spawn(store::sweep::expire_consents(
         store.clone(),
         ctx.stopping.clone(),

@@ -13,6 +13,7 @@ mod members;
 pub(crate) mod mesh;
 mod migration;
 mod partners;
+pub(crate) mod refusals;
 mod stores;
 pub(crate) mod sweep;
 
@@ -59,6 +60,8 @@ pub(crate) struct Store {
     pub(crate) feed: Feed,
     pub(crate) alliances: alliances::AllianceCache,
     pub(crate) consent_index: consent_index::ConsentIndex,
+    /// The tokens this process refuses, kept by the mesh events it and other replicas commit.
+    pub(crate) refusals: refusals::Refusals,
     /// Wakes the lapse sweep when an alliance ended or changed terms.
     pub(crate) sweep_wake: Arc<tokio::sync::Notify>,
 }

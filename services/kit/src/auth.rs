@@ -126,6 +126,10 @@ pub enum AuthError {
     /// PERMISSION_DENIED, reason PARTNER_SUSPENDED: the operator suspended the token's partner.
     #[error("the partner is suspended")]
     Suspended,
+    /// PERMISSION_DENIED, reason STORE_CLOSED: the token is narrowed to a store its partner
+    /// closed.
+    #[error("the token's store is closed")]
+    StoreClosed,
     /// UNAUTHENTICATED, reason TOKEN_AUDIENCE_MISMATCH.
     #[error("token was issued for another audience")]
     WrongAudience,
@@ -142,6 +146,7 @@ impl AuthError {
             AuthError::Expired => (tonic::Code::Unauthenticated, "TOKEN_EXPIRED"),
             AuthError::Revoked => (tonic::Code::Unauthenticated, "TOKEN_REVOKED"),
             AuthError::Suspended => (tonic::Code::PermissionDenied, "PARTNER_SUSPENDED"),
+            AuthError::StoreClosed => (tonic::Code::PermissionDenied, "STORE_CLOSED"),
             AuthError::WrongAudience => (tonic::Code::Unauthenticated, "TOKEN_AUDIENCE_MISMATCH"),
             AuthError::MissingScope(_) => (tonic::Code::PermissionDenied, "SCOPE_MISSING"),
         };
@@ -172,7 +177,10 @@ pub struct TokenVerifier {
     revoked: Arc<RwLock<std::collections::HashSet<String>>>,
     /// Partners the operator suspended: every token of theirs is refused, however fresh.
     suspended: Arc<RwLock<std::collections::HashSet<String>>>,
-    /// Counts single revocations and suspensions, so a whole list read before one of them
+    /// Stores ("partners/{partner}/stores/{store}") their partner closed: every token narrowed
+    /// to one is refused, however fresh.
+    closed_stores: Arc<RwLock<std::collections::HashSet<String>>>,
+    /// Counts single revocations, suspensions and store closings, so a whole list read before one of them
     /// (the key refresher's) never undoes it ([`TokenVerifier::replace_lists_as_of`]).
     changes: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -191,6 +199,7 @@ impl TokenVerifier {
             unknown_key: Arc::default(),
             revoked: Arc::default(),
             suspended: Arc::default(),
+            closed_stores: Arc::default(),
             changes: Arc::default(),
         };
         verifier.replace_keys(&auth.trusted_keys)?;
@@ -293,6 +302,41 @@ impl TokenVerifier {
         *self.suspended.write().unwrap_or_else(|p| p.into_inner()) = partners.into_iter().collect();
     }
 
+    /// Refuses from now on every token narrowed to `store` (`true`), or accepts them again
+    /// (`false`).
+    pub fn set_store_closed(&self, store: &str, closed: bool) {
+        let mut set = self
+            .closed_stores
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if closed {
+            set.insert(store.to_owned());
+        } else {
+            set.remove(store);
+        }
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Replaces the closed stores with `stores`, read when [`TokenVerifier::changes`] was
+    /// `seen` — unless a single change came since (`false`, nothing replaced), for the same
+    /// reason as [`TokenVerifier::replace_lists_as_of`].
+    pub fn replace_closed_stores_as_of(
+        &self,
+        seen: u64,
+        stores: impl IntoIterator<Item = String>,
+    ) -> bool {
+        let mut closed = self
+            .closed_stores
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.changes() != seen {
+            return false;
+        }
+        *closed = stores.into_iter().collect();
+        true
+    }
+
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let principal = self.verify_unrevoked(token)?;
         if self
@@ -302,6 +346,15 @@ impl TokenVerifier {
             .contains(&principal.partner_id)
         {
             return Err(AuthError::Suspended);
+        }
+        if let Some(store) = &principal.store
+            && self
+                .closed_stores
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(store)
+        {
+            return Err(AuthError::StoreClosed);
         }
         if let Some(credential) = &principal.credential
             && self

@@ -168,6 +168,42 @@ impl SecondPasses {
     }
 }
 
+/// What a mesh event changes in which tokens `verifier` refuses: a revoked credential's, a
+/// suspended partner's, a closed store's (and back, on reinstatement or reopening). Identity
+/// applies its own events with it too, in commit order.
+pub fn refuse_as_told(event: &pb::WatchMeshEventsResponse, verifier: &TokenVerifier) {
+    let partner = event.partner.strip_prefix("partners/").unwrap_or_default();
+    match event.kind() {
+        MeshEventKind::CredentialRevoked => verifier.revoke(&event.credential),
+        MeshEventKind::PartnerSuspended => verifier.set_partner_suspended(partner, true),
+        MeshEventKind::PartnerReinstated => verifier.set_partner_suspended(partner, false),
+        MeshEventKind::StoreClosed => verifier.set_store_closed(&event.store, true),
+        MeshEventKind::StoreReopened => verifier.set_store_closed(&event.store, false),
+        _ => {}
+    }
+}
+
+/// Replaces `verifier`'s closed stores with identity's list. A single closing or reopening
+/// applied while the list was read is newer than it: the list is then read again (the feed
+/// that follows brings the rest).
+async fn closed_stores(peer: &Peer, verifier: &TokenVerifier) -> Result<(), tonic::Status> {
+    for _ in 0..3 {
+        let seen = verifier.changes();
+        let list = peer
+            .call(
+                Idempotency::Idempotent,
+                pb::ListClosedStoresRequest {},
+                |ch, r| async move { DirectoryServiceClient::new(ch).list_closed_stores(r).await },
+            )
+            .await?
+            .stores;
+        if verifier.replace_closed_stores_as_of(seen, list) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The second pass of [`Directory::follow`]: after `late`, unless called off, `event` (an
 /// erasure or a withdrawal) is handed to `hook` again in a transaction of its own. A failure
 /// is logged, not retried: the first pass stands.
@@ -575,7 +611,6 @@ impl Directory {
     /// Applies one mesh event to the caches and `verifier`.
     pub fn apply(&self, event: &pb::WatchMeshEventsResponse, verifier: &TokenVerifier) {
         let member = |name: &str| name.strip_prefix("meshMembers/").map(MeshMemberId::new);
-        let partner = event.partner.strip_prefix("partners/").unwrap_or_default();
         match event.kind() {
             MeshEventKind::MembersMerged
             | MeshEventKind::MemberErased
@@ -589,11 +624,12 @@ impl Directory {
                     self.forget(&m);
                 }
             }
-            MeshEventKind::CredentialRevoked => verifier.revoke(&event.credential),
-            MeshEventKind::PartnerSuspended => verifier.set_partner_suspended(partner, true),
-            MeshEventKind::PartnerReinstated => verifier.set_partner_suspended(partner, false),
-            MeshEventKind::Unspecified => {}
+            MeshEventKind::StoreClosed | MeshEventKind::StoreReopened => {
+                self.lock_stores().remove(&event.store);
+            }
+            _ => {}
         }
+        refuse_as_told(event, verifier);
     }
 
     /// Follows identity's mesh feed until `stopping`, its cursor stored in `db` (the consuming
@@ -621,7 +657,11 @@ impl Directory {
             .run_batches(
                 |cursor| {
                     let peer = peer.clone();
+                    let verifier = verifier.clone();
                     async move {
+                        // Stores closed before this (re)start: the feed from the cursor on
+                        // brings only what changes after.
+                        closed_stores(&peer, &verifier).await?;
                         let request = pb::WatchMeshEventsRequest {
                             after: Some(lianyu_proto::common::v1::FeedCursor { sequence: cursor }),
                         };

@@ -105,6 +105,28 @@ impl StoredEvent {
     }
 }
 
+/// [`Feed::changes`]: `while changes.next().await { catch up }`.
+pub struct Changes {
+    published: watch::Receiver<u64>,
+    poll: Duration,
+    stopping: CancellationToken,
+    started: bool,
+}
+
+impl Changes {
+    /// Waits for the next time to catch up; `false` once stopping.
+    pub async fn next(&mut self) -> bool {
+        if !std::mem::replace(&mut self.started, true) {
+            return !self.stopping.is_cancelled();
+        }
+        tokio::select! {
+            _ = self.published.changed() => true,
+            () = tokio::time::sleep(self.poll) => true,
+            () = self.stopping.cancelled() => false,
+        }
+    }
+}
+
 /// A service's outbox and its watchers.
 #[derive(Clone)]
 pub struct Feed {
@@ -337,6 +359,18 @@ impl Feed {
     /// A receiver that changes whenever this process publishes (see [`Feed::published`]).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.published.subscribe()
+    }
+
+    /// When an in-process follower of the feed (a cache, a verifier) should catch up: at once,
+    /// then whenever this process publishes and every poll interval (other replicas' appends),
+    /// until `stopping`.
+    pub fn changes(&self, stopping: CancellationToken) -> Changes {
+        Changes {
+            published: self.subscribe(),
+            poll: self.poll,
+            stopping,
+            started: false,
+        }
     }
 
     /// How often readers poll for other replicas' appends.

@@ -123,6 +123,18 @@ impl DirectoryService for Api {
         .await
     }
 
+    async fn list_closed_stores(
+        &self,
+        request: Request<pb::ListClosedStoresRequest>,
+    ) -> Result<Response<pb::ListClosedStoresResponse>, Status> {
+        unary(request, async |_call, _r| {
+            Ok::<_, IdentityError>(pb::ListClosedStoresResponse {
+                stores: Store::closed_stores(&self.store.read).await?,
+            })
+        })
+        .await
+    }
+
     async fn scope_member_ids(
         &self,
         request: Request<pb::ScopeMemberIdsRequest>,

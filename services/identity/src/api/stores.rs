@@ -13,7 +13,11 @@ use crate::{
         partner::{PartnerStatus, PartnerStore, parse_partner_name, parse_store_name, partner_id},
         text,
     },
-    store::{Store, now},
+    store::{
+        Store,
+        mesh::{MeshEvent, append_mesh},
+        now,
+    },
 };
 
 impl Api {
@@ -84,7 +88,9 @@ impl Api {
             .then(|| v.check("store.city", text(&given.city, false, 64)))
             .flatten();
         v.finish()?;
-        self.mutations
+        let name = format!("partners/{partner}/stores/{id}");
+        let updated = self
+            .mutations
             .run(call, &r.request_id, r, async |txn| {
                 let mut row = Store::store(txn, &partner, &id)
                     .await?
@@ -95,13 +101,34 @@ impl Api {
                 if let Some(city) = city {
                     row.city = city;
                 }
-                if paths.contains("active") {
+                if paths.contains("active") && row.active != given.active {
                     row.active = given.active;
+                    append_mesh(
+                        &self.store.feed,
+                        txn,
+                        if given.active {
+                            MeshEventKind::StoreReopened
+                        } else {
+                            MeshEventKind::StoreClosed
+                        },
+                        MeshEvent {
+                            partner: &partner,
+                            store: &name,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 }
                 row.updated_at = now();
                 Ok(convert::store(&Store::save_store(txn, row).await?))
             })
-            .await
+            .await?;
+        // Closing (or reopening) takes effect on this process's tokens before the answer —
+        // every service of `lianyu up` shares the verifier; other replicas and standalone
+        // services learn it from the mesh feed. Applied from the committed events, in order:
+        // a replay, answered with its stored reply, changes nothing.
+        self.store.refusals.catch_up(&self.store.feed).await;
+        Ok(updated)
     }
 
     pub(super) async fn update_partner_call(
@@ -164,7 +191,8 @@ impl Api {
             )
             .into());
         }
-        self.mutations
+        let updated = self
+            .mutations
             .run(call, &r.request_id, r, async |txn| {
                 let mut row = Store::partner(txn, &id)
                     .await?
@@ -179,7 +207,7 @@ impl Api {
                     && s != row.status
                 {
                     row.status = s;
-                    crate::store::mesh::append_mesh(
+                    append_mesh(
                         &self.store.feed,
                         txn,
                         if s == PartnerStatus::Suspended {
@@ -187,7 +215,7 @@ impl Api {
                         } else {
                             MeshEventKind::PartnerReinstated
                         },
-                        crate::store::mesh::MeshEvent {
+                        MeshEvent {
                             partner: &id,
                             ..Default::default()
                         },
@@ -197,18 +225,12 @@ impl Api {
                 row.updated_at = now();
                 Ok(convert::partner(&Store::save_partner(txn, row).await?))
             })
-            .await
-            .inspect(|partner| {
-                // Suspension (and reinstatement) takes effect on this process's tokens at once —
-                // every service of `lianyu up` shares the verifier; standalone services learn it
-                // from GetSigningKeys.
-                if new_status.is_some() {
-                    self.tokens.verifier.set_partner_suspended(
-                        &id,
-                        partner.status == pb::PartnerStatus::Suspended as i32,
-                    );
-                }
-            })
+            .await?;
+        // Suspension (and reinstatement) takes effect on this process's tokens before the
+        // answer, from the committed events in order (as a store's closing); other replicas
+        // and standalone services learn it from the mesh feed and GetSigningKeys.
+        self.store.refusals.catch_up(&self.store.feed).await;
+        Ok(updated)
     }
 }
 

@@ -162,14 +162,9 @@ impl ConsentIndex {
 
     /// Follows the feed for other replicas' writes until `stopping`.
     pub(crate) async fn follow(self, feed: Feed, stopping: CancellationToken) {
-        let mut published = feed.subscribe();
-        loop {
+        let mut changes = feed.changes(stopping);
+        while changes.next().await {
             self.catch_up(&feed).await;
-            tokio::select! {
-                _ = published.changed() => {}
-                () = tokio::time::sleep(feed.poll_interval()) => {}
-                () = stopping.cancelled() => return,
-            }
         }
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct MeshEvent<'a> {
     pub(crate) grantee: &'a str,
     pub(crate) purposes: &'a [Purpose],
     pub(crate) credential: &'a str,
+    /// "partners/{partner}/stores/{store}", for store events.
+    pub(crate) store: &'a str,
 }
 
 /// Appends `event` of `kind` to the mesh feed in `txn`.
@@ -64,6 +66,7 @@ fn mesh_event(kind: MeshEventKind, event: &MeshEvent<'_>) -> NewEvent {
         purposes: event.purposes.iter().map(|p| *p as i32).collect(),
         credential: event.credential.to_owned(),
         event_time: None,
+        store: event.store.to_owned(),
     };
     let label = format!("mesh.{}", kind.as_str_name().to_lowercase());
     NewEvent::message(&label, Some(MESH_TOPIC.to_owned()), &body)

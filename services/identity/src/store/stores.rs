@@ -3,7 +3,10 @@
 
 use lianyu_kit::KitError;
 use lianyu_kit::{page::Page, storage::StorageError};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder,
+};
 
 use super::{Store, entities::store};
 use crate::domain::{IdentityError, partner::PartnerStore};
@@ -51,6 +54,23 @@ impl Store {
             .await
             .map_err(StorageError::from)?
             .into())
+    }
+
+    /// Every closed store, as "partners/{partner}/stores/{store}", sorted: the tokens narrowed
+    /// to them are refused everywhere.
+    pub(crate) async fn closed_stores(
+        conn: &impl ConnectionTrait,
+    ) -> Result<Vec<String>, IdentityError> {
+        Ok(store::Entity::find()
+            .filter(store::Column::Active.eq(false))
+            .order_by_asc(store::Column::PartnerId)
+            .order_by_asc(store::Column::Id)
+            .all(conn)
+            .await
+            .map_err(StorageError::from)?
+            .into_iter()
+            .map(|s| format!("partners/{}/stores/{}", s.partner_id, s.id))
+            .collect())
     }
 
     /// One page of `partner`'s stores, by id.

@@ -12,7 +12,7 @@ use lianyu_kit::{
 use lianyu_proto::common::v1::ConsentPurpose;
 use lianyu_proto::identity::v1 as pb;
 
-use crate::harness::{Identity, enroll, grant, phone};
+use crate::harness::{Identity, details, enroll, grant, phone};
 
 struct KitTables;
 
@@ -525,4 +525,196 @@ async fn a_known_store_stands_in_while_identity_is_down_and_an_unknown_one_fails
         .await
         .unwrap_err();
     assert_eq!(e.reason(), "IDENTITY_UNAVAILABLE");
+}
+
+/// A store's partner's request that registers it, or closes or reopens it.
+fn store_request(id: &str, active: bool, request_id: &str) -> pb::UpdateStoreRequest {
+    pb::UpdateStoreRequest {
+        request_id: request_id.into(),
+        store: Some(pb::Store {
+            name: format!("partners/brand-a/stores/{id}"),
+            active,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["active".into()],
+        }),
+    }
+}
+
+/// Polls `check` every 10 ms for up to 5 s until it holds (a feed is followed, never slept on).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 5 s");
+}
+
+#[tokio::test]
+async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens() {
+    let identity = Identity::with_partners("dir_store_tokens").await;
+    let mut brand = identity.as_partner("brand-a");
+    for id in ["sanlitun", "guomao", "xidan"] {
+        brand
+            .partners
+            .create_store(pb::CreateStoreRequest {
+                request_id: format!("create-{id}"),
+                parent: "partners/brand-a".into(),
+                store_id: id.into(),
+                store: Some(pb::Store {
+                    display_name: id.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let token = |id: &str| {
+        lianyu_kit::testing::mint(
+            &identity.config.data_dir,
+            &identity.config.auth,
+            &lianyu_kit::auth::TokenRequest {
+                store: Some(format!("partners/brand-a/stores/{id}")),
+                ..lianyu_kit::testing::partner_token("brand-a")
+            },
+        )
+    };
+    let (sanlitun, guomao, xidan) = (token("sanlitun"), token("guomao"), token("xidan"));
+    let get = |id: &str| pb::GetStoreRequest {
+        name: format!("partners/brand-a/stores/{id}"),
+    };
+    // What a store's till reads of its own store with `token`: the refusal's code and reason.
+    let till_reads = async |token: &str, id: &str| {
+        identity
+            .with_token(token)
+            .partners
+            .get_store(get(id))
+            .await
+            .map(|_| ())
+            .map_err(|e| (e.code(), details(&e).0))
+    };
+    let closed = Err((tonic::Code::PermissionDenied, "STORE_CLOSED".to_owned()));
+    let active = async |id: &str| {
+        identity
+            .as_partner("brand-a")
+            .partners
+            .get_store(get(id))
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+    };
+    // Closed before a standalone service starts following the mesh feed.
+    brand
+        .partners
+        .update_store(store_request("guomao", false, "close-g"))
+        .await
+        .unwrap();
+    assert_eq!(
+        till_reads(&guomao, "guomao").await,
+        closed,
+        "identity refuses the closed store's token at once"
+    );
+    // The store's own till cannot reopen it either; it stays closed.
+    let refused = identity
+        .with_token(&guomao)
+        .partners
+        .update_store(store_request("guomao", true, "reopen-by-till"))
+        .await
+        .unwrap_err();
+    assert_eq!(details(&refused).0, "STORE_CLOSED");
+    assert!(!active("guomao").await);
+    // Other stores' tokens and the partner's own are unaffected.
+    assert_eq!(till_reads(&sanlitun, "sanlitun").await, Ok(()));
+    assert!(active("sanlitun").await);
+
+    // Identity's internal list, for services only.
+    let listed = identity
+        .directory(&identity.service_token("live"))
+        .list_closed_stores(lianyu_proto::identity::internal::v1::ListClosedStoresRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .stores;
+    assert_eq!(listed, ["partners/brand-a/stores/guomao"]);
+    for intruder in [
+        identity.partner_token("brand-a"),
+        identity.partner_token("operator"),
+        sanlitun.clone(),
+    ] {
+        let refused = identity
+            .directory(&intruder)
+            .list_closed_stores(lianyu_proto::identity::internal::v1::ListClosedStoresRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    }
+
+    // A service with a verifier of its own (as standalone): the list read when it starts.
+    let (directory, ctx, _dir) = directory_of(&identity, true).await;
+    let verifier = ctx.verifier.clone();
+    let refuses = |t: &str| verifier.verify(t) == Err(lianyu_kit::auth::AuthError::StoreClosed);
+    eventually("a store closed before the start", || refuses(&guomao)).await;
+    assert!(verifier.verify(&sanlitun).is_ok());
+    assert!(verifier.verify(&xidan).is_ok());
+    // A store's state the service holds (kept 30 s) is dropped by the feed's event.
+    directory
+        .open_store("partners/brand-a/stores/sanlitun")
+        .await
+        .unwrap();
+
+    // Closed while it follows: identity at once, the service from the feed.
+    brand
+        .partners
+        .update_store(store_request("sanlitun", false, "close-s"))
+        .await
+        .unwrap();
+    assert_eq!(till_reads(&sanlitun, "sanlitun").await, closed);
+    eventually("a store closed after the start", || refuses(&sanlitun)).await;
+    let mut cached_open = true;
+    for _ in 0..500 {
+        cached_open = directory
+            .open_store("partners/brand-a/stores/sanlitun")
+            .await
+            .is_ok();
+        if !cached_open {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !cached_open,
+        "the cached open state outlived the closing (kept 30 s unless the feed drops it)"
+    );
+    assert!(verifier.verify(&xidan).is_ok(), "only the closed store's");
+
+    // Reopened: its unexpired tokens work again, here and there.
+    brand
+        .partners
+        .update_store(store_request("guomao", true, "reopen-g"))
+        .await
+        .unwrap();
+    assert_eq!(till_reads(&guomao, "guomao").await, Ok(()));
+    eventually("a reopened store", || verifier.verify(&guomao).is_ok()).await;
+
+    // Reopen sanlitun, then replay its old closing: the replay answers what it answered, and
+    // changes nothing — the store and its tokens stay open.
+    brand
+        .partners
+        .update_store(store_request("sanlitun", true, "reopen-s"))
+        .await
+        .unwrap();
+    assert_eq!(till_reads(&sanlitun, "sanlitun").await, Ok(()));
+    let replayed = brand
+        .partners
+        .update_store(store_request("sanlitun", false, "close-s"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!replayed.active, "the stored reply");
+    assert!(active("sanlitun").await);
+    assert_eq!(till_reads(&sanlitun, "sanlitun").await, Ok(()));
 }

@@ -542,6 +542,19 @@ async fn suspension_stops_a_partners_issued_tokens_at_once() {
         .list_alliances(pb::ListAlliancesRequest::default())
         .await
         .unwrap();
+    // The operator's tool retries its old suspension: it gets the stored answer, and the
+    // reinstated partner stays reinstated, its tokens accepted.
+    let replayed = operator
+        .partners
+        .update_partner(set_status(pb::PartnerStatus::Suspended, "suspend"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed.status, pb::PartnerStatus::Suspended as i32);
+    x.partners
+        .list_alliances(pb::ListAlliancesRequest::default())
+        .await
+        .unwrap();
 }
 
 /// Finding 8: after new terms, the person's receipt reads STALE (and the grantee hears it).
