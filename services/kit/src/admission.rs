@@ -86,7 +86,7 @@ impl AdmissionLayer {
 }
 
 /// The paths of every server-streaming RPC in the contracts.
-fn streaming_methods() -> HashSet<String> {
+pub(crate) fn streaming_methods() -> HashSet<String> {
     use prost::Message;
     let Ok(set) = prost_types::FileDescriptorSet::decode(lianyu_proto::FILE_DESCRIPTOR_SET) else {
         return HashSet::new();

@@ -168,6 +168,9 @@ const VERIFIED_CACHE: usize = 10_000;
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Arc<RwLock<HashMap<String, DecodingKey>>>,
+    /// The trusted keys as configured or published (id → public key): a refresh that brings
+    /// the same ones changes nothing.
+    key_material: Arc<RwLock<std::collections::BTreeMap<String, String>>>,
     validation: Validation,
     verified: Arc<std::sync::Mutex<HashMap<String, (Principal, i64)>>>,
     /// Signalled when a token names a key id not trusted (yet): the key refresher re-reads
@@ -183,6 +186,9 @@ pub struct TokenVerifier {
     /// Counts single revocations, suspensions and store closings, so a whole list read before one of them
     /// (the key refresher's) never undoes it ([`TokenVerifier::replace_lists_as_of`]).
     changes: Arc<std::sync::atomic::AtomicU64>,
+    /// Moves whenever a token accepted before may be refused now (or the other way): an open
+    /// stream re-checks its token then ([`TokenVerifier::watch_refusals`]).
+    refusals: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl TokenVerifier {
@@ -194,6 +200,7 @@ impl TokenVerifier {
         validation.leeway = 30;
         let verifier = Self {
             keys: Arc::default(),
+            key_material: Arc::default(),
             validation,
             verified: Arc::default(),
             unknown_key: Arc::default(),
@@ -201,6 +208,7 @@ impl TokenVerifier {
             suspended: Arc::default(),
             closed_stores: Arc::default(),
             changes: Arc::default(),
+            refusals: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         verifier.replace_keys(&auth.trusted_keys)?;
         Ok(verifier)
@@ -208,6 +216,13 @@ impl TokenVerifier {
 
     /// Replaces the trusted keys, for rotation.
     pub fn replace_keys(&self, keys: &[TrustedKey]) -> Result<(), String> {
+        let material: std::collections::BTreeMap<String, String> = keys
+            .iter()
+            .map(|k| (k.key_id.clone(), k.public_key.clone()))
+            .collect();
+        if *self.key_material.read().unwrap_or_else(|p| p.into_inner()) == material {
+            return Ok(());
+        }
         let mut map = HashMap::new();
         for key in keys {
             decode_public_key(&key.public_key)?;
@@ -216,12 +231,24 @@ impl TokenVerifier {
             map.insert(key.key_id.clone(), decoding);
         }
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = map;
+        *self.key_material.write().unwrap_or_else(|p| p.into_inner()) = material;
         // Tokens signed by a key no longer trusted must not be accepted from the cache.
         self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.refusals_changed();
         Ok(())
+    }
+
+    /// A receiver that changes whenever the keys, revocations, suspensions or closed stores
+    /// change: a long-lived call verifies its token again then.
+    pub fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.refusals.subscribe()
+    }
+
+    fn refusals_changed(&self) {
+        self.refusals.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Completes when a token with an unknown key id was seen since the last call.
@@ -248,6 +275,8 @@ impl TokenVerifier {
         set.insert(credential.to_owned());
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(set);
+        self.refusals_changed();
     }
 
     /// A mark of the single revocations and suspensions applied so far: read it before
@@ -276,6 +305,8 @@ impl TokenVerifier {
         }
         *revoked_now = revoked.into_iter().collect();
         *suspended_now = suspended.into_iter().collect();
+        drop((revoked_now, suspended_now));
+        self.refusals_changed();
         true
     }
 
@@ -283,6 +314,7 @@ impl TokenVerifier {
     pub fn set_revoked(&self, credentials: impl IntoIterator<Item = String>) {
         *self.revoked.write().unwrap_or_else(|p| p.into_inner()) =
             credentials.into_iter().collect();
+        self.refusals_changed();
     }
 
     /// Refuses from now on every token of `partner` (`true`), or accepts them again (`false`).
@@ -295,11 +327,14 @@ impl TokenVerifier {
         }
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(set);
+        self.refusals_changed();
     }
 
     /// Replaces the suspended partners with `partners` (as identity publishes them).
     pub fn set_suspended(&self, partners: impl IntoIterator<Item = String>) {
         *self.suspended.write().unwrap_or_else(|p| p.into_inner()) = partners.into_iter().collect();
+        self.refusals_changed();
     }
 
     /// Refuses from now on every token narrowed to `store` (`true`), or accepts them again
@@ -316,6 +351,8 @@ impl TokenVerifier {
         }
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(set);
+        self.refusals_changed();
     }
 
     /// Replaces the closed stores with `stores`, read when [`TokenVerifier::changes`] was
@@ -334,11 +371,18 @@ impl TokenVerifier {
             return false;
         }
         *closed = stores.into_iter().collect();
+        drop(closed);
+        self.refusals_changed();
         true
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let principal = self.verify_unrevoked(token)?;
+        self.verify_until(token).map(|(principal, _)| principal)
+    }
+
+    /// [`TokenVerifier::verify`], with when the token expires (seconds since the epoch).
+    pub fn verify_until(&self, token: &str) -> Result<(Principal, i64), AuthError> {
+        let (principal, exp) = self.verify_unrevoked(token)?;
         if self
             .suspended
             .read()
@@ -365,10 +409,15 @@ impl TokenVerifier {
         {
             return Err(AuthError::Revoked);
         }
-        Ok(principal)
+        Ok((principal, exp))
     }
 
-    fn verify_unrevoked(&self, token: &str) -> Result<Principal, AuthError> {
+    /// How long after its `exp` a token is still accepted (clock skew between replicas).
+    pub fn leeway(&self) -> u64 {
+        self.validation.leeway
+    }
+
+    fn verify_unrevoked(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let now = chrono::Utc::now().timestamp();
         let cached = self
             .verified
@@ -376,9 +425,9 @@ impl TokenVerifier {
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
             .filter(|(_, exp)| *exp > now)
-            .map(|(p, _)| p.clone());
-        if let Some(principal) = cached {
-            return Ok(principal);
+            .cloned();
+        if let Some(cached) = cached {
+            return Ok(cached);
         }
         let (principal, exp) = self.verify_signature(token)?;
         let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
@@ -386,7 +435,7 @@ impl TokenVerifier {
             cache.clear();
         }
         cache.insert(token.to_owned(), (principal.clone(), exp));
-        Ok(principal)
+        Ok((principal, exp))
     }
 
     fn verify_signature(&self, token: &str) -> Result<(Principal, i64), AuthError> {
@@ -439,7 +488,7 @@ impl TokenVerifier {
 pub use crate::keycodec::decode_public_key;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -471,18 +520,23 @@ mod tests {
         assert!(verifier.revoked.read().unwrap().contains("cred-1"));
     }
 
+    /// The auth settings of a test verifier that trusts `key`.
+    pub(crate) fn trusting(key: &Signer) -> AuthConfig {
+        AuthConfig {
+            issuer: "lianyu".into(),
+            audience: "mesh".into(),
+            trusted_keys: vec![key.trusted_key()],
+            signing_key: None,
+            token_ttl: Duration::from_secs(600),
+            key_refresh: Duration::from_secs(300),
+        }
+    }
+
     #[test]
     fn a_cached_token_stops_working_when_its_key_is_rotated_out() {
         let old = Signer::generate();
         let new = Signer::generate();
-        let auth = AuthConfig {
-            issuer: "lianyu".into(),
-            audience: "mesh".into(),
-            trusted_keys: vec![old.trusted_key()],
-            signing_key: None,
-            token_ttl: Duration::from_secs(600),
-            key_refresh: Duration::from_secs(300),
-        };
+        let auth = trusting(&old);
         let verifier = TokenVerifier::new(&auth).unwrap();
         let request = TokenRequest {
             partner_id: "brand-a".into(),

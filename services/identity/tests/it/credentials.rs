@@ -337,17 +337,12 @@ async fn a_token_narrowed_to_a_store_needs_an_active_store_of_the_partner() {
     }
     brand
         .partners
-        .update_store(pb::UpdateStoreRequest {
-            request_id: "close".into(),
-            store: Some(pb::Store {
-                name: "partners/brand-a/stores/sh-nanjing-road".into(),
-                active: false,
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["active".into()],
-            }),
-        })
+        .update_store(crate::harness::store_active(
+            "brand-a",
+            "sh-nanjing-road",
+            false,
+            "close",
+        ))
         .await
         .unwrap();
     let e = public

@@ -12,7 +12,7 @@ use lianyu_kit::{
 use lianyu_proto::common::v1::ConsentPurpose;
 use lianyu_proto::identity::v1 as pb;
 
-use crate::harness::{Identity, details, enroll, grant, phone};
+use crate::harness::{Identity, details, enroll, grant, phone, store_active};
 
 struct KitTables;
 
@@ -527,21 +527,6 @@ async fn a_known_store_stands_in_while_identity_is_down_and_an_unknown_one_fails
     assert_eq!(e.reason(), "IDENTITY_UNAVAILABLE");
 }
 
-/// A store's partner's request that registers it, or closes or reopens it.
-fn store_request(id: &str, active: bool, request_id: &str) -> pb::UpdateStoreRequest {
-    pb::UpdateStoreRequest {
-        request_id: request_id.into(),
-        store: Some(pb::Store {
-            name: format!("partners/brand-a/stores/{id}"),
-            active,
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["active".into()],
-        }),
-    }
-}
-
 /// Polls `check` every 10 ms for up to 5 s until it holds (a feed is followed, never slept on).
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..500 {
@@ -610,7 +595,7 @@ async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens(
     // Closed before a standalone service starts following the mesh feed.
     brand
         .partners
-        .update_store(store_request("guomao", false, "close-g"))
+        .update_store(store_active("brand-a", "guomao", false, "close-g"))
         .await
         .unwrap();
     assert_eq!(
@@ -622,7 +607,7 @@ async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens(
     let refused = identity
         .with_token(&guomao)
         .partners
-        .update_store(store_request("guomao", true, "reopen-by-till"))
+        .update_store(store_active("brand-a", "guomao", true, "reopen-by-till"))
         .await
         .unwrap_err();
     assert_eq!(details(&refused).0, "STORE_CLOSED");
@@ -669,7 +654,7 @@ async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens(
     // Closed while it follows: identity at once, the service from the feed.
     brand
         .partners
-        .update_store(store_request("sanlitun", false, "close-s"))
+        .update_store(store_active("brand-a", "sanlitun", false, "close-s"))
         .await
         .unwrap();
     assert_eq!(till_reads(&sanlitun, "sanlitun").await, closed);
@@ -694,7 +679,7 @@ async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens(
     // Reopened: its unexpired tokens work again, here and there.
     brand
         .partners
-        .update_store(store_request("guomao", true, "reopen-g"))
+        .update_store(store_active("brand-a", "guomao", true, "reopen-g"))
         .await
         .unwrap();
     assert_eq!(till_reads(&guomao, "guomao").await, Ok(()));
@@ -704,13 +689,13 @@ async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens(
     // changes nothing — the store and its tokens stay open.
     brand
         .partners
-        .update_store(store_request("sanlitun", true, "reopen-s"))
+        .update_store(store_active("brand-a", "sanlitun", true, "reopen-s"))
         .await
         .unwrap();
     assert_eq!(till_reads(&sanlitun, "sanlitun").await, Ok(()));
     let replayed = brand
         .partners
-        .update_store(store_request("sanlitun", false, "close-s"))
+        .update_store(store_active("brand-a", "sanlitun", false, "close-s"))
         .await
         .unwrap()
         .into_inner();

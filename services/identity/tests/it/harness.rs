@@ -403,6 +403,26 @@ pub(crate) fn grant(
     }
 }
 
+/// `partner`'s UpdateStore that closes (`active` false) or reopens its store `id`.
+pub(crate) fn store_active(
+    partner: &str,
+    id: &str,
+    active: bool,
+    request_id: &str,
+) -> pb::UpdateStoreRequest {
+    pb::UpdateStoreRequest {
+        request_id: request_id.into(),
+        store: Some(pb::Store {
+            name: format!("partners/{partner}/stores/{id}"),
+            active,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["active".into()],
+        }),
+    }
+}
+
 /// The operator's UpdatePartner that suspends or reinstates `partner`.
 pub(crate) fn partner_status(
     partner: &str,

@@ -847,3 +847,81 @@ async fn the_operator_joins_no_alliance() {
         .unwrap_err();
     assert_eq!(own.code(), Code::PermissionDenied);
 }
+
+/// An open feed outlives no refusal: the stream of a store's till ends with PERMISSION_DENIED /
+/// STORE_CLOSED when its partner closes the store, a partner's with PARTNER_SUSPENDED when the
+/// operator suspends it — while another partner's stream goes on.
+#[tokio::test]
+async fn an_open_feed_ends_the_moment_its_token_is_refused() {
+    let identity = Identity::with_partners("trust_stream_refused").await;
+    let mut brand = identity.as_partner("brand-a");
+    brand
+        .partners
+        .create_store(pb::CreateStoreRequest {
+            request_id: "store".into(),
+            parent: "partners/brand-a".into(),
+            store_id: "sh01".into(),
+            store: Some(pb::Store {
+                display_name: "Shanghai".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut till = identity.as_store("brand-a", "sh01").feed().await;
+    let mut suspended = identity.as_partner("brand-c").feed().await;
+    let mut other = identity.as_partner("mall-b").feed().await;
+    let ends = async |stream: &mut tonic::Streaming<pb::WatchConsentEventsResponse>| loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), stream.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return ("ended without a status".to_owned(), String::new()),
+            Ok(Err(status)) => return (format!("{:?}", status.code()), details(&status).0),
+            Err(_) => return ("still open after 5 s".to_owned(), String::new()),
+        }
+    };
+    brand
+        .partners
+        .update_store(crate::harness::store_active(
+            "brand-a", "sh01", false, "close",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        ends(&mut till).await,
+        ("PermissionDenied".to_owned(), "STORE_CLOSED".to_owned())
+    );
+    identity
+        .operator()
+        .partners
+        .update_partner(crate::harness::partner_status(
+            "brand-c",
+            pb::PartnerStatus::Suspended,
+            "suspend",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        ends(&mut suspended).await,
+        (
+            "PermissionDenied".to_owned(),
+            "PARTNER_SUSPENDED".to_owned()
+        )
+    );
+    // The mall's stream is still open, and still delivers: a consent granted to it arrives.
+    let (brand_member, mall_member) = identity.shared_member("13800138077").await;
+    brand
+        .consents
+        .grant_consent(grant(
+            &brand_member,
+            "mall-b",
+            &[ConsentPurpose::ShareProfile],
+        ))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), other.message())
+        .await
+        .expect("the mall's stream is open")
+        .unwrap()
+        .expect("an event");
+    assert_eq!(event.member, mall_member, "named by the mall's own id");
+}

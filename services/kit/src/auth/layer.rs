@@ -1,7 +1,14 @@
 //! The tower layer that authenticates every `lianyu.*` call before routing. Health, reflection
 //! and the RPCs the contract declares ACCESS_PUBLIC (the token exchange) stay open.
+//!
+//! A server-streaming call (a feed, a viewer stream, a dashboard) can outlive its token: its
+//! stream ends with the refusal a new call with that token would get — UNAUTHENTICATED /
+//! TOKEN_EXPIRED once the token expires, TOKEN_REVOKED, PARTNER_SUSPENDED or STORE_CLOSED the
+//! moment that happens — and the client reconnects with a fresh token from its cursor.
 
 use std::{
+    collections::HashSet,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -18,11 +25,15 @@ use super::{
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
+    streaming: Arc<HashSet<String>>,
 }
 
 impl AuthLayer {
     pub fn new(verifier: Arc<TokenVerifier>) -> Self {
-        Self { verifier }
+        Self {
+            verifier,
+            streaming: Arc::new(crate::admission::streaming_methods()),
+        }
     }
 }
 
@@ -33,6 +44,7 @@ impl<S> Layer<S> for AuthLayer {
         Authenticate {
             inner,
             verifier: self.verifier.clone(),
+            streaming: self.streaming.clone(),
         }
     }
 }
@@ -41,14 +53,22 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Authenticate<S> {
     inner: S,
     verifier: Arc<TokenVerifier>,
+    streaming: Arc<HashSet<String>>,
+}
+
+/// What a streaming call's body needs to end when its token stops being accepted.
+struct Watch {
+    token: String,
+    expires: i64,
 }
 
 impl<S> Authenticate<S> {
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
+    /// Authenticates `request`; for a server-streaming call, what its stream keeps watching.
+    fn check<B>(&self, request: &mut Request<B>) -> Result<Option<Watch>, AuthError> {
         let path = request.uri().path();
         let method = lianyu_proto::access::path(path);
         let scope = match requirement(path) {
-            Requirement::Open => return Ok(()),
+            Requirement::Open => return Ok(None),
             Requirement::Scope(scope) => Some(scope),
             Requirement::Token => None,
         };
@@ -64,7 +84,12 @@ impl<S> Authenticate<S> {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .ok_or(AuthError::Missing)?;
-        let principal = self.verifier.verify(token.trim())?;
+        let token = token.trim();
+        let (principal, expires) = self.verifier.verify_until(token)?;
+        let watch = self.streaming.contains(path).then(|| Watch {
+            token: token.to_owned(),
+            expires,
+        });
         if let Some(scope) = scope
             && (!principal.has_scope(&scope)
                 // An internal RPC answers mesh services only, and only the services that call
@@ -84,7 +109,87 @@ impl<S> Authenticate<S> {
                 .insert(crate::call::RpcMethod(method));
         }
         request.extensions_mut().insert(principal);
-        Ok(())
+        Ok(watch)
+    }
+}
+
+/// A streaming response's body that ends with the token's refusal, in the trailers, as soon as
+/// the token expires or the verifier starts refusing it.
+struct Guarded {
+    body: Body,
+    token: String,
+    verifier: Arc<TokenVerifier>,
+    expiry: Pin<Box<tokio::time::Sleep>>,
+    refusals: tokio_stream::wrappers::WatchStream<u64>,
+    ended: bool,
+}
+
+impl Guarded {
+    fn new(body: Body, watch: Watch, verifier: Arc<TokenVerifier>) -> Self {
+        // Accepted until `exp` plus the verifier's leeway, as a new call would be.
+        let left = u64::try_from(watch.expires - chrono::Utc::now().timestamp())
+            .unwrap_or_default()
+            .saturating_add(verifier.leeway());
+        Self {
+            body,
+            token: watch.token,
+            expiry: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(left))),
+            refusals: tokio_stream::wrappers::WatchStream::from_changes(verifier.watch_refusals()),
+            verifier,
+            ended: false,
+        }
+    }
+
+    /// The refusal that ends the stream now, if any.
+    fn refusal(&mut self, cx: &mut Context<'_>) -> Option<AuthError> {
+        if self.expiry.as_mut().poll(cx).is_ready() {
+            return Some(AuthError::Expired);
+        }
+        let mut changed = false;
+        while let Poll::Ready(Some(_)) =
+            futures::Stream::poll_next(Pin::new(&mut self.refusals), cx)
+        {
+            changed = true;
+        }
+        if changed {
+            return self.verifier.verify(&self.token).err();
+        }
+        None
+    }
+}
+
+impl http_body::Body for Guarded {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(refused) = self.refusal(cx) {
+            self.ended = true;
+            // The status as trailers: what a trailers-only refusal carries in its headers.
+            let mut trailers = refused
+                .into_status()
+                .into_http::<Body>()
+                .into_parts()
+                .0
+                .headers;
+            trailers.remove(http::header::CONTENT_TYPE);
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
@@ -96,19 +201,159 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future =
-        futures::future::Either<S::Future, std::future::Ready<Result<Response<Body>, S::Error>>>;
+    type Future = futures::future::Either<
+        futures::future::Either<S::Future, std::future::Ready<Result<Response<Body>, S::Error>>>,
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, S::Error>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        use futures::future::Either;
         match self.check(&mut request) {
-            Ok(()) => futures::future::Either::Left(self.inner.call(request)),
-            Err(e) => {
-                futures::future::Either::Right(std::future::ready(Ok(e.into_status().into_http())))
+            Ok(None) => Either::Left(Either::Left(self.inner.call(request))),
+            Ok(Some(watch)) => {
+                let verifier = self.verifier.clone();
+                let response = self.inner.call(request);
+                Either::Right(Box::pin(async move {
+                    let response = response.await?;
+                    Ok(response.map(|body| Body::new(Guarded::new(body, watch, verifier))))
+                }))
             }
+            Err(e) => Either::Left(Either::Right(std::future::ready(Ok(e
+                .into_status()
+                .into_http())))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::auth::{Signer, TokenRequest};
+
+    /// A stream that never sends anything: an idle feed.
+    struct Idle;
+
+    impl http_body::Body for Idle {
+        type Data = tonic::codegen::Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    fn verifier_and_token(ttl: Duration, store: Option<&str>) -> (Arc<TokenVerifier>, String) {
+        let key = Signer::generate();
+        let auth = crate::auth::tests::trusting(&key);
+        let token = key
+            .mint(
+                &auth,
+                &TokenRequest {
+                    ttl,
+                    store: store.map(str::to_owned),
+                    ..TokenRequest::partner("brand-a")
+                },
+            )
+            .unwrap();
+        (Arc::new(TokenVerifier::new(&auth).unwrap()), token)
+    }
+
+    fn idle_stream(verifier: &Arc<TokenVerifier>, token: &str) -> Guarded {
+        let (_, expires) = verifier.verify_until(token).unwrap();
+        Guarded::new(
+            Body::new(Idle),
+            Watch {
+                token: token.to_owned(),
+                expires,
+            },
+            verifier.clone(),
+        )
+    }
+
+    async fn next_frame(body: &mut Guarded) -> http_body::Frame<tonic::codegen::Bytes> {
+        std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut *body), cx))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The code and reason in a frame of trailers.
+    fn refusal(frame: &http_body::Frame<tonic::codegen::Bytes>) -> (String, String) {
+        let trailers = frame.trailers_ref().expect("trailers");
+        let status = tonic::Status::from_header_map(trailers).expect("a status");
+        (
+            format!("{:?}", status.code()),
+            crate::testing::reason(&status),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_ends_with_token_expired_when_its_token_does() {
+        let (verifier, token) = verifier_and_token(Duration::from_secs(60), None);
+        let mut stream = idle_stream(&verifier, &token);
+        let opened = tokio::time::Instant::now();
+        let frame = next_frame(&mut stream).await;
+        assert_eq!(
+            refusal(&frame),
+            ("Unauthenticated".to_owned(), "TOKEN_EXPIRED".to_owned())
+        );
+        let lasted = opened.elapsed();
+        assert!(
+            lasted >= Duration::from_secs(60 + verifier.leeway())
+                && lasted <= Duration::from_secs(62 + verifier.leeway()),
+            "ended after {lasted:?}: the token's 60 s and the verifier's leeway"
+        );
+        assert!(
+            std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut stream), cx))
+                .await
+                .is_none(),
+            "nothing after the refusal"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_open_stream_ends_the_moment_its_partner_is_suspended_or_its_store_closed() {
+        for (store, refuse, reason) in [
+            (
+                None,
+                (|v: &TokenVerifier| v.set_partner_suspended("brand-a", true))
+                    as fn(&TokenVerifier),
+                "PARTNER_SUSPENDED",
+            ),
+            (
+                Some("partners/brand-a/stores/sh01"),
+                |v: &TokenVerifier| v.set_store_closed("partners/brand-a/stores/sh01", true),
+                "STORE_CLOSED",
+            ),
+        ] {
+            let (verifier, token) = verifier_and_token(Duration::from_secs(600), store);
+            let mut stream = idle_stream(&verifier, &token);
+            let polled = futures::poll!(std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(Pin::new(&mut stream), cx)
+            }));
+            assert!(polled.is_pending(), "an idle stream waits");
+            // Another store's closing, or a reinstated partner elsewhere, leaves it open.
+            verifier.set_store_closed("partners/brand-a/stores/other", true);
+            verifier.set_partner_suspended("mall-b", true);
+            let polled = futures::poll!(std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(Pin::new(&mut stream), cx)
+            }));
+            assert!(polled.is_pending(), "others' changes leave it open");
+            refuse(&verifier);
+            let frame = next_frame(&mut stream).await;
+            assert_eq!(
+                refusal(&frame),
+                ("PermissionDenied".to_owned(), reason.to_owned())
+            );
         }
     }
 }
