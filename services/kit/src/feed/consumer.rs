@@ -291,10 +291,15 @@ async fn sleep_or_stop(shutdown: &CancellationToken, backoff: &mut Duration) {
 /// without missing events, and it keeps trying rather than skip them.
 fn interrupted(consumer: &str, status: &tonic::Status) {
     use tonic_types::StatusExt;
-    let expired = status
+    let reason = status
         .get_details_error_info()
-        .is_some_and(|info| info.reason == "CURSOR_EXPIRED");
-    if expired {
+        .map(|info| info.reason)
+        .unwrap_or_default();
+    if reason == "TOKEN_EXPIRED" {
+        // A stream ends when the token it was opened with expires; the next opens with the
+        // token renewed meanwhile.
+        tracing::debug!(consumer, "feed stream's token expired, resuming with a fresh one");
+    } else if reason == "CURSOR_EXPIRED" {
         tracing::error!(
             consumer,
             "the feed no longer keeps the events after this consumer's cursor; it cannot catch \
