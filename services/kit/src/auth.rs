@@ -158,6 +158,25 @@ impl AuthError {
     }
 }
 
+/// Who holds a verified token, as much as deciding whether it is still accepted needs (kept
+/// by every open stream, so small).
+#[derive(Clone, Debug)]
+pub struct Holder {
+    partner: Box<str>,
+    store: Option<Box<str>>,
+    credential: Option<Box<str>>,
+}
+
+impl Holder {
+    pub fn of(principal: &Principal) -> Self {
+        Self {
+            partner: principal.partner_id.as_str().into(),
+            store: principal.store.as_deref().map(Into::into),
+            credential: principal.credential.as_deref().map(Into::into),
+        }
+    }
+}
+
 /// Verified tokens kept at most; the cache is emptied when it fills.
 const VERIFIED_CACHE: usize = 10_000;
 
@@ -383,33 +402,40 @@ impl TokenVerifier {
     /// [`TokenVerifier::verify`], with when the token expires (seconds since the epoch).
     pub fn verify_until(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let (principal, exp) = self.verify_unrevoked(token)?;
+        self.still_accepts(&Holder::of(&principal))?;
+        Ok((principal, exp))
+    }
+
+    /// Whether a token of `holder`, verified before, is still accepted: not suspended, its
+    /// store not closed, its credential not revoked.
+    pub fn still_accepts(&self, holder: &Holder) -> Result<(), AuthError> {
         if self
             .suspended
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&principal.partner_id)
+            .contains(&*holder.partner)
         {
             return Err(AuthError::Suspended);
         }
-        if let Some(store) = &principal.store
+        if let Some(store) = &holder.store
             && self
                 .closed_stores
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(store)
+                .contains(&**store)
         {
             return Err(AuthError::StoreClosed);
         }
-        if let Some(credential) = &principal.credential
+        if let Some(credential) = &holder.credential
             && self
                 .revoked
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(credential)
+                .contains(&**credential)
         {
             return Err(AuthError::Revoked);
         }
-        Ok((principal, exp))
+        Ok(())
     }
 
     /// How long after its `exp` a token is still accepted (clock skew between replicas).

@@ -18,7 +18,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use super::{
-    AuthError, TokenVerifier,
+    AuthError, Holder, TokenVerifier,
     scope::{Requirement, requirement},
 };
 
@@ -58,7 +58,7 @@ pub struct Authenticate<S> {
 
 /// What a streaming call's body needs to end when its token stops being accepted.
 struct Watch {
-    token: String,
+    holder: Holder,
     expires: i64,
 }
 
@@ -87,7 +87,7 @@ impl<S> Authenticate<S> {
         let token = token.trim();
         let (principal, expires) = self.verifier.verify_until(token)?;
         let watch = self.streaming.contains(path).then(|| Watch {
-            token: token.to_owned(),
+            holder: Holder::of(&principal),
             expires,
         });
         if let Some(scope) = scope
@@ -117,7 +117,7 @@ impl<S> Authenticate<S> {
 /// the token expires or the verifier starts refusing it.
 struct Guarded {
     body: Body,
-    token: String,
+    holder: Holder,
     verifier: Arc<TokenVerifier>,
     expiry: Pin<Box<tokio::time::Sleep>>,
     refusals: tokio_stream::wrappers::WatchStream<u64>,
@@ -132,7 +132,7 @@ impl Guarded {
             .saturating_add(verifier.leeway());
         Self {
             body,
-            token: watch.token,
+            holder: watch.holder,
             expiry: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(left))),
             refusals: tokio_stream::wrappers::WatchStream::from_changes(verifier.watch_refusals()),
             verifier,
@@ -152,7 +152,7 @@ impl Guarded {
             changed = true;
         }
         if changed {
-            return self.verifier.verify(&self.token).err();
+            return self.verifier.still_accepts(&self.holder).err();
         }
         None
     }
@@ -272,7 +272,7 @@ mod tests {
         Guarded::new(
             Body::new(Idle),
             Watch {
-                token: token.to_owned(),
+                holder: Holder::of(&verifier.verify(token).unwrap()),
                 expires,
             },
             verifier.clone(),

@@ -298,7 +298,10 @@ fn interrupted(consumer: &str, status: &tonic::Status) {
     if reason == "TOKEN_EXPIRED" {
         // A stream ends when the token it was opened with expires; the next opens with the
         // token renewed meanwhile.
-        tracing::debug!(consumer, "feed stream's token expired, resuming with a fresh one");
+        tracing::debug!(
+            consumer,
+            "feed stream's token expired, resuming with a fresh one"
+        );
     } else if reason == "CURSOR_EXPIRED" {
         tracing::error!(
             consumer,
