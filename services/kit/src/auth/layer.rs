@@ -189,7 +189,16 @@ impl http_body::Body for Guarded {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
+        // A refusal answered trailers-only (no messages) stays a trailers-only response.
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.ended {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            self.body.size_hint()
+        }
     }
 }
 
