@@ -32,6 +32,26 @@ pub mod access {
             .map(|i| METHODS[i].0)
     }
 
+    /// The paths of every server-streaming RPC in the contracts.
+    pub fn streaming_methods() -> std::collections::HashSet<String> {
+        use prost::Message;
+        let Ok(set) = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET) else {
+            return std::collections::HashSet::new();
+        };
+        let mut paths = std::collections::HashSet::new();
+        for file in set.file {
+            let package = file.package.clone().unwrap_or_default();
+            for service in &file.service {
+                for method in &service.method {
+                    if method.server_streaming() {
+                        paths.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        paths
+    }
+
     /// The scope a token needs to call the RPC at `path`: `<service>.read`,
     /// `<service>.write` or `<service>.internal`; `None` when the RPC is public or unknown.
     pub fn required_scope(path: &str) -> Option<String> {

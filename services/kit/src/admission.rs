@@ -71,7 +71,7 @@ impl AdmissionLayer {
                 wait: limits.admission_wait,
                 per_partner: Mutex::default(),
                 streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
-                streaming: streaming_methods(),
+                streaming: lianyu_proto::access::streaming_methods(),
                 shed: opentelemetry::global::meter("lianyu")
                     .u64_counter("rpc.server.shed")
                     .with_description("Calls refused by admission control")
@@ -83,26 +83,6 @@ impl AdmissionLayer {
             }),
         }
     }
-}
-
-/// The paths of every server-streaming RPC in the contracts.
-pub(crate) fn streaming_methods() -> HashSet<String> {
-    use prost::Message;
-    let Ok(set) = prost_types::FileDescriptorSet::decode(lianyu_proto::FILE_DESCRIPTOR_SET) else {
-        return HashSet::new();
-    };
-    let mut paths = HashSet::new();
-    for file in set.file {
-        let package = file.package.clone().unwrap_or_default();
-        for service in &file.service {
-            for method in &service.method {
-                if method.server_streaming() {
-                    paths.insert(format!("/{package}.{}/{}", service.name(), method.name()));
-                }
-            }
-        }
-    }
-    paths
 }
 
 impl<S> Layer<S> for AdmissionLayer {

@@ -32,7 +32,7 @@ impl AuthLayer {
     pub fn new(verifier: Arc<TokenVerifier>) -> Self {
         Self {
             verifier,
-            streaming: Arc::new(crate::admission::streaming_methods()),
+            streaming: Arc::new(lianyu_proto::access::streaming_methods()),
         }
     }
 }
