@@ -127,9 +127,10 @@ struct Guarded {
 impl Guarded {
     fn new(body: Body, watch: Watch, verifier: Arc<TokenVerifier>) -> Self {
         // Accepted until `exp` plus the verifier's leeway, as a new call would be.
-        let left = u64::try_from(watch.expires - chrono::Utc::now().timestamp())
-            .unwrap_or_default()
-            .saturating_add(verifier.leeway());
+        let until = watch
+            .expires
+            .saturating_add(i64::try_from(verifier.leeway()).unwrap_or(i64::MAX));
+        let left = u64::try_from(until - chrono::Utc::now().timestamp()).unwrap_or_default();
         Self {
             body,
             holder: watch.holder,
@@ -182,7 +183,13 @@ impl http_body::Body for Guarded {
             return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
         }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // The stream's own end (its status in the trailers) is final: no refusal after it.
         if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_trailers()
+        {
             self.ended = true;
         }
         polled
@@ -258,6 +265,49 @@ mod tests {
         ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
             Poll::Pending
         }
+    }
+
+    /// A stream that ends by itself: its status (OK) in the trailers, then nothing.
+    struct Ends(bool);
+
+    impl http_body::Body for Ends {
+        type Data = tonic::codegen::Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(None);
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ended_by_itself_gets_no_refusal_after_its_status() {
+        let (verifier, token) = verifier_and_token(Duration::from_secs(600), None);
+        let (principal, expires) = verifier.verify_until(&token).unwrap();
+        let mut stream = Guarded::new(
+            Body::new(Ends(false)),
+            Watch {
+                holder: Holder::of(&principal),
+                expires,
+            },
+            verifier.clone(),
+        );
+        let status = next_frame(&mut stream).await;
+        assert_eq!(status.trailers_ref().unwrap()["grpc-status"], "0");
+        verifier.set_partner_suspended("brand-a", true);
+        assert!(
+            std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut stream), cx))
+                .await
+                .is_none(),
+            "one status per stream"
+        );
     }
 
     fn verifier_and_token(ttl: Duration, store: Option<&str>) -> (Arc<TokenVerifier>, String) {
