@@ -256,12 +256,12 @@ impl TokenVerifier {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.refusals_changed();
         Ok(())
     }
 
-    /// A receiver that changes whenever the keys, revocations, suspensions or closed stores
-    /// change: a long-lived call verifies its token again then.
+    /// A receiver that changes whenever revocations, suspensions or closed stores change: a
+    /// long-lived call checks its token's holder again then ([`TokenVerifier::still_accepts`];
+    /// a key rotated out ends such a call only when its token expires).
     pub fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
         self.refusals.subscribe()
     }
@@ -290,12 +290,7 @@ impl TokenVerifier {
 
     /// Refuses from now on every token issued for `credential`.
     pub fn revoke(&self, credential: &str) {
-        let mut set = self.revoked.write().unwrap_or_else(|p| p.into_inner());
-        set.insert(credential.to_owned());
-        self.changes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        drop(set);
-        self.refusals_changed();
+        self.mark(&self.revoked, credential, true);
     }
 
     /// A mark of the single revocations and suspensions applied so far: read it before
@@ -338,11 +333,17 @@ impl TokenVerifier {
 
     /// Refuses from now on every token of `partner` (`true`), or accepts them again (`false`).
     pub fn set_partner_suspended(&self, partner: &str, suspended: bool) {
-        let mut set = self.suspended.write().unwrap_or_else(|p| p.into_inner());
-        if suspended {
-            set.insert(partner.to_owned());
+        self.mark(&self.suspended, partner, suspended);
+    }
+
+    /// One single change: `key` put in `set` (`true`) or taken out, counted for
+    /// [`TokenVerifier::changes`] while the set is held, then told to open streams.
+    fn mark(&self, set: &RwLock<std::collections::HashSet<String>>, key: &str, present: bool) {
+        let mut set = set.write().unwrap_or_else(|p| p.into_inner());
+        if present {
+            set.insert(key.to_owned());
         } else {
-            set.remove(partner);
+            set.remove(key);
         }
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -359,19 +360,7 @@ impl TokenVerifier {
     /// Refuses from now on every token narrowed to `store` (`true`), or accepts them again
     /// (`false`).
     pub fn set_store_closed(&self, store: &str, closed: bool) {
-        let mut set = self
-            .closed_stores
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if closed {
-            set.insert(store.to_owned());
-        } else {
-            set.remove(store);
-        }
-        self.changes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        drop(set);
-        self.refusals_changed();
+        self.mark(&self.closed_stores, store, closed);
     }
 
     /// Replaces the closed stores with `stores`, read when [`TokenVerifier::changes`] was

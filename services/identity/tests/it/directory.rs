@@ -625,8 +625,10 @@ async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens(
         .into_inner()
         .stores;
     assert_eq!(listed, ["partners/brand-a/stores/guomao"]);
+    // The store's own partner, an unallied partner, the operator, a till: no internal scope.
     for intruder in [
         identity.partner_token("brand-a"),
+        identity.partner_token("brand-c"),
         identity.partner_token("operator"),
         sanlitun.clone(),
     ] {
@@ -637,6 +639,12 @@ async fn a_closed_stores_tokens_are_refused_everywhere_at_once_until_it_reopens(
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     }
+    let refused = identity
+        .directory("")
+        .list_closed_stores(lianyu_proto::identity::internal::v1::ListClosedStoresRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "no token");
 
     // A service with a verifier of its own (as standalone): the list read when it starts.
     let (directory, ctx, _dir) = directory_of(&identity, true).await;
