@@ -131,7 +131,7 @@ fn install(
     // arrives is carried on to the calls this process makes.
     let tracer = tracer.build();
     global::set_tracer_provider(tracer.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer.tracer("lianyu"));
+    let otel = otel_layer(tracer.tracer("lianyu"));
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -147,6 +147,23 @@ fn install(
         .try_init()
         .map_err(|e| TelemetryError(e.to_string()))?;
     Ok(TelemetryGuard { tracer, meter })
+}
+
+/// The OpenTelemetry layer, as every process (and the tests) use it. Without per-poll
+/// bookkeeping: `busy_ns`/`idle_ns` timings and attaching the span's context on every enter
+/// cost a lookup and a lock each time any call's future is polled, for attributes no one reads
+/// (a call's duration is the span's own) and a current context nothing here asks for — the
+/// outgoing `traceparent` comes from the tracing span itself (`inject_context`).
+pub(crate) fn otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
 }
 
 /// JSON log lines, one object per event, carrying the `trace_id` and `span_id` of the call it
@@ -165,8 +182,77 @@ where
                 .with_current_span(false)
                 .with_span_list(false),
         ))
-        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .fmt_fields(CallIdFields)
         .with_writer(writer)
+}
+
+/// What the JSON log layer keeps of a span's fields: only the call's `trace_id` and
+/// `span_id`, as `trace_id=… span_id=…`. Log lines print no span fields (the event's own are
+/// flattened into its object), so formatting every field of every span as JSON — and, on each
+/// `record`, parsing that JSON back to add one — was work for nothing: about 6 % of a busy
+/// instance's CPU in a flash sale's burst (`BENCHMARKS.md`).
+struct CallIdFields;
+
+/// Collects the two fields [`CallIdFields`] keeps.
+#[derive(Default)]
+struct CallIdVisitor {
+    trace_id: Option<String>,
+    span_id: Option<String>,
+}
+
+impl CallIdVisitor {
+    fn keep(&mut self, field: &tracing::field::Field, value: String) {
+        match field.name() {
+            "trace_id" => self.trace_id = Some(value),
+            "span_id" => self.span_id = Some(value),
+            _ => {}
+        }
+    }
+
+    fn write_to(&self, writer: &mut impl std::fmt::Write) -> std::fmt::Result {
+        for (name, value) in [("trace_id", &self.trace_id), ("span_id", &self.span_id)] {
+            if let Some(value) = value {
+                write!(writer, " {name}={value}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl tracing::field::Visit for CallIdVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if matches!(field.name(), "trace_id" | "span_id") {
+            self.keep(field, value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if matches!(field.name(), "trace_id" | "span_id") {
+            self.keep(field, format!("{value:?}"));
+        }
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for CallIdFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut kept = CallIdVisitor::default();
+        fields.record(&mut kept);
+        kept.write_to(&mut writer)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut kept = CallIdVisitor::default();
+        fields.record(&mut kept);
+        kept.write_to(&mut current.fields)
+    }
 }
 
 /// Adds `trace_id` and `span_id` to each JSON object the inner format writes.
@@ -207,15 +293,25 @@ where
     }
 }
 
-/// The `trace_id` and `span_id` fields a span recorded, from its formatted (JSON) fields.
+/// The `trace_id` and `span_id` fields a span recorded, from what [`CallIdFields`] kept of
+/// them (the last value of each, should one be recorded twice).
 fn call_ids<N: 'static>(
     extensions: &tracing_subscriber::registry::Extensions<'_>,
 ) -> Option<(String, String)> {
     let fields = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>()?;
-    let fields: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(fields.fields.as_str()).ok()?;
-    let text = |name: &str| fields.get(name)?.as_str().map(str::to_owned);
-    Some((text("trace_id")?, text("span_id")?))
+    let (mut trace, mut span) = (None, None);
+    for (name, value) in fields
+        .fields
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+    {
+        match name {
+            "trace_id" => trace = Some(value),
+            "span_id" => span = Some(value),
+            _ => {}
+        }
+    }
+    Some((trace?.to_owned(), span?.to_owned()))
 }
 
 #[cfg(test)]
@@ -262,26 +358,47 @@ pub(crate) mod tests {
             .into();
         tracing::dispatcher::with_default(&subscriber, || {
             tracing::info!(answer = 42, "outside any call");
+            // As the RPC layer makes it: the ids recorded after the span is made, other
+            // fields before and after them.
             let call = tracing::info_span!(
                 "rpc",
-                trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
-                span_id = "00f067aa0ba902b7"
+                rpc.method = "Enroll",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
             );
+            call.record(
+                "trace_id",
+                tracing::field::display("4bf92f3577b34da6a3ce929d0e0e4736"),
+            );
+            call.record("span_id", tracing::field::display("00f067aa0ba902b7"));
+            call.record("rpc.grpc.status_code", 0);
             call.in_scope(|| {
-                tracing::info_span!("inner").in_scope(|| tracing::info!(answer = 42, "inside"));
+                tracing::info_span!("inner", answer = 7)
+                    .in_scope(|| tracing::info!(answer = 42, "inside"));
             });
+            // A span that names its ids when it is made.
+            tracing::info_span!(
+                "rpc",
+                trace_id = "0af7651916cd43dd8448eb211c80319c",
+                span_id = "b7ad6b7169203331"
+            )
+            .in_scope(|| tracing::info!("again"));
         });
         let text = buffer.text();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(lines[0]["message"], "outside any call");
         assert!(lines[0].get("trace_id").is_none());
         assert_eq!(lines[1]["message"], "inside");
         assert_eq!(lines[1]["answer"], 42);
         assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(lines[1]["span_id"], "00f067aa0ba902b7");
+        assert!(lines[1].get("rpc.method").is_none(), "{text}");
+        assert_eq!(lines[2]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(lines[2]["span_id"], "b7ad6b7169203331");
     }
 }

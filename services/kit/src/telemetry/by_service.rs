@@ -216,7 +216,7 @@ mod tests {
             .with_span_processor(router)
             .build();
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            .with(crate::telemetry::otel_layer(provider.tracer("test")));
         let _default = tracing::subscriber::set_default(subscriber);
 
         call("/lianyu.identity.v1.MemberService/GetMember").await;

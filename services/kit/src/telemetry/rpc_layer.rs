@@ -335,7 +335,7 @@ mod tests {
             .build();
         let logs = crate::telemetry::tests::Buffer::default();
         let subscriber: tracing::Dispatch = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(crate::telemetry::otel_layer(provider.tracer("test")))
             .with(crate::telemetry::json_logs(logs.clone()))
             .into();
         let _default = tracing::dispatcher::set_default(&subscriber);
@@ -370,5 +370,70 @@ mod tests {
                 "no log line with trace {trace}: {logged}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_callers_trace_goes_on_to_the_calls_its_handler_makes() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber: tracing::Dispatch = tracing_subscriber::registry()
+            .with(crate::telemetry::otel_layer(provider.tracer("test")))
+            .into();
+        let _default = tracing::dispatcher::set_default(&subscriber);
+        // The handler calls another service, as a resolver or consent check does.
+        let handler = tower::service_fn(|_: http::Request<()>| async {
+            tokio::task::yield_now().await;
+            let mut outgoing = tonic::metadata::MetadataMap::new();
+            crate::telemetry::inject_context(&mut outgoing);
+            let mut response = http::Response::new(());
+            if let Some(sent) = outgoing.get("traceparent") {
+                response.headers_mut().insert(
+                    "x-sent-traceparent",
+                    sent.to_str()
+                        .unwrap_or_default()
+                        .parse()
+                        .unwrap_or_else(|_| unreachable!()),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = RpcTelemetryLayer::default().layer(handler);
+        service.ready().await.ok();
+        let response = service
+            .call(call(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ))
+            .await
+            .unwrap_or_else(|e| match e {});
+        let sent = response
+            .headers()
+            .get("x-sent-traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        provider.force_flush().expect("flush");
+        let spans = exporter.get_finished_spans().expect("spans");
+        assert_eq!(spans.len(), 1);
+        let server = &spans[0];
+        assert_eq!(
+            server.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "the server span joins the caller's trace"
+        );
+        assert_eq!(server.parent_span_id.to_string(), "00f067aa0ba902b7");
+        // The outgoing call names the server span as its parent, in the caller's trace.
+        assert_eq!(
+            sent,
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                server.span_context.span_id()
+            )
+        );
     }
 }

@@ -95,7 +95,8 @@ pub async fn claim_drop(
         let mut wallet =
             WalletServiceClient::new(target.as_brand(connections[i % connections.len()].clone()));
         let request = ent::ClaimBenefitRequest {
-            request_id: format!("claim-{i}"),
+            // Unique to this drop: a second run against the same mesh is not a replay.
+            request_id: format!("claim-{}-{i}", benefit.name),
             member: member.clone(),
             benefit: benefit.name.clone(),
             claim_code: "LIVE".into(),

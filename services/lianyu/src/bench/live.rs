@@ -323,7 +323,8 @@ pub async fn flash_sale(
         let mut client =
             OrderServiceClient::new(target.as_brand(connections[i % connections.len()].clone()));
         let request = live::PlaceOrderRequest {
-            request_id: format!("buy-{i}"),
+            // Unique to this sale: a second run against the same mesh is not a replay.
+            request_id: format!("buy-{}-{i}", sale.name),
             parent: session.name.clone(),
             order: Some(live::Order {
                 member: member.clone(),
