@@ -91,6 +91,8 @@ pub struct Principal {
     pub credential: Option<String>,
     /// The mesh service calling (`entitlements`, …) for a service token.
     pub service: Option<String>,
+    /// The id of the key that signed the token (`kid`); none for a principal made in-process.
+    pub key_id: Option<String>,
 }
 
 impl Principal {
@@ -165,6 +167,7 @@ pub struct Holder {
     partner: Box<str>,
     store: Option<Box<str>>,
     credential: Option<Box<str>>,
+    key: Option<Box<str>>,
 }
 
 impl Holder {
@@ -173,6 +176,7 @@ impl Holder {
             partner: principal.partner_id.as_str().into(),
             store: principal.store.as_deref().map(Into::into),
             credential: principal.credential.as_deref().map(Into::into),
+            key: principal.key_id.as_deref().map(Into::into),
         }
     }
 }
@@ -250,18 +254,26 @@ impl TokenVerifier {
             map.insert(key.key_id.clone(), decoding);
         }
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = map;
-        *self.key_material.write().unwrap_or_else(|p| p.into_inner()) = material;
+        let before = std::mem::replace(
+            &mut *self.key_material.write().unwrap_or_else(|p| p.into_inner()),
+            material.clone(),
+        );
         // Tokens signed by a key no longer trusted must not be accepted from the cache.
         self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        // A key rotated out (or replaced under its id) ends the open streams its tokens
+        // hold; a key only added wakes none of them.
+        if before.iter().any(|(id, key)| material.get(id) != Some(key)) {
+            self.refusals_changed();
+        }
         Ok(())
     }
 
-    /// A receiver that changes whenever revocations, suspensions or closed stores change: a
-    /// long-lived call checks its token's holder again then ([`TokenVerifier::still_accepts`];
-    /// a key rotated out ends such a call only when its token expires).
+    /// A receiver that changes whenever revocations, suspensions, closed stores or the trusted
+    /// keys change (a key removed or replaced): a long-lived call checks its token's holder
+    /// again then ([`TokenVerifier::still_accepts`]).
     pub fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
         self.refusals.subscribe()
     }
@@ -395,9 +407,18 @@ impl TokenVerifier {
         Ok((principal, exp))
     }
 
-    /// Whether a token of `holder`, verified before, is still accepted: not suspended, its
-    /// store not closed, its credential not revoked.
+    /// Whether a token of `holder`, verified before, is still accepted: its signing key still
+    /// trusted, its partner not suspended, its store not closed, its credential not revoked.
     pub fn still_accepts(&self, holder: &Holder) -> Result<(), AuthError> {
+        if let Some(key) = &holder.key
+            && !self
+                .keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&**key)
+        {
+            return Err(AuthError::Invalid);
+        }
         if self
             .suspended
             .read()
@@ -495,6 +516,7 @@ impl TokenVerifier {
             operator,
             credential: claims.cid,
             service: service.then_some(claims.sub),
+            key_id: Some(kid),
         };
         Ok((principal, claims.exp))
     }

@@ -410,6 +410,7 @@ impl lianyu_proto::entitlements::internal::v1::drop_service_server::DropService 
                     operator: false,
                     credential: None,
                     service: Some(service),
+                    key_id: None,
                 },
                 method: call.method,
             };

@@ -415,4 +415,42 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn an_open_stream_ends_when_the_key_that_signed_its_token_is_rotated_out() {
+        let key = Signer::generate();
+        let auth = crate::auth::tests::trusting(&key);
+        let verifier = Arc::new(TokenVerifier::new(&auth).unwrap());
+        let token = key.mint(&auth, &TokenRequest::partner("brand-a")).unwrap();
+        let mut stream = idle_stream(&verifier, &token);
+        // A key added beside it (a rotation's first step) leaves the stream open.
+        let next = Signer::generate();
+        verifier
+            .replace_keys(&[key.trusted_key(), next.trusted_key()])
+            .unwrap();
+        let polled = futures::poll!(std::future::poll_fn(|cx| {
+            http_body::Body::poll_frame(Pin::new(&mut stream), cx)
+        }));
+        assert!(polled.is_pending(), "a key added leaves it open");
+        // A stream on a token the new key signed, open through the change below.
+        let kept = next.mint(&auth, &TokenRequest::partner("brand-a")).unwrap();
+        let mut kept_stream = idle_stream(&verifier, &kept);
+        // The old key removed: its stream ends, as a new call with its token is refused.
+        verifier.replace_keys(&[next.trusted_key()]).unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), next_frame(&mut stream))
+            .await
+            .expect("the stream ends when its key is rotated out");
+        assert_eq!(
+            refusal(&frame),
+            ("Unauthenticated".to_owned(), "TOKEN_INVALID".to_owned())
+        );
+        assert!(matches!(
+            verifier.verify(&token),
+            Err(crate::auth::AuthError::Invalid)
+        ));
+        let polled = futures::poll!(std::future::poll_fn(|cx| {
+            http_body::Body::poll_frame(Pin::new(&mut kept_stream), cx)
+        }));
+        assert!(polled.is_pending(), "its own key still trusted");
+    }
 }
