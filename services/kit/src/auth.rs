@@ -156,9 +156,12 @@ impl AuthError {
         if let AuthError::MissingScope(scope) = &self {
             meta.insert("scope".to_owned(), scope.clone());
         }
-        crate::error::status_with_info(code, self.to_string(), reason, "lianyu.auth", meta)
+        crate::error::status_with_info(code, self.to_string(), reason, AUTH_DOMAIN, meta)
     }
 }
+
+/// The `ErrorInfo` domain of the auth layer's refusals.
+pub const AUTH_DOMAIN: &str = "lianyu.auth";
 
 /// Who holds a verified token, as much as deciding whether it is still accepted needs (kept
 /// by every open stream, so small).

@@ -222,6 +222,16 @@ impl ServiceToken {
         }
     }
 
+    /// Forgets `token` if it is the one held, so the next call fetches a fresh one: a peer
+    /// refused it (its signing key rotated out, say — a token cached until four fifths of its
+    /// life would otherwise be refused for up to twelve minutes).
+    pub async fn forget(&self, token: &str) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(held, _)| &**held == token) {
+            *current = None;
+        }
+    }
+
     async fn fetch(&self) -> Result<(String, Duration), tonic::Status> {
         match &self.source {
             TokenSource::Mint { signer, auth, ttl } => signer
@@ -273,6 +283,20 @@ fn retryable(status: &tonic::Status) -> bool {
         tonic::Code::Internal => status.message().starts_with("h2 protocol error"),
         _ => false,
     }
+}
+
+/// Whether `status` is the peer's auth layer refusing the token itself (expired, signed by a
+/// key it no longer trusts, revoked) rather than anything the call asked.
+fn token_refused(status: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == tonic::Code::Unauthenticated
+        && status.get_details_error_info().is_some_and(|info| {
+            info.domain == crate::auth::AUTH_DOMAIN
+                && matches!(
+                    info.reason.as_str(),
+                    "TOKEN_INVALID" | "TOKEN_EXPIRED" | "TOKEN_REVOKED"
+                )
+        })
 }
 
 /// Whether a call may be repeated without repeating its effect.
@@ -341,19 +365,28 @@ impl Peer {
         Fut: std::future::Future<Output = Result<tonic::Response<S>, tonic::Status>>,
     {
         let mut request = tonic::Request::new(message);
-        self.authorize(&mut request).await?;
-        open(self.channel.clone(), request)
-            .await
-            .map(tonic::Response::into_inner)
+        let sent = self.authorize(&mut request).await?;
+        let opened = open(self.channel.clone(), request).await;
+        if let Err(status) = &opened
+            && token_refused(status)
+        {
+            // The consumer opens again from its cursor, with a fresh token.
+            self.token.forget(&sent).await;
+        }
+        opened.map(tonic::Response::into_inner)
     }
 
-    async fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
+    /// Puts the service's token on `request`; the token sent.
+    async fn authorize<T>(
+        &self,
+        request: &mut tonic::Request<T>,
+    ) -> Result<Arc<str>, tonic::Status> {
         let token = self.token.bearer().await?;
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| tonic::Status::internal("service token is not a header value"))?;
         request.metadata_mut().insert("authorization", value);
-        Ok(())
+        Ok(token)
     }
 
     /// Calls the peer: `send` gets the channel and a request carrying the service token and
@@ -377,6 +410,7 @@ impl Peer {
         self.budget.deposit();
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
+        let mut renewed = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(1) {
@@ -387,7 +421,7 @@ impl Peer {
             }
             let mut request = tonic::Request::new(message.clone());
             request.set_timeout(left);
-            self.authorize(&mut request).await?;
+            let sent = self.authorize(&mut request).await?;
             let result = tokio::time::timeout(left, send(self.channel.clone(), request))
                 .await
                 .unwrap_or_else(|_| {
@@ -398,6 +432,13 @@ impl Peer {
                 });
             match result {
                 Ok(response) => return Ok(response.into_inner()),
+                // Refused by the peer's auth layer, before any handler ran: nothing was done,
+                // so even a call sent once goes again — once — with a fresh token.
+                Err(status) if token_refused(&status) && !renewed => {
+                    tracing::debug!(peer = %self.name, "service token refused, renewing it");
+                    self.token.forget(&sent).await;
+                    renewed = true;
+                }
                 Err(status)
                     if idempotency == Idempotency::Idempotent
                         && retryable(&status)
@@ -422,21 +463,9 @@ impl Peer {
 mod tests {
     use super::*;
 
-    /// A server closes its connections at their maximum age (GOAWAY), as every mesh server
-    /// does every few minutes; an idempotent call that meets one closing fails CANCELLED and
-    /// is sent again on a fresh connection: the caller never sees it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn idempotent_calls_ride_over_connections_closed_at_their_age() {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (_reporter, health) = tonic_health::server::health_reporter();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .max_connection_age(Duration::from_millis(20))
-                .add_service(health)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+    /// A peer at `address` (a health server), called as the `live` service with a token its
+    /// own key mints.
+    fn health_peer(address: std::net::SocketAddr) -> Peer {
         let signer = Arc::new(Signer::generate());
         let auth = AuthConfig {
             issuer: "lianyu".into(),
@@ -454,7 +483,85 @@ mod tests {
         ));
         let channel =
             crate::client::peer(&format!("http://{address}"), Duration::from_secs(2)).unwrap();
-        let peer = Peer::new("health", channel, token, Duration::from_secs(2));
+        Peer::new("health", channel, token, Duration::from_secs(2))
+    }
+
+    /// A peer refuses the token a service holds (its signing key rotated out): the call goes
+    /// again, once, with a fresh token, which is then kept; a fresh token refused too is the
+    /// caller's answer, with no loop.
+    #[tokio::test]
+    async fn a_refused_service_token_is_renewed_and_the_call_sent_again_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        // Which calls (counted from 1) the peer refuses: the first, then every one from 100.
+        let refuse_from = Arc::new(AtomicUsize::new(usize::MAX));
+        let (log, from) = (seen.clone(), refuse_from.clone());
+        let refusing = tonic::service::interceptor::InterceptedService::new(
+            health,
+            move |request: tonic::Request<()>| {
+                let bearer = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut log = log.lock().unwrap();
+                log.push(bearer);
+                if log.len() == 1 || log.len() >= from.load(Ordering::SeqCst) {
+                    return Err(crate::auth::AuthError::Invalid.into_status());
+                }
+                Ok(request)
+            },
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(refusing)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let peer = health_peer(address);
+        let check = || {
+            peer.call(
+                Idempotency::Once,
+                HealthCheckRequest::default(),
+                |ch, r| async move { HealthClient::new(ch).check(r).await },
+            )
+        };
+        check().await.expect("served with a fresh token");
+        check().await.expect("served again");
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 3, "{seen:?}");
+            assert_ne!(seen[0], seen[1], "the refused token is not sent again");
+            assert_eq!(seen[1], seen[2], "the fresh token is kept");
+        }
+        refuse_from.store(4, Ordering::SeqCst);
+        let refused = check().await.expect_err("a fresh token refused too");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 5, "sent again once, not in a loop: {seen:?}");
+        assert_ne!(seen[3], seen[4]);
+    }
+
+    /// A server closes its connections at their maximum age (GOAWAY), as every mesh server
+    /// does every few minutes; an idempotent call that meets one closing fails CANCELLED and
+    /// is sent again on a fresh connection: the caller never sees it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotent_calls_ride_over_connections_closed_at_their_age() {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .max_connection_age(Duration::from_millis(20))
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let peer = health_peer(address);
         let mut failed = Vec::new();
         // Many connection lifetimes, four callers at a time.
         for _ in 0..100 {
