@@ -406,19 +406,41 @@ impl TokenVerifier {
     /// [`TokenVerifier::verify`], with when the token expires (seconds since the epoch).
     pub fn verify_until(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let (principal, exp) = self.verify_unrevoked(token)?;
-        self.still_accepts(&Holder::of(&principal))?;
+        self.accepts(
+            &principal.partner_id,
+            principal.store.as_deref(),
+            principal.credential.as_deref(),
+            principal.key_id.as_deref(),
+        )?;
         Ok((principal, exp))
     }
 
     /// Whether a token of `holder`, verified before, is still accepted: its signing key still
     /// trusted, its partner not suspended, its store not closed, its credential not revoked.
     pub fn still_accepts(&self, holder: &Holder) -> Result<(), AuthError> {
-        if let Some(key) = &holder.key
+        self.accepts(
+            &holder.partner,
+            holder.store.as_deref(),
+            holder.credential.as_deref(),
+            holder.key.as_deref(),
+        )
+    }
+
+    /// [`TokenVerifier::still_accepts`] on borrowed parts: every call checks its principal
+    /// without making a [`Holder`] (only an open stream keeps one).
+    fn accepts(
+        &self,
+        partner: &str,
+        store: Option<&str>,
+        credential: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<(), AuthError> {
+        if let Some(key) = key
             && !self
                 .keys
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&**key)
+                .contains_key(key)
         {
             return Err(AuthError::Invalid);
         }
@@ -426,25 +448,25 @@ impl TokenVerifier {
             .suspended
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&*holder.partner)
+            .contains(partner)
         {
             return Err(AuthError::Suspended);
         }
-        if let Some(store) = &holder.store
+        if let Some(store) = store
             && self
                 .closed_stores
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(&**store)
+                .contains(store)
         {
             return Err(AuthError::StoreClosed);
         }
-        if let Some(credential) = &holder.credential
+        if let Some(credential) = credential
             && self
                 .revoked
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(&**credential)
+                .contains(credential)
         {
             return Err(AuthError::Revoked);
         }

@@ -4,7 +4,8 @@
 //! A server-streaming call (a feed, a viewer stream, a dashboard) can outlive its token: its
 //! stream ends with the refusal a new call with that token would get — UNAUTHENTICATED /
 //! TOKEN_EXPIRED once the token expires, TOKEN_REVOKED, PARTNER_SUSPENDED or STORE_CLOSED the
-//! moment that happens — and the client reconnects with a fresh token from its cursor.
+//! moment that happens, TOKEN_INVALID when the key that signed it is rotated out — and the
+//! client reconnects with a fresh token from its cursor.
 
 use std::{
     collections::HashSet,
