@@ -366,10 +366,12 @@ mod tests {
             refusal(&frame),
             ("Unauthenticated".to_owned(), "TOKEN_EXPIRED".to_owned())
         );
+        // `exp` is whole seconds from the moment of minting: when the wall clock's second turns
+        // between minting and opening, the token has 59 s and a fraction left, not 60.
         let lasted = opened.elapsed();
         assert!(
-            lasted >= Duration::from_secs(60 + verifier.leeway())
-                && lasted <= Duration::from_secs(62 + verifier.leeway()),
+            lasted >= Duration::from_secs(59 + verifier.leeway())
+                && lasted <= Duration::from_secs(61 + verifier.leeway()),
             "ended after {lasted:?}: the token's 60 s and the verifier's leeway"
         );
         assert!(
