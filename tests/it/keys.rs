@@ -53,6 +53,38 @@ impl IdentityProcess {
     }
 }
 
+/// Identity's configuration and database, an address for it, and a database for entitlements.
+struct Scene {
+    data: tempfile::TempDir,
+    _identity_db: TestDatabase,
+    entitlements_db: TestDatabase,
+    identity_config: Config,
+    address: SocketAddr,
+    identity_url: String,
+}
+
+impl Scene {
+    async fn new(name: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let identity_db = TestDatabase::new(&format!("{name}_identity")).await;
+        let entitlements_db = TestDatabase::new(&format!("{name}_entitlements")).await;
+        let mut identity_config = Config::local(data.path().join("identity"));
+        identity_config.set_database_url("identity", identity_db.url.clone());
+        let address = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Self {
+            data,
+            _identity_db: identity_db,
+            entitlements_db,
+            identity_config,
+            address,
+            identity_url: format!("http://{address}"),
+        }
+    }
+}
+
 fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
@@ -134,44 +166,28 @@ async fn settles_to(channel: &Channel, token: &str, want: Code) -> Code {
 
 #[tokio::test]
 async fn services_verify_with_identitys_published_keys_through_a_rotation() {
-    let data = tempfile::tempdir().unwrap();
-    let identity_db = TestDatabase::new("keys_identity").await;
-    let entitlements_db = TestDatabase::new("keys_entitlements").await;
-    let mut identity_config = Config::local(data.path().join("identity"));
-    identity_config.set_database_url("identity", identity_db.url.clone());
-
-    let address = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
-    let identity_url = format!("http://{address}");
+    let Scene {
+        data,
+        _identity_db,
+        entitlements_db,
+        identity_config,
+        address,
+        identity_url,
+    } = Scene::new("keys").await;
     let (key_a, key_b) = (Signer::generate(), Signer::generate());
     let identity = IdentityProcess::start(&identity_config, address, &key_a, &[]).await;
     let channel = lianyu_kit::testing::connect(&identity_url).await;
     let client = credential(channel, &identity_config).await;
     let token_a = issue(&identity_url, &client).await;
 
-    // Entitlements in production mode: no dev key, no configured key, only identity's.
-    let vars: HashMap<&str, String> = [
-        ("LIANYU_MODE", "production".to_owned()),
-        ("DATABASE_URL", entitlements_db.url.clone()),
-        ("LIANYU_IDENTITY_URL", identity_url.clone()),
-        ("LIANYU_KEY_REFRESH_INTERVAL", "1s".to_owned()),
-        (
-            "LIANYU_DATA_DIR",
-            data.path().join("entitlements").display().to_string(),
-        ),
-    ]
-    .into();
-    let config = Config::from_vars(move |name| vars.get(name).cloned()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let entitlements_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(lianyu_entitlements::run(
-        config,
-        listener,
-        std::future::pending(),
-    ));
-    let entitlements = lianyu_kit::testing::connect(&entitlements_url).await;
+    // Entitlements in production mode, reading identity's keys every second.
+    let entitlements = standalone_entitlements(
+        &data.path().join("entitlements"),
+        (&entitlements_db.url, &identity_url),
+        "1s",
+        None,
+    )
+    .await;
 
     // Admitted (an empty request is then INVALID_ARGUMENT), where a stranger's token is refused.
     let stranger = Signer::generate()
@@ -218,37 +234,11 @@ async fn services_verify_with_identitys_published_keys_through_a_rotation() {
     );
 
     // Revoking the credential ends its unexpired tokens here too, at the next key refresh.
-    let channel = lianyu_kit::testing::connect(&identity_url).await;
-    let credentials = AuthServiceClient::new(channel.clone())
-        .list_credentials(bearer(
-            pb::ListCredentialsRequest {
-                parent: "partners/brand-a".into(),
-                ..Default::default()
-            },
-            &lianyu_kit::testing::mint(
-                &identity_config.data_dir,
-                &identity_config.auth,
-                &partner_token("brand-a"),
-            ),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credentials;
-    AuthServiceClient::new(channel)
-        .revoke_credential(bearer(
-            pb::RevokeCredentialRequest {
-                request_id: "revoke".into(),
-                name: credentials[0].name.clone(),
-            },
-            &lianyu_kit::testing::mint(
-                &identity_config.data_dir,
-                &identity_config.auth,
-                &partner_token("brand-a"),
-            ),
-        ))
-        .await
-        .unwrap();
+    revoke_brand_credential(
+        lianyu_kit::testing::connect(&identity_url).await,
+        &identity_config,
+    )
+    .await;
     assert_eq!(
         settles_to(&entitlements, &token_b, Code::Unauthenticated).await,
         Code::Unauthenticated
@@ -291,6 +281,66 @@ async fn service_credential(channel: Channel, config: &Config, service: &str) ->
     (created.credential.unwrap().client_id, created.client_secret)
 }
 
+/// Entitlements started alone in production mode, as on Kubernetes: no dev key, no configured
+/// key, only identity's published ones, read again every `refresh` or on an unknown key id;
+/// with `service`, its own service credential for its calls to identity (its feed among them).
+async fn standalone_entitlements(
+    data_dir: &std::path::Path,
+    (database_url, identity_url): (&str, &str),
+    refresh: &str,
+    service: Option<(String, String)>,
+) -> Channel {
+    let mut vars: HashMap<&str, String> = [
+        ("LIANYU_MODE", "production".to_owned()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("LIANYU_IDENTITY_URL", identity_url.to_owned()),
+        ("LIANYU_KEY_REFRESH_INTERVAL", refresh.to_owned()),
+        ("LIANYU_DATA_DIR", data_dir.display().to_string()),
+    ]
+    .into();
+    if let Some((id, secret)) = service {
+        vars.insert("LIANYU_ENTITLEMENTS_CLIENT_ID", id);
+        vars.insert("LIANYU_ENTITLEMENTS_CLIENT_SECRET", secret);
+    }
+    let config = Config::from_vars(move |name| vars.get(name).cloned()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(lianyu_entitlements::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    lianyu_kit::testing::connect(&url).await
+}
+
+/// Revokes brand-a's (only) credential, as its owner.
+async fn revoke_brand_credential(channel: Channel, config: &Config) {
+    let owner =
+        lianyu_kit::testing::mint(&config.data_dir, &config.auth, &partner_token("brand-a"));
+    let credentials = AuthServiceClient::new(channel.clone())
+        .list_credentials(bearer(
+            pb::ListCredentialsRequest {
+                parent: "partners/brand-a".into(),
+                ..Default::default()
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credentials;
+    AuthServiceClient::new(channel)
+        .revoke_credential(bearer(
+            pb::RevokeCredentialRequest {
+                request_id: "revoke".into(),
+                name: credentials[0].name.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap();
+}
+
 /// Polls an entitlements call with `token` every 5 ms until it ends with `want`; how long that
 /// took, or `None` after `limit`.
 async fn time_until(
@@ -315,16 +365,14 @@ async fn time_until(
 
 #[tokio::test]
 async fn a_revocation_reaches_a_standalone_service_through_the_mesh_feed_not_the_key_refresh() {
-    let data = tempfile::tempdir().unwrap();
-    let identity_db = TestDatabase::new("feed_revoke_identity").await;
-    let entitlements_db = TestDatabase::new("feed_revoke_entitlements").await;
-    let mut identity_config = Config::local(data.path().join("identity"));
-    identity_config.set_database_url("identity", identity_db.url.clone());
-    let address = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
-    let identity_url = format!("http://{address}");
+    let Scene {
+        data,
+        _identity_db,
+        entitlements_db,
+        identity_config,
+        address,
+        identity_url,
+    } = Scene::new("feed_revoke").await;
     let _identity =
         IdentityProcess::start(&identity_config, address, &Signer::generate(), &[]).await;
     let channel = lianyu_kit::testing::connect(&identity_url).await;
@@ -335,61 +383,20 @@ async fn a_revocation_reaches_a_standalone_service_through_the_mesh_feed_not_the
 
     // Entitlements standalone, as on Kubernetes: its own service credential, and a key refresh
     // an hour away, so only identity's mesh feed can tell it of the revocation in time.
-    let vars: HashMap<&str, String> = [
-        ("LIANYU_MODE", "production".to_owned()),
-        ("DATABASE_URL", entitlements_db.url.clone()),
-        ("LIANYU_IDENTITY_URL", identity_url.clone()),
-        ("LIANYU_KEY_REFRESH_INTERVAL", "1h".to_owned()),
-        ("LIANYU_ENTITLEMENTS_CLIENT_ID", service_id),
-        ("LIANYU_ENTITLEMENTS_CLIENT_SECRET", service_secret),
-        (
-            "LIANYU_DATA_DIR",
-            data.path().join("entitlements").display().to_string(),
-        ),
-    ]
-    .into();
-    let config = Config::from_vars(move |name| vars.get(name).cloned()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let entitlements_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(lianyu_entitlements::run(
-        config,
-        listener,
-        std::future::pending(),
-    ));
-    let entitlements = lianyu_kit::testing::connect(&entitlements_url).await;
+    let entitlements = standalone_entitlements(
+        &data.path().join("entitlements"),
+        (&entitlements_db.url, &identity_url),
+        "1h",
+        Some((service_id, service_secret)),
+    )
+    .await;
     assert_eq!(
         settles_to(&entitlements, &token, Code::InvalidArgument).await,
         Code::InvalidArgument,
         "admitted with identity's keys"
     );
 
-    let owner = lianyu_kit::testing::mint(
-        &identity_config.data_dir,
-        &identity_config.auth,
-        &partner_token("brand-a"),
-    );
-    let credentials = AuthServiceClient::new(channel.clone())
-        .list_credentials(bearer(
-            pb::ListCredentialsRequest {
-                parent: "partners/brand-a".into(),
-                ..Default::default()
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credentials;
-    AuthServiceClient::new(channel)
-        .revoke_credential(bearer(
-            pb::RevokeCredentialRequest {
-                request_id: "revoke".into(),
-                name: credentials[0].name.clone(),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap();
+    revoke_brand_credential(channel, &identity_config).await;
     // The bound is the feature (README: "within a second"); the fallback paths take an hour
     // (the key refresh) or five seconds (a re-read after an unknown key id during start-up).
     let took = time_until(
@@ -401,4 +408,68 @@ async fn a_revocation_reaches_a_standalone_service_through_the_mesh_feed_not_the
     .await
     .expect("the revocation reached entitlements through the mesh feed, not a key refresh");
     eprintln!("revocation reached standalone entitlements in {took:?}");
+}
+
+#[tokio::test]
+async fn a_standalone_service_whose_token_identity_stops_trusting_renews_it_and_its_feed_goes_on() {
+    let Scene {
+        data,
+        _identity_db,
+        entitlements_db,
+        identity_config,
+        address,
+        identity_url,
+    } = Scene::new("retired_key").await;
+    let (key_a, key_b) = (Signer::generate(), Signer::generate());
+    let identity = IdentityProcess::start(&identity_config, address, &key_a, &[]).await;
+    let channel = lianyu_kit::testing::connect(&identity_url).await;
+    let client = credential(channel.clone(), &identity_config).await;
+    let (service_id, service_secret) =
+        service_credential(channel, &identity_config, "entitlements").await;
+
+    // Entitlements standalone with its own credential; its key refresh an hour away.
+    let entitlements = standalone_entitlements(
+        &data.path().join("entitlements"),
+        (&entitlements_db.url, &identity_url),
+        "1h",
+        Some((service_id, service_secret)),
+    )
+    .await;
+    let token_a = issue(&identity_url, &client).await;
+    assert_eq!(
+        settles_to(&entitlements, &token_a, Code::InvalidArgument).await,
+        Code::InvalidArgument,
+        "admitted with identity's key A"
+    );
+
+    // Emergency removal: identity comes back signing with B and trusting nothing else. The
+    // service token entitlements holds for its calls to identity (its feed among them) was
+    // signed with A and has most of its life left, but identity now refuses it.
+    identity.stop().await;
+    let _identity = IdentityProcess::start(&identity_config, address, &key_b, &[]).await;
+    let token_b = issue(&identity_url, &client).await;
+    assert_eq!(
+        settles_to(&entitlements, &token_b, Code::InvalidArgument).await,
+        Code::InvalidArgument,
+        "entitlements learns key B"
+    );
+
+    // A revocation reaches entitlements only through identity's feed (the key refresh is an
+    // hour away): the feed must have reopened with a token signed by B.
+    revoke_brand_credential(
+        lianyu_kit::testing::connect(&identity_url).await,
+        &identity_config,
+    )
+    .await;
+    // Without renewal the feed would stay refused until the cached token's own renewal, minutes
+    // away; ten seconds leaves a loaded machine the feed's reconnection back-off.
+    let took = time_until(
+        &entitlements,
+        &token_b,
+        Code::Unauthenticated,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the feed reopened with a renewed token and carried the revocation");
+    eprintln!("revocation reached entitlements in {took:?}, its token's key no longer trusted");
 }
