@@ -136,6 +136,8 @@ pub struct ServiceToken {
     service: String,
     source: TokenSource,
     current: tokio::sync::Mutex<Option<(Arc<str>, Instant)>>,
+    /// A token a peer refused, dropped by the next [`ServiceToken::bearer`] if still held.
+    refused: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 impl std::fmt::Debug for ServiceToken {
@@ -172,6 +174,7 @@ impl ServiceToken {
             service: service.to_owned(),
             source,
             current: tokio::sync::Mutex::new(None),
+            refused: std::sync::Mutex::new(None),
         }
     }
 
@@ -204,6 +207,16 @@ impl ServiceToken {
     /// renewal fails and the old token has not expired, the old one is used.
     pub async fn bearer(&self) -> Result<Arc<str>, tonic::Status> {
         let mut current = self.current.lock().await;
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(refused) = refused
+            && current.as_ref().is_some_and(|(held, _)| *held == refused)
+        {
+            *current = None;
+        }
         if let Some((token, renew_at)) = current.as_ref()
             && Instant::now() < *renew_at
         {
@@ -225,11 +238,10 @@ impl ServiceToken {
     /// Forgets `token` if it is the one held, so the next call fetches a fresh one: a peer
     /// refused it (its signing key rotated out, say — a token cached until four fifths of its
     /// life would otherwise be refused for up to twelve minutes).
-    pub async fn forget(&self, token: &str) {
-        let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|(held, _)| &**held == token) {
-            *current = None;
-        }
+    /// Synchronous, so that a stream ending with a refusal forgets its token before its
+    /// consumer can open the next one.
+    pub fn forget(&self, token: &Arc<str>) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
     }
 
     async fn fetch(&self) -> Result<(String, Duration), tonic::Status> {
@@ -358,9 +370,19 @@ impl Peer {
     }
 
     /// Opens a server stream from the peer (a `Watch…` feed) as this service: no deadline
-    /// (a feed stays open) and no retry (the consumer reconnects from its cursor).
-    pub async fn open_stream<T, S, F, Fut>(&self, message: T, open: F) -> Result<S, tonic::Status>
+    /// (a feed stays open) and no retry (the consumer reconnects from its cursor). A token the
+    /// peer refuses, when the stream opens or later (its key rotated out, its credential
+    /// revoked), is forgotten, so the consumer reconnects with a fresh one.
+    pub async fn open_stream<T, U, S, F, Fut>(
+        &self,
+        message: T,
+        open: F,
+    ) -> Result<
+        impl futures::Stream<Item = Result<U, tonic::Status>> + Unpin + use<T, U, S, F, Fut>,
+        tonic::Status,
+    >
     where
+        S: futures::Stream<Item = Result<U, tonic::Status>> + Unpin,
         F: FnOnce(PeerChannel, tonic::Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<S>, tonic::Status>>,
     {
@@ -371,9 +393,18 @@ impl Peer {
             && token_refused(status)
         {
             // The consumer opens again from its cursor, with a fresh token.
-            self.token.forget(&sent).await;
+            self.token.forget(&sent);
         }
-        opened.map(tonic::Response::into_inner)
+        let token = self.token.clone();
+        opened.map(|response| {
+            futures::StreamExt::inspect(response.into_inner(), move |item| {
+                if let Err(status) = item
+                    && token_refused(status)
+                {
+                    token.forget(&sent);
+                }
+            })
+        })
     }
 
     /// Puts the service's token on `request`; the token sent.
@@ -436,7 +467,7 @@ impl Peer {
                 // so even a call sent once goes again — once — with a fresh token.
                 Err(status) if token_refused(&status) && !renewed => {
                     tracing::debug!(peer = %self.name, "service token refused, renewing it");
-                    self.token.forget(&sent).await;
+                    self.token.forget(&sent);
                     renewed = true;
                 }
                 Err(status)
@@ -544,6 +575,65 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 5, "sent again once, not in a loop: {seen:?}");
         assert_ne!(seen[3], seen[4]);
+    }
+
+    /// A feed's stream that ends with the peer refusing its token (the key that signed it
+    /// rotated out while it was open) leaves the service with a fresh token for the consumer's
+    /// next open; a stream that ends for any other reason keeps the token.
+    #[tokio::test]
+    async fn a_stream_ended_by_its_tokens_refusal_reopens_with_a_fresh_token() {
+        let peer = health_peer("127.0.0.1:9".parse().unwrap());
+        let open = |end: tonic::Status| {
+            let peer = &peer;
+            async move {
+                let sent = Arc::new(std::sync::Mutex::new(String::new()));
+                let seen = sent.clone();
+                let mut stream = peer
+                    .open_stream((), move |_, request: tonic::Request<()>| async move {
+                        *seen.lock().unwrap() = request
+                            .metadata()
+                            .get("authorization")
+                            .unwrap()
+                            .to_str()
+                            .unwrap()
+                            .to_owned();
+                        Ok(tonic::Response::new(futures::stream::iter([
+                            Ok(1),
+                            Err(end),
+                        ])))
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    futures::StreamExt::next(&mut stream)
+                        .await
+                        .unwrap()
+                        .unwrap(),
+                    1
+                );
+                let ended = futures::StreamExt::next(&mut stream).await.unwrap();
+                assert!(ended.is_err());
+                sent.lock().unwrap().clone()
+            }
+        };
+        let lost = tonic::Status::unavailable("connection reset");
+        let first = open(lost.clone()).await;
+        let second = open(crate::auth::AuthError::Invalid.into_status()).await;
+        assert_eq!(
+            first, second,
+            "a stream ended by a lost connection keeps its token"
+        );
+        let third = open(lost).await;
+        assert_ne!(
+            second, third,
+            "the token refused mid-stream is not sent again"
+        );
+        assert_eq!(third, open(tonic::Status::unavailable("again")).await);
+        // A refusal that is not about the token (a missing scope) keeps it too.
+        let scope = crate::auth::AuthError::MissingScope("x.read".into()).into_status();
+        let fourth = open(scope).await;
+        assert_eq!(third, fourth);
+        assert_eq!(fourth, open(tonic::Status::unavailable("again")).await);
     }
 
     /// A server closes its connections at their maximum age (GOAWAY), as every mesh server
