@@ -118,6 +118,26 @@ enum TokenSource {
         client_id: String,
         secret: Secret,
     },
+    /// Tests: each fetch takes the next answer sent, waiting for it.
+    #[cfg(test)]
+    Scripted(tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Fetched>>),
+}
+
+/// A fetched token and how long it lives, or why none came.
+type Fetched = Result<(String, Duration), tonic::Status>;
+
+/// How long a service goes on with its old (unexpired) token after a renewal failed, before
+/// one of its calls tries again.
+const RENEWAL_RETRY: Duration = Duration::from_secs(1);
+
+/// The token a service holds.
+#[derive(Clone)]
+struct Held {
+    token: Arc<str>,
+    /// When a call first tries to renew it.
+    renew_at: Instant,
+    /// When it stops being sent.
+    expires_at: Instant,
 }
 
 /// Why a service has no token to call its peers with.
@@ -135,9 +155,9 @@ pub enum ServiceTokenError {
 pub struct ServiceToken {
     service: String,
     source: TokenSource,
-    current: tokio::sync::Mutex<Option<(Arc<str>, Instant)>>,
-    /// A token a peer refused, dropped by the next [`ServiceToken::bearer`] if still held.
-    refused: std::sync::Mutex<Option<Arc<str>>>,
+    current: std::sync::Mutex<Option<Held>>,
+    /// One renewal at a time.
+    renewing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ServiceToken {
@@ -173,8 +193,8 @@ impl ServiceToken {
         Self {
             service: service.to_owned(),
             source,
-            current: tokio::sync::Mutex::new(None),
-            refused: std::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(None),
+            renewing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -203,49 +223,88 @@ impl ServiceToken {
         &self.service
     }
 
-    /// A token valid for a while yet, renewed first when most of its life has passed. When
-    /// renewal fails and the old token has not expired, the old one is used.
+    /// A token valid for a while yet, renewed first when most of its life has passed. One
+    /// call renews it; the others go on with the old token meanwhile, as long as it has not
+    /// expired. When renewal fails (identity restarting, say) and the old token has not
+    /// expired, the old one is used, and renewal is tried again a second later.
     pub async fn bearer(&self) -> Result<Arc<str>, tonic::Status> {
-        let mut current = self.current.lock().await;
-        let refused = self
-            .refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(refused) = refused
-            && current.as_ref().is_some_and(|(held, _)| *held == refused)
+        let held = self.held();
+        if let Some(h) = &held
+            && Instant::now() < h.renew_at
         {
-            *current = None;
+            return Ok(h.token.clone());
         }
-        if let Some((token, renew_at)) = current.as_ref()
-            && Instant::now() < *renew_at
+        let _renewing = match self.renewing.try_lock() {
+            Ok(renewing) => renewing,
+            Err(_) => match &held {
+                Some(h) if Instant::now() < h.expires_at => return Ok(h.token.clone()),
+                _ => self.renewing.lock().await,
+            },
+        };
+        // Renewed by another call meanwhile?
+        if let Some(h) = self.held()
+            && Instant::now() < h.renew_at
         {
-            return Ok(token.clone());
+            return Ok(h.token);
         }
         match self.fetch().await {
             Ok((token, ttl)) => {
                 let token: Arc<str> = Arc::from(token);
-                *current = Some((token.clone(), Instant::now() + ttl.mul_f64(0.8)));
+                let now = Instant::now();
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Held {
+                    token: token.clone(),
+                    renew_at: now + ttl.mul_f64(0.8),
+                    expires_at: now + ttl,
+                });
                 Ok(token)
             }
             Err(status) => {
                 tracing::warn!(service = %self.service, code = ?status.code(), "service token renewal failed");
-                Err(status)
+                // The token held now: one a peer refused meanwhile is gone.
+                let now = Instant::now();
+                match self
+                    .current
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
+                    Some(held) if now < held.expires_at => {
+                        held.renew_at = (now + RENEWAL_RETRY).min(held.expires_at);
+                        Ok(held.token.clone())
+                    }
+                    _ => Err(status),
+                }
             }
         }
     }
 
-    /// Forgets `token` if it is the one held, so the next call fetches a fresh one: a peer
-    /// refused it (its signing key rotated out, say — a token cached until four fifths of its
-    /// life would otherwise be refused for up to twelve minutes).
-    /// Synchronous, so that a stream ending with a refusal forgets its token before its
-    /// consumer can open the next one.
-    pub fn forget(&self, token: &Arc<str>) {
-        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+    fn held(&self) -> Option<Held> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    async fn fetch(&self) -> Result<(String, Duration), tonic::Status> {
+    /// Forgets `token` if it is the one held, so the next call fetches a fresh one: a peer
+    /// refused it (its signing key rotated out, say — a token cached until four fifths of its
+    /// life would otherwise be refused for up to twelve minutes). Synchronous, so that a
+    /// stream ending with a refusal forgets its token before its consumer opens the next one.
+    pub fn forget(&self, token: &str) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|h| &*h.token == token) {
+            *current = None;
+        }
+    }
+
+    async fn fetch(&self) -> Fetched {
         match &self.source {
+            #[cfg(test)]
+            TokenSource::Scripted(answers) => answers
+                .lock()
+                .await
+                .recv()
+                .await
+                .unwrap_or_else(|| Err(tonic::Status::unavailable("no answer scripted"))),
             TokenSource::Mint { signer, auth, ttl } => signer
                 .mint(auth, &TokenRequest::service(&self.service, *ttl))
                 .map(|t| (t, *ttl))
@@ -575,6 +634,95 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 5, "sent again once, not in a loop: {seen:?}");
         assert_ne!(seen[3], seen[4]);
+    }
+
+    /// Identity slow or away when the service token is due for renewal: the calls go on with
+    /// the old token while it lasts — none waits for another's renewal, a failed renewal is
+    /// tried again a second later, not on every call — but never with a token a peer refused
+    /// or one that has expired.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_fails_leaves_the_old_token_in_use_until_it_expires() {
+        use futures::FutureExt;
+        let (answer, answers) = tokio::sync::mpsc::unbounded_channel::<Fetched>();
+        let token = Arc::new(ServiceToken::new(
+            "live",
+            TokenSource::Scripted(tokio::sync::Mutex::new(answers)),
+        ));
+        let ttl = Duration::from_secs(10);
+        let away = || Err(tonic::Status::unavailable("identity is restarting"));
+        answer.send(Ok(("t1".into(), ttl))).unwrap();
+        assert_eq!(&*token.bearer().await.unwrap(), "t1");
+
+        // Due for renewal (four fifths of its life), and identity slow to answer.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let renewal = renewing(&token).await;
+        let meanwhile = token.bearer().now_or_never();
+        assert_eq!(
+            meanwhile
+                .expect("no call waits for another's renewal")
+                .unwrap()
+                .as_ref(),
+            "t1"
+        );
+        answer.send(away()).unwrap();
+        assert_eq!(
+            &*renewal.await.unwrap().unwrap(),
+            "t1",
+            "renewal failed, t1 lasts"
+        );
+        let next = token.bearer().now_or_never();
+        assert_eq!(
+            next.expect("not tried again at once").unwrap().as_ref(),
+            "t1"
+        );
+
+        // A second later the next call renews it.
+        tokio::time::advance(RENEWAL_RETRY).await;
+        answer.send(Ok(("t2".into(), ttl))).unwrap();
+        assert_eq!(&*token.bearer().await.unwrap(), "t2");
+
+        // A token a peer refused is not used again, even when renewal then fails — also when
+        // the refusal comes while a renewal is under way.
+        token.forget("t2");
+        answer.send(away()).unwrap();
+        assert_eq!(
+            token.bearer().await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        answer.send(Ok(("t3".into(), ttl))).unwrap();
+        assert_eq!(&*token.bearer().await.unwrap(), "t3");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let renewal = renewing(&token).await;
+        token.forget("t3");
+        answer.send(away()).unwrap();
+        assert_eq!(
+            renewal.await.unwrap().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+
+        // Nor one that has expired.
+        answer.send(Ok(("t4".into(), ttl))).unwrap();
+        assert_eq!(&*token.bearer().await.unwrap(), "t4");
+        tokio::time::advance(ttl + Duration::from_secs(1)).await;
+        answer.send(away()).unwrap();
+        assert_eq!(
+            token.bearer().await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+    }
+
+    /// A call renewing `token`, started and waiting for identity's answer.
+    async fn renewing(
+        token: &Arc<ServiceToken>,
+    ) -> tokio::task::JoinHandle<Result<Arc<str>, tonic::Status>> {
+        let renewal = tokio::spawn({
+            let token = token.clone();
+            async move { token.bearer().await }
+        });
+        while token.renewing.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        renewal
     }
 
     /// A feed's stream that ends with the peer refusing its token (the key that signed it
