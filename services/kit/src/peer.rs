@@ -156,8 +156,8 @@ pub struct ServiceToken {
     service: String,
     source: TokenSource,
     current: std::sync::Mutex<Option<Held>>,
-    /// One renewal at a time.
-    renewing: tokio::sync::Mutex<()>,
+    /// One renewal at a time; holds the last failed one's time and answer.
+    renewing: tokio::sync::Mutex<Option<(Instant, tonic::Status)>>,
 }
 
 impl std::fmt::Debug for ServiceToken {
@@ -194,7 +194,7 @@ impl ServiceToken {
             service: service.to_owned(),
             source,
             current: std::sync::Mutex::new(None),
-            renewing: tokio::sync::Mutex::new(()),
+            renewing: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -226,7 +226,8 @@ impl ServiceToken {
     /// A token valid for a while yet, renewed first when most of its life has passed. One
     /// call renews it; the others go on with the old token meanwhile, as long as it has not
     /// expired. When renewal fails (identity restarting, say) and the old token has not
-    /// expired, the old one is used, and renewal is tried again a second later.
+    /// expired, the old one is used, and renewal is tried again a second later; with no token
+    /// to go on with, calls in that second get the failure's answer without asking identity.
     pub async fn bearer(&self) -> Result<Arc<str>, tonic::Status> {
         let held = self.held();
         if let Some(h) = &held
@@ -234,7 +235,7 @@ impl ServiceToken {
         {
             return Ok(h.token.clone());
         }
-        let _renewing = match self.renewing.try_lock() {
+        let mut failed = match self.renewing.try_lock() {
             Ok(renewing) => renewing,
             Err(_) => match &held {
                 Some(h) if Instant::now() < h.expires_at => return Ok(h.token.clone()),
@@ -247,8 +248,17 @@ impl ServiceToken {
         {
             return Ok(h.token);
         }
+        // No token to go on with, and identity failed a moment ago: the same answer, without
+        // asking again — an outage of identity is not a flood of renewals and warnings.
+        if let Some((at, status)) = failed.as_ref()
+            && Instant::now() < *at + RENEWAL_RETRY
+            && self.held().is_none_or(|h| Instant::now() >= h.expires_at)
+        {
+            return Err(status.clone());
+        }
         match self.fetch().await {
             Ok((token, ttl)) => {
+                *failed = None;
                 let token: Arc<str> = Arc::from(token);
                 let now = Instant::now();
                 *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Held {
@@ -260,8 +270,9 @@ impl ServiceToken {
             }
             Err(status) => {
                 tracing::warn!(service = %self.service, code = ?status.code(), "service token renewal failed");
-                // The token held now: one a peer refused meanwhile is gone.
                 let now = Instant::now();
+                *failed = Some((now, status.clone()));
+                // The token held now: one a peer refused meanwhile is gone.
                 match self
                     .current
                     .lock()
@@ -689,6 +700,16 @@ mod tests {
             token.bearer().await.unwrap_err().code(),
             tonic::Code::Unavailable
         );
+        // With no token left, calls in the next second get that answer without asking.
+        let asked_again = token.bearer().now_or_never();
+        assert_eq!(
+            asked_again
+                .expect("identity is not asked again at once")
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unavailable
+        );
+        tokio::time::advance(RENEWAL_RETRY).await;
         answer.send(Ok(("t3".into(), ttl))).unwrap();
         assert_eq!(&*token.bearer().await.unwrap(), "t3");
         tokio::time::advance(Duration::from_secs(9)).await;
@@ -701,6 +722,7 @@ mod tests {
         );
 
         // Nor one that has expired.
+        tokio::time::advance(RENEWAL_RETRY).await;
         answer.send(Ok(("t4".into(), ttl))).unwrap();
         assert_eq!(&*token.bearer().await.unwrap(), "t4");
         tokio::time::advance(ttl + Duration::from_secs(1)).await;
