@@ -248,11 +248,11 @@ impl ServiceToken {
         {
             return Ok(h.token);
         }
-        // No token to go on with, and identity failed a moment ago: the same answer, without
-        // asking again — an outage of identity is not a flood of renewals and warnings.
+        // Identity failed a moment ago: the same answer, without asking again — an outage of
+        // identity is not a flood of renewals and warnings. (A token still usable is never
+        // here: a failure put its renewal a full pause away, or at its expiry.)
         if let Some((at, status)) = failed.as_ref()
             && Instant::now() < *at + RENEWAL_RETRY
-            && self.held().is_none_or(|h| Instant::now() >= h.expires_at)
         {
             return Err(status.clone());
         }
