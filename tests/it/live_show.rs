@@ -2156,3 +2156,388 @@ async fn a_show_names_only_stores_that_are_registered_and_open() {
         .into_inner();
     assert_eq!(read.guides, session.guides, "the guide stays where it was");
 }
+
+/// Every item of a list, read a page at a time: `page(token)` reads the page at `token`.
+async fn every_page<T, F, P>(mut page: F) -> Result<Vec<T>, tonic::Status>
+where
+    F: FnMut(String) -> P,
+    P: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (mut items, mut token) = (Vec::new(), String::new());
+    loop {
+        let (more, next) = page(token).await?;
+        items.extend(more);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
+}
+
+/// A session's flash sales and coupon drops — every one, scheduled, open or sold out, in the
+/// order they were opened, page by page, with their stock — are listed to whoever may see the
+/// session (its co-hosts, its store's token, any partner once the session is public) and to
+/// no one else; a bad request names its field.
+#[tokio::test]
+async fn a_session_lists_its_flash_sales_and_drops_to_whoever_may_see_it() {
+    let s = with_entitlements("live_list_sales_drops").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "LIP", 29_900).await;
+    let sold_out = flash_sale(&s, &session.name, &product.name, 1, 1).await;
+    let open = flash_sale(&s, &session.name, &product.name, 5, 2).await;
+    let later = showcase(&s, &s.token(BRAND))
+        .create_flash_sale(pb::CreateFlashSaleRequest {
+            request_id: "sale-later".into(),
+            parent: session.name.clone(),
+            flash_sale: Some(pb::FlashSale {
+                product: product.name.clone(),
+                sale_price: cny(19_900),
+                total_stock: 3,
+                per_member_limit: 1,
+                start_time: timestamp(now_millis() + 300_000),
+                end_time: timestamp(now_millis() + 600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let member = enrol(&s, BRAND, "13912345671").await;
+    orders(&s, &s.token(BRAND))
+        .place_order(buy(&session.name, &sold_out.name, &member, "buy-last", ""))
+        .await
+        .unwrap();
+    let coupon = crate::wallets::active(&s, BRAND, BRAND, BRAND, |b| {
+        b.display_name = "drop coupon".into();
+    })
+    .await;
+    let drops = [
+        open_drop(&s, &session.name, &coupon.name, 10, "drop-1").await,
+        open_drop(&s, &session.name, &coupon.name, 20, "drop-2").await,
+    ];
+
+    // Another session, scheduled, whose invited host has not accepted yet, with a sale of
+    // its own: never in the first session's list.
+    let pending = sessions(&s, &s.token(BRAND))
+        .create_session(pb::CreateSessionRequest {
+            request_id: "pending".into(),
+            session: Some(pb::Session {
+                title: "Not yet agreed".into(),
+                hosts: vec![format!("partners/{MALL}")],
+                store: format!("partners/{MALL}/stores/sh01"),
+                scheduled_start_time: timestamp(now_millis() + 86_400_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let other_product = add_product(&s, &pending.name, "GLOSS", 19_900).await;
+    let elsewhere = flash_sale(&s, &pending.name, &other_product.name, 2, 1).await;
+
+    let sales_as = |token: String, parent: String, page_size: i32| {
+        let client = showcase(&s, &token);
+        every_page(move |page_token| {
+            let (mut client, parent) = (client.clone(), parent.clone());
+            async move {
+                let page = client
+                    .list_flash_sales(pb::ListFlashSalesRequest {
+                        parent,
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.flash_sales, page.next_page_token))
+            }
+        })
+    };
+    let drops_as = |token: String, parent: String, page_size: i32| {
+        let client = showcase(&s, &token);
+        every_page(move |page_token| {
+            let (mut client, parent) = (client.clone(), parent.clone());
+            async move {
+                let page = client
+                    .list_coupon_drops(pb::ListCouponDropsRequest {
+                        parent,
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.coupon_drops, page.next_page_token))
+            }
+        })
+    };
+    let stock = |sales: Vec<pb::FlashSale>| {
+        sales
+            .into_iter()
+            .map(|x| (x.name, x.remaining_stock))
+            .collect::<Vec<_>>()
+    };
+    let expected_sales = vec![
+        (sold_out.name.clone(), 0),
+        (open.name.clone(), 5),
+        (later.name.clone(), 3),
+    ];
+    let expected_drops: Vec<_> = drops.iter().map(|d| (d.name.clone(), d.quantity)).collect();
+    let units = |drops: Vec<pb::CouponDrop>| {
+        drops
+            .into_iter()
+            .map(|d| (d.name, d.remaining))
+            .collect::<Vec<_>>()
+    };
+    // Whoever may see the session, a page at a time or all at once: the same list.
+    for (who, token) in [
+        ("the brand", s.token(BRAND)),
+        ("the mall", s.token(MALL)),
+        ("the show's store", s.store_token(MALL, "sh01")),
+        ("a partner outside the show", s.token(OUTSIDER)),
+    ] {
+        for page_size in [1, 0] {
+            let sales = sales_as(token.clone(), session.name.clone(), page_size)
+                .await
+                .unwrap_or_else(|e| panic!("{who}: {e:?}"));
+            assert_eq!(stock(sales), expected_sales, "{who}, pages of {page_size}");
+            let listed = drops_as(token.clone(), session.name.clone(), page_size)
+                .await
+                .unwrap_or_else(|e| panic!("{who}: {e:?}"));
+            assert_eq!(units(listed), expected_drops, "{who}, pages of {page_size}");
+        }
+    }
+
+    // A session whose invited host has not accepted is not public yet: only its hosts list
+    // what it shows; the operator reads no session.
+    assert_eq!(
+        stock(
+            sales_as(s.token(BRAND), pending.name.clone(), 0)
+                .await
+                .unwrap()
+        ),
+        vec![(elsewhere.name.clone(), 2)]
+    );
+    for (who, token) in [
+        ("a partner outside the show", s.token(OUTSIDER)),
+        ("the operator", s.operator_token()),
+    ] {
+        let e = sales_as(token.clone(), pending.name.clone(), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::NotFound, "SESSION_NOT_FOUND"),
+            "{who}"
+        );
+        let e = drops_as(token, pending.name.clone(), 0).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{who}");
+    }
+
+    // Bad requests name their field.
+    let brand = s.token(BRAND);
+    for (parent, page_size, token, field) in [
+        ("sessions/", 0, "", "parent"),
+        ("partners/brand-a", 0, "", "parent"),
+        (session.name.as_str(), -1, "", "page_size"),
+        (session.name.as_str(), 0, "not-a-token", "page_token"),
+    ] {
+        let e = showcase(&s, &brand)
+            .list_flash_sales(pb::ListFlashSalesRequest {
+                parent: parent.into(),
+                page_size,
+                page_token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::InvalidArgument,
+            "{parent} {page_size} {token}"
+        );
+        assert_eq!(lianyu_kit::testing::violations(&e), vec![field.to_owned()]);
+        let e = showcase(&s, &brand)
+            .list_coupon_drops(pb::ListCouponDropsRequest {
+                parent: parent.into(),
+                page_size,
+                page_token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(lianyu_kit::testing::violations(&e), vec![field.to_owned()]);
+    }
+    // A page token of one session's list does not page another's.
+    let first_page = showcase(&s, &brand)
+        .list_flash_sales(pb::ListFlashSalesRequest {
+            parent: session.name.clone(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = showcase(&s, &brand)
+        .list_flash_sales(pb::ListFlashSalesRequest {
+            parent: pending.name.clone(),
+            page_size: 1,
+            page_token: first_page.next_page_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(lianyu_kit::testing::violations(&e), vec!["page_token"]);
+}
+
+/// An order is read back, with its state now, by whoever lists it — and exactly as the list
+/// shows it, buyer's name or pseudonym included; to anyone else (another store, a partner
+/// that did not place it, the operator, a name under another session) it does not exist.
+#[tokio::test]
+async fn an_order_is_read_back_as_its_list_shows_it_and_by_no_one_else() {
+    let s = mesh("live_get_order").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "SCARF", 39_900).await;
+    let brand_member = enrol(&s, BRAND, "13712345680").await;
+    let outsider_member = enrol(&s, OUTSIDER, "13712345681").await;
+    let by_brand = orders(&s, &s.token(BRAND))
+        .place_order(buy_product(
+            &session.name,
+            &product.name,
+            &brand_member,
+            "g-1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_outsider = orders(&s, &s.token(OUTSIDER))
+        .place_order(buy_product(
+            &session.name,
+            &product.name,
+            &outsider_member,
+            "g-2",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let get = |token: String, name: String| {
+        let mut client = orders(&s, &token);
+        async move {
+            client
+                .get_order(pb::GetOrderRequest { name })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let list = |token: String| {
+        let mut client = orders(&s, &token);
+        let parent = session.name.clone();
+        async move {
+            client
+                .list_orders(pb::ListOrdersRequest {
+                    parent,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .orders
+        }
+    };
+    let callers = [
+        ("the brand", s.token(BRAND)),
+        ("the mall", s.token(MALL)),
+        ("the show's store", s.store_token(MALL, "sh01")),
+        ("another store of the mall", s.store_token(MALL, "sh02")),
+        ("a partner outside the show", s.token(OUTSIDER)),
+    ];
+    let mut seen = Vec::new();
+    for (who, token) in &callers {
+        let listed = list(token.clone()).await;
+        for order in [&by_brand, &by_outsider] {
+            match get(token.clone(), order.name.clone()).await {
+                Ok(read) => {
+                    let in_list = listed.iter().find(|o| o.name == order.name);
+                    assert_eq!(Some(&read), in_list, "{who} reads {} as listed", order.name);
+                    seen.push((*who, order.name.clone(), read.member));
+                }
+                Err(e) => {
+                    assert_eq!(
+                        (e.code(), reason(&e).as_str()),
+                        (Code::NotFound, "ORDER_NOT_FOUND"),
+                        "{who}"
+                    );
+                    assert!(
+                        listed.iter().all(|o| o.name != order.name),
+                        "{who} lists what it cannot read"
+                    );
+                }
+            }
+        }
+    }
+    let hidden = |member: &str| member.starts_with("buyers/");
+    let seen: Vec<_> = seen
+        .iter()
+        .map(|(who, name, member)| (*who, name == &by_brand.name, hidden(member)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("the brand", true, false),
+            ("the brand", false, true),
+            ("the mall", true, true),
+            ("the mall", false, true),
+            ("the show's store", true, true),
+            ("the show's store", false, true),
+            ("a partner outside the show", false, false),
+        ],
+        "(reader, the brand's order?, buyer hidden?)"
+    );
+    assert_eq!(
+        get(s.token(OUTSIDER), by_outsider.name.clone())
+            .await
+            .unwrap()
+            .member,
+        outsider_member,
+        "the partner that placed it names its own member"
+    );
+
+    // Its state now: cancelled by the brand, read so by the outsider that placed it.
+    orders(&s, &s.token(BRAND))
+        .cancel_order(pb::CancelOrderRequest {
+            request_id: "g-cancel".into(),
+            name: by_outsider.name.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        get(s.token(OUTSIDER), by_outsider.name.clone())
+            .await
+            .unwrap()
+            .state,
+        pb::OrderState::Cancelled as i32
+    );
+
+    // The operator reads no session's orders; a name under another session, none; no token,
+    // nothing; a bad name names its field.
+    let e = get(s.operator_token(), by_brand.name.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ORDER_NOT_FOUND");
+    let elsewhere = by_brand
+        .name
+        .replace(&session.name, "sessions/0123456789abcdef");
+    let e = get(s.token(BRAND), elsewhere).await.unwrap_err();
+    assert_eq!(reason(&e), "ORDER_NOT_FOUND");
+    let e = OrderServiceClient::new(s.channel.clone())
+        .get_order(pb::GetOrderRequest {
+            name: by_brand.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    for name in ["", "sessions/x", "orders/x", "sessions/x/orders/"] {
+        let e = get(s.token(BRAND), name.into()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name:?}");
+        assert_eq!(
+            lianyu_kit::testing::violations(&e),
+            vec!["name"],
+            "{name:?}"
+        );
+    }
+}

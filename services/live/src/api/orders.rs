@@ -504,6 +504,16 @@ impl Api {
     }
 }
 
+/// Whose orders `call` sees in a session where it has `role` (ListOrders, GetOrder).
+fn order_scope(call: &Call, role: Role) -> OrderScope<'_> {
+    match (role, call.who.store.as_deref()) {
+        (Role::Host, Some(own)) => OrderScope::Store(own),
+        (Role::Host, None) => OrderScope::All,
+        (_, Some(own)) => OrderScope::PlacedByAt(call.partner_id(), own),
+        (_, None) => OrderScope::PlacedBy(call.partner_id()),
+    }
+}
+
 /// What an order rests on ([`Api::order_facts`]).
 struct OrderFacts {
     session: Session,
@@ -629,18 +639,46 @@ impl pb::order_service_server::OrderService for Api {
         .await
     }
 
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        unary(request, async |call, r| {
+            let [session_id, order_id] = names::parse(&r.name, "sessions/{session}/orders/{order}")
+                .map_err(|e| KitError::invalid("name", e))?;
+            let (session, role) = self
+                .read_session(&call, &format!("sessions/{session_id}"), "name")
+                .await
+                .map_err(|e| match e {
+                    LiveError::SessionNotFound => LiveError::OrderNotFound,
+                    e => e,
+                })?;
+            let order = store::order(&self.read, &session.id, order_id)
+                .await?
+                .filter(|o| order_scope(&call, role).admits(o))
+                .ok_or(LiveError::OrderNotFound)?;
+            let key = (
+                order.member.clone(),
+                order.placed_by.clone(),
+                session.erased_pseudonym(&order.id),
+            );
+            let buyer = self
+                .buyers(call.partner_id(), &session, &[key])
+                .await?
+                .pop()
+                .ok_or_else(|| KitError::Internal("no buyer named for an order".into()))?;
+            Ok::<_, LiveError>(order_proto(&order, buyer))
+        })
+        .await
+    }
+
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         unary(request, async |call, r| {
             let (session, role) = self.read_session(&call, &r.parent, "parent").await?;
-            let scope = match (role, call.who.store.as_deref()) {
-                (Role::Host, Some(own)) => OrderScope::Store(own),
-                (Role::Host, None) => OrderScope::All,
-                (_, Some(own)) => OrderScope::PlacedByAt(call.partner_id(), own),
-                (_, None) => OrderScope::PlacedBy(call.partner_id()),
-            };
+            let scope = order_scope(&call, role);
             let store_key = call.who.store.clone().unwrap_or_default();
             let page = Page::parse(
                 r.page_size,

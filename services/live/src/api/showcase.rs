@@ -330,6 +330,40 @@ impl pb::showcase_service_server::ShowcaseService for Api {
             .map(Response::new)
     }
 
+    async fn list_flash_sales(
+        &self,
+        request: Request<pb::ListFlashSalesRequest>,
+    ) -> Result<Response<pb::ListFlashSalesResponse>, Status> {
+        unary(request, async |call, r| {
+            let (session, _) = self.read_session(&call, &r.parent, "parent").await?;
+            let page = Page::parse(r.page_size, &r.page_token, &[&session.id])?;
+            let (sales, next_page_token) =
+                store::list_sales(&self.read, &session.id, &page).await?;
+            Ok::<_, LiveError>(pb::ListFlashSalesResponse {
+                flash_sales: sales.iter().map(sale_proto).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn list_coupon_drops(
+        &self,
+        request: Request<pb::ListCouponDropsRequest>,
+    ) -> Result<Response<pb::ListCouponDropsResponse>, Status> {
+        unary(request, async |call, r| {
+            let (session, _) = self.read_session(&call, &r.parent, "parent").await?;
+            let page = Page::parse(r.page_size, &r.page_token, &[&session.id])?;
+            let (drops, next_page_token) =
+                store::list_drops(&self.read, &session.id, &page).await?;
+            Ok::<_, LiveError>(pb::ListCouponDropsResponse {
+                coupon_drops: drops.iter().map(super::drops::drop_proto).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
     async fn get_flash_sale(
         &self,
         request: Request<pb::GetFlashSaleRequest>,

@@ -2,7 +2,7 @@
 //! update each, so no interleaving of claims — on one replica or several — hands out more
 //! than the drop's quantity.
 
-use lianyu_kit::KitError;
+use lianyu_kit::{KitError, page::Page};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
@@ -62,6 +62,24 @@ pub(crate) async fn coupon_drop(
         .await
         .map_err(storage)?
         .map(to_drop))
+}
+
+/// A page of the session's drops, oldest first.
+pub(crate) async fn list_drops(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    page: &Page,
+) -> Result<(Vec<CouponDrop>, String), KitError> {
+    let rows = page
+        .fetch(
+            conn,
+            coupon_drop::Entity::find(),
+            (coupon_drop::Column::SessionId, session),
+            coupon_drop::Column::Id,
+        )
+        .await?;
+    let (rows, token) = page.finish(rows, |r| r.id.clone());
+    Ok((rows.into_iter().map(to_drop).collect(), token))
 }
 
 /// The session's drops open at `now`, oldest first.

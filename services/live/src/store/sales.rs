@@ -242,6 +242,27 @@ pub(crate) async fn sale(
         .transpose()
 }
 
+/// A page of the session's flash sales, oldest first.
+pub(crate) async fn list_sales(
+    conn: &impl ConnectionTrait,
+    session: &str,
+    page: &Page,
+) -> Result<(Vec<FlashSale>, String), KitError> {
+    let rows = page
+        .fetch(
+            conn,
+            flash_sale::Entity::find(),
+            (flash_sale::Column::SessionId, session),
+            flash_sale::Column::Id,
+        )
+        .await?;
+    let (rows, token) = page.finish(rows, |r| r.id.clone());
+    Ok((
+        rows.into_iter().map(to_sale).collect::<Result<_, _>>()?,
+        token,
+    ))
+}
+
 /// The session's flash sales open at `now`, oldest first.
 pub(crate) async fn open_sales(
     conn: &impl ConnectionTrait,
@@ -558,6 +579,18 @@ pub(crate) enum OrderScope<'a> {
     /// Another partner's store token: the orders its partner placed that are credited to
     /// that store.
     PlacedByAt(&'a str, &'a str),
+}
+
+impl OrderScope<'_> {
+    /// Whether a reader with this scope sees `order` (of a session it may see).
+    pub(crate) fn admits(&self, order: &Order) -> bool {
+        match *self {
+            OrderScope::All => true,
+            OrderScope::Store(s) => order.store == s,
+            OrderScope::PlacedBy(p) => order.placed_by.as_str() == p,
+            OrderScope::PlacedByAt(p, s) => order.placed_by.as_str() == p && order.store == s,
+        }
+    }
 }
 
 /// A session's orders in `scope`, oldest first.
