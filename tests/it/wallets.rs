@@ -2382,3 +2382,104 @@ async fn a_redemption_is_taken_only_at_a_registered_open_store() {
         .unwrap();
     assert_eq!(rows(&s, "entitlements", "redemptions").await, 1);
 }
+
+/// A redemption is read back as it stands — held, confirmed, partly refunded — by the partner
+/// that made it and by the store it was made at, exactly as the calls that moved it answered;
+/// another store, another partner and the operator find nothing, and a bad name names its field.
+#[tokio::test]
+async fn a_redemption_is_read_back_as_it_stands_by_the_partner_that_made_it_only() {
+    let s = mesh("ent_get_redemption").await;
+    let coupon = active(&s, MALL, MALL, MALL, |b| b.per_member_limit = 0).await;
+    let member = enrol(&s, MALL, "13800138021").await;
+    let counter = s.store_token(MALL, "sh01");
+    let item = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &coupon.name, "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let held = till(&s, &counter)
+        .reserve_redemption(pb::ReserveRedemptionRequest {
+            request_id: "hold".into(),
+            wallet_item: item.name.clone(),
+            order_amount: cny(40_000),
+            hold_seconds: 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let get = |token: String, name: String| {
+        let mut client = till(&s, &token);
+        async move {
+            client
+                .get_redemption(pb::GetRedemptionRequest { name })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let readers = [s.token(MALL), counter.clone()];
+    for token in &readers {
+        assert_eq!(get(token.clone(), held.name.clone()).await.unwrap(), held);
+    }
+    let confirmed = till(&s, &counter)
+        .confirm_redemption(pb::ConfirmRedemptionRequest {
+            request_id: "confirm".into(),
+            name: held.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        get(counter.clone(), held.name.clone()).await.unwrap(),
+        confirmed
+    );
+    let refunded = till(&s, &counter)
+        .refund_redemption(pb::RefundRedemptionRequest {
+            request_id: "refund".into(),
+            name: held.name.clone(),
+            amount: cny(10_000),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refunded.refunded_amount, cny(10_000));
+    for token in &readers {
+        let read = get(token.clone(), held.name.clone()).await.unwrap();
+        assert_eq!(read, refunded);
+        assert_eq!(read.state, pb::RedemptionState::Confirmed as i32);
+    }
+
+    for (who, token) in [
+        ("another store of the mall", s.store_token(MALL, "sh02")),
+        ("the brand", s.token(BRAND)),
+        ("a partner outside the alliance", s.token(OUTSIDER)),
+        ("the operator", s.operator_token()),
+    ] {
+        let e = get(token, held.name.clone()).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::NotFound, "REDEMPTION_NOT_FOUND"),
+            "{who}"
+        );
+    }
+    let e = RedemptionServiceClient::new(s.channel.clone())
+        .get_redemption(pb::GetRedemptionRequest {
+            name: held.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    for name in ["", "redemptions/", "benefits/x", "redemptions/a/b"] {
+        let e = get(s.token(MALL), name.into()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name:?}");
+        assert_eq!(
+            lianyu_kit::testing::violations(&e),
+            vec!["name"],
+            "{name:?}"
+        );
+    }
+    let e = get(s.token(MALL), "redemptions/nothing-here".into())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "REDEMPTION_NOT_FOUND");
+}

@@ -155,8 +155,15 @@ impl Api {
         &self,
         call: &Call,
         name: &str,
-    ) -> Result<(String, PartnerId, ItemRow, lianyu_kit::ids::ScopedMemberId), EntitlementsError>
-    {
+    ) -> Result<
+        (
+            RedemptionRow,
+            PartnerId,
+            ItemRow,
+            lianyu_kit::ids::ScopedMemberId,
+        ),
+        EntitlementsError,
+    > {
         let [id] = names::parse(name, "redemptions/{redemption}")
             .map_err(|e| KitError::invalid("name", e))?;
         let me = PartnerId::new(call.partner_id());
@@ -178,7 +185,7 @@ impl Api {
             .pop()
             .flatten()
             .ok_or(EntitlementsError::RedemptionNotFound)?;
-        Ok((id.to_owned(), me, item, scoped))
+        Ok((found, me, item, scoped))
     }
 
     /// Refunds `amount` (the rest when `None`) of the caller's confirmed redemption `name`,
@@ -191,7 +198,8 @@ impl Api {
         name: &str,
         amount: Option<&common::Money>,
     ) -> Result<pb::Redemption, EntitlementsError> {
-        let (id, me, item, scoped) = self.own_redemption(call, name).await?;
+        let (found, me, item, scoped) = self.own_redemption(call, name).await?;
+        let id = found.id;
         let asked = match amount {
             None => None,
             Some(m) => Some(
@@ -447,8 +455,8 @@ impl Api {
         name: &str,
         to: RedemptionState,
     ) -> Result<pb::Redemption, EntitlementsError> {
-        let (id, _, item, scoped) = self.own_redemption(call, name).await?;
-        let id = id.as_str();
+        let (found, _, item, scoped) = self.own_redemption(call, name).await?;
+        let id = found.id.as_str();
         // A cancel gives what the hold took from a money budget back to the benefit's row:
         // the benefit's lane. A confirm writes only the member's rows.
         let lane = if to == RedemptionState::Cancelled {
@@ -722,6 +730,17 @@ impl pb::redemption_service_server::RedemptionService for Api {
                     .await
                 })
                 .await
+        })
+        .await
+    }
+
+    async fn get_redemption(
+        &self,
+        request: Request<pb::GetRedemptionRequest>,
+    ) -> Result<Response<pb::Redemption>, Status> {
+        unary(request, async |call, r| {
+            let (found, _, _, scoped) = self.own_redemption(&call, &r.name).await?;
+            Ok::<_, EntitlementsError>(redemption_proto(scoped.as_str(), &found))
         })
         .await
     }
