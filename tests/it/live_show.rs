@@ -2541,3 +2541,338 @@ async fn an_order_is_read_back_as_its_list_shows_it_and_by_no_one_else() {
         );
     }
 }
+
+/// A co-host stops a flash sale and a coupon drop before their time (a wrong price, say): from
+/// then on no order takes stock and no claim takes a unit, what was sold stands, viewers are
+/// told and their snapshots no longer show them; a sale not yet open never opens; ending
+/// twice is refused naming the state, a retry gets the first answer, and no one but a co-host
+/// can do it — each refusal changing nothing.
+#[tokio::test]
+async fn a_co_host_ends_a_sale_and_a_drop_early_and_nothing_is_taken_after() {
+    let s = with_entitlements("live_end_early").await;
+    let at = |t: &Option<prost_types::Timestamp>| lianyu_kit::time::millis(t.as_ref().unwrap());
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "LIP-END", 29_900).await;
+    let sale = flash_sale(&s, &session.name, &product.name, 5, 1).await;
+    let members = enrol_many(&s, BRAND, "1370000", 3).await;
+    let brand = s.token(BRAND);
+    let placed = orders(&s, &brand)
+        .place_order(buy(&session.name, &sale.name, &members[0], "before", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watching = watch_anonymously(&s, &brand, &session.name).await;
+    let read_sale = |name: String| {
+        let mut client = showcase(&s, &s.token(BRAND));
+        async move {
+            client
+                .get_flash_sale(pb::GetFlashSaleRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let end = |token: String, name: String, rid: &str| {
+        let mut client = showcase(&s, &token);
+        let request = pb::EndFlashSaleRequest {
+            request_id: rid.into(),
+            name,
+        };
+        async move { client.end_flash_sale(request).await }
+    };
+
+    // Refused, and the sale is as it was.
+    let before = read_sale(sale.name.clone()).await;
+    for (who, token, expected) in [
+        (
+            "a partner outside the show",
+            s.token(OUTSIDER),
+            (Code::PermissionDenied, "HOST_ONLY"),
+        ),
+        (
+            "another store of the mall",
+            s.store_token(MALL, "sh02"),
+            (Code::PermissionDenied, "STORE_TOKEN_NOT_ALLOWED"),
+        ),
+        (
+            "the operator",
+            s.operator_token(),
+            (Code::NotFound, "SESSION_NOT_FOUND"),
+        ),
+    ] {
+        let e = end(token, sale.name.clone(), "x").await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), expected, "{who}");
+        assert_eq!(read_sale(sale.name.clone()).await, before, "{who}");
+    }
+    let e = end(brand.clone(), format!("{}/flashSales/", session.name), "x")
+        .await
+        .unwrap_err();
+    assert_eq!(lianyu_kit::testing::violations(&e), vec!["name"]);
+    let e = end(
+        brand.clone(),
+        format!("{}/flashSales/nothing", session.name),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&e), "FLASH_SALE_NOT_FOUND");
+
+    // The mall (a co-host, not the one that opened it) ends it.
+    let ended = end(s.token(MALL), sale.name.clone(), "end")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.remaining_stock, 4);
+    assert!(at(&ended.end_time) <= now_millis(), "ended now: {ended:?}");
+    assert_eq!(read_sale(sale.name.clone()).await, ended);
+    loop {
+        if let Update::FlashSale(told) = next_change(&mut watching).await
+            && told.name == sale.name
+        {
+            assert_eq!(told, ended, "viewers get the sale as it ended");
+            break;
+        }
+    }
+    let again = end(s.token(MALL), sale.name.clone(), "end").await.unwrap();
+    assert_eq!(again.into_inner(), ended, "a retry gets the first answer");
+    let e = end(brand.clone(), sale.name.clone(), "end-twice")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "SALE_NOT_OPEN")
+    );
+    assert_eq!(
+        e.get_error_details().error_info().unwrap().metadata["state"],
+        "CLOSED"
+    );
+
+    // Nothing is sold after; what was sold stands, and a cancel puts its unit back into the
+    // ended sale, still not for sale.
+    let e = orders(&s, &brand)
+        .place_order(buy(&session.name, &sale.name, &members[1], "after", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "SALE_NOT_OPEN")
+    );
+    assert_eq!(rows(&s, "live", "orders").await, 1);
+    orders(&s, &brand)
+        .cancel_order(pb::CancelOrderRequest {
+            request_id: "cancel-before".into(),
+            name: placed.name.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read_sale(sale.name.clone()).await.remaining_stock, 5);
+    let e = orders(&s, &brand)
+        .place_order(buy(
+            &session.name,
+            &sale.name,
+            &members[1],
+            "after-cancel",
+            "",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "SALE_NOT_OPEN");
+
+    // A sale scheduled for later, ended before it opens: it never opens.
+    let later = showcase(&s, &brand)
+        .create_flash_sale(pb::CreateFlashSaleRequest {
+            request_id: "later".into(),
+            parent: session.name.clone(),
+            flash_sale: Some(pb::FlashSale {
+                product: product.name.clone(),
+                sale_price: cny(9_900),
+                total_stock: 3,
+                per_member_limit: 1,
+                start_time: timestamp(now_millis() + 300_000),
+                end_time: timestamp(now_millis() + 600_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let never = end(brand.clone(), later.name.clone(), "end-later")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(never.start_time, never.end_time);
+    assert!(at(&never.end_time) < at(&later.start_time));
+
+    // The drop: one unit claimed, then closed by the brand; no claim after, the unit claimed
+    // stays in its wallet.
+    let coupon = crate::wallets::active(&s, BRAND, BRAND, BRAND, |b| {
+        b.display_name = "closed early".into();
+    })
+    .await;
+    let drop = open_drop(&s, &session.name, &coupon.name, 10, "drop-early").await;
+    showcase(&s, &brand)
+        .claim_coupon_drop(claim(&drop.name, &members[0], "claim-before"))
+        .await
+        .unwrap();
+    let close = |token: String, rid: &str| {
+        let mut client = showcase(&s, &token);
+        let request = pb::CloseCouponDropRequest {
+            request_id: rid.into(),
+            name: drop.name.clone(),
+        };
+        async move { client.close_coupon_drop(request).await }
+    };
+    let e = close(s.token(OUTSIDER), "x").await.unwrap_err();
+    assert_eq!(reason(&e), "HOST_ONLY");
+    let closed = close(brand.clone(), "close").await.unwrap().into_inner();
+    assert_eq!(closed.remaining, 9);
+    assert!(at(&closed.close_time) <= now_millis());
+    assert!(at(&closed.close_time) < at(&drop.close_time));
+    loop {
+        if let Update::CouponDrop(told) = next_change(&mut watching).await
+            && told.name == drop.name
+            && told.close_time == closed.close_time
+        {
+            break;
+        }
+    }
+    let e = showcase(&s, &brand)
+        .claim_coupon_drop(claim(&drop.name, &members[1], "claim-after"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "DROP_NOT_OPEN")
+    );
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, 1);
+    let e = close(brand.clone(), "close-twice").await.unwrap_err();
+    assert_eq!(reason(&e), "DROP_NOT_OPEN");
+
+    // A viewer joining now sees neither.
+    let mut fresh = viewers(&s, &brand)
+        .join_session(pb::JoinSessionRequest {
+            session: session.name.clone(),
+            member: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Update::Snapshot(snapshot) = next_change(&mut fresh).await else {
+        panic!("a snapshot first");
+    };
+    assert!(
+        snapshot.flash_sales.is_empty(),
+        "{:?}",
+        snapshot.flash_sales
+    );
+    assert!(
+        snapshot.coupon_drops.is_empty(),
+        "{:?}",
+        snapshot.coupon_drops
+    );
+}
+
+/// Orders racing a sale's early end, in parallel: each is either placed (its unit taken) or
+/// refused SALE_NOT_OPEN, never both and never lost — the stock left and the orders placed add
+/// up to the stock — and once the end has answered, no order is placed.
+#[tokio::test]
+async fn orders_racing_a_sales_early_end_are_placed_or_refused_and_stock_adds_up() {
+    let s = mesh("live_end_race").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "RACE", 19_900).await;
+    let sale = flash_sale(&s, &session.name, &product.name, 100, 1).await;
+    let members = enrol_many(&s, BRAND, "1380000", 40).await;
+    let brand = s.token(BRAND);
+    let buyers = join_all(members.iter().enumerate().map(|(i, m)| {
+        let mut client = orders(&s, &brand);
+        let request = buy(&session.name, &sale.name, m, &format!("race-{i}"), "");
+        async move { client.place_order(request).await }
+    }));
+    let mut ender = showcase(&s, &s.token(MALL));
+    let end = ender.end_flash_sale(pb::EndFlashSaleRequest {
+        request_id: "end-race".into(),
+        name: sale.name.clone(),
+    });
+    let (answers, ended) = tokio::join!(buyers, end);
+    let ended = ended.unwrap().into_inner();
+    let placed = i64::try_from(answers.iter().filter(|a| a.is_ok()).count()).unwrap();
+    for e in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(
+            (e.code(), reason(e).as_str()),
+            (Code::FailedPrecondition, "SALE_NOT_OPEN"),
+            "{e:?}"
+        );
+    }
+    assert_eq!(rows(&s, "live", "orders").await, placed);
+    let now = showcase(&s, &brand)
+        .get_flash_sale(pb::GetFlashSaleRequest {
+            name: sale.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.remaining_stock + placed, 100, "placed {placed}");
+    assert_eq!(now.end_time, ended.end_time);
+    // After the end has answered, nothing more is sold.
+    let late = join_all(members.iter().enumerate().map(|(i, m)| {
+        let mut client = orders(&s, &brand);
+        let request = buy(&session.name, &sale.name, m, &format!("late-{i}"), "");
+        async move { client.place_order(request).await }
+    }))
+    .await;
+    assert!(
+        late.iter()
+            .all(|a| a.as_ref().is_err_and(|e| reason(e) == "SALE_NOT_OPEN"))
+    );
+    assert_eq!(rows(&s, "live", "orders").await, placed);
+}
+
+/// Claims racing a drop's early close, in parallel: each is either granted (a unit in the
+/// member's wallet) or refused DROP_NOT_OPEN, never told the drop is exhausted while units are
+/// left; the units left and the units granted add up to the drop, and once the close has
+/// answered no claim is granted.
+#[tokio::test]
+async fn claims_racing_a_drops_early_close_are_granted_or_refused_and_units_add_up() {
+    let s = with_entitlements("live_close_race").await;
+    let session = on_air(&s).await;
+    let coupon = crate::wallets::active(&s, BRAND, BRAND, BRAND, |b| {
+        b.display_name = "raced".into();
+    })
+    .await;
+    let drop = open_drop(&s, &session.name, &coupon.name, 100, "drop-race").await;
+    let members = enrol_many(&s, BRAND, "1390000", 30).await;
+    let brand = s.token(BRAND);
+    let claims = join_all(members.iter().enumerate().map(|(i, m)| {
+        let mut client = showcase(&s, &brand);
+        let request = claim(&drop.name, m, &format!("race-{i}"));
+        async move { client.claim_coupon_drop(request).await }
+    }));
+    let mut closer = showcase(&s, &s.token(MALL));
+    let close = closer.close_coupon_drop(pb::CloseCouponDropRequest {
+        request_id: "close-race".into(),
+        name: drop.name.clone(),
+    });
+    let (answers, closed) = tokio::join!(claims, close);
+    let closed = closed.unwrap().into_inner();
+    let granted = i64::try_from(answers.iter().filter(|a| a.is_ok()).count()).unwrap();
+    for e in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(
+            (e.code(), reason(e).as_str()),
+            (Code::FailedPrecondition, "DROP_NOT_OPEN"),
+            "{e:?}"
+        );
+    }
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, granted);
+    assert_eq!(closed.remaining + granted, 100, "granted {granted}");
+    let late = join_all(members.iter().enumerate().map(|(i, m)| {
+        let mut client = showcase(&s, &brand);
+        let request = claim(&drop.name, m, &format!("late-{i}"));
+        async move { client.claim_coupon_drop(request).await }
+    }))
+    .await;
+    assert!(
+        late.iter()
+            .all(|a| a.as_ref().is_err_and(|e| reason(e) == "DROP_NOT_OPEN"))
+    );
+    assert_eq!(rows(&s, "entitlements", "wallet_items").await, granted);
+}

@@ -222,9 +222,14 @@ impl Api {
         let drop = store::coupon_drop(&txn, &session.id, drop_id)
             .await?
             .ok_or(LiveError::CouponDropNotFound)?;
-        drop.window.open_at(now_millis(), "DROP_NOT_OPEN")?;
-        let Some(left) = store::take_unit(&txn, &drop.id).await? else {
-            // Read committed: the writer's conditional update waited for any other take.
+        let now = now_millis();
+        drop.window.open_at(now, "DROP_NOT_OPEN")?;
+        let Some(left) = store::take_unit(&txn, &drop.id, now).await? else {
+            // Read committed: the writer's conditional update waited for any other take, or
+            // for a co-host's close of the drop (CloseCouponDrop), which is not "exhausted".
+            if let Some(now_closed) = store::coupon_drop(&txn, &session.id, &drop.id).await? {
+                now_closed.window.open_at(now, "DROP_NOT_OPEN")?;
+            }
             self.exhausted.mark(&drop.id, since);
             return Err(exhausted().into());
         };

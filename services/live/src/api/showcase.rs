@@ -14,7 +14,10 @@ use tonic::{Request, Response, Status};
 
 use super::{Api, Role, amount, money};
 use crate::{
-    domain::{FlashSale, FlashSaleDraft, LiveError, Product, ProductDraft, Session, SessionState},
+    domain::{
+        FlashSale, FlashSaleDraft, LiveError, Product, ProductDraft, SaleWindow, Session,
+        SessionState,
+    },
     store,
 };
 
@@ -328,6 +331,72 @@ impl pb::showcase_service_server::ShowcaseService for Api {
         self.claim_drop(&call, request.get_ref())
             .await
             .map(Response::new)
+    }
+
+    async fn end_flash_sale(
+        &self,
+        request: Request<pb::EndFlashSaleRequest>,
+    ) -> Result<Response<pb::FlashSale>, Status> {
+        unary(request, async |call, r| {
+            let [session_id, sale_id] =
+                names::parse(&r.name, "sessions/{session}/flashSales/{flash_sale}")
+                    .map_err(|e| KitError::invalid("name", e))?;
+            let parent = format!("sessions/{session_id}");
+            self.mutations
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
+                    let session = self.hosted(txn, &call, &parent, "name").await?;
+                    let mut sale = store::sale(txn, &session.id, sale_id)
+                        .await?
+                        .ok_or(LiveError::FlashSaleNotFound)?;
+                    let window = sale.window.ended_at(now_millis(), "SALE_NOT_OPEN")?;
+                    if !store::end_sale(txn, &sale.id, window).await? {
+                        return Err(SaleWindow::already_closed("SALE_NOT_OPEN").into());
+                    }
+                    sale.window = window;
+                    let shown = sale_proto(&sale);
+                    self.tell_viewers(
+                        writes,
+                        &session.id,
+                        pb::join_session_response::Update::FlashSale(shown.clone()),
+                    );
+                    Ok(shown)
+                })
+                .await
+        })
+        .await
+    }
+
+    async fn close_coupon_drop(
+        &self,
+        request: Request<pb::CloseCouponDropRequest>,
+    ) -> Result<Response<pb::CouponDrop>, Status> {
+        unary(request, async |call, r| {
+            let [session_id, drop_id] =
+                names::parse(&r.name, "sessions/{session}/couponDrops/{drop}")
+                    .map_err(|e| KitError::invalid("name", e))?;
+            let parent = format!("sessions/{session_id}");
+            self.mutations
+                .run_writing(&call, &r.request_id, &r, async |txn, writes| {
+                    let session = self.hosted(txn, &call, &parent, "name").await?;
+                    let mut drop = store::coupon_drop(txn, &session.id, drop_id)
+                        .await?
+                        .ok_or(LiveError::CouponDropNotFound)?;
+                    let window = drop.window.ended_at(now_millis(), "DROP_NOT_OPEN")?;
+                    if !store::close_drop(txn, &drop.id, window).await? {
+                        return Err(SaleWindow::already_closed("DROP_NOT_OPEN").into());
+                    }
+                    drop.window = window;
+                    let shown = super::drops::drop_proto(&drop);
+                    self.tell_viewers(
+                        writes,
+                        &session.id,
+                        pb::join_session_response::Update::CouponDrop(shown.clone()),
+                    );
+                    Ok(shown)
+                })
+                .await
+        })
+        .await
     }
 
     async fn list_flash_sales(

@@ -110,6 +110,25 @@ impl SaleWindow {
             Ok(())
         }
     }
+
+    /// FAILED_PRECONDITION / `reason`, metadata `state` CLOSED: a window that had closed
+    /// cannot be ended again.
+    pub fn already_closed(reason: &'static str) -> KitError {
+        KitError::WrongState(reason, "CLOSED", "it has already closed".into())
+    }
+
+    /// The window ended at `now`, before its time (a co-host stops a sale or a drop early): a
+    /// window not yet open becomes an empty one at `now`. FAILED_PRECONDITION / `reason` with
+    /// metadata `state` CLOSED when it has already closed.
+    pub fn ended_at(&self, now: i64, reason: &'static str) -> Result<Self, KitError> {
+        if now >= self.end {
+            return Err(Self::already_closed(reason));
+        }
+        Ok(Self {
+            start: self.start.min(now),
+            end: now,
+        })
+    }
 }
 
 /// Scarce stock at a sale price.

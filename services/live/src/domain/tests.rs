@@ -330,6 +330,40 @@ fn a_flash_sale_checks_its_price_stock_limit_and_window() {
 }
 
 #[test]
+fn a_window_ended_early_is_closed_from_then_on_and_ends_only_once() {
+    let window = SaleWindow {
+        start: 200,
+        end: 300,
+    };
+    let open = window.ended_at(250, "SALE_NOT_OPEN").unwrap();
+    assert_eq!(
+        open,
+        SaleWindow {
+            start: 200,
+            end: 250
+        }
+    );
+    assert!(open.open_at(249, "SALE_NOT_OPEN").is_ok());
+    assert!(open.open_at(250, "SALE_NOT_OPEN").is_err());
+    // Ended before it opened: empty, it never opens.
+    let never = window.ended_at(150, "SALE_NOT_OPEN").unwrap();
+    assert_eq!(
+        never,
+        SaleWindow {
+            start: 150,
+            end: 150
+        }
+    );
+    assert!((100..400).all(|now| never.open_at(now, "SALE_NOT_OPEN").is_err()));
+    // Already closed, by its time or early: refused, naming the state.
+    for (closed, now) in [(window, 300), (open, 260)] {
+        let e = closed.ended_at(now, "DROP_NOT_OPEN").unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "DROP_NOT_OPEN");
+        assert_eq!(lianyu_kit::ServiceError::metadata(&e)["state"], "CLOSED");
+    }
+}
+
+#[test]
 fn a_product_is_sold_by_a_host() {
     let s = session();
     let e = Product::new(

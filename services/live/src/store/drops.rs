@@ -64,6 +64,24 @@ pub(crate) async fn coupon_drop(
         .map(to_drop))
 }
 
+/// Closes the drop `id` early, to `window` (closed at `window.end`), unless it had closed by
+/// then: `false` when it had (another close came first, or the session's end).
+pub(crate) async fn close_drop(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    window: SaleWindow,
+) -> Result<bool, KitError> {
+    let done = coupon_drop::Entity::update_many()
+        .col_expr(coupon_drop::Column::OpensAt, Expr::value(window.start))
+        .col_expr(coupon_drop::Column::ClosesAt, Expr::value(window.end))
+        .filter(coupon_drop::Column::Id.eq(id))
+        .filter(coupon_drop::Column::ClosesAt.gt(window.end))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
 /// A page of the session's drops, oldest first.
 pub(crate) async fn list_drops(
     conn: &impl ConnectionTrait,
@@ -117,10 +135,13 @@ pub(crate) async fn close_drops(
     Ok(())
 }
 
-/// Takes one unit of a drop; the units left after it, or `None` when none was left.
+/// Takes one unit of a drop open at `now`; the units left after it, or `None` when none was
+/// left or the drop was not open (closed early meanwhile: the caller reads it again to say
+/// which).
 pub(crate) async fn take_unit(
     txn: &impl ConnectionTrait,
     drop: &str,
+    now: i64,
 ) -> Result<Option<i64>, KitError> {
     let done = coupon_drop::Entity::update_many()
         .col_expr(
@@ -129,6 +150,8 @@ pub(crate) async fn take_unit(
         )
         .filter(coupon_drop::Column::Id.eq(drop))
         .filter(coupon_drop::Column::Remaining.gt(0))
+        .filter(coupon_drop::Column::OpensAt.lte(now))
+        .filter(coupon_drop::Column::ClosesAt.gt(now))
         .exec(txn)
         .await
         .map_err(storage)?;

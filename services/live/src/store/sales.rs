@@ -242,6 +242,24 @@ pub(crate) async fn sale(
         .transpose()
 }
 
+/// Ends the flash sale `id` early, to `window` (ended at `window.end`), unless it had closed
+/// by then: `false` when it had (another end came first, or the session's).
+pub(crate) async fn end_sale(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    window: SaleWindow,
+) -> Result<bool, KitError> {
+    let done = flash_sale::Entity::update_many()
+        .col_expr(flash_sale::Column::StartsAt, Expr::value(window.start))
+        .col_expr(flash_sale::Column::EndsAt, Expr::value(window.end))
+        .filter(flash_sale::Column::Id.eq(id))
+        .filter(flash_sale::Column::EndsAt.gt(window.end))
+        .exec(txn)
+        .await
+        .map_err(storage)?;
+    Ok(done.rows_affected == 1)
+}
+
 /// A page of the session's flash sales, oldest first.
 pub(crate) async fn list_sales(
     conn: &impl ConnectionTrait,
