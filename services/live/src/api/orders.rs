@@ -249,7 +249,8 @@ impl Api {
 
     /// What an order rests on, read beside the writer: the session (the caller's role, the
     /// share code's attribution, LIVE), the product or flash sale and the amount. Products and
-    /// sales do not change once made, except that a sale closes (its session ended); what
+    /// sales do not change once made, except that a sale closes (its session ended, or a
+    /// co-host ended it early); what
     /// may change by the time the order is written — the stock, the sale's window, the
     /// session's state — is checked again where the stock is taken ([`store::take_stock`]),
     /// or, for a product at list price, by reading the session's state in the transaction.
@@ -276,8 +277,8 @@ impl Api {
         let (product, sale) = match item(&session.id, given)? {
             Item::Sale(id) => {
                 let (sale, product) = self.sale_and_product(&session.id, id).await?;
-                // A sale closed early (its session ended) may still look open here; the stock
-                // update refuses it all the same.
+                // A sale closed early (its session ended, or ended on another replica) may
+                // still look open here; the stock update refuses it all the same.
                 sale.window.open_at(now_millis(), "SALE_NOT_OPEN")?;
                 (product, Some(sale))
             }
@@ -300,10 +301,16 @@ impl Api {
         })
     }
 
+    /// Drops this replica's copy of a sale that changed (a co-host ended it early).
+    pub(super) fn forget_sale(&self, session: &str, sale: &str) {
+        self.sales
+            .invalidate(&(session.to_owned(), sale.to_owned()));
+    }
+
     /// A flash sale and its product, from this replica's cache or read and kept: neither
-    /// changes once made, except that a sale may close early (its session ended), which
-    /// [`store::take_stock`] checks on every order — so in a burst the thousands of buyers of
-    /// one sale read it once, not once each.
+    /// changes once made, except that a sale may close early (its session ended, or a co-host
+    /// ended it: [`Self::forget_sale`]), which [`store::take_stock`] checks on every order — so
+    /// in a burst the thousands of buyers of one sale read it once, not once each.
     async fn sale_and_product(
         &self,
         session: &str,

@@ -342,17 +342,22 @@ impl pb::showcase_service_server::ShowcaseService for Api {
                 names::parse(&r.name, "sessions/{session}/flashSales/{flash_sale}")
                     .map_err(|e| KitError::invalid("name", e))?;
             let parent = format!("sessions/{session_id}");
-            self.mutations
+            let ended = self
+                .mutations
                 .run_writing(&call, &r.request_id, &r, async |txn, writes| {
                     let session = self.hosted(txn, &call, &parent, "name").await?;
-                    let mut sale = store::sale(txn, &session.id, sale_id)
+                    let sale = store::sale(txn, &session.id, sale_id)
                         .await?
                         .ok_or(LiveError::FlashSaleNotFound)?;
                     let window = sale.window.ended_at(now_millis(), "SALE_NOT_OPEN")?;
                     if !store::end_sale(txn, &sale.id, window).await? {
                         return Err(SaleWindow::already_closed("SALE_NOT_OPEN").into());
                     }
-                    sale.window = window;
+                    // Read again: orders that took stock between the first read and the end
+                    // (their window was still open) count in what is left.
+                    let sale = store::sale(txn, &session.id, sale_id)
+                        .await?
+                        .ok_or(LiveError::FlashSaleNotFound)?;
                     let shown = sale_proto(&sale);
                     self.tell_viewers(
                         writes,
@@ -361,7 +366,11 @@ impl pb::showcase_service_server::ShowcaseService for Api {
                     );
                     Ok(shown)
                 })
-                .await
+                .await?;
+            // Once committed, this replica's buyers are refused from memory again (others
+            // read the sale as open until their copy goes; the stock's take refuses them).
+            self.forget_sale(session_id, sale_id);
+            Ok::<_, LiveError>(ended)
         })
         .await
     }
@@ -378,14 +387,18 @@ impl pb::showcase_service_server::ShowcaseService for Api {
             self.mutations
                 .run_writing(&call, &r.request_id, &r, async |txn, writes| {
                     let session = self.hosted(txn, &call, &parent, "name").await?;
-                    let mut drop = store::coupon_drop(txn, &session.id, drop_id)
+                    let drop = store::coupon_drop(txn, &session.id, drop_id)
                         .await?
                         .ok_or(LiveError::CouponDropNotFound)?;
                     let window = drop.window.ended_at(now_millis(), "DROP_NOT_OPEN")?;
                     if !store::close_drop(txn, &drop.id, window).await? {
                         return Err(SaleWindow::already_closed("DROP_NOT_OPEN").into());
                     }
-                    drop.window = window;
+                    // Read again: claims that took a unit between the first read and the close
+                    // (their window was still open) count in what is left.
+                    let drop = store::coupon_drop(txn, &session.id, drop_id)
+                        .await?
+                        .ok_or(LiveError::CouponDropNotFound)?;
                     let shown = super::drops::drop_proto(&drop);
                     self.tell_viewers(
                         writes,
