@@ -92,7 +92,7 @@ impl Api {
         let updated = self
             .mutations
             .run(call, &r.request_id, r, async |txn| {
-                let mut row = Store::store(txn, &partner, &id)
+                let mut row = Store::store_for_update(txn, &partner, &id)
                     .await?
                     .ok_or(KitError::NotFound("STORE_NOT_FOUND"))?;
                 if let Some(name) = display_name {
@@ -194,7 +194,7 @@ impl Api {
         let updated = self
             .mutations
             .run(call, &r.request_id, r, async |txn| {
-                let mut row = Store::partner(txn, &id)
+                let mut row = Store::partner_for_update(txn, &id)
                     .await?
                     .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
                 if let Some(name) = display_name {

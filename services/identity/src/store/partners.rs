@@ -39,6 +39,21 @@ impl Store {
             .map(Partner::from))
     }
 
+    /// [`Self::partner`] read for a change: its row is held to the end of `txn` on PostgreSQL
+    /// (SQLite's one writer runs changes one at a time), so that a suspension beside a rename
+    /// both stand instead of the later one writing back the status it read.
+    pub(crate) async fn partner_for_update(
+        txn: &impl ConnectionTrait,
+        id: &str,
+    ) -> Result<Option<Partner>, IdentityError> {
+        Ok(partner::Entity::find_by_id(id.to_owned())
+            .lock_exclusive()
+            .one(txn)
+            .await
+            .map_err(StorageError::from)?
+            .map(Partner::from))
+    }
+
     /// Ids of suspended partners, whose tokens every service refuses.
     pub(crate) async fn suspended_partners(
         conn: &impl ConnectionTrait,

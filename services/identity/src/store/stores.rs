@@ -5,7 +5,7 @@ use lianyu_kit::KitError;
 use lianyu_kit::{page::Page, storage::StorageError};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder,
+    QueryOrder, QuerySelect,
 };
 
 use super::{Store, entities::store};
@@ -37,6 +37,25 @@ impl Store {
         Ok(
             store::Entity::find_by_id((partner.to_owned(), id.to_owned()))
                 .one(conn)
+                .await
+                .map_err(StorageError::from)?
+                .map(PartnerStore::from),
+        )
+    }
+
+    /// [`Self::store`] read for a change: its row is held to the end of `txn` on PostgreSQL
+    /// (SQLite's one writer runs changes one at a time), so that two field-masked updates at
+    /// once — a close beside a rename — both stand instead of the later one writing back the
+    /// row it read before the other committed.
+    pub(crate) async fn store_for_update(
+        txn: &impl ConnectionTrait,
+        partner: &str,
+        id: &str,
+    ) -> Result<Option<PartnerStore>, IdentityError> {
+        Ok(
+            store::Entity::find_by_id((partner.to_owned(), id.to_owned()))
+                .lock_exclusive()
+                .one(txn)
                 .await
                 .map_err(StorageError::from)?
                 .map(PartnerStore::from),
