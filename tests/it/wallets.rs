@@ -2483,3 +2483,192 @@ async fn a_redemption_is_read_back_as_it_stands_by_the_partner_that_made_it_only
         .unwrap_err();
     assert_eq!(reason(&e), "REDEMPTION_NOT_FOUND");
 }
+
+/// Changes of one benefit at once are each made on what the one before committed (its row is
+/// held for the change on PostgreSQL): a rename and a grown budget sent together both stand;
+/// of four ends sent beside a pause and a rename exactly one ends it and the others are
+/// refused naming the state it is in — never an internal error, never a change to an ENDED
+/// benefit. Ended, it grants nothing more, and a unit granted before is still honoured.
+#[tokio::test]
+async fn changes_of_one_benefit_sent_at_once_each_build_on_the_last() {
+    const TRIALS: usize = 8;
+    let s = mesh("ent_benefit_races").await;
+    let mut made = Vec::new();
+    for t in 0..TRIALS {
+        made.push(
+            active(&s, MALL, MALL, MALL, |b| {
+                b.display_name = format!("race {t}")
+            })
+            .await,
+        );
+    }
+    let update = |name: &str, rid: String, b: pb::Benefit, path: &str| pb::UpdateBenefitRequest {
+        request_id: rid,
+        benefit: Some(pb::Benefit {
+            name: name.to_owned(),
+            ..b
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![path.to_owned()],
+        }),
+    };
+    let rename = |name: &str, rid: String, to: String| {
+        update(
+            name,
+            rid,
+            pb::Benefit {
+                display_name: to,
+                ..Default::default()
+            },
+            "display_name",
+        )
+    };
+    // Two field-masked updates at once: both stand.
+    join_all(made.iter().enumerate().map(|(t, b)| {
+        let grow = update(
+            &b.name,
+            format!("grow-{t}"),
+            pb::Benefit {
+                budget_units: 2_000,
+                ..Default::default()
+            },
+            "budget_units",
+        );
+        let renamed = rename(&b.name, format!("rename-{t}"), format!("renamed {t}"));
+        let (mut a, mut b) = (benefits(&s, MALL), benefits(&s, MALL));
+        async move {
+            let (grown, renamed) = tokio::join!(a.update_benefit(grow), b.update_benefit(renamed));
+            grown.unwrap_or_else(|e| panic!("trial {t}: grow: {e:?}"));
+            renamed.unwrap_or_else(|e| panic!("trial {t}: rename: {e:?}"));
+        }
+    }))
+    .await;
+    for (t, b) in made.iter().enumerate() {
+        let read = benefits(&s, MALL)
+            .get_benefit(pb::GetBenefitRequest {
+                name: b.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (read.display_name.as_str(), read.budget_units),
+            (format!("renamed {t}").as_str(), 2_000),
+            "trial {t}: both updates stand"
+        );
+    }
+
+    // A unit granted before the end, to be honoured after it.
+    let member = enrol(&s, MALL, "13800138077").await;
+    let unit = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &made[0].name, "before-end"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Four ends beside a pause and a rename: one end ends it, the rest see it ENDED.
+    let state_of = |e: &tonic::Status| {
+        e.get_error_details()
+            .error_info()
+            .and_then(|i| i.metadata.get("state").cloned())
+            .unwrap_or_default()
+    };
+    join_all(made.iter().enumerate().map(|(t, b)| {
+        let name = b.name.clone();
+        let s = &s;
+        async move {
+            let ends = join_all((0..4).map(|i| {
+                let mut c = benefits(s, MALL);
+                let end = pb::EndBenefitRequest {
+                    request_id: format!("end-{t}-{i}"),
+                    name: name.clone(),
+                };
+                async move { c.end_benefit(end).await }
+            }));
+            let mut pauser = benefits(s, MALL);
+            let pause = pauser.pause_benefit(pb::PauseBenefitRequest {
+                request_id: format!("pause-{t}"),
+                name: name.clone(),
+            });
+            let mut renamer = benefits(s, MALL);
+            let late = renamer.update_benefit(rename(&name, format!("late-{t}"), "late".into()));
+            let (ends, paused, renamed) = tokio::join!(ends, pause, late);
+            let ended = ends.iter().filter(|e| e.is_ok()).count();
+            assert_eq!(ended, 1, "trial {t}: one end ends it: {ends:?}");
+            for refused in ends.iter().filter_map(|e| e.as_ref().err()) {
+                assert_eq!(
+                    (refused.code(), reason(refused), state_of(refused)),
+                    (
+                        Code::FailedPrecondition,
+                        "BENEFIT_STATE".into(),
+                        "ENDED".into()
+                    ),
+                    "trial {t}"
+                );
+            }
+            for other in [
+                paused.map(drop),
+                renamed.as_ref().map(drop).map_err(Clone::clone),
+            ] {
+                if let Err(e) = other {
+                    assert_eq!(
+                        (reason(&e), state_of(&e)),
+                        ("BENEFIT_STATE".into(), "ENDED".into()),
+                        "trial {t}: refused only for having ended"
+                    );
+                }
+            }
+            let read = benefits(s, MALL)
+                .get_benefit(pb::GetBenefitRequest { name: name.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(read.state, pb::BenefitState::Ended as i32, "trial {t}");
+            let expected = if renamed.is_ok() {
+                "late".to_owned()
+            } else {
+                format!("renamed {t}")
+            };
+            assert_eq!(
+                read.display_name, expected,
+                "trial {t}: renamed only if accepted"
+            );
+        }
+    }))
+    .await;
+
+    // Ended for good: nothing more is granted, nothing changes it, and what was granted
+    // before is honoured.
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &made[0].name, "after-end"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e), state_of(&e)),
+        (
+            Code::FailedPrecondition,
+            "BENEFIT_STATE".into(),
+            "ENDED".into()
+        )
+    );
+    let e = benefits(&s, MALL)
+        .resume_benefit(pb::ResumeBenefitRequest {
+            request_id: "resume-ended".into(),
+            name: made[0].name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_STATE");
+    let units = rows(&s, "entitlements", "wallet_items").await;
+    assert_eq!(units, 1, "the refused grant wrote nothing");
+    let redeemed = till(&s, &s.store_token(MALL, "sh01"))
+        .redeem(redeem(&unit.name, "honoured", 40_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        redeemed.state,
+        pb::RedemptionState::Confirmed as i32,
+        "a unit granted before the end is honoured after it"
+    );
+}

@@ -431,6 +431,19 @@ impl Api {
             .ok_or(EntitlementsError::BenefitNotFound)
     }
 
+    /// [`Self::party_benefit`] read for a change to it: its row held until `txn` ends
+    /// ([`store::lock_benefit`]).
+    async fn party_benefit_for_change(
+        &self,
+        txn: &impl sea_orm::ConnectionTrait,
+        partner: &str,
+        name: &str,
+        field: &str,
+    ) -> Result<Benefit, EntitlementsError> {
+        store::lock_benefit(txn, benefit_id(name, field)?).await?;
+        self.party_benefit(txn, partner, name, field).await
+    }
+
     /// Runs an issuer's transition of benefit `name`.
     async fn transition(
         &self,
@@ -444,10 +457,12 @@ impl Api {
         let me = PartnerId::new(call.partner_id());
         self.mutations
             .run(call, request_id, request, async |txn| {
-                let mut b = self.party_benefit(txn, me.as_str(), name, "name").await?;
+                let mut b = self
+                    .party_benefit_for_change(txn, me.as_str(), name, "name")
+                    .await?;
                 let next = b.transition(&me, t)?;
                 if !store::set_state(txn, &b.id, b.state, next).await? {
-                    return Err(KitError::Internal("benefit changed concurrently".into()).into());
+                    return Err(changed_meanwhile());
                 }
                 b.state = next;
                 Ok(to_proto(&b))
@@ -550,7 +565,7 @@ impl pb::benefit_service_server::BenefitService for Api {
                 .mutations
                 .run(&call, &r.request_id, &r, async |txn| {
                     let mut b = self
-                        .party_benefit(txn, me.as_str(), &given.name, "benefit.name")
+                        .party_benefit_for_change(txn, me.as_str(), &given.name, "benefit.name")
                         .await?;
                     b.update(&me, &paths, &draft(&given), now_millis())?;
                     store::update_terms(txn, &b).await?;
@@ -575,13 +590,11 @@ impl pb::benefit_service_server::BenefitService for Api {
             self.mutations
                 .run(&call, &r.request_id, &r, async |txn| {
                     let mut b = self
-                        .party_benefit(txn, me.as_str(), &r.name, "name")
+                        .party_benefit_for_change(txn, me.as_str(), &r.name, "name")
                         .await?;
                     b.accept_funding(&me)?;
                     if !store::accept_funding(txn, &b.id).await? {
-                        return Err(
-                            KitError::Internal("benefit changed concurrently".into()).into()
-                        );
+                        return Err(changed_meanwhile());
                     }
                     b.funding_accepted = true;
                     Ok(to_proto(&b))
@@ -725,4 +738,14 @@ pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
             .as_ref()
             .and_then(|m| self::money(m.currency(), b.spent_value)),
     }
+}
+
+/// A guarded write found the benefit changed since it was read (its row is held for the
+/// change on PostgreSQL, so this is a safeguard): the kit runs the call again on what is
+/// committed now, which answers it — with the state it is in, if that refuses it.
+fn changed_meanwhile() -> EntitlementsError {
+    KitError::Storage(StorageError::Conflict(
+        "the benefit changed meanwhile".into(),
+    ))
+    .into()
 }
