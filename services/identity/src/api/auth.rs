@@ -116,6 +116,7 @@ impl AuthService for Api {
                         .await?
                         .ok_or(KitError::NotFound("PARTNER_NOT_FOUND"))?;
                 }
+                Store::lock_credentials_of(txn, &partner).await?;
                 if Store::active_credentials(txn, &partner).await? >= MAX_ACTIVE_PER_PARTNER {
                     return Err(KitError::Precondition(
                         "TOO_MANY_CREDENTIALS",

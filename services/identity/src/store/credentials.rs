@@ -51,6 +51,31 @@ impl Store {
             .map(Credential::from))
     }
 
+    /// Holds `owner`'s credentials against a concurrent creation until `txn` ends (on
+    /// PostgreSQL a transaction-scoped advisory lock on a digest of the owner; SQLite's one
+    /// writer runs creations one at a time), so that two creations at once cannot both count
+    /// room for one more and leave the owner past its limit.
+    pub(crate) async fn lock_credentials_of(
+        txn: &impl ConnectionTrait,
+        owner: &str,
+    ) -> Result<(), IdentityError> {
+        if txn.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("credentials:{owner}").as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest[..8]);
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [i64::from_be_bytes(key).into()],
+        ))
+        .await
+        .map_err(StorageError::from)?;
+        Ok(())
+    }
+
     pub(crate) async fn active_credentials(
         conn: &impl ConnectionTrait,
         partner: &str,

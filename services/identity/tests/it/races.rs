@@ -235,3 +235,50 @@ async fn two_updates_of_one_store_or_partner_at_once_both_stand() {
         TRIALS as i64
     );
 }
+
+/// A partner holds at most twenty credentials that are not revoked, however many it asks for
+/// at once: of thirty creations sent together twenty are made and ten refused with
+/// TOO_MANY_CREDENTIALS (two creations at once could otherwise both count room for one more).
+#[tokio::test]
+async fn thirty_credentials_asked_for_at_once_make_twenty() {
+    const ASKED: usize = 30;
+    const LIMIT: usize = 20;
+    let identity = Identity::with_partners("race_credentials").await;
+    let brand = identity.as_partner("brand-a");
+    let calls: FuturesUnordered<_> = (0..ASKED)
+        .map(|i| {
+            let mut brand = brand.clone();
+            async move {
+                brand
+                    .auth
+                    .create_credential(pb::CreateCredentialRequest {
+                        request_id: format!("cred-{i}"),
+                        parent: "partners/brand-a".into(),
+                        scopes: vec!["identity.read".into()],
+                    })
+                    .await
+            }
+        })
+        .collect();
+    let outcomes: Vec<_> = calls.collect().await;
+    let made = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(made, LIMIT, "twenty made");
+    for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(
+            (refused.code(), details(refused).0.as_str()),
+            (tonic::Code::FailedPrecondition, "TOO_MANY_CREDENTIALS")
+        );
+    }
+    let listed = brand
+        .clone()
+        .auth
+        .list_credentials(pb::ListCredentialsRequest {
+            parent: "partners/brand-a".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.credentials.len(), LIMIT, "the refused made none");
+}
