@@ -3,6 +3,7 @@
 
 use lianyu_kit::KitError;
 use lianyu_kit::ids::ScopedMemberId;
+use lianyu_kit::storage::StorageError;
 use lianyu_kit::writes::Writes;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,6 +293,18 @@ impl Api {
         self.mutations.run_about(call, &r.request_id, r, async |txn| {
             let keep_id = Store::member_for(txn, &who.partner_id, &keep).await?;
             let dup_id = Store::member_for(txn, &who.partner_id, &dup).await?;
+            // Both people held for the merge, then named again: a merge of the pair that
+            // committed meanwhile (the opposite one, sent at the same moment) is seen, and
+            // this one finds them one person instead of folding each into the other.
+            Store::lock_members(txn, [keep_id.as_str(), dup_id.as_str()]).await?;
+            if Store::member_for(txn, &who.partner_id, &keep).await? != keep_id
+                || Store::member_for(txn, &who.partner_id, &dup).await? != dup_id
+            {
+                return Err(KitError::Storage(StorageError::Conflict(
+                    "the pair was merged meanwhile".into(),
+                ))
+                .into());
+            }
             if keep_id != dup_id {
                 let held = self
                     .store

@@ -324,30 +324,62 @@ impl Store {
 
     /// The member behind `caller`'s scoped id; another partner's scoped id finds nothing, and
     /// an erased member's id answers NOT_FOUND with reason MEMBER_ERASED (its tombstone).
+    /// Holds the rows of `members` until `txn` ends (PostgreSQL `FOR UPDATE`, taken in id
+    /// order so that two transactions locking one pair never wait on each other crosswise;
+    /// SQLite's one writer runs changes one at a time): a merge is decided on the pair as the
+    /// one before it left them.
+    pub(crate) async fn lock_members(
+        txn: &impl ConnectionTrait,
+        members: [&str; 2],
+    ) -> Result<(), IdentityError> {
+        let mut ids = members;
+        ids.sort_unstable();
+        for id in ids {
+            member::Entity::find_by_id(id.to_owned())
+                .select_only()
+                .column(member::Column::Id)
+                .lock_exclusive()
+                .into_tuple::<String>()
+                .one(txn)
+                .await
+                .map_err(StorageError::from)?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn member_for(
         conn: &impl ConnectionTrait,
         caller: &str,
         scoped: &ScopedMemberId,
     ) -> Result<MeshMemberId, IdentityError> {
-        let row = scoped_id::Entity::find_by_id(scoped.as_str())
-            .one(conn)
-            .await
-            .map_err(StorageError::from)?
-            .filter(|row| row.partner_id == caller)
-            .ok_or(IdentityError::MemberNotFound)?;
-        if row.erased_at.is_some() {
-            return Err(IdentityError::MemberErased);
+        // Twice at most: a merge that commits between the two reads below moves the scoped id
+        // to the survivor and marks the member read first merged (a merged member has no
+        // scoped id left), so the id is read again and names the survivor.
+        for _ in 0..2 {
+            let row = scoped_id::Entity::find_by_id(scoped.as_str())
+                .one(conn)
+                .await
+                .map_err(StorageError::from)?
+                .filter(|row| row.partner_id == caller)
+                .ok_or(IdentityError::MemberNotFound)?;
+            if row.erased_at.is_some() {
+                return Err(IdentityError::MemberErased);
+            }
+            let member_id = row.member_id;
+            let member = member::Entity::find_by_id(member_id.clone())
+                .one(conn)
+                .await
+                .map_err(StorageError::from)?;
+            match member {
+                Some(m) if m.status == StoredMemberStatus::Active => {
+                    return Ok(MeshMemberId::new(member_id));
+                }
+                Some(m) if m.status == StoredMemberStatus::Merged => continue,
+                Some(_) => return Err(IdentityError::MemberErased),
+                None => return Err(IdentityError::MemberNotFound),
+            }
         }
-        let member_id = row.member_id;
-        let member = member::Entity::find_by_id(member_id.clone())
-            .one(conn)
-            .await
-            .map_err(StorageError::from)?;
-        match member {
-            Some(m) if m.status == StoredMemberStatus::Active => Ok(MeshMemberId::new(member_id)),
-            Some(_) => Err(IdentityError::MemberErased),
-            None => Err(IdentityError::MemberNotFound),
-        }
+        Err(IdentityError::MemberErased)
     }
 
     /// `partner`'s scoped ids for `members`, where it has one. After a merge a partner may

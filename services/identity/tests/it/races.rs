@@ -6,7 +6,9 @@
 use futures::{StreamExt, stream::FuturesUnordered};
 use lianyu_proto::identity::v1 as pb;
 
-use crate::harness::{Identity, count, details, enroll, partner_status, phone, store_active};
+use crate::harness::{
+    Identity, count, details, enroll, partner_status, phone, store_active, unionid,
+};
 
 #[tokio::test]
 async fn two_partners_enrolling_one_new_phone_at_once_make_one_person() {
@@ -281,4 +283,86 @@ async fn thirty_credentials_asked_for_at_once_make_twenty() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.credentials.len(), LIMIT, "the refused made none");
+}
+
+/// Two merges of one pair sent at once in opposite directions (two agents cleaning up the same
+/// duplicate) leave one person: one merge folds the pair, the other finds them one already —
+/// never both folded into each other, which would leave the person merged away on both sides.
+#[tokio::test]
+async fn opposite_merges_of_one_pair_at_once_leave_one_person() {
+    const TRIALS: usize = 10;
+    let identity = Identity::with_partners("race_opposite_merges").await;
+    let brand = identity.as_partner("brand-a");
+    let mut pairs = Vec::new();
+    for t in 0..TRIALS {
+        let mut b = brand.clone();
+        let first = b
+            .enrolled(enroll(
+                &format!("first-{t}"),
+                vec![unionid(&format!("oU_race_{t:020}"), "open-brand-a")],
+                &[],
+            ))
+            .await;
+        let second = b
+            .enrolled(enroll(
+                &format!("second-{t}"),
+                vec![phone(&format!("1361113{t:04}"), true)],
+                &[],
+            ))
+            .await;
+        pairs.push((first, second, format!("1361113{t:04}")));
+    }
+    let trials: FuturesUnordered<_> = pairs
+        .iter()
+        .enumerate()
+        .map(|(t, (first, second, number))| {
+            let (mut a, mut b) = (brand.clone(), brand.clone());
+            let merge = |rid: String, keep: &str, dup: &str| pb::MergeMembersRequest {
+                request_id: rid,
+                member: keep.to_owned(),
+                duplicate_member: dup.to_owned(),
+                evidence: Some(phone(number, true)),
+            };
+            let forward = merge(format!("forward-{t}"), first, second);
+            let backward = merge(format!("backward-{t}"), second, first);
+            async move {
+                let (x, y) = tokio::join!(
+                    a.members.merge_members(forward),
+                    b.members.merge_members(backward)
+                );
+                x.unwrap_or_else(|e| panic!("trial {t}: forward: {e:?}"));
+                y.unwrap_or_else(|e| panic!("trial {t}: backward: {e:?}"));
+            }
+        })
+        .collect();
+    trials.collect::<Vec<()>>().await;
+    for (t, (first, second, _)) in pairs.iter().enumerate() {
+        let mut b = brand.clone();
+        let read = |name: &str| pb::GetMemberRequest {
+            name: name.to_owned(),
+            purpose: 0,
+        };
+        let (x, y) = (
+            b.members.get_member(read(first)).await,
+            b.members.get_member(read(second)).await,
+        );
+        let (x, y) = (
+            x.unwrap_or_else(|e| panic!("trial {t}: the first id: {e:?}")),
+            y.unwrap_or_else(|e| panic!("trial {t}: the second id: {e:?}")),
+        );
+        assert_eq!(
+            (
+                x.into_inner().identifiers.len(),
+                y.into_inner().identifiers.len()
+            ),
+            (2, 2),
+            "trial {t}: both ids name the one person, with both identifiers"
+        );
+    }
+    let db = identity.database().await;
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM members WHERE status = 'active'").await,
+        TRIALS as i64,
+        "one person per pair"
+    );
 }
