@@ -4,7 +4,7 @@
 use super::entities::{StoredConsentState, StoredMemberStatus};
 use lianyu_kit::storage::StorageError;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
     sea_query::{Condition, Expr},
 };
 
@@ -36,6 +36,21 @@ impl Store {
         member_id: &str,
     ) -> Result<Erased, IdentityError> {
         let at = now();
+        // The identifiers about to go are held as an enrolment holds them (PostgreSQL
+        // advisory locks on their lookup hashes, in one order), so an allied partner enrolling
+        // the same phone at this moment either links first — and is counted below as a holder
+        // that keeps the person in the mesh — or runs after, finds nothing to link to and
+        // makes a new person; never OK about a person this erasure removes.
+        let hashes: Vec<String> = identifier::Entity::find()
+            .select_only()
+            .column(identifier::Column::LookupHash)
+            .filter(identifier::Column::MemberId.eq(member_id.to_owned()))
+            .filter(identifier::Column::PartnerId.eq(partner.to_owned()))
+            .into_tuple()
+            .all(txn)
+            .await
+            .map_err(StorageError::from)?;
+        super::members::lock_identifiers(txn, hashes.iter().map(String::as_str)).await?;
         identifier::Entity::delete_many()
             .filter(identifier::Column::MemberId.eq(member_id.to_owned()))
             .filter(identifier::Column::PartnerId.eq(partner.to_owned()))

@@ -366,3 +366,71 @@ async fn opposite_merges_of_one_pair_at_once_leave_one_person() {
         "one person per pair"
     );
 }
+
+/// A partner erasing the only record of a person at the moment an allied partner enrols the
+/// same verified phone: the enrolment is answered with a person who is there — linked to the
+/// one being erased only if that one stays (the new holder keeps them in the mesh), a new one
+/// otherwise — never OK about a person the erasure then removes from the mesh.
+#[tokio::test]
+async fn an_enrolment_racing_the_last_holders_erasure_is_never_left_with_an_erased_person() {
+    const TRIALS: usize = 12;
+    let identity = Identity::with_partners("race_erase_enrol").await;
+    let (brand, mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    let mut held = Vec::new();
+    for t in 0..TRIALS {
+        let number = format!("1371113{t:04}");
+        let at_brand = brand
+            .clone()
+            .enrolled(enroll(&format!("b{t}"), vec![phone(&number, true)], &[]))
+            .await;
+        held.push((at_brand, number));
+    }
+    let trials: FuturesUnordered<_> = held
+        .iter()
+        .enumerate()
+        .map(|(t, (at_brand, number))| {
+            let (mut brand, mut mall) = (brand.clone(), mall.clone());
+            let erase = pb::EraseMemberRequest {
+                request_id: format!("erase-{t}"),
+                member: at_brand.clone(),
+                scope: 0,
+            };
+            let enrol = enroll(&format!("m{t}"), vec![phone(number, true)], &[]);
+            async move {
+                let (erased, enrolled) = tokio::join!(
+                    brand.members.erase_member(erase),
+                    mall.members.enroll_member(enrol)
+                );
+                erased.unwrap_or_else(|e| panic!("trial {t}: erase: {e:?}"));
+                let enrolled = enrolled
+                    .unwrap_or_else(|e| panic!("trial {t}: enrol: {e:?}"))
+                    .into_inner();
+                let at_mall = enrolled.member.unwrap().name;
+                let read = mall
+                    .members
+                    .get_member(pb::GetMemberRequest {
+                        name: at_mall,
+                        purpose: 0,
+                    })
+                    .await;
+                let read = read.unwrap_or_else(|e| {
+                    panic!(
+                        "trial {t}: the mall's member (linked: {}) after the race: {e:?}",
+                        enrolled.linked_existing
+                    )
+                });
+                assert_eq!(read.into_inner().identifiers.len(), 1, "trial {t}");
+            }
+        })
+        .collect();
+    trials.collect::<Vec<()>>().await;
+    let db = identity.database().await;
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM members WHERE status = 'active'").await,
+        TRIALS as i64,
+        "one person per phone is in the mesh, held by the mall"
+    );
+}
