@@ -130,7 +130,8 @@ fn redemption_proto(scoped: &str, r: &RedemptionRow) -> pb::Redemption {
     }
 }
 
-/// Why a unit could not be taken for a till: it is used, held, or past its expiry.
+/// Why a unit could not be taken for a till: it is used, held, or past its expiry (or, held
+/// and let go meanwhile, a conflict the kit retries).
 fn unavailable(item: &ItemRow, now: i64) -> EntitlementsError {
     let (reason, message) = match item.state {
         ItemState::Redeemed | ItemState::Refunded => {
@@ -143,7 +144,14 @@ fn unavailable(item: &ItemRow, now: i64) -> EntitlementsError {
         ),
         ItemState::Expired => ("ITEM_EXPIRED", "this unit has expired"),
         ItemState::Available if item.expires_at <= now => ("ITEM_EXPIRED", "this unit has expired"),
-        ItemState::Available => ("ITEM_RESERVED", "this unit changed concurrently; retry"),
+        // Held and let go again between the read and the take: the kit runs the call again
+        // on the unit as it is now, rather than asking the till to.
+        ItemState::Available => {
+            return KitError::Storage(lianyu_kit::storage::StorageError::Conflict(
+                "the unit changed meanwhile".into(),
+            ))
+            .into();
+        }
     };
     KitError::Precondition(reason, message.into()).into()
 }
