@@ -322,8 +322,6 @@ impl Store {
         Ok(scoped)
     }
 
-    /// The member behind `caller`'s scoped id; another partner's scoped id finds nothing, and
-    /// an erased member's id answers NOT_FOUND with reason MEMBER_ERASED (its tombstone).
     /// Holds the rows of `members` until `txn` ends (PostgreSQL `FOR UPDATE`, taken in id
     /// order so that two transactions locking one pair never wait on each other crosswise;
     /// SQLite's one writer runs changes one at a time): a merge is decided on the pair as the
@@ -347,6 +345,8 @@ impl Store {
         Ok(())
     }
 
+    /// The member behind `caller`'s scoped id; another partner's scoped id finds nothing, and
+    /// an erased member's id answers NOT_FOUND with reason MEMBER_ERASED (its tombstone).
     pub(crate) async fn member_for(
         conn: &impl ConnectionTrait,
         caller: &str,
