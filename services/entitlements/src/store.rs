@@ -507,23 +507,13 @@ pub(crate) async fn benefit_for_party(
     Ok(Some(to_domain(row, parties)))
 }
 
-/// Holds benefit `id`'s row to the end of the caller's transaction on PostgreSQL (SQLite's
-/// one writer already runs mutations one at a time), so that a change read-modify-written by
-/// its issuer — an update, a pause, an end, the funder's acceptance — is made on what the one
-/// before it committed: two field-masked updates at once both stand, and nothing changes a
-/// benefit another call has just ended.
+/// Holds benefit `id`'s row to the end of the caller's transaction (PostgreSQL; see
+/// [`lianyu_kit::storage::hold_rows`]), so that a change read-modify-written by its issuer —
+/// an update, a pause, an end, the funder's acceptance — is made on what the one before it
+/// committed: two field-masked updates at once both stand, and nothing changes a benefit
+/// another call has just ended.
 pub(crate) async fn lock_benefit(txn: &impl ConnectionTrait, id: &str) -> Result<(), KitError> {
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        benefit::Entity::find_by_id(id)
-            .select_only()
-            .column(benefit::Column::Id)
-            .lock_exclusive()
-            .into_tuple::<String>()
-            .one(txn)
-            .await
-            .map_err(StorageError::from)?;
-    }
-    Ok(())
+    Ok(lianyu_kit::storage::hold_rows::<benefit::Entity>(txn, &[id]).await?)
 }
 
 /// A benefit by id whoever asks (the caller's rights are checked by the domain).

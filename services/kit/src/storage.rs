@@ -30,7 +30,8 @@ mod migration;
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    Iterable, PrimaryKeyToColumn, PrimaryKeyTrait, QuerySelect, SqlErr,
 };
 use tonic::Code;
 
@@ -337,6 +338,39 @@ fn sqlite_dir(url: &str) -> Option<&std::path::Path> {
 /// Which backend a connection talks to, for the rare statement that differs.
 pub fn backend(db: &impl ConnectionTrait) -> DbBackend {
     db.get_database_backend()
+}
+
+/// Holds the rows of entity `E` whose (single-column) primary keys are `ids` until `txn` ends,
+/// taking them in key order so that two transactions holding the same rows never wait on each
+/// other crosswise: PostgreSQL `SELECT … FOR UPDATE`. On SQLite it does nothing — the one
+/// writer already runs changes one at a time, and SQLite has no row locks. For a
+/// read-modify-write of a row (a field-masked update, a state change, an acceptance) that must
+/// build on what the one before it committed, instead of writing back what it read before
+/// that commit. A missing row holds nothing.
+pub async fn hold_rows<E>(txn: &impl ConnectionTrait, ids: &[&str]) -> Result<(), StorageError>
+where
+    E: EntityTrait,
+    <E::PrimaryKey as PrimaryKeyTrait>::ValueType: From<String>,
+{
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let Some(key) = E::PrimaryKey::iter().next() else {
+        return Ok(());
+    };
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        E::find_by_id(id.to_owned())
+            .select_only()
+            .column(key.into_column())
+            .lock_exclusive()
+            .into_tuple::<String>()
+            .one(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, the kit tables' time unit.

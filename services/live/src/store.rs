@@ -314,22 +314,12 @@ pub(crate) async fn save_session(
     Ok(done.rows_affected == 1)
 }
 
-/// Holds the session's row to the end of the caller's transaction on PostgreSQL (SQLite's one
-/// writer already runs mutations one at a time), so that a change of who has accepted, or of
-/// the terms they accepted, is made on what the one before it committed — two hosts
-/// accepting at once, or an accept beside new revenue shares, never lose either.
+/// Holds the session's row to the end of the caller's transaction (PostgreSQL; see
+/// [`lianyu_kit::storage::hold_rows`]), so that a change of who has accepted, or of the terms
+/// they accepted, is made on what the one before it committed — two hosts accepting at once,
+/// or an accept beside new revenue shares, never lose either.
 pub(crate) async fn lock_session(txn: &impl ConnectionTrait, id: &str) -> Result<(), KitError> {
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        session::Entity::find_by_id(id)
-            .select_only()
-            .column(session::Column::Id)
-            .lock_exclusive()
-            .into_tuple::<String>()
-            .one(txn)
-            .await
-            .map_err(storage)?;
-    }
-    Ok(())
+    Ok(lianyu_kit::storage::hold_rows::<session::Entity>(txn, &[id]).await?)
 }
 
 /// Stores which of the session's hosts have accepted (those not in `s.pending`) and whether

@@ -322,27 +322,14 @@ impl Store {
         Ok(scoped)
     }
 
-    /// Holds the rows of `members` until `txn` ends (PostgreSQL `FOR UPDATE`, taken in id
-    /// order so that two transactions locking one pair never wait on each other crosswise;
-    /// SQLite's one writer runs changes one at a time): a merge is decided on the pair as the
-    /// one before it left them.
+    /// Holds the rows of `members` until `txn` ends (PostgreSQL, in id order; see
+    /// [`lianyu_kit::storage::hold_rows`]): a merge is decided on the pair as the one before it
+    /// left them.
     pub(crate) async fn lock_members(
         txn: &impl ConnectionTrait,
         members: [&str; 2],
     ) -> Result<(), IdentityError> {
-        let mut ids = members;
-        ids.sort_unstable();
-        for id in ids {
-            member::Entity::find_by_id(id.to_owned())
-                .select_only()
-                .column(member::Column::Id)
-                .lock_exclusive()
-                .into_tuple::<String>()
-                .one(txn)
-                .await
-                .map_err(StorageError::from)?;
-        }
-        Ok(())
+        Ok(lianyu_kit::storage::hold_rows::<member::Entity>(txn, &members).await?)
     }
 
     /// The member behind `caller`'s scoped id; another partner's scoped id finds nothing, and
