@@ -148,6 +148,7 @@ pub(crate) async fn active(
             .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
                 request_id: format!("accept-{}", created.name),
                 name: created.name.clone(),
+                etag: created.etag.clone(),
             })
             .await
             .unwrap();
@@ -250,10 +251,10 @@ async fn honoured_by_both(s: &TestServer, phone: &str) -> (pb::Benefit, String, 
     (coupon, at_mall, at_brand)
 }
 
-#[tokio::test]
-async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
-    let s = mesh("ent_lifecycle").await;
-    let created = benefits(&s, MALL)
+/// A DRAFT coupon the mall issues and the brand is asked to fund: 10 units of 50.00, one per
+/// member.
+async fn joint_draft(s: &TestServer) -> pb::Benefit {
+    benefits(s, MALL)
         .create_benefit(pb::CreateBenefitRequest {
             request_id: "d1".into(),
             benefit: Some(pb::Benefit {
@@ -262,13 +263,169 @@ async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
                 funder: format!("partners/{BRAND}"),
                 value: cny(5_000),
                 budget_units: 10,
+                per_member_limit: 1,
                 valid_until: timestamp(now_millis() + 3_600_000),
                 ..Default::default()
             }),
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// A funder accepts to pay for terms; the issuer changing them afterwards (a budget a hundred
+/// times larger, say) must not keep that acceptance. With the etag it read, the funder accepts
+/// exactly those terms or nothing; a change of what it pays for withdraws an acceptance given;
+/// a new display name does not. Every refusal is read back as having changed nothing.
+#[tokio::test]
+async fn the_funder_accepts_the_terms_it_read_and_a_change_of_them_asks_again() {
+    let s = mesh("ent_funder_terms").await;
+    let created = joint_draft(&s).await;
+    let name = created.name.clone();
+    let read = |partner: &'static str| {
+        let mut c = benefits(&s, partner);
+        let name = name.clone();
+        async move {
+            c.get_benefit(pb::GetBenefitRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let accept = |token: String, rid: &'static str, etag: String| {
+        let mut c = BenefitServiceClient::new(s.as_token(&token));
+        let name = name.clone();
+        async move {
+            c.accept_benefit_funding(pb::AcceptBenefitFundingRequest {
+                request_id: rid.into(),
+                name,
+                etag,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        }
+    };
+    let update = |rid: &'static str, change: pb::Benefit, path: &str| {
+        let mut c = benefits(&s, MALL);
+        let request = pb::UpdateBenefitRequest {
+            request_id: rid.into(),
+            benefit: Some(pb::Benefit {
+                name: name.clone(),
+                ..change
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![path.into()],
+            }),
+        };
+        async move { c.update_benefit(request).await.unwrap().into_inner() }
+    };
+    let activate = |rid: &'static str| {
+        let mut c = benefits(&s, MALL);
+        let name = name.clone();
+        async move {
+            c.activate_benefit(pb::ActivateBenefitRequest {
+                request_id: rid.into(),
+                name,
+            })
+            .await
+        }
+    };
+    // The brand reads the terms; the mall then makes the budget a hundred times larger.
+    let seen = read(BRAND).await;
+    assert_eq!(seen.etag, created.etag);
+    assert!(!seen.etag.is_empty());
+    let grown = update(
+        "grow",
+        pb::Benefit {
+            budget_units: 1_000,
+            ..Default::default()
+        },
+        "budget_units",
+    )
+    .await;
+    assert_ne!(grown.etag, seen.etag, "the terms changed, so did the etag");
+    // Accepting what it read accepts nothing.
+    let e = accept(s.token(BRAND), "stale", seen.etag.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::Aborted, "ETAG_MISMATCH")
+    );
+    assert_eq!(
+        read(MALL).await,
+        grown,
+        "a refused acceptance changed nothing"
+    );
+    let e = activate("a1").await.unwrap_err();
+    assert_eq!(reason(&e), "FUNDER_ACCEPTANCE_REQUIRED");
+    // Nobody else gets past the check by holding the right etag: not the issuer, not an
+    // outsider, not one of the funder's stores.
+    for (token, want) in [
+        (s.token(MALL), "FUNDER_ONLY"),
+        (s.token(OUTSIDER), "BENEFIT_NOT_FOUND"),
+        (s.store_token(BRAND, "sh01"), "STORE_TOKEN_NOT_ALLOWED"),
+    ] {
+        let e = accept(token, "other", grown.etag.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), want);
+    }
+    assert_eq!(read(MALL).await, grown, "refusals changed nothing");
+    // The brand reads again and accepts the terms as they are now.
+    let now = read(BRAND).await;
+    let accepted = accept(s.token(BRAND), "fresh", now.etag.clone())
+        .await
+        .unwrap();
+    assert!(accepted.funding_accepted);
+    assert_eq!((accepted.budget_units, accepted.etag), (1_000, now.etag));
+    // A new display name keeps the acceptance (the funder pays for nothing new)...
+    let renamed = update(
+        "rename",
+        pb::Benefit {
+            display_name: "Joint 50 for Double 12".into(),
+            ..Default::default()
+        },
+        "display_name",
+    )
+    .await;
+    assert!(renamed.funding_accepted);
+    assert!(read(BRAND).await.funding_accepted);
+    // ...a higher per-member limit withdraws it: the brand would pay for more per member.
+    let raised = update(
+        "raise",
+        pb::Benefit {
+            per_member_limit: 5,
+            ..Default::default()
+        },
+        "per_member_limit",
+    )
+    .await;
+    assert!(!raised.funding_accepted);
+    assert!(!read(BRAND).await.funding_accepted);
+    let e = activate("a2").await.unwrap_err();
+    assert_eq!(reason(&e), "FUNDER_ACCEPTANCE_REQUIRED");
+    assert_eq!(read(MALL).await.state, pb::BenefitState::Draft as i32);
+    // Accepting without an etag accepts the current terms; then it goes live.
+    let accepted = accept(s.token(BRAND), "current", String::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (accepted.per_member_limit, accepted.funding_accepted),
+        (5, true)
+    );
+    let on = activate("a3").await.unwrap().into_inner();
+    assert_eq!(on.state, pb::BenefitState::Active as i32);
+    assert_eq!(
+        on.etag, accepted.etag,
+        "a state change is not a change of terms"
+    );
+}
+
+#[tokio::test]
+async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
+    let s = mesh("ent_lifecycle").await;
+    let created = joint_draft(&s).await;
     assert!(!created.funding_accepted);
     let name = created.name.clone();
     let activate = |rid: &str| pb::ActivateBenefitRequest {
@@ -293,6 +450,7 @@ async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
         .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
             request_id: "x".into(),
             name: name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -314,6 +472,7 @@ async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
         .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
             request_id: "acc".into(),
             name: name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -234,6 +234,7 @@ lianyu_kit::service_error!(EntitlementsError, "lianyu.entitlements", {
     RedemptionNotFound => (NotFound, "REDEMPTION_NOT_FOUND"),
     EarningNotFound => (NotFound, "EARNING_NOT_FOUND"),
     SpendNotFound => (NotFound, "SPEND_NOT_FOUND"),
+    EtagMismatch => (Aborted, "ETAG_MISMATCH"),
 });
 
 /// The outbox topic of the internal ledger feed: a `:` no partner id holds, so no partner's
@@ -593,6 +594,9 @@ impl pb::benefit_service_server::BenefitService for Api {
                         .party_benefit_for_change(txn, me.as_str(), &r.name, "name")
                         .await?;
                     b.accept_funding(&me)?;
+                    if !r.etag.is_empty() && r.etag != to_proto(&b).etag {
+                        return Err(EntitlementsError::EtagMismatch);
+                    }
                     if !store::accept_funding(txn, &b.id).await? {
                         return Err(changed_meanwhile());
                     }
@@ -686,7 +690,21 @@ pub(crate) fn draft(b: &pb::Benefit) -> BenefitDraft<'_> {
     }
 }
 
+/// A benefit on the wire, with the etag of its terms.
 pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
+    let mut out = terms_proto(b);
+    out.etag = lianyu_kit::keycodec::etag(&pb::Benefit {
+        granted_units: 0,
+        spent_value: None,
+        state: 0,
+        funding_accepted: false,
+        ..out.clone()
+    });
+    out
+}
+
+/// A benefit on the wire without its etag.
+fn terms_proto(b: &Benefit) -> pb::Benefit {
     let money = |m: &Option<Money>| {
         m.as_ref()
             .and_then(|m| money(m.currency(), m.minor_units()))
@@ -737,6 +755,7 @@ pub(crate) fn to_proto(b: &Benefit) -> pb::Benefit {
             .budget_value
             .as_ref()
             .and_then(|m| self::money(m.currency(), b.spent_value)),
+        etag: String::new(),
     }
 }
 

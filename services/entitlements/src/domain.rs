@@ -34,6 +34,10 @@ pub enum EntitlementsError {
     /// NOT_FOUND / SPEND_NOT_FOUND: no balance spend by that name taken by the caller.
     #[error("balance spend not found")]
     SpendNotFound,
+    /// ABORTED / ETAG_MISMATCH: the benefit's terms changed since the caller read the etag it
+    /// gave.
+    #[error("the benefit's terms changed since they were read; read it again")]
+    EtagMismatch,
     #[error(transparent)]
     Kit(#[from] KitError),
 }
@@ -476,6 +480,17 @@ impl Benefit {
                 ),
             ));
         }
+        // What the funder accepted to pay for is no longer what it would pay for: on a DRAFT
+        // it accepts the new terms before the benefit goes ACTIVE.
+        if self.state == BenefitState::Draft
+            && self.funder != self.issuer
+            && (next.budget_units != self.budget_units
+                || next.budget_value != self.budget_value
+                || next.per_member_limit != self.per_member_limit
+                || next.valid_until_millis != self.valid_until_millis)
+        {
+            next.funding_accepted = false;
+        }
         *self = next;
         Ok(())
     }
@@ -858,6 +873,58 @@ mod tests {
 
     fn cny(minor: i64) -> Money {
         Money::new("CNY", minor).unwrap()
+    }
+
+    #[test]
+    fn a_change_of_what_the_funder_pays_for_withdraws_its_acceptance_of_a_draft() {
+        let (mall, brand) = (PartnerId::new("mall-b"), PartnerId::new("brand-a"));
+        let accepted = || {
+            let mut b = Benefit::define(&mall, &draft(BenefitKind::FixedCoupon), 1).unwrap();
+            b.funding_accepted = true;
+            b
+        };
+        let paths = |p: &'static str| std::collections::BTreeSet::from([p]);
+        let mut d = draft(BenefitKind::FixedCoupon);
+        d.display_name = "renamed";
+        d.budget_units = 2_000;
+        d.per_member_limit = 3;
+        d.valid_until = Ok(20_000);
+        for (path, kept) in [
+            ("display_name", true),
+            ("budget_units", false),
+            ("per_member_limit", false),
+            ("valid_until", false),
+        ] {
+            let mut b = accepted();
+            b.update(&mall, &paths(path), &d, 2).unwrap();
+            assert_eq!(b.funding_accepted, kept, "{path}");
+        }
+        // The same value again is no change.
+        let mut b = accepted();
+        b.update(
+            &mall,
+            &paths("budget_units"),
+            &draft(BenefitKind::FixedCoupon),
+            2,
+        )
+        .unwrap();
+        assert!(b.funding_accepted);
+        // A benefit its issuer funds has nobody else to ask.
+        let mut own = draft(BenefitKind::FixedCoupon);
+        own.funder = "partners/mall-b";
+        let mut b = Benefit::define(&mall, &own, 1).unwrap();
+        b.update(&mall, &paths("budget_units"), &d, 2).unwrap();
+        assert!(b.funding_accepted);
+        // Once ACTIVE the acceptance stands (the budget may only grow, as the contract says).
+        let mut b = accepted();
+        b.state = BenefitState::Active;
+        b.update(&mall, &paths("budget_units"), &d, 2).unwrap();
+        assert!(b.funding_accepted);
+        // Nobody but the issuer changes the terms.
+        let mut b = accepted();
+        let e = b.update(&brand, &paths("budget_units"), &d, 2).unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "ISSUER_ONLY");
+        assert!(b.funding_accepted && b.budget_units == 1_000);
     }
 
     #[test]

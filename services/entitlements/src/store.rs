@@ -640,7 +640,8 @@ pub(crate) async fn accept_funding(txn: &impl ConnectionTrait, id: &str) -> Resu
     Ok(done.rows_affected == 1)
 }
 
-/// Writes the updatable fields of `b` (display name, budget, per-member limit, end).
+/// Writes the updatable fields of `b` (display name, budget, per-member limit, end) and whether
+/// its funding is accepted (a change of terms on a DRAFT withdraws the acceptance).
 pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Result<(), KitError> {
     benefit::ActiveModel {
         id: Set(b.id.clone()),
@@ -650,6 +651,7 @@ pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Res
         valid_until: Set(b.valid_until_millis),
         budget_value_currency: Set(b.budget_value.as_ref().map(|m| m.currency().to_owned())),
         budget_value_minor_units: Set(b.budget_value.as_ref().map(Money::minor_units)),
+        funding_accepted: Set(b.funding_accepted),
         ..Default::default()
     }
     .update(txn)

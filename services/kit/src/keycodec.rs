@@ -21,6 +21,15 @@ pub fn decode_seed(seed: &str) -> Result<[u8; 32], String> {
     decode_key32(seed, "an Ed25519 seed")
 }
 
+/// An opaque version of a resource as a caller reads it (an AIP-154 etag): the first 12 bytes
+/// of the SHA-256 of `message`'s encoding, in hex. Build `message` from exactly what the etag
+/// stands for — the terms a caller accepts, say — so that it changes when they do and only
+/// then.
+pub fn etag(message: &impl prost::Message) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(message.encode_to_vec())[..12])
+}
+
 /// Lowercase hexadecimal of `bytes` (digests, fingerprints, ids derived from them).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -396,10 +396,19 @@ async fn coupon(
         "Jade issues {} ({}: ¥50 off ¥300, 1,000 units), funded by Aurora",
         benefit.name, benefit.display_name
     ));
-    BenefitServiceClient::new(ch(brand_token))
+    // Aurora reads the terms it is asked to pay for and accepts exactly those (the etag).
+    let mut brand_benefits = BenefitServiceClient::new(ch(brand_token));
+    let read = brand_benefits
+        .get_benefit(ent::GetBenefitRequest {
+            name: benefit.name.clone(),
+        })
+        .await?
+        .into_inner();
+    brand_benefits
         .accept_benefit_funding(ent::AcceptBenefitFundingRequest {
             request_id: "demo-fund".into(),
             name: benefit.name.clone(),
+            etag: read.etag,
         })
         .await?;
     BenefitServiceClient::new(ch(mall_token))

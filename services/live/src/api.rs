@@ -23,7 +23,6 @@ use lianyu_kit::{
 use lianyu_proto::{common::v1 as common, live::v1 as pb};
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use sha2::{Digest, Sha256};
 
 use crate::{
     domain::{FlashSale, LiveError, Product, Session, SessionState},
@@ -553,7 +552,7 @@ fn session_proto(s: &Session, role: Role) -> pb::Session {
             })
             .collect();
         // The etag covers all a host sees but who has yet to accept.
-        out.etag = lianyu_kit::keycodec::hex(&Sha256::digest(out.encode_to_vec())[..12]);
+        out.etag = lianyu_kit::keycodec::etag(&out);
         out.pending_hosts = s.pending.iter().map(|p| format!("partners/{p}")).collect();
     }
     out
