@@ -117,6 +117,7 @@ pub(crate) async fn running_campaign(s: &TestServer, proposer: &str, other: &str
         .accept_campaign(pb::AcceptCampaignRequest {
             request_id: "accept".into(),
             name: created.name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

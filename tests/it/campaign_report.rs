@@ -98,6 +98,7 @@ async fn a_joint_campaigns_budget_burns_down_stops_its_coupon_and_settles() {
         .accept_campaign(pb::AcceptCampaignRequest {
             request_id: "a".into(),
             name: created.name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -269,6 +270,7 @@ async fn a_campaigns_livestream_feeds_its_funnel_and_its_gmv() {
         .accept_campaign(pb::AcceptCampaignRequest {
             request_id: "a".into(),
             name: created.name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -173,6 +173,7 @@ fn accept(name: &str, id: &str) -> pb::AcceptCampaignRequest {
     pb::AcceptCampaignRequest {
         request_id: id.into(),
         name: name.into(),
+        ..Default::default()
     }
 }
 
@@ -363,4 +364,171 @@ async fn every_participant_accepts_the_current_terms_before_it_runs() {
         .unwrap()
         .into_inner();
     assert_eq!(ended.state, pb::CampaignState::Ended as i32);
+}
+
+/// A participant accepts the terms it read: with the etag of a read made before another
+/// participant changed the budget, nothing is accepted (ABORTED / ETAG_MISMATCH, read back
+/// unchanged); with the etag of the new terms it is. Nobody else gets anywhere with the etag.
+#[tokio::test]
+async fn a_participant_accepts_exactly_the_terms_it_read() {
+    let server = mesh("cm_etag").await;
+    let mall = campaigns(&server, &server.token(MALL));
+    let brand = campaigns(&server, &server.token(BRAND));
+    let created = mall
+        .clone()
+        .create_campaign(proposal())
+        .await
+        .unwrap()
+        .into_inner();
+    let name = created.name.clone();
+    let read = |mut client: Campaigns| {
+        let name = name.clone();
+        async move {
+            client
+                .get_campaign(pb::GetCampaignRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let seen = read(brand.clone()).await;
+    assert_eq!(seen.etag, created.etag);
+    assert!(!seen.etag.is_empty());
+    // The mall moves 1,000.00 of its share onto the brand's.
+    let mut changed = created.clone();
+    changed.budget = vec![share(MALL, "CNY", 500_000), share(BRAND, "CNY", 500_000)];
+    let updated = mall
+        .clone()
+        .update_campaign(pb::UpdateCampaignRequest {
+            request_id: "u1".into(),
+            campaign: Some(changed),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["budget".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(updated.etag, seen.etag);
+    let with_etag = |rid: &str, etag: &str| pb::AcceptCampaignRequest {
+        request_id: rid.into(),
+        name: name.clone(),
+        etag: etag.into(),
+    };
+    let e = brand
+        .clone()
+        .accept_campaign(with_etag("stale", &seen.etag))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::Aborted, "ETAG_MISMATCH")
+    );
+    assert_eq!(read(mall.clone()).await, updated, "nothing accepted");
+    // Not the outsider, not the brand's store: the etag opens nothing.
+    for token in [server.token(OUTSIDER), server.store_token(BRAND, "sh01")] {
+        let e = campaigns(&server, &token)
+            .accept_campaign(with_etag("other", &updated.etag))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                reason(&e).as_str(),
+                "CAMPAIGN_NOT_FOUND" | "STORE_TOKEN_NOT_ALLOWED"
+            ),
+            "{e:?}"
+        );
+    }
+    assert_eq!(
+        read(mall.clone()).await,
+        updated,
+        "refusals changed nothing"
+    );
+    // The brand reads the new terms and accepts them.
+    let now = read(brand.clone()).await;
+    let accepted = brand
+        .clone()
+        .accept_campaign(with_etag("fresh", &now.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.state, pb::CampaignState::Scheduled as i32);
+    assert_eq!(
+        (accepted.budget, accepted.etag),
+        (updated.budget, updated.etag),
+        "accepting changes the state, not the terms or their etag"
+    );
+}
+
+/// The same race, sent at once: a participant accepting what it read while the proposer
+/// changes the terms. Either the acceptance commits first (the campaign is SCHEDULED on the
+/// terms read and the change is refused), or the change does (the acceptance is refused and
+/// the campaign stays a DRAFT on the new terms) — never both answered OK, never terms
+/// accepted that the accepting participant did not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acceptance_racing_a_change_of_terms_accepts_only_what_was_read() {
+    let server = mesh("cm_accept_race").await;
+    let mall = campaigns(&server, &server.token(MALL));
+    let brand = campaigns(&server, &server.token(BRAND));
+    for trial in 0..12 {
+        let mut request = proposal();
+        request.request_id = format!("c{trial}");
+        let created = mall
+            .clone()
+            .create_campaign(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut changed = created.clone();
+        changed.budget = vec![share(MALL, "CNY", 500_000), share(BRAND, "CNY", 500_000)];
+        let (accepted, updated) = tokio::join!(
+            tokio::spawn({
+                let mut brand = brand.clone();
+                let request = pb::AcceptCampaignRequest {
+                    request_id: format!("a{trial}"),
+                    name: created.name.clone(),
+                    etag: created.etag.clone(),
+                };
+                async move { brand.accept_campaign(request).await }
+            }),
+            tokio::spawn({
+                let mut mall = mall.clone();
+                let request = pb::UpdateCampaignRequest {
+                    request_id: format!("u{trial}"),
+                    campaign: Some(changed),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["budget".into()],
+                    }),
+                };
+                async move { mall.update_campaign(request).await }
+            }),
+        );
+        let (accepted, updated) = (accepted.unwrap(), updated.unwrap());
+        let now = brand
+            .clone()
+            .get_campaign(pb::GetCampaignRequest {
+                name: created.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match (accepted, updated) {
+            (Ok(_), Err(e)) => {
+                assert_eq!(reason(&e), "CAMPAIGN_STATE");
+                assert_eq!(now.state, pb::CampaignState::Scheduled as i32);
+                assert_eq!(
+                    (now.budget, now.etag),
+                    (created.budget.clone(), created.etag)
+                );
+            }
+            (Err(e), Ok(u)) => {
+                assert_eq!(reason(&e), "ETAG_MISMATCH");
+                assert_eq!(now.state, pb::CampaignState::Draft as i32);
+                assert_eq!(now.accepted_by, [format!("partners/{MALL}")]);
+                let u = u.into_inner();
+                assert_eq!((now.budget, now.etag), (u.budget, u.etag));
+            }
+            other => panic!("trial {trial}: exactly one of the two stands: {other:?}"),
+        }
+    }
 }

@@ -126,6 +126,7 @@ lianyu_kit::service_error!(ComarketingError, "lianyu.comarketing", {
     OperationNotFound => (NotFound, "OPERATION_NOT_FOUND"),
     ContactNotFound => (NotFound, "CONTACT_NOT_FOUND"),
     MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
+    EtagMismatch => (Aborted, "ETAG_MISMATCH"),
 });
 
 /// Refuses the operator and store tokens: campaigns commit a whole partner.
@@ -189,6 +190,25 @@ fn partner_name(p: &PartnerId) -> String {
 }
 
 fn campaign_proto(c: &Campaign) -> pb::Campaign {
+    let mut out = terms_proto(c);
+    out.etag = lianyu_kit::keycodec::etag(&pb::Campaign {
+        name: out.name.clone(),
+        display_name: out.display_name.clone(),
+        partners: out.partners.clone(),
+        budget: out.budget.clone(),
+        start_time: out.start_time,
+        end_time: out.end_time,
+        alliance: out.alliance.clone(),
+        channels: out.channels.clone(),
+        benefits: out.benefits.clone(),
+        sessions: out.sessions.clone(),
+        ..Default::default()
+    });
+    out
+}
+
+/// A campaign on the wire without its etag.
+fn terms_proto(c: &Campaign) -> pb::Campaign {
     let shares = c.share_bps();
     let (currency, total) = c.budget_total().unwrap_or_default();
     let remaining = (total - c.spent).max(0);
@@ -231,6 +251,7 @@ fn campaign_proto(c: &Campaign) -> pb::Campaign {
         exhaust_time: c.exhausted_at.and_then(timestamp),
         create_time: timestamp(c.created_at),
         update_time: timestamp(c.updated_at),
+        etag: String::new(),
     }
 }
 

@@ -35,6 +35,10 @@ pub enum ComarketingError {
     /// NOT_FOUND / MEMBER_NOT_FOUND: the caller holds no such member.
     #[error("member not found")]
     MemberNotFound,
+    /// ABORTED / ETAG_MISMATCH: the campaign's terms changed since the caller read the etag
+    /// it gave.
+    #[error("the campaign's terms changed since they were read; read it again")]
+    EtagMismatch,
     #[error(transparent)]
     Kit(#[from] KitError),
 }

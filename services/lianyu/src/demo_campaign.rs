@@ -86,10 +86,19 @@ pub(crate) async fn plan(
         })
         .await?
         .into_inner();
-    CampaignServiceClient::new(ch(brand_token))
+    // Aurora reads the terms and accepts exactly what it read (the etag).
+    let mut brand_campaigns = CampaignServiceClient::new(ch(brand_token));
+    let read = brand_campaigns
+        .get_campaign(cm::GetCampaignRequest {
+            name: campaign.name.clone(),
+        })
+        .await?
+        .into_inner();
+    brand_campaigns
         .accept_campaign(cm::AcceptCampaignRequest {
             request_id: "demo-campaign-accept".into(),
             name: campaign.name.clone(),
+            etag: read.etag,
         })
         .await?;
     let running = CampaignServiceClient::new(ch(mall_token))

@@ -36,13 +36,14 @@ fn draft(given: &pb::Campaign) -> CampaignDraft<'_> {
 type Step = fn(&mut Campaign, &PartnerId, i64) -> Result<(), KitError>;
 
 impl Api {
-    /// Runs `step` on the campaign `name` under its row lock, as the caller's mutation.
+    /// Runs `step` on the campaign `name` under its row lock, as the caller's mutation; when
+    /// `etag` is given, only on the terms it stands for (ABORTED / ETAG_MISMATCH otherwise).
     async fn transition(
         &self,
         call: lianyu_kit::Call,
         request_id: &str,
         request: &impl prost::Message,
-        name: &str,
+        (name, etag): (&str, &str),
         step: Step,
     ) -> Result<pb::Campaign, ComarketingError> {
         partner_only(&call)?;
@@ -54,6 +55,9 @@ impl Api {
                 let mut c = store::campaign_for_participant(txn, me.as_str(), id, true)
                     .await?
                     .ok_or(ComarketingError::CampaignNotFound)?;
+                if !etag.is_empty() && etag != campaign_proto(&c).etag {
+                    return Err(ComarketingError::EtagMismatch);
+                }
                 step(&mut c, &me, now_millis())?;
                 store::save_campaign(txn, &c).await?;
                 Ok(campaign_proto(&c))
@@ -180,7 +184,7 @@ impl pb::campaign_service_server::CampaignService for Api {
         request: Request<pb::AcceptCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
         unary(request, async |call, r| {
-            self.transition(call, &r.request_id, &r, &r.name, |c, me, now| {
+            self.transition(call, &r.request_id, &r, (&r.name, &r.etag), |c, me, now| {
                 c.accept(me, now)
             })
             .await
@@ -193,8 +197,10 @@ impl pb::campaign_service_server::CampaignService for Api {
         request: Request<pb::LaunchCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
         unary(request, async |call, r| {
-            self.transition(call, &r.request_id, &r, &r.name, |c, _, now| c.launch(now))
-                .await
+            self.transition(call, &r.request_id, &r, (&r.name, ""), |c, _, now| {
+                c.launch(now)
+            })
+            .await
         })
         .await
     }
@@ -204,8 +210,10 @@ impl pb::campaign_service_server::CampaignService for Api {
         request: Request<pb::EndCampaignRequest>,
     ) -> Result<Response<pb::Campaign>, Status> {
         unary(request, async |call, r| {
-            self.transition(call, &r.request_id, &r, &r.name, |c, _, now| c.end(now))
-                .await
+            self.transition(call, &r.request_id, &r, (&r.name, ""), |c, _, now| {
+                c.end(now)
+            })
+            .await
         })
         .await
     }

@@ -168,6 +168,7 @@ pub async fn prepare(
         .accept_campaign(cm::AcceptCampaignRequest {
             request_id: uuid::Uuid::new_v4().to_string(),
             name: created.name.clone(),
+            etag: created.etag.clone(),
         })
         .await?;
     mall.launch_campaign(cm::LaunchCampaignRequest {
