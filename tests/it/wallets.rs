@@ -422,6 +422,86 @@ async fn the_funder_accepts_the_terms_it_read_and_a_change_of_them_asks_again() 
     );
 }
 
+/// The funder accepting what it read while the issuer grows the budget, sent at once: either
+/// the acceptance commits first and the change then withdraws it, or the change does and the
+/// acceptance is refused (ETAG_MISMATCH). Either way the benefit ends up on the new budget
+/// with nobody's acceptance of it, and cannot go live until the funder accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_funders_acceptance_racing_a_change_of_terms_never_covers_terms_it_did_not_read() {
+    let s = mesh("ent_funder_race").await;
+    for trial in 0..24 {
+        let created = benefits(&s, MALL)
+            .create_benefit(pb::CreateBenefitRequest {
+                request_id: format!("d{trial}"),
+                benefit: Some(pb::Benefit {
+                    display_name: format!("Joint {trial}"),
+                    kind: pb::BenefitKind::FixedCoupon as i32,
+                    funder: format!("partners/{BRAND}"),
+                    value: cny(5_000),
+                    budget_units: 10,
+                    valid_until: timestamp(now_millis() + 3_600_000),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (accepted, grown) = tokio::join!(
+            tokio::spawn({
+                let mut c = benefits(&s, BRAND);
+                let request = pb::AcceptBenefitFundingRequest {
+                    request_id: format!("a{trial}"),
+                    name: created.name.clone(),
+                    etag: created.etag.clone(),
+                };
+                async move { c.accept_benefit_funding(request).await }
+            }),
+            tokio::spawn({
+                let mut c = benefits(&s, MALL);
+                let request = pb::UpdateBenefitRequest {
+                    request_id: format!("g{trial}"),
+                    benefit: Some(pb::Benefit {
+                        name: created.name.clone(),
+                        budget_units: 1_000,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["budget_units".into()],
+                    }),
+                };
+                async move { c.update_benefit(request).await }
+            }),
+        );
+        let grown = grown
+            .unwrap()
+            .expect("the issuer's change of a DRAFT stands");
+        if let Err(e) = accepted.unwrap() {
+            assert_eq!(reason(&e), "ETAG_MISMATCH", "trial {trial}");
+        }
+        let now = benefits(&s, BRAND)
+            .get_benefit(pb::GetBenefitRequest {
+                name: created.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(now.budget_units, 1_000, "trial {trial}");
+        assert_eq!(now.etag, grown.into_inner().etag, "trial {trial}");
+        assert!(
+            !now.funding_accepted,
+            "trial {trial}: the funder never accepted a budget of 1,000"
+        );
+        let e = benefits(&s, MALL)
+            .activate_benefit(pb::ActivateBenefitRequest {
+                request_id: format!("on{trial}"),
+                name: created.name.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "FUNDER_ACCEPTANCE_REQUIRED", "trial {trial}");
+    }
+}
+
 #[tokio::test]
 async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
     let s = mesh("ent_lifecycle").await;
