@@ -94,6 +94,7 @@ pub(crate) fn status(error: impl Into<IdentityError>) -> Status {
 lianyu_kit::service_error!(IdentityError, "lianyu.identity", {
     MemberNotFound => (NotFound, "MEMBER_NOT_FOUND"),
     MemberErased => (NotFound, "MEMBER_ERASED"),
+    TermsVersionMismatch => (Aborted, "TERMS_VERSION_MISMATCH"),
 });
 
 /// A store principal acts only within its store — no credentials, no partner settings, no

@@ -26,6 +26,10 @@ pub enum IdentityError {
     /// tombstone and is never handed out again.
     #[error("member erased")]
     MemberErased,
+    /// ABORTED / TERMS_VERSION_MISMATCH: the alliance's terms changed since the caller read
+    /// the `terms_version` it gave.
+    #[error("the alliance's terms changed since they were read; read them again")]
+    TermsVersionMismatch,
     #[error(transparent)]
     Kit(#[from] KitError),
 }

@@ -445,6 +445,7 @@ impl TestServer {
             .accept_alliance(pb::AcceptAllianceRequest {
                 request_id: "harness-accept".into(),
                 name: alliance.name,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("accept alliance: {e}"));

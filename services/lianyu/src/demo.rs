@@ -201,6 +201,8 @@ pub async fn run(
         .accept_alliance(pb::AcceptAllianceRequest {
             request_id: "demo-accept".into(),
             name: alliance.name.clone(),
+            // The terms Jade was shown: had Aurora changed them since, nothing would be accepted.
+            terms_version: alliance.terms_version,
         })
         .await?
         .into_inner();

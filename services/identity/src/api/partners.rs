@@ -248,6 +248,12 @@ impl PartnerService for Api {
         super::partner_wide(who).map_err(status)?;
         super::not_the_operator(who).map_err(status)?;
         let r = request.into_inner();
+        if r.terms_version < 0 {
+            return Err(status(KitError::invalid(
+                "terms_version",
+                "the alliance's terms_version as read, or 0",
+            )));
+        }
         let current = self
             .member_alliance(&who.partner_id, &r.name)
             .await
@@ -265,6 +271,9 @@ impl PartnerService for Api {
                         "the alliance is no longer open for acceptance".into(),
                     )
                 })?;
+                if r.terms_version != 0 && r.terms_version != alliance.terms_version {
+                    return Err(IdentityError::TermsVersionMismatch);
+                }
                 Store::save_alliance_state(txn, &alliance).await?;
                 Ok(convert::alliance(&alliance))
             })

@@ -137,6 +137,7 @@ async fn new_terms_make_old_consents_stale_until_the_member_consents_again() {
         .accept_alliance(pb::AcceptAllianceRequest {
             request_id: "accept-v2".into(),
             name: alliance.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -160,6 +161,115 @@ async fn new_terms_make_old_consents_stale_until_the_member_consents_again() {
         "the receipt tells the new terms"
     );
     assert!(allowed(&mut mall, &mall_id).await);
+}
+
+/// A partner accepts the alliance terms it read: after another member partner widened them
+/// (more data categories, a new processing method), an acceptance of the version read accepts
+/// nothing — read back unchanged — and the version now in force is accepted as usual. The
+/// version opens nothing for anybody else.
+#[tokio::test]
+async fn a_partner_accepts_exactly_the_alliance_terms_it_read() {
+    let identity = Identity::with_partners("alliance_terms_read").await;
+    let (mut brand, mut mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    let proposed = brand
+        .partners
+        .create_alliance(pb::CreateAllianceRequest {
+            request_id: "second".into(),
+            alliance: Some(crate::harness::alliance(&["brand-a", "mall-b"])),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let read = |who: &mut As| {
+        let mut partners = who.partners.clone();
+        let name = proposed.name.clone();
+        async move {
+            partners
+                .get_alliance(pb::GetAllianceRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let seen = read(&mut mall).await;
+    assert_eq!(seen.terms_version, 1);
+    let widened = brand
+        .partners
+        .update_alliance(update(
+            "widen",
+            pb::Alliance {
+                name: proposed.name.clone(),
+                data_categories: vec![
+                    "profile.basic".into(),
+                    "membership.tier".into(),
+                    "purchase.history".into(),
+                ],
+                ..Default::default()
+            },
+            &["data_categories"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(widened.terms_version, 2);
+    let accept = |rid: &str, terms_version: i64| pb::AcceptAllianceRequest {
+        request_id: rid.into(),
+        name: proposed.name.clone(),
+        terms_version,
+    };
+    let e = mall
+        .partners
+        .accept_alliance(accept("stale", seen.terms_version))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::Aborted, "TERMS_VERSION_MISMATCH")
+    );
+    let after = read(&mut brand).await;
+    assert_eq!(after, widened, "nothing accepted");
+    assert_eq!(after.status, pb::AllianceStatus::Proposed as i32);
+    // A version that cannot be one, and callers the version does not let in.
+    let e = mall
+        .partners
+        .accept_alliance(accept("negative", -1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).1.as_deref()),
+        (Code::InvalidArgument, Some("terms_version"))
+    );
+    for (mut who, want) in [
+        (identity.as_partner("brand-c"), "ALLIANCE_NOT_FOUND"),
+        (
+            identity.as_store("mall-b", "sh01"),
+            "STORE_TOKEN_NOT_ALLOWED",
+        ),
+        (identity.operator(), "OPERATOR_JOINS_NO_ALLIANCE"),
+    ] {
+        let e = who
+            .partners
+            .accept_alliance(accept("other", widened.terms_version))
+            .await
+            .unwrap_err();
+        assert_eq!(details(&e).0, want);
+    }
+    assert_eq!(read(&mut brand).await, widened, "refusals changed nothing");
+    // The mall reads the new terms and accepts them.
+    let now = read(&mut mall).await;
+    let accepted = mall
+        .partners
+        .accept_alliance(accept("fresh", now.terms_version))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (accepted.status, accepted.terms_version),
+        (pb::AllianceStatus::Active as i32, 2)
+    );
 }
 
 #[tokio::test]

@@ -172,6 +172,7 @@ impl Identity {
             .accept_alliance(pb::AcceptAllianceRequest {
                 request_id: "accept-1".into(),
                 name: alliance.name,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -242,6 +243,7 @@ impl Identity {
             .accept_alliance(pb::AcceptAllianceRequest {
                 request_id: format!("accept-{a}-{b}"),
                 name: created.name.clone(),
+                ..Default::default()
             })
             .await
             .unwrap();

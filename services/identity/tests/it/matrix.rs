@@ -270,6 +270,7 @@ async fn run(
                 .accept_alliance(pb::AcceptAllianceRequest {
                     request_id: rid,
                     name: t.alliance_with_s.clone(),
+                    ..Default::default()
                 })
                 .await,
         ),

@@ -434,3 +434,72 @@ async fn an_enrolment_racing_the_last_holders_erasure_is_never_left_with_an_eras
         "one person per phone is in the mesh, held by the mall"
     );
 }
+
+/// A partner accepting the alliance terms it read while another member partner widens them,
+/// sent at once: either the acceptance commits first and the new terms then ask for it again,
+/// or the new terms do and the acceptance is refused (TERMS_VERSION_MISMATCH). Either way the
+/// alliance ends on the new terms with nobody but their author having accepted them.
+#[tokio::test]
+async fn an_acceptance_racing_new_alliance_terms_never_covers_terms_it_did_not_read() {
+    const TRIALS: usize = 12;
+    let identity = Identity::with_partners("race_alliance_terms").await;
+    let (brand, mall) = (
+        identity.as_partner("brand-a"),
+        identity.as_partner("mall-b"),
+    );
+    for t in 0..TRIALS {
+        let (mut brand, mut mall) = (brand.clone(), mall.clone());
+        let proposed = brand
+            .partners
+            .create_alliance(pb::CreateAllianceRequest {
+                request_id: format!("a{t}"),
+                alliance: Some(crate::harness::alliance(&["brand-a", "mall-b"])),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let widen = pb::UpdateAllianceRequest {
+            request_id: format!("w{t}"),
+            alliance: Some(pb::Alliance {
+                name: proposed.name.clone(),
+                data_categories: vec!["profile.basic".into(), "purchase.history".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["data_categories".into()],
+            }),
+        };
+        let accept = pb::AcceptAllianceRequest {
+            request_id: format!("ok{t}"),
+            name: proposed.name.clone(),
+            terms_version: proposed.terms_version,
+        };
+        let (mut brand_again, mut mall_again) = (brand.clone(), mall.clone());
+        let (widened, accepted) = tokio::join!(
+            tokio::spawn(async move { brand_again.partners.update_alliance(widen).await }),
+            tokio::spawn(async move { mall_again.partners.accept_alliance(accept).await }),
+        );
+        let widened = widened.unwrap().expect("new terms stand").into_inner();
+        if let Err(e) = accepted.unwrap() {
+            assert_eq!(details(&e).0, "TERMS_VERSION_MISMATCH", "trial {t}");
+        }
+        let now = mall
+            .partners
+            .get_alliance(pb::GetAllianceRequest {
+                name: proposed.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (now.terms_version, now.status, now.accepted_by.clone()),
+            (
+                widened.terms_version,
+                pb::AllianceStatus::Proposed as i32,
+                vec!["partners/brand-a".to_owned()]
+            ),
+            "trial {t}: the mall never accepted the widened terms"
+        );
+        assert_eq!(now.data_categories, widened.data_categories);
+    }
+}

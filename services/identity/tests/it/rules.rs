@@ -141,6 +141,7 @@ async fn consent_needs_an_active_alliance_that_allows_the_purpose() {
         .accept_alliance(pb::AcceptAllianceRequest {
             request_id: "b".into(),
             name: proposed.name,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -123,6 +123,7 @@ async fn another_partners_ids_are_not_found_everywhere() {
         .accept_alliance(pb::AcceptAllianceRequest {
             request_id: "x".into(),
             name,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -820,6 +820,7 @@ async fn the_operator_joins_no_alliance() {
         .accept_alliance(pb::AcceptAllianceRequest {
             request_id: "accept".into(),
             name: proposed.name.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

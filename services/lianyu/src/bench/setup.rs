@@ -148,6 +148,7 @@ impl Target {
             .accept_alliance(pb::AcceptAllianceRequest {
                 request_id: uuid::Uuid::new_v4().to_string(),
                 name: created.name,
+                ..Default::default()
             })
             .await?;
 
