@@ -125,7 +125,19 @@ def main():
                         detail.Unpack(bad)
                 assert (info.reason, info.domain) == ("INVALID_ARGUMENT", "lianyu.identity"), info
                 assert [v.field for v in bad.field_violations] == ["name"], bad
-            print("python partner client: reflection, IssueToken, ListPartners, rich errors: ok")
+            # The demo's coupon, as its issuer and its funder read it: one etag of its terms,
+            # the version a funder passes to AcceptBenefitFunding.
+            ListBenefits, list_benefits = contracts.method(channel, "lianyu.entitlements.v1.BenefitService", "ListBenefits")
+            GetBenefit, get_benefit = contracts.method(channel, "lianyu.entitlements.v1.BenefitService", "GetBenefit")
+            coupons = list_benefits(ListBenefits(), metadata=auth).benefits
+            assert len(coupons) == 1, coupons
+            etag = coupons[0].etag
+            assert len(etag) == 24 and all(c in "0123456789abcdef" for c in etag), etag
+            brand_id, brand_secret = credentials["aurora-shoes"]
+            brand_token = issue(IssueToken(client_id=brand_id, client_secret=brand_secret)).access_token
+            as_funder = get_benefit(GetBenefit(name=coupons[0].name), metadata=[("authorization", f"Bearer {brand_token}")])
+            assert (as_funder.etag, as_funder.funding_accepted) == (etag, True), as_funder
+            print("python partner client: reflection, IssueToken, ListPartners, rich errors, etags: ok")
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=20)

@@ -419,7 +419,7 @@ async fn coupon(
             name: benefit.name.clone(),
         })
         .await?;
-    say("Aurora accepts to fund it; Jade activates it");
+    say("Aurora reads the terms and accepts to fund exactly those (their etag); Jade activates it");
     let campaign =
         crate::demo_campaign::plan(channel, tokens, (BRAND, MALL), &benefit.name, alliance, say)
             .await?;

@@ -109,7 +109,7 @@ pub(crate) async fn plan(
         .await?
         .into_inner();
     say(&format!(
-        "Jade proposes the joint campaign {} with the coupon attached (budget {} from Jade, {} from Aurora); Aurora accepts; it is {}",
+        "Jade proposes the joint campaign {} with the coupon attached (budget {} from Jade, {} from Aurora); Aurora accepts the terms it read (their etag); it is {}",
         running.name,
         yuan(cny(50_000).as_ref()),
         yuan(cny(100_000).as_ref()),
