@@ -2898,3 +2898,78 @@ async fn claims_racing_a_drops_early_close_are_granted_or_refused_and_units_add_
     );
     assert_eq!(rows(&s, "entitlements", "wallet_items").await, granted);
 }
+
+/// The figures stream as a dashboard uses it: the first reading at once, a new one when an
+/// order lands, a last one when the show ends — and then the stream ends. Only a co-host (or
+/// the hosting store's token) watches; anyone else learns nothing, not even that it exists.
+#[tokio::test]
+async fn the_figures_stream_follows_a_show_to_its_end_for_its_co_hosts_only() {
+    let s = mesh("live_stats_stream").await;
+    let session = on_air(&s).await;
+    let product = add_product(&s, &session.name, "LIP-520", 19_900).await;
+    let watch = |token: String, name: String| {
+        let mut client = stats(&s, &token);
+        async move {
+            client
+                .watch_session_stats(pb::WatchSessionStatsRequest { session: name })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    for (token, code, want) in [
+        (s.token(OUTSIDER), Code::NotFound, "SESSION_NOT_FOUND"),
+        (
+            s.store_token(MALL, "sh02"),
+            Code::NotFound,
+            "SESSION_NOT_FOUND",
+        ),
+    ] {
+        let e = watch(token, session.name.clone()).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, want));
+    }
+    let e = watch(s.token(MALL), "sessions/".into()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let next = async |stream: &mut tonic::Streaming<pb::WatchSessionStatsResponse>| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("a reading in time")
+            .unwrap()
+    };
+    let mut host = watch(s.token(MALL), session.name.clone()).await.unwrap();
+    let mut store = watch(s.store_token(MALL, "sh01"), session.name.clone())
+        .await
+        .unwrap();
+    for stream in [&mut host, &mut store] {
+        let first = next(stream).await.unwrap().stats.unwrap();
+        assert_eq!(
+            (first.session.as_str(), first.orders),
+            (session.name.as_str(), 0)
+        );
+    }
+    let member = enrol(&s, BRAND, "13812345671").await;
+    orders(&s, &s.token(BRAND))
+        .place_order(buy_product(
+            &session.name,
+            &product.name,
+            &member,
+            "figures",
+        ))
+        .await
+        .unwrap();
+    let after = next(&mut host).await.unwrap().stats.unwrap();
+    assert_eq!(after.orders, 1);
+    assert_eq!(after.gross_sales, cny(19_900));
+    sessions(&s, &s.token(BRAND))
+        .end_session(pb::EndSessionRequest {
+            request_id: "end".into(),
+            name: session.name.clone(),
+        })
+        .await
+        .unwrap();
+    // The last reading comes with the end, then nothing more: the stream is over.
+    let mut last = None;
+    while let Some(reading) = next(&mut host).await {
+        last = reading.stats;
+    }
+    assert_eq!(last.map(|l| l.orders), Some(1));
+}
