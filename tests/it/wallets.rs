@@ -251,6 +251,20 @@ async fn honoured_by_both(s: &TestServer, phone: &str) -> (pb::Benefit, String, 
     (coupon, at_mall, at_brand)
 }
 
+/// UpdateBenefit of benefit `name` setting `path` from `change`.
+fn masked(name: &str, rid: &str, change: pb::Benefit, path: &str) -> pb::UpdateBenefitRequest {
+    pb::UpdateBenefitRequest {
+        request_id: rid.into(),
+        benefit: Some(pb::Benefit {
+            name: name.into(),
+            ..change
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![path.into()],
+        }),
+    }
+}
+
 /// A DRAFT coupon the mall issues and the brand is asked to fund: 10 units of 50.00, one per
 /// member.
 async fn joint_draft(s: &TestServer) -> pb::Benefit {
@@ -307,16 +321,7 @@ async fn the_funder_accepts_the_terms_it_read_and_a_change_of_them_asks_again() 
     };
     let update = |rid: &'static str, change: pb::Benefit, path: &str| {
         let mut c = benefits(&s, MALL);
-        let request = pb::UpdateBenefitRequest {
-            request_id: rid.into(),
-            benefit: Some(pb::Benefit {
-                name: name.clone(),
-                ..change
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec![path.into()],
-            }),
-        };
+        let request = masked(&name, rid, change, path);
         async move { c.update_benefit(request).await.unwrap().into_inner() }
     };
     let activate = |rid: &'static str| {
@@ -420,6 +425,186 @@ async fn the_funder_accepts_the_terms_it_read_and_a_change_of_them_asks_again() 
         on.etag, accepted.etag,
         "a state change is not a change of terms"
     );
+}
+
+/// A live benefit another partner funds grows only with that partner's word: the issuer's
+/// larger budget (units or money) is a proposal, grants stop at the budget in force until the
+/// funder accepts it — with the etag of the proposal it read — and the benefit never loses its
+/// money budget. A benefit its issuer funds grows at once.
+#[tokio::test]
+async fn a_live_benefit_grows_past_what_its_funder_accepted_only_when_the_funder_accepts() {
+    let s = mesh("ent_funded_growth").await;
+    let coupon = active(&s, MALL, BRAND, MALL, |b| {
+        b.budget_units = 1;
+        b.per_member_limit = 0;
+        b.budget_value = cny(10_000);
+    })
+    .await;
+    let name = coupon.name.clone();
+    let update = |rid: &'static str, change: pb::Benefit, path: &'static str| {
+        let mut c = benefits(&s, MALL);
+        let request = masked(&name, rid, change, path);
+        async move {
+            c.update_benefit(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let accept = |token: String, rid: &'static str, etag: String| {
+        let mut c = BenefitServiceClient::new(s.as_token(&token));
+        let name = name.clone();
+        async move {
+            c.accept_benefit_funding(pb::AcceptBenefitFundingRequest {
+                request_id: rid.into(),
+                name,
+                etag,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        }
+    };
+    let read = || {
+        let mut c = benefits(&s, BRAND);
+        let name = name.clone();
+        async move {
+            c.get_benefit(pb::GetBenefitRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Nothing is proposed yet: the funder has nothing to accept.
+    let e = accept(s.token(BRAND), "nothing", String::new())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_STATE");
+    let proposed = update(
+        "grow",
+        pb::Benefit {
+            budget_units: 2,
+            ..Default::default()
+        },
+        "budget_units",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (proposed.budget_units, proposed.proposed_budget_units),
+        (1, 2)
+    );
+    assert_ne!(proposed.etag, coupon.etag);
+    // The budget in force is still one unit.
+    let member = enrol(&s, MALL, "13800138051").await;
+    consent(&s, MALL, &member, BRAND).await;
+    wallet(&s, MALL)
+        .grant_benefit(grant(&member, &name, "g1"))
+        .await
+        .unwrap();
+    let e = wallet(&s, MALL)
+        .grant_benefit(grant(&member, &name, "g2"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BUDGET_EXHAUSTED");
+    // The money budget is never removed, and may be proposed larger beside the units.
+    let e = update(
+        "drop-money",
+        pb::Benefit {
+            budget_value: None,
+            ..Default::default()
+        },
+        "budget_value",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&e), "BUDGET_MAY_ONLY_GROW");
+    let both = update(
+        "more-money",
+        pb::Benefit {
+            budget_value: cny(20_000),
+            ..Default::default()
+        },
+        "budget_value",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            both.budget_value.clone(),
+            both.proposed_budget_value.clone()
+        ),
+        (cny(10_000), cny(20_000))
+    );
+    assert_eq!(both.proposed_budget_units, 2);
+    // Only the funder accepts, and only what it read.
+    let e = accept(s.token(MALL), "self", both.etag.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "FUNDER_ONLY");
+    let e = accept(s.token(BRAND), "stale", proposed.etag.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ETAG_MISMATCH");
+    assert_eq!(read().await, both, "refusals changed nothing");
+    let accepted = accept(s.token(BRAND), "yes", both.etag.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            accepted.budget_units,
+            accepted.budget_value.clone(),
+            accepted.proposed_budget_units,
+            accepted.proposed_budget_value.clone()
+        ),
+        (2, cny(20_000), 0, None)
+    );
+    assert_eq!(read().await, accepted);
+    wallet(&s, MALL)
+        .grant_benefit(grant(&member, &name, "g3"))
+        .await
+        .unwrap();
+    // A proposal the issuer takes back: the budget in force again withdraws it.
+    let again = update(
+        "grow-again",
+        pb::Benefit {
+            budget_units: 5,
+            ..Default::default()
+        },
+        "budget_units",
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.proposed_budget_units, 5);
+    let back = update(
+        "take-back",
+        pb::Benefit {
+            budget_units: 2,
+            ..Default::default()
+        },
+        "budget_units",
+    )
+    .await
+    .unwrap();
+    assert_eq!((back.budget_units, back.proposed_budget_units), (2, 0));
+    // A benefit the mall funds itself grows at once.
+    let own = active(&s, MALL, MALL, MALL, |b| {
+        b.display_name = "Own coupon".into();
+        b.budget_units = 1;
+    })
+    .await;
+    let grown = benefits(&s, MALL)
+        .update_benefit(masked(
+            &own.name,
+            "own",
+            pb::Benefit {
+                budget_units: 3,
+                ..Default::default()
+            },
+            "budget_units",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((grown.budget_units, grown.proposed_budget_units), (3, 0));
 }
 
 /// The funder accepting what it read while the issuer grows the budget, sent at once: either
@@ -603,12 +788,23 @@ async fn the_issuer_alone_moves_a_benefit_and_the_funder_accepts_first() {
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "ISSUER_ONLY");
+    // The brand funds it: a larger budget is proposed to the brand, and stands once it accepts.
     let grown = benefits(&s, MALL)
         .update_benefit(update("u3", 20))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(grown.budget_units, 20);
+    assert_eq!((grown.budget_units, grown.proposed_budget_units), (10, 20));
+    let grown = benefits(&s, BRAND)
+        .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
+            request_id: "grow".into(),
+            name: name.clone(),
+            etag: grown.etag,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((grown.budget_units, grown.proposed_budget_units), (20, 0));
     let paused = benefits(&s, MALL)
         .pause_benefit(pb::PauseBenefitRequest {
             request_id: "p1".into(),

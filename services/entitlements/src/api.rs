@@ -588,7 +588,8 @@ impl pb::benefit_service_server::BenefitService for Api {
         unary(request, async |call, r| {
             lianyu_kit::call::partner_wide(&call.who)?;
             let me = PartnerId::new(call.partner_id());
-            self.mutations
+            let benefit = self
+                .mutations
                 .run(&call, &r.request_id, &r, async |txn| {
                     let mut b = self
                         .party_benefit_for_change(txn, me.as_str(), &r.name, "name")
@@ -597,13 +598,23 @@ impl pb::benefit_service_server::BenefitService for Api {
                     if !r.etag.is_empty() && r.etag != to_proto(&b).etag {
                         return Err(EntitlementsError::EtagMismatch);
                     }
-                    if !store::accept_funding(txn, &b.id).await? {
-                        return Err(changed_meanwhile());
+                    if b.state == BenefitState::Draft {
+                        if !store::accept_funding(txn, &b.id).await? {
+                            return Err(changed_meanwhile());
+                        }
+                        b.funding_accepted = true;
+                    } else {
+                        // A live benefit's proposed budget, now the funder's word.
+                        b.take_proposed_growth();
+                        store::update_terms(txn, &b).await?;
                     }
-                    b.funding_accepted = true;
                     Ok(to_proto(&b))
                 })
-                .await
+                .await?;
+            // A budget accepted larger is claimed at once here, as after UpdateBenefit.
+            self.gates
+                .forget(benefit.name.trim_start_matches("benefits/"));
+            Ok::<_, EntitlementsError>(benefit)
         })
         .await
     }
@@ -756,6 +767,8 @@ fn terms_proto(b: &Benefit) -> pb::Benefit {
             .as_ref()
             .and_then(|m| self::money(m.currency(), b.spent_value)),
         etag: String::new(),
+        proposed_budget_units: b.proposed_budget_units.unwrap_or_default(),
+        proposed_budget_value: money(&b.proposed_budget_value),
     }
 }
 

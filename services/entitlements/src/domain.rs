@@ -127,6 +127,11 @@ pub struct Benefit {
     pub budget_value: Option<Money>,
     /// Of `budget_value`, what redemptions used (minor units).
     pub spent_value: i64,
+    /// A larger unit budget the issuer proposed for a live benefit another partner funds; it
+    /// stands once the funder accepts it ([`Self::accept_funding`]).
+    pub proposed_budget_units: Option<i64>,
+    /// The same for the money budget.
+    pub proposed_budget_value: Option<Money>,
 }
 
 /// A partner's definition before it is checked. Each parsed part carries its own violation.
@@ -336,6 +341,8 @@ impl Benefit {
             stacking_group: stacking_group.unwrap_or_default(),
             budget_value,
             spent_value: 0,
+            proposed_budget_units: None,
+            proposed_budget_value: None,
             id: uuid::Uuid::now_v7().simple().to_string(),
             display_name,
             kind,
@@ -480,19 +487,74 @@ impl Benefit {
                 ),
             ));
         }
-        // What the funder accepted to pay for is no longer what it would pay for: on a DRAFT
-        // it accepts the new terms before the benefit goes ACTIVE.
-        if self.state == BenefitState::Draft
-            && self.funder != self.issuer
-            && (next.budget_units != self.budget_units
-                || next.budget_value != self.budget_value
-                || next.per_member_limit != self.per_member_limit
-                || next.valid_until_millis != self.valid_until_millis)
-        {
-            next.funding_accepted = false;
+        if self.funder != self.issuer {
+            if self.state == BenefitState::Draft {
+                // What the funder accepted to pay for is no longer what it would pay for: it
+                // accepts the new terms before the benefit goes ACTIVE.
+                if next.budget_units != self.budget_units
+                    || next.budget_value != self.budget_value
+                    || next.per_member_limit != self.per_member_limit
+                    || next.valid_until_millis != self.valid_until_millis
+                {
+                    next.funding_accepted = false;
+                }
+            } else {
+                self.propose_growth(paths, &mut next)?;
+            }
         }
         *self = next;
         Ok(())
+    }
+
+    /// On a live benefit another partner funds, a larger budget is the funder's money: `next`
+    /// keeps the budget in force and carries the larger one as a proposal (the budget in force
+    /// again withdraws a proposal); a money budget is never removed.
+    fn propose_growth(
+        &self,
+        paths: &std::collections::BTreeSet<&str>,
+        next: &mut Self,
+    ) -> Result<(), KitError> {
+        if paths.contains("budget_units") {
+            next.proposed_budget_units =
+                (next.budget_units > self.budget_units).then_some(next.budget_units);
+            next.budget_units = self.budget_units;
+        }
+        if paths.contains("budget_value") {
+            let Some(proposed) = next.budget_value.take() else {
+                if self.budget_value.is_none() {
+                    return Ok(());
+                }
+                return Err(KitError::Precondition(
+                    "BUDGET_MAY_ONLY_GROW",
+                    format!(
+                        "partners/{} funds it: its money budget may grow, never go",
+                        self.funder
+                    ),
+                ));
+            };
+            let grows = self
+                .budget_value
+                .as_ref()
+                .is_some_and(|was| proposed.minor_units() > was.minor_units());
+            next.proposed_budget_value = grows.then_some(proposed);
+            next.budget_value = self.budget_value.clone();
+        }
+        Ok(())
+    }
+
+    /// Whether the issuer proposed a larger budget the funder has yet to accept.
+    pub fn growth_proposed(&self) -> bool {
+        self.proposed_budget_units.is_some() || self.proposed_budget_value.is_some()
+    }
+
+    /// The proposed budget in force (the funder accepted it).
+    pub fn take_proposed_growth(&mut self) {
+        if let Some(units) = self.proposed_budget_units.take() {
+            self.budget_units = units;
+        }
+        if let Some(value) = self.proposed_budget_value.take() {
+            self.budget_value = Some(value);
+        }
     }
 
     /// PERMISSION_DENIED / ISSUER_ONLY unless `by` issued it.
@@ -506,7 +568,8 @@ impl Benefit {
         Ok(())
     }
 
-    /// The funder `by` accepts to pay: only the funder, only for a DRAFT.
+    /// The funder `by` accepts to pay: only the funder, for a DRAFT or for a live benefit's
+    /// proposed budget.
     pub fn accept_funding(&self, by: &PartnerId) -> Result<(), KitError> {
         if *by != self.funder {
             return Err(KitError::Denied(
@@ -514,11 +577,13 @@ impl Benefit {
                 "only the benefit's funder accepts to fund it",
             ));
         }
-        if self.state != BenefitState::Draft {
+        let live = matches!(self.state, BenefitState::Active | BenefitState::Paused);
+        if self.state != BenefitState::Draft && !(live && self.growth_proposed()) {
             return Err(KitError::WrongState(
                 "BENEFIT_STATE",
                 self.state.as_str(),
-                "funding is accepted for a DRAFT".into(),
+                "funding is accepted for a DRAFT, or for a larger budget its issuer proposed"
+                    .into(),
             ));
         }
         Ok(())
@@ -915,11 +980,48 @@ mod tests {
         let mut b = Benefit::define(&mall, &own, 1).unwrap();
         b.update(&mall, &paths("budget_units"), &d, 2).unwrap();
         assert!(b.funding_accepted);
-        // Once ACTIVE the acceptance stands (the budget may only grow, as the contract says).
+        // Once ACTIVE the acceptance of the terms in force stands; a larger budget waits for
+        // the funder as a proposal, and stands once taken.
         let mut b = accepted();
         b.state = BenefitState::Active;
         b.update(&mall, &paths("budget_units"), &d, 2).unwrap();
         assert!(b.funding_accepted);
+        assert_eq!(
+            (b.budget_units, b.proposed_budget_units),
+            (1_000, Some(2_000))
+        );
+        assert!(b.growth_proposed());
+        b.accept_funding(&brand).unwrap();
+        b.take_proposed_growth();
+        assert_eq!((b.budget_units, b.proposed_budget_units), (2_000, None));
+        assert!(!b.growth_proposed());
+        let e = b.accept_funding(&brand).unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "BENEFIT_STATE");
+        // Its money budget grows the same way and never goes.
+        let mut b = accepted();
+        b.state = BenefitState::Paused;
+        b.budget_value = Some(cny(10_000));
+        let mut more = draft(BenefitKind::FixedCoupon);
+        more.budget_value = Some(Ok(cny(30_000)));
+        b.update(&mall, &paths("budget_value"), &more, 2).unwrap();
+        assert_eq!(
+            (b.budget_value.clone(), b.proposed_budget_value.clone()),
+            (Some(cny(10_000)), Some(cny(30_000)))
+        );
+        let e = b
+            .update(
+                &mall,
+                &paths("budget_value"),
+                &draft(BenefitKind::FixedCoupon),
+                2,
+            )
+            .unwrap_err();
+        assert_eq!(lianyu_kit::ServiceError::reason(&e), "BUDGET_MAY_ONLY_GROW");
+        assert_eq!(
+            b.budget_value,
+            Some(cny(10_000)),
+            "a refusal changes nothing"
+        );
         // Nobody but the issuer changes the terms.
         let mut b = accepted();
         let e = b.update(&brand, &paths("budget_units"), &d, 2).unwrap_err();

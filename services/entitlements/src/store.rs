@@ -50,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(StackingGroup),
             Box::new(MoneyBudget),
             Box::new(BalanceSpends),
+            Box::new(ProposedBudget),
         ])
     }
 }
@@ -88,6 +89,38 @@ impl MigrationTrait for BenefitTerms {
                     .boolean()
                     .not_null()
                     .default(false)
+                    .to_owned(),
+            ],
+        )
+        .await
+    }
+}
+
+/// A larger budget the issuer proposed for a live benefit another partner funds (added to a
+/// table created without it; none was proposed before).
+pub(crate) struct ProposedBudget;
+
+impl sea_orm_migration::MigrationName for ProposedBudget {
+    fn name(&self) -> &str {
+        "m20261207_000023_entitlements_proposed_budget"
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for ProposedBudget {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        use sea_orm_migration::prelude::{Alias, ColumnDef};
+        lianyu_kit::storage::add_columns(
+            manager,
+            "benefits",
+            [
+                ColumnDef::new(Alias::new("proposed_budget_units"))
+                    .big_integer()
+                    .null()
+                    .to_owned(),
+                ColumnDef::new(Alias::new("proposed_budget_value_minor_units"))
+                    .big_integer()
+                    .null()
                     .to_owned(),
             ],
         )
@@ -465,6 +498,8 @@ pub(crate) async fn insert_benefit(
         budget_value_currency: Set(b.budget_value.as_ref().map(|m| m.currency().to_owned())),
         budget_value_minor_units: Set(b.budget_value.as_ref().map(Money::minor_units)),
         spent_value_minor_units: Set(0),
+        proposed_budget_units: Set(None),
+        proposed_budget_value_minor_units: Set(None),
     }
     .insert(txn)
     .await
@@ -640,8 +675,9 @@ pub(crate) async fn accept_funding(txn: &impl ConnectionTrait, id: &str) -> Resu
     Ok(done.rows_affected == 1)
 }
 
-/// Writes the updatable fields of `b` (display name, budget, per-member limit, end) and whether
-/// its funding is accepted (a change of terms on a DRAFT withdraws the acceptance).
+/// Writes the updatable fields of `b` (display name, budget, per-member limit, end), whether
+/// its funding is accepted (a change of terms on a DRAFT withdraws the acceptance) and the
+/// budget proposed to its funder.
 pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Result<(), KitError> {
     benefit::ActiveModel {
         id: Set(b.id.clone()),
@@ -652,6 +688,11 @@ pub(crate) async fn update_terms(txn: &impl ConnectionTrait, b: &Benefit) -> Res
         budget_value_currency: Set(b.budget_value.as_ref().map(|m| m.currency().to_owned())),
         budget_value_minor_units: Set(b.budget_value.as_ref().map(Money::minor_units)),
         funding_accepted: Set(b.funding_accepted),
+        proposed_budget_units: Set(b.proposed_budget_units),
+        proposed_budget_value_minor_units: Set(b
+            .proposed_budget_value
+            .as_ref()
+            .map(Money::minor_units)),
         ..Default::default()
     }
     .update(txn)
@@ -1327,8 +1368,16 @@ fn to_domain(row: benefit::Model, parties: Vec<benefit_party::Model>) -> Benefit
         stores: lines(&row.stores),
         categories: lines(&row.categories),
         stacking_group: row.stacking_group,
-        budget_value: money(row.budget_value_currency, row.budget_value_minor_units),
+        budget_value: money(
+            row.budget_value_currency.clone(),
+            row.budget_value_minor_units,
+        ),
         spent_value: row.spent_value_minor_units,
+        proposed_budget_units: row.proposed_budget_units,
+        proposed_budget_value: money(
+            row.budget_value_currency,
+            row.proposed_budget_value_minor_units,
+        ),
     }
 }
 
@@ -1408,6 +1457,8 @@ mod tests {
             budget_value_currency: Set(None),
             budget_value_minor_units: Set(None),
             spent_value_minor_units: Set(0),
+            proposed_budget_units: Set(None),
+            proposed_budget_value_minor_units: Set(None),
         }
         .insert(db)
         .await

@@ -251,6 +251,8 @@ mod tests {
             stacking_group: String::new(),
             budget_value: None,
             spent_value: 0,
+            proposed_budget_units: None,
+            proposed_budget_value: None,
         }
     }
 

@@ -71,6 +71,10 @@ entity!(benefit, "benefits", {
     pub budget_value_currency: Option<String>,
     pub budget_value_minor_units: Option<i64>,
     pub spent_value_minor_units: i64,
+    /// A larger budget proposed for a live benefit another partner funds, until the funder
+    /// accepts it (the money one in the budget's currency).
+    pub proposed_budget_units: Option<i64>,
+    pub proposed_budget_value_minor_units: Option<i64>,
 });
 
 // A payment from a balance at a till, by its ledger transaction: what a refund gives back.
