@@ -585,6 +585,41 @@ async fn a_live_benefit_grows_past_what_its_funder_accepted_only_when_the_funder
     .await
     .unwrap();
     assert_eq!((back.budget_units, back.proposed_budget_units), (2, 0));
+    // A proposal still open when the issuer ends the benefit ends with it: nothing is left
+    // for the funder to accept, and the budget in force is what was granted against.
+    let open = update(
+        "grow-before-end",
+        pb::Benefit {
+            budget_units: 9,
+            ..Default::default()
+        },
+        "budget_units",
+    )
+    .await
+    .unwrap();
+    assert_eq!(open.proposed_budget_units, 9);
+    let ended = benefits(&s, MALL)
+        .end_benefit(pb::EndBenefitRequest {
+            name: name.clone(),
+            request_id: "end-with-proposal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            ended.state,
+            ended.budget_units,
+            ended.proposed_budget_units,
+            ended.proposed_budget_value.clone()
+        ),
+        (pb::BenefitState::Ended as i32, 2, 0, None)
+    );
+    assert_eq!(read().await, ended);
+    let e = accept(s.token(BRAND), "after-end", ended.etag.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BENEFIT_STATE");
     // A benefit the mall funds itself grows at once.
     let own = active(&s, MALL, MALL, MALL, |b| {
         b.display_name = "Own coupon".into();

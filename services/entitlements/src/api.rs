@@ -466,6 +466,11 @@ impl Api {
                     return Err(changed_meanwhile());
                 }
                 b.state = next;
+                // An ended benefit grows no more: a growth its funder never accepted goes with it.
+                if next == BenefitState::Ended && b.growth_proposed() {
+                    b.withdraw_proposed_growth();
+                    store::update_terms(txn, &b).await?;
+                }
                 Ok(to_proto(&b))
             })
             .await

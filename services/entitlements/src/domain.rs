@@ -547,6 +547,12 @@ impl Benefit {
         self.proposed_budget_units.is_some() || self.proposed_budget_value.is_some()
     }
 
+    /// The proposed budget dropped (the benefit ended before its funder accepted it).
+    pub fn withdraw_proposed_growth(&mut self) {
+        self.proposed_budget_units = None;
+        self.proposed_budget_value = None;
+    }
+
     /// The proposed budget in force (the funder accepted it).
     pub fn take_proposed_growth(&mut self) {
         if let Some(units) = self.proposed_budget_units.take() {
