@@ -19,7 +19,12 @@ use crate::domain::secrets::Secrets;
 pub const NAME: &str = "identity";
 
 /// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
-pub async fn mount(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartError> {
+/// Boxed, so that its body is compiled here once ([`lianyu_kit::server::Running`]).
+pub fn mount<'a>(ctx: &'a ServerContext, mount: &'a mut Mount) -> lianyu_kit::server::Running<'a> {
+    Box::pin(mount_body(ctx, mount))
+}
+
+async fn mount_body(ctx: &ServerContext, mount: &mut Mount) -> Result<(), StartError> {
     let db = ctx.open_database::<store::Migrator>(NAME).await?;
     let read = lianyu_kit::storage::open_reader(&ctx.config, NAME, &db).await?;
     let secrets = Arc::new(Secrets::from_master(&master_key(&ctx.config)?));
@@ -141,9 +146,9 @@ pub async fn migrate(config: Config) -> Result<usize, StartError> {
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    lianyu_kit::server::run_service(config, listener, shutdown, mount).await
+    lianyu_kit::server::run_mounted(config, listener, Box::pin(shutdown), mount).await
 }
 
 /// The master key identifiers are hashed and sealed with: `LIANYU_IDENTITY_KEY`, or in local

@@ -6,6 +6,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use std::pin::Pin;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
@@ -303,12 +304,41 @@ macro_rules! mount {
     }};
 }
 
+/// What ends a server: it drains once this completes.
+pub type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+/// A server running, or a service mounting: boxed, so that its body is compiled once, here or
+/// in the service's crate. An `async fn` body is compiled by every crate that awaits it from
+/// generic code — each service binary compiled the whole server stack and its service's
+/// start-up again (about 50 s of CPU per binary in a release build) until they were boxed.
+pub type Running<'a> = Pin<Box<dyn Future<Output = Result<(), StartError>> + Send + 'a>>;
+/// A service's `mount`, boxed (see [`Running`]).
+pub type MountFn = for<'a> fn(&'a ServerContext, &'a mut Mount) -> Running<'a>;
+
 /// Serves `mount` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     ctx: &ServerContext,
     mount: Mount,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    serve_until(ctx, mount, listener, Box::pin(shutdown)).await
+}
+
+/// [`serve`] with its shutdown boxed, compiled once in the kit (see [`Running`]).
+fn serve_until<'a>(
+    ctx: &'a ServerContext,
+    mount: Mount,
+    listener: TcpListener,
+    shutdown: Shutdown<'a>,
+) -> Running<'a> {
+    Box::pin(serve_body(ctx, mount, listener, shutdown))
+}
+
+async fn serve_body(
+    ctx: &ServerContext,
+    mount: Mount,
+    listener: TcpListener,
+    shutdown: Shutdown<'_>,
 ) -> Result<(), StartError> {
     let limits = &ctx.config.limits;
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -498,7 +528,15 @@ const OVERSIZE_STATUS: &str = "8";
 macro_rules! service_entry_points {
     ($name:expr, $migrator:ty, $register:path) => {
         /// Opens the service's database (migrating it) and adds its gRPC services to `mount`.
-        pub async fn mount(
+        /// Boxed, so that its body is compiled here once ([`$crate::server::Running`]).
+        pub fn mount<'a>(
+            ctx: &'a $crate::server::ServerContext,
+            mount: &'a mut $crate::server::Mount,
+        ) -> $crate::server::Running<'a> {
+            ::std::boxed::Box::pin(mount_body(ctx, mount))
+        }
+
+        async fn mount_body(
             ctx: &$crate::server::ServerContext,
             mount: &mut $crate::server::Mount,
         ) -> Result<(), $crate::server::StartError> {
@@ -529,9 +567,10 @@ macro_rules! service_entry_points {
         pub async fn run(
             config: $crate::config::Config,
             listener: ::tokio::net::TcpListener,
-            shutdown: impl ::std::future::Future<Output = ()>,
+            shutdown: impl ::std::future::Future<Output = ()> + Send + 'static,
         ) -> Result<(), $crate::server::StartError> {
-            $crate::server::run_service(config, listener, shutdown, mount).await
+            $crate::server::run_mounted(config, listener, ::std::boxed::Box::pin(shutdown), mount)
+                .await
         }
     };
 }
@@ -541,7 +580,7 @@ macro_rules! service_entry_points {
 pub async fn run_service<M>(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
     mount: M,
 ) -> Result<(), StartError>
 where
@@ -549,35 +588,18 @@ where
 {
     let ctx = ServerContext::new(config)?;
     let mut services = Mount::new(&ctx);
+    let mut shutdown: Shutdown<'_> = Box::pin(shutdown);
     if ctx.config.migrate {
         // Migrating itself, the process is ready as soon as it listens.
         mount(&ctx, &mut services).await?;
-        return serve(&ctx, services, listener, shutdown).await;
+        return serve_until(&ctx, services, listener, shutdown).await;
     }
-    let shutdown = std::pin::pin!(shutdown);
-    let mut shutdown = shutdown;
-    // While the service mounts — with LIANYU_MIGRATE=false it waits for the migration Job —
-    // the listener already answers health (and only health): alive (""), not ready (every service name), so
-    // readiness holds the pod out of its Service while liveness leaves it running.
-    let listener = listener.into_std()?;
-    let starting = TcpListener::from_std(listener.try_clone()?)?;
-    let listener = TcpListener::from_std(listener)?;
-    let started = tokio_util::sync::CancellationToken::new();
-    let health = tonic::transport::Server::builder()
-        .add_service(tonic_health::pb::health_server::HealthServer::new(
-            Starting(started.clone()),
-        ))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(starting),
-            started.clone().cancelled_owned(),
-        );
-    let health = tokio::spawn(health);
+    let starting = StartingHealth::answer(listener)?;
     let mounted = tokio::select! {
         mounted = mount(&ctx, &mut services) => Some(mounted),
         () = &mut shutdown => None,
     };
-    started.cancel();
-    let _ = health.await;
+    let listener = starting.end().await;
     match mounted {
         Some(mounted) => mounted?,
         None => {
@@ -585,7 +607,62 @@ where
             return Ok(());
         }
     }
-    serve(&ctx, services, listener, shutdown).await
+    serve_until(&ctx, services, listener, shutdown).await
+}
+
+/// [`run_service`] with a boxed shutdown and mount: what a service's `run` calls
+/// ([`service_entry_points`]), compiled once in the kit (see [`Running`]).
+pub fn run_mounted(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown<'static>,
+    mount: MountFn,
+) -> Running<'static> {
+    Box::pin(run_service(
+        config,
+        listener,
+        shutdown,
+        async move |ctx: &ServerContext, services: &mut Mount| mount(ctx, services).await,
+    ))
+}
+
+/// While the service mounts — with LIANYU_MIGRATE=false it waits for the migration Job — the
+/// listener already answers health (and only health): alive (""), not ready (every service
+/// name), so readiness holds the pod out of its Service while liveness leaves it running.
+/// Not generic, like [`serve_until`], so its server is compiled once.
+struct StartingHealth {
+    listener: TcpListener,
+    started: CancellationToken,
+    health: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl StartingHealth {
+    fn answer(listener: TcpListener) -> Result<Self, StartError> {
+        let listener = listener.into_std()?;
+        let starting = TcpListener::from_std(listener.try_clone()?)?;
+        let listener = TcpListener::from_std(listener)?;
+        let started = CancellationToken::new();
+        let health = tonic::transport::Server::builder()
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                Starting(started.clone()),
+            ))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(starting),
+                started.clone().cancelled_owned(),
+            );
+        Ok(Self {
+            listener,
+            started,
+            health: tokio::spawn(health),
+        })
+    }
+
+    /// Start-up is over: the health-only server stops; the listener is the service's.
+    async fn end(self) -> TcpListener {
+        self.started.cancel();
+        let _ = self.health.await;
+        self.listener
+    }
 }
 
 /// Health while a service starts: the process is alive (`""` SERVING) and no service is ready

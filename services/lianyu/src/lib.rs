@@ -34,7 +34,7 @@ pub async fn mount_all(ctx: &ServerContext) -> Result<Mount, StartError> {
 pub async fn up(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
     ready: impl FnOnce(&ServerContext, &[&'static str]),
 ) -> Result<(), StartError> {
     let config = with_peers_at(config, &listener)?;
