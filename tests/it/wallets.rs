@@ -287,6 +287,33 @@ async fn joint_draft(s: &TestServer) -> pb::Benefit {
         .into_inner()
 }
 
+/// `token`'s AcceptBenefitFunding of benefit `name`, with the etag it read.
+async fn accept_funding(
+    s: &TestServer,
+    token: String,
+    name: String,
+    request_id: &str,
+    etag: String,
+) -> Result<pb::Benefit, tonic::Status> {
+    BenefitServiceClient::new(s.as_token(&token))
+        .accept_benefit_funding(pb::AcceptBenefitFundingRequest {
+            request_id: request_id.into(),
+            name,
+            etag,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Benefit `name` as `partner` reads it.
+async fn read_benefit(s: &TestServer, partner: &str, name: String) -> pb::Benefit {
+    benefits(s, partner)
+        .get_benefit(pb::GetBenefitRequest { name })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A funder accepts to pay for terms; the issuer changing them afterwards (a budget a hundred
 /// times larger, say) must not keep that acceptance. With the etag it read, the funder accepts
 /// exactly those terms or nothing; a change of what it pays for withdraws an acceptance given;
@@ -296,28 +323,9 @@ async fn the_funder_accepts_the_terms_it_read_and_a_change_of_them_asks_again() 
     let s = mesh("ent_funder_terms").await;
     let created = joint_draft(&s).await;
     let name = created.name.clone();
-    let read = |partner: &'static str| {
-        let mut c = benefits(&s, partner);
-        let name = name.clone();
-        async move {
-            c.get_benefit(pb::GetBenefitRequest { name })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
+    let read = |partner: &'static str| read_benefit(&s, partner, name.clone());
     let accept = |token: String, rid: &'static str, etag: String| {
-        let mut c = BenefitServiceClient::new(s.as_token(&token));
-        let name = name.clone();
-        async move {
-            c.accept_benefit_funding(pb::AcceptBenefitFundingRequest {
-                request_id: rid.into(),
-                name,
-                etag,
-            })
-            .await
-            .map(tonic::Response::into_inner)
-        }
+        accept_funding(&s, token, name.clone(), rid, etag)
     };
     let update = |rid: &'static str, change: pb::Benefit, path: &str| {
         let mut c = benefits(&s, MALL);
@@ -451,28 +459,9 @@ async fn a_live_benefit_grows_past_what_its_funder_accepted_only_when_the_funder
         }
     };
     let accept = |token: String, rid: &'static str, etag: String| {
-        let mut c = BenefitServiceClient::new(s.as_token(&token));
-        let name = name.clone();
-        async move {
-            c.accept_benefit_funding(pb::AcceptBenefitFundingRequest {
-                request_id: rid.into(),
-                name,
-                etag,
-            })
-            .await
-            .map(tonic::Response::into_inner)
-        }
+        accept_funding(&s, token, name.clone(), rid, etag)
     };
-    let read = || {
-        let mut c = benefits(&s, BRAND);
-        let name = name.clone();
-        async move {
-            c.get_benefit(pb::GetBenefitRequest { name })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
+    let read = || read_benefit(&s, BRAND, name.clone());
     // Nothing is proposed yet: the funder has nothing to accept.
     let e = accept(s.token(BRAND), "nothing", String::new())
         .await
